@@ -1,0 +1,29 @@
+//! gRPC services, one file each. Only this module and `convert.rs` see
+//! request and response types.
+
+mod publish;
+mod subscribe;
+
+pub use publish::PublisherService;
+pub use subscribe::SubscriberService;
+
+use std::sync::Arc;
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::Config, consumer::Consumers, store::Store};
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The log.
+    pub store: Store,
+    /// Durable consumers.
+    pub consumers: Arc<Consumers>,
+    /// The broker's configuration.
+    pub config: Arc<Config>,
+    /// Cancelled when shutdown starts: streams end, new work is refused.
+    pub shutdown: CancellationToken,
+    /// Tracks stream tasks so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}

@@ -1,0 +1,170 @@
+//! `stevedore.v1.Publisher`: validate, append, answer once durable.
+
+use std::{pin::Pin, time::SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Shared;
+use crate::{
+    convert::{validate_event, EventLimits},
+    error::Error,
+    model::{Appended, NewEvent},
+    pb::{
+        self, publisher_server::Publisher, PublishBatchRequest, PublishBatchResponse,
+        PublishRequest, PublishResponse,
+    },
+};
+
+/// Acks a stream may have outstanding before it stops reading requests.
+const STREAM_PIPELINE_DEPTH: usize = 1024;
+
+/// The Publisher service.
+pub struct PublisherService {
+    shared: Shared,
+}
+
+impl PublisherService {
+    /// A Publisher over the shared broker state.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+}
+
+fn limits(shared: &Shared) -> EventLimits {
+    EventLimits {
+        max_event_bytes: shared.config.max_event_bytes,
+    }
+}
+
+fn validate_one(shared: &Shared, req: PublishRequest, path: &str) -> Result<NewEvent, Error> {
+    let event = req
+        .event
+        .ok_or_else(|| Error::invalid(path, "required"))?;
+    validate_event(event, path, SystemTime::now(), limits(shared))
+}
+
+fn response(event: &pb::Event, appended: Appended) -> PublishResponse {
+    PublishResponse {
+        offset: appended.offset,
+        event_id: event.id.clone(),
+        duplicate: appended.duplicate,
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let event = validate_one(&self.shared, request.into_inner(), "event")?;
+        let stored = event.event.clone();
+        let appended = self.shared.store.append(vec![event]).await?;
+        Ok(Response::new(response(&stored, appended[0])))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let events = request.into_inner().events;
+        let max = self.shared.config.max_batch_events;
+        if events.is_empty() {
+            return Err(Error::invalid("events", "must not be empty").into());
+        }
+        if events.len() > max {
+            return Err(Error::invalid(
+                "events",
+                format!("{} events exceed max_batch_events ({max})", events.len()),
+            )
+            .into());
+        }
+        // Validate everything before writing anything: all or nothing.
+        let now = SystemTime::now();
+        let events = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| validate_event(e, &format!("events[{i}]"), now, limits(&self.shared)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stored: Vec<pb::Event> = events.iter().map(|e| e.event.clone()).collect();
+        let appended = self.shared.store.append(events).await?;
+        Ok(Response::new(PublishBatchResponse {
+            results: stored
+                .iter()
+                .zip(appended)
+                .map(|(e, a)| response(e, a))
+                .collect(),
+        }))
+    }
+
+    type PublishStreamStream = ResponseStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let mut requests = request.into_inner();
+        let shared = self.shared.clone();
+        // Requests are validated and queued to the writer as they arrive;
+        // their durable outcomes are awaited in order by the sender task, so
+        // many appends share each group commit while acks stay in order.
+        let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_PIPELINE_DEPTH);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_PIPELINE_DEPTH);
+
+        let reader = {
+            let shared = shared.clone();
+            async move {
+                let mut n = 0usize;
+                loop {
+                    let req = tokio::select! {
+                        _ = shared.shutdown.cancelled() => break,
+                        r = requests.next() => r,
+                    };
+                    let item = match req {
+                        None => break,
+                        Some(Err(status)) => Err(status),
+                        Some(Ok(req)) => match validate_one(&shared, req, "event") {
+                            Err(e) => Err(Status::from(e)),
+                            Ok(event) => {
+                                let stored = event.event.clone();
+                                match shared.store.submit_append(vec![event]).await {
+                                    Ok(rx) => Ok((stored, rx)),
+                                    Err(e) => Err(Status::from(e)),
+                                }
+                            }
+                        },
+                    };
+                    let stop = item.is_err();
+                    if pending_tx.send(item).await.is_err() || stop {
+                        break;
+                    }
+                    n += 1;
+                }
+                tracing::debug!(events = n, "publish stream input ended");
+            }
+        };
+        let sender = async move {
+            while let Some(item) = pending_rx.recv().await {
+                let out = match item {
+                    Err(status) => Err(status),
+                    Ok((event, rx)) => match rx.await {
+                        Ok(Ok(appended)) => Ok(response(&event, appended[0])),
+                        Ok(Err(e)) => Err(Status::from(e)),
+                        Err(_) => Err(Status::from(Error::ShuttingDown)),
+                    },
+                };
+                let stop = out.is_err();
+                if out_tx.send(out).await.is_err() || stop {
+                    break;
+                }
+            }
+        };
+        shared.tasks.spawn(reader);
+        shared.tasks.spawn(sender);
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}

@@ -1,0 +1,374 @@
+//! `stevedore.v1.Subscriber`: replay and live tail, durable consumers with
+//! acks, and point reads.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::{
+    config::MIN_ACK_WAIT,
+    consumer::{Consumer, CreateSpec, Poll, StreamId},
+    convert,
+    error::{Error, Result},
+    model::{EventType, Offset, StoredEvent, TypeFilter},
+    pb::{
+        subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest,
+        AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
+        SubscribeRequest, SubscribeResponse,
+    },
+};
+
+/// Messages buffered per stream ahead of the client (gRPC flow control does
+/// the rest).
+const STREAM_BUFFER: usize = 64;
+/// Events read from the log per batch while catching up.
+const READ_BATCH: usize = 256;
+
+static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The Subscriber service.
+pub struct SubscriberService {
+    shared: Shared,
+}
+
+impl SubscriberService {
+    /// A Subscriber over the shared broker state.
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+}
+
+/// A Subscribe request, validated.
+struct Plan {
+    start: Offset,
+    filter: TypeFilter,
+    durable: Option<Durable>,
+}
+
+struct Durable {
+    name: String,
+    max_in_flight: u32,
+    ack_wait: Duration,
+}
+
+fn validate_consumer_name(name: &str) -> Result<()> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "consumer",
+            format!("{name:?} is not a consumer name (1-128 characters of [A-Za-z0-9._-])"),
+        ))
+    }
+}
+
+impl SubscriberService {
+    fn plan(&self, req: &SubscribeRequest) -> Result<Plan> {
+        let store = &self.shared.store;
+        let config = &self.shared.config;
+        let mode = AckMode::try_from(req.ack_mode).map_err(|_| {
+            Error::invalid("ack_mode", format!("unknown enum value {}", req.ack_mode))
+        })?;
+        let explicit = match mode {
+            AckMode::Unspecified => !req.consumer.is_empty(),
+            AckMode::None => false,
+            AckMode::Explicit => true,
+        };
+        let types = req
+            .event_types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| EventType::parse(t).map_err(|m| Error::invalid(format!("event_types[{i}]"), m)))
+            .collect::<Result<Vec<_>>>()?;
+        let start = match &req.start {
+            None | Some(Start::Latest(_)) => store.head(),
+            Some(Start::Earliest(_)) => store.first_offset()?,
+            Some(Start::Offset(o)) => (*o).max(store.first_offset()?),
+            Some(Start::Time(t)) => store.offset_at_time(convert::system_time("time", t)?)?,
+        };
+        let durable = if explicit {
+            if req.consumer.is_empty() {
+                return Err(Error::invalid("consumer", "required with ACK_MODE_EXPLICIT"));
+            }
+            validate_consumer_name(&req.consumer)?;
+            let max_in_flight = match req.max_in_flight {
+                0 => config.default_max_in_flight.get(),
+                n if n > config.max_in_flight_limit.get() => {
+                    return Err(Error::invalid(
+                        "max_in_flight",
+                        format!("{n} exceeds the limit ({})", config.max_in_flight_limit),
+                    ))
+                }
+                n => n,
+            };
+            let ack_wait = match &req.ack_wait {
+                None => config.default_ack_wait,
+                Some(d) => {
+                    let d = convert::duration("ack_wait", d)?;
+                    if d < MIN_ACK_WAIT || d > config.max_ack_wait {
+                        return Err(Error::invalid(
+                            "ack_wait",
+                            format!(
+                                "must be between {MIN_ACK_WAIT:?} and {:?}",
+                                config.max_ack_wait
+                            ),
+                        ));
+                    }
+                    d
+                }
+            };
+            Some(Durable {
+                name: req.consumer.clone(),
+                max_in_flight,
+                ack_wait,
+            })
+        } else {
+            if !req.consumer.is_empty() {
+                return Err(Error::invalid(
+                    "consumer",
+                    "must be empty with ACK_MODE_NONE (a durable consumer needs explicit acks)",
+                ));
+            }
+            if req.max_in_flight != 0 || req.ack_wait.is_some() {
+                let field = if req.max_in_flight != 0 { "max_in_flight" } else { "ack_wait" };
+                return Err(Error::invalid(field, "applies only to ACK_MODE_EXPLICIT"));
+            }
+            None
+        };
+        Ok(Plan {
+            start,
+            filter: TypeFilter::new(types),
+            durable,
+        })
+    }
+}
+
+fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
+    SubscribeResponse {
+        offset: e.offset,
+        published_at: Some(convert::timestamp(e.published_at)),
+        event_type: e.event_type.to_string(),
+        event: Some(e.event),
+        delivery_attempt: attempt,
+    }
+}
+
+type Tx = mpsc::Sender<Result<SubscribeResponse, Status>>;
+
+/// Replay from `next`, then tail. Ends on shutdown or when the client leaves.
+async fn stream_plain(shared: Shared, mut next: Offset, filter: TypeFilter, tx: Tx) {
+    let mut head = shared.store.watch_head();
+    loop {
+        head.borrow_and_update();
+        let batch = match shared.store.read_from(next, READ_BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        if let Some(last) = batch.last() {
+            next = last.offset + 1;
+        } else {
+            // Caught up (or `next` fell behind retention: jump to what exists).
+            match shared.store.first_offset() {
+                Ok(first) if first > next => {
+                    next = first;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let caught_up = batch.is_empty();
+        for e in batch {
+            if !filter.matches(&e.event_type) {
+                continue;
+            }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                sent = tx.send(Ok(subscribe_response(e, 1))) => if sent.is_err() { return },
+            }
+        }
+        if caught_up {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                changed = head.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Hands back this stream's leases when the stream ends, however it ends.
+struct LeaseGuard {
+    consumer: Arc<Consumer>,
+    stream: StreamId,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.consumer.release(self.stream);
+    }
+}
+
+/// Deliver a durable consumer's messages within this stream's window.
+async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx: Tx) {
+    let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
+    let _guard = LeaseGuard {
+        consumer: consumer.clone(),
+        stream,
+    };
+    let mut head = shared.store.watch_head();
+    let mut changed = consumer.watch();
+    loop {
+        // Mark both watches seen *before* polling, so a change that lands
+        // while we poll wakes the select below instead of being missed.
+        head.borrow_and_update();
+        changed.borrow_and_update();
+        let wake_at = loop {
+            match consumer.poll(stream, d.max_in_flight, d.ack_wait, Instant::now()) {
+                Ok(Poll::Message(m)) => {
+                    let msg = subscribe_response(m.event, m.attempt);
+                    tokio::select! {
+                        _ = shared.shutdown.cancelled() => return,
+                        sent = tx.send(Ok(msg)) => if sent.is_err() { return },
+                    }
+                }
+                Ok(Poll::Idle { wake_at }) => break wake_at,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+        };
+        let sleep = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            r = head.changed() => if r.is_err() { return },
+            r = changed.changed() => if r.is_err() { return },
+            _ = sleep => {}
+        }
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Subscriber for SubscriberService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        let req = request.into_inner();
+        let plan = self.plan(&req)?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let shared = self.shared.clone();
+        match plan.durable {
+            None => {
+                self.shared
+                    .tasks
+                    .spawn(stream_plain(shared, plan.start, plan.filter, tx));
+            }
+            Some(d) => {
+                let consumer = self
+                    .shared
+                    .consumers
+                    .open(
+                        &d.name,
+                        CreateSpec {
+                            start: plan.start,
+                            filter: plan.filter,
+                        },
+                    )
+                    .await?;
+                self.shared
+                    .tasks
+                    .spawn(stream_durable(shared, consumer, d, tx));
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let req = request.into_inner();
+        validate_consumer_name(&req.consumer)?;
+        if req.offsets.is_empty() {
+            return Err(Error::invalid("offsets", "must not be empty").into());
+        }
+        let consumer = self.shared.consumers.get(&req.consumer)?;
+        consumer.ack(&req.offsets).await?;
+        Ok(Response::new(AckResponse {}))
+    }
+
+    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        let req = request.into_inner();
+        validate_consumer_name(&req.consumer)?;
+        if req.offsets.is_empty() {
+            return Err(Error::invalid("offsets", "must not be empty").into());
+        }
+        let delay = match &req.delay {
+            None => Duration::ZERO,
+            Some(d) => {
+                let d = convert::duration("delay", d)?;
+                if d > self.shared.config.max_ack_wait {
+                    return Err(Error::invalid(
+                        "delay",
+                        format!("must be at most max_ack_wait ({:?})", self.shared.config.max_ack_wait),
+                    )
+                    .into());
+                }
+                d
+            }
+        };
+        let consumer = self.shared.consumers.get(&req.consumer)?;
+        consumer.nack(&req.offsets, delay)?;
+        Ok(Response::new(NackResponse {}))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<GetEventRequest>,
+    ) -> Result<Response<GetEventResponse>, Status> {
+        let offset = request.into_inner().offset;
+        if offset == 0 {
+            return Err(Error::invalid("offset", "required (offsets start at 1)").into());
+        }
+        let e = self
+            .shared
+            .store
+            .get(offset)?
+            .ok_or_else(|| Error::NotFound(format!("no event at offset {offset}")))?;
+        Ok(Response::new(GetEventResponse {
+            offset: e.offset,
+            published_at: Some(convert::timestamp(e.published_at)),
+            event_type: e.event_type.to_string(),
+            event: Some(e.event),
+        }))
+    }
+}
+

@@ -1,0 +1,372 @@
+//! Typed configuration: every default in one place ([`Config::default`]),
+//! loaded from an optional TOML file, then `STEVEDORE_*` environment
+//! variables, then command-line flags, and validated before anything starts.
+//!
+//! All three sources go through one setter, [`Config::set`], so a key means the
+//! same thing and is parsed the same way wherever it comes from, and an
+//! unknown key or bad value is an error that names the key.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use anyhow::{anyhow, bail, Context};
+
+/// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
+/// `STEVEDORE_DATA_DIR` for `data_dir`.
+pub const ENV_PREFIX: &str = "STEVEDORE_";
+
+/// The broker's configuration. Field docs are the reference for README's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Directory of the embedded sled database.
+    pub data_dir: PathBuf,
+    /// sled page-cache size in bytes (sled's own default is 1 GiB).
+    pub sled_cache_bytes: u64,
+    /// Largest encoded event accepted by Publish.
+    pub max_event_bytes: usize,
+    /// Most events in one PublishBatch.
+    pub max_batch_events: usize,
+    /// Largest gRPC request message the server decodes.
+    pub max_request_bytes: usize,
+    /// Most write operations folded into one group commit (one fsync).
+    pub max_group_commit: usize,
+    /// Ack wait when a Subscribe request sets none.
+    pub default_ack_wait: Duration,
+    /// Longest ack wait a Subscribe request may ask for.
+    pub max_ack_wait: Duration,
+    /// `max_in_flight` when a Subscribe request sets 0.
+    pub default_max_in_flight: NonZeroU32,
+    /// Largest `max_in_flight` a Subscribe request may ask for.
+    pub max_in_flight_limit: NonZeroU32,
+    /// How long a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("stevedore-data"),
+            sled_cache_bytes: 64 * 1024 * 1024,
+            max_event_bytes: 1024 * 1024,
+            max_batch_events: 10_000,
+            max_request_bytes: 16 * 1024 * 1024,
+            max_group_commit: 8192,
+            default_ack_wait: Duration::from_secs(30),
+            max_ack_wait: Duration::from_secs(12 * 3600),
+            default_max_in_flight: NonZeroU32::new(100).expect("non-zero literal"),
+            max_in_flight_limit: NonZeroU32::new(10_000).expect("non-zero literal"),
+            shutdown_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// `STEVEDORE_*` variables that are not config keys.
+pub const NON_CONFIG_ENV: &[&str] = &["STEVEDORE_LOG"];
+
+/// Every key [`Config::set`] accepts, in README order.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "sled_cache_bytes",
+    "max_event_bytes",
+    "max_batch_events",
+    "max_request_bytes",
+    "max_group_commit",
+    "default_ack_wait",
+    "max_ack_wait",
+    "default_max_in_flight",
+    "max_in_flight_limit",
+    "shutdown_timeout",
+    "log_format",
+];
+
+impl Config {
+    /// Loads defaults ← `file` ← environment ← `flags` (later wins), then
+    /// validates. `env` is passed in so tests need not touch the process.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            config
+                .apply_toml(&text)
+                .with_context(|| format!("config file {}", path.display()))?;
+        }
+        let mut env: Vec<_> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (var, value) in env {
+            let key = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+            if NON_CONFIG_ENV.contains(&var.as_str()) {
+                continue;
+            }
+            if !KEYS.contains(&key.as_str()) {
+                // A misspelt variable must not be silently ignored.
+                bail!(
+                    "unknown environment variable {var}: no config key `{key}` (known keys: {})",
+                    KEYS.join(", ")
+                );
+            }
+            config
+                .set(&key, &value)
+                .with_context(|| format!("environment variable {var}"))?;
+        }
+        for (key, value) in flags {
+            config
+                .set(key, value)
+                .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_toml(&mut self, text: &str) -> anyhow::Result<()> {
+        let table: toml::Table = text.parse()?;
+        for (key, value) in table {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!("config key `{key}`: unsupported value {other}"),
+            };
+            self.set(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its text form; the error names the key.
+    pub fn set(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
+        let bad = |e: String| anyhow!("config key `{key}`: {e} (got {value:?})");
+        match key {
+            "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "data_dir" => {
+                if value.is_empty() {
+                    return Err(bad("must not be empty".into()));
+                }
+                self.data_dir = PathBuf::from(value)
+            }
+            "sled_cache_bytes" => self.sled_cache_bytes = parse_num(value).map_err(bad)?,
+            "max_event_bytes" => self.max_event_bytes = parse_num(value).map_err(bad)?,
+            "max_batch_events" => self.max_batch_events = parse_num(value).map_err(bad)?,
+            "max_request_bytes" => self.max_request_bytes = parse_num(value).map_err(bad)?,
+            "max_group_commit" => self.max_group_commit = parse_num(value).map_err(bad)?,
+            "default_ack_wait" => self.default_ack_wait = parse_duration(value).map_err(bad)?,
+            "max_ack_wait" => self.max_ack_wait = parse_duration(value).map_err(bad)?,
+            "default_max_in_flight" => {
+                self.default_max_in_flight = parse_num(value).map_err(bad)?
+            }
+            "max_in_flight_limit" => self.max_in_flight_limit = parse_num(value).map_err(bad)?,
+            "shutdown_timeout" => self.shutdown_timeout = parse_duration(value).map_err(bad)?,
+            "log_format" => self.log_format = value.parse().map_err(bad)?,
+            _ => bail!(
+                "unknown config key `{key}` (known keys: {})",
+                KEYS.join(", ")
+            ),
+        }
+        Ok(())
+    }
+
+    /// Rejects combinations that would fail later.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let check = |ok: bool, key: &str, why: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow!("config key `{key}`: {why}"))
+            }
+        };
+        check(
+            self.sled_cache_bytes >= 1024 * 1024,
+            "sled_cache_bytes",
+            "must be at least 1 MiB",
+        )?;
+        check(
+            (1024..=64 * 1024 * 1024).contains(&self.max_event_bytes),
+            "max_event_bytes",
+            "must be between 1 KiB and 64 MiB",
+        )?;
+        check(
+            self.max_batch_events >= 1,
+            "max_batch_events",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_request_bytes >= self.max_event_bytes + 1024,
+            "max_request_bytes",
+            "must exceed max_event_bytes by at least 1 KiB",
+        )?;
+        check(
+            self.max_group_commit >= 1,
+            "max_group_commit",
+            "must be at least 1",
+        )?;
+        check(
+            self.default_ack_wait >= MIN_ACK_WAIT,
+            "default_ack_wait",
+            "must be at least 10ms",
+        )?;
+        check(
+            self.max_ack_wait >= self.default_ack_wait,
+            "max_ack_wait",
+            "must be at least default_ack_wait",
+        )?;
+        check(
+            self.max_in_flight_limit >= self.default_max_in_flight,
+            "max_in_flight_limit",
+            "must be at least default_max_in_flight",
+        )?;
+        check(
+            !self.shutdown_timeout.is_zero(),
+            "shutdown_timeout",
+            "must be positive",
+        )?;
+        Ok(())
+    }
+}
+
+/// The shortest ack wait a consumer may use.
+pub const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
+
+fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().replace('_', "").parse().map_err(|e| format!("{e}"))
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h`, `1d` (one number and one unit).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "missing unit (ms, s, m, h or d)".to_string())?;
+    let (number, unit) = value.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a whole number followed by ms, s, m, h or d".to_string())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("unknown unit `{unit}` (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "too large".to_string())
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err("expected `text` or `json`".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn precedence_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\nmax_batch_events = 7\ndefault_ack_wait = \"2s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("STEVEDORE_DATA_DIR", "/from/env"),
+                ("STEVEDORE_LISTEN", "127.0.0.1:2"),
+                ("UNRELATED", "x"),
+                ("STEVEDORE_LOG", "debug"),
+            ]),
+            &[("listen", "127.0.0.1:3".into())],
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.max_batch_events, 7);
+        assert_eq!(c.default_ack_wait, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load(None, env(&[("STEVEDORE_LISTEN", "nope")]), &[]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("STEVEDORE_LISTEN") && text.contains("`listen`"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let text = format!("{:#}", Config::load(Some(&file), env(&[]), &[]).unwrap_err());
+        assert!(text.contains("unknown config key `lisen`"), "{text}");
+
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_MAX_ACK_WAIT", "1ms")]), &[]).unwrap_err()
+        );
+        assert!(text.contains("`max_ack_wait`"), "{text}");
+
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_DEFAULT_ACK_WAIT", "5 parsecs")]), &[])
+                .unwrap_err()
+        );
+        assert!(text.contains("`default_ack_wait`"), "{text}");
+
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
+        );
+        assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! Durable consumers: a named position in the log with per-message acks,
+//! redelivery and flow control, shared by any number of streams.
+//!
+//! A consumer's state is a *floor* (every offset below it is done) plus the
+//! done offsets above the floor, so acks may arrive in any order. Messages
+//! handed out are *leased* to one stream until acked, nacked or their ack
+//! wait runs out; then they wait in the redelivery queue for the next stream
+//! with room. Only the floor and the done set are persisted (on every ack, as
+//! a group commit, before the ack returns); leases live in memory, so after a
+//! restart every unacked message is delivered again — at least once.
+//!
+//! Webhook endpoints are consumers too: the delivery scheduler takes
+//! messages with [`Consumer::poll`] exactly as a gRPC stream does.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    error::{Error, Result},
+    model::{EventType, Offset, StoredEvent, TypeFilter},
+    store::{ConsumerRecord, Store},
+};
+
+mod state;
+
+use state::State;
+
+/// Identifies one stream (or one delivery worker) attached to a consumer.
+pub type StreamId = u64;
+
+/// How a new consumer starts; ignored when the consumer already exists.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    /// First offset to deliver.
+    pub start: Offset,
+    /// Event types to deliver (empty: all).
+    pub filter: TypeFilter,
+}
+
+/// One message handed to a stream.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event.
+    pub event: StoredEvent,
+    /// 1 on first delivery, then +1 per redelivery.
+    pub attempt: u32,
+}
+
+/// The result of asking a consumer for work.
+#[derive(Debug)]
+pub enum Poll {
+    /// A message, now leased to the asking stream.
+    Message(Delivery),
+    /// Nothing to hand out now. Ask again when the head or the consumer
+    /// changes, or at `wake_at` (a lease expiry or a delayed redelivery).
+    Idle {
+        /// When something becomes due without any other change.
+        wake_at: Option<Instant>,
+    },
+}
+
+/// All consumers known to this broker.
+pub struct Consumers {
+    store: Store,
+    active: Mutex<HashMap<String, Arc<Consumer>>>,
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Consumers {
+    /// An empty registry; consumers are loaded from the store on first use.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            active: Mutex::default(),
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The named consumer, created durably from `spec` if it does not exist.
+    /// An existing consumer keeps its position; a different non-empty filter
+    /// is an error.
+    pub async fn open(&self, name: &str, spec: CreateSpec) -> Result<Arc<Consumer>> {
+        // Serialises creation so two streams cannot create one name twice.
+        let _creating = self.creating.lock().await;
+        if let Some(c) = self.load(name)? {
+            if !spec.filter.types().is_empty() && spec.filter != c.filter {
+                return Err(Error::invalid(
+                    "event_types",
+                    format!(
+                        "consumer {name:?} was created with event_types {:?}; \
+                         send those, or none, or use another consumer name",
+                        c.filter.types()
+                    ),
+                ));
+            }
+            return Ok(c);
+        }
+        let consumer = Arc::new(Consumer::new(
+            name.to_owned(),
+            spec.filter,
+            self.store.clone(),
+            State::new(spec.start, BTreeSet::new()),
+        ));
+        consumer.persist().await?;
+        self.lock().insert(name.to_owned(), consumer.clone());
+        tracing::info!(consumer = name, start = spec.start, "consumer created");
+        Ok(consumer)
+    }
+
+    /// The named consumer if it exists.
+    pub fn get(&self, name: &str) -> Result<Arc<Consumer>> {
+        self.load(name)?
+            .ok_or_else(|| Error::NotFound(format!("consumer {name:?} does not exist")))
+    }
+
+    fn load(&self, name: &str) -> Result<Option<Arc<Consumer>>> {
+        if let Some(c) = self.lock().get(name) {
+            return Ok(Some(c.clone()));
+        }
+        let Some(record) = self.store.get_consumer(name)? else {
+            return Ok(None);
+        };
+        let filter = TypeFilter::new(
+            record
+                .event_types
+                .iter()
+                .map(|t| EventType::parse(t).map_err(Error::Corrupt))
+                .collect::<Result<_>>()?,
+        );
+        let done = state::ranges_to_set(&record.done_ranges)
+            .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+        let consumer = Arc::new(Consumer::new(
+            name.to_owned(),
+            filter,
+            self.store.clone(),
+            State::new(record.floor, done),
+        ));
+        // Another task may have loaded it meanwhile; keep the first.
+        Ok(Some(
+            self.lock()
+                .entry(name.to_owned())
+                .or_insert(consumer)
+                .clone(),
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Consumer>>> {
+        // A panic while holding this lock leaves the map itself consistent
+        // (single inserts), so poisoning is safe to ignore.
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One durable consumer.
+pub struct Consumer {
+    name: String,
+    filter: TypeFilter,
+    store: Store,
+    state: Mutex<State>,
+    /// Bumped whenever a lease ends, so idle streams look again.
+    changed: watch::Sender<u64>,
+    /// Orders persists: records are encoded and queued under this lock, so
+    /// the writer stores them in the order they were taken.
+    persist_order: tokio::sync::Mutex<()>,
+}
+
+impl Consumer {
+    fn new(name: String, filter: TypeFilter, store: Store, state: State) -> Self {
+        Self {
+            name,
+            filter,
+            store,
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            persist_order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Watches for lease changes (acks, nacks, released streams).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Hands `stream` its next message, if it has room under `max_in_flight`:
+    /// first a message due for redelivery, else the next unread one that
+    /// passes the filter. The message is leased for `ack_wait`.
+    pub fn poll(
+        &self,
+        stream: StreamId,
+        max_in_flight: u32,
+        ack_wait: Duration,
+        now: Instant,
+    ) -> Result<Poll> {
+        let mut st = self.lock();
+        st.expire_leases(now);
+        if st.load(stream) >= max_in_flight {
+            return Ok(Poll::Idle {
+                wake_at: st.next_wake(),
+            });
+        }
+        if let Some((offset, attempts)) = st.take_due_retry(now) {
+            match self.store.get(offset)? {
+                Some(event) => {
+                    let attempt = attempts + 1;
+                    st.lease(offset, stream, attempt, now + ack_wait);
+                    return Ok(Poll::Message(Delivery { event, attempt }));
+                }
+                // Removed by retention: nothing left to deliver.
+                None => st.mark_done(offset),
+            }
+        }
+        let head = self.store.head();
+        while st.next_read < head {
+            let offset = st.next_read;
+            st.next_read += 1;
+            if st.is_done(offset) {
+                continue;
+            }
+            let Some(event) = self.store.get(offset)? else {
+                st.mark_done(offset);
+                continue;
+            };
+            if !self.filter.matches(&event.event_type) {
+                st.mark_done(offset);
+                continue;
+            }
+            st.lease(offset, stream, 1, now + ack_wait);
+            return Ok(Poll::Message(Delivery { event, attempt: 1 }));
+        }
+        Ok(Poll::Idle {
+            wake_at: st.next_wake(),
+        })
+    }
+
+    /// Marks `offsets` done and persists the position before returning.
+    /// Acking an offset twice, or one whose lease expired, is fine.
+    pub async fn ack(&self, offsets: &[Offset]) -> Result<()> {
+        let head = self.store.head();
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+            return Err(Error::invalid(
+                "offsets",
+                format!("offset {bad} is not in the log (head is {head})"),
+            ));
+        }
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                st.ack(o);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        self.persist().await
+    }
+
+    /// Ends the leases of `offsets` (held by any stream) and queues them for
+    /// redelivery after `delay`.
+    pub fn nack(&self, offsets: &[Offset], delay: Duration) -> Result<()> {
+        let head = self.store.head();
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+            return Err(Error::invalid(
+                "offsets",
+                format!("offset {bad} is not in the log (head is {head})"),
+            ));
+        }
+        let not_before = Instant::now() + delay;
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                st.nack(o, not_before);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Hands every message leased to `stream` back for immediate redelivery
+    /// (the stream went away).
+    pub fn release(&self, stream: StreamId) {
+        let released = self.lock().release(stream, Instant::now());
+        if released > 0 {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    async fn persist(&self) -> Result<()> {
+        let order = self.persist_order.lock().await;
+        let record = {
+            let st = self.lock();
+            ConsumerRecord {
+                floor: st.floor,
+                event_types: self
+                    .filter
+                    .types()
+                    .iter()
+                    .map(|t| t.as_str().to_owned())
+                    .collect(),
+                done_ranges: state::set_to_ranges(&st.done),
+            }
+        };
+        let durable = self
+            .store
+            .submit_put_consumer(&self.name, Some(&record))
+            .await?;
+        // Queued in order; concurrent acks now share the group commit.
+        drop(order);
+        durable.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // State methods keep it consistent at every return point; a panic in
+        // one cannot leave a half-applied change worth refusing to serve.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+

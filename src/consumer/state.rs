@@ -1,0 +1,270 @@
+//! A consumer's bookkeeping, free of I/O and clocks so it can be tested alone.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tokio::time::Instant;
+
+use super::StreamId;
+use crate::model::Offset;
+
+#[derive(Debug)]
+struct Lease {
+    stream: StreamId,
+    attempt: u32,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Every offset below the floor is done.
+    pub floor: Offset,
+    /// Done offsets at or above the floor.
+    pub done: BTreeSet<Offset>,
+    /// The next offset never handed out since this state was loaded.
+    pub next_read: Offset,
+    leases: HashMap<Offset, Lease>,
+    /// Lease expiries, earliest first.
+    deadlines: BTreeSet<(Instant, Offset)>,
+    /// Messages waiting for redelivery: offset → attempts made so far.
+    retries: HashMap<Offset, (u32, Instant)>,
+    /// The same, by when they may go out.
+    retry_due: BTreeSet<(Instant, Offset)>,
+    /// Leases held per stream, for `max_in_flight`.
+    load: HashMap<StreamId, u32>,
+}
+
+impl State {
+    pub fn new(floor: Offset, done: BTreeSet<Offset>) -> Self {
+        let mut st = State {
+            floor,
+            done,
+            next_read: floor,
+            ..Default::default()
+        };
+        st.advance_floor();
+        st.next_read = st.floor;
+        st
+    }
+
+    pub fn is_done(&self, offset: Offset) -> bool {
+        offset < self.floor || self.done.contains(&offset)
+    }
+
+    pub fn load(&self, stream: StreamId) -> u32 {
+        self.load.get(&stream).copied().unwrap_or(0)
+    }
+
+    pub fn lease(&mut self, offset: Offset, stream: StreamId, attempt: u32, deadline: Instant) {
+        self.leases.insert(
+            offset,
+            Lease {
+                stream,
+                attempt,
+                deadline,
+            },
+        );
+        self.deadlines.insert((deadline, offset));
+        *self.load.entry(stream).or_default() += 1;
+    }
+
+    fn end_lease(&mut self, offset: Offset) -> Option<Lease> {
+        let lease = self.leases.remove(&offset)?;
+        self.deadlines.remove(&(lease.deadline, offset));
+        if let Some(n) = self.load.get_mut(&lease.stream) {
+            *n -= 1;
+            if *n == 0 {
+                self.load.remove(&lease.stream);
+            }
+        }
+        Some(lease)
+    }
+
+    fn end_retry(&mut self, offset: Offset) -> Option<u32> {
+        let (attempts, due) = self.retries.remove(&offset)?;
+        self.retry_due.remove(&(due, offset));
+        Some(attempts)
+    }
+
+    fn queue_retry(&mut self, offset: Offset, attempts: u32, due: Instant) {
+        if let Some((_, old)) = self.retries.insert(offset, (attempts, due)) {
+            self.retry_due.remove(&(old, offset));
+        }
+        self.retry_due.insert((due, offset));
+    }
+
+    /// Moves expired leases to the redelivery queue, due at once.
+    pub fn expire_leases(&mut self, now: Instant) {
+        while let Some(&(deadline, offset)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            let lease = self.end_lease(offset).expect("deadline has a lease");
+            self.queue_retry(offset, lease.attempt, deadline);
+        }
+    }
+
+    /// The earliest-due message waiting for redelivery, with the attempts
+    /// made so far.
+    pub fn take_due_retry(&mut self, now: Instant) -> Option<(Offset, u32)> {
+        let &(due, offset) = self.retry_due.first()?;
+        if due > now {
+            return None;
+        }
+        let attempts = self.end_retry(offset).expect("due entry has a retry");
+        Some((offset, attempts))
+    }
+
+    /// The next lease expiry or delayed redelivery.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let lease = self.deadlines.first().map(|&(t, _)| t);
+        let retry = self.retry_due.first().map(|&(t, _)| t);
+        match (lease, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn ack(&mut self, offset: Offset) {
+        self.end_lease(offset);
+        self.end_retry(offset);
+        self.mark_done(offset);
+    }
+
+    pub fn nack(&mut self, offset: Offset, not_before: Instant) {
+        if let Some(lease) = self.end_lease(offset) {
+            self.queue_retry(offset, lease.attempt, not_before);
+        } else if let Some(attempts) = self.end_retry(offset) {
+            self.queue_retry(offset, attempts, not_before);
+        }
+        // Otherwise it is done or not handed out: nothing to redeliver.
+    }
+
+    /// Returns the number of leases handed back.
+    pub fn release(&mut self, stream: StreamId, now: Instant) -> usize {
+        let offsets: Vec<Offset> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.stream == stream)
+            .map(|(&o, _)| o)
+            .collect();
+        for &o in &offsets {
+            let lease = self.end_lease(o).expect("listed above");
+            self.queue_retry(o, lease.attempt, now);
+        }
+        offsets.len()
+    }
+
+    pub fn mark_done(&mut self, offset: Offset) {
+        if offset < self.floor {
+            return;
+        }
+        self.done.insert(offset);
+        self.advance_floor();
+    }
+
+    fn advance_floor(&mut self) {
+        while self.done.first() == Some(&self.floor) {
+            self.done.pop_first();
+            self.floor += 1;
+        }
+        // Entries below the floor (from an old record) carry no information.
+        while self.done.first().is_some_and(|&o| o < self.floor) {
+            self.done.pop_first();
+        }
+    }
+}
+
+/// `[start, end)` ranges of consecutive offsets, flattened.
+pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut it = set.iter().copied();
+    let Some(mut start) = it.next() else {
+        return out;
+    };
+    let mut end = start + 1;
+    for o in it {
+        if o == end {
+            end += 1;
+        } else {
+            out.extend([start, end]);
+            start = o;
+            end = o + 1;
+        }
+    }
+    out.extend([start, end]);
+    out
+}
+
+/// The inverse of [`set_to_ranges`].
+pub fn ranges_to_set(flat: &[u64]) -> Result<BTreeSet<Offset>, String> {
+    if flat.len() % 2 != 0 {
+        return Err("odd number of range bounds".into());
+    }
+    let mut set = BTreeSet::new();
+    for pair in flat.chunks_exact(2) {
+        if pair[0] >= pair[1] || pair[1] - pair[0] > 100_000_000 {
+            return Err(format!("bad range {}..{}", pair[0], pair[1]));
+        }
+        set.extend(pair[0]..pair[1]);
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn floor_advances_over_out_of_order_acks() {
+        let mut st = State::new(1, BTreeSet::new());
+        let now = Instant::now();
+        for o in 1..=4 {
+            st.lease(o, 7, 1, now);
+            st.next_read = o + 1;
+        }
+        st.ack(3);
+        st.ack(2);
+        assert_eq!(st.floor, 1);
+        st.ack(1);
+        assert_eq!(st.floor, 4);
+        assert!(st.done.is_empty());
+        assert_eq!(st.load(7), 1);
+    }
+
+    #[test]
+    fn expiry_then_redelivery_counts_attempts() {
+        let mut st = State::new(1, BTreeSet::new());
+        let t0 = Instant::now();
+        st.lease(1, 1, 1, t0 + Duration::from_secs(1));
+        st.expire_leases(t0);
+        assert_eq!(st.take_due_retry(t0), None);
+        st.expire_leases(t0 + Duration::from_secs(1));
+        assert_eq!(st.load(1), 0);
+        assert_eq!(st.take_due_retry(t0 + Duration::from_secs(1)), Some((1, 1)));
+    }
+
+    #[test]
+    fn nack_delays_and_release_requeues() {
+        let mut st = State::new(1, BTreeSet::new());
+        let t0 = Instant::now();
+        st.lease(1, 1, 1, t0 + Duration::from_secs(30));
+        st.lease(2, 2, 1, t0 + Duration::from_secs(30));
+        st.nack(1, t0 + Duration::from_secs(5));
+        assert_eq!(st.take_due_retry(t0), None);
+        assert_eq!(st.next_wake(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(st.release(2, t0), 1);
+        assert_eq!(st.take_due_retry(t0), Some((2, 1)));
+        assert_eq!(st.take_due_retry(t0 + Duration::from_secs(5)), Some((1, 1)));
+    }
+
+    #[test]
+    fn ranges_round_trip() {
+        let set: BTreeSet<u64> = [3, 4, 5, 9, 11, 12].into_iter().collect();
+        let flat = set_to_ranges(&set);
+        assert_eq!(flat, vec![3, 6, 9, 10, 11, 13]);
+        assert_eq!(ranges_to_set(&flat).unwrap(), set);
+        assert!(ranges_to_set(&[5, 5]).is_err());
+    }
+}

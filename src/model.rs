@@ -1,0 +1,176 @@
+//! Domain types shared by the store, consumers and the API.
+//!
+//! The typed payload records (`ShipmentClosed`, ...) are the generated prost
+//! messages themselves: they are plain data with 140+ fields, and mirroring
+//! them field by field would only add a copy to keep in step. What the edge
+//! guarantees is captured by the types here: a [`NewEvent`] has passed
+//! validation in `convert.rs` and has its id, time and ordering key filled in.
+
+use std::{fmt, time::SystemTime};
+
+use crate::pb;
+
+/// A position in the log. Offsets start at 1 and are dense.
+pub type Offset = u64;
+
+/// The first offset of an empty log.
+pub const FIRST_OFFSET: Offset = 1;
+
+/// An event type name such as `shipment.closed`: lowercase dot-separated
+/// segments of `[a-z0-9_]`, at least two segments, at most 128 bytes.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventType(String);
+
+/// The event types with a typed payload, in `oneof payload` order.
+pub const TYPED_EVENT_TYPES: &[&str] = &[
+    "shipment.closed",
+    "pick.confirmed",
+    "inventory.updated",
+    "order.status",
+    "return.received",
+    "channel_inventory.updated",
+];
+
+/// Event types under this prefix are published by the broker itself.
+pub const RESERVED_PREFIX: &str = "stevedore.";
+
+impl EventType {
+    /// Checks the syntax only; whether a name may be used for a custom event
+    /// is [`EventType::parse_custom`]'s business.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if name.len() > 128 {
+            return Err("must be at most 128 bytes".into());
+        }
+        let segments: Vec<&str> = name.split('.').collect();
+        if segments.len() < 2
+            || segments.iter().any(|s| {
+                s.is_empty()
+                    || !s
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+        {
+            return Err(format!(
+                "{name:?} is not an event type name (lowercase `segment.segment`, [a-z0-9_] per segment)"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// A name a producer may use for a `CustomEvent`: well-formed, not one of
+    /// the typed event types, not reserved.
+    pub fn parse_custom(name: &str) -> Result<Self, String> {
+        let ty = Self::parse(name)?;
+        if TYPED_EVENT_TYPES.contains(&name) {
+            return Err(format!(
+                "{name:?} has a typed payload; publish it in that payload field instead of `custom`"
+            ));
+        }
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(format!(
+                "{name:?} is reserved: the `{RESERVED_PREFIX}` prefix is for the broker's own events"
+            ));
+        }
+        Ok(ty)
+    }
+
+    /// Wraps a name known to be valid (a typed event type constant).
+    pub(crate) fn from_static(name: &'static str) -> Self {
+        Self(name.to_owned())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// The event type a payload stands for; `None` when there is no payload.
+pub fn event_type_of(payload: Option<&pb::event::Payload>) -> Option<EventType> {
+    use pb::event::Payload as P;
+    let name = match payload? {
+        P::ShipmentClosed(_) => TYPED_EVENT_TYPES[0],
+        P::PickConfirmed(_) => TYPED_EVENT_TYPES[1],
+        P::InventoryUpdated(_) => TYPED_EVENT_TYPES[2],
+        P::OrderStatus(_) => TYPED_EVENT_TYPES[3],
+        P::ReturnReceived(_) => TYPED_EVENT_TYPES[4],
+        P::ChannelInventoryUpdated(_) => TYPED_EVENT_TYPES[5],
+        // Stored custom events passed `parse_custom`; a record that did not
+        // would be corrupt, and its raw name is still the best description.
+        P::Custom(c) => return Some(EventType(c.r#type.clone())),
+    };
+    Some(EventType::from_static(name))
+}
+
+/// A validated event, ready to append. Its `event` has `id`, `occurred_at`
+/// and `ordering_key` set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The event as it will be stored.
+    pub event: pb::Event,
+    /// Its type, derived from the payload.
+    pub event_type: EventType,
+    /// True when the broker generated the id: such an id cannot be in the log
+    /// yet, so the idempotency lookup is skipped.
+    pub id_assigned: bool,
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its position.
+    pub offset: Offset,
+    /// When the broker appended it. Never decreases along the log.
+    pub published_at: SystemTime,
+    /// Its type.
+    pub event_type: EventType,
+    /// The event, with id, time and ordering key filled in.
+    pub event: pb::Event,
+}
+
+/// The result of appending one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Where the event is (for a duplicate: where the original is).
+    pub offset: Offset,
+    /// True when the id was already in the log and nothing was written.
+    pub duplicate: bool,
+}
+
+/// A set of event types to let through; empty lets everything through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeFilter(Vec<EventType>);
+
+impl TypeFilter {
+    /// A filter for these types (sorted, deduplicated).
+    pub fn new(mut types: Vec<EventType>) -> Self {
+        types.sort();
+        types.dedup();
+        Self(types)
+    }
+
+    /// Whether `ty` passes.
+    pub fn matches(&self, ty: &EventType) -> bool {
+        self.0.is_empty() || self.0.binary_search(ty).is_ok()
+    }
+
+    /// The types, sorted.
+    pub fn types(&self) -> &[EventType] {
+        &self.0
+    }
+}

@@ -1,0 +1,85 @@
+//! Key and record encodings of every tree, in one place.
+//!
+//! - `events`: big-endian offset → [`EventRecord`] (prost). Big-endian keys
+//!   sort in offset order, so range scans read the log in order.
+//! - `event_ids`: event id (UTF-8) → big-endian offset.
+//! - `consumers`: consumer name (UTF-8) → [`ConsumerRecord`] (prost).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{
+    error::{Error, Result},
+    model::{event_type_of, Offset, StoredEvent},
+    pb,
+};
+
+/// Tree names.
+pub const EVENTS: &str = "events";
+/// Tree names.
+pub const EVENT_IDS: &str = "event_ids";
+/// Tree names.
+pub const CONSUMERS: &str = "consumers";
+
+/// An offset as a tree key.
+pub fn offset_key(offset: Offset) -> [u8; 8] {
+    offset.to_be_bytes()
+}
+
+/// An offset from a tree key or value.
+pub fn decode_offset(bytes: &[u8]) -> Result<Offset> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("offset of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// How an event is stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventRecord {
+    /// The event with id, occurred_at and ordering_key filled in.
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<pb::Event>,
+    /// Append time, nanoseconds since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub published_at_nanos: u64,
+}
+
+/// Decodes an `events` entry.
+pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
+    let offset = decode_offset(key)?;
+    let record: EventRecord = prost::Message::decode(value)
+        .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
+    let event = record
+        .event
+        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: empty")))?;
+    let event_type = event_type_of(event.payload.as_ref())
+        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
+    Ok(StoredEvent {
+        offset,
+        published_at: UNIX_EPOCH + Duration::from_nanos(record.published_at_nanos),
+        event_type,
+        event,
+    })
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+/// A durable consumer's persisted state.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConsumerRecord {
+    /// Every offset below this is done (acked or filtered out).
+    #[prost(uint64, tag = "1")]
+    pub floor: u64,
+    /// The event-type filter the consumer was created with.
+    #[prost(string, repeated, tag = "2")]
+    pub event_types: Vec<String>,
+    /// Done offsets above the floor, as half-open ranges flattened to
+    /// `[start0, end0, start1, end1, ...]`.
+    #[prost(uint64, repeated, tag = "3")]
+    pub done_ranges: Vec<u64>,
+}

@@ -1,0 +1,281 @@
+//! The durable log and the state beside it, on sled.
+//!
+//! Reads go straight to sled from any task. Every write goes through one
+//! writer thread ([`writer`]), which folds whatever is queued into a group
+//! commit: apply the batches, `flush()`, then fsync the data file (sled's
+//! `flush()` alone does not fsync on Linux). Only then are the callers
+//! answered and the new head published, so an acknowledged write is on disk
+//! and a subscriber never sees an event that could still be lost.
+
+mod keys;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use keys::ConsumerRecord;
+
+use crate::{
+    error::{Error, Result},
+    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+};
+use writer::{Op, Writer};
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Data directory.
+    pub path: PathBuf,
+    /// sled page-cache size in bytes.
+    pub cache_bytes: u64,
+    /// Most operations in one group commit.
+    pub max_group: usize,
+}
+
+/// Handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    events: sled::Tree,
+    event_ids: sled::Tree,
+    consumers: sled::Tree,
+    ops: mpsc::Sender<Op>,
+    head: watch::Receiver<Offset>,
+}
+
+/// Owns the writer thread; [`WriterHandle::join`] waits until every write
+/// has been committed and sled is closed.
+pub struct WriterHandle(std::thread::JoinHandle<()>);
+
+impl WriterHandle {
+    /// Blocks until the writer has drained its queue and exited, which
+    /// happens once every [`Store`] handle is dropped.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("store writer thread panicked");
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the writer.
+    pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
+        std::fs::create_dir_all(&config.path)?;
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            // Each group commit flushes and fsyncs itself; the periodic
+            // flusher stays on as sled's own safety net.
+            .flush_every_ms(Some(500))
+            // Large segments keep ordinary events out of sled's blob files,
+            // which sled writes without fsync (the writer syncs any that do
+            // appear, see `writer::sync_blobs`).
+            .segment_size(8 * 1024 * 1024)
+            .open()?;
+        let events = db.open_tree(keys::EVENTS)?;
+        let event_ids = db.open_tree(keys::EVENT_IDS)?;
+        let consumers = db.open_tree(keys::CONSUMERS)?;
+        repair_id_index(&events, &event_ids)?;
+
+        let next = match events.last()? {
+            Some((k, _)) => keys::decode_offset(&k)? + 1,
+            None => FIRST_OFFSET,
+        };
+        let last_published = match events.last()? {
+            Some((k, v)) => keys::unix_nanos(keys::decode_event(&k, &v)?.published_at),
+            None => 0,
+        };
+        let (head_tx, head_rx) = watch::channel(next);
+        // Bounded so producers feel backpressure when the disk falls behind.
+        let (ops_tx, ops_rx) = mpsc::channel(config.max_group.max(1024));
+        let writer = Writer::new(
+            db.clone(),
+            &config.path,
+            events.clone(),
+            event_ids.clone(),
+            consumers.clone(),
+            next,
+            last_published,
+            head_tx,
+            config.max_group,
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("stevedore-writer".into())
+            .spawn(move || writer.run(ops_rx))?;
+        tracing::info!(path = %config.path.display(), next_offset = next, "store opened");
+        Ok((
+            Store {
+                inner: Arc::new(Inner {
+                    events,
+                    event_ids,
+                    consumers,
+                    ops: ops_tx,
+                    head: head_rx,
+                }),
+            },
+            WriterHandle(thread),
+        ))
+    }
+
+    /// Queues an append of `events` (all or nothing) and returns a receiver
+    /// for its durable outcome. Queuing waits only when the writer's queue is
+    /// full, so a caller can pipeline several appends and await them in order.
+    pub async fn submit_append(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .ops
+            .send(Op::Append { events, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Appends `events` (all or nothing) and waits until they are durable.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        let rx = self.submit_append(events).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues a write (or with `None`, a removal) of a consumer's state and
+    /// returns a receiver for its durable outcome. Writes queued one after
+    /// another are applied in that order.
+    pub async fn submit_put_consumer(
+        &self,
+        name: &str,
+        record: Option<&ConsumerRecord>,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
+        let (reply, rx) = oneshot::channel();
+        let value = record.map(prost::Message::encode_to_vec);
+        self.inner
+            .ops
+            .send(Op::PutConsumer {
+                name: name.to_owned(),
+                value,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// A consumer's persisted state.
+    pub fn get_consumer(&self, name: &str) -> Result<Option<ConsumerRecord>> {
+        self.inner
+            .consumers
+            .get(name.as_bytes())?
+            .map(|v| {
+                prost::Message::decode(&*v)
+                    .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// The next offset to be written: every durable event is below it.
+    pub fn head(&self) -> Offset {
+        *self.inner.head.borrow()
+    }
+
+    /// Watches the head; it changes after every group commit that appended.
+    pub fn watch_head(&self) -> watch::Receiver<Offset> {
+        self.inner.head.clone()
+    }
+
+    /// The oldest offset in the log (the head when it is empty).
+    pub fn first_offset(&self) -> Result<Offset> {
+        match self.inner.events.first()? {
+            Some((k, _)) => keys::decode_offset(&k),
+            None => Ok(self.head()),
+        }
+    }
+
+    /// The event at `offset`, if it is durable and still in the log.
+    pub fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
+        if offset >= self.head() {
+            return Ok(None);
+        }
+        self.inner
+            .events
+            .get(keys::offset_key(offset))?
+            .map(|v| keys::decode_event(&keys::offset_key(offset), &v))
+            .transpose()
+    }
+
+    /// Up to `limit` durable events from `from` on, in log order.
+    pub fn read_from(&self, from: Offset, limit: usize) -> Result<Vec<StoredEvent>> {
+        let head = self.head();
+        if from >= head {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .events
+            .range(keys::offset_key(from)..keys::offset_key(head))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                keys::decode_event(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The offset of the first event published at or after `t` (the head if
+    /// none). Binary search: publish times never decrease along the log.
+    pub fn offset_at_time(&self, t: SystemTime) -> Result<Offset> {
+        let (mut lo, mut hi) = (self.first_offset()?, self.head());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // Offsets are dense between first and head, so `mid` exists
+            // unless retention removed it meanwhile; then search above it.
+            match self.get(mid)? {
+                Some(e) if e.published_at >= t => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The offset of an event id, if it is in the log.
+    pub fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
+        self.inner
+            .event_ids
+            .get(id.as_bytes())?
+            .map(|v| keys::decode_offset(&v))
+            .transpose()
+    }
+}
+
+/// A group commit applies the events batch before the id batch, so after a
+/// crash the id index can lack the ids of the last group (never the
+/// reverse). Re-index from the end of the log until an indexed event.
+fn repair_id_index(events: &sled::Tree, event_ids: &sled::Tree) -> Result<()> {
+    let mut repaired = 0u64;
+    for kv in events.iter().rev() {
+        let (k, v) = kv?;
+        let e = keys::decode_event(&k, &v)?;
+        if event_ids.get(e.event.id.as_bytes())?.is_some() {
+            break;
+        }
+        event_ids.insert(e.event.id.as_bytes(), &k[..])?;
+        repaired += 1;
+    }
+    if repaired > 0 {
+        event_ids.flush()?;
+        tracing::warn!(repaired, "re-indexed event ids after an interrupted commit");
+    }
+    Ok(())
+}
+
+/// The sled data file, fsync'd after every group commit.
+fn data_file(path: &Path) -> PathBuf {
+    path.join("db")
+}
