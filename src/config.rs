@@ -251,7 +251,11 @@ fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
 {
-    value.trim().replace('_', "").parse().map_err(|e| format!("{e}"))
+    value
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|e| format!("{e}"))
 }
 
 /// Parses `250ms`, `30s`, `5m`, `2h`, `1d` (one number and one unit).
@@ -334,12 +338,18 @@ mod tests {
     fn errors_name_the_key() {
         let err = Config::load(None, env(&[("STEVEDORE_LISTEN", "nope")]), &[]).unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("STEVEDORE_LISTEN") && text.contains("`listen`"), "{text}");
+        assert!(
+            text.contains("STEVEDORE_LISTEN") && text.contains("`listen`"),
+            "{text}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s.toml");
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
-        let text = format!("{:#}", Config::load(Some(&file), env(&[]), &[]).unwrap_err());
+        let text = format!(
+            "{:#}",
+            Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+        );
         assert!(text.contains("unknown config key `lisen`"), "{text}");
 
         let text = format!(
@@ -350,8 +360,12 @@ mod tests {
 
         let text = format!(
             "{:#}",
-            Config::load(None, env(&[("STEVEDORE_DEFAULT_ACK_WAIT", "5 parsecs")]), &[])
-                .unwrap_err()
+            Config::load(
+                None,
+                env(&[("STEVEDORE_DEFAULT_ACK_WAIT", "5 parsecs")]),
+                &[]
+            )
+            .unwrap_err()
         );
         assert!(text.contains("`default_ack_wait`"), "{text}");
 

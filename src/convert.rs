@@ -86,7 +86,11 @@ pub fn validate_event(
         // Without a natural key the event is ordered only against itself.
         event.ordering_key = default_key.unwrap_or_else(|| event.id.clone());
     } else {
-        check_text(&field("ordering_key"), &event.ordering_key, MAX_ORDERING_KEY_BYTES)?;
+        check_text(
+            &field("ordering_key"),
+            &event.ordering_key,
+            MAX_ORDERING_KEY_BYTES,
+        )?;
     }
     Ok(NewEvent {
         event,
@@ -101,9 +105,24 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
     let key = match payload {
         Payload::ShipmentClosed(s) => {
             let p = format!("{path}.shipment_closed");
-            v.enumeration(&p, "tracking_status", pb::TrackingStatus::try_from(s.tracking_status).is_ok(), s.tracking_status);
-            v.enumeration(&p, "status", pb::ShipmentStatus::try_from(s.status).is_ok(), s.status);
-            v.enumeration(&p, "signature_required", pb::SignatureRequired::try_from(s.signature_required).is_ok(), s.signature_required);
+            v.enumeration(
+                &p,
+                "tracking_status",
+                pb::TrackingStatus::try_from(s.tracking_status).is_ok(),
+                s.tracking_status,
+            );
+            v.enumeration(
+                &p,
+                "status",
+                pb::ShipmentStatus::try_from(s.status).is_ok(),
+                s.status,
+            );
+            v.enumeration(
+                &p,
+                "signature_required",
+                pb::SignatureRequired::try_from(s.signature_required).is_ok(),
+                s.signature_required,
+            );
             v.timestamp(&p, "ship_date", &s.ship_date);
             v.timestamp(&p, "estimated_delivery_date", &s.estimated_delivery_date);
             v.number(&p, "weight_shipment", s.weight_shipment);
@@ -118,7 +137,12 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
         }
         Payload::PickConfirmed(s) => {
             let p = format!("{path}.pick_confirmed");
-            v.enumeration(&p, "status", pb::PickStatus::try_from(s.status).is_ok(), s.status);
+            v.enumeration(
+                &p,
+                "status",
+                pb::PickStatus::try_from(s.status).is_ok(),
+                s.status,
+            );
             v.number(&p, "total_qty", s.total_qty);
             v.timestamp(&p, "last_activity_date", &s.last_activity_date);
             for (i, l) in s.lines.iter().enumerate() {
@@ -131,7 +155,12 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
         }
         Payload::InventoryUpdated(s) => {
             let p = format!("{path}.inventory_updated");
-            v.enumeration(&p, "reason", pb::InventoryReason::try_from(s.reason).is_ok(), s.reason);
+            v.enumeration(
+                &p,
+                "reason",
+                pb::InventoryReason::try_from(s.reason).is_ok(),
+                s.reason,
+            );
             v.number(&p, "quantity_change", s.quantity_change);
             v.number(&p, "quantity_on_hand", s.quantity_on_hand);
             v.number(&p, "quantity_allocated", s.quantity_allocated);
@@ -140,15 +169,31 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             // One level is one product at one place: a later event for the
             // same key supersedes an earlier one.
             (!s.product.is_empty()).then(|| {
-                [&s.tenant_id, &s.fulfillment_center_id, &s.product, &s.location, &s.lot]
-                    .map(|s| s.as_str())
-                    .join("/")
+                [
+                    &s.tenant_id,
+                    &s.fulfillment_center_id,
+                    &s.product,
+                    &s.location,
+                    &s.lot,
+                ]
+                .map(|s| s.as_str())
+                .join("/")
             })
         }
         Payload::OrderStatus(s) => {
             let p = format!("{path}.order_status");
-            v.enumeration(&p, "previous_status", pb::OrderStatus::try_from(s.previous_status).is_ok(), s.previous_status);
-            v.enumeration(&p, "status", pb::OrderStatus::try_from(s.status).is_ok(), s.status);
+            v.enumeration(
+                &p,
+                "previous_status",
+                pb::OrderStatus::try_from(s.previous_status).is_ok(),
+                s.previous_status,
+            );
+            v.enumeration(
+                &p,
+                "status",
+                pb::OrderStatus::try_from(s.status).is_ok(),
+                s.status,
+            );
             v.number(&p, "total_qty", s.total_qty);
             v.timestamp(&p, "last_activity_date", &s.last_activity_date);
             first_non_empty(&[&s.sales_order_id])
@@ -160,8 +205,18 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
                 let p = format!("{p}.lines[{i}]");
                 v.number(&p, "quantity_expected", l.quantity_expected);
                 v.number(&p, "quantity_received", l.quantity_received);
-                v.enumeration(&p, "condition", pb::ReturnCondition::try_from(l.condition).is_ok(), l.condition);
-                v.enumeration(&p, "disposition", pb::ReturnDisposition::try_from(l.disposition).is_ok(), l.disposition);
+                v.enumeration(
+                    &p,
+                    "condition",
+                    pb::ReturnCondition::try_from(l.condition).is_ok(),
+                    l.condition,
+                );
+                v.enumeration(
+                    &p,
+                    "disposition",
+                    pb::ReturnDisposition::try_from(l.disposition).is_ok(),
+                    l.disposition,
+                );
             }
             first_non_empty(&[&s.rma_id])
         }
@@ -174,7 +229,10 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
                 return Err(Error::invalid(format!("{p}.variant.id"), "required"));
             };
             if s.inventory.as_ref().and_then(|i| i.available).is_none() {
-                return Err(Error::invalid(format!("{p}.inventory.available"), "required"));
+                return Err(Error::invalid(
+                    format!("{p}.inventory.available"),
+                    "required",
+                ));
             }
             if let Some(cv) = &s.channel_variant {
                 let p = format!("{p}.channel_variant");
@@ -189,14 +247,19 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
                     v.timestamp(&p, name, ts);
                 }
                 if let Some(ch) = &cv.channel {
-                    v.number(&format!("{p}.channel"), "free_shipping_threshold", ch.free_shipping_threshold);
+                    v.number(
+                        &format!("{p}.channel"),
+                        "free_shipping_threshold",
+                        ch.free_shipping_threshold,
+                    );
                 }
             }
             Some(variant_id.to_string())
         }
         Payload::Custom(c) => {
             let p = format!("{path}.custom");
-            EventType::parse_custom(&c.r#type).map_err(|m| Error::invalid(format!("{p}.type"), m))?;
+            EventType::parse_custom(&c.r#type)
+                .map_err(|m| Error::invalid(format!("{p}.type"), m))?;
             if let Some(data) = &c.data {
                 check_struct(&format!("{p}.data"), data, 0)?;
             }
@@ -215,12 +278,16 @@ struct Validator {
 
 impl Validator {
     fn fail(&mut self, field: String, message: String) {
-        self.first_error.get_or_insert(Error::invalid(field, message));
+        self.first_error
+            .get_or_insert(Error::invalid(field, message));
     }
 
     fn enumeration(&mut self, path: &str, name: &str, known: bool, value: i32) {
         if !known {
-            self.fail(format!("{path}.{name}"), format!("unknown enum value {value}"));
+            self.fail(
+                format!("{path}.{name}"),
+                format!("unknown enum value {value}"),
+            );
         }
     }
 
@@ -244,12 +311,18 @@ impl Validator {
 }
 
 fn first_non_empty(candidates: &[&String]) -> Option<String> {
-    candidates.iter().find(|s| !s.is_empty()).map(|s| s.to_string())
+    candidates
+        .iter()
+        .find(|s| !s.is_empty())
+        .map(|s| s.to_string())
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
     if value.len() > max {
-        return Err(Error::invalid(field, format!("must be at most {max} bytes")));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(Error::invalid(field, "must not contain control characters"));
@@ -281,7 +354,10 @@ fn check_struct(field: &str, s: &Struct, depth: usize) -> Result<()> {
 
 fn check_value(field: &str, v: &prost_types::Value, depth: usize) -> Result<()> {
     if depth > MAX_STRUCT_DEPTH {
-        return Err(Error::invalid(field, format!("nested deeper than {MAX_STRUCT_DEPTH} levels")));
+        return Err(Error::invalid(
+            field,
+            format!("nested deeper than {MAX_STRUCT_DEPTH} levels"),
+        ));
     }
     match &v.kind {
         Some(Kind::NumberValue(n)) if !n.is_finite() => {

@@ -88,8 +88,8 @@ pub async fn run(
         .build_v1alpha()?;
 
     let max = config.max_request_bytes;
-    let publisher = PublisherServer::new(PublisherService::new(shared.clone()))
-        .max_decoding_message_size(max);
+    let publisher =
+        PublisherServer::new(PublisherService::new(shared.clone())).max_decoding_message_size(max);
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
         .max_decoding_message_size(max);
 
@@ -108,7 +108,9 @@ pub async fn run(
             health
                 .set_not_serving::<SubscriberServer<SubscriberService>>()
                 .await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             // Ends every stream, so the server's graceful drain can finish.
             token.cancel();
         }

@@ -8,7 +8,10 @@ use stevedore::config::{Config, LogFormat};
 use tokio::sync::oneshot;
 
 #[derive(Parser)]
-#[command(version, about = "A gRPC event broker for warehouse and commerce webhooks")]
+#[command(
+    version,
+    about = "A gRPC event broker for warehouse and commerce webhooks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,6 +107,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -39,9 +39,7 @@ fn limits(shared: &Shared) -> EventLimits {
 }
 
 fn validate_one(shared: &Shared, req: PublishRequest, path: &str) -> Result<NewEvent, Error> {
-    let event = req
-        .event
-        .ok_or_else(|| Error::invalid(path, "required"))?;
+    let event = req.event.ok_or_else(|| Error::invalid(path, "required"))?;
     validate_event(event, path, SystemTime::now(), limits(shared))
 }
 

@@ -22,9 +22,9 @@ use crate::{
     error::{Error, Result},
     model::{EventType, Offset, StoredEvent, TypeFilter},
     pb::{
-        subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest,
-        AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
-        SubscribeRequest, SubscribeResponse,
+        subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest, AckResponse,
+        GetEventRequest, GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
+        SubscribeResponse,
     },
 };
 
@@ -92,7 +92,9 @@ impl SubscriberService {
             .event_types
             .iter()
             .enumerate()
-            .map(|(i, t)| EventType::parse(t).map_err(|m| Error::invalid(format!("event_types[{i}]"), m)))
+            .map(|(i, t)| {
+                EventType::parse(t).map_err(|m| Error::invalid(format!("event_types[{i}]"), m))
+            })
             .collect::<Result<Vec<_>>>()?;
         let start = match &req.start {
             None | Some(Start::Latest(_)) => store.head(),
@@ -102,7 +104,10 @@ impl SubscriberService {
         };
         let durable = if explicit {
             if req.consumer.is_empty() {
-                return Err(Error::invalid("consumer", "required with ACK_MODE_EXPLICIT"));
+                return Err(Error::invalid(
+                    "consumer",
+                    "required with ACK_MODE_EXPLICIT",
+                ));
             }
             validate_consumer_name(&req.consumer)?;
             let max_in_flight = match req.max_in_flight {
@@ -144,7 +149,11 @@ impl SubscriberService {
                 ));
             }
             if req.max_in_flight != 0 || req.ack_wait.is_some() {
-                let field = if req.max_in_flight != 0 { "max_in_flight" } else { "ack_wait" };
+                let field = if req.max_in_flight != 0 {
+                    "max_in_flight"
+                } else {
+                    "ack_wait"
+                };
                 return Err(Error::invalid(field, "applies only to ACK_MODE_EXPLICIT"));
             }
             None
@@ -338,7 +347,10 @@ impl Subscriber for SubscriberService {
                 if d > self.shared.config.max_ack_wait {
                     return Err(Error::invalid(
                         "delay",
-                        format!("must be at most max_ack_wait ({:?})", self.shared.config.max_ack_wait),
+                        format!(
+                            "must be at most max_ack_wait ({:?})",
+                            self.shared.config.max_ack_wait
+                        ),
                     )
                     .into());
                 }
@@ -371,4 +383,3 @@ impl Subscriber for SubscriberService {
         }))
     }
 }
-

@@ -55,7 +55,7 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum Poll {
     /// A message, now leased to the asking stream.
-    Message(Delivery),
+    Message(Box<Delivery>),
     /// Nothing to hand out now. Ask again when the head or the consumer
     /// changes, or at `wake_at` (a lease expiry or a delayed redelivery).
     Idle {
@@ -213,7 +213,7 @@ impl Consumer {
                 Some(event) => {
                     let attempt = attempts + 1;
                     st.lease(offset, stream, attempt, now + ack_wait);
-                    return Ok(Poll::Message(Delivery { event, attempt }));
+                    return Ok(Poll::Message(Box::new(Delivery { event, attempt })));
                 }
                 // Removed by retention: nothing left to deliver.
                 None => st.mark_done(offset),
@@ -235,7 +235,7 @@ impl Consumer {
                 continue;
             }
             st.lease(offset, stream, 1, now + ack_wait);
-            return Ok(Poll::Message(Delivery { event, attempt: 1 }));
+            return Ok(Poll::Message(Box::new(Delivery { event, attempt: 1 })));
         }
         Ok(Poll::Idle {
             wake_at: st.next_wake(),
@@ -322,4 +322,3 @@ impl Consumer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
-

@@ -232,7 +232,11 @@ impl Writer {
         let mut newest = self.blobs_synced;
         for entry in entries {
             let entry = entry?;
-            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             if lsn > self.blobs_synced {

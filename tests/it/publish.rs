@@ -1,0 +1,301 @@
+//! Publisher: offsets, ids, idempotency, all-or-nothing batches, streams,
+//! bad input.
+
+use futures::StreamExt;
+use stevedore::pb::{self, event::Payload, GetEventRequest, PublishBatchRequest, PublishRequest};
+
+use crate::{assert_invalid, inventory, pick, publish, TestServer};
+
+#[tokio::test]
+async fn publish_assigns_offsets_ids_and_defaults() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let a = p
+        .publish(PublishRequest {
+            event: Some(pick("", "SO-1")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.offset, 1);
+    assert_eq!(a.event_id.len(), 26, "a ULID: {}", a.event_id);
+    assert!(!a.duplicate);
+    let b = p
+        .publish(PublishRequest {
+            event: Some(pick("mine-1", "SO-2")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.offset, b.event_id.as_str()), (2, "mine-1"));
+
+    let mut s = server.subscriber().await;
+    let got = s
+        .get_event(GetEventRequest { offset: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = got.event.unwrap();
+    assert_eq!(e.id, "mine-1");
+    assert_eq!(e.ordering_key, "SO-2", "default key: the sales order");
+    assert!(
+        e.occurred_at.is_some(),
+        "occurred_at defaults to publish time"
+    );
+    assert_eq!(got.event_type, "pick.confirmed");
+    assert!(got.published_at.is_some());
+
+    let missing = s
+        .get_event(GetEventRequest { offset: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_invalid(
+        s.get_event(GetEventRequest { offset: 0 })
+            .await
+            .unwrap_err(),
+        "offset",
+    );
+}
+
+#[tokio::test]
+async fn duplicates_are_detected_also_after_restart() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    assert_eq!(publish(&mut p, pick("order-7", "SO-7")).await, 1);
+    assert_eq!(publish(&mut p, pick("other", "SO-8")).await, 2);
+    let again = p
+        .publish(PublishRequest {
+            event: Some(pick("order-7", "SO-7")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.offset, again.duplicate), (1, true));
+
+    let server = server.restart().await;
+    let mut p = server.publisher().await;
+    let again = p
+        .publish(PublishRequest {
+            event: Some(pick("order-7", "SO-7")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.offset, again.duplicate), (1, true));
+    // Nothing was written by the duplicates: the next event gets offset 3.
+    assert_eq!(publish(&mut p, pick("new", "SO-9")).await, 3);
+
+    // In a batch, a repeated id is a duplicate of the first occurrence.
+    let r = p
+        .publish_batch(PublishBatchRequest {
+            events: vec![pick("b1", "SO"), pick("b1", "SO"), pick("order-7", "SO")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let got: Vec<(u64, bool)> = r.iter().map(|r| (r.offset, r.duplicate)).collect();
+    assert_eq!(got, vec![(4, false), (4, true), (1, true)]);
+}
+
+#[tokio::test]
+async fn batch_is_all_or_nothing() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let mut bad = pick("bad", "SO");
+    if let Some(Payload::PickConfirmed(pc)) = &mut bad.payload {
+        pc.status = 99;
+    }
+    let err = p
+        .publish_batch(PublishBatchRequest {
+            events: vec![pick("a", "SO"), pick("b", "SO"), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(err, "events[2].pick_confirmed.status");
+    // Nothing was written: the good ids are still free and offsets start at 1.
+    let r = p
+        .publish_batch(PublishBatchRequest {
+            events: vec![pick("a", "SO"), pick("b", "SO")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        r.iter()
+            .map(|r| (r.offset, r.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(1, false), (2, false)]
+    );
+
+    assert_invalid(
+        p.publish_batch(PublishBatchRequest { events: vec![] })
+            .await
+            .unwrap_err(),
+        "events",
+    );
+}
+
+#[tokio::test]
+async fn batch_size_limit() {
+    let server = TestServer::start_with(std::sync::Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.max_batch_events = 3
+    })
+    .await;
+    let mut p = server.publisher().await;
+    let events = (0..4).map(|i| pick(&format!("e{i}"), "SO")).collect();
+    let err = p
+        .publish_batch(PublishBatchRequest { events })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("max_batch_events"), "{err:?}");
+    assert_invalid(err, "events");
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let cases: Vec<(pb::Event, &str)> = vec![
+        (pb::Event::default(), "event.payload"),
+        (
+            pb::Event {
+                payload: Some(Payload::Custom(pb::CustomEvent {
+                    r#type: "NotAType".into(),
+                    data: None,
+                })),
+                ..Default::default()
+            },
+            "event.custom.type",
+        ),
+        (
+            pb::Event {
+                payload: Some(Payload::Custom(pb::CustomEvent {
+                    r#type: "stevedore.endpoint.disabled".into(),
+                    data: None,
+                })),
+                ..Default::default()
+            },
+            "event.custom.type",
+        ),
+        (
+            {
+                let mut e = inventory("x", "SKU", f64::INFINITY);
+                e.id = "x".into();
+                e
+            },
+            "event.inventory_updated.quantity_available",
+        ),
+        (
+            {
+                let mut e = pick("", "SO");
+                e.occurred_at = Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: -5,
+                });
+                e
+            },
+            "event.occurred_at",
+        ),
+        (
+            {
+                let mut e = pick("", "SO");
+                e.id = "bad\nid".into();
+                e
+            },
+            "event.id",
+        ),
+        (
+            pb::Event {
+                payload: Some(Payload::ChannelInventoryUpdated(
+                    pb::ChannelInventoryUpdated::default(),
+                )),
+                ..Default::default()
+            },
+            "event.channel_inventory_updated.variant",
+        ),
+        (
+            {
+                let mut e = pick("", "SO");
+                e.attributes.insert("k".into(), "v".repeat(2 * 1024 * 1024));
+                e
+            },
+            "event",
+        ),
+    ];
+    for (event, field) in cases {
+        let err = p
+            .publish(PublishRequest { event: Some(event) })
+            .await
+            .unwrap_err();
+        assert_invalid(err, field);
+    }
+    assert_invalid(
+        p.publish(PublishRequest { event: None }).await.unwrap_err(),
+        "event",
+    );
+    // Nothing was written.
+    assert_eq!(publish(&mut p, pick("", "SO")).await, 1);
+}
+
+#[tokio::test]
+async fn publish_stream_is_pipelined_and_in_order() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let n = 500;
+    let requests = futures::stream::iter((0..n).map(|i| PublishRequest {
+        event: Some(pick(&format!("s{i}"), &format!("SO-{}", i % 7))),
+    }));
+    let mut acks = p.publish_stream(requests).await.unwrap().into_inner();
+    let mut offsets = Vec::new();
+    while let Some(ack) = acks.next().await {
+        let ack = ack.unwrap();
+        assert_eq!(ack.event_id, format!("s{}", offsets.len()));
+        offsets.push(ack.offset);
+    }
+    assert_eq!(offsets, (1..=n as u64).collect::<Vec<_>>());
+
+    // A bad event ends the stream after the acks of the events before it.
+    let mut bad = pick("bad", "SO");
+    bad.payload = None;
+    let requests = futures::stream::iter(vec![
+        PublishRequest {
+            event: Some(pick("t0", "SO")),
+        },
+        PublishRequest { event: Some(bad) },
+        PublishRequest {
+            event: Some(pick("t2", "SO")),
+        },
+    ]);
+    let mut acks = p.publish_stream(requests).await.unwrap().into_inner();
+    assert_eq!(acks.next().await.unwrap().unwrap().offset, n as u64 + 1);
+    assert_invalid(acks.next().await.unwrap().unwrap_err(), "event.payload");
+    assert!(acks.next().await.is_none());
+    assert_eq!(publish(&mut p, pick("t2", "SO")).await, n as u64 + 2);
+}
+
+#[tokio::test]
+async fn concurrent_publishes_get_distinct_dense_offsets() {
+    let server = TestServer::start().await;
+    let p = server.publisher().await;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let mut p = p.clone();
+            tokio::spawn(async move {
+                let mut offsets = Vec::new();
+                for j in 0..20 {
+                    offsets.push(publish(&mut p, pick(&format!("c{i}-{j}"), "SO")).await);
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (1..=64 * 20).collect::<Vec<u64>>());
+}
