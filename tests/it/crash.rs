@@ -63,7 +63,8 @@ struct Server {
 impl Server {
     fn start(data_dir: &Path, logs: &Path, generation: u64) -> Result<Server, String> {
         let stderr_path = stderr_path(logs, generation);
-        let stderr = File::create(&stderr_path).map_err(|e| format!("creating {stderr_path:?}: {e}"))?;
+        let stderr =
+            File::create(&stderr_path).map_err(|e| format!("creating {stderr_path:?}: {e}"))?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_stevedore"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -127,7 +128,8 @@ fn stderr_path(logs: &Path, generation: u64) -> PathBuf {
 }
 
 fn read_stderr(logs: &Path, generation: u64) -> String {
-    std::fs::read_to_string(stderr_path(logs, generation)).unwrap_or_else(|e| format!("<unreadable: {e}>"))
+    std::fs::read_to_string(stderr_path(logs, generation))
+        .unwrap_or_else(|e| format!("<unreadable: {e}>"))
 }
 
 /// Every start's stderr, for a failure message.
@@ -160,7 +162,9 @@ async fn connect(addr: &str) -> Result<Channel, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-        Err(_) => Err(format!("connecting to {addr}: timed out after {CONNECT_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "connecting to {addr}: timed out after {CONNECT_TIMEOUT:?}"
+        )),
     }
 }
 
@@ -360,7 +364,9 @@ async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
         };
         let failure = |sh: &Shared, what: String| {
             if generation > sh.killed.load(Ordering::SeqCst) {
-                sh.fail(format!("publisher {task}: {what} on live server start #{generation}"));
+                sh.fail(format!(
+                    "publisher {task}: {what} on live server start #{generation}"
+                ));
             } else {
                 sh.crash_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -408,11 +414,18 @@ async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
 
             let mut acks = Vec::with_capacity(events.len());
             sh.calls[mode as usize].fetch_add(1, Ordering::Relaxed);
-            let result =
-                match tokio::time::timeout(CALL_TIMEOUT, call(&mut client, mode, &events, &mut acks)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("{} call timed out after {CALL_TIMEOUT:?}", mode_name(mode))),
-                };
+            let result = match tokio::time::timeout(
+                CALL_TIMEOUT,
+                call(&mut client, mode, &events, &mut acks),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "{} call timed out after {CALL_TIMEOUT:?}",
+                    mode_name(mode)
+                )),
+            };
             {
                 let mut ledger = sh.ledger.lock().unwrap();
                 for (e, ack) in events.iter().zip(&acks) {
@@ -473,7 +486,9 @@ async fn call(
     events: &[pb::Event],
     acks: &mut Vec<PublishResponse>,
 ) -> Result<(), String> {
-    let req = |e: &pb::Event| PublishRequest { event: Some(e.clone()) };
+    let req = |e: &pb::Event| PublishRequest {
+        event: Some(e.clone()),
+    };
     match mode {
         Mode::Unary => {
             let r = client
@@ -484,7 +499,9 @@ async fn call(
         }
         Mode::Batch => {
             let r = client
-                .publish_batch(PublishBatchRequest { events: events.to_vec() })
+                .publish_batch(PublishBatchRequest {
+                    events: events.to_vec(),
+                })
                 .await
                 .map_err(|s| format!("PublishBatch: {}", status_text(&s)))?;
             acks.extend(r.into_inner().results);
@@ -527,7 +544,9 @@ async fn call(
             drop(tx);
             match responses.message().await {
                 Ok(None) => {}
-                Ok(Some(r)) => return Err(format!("PublishStream: unexpected extra response {r:?}")),
+                Ok(Some(r)) => {
+                    return Err(format!("PublishStream: unexpected extra response {r:?}"))
+                }
                 Err(s) => return Err(format!("PublishStream close: {}", status_text(&s))),
             }
         }
@@ -624,12 +643,24 @@ async fn check_log(
                 }
                 log.push((m.offset, event.id));
             }
-            Ok(Ok(None)) => return Err(format!("after start #{generation}: Subscribe stream ended")),
-            Ok(Err(s)) => return Err(format!("after start #{generation}: Subscribe: {}", status_text(&s))),
+            Ok(Ok(None)) => {
+                return Err(format!("after start #{generation}: Subscribe stream ended"))
+            }
+            Ok(Err(s)) => {
+                return Err(format!(
+                    "after start #{generation}: Subscribe: {}",
+                    status_text(&s)
+                ))
+            }
             Err(_) => {
                 // Idle: is there anything after what we have?
                 let probe = log.last().map_or(1, |(o, _)| o + 1);
-                match tokio::time::timeout(CALL_TIMEOUT, client.get_event(GetEventRequest { offset: probe })).await {
+                match tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    client.get_event(GetEventRequest { offset: probe }),
+                )
+                .await
+                {
                     Err(_) => return Err(format!("GetEvent({probe}) timed out")),
                     Ok(Err(s)) if s.code() == Code::NotFound => break,
                     Ok(Err(s)) => return Err(format!("GetEvent({probe}): {}", status_text(&s))),
@@ -661,7 +692,9 @@ async fn check_log(
             ));
         }
         if !sent.contains(id) {
-            return Err(format!("after start #{generation}: unknown id {id:?} at offset {offset}"));
+            return Err(format!(
+                "after start #{generation}: unknown id {id:?} at offset {offset}"
+            ));
         }
     }
     let mut unacked_in_log = 0;
@@ -693,7 +726,10 @@ async fn check_log(
             }
         }
     }
-    Ok(Checked { head, unacked_in_log })
+    Ok(Checked {
+        head,
+        unacked_in_log,
+    })
 }
 
 // ------------------------------------------------------------------ the test
@@ -729,10 +765,19 @@ async fn acknowledged_publishes_survive_sigkill() {
     let generations = Arc::new(AtomicU64::new(0));
 
     let started = Instant::now();
-    let body = run(seed, &data_dir, &logs, addr_tx, sh.clone(), generations.clone());
+    let body = run(
+        seed,
+        &data_dir,
+        &logs,
+        addr_tx,
+        sh.clone(),
+        generations.clone(),
+    );
     let outcome = match tokio::time::timeout(TEST_TIMEOUT, body).await {
         Ok(r) => r,
-        Err(_) => Err(format!("the crash test did not finish within {TEST_TIMEOUT:?}")),
+        Err(_) => Err(format!(
+            "the crash test did not finish within {TEST_TIMEOUT:?}"
+        )),
     };
     let failures = std::mem::take(&mut *sh.failures.lock().unwrap());
     let gens = generations.load(Ordering::SeqCst);
@@ -807,7 +852,10 @@ async fn run(
     addr_tx.send_replace(Some((generation, server.addr.clone())));
 
     for cycle in 1..=CYCLES {
-        tokio::time::sleep(Duration::from_millis(rng.range(KILL_AFTER_MS.0, KILL_AFTER_MS.1))).await;
+        tokio::time::sleep(Duration::from_millis(
+            rng.range(KILL_AFTER_MS.0, KILL_AFTER_MS.1),
+        ))
+        .await;
         // Publishers must not find the next server before it is checked.
         addr_tx.send_replace(None);
         sh.killed.store(generation, Ordering::SeqCst);
@@ -859,7 +907,11 @@ async fn run(
         match tokio::time::timeout(Duration::from_secs(15), task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("publisher {t} panicked: {e}")),
-            Err(_) => return Err(format!("publisher {t} did not finish within 15s after stop")),
+            Err(_) => {
+                return Err(format!(
+                    "publisher {t} did not finish within 15s after stop"
+                ))
+            }
         }
     }
     let (acked, sent) = snapshot(&sh);
