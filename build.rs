@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/stevedore/v1/events.proto",
     "proto/stevedore/v1/publisher.proto",
     "proto/stevedore/v1/subscriber.proto",
+    "proto/stevedore/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

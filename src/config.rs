@@ -43,6 +43,33 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Accept `http://` webhook URLs (otherwise HTTPS only).
+    pub allow_http: bool,
+    /// Most webhook endpoints.
+    pub max_endpoints: usize,
+    /// An endpoint's `max_in_flight` when it sets 0.
+    pub endpoint_max_in_flight: NonZeroU32,
+    /// Largest `max_in_flight` an endpoint may ask for.
+    pub endpoint_max_in_flight_limit: NonZeroU32,
+    /// Events an endpoint's worker holds at once (sending, waiting for a
+    /// retry, or queued behind their ordering key).
+    pub delivery_window: NonZeroU32,
+    /// Per-attempt timeout when an endpoint sets none.
+    pub webhook_timeout: Duration,
+    /// The same, for `channel_inventory.updated` (its receivers answer
+    /// within 5 s).
+    pub channel_inventory_timeout: Duration,
+    /// Longest per-attempt timeout an endpoint may set.
+    pub max_webhook_timeout: Duration,
+    /// Delays before each attempt when an endpoint sets none.
+    pub retry_schedule: Vec<Duration>,
+    /// Random spread applied to each scheduled delay, in percent (±).
+    pub retry_jitter_percent: u8,
+    /// Longest `Retry-After` honoured; longer values are clamped to it.
+    pub max_retry_after: Duration,
+    /// How long a rotated-out secret keeps signing when the request sets no
+    /// grace period.
+    pub secret_rotation_grace: Duration,
 }
 
 /// How log lines are written.
@@ -70,6 +97,20 @@ impl Default for Config {
             max_in_flight_limit: NonZeroU32::new(10_000).expect("non-zero literal"),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            allow_http: false,
+            max_endpoints: 10_000,
+            endpoint_max_in_flight: NonZeroU32::new(16).expect("non-zero literal"),
+            endpoint_max_in_flight_limit: NonZeroU32::new(1000).expect("non-zero literal"),
+            delivery_window: NonZeroU32::new(1024).expect("non-zero literal"),
+            webhook_timeout: Duration::from_secs(30),
+            channel_inventory_timeout: Duration::from_secs(5),
+            max_webhook_timeout: Duration::from_secs(300),
+            retry_schedule: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            retry_jitter_percent: 20,
+            max_retry_after: Duration::from_secs(3600),
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -92,6 +133,18 @@ pub const KEYS: &[&str] = &[
     "max_in_flight_limit",
     "shutdown_timeout",
     "log_format",
+    "allow_http",
+    "max_endpoints",
+    "endpoint_max_in_flight",
+    "endpoint_max_in_flight_limit",
+    "delivery_window",
+    "webhook_timeout",
+    "channel_inventory_timeout",
+    "max_webhook_timeout",
+    "retry_schedule",
+    "retry_jitter_percent",
+    "max_retry_after",
+    "secret_rotation_grace",
 ];
 
 impl Config {
@@ -178,6 +231,40 @@ impl Config {
             "max_in_flight_limit" => self.max_in_flight_limit = parse_num(value).map_err(bad)?,
             "shutdown_timeout" => self.shutdown_timeout = parse_duration(value).map_err(bad)?,
             "log_format" => self.log_format = value.parse().map_err(bad)?,
+            "allow_http" => {
+                self.allow_http = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
+            }
+            "max_endpoints" => self.max_endpoints = parse_num(value).map_err(bad)?,
+            "endpoint_max_in_flight" => {
+                self.endpoint_max_in_flight = parse_num(value).map_err(bad)?
+            }
+            "endpoint_max_in_flight_limit" => {
+                self.endpoint_max_in_flight_limit = parse_num(value).map_err(bad)?
+            }
+            "delivery_window" => self.delivery_window = parse_num(value).map_err(bad)?,
+            "webhook_timeout" => self.webhook_timeout = parse_duration(value).map_err(bad)?,
+            "channel_inventory_timeout" => {
+                self.channel_inventory_timeout = parse_duration(value).map_err(bad)?
+            }
+            "max_webhook_timeout" => {
+                self.max_webhook_timeout = parse_duration(value).map_err(bad)?
+            }
+            "retry_schedule" => {
+                self.retry_schedule = value
+                    .split(',')
+                    .map(parse_duration)
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?
+            }
+            "retry_jitter_percent" => self.retry_jitter_percent = parse_num(value).map_err(bad)?,
+            "max_retry_after" => self.max_retry_after = parse_duration(value).map_err(bad)?,
+            "secret_rotation_grace" => {
+                self.secret_rotation_grace = parse_duration(value).map_err(bad)?
+            }
             _ => bail!(
                 "unknown config key `{key}` (known keys: {})",
                 KEYS.join(", ")
@@ -240,9 +327,51 @@ impl Config {
             "shutdown_timeout",
             "must be positive",
         )?;
+        check(
+            self.endpoint_max_in_flight_limit >= self.endpoint_max_in_flight,
+            "endpoint_max_in_flight_limit",
+            "must be at least endpoint_max_in_flight",
+        )?;
+        check(
+            self.delivery_window >= self.endpoint_max_in_flight_limit,
+            "delivery_window",
+            "must be at least endpoint_max_in_flight_limit",
+        )?;
+        for (key, t) in [
+            ("webhook_timeout", self.webhook_timeout),
+            ("channel_inventory_timeout", self.channel_inventory_timeout),
+        ] {
+            check(
+                t >= MIN_WEBHOOK_TIMEOUT && t <= self.max_webhook_timeout,
+                key,
+                "must be between 10ms and max_webhook_timeout",
+            )?;
+        }
+        check(
+            (1..=MAX_RETRY_ATTEMPTS).contains(&self.retry_schedule.len()),
+            "retry_schedule",
+            "must list 1 to 50 delays",
+        )?;
+        check(
+            self.retry_schedule.iter().all(|d| *d <= MAX_RETRY_DELAY),
+            "retry_schedule",
+            "delays must be at most 7d",
+        )?;
+        check(
+            self.retry_jitter_percent <= 100,
+            "retry_jitter_percent",
+            "must be at most 100",
+        )?;
         Ok(())
     }
 }
+
+/// The shortest per-attempt webhook timeout.
+pub const MIN_WEBHOOK_TIMEOUT: Duration = Duration::from_millis(10);
+/// Most attempts in a retry schedule.
+pub const MAX_RETRY_ATTEMPTS: usize = 50;
+/// Longest delay in a retry schedule.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
 
 /// The shortest ack wait a consumer may use.
 pub const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
@@ -332,6 +461,21 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/env"));
         assert_eq!(c.max_batch_events, 7);
         assert_eq!(c.default_ack_wait, Duration::from_secs(2));
+
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_ALLOW_HTTP", "true"),
+                ("STEVEDORE_RETRY_SCHEDULE", "0s,100ms,2m"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert!(c.allow_http);
+        assert_eq!(
+            c.retry_schedule,
+            vec![Duration::ZERO, Duration::from_millis(100), Duration::from_secs(120)]
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! - [`store`] — the log, id index and consumer state on sled; the writer
 //!   thread that group-commits and fsyncs.
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
+//! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
+//!   and retries; one worker per endpoint on top of its durable consumer;
+//!   classification of outcomes; the durable retry schedule.
+//! - [`webhook`] — one file per event type: event → JSON body.
 //! - [`api`] — one file per gRPC service.
 
 #![forbid(unsafe_code)]
@@ -25,10 +29,12 @@ pub mod api;
 pub mod config;
 pub mod consumer;
 pub mod convert;
+pub mod delivery;
 pub mod error;
 pub mod model;
 pub mod pb;
 pub mod store;
+pub mod webhook;
 
 use std::{future::Future, sync::Arc};
 
@@ -39,10 +45,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
-    api::{PublisherService, Shared, SubscriberService},
+    api::{AdminService, PublisherService, Shared, SubscriberService},
     config::Config,
     consumer::Consumers,
-    pb::{publisher_server::PublisherServer, subscriber_server::SubscriberServer},
+    delivery::Deliveries,
+    pb::{
+        admin_server::AdminServer, publisher_server::PublisherServer,
+        subscriber_server::SubscriberServer,
+    },
     store::{Store, StoreConfig},
 };
 
@@ -71,6 +81,16 @@ pub async fn run(
         tasks: tasks.clone(),
     };
 
+    let deliveries = Deliveries::start(
+        shared.store.clone(),
+        shared.consumers.clone(),
+        shared.config.clone(),
+        tasks.clone(),
+        token.clone(),
+    )
+    .await
+    .context("starting webhook delivery")?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<PublisherServer<PublisherService>>()
@@ -78,6 +98,7 @@ pub async fn run(
     health
         .set_serving::<SubscriberServer<SubscriberService>>()
         .await;
+    health.set_serving::<AdminServer<AdminService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -91,6 +112,9 @@ pub async fn run(
     let publisher =
         PublisherServer::new(PublisherService::new(shared.clone())).max_decoding_message_size(max);
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
+        .max_decoding_message_size(max);
+
+    let admin = AdminServer::new(AdminService::new(deliveries, shared.store.clone()))
         .max_decoding_message_size(max);
 
     let addr = listener.local_addr()?;
@@ -108,6 +132,7 @@ pub async fn run(
             health
                 .set_not_serving::<SubscriberServer<SubscriberService>>()
                 .await;
+            health.set_not_serving::<AdminServer<AdminService>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
@@ -122,6 +147,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(publisher)
         .add_service(subscriber)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await;
     // Also on a serve error: stop streams before waiting for them.

@@ -152,25 +152,41 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// A set of event types to let through; empty lets everything through.
+/// Which events a consumer takes: by type (empty: all) and by attribute
+/// values (every listed attribute must be present with that value).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TypeFilter(Vec<EventType>);
+pub struct EventFilter {
+    types: Vec<EventType>,
+    attributes: std::collections::BTreeMap<String, String>,
+}
 
-impl TypeFilter {
-    /// A filter for these types (sorted, deduplicated).
-    pub fn new(mut types: Vec<EventType>) -> Self {
-        types.sort();
-        types.dedup();
-        Self(types)
+impl EventFilter {
+    /// A filter on types only (sorted, deduplicated).
+    pub fn types_only(types: Vec<EventType>) -> Self {
+        Self::new(types, Default::default())
     }
 
-    /// Whether `ty` passes.
-    pub fn matches(&self, ty: &EventType) -> bool {
-        self.0.is_empty() || self.0.binary_search(ty).is_ok()
+    /// A filter on types and attributes.
+    pub fn new(
+        mut types: Vec<EventType>,
+        attributes: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        types.sort();
+        types.dedup();
+        Self { types, attributes }
+    }
+
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        (self.types.is_empty() || self.types.binary_search(&event.event_type).is_ok())
+            && self
+                .attributes
+                .iter()
+                .all(|(k, v)| event.event.attributes.get(k) == Some(v))
     }
 
     /// The types, sorted.
     pub fn types(&self) -> &[EventType] {
-        &self.0
+        &self.types
     }
 }

@@ -1,9 +1,11 @@
 //! gRPC services, one file each. Only this module and `convert.rs` see
 //! request and response types.
 
+mod admin;
 mod publish;
 mod subscribe;
 
+pub use admin::AdminService;
 pub use publish::PublisherService;
 pub use subscribe::SubscriberService;
 

@@ -20,7 +20,7 @@ use crate::{
     consumer::{Consumer, CreateSpec, Poll, StreamId},
     convert,
     error::{Error, Result},
-    model::{EventType, Offset, StoredEvent, TypeFilter},
+    model::{EventType, Offset, StoredEvent, EventFilter},
     pb::{
         subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest, AckResponse,
         GetEventRequest, GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
@@ -51,7 +51,7 @@ impl SubscriberService {
 /// A Subscribe request, validated.
 struct Plan {
     start: Offset,
-    filter: TypeFilter,
+    filter: EventFilter,
     durable: Option<Durable>,
 }
 
@@ -160,7 +160,7 @@ impl SubscriberService {
         };
         Ok(Plan {
             start,
-            filter: TypeFilter::new(types),
+            filter: EventFilter::types_only(types),
             durable,
         })
     }
@@ -179,7 +179,7 @@ fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
 type Tx = mpsc::Sender<Result<SubscribeResponse, Status>>;
 
 /// Replay from `next`, then tail. Ends on shutdown or when the client leaves.
-async fn stream_plain(shared: Shared, mut next: Offset, filter: TypeFilter, tx: Tx) {
+async fn stream_plain(shared: Shared, mut next: Offset, filter: EventFilter, tx: Tx) {
     let mut head = shared.store.watch_head();
     loop {
         head.borrow_and_update();
@@ -204,7 +204,7 @@ async fn stream_plain(shared: Shared, mut next: Offset, filter: TypeFilter, tx: 
         }
         let caught_up = batch.is_empty();
         for e in batch {
-            if !filter.matches(&e.event_type) {
+            if !filter.matches(&e) {
                 continue;
             }
             tokio::select! {
@@ -249,7 +249,7 @@ async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx:
         head.borrow_and_update();
         changed.borrow_and_update();
         let wake_at = loop {
-            match consumer.poll(stream, d.max_in_flight, d.ack_wait, Instant::now()) {
+            match consumer.poll(stream, d.max_in_flight, d.ack_wait, Instant::now(), true) {
                 Ok(Poll::Message(m)) => {
                     let msg = subscribe_response(m.event, m.attempt);
                     tokio::select! {

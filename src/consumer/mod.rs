@@ -22,8 +22,8 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::{
     error::{Error, Result},
-    model::{EventType, Offset, StoredEvent, TypeFilter},
-    store::{ConsumerRecord, Store},
+    model::{EventFilter, EventType, Offset, StoredEvent},
+    store::{ConsumerRecord, Mutation, Store, Table},
 };
 
 mod state;
@@ -38,8 +38,8 @@ pub type StreamId = u64;
 pub struct CreateSpec {
     /// First offset to deliver.
     pub start: Offset,
-    /// Event types to deliver (empty: all).
-    pub filter: TypeFilter,
+    /// Events to deliver.
+    pub filter: EventFilter,
 }
 
 /// One message handed to a stream.
@@ -88,13 +88,14 @@ impl Consumers {
         // Serialises creation so two streams cannot create one name twice.
         let _creating = self.creating.lock().await;
         if let Some(c) = self.load(name)? {
-            if !spec.filter.types().is_empty() && spec.filter != c.filter {
+            let current = c.filter();
+            if !spec.filter.types().is_empty() && spec.filter.types() != current.types() {
                 return Err(Error::invalid(
                     "event_types",
                     format!(
                         "consumer {name:?} was created with event_types {:?}; \
                          send those, or none, or use another consumer name",
-                        c.filter.types()
+                        current.types()
                     ),
                 ));
             }
@@ -104,7 +105,7 @@ impl Consumers {
             name.to_owned(),
             spec.filter,
             self.store.clone(),
-            State::new(spec.start, BTreeSet::new()),
+            State::new(spec.start, BTreeSet::new(), BTreeSet::new()),
         ));
         consumer.persist().await?;
         self.lock().insert(name.to_owned(), consumer.clone());
@@ -122,10 +123,12 @@ impl Consumers {
         if let Some(c) = self.lock().get(name) {
             return Ok(Some(c.clone()));
         }
-        let Some(record) = self.store.get_consumer(name)? else {
+        let Some(bytes) = self.store.table(Table::Consumers).get(name.as_bytes())? else {
             return Ok(None);
         };
-        let filter = TypeFilter::new(
+        let record: ConsumerRecord = prost::Message::decode(&*bytes)
+            .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+        let filter = EventFilter::types_only(
             record
                 .event_types
                 .iter()
@@ -138,7 +141,7 @@ impl Consumers {
             name.to_owned(),
             filter,
             self.store.clone(),
-            State::new(record.floor, done),
+            State::new(record.floor, done, record.reopened.iter().copied().collect()),
         ));
         // Another task may have loaded it meanwhile; keep the first.
         Ok(Some(
@@ -147,6 +150,18 @@ impl Consumers {
                 .or_insert(consumer)
                 .clone(),
         ))
+    }
+
+    /// Forgets the named consumer and deletes its persisted state. Streams
+    /// still attached keep their handle but their acks no longer persist.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        let _creating = self.creating.lock().await;
+        if let Some(c) = self.lock().remove(name) {
+            c.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.store
+            .write(vec![Mutation::delete(Table::Consumers, name.as_bytes())])
+            .await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Consumer>>> {
@@ -159,9 +174,11 @@ impl Consumers {
 /// One durable consumer.
 pub struct Consumer {
     name: String,
-    filter: TypeFilter,
+    filter: Mutex<EventFilter>,
     store: Store,
     state: Mutex<State>,
+    /// Set once the consumer is deleted: nothing more is persisted.
+    removed: std::sync::atomic::AtomicBool,
     /// Bumped whenever a lease ends, so idle streams look again.
     changed: watch::Sender<u64>,
     /// Orders persists: records are encoded and queued under this lock, so
@@ -170,10 +187,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    fn new(name: String, filter: TypeFilter, store: Store, state: State) -> Self {
+    fn new(name: String, filter: EventFilter, store: Store, state: State) -> Self {
         Self {
             name,
-            filter,
+            filter: Mutex::new(filter),
+            removed: Default::default(),
             store,
             state: Mutex::new(state),
             changed: watch::channel(0).0,
@@ -186,20 +204,54 @@ impl Consumer {
         &self.name
     }
 
+    /// The current filter.
+    pub fn filter(&self) -> EventFilter {
+        self.filter.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the filter for messages not yet read (an endpoint's filter
+    /// lives in the endpoint record, not here).
+    pub fn set_filter(&self, filter: EventFilter) {
+        *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    /// Delivers everything from `from` on again (done or not), keeping what
+    /// is before it as it is. Persisted before returning.
+    pub async fn rewind(&self, from: Offset) -> Result<()> {
+        self.lock().rewind(from.max(1));
+        self.changed.send_modify(|v| *v += 1);
+        self.persist().await
+    }
+
+    /// Hands one done offset back for redelivery now. Persisted before
+    /// returning.
+    pub async fn reopen(&self, offset: Offset) -> Result<()> {
+        self.lock().reopen(offset, Instant::now());
+        self.changed.send_modify(|v| *v += 1);
+        self.persist().await
+    }
+
+    /// The first offset not yet done: everything before it was acked.
+    pub fn floor(&self) -> Offset {
+        self.lock().floor
+    }
+
     /// Watches for lease changes (acks, nacks, released streams).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// Hands `stream` its next message, if it has room under `max_in_flight`:
-    /// first a message due for redelivery, else the next unread one that
-    /// passes the filter. The message is leased for `ack_wait`.
+    /// first a message due for redelivery, else (when `read_new`) the next
+    /// unread one that passes the filter. The message is leased for
+    /// `ack_wait`.
     pub fn poll(
         &self,
         stream: StreamId,
         max_in_flight: u32,
         ack_wait: Duration,
         now: Instant,
+        read_new: bool,
     ) -> Result<Poll> {
         let mut st = self.lock();
         st.expire_leases(now);
@@ -219,18 +271,18 @@ impl Consumer {
                 None => st.mark_done(offset),
             }
         }
-        let head = self.store.head();
+        let head = if read_new { self.store.head() } else { 0 };
         while st.next_read < head {
             let offset = st.next_read;
             st.next_read += 1;
-            if st.is_done(offset) {
+            if st.is_done(offset) || st.is_held(offset) {
                 continue;
             }
             let Some(event) = self.store.get(offset)? else {
                 st.mark_done(offset);
                 continue;
             };
-            if !self.filter.matches(&event.event_type) {
+            if !self.filter().matches(&event) {
                 st.mark_done(offset);
                 continue;
             }
@@ -299,17 +351,25 @@ impl Consumer {
             ConsumerRecord {
                 floor: st.floor,
                 event_types: self
-                    .filter
+                    .filter()
                     .types()
                     .iter()
                     .map(|t| t.as_str().to_owned())
                     .collect(),
                 done_ranges: state::set_to_ranges(&st.done),
+                reopened: st.reopened.iter().copied().collect(),
             }
         };
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         let durable = self
             .store
-            .submit_put_consumer(&self.name, Some(&record))
+            .submit_write(vec![Mutation::put(
+                Table::Consumers,
+                self.name.as_bytes(),
+                prost::Message::encode_to_vec(&record),
+            )])
             .await?;
         // Queued in order; concurrent acks now share the group commit.
         drop(order);

@@ -31,10 +31,12 @@ pub(super) struct State {
     retry_due: BTreeSet<(Instant, Offset)>,
     /// Leases held per stream, for `max_in_flight`.
     load: HashMap<StreamId, u32>,
+    /// Done offsets handed back for redelivery, persisted until acked.
+    pub reopened: BTreeSet<Offset>,
 }
 
 impl State {
-    pub fn new(floor: Offset, done: BTreeSet<Offset>) -> Self {
+    pub fn new(floor: Offset, done: BTreeSet<Offset>, reopened: BTreeSet<Offset>) -> Self {
         let mut st = State {
             floor,
             done,
@@ -43,7 +45,40 @@ impl State {
         };
         st.advance_floor();
         st.next_read = st.floor;
+        let now = Instant::now();
+        for o in reopened {
+            st.reopen(o, now);
+        }
         st
+    }
+
+    /// Whether `offset` is leased or waiting for redelivery.
+    pub fn is_held(&self, offset: Offset) -> bool {
+        self.leases.contains_key(&offset) || self.retries.contains_key(&offset)
+    }
+
+    /// Makes a done offset pending again, due at `now`.
+    pub fn reopen(&mut self, offset: Offset, now: Instant) {
+        if self.is_held(offset) {
+            return;
+        }
+        if offset < self.floor {
+            self.reopened.insert(offset);
+        } else {
+            self.done.remove(&offset);
+        }
+        self.queue_retry(offset, 0, now);
+    }
+
+    /// Everything from `from` on is to be delivered again.
+    pub fn rewind(&mut self, from: Offset) {
+        if from < self.floor {
+            // [from, floor) was done; now it is not.
+            self.reopened.retain(|&o| o < from);
+            self.floor = from;
+        }
+        self.done.retain(|&o| o < from);
+        self.next_read = self.next_read.min(from);
     }
 
     pub fn is_done(&self, offset: Offset) -> bool {
@@ -127,6 +162,7 @@ impl State {
     pub fn ack(&mut self, offset: Offset) {
         self.end_lease(offset);
         self.end_retry(offset);
+        self.reopened.remove(&offset);
         self.mark_done(offset);
     }
 
@@ -218,7 +254,7 @@ mod tests {
 
     #[test]
     fn floor_advances_over_out_of_order_acks() {
-        let mut st = State::new(1, BTreeSet::new());
+        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
         let now = Instant::now();
         for o in 1..=4 {
             st.lease(o, 7, 1, now);
@@ -235,7 +271,7 @@ mod tests {
 
     #[test]
     fn expiry_then_redelivery_counts_attempts() {
-        let mut st = State::new(1, BTreeSet::new());
+        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
         let t0 = Instant::now();
         st.lease(1, 1, 1, t0 + Duration::from_secs(1));
         st.expire_leases(t0);
@@ -247,7 +283,7 @@ mod tests {
 
     #[test]
     fn nack_delays_and_release_requeues() {
-        let mut st = State::new(1, BTreeSet::new());
+        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
         let t0 = Instant::now();
         st.lease(1, 1, 1, t0 + Duration::from_secs(30));
         st.lease(2, 2, 1, t0 + Duration::from_secs(30));
@@ -257,6 +293,24 @@ mod tests {
         assert_eq!(st.release(2, t0), 1);
         assert_eq!(st.take_due_retry(t0), Some((2, 1)));
         assert_eq!(st.take_due_retry(t0 + Duration::from_secs(5)), Some((1, 1)));
+    }
+
+    #[test]
+    fn rewind_and_reopen() {
+        let mut st = State::new(10, BTreeSet::new(), BTreeSet::new());
+        let t0 = Instant::now();
+        st.next_read = 12;
+        st.mark_done(10);
+        st.mark_done(11);
+        assert_eq!(st.floor, 12);
+        st.reopen(5, t0);
+        assert_eq!(st.take_due_retry(t0), Some((5, 0)));
+        assert!(st.reopened.contains(&5));
+        st.ack(5);
+        assert!(st.reopened.is_empty());
+        st.rewind(7);
+        assert_eq!((st.floor, st.next_read), (7, 7));
+        assert!(!st.is_done(8));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - `events`: big-endian offset → [`EventRecord`] (prost). Big-endian keys
 //!   sort in offset order, so range scans read the log in order.
 //! - `event_ids`: event id (UTF-8) → big-endian offset.
-//! - `consumers`: consumer name (UTF-8) → [`ConsumerRecord`] (prost).
+//! - state tables ([`super::Table`]): see each variant; records are prost
+//!   messages defined here or in `pb`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,8 +18,6 @@ use crate::{
 pub const EVENTS: &str = "events";
 /// Tree names.
 pub const EVENT_IDS: &str = "event_ids";
-/// Tree names.
-pub const CONSUMERS: &str = "consumers";
 
 /// An offset as a tree key.
 pub fn offset_key(offset: Offset) -> [u8; 8] {
@@ -82,4 +81,31 @@ pub struct ConsumerRecord {
     /// `[start0, end0, start1, end1, ...]`.
     #[prost(uint64, repeated, tag = "3")]
     pub done_ranges: Vec<u64>,
+    /// Offsets below the floor handed back for redelivery (RetryDelivery).
+    #[prost(uint64, repeated, tag = "4")]
+    pub reopened: Vec<u64>,
+}
+
+/// `prefix`, a 0 byte, then `offset` big-endian: per-endpoint keys that
+/// sort by offset.
+pub fn scoped_offset_key(prefix: &str, offset: Offset) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 9);
+    k.extend_from_slice(prefix.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// `prefix`, 0, `offset`, then `n` big-endian.
+pub fn scoped_offset_n_key(prefix: &str, offset: Offset, n: u32) -> Vec<u8> {
+    let mut k = scoped_offset_key(prefix, offset);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Every key of `prefix` (the scope of [`scoped_offset_key`]).
+pub fn scope(prefix: &str) -> Vec<u8> {
+    let mut k = prefix.as_bytes().to_vec();
+    k.push(0);
+    k
 }

@@ -18,7 +18,10 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use keys::ConsumerRecord;
+pub use keys::{
+    decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key, unix_nanos,
+    ConsumerRecord,
+};
 
 use crate::{
     error::{Error, Result},
@@ -46,7 +49,7 @@ pub struct Store {
 struct Inner {
     events: sled::Tree,
     event_ids: sled::Tree,
-    consumers: sled::Tree,
+    tables: Tables,
     ops: mpsc::Sender<Op>,
     head: watch::Receiver<Offset>,
 }
@@ -82,7 +85,7 @@ impl Store {
             .open()?;
         let events = db.open_tree(keys::EVENTS)?;
         let event_ids = db.open_tree(keys::EVENT_IDS)?;
-        let consumers = db.open_tree(keys::CONSUMERS)?;
+        let tables = Tables::open(&db)?;
         repair_id_index(&events, &event_ids)?;
 
         let next = match events.last()? {
@@ -101,7 +104,7 @@ impl Store {
             &config.path,
             events.clone(),
             event_ids.clone(),
-            consumers.clone(),
+            tables.clone(),
             next,
             last_published,
             head_tx,
@@ -116,7 +119,7 @@ impl Store {
                 inner: Arc::new(Inner {
                     events,
                     event_ids,
-                    consumers,
+                    tables,
                     ops: ops_tx,
                     head: head_rx,
                 }),
@@ -147,38 +150,30 @@ impl Store {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Queues a write (or with `None`, a removal) of a consumer's state and
-    /// returns a receiver for its durable outcome. Writes queued one after
-    /// another are applied in that order.
-    pub async fn submit_put_consumer(
+    /// Queues `mutations` (applied atomically per table, in order, after any
+    /// write queued earlier) and returns a receiver for the durable outcome.
+    pub async fn submit_write(
         &self,
-        name: &str,
-        record: Option<&ConsumerRecord>,
+        mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
-        let value = record.map(prost::Message::encode_to_vec);
         self.inner
             .ops
-            .send(Op::PutConsumer {
-                name: name.to_owned(),
-                value,
-                reply,
-            })
+            .send(Op::Write { mutations, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         Ok(rx)
     }
 
-    /// A consumer's persisted state.
-    pub fn get_consumer(&self, name: &str) -> Result<Option<ConsumerRecord>> {
-        self.inner
-            .consumers
-            .get(name.as_bytes())?
-            .map(|v| {
-                prost::Message::decode(&*v)
-                    .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))
-            })
-            .transpose()
+    /// Applies `mutations` and waits until they are durable.
+    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
+        let rx = self.submit_write(mutations).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Read access to a state table. Writes go through [`Store::write`].
+    pub fn table(&self, table: Table) -> &sled::Tree {
+        self.inner.tables.get(table)
     }
 
     /// The next offset to be written: every durable event is below it.
@@ -273,6 +268,83 @@ fn repair_id_index(events: &sled::Tree, event_ids: &sled::Tree) -> Result<()> {
         tracing::warn!(repaired, "re-indexed event ids after an interrupted commit");
     }
     Ok(())
+}
+
+/// The state kept beside the log, one sled tree each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Durable consumer positions: name → [`ConsumerRecord`].
+    Consumers = 0,
+    /// Webhook endpoints: id → endpoint record.
+    Endpoints = 1,
+    /// Delivery state: endpoint id, 0, offset → delivery record.
+    Deliveries = 2,
+    /// Attempt history: endpoint id, 0, offset, attempt → attempt record.
+    Attempts = 3,
+}
+
+impl Table {
+    /// Every table, in discriminant order.
+    pub const ALL: [Table; 4] = [
+        Table::Consumers,
+        Table::Endpoints,
+        Table::Deliveries,
+        Table::Attempts,
+    ];
+
+    fn tree_name(self) -> &'static str {
+        match self {
+            Table::Consumers => "consumers",
+            Table::Endpoints => "endpoints",
+            Table::Deliveries => "deliveries",
+            Table::Attempts => "attempts",
+        }
+    }
+}
+
+/// One change to a state table.
+#[derive(Debug, Clone)]
+pub struct Mutation {
+    /// Where.
+    pub table: Table,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value; `None` removes the key.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Mutation {
+    /// Sets `key` to `value`.
+    pub fn put(table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            table,
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn delete(table: Table, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            table,
+            key: key.into(),
+            value: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Tables([sled::Tree; Table::ALL.len()]);
+
+impl Tables {
+    fn open(db: &sled::Db) -> Result<Self> {
+        let [a, b, c, d] = Table::ALL.map(|t| db.open_tree(t.tree_name()));
+        Ok(Self([a?, b?, c?, d?]))
+    }
+
+    pub(crate) fn get(&self, table: Table) -> &sled::Tree {
+        &self.0[table as usize]
+    }
 }
 
 /// The sled data file, fsync'd after every group commit.

@@ -5,7 +5,7 @@
 //! blocks on the queue, takes everything else already queued (up to
 //! `max_group`), applies it, and makes it durable once:
 //!
-//! 1. `events` batch, then `event_ids` batch, then consumer state;
+//! 1. `events` batch, then `event_ids` batch, then the state tables;
 //! 2. `Db::flush()`, which writes sled's buffers with `sync_file_range`;
 //! 3. `fdatasync` of the data file (and of any new blob files), because
 //!    `sync_file_range` does not persist metadata or survive an OS crash.
@@ -21,7 +21,10 @@ use std::{
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::keys::{self, EventRecord};
+use super::{
+    keys::{self, EventRecord},
+    Mutation, Table, Tables,
+};
 use crate::{
     error::{Error, Result},
     model::{Appended, NewEvent, Offset},
@@ -32,9 +35,8 @@ pub(super) enum Op {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
     },
-    PutConsumer {
-        name: String,
-        value: Option<Vec<u8>>,
+    Write {
+        mutations: Vec<Mutation>,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -43,7 +45,7 @@ pub(super) struct Writer {
     db: sled::Db,
     events: sled::Tree,
     event_ids: sled::Tree,
-    consumers: sled::Tree,
+    tables: Tables,
     data_file: File,
     dir: PathBuf,
     blobs_synced: u64,
@@ -60,7 +62,7 @@ impl Writer {
         dir: &Path,
         events: sled::Tree,
         event_ids: sled::Tree,
-        consumers: sled::Tree,
+        tables: Tables,
         next: Offset,
         last_published: u64,
         head: watch::Sender<Offset>,
@@ -73,7 +75,7 @@ impl Writer {
             db,
             events,
             event_ids,
-            consumers,
+            tables,
             data_file,
             dir: dir.to_owned(),
             blobs_synced: 0,
@@ -118,7 +120,7 @@ impl Writer {
                         (Op::Append { reply, .. }, Outcome::Appended(r)) => {
                             let _ = reply.send(Ok(r));
                         }
-                        (Op::PutConsumer { reply, .. }, Outcome::Put) => {
+                        (Op::Write { reply, .. }, Outcome::Written) => {
                             let _ = reply.send(Ok(()));
                         }
                         _ => unreachable!("outcomes are pushed in op order"),
@@ -141,7 +143,7 @@ impl Writer {
                         Op::Append { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
-                        Op::PutConsumer { reply, .. } => {
+                        Op::Write { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
                     }
@@ -153,7 +155,7 @@ impl Writer {
     fn apply(&mut self, group: &[Op], outcomes: &mut Vec<Outcome>) -> Result<()> {
         let mut events = sled::Batch::default();
         let mut ids = sled::Batch::default();
-        let mut consumers = sled::Batch::default();
+        let mut tables: [sled::Batch; Table::ALL.len()] = Default::default();
         // Ids appended earlier in this group are not in `event_ids` yet.
         let mut group_ids: HashMap<&str, Offset> = HashMap::new();
         let now = keys::unix_nanos(std::time::SystemTime::now());
@@ -198,19 +200,24 @@ impl Writer {
                     }
                     outcomes.push(Outcome::Appended(results));
                 }
-                Op::PutConsumer { name, value, .. } => {
-                    match value {
-                        Some(v) => consumers.insert(name.as_bytes(), v.as_slice()),
-                        None => consumers.remove(name.as_bytes()),
+                Op::Write { mutations, .. } => {
+                    for m in mutations {
+                        let batch = &mut tables[m.table as usize];
+                        match &m.value {
+                            Some(v) => batch.insert(m.key.as_slice(), v.as_slice()),
+                            None => batch.remove(m.key.as_slice()),
+                        }
                     }
-                    outcomes.push(Outcome::Put);
+                    outcomes.push(Outcome::Written);
                 }
             }
         }
         // Order matters for crash repair: see `repair_id_index`.
         self.events.apply_batch(events)?;
         self.event_ids.apply_batch(ids)?;
-        self.consumers.apply_batch(consumers)?;
+        for (table, batch) in Table::ALL.iter().zip(tables) {
+            self.tables.get(*table).apply_batch(batch)?;
+        }
         self.next = next;
         self.last_published = published;
         Ok(())
@@ -257,5 +264,5 @@ impl Writer {
 
 enum Outcome {
     Appended(Vec<Appended>),
-    Put,
+    Written,
 }

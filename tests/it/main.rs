@@ -2,15 +2,17 @@
 
 mod crash;
 mod publish;
+mod receiver;
 mod service;
 mod subscribe;
+mod webhook;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use stevedore::{
     config::Config,
     pb::{
-        self, event::Payload, publisher_client::PublisherClient,
+        self, admin_client::AdminClient, event::Payload, publisher_client::PublisherClient,
         subscriber_client::SubscriberClient,
     },
 };
@@ -37,6 +39,8 @@ impl TestServer {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             sled_cache_bytes: 8 * 1024 * 1024,
+            // Receivers are local http:// servers.
+            allow_http: true,
             ..Config::default()
         };
         tweak(&mut config);
@@ -96,6 +100,10 @@ impl TestServer {
 
     pub async fn subscriber(&self) -> SubscriberClient<Channel> {
         SubscriberClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
     }
 }
 

@@ -1,0 +1,242 @@
+//! `stevedore.v1.Admin`: self-service endpoints and delivery operations.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert,
+    delivery::Deliveries,
+    error::Error,
+    pb::{
+        admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest,
+        DeleteEndpointResponse, DeliveryState, GetEndpointRequest, GetEndpointResponse,
+        ListAttemptsRequest, ListAttemptsResponse, ListDeliveriesRequest, ListDeliveriesResponse,
+        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest,
+        ReplayEndpointResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
+        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+    },
+};
+
+const MAX_PAGE: usize = 1000;
+
+/// The Admin service.
+pub struct AdminService {
+    deliveries: Arc<Deliveries>,
+    store: crate::store::Store,
+}
+
+impl AdminService {
+    /// An Admin service over the broker's endpoints.
+    pub fn new(deliveries: Arc<Deliveries>, store: crate::store::Store) -> Self {
+        Self { deliveries, store }
+    }
+}
+
+fn page_size(n: u32) -> Result<usize, Error> {
+    match n as usize {
+        0 => Ok(MAX_PAGE),
+        n if n > MAX_PAGE => Err(Error::invalid(
+            "page_size",
+            format!("must be at most {MAX_PAGE}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+fn required(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        Err(Error::invalid(field, "required"))
+    } else {
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_endpoint(
+        &self,
+        request: Request<CreateEndpointRequest>,
+    ) -> Result<Response<CreateEndpointResponse>, Status> {
+        let endpoint = request
+            .into_inner()
+            .endpoint
+            .ok_or_else(|| Error::invalid("endpoint", "required"))?;
+        let (endpoint, secret) = self.deliveries.create(endpoint).await?;
+        Ok(Response::new(CreateEndpointResponse {
+            endpoint: Some(endpoint),
+            secret,
+        }))
+    }
+
+    async fn get_endpoint(
+        &self,
+        request: Request<GetEndpointRequest>,
+    ) -> Result<Response<GetEndpointResponse>, Status> {
+        let id = request.into_inner().id;
+        required("id", &id)?;
+        Ok(Response::new(GetEndpointResponse {
+            endpoint: Some(self.deliveries.get(&id)?),
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<ListEndpointsRequest>,
+    ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let req = request.into_inner();
+        let (endpoints, next_page_token) = self
+            .deliveries
+            .list(page_size(req.page_size)?, &req.page_token)?;
+        Ok(Response::new(ListEndpointsResponse {
+            endpoints,
+            next_page_token,
+        }))
+    }
+
+    async fn update_endpoint(
+        &self,
+        request: Request<UpdateEndpointRequest>,
+    ) -> Result<Response<UpdateEndpointResponse>, Status> {
+        let req = request.into_inner();
+        let endpoint = req
+            .endpoint
+            .ok_or_else(|| Error::invalid("endpoint", "required"))?;
+        required("endpoint.id", &endpoint.id)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let endpoint = self.deliveries.update(endpoint, &paths).await?;
+        Ok(Response::new(UpdateEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        request: Request<DeleteEndpointRequest>,
+    ) -> Result<Response<DeleteEndpointResponse>, Status> {
+        let id = request.into_inner().id;
+        required("id", &id)?;
+        self.deliveries.delete(&id).await?;
+        Ok(Response::new(DeleteEndpointResponse {}))
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        request: Request<RotateEndpointSecretRequest>,
+    ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        let req = request.into_inner();
+        required("id", &req.id)?;
+        let grace = req
+            .grace_period
+            .as_ref()
+            .map(|d| convert::duration("grace_period", d))
+            .transpose()?;
+        if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
+            return Err(Error::invalid("grace_period", "must be at most 30 days").into());
+        }
+        let (secret, until) = self.deliveries.rotate_secret(&req.id, grace).await?;
+        Ok(Response::new(RotateEndpointSecretResponse {
+            secret,
+            previous_expires_at: Some(convert::timestamp(until)),
+        }))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<ListDeliveriesRequest>,
+    ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        let state = match DeliveryState::try_from(req.state) {
+            Ok(DeliveryState::Unspecified) => None,
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Err(Error::invalid("state", format!("unknown enum value {}", req.state)).into())
+            }
+        };
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                req.page_token
+                    .parse()
+                    .map_err(|_| Error::invalid("page_token", "not a token from a previous response"))?,
+            )
+        };
+        let (deliveries, next) = self.deliveries.list_deliveries(
+            &req.endpoint_id,
+            state,
+            page_size(req.page_size)?,
+            before,
+        )?;
+        Ok(Response::new(ListDeliveriesResponse {
+            deliveries,
+            next_page_token: next.map(|o| o.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_attempts(
+        &self,
+        request: Request<ListAttemptsRequest>,
+    ) -> Result<Response<ListAttemptsResponse>, Status> {
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        if req.offset == 0 {
+            return Err(Error::invalid("offset", "required").into());
+        }
+        Ok(Response::new(ListAttemptsResponse {
+            attempts: self.deliveries.list_attempts(&req.endpoint_id, req.offset)?,
+        }))
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<RetryDeliveryRequest>,
+    ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        if req.offset == 0 {
+            return Err(Error::invalid("offset", "required").into());
+        }
+        let delivery = self
+            .deliveries
+            .retry_delivery(&req.endpoint_id, req.offset)
+            .await?;
+        Ok(Response::new(RetryDeliveryResponse {
+            delivery: Some(delivery),
+        }))
+    }
+
+    async fn replay_endpoint(
+        &self,
+        request: Request<ReplayEndpointRequest>,
+    ) -> Result<Response<ReplayEndpointResponse>, Status> {
+        use crate::pb::replay_endpoint_request::From;
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        let from = match &req.from {
+            None => return Err(Error::invalid("from", "set offset or time").into()),
+            Some(From::Offset(o)) => *o,
+            Some(From::Time(t)) => self
+                .store
+                .offset_at_time(convert::system_time("time", t)?)?,
+        };
+        let from_offset = self.deliveries.replay(&req.endpoint_id, from).await?;
+        Ok(Response::new(ReplayEndpointResponse { from_offset }))
+    }
+
+    async fn send_test_event(
+        &self,
+        request: Request<SendTestEventRequest>,
+    ) -> Result<Response<SendTestEventResponse>, Status> {
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        let (webhook_id, attempt, delivered) = self.deliveries.send_test(&req.endpoint_id).await?;
+        Ok(Response::new(SendTestEventResponse {
+            webhook_id,
+            attempt: Some(attempt),
+            delivered,
+        }))
+    }
+}

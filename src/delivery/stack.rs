@@ -1,0 +1,323 @@
+//! The delivery stack: one tower service per endpoint, built in [`build`].
+//!
+//! ```text
+//! concurrency limit → transport retry → sign → per-request timeout → hyper client
+//! ```
+//!
+//! Why this order: the concurrency limit is outermost so an attempt waiting
+//! for a slot has not started its clock; the in-process retry sits above
+//! signing so every try is signed with its own `webhook-timestamp`; the
+//! timeout wraps only the HTTP exchange (connect, send, read the response
+//! excerpt). Whether an outcome is a success, a retry or a rejection is
+//! decided afterwards by `classify`, not here.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
+
+use super::signing::{signature_header, Secret};
+
+/// `X-Jasci-Event`: the event type, as the WMS documents it.
+pub const EVENT_HEADER: HeaderName = HeaderName::from_static("x-jasci-event");
+/// Standard Webhooks message id (the event id, stable across attempts).
+pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+/// Standard Webhooks attempt time, Unix seconds.
+pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+/// Standard Webhooks signatures.
+pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// Bytes of a response body kept for the attempt record.
+pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
+
+/// The HTTP client every stack sends through (HTTP/1.1 and HTTP/2, rustls,
+/// pooled connections, redirects never followed — hyper does not follow
+/// them and nothing here does).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A client whose pool keeps up to `max_idle` connections per host.
+pub fn http_client(max_idle: usize) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle)
+        .build(https)
+}
+
+/// The secrets an endpoint signs with: the current one, and during a
+/// rotation the previous one until it expires.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Signs every request.
+    pub current: Secret,
+    /// Also signs until the `SystemTime`.
+    pub previous: Option<(Secret, SystemTime)>,
+}
+
+/// Shared so a rotation takes effect without rebuilding the stack.
+pub type SharedKeys = Arc<RwLock<Keys>>;
+
+/// One attempt's request, before signing. Cheap to clone (for retries).
+#[derive(Clone, Debug)]
+pub struct WebhookRequest {
+    /// Where to POST.
+    pub uri: Uri,
+    /// `webhook-id`.
+    pub msg_id: String,
+    /// Every header except the signature ones: content type, event type,
+    /// the endpoint's own.
+    pub headers: HeaderMap,
+    /// The rendered body, the same bytes on every attempt.
+    pub body: Bytes,
+    /// Per-attempt deadline.
+    pub timeout: Duration,
+    /// Signing keys.
+    pub keys: SharedKeys,
+}
+
+/// A signed request ready for the wire.
+pub struct SignedRequest {
+    http: Request<Full<Bytes>>,
+    timeout: Duration,
+}
+
+/// What the receiver answered.
+#[derive(Debug, Clone)]
+pub struct WebhookResponse {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers (for `Retry-After`).
+    pub headers: HeaderMap,
+    /// The first [`RESPONSE_EXCERPT_BYTES`] of its body, lossily UTF-8.
+    pub body_excerpt: String,
+}
+
+/// Why no response was received.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The exchange failed after it may have reached the receiver.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// No complete response within the deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The stack's type.
+pub type DeliveryService = BoxCloneSyncService<WebhookRequest, WebhookResponse, SendError>;
+
+/// Builds an endpoint's stack over `client`.
+pub fn build(client: HttpClient, max_in_flight: usize) -> DeliveryService {
+    ServiceBuilder::new()
+        .layer(BoxCloneSyncService::layer())
+        .concurrency_limit(max_in_flight)
+        .retry(ConnectRetry::default())
+        .map_request(sign)
+        .layer(tower::layer::layer_fn(Deadline))
+        .service(Sender(client))
+}
+
+/// Signs one try: fresh `webhook-timestamp`, a signature per active key.
+fn sign(req: WebhookRequest) -> SignedRequest {
+    let now = SystemTime::now();
+    let timestamp = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let signature = {
+        let keys = req.keys.read().unwrap_or_else(|p| p.into_inner());
+        let previous = keys
+            .previous
+            .as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(s, _)| s);
+        signature_header(
+            std::iter::once(&keys.current).chain(previous),
+            &req.msg_id,
+            timestamp,
+            &req.body,
+        )
+    };
+    let mut http = Request::post(req.uri)
+        .body(Full::new(req.body))
+        .expect("a POST with a valid URI and no headers yet is a valid request");
+    let headers = http.headers_mut();
+    headers.extend(req.headers);
+    headers.insert(
+        WEBHOOK_ID,
+        HeaderValue::from_str(&req.msg_id).expect("event ids have no control characters"),
+    );
+    headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+    headers.insert(
+        WEBHOOK_SIGNATURE,
+        HeaderValue::from_str(&signature).expect("base64 is a valid header value"),
+    );
+    SignedRequest {
+        http,
+        timeout: req.timeout,
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Retries, in process, a try that failed before anything was sent
+/// (connection refused, DNS failure): twice, after 50 and 250 ms. Anything
+/// else goes back to the durable schedule.
+#[derive(Clone, Default)]
+struct ConnectRetry {
+    tries: u8,
+}
+
+impl tower::retry::Policy<WebhookRequest, WebhookResponse, SendError> for ConnectRetry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        _req: &mut WebhookRequest,
+        result: &mut Result<WebhookResponse, SendError>,
+    ) -> Option<Self::Future> {
+        const BACKOFF: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(250)];
+        match result {
+            Err(SendError::Connect(_)) if (self.tries as usize) < BACKOFF.len() => {
+                let wait = BACKOFF[self.tries as usize];
+                self.tries += 1;
+                Some(tokio::time::sleep(wait))
+            }
+            _ => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &WebhookRequest) -> Option<WebhookRequest> {
+        Some(req.clone())
+    }
+}
+
+/// Applies each request's own timeout (it depends on the endpoint and the
+/// event type, so a fixed `tower::timeout` layer does not fit).
+#[derive(Clone)]
+struct Deadline<S>(S);
+
+impl<S> Service<SignedRequest> for Deadline<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = WebhookResponse, Error = SendError>,
+    S::Future: Send + 'static,
+{
+    type Response = WebhookResponse;
+    type Error = SendError;
+    type Future = BoxFuture<Result<WebhookResponse, SendError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: SignedRequest) -> Self::Future {
+        let timeout = req.timeout;
+        let fut = self.0.call(req.http);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or(Err(SendError::Timeout(timeout)))
+        })
+    }
+}
+
+/// Sends over the hyper client and reads the start of the response body.
+#[derive(Clone)]
+struct Sender(HttpClient);
+
+impl Service<Request<Full<Bytes>>> for Sender {
+    type Response = WebhookResponse;
+    type Error = SendError;
+    type Future = BoxFuture<Result<WebhookResponse, SendError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        // The legacy client is always ready; its pool queues internally.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let resp = client.request(req).await.map_err(|e| {
+                // Keep the cause chain: hyper's top-level message is vague.
+                let mut msg = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    source = s.source();
+                }
+                if e.is_connect() {
+                    SendError::Connect(msg)
+                } else {
+                    SendError::Transport(msg)
+                }
+            })?;
+            let (parts, mut body) = resp.into_parts();
+            let mut excerpt = Vec::new();
+            while excerpt.len() < RESPONSE_EXCERPT_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let room = RESPONSE_EXCERPT_BYTES - excerpt.len();
+                            excerpt.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                    // The status already arrived: a broken body does not
+                    // change the outcome.
+                    Some(Err(_)) | None => break,
+                }
+            }
+            Ok(WebhookResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body_excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+            })
+        })
+    }
+}
+
+/// Sends one request through `service` (waiting for a concurrency slot).
+pub async fn send(
+    service: DeliveryService,
+    req: WebhookRequest,
+) -> Result<WebhookResponse, SendError> {
+    service.oneshot(req).await
+}
+
+/// The fixed headers of every request.
+pub fn base_headers(event_type: &str, custom: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(custom.len() + 2);
+    for (k, v) in custom {
+        h.append(k.clone(), v.clone());
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        EVENT_HEADER,
+        HeaderValue::from_str(event_type).expect("event type names are header-safe"),
+    );
+    h
+}

@@ -1,0 +1,473 @@
+//! One endpoint's delivery loop: takes events from the endpoint's durable
+//! consumer, keeps per-key order, sends attempts through the stack, records
+//! every outcome and schedules the next attempt durably.
+//!
+//! Invariants:
+//! - An event is *held* from the moment the consumer leases it until its
+//!   delivery is finished (delivered or dead). While held it is in exactly
+//!   one of: sending (an attempt task runs), waiting (nacked to the consumer
+//!   until its next attempt is due), or queued behind an earlier event of
+//!   its ordering key.
+//! - With ordering by key, only the head of a key's queue is ever sending or
+//!   waiting; the next starts when the head finishes.
+//! - The delivery record (attempts, next attempt time) is written durably
+//!   *before* the consumer is told to wait, and before the consumer ack of a
+//!   finished delivery. After a crash the consumer hands the event back and
+//!   the record says whether it is due: the schedule survives restarts.
+//! - New events are read only while fewer than `delivery_window` are held.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant as StdInstant, SystemTime},
+};
+
+use bytes::Bytes;
+use prost::Message;
+use rand::Rng;
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    classify::{classify, Verdict},
+    endpoint::{EndpointSpec, Ordering},
+    stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
+    Control,
+};
+use crate::{
+    config::Config,
+    consumer::{Consumer, Poll},
+    convert,
+    error::Result,
+    model::{Offset, StoredEvent},
+    pb::{self, DeliveryState},
+    store::{scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
+    webhook,
+};
+
+/// Leases of the worker never expire on their own: the worker decides when
+/// an event is retried (via nack with a delay).
+const LEASE: Duration = Duration::from_secs(30 * 86_400);
+/// The worker's stream id on its consumer (one worker per endpoint).
+const WORKER_STREAM: u64 = 0;
+
+/// What a running worker shares with the Admin service.
+#[derive(Default)]
+pub struct WorkerView {
+    /// Held events without a final outcome yet, for ListDeliveries.
+    pub held: Mutex<HashMap<Offset, HeldView>>,
+}
+
+/// A held event, as listed.
+#[derive(Clone, Debug)]
+pub struct HeldView {
+    /// Its id (the `webhook-id`).
+    pub event_id: String,
+    /// Its type.
+    pub event_type: String,
+}
+
+/// Everything a worker needs.
+pub struct WorkerContext {
+    /// The endpoint's id.
+    pub endpoint_id: String,
+    /// Its validated configuration.
+    pub spec: EndpointSpec,
+    /// Its signing keys.
+    pub keys: SharedKeys,
+    /// Its delivery stack.
+    pub service: DeliveryService,
+    /// Its consumer.
+    pub consumer: Arc<Consumer>,
+    /// The log and state.
+    pub store: Store,
+    /// Broker configuration.
+    pub config: Arc<Config>,
+    /// To the manager (e.g. disable after 410).
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Shared with Admin.
+    pub view: Arc<WorkerView>,
+}
+
+struct Held {
+    event: StoredEvent,
+    body: Bytes,
+    key: Option<String>,
+}
+
+/// An attempt task's report back to the loop.
+struct Finished {
+    offset: Offset,
+    /// Delivered or dead: the event is no longer held.
+    done: bool,
+}
+
+/// Runs until `cancel`; in-flight attempts are aborted then (they will be
+/// sent again, with the same `webhook-id`).
+pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
+    let ctx = Arc::new(ctx);
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let mut w = Worker {
+        ctx: ctx.clone(),
+        held: HashMap::new(),
+        keys: HashMap::new(),
+        attempts: JoinSet::new(),
+        finished: finished_tx,
+    };
+    let mut head = ctx.store.watch_head();
+    let mut changed = ctx.consumer.watch();
+    let window = ctx.config.delivery_window.get() as usize;
+    loop {
+        head.borrow_and_update();
+        changed.borrow_and_update();
+        let wake_at = loop {
+            let read_new = w.held.len() < window;
+            match ctx
+                .consumer
+                .poll(WORKER_STREAM, u32::MAX, LEASE, Instant::now(), read_new)
+            {
+                Ok(Poll::Message(d)) => w.accept(d.event).await,
+                Ok(Poll::Idle { wake_at }) => break wake_at,
+                Err(e) => {
+                    tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "reading the log failed");
+                    break Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        };
+        let sleep = async {
+            match wake_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(f) = finished_rx.recv() => w.finished(f).await,
+            r = head.changed() => if r.is_err() { break },
+            r = changed.changed() => if r.is_err() { break },
+            _ = sleep => {}
+        }
+    }
+    w.attempts.abort_all();
+    while w.attempts.join_next().await.is_some() {}
+    ctx.consumer.release(WORKER_STREAM);
+    ctx.view.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+struct Worker {
+    ctx: Arc<WorkerContext>,
+    held: HashMap<Offset, Held>,
+    /// Per ordering key, the held offsets in log order; the front is the one
+    /// sending or waiting.
+    keys: HashMap<String, VecDeque<Offset>>,
+    attempts: JoinSet<()>,
+    finished: mpsc::UnboundedSender<Finished>,
+}
+
+impl Worker {
+    /// An event leased from the consumer: new, or a waiting one now due.
+    async fn accept(&mut self, event: StoredEvent) {
+        let offset = event.offset;
+        if self.held.contains_key(&offset) {
+            // Back from the consumer after its wait: it is its key's head.
+            self.start(offset).await;
+            return;
+        }
+        let body = match webhook::render_body(&event.event) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                // Cannot happen for validated events; never retry it.
+                tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "cannot render body");
+                self.record_unrenderable(&event, &e.to_string()).await;
+                return;
+            }
+        };
+        let key = match self.ctx.spec.ordering {
+            Ordering::Key => Some(event.event.ordering_key.clone()),
+            Ordering::Strict => Some(String::new()),
+            Ordering::None => None,
+        };
+        self.ctx
+            .view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                offset,
+                HeldView {
+                    event_id: event.event.id.clone(),
+                    event_type: event.event_type.to_string(),
+                },
+            );
+        self.held.insert(offset, Held { event, body, key: key.clone() });
+        let turn = match key {
+            None => true,
+            Some(k) => {
+                let q = self.keys.entry(k).or_default();
+                q.push_back(offset);
+                q.len() == 1
+            }
+        };
+        if turn {
+            self.start(offset).await;
+        }
+    }
+
+    /// Sends `offset` now, unless its record says the next attempt is later.
+    async fn start(&mut self, offset: Offset) {
+        let ctx = &self.ctx;
+        let record = match load_delivery(&ctx.store, &ctx.endpoint_id, offset) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "reading delivery state failed");
+                let _ = ctx.consumer.nack(&[offset], Duration::from_secs(1));
+                return;
+            }
+        };
+        let state = record.as_ref().map(|r| r.state());
+        // A delivered or dead record means this is a new round (replay,
+        // RetryDelivery, or an ack lost in a crash): a fresh schedule.
+        let prior_attempts = match state {
+            Some(DeliveryState::Failed | DeliveryState::Pending) => {
+                record.as_ref().map_or(0, |r| r.attempts)
+            }
+            _ => 0,
+        };
+        if prior_attempts == 0 {
+            let first_delay = ctx.spec.retry_schedule[0];
+            let since = self.held[&offset].event.published_at;
+            if let Some(wait) = (since + first_delay).duration_since(SystemTime::now()).ok().filter(|_| !first_delay.is_zero()) {
+                let _ = ctx.consumer.nack(&[offset], wait);
+                return;
+            }
+        } else if let Some(next) = record.as_ref().and_then(|r| r.next_attempt_at.as_ref()) {
+            if let Ok(next) = convert::system_time("next_attempt_at", next) {
+                if let Ok(wait) = next.duration_since(SystemTime::now()) {
+                    if wait > Duration::from_millis(2) {
+                        let _ = ctx.consumer.nack(&[offset], wait);
+                        return;
+                    }
+                }
+            }
+        }
+        let held = &self.held[&offset];
+        let attempt = Attempt {
+            ctx: ctx.clone(),
+            offset,
+            event_id: held.event.event.id.clone(),
+            event_type: held.event.event_type.to_string(),
+            body: held.body.clone(),
+            number: prior_attempts + 1,
+            finished: self.finished.clone(),
+        };
+        self.attempts.spawn(attempt.run());
+    }
+
+    async fn finished(&mut self, f: Finished) {
+        while self.attempts.try_join_next().is_some() {}
+        if !f.done {
+            return; // waiting for its next attempt; its key stays blocked
+        }
+        let Some(held) = self.held.remove(&f.offset) else {
+            return;
+        };
+        self.ctx
+            .view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&f.offset);
+        if let Some(k) = held.key {
+            let next = self.keys.get_mut(&k).and_then(|q| {
+                debug_assert_eq!(q.front(), Some(&f.offset));
+                q.pop_front();
+                q.front().copied()
+            });
+            match next {
+                Some(next) => self.start(next).await,
+                None => {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+    }
+
+    async fn record_unrenderable(&self, event: &StoredEvent, error: &str) {
+        let record = pb::Delivery {
+            event_id: event.event.id.clone(),
+            event_type: event.event_type.to_string(),
+            state: DeliveryState::Dead as i32,
+            last_error: format!("cannot render body: {error}"),
+            ..Default::default()
+        };
+        let key = scoped_offset_key(&self.ctx.endpoint_id, event.offset);
+        let _ = self
+            .ctx
+            .store
+            .write(vec![Mutation::put(Table::Deliveries, key, record.encode_to_vec())])
+            .await;
+        let _ = self.ctx.consumer.ack(&[event.offset]).await;
+    }
+}
+
+/// A delivery's stored record, if it has one.
+pub fn load_delivery(store: &Store, endpoint_id: &str, offset: Offset) -> Result<Option<pb::Delivery>> {
+    store
+        .table(Table::Deliveries)
+        .get(scoped_offset_key(endpoint_id, offset))?
+        .map(|v| {
+            pb::Delivery::decode(&*v)
+                .map_err(|e| crate::error::Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}")))
+        })
+        .transpose()
+}
+
+struct Attempt {
+    ctx: Arc<WorkerContext>,
+    offset: Offset,
+    event_id: String,
+    event_type: String,
+    body: Bytes,
+    number: u32,
+    finished: mpsc::UnboundedSender<Finished>,
+}
+
+impl Attempt {
+    async fn run(self) {
+        let ctx = &self.ctx;
+        let request = WebhookRequest {
+            uri: ctx.spec.url.clone(),
+            msg_id: self.event_id.clone(),
+            headers: stack::base_headers(&self.event_type, &ctx.spec.headers),
+            body: self.body.clone(),
+            timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
+            keys: ctx.keys.clone(),
+        };
+        let started_at = SystemTime::now();
+        let clock = StdInstant::now();
+        let result = stack::send(ctx.service.clone(), request).await;
+        let latency = clock.elapsed();
+        let verdict = classify(&result, ctx.config.max_retry_after);
+        let now = SystemTime::now();
+        let schedule = &ctx.spec.retry_schedule;
+        let (state, next_at) = match &verdict {
+            Verdict::Delivered => (DeliveryState::Delivered, None),
+            // Kept pending (not dead): it resumes when the endpoint is
+            // enabled again.
+            Verdict::Gone => (DeliveryState::Failed, Some(now)),
+            Verdict::Retry { .. } if self.number as usize >= schedule.len() => {
+                (DeliveryState::Dead, None)
+            }
+            Verdict::Retry { retry_after } => {
+                let delay = retry_after.unwrap_or_else(|| {
+                    jitter(schedule[self.number as usize], ctx.config.retry_jitter_percent)
+                });
+                (DeliveryState::Failed, Some(now + delay))
+            }
+        };
+        let (status, error, excerpt) = describe(&result);
+        let record = pb::Delivery {
+            endpoint_id: String::new(),
+            offset: 0,
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            state: state as i32,
+            attempts: self.number,
+            next_attempt_at: next_at.map(convert::timestamp),
+            last_attempt_at: Some(convert::timestamp(started_at)),
+            last_status: status,
+            last_error: error.clone(),
+        };
+        // Attempt records are numbered across rounds (a RetryDelivery or a
+        // replay starts a new schedule, not a new history).
+        let id = &ctx.endpoint_id;
+        let seq = match ctx
+            .store
+            .table(Table::Attempts)
+            .scan_prefix(scoped_offset_key(id, self.offset))
+            .keys()
+            .next_back()
+        {
+            Some(Ok(k)) => u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4-byte suffix")) + 1,
+            _ => 1,
+        };
+        let attempt = pb::Attempt {
+            attempt: seq,
+            started_at: Some(convert::timestamp(started_at)),
+            latency: Some(prost_types::Duration {
+                seconds: latency.as_secs() as i64,
+                nanos: latency.subsec_nanos() as i32,
+            }),
+            status,
+            error,
+            response_body: excerpt,
+        };
+        let written = ctx
+            .store
+            .write(vec![
+                Mutation::put(Table::Deliveries, scoped_offset_key(id, self.offset), record.encode_to_vec()),
+                Mutation::put(
+                    Table::Attempts,
+                    scoped_offset_n_key(id, self.offset, seq),
+                    attempt.encode_to_vec(),
+                ),
+            ])
+            .await;
+        if let Err(e) = written {
+            // Without the record the schedule is not durable: leave the
+            // event leased; it is sent again after a restart.
+            tracing::error!(endpoint = %id, offset = self.offset, error = %e, "recording an attempt failed");
+            return;
+        }
+        tracing::debug!(endpoint = %id, offset = self.offset, attempt = self.number, ?state, status, "attempt");
+        let done = matches!(state, DeliveryState::Delivered | DeliveryState::Dead);
+        if done {
+            if let Err(e) = ctx.consumer.ack(&[self.offset]).await {
+                tracing::error!(endpoint = %id, offset = self.offset, error = %e, "ack failed");
+            }
+            if state == DeliveryState::Dead {
+                tracing::warn!(endpoint = %id, offset = self.offset, attempts = self.number, "delivery dead-lettered");
+            }
+        } else if verdict == Verdict::Gone {
+            let _ = ctx.control.send(Control::Disable {
+                endpoint_id: id.clone(),
+                reason: "410 Gone".into(),
+            });
+        } else {
+            let wait = next_at
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or_default();
+            let _ = ctx.consumer.nack(&[self.offset], wait);
+        }
+        let _ = self.finished.send(Finished {
+            offset: self.offset,
+            done,
+        });
+    }
+}
+
+/// Status (0 without a response), error text, and response excerpt.
+pub fn describe(result: &std::result::Result<WebhookResponse, SendError>) -> (u32, String, String) {
+    match result {
+        Ok(r) => (
+            u32::from(r.status.as_u16()),
+            if r.status.is_success() {
+                String::new()
+            } else {
+                format!("HTTP {}", r.status)
+            },
+            r.body_excerpt.clone(),
+        ),
+        Err(e) => (0, e.to_string(), String::new()),
+    }
+}
+
+/// `d` spread by ±`percent` %.
+fn jitter(d: Duration, percent: u8) -> Duration {
+    if percent == 0 || d.is_zero() {
+        return d;
+    }
+    let spread = f64::from(percent) / 100.0;
+    let factor = rand::rng().random_range((1.0 - spread)..=(1.0 + spread));
+    d.mul_f64(factor)
+}

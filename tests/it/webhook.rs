@@ -1,0 +1,685 @@
+//! Webhook delivery against a real local receiver: headers, signatures,
+//! retries, timeouts, 410/429/3xx handling, ordering, isolation, rotation,
+//! backfill, replay, dead letters, and the Admin operations.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use prost_types::Duration as PbDuration;
+use stevedore::pb::{
+    self, admin_client::AdminClient, endpoint::Start, CreateEndpointRequest, DeliveryState,
+    Endpoint, GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest,
+    ListEndpointsRequest, ReplayEndpointRequest, RetryDeliveryRequest,
+    RotateEndpointSecretRequest, SendTestEventRequest, UpdateEndpointRequest,
+};
+use tonic::transport::Channel;
+
+use crate::{
+    assert_invalid, inventory, pick, publish,
+    receiver::{verify_signature, Behavior, Receiver},
+    TestServer,
+};
+
+fn ms(n: u64) -> PbDuration {
+    PbDuration {
+        seconds: (n / 1000) as i64,
+        nanos: ((n % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// An endpoint to `url` with a fast test schedule (attempts at 0, 100 ms,
+/// 100 ms) unless the test changes it.
+fn endpoint(url: &str) -> Endpoint {
+    Endpoint {
+        url: url.into(),
+        description: "test".into(),
+        retry_schedule: vec![ms(0), ms(100), ms(100)],
+        ..Default::default()
+    }
+}
+
+async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> (Endpoint, String) {
+    let r = admin
+        .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
+        .await
+        .unwrap()
+        .into_inner();
+    (r.endpoint.unwrap(), r.secret)
+}
+
+async fn deliveries(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    state: DeliveryState,
+) -> Vec<pb::Delivery> {
+    admin
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: id.into(),
+            state: state as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+/// Polls ListDeliveries until `n` deliveries are in `state`.
+async fn wait_state(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    state: DeliveryState,
+    n: usize,
+) -> Vec<pb::Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = deliveries(admin, id, state).await;
+        if d.len() >= n {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} deliveries in {state:?}, have {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn attempts(admin: &mut AdminClient<Channel>, id: &str, offset: u64) -> Vec<pb::Attempt> {
+    admin
+        .list_attempts(ListAttemptsRequest {
+            endpoint_id: id.into(),
+            offset,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .attempts
+}
+
+#[tokio::test]
+async fn delivers_signed_requests_with_the_documented_headers() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let (ep, secret) = create(&mut admin, endpoint(&rx.url)).await;
+    assert!(ep.id.starts_with("ep_"), "{}", ep.id);
+    assert!(secret.starts_with("whsec_"));
+
+    let mut p = server.publisher().await;
+    let mut e = pick("pick-1", "SO-1");
+    e.attributes.insert("tenantId".into(), "T1".into());
+    let mut custom_headers = endpoint(&rx.url);
+    custom_headers
+        .headers
+        .insert("X-Api-Key".into(), "k-123".into());
+    let (_ep2, secret2) = create(&mut admin, custom_headers).await;
+    publish(&mut p, e).await;
+
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    for r in &got {
+        assert_eq!(r.method, http::Method::POST);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.header("x-jasci-event"), Some("pick.confirmed"));
+        assert_eq!(r.header("webhook-id"), Some("pick-1"));
+        let ts: u64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert!(now.abs_diff(ts) <= 5, "timestamp {ts} vs now {now}");
+        let body = r.json();
+        assert_eq!(body["salesOrderId"], "SO-1");
+        assert_eq!(body["status"], "COMPLETE");
+        let with_key = r.header("x-api-key") == Some("k-123");
+        let s = if with_key { &secret2 } else { &secret };
+        verify_signature(s, r).unwrap();
+        assert!(verify_signature(if with_key { &secret } else { &secret2 }, r).is_err());
+    }
+    assert_eq!(
+        got.iter().filter(|r| r.header("x-api-key").is_some()).count(),
+        1,
+        "custom header on one endpoint only"
+    );
+    wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+}
+
+#[tokio::test]
+async fn retries_500_then_delivers_with_the_same_id_and_body() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::Body(500, "database is down".into()));
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    let offset = publish(&mut server.publisher().await, pick("r-1", "SO")).await;
+
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    assert_eq!(got[0].body, got[1].body, "the same bytes on every attempt");
+    let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+    assert_eq!((d[0].offset, d[0].attempts, d[0].last_status), (offset, 2, 200));
+    let a = attempts(&mut admin, &ep.id, offset).await;
+    assert_eq!(a.len(), 2);
+    assert_eq!((a[0].attempt, a[0].status), (1, 500));
+    assert_eq!(a[0].response_body, "database is down");
+    assert_eq!((a[1].attempt, a[1].status), (2, 200));
+    assert!(a[0].latency.is_some() && a[0].started_at.is_some());
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::Delay(Duration::from_secs(2), 200));
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.timeout = Some(ms(200));
+    let (ep, _) = create(&mut admin, e).await;
+    let offset = publish(&mut server.publisher().await, pick("t-1", "SO")).await;
+    rx.wait_for(2, Duration::from_secs(10)).await;
+    wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+    let a = attempts(&mut admin, &ep.id, offset).await;
+    assert_eq!(a[0].status, 0);
+    assert!(a[0].error.contains("timed out"), "{:?}", a[0]);
+}
+
+#[tokio::test]
+async fn refused_connections_dead_letter_then_retry_delivery() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.stop();
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    let offset = publish(&mut server.publisher().await, pick("d-1", "SO")).await;
+
+    let dead = wait_state(&mut admin, &ep.id, DeliveryState::Dead, 1).await;
+    assert_eq!((dead[0].offset, dead[0].attempts), (offset, 3));
+    assert!(dead[0].last_error.contains("connect"), "{:?}", dead[0]);
+    assert_eq!(attempts(&mut admin, &ep.id, offset).await.len(), 3);
+
+    // The receiver comes back; an operator retries the dead delivery.
+    rx.restart().await;
+    let retried = admin
+        .retry_delivery(RetryDeliveryRequest {
+            endpoint_id: ep.id.clone(),
+            offset,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(retried.state(), DeliveryState::Pending);
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some("d-1"));
+    let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+    assert_eq!(d[0].attempts, 1, "a fresh schedule");
+    let history = attempts(&mut admin, &ep.id, offset).await;
+    let numbers: Vec<(u32, u32)> = history.iter().map(|a| (a.attempt, a.status)).collect();
+    assert_eq!(numbers, vec![(1, 0), (2, 0), (3, 0), (4, 200)], "history kept across rounds");
+
+    // Only failed or dead deliveries can be retried.
+    let err = admin
+        .retry_delivery(RetryDeliveryRequest {
+            endpoint_id: ep.id.clone(),
+            offset,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_enabling_resumes() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::Status(410));
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    let mut p = server.publisher().await;
+    publish(&mut p, pick("g-1", "SO-A")).await;
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let disabled = loop {
+        let e = admin
+            .get_endpoint(GetEndpointRequest { id: ep.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoint
+            .unwrap();
+        if e.enabled == Some(false) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "endpoint still enabled: {e:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(disabled.disabled_reason, "410 Gone");
+    publish(&mut p, pick("g-2", "SO-B")).await;
+    rx.expect_no_more_than(1, Duration::from_millis(400)).await;
+
+    // Re-enabled: the kept deliveries go out.
+    admin
+        .update_endpoint(UpdateEndpointRequest {
+            endpoint: Some(Endpoint {
+                id: ep.id.clone(),
+                enabled: Some(true),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    let ids: Vec<_> = got[1..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    assert!(ids.contains(&"g-1".to_owned()) && ids.contains(&"g-2".to_owned()), "{ids:?}");
+    let e = admin
+        .get_endpoint(GetEndpointRequest { id: ep.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!((e.enabled, e.disabled_reason.as_str()), (Some(true), ""));
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::WithHeaders(429, vec![("retry-after", "1".into())]));
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.retry_schedule = vec![ms(0), ms(10)];
+    create(&mut admin, e).await;
+    publish(&mut server.publisher().await, pick("ra-1", "SO")).await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    let gap = got[1].received_at - got[0].received_at;
+    assert!(gap >= Duration::from_millis(950), "waited {gap:?} despite Retry-After: 1");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let elsewhere = Receiver::start().await;
+    rx.set_default(Behavior::WithHeaders(302, vec![("location", elsewhere.url.clone())]));
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    let offset = publish(&mut server.publisher().await, pick("rd-1", "SO")).await;
+    let dead = wait_state(&mut admin, &ep.id, DeliveryState::Dead, 1).await;
+    assert_eq!((dead[0].offset, dead[0].last_status), (offset, 302));
+    assert_eq!(rx.requests().len(), 3);
+    assert!(elsewhere.requests().is_empty(), "redirect was followed");
+}
+
+#[tokio::test]
+async fn same_key_in_order_other_keys_in_parallel() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.set_default(Behavior::Delay(Duration::from_millis(30), 200));
+    // Some failures along the way: a retried event must still precede the
+    // later events of its key.
+    for _ in 0..3 {
+        rx.respond(Behavior::Status(500));
+    }
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.max_in_flight = 8;
+    e.retry_schedule = vec![ms(0), ms(50), ms(50), ms(50)];
+    create(&mut admin, e).await;
+    let p = server.publisher().await;
+    let keys = 5;
+    let per_key = 8;
+    let mut batch = Vec::new();
+    for i in 0..per_key {
+        for k in 0..keys {
+            batch.push(inventory(&format!("k{k}-{i}"), &format!("SKU-{k}"), i as f64));
+        }
+    }
+    p.clone()
+        .publish_batch(pb::PublishBatchRequest { events: batch })
+        .await
+        .unwrap();
+    let got = rx.wait_for(keys * per_key + 3, Duration::from_secs(20)).await;
+    assert!(rx.max_concurrent_requests() > 1, "different keys went in parallel");
+    assert!(rx.max_concurrent_requests() <= 8, "max_in_flight respected");
+    for k in 0..keys {
+        let seq: Vec<usize> = got
+            .iter()
+            .filter_map(|r| r.header("webhook-id"))
+            .filter_map(|id| id.strip_prefix(&format!("k{k}-")))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // Retries repeat an event right away; never a later one before it.
+        let mut dedup = seq.clone();
+        dedup.dedup();
+        assert_eq!(dedup, (0..per_key).collect::<Vec<_>>(), "key {k}: {seq:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
+    let server = TestServer::start().await;
+    let healthy = Receiver::start().await;
+    let slow = Receiver::start().await;
+    slow.set_default(Behavior::Delay(Duration::from_secs(5), 200));
+    let mut admin = server.admin().await;
+    let mut s = endpoint(&slow.url);
+    s.timeout = Some(ms(2000));
+    s.ordering = pb::Ordering::None as i32;
+    create(&mut admin, s).await;
+    create(&mut admin, endpoint(&healthy.url)).await;
+    let mut p = server.publisher().await;
+    let mut published = Vec::new();
+    for i in 0..20 {
+        published.push(Instant::now());
+        publish(&mut p, pick(&format!("iso-{i}"), &format!("SO-{i}"))).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = healthy.wait_for(20, Duration::from_secs(10)).await;
+    let worst = got
+        .iter()
+        .map(|r| {
+            let i: usize = r.header("webhook-id").unwrap()[4..].parse().unwrap();
+            r.received_at - published[i]
+        })
+        .max()
+        .unwrap();
+    assert!(
+        worst < Duration::from_millis(1000),
+        "healthy endpoint waited {worst:?} while the other timed out"
+    );
+    assert!(slow.in_flight() > 0, "the slow endpoint was busy meanwhile");
+}
+
+#[tokio::test]
+async fn rotation_signs_with_both_secrets_during_the_grace_period() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let (ep, old) = create(&mut admin, endpoint(&rx.url)).await;
+    let rotated = admin
+        .rotate_endpoint_secret(RotateEndpointSecretRequest {
+            id: ep.id.clone(),
+            grace_period: Some(ms(3_600_000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.secret, old);
+    let mut p = server.publisher().await;
+    publish(&mut p, pick("rot-1", "SO")).await;
+    let r = &rx.wait_for(1, Duration::from_secs(10)).await[0];
+    let sigs = r.header("webhook-signature").unwrap();
+    assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
+    verify_signature(&rotated.secret, r).unwrap();
+    verify_signature(&old, r).unwrap();
+
+    // No grace: the old secret stops at once.
+    let again = admin
+        .rotate_endpoint_secret(RotateEndpointSecretRequest {
+            id: ep.id.clone(),
+            grace_period: Some(ms(0)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    publish(&mut p, pick("rot-2", "SO")).await;
+    let r = &rx.wait_for(2, Duration::from_secs(10)).await[1];
+    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
+    verify_signature(&again.secret, r).unwrap();
+    assert!(verify_signature(&rotated.secret, r).is_err());
+}
+
+#[tokio::test]
+async fn backfill_from_earliest_and_replay() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    for i in 1..=3 {
+        publish(&mut p, pick(&format!("b-{i}"), &format!("SO-{i}"))).await;
+    }
+    let backfill = Receiver::start().await;
+    let latest = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&backfill.url);
+    e.start = Some(Start::StartEarliest(true));
+    let (ep, _) = create(&mut admin, e).await;
+    create(&mut admin, endpoint(&latest.url)).await;
+    let got = backfill.wait_for(3, Duration::from_secs(10)).await;
+    let mut ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["b-1", "b-2", "b-3"]);
+    latest.expect_no_more_than(0, Duration::from_millis(300)).await;
+    wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 3).await;
+
+    let r = admin
+        .replay_endpoint(ReplayEndpointRequest {
+            endpoint_id: ep.id.clone(),
+            from: Some(pb::replay_endpoint_request::From::Offset(2)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.from_offset, 2);
+    let got = backfill.wait_for(5, Duration::from_secs(10)).await;
+    let mut again: Vec<_> = got[3..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    again.sort();
+    assert_eq!(again, vec!["b-2", "b-3"]);
+    backfill.expect_no_more_than(5, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn filters_by_event_type_and_attribute() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.event_types = vec!["inventory.updated".into()];
+    e.attribute_filters.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    create(&mut admin, e).await;
+    let mut p = server.publisher().await;
+    let mut east = inventory("east", "SKU", 1.0);
+    east.attributes.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    let mut west = inventory("west", "SKU", 1.0);
+    west.attributes.insert("fulfillmentCenterId".into(), "FC-WEST-01".into());
+    let mut pick_east = pick("pick-east", "SO");
+    pick_east.attributes.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    for e in [west, pick_east, east] {
+        publish(&mut p, e).await;
+    }
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some("east"));
+    rx.expect_no_more_than(1, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn update_moves_delivery_to_the_new_url() {
+    let server = TestServer::start().await;
+    let first = Receiver::start().await;
+    let second = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&first.url)).await;
+    let mut p = server.publisher().await;
+    publish(&mut p, pick("u-1", "SO")).await;
+    first.wait_for(1, Duration::from_secs(10)).await;
+    let updated = admin
+        .update_endpoint(UpdateEndpointRequest {
+            endpoint: Some(Endpoint {
+                id: ep.id.clone(),
+                url: second.url.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["url".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(updated.url, second.url);
+    assert_eq!(updated.description, "test", "fields outside the mask are kept");
+    publish(&mut p, pick("u-2", "SO")).await;
+    let got = second.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some("u-2"));
+
+    let err = admin
+        .update_endpoint(UpdateEndpointRequest {
+            endpoint: Some(Endpoint {
+                id: ep.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["secret".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(err, "update_mask.paths[0]");
+}
+
+#[tokio::test]
+async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
+    let server = TestServer::start_with(
+        std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        |c| c.allow_http = false,
+    )
+    .await;
+    let mut admin = server.admin().await;
+    let cases: Vec<(Endpoint, &str)> = vec![
+        (endpoint("http://127.0.0.1:1/x"), "endpoint.url"),
+        (endpoint("https://user:pw@example.com/"), "endpoint.url"),
+        (
+            {
+                let mut e = endpoint("https://example.com/");
+                e.headers.insert("X-Evil".into(), "a\r\nX-Injected: 1".into());
+                e
+            },
+            "endpoint.headers",
+        ),
+        (
+            {
+                let mut e = endpoint("https://example.com/");
+                e.headers.insert("webhook-signature".into(), "v1,forged".into());
+                e
+            },
+            "endpoint.headers",
+        ),
+        (
+            {
+                let mut e = endpoint("https://example.com/");
+                e.event_types = vec!["Not A Type".into()];
+                e
+            },
+            "endpoint.event_types[0]",
+        ),
+        (
+            {
+                let mut e = endpoint("https://example.com/");
+                e.timeout = Some(ms(0));
+                e
+            },
+            "endpoint.timeout",
+        ),
+    ];
+    for (e, field) in cases {
+        let err = admin
+            .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
+            .await
+            .unwrap_err();
+        assert_invalid(err, field);
+    }
+    let list = admin
+        .list_endpoints(ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.endpoints.is_empty(), "nothing stored: {list:?}");
+
+    let (ep, secret) = create(&mut admin, endpoint("https://example.com/hook")).await;
+    let listed = format!(
+        "{:?}",
+        admin
+            .list_endpoints(ListEndpointsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    );
+    let got = format!(
+        "{:?}",
+        admin
+            .get_endpoint(GetEndpointRequest { id: ep.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+    );
+    let key = secret.trim_start_matches("whsec_");
+    assert!(listed.contains(&ep.id) && !listed.contains(key));
+    assert!(!got.contains(key));
+    let missing = admin
+        .get_endpoint(GetEndpointRequest { id: "ep_nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn send_test_event_reports_the_outcome() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::Body(200, "hello".into()));
+    let mut admin = server.admin().await;
+    let (ep, secret) = create(&mut admin, endpoint(&rx.url)).await;
+    let r = admin
+        .send_test_event(SendTestEventRequest {
+            endpoint_id: ep.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.delivered);
+    let a = r.attempt.unwrap();
+    assert_eq!((a.status, a.response_body.as_str()), (200, "hello"));
+    let got = rx.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].header("x-jasci-event"), Some("stevedore.test"));
+    assert_eq!(got[0].header("webhook-id"), Some(r.webhook_id.as_str()));
+    verify_signature(&secret, &got[0]).unwrap();
+    // Nothing went into the log.
+    assert!(deliveries(&mut admin, &ep.id, DeliveryState::Unspecified).await.is_empty());
+
+    rx.respond(Behavior::Status(500));
+    let r = admin
+        .send_test_event(SendTestEventRequest {
+            endpoint_id: ep.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.delivered);
+    assert_eq!(r.attempt.unwrap().status, 500);
+}
+
+#[tokio::test]
+async fn a_pending_retry_survives_a_restart() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    rx.respond(Behavior::Status(503));
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.retry_schedule = vec![ms(0), ms(1500)];
+    let (ep, _) = create(&mut admin, e).await;
+    let offset = publish(&mut server.publisher().await, pick("rs-1", "SO")).await;
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let failed = wait_state(&mut admin, &ep.id, DeliveryState::Failed, 1).await;
+    assert!(failed[0].next_attempt_at.is_some());
+    drop(admin);
+
+    let server = server.restart().await;
+    let mut admin = server.admin().await;
+    let got = rx.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("webhook-id"), Some("rs-1"));
+    let gap = got[1].received_at - got[0].received_at;
+    assert!(gap >= Duration::from_millis(1000), "the schedule held across the restart: {gap:?}");
+    let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+    assert_eq!((d[0].offset, d[0].attempts), (offset, 2));
+}
