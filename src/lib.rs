@@ -16,6 +16,8 @@
 //! - [`store`] — the log, id index and consumer state on sled; the writer
 //!   thread that group-commits and fsyncs.
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
+//! - [`webhook`] — webhook JSON bodies, one file per event type behind one
+//!   dispatch point ([`webhook::render_body`]).
 //! - [`api`] — one file per gRPC service.
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod error;
 pub mod model;
 pub mod pb;
 pub mod store;
+pub mod webhook;
 
 use std::{future::Future, sync::Arc};
 
