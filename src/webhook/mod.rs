@@ -32,6 +32,9 @@ mod pick_confirmed;
 mod return_received;
 mod shipment_closed;
 
+#[cfg(test)]
+mod golden;
+
 use prost_types::Timestamp;
 use serde_json::{Map, Number, Value};
 
