@@ -1,7 +1,8 @@
 //! Golden tests: the publish requests in `examples/` (grpcurl JSON), validated
 //! as `Publish` would and rendered, must equal the seed samples in
-//! `tests/golden/`: the same keys in the same order in every object, the same
-//! values, numbers compared as numbers (`95.0` equals `95`).
+//! `tests/golden/` and the example bodies in `docs/webhook-json.md`:
+//! the same keys in the same order in every object, the same values, numbers
+//! compared as numbers (`95.0` equals `95`).
 
 use std::{fs, path::Path, time::SystemTime};
 
@@ -123,4 +124,43 @@ fn the_comparison_checks_values() {
     let got: Value = serde_json::from_str(r#"{"a": 1}"#).unwrap();
     let want: Value = serde_json::from_str(r#"{"a": 1.5}"#).unwrap();
     assert_same("x", &got, &want);
+}
+
+/// Every example body in the doc is introduced by a line
+/// `<!-- body of examples/NAME.json -->` and must be what that request
+/// renders, so the doc cannot drift from the code.
+#[test]
+fn doc_examples_are_what_the_code_renders() {
+    const MARKER: &str = "<!-- body of examples/";
+    let doc = read("docs/webhook-json.md");
+    let mut checked = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix(MARKER) else {
+            continue;
+        };
+        let name = rest
+            .strip_suffix(".json -->")
+            .unwrap_or_else(|| panic!("malformed marker {line:?}"));
+        assert_eq!(lines.next(), Some("```json"), "a json block after {line:?}");
+        let block: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        let want: Value = serde_json::from_str(&block.join("\n"))
+            .unwrap_or_else(|e| panic!("the doc's {name} body is not JSON: {e}"));
+        assert_same(&format!("doc {name}"), &render_example(name), &want);
+        checked.push(name.to_owned());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "channel_inventory",
+            "custom",
+            "inventory_updated",
+            "order_status",
+            "pick_confirmed",
+            "return_received",
+            "shipment_closed",
+        ],
+        "one example body per event type"
+    );
 }
