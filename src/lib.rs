@@ -19,7 +19,8 @@
 //! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
 //!   and retries; one worker per endpoint on top of its durable consumer;
 //!   classification of outcomes; the durable retry schedule.
-//! - [`webhook`] — one file per event type: event → JSON body.
+//! - [`webhook`] — webhook JSON bodies, one file per event type behind one
+//!   dispatch point ([`webhook::render_body`]).
 //! - [`api`] — one file per gRPC service.
 
 #![forbid(unsafe_code)]
