@@ -683,3 +683,59 @@ async fn a_pending_retry_survives_a_restart() {
     let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
     assert_eq!((d[0].offset, d[0].attempts), (offset, 2));
 }
+
+/// Parses grpcurl's JSON (protojson) into the prost type through the
+/// descriptor set the server serves for reflection.
+fn example(name: &str) -> pb::Event {
+    use prost::Message;
+    let path = format!("{}/examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let json = std::fs::read_to_string(&path).unwrap();
+    let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    let desc = pool.get_message_by_name("stevedore.v1.PublishRequest").unwrap();
+    let mut de = serde_json::Deserializer::from_str(&json);
+    let msg = prost_reflect::DynamicMessage::deserialize(desc, &mut de).unwrap();
+    pb::PublishRequest::decode(msg.encode_to_vec().as_slice())
+        .unwrap()
+        .event
+        .unwrap()
+}
+
+/// Numbers as f64, so `95.0` equals `95`.
+fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect()),
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn seed_samples_arrive_exactly_as_documented() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let (_, secret) = create(&mut admin, endpoint(&rx.url)).await;
+    let mut p = server.publisher().await;
+    let samples = [
+        ("shipment_closed", "shipment.closed"),
+        ("pick_confirmed", "pick.confirmed"),
+        ("channel_inventory", "channel_inventory.updated"),
+    ];
+    for (name, _) in samples {
+        publish(&mut p, example(name)).await;
+    }
+    let got = rx.wait_for(3, Duration::from_secs(10)).await;
+    for (name, event_type) in samples {
+        let r = got
+            .iter()
+            .find(|r| r.header("x-jasci-event") == Some(event_type))
+            .unwrap_or_else(|| panic!("no {event_type} request: {got:?}"));
+        verify_signature(&secret, r).unwrap();
+        let path = format!("{}/tests/golden/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(numbers_as_f64(r.json()), numbers_as_f64(golden), "{name}");
+    }
+}
