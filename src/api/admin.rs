@@ -12,10 +12,10 @@ use crate::{
         admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest,
         DeleteEndpointResponse, DeliveryState, GetEndpointRequest, GetEndpointResponse,
         ListAttemptsRequest, ListAttemptsResponse, ListDeliveriesRequest, ListDeliveriesResponse,
-        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest,
-        ReplayEndpointResponse, RetryDeliveryRequest, RetryDeliveryResponse,
-        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
-        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest, ReplayEndpointResponse,
+        RetryDeliveryRequest, RetryDeliveryResponse, RotateEndpointSecretRequest,
+        RotateEndpointSecretResponse, SendTestEventRequest, SendTestEventResponse,
+        UpdateEndpointRequest, UpdateEndpointResponse,
     },
 };
 
@@ -105,6 +105,15 @@ impl Admin for AdminService {
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
         required("endpoint.id", &endpoint.id)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            // Replacing everything would silently reset what the caller did
+            // not mention (and redacted header values).
+            return Err(Error::invalid(
+                "update_mask",
+                "required: name the fields to change, e.g. \"url,enabled\"",
+            )
+            .into());
+        }
         let endpoint = self.deliveries.update(endpoint, &paths).await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(endpoint),
@@ -152,17 +161,17 @@ impl Admin for AdminService {
             Ok(DeliveryState::Unspecified) => None,
             Ok(s) => Some(s),
             Err(_) => {
-                return Err(Error::invalid("state", format!("unknown enum value {}", req.state)).into())
+                return Err(
+                    Error::invalid("state", format!("unknown enum value {}", req.state)).into(),
+                )
             }
         };
         let before = if req.page_token.is_empty() {
             None
         } else {
-            Some(
-                req.page_token
-                    .parse()
-                    .map_err(|_| Error::invalid("page_token", "not a token from a previous response"))?,
-            )
+            Some(req.page_token.parse().map_err(|_| {
+                Error::invalid("page_token", "not a token from a previous response")
+            })?)
         };
         let (deliveries, next) = self.deliveries.list_deliveries(
             &req.endpoint_id,
@@ -186,7 +195,9 @@ impl Admin for AdminService {
             return Err(Error::invalid("offset", "required").into());
         }
         Ok(Response::new(ListAttemptsResponse {
-            attempts: self.deliveries.list_attempts(&req.endpoint_id, req.offset)?,
+            attempts: self
+                .deliveries
+                .list_attempts(&req.endpoint_id, req.offset)?,
         }))
     }
 
@@ -212,13 +223,13 @@ impl Admin for AdminService {
         &self,
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
-        use crate::pb::replay_endpoint_request::From;
+        use crate::pb::replay_endpoint_request::Start;
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
-        let from = match &req.from {
-            None => return Err(Error::invalid("from", "set offset or time").into()),
-            Some(From::Offset(o)) => *o,
-            Some(From::Time(t)) => self
+        let from = match &req.start {
+            None => return Err(Error::invalid("start", "set offset or time").into()),
+            Some(Start::Offset(o)) => *o,
+            Some(Start::Time(t)) => self
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };

@@ -20,7 +20,7 @@ use crate::{
     consumer::{Consumer, CreateSpec, Poll, StreamId},
     convert,
     error::{Error, Result},
-    model::{EventType, Offset, StoredEvent, EventFilter},
+    model::{EventFilter, EventType, Offset, StoredEvent},
     pb::{
         subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest, AckResponse,
         GetEventRequest, GetEventResponse, NackRequest, NackResponse, SubscribeRequest,

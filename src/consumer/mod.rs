@@ -141,7 +141,11 @@ impl Consumers {
             name.to_owned(),
             filter,
             self.store.clone(),
-            State::new(record.floor, done, record.reopened.iter().copied().collect()),
+            State::new(
+                record.floor,
+                done,
+                record.reopened.iter().copied().collect(),
+            ),
         ));
         // Another task may have loaded it meanwhile; keep the first.
         Ok(Some(
@@ -206,7 +210,10 @@ impl Consumer {
 
     /// The current filter.
     pub fn filter(&self) -> EventFilter {
-        self.filter.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.filter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the filter for messages not yet read (an endpoint's filter

@@ -22,10 +22,7 @@ pub enum Verdict {
 }
 
 /// Classifies an attempt's result. `max_retry_after` clamps `Retry-After`.
-pub fn classify(
-    result: &Result<WebhookResponse, SendError>,
-    max_retry_after: Duration,
-) -> Verdict {
+pub fn classify(result: &Result<WebhookResponse, SendError>, max_retry_after: Duration) -> Verdict {
     let resp = match result {
         Ok(r) => r,
         // Timeouts, resets and refused connections: retry on schedule.
@@ -82,15 +79,22 @@ mod tests {
         assert_eq!(classify(&resp(204, None), max), Verdict::Delivered);
         assert_eq!(classify(&resp(410, None), max), Verdict::Gone);
         for s in [302, 400, 404, 500, 502] {
-            assert_eq!(classify(&resp(s, None), max), Verdict::Retry { retry_after: None });
+            assert_eq!(
+                classify(&resp(s, None), max),
+                Verdict::Retry { retry_after: None }
+            );
         }
         assert_eq!(
             classify(&resp(429, Some("7")), max),
-            Verdict::Retry { retry_after: Some(Duration::from_secs(7)) }
+            Verdict::Retry {
+                retry_after: Some(Duration::from_secs(7))
+            }
         );
         assert_eq!(
             classify(&resp(503, Some("99999")), max),
-            Verdict::Retry { retry_after: Some(max) },
+            Verdict::Retry {
+                retry_after: Some(max)
+            },
             "clamped"
         );
         assert_eq!(

@@ -80,7 +80,8 @@ impl EndpointSpec {
     /// Validates `e` (field paths start with `endpoint.`).
     pub fn from_pb(e: &pb::Endpoint, config: &Config) -> Result<Self> {
         let f = |name: &str| format!("endpoint.{name}");
-        let url = validate_url(&e.url, config.allow_http).map_err(|m| Error::invalid(f("url"), m))?;
+        let url =
+            validate_url(&e.url, config.allow_http).map_err(|m| Error::invalid(f("url"), m))?;
         if e.description.len() > MAX_DESCRIPTION_BYTES {
             return Err(Error::invalid(
                 f("description"),
@@ -91,7 +92,9 @@ impl EndpointSpec {
             .event_types
             .iter()
             .enumerate()
-            .map(|(i, t)| EventType::parse(t).map_err(|m| Error::invalid(f(&format!("event_types[{i}]")), m)))
+            .map(|(i, t)| {
+                EventType::parse(t).map_err(|m| Error::invalid(f(&format!("event_types[{i}]")), m))
+            })
             .collect::<Result<Vec<_>>>()?;
         if e.attribute_filters.len() > MAX_FILTERS {
             return Err(Error::invalid(
@@ -115,7 +118,10 @@ impl EndpointSpec {
                 .collect::<BTreeMap<_, _>>(),
         );
         if e.headers.len() > MAX_HEADERS {
-            return Err(Error::invalid(f("headers"), format!("at most {MAX_HEADERS} headers")));
+            return Err(Error::invalid(
+                f("headers"),
+                format!("at most {MAX_HEADERS} headers"),
+            ));
         }
         let mut headers = Vec::with_capacity(e.headers.len());
         for (k, v) in &e.headers {
@@ -136,7 +142,10 @@ impl EndpointSpec {
             }
             // from_str rejects CR, LF and other control characters.
             let value = HeaderValue::from_str(v).map_err(|_| {
-                Error::invalid(&field, "value must be visible ASCII (no CR, LF or control characters)")
+                Error::invalid(
+                    &field,
+                    "value must be visible ASCII (no CR, LF or control characters)",
+                )
             })?;
             headers.push((name, value));
         }
@@ -216,11 +225,12 @@ impl EndpointSpec {
 
     /// The per-attempt timeout for an event type.
     pub fn timeout_for(&self, event_type: &str, config: &Config) -> Duration {
-        self.timeout.unwrap_or(if event_type == "channel_inventory.updated" {
-            config.channel_inventory_timeout
-        } else {
-            config.webhook_timeout
-        })
+        self.timeout
+            .unwrap_or(if event_type == "channel_inventory.updated" {
+                config.channel_inventory_timeout
+            } else {
+                config.webhook_timeout
+            })
     }
 }
 
@@ -305,7 +315,10 @@ mod tests {
             ("not a url", "not a valid URL"),
         ] {
             let err = EndpointSpec::from_pb(&ep(url), &c).unwrap_err().to_string();
-            assert!(err.starts_with("endpoint.url: ") && err.contains(why), "{url}: {err}");
+            assert!(
+                err.starts_with("endpoint.url: ") && err.contains(why),
+                "{url}: {err}"
+            );
         }
         let c = Config {
             allow_http: true,
@@ -340,20 +353,35 @@ mod tests {
         let s = EndpointSpec::from_pb(&ep("https://h/x"), &c).unwrap();
         assert_eq!(s.retry_schedule.len(), 8);
         assert_eq!(s.timeout_for("pick.confirmed", &c), Duration::from_secs(30));
-        assert_eq!(s.timeout_for("channel_inventory.updated", &c), Duration::from_secs(5));
+        assert_eq!(
+            s.timeout_for("channel_inventory.updated", &c),
+            Duration::from_secs(5)
+        );
         assert_eq!(s.ordering, Ordering::Key);
         assert!(s.enabled);
         let mut e = ep("https://h/x");
-        e.timeout = Some(prost_types::Duration { seconds: 3600, nanos: 0 });
-        assert!(EndpointSpec::from_pb(&e, &c).unwrap_err().to_string().starts_with("endpoint.timeout"));
+        e.timeout = Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        });
+        assert!(EndpointSpec::from_pb(&e, &c)
+            .unwrap_err()
+            .to_string()
+            .starts_with("endpoint.timeout"));
         let mut e = ep("https://h/x");
-        e.retry_schedule = vec![prost_types::Duration { seconds: -1, nanos: 0 }];
+        e.retry_schedule = vec![prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        }];
         assert!(EndpointSpec::from_pb(&e, &c)
             .unwrap_err()
             .to_string()
             .starts_with("endpoint.retry_schedule[0]"));
         let mut e = ep("https://h/x");
         e.ordering = 9;
-        assert!(EndpointSpec::from_pb(&e, &c).unwrap_err().to_string().starts_with("endpoint.ordering"));
+        assert!(EndpointSpec::from_pb(&e, &c)
+            .unwrap_err()
+            .to_string()
+            .starts_with("endpoint.ordering"));
     }
 }

@@ -131,7 +131,10 @@ impl Deliveries {
 
     async fn handle(&self, msg: Control) {
         match msg {
-            Control::Disable { endpoint_id, reason } => {
+            Control::Disable {
+                endpoint_id,
+                reason,
+            } => {
                 let mut workers = self.workers.lock().await;
                 let result = self
                     .modify(&endpoint_id, |r| {
@@ -146,7 +149,9 @@ impl Deliveries {
                         stop_worker(&mut workers, &endpoint_id).await;
                         tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
                     }
-                    Err(e) => tracing::error!(endpoint = %endpoint_id, error = %e, "disabling failed"),
+                    Err(e) => {
+                        tracing::error!(endpoint = %endpoint_id, error = %e, "disabling failed")
+                    }
                 }
             }
         }
@@ -240,7 +245,10 @@ impl Deliveries {
             self.spawn_worker(&mut workers, &record, spec).await?;
         }
         tracing::info!(endpoint = %id, url = %record.endpoint().url, start, "endpoint created");
-        Ok((self.with_backlog(record.endpoint().clone()), secret.reveal()))
+        Ok((
+            self.with_backlog(record.endpoint().clone()),
+            secret.reveal(),
+        ))
     }
 
     /// One endpoint (without secrets).
@@ -272,8 +280,8 @@ impl Deliveries {
         Ok((out, next))
     }
 
-    /// Applies `fields` (all settable ones when empty) of `update` and
-    /// restarts the worker with the new configuration.
+    /// Applies `fields` of `update` and restarts the worker with the new
+    /// configuration.
     pub async fn update(&self, update: pb::Endpoint, fields: &[String]) -> Result<pb::Endpoint> {
         let mut workers = self.workers.lock().await;
         let mut record = self.record(&update.id)?;
@@ -320,7 +328,11 @@ impl Deliveries {
                     break;
                 }
                 self.store
-                    .write(keys.into_iter().map(|k| Mutation::delete(table, k.to_vec())).collect())
+                    .write(
+                        keys.into_iter()
+                            .map(|k| Mutation::delete(table, k.to_vec()))
+                            .collect(),
+                    )
                     .await?;
             }
         }
@@ -329,7 +341,11 @@ impl Deliveries {
     }
 
     /// A new secret; the old one keeps signing for `grace`.
-    pub async fn rotate_secret(&self, id: &str, grace: Option<Duration>) -> Result<(String, SystemTime)> {
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+    ) -> Result<(String, SystemTime)> {
         let workers = self.workers.lock().await;
         let grace = grace.unwrap_or(self.config.secret_rotation_grace);
         let secret = Secret::generate();
@@ -364,11 +380,27 @@ impl Deliveries {
             .workers
             .try_lock()
             .ok()
-            .and_then(|w| w.get(id).map(|r| r.view.held.lock().unwrap_or_else(|p| p.into_inner()).clone()))
+            .and_then(|w| {
+                w.get(id).map(|r| {
+                    r.view
+                        .held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                })
+            })
             .unwrap_or_default();
-        let upper = before.map_or_else(|| scoped_offset_key(id, u64::MAX), |b| scoped_offset_key(id, b));
+        let upper = before.map_or_else(
+            || scoped_offset_key(id, u64::MAX),
+            |b| scoped_offset_key(id, b),
+        );
         let mut seen = std::collections::HashSet::new();
-        for kv in self.store.table(Table::Deliveries).range(scope(id)..upper).rev() {
+        for kv in self
+            .store
+            .table(Table::Deliveries)
+            .range(scope(id)..upper)
+            .rev()
+        {
             let (k, v) = kv?;
             let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
             let mut d = pb::Delivery::decode(&*v)
@@ -564,7 +596,12 @@ impl Deliveries {
         Ok(r)
     }
 
+    /// The endpoint as shown to operators: header values redacted (they are
+    /// often credentials), backlog filled in.
     fn with_backlog(&self, mut e: pb::Endpoint) -> pb::Endpoint {
+        for v in e.headers.values_mut() {
+            *v = REDACTED.to_owned();
+        }
         if let Ok(c) = self.consumers.get(&consumer_name(&e.id)) {
             e.backlog = self.store.head().saturating_sub(c.floor());
         }
@@ -605,6 +642,9 @@ fn string_value(s: &str) -> prost_types::Value {
     }
 }
 
+/// Shown instead of custom header values.
+pub const REDACTED: &str = "<redacted>";
+
 /// The settable fields, by field-mask path.
 const SETTABLE: &[&str] = &[
     "url",
@@ -619,10 +659,8 @@ const SETTABLE: &[&str] = &[
     "enabled",
 ];
 
-/// Copies the `fields` of `from` into `into` (all settable ones when empty).
+/// Copies the `fields` of `from` into `into`.
 fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Result<()> {
-    let all: Vec<String> = SETTABLE.iter().map(|s| s.to_string()).collect();
-    let fields = if fields.is_empty() { &all[..] } else { fields };
     for (i, f) in fields.iter().enumerate() {
         match f.as_str() {
             "url" => into.url = from.url.clone(),

@@ -151,7 +151,11 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     w.attempts.abort_all();
     while w.attempts.join_next().await.is_some() {}
     ctx.consumer.release(WORKER_STREAM);
-    ctx.view.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    ctx.view
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
 }
 
 struct Worker {
@@ -199,7 +203,14 @@ impl Worker {
                     event_type: event.event_type.to_string(),
                 },
             );
-        self.held.insert(offset, Held { event, body, key: key.clone() });
+        self.held.insert(
+            offset,
+            Held {
+                event,
+                body,
+                key: key.clone(),
+            },
+        );
         let turn = match key {
             None => true,
             Some(k) => {
@@ -236,7 +247,11 @@ impl Worker {
         if prior_attempts == 0 {
             let first_delay = ctx.spec.retry_schedule[0];
             let since = self.held[&offset].event.published_at;
-            if let Some(wait) = (since + first_delay).duration_since(SystemTime::now()).ok().filter(|_| !first_delay.is_zero()) {
+            if let Some(wait) = (since + first_delay)
+                .duration_since(SystemTime::now())
+                .ok()
+                .filter(|_| !first_delay.is_zero())
+            {
                 let _ = ctx.consumer.nack(&[offset], wait);
                 return;
             }
@@ -304,20 +319,29 @@ impl Worker {
         let _ = self
             .ctx
             .store
-            .write(vec![Mutation::put(Table::Deliveries, key, record.encode_to_vec())])
+            .write(vec![Mutation::put(
+                Table::Deliveries,
+                key,
+                record.encode_to_vec(),
+            )])
             .await;
         let _ = self.ctx.consumer.ack(&[event.offset]).await;
     }
 }
 
 /// A delivery's stored record, if it has one.
-pub fn load_delivery(store: &Store, endpoint_id: &str, offset: Offset) -> Result<Option<pb::Delivery>> {
+pub fn load_delivery(
+    store: &Store,
+    endpoint_id: &str,
+    offset: Offset,
+) -> Result<Option<pb::Delivery>> {
     store
         .table(Table::Deliveries)
         .get(scoped_offset_key(endpoint_id, offset))?
         .map(|v| {
-            pb::Delivery::decode(&*v)
-                .map_err(|e| crate::error::Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}")))
+            pb::Delivery::decode(&*v).map_err(|e| {
+                crate::error::Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}"))
+            })
         })
         .transpose()
 }
@@ -360,7 +384,10 @@ impl Attempt {
             }
             Verdict::Retry { retry_after } => {
                 let delay = retry_after.unwrap_or_else(|| {
-                    jitter(schedule[self.number as usize], ctx.config.retry_jitter_percent)
+                    jitter(
+                        schedule[self.number as usize],
+                        ctx.config.retry_jitter_percent,
+                    )
                 });
                 (DeliveryState::Failed, Some(now + delay))
             }
@@ -388,7 +415,9 @@ impl Attempt {
             .keys()
             .next_back()
         {
-            Some(Ok(k)) => u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4-byte suffix")) + 1,
+            Some(Ok(k)) => {
+                u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4-byte suffix")) + 1
+            }
             _ => 1,
         };
         let attempt = pb::Attempt {
@@ -405,7 +434,11 @@ impl Attempt {
         let written = ctx
             .store
             .write(vec![
-                Mutation::put(Table::Deliveries, scoped_offset_key(id, self.offset), record.encode_to_vec()),
+                Mutation::put(
+                    Table::Deliveries,
+                    scoped_offset_key(id, self.offset),
+                    record.encode_to_vec(),
+                ),
                 Mutation::put(
                     Table::Attempts,
                     scoped_offset_n_key(id, self.offset, seq),

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use prost_types::Duration as PbDuration;
 use stevedore::pb::{
     self, admin_client::AdminClient, endpoint::Start, CreateEndpointRequest, DeliveryState,
-    Endpoint, GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest,
-    ListEndpointsRequest, ReplayEndpointRequest, RetryDeliveryRequest,
-    RotateEndpointSecretRequest, SendTestEventRequest, UpdateEndpointRequest,
+    Endpoint, GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest, ListEndpointsRequest,
+    ReplayEndpointRequest, RetryDeliveryRequest, RotateEndpointSecretRequest, SendTestEventRequest,
+    UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
@@ -122,7 +122,10 @@ async fn delivers_signed_requests_with_the_documented_headers() {
         assert_eq!(r.header("x-jasci-event"), Some("pick.confirmed"));
         assert_eq!(r.header("webhook-id"), Some("pick-1"));
         let ts: u64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(now.abs_diff(ts) <= 5, "timestamp {ts} vs now {now}");
         let body = r.json();
         assert_eq!(body["salesOrderId"], "SO-1");
@@ -133,7 +136,9 @@ async fn delivers_signed_requests_with_the_documented_headers() {
         assert!(verify_signature(if with_key { &secret } else { &secret2 }, r).is_err());
     }
     assert_eq!(
-        got.iter().filter(|r| r.header("x-api-key").is_some()).count(),
+        got.iter()
+            .filter(|r| r.header("x-api-key").is_some())
+            .count(),
         1,
         "custom header on one endpoint only"
     );
@@ -153,7 +158,10 @@ async fn retries_500_then_delivers_with_the_same_id_and_body() {
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     assert_eq!(got[0].body, got[1].body, "the same bytes on every attempt");
     let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
-    assert_eq!((d[0].offset, d[0].attempts, d[0].last_status), (offset, 2, 200));
+    assert_eq!(
+        (d[0].offset, d[0].attempts, d[0].last_status),
+        (offset, 2, 200)
+    );
     let a = attempts(&mut admin, &ep.id, offset).await;
     assert_eq!(a.len(), 2);
     assert_eq!((a[0].attempt, a[0].status), (1, 500));
@@ -212,7 +220,11 @@ async fn refused_connections_dead_letter_then_retry_delivery() {
     assert_eq!(d[0].attempts, 1, "a fresh schedule");
     let history = attempts(&mut admin, &ep.id, offset).await;
     let numbers: Vec<(u32, u32)> = history.iter().map(|a| (a.attempt, a.status)).collect();
-    assert_eq!(numbers, vec![(1, 0), (2, 0), (3, 0), (4, 200)], "history kept across rounds");
+    assert_eq!(
+        numbers,
+        vec![(1, 0), (2, 0), (3, 0), (4, 200)],
+        "history kept across rounds"
+    );
 
     // Only failed or dead deliveries can be retried.
     let err = admin
@@ -269,8 +281,14 @@ async fn gone_disables_the_endpoint_and_enabling_resumes() {
         .await
         .unwrap();
     let got = rx.wait_for(3, Duration::from_secs(10)).await;
-    let ids: Vec<_> = got[1..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
-    assert!(ids.contains(&"g-1".to_owned()) && ids.contains(&"g-2".to_owned()), "{ids:?}");
+    let ids: Vec<_> = got[1..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.contains(&"g-1".to_owned()) && ids.contains(&"g-2".to_owned()),
+        "{ids:?}"
+    );
     let e = admin
         .get_endpoint(GetEndpointRequest { id: ep.id.clone() })
         .await
@@ -285,7 +303,10 @@ async fn gone_disables_the_endpoint_and_enabling_resumes() {
 async fn retry_after_is_honoured() {
     let server = TestServer::start().await;
     let rx = Receiver::start().await;
-    rx.respond(Behavior::WithHeaders(429, vec![("retry-after", "1".into())]));
+    rx.respond(Behavior::WithHeaders(
+        429,
+        vec![("retry-after", "1".into())],
+    ));
     let mut admin = server.admin().await;
     let mut e = endpoint(&rx.url);
     e.retry_schedule = vec![ms(0), ms(10)];
@@ -293,7 +314,10 @@ async fn retry_after_is_honoured() {
     publish(&mut server.publisher().await, pick("ra-1", "SO")).await;
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
     let gap = got[1].received_at - got[0].received_at;
-    assert!(gap >= Duration::from_millis(950), "waited {gap:?} despite Retry-After: 1");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited {gap:?} despite Retry-After: 1"
+    );
 }
 
 #[tokio::test]
@@ -301,7 +325,10 @@ async fn redirects_are_not_followed() {
     let server = TestServer::start().await;
     let rx = Receiver::start().await;
     let elsewhere = Receiver::start().await;
-    rx.set_default(Behavior::WithHeaders(302, vec![("location", elsewhere.url.clone())]));
+    rx.set_default(Behavior::WithHeaders(
+        302,
+        vec![("location", elsewhere.url.clone())],
+    ));
     let mut admin = server.admin().await;
     let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
     let offset = publish(&mut server.publisher().await, pick("rd-1", "SO")).await;
@@ -332,15 +359,24 @@ async fn same_key_in_order_other_keys_in_parallel() {
     let mut batch = Vec::new();
     for i in 0..per_key {
         for k in 0..keys {
-            batch.push(inventory(&format!("k{k}-{i}"), &format!("SKU-{k}"), i as f64));
+            batch.push(inventory(
+                &format!("k{k}-{i}"),
+                &format!("SKU-{k}"),
+                i as f64,
+            ));
         }
     }
     p.clone()
         .publish_batch(pb::PublishBatchRequest { events: batch })
         .await
         .unwrap();
-    let got = rx.wait_for(keys * per_key + 3, Duration::from_secs(20)).await;
-    assert!(rx.max_concurrent_requests() > 1, "different keys went in parallel");
+    let got = rx
+        .wait_for(keys * per_key + 3, Duration::from_secs(20))
+        .await;
+    assert!(
+        rx.max_concurrent_requests() > 1,
+        "different keys went in parallel"
+    );
     assert!(rx.max_concurrent_requests() <= 8, "max_in_flight respected");
     for k in 0..keys {
         let seq: Vec<usize> = got
@@ -445,26 +481,36 @@ async fn backfill_from_earliest_and_replay() {
     let (ep, _) = create(&mut admin, e).await;
     create(&mut admin, endpoint(&latest.url)).await;
     let got = backfill.wait_for(3, Duration::from_secs(10)).await;
-    let mut ids: Vec<_> = got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    let mut ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
     ids.sort();
     assert_eq!(ids, vec!["b-1", "b-2", "b-3"]);
-    latest.expect_no_more_than(0, Duration::from_millis(300)).await;
+    latest
+        .expect_no_more_than(0, Duration::from_millis(300))
+        .await;
     wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 3).await;
 
     let r = admin
         .replay_endpoint(ReplayEndpointRequest {
             endpoint_id: ep.id.clone(),
-            from: Some(pb::replay_endpoint_request::From::Offset(2)),
+            start: Some(pb::replay_endpoint_request::Start::Offset(2)),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.from_offset, 2);
     let got = backfill.wait_for(5, Duration::from_secs(10)).await;
-    let mut again: Vec<_> = got[3..].iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    let mut again: Vec<_> = got[3..]
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
     again.sort();
     assert_eq!(again, vec!["b-2", "b-3"]);
-    backfill.expect_no_more_than(5, Duration::from_millis(300)).await;
+    backfill
+        .expect_no_more_than(5, Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
@@ -474,15 +520,20 @@ async fn filters_by_event_type_and_attribute() {
     let mut admin = server.admin().await;
     let mut e = endpoint(&rx.url);
     e.event_types = vec!["inventory.updated".into()];
-    e.attribute_filters.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    e.attribute_filters
+        .insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
     create(&mut admin, e).await;
     let mut p = server.publisher().await;
     let mut east = inventory("east", "SKU", 1.0);
-    east.attributes.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    east.attributes
+        .insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
     let mut west = inventory("west", "SKU", 1.0);
-    west.attributes.insert("fulfillmentCenterId".into(), "FC-WEST-01".into());
+    west.attributes
+        .insert("fulfillmentCenterId".into(), "FC-WEST-01".into());
     let mut pick_east = pick("pick-east", "SO");
-    pick_east.attributes.insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
+    pick_east
+        .attributes
+        .insert("fulfillmentCenterId".into(), "FC-EAST-01".into());
     for e in [west, pick_east, east] {
         publish(&mut p, e).await;
     }
@@ -518,7 +569,10 @@ async fn update_moves_delivery_to_the_new_url() {
         .endpoint
         .unwrap();
     assert_eq!(updated.url, second.url);
-    assert_eq!(updated.description, "test", "fields outside the mask are kept");
+    assert_eq!(
+        updated.description, "test",
+        "fields outside the mask are kept"
+    );
     publish(&mut p, pick("u-2", "SO")).await;
     let got = second.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].header("webhook-id"), Some("u-2"));
@@ -540,10 +594,9 @@ async fn update_moves_delivery_to_the_new_url() {
 
 #[tokio::test]
 async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
-    let server = TestServer::start_with(
-        std::sync::Arc::new(tempfile::tempdir().unwrap()),
-        |c| c.allow_http = false,
-    )
+    let server = TestServer::start_with(std::sync::Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.allow_http = false
+    })
     .await;
     let mut admin = server.admin().await;
     let cases: Vec<(Endpoint, &str)> = vec![
@@ -552,7 +605,8 @@ async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
         (
             {
                 let mut e = endpoint("https://example.com/");
-                e.headers.insert("X-Evil".into(), "a\r\nX-Injected: 1".into());
+                e.headers
+                    .insert("X-Evil".into(), "a\r\nX-Injected: 1".into());
                 e
             },
             "endpoint.headers",
@@ -560,7 +614,8 @@ async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
         (
             {
                 let mut e = endpoint("https://example.com/");
-                e.headers.insert("webhook-signature".into(), "v1,forged".into());
+                e.headers
+                    .insert("webhook-signature".into(), "v1,forged".into());
                 e
             },
             "endpoint.headers",
@@ -616,8 +671,41 @@ async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
     let key = secret.trim_start_matches("whsec_");
     assert!(listed.contains(&ep.id) && !listed.contains(key));
     assert!(!got.contains(key));
+
+    // Header values may be credentials: shown redacted.
+    let mut with_header = endpoint("https://example.com/other");
+    with_header
+        .headers
+        .insert("X-Api-Key".into(), "very-secret-key".into());
+    let (shown, _) = create(&mut admin, with_header).await;
+    assert_eq!(shown.headers["X-Api-Key"], "<redacted>");
+    let listed = format!(
+        "{:?}",
+        admin
+            .list_endpoints(ListEndpointsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    );
+    assert!(!listed.contains("very-secret-key"));
+
+    // An update must name its fields.
+    let err = admin
+        .update_endpoint(UpdateEndpointRequest {
+            endpoint: Some(Endpoint {
+                id: ep.id.clone(),
+                enabled: Some(false),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(err, "update_mask");
     let missing = admin
-        .get_endpoint(GetEndpointRequest { id: "ep_nope".into() })
+        .get_endpoint(GetEndpointRequest {
+            id: "ep_nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
@@ -645,7 +733,9 @@ async fn send_test_event_reports_the_outcome() {
     assert_eq!(got[0].header("webhook-id"), Some(r.webhook_id.as_str()));
     verify_signature(&secret, &got[0]).unwrap();
     // Nothing went into the log.
-    assert!(deliveries(&mut admin, &ep.id, DeliveryState::Unspecified).await.is_empty());
+    assert!(deliveries(&mut admin, &ep.id, DeliveryState::Unspecified)
+        .await
+        .is_empty());
 
     rx.respond(Behavior::Status(500));
     let r = admin
@@ -679,7 +769,10 @@ async fn a_pending_retry_survives_a_restart() {
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[1].header("webhook-id"), Some("rs-1"));
     let gap = got[1].received_at - got[0].received_at;
-    assert!(gap >= Duration::from_millis(1000), "the schedule held across the restart: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1000),
+        "the schedule held across the restart: {gap:?}"
+    );
     let d = wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
     assert_eq!((d[0].offset, d[0].attempts), (offset, 2));
 }
@@ -691,7 +784,9 @@ fn example(name: &str) -> pb::Event {
     let path = format!("{}/examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let json = std::fs::read_to_string(&path).unwrap();
     let pool = prost_reflect::DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
-    let desc = pool.get_message_by_name("stevedore.v1.PublishRequest").unwrap();
+    let desc = pool
+        .get_message_by_name("stevedore.v1.PublishRequest")
+        .unwrap();
     let mut de = serde_json::Deserializer::from_str(&json);
     let msg = prost_reflect::DynamicMessage::deserialize(desc, &mut de).unwrap();
     pb::PublishRequest::decode(msg.encode_to_vec().as_slice())
@@ -706,7 +801,9 @@ fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
     match v {
         Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
         Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect())
+        }
         other => other,
     }
 }
