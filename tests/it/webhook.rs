@@ -836,3 +836,49 @@ async fn seed_samples_arrive_exactly_as_documented() {
         assert_eq!(numbers_as_f64(r.json()), numbers_as_f64(golden), "{name}");
     }
 }
+
+#[tokio::test]
+async fn strict_ordering_is_one_at_a_time_and_none_is_parallel() {
+    let server = TestServer::start().await;
+    let strict = Receiver::start().await;
+    let unordered = Receiver::start().await;
+    for rx in [&strict, &unordered] {
+        rx.set_default(Behavior::Delay(Duration::from_millis(20), 200));
+    }
+    strict.respond(Behavior::Status(500));
+    let mut admin = server.admin().await;
+    let mut s = endpoint(&strict.url);
+    s.ordering = pb::Ordering::Strict as i32;
+    s.max_in_flight = 8;
+    s.retry_schedule = vec![ms(0), ms(50)];
+    create(&mut admin, s).await;
+    let mut n = endpoint(&unordered.url);
+    n.ordering = pb::Ordering::None as i32;
+    n.max_in_flight = 8;
+    create(&mut admin, n).await;
+    // Ten different keys, so only STRICT serialises them.
+    let events = (0..10)
+        .map(|i| pick(&format!("s-{i}"), &format!("SO-{i}")))
+        .collect();
+    server
+        .publisher()
+        .await
+        .publish_batch(pb::PublishBatchRequest { events })
+        .await
+        .unwrap();
+    let got = strict.wait_for(11, Duration::from_secs(10)).await;
+    let mut ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "the failed first event is retried before the next"
+    );
+    ids.dedup();
+    let want: Vec<String> = (0..10).map(|i| format!("s-{i}")).collect();
+    assert_eq!(ids, want);
+    assert_eq!(strict.max_concurrent_requests(), 1);
+    unordered.wait_for(10, Duration::from_secs(10)).await;
+    assert!(unordered.max_concurrent_requests() > 1);
+}
