@@ -55,13 +55,20 @@ const STREAM_WINDOW: usize = 8;
 // ------------------------------------------------------------------ process
 
 /// One run of the broker. Killed (SIGKILL) on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path, logs: &Path, generation: u64) -> Result<Server, String> {
+    /// Starts the binary; `env` is added to its environment (after
+    /// `STEVEDORE_LOG=warn`, so it may override that).
+    fn start(
+        data_dir: &Path,
+        logs: &Path,
+        generation: u64,
+        env: Vec<(String, String)>,
+    ) -> Result<Server, String> {
         let stderr_path = stderr_path(logs, generation);
         let stderr =
             File::create(&stderr_path).map_err(|e| format!("creating {stderr_path:?}: {e}"))?;
@@ -69,6 +76,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("STEVEDORE_LOG", "warn")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -111,7 +119,7 @@ impl Server {
         Ok(server)
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -127,13 +135,13 @@ fn stderr_path(logs: &Path, generation: u64) -> PathBuf {
     logs.join(format!("stderr-{generation}.log"))
 }
 
-fn read_stderr(logs: &Path, generation: u64) -> String {
+pub(crate) fn read_stderr(logs: &Path, generation: u64) -> String {
     std::fs::read_to_string(stderr_path(logs, generation))
         .unwrap_or_else(|e| format!("<unreadable: {e}>"))
 }
 
 /// Every start's stderr, for a failure message.
-fn all_stderr(logs: &Path, generations: u64) -> String {
+pub(crate) fn all_stderr(logs: &Path, generations: u64) -> String {
     let mut out = String::new();
     for g in 1..=generations {
         let text = read_stderr(logs, g);
@@ -149,13 +157,27 @@ fn all_stderr(logs: &Path, generations: u64) -> String {
 
 /// [`Server::start`] off the async workers (it blocks reading stdout).
 async fn start_server(data_dir: &Path, logs: &Path, generation: u64) -> Result<Server, String> {
+    start_server_with_env(data_dir, logs, generation, &[]).await
+}
+
+/// [`start_server`] with extra environment variables for the broker.
+pub(crate) async fn start_server_with_env(
+    data_dir: &Path,
+    logs: &Path,
+    generation: u64,
+    env: &[(&str, &str)],
+) -> Result<Server, String> {
     let (data_dir, logs) = (data_dir.to_owned(), logs.to_owned());
-    tokio::task::spawn_blocking(move || Server::start(&data_dir, &logs, generation))
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || Server::start(&data_dir, &logs, generation, env))
         .await
         .map_err(|e| format!("starting the broker: {e}"))?
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
+pub(crate) async fn connect(addr: &str) -> Result<Channel, String> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT);
@@ -172,19 +194,19 @@ async fn connect(addr: &str) -> Result<Channel, String> {
 
 /// Small deterministic PRNG (xorshift64*), so a seed reproduces a run's
 /// choices (though not its timing).
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
 }
@@ -474,7 +496,7 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-fn status_text(s: &tonic::Status) -> String {
+pub(crate) fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
