@@ -70,6 +70,18 @@ pub struct Config {
     /// How long a rotated-out secret keeps signing when the request sets no
     /// grace period.
     pub secret_rotation_grace: Duration,
+    /// An endpoint failing this long with no success is disabled.
+    pub auto_disable_after: Duration,
+    /// A delivery's `stevedore.delivery.failing` event is published after
+    /// this many failed attempts.
+    pub failing_event_after: u32,
+    /// Events older than this are removed from the log.
+    pub retention_age: Duration,
+    /// When the data directory grows beyond this many bytes, the oldest
+    /// events are removed (0: no size limit).
+    pub retention_max_bytes: u64,
+    /// How often retention runs.
+    pub retention_interval: Duration,
 }
 
 /// How log lines are written.
@@ -111,6 +123,11 @@ impl Default for Config {
             retry_jitter_percent: 20,
             max_retry_after: Duration::from_secs(3600),
             secret_rotation_grace: Duration::from_secs(24 * 3600),
+            auto_disable_after: Duration::from_secs(5 * 86_400),
+            failing_event_after: 3,
+            retention_age: Duration::from_secs(7 * 86_400),
+            retention_max_bytes: 0,
+            retention_interval: Duration::from_secs(60),
         }
     }
 }
@@ -145,6 +162,11 @@ pub const KEYS: &[&str] = &[
     "retry_jitter_percent",
     "max_retry_after",
     "secret_rotation_grace",
+    "auto_disable_after",
+    "failing_event_after",
+    "retention_age",
+    "retention_max_bytes",
+    "retention_interval",
 ];
 
 impl Config {
@@ -265,6 +287,11 @@ impl Config {
             "secret_rotation_grace" => {
                 self.secret_rotation_grace = parse_duration(value).map_err(bad)?
             }
+            "auto_disable_after" => self.auto_disable_after = parse_duration(value).map_err(bad)?,
+            "failing_event_after" => self.failing_event_after = parse_num(value).map_err(bad)?,
+            "retention_age" => self.retention_age = parse_duration(value).map_err(bad)?,
+            "retention_max_bytes" => self.retention_max_bytes = parse_num(value).map_err(bad)?,
+            "retention_interval" => self.retention_interval = parse_duration(value).map_err(bad)?,
             _ => bail!(
                 "unknown config key `{key}` (known keys: {})",
                 KEYS.join(", ")
@@ -356,6 +383,31 @@ impl Config {
             self.retry_schedule.iter().all(|d| *d <= MAX_RETRY_DELAY),
             "retry_schedule",
             "delays must be at most 7d",
+        )?;
+        check(
+            !self.auto_disable_after.is_zero(),
+            "auto_disable_after",
+            "must be positive",
+        )?;
+        check(
+            self.failing_event_after >= 1,
+            "failing_event_after",
+            "must be at least 1",
+        )?;
+        check(
+            !self.retention_age.is_zero(),
+            "retention_age",
+            "must be positive",
+        )?;
+        check(
+            self.retention_max_bytes == 0 || self.retention_max_bytes >= 16 * 1024 * 1024,
+            "retention_max_bytes",
+            "must be 0 (no limit) or at least 16 MiB",
+        )?;
+        check(
+            self.retention_interval >= Duration::from_millis(10),
+            "retention_interval",
+            "must be at least 10ms",
         )?;
         check(
             self.retry_jitter_percent <= 100,

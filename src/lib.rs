@@ -21,6 +21,8 @@
 //!   classification of outcomes; the durable retry schedule.
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
+//! - [`filter`] — custom webhooks: filters and field selection on JSON bodies.
+//! - [`retention`] — removes old events; expires what was never delivered.
 //! - [`api`] — one file per gRPC service.
 
 #![forbid(unsafe_code)]
@@ -32,8 +34,10 @@ pub mod consumer;
 pub mod convert;
 pub mod delivery;
 pub mod error;
+pub mod filter;
 pub mod model;
 pub mod pb;
+pub mod retention;
 pub mod store;
 pub mod webhook;
 
@@ -91,6 +95,12 @@ pub async fn run(
     )
     .await
     .context("starting webhook delivery")?;
+    tasks.spawn(retention::run(
+        shared.store.clone(),
+        deliveries.clone(),
+        shared.config.clone(),
+        token.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -158,6 +158,9 @@ pub struct Appended {
 pub struct EventFilter {
     types: Vec<EventType>,
     attributes: std::collections::BTreeMap<String, String>,
+    /// With no types listed, leave out the broker's own `stevedore.*`
+    /// events (webhook endpoints opt in to those by naming them).
+    exclude_reserved: bool,
 }
 
 impl EventFilter {
@@ -173,12 +176,28 @@ impl EventFilter {
     ) -> Self {
         types.sort();
         types.dedup();
-        Self { types, attributes }
+        Self {
+            types,
+            attributes,
+            exclude_reserved: false,
+        }
+    }
+
+    /// The same filter, but an empty type list no longer lets `stevedore.*`
+    /// events through.
+    pub fn excluding_reserved(mut self) -> Self {
+        self.exclude_reserved = true;
+        self
     }
 
     /// Whether `event` passes.
     pub fn matches(&self, event: &StoredEvent) -> bool {
-        (self.types.is_empty() || self.types.binary_search(&event.event_type).is_ok())
+        let type_ok = if self.types.is_empty() {
+            !(self.exclude_reserved && event.event_type.as_str().starts_with(RESERVED_PREFIX))
+        } else {
+            self.types.binary_search(&event.event_type).is_ok()
+        };
+        type_ok
             && self
                 .attributes
                 .iter()

@@ -257,6 +257,7 @@ async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx:
                         sent = tx.send(Ok(msg)) => if sent.is_err() { return },
                     }
                 }
+                Ok(Poll::Expired(_)) => continue,
                 Ok(Poll::Idle { wake_at }) => break wake_at,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;

@@ -56,6 +56,9 @@ pub struct Delivery {
 pub enum Poll {
     /// A message, now leased to the asking stream.
     Message(Box<Delivery>),
+    /// A message handed out before was due again but retention removed its
+    /// event; it is now done. Ask again.
+    Expired(Offset),
     /// Nothing to hand out now. Ask again when the head or the consumer
     /// changes, or at `wake_at` (a lease expiry or a delayed redelivery).
     Idle {
@@ -238,6 +241,39 @@ impl Consumer {
         self.persist().await
     }
 
+    /// Marks done every offset below `cutoff` that is not done and not
+    /// leased, and returns the ones nobody held. Offsets that were waiting
+    /// for redelivery are reported by the next poll as [`Poll::Expired`], so
+    /// whoever handed them back learns their fate; leased ones are left to
+    /// their holder, who sees `Poll::Expired` when it hands them back.
+    /// Retention calls this before it removes those events; the caller
+    /// persists with [`Consumer::save`].
+    pub fn expire_below(&self, cutoff: Offset) -> Vec<Offset> {
+        let mut unheld = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut o = st.floor;
+            while o < cutoff {
+                if !st.is_done(o) && !st.is_leased(o) {
+                    if st.cancel_retry(o) {
+                        st.expired.push(o);
+                    } else {
+                        unheld.push(o);
+                    }
+                    st.mark_done(o);
+                }
+                o += 1;
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        unheld
+    }
+
+    /// Persists the position now.
+    pub async fn save(&self) -> Result<()> {
+        self.persist().await
+    }
+
     /// The first offset not yet done: everything before it was acked.
     pub fn floor(&self) -> Offset {
         self.lock().floor
@@ -267,6 +303,9 @@ impl Consumer {
                 wake_at: st.next_wake(),
             });
         }
+        if let Some(offset) = st.expired.pop() {
+            return Ok(Poll::Expired(offset));
+        }
         if let Some((offset, attempts)) = st.take_due_retry(now) {
             match self.store.get(offset)? {
                 Some(event) => {
@@ -274,8 +313,12 @@ impl Consumer {
                     st.lease(offset, stream, attempt, now + ack_wait);
                     return Ok(Poll::Message(Box::new(Delivery { event, attempt })));
                 }
-                // Removed by retention: nothing left to deliver.
-                None => st.mark_done(offset),
+                // Removed by retention before it was acked: done, but the
+                // caller may want to record that it never got through.
+                None => {
+                    st.mark_done(offset);
+                    return Ok(Poll::Expired(offset));
+                }
             }
         }
         let head = if read_new { self.store.head() } else { 0 };

@@ -33,6 +33,9 @@ pub(super) struct State {
     load: HashMap<StreamId, u32>,
     /// Done offsets handed back for redelivery, persisted until acked.
     pub reopened: BTreeSet<Offset>,
+    /// Offsets that were waiting for redelivery when retention removed
+    /// their events; the next poll reports each once.
+    pub expired: Vec<Offset>,
 }
 
 impl State {
@@ -50,6 +53,16 @@ impl State {
             st.reopen(o, now);
         }
         st
+    }
+
+    /// Whether `offset` is leased to a stream.
+    pub fn is_leased(&self, offset: Offset) -> bool {
+        self.leases.contains_key(&offset)
+    }
+
+    /// Drops `offset` from the redelivery queue; true if it was there.
+    pub fn cancel_retry(&mut self, offset: Offset) -> bool {
+        self.end_retry(offset).is_some()
     }
 
     /// Whether `offset` is leased or waiting for redelivery.

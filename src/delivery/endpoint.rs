@@ -13,10 +13,12 @@ use std::{
 
 use http::{HeaderName, HeaderValue, Uri};
 
+use super::limit::Rate;
 use crate::{
     config::{Config, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, MIN_WEBHOOK_TIMEOUT},
     convert,
     error::{Error, Result},
+    filter::{Filter, Projection},
     model::{EventFilter, EventType},
     pb,
 };
@@ -51,6 +53,14 @@ pub struct EndpointSpec {
     pub ordering: Ordering,
     /// Whether deliveries run.
     pub enabled: bool,
+    /// Latest-state coalescing of state events.
+    pub coalesce: bool,
+    /// Custom webhook condition over the body.
+    pub condition: Option<Filter>,
+    /// Fields of the body to send.
+    pub projection: Option<Projection>,
+    /// Request pacing.
+    pub rate: Option<Rate>,
 }
 
 /// Header names an endpoint may not set: the broker owns them.
@@ -75,6 +85,8 @@ const MAX_HEADER_VALUE_BYTES: usize = 4096;
 const MAX_URL_BYTES: usize = 2048;
 const MAX_DESCRIPTION_BYTES: usize = 1024;
 const MAX_FILTERS: usize = 32;
+const MAX_RATE: f64 = 100_000.0;
+const MAX_BURST: u32 = 100_000;
 
 impl EndpointSpec {
     /// Validates `e` (field paths start with `endpoint.`).
@@ -116,7 +128,8 @@ impl EndpointSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
-        );
+        )
+        .excluding_reserved();
         if e.headers.len() > MAX_HEADERS {
             return Err(Error::invalid(
                 f("headers"),
@@ -211,6 +224,48 @@ impl EndpointSpec {
         if let Some(pb::endpoint::Start::StartTime(t)) = &e.start {
             convert::system_time(&f("start_time"), t)?;
         }
+        if e.coalesce && ordering != Ordering::Key {
+            return Err(Error::invalid(
+                f("coalesce"),
+                "needs ORDERING_KEY: coalescing keeps the newest event per ordering key",
+            ));
+        }
+        let condition = if e.filter.trim().is_empty() {
+            None
+        } else {
+            Some(
+                Filter::parse(&e.filter)
+                    .map_err(|err| Error::invalid(f("filter"), err.to_string()))?,
+            )
+        };
+        let projection =
+            if e.fields.is_empty() {
+                None
+            } else {
+                Some(Projection::parse(&e.fields).map_err(|(i, err)| {
+                    Error::invalid(f(&format!("fields[{i}]")), err.to_string())
+                })?)
+            };
+        let rate = if e.rate_limit == 0.0 {
+            None
+        } else if !(e.rate_limit.is_finite() && (0.001..=MAX_RATE).contains(&e.rate_limit)) {
+            return Err(Error::invalid(
+                f("rate_limit"),
+                format!(
+                    "must be 0 (unlimited) or between 0.001 and {MAX_RATE} requests per second"
+                ),
+            ));
+        } else if e.rate_burst > MAX_BURST {
+            return Err(Error::invalid(
+                f("rate_burst"),
+                format!("must be at most {MAX_BURST}"),
+            ));
+        } else {
+            Some(Rate {
+                per_second: e.rate_limit,
+                burst: e.rate_burst.max(1),
+            })
+        };
         Ok(Self {
             url,
             filter,
@@ -220,6 +275,10 @@ impl EndpointSpec {
             max_in_flight,
             ordering,
             enabled: e.enabled.unwrap_or(true),
+            coalesce: e.coalesce,
+            condition,
+            projection,
+            rate,
         })
     }
 

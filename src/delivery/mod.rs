@@ -9,6 +9,8 @@
 
 pub mod classify;
 pub mod endpoint;
+pub mod limit;
+mod ops;
 pub mod signing;
 pub mod stack;
 pub mod worker;
@@ -40,12 +42,44 @@ use worker::{WorkerContext, WorkerView};
 /// Messages from workers to the manager.
 #[derive(Debug)]
 pub enum Control {
-    /// The receiver answered 410 Gone.
+    /// Disable the endpoint (410 Gone, or failing too long).
     Disable {
         /// Which endpoint.
         endpoint_id: String,
         /// Shown as `disabled_reason`.
         reason: String,
+    },
+    /// The first failure after a success (or ever).
+    Failing {
+        /// Which endpoint.
+        endpoint_id: String,
+        /// When it began.
+        since: SystemTime,
+    },
+    /// The first success after failures.
+    Recovered {
+        /// Which endpoint.
+        endpoint_id: String,
+        /// When the failures began.
+        failing_since: SystemTime,
+    },
+    /// A delivery failed `failing_event_after` times.
+    DeliveryFailing {
+        /// Which endpoint.
+        endpoint_id: String,
+        /// Which event.
+        offset: Offset,
+        /// Its record after the attempt.
+        record: pb::Delivery,
+    },
+    /// A delivery was dead-lettered.
+    Exhausted {
+        /// Which endpoint.
+        endpoint_id: String,
+        /// Which event.
+        offset: Offset,
+        /// Its final record.
+        record: pb::Delivery,
     },
 }
 
@@ -130,31 +164,124 @@ impl Deliveries {
     }
 
     async fn handle(&self, msg: Control) {
-        match msg {
+        let result = match msg {
             Control::Disable {
                 endpoint_id,
                 reason,
+            } => self.disable(&endpoint_id, &reason).await,
+            Control::Failing { endpoint_id, since } => {
+                let _workers = self.workers.lock().await;
+                self.modify(&endpoint_id, |r| {
+                    r.endpoint
+                        .as_mut()
+                        .expect("stored with endpoint")
+                        .failing_since = Some(convert::timestamp(since));
+                    Ok(())
+                })
+                .await
+                .map(drop)
+            }
+            Control::Recovered {
+                endpoint_id,
+                failing_since,
             } => {
-                let mut workers = self.workers.lock().await;
-                let result = self
+                let _workers = self.workers.lock().await;
+                match self
                     .modify(&endpoint_id, |r| {
-                        let e = r.endpoint.as_mut().expect("stored with endpoint");
-                        e.enabled = Some(false);
-                        e.disabled_reason = reason.clone();
+                        r.endpoint
+                            .as_mut()
+                            .expect("stored with endpoint")
+                            .failing_since = None;
                         Ok(())
                     })
-                    .await;
-                match result {
-                    Ok(_) => {
-                        stop_worker(&mut workers, &endpoint_id).await;
-                        tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
+                    .await
+                {
+                    Ok(r) => {
+                        let e = r.endpoint();
+                        self.publish_ops(
+                            ops::ENDPOINT_RECOVERED,
+                            &endpoint_id,
+                            ops::fields([
+                                ("endpointId", ops::s(&endpoint_id)),
+                                ("url", ops::s(&e.url)),
+                                ("failingSince", ops::time(failing_since)),
+                                ("recoveredAt", ops::time(SystemTime::now())),
+                            ]),
+                        )
+                        .await
                     }
-                    Err(e) => {
-                        tracing::error!(endpoint = %endpoint_id, error = %e, "disabling failed")
-                    }
+                    Err(e) => Err(e),
                 }
             }
+            Control::DeliveryFailing {
+                endpoint_id,
+                offset,
+                record,
+            } => {
+                self.publish_ops(
+                    ops::DELIVERY_FAILING,
+                    &endpoint_id,
+                    ops::delivery_fields(&endpoint_id, offset, &record),
+                )
+                .await
+            }
+            Control::Exhausted {
+                endpoint_id,
+                offset,
+                record,
+            } => {
+                self.publish_ops(
+                    ops::DELIVERY_EXHAUSTED,
+                    &endpoint_id,
+                    ops::delivery_fields(&endpoint_id, offset, &record),
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "handling a worker report failed");
         }
+    }
+
+    async fn disable(&self, endpoint_id: &str, reason: &str) -> Result<()> {
+        let mut workers = self.workers.lock().await;
+        let r = self.record(endpoint_id)?;
+        if r.endpoint().enabled == Some(false) {
+            return Ok(()); // already (reports can race)
+        }
+        let r = self
+            .modify(endpoint_id, |r| {
+                let e = r.endpoint.as_mut().expect("stored with endpoint");
+                e.enabled = Some(false);
+                e.disabled_reason = reason.to_owned();
+                Ok(())
+            })
+            .await?;
+        stop_worker(&mut workers, endpoint_id).await;
+        tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
+        drop(workers);
+        self.publish_ops(
+            ops::ENDPOINT_DISABLED,
+            endpoint_id,
+            ops::fields([
+                ("endpointId", ops::s(endpoint_id)),
+                ("url", ops::s(&r.endpoint().url)),
+                ("reason", ops::s(reason)),
+                ("disabledAt", ops::time(SystemTime::now())),
+            ]),
+        )
+        .await
+    }
+
+    /// Appends one of the broker's own events to the log.
+    async fn publish_ops(
+        &self,
+        event_type: &'static str,
+        endpoint_id: &str,
+        data: prost_types::Struct,
+    ) -> Result<()> {
+        let event = ops::event(event_type, endpoint_id, data);
+        self.store.append(vec![event]).await.map(drop)
     }
 
     async fn spawn_worker(
@@ -172,7 +299,7 @@ impl Deliveries {
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
         let client = stack::http_client(spec.max_in_flight as usize);
-        let service = stack::build(client, spec.max_in_flight as usize);
+        let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
             spec,
@@ -183,6 +310,11 @@ impl Deliveries {
             config: self.config.clone(),
             control: self.control.clone(),
             view: view.clone(),
+            failing_since: record
+                .endpoint()
+                .failing_since
+                .as_ref()
+                .and_then(|t| convert::system_time("failing_since", t).ok()),
         };
         let cancel = self.shutdown.child_token();
         let handle = self.tasks.spawn(worker::run(ctx, cancel.clone()));
@@ -286,8 +418,14 @@ impl Deliveries {
         let mut workers = self.workers.lock().await;
         let mut record = self.record(&update.id)?;
         let mut e = record.endpoint().clone();
+        let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
+        if spec.enabled && !was_enabled && e.failing_since.is_some() {
+            // Re-enabled: still failing until a success (which announces the
+            // recovery), but the auto-disable clock starts again.
+            e.failing_since = Some(convert::timestamp(SystemTime::now()));
+        }
         if spec.enabled {
             e.disabled_reason.clear();
         }
@@ -538,7 +676,7 @@ impl Deliveries {
         let client = stack::http_client(1);
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
-        let result = stack::send(stack::build(client, 1), request).await;
+        let result = stack::send(stack::build(client, 1, None), request).await;
         let latency = clock.elapsed();
         let (status, error, excerpt) = worker::describe(&result);
         let delivered = classify::classify(&result, self.config.max_retry_after)
@@ -558,6 +696,99 @@ impl Deliveries {
             },
             delivered,
         ))
+    }
+
+    /// Records every undelivered event below `cutoff` as dead (`expired`)
+    /// for each endpoint that has not delivered it, before retention
+    /// removes them. Events a worker holds are left to the worker.
+    pub async fn expire_before(&self, cutoff: Offset) -> Result<()> {
+        let ids: Vec<String> = self
+            .store
+            .table(Table::Endpoints)
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect::<Result<_>>()?;
+        for id in ids {
+            let Ok(consumer) = self.consumers.get(&consumer_name(&id)) else {
+                continue;
+            };
+            if consumer.floor() >= cutoff {
+                continue;
+            }
+            let filter = consumer.filter();
+            let expired = consumer.expire_below(cutoff);
+            for chunk in expired.chunks(4096) {
+                let mut writes = Vec::new();
+                for &offset in chunk {
+                    let Some(event) = self.store.get(offset)? else {
+                        continue;
+                    };
+                    if !filter.matches(&event) {
+                        continue;
+                    }
+                    let record = pb::Delivery {
+                        event_id: event.event.id.clone(),
+                        event_type: event.event_type.to_string(),
+                        state: DeliveryState::Dead as i32,
+                        last_error: "expired".into(),
+                        ..Default::default()
+                    };
+                    writes.push(Mutation::put(
+                        Table::Deliveries,
+                        scoped_offset_key(&id, offset),
+                        record.encode_to_vec(),
+                    ));
+                }
+                if !writes.is_empty() {
+                    let n = writes.len();
+                    self.store.write(writes).await?;
+                    tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
+                }
+            }
+            consumer.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes delivered and superseded records (with their attempts) of
+    /// events below `first`, the oldest event still in the log.
+    pub async fn prune_records(&self, first: Offset) -> Result<()> {
+        let ids: Vec<String> = self
+            .store
+            .table(Table::Endpoints)
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect::<Result<_>>()?;
+        for id in ids {
+            let mut deletes = Vec::new();
+            for kv in self
+                .store
+                .table(Table::Deliveries)
+                .range(scope(&id)..scoped_offset_key(&id, first))
+            {
+                let (k, v) = kv?;
+                let d = pb::Delivery::decode(&*v)
+                    .map_err(|e| Error::Corrupt(format!("delivery: {e}")))?;
+                if matches!(
+                    d.state(),
+                    DeliveryState::Delivered | DeliveryState::Superseded
+                ) {
+                    for a in self.store.table(Table::Attempts).scan_prefix(&k).keys() {
+                        deletes.push(Mutation::delete(Table::Attempts, a?.to_vec()));
+                    }
+                    deletes.push(Mutation::delete(Table::Deliveries, k.to_vec()));
+                }
+                if deletes.len() >= 4096 {
+                    self.store.write(std::mem::take(&mut deletes)).await?;
+                }
+            }
+            if !deletes.is_empty() {
+                self.store.write(deletes).await?;
+            }
+        }
+        Ok(())
     }
 
     fn record(&self, id: &str) -> Result<EndpointRecord> {
@@ -657,6 +888,11 @@ const SETTABLE: &[&str] = &[
     "max_in_flight",
     "ordering",
     "enabled",
+    "coalesce",
+    "filter",
+    "fields",
+    "rate_limit",
+    "rate_burst",
 ];
 
 /// Copies the `fields` of `from` into `into`.
@@ -673,6 +909,11 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             "max_in_flight" => into.max_in_flight = from.max_in_flight,
             "ordering" => into.ordering = from.ordering,
             "enabled" => into.enabled = Some(from.enabled.unwrap_or(true)),
+            "coalesce" => into.coalesce = from.coalesce,
+            "filter" => into.filter = from.filter.clone(),
+            "fields" => into.fields = from.fields.clone(),
+            "rate_limit" => into.rate_limit = from.rate_limit,
+            "rate_burst" => into.rate_burst = from.rate_burst,
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

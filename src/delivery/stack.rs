@@ -1,11 +1,14 @@
 //! The delivery stack: one tower service per endpoint, built in [`build`].
 //!
 //! ```text
-//! concurrency limit → transport retry → sign → per-request timeout → hyper client
+//! adaptive in-flight limit → rate limit → transport retry → sign
+//!   → per-request timeout → hyper client
 //! ```
 //!
-//! Why this order: the concurrency limit is outermost so an attempt waiting
-//! for a slot has not started its clock; the in-process retry sits above
+//! Why this order: the in-flight limit is outermost so an attempt waiting
+//! for a slot has not started its clock, and it sees every final outcome
+//! (to back off on 429/503/timeouts); the rate limit paces what the window
+//! lets through, retries included; the in-process retry sits above
 //! signing so every try is signed with its own `webhook-timestamp`; the
 //! timeout wraps only the HTTP exchange (connect, send, read the response
 //! excerpt). Whether an outcome is a success, a retry or a rejection is
@@ -28,7 +31,10 @@ use hyper_util::{
 };
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 
-use super::signing::{signature_header, Secret};
+use super::{
+    limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
+    signing::{signature_header, Secret},
+};
 
 /// `X-Jasci-Event`: the event type, as the WMS documents it.
 pub const EVENT_HEADER: HeaderName = HeaderName::from_static("x-jasci-event");
@@ -129,11 +135,14 @@ pub enum SendError {
 /// The stack's type.
 pub type DeliveryService = BoxCloneSyncService<WebhookRequest, WebhookResponse, SendError>;
 
-/// Builds an endpoint's stack over `client`.
-pub fn build(client: HttpClient, max_in_flight: usize) -> DeliveryService {
+/// Builds an endpoint's stack over `client`: at most `max_in_flight`
+/// requests at once (fewer while the receiver signals overload), paced by
+/// `rate` when set.
+pub fn build(client: HttpClient, max_in_flight: u32, rate: Option<Rate>) -> DeliveryService {
     ServiceBuilder::new()
         .layer(BoxCloneSyncService::layer())
-        .concurrency_limit(max_in_flight)
+        .layer(AdaptiveLimitLayer::new(max_in_flight))
+        .option_layer(rate.map(RateLimitLayer::new))
         .retry(ConnectRetry::default())
         .map_request(sign)
         .layer(tower::layer::layer_fn(Deadline))

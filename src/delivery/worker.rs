@@ -4,16 +4,20 @@
 //!
 //! Invariants:
 //! - An event is *held* from the moment the consumer leases it until its
-//!   delivery is finished (delivered or dead). While held it is in exactly
-//!   one of: sending (an attempt task runs), waiting (nacked to the consumer
-//!   until its next attempt is due), or queued behind an earlier event of
-//!   its ordering key.
+//!   delivery is finished (delivered, dead or superseded). While held it is
+//!   in exactly one of: sending (an attempt task runs), waiting (nacked to
+//!   the consumer until its next attempt is due), or queued behind an
+//!   earlier event of its ordering key.
 //! - With ordering by key, only the head of a key's queue is ever sending or
 //!   waiting; the next starts when the head finishes.
 //! - The delivery record (attempts, next attempt time) is written durably
 //!   *before* the consumer is told to wait, and before the consumer ack of a
 //!   finished delivery. After a crash the consumer hands the event back and
 //!   the record says whether it is due: the schedule survives restarts.
+//! - With coalescing, a newer state event for a key supersedes every held
+//!   event of that key that is not sending; the record of the superseded
+//!   one is written before its ack, and the newer one takes over its place
+//!   in the schedule, so a down receiver is not hammered.
 //! - New events are read only while fewer than `delivery_window` are held.
 
 use std::{
@@ -38,8 +42,8 @@ use crate::{
     config::Config,
     consumer::{Consumer, Poll},
     convert,
-    error::Result,
-    model::{Offset, StoredEvent},
+    error::{Error, Result},
+    model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
     store::{scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
     webhook,
@@ -50,6 +54,12 @@ use crate::{
 const LEASE: Duration = Duration::from_secs(30 * 86_400);
 /// The worker's stream id on its consumer (one worker per endpoint).
 const WORKER_STREAM: u64 = 0;
+/// Event types whose events carry a state that a newer one replaces.
+pub const STATE_EVENT_TYPES: &[&str] = &[
+    "inventory.updated",
+    "channel_inventory.updated",
+    "order.status",
+];
 
 /// What a running worker shares with the Admin service.
 #[derive(Default)]
@@ -83,23 +93,29 @@ pub struct WorkerContext {
     pub store: Store,
     /// Broker configuration.
     pub config: Arc<Config>,
-    /// To the manager (e.g. disable after 410).
+    /// To the manager: health changes and operational events.
     pub control: mpsc::UnboundedSender<Control>,
     /// Shared with Admin.
     pub view: Arc<WorkerView>,
+    /// When the endpoint's current run of failures began, as stored.
+    pub failing_since: Option<SystemTime>,
 }
 
 struct Held {
     event: StoredEvent,
     body: Bytes,
     key: Option<String>,
+    sending: bool,
 }
 
 /// An attempt task's report back to the loop.
 struct Finished {
     offset: Offset,
-    /// Delivered or dead: the event is no longer held.
-    done: bool,
+    verdict: Verdict,
+    state: DeliveryState,
+    /// Attempts in this round so far.
+    attempts: u32,
+    record: pb::Delivery,
 }
 
 /// Runs until `cancel`; in-flight attempts are aborted then (they will be
@@ -108,6 +124,7 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
     let mut w = Worker {
+        failing_since: ctx.failing_since,
         ctx: ctx.clone(),
         held: HashMap::new(),
         keys: HashMap::new(),
@@ -127,6 +144,7 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
                 .poll(WORKER_STREAM, u32::MAX, LEASE, Instant::now(), read_new)
             {
                 Ok(Poll::Message(d)) => w.accept(d.event).await,
+                Ok(Poll::Expired(offset)) => w.expired(offset).await,
                 Ok(Poll::Idle { wake_at }) => break wake_at,
                 Err(e) => {
                     tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "reading the log failed");
@@ -166,6 +184,7 @@ struct Worker {
     keys: HashMap<String, VecDeque<Offset>>,
     attempts: JoinSet<()>,
     finished: mpsc::UnboundedSender<Finished>,
+    failing_since: Option<SystemTime>,
 }
 
 impl Worker {
@@ -177,12 +196,24 @@ impl Worker {
             self.start(offset).await;
             return;
         }
-        let body = match webhook::render_body(&event.event) {
-            Ok(b) => Bytes::from(b),
+        let body = match self.body(&event) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                // The endpoint's condition does not match: not for it.
+                if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
+                    tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
+                }
+                return;
+            }
             Err(e) => {
                 // Cannot happen for validated events; never retry it.
                 tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "cannot render body");
-                self.record_unrenderable(&event, &e.to_string()).await;
+                let record = base_record(
+                    &event,
+                    DeliveryState::Dead,
+                    format!("cannot render body: {e}"),
+                );
+                self.finish_without_sending(offset, record).await;
                 return;
             }
         };
@@ -191,6 +222,8 @@ impl Worker {
             Ordering::Strict => Some(String::new()),
             Ordering::None => None,
         };
+        let coalesce =
+            self.ctx.spec.coalesce && STATE_EVENT_TYPES.contains(&event.event_type.as_str());
         self.ctx
             .view
             .held
@@ -209,24 +242,115 @@ impl Worker {
                 event,
                 body,
                 key: key.clone(),
+                sending: false,
             },
         );
-        let turn = match key {
-            None => true,
-            Some(k) => {
-                let q = self.keys.entry(k).or_default();
-                q.push_back(offset);
-                q.len() == 1
-            }
-        };
-        if turn {
+        let Some(k) = key else {
             self.start(offset).await;
+            return;
+        };
+        let q = self.keys.entry(k.clone()).or_default();
+        q.push_back(offset);
+        if coalesce {
+            self.coalesce(&k).await;
+        } else if q.len() == 1 {
+            self.start(offset).await;
+        }
+    }
+
+    /// The body for this endpoint: rendered, filtered by its condition
+    /// (`None`: no match), reduced to its fields.
+    fn body(&self, event: &StoredEvent) -> std::result::Result<Option<Bytes>, String> {
+        let rendered = webhook::render_body(&event.event).map_err(|e| e.to_string())?;
+        let spec = &self.ctx.spec;
+        if spec.condition.is_none() && spec.projection.is_none() {
+            return Ok(Some(rendered.into()));
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&rendered).map_err(|e| e.to_string())?;
+        if spec.condition.as_ref().is_some_and(|c| !c.matches(&json)) {
+            return Ok(None);
+        }
+        match &spec.projection {
+            None => Ok(Some(rendered.into())),
+            Some(p) => Ok(Some(
+                serde_json::to_vec(&p.apply(&json))
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            )),
+        }
+    }
+
+    /// Coalescing: every held event of key `k` that is not sending is
+    /// superseded by the newest one, which inherits the schedule of the
+    /// superseded head and starts when it is at the front.
+    async fn coalesce(&mut self, k: &str) {
+        let Some(q) = self.keys.get_mut(k) else {
+            return;
+        };
+        let Some(&newest) = q.back() else {
+            return;
+        };
+        let old: Vec<Offset> = q
+            .iter()
+            .copied()
+            .filter(|&o| o != newest && self.held.get(&o).is_some_and(|h| !h.sending))
+            .collect();
+        q.retain(|o| !old.contains(o));
+        let newest_turn = q.front() == Some(&newest);
+        let ctx = self.ctx.clone();
+        let mut inherited: Option<pb::Delivery> = None;
+        for offset in old {
+            let held = self.held.remove(&offset).expect("listed from held");
+            self.unview(offset);
+            let previous = load_delivery(&ctx.store, &ctx.endpoint_id, offset)
+                .ok()
+                .flatten();
+            let mut record = base_record(&held.event, DeliveryState::Superseded, String::new());
+            record.superseded_by = newest;
+            if let Some(p) = &previous {
+                record.attempts = p.attempts;
+                record.last_attempt_at = p.last_attempt_at;
+                record.last_status = p.last_status;
+                record.last_error = p.last_error.clone();
+                if matches!(p.state(), DeliveryState::Failed | DeliveryState::Pending) {
+                    inherited = Some(p.clone());
+                }
+            }
+            if let Err(e) = self.write_final(offset, record).await {
+                tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "recording supersession failed");
+            }
+        }
+        // Take over the schedule, so a receiver that is down is not
+        // hammered by every new level.
+        if let Some(p) = inherited.filter(|p| p.attempts > 0) {
+            let held = &self.held[&newest];
+            let mut record = base_record(&held.event, DeliveryState::Pending, p.last_error.clone());
+            record.attempts = p.attempts;
+            record.next_attempt_at = p.next_attempt_at;
+            record.last_attempt_at = p.last_attempt_at;
+            record.last_status = p.last_status;
+            let key = scoped_offset_key(&ctx.endpoint_id, newest);
+            if let Err(e) = ctx
+                .store
+                .write(vec![Mutation::put(
+                    Table::Deliveries,
+                    key,
+                    record.encode_to_vec(),
+                )])
+                .await
+            {
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest, error = %e, "recording inherited schedule failed");
+            }
+        }
+        if newest_turn && !self.held[&newest].sending {
+            self.start(newest).await;
         }
     }
 
     /// Sends `offset` now, unless its record says the next attempt is later.
     async fn start(&mut self, offset: Offset) {
-        let ctx = &self.ctx;
+        let ctx = self.ctx.clone();
         let record = match load_delivery(&ctx.store, &ctx.endpoint_id, offset) {
             Ok(r) => r,
             Err(e) => {
@@ -235,37 +359,30 @@ impl Worker {
                 return;
             }
         };
-        let state = record.as_ref().map(|r| r.state());
-        // A delivered or dead record means this is a new round (replay,
-        // RetryDelivery, or an ack lost in a crash): a fresh schedule.
-        let prior_attempts = match state {
-            Some(DeliveryState::Failed | DeliveryState::Pending) => {
-                record.as_ref().map_or(0, |r| r.attempts)
+        // A delivered, dead or superseded record means this is a new round
+        // (replay, RetryDelivery, or an ack lost in a crash): a fresh
+        // schedule.
+        let ongoing = record
+            .as_ref()
+            .filter(|r| matches!(r.state(), DeliveryState::Failed | DeliveryState::Pending));
+        let prior_attempts = ongoing.map_or(0, |r| r.attempts);
+        let due = match ongoing.and_then(|r| r.next_attempt_at.as_ref()) {
+            Some(next) => {
+                convert::system_time("next_attempt_at", next).unwrap_or(SystemTime::UNIX_EPOCH)
             }
-            _ => 0,
+            None if prior_attempts == 0 => {
+                self.held[&offset].event.published_at + ctx.spec.retry_schedule[0]
+            }
+            None => SystemTime::UNIX_EPOCH,
         };
-        if prior_attempts == 0 {
-            let first_delay = ctx.spec.retry_schedule[0];
-            let since = self.held[&offset].event.published_at;
-            if let Some(wait) = (since + first_delay)
-                .duration_since(SystemTime::now())
-                .ok()
-                .filter(|_| !first_delay.is_zero())
-            {
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            if wait > Duration::from_millis(2) {
                 let _ = ctx.consumer.nack(&[offset], wait);
                 return;
             }
-        } else if let Some(next) = record.as_ref().and_then(|r| r.next_attempt_at.as_ref()) {
-            if let Ok(next) = convert::system_time("next_attempt_at", next) {
-                if let Ok(wait) = next.duration_since(SystemTime::now()) {
-                    if wait > Duration::from_millis(2) {
-                        let _ = ctx.consumer.nack(&[offset], wait);
-                        return;
-                    }
-                }
-            }
         }
-        let held = &self.held[&offset];
+        let held = self.held.get_mut(&offset).expect("started events are held");
+        held.sending = true;
         let attempt = Attempt {
             ctx: ctx.clone(),
             offset,
@@ -280,26 +397,97 @@ impl Worker {
 
     async fn finished(&mut self, f: Finished) {
         while self.attempts.try_join_next().is_some() {}
-        if !f.done {
-            return; // waiting for its next attempt; its key stays blocked
+        self.health(&f);
+        let done = matches!(f.state, DeliveryState::Delivered | DeliveryState::Dead);
+        if !done {
+            // Waiting for its next attempt; its key stays blocked, unless a
+            // newer state is already queued behind it.
+            let Some(h) = self.held.get_mut(&f.offset) else {
+                return;
+            };
+            h.sending = false;
+            let coalescing =
+                self.ctx.spec.coalesce && STATE_EVENT_TYPES.contains(&h.event.event_type.as_str());
+            if let Some(k) = h.key.clone().filter(|_| coalescing) {
+                if self.keys.get(&k).is_some_and(|q| q.len() > 1) {
+                    self.coalesce(&k).await;
+                }
+            }
+            return;
         }
-        let Some(held) = self.held.remove(&f.offset) else {
+        self.release(f.offset).await;
+    }
+
+    /// Tells the manager about health changes and operational events.
+    fn health(&mut self, f: &Finished) {
+        let ctx = &self.ctx;
+        let now = SystemTime::now();
+        let ops = !f.record.event_type.starts_with(RESERVED_PREFIX);
+        match &f.verdict {
+            Verdict::Delivered => {
+                if let Some(since) = self.failing_since.take() {
+                    let _ = ctx.control.send(Control::Recovered {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        failing_since: since,
+                    });
+                }
+            }
+            Verdict::Gone => {}
+            Verdict::Retry { .. } => {
+                let since = *self.failing_since.get_or_insert_with(|| {
+                    let _ = ctx.control.send(Control::Failing {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        since: now,
+                    });
+                    now
+                });
+                if now.duration_since(since).unwrap_or_default() >= ctx.config.auto_disable_after {
+                    let _ = ctx.control.send(Control::Disable {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        reason: format!(
+                            "auto-disabled: failing since {} with no success",
+                            humanize_since(since)
+                        ),
+                    });
+                }
+                if ops
+                    && f.state == DeliveryState::Failed
+                    && f.attempts == ctx.config.failing_event_after
+                {
+                    let _ = ctx.control.send(Control::DeliveryFailing {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        offset: f.offset,
+                        record: f.record.clone(),
+                    });
+                }
+                if ops && f.state == DeliveryState::Dead {
+                    let _ = ctx.control.send(Control::Exhausted {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        offset: f.offset,
+                        record: f.record.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A held event's delivery is over: let the next of its key go.
+    async fn release(&mut self, offset: Offset) {
+        let Some(held) = self.held.remove(&offset) else {
             return;
         };
-        self.ctx
-            .view
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&f.offset);
+        self.unview(offset);
         if let Some(k) = held.key {
             let next = self.keys.get_mut(&k).and_then(|q| {
-                debug_assert_eq!(q.front(), Some(&f.offset));
-                q.pop_front();
+                q.retain(|&o| o != offset);
                 q.front().copied()
             });
             match next {
-                Some(next) => self.start(next).await,
+                Some(next) => {
+                    if !self.held[&next].sending {
+                        self.start(next).await;
+                    }
+                }
                 None => {
                     self.keys.remove(&k);
                 }
@@ -307,26 +495,64 @@ impl Worker {
         }
     }
 
-    async fn record_unrenderable(&self, event: &StoredEvent, error: &str) {
-        let record = pb::Delivery {
-            event_id: event.event.id.clone(),
-            event_type: event.event_type.to_string(),
-            state: DeliveryState::Dead as i32,
-            last_error: format!("cannot render body: {error}"),
-            ..Default::default()
+    /// Retention removed the event of a held delivery: dead, `expired`.
+    async fn expired(&mut self, offset: Offset) {
+        let Some(held) = self.held.get(&offset) else {
+            return;
         };
-        let key = scoped_offset_key(&self.ctx.endpoint_id, event.offset);
-        let _ = self
-            .ctx
+        let mut record = base_record(&held.event, DeliveryState::Dead, "expired".into());
+        if let Ok(Some(p)) = load_delivery(&self.ctx.store, &self.ctx.endpoint_id, offset) {
+            record.attempts = p.attempts;
+            record.last_attempt_at = p.last_attempt_at;
+            record.last_status = p.last_status;
+        }
+        self.finish_without_sending(offset, record).await;
+    }
+
+    async fn finish_without_sending(&mut self, offset: Offset, record: pb::Delivery) {
+        if let Err(e) = self.write_final(offset, record).await {
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
+        }
+        self.release(offset).await;
+    }
+
+    /// Writes a final record, then acks.
+    async fn write_final(&self, offset: Offset, record: pb::Delivery) -> Result<()> {
+        let key = scoped_offset_key(&self.ctx.endpoint_id, offset);
+        self.ctx
             .store
             .write(vec![Mutation::put(
                 Table::Deliveries,
                 key,
                 record.encode_to_vec(),
             )])
-            .await;
-        let _ = self.ctx.consumer.ack(&[event.offset]).await;
+            .await?;
+        self.ctx.consumer.ack(&[offset]).await
     }
+
+    fn unview(&self, offset: Offset) {
+        self.ctx
+            .view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&offset);
+    }
+}
+
+fn base_record(event: &StoredEvent, state: DeliveryState, error: String) -> pb::Delivery {
+    pb::Delivery {
+        event_id: event.event.id.clone(),
+        event_type: event.event_type.to_string(),
+        state: state as i32,
+        last_error: error,
+        ..Default::default()
+    }
+}
+
+fn humanize_since(t: SystemTime) -> String {
+    let ts = convert::timestamp(t);
+    format!("unix {}s", ts.seconds)
 }
 
 /// A delivery's stored record, if it has one.
@@ -339,9 +565,8 @@ pub fn load_delivery(
         .table(Table::Deliveries)
         .get(scoped_offset_key(endpoint_id, offset))?
         .map(|v| {
-            pb::Delivery::decode(&*v).map_err(|e| {
-                crate::error::Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}"))
-            })
+            pb::Delivery::decode(&*v)
+                .map_err(|e| Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}")))
         })
         .transpose()
 }
@@ -394,8 +619,6 @@ impl Attempt {
         };
         let (status, error, excerpt) = describe(&result);
         let record = pb::Delivery {
-            endpoint_id: String::new(),
-            offset: 0,
             event_id: self.event_id.clone(),
             event_type: self.event_type.clone(),
             state: state as i32,
@@ -404,6 +627,7 @@ impl Attempt {
             last_attempt_at: Some(convert::timestamp(started_at)),
             last_status: status,
             last_error: error.clone(),
+            ..Default::default()
         };
         // Attempt records are numbered across rounds (a RetryDelivery or a
         // replay starts a new schedule, not a new history).
@@ -453,28 +677,34 @@ impl Attempt {
             return;
         }
         tracing::debug!(endpoint = %id, offset = self.offset, attempt = self.number, ?state, status, "attempt");
-        let done = matches!(state, DeliveryState::Delivered | DeliveryState::Dead);
-        if done {
-            if let Err(e) = ctx.consumer.ack(&[self.offset]).await {
-                tracing::error!(endpoint = %id, offset = self.offset, error = %e, "ack failed");
+        match state {
+            DeliveryState::Delivered | DeliveryState::Dead => {
+                if let Err(e) = ctx.consumer.ack(&[self.offset]).await {
+                    tracing::error!(endpoint = %id, offset = self.offset, error = %e, "ack failed");
+                }
+                if state == DeliveryState::Dead {
+                    tracing::warn!(endpoint = %id, offset = self.offset, attempts = self.number, "delivery dead-lettered");
+                }
             }
-            if state == DeliveryState::Dead {
-                tracing::warn!(endpoint = %id, offset = self.offset, attempts = self.number, "delivery dead-lettered");
+            _ if verdict == Verdict::Gone => {
+                let _ = ctx.control.send(Control::Disable {
+                    endpoint_id: id.clone(),
+                    reason: "410 Gone".into(),
+                });
             }
-        } else if verdict == Verdict::Gone {
-            let _ = ctx.control.send(Control::Disable {
-                endpoint_id: id.clone(),
-                reason: "410 Gone".into(),
-            });
-        } else {
-            let wait = next_at
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default();
-            let _ = ctx.consumer.nack(&[self.offset], wait);
+            _ => {
+                let wait = next_at
+                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .unwrap_or_default();
+                let _ = ctx.consumer.nack(&[self.offset], wait);
+            }
         }
         let _ = self.finished.send(Finished {
             offset: self.offset,
-            done,
+            verdict,
+            state,
+            attempts: self.number,
+            record,
         });
     }
 }

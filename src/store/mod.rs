@@ -47,6 +47,7 @@ pub struct Store {
 }
 
 struct Inner {
+    db: sled::Db,
     events: sled::Tree,
     event_ids: sled::Tree,
     tables: Tables,
@@ -117,6 +118,7 @@ impl Store {
         Ok((
             Store {
                 inner: Arc::new(Inner {
+                    db,
                     events,
                     event_ids,
                     tables,
@@ -169,6 +171,36 @@ impl Store {
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
         let rx = self.submit_write(mutations).await?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Removes every event below `before` (except the newest event, which
+    /// anchors offset numbering) with its id entry, in durable chunks.
+    /// Returns how many were removed.
+    pub async fn truncate(&self, before: Offset) -> Result<usize> {
+        const CHUNK: usize = 4096;
+        let mut total = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.inner
+                .ops
+                .send(Op::Truncate {
+                    before,
+                    limit: CHUNK,
+                    reply,
+                })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            let n = rx.await.map_err(|_| Error::ShuttingDown)??;
+            total += n;
+            if n < CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.inner.db.size_on_disk()?)
     }
 
     /// Read access to a state table. Writes go through [`Store::write`].

@@ -39,6 +39,13 @@ pub(super) enum Op {
         mutations: Vec<Mutation>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Removes up to `limit` of the oldest events below `before`, with their
+    /// id index entries; replies how many were removed.
+    Truncate {
+        before: Offset,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize>>,
+    },
 }
 
 pub(super) struct Writer {
@@ -123,6 +130,9 @@ impl Writer {
                         (Op::Write { reply, .. }, Outcome::Written) => {
                             let _ = reply.send(Ok(()));
                         }
+                        (Op::Truncate { reply, .. }, Outcome::Truncated(n)) => {
+                            let _ = reply.send(Ok(n));
+                        }
                         _ => unreachable!("outcomes are pushed in op order"),
                     }
                 }
@@ -146,6 +156,9 @@ impl Writer {
                         Op::Write { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
+                        Op::Truncate { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
                     }
                 }
             }
@@ -156,6 +169,7 @@ impl Writer {
         let mut events = sled::Batch::default();
         let mut ids = sled::Batch::default();
         let mut tables: [sled::Batch; Table::ALL.len()] = Default::default();
+        let mut truncated = sled::Batch::default();
         // Ids appended earlier in this group are not in `event_ids` yet.
         let mut group_ids: HashMap<&str, Offset> = HashMap::new();
         let now = keys::unix_nanos(std::time::SystemTime::now());
@@ -200,6 +214,21 @@ impl Writer {
                     }
                     outcomes.push(Outcome::Appended(results));
                 }
+                Op::Truncate { before, limit, .. } => {
+                    let mut n = 0;
+                    // Never the newest event: the next offset is recovered
+                    // from the last key at startup.
+                    let before = (*before).min(next.saturating_sub(1));
+                    for kv in self.events.range(..keys::offset_key(before)).take(*limit) {
+                        let (k, v) = kv?;
+                        if let Ok(e) = keys::decode_event(&k, &v) {
+                            ids.remove(e.event.id.as_bytes());
+                        }
+                        truncated.remove(k);
+                        n += 1;
+                    }
+                    outcomes.push(Outcome::Truncated(n));
+                }
                 Op::Write { mutations, .. } => {
                     for m in mutations {
                         let batch = &mut tables[m.table as usize];
@@ -212,9 +241,12 @@ impl Writer {
                 }
             }
         }
-        // Order matters for crash repair: see `repair_id_index`.
+        // Order matters for crash repair: see `repair_id_index`. Removals
+        // go last: an id without its event is never left behind... except
+        // for truncated ones, whose ids are removed first.
         self.events.apply_batch(events)?;
         self.event_ids.apply_batch(ids)?;
+        self.events.apply_batch(truncated)?;
         for (table, batch) in Table::ALL.iter().zip(tables) {
             self.tables.get(*table).apply_batch(batch)?;
         }
@@ -265,4 +297,5 @@ impl Writer {
 enum Outcome {
     Appended(Vec<Appended>),
     Written,
+    Truncated(usize),
 }

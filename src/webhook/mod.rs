@@ -291,7 +291,7 @@ const NANOS_PER_SECOND: i32 = 1_000_000_000;
 
 /// A timestamp as ISO 8601 UTC: `2026-02-02T10:30:00Z`, with 3, 6 or 9
 /// sub-second digits when it has them (`2026-02-04T14:32:15.123Z`).
-pub(super) fn iso8601(ts: &Timestamp) -> String {
+pub fn iso8601(ts: &Timestamp) -> String {
     // Normalise out-of-range nanos (validation rejects them; be total anyway).
     let seconds = ts.seconds + i64::from(ts.nanos.div_euclid(NANOS_PER_SECOND));
     let nanos = ts.nanos.rem_euclid(NANOS_PER_SECOND);

@@ -1,6 +1,8 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
 mod crash;
+mod crash_delivery;
+mod operations;
 mod publish;
 mod receiver;
 mod service;

@@ -1,0 +1,327 @@
+//! The two flow-control layers of the delivery stack: a token-bucket rate
+//! limit, and an adaptive in-flight limit that halves on overload signals
+//! (429, 503, timeouts) and grows back by one per run of successes (AIMD).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{sync::Notify, time::Instant};
+use tower::{Layer, Service};
+
+use super::stack::{SendError, WebhookRequest, WebhookResponse};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Requests per second with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Tokens the bucket holds.
+    pub burst: u32,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token bucket shared by every clone of the service.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    rate: Rate,
+    bucket: Arc<Mutex<Bucket>>,
+}
+
+impl RateLimitLayer {
+    /// A full bucket.
+    pub fn new(rate: Rate) -> Self {
+        Self {
+            rate,
+            bucket: Arc::new(Mutex::new(Bucket {
+                tokens: f64::from(rate.burst.max(1)),
+                updated: Instant::now(),
+            })),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn try_take(&self) -> Result<(), Duration> {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = f64::from(self.rate.burst.max(1));
+        let refill = now.duration_since(b.updated).as_secs_f64() * self.rate.per_second;
+        b.tokens = (b.tokens + refill).min(burst);
+        b.updated = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - b.tokens) / self.rate.per_second,
+            ))
+        }
+    }
+
+    async fn acquire(&self) {
+        while let Err(wait) = self.try_take() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            limit: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// See [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    limit: RateLimitLayer,
+    inner: S,
+}
+
+impl<S> Service<WebhookRequest> for RateLimit<S>
+where
+    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = WebhookResponse;
+    type Error = SendError;
+    type Future = BoxFuture<Result<WebhookResponse, SendError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: WebhookRequest) -> Self::Future {
+        // The readied inner service is taken; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.limit.clone();
+        Box::pin(async move {
+            limit.acquire().await;
+            inner.call(req).await
+        })
+    }
+}
+
+struct Window {
+    limit: u32,
+    in_use: u32,
+    successes: u32,
+}
+
+/// In-flight limit between 1 and `max`: halves on 429, 503 or a timeout;
+/// after `limit` successes in a row it grows by one.
+#[derive(Clone)]
+pub struct AdaptiveLimitLayer {
+    max: u32,
+    window: Arc<Mutex<Window>>,
+    freed: Arc<Notify>,
+}
+
+impl AdaptiveLimitLayer {
+    /// Starts at `max`.
+    pub fn new(max: u32) -> Self {
+        let max = max.max(1);
+        Self {
+            max,
+            window: Arc::new(Mutex::new(Window {
+                limit: max,
+                in_use: 0,
+                successes: 0,
+            })),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u32 {
+        self.lock().limit
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn acquire(&self) -> Permit {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut w = self.lock();
+                if w.in_use < w.limit {
+                    w.in_use += 1;
+                    return Permit(self.clone());
+                }
+            }
+            freed.await;
+        }
+    }
+
+    fn feedback(&self, result: &Result<WebhookResponse, SendError>) {
+        let overloaded = match result {
+            Ok(r) => matches!(r.status.as_u16(), 429 | 503),
+            Err(SendError::Timeout(_)) => true,
+            Err(_) => false,
+        };
+        let mut w = self.lock();
+        if overloaded {
+            w.limit = (w.limit / 2).max(1);
+            w.successes = 0;
+        } else if result.as_ref().is_ok_and(|r| r.status.is_success()) {
+            w.successes += 1;
+            if w.successes >= w.limit && w.limit < self.max {
+                w.limit += 1;
+                w.successes = 0;
+                drop(w);
+                self.freed.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Returns its slot when dropped, whatever happened to the request.
+struct Permit(AdaptiveLimitLayer);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.lock().in_use -= 1;
+        self.0.freed.notify_waiters();
+    }
+}
+
+impl<S> Layer<S> for AdaptiveLimitLayer {
+    type Service = AdaptiveLimit<S>;
+    fn layer(&self, inner: S) -> AdaptiveLimit<S> {
+        AdaptiveLimit {
+            limit: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// See [`AdaptiveLimitLayer`].
+#[derive(Clone)]
+pub struct AdaptiveLimit<S> {
+    limit: AdaptiveLimitLayer,
+    inner: S,
+}
+
+impl<S> Service<WebhookRequest> for AdaptiveLimit<S>
+where
+    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = WebhookResponse;
+    type Error = SendError;
+    type Future = BoxFuture<Result<WebhookResponse, SendError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: WebhookRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.limit.clone();
+        Box::pin(async move {
+            let _permit = limit.acquire().await;
+            let result = inner.call(req).await;
+            limit.feedback(&result);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    fn resp(status: u16) -> Result<WebhookResponse, SendError> {
+        Ok(WebhookResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body_excerpt: String::new(),
+        })
+    }
+
+    #[test]
+    fn halves_on_overload_and_grows_back() {
+        let l = AdaptiveLimitLayer::new(16);
+        l.feedback(&resp(429));
+        assert_eq!(l.limit(), 8);
+        l.feedback(&resp(503));
+        l.feedback(&Err(SendError::Timeout(Duration::from_secs(1))));
+        assert_eq!(l.limit(), 2);
+        l.feedback(&resp(500)); // a plain failure is not an overload signal
+        assert_eq!(l.limit(), 2);
+        for _ in 0..2 {
+            l.feedback(&resp(200));
+        }
+        assert_eq!(l.limit(), 3);
+        for _ in 0..200 {
+            l.feedback(&resp(200));
+        }
+        assert_eq!(l.limit(), 16, "capped at max");
+        for _ in 0..10 {
+            l.feedback(&resp(429));
+        }
+        assert_eq!(l.limit(), 1, "never below one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_bounds_concurrency() {
+        let l = AdaptiveLimitLayer::new(2);
+        let a = l.acquire().await;
+        let _b = l.acquire().await;
+        let waiting = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquire().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished());
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_paces_requests() {
+        let l = RateLimitLayer::new(Rate {
+            per_second: 10.0,
+            burst: 2,
+        });
+        let start = Instant::now();
+        for _ in 0..12 {
+            l.acquire().await;
+        }
+        // 2 from the burst, 10 more at 10/s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took < Duration::from_millis(1100),
+            "{took:?}"
+        );
+    }
+}

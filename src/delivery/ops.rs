@@ -1,0 +1,86 @@
+//! The broker's own events, published into the log like any other so
+//! operators receive them by webhook or Subscribe. Endpoints get them only
+//! when they name them in `event_types`, and deliveries of these events
+//! produce no further ones, so a failing endpoint cannot feed itself.
+
+use std::time::SystemTime;
+
+use prost_types::{value::Kind, Struct, Value};
+
+use crate::{
+    convert,
+    model::{EventType, NewEvent, Offset},
+    pb,
+};
+
+/// An endpoint was disabled (410 Gone, auto-disable).
+pub const ENDPOINT_DISABLED: &str = "stevedore.endpoint.disabled";
+/// A failing endpoint delivered again.
+pub const ENDPOINT_RECOVERED: &str = "stevedore.endpoint.recovered";
+/// A delivery was dead-lettered.
+pub const DELIVERY_EXHAUSTED: &str = "stevedore.delivery.exhausted";
+/// A delivery failed `failing_event_after` times.
+pub const DELIVERY_FAILING: &str = "stevedore.delivery.failing";
+
+/// A broker event about `endpoint_id` (its ordering key: one endpoint's
+/// events stay in order).
+pub fn event(event_type: &'static str, endpoint_id: &str, data: Struct) -> NewEvent {
+    let now = SystemTime::now();
+    NewEvent {
+        event: pb::Event {
+            id: ulid::Ulid::from_datetime(now).to_string(),
+            occurred_at: Some(convert::timestamp(now)),
+            ordering_key: endpoint_id.to_owned(),
+            attributes: Default::default(),
+            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
+                r#type: event_type.to_owned(),
+                data: Some(data),
+            })),
+        },
+        event_type: EventType::from_static(event_type),
+        id_assigned: true,
+    }
+}
+
+/// The body of the delivery events.
+pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &pb::Delivery) -> Struct {
+    let mut fields = vec![
+        ("endpointId", s(endpoint_id)),
+        ("offset", n(offset as f64)),
+        ("eventId", s(&d.event_id)),
+        ("eventType", s(&d.event_type)),
+        ("attempts", n(f64::from(d.attempts))),
+        ("lastStatus", n(f64::from(d.last_status))),
+        ("lastError", s(&d.last_error)),
+    ];
+    if let Some(t) = &d.next_attempt_at {
+        fields.push(("nextAttemptAt", s(&crate::webhook::iso8601(t))));
+    }
+    self::fields(fields)
+}
+
+/// A struct from key/value pairs.
+pub fn fields<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
+    Struct {
+        fields: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+/// A string value.
+pub fn s(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.to_owned())),
+    }
+}
+
+/// A number value.
+pub fn n(v: f64) -> Value {
+    Value {
+        kind: Some(Kind::NumberValue(v)),
+    }
+}
+
+/// A time as an ISO 8601 string.
+pub fn time(t: SystemTime) -> Value {
+    s(&crate::webhook::iso8601(&convert::timestamp(t)))
+}

@@ -1,0 +1,69 @@
+//! Retention: events older than `retention_age`, or the oldest tenth of the
+//! log while the data directory is over `retention_max_bytes`, are removed;
+//! sled reclaims their space as it rewrites segments.
+//!
+//! Nothing pending is dropped silently: before events go, every endpoint
+//! that has not delivered them records them as dead with the reason
+//! `expired` (events an endpoint's worker holds are recorded by the worker
+//! when their turn comes). Delivered and superseded records of removed
+//! events are pruned with them.
+
+use std::{sync::Arc, time::SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, delivery::Deliveries, error::Result, model::Offset, store::Store};
+
+/// Runs retention every `retention_interval` until `shutdown`.
+pub async fn run(
+    store: Store,
+    deliveries: Arc<Deliveries>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.retention_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(&store, &deliveries, &config).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                removed,
+                first = store.first_offset().unwrap_or(0),
+                "retention removed events"
+            ),
+            Err(e) => tracing::error!(error = %e, "retention failed"),
+        }
+    }
+}
+
+/// One retention pass; returns how many events were removed.
+pub async fn pass(store: &Store, deliveries: &Deliveries, config: &Config) -> Result<usize> {
+    let cutoff = cutoff(store, config)?;
+    if cutoff <= store.first_offset()? {
+        return Ok(0);
+    }
+    deliveries.expire_before(cutoff).await?;
+    let removed = store.truncate(cutoff).await?;
+    deliveries.prune_records(store.first_offset()?).await?;
+    Ok(removed)
+}
+
+/// The first offset to keep.
+fn cutoff(store: &Store, config: &Config) -> Result<Offset> {
+    let by_age = match SystemTime::now().checked_sub(config.retention_age) {
+        Some(t) => store.offset_at_time(t)?,
+        None => 0,
+    };
+    let by_size =
+        if config.retention_max_bytes > 0 && store.size_on_disk()? > config.retention_max_bytes {
+            let (first, head) = (store.first_offset()?, store.head());
+            first + (head - first).div_ceil(10)
+        } else {
+            0
+        };
+    Ok(by_age.max(by_size))
+}
