@@ -400,9 +400,9 @@ impl Config {
             "must be positive",
         )?;
         check(
-            self.retention_max_bytes == 0 || self.retention_max_bytes >= 16 * 1024 * 1024,
+            self.retention_max_bytes == 0 || self.retention_max_bytes >= 1024 * 1024,
             "retention_max_bytes",
-            "must be 0 (no limit) or at least 16 MiB",
+            "must be 0 (no limit) or at least 1 MiB",
         )?;
         check(
             self.retention_interval >= Duration::from_millis(10),
