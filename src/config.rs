@@ -19,6 +19,8 @@ pub const ENV_PREFIX: &str = "STEVEDORE_";
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus metrics listen address (`off` disables the listener).
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory of the embedded sled database.
     pub data_dir: PathBuf,
     /// sled page-cache size in bytes (sled's own default is 1 GiB).
@@ -97,6 +99,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             data_dir: PathBuf::from("stevedore-data"),
             sled_cache_bytes: 64 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
@@ -138,6 +141,7 @@ pub const NON_CONFIG_ENV: &[&str] = &["STEVEDORE_LOG"];
 /// Every key [`Config::set`] accepts, in README order.
 pub const KEYS: &[&str] = &[
     "listen",
+    "metrics_listen",
     "data_dir",
     "sled_cache_bytes",
     "max_event_bytes",
@@ -234,6 +238,12 @@ impl Config {
         let bad = |e: String| anyhow!("config key `{key}`: {e} (got {value:?})");
         match key {
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
+            "metrics_listen" => {
+                self.metrics_listen = match value {
+                    "off" | "" => None,
+                    v => Some(v.parse().map_err(|e| bad(format!("{e} (or `off`)")))?),
+                }
+            }
             "data_dir" => {
                 if value.is_empty() {
                     return Err(bad("must not be empty".into()));

@@ -23,6 +23,7 @@
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`filter`] — custom webhooks: filters and field selection on JSON bodies.
 //! - [`retention`] — removes old events; expires what was never delivered.
+//! - [`metrics`] — Prometheus counters, histograms and scrape-time gauges.
 //! - [`api`] — one file per gRPC service.
 
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod convert;
 pub mod delivery;
 pub mod error;
 pub mod filter;
+pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod retention;
@@ -64,15 +66,38 @@ use crate::{
 /// Runs the broker on `listener` until `shutdown` completes, then shuts down
 /// gracefully: health goes NOT_SERVING, new calls are refused, streams end,
 /// in-flight commits finish, and the database is closed before returning.
+///
+/// Metrics are served on `config.metrics_listen` when it is set; use
+/// [`run_with_metrics`] to pass a bound metrics listener instead.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    run_with_metrics(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`run`] with the metrics listener (if any) already bound.
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.sled_cache_bytes,
         max_group: config.max_group_commit,
+        metrics: metrics.clone(),
     })
     .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
 
@@ -84,6 +109,7 @@ pub async fn run(
         config: Arc::new(config.clone()),
         shutdown: token.clone(),
         tasks: tasks.clone(),
+        metrics: metrics.clone(),
     };
 
     let deliveries = Deliveries::start(
@@ -92,9 +118,29 @@ pub async fn run(
         shared.config.clone(),
         tasks.clone(),
         token.clone(),
+        metrics.clone(),
     )
     .await
     .context("starting webhook delivery")?;
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        let (store, consumers, deliveries) = (
+            shared.store.clone(),
+            shared.consumers.clone(),
+            deliveries.clone(),
+        );
+        let snapshot = move || {
+            let head = store.head();
+            Ok(metrics::Snapshot {
+                head,
+                first: store.first_offset()?,
+                disk_bytes: store.size_on_disk()?,
+                endpoints: deliveries.endpoint_gauges()?,
+                consumers: consumers.lags(head)?,
+            })
+        };
+        tasks.spawn(metrics::serve(listener, metrics.clone(), snapshot, token.clone()));
+    }
     tasks.spawn(retention::run(
         shared.store.clone(),
         deliveries.clone(),

@@ -30,6 +30,9 @@ enum Command {
         /// Data directory (config key `data_dir`).
         #[arg(long)]
         data_dir: Option<String>,
+        /// Metrics listen address, or `off` (config key `metrics_listen`).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -38,8 +41,13 @@ fn main() -> anyhow::Result<()> {
         config,
         listen,
         data_dir,
+        metrics_listen,
     } = Cli::parse().command;
-    let flags: Vec<(&str, String)> = [("listen", listen), ("data_dir", data_dir)]
+    let flags: Vec<(&str, String)> = [
+        ("listen", listen),
+        ("data_dir", data_dir),
+        ("metrics_listen", metrics_listen),
+    ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
@@ -56,9 +64,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    // One machine-readable line for scripts and tests (port 0 picks a port).
-    println!("stevedore listening on {addr}");
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    // Machine-readable lines for scripts and tests (port 0 picks a port).
+    println!("stevedore listening on {}", listener.local_addr()?);
+    if let Some(m) = &metrics_listener {
+        println!("stevedore metrics on {}", m.local_addr()?);
+    }
     std::io::stdout().flush()?;
 
     let deadline = config.shutdown_timeout;
@@ -67,7 +85,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         let _ = signalled_tx.send(());
     };
-    let mut server = tokio::spawn(stevedore::run(config, listener, shutdown));
+    let mut server = tokio::spawn(stevedore::run_with_metrics(
+        config,
+        listener,
+        metrics_listener,
+        shutdown,
+    ));
     tokio::select! {
         result = &mut server => return result?,
         _ = signalled_rx => {}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, consumer::Consumers, store::Store};
+use crate::{config::Config, consumer::Consumers, metrics::Metrics, store::Store};
 
 /// What every service shares.
 #[derive(Clone)]
@@ -28,4 +28,6 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks stream tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }

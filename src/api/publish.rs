@@ -59,9 +59,11 @@ impl Publisher for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let clock = std::time::Instant::now();
         let event = validate_one(&self.shared, request.into_inner(), "event")?;
         let stored = event.event.clone();
         let appended = self.shared.store.append(vec![event]).await?;
+        self.shared.metrics.publish_latency.observe_duration(clock.elapsed());
         Ok(Response::new(response(&stored, appended[0])))
     }
 
@@ -69,6 +71,7 @@ impl Publisher for PublisherService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
+        let clock = std::time::Instant::now();
         let events = request.into_inner().events;
         let max = self.shared.config.max_batch_events;
         if events.is_empty() {
@@ -90,6 +93,7 @@ impl Publisher for PublisherService {
             .collect::<Result<Vec<_>, _>>()?;
         let stored: Vec<pb::Event> = events.iter().map(|e| e.event.clone()).collect();
         let appended = self.shared.store.append(events).await?;
+        self.shared.metrics.publish_latency.observe_duration(clock.elapsed());
         Ok(Response::new(PublishBatchResponse {
             results: stored
                 .iter()

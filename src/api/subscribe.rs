@@ -20,6 +20,7 @@ use crate::{
     consumer::{Consumer, CreateSpec, Poll, StreamId},
     convert,
     error::{Error, Result},
+    metrics::Metrics,
     model::{EventFilter, EventType, Offset, StoredEvent},
     pb::{
         subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest, AckResponse,
@@ -222,6 +223,22 @@ async fn stream_plain(shared: Shared, mut next: Offset, filter: EventFilter, tx:
     }
 }
 
+/// Counts a stream as open for as long as it lives.
+struct StreamCount(Arc<Metrics>);
+
+impl StreamCount {
+    fn open(metrics: Arc<Metrics>) -> Self {
+        metrics.open_streams.fetch_add(1, Ordering::Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Hands back this stream's leases when the stream ends, however it ends.
 struct LeaseGuard {
     consumer: Arc<Consumer>,
@@ -298,11 +315,13 @@ impl Subscriber for SubscriberService {
         let plan = self.plan(&req)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
+        let open = StreamCount::open(shared.metrics.clone());
         match plan.durable {
             None => {
-                self.shared
-                    .tasks
-                    .spawn(stream_plain(shared, plan.start, plan.filter, tx));
+                self.shared.tasks.spawn(async move {
+                    let _open = open;
+                    stream_plain(shared, plan.start, plan.filter, tx).await
+                });
             }
             Some(d) => {
                 let consumer = self
@@ -316,9 +335,10 @@ impl Subscriber for SubscriberService {
                         },
                     )
                     .await?;
-                self.shared
-                    .tasks
-                    .spawn(stream_durable(shared, consumer, d, tx));
+                self.shared.tasks.spawn(async move {
+                    let _open = open;
+                    stream_durable(shared, consumer, d, tx).await
+                });
             }
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

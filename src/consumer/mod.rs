@@ -171,6 +171,29 @@ impl Consumers {
             .await
     }
 
+    /// Every durable gRPC consumer (not endpoints) with its lag behind
+    /// `head`, for metrics.
+    pub fn lags(&self, head: Offset) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.store.table(Table::Consumers).iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if name.starts_with('@') {
+                continue;
+            }
+            let floor = match self.lock().get(&name) {
+                Some(c) => c.floor(),
+                None => {
+                    let r: ConsumerRecord = prost::Message::decode(&*v)
+                        .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+                    r.floor
+                }
+            };
+            out.push((name, head.saturating_sub(floor)));
+        }
+        Ok(out)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Consumer>>> {
         // A panic while holding this lock leaves the map itself consistent
         // (single inserts), so poisoning is safe to ignore.

@@ -30,6 +30,7 @@ use crate::{
     consumer::{Consumers, CreateSpec},
     convert,
     error::{Error, Result},
+    metrics::Metrics,
     model::{EventFilter, Offset},
     pb::{self, DeliveryState},
     store::{scope, scoped_offset_key, Mutation, Store, Table},
@@ -100,6 +101,7 @@ pub struct Deliveries {
     control: mpsc::UnboundedSender<Control>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// The consumer behind an endpoint. `@` cannot appear in gRPC consumer
@@ -116,6 +118,7 @@ impl Deliveries {
         config: Arc<Config>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>> {
         let (control, mut control_rx) = mpsc::unbounded_channel();
         let this = Arc::new(Self {
@@ -126,6 +129,7 @@ impl Deliveries {
             control,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
+            metrics,
         });
         let records: Vec<EndpointRecord> = this
             .store
@@ -141,6 +145,14 @@ impl Deliveries {
                 if spec.enabled {
                     this.spawn_worker(&mut workers, r, spec).await?;
                 }
+            }
+        }
+        // The dead-letter gauges start from what is on disk.
+        for kv in this.store.table(Table::Deliveries).iter() {
+            let (k, v) = kv?;
+            if pb::Delivery::decode(&*v).is_ok_and(|d| d.state() == DeliveryState::Dead) {
+                let id = k.split(|&b| b == 0).next().unwrap_or_default();
+                this.metrics.dead.add(&String::from_utf8_lossy(id), 1);
             }
         }
         tracing::info!(endpoints = records.len(), "webhook delivery started");
@@ -315,6 +327,7 @@ impl Deliveries {
                 .failing_since
                 .as_ref()
                 .and_then(|t| convert::system_time("failing_since", t).ok()),
+            metrics: self.metrics.clone(),
         };
         let cancel = self.shutdown.child_token();
         let handle = self.tasks.spawn(worker::run(ctx, cancel.clone()));
@@ -474,6 +487,8 @@ impl Deliveries {
                     .await?;
             }
         }
+        self.metrics.dead.remove(id);
+        self.metrics.deliveries.remove_first(id);
         tracing::info!(endpoint = %id, "endpoint deleted");
         Ok(())
     }
@@ -608,6 +623,9 @@ impl Deliveries {
             }
         }
         let was_dead = d.state() == DeliveryState::Dead;
+        if was_dead {
+            self.metrics.dead.add(id, -1);
+        }
         // A fresh schedule, due now.
         d.state = DeliveryState::Pending as i32;
         d.attempts = 0;
@@ -743,6 +761,8 @@ impl Deliveries {
                 if !writes.is_empty() {
                     let n = writes.len();
                     self.store.write(writes).await?;
+                    self.metrics.dead.add(&id, n as i64);
+                    self.metrics.deliveries.add(&[&id, "expired"], n as u64);
                     tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
                 }
             }
@@ -789,6 +809,26 @@ impl Deliveries {
             }
         }
         Ok(())
+    }
+
+    /// Per endpoint: id, backlog, dead records, enabled — for metrics.
+    pub fn endpoint_gauges(&self) -> Result<Vec<(String, u64, i64, bool)>> {
+        let head = self.store.head();
+        self.store
+            .table(Table::Endpoints)
+            .iter()
+            .values()
+            .map(|v| {
+                let r = decode_record(&v?)?;
+                let e = r.endpoint();
+                let backlog = self
+                    .consumers
+                    .get(&consumer_name(&e.id))
+                    .map(|c| head.saturating_sub(c.floor()))
+                    .unwrap_or(0);
+                Ok((e.id.clone(), backlog, self.metrics.dead.get(&e.id), e.enabled != Some(false)))
+            })
+            .collect()
     }
 
     fn record(&self, id: &str) -> Result<EndpointRecord> {

@@ -43,6 +43,7 @@ use crate::{
     consumer::{Consumer, Poll},
     convert,
     error::{Error, Result},
+    metrics::Metrics,
     model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
     store::{scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
@@ -99,6 +100,17 @@ pub struct WorkerContext {
     pub view: Arc<WorkerView>,
     /// When the endpoint's current run of failures began, as stored.
     pub failing_since: Option<SystemTime>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl WorkerContext {
+    fn count(&self, outcome: &str) {
+        self.metrics.deliveries.add(&[&self.endpoint_id, outcome], 1);
+        if outcome == "dead" || outcome == "expired" {
+            self.metrics.dead.add(&self.endpoint_id, 1);
+        }
+    }
 }
 
 struct Held {
@@ -320,6 +332,7 @@ impl Worker {
             if let Err(e) = self.write_final(offset, record).await {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "recording supersession failed");
             }
+            ctx.count("superseded");
         }
         // Take over the schedule, so a receiver that is down is not
         // hammered by every new level.
@@ -386,6 +399,7 @@ impl Worker {
         let attempt = Attempt {
             ctx: ctx.clone(),
             offset,
+            published_at: held.event.published_at,
             event_id: held.event.event.id.clone(),
             event_type: held.event.event_type.to_string(),
             body: held.body.clone(),
@@ -500,6 +514,7 @@ impl Worker {
         let Some(held) = self.held.get(&offset) else {
             return;
         };
+        self.ctx.count("expired");
         let mut record = base_record(&held.event, DeliveryState::Dead, "expired".into());
         if let Ok(Some(p)) = load_delivery(&self.ctx.store, &self.ctx.endpoint_id, offset) {
             record.attempts = p.attempts;
@@ -574,6 +589,7 @@ pub fn load_delivery(
 struct Attempt {
     ctx: Arc<WorkerContext>,
     offset: Offset,
+    published_at: SystemTime,
     event_id: String,
     event_type: String,
     body: Bytes,
@@ -677,6 +693,16 @@ impl Attempt {
             return;
         }
         tracing::debug!(endpoint = %id, offset = self.offset, attempt = self.number, ?state, status, "attempt");
+        match state {
+            DeliveryState::Delivered => {
+                ctx.count("delivered");
+                if let Ok(d) = SystemTime::now().duration_since(self.published_at) {
+                    ctx.metrics.delivery_latency.observe_duration(d);
+                }
+            }
+            DeliveryState::Dead => ctx.count("dead"),
+            _ => ctx.count("failed"),
+        }
         match state {
             DeliveryState::Delivered | DeliveryState::Dead => {
                 if let Err(e) = ctx.consumer.ack(&[self.offset]).await {

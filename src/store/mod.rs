@@ -25,6 +25,7 @@ pub use keys::{
 
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 use writer::{Op, Writer};
@@ -38,6 +39,8 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Most operations in one group commit.
     pub max_group: usize,
+    /// Where commit sizes and appended events are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Handle to the log; cheap to clone.
@@ -110,6 +113,7 @@ impl Store {
             last_published,
             head_tx,
             config.max_group,
+            config.metrics.clone(),
         )?;
         let thread = std::thread::Builder::new()
             .name("stevedore-writer".into())

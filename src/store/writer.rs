@@ -16,6 +16,7 @@ use std::{
     collections::HashMap,
     fs::File,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use prost::Message;
@@ -27,6 +28,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     model::{Appended, NewEvent, Offset},
 };
 
@@ -60,6 +62,7 @@ pub(super) struct Writer {
     last_published: u64,
     head: watch::Sender<Offset>,
     max_group: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -74,6 +77,7 @@ impl Writer {
         last_published: u64,
         head: watch::Sender<Offset>,
         max_group: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let data_file = File::open(super::data_file(dir))?;
         // The directory entries sled created must be durable too.
@@ -90,6 +94,7 @@ impl Writer {
             last_published,
             head,
             max_group: max_group.max(1),
+            metrics,
         })
     }
 
@@ -115,10 +120,13 @@ impl Writer {
 
     fn commit(&mut self, group: &mut Vec<Op>) {
         let start = self.next;
+        let clock = std::time::Instant::now();
+        self.metrics.group_commit_size.observe(group.len() as f64);
         let mut outcomes = Vec::with_capacity(group.len());
         let result = self.apply(group, &mut outcomes).and_then(|()| self.sync());
         match result {
             Ok(()) => {
+                self.metrics.commit_latency.observe_duration(clock.elapsed());
                 if self.next != start {
                     self.head.send_replace(self.next);
                 }
@@ -193,6 +201,7 @@ impl Writer {
                                 .transpose()?,
                         };
                         if let Some(offset) = existing {
+                            self.metrics.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             results.push(Appended {
                                 offset,
                                 duplicate: true,
@@ -206,6 +215,7 @@ impl Writer {
                         events.insert(&keys::offset_key(next), record.encode_to_vec());
                         ids.insert(id.as_bytes(), &keys::offset_key(next));
                         group_ids.insert(id, next);
+                        self.metrics.events_published.add(&[e.event_type.as_str()], 1);
                         results.push(Appended {
                             offset: next,
                             duplicate: false,

@@ -76,6 +76,8 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("STEVEDORE_LOG", "warn")
+            // Several brokers run at once; none needs the metrics port.
+            .env("STEVEDORE_METRICS_LISTEN", "off")
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -43,6 +43,8 @@ impl TestServer {
             sled_cache_bytes: 8 * 1024 * 1024,
             // Receivers are local http:// servers.
             allow_http: true,
+            // Tests run many brokers at once; the metrics test binds its own.
+            metrics_listen: None,
             ..Config::default()
         };
         tweak(&mut config);

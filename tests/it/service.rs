@@ -154,3 +154,101 @@ async fn graceful_shutdown_ends_streams_and_keeps_everything() {
         assert_eq!(e.event.unwrap().id, id);
     }
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_the_prometheus_format() {
+    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics_listener.local_addr().unwrap();
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let config = stevedore::config::Config {
+        data_dir: dir.path().join("data"),
+        allow_http: true,
+        allow_networks: "127.0.0.0/8".parse().unwrap(),
+        metrics_listen: None,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(stevedore::run_with_metrics(
+        config,
+        listener,
+        Some(metrics_listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let rx = crate::receiver::Receiver::start().await;
+    let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
+    let ep = admin
+        .create_endpoint(stevedore::pb::CreateEndpointRequest {
+            endpoint: Some(stevedore::pb::Endpoint {
+                url: rx.url.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    let mut p = stevedore::pb::publisher_client::PublisherClient::new(channel.clone());
+    for i in 0..3 {
+        publish(&mut p, pick(&format!("m-{i}"), "SO")).await;
+    }
+    let mut s = stevedore::pb::subscriber_client::SubscriberClient::new(channel);
+    let _stream = s
+        .subscribe(SubscribeRequest {
+            consumer: "metrics-test".into(),
+            start: Some(Start::Earliest(true)),
+            max_in_flight: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    rx.wait_for(3, Duration::from_secs(10)).await;
+
+    let scrape = || async {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let resp = client
+            .get(format!("http://{metrics_addr}/metrics").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape().await;
+        let delivered = format!("stevedore_deliveries_total{{endpoint=\"{}\",outcome=\"delivered\"}} 3", ep.id);
+        if text.contains(&delivered) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no delivered count in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for want in [
+        "stevedore_events_published_total{type=\"pick.confirmed\"} 3",
+        "stevedore_publish_latency_seconds_count 3",
+        "stevedore_log_head_offset 4",
+        "stevedore_log_events 3",
+        "stevedore_delivery_latency_seconds_count 3",
+        "stevedore_open_streams 1",
+        "stevedore_consumer_lag{consumer=\"metrics-test\"} 3",
+        &format!("stevedore_endpoint_pending{{endpoint=\"{}\"}} 0", ep.id),
+        &format!("stevedore_endpoint_dead{{endpoint=\"{}\"}} 0", ep.id),
+        "stevedore_group_commit_size_count",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
