@@ -8,6 +8,7 @@
 //! enabled endpoint. Endpoint changes are serialised by one lock.
 
 pub mod classify;
+pub mod egress;
 pub mod endpoint;
 pub mod signing;
 pub mod stack;
