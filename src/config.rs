@@ -10,6 +10,8 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::delivery::egress::{parse_networks, Cidr};
+
 /// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
 /// `STEVEDORE_DATA_DIR` for `data_dir`.
 pub const ENV_PREFIX: &str = "STEVEDORE_";
@@ -45,6 +47,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Accept `http://` webhook URLs (otherwise HTTPS only).
     pub allow_http: bool,
+    /// Networks exempt from the webhook SSRF guard (which otherwise blocks
+    /// loopback, private, link-local, metadata, ... addresses).
+    pub allow_networks: Vec<Cidr>,
     /// Most webhook endpoints.
     pub max_endpoints: usize,
     /// An endpoint's `max_in_flight` when it sets 0.
@@ -98,6 +103,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             allow_http: false,
+            allow_networks: Vec::new(),
             max_endpoints: 10_000,
             endpoint_max_in_flight: NonZeroU32::new(16).expect("non-zero literal"),
             endpoint_max_in_flight_limit: NonZeroU32::new(1000).expect("non-zero literal"),
@@ -134,6 +140,7 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout",
     "log_format",
     "allow_http",
+    "allow_networks",
     "max_endpoints",
     "endpoint_max_in_flight",
     "endpoint_max_in_flight_limit",
@@ -238,6 +245,7 @@ impl Config {
                     _ => return Err(bad("expected true or false".into())),
                 }
             }
+            "allow_networks" => self.allow_networks = parse_networks(value).map_err(bad)?,
             "max_endpoints" => self.max_endpoints = parse_num(value).map_err(bad)?,
             "endpoint_max_in_flight" => {
                 self.endpoint_max_in_flight = parse_num(value).map_err(bad)?
@@ -522,6 +530,33 @@ mod tests {
             Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
         );
         assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+    }
+
+    #[test]
+    fn allow_networks() {
+        let c = Config::load(
+            None,
+            env(&[("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.allow_networks,
+            vec![Cidr::v4(127, 0, 0, 0, 8), "::1/128".parse().unwrap()]
+        );
+        let text = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[("STEVEDORE_ALLOW_NETWORKS", "10.0.0.1/8")]),
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(
+            text.contains("`allow_networks`") && text.contains("10.0.0.0/8"),
+            "{text}"
+        );
     }
 
     #[test]

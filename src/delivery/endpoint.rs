@@ -13,6 +13,8 @@ use std::{
 
 use http::{HeaderName, HeaderValue, Uri};
 
+use super::egress::{self, Guard};
+
 use crate::{
     config::{Config, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, MIN_WEBHOOK_TIMEOUT},
     convert,
@@ -260,6 +262,22 @@ fn validate_url(url: &str, allow_http: bool) -> std::result::Result<Uri, String>
     Ok(uri)
 }
 
+/// Rejects, at create or update, a URL whose host is an IP literal in a
+/// range the SSRF guard blocks. Host names are checked when connecting
+/// (their addresses can change); so is every literal, again.
+pub fn check_egress(url: &Uri, guard: &Guard) -> Result<()> {
+    match egress::literal_ip(url).and_then(|ip| guard.check(ip).map(|b| (ip, b))) {
+        None => Ok(()),
+        Some((ip, block)) => Err(Error::invalid(
+            "endpoint.url",
+            format!(
+                "{ip} is {}, which the SSRF guard blocks; to deliver there, add the range to the broker's allow_networks setting",
+                egress::describe(&block)
+            ),
+        )),
+    }
+}
+
 /// How an endpoint is stored.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EndpointRecord {
@@ -345,6 +363,36 @@ mod tests {
             let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
             assert!(err.starts_with("endpoint.headers["), "{k}: {err}");
         }
+    }
+
+    #[test]
+    fn ip_literals_in_blocked_ranges_are_rejected() {
+        let guard = Guard::default();
+        let check = |url: &str, guard: &Guard| check_egress(&url.parse().unwrap(), guard);
+        for (url, range) in [
+            (
+                "https://169.254.169.254/latest/meta-data",
+                "169.254.169.254/32",
+            ),
+            ("https://10.0.0.1/hook", "10.0.0.0/8"),
+            ("http://127.0.0.1:8080/hook", "127.0.0.0/8"),
+            ("http://[::ffff:127.0.0.1]:8080/hook", "127.0.0.0/8"),
+            ("https://[fd00::1]/", "fc00::/7"),
+        ] {
+            let err = check(url, &guard).unwrap_err().to_string();
+            assert!(
+                err.starts_with("endpoint.url: ")
+                    && err.contains(range)
+                    && err.contains("allow_networks"),
+                "{url}: {err}"
+            );
+        }
+        assert!(check("https://8.8.8.8/", &guard).is_ok());
+        // Names are checked when connecting.
+        assert!(check("https://localhost/", &guard).is_ok());
+        let allow = Guard::new(&egress::parse_networks("127.0.0.0/8").unwrap());
+        assert!(check("http://127.0.0.1:8080/hook", &allow).is_ok());
+        assert!(check("https://10.0.0.1/hook", &allow).is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::{
     pb::{self, DeliveryState},
     store::{scope, scoped_offset_key, Mutation, Store, Table},
 };
+use egress::Guard;
 use endpoint::{from_nanos, EndpointRecord, EndpointSpec};
 use signing::Secret;
 use stack::{Keys, SharedKeys};
@@ -62,6 +63,8 @@ pub struct Deliveries {
     store: Store,
     consumers: Arc<Consumers>,
     config: Arc<Config>,
+    /// The SSRF policy every endpoint's client connects under.
+    guard: Guard,
     /// Endpoint changes hold this while they write and (re)start workers.
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
     control: mpsc::UnboundedSender<Control>,
@@ -88,6 +91,7 @@ impl Deliveries {
         let this = Arc::new(Self {
             store,
             consumers,
+            guard: Guard::new(&config.allow_networks),
             config,
             workers: Default::default(),
             control,
@@ -172,7 +176,7 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize);
+        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone());
         let service = stack::build(client, spec.max_in_flight as usize);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -202,6 +206,7 @@ impl Deliveries {
     /// Creates an endpoint; returns it and its secret (shown only now).
     pub async fn create(&self, mut endpoint: pb::Endpoint) -> Result<(pb::Endpoint, String)> {
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
+        endpoint::check_egress(&spec.url, &self.guard)?;
         let mut workers = self.workers.lock().await;
         if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
             return Err(Error::FailedPrecondition(format!(
@@ -289,6 +294,9 @@ impl Deliveries {
         let mut e = record.endpoint().clone();
         merge(&mut e, update, fields)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
+        if fields.iter().any(|f| f == "url") {
+            endpoint::check_egress(&spec.url, &self.guard)?;
+        }
         if spec.enabled {
             e.disabled_reason.clear();
         }
@@ -536,7 +544,7 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1);
+        let client = stack::http_client(1, self.guard.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1), request).await;

@@ -1,6 +1,7 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
 mod crash;
+mod egress;
 mod publish;
 mod receiver;
 mod service;
@@ -39,8 +40,11 @@ impl TestServer {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             sled_cache_bytes: 8 * 1024 * 1024,
-            // Receivers are local http:// servers.
+            // Receivers are local http:// servers, on loopback, which the
+            // SSRF guard blocks unless allowed (tests/it/egress.rs turns
+            // this off).
             allow_http: true,
+            allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
             ..Config::default()
         };
         tweak(&mut config);
