@@ -10,7 +10,10 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::delivery::egress::{parse_networks, Cidr};
+use crate::delivery::{
+    egress::{parse_networks, Cidr},
+    sealing::MasterKey,
+};
 
 /// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
 /// `STEVEDORE_DATA_DIR` for `data_dir`.
@@ -75,6 +78,12 @@ pub struct Config {
     /// How long a rotated-out secret keeps signing when the request sets no
     /// grace period.
     pub secret_rotation_grace: Duration,
+    /// File holding the master key (base64 of 32 random bytes) that
+    /// encrypts endpoint secrets at rest; read when the key is set.
+    pub master_key_file: Option<PathBuf>,
+    /// The master key, from `master_key_file` or `master_key` (meant for
+    /// `STEVEDORE_MASTER_KEY`). `None`: secrets are stored unencrypted.
+    pub master_key: Option<MasterKey>,
 }
 
 /// How log lines are written.
@@ -117,6 +126,8 @@ impl Default for Config {
             retry_jitter_percent: 20,
             max_retry_after: Duration::from_secs(3600),
             secret_rotation_grace: Duration::from_secs(24 * 3600),
+            master_key_file: None,
+            master_key: None,
         }
     }
 }
@@ -152,6 +163,8 @@ pub const KEYS: &[&str] = &[
     "retry_jitter_percent",
     "max_retry_after",
     "secret_rotation_grace",
+    "master_key_file",
+    "master_key",
 ];
 
 impl Config {
@@ -272,6 +285,27 @@ impl Config {
             "max_retry_after" => self.max_retry_after = parse_duration(value).map_err(bad)?,
             "secret_rotation_grace" => {
                 self.secret_rotation_grace = parse_duration(value).map_err(bad)?
+            }
+            "master_key_file" => {
+                if self.master_key.is_some() && self.master_key_file.is_none() {
+                    bail!("config key `master_key_file`: `master_key` is also set; use one of the two");
+                }
+                let text = std::fs::read_to_string(value)
+                    .map_err(|e| bad(format!("cannot read the key file: {e}")))?;
+                // Never echo the file's contents.
+                let key = MasterKey::from_base64(&text)
+                    .map_err(|e| anyhow!("config key `master_key_file`: {value}: the key {e}"))?;
+                self.master_key_file = Some(PathBuf::from(value));
+                self.master_key = Some(key);
+            }
+            "master_key" => {
+                if self.master_key_file.is_some() {
+                    bail!("config key `master_key`: `master_key_file` is also set; use one of the two");
+                }
+                // Never echo the value.
+                let key = MasterKey::from_base64(value)
+                    .map_err(|e| anyhow!("config key `master_key`: {e}"))?;
+                self.master_key = Some(key);
             }
             _ => bail!(
                 "unknown config key `{key}` (known keys: {})",
@@ -555,6 +589,49 @@ mod tests {
         );
         assert!(
             text.contains("`allow_networks`") && text.contains("10.0.0.0/8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn master_key_from_env_or_file_never_echoed() {
+        let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY", key)]), &[]).unwrap();
+        assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+        assert!(!format!("{c:?}").contains(key));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("master.key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap();
+        assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+
+        for (vars, want) in [
+            (
+                vec![("STEVEDORE_MASTER_KEY_FILE", "/no/such/key")],
+                "`master_key_file`",
+            ),
+            (vec![("STEVEDORE_MASTER_KEY", "c2hvcnQ=")], "`master_key`"),
+            (
+                vec![
+                    ("STEVEDORE_MASTER_KEY", key),
+                    ("STEVEDORE_MASTER_KEY_FILE", path),
+                ],
+                "use one of the two",
+            ),
+        ] {
+            let text = format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err());
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains(key) && !text.contains("c2hvcnQ="), "{text}");
+        }
+        std::fs::write(&file, "not a key").unwrap();
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap_err()
+        );
+        assert!(
+            text.contains("`master_key_file`") && !text.contains("not a key"),
             "{text}"
         );
     }

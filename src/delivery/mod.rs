@@ -10,6 +10,7 @@
 pub mod classify;
 pub mod egress;
 pub mod endpoint;
+pub mod sealing;
 pub mod signing;
 pub mod stack;
 pub mod worker;
@@ -98,13 +99,39 @@ impl Deliveries {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
-        let records: Vec<EndpointRecord> = this
-            .store
-            .table(Table::Endpoints)
-            .iter()
-            .values()
-            .map(|v| decode_record(&v?))
-            .collect::<Result<_>>()?;
+        let key = this.config.master_key.as_ref();
+        let mut records = Vec::new();
+        // Migration: with a key, records still in the clear (written before
+        // it was configured) are sealed now, before delivery starts.
+        let mut to_seal = Vec::new();
+        for v in this.store.table(Table::Endpoints).iter().values() {
+            let v = v?;
+            // Fails, naming master_key_file, when a record is sealed and
+            // the configured key (or its absence) cannot open it.
+            let r = EndpointRecord::from_stored(&v, key)?;
+            if key.is_some() && !EndpointRecord::is_sealed(&v) {
+                to_seal.push(Mutation::put(
+                    Table::Endpoints,
+                    r.endpoint().id.as_bytes(),
+                    r.to_stored(key),
+                ));
+            }
+            records.push(r);
+        }
+        if !to_seal.is_empty() {
+            let n = to_seal.len();
+            this.store.write(to_seal).await?;
+            tracing::info!(
+                endpoints = n,
+                "encrypted stored endpoint secrets with the master key"
+            );
+        } else if key.is_none() && !records.is_empty() {
+            tracing::warn!(
+                endpoints = records.len(),
+                "endpoint signing secrets and custom header values are stored unencrypted; \
+                 set master_key_file (or STEVEDORE_MASTER_KEY) to encrypt them at rest"
+            );
+        }
         {
             let mut workers = this.workers.lock().await;
             for r in &records {
@@ -275,7 +302,7 @@ impl Deliveries {
         let mut out = Vec::new();
         for kv in iter.take(page_size + 1) {
             let (_, v) = kv?;
-            out.push(self.with_backlog(decode_record(&v)?.endpoint().clone()));
+            out.push(self.with_backlog(self.decode_record(&v)?.endpoint().clone()));
         }
         let next = if out.len() > page_size {
             out.truncate(page_size);
@@ -578,15 +605,20 @@ impl Deliveries {
             .table(Table::Endpoints)
             .get(id.as_bytes())?
             .ok_or_else(|| Error::NotFound(format!("endpoint {id:?} does not exist")))?;
-        decode_record(&bytes)
+        self.decode_record(&bytes)
     }
 
+    fn decode_record(&self, bytes: &[u8]) -> Result<EndpointRecord> {
+        EndpointRecord::from_stored(bytes, self.config.master_key.as_ref())
+    }
+
+    /// Writes `r`, sealed when a master key is configured.
     async fn put_record(&self, r: &EndpointRecord) -> Result<()> {
         self.store
             .write(vec![Mutation::put(
                 Table::Endpoints,
                 r.endpoint().id.as_bytes(),
-                r.encode_to_vec(),
+                r.to_stored(self.config.master_key.as_ref()),
             )])
             .await
     }
@@ -635,14 +667,6 @@ fn keys_of(r: &EndpointRecord) -> Keys {
             )
         }),
     }
-}
-
-fn decode_record(bytes: &[u8]) -> Result<EndpointRecord> {
-    let r = EndpointRecord::decode(bytes).map_err(|e| Error::Corrupt(format!("endpoint: {e}")))?;
-    if r.endpoint.is_none() {
-        return Err(Error::Corrupt("endpoint record without endpoint".into()));
-    }
-    Ok(r)
 }
 
 fn string_value(s: &str) -> prost_types::Value {

@@ -365,4 +365,28 @@ mod tests {
         ));
         assert!(policy.retry(&mut req, &mut blocked).is_none());
     }
+
+    #[test]
+    fn keys_and_requests_debug_without_secrets() {
+        let current = Secret::generate();
+        let previous = Secret::generate();
+        let keys = Keys {
+            current: current.clone(),
+            previous: Some((previous.clone(), SystemTime::now())),
+        };
+        let mut req = request();
+        req.keys = Arc::new(RwLock::new(keys.clone()));
+        let mut value = HeaderValue::from_static("header-credential");
+        value.set_sensitive(true);
+        req.headers.insert("x-api-key", value);
+        let shown = format!("{keys:?} {req:?}");
+        for s in [&current, &previous] {
+            let b64 = s.reveal();
+            assert!(!shown.contains(&b64[SECRET_PREFIX_LEN..]), "{shown}");
+        }
+        assert!(!shown.contains("header-credential"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    const SECRET_PREFIX_LEN: usize = super::super::signing::SECRET_PREFIX.len();
 }

@@ -4,6 +4,7 @@ mod crash;
 mod egress;
 mod publish;
 mod receiver;
+mod secrets;
 mod service;
 mod subscribe;
 mod webhook;
