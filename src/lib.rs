@@ -18,7 +18,8 @@
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
 //!   and retries; one worker per endpoint on top of its durable consumer;
-//!   classification of outcomes; the durable retry schedule.
+//!   classification of outcomes; the durable retry schedule; the SSRF guard
+//!   on egress; endpoint secrets sealed at rest.
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`api`] — one file per gRPC service.

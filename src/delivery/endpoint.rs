@@ -308,7 +308,7 @@ pub struct EndpointRecord {
     /// Unix nanoseconds.
     #[prost(uint64, tag = "4")]
     pub previous_expires_nanos: u64,
-    /// On disk with a master key: the sealed [`RecordSecrets`]. `secret`,
+    /// On disk with a master key: the sealed `RecordSecrets`. `secret`,
     /// `previous_secret` and `endpoint.headers` are then stored empty.
     /// Always `None` in memory.
     #[prost(message, optional, tag = "5")]
