@@ -125,8 +125,9 @@ if [ ! -x "$BIN" ]; then
 fi
 
 echo "==> starting $BIN"
-# allow_http: the webhook receiver below is plain http:// on 127.0.0.1.
-STEVEDORE_ALLOW_HTTP=true STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
+# allow_http: the webhook receiver below is plain http:// on 127.0.0.1;
+# allow_networks: which the SSRF guard blocks unless loopback is exempted.
+STEVEDORE_ALLOW_HTTP=true STEVEDORE_ALLOW_NETWORKS=127.0.0.0/8 STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
   >"$tmpdir/server.out" 2>"$tmpdir/server.err" </dev/null &
 server_pid=$!
 

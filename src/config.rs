@@ -10,6 +10,11 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::delivery::{
+    egress::{parse_networks, Cidr},
+    sealing::MasterKey,
+};
+
 /// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
 /// `STEVEDORE_DATA_DIR` for `data_dir`.
 pub const ENV_PREFIX: &str = "STEVEDORE_";
@@ -47,6 +52,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Accept `http://` webhook URLs (otherwise HTTPS only).
     pub allow_http: bool,
+    /// Networks exempt from the webhook SSRF guard (which otherwise blocks
+    /// loopback, private, link-local, metadata, ... addresses).
+    pub allow_networks: Vec<Cidr>,
     /// Most webhook endpoints.
     pub max_endpoints: usize,
     /// An endpoint's `max_in_flight` when it sets 0.
@@ -84,6 +92,12 @@ pub struct Config {
     pub retention_max_bytes: u64,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// File holding the master key (base64 of 32 random bytes) that
+    /// encrypts endpoint secrets at rest; read when the key is set.
+    pub master_key_file: Option<PathBuf>,
+    /// The master key, from `master_key_file` or `master_key` (meant for
+    /// `STEVEDORE_MASTER_KEY`). `None`: secrets are stored unencrypted.
+    pub master_key: Option<MasterKey>,
 }
 
 /// How log lines are written.
@@ -113,6 +127,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             allow_http: false,
+            allow_networks: Vec::new(),
             max_endpoints: 10_000,
             endpoint_max_in_flight: NonZeroU32::new(16).expect("non-zero literal"),
             endpoint_max_in_flight_limit: NonZeroU32::new(1000).expect("non-zero literal"),
@@ -131,6 +146,8 @@ impl Default for Config {
             retention_age: Duration::from_secs(7 * 86_400),
             retention_max_bytes: 0,
             retention_interval: Duration::from_secs(60),
+            master_key_file: None,
+            master_key: None,
         }
     }
 }
@@ -155,6 +172,7 @@ pub const KEYS: &[&str] = &[
     "shutdown_timeout",
     "log_format",
     "allow_http",
+    "allow_networks",
     "max_endpoints",
     "endpoint_max_in_flight",
     "endpoint_max_in_flight_limit",
@@ -171,6 +189,8 @@ pub const KEYS: &[&str] = &[
     "retention_age",
     "retention_max_bytes",
     "retention_interval",
+    "master_key_file",
+    "master_key",
 ];
 
 impl Config {
@@ -270,6 +290,7 @@ impl Config {
                     _ => return Err(bad("expected true or false".into())),
                 }
             }
+            "allow_networks" => self.allow_networks = parse_networks(value).map_err(bad)?,
             "max_endpoints" => self.max_endpoints = parse_num(value).map_err(bad)?,
             "endpoint_max_in_flight" => {
                 self.endpoint_max_in_flight = parse_num(value).map_err(bad)?
@@ -302,6 +323,27 @@ impl Config {
             "retention_age" => self.retention_age = parse_duration(value).map_err(bad)?,
             "retention_max_bytes" => self.retention_max_bytes = parse_num(value).map_err(bad)?,
             "retention_interval" => self.retention_interval = parse_duration(value).map_err(bad)?,
+            "master_key_file" => {
+                if self.master_key.is_some() && self.master_key_file.is_none() {
+                    bail!("config key `master_key_file`: `master_key` is also set; use one of the two");
+                }
+                let text = std::fs::read_to_string(value)
+                    .map_err(|e| bad(format!("cannot read the key file: {e}")))?;
+                // Never echo the file's contents.
+                let key = MasterKey::from_base64(&text)
+                    .map_err(|e| anyhow!("config key `master_key_file`: {value}: the key {e}"))?;
+                self.master_key_file = Some(PathBuf::from(value));
+                self.master_key = Some(key);
+            }
+            "master_key" => {
+                if self.master_key_file.is_some() {
+                    bail!("config key `master_key`: `master_key_file` is also set; use one of the two");
+                }
+                // Never echo the value.
+                let key = MasterKey::from_base64(value)
+                    .map_err(|e| anyhow!("config key `master_key`: {e}"))?;
+                self.master_key = Some(key);
+            }
             _ => bail!(
                 "unknown config key `{key}` (known keys: {})",
                 KEYS.join(", ")
@@ -584,6 +626,76 @@ mod tests {
             Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
         );
         assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+    }
+
+    #[test]
+    fn allow_networks() {
+        let c = Config::load(
+            None,
+            env(&[("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.allow_networks,
+            vec![Cidr::v4(127, 0, 0, 0, 8), "::1/128".parse().unwrap()]
+        );
+        let text = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[("STEVEDORE_ALLOW_NETWORKS", "10.0.0.1/8")]),
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(
+            text.contains("`allow_networks`") && text.contains("10.0.0.0/8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn master_key_from_env_or_file_never_echoed() {
+        let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY", key)]), &[]).unwrap();
+        assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+        assert!(!format!("{c:?}").contains(key));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("master.key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap();
+        assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+
+        for (vars, want) in [
+            (
+                vec![("STEVEDORE_MASTER_KEY_FILE", "/no/such/key")],
+                "`master_key_file`",
+            ),
+            (vec![("STEVEDORE_MASTER_KEY", "c2hvcnQ=")], "`master_key`"),
+            (
+                vec![
+                    ("STEVEDORE_MASTER_KEY", key),
+                    ("STEVEDORE_MASTER_KEY_FILE", path),
+                ],
+                "use one of the two",
+            ),
+        ] {
+            let text = format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err());
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains(key) && !text.contains("c2hvcnQ="), "{text}");
+        }
+        std::fs::write(&file, "not a key").unwrap();
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap_err()
+        );
+        assert!(
+            text.contains("`master_key_file`") && !text.contains("not a key"),
+            "{text}"
+        );
     }
 
     #[test]

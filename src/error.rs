@@ -34,6 +34,10 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Encrypted endpoint secrets cannot be opened: no master key, or not
+    /// the one that sealed them.
+    #[error("{0}")]
+    MasterKey(String),
 }
 
 impl Error {
@@ -56,7 +60,7 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::ShuttingDown => Status::unavailable(err.to_string()),
-            Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) => {
+            Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::MasterKey(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")
             }

@@ -18,7 +18,8 @@
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
 //!   and retries; one worker per endpoint on top of its durable consumer;
-//!   classification of outcomes; the durable retry schedule.
+//!   classification of outcomes; the durable retry schedule; the SSRF guard
+//!   on egress; endpoint secrets sealed at rest.
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`filter`] — custom webhooks: filters and field selection on JSON bodies.
@@ -139,7 +140,12 @@ pub async fn run_with_metrics(
                 consumers: consumers.lags(head)?,
             })
         };
-        tasks.spawn(metrics::serve(listener, metrics.clone(), snapshot, token.clone()));
+        tasks.spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            snapshot,
+            token.clone(),
+        ));
     }
     tasks.spawn(retention::run(
         shared.store.clone(),

@@ -48,9 +48,9 @@ fn main() -> anyhow::Result<()> {
         ("data_dir", data_dir),
         ("metrics_listen", metrics_listen),
     ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect();
     let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
     init_tracing(config.log_format);
 

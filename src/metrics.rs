@@ -21,7 +21,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 /// Group-commit sizes (operations per fsync).
-const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0];
+const GROUP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+];
 
 /// A fixed-bucket histogram.
 #[derive(Debug)]
@@ -67,7 +69,11 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
@@ -112,7 +118,12 @@ impl CounterVec {
         let mut rows: Vec<_> = map.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         for (values, c) in rows {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(names, values), c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}{{{}}} {}",
+                labels(names, values),
+                c.load(Ordering::Relaxed)
+            );
         }
     }
 }
@@ -127,7 +138,9 @@ fn labels(names: &[&str], values: &[String]) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Gauges keyed by one label, kept in step by the code that changes them.
@@ -155,7 +168,10 @@ impl GaugeVec {
 
     /// Drops `label`.
     pub fn remove(&self, label: &str) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(label);
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(label);
     }
 
     /// `label`'s value.
@@ -230,75 +246,158 @@ impl Metrics {
         let help = |out: &mut String, name: &str, kind: &str, text: &str| {
             let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
         };
-        help(&mut out, "stevedore_events_published_total", "counter", "Events appended to the log, by type.");
-        self.events_published.render(&mut out, "stevedore_events_published_total", &["type"]);
-        help(&mut out, "stevedore_publish_duplicates_total", "counter", "Publishes of ids already in the log.");
-        let _ = writeln!(out, "stevedore_publish_duplicates_total {}", self.duplicates.load(Ordering::Relaxed));
-        help(&mut out, "stevedore_publish_latency_seconds", "histogram", "Publish calls, from request to durable ack.");
-        self.publish_latency.render(&mut out, "stevedore_publish_latency_seconds", "");
-        help(&mut out, "stevedore_group_commit_size", "histogram", "Write operations per group commit (one fsync each).");
-        self.group_commit_size.render(&mut out, "stevedore_group_commit_size", "");
-        help(&mut out, "stevedore_group_commit_seconds", "histogram", "Group commit time: apply, flush and fsync.");
-        self.commit_latency.render(&mut out, "stevedore_group_commit_seconds", "");
-        help(&mut out, "stevedore_log_head_offset", "gauge", "The next offset to be written.");
+        help(
+            &mut out,
+            "stevedore_events_published_total",
+            "counter",
+            "Events appended to the log, by type.",
+        );
+        self.events_published
+            .render(&mut out, "stevedore_events_published_total", &["type"]);
+        help(
+            &mut out,
+            "stevedore_publish_duplicates_total",
+            "counter",
+            "Publishes of ids already in the log.",
+        );
+        let _ = writeln!(
+            out,
+            "stevedore_publish_duplicates_total {}",
+            self.duplicates.load(Ordering::Relaxed)
+        );
+        help(
+            &mut out,
+            "stevedore_publish_latency_seconds",
+            "histogram",
+            "Publish calls, from request to durable ack.",
+        );
+        self.publish_latency
+            .render(&mut out, "stevedore_publish_latency_seconds", "");
+        help(
+            &mut out,
+            "stevedore_group_commit_size",
+            "histogram",
+            "Write operations per group commit (one fsync each).",
+        );
+        self.group_commit_size
+            .render(&mut out, "stevedore_group_commit_size", "");
+        help(
+            &mut out,
+            "stevedore_group_commit_seconds",
+            "histogram",
+            "Group commit time: apply, flush and fsync.",
+        );
+        self.commit_latency
+            .render(&mut out, "stevedore_group_commit_seconds", "");
+        help(
+            &mut out,
+            "stevedore_log_head_offset",
+            "gauge",
+            "The next offset to be written.",
+        );
         let _ = writeln!(out, "stevedore_log_head_offset {}", s.head);
-        help(&mut out, "stevedore_log_events", "gauge", "Events in the log.");
-        let _ = writeln!(out, "stevedore_log_events {}", s.head.saturating_sub(s.first));
-        help(&mut out, "stevedore_log_disk_bytes", "gauge", "Bytes the data directory uses.");
+        help(
+            &mut out,
+            "stevedore_log_events",
+            "gauge",
+            "Events in the log.",
+        );
+        let _ = writeln!(
+            out,
+            "stevedore_log_events {}",
+            s.head.saturating_sub(s.first)
+        );
+        help(
+            &mut out,
+            "stevedore_log_disk_bytes",
+            "gauge",
+            "Bytes the data directory uses.",
+        );
         let _ = writeln!(out, "stevedore_log_disk_bytes {}", s.disk_bytes);
-        help(&mut out, "stevedore_deliveries_total", "counter", "Webhook delivery outcomes by endpoint.");
-        self.deliveries.render(&mut out, "stevedore_deliveries_total", &["endpoint", "outcome"]);
-        help(&mut out, "stevedore_delivery_latency_seconds", "histogram", "From publish to a 2xx answer.");
-        self.delivery_latency.render(&mut out, "stevedore_delivery_latency_seconds", "");
-        help(&mut out, "stevedore_endpoint_pending", "gauge", "Events not yet delivered or dead-lettered, by endpoint.");
+        help(
+            &mut out,
+            "stevedore_deliveries_total",
+            "counter",
+            "Webhook delivery outcomes by endpoint.",
+        );
+        self.deliveries.render(
+            &mut out,
+            "stevedore_deliveries_total",
+            &["endpoint", "outcome"],
+        );
+        help(
+            &mut out,
+            "stevedore_delivery_latency_seconds",
+            "histogram",
+            "From publish to a 2xx answer.",
+        );
+        self.delivery_latency
+            .render(&mut out, "stevedore_delivery_latency_seconds", "");
+        help(
+            &mut out,
+            "stevedore_endpoint_pending",
+            "gauge",
+            "Events not yet delivered or dead-lettered, by endpoint.",
+        );
         for (id, backlog, _, _) in &s.endpoints {
-            let _ = writeln!(out, "stevedore_endpoint_pending{{endpoint=\"{}\"}} {backlog}", escape(id));
+            let _ = writeln!(
+                out,
+                "stevedore_endpoint_pending{{endpoint=\"{}\"}} {backlog}",
+                escape(id)
+            );
         }
-        help(&mut out, "stevedore_endpoint_dead", "gauge", "Dead-lettered deliveries, by endpoint.");
+        help(
+            &mut out,
+            "stevedore_endpoint_dead",
+            "gauge",
+            "Dead-lettered deliveries, by endpoint.",
+        );
         for (id, _, dead, _) in &s.endpoints {
-            let _ = writeln!(out, "stevedore_endpoint_dead{{endpoint=\"{}\"}} {dead}", escape(id));
+            let _ = writeln!(
+                out,
+                "stevedore_endpoint_dead{{endpoint=\"{}\"}} {dead}",
+                escape(id)
+            );
         }
-        help(&mut out, "stevedore_endpoint_enabled", "gauge", "1 if the endpoint is enabled.");
+        help(
+            &mut out,
+            "stevedore_endpoint_enabled",
+            "gauge",
+            "1 if the endpoint is enabled.",
+        );
         for (id, _, _, enabled) in &s.endpoints {
-            let _ = writeln!(out, "stevedore_endpoint_enabled{{endpoint=\"{}\"}} {}", escape(id), u8::from(*enabled));
+            let _ = writeln!(
+                out,
+                "stevedore_endpoint_enabled{{endpoint=\"{}\"}} {}",
+                escape(id),
+                u8::from(*enabled)
+            );
         }
-        help(&mut out, "stevedore_consumer_lag", "gauge", "Head offset minus the consumer's cursor.");
+        help(
+            &mut out,
+            "stevedore_consumer_lag",
+            "gauge",
+            "Head offset minus the consumer's cursor.",
+        );
         for (name, lag) in &s.consumers {
-            let _ = writeln!(out, "stevedore_consumer_lag{{consumer=\"{}\"}} {lag}", escape(name));
+            let _ = writeln!(
+                out,
+                "stevedore_consumer_lag{{consumer=\"{}\"}} {lag}",
+                escape(name)
+            );
         }
-        help(&mut out, "stevedore_open_streams", "gauge", "Open Subscribe streams.");
-        let _ = writeln!(out, "stevedore_open_streams {}", self.open_streams.load(Ordering::Relaxed));
+        help(
+            &mut out,
+            "stevedore_open_streams",
+            "gauge",
+            "Open Subscribe streams.",
+        );
+        let _ = writeln!(
+            out,
+            "stevedore_open_streams {}",
+            self.open_streams.load(Ordering::Relaxed)
+        );
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_the_text_format() {
-        let m = Metrics::default();
-        m.events_published.add(&["pick.confirmed"], 2);
-        m.events_published.add(&["pick.confirmed"], 1);
-        m.deliveries.add(&["ep_1", "delivered"], 5);
-        m.publish_latency.observe(0.0007);
-        m.publish_latency.observe(3.0);
-        let text = m.render(&Snapshot {
-            head: 11,
-            first: 1,
-            disk_bytes: 4096,
-            endpoints: vec![("ep_1".into(), 3, 1, true)],
-            consumers: vec![("erp\"x".into(), 7)],
-        });
-        assert!(text.contains("stevedore_events_published_total{type=\"pick.confirmed\"} 3\n"));
-        assert!(text.contains("stevedore_deliveries_total{endpoint=\"ep_1\",outcome=\"delivered\"} 5\n"));
-        assert!(text.contains("stevedore_publish_latency_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("stevedore_publish_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("stevedore_publish_latency_seconds_count 2\n"));
-        assert!(text.contains("stevedore_log_events 10\n"));
-        assert!(text.contains("stevedore_endpoint_pending{endpoint=\"ep_1\"} 3\n"));
-        assert!(text.contains("stevedore_consumer_lag{consumer=\"erp\\\"x\"} 7\n"));
     }
 }
 
@@ -351,7 +450,9 @@ pub async fn serve(
                             }
                         }
                     };
-                    Ok::<_, std::convert::Infallible>(response.expect("static response parts are valid"))
+                    Ok::<_, std::convert::Infallible>(
+                        response.expect("static response parts are valid"),
+                    )
                 }
             });
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -360,5 +461,36 @@ pub async fn serve(
                 _ = conn => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_text_format() {
+        let m = Metrics::default();
+        m.events_published.add(&["pick.confirmed"], 2);
+        m.events_published.add(&["pick.confirmed"], 1);
+        m.deliveries.add(&["ep_1", "delivered"], 5);
+        m.publish_latency.observe(0.0007);
+        m.publish_latency.observe(3.0);
+        let text = m.render(&Snapshot {
+            head: 11,
+            first: 1,
+            disk_bytes: 4096,
+            endpoints: vec![("ep_1".into(), 3, 1, true)],
+            consumers: vec![("erp\"x".into(), 7)],
+        });
+        assert!(text.contains("stevedore_events_published_total{type=\"pick.confirmed\"} 3\n"));
+        assert!(text
+            .contains("stevedore_deliveries_total{endpoint=\"ep_1\",outcome=\"delivered\"} 5\n"));
+        assert!(text.contains("stevedore_publish_latency_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("stevedore_publish_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("stevedore_publish_latency_seconds_count 2\n"));
+        assert!(text.contains("stevedore_log_events 10\n"));
+        assert!(text.contains("stevedore_endpoint_pending{endpoint=\"ep_1\"} 3\n"));
+        assert!(text.contains("stevedore_consumer_lag{consumer=\"erp\\\"x\"} 7\n"));
     }
 }

@@ -63,7 +63,10 @@ impl Publisher for PublisherService {
         let event = validate_one(&self.shared, request.into_inner(), "event")?;
         let stored = event.event.clone();
         let appended = self.shared.store.append(vec![event]).await?;
-        self.shared.metrics.publish_latency.observe_duration(clock.elapsed());
+        self.shared
+            .metrics
+            .publish_latency
+            .observe_duration(clock.elapsed());
         Ok(Response::new(response(&stored, appended[0])))
     }
 
@@ -93,7 +96,10 @@ impl Publisher for PublisherService {
             .collect::<Result<Vec<_>, _>>()?;
         let stored: Vec<pb::Event> = events.iter().map(|e| e.event.clone()).collect();
         let appended = self.shared.store.append(events).await?;
-        self.shared.metrics.publish_latency.observe_duration(clock.elapsed());
+        self.shared
+            .metrics
+            .publish_latency
+            .observe_duration(clock.elapsed());
         Ok(Response::new(PublishBatchResponse {
             results: stored
                 .iter()

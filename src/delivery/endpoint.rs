@@ -5,15 +5,27 @@
 //! (normalized and validated) beside its secrets: one schema for the API and
 //! the disk, evolved by protobuf's compatibility rules. Everything that runs
 //! uses the validated [`EndpointSpec`] derived from it.
+//!
+//! With a master key configured, the signing secrets and the custom header
+//! values (often credentials) are stored sealed ([`super::sealing`]); in
+//! memory an [`EndpointRecord`] is always open, and it is sealed and opened
+//! only by [`EndpointRecord::to_stored`] and [`EndpointRecord::from_stored`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    fmt,
     time::{Duration, SystemTime},
 };
 
 use http::{HeaderName, HeaderValue, Uri};
+use prost::Message;
 
 use super::limit::Rate;
+use super::{
+    egress::{self, Guard},
+    sealing::{MasterKey, Sealed},
+    REDACTED,
+};
 use crate::{
     config::{Config, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, MIN_WEBHOOK_TIMEOUT},
     convert,
@@ -153,13 +165,16 @@ impl EndpointSpec {
                     format!("value must be at most {MAX_HEADER_VALUE_BYTES} bytes"),
                 ));
             }
-            // from_str rejects CR, LF and other control characters.
-            let value = HeaderValue::from_str(v).map_err(|_| {
+            // from_str rejects CR, LF and other control characters. The
+            // message never echoes the value: it may be a credential.
+            let mut value = HeaderValue::from_str(v).map_err(|_| {
                 Error::invalid(
                     &field,
                     "value must be visible ASCII (no CR, LF or control characters)",
                 )
             })?;
+            // Hidden from `Debug` and never indexed by HPACK.
+            value.set_sensitive(true);
             headers.push((name, value));
         }
         let timeout = match &e.timeout {
@@ -319,8 +334,26 @@ fn validate_url(url: &str, allow_http: bool) -> std::result::Result<Uri, String>
     Ok(uri)
 }
 
-/// How an endpoint is stored.
+/// Rejects, at create or update, a URL whose host is an IP literal in a
+/// range the SSRF guard blocks. Host names are checked when connecting
+/// (their addresses can change); so is every literal, again.
+pub fn check_egress(url: &Uri, guard: &Guard) -> Result<()> {
+    match egress::literal_ip(url).and_then(|ip| guard.check(ip).map(|b| (ip, b))) {
+        None => Ok(()),
+        Some((ip, block)) => Err(Error::invalid(
+            "endpoint.url",
+            format!(
+                "{ip} is {}, which the SSRF guard blocks; to deliver there, add the range to the broker's allow_networks setting",
+                egress::describe(&block)
+            ),
+        )),
+    }
+}
+
+/// How an endpoint is stored. Its `Debug` shows no secret and no header
+/// value.
 #[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
 pub struct EndpointRecord {
     /// The endpoint as configured (validated), with id and times.
     #[prost(message, optional, tag = "1")]
@@ -334,6 +367,23 @@ pub struct EndpointRecord {
     /// Unix nanoseconds.
     #[prost(uint64, tag = "4")]
     pub previous_expires_nanos: u64,
+    /// On disk with a master key: the sealed `RecordSecrets`. `secret`,
+    /// `previous_secret` and `endpoint.headers` are then stored empty.
+    /// Always `None` in memory.
+    #[prost(message, optional, tag = "5")]
+    pub sealed: Option<Sealed>,
+}
+
+/// What a master key seals: everything secret in an [`EndpointRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+struct RecordSecrets {
+    #[prost(bytes = "vec", tag = "1")]
+    secret: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    previous_secret: Vec<u8>,
+    #[prost(map = "string, string", tag = "3")]
+    headers: HashMap<String, String>,
 }
 
 impl EndpointRecord {
@@ -342,6 +392,82 @@ impl EndpointRecord {
         self.endpoint
             .as_ref()
             .expect("records are written with their endpoint")
+    }
+
+    /// The bytes to store: sealed under `key` when there is one.
+    pub fn to_stored(&self, key: Option<&MasterKey>) -> Vec<u8> {
+        let Some(key) = key else {
+            return self.encode_to_vec();
+        };
+        let mut stored = self.clone();
+        let endpoint = stored.endpoint.as_mut().expect("records have an endpoint");
+        let secrets = RecordSecrets {
+            secret: std::mem::take(&mut stored.secret),
+            previous_secret: std::mem::take(&mut stored.previous_secret),
+            headers: std::mem::take(&mut endpoint.headers),
+        };
+        let sealed = key.seal(&endpoint.id, &secrets.encode_to_vec());
+        stored.sealed = Some(sealed);
+        stored.encode_to_vec()
+    }
+
+    /// Decodes stored bytes and opens sealed secrets with `key`. A sealed
+    /// record without the key, or with another key, is an
+    /// [`Error::MasterKey`] that names the setting to fix.
+    pub fn from_stored(bytes: &[u8], key: Option<&MasterKey>) -> Result<Self> {
+        let mut r = Self::decode(bytes).map_err(|e| Error::Corrupt(format!("endpoint: {e}")))?;
+        let Some(endpoint) = r.endpoint.as_mut() else {
+            return Err(Error::Corrupt("endpoint record without endpoint".into()));
+        };
+        let Some(sealed) = r.sealed.take() else {
+            return Ok(r);
+        };
+        let id = &endpoint.id;
+        let key = key.ok_or_else(|| {
+            Error::MasterKey(format!(
+                "endpoint {id}: its secrets are encrypted at rest but no master key is configured; \
+                 set master_key_file (or STEVEDORE_MASTER_KEY) to the key that encrypted them"
+            ))
+        })?;
+        let plain = key.open(id, &sealed).ok_or_else(|| {
+            Error::MasterKey(format!(
+                "endpoint {id}: its secrets cannot be decrypted with the configured master key \
+                 (master_key_file / STEVEDORE_MASTER_KEY): they were encrypted with a different key, \
+                 or the record is damaged"
+            ))
+        })?;
+        let secrets = RecordSecrets::decode(&*plain)
+            .map_err(|e| Error::Corrupt(format!("endpoint {id}: sealed secrets: {e}")))?;
+        r.secret = secrets.secret;
+        r.previous_secret = secrets.previous_secret;
+        endpoint.headers = secrets.headers;
+        Ok(r)
+    }
+
+    /// Whether stored bytes hold sealed secrets (written with a master
+    /// key). Undecodable bytes count as sealed: there is nothing to migrate.
+    pub fn is_sealed(bytes: &[u8]) -> bool {
+        Self::decode(bytes).map_or(true, |r| r.sealed.is_some())
+    }
+}
+
+impl fmt::Debug for EndpointRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = self.endpoint.as_ref().map(|e| {
+            let mut e = e.clone();
+            for v in e.headers.values_mut() {
+                *v = REDACTED.to_owned();
+            }
+            e
+        });
+        let redacted = |s: &[u8]| if s.is_empty() { "" } else { REDACTED };
+        f.debug_struct("EndpointRecord")
+            .field("endpoint", &endpoint)
+            .field("secret", &redacted(&self.secret))
+            .field("previous_secret", &redacted(&self.previous_secret))
+            .field("previous_expires_nanos", &self.previous_expires_nanos)
+            .field("sealed", &self.sealed.is_some())
+            .finish()
     }
 }
 
@@ -404,6 +530,139 @@ mod tests {
             let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
             assert!(err.starts_with("endpoint.headers["), "{k}: {err}");
         }
+    }
+
+    fn record() -> EndpointRecord {
+        let mut e = ep("https://h/x");
+        e.id = "ep_1".into();
+        e.headers
+            .insert("X-Api-Key".into(), "header-credential".into());
+        EndpointRecord {
+            endpoint: Some(e),
+            secret: b"current-secret-bytes".to_vec(),
+            previous_secret: b"previous-secret-bytes".to_vec(),
+            previous_expires_nanos: 5,
+            sealed: None,
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn secrets_are_sealed_at_rest_with_a_master_key() {
+        let r = record();
+        let plain = r.to_stored(None);
+        assert!(contains(&plain, b"current-secret-bytes"));
+        assert!(!EndpointRecord::is_sealed(&plain));
+        assert_eq!(EndpointRecord::from_stored(&plain, None).unwrap(), r);
+
+        let key = MasterKey::from_bytes([1; 32]);
+        let sealed = r.to_stored(Some(&key));
+        assert!(EndpointRecord::is_sealed(&sealed));
+        for secret in [
+            &b"current-secret-bytes"[..],
+            b"previous-secret-bytes",
+            b"header-credential",
+        ] {
+            assert!(!contains(&sealed, secret));
+        }
+        assert!(contains(&sealed, b"https://h/x"), "the rest stays readable");
+        assert_eq!(EndpointRecord::from_stored(&sealed, Some(&key)).unwrap(), r);
+        // Plaintext records still load with a key (they are migrated).
+        assert_eq!(EndpointRecord::from_stored(&plain, Some(&key)).unwrap(), r);
+
+        let err = EndpointRecord::from_stored(&sealed, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ep_1") && err.contains("master_key_file"),
+            "{err}"
+        );
+        let other = MasterKey::from_bytes([2; 32]);
+        let err = EndpointRecord::from_stored(&sealed, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("different key") && err.contains("master_key_file"),
+            "{err}"
+        );
+
+        // Sealed secrets moved to another endpoint's record do not open.
+        let mut moved = EndpointRecord::decode(&*sealed).unwrap();
+        moved.endpoint.as_mut().unwrap().id = "ep_2".into();
+        assert!(EndpointRecord::from_stored(&moved.encode_to_vec(), Some(&key)).is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_secret_and_no_header_value() {
+        let r = record();
+        let spec = EndpointSpec::from_pb(r.endpoint(), &Config::default()).unwrap();
+        let shown = format!("{r:?} {spec:?}");
+        for secret in [
+            "current-secret-bytes",
+            "previous-secret-bytes",
+            "header-credential",
+        ] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        // Bytes would show as numbers: make sure those are absent too.
+        assert!(!shown.contains(&format!("{:?}", b"current-secret-bytes".to_vec())));
+        assert!(
+            shown.contains("X-Api-Key") || shown.contains("x-api-key"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_header_values_are_not_echoed() {
+        let mut e = ep("https://h/x");
+        e.headers
+            .insert("X-Api-Key".into(), "leaked-credential\r\nX-Evil: 1".into());
+        let err = EndpointSpec::from_pb(&e, &Config::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("endpoint.headers[\"X-Api-Key\"]"), "{err}");
+        assert!(!err.contains("leaked-credential"), "{err}");
+        e.headers.insert(
+            "X-Api-Key".into(),
+            format!("long-credential{}", "x".repeat(5000)),
+        );
+        let err = EndpointSpec::from_pb(&e, &Config::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("long-credential"), "{err}");
+    }
+
+    #[test]
+    fn ip_literals_in_blocked_ranges_are_rejected() {
+        let guard = Guard::default();
+        let check = |url: &str, guard: &Guard| check_egress(&url.parse().unwrap(), guard);
+        for (url, range) in [
+            (
+                "https://169.254.169.254/latest/meta-data",
+                "169.254.169.254/32",
+            ),
+            ("https://10.0.0.1/hook", "10.0.0.0/8"),
+            ("http://127.0.0.1:8080/hook", "127.0.0.0/8"),
+            ("http://[::ffff:127.0.0.1]:8080/hook", "127.0.0.0/8"),
+            ("https://[fd00::1]/", "fc00::/7"),
+        ] {
+            let err = check(url, &guard).unwrap_err().to_string();
+            assert!(
+                err.starts_with("endpoint.url: ")
+                    && err.contains(range)
+                    && err.contains("allow_networks"),
+                "{url}: {err}"
+            );
+        }
+        assert!(check("https://8.8.8.8/", &guard).is_ok());
+        // Names are checked when connecting.
+        assert!(check("https://localhost/", &guard).is_ok());
+        let allow = Guard::new(&egress::parse_networks("127.0.0.0/8").unwrap());
+        assert!(check("http://127.0.0.1:8080/hook", &allow).is_ok());
+        assert!(check("https://10.0.0.1/hook", &allow).is_err());
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! enabled endpoint. Endpoint changes are serialised by one lock.
 
 pub mod classify;
+pub mod egress;
 pub mod endpoint;
 pub mod limit;
 mod ops;
+pub mod sealing;
 pub mod signing;
 pub mod stack;
 pub mod worker;
@@ -35,6 +37,7 @@ use crate::{
     pb::{self, DeliveryState},
     store::{scope, scoped_offset_key, Mutation, Store, Table},
 };
+use egress::Guard;
 use endpoint::{from_nanos, EndpointRecord, EndpointSpec};
 use signing::Secret;
 use stack::{Keys, SharedKeys};
@@ -96,6 +99,8 @@ pub struct Deliveries {
     store: Store,
     consumers: Arc<Consumers>,
     config: Arc<Config>,
+    /// The SSRF policy every endpoint's client connects under.
+    guard: Guard,
     /// Endpoint changes hold this while they write and (re)start workers.
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
     control: mpsc::UnboundedSender<Control>,
@@ -124,6 +129,7 @@ impl Deliveries {
         let this = Arc::new(Self {
             store,
             consumers,
+            guard: Guard::new(&config.allow_networks),
             config,
             workers: Default::default(),
             control,
@@ -131,13 +137,39 @@ impl Deliveries {
             shutdown: shutdown.clone(),
             metrics,
         });
-        let records: Vec<EndpointRecord> = this
-            .store
-            .table(Table::Endpoints)
-            .iter()
-            .values()
-            .map(|v| decode_record(&v?))
-            .collect::<Result<_>>()?;
+        let key = this.config.master_key.as_ref();
+        let mut records = Vec::new();
+        // Migration: with a key, records still in the clear (written before
+        // it was configured) are sealed now, before delivery starts.
+        let mut to_seal = Vec::new();
+        for v in this.store.table(Table::Endpoints).iter().values() {
+            let v = v?;
+            // Fails, naming master_key_file, when a record is sealed and
+            // the configured key (or its absence) cannot open it.
+            let r = EndpointRecord::from_stored(&v, key)?;
+            if key.is_some() && !EndpointRecord::is_sealed(&v) {
+                to_seal.push(Mutation::put(
+                    Table::Endpoints,
+                    r.endpoint().id.as_bytes(),
+                    r.to_stored(key),
+                ));
+            }
+            records.push(r);
+        }
+        if !to_seal.is_empty() {
+            let n = to_seal.len();
+            this.store.write(to_seal).await?;
+            tracing::info!(
+                endpoints = n,
+                "encrypted stored endpoint secrets with the master key"
+            );
+        } else if key.is_none() && !records.is_empty() {
+            tracing::warn!(
+                endpoints = records.len(),
+                "endpoint signing secrets and custom header values are stored unencrypted; \
+                 set master_key_file (or STEVEDORE_MASTER_KEY) to encrypt them at rest"
+            );
+        }
         {
             let mut workers = this.workers.lock().await;
             for r in &records {
@@ -310,7 +342,7 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize);
+        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone());
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -346,6 +378,7 @@ impl Deliveries {
     /// Creates an endpoint; returns it and its secret (shown only now).
     pub async fn create(&self, mut endpoint: pb::Endpoint) -> Result<(pb::Endpoint, String)> {
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
+        endpoint::check_egress(&spec.url, &self.guard)?;
         let mut workers = self.workers.lock().await;
         if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
             return Err(Error::FailedPrecondition(format!(
@@ -414,7 +447,7 @@ impl Deliveries {
         let mut out = Vec::new();
         for kv in iter.take(page_size + 1) {
             let (_, v) = kv?;
-            out.push(self.with_backlog(decode_record(&v)?.endpoint().clone()));
+            out.push(self.with_backlog(self.decode_record(&v)?.endpoint().clone()));
         }
         let next = if out.len() > page_size {
             out.truncate(page_size);
@@ -438,6 +471,9 @@ impl Deliveries {
             // Re-enabled: still failing until a success (which announces the
             // recovery), but the auto-disable clock starts again.
             e.failing_since = Some(convert::timestamp(SystemTime::now()));
+        }
+        if fields.iter().any(|f| f == "url") {
+            endpoint::check_egress(&spec.url, &self.guard)?;
         }
         if spec.enabled {
             e.disabled_reason.clear();
@@ -691,7 +727,7 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1);
+        let client = stack::http_client(1, self.guard.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -819,14 +855,19 @@ impl Deliveries {
             .iter()
             .values()
             .map(|v| {
-                let r = decode_record(&v?)?;
+                let r = self.decode_record(&v?)?;
                 let e = r.endpoint();
                 let backlog = self
                     .consumers
                     .get(&consumer_name(&e.id))
                     .map(|c| head.saturating_sub(c.floor()))
                     .unwrap_or(0);
-                Ok((e.id.clone(), backlog, self.metrics.dead.get(&e.id), e.enabled != Some(false)))
+                Ok((
+                    e.id.clone(),
+                    backlog,
+                    self.metrics.dead.get(&e.id),
+                    e.enabled != Some(false),
+                ))
             })
             .collect()
     }
@@ -840,15 +881,20 @@ impl Deliveries {
             .table(Table::Endpoints)
             .get(id.as_bytes())?
             .ok_or_else(|| Error::NotFound(format!("endpoint {id:?} does not exist")))?;
-        decode_record(&bytes)
+        self.decode_record(&bytes)
     }
 
+    fn decode_record(&self, bytes: &[u8]) -> Result<EndpointRecord> {
+        EndpointRecord::from_stored(bytes, self.config.master_key.as_ref())
+    }
+
+    /// Writes `r`, sealed when a master key is configured.
     async fn put_record(&self, r: &EndpointRecord) -> Result<()> {
         self.store
             .write(vec![Mutation::put(
                 Table::Endpoints,
                 r.endpoint().id.as_bytes(),
-                r.encode_to_vec(),
+                r.to_stored(self.config.master_key.as_ref()),
             )])
             .await
     }
@@ -897,14 +943,6 @@ fn keys_of(r: &EndpointRecord) -> Keys {
             )
         }),
     }
-}
-
-fn decode_record(bytes: &[u8]) -> Result<EndpointRecord> {
-    let r = EndpointRecord::decode(bytes).map_err(|e| Error::Corrupt(format!("endpoint: {e}")))?;
-    if r.endpoint.is_none() {
-        return Err(Error::Corrupt("endpoint record without endpoint".into()));
-    }
-    Ok(r)
 }
 
 fn string_value(s: &str) -> prost_types::Value {

@@ -25,13 +25,11 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 
 use super::{
+    egress::{self, Guard, GuardedConnector},
     limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
     signing::{signature_header, Secret},
 };
@@ -49,15 +47,18 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 
 /// The HTTP client every stack sends through (HTTP/1.1 and HTTP/2, rustls,
 /// pooled connections, redirects never followed — hyper does not follow
-/// them and nothing here does).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// them and nothing here does), connecting only where the SSRF guard
+/// allows (see [`egress`]).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
-/// A client whose pool keeps up to `max_idle` connections per host.
-pub fn http_client(max_idle: usize) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
+/// A client whose pool keeps up to `max_idle` connections per host and
+/// whose every new connection passes `guard`.
+pub fn http_client(max_idle: usize, guard: Guard) -> HttpClient {
+    let http = GuardedConnector::new(guard, |http| {
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+    });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -124,6 +125,10 @@ pub enum SendError {
     /// No connection could be made: nothing was sent.
     #[error("connect: {0}")]
     Connect(String),
+    /// The SSRF guard refused every address: nothing was sent. The text
+    /// is the guard's (`blocked by SSRF guard: ...`).
+    #[error("{0}")]
+    Blocked(String),
     /// The exchange failed after it may have reached the receiver.
     #[error("transport: {0}")]
     Transport(String),
@@ -191,7 +196,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Retries, in process, a try that failed before anything was sent
 /// (connection refused, DNS failure): twice, after 50 and 250 ms. Anything
-/// else goes back to the durable schedule.
+/// else goes back to the durable schedule — including an attempt the SSRF
+/// guard blocked, which trying again in 50 ms would not change.
 #[derive(Clone, Default)]
 struct ConnectRetry {
     tries: u8,
@@ -268,6 +274,9 @@ impl Service<Request<Full<Bytes>>> for Sender {
         let client = self.0.clone();
         Box::pin(async move {
             let resp = client.request(req).await.map_err(|e| {
+                if let Some(blocked) = egress::find_blocked(&e) {
+                    return SendError::Blocked(blocked.to_string());
+                }
                 // Keep the cause chain: hyper's top-level message is vague.
                 let mut msg = e.to_string();
                 let mut source = std::error::Error::source(&e);
@@ -329,4 +338,62 @@ pub fn base_headers(event_type: &str, custom: &[(HeaderName, HeaderValue)]) -> H
         HeaderValue::from_str(event_type).expect("event type names are header-safe"),
     );
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::retry::Policy;
+
+    use super::*;
+
+    fn request() -> WebhookRequest {
+        WebhookRequest {
+            uri: Uri::from_static("https://example.com/hook"),
+            msg_id: "m".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            timeout: Duration::from_secs(1),
+            keys: Arc::new(RwLock::new(Keys {
+                current: Secret::generate(),
+                previous: None,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_connect_failures_are_retried_in_process() {
+        let mut req = request();
+        let mut policy = ConnectRetry::default();
+        let mut refused = Err(SendError::Connect("refused".into()));
+        assert!(policy.retry(&mut req, &mut refused).is_some());
+        let mut policy = ConnectRetry::default();
+        let mut blocked = Err(SendError::Blocked(
+            "blocked by SSRF guard: 127.0.0.1 is loopback in 127.0.0.0/8".into(),
+        ));
+        assert!(policy.retry(&mut req, &mut blocked).is_none());
+    }
+
+    #[test]
+    fn keys_and_requests_debug_without_secrets() {
+        let current = Secret::generate();
+        let previous = Secret::generate();
+        let keys = Keys {
+            current: current.clone(),
+            previous: Some((previous.clone(), SystemTime::now())),
+        };
+        let mut req = request();
+        req.keys = Arc::new(RwLock::new(keys.clone()));
+        let mut value = HeaderValue::from_static("header-credential");
+        value.set_sensitive(true);
+        req.headers.insert("x-api-key", value);
+        let shown = format!("{keys:?} {req:?}");
+        for s in [&current, &previous] {
+            let b64 = s.reveal();
+            assert!(!shown.contains(&b64[SECRET_PREFIX_LEN..]), "{shown}");
+        }
+        assert!(!shown.contains("header-credential"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    const SECRET_PREFIX_LEN: usize = super::super::signing::SECRET_PREFIX.len();
 }

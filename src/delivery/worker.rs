@@ -106,7 +106,9 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     fn count(&self, outcome: &str) {
-        self.metrics.deliveries.add(&[&self.endpoint_id, outcome], 1);
+        self.metrics
+            .deliveries
+            .add(&[&self.endpoint_id, outcome], 1);
         if outcome == "dead" || outcome == "expired" {
             self.metrics.dead.add(&self.endpoint_id, 1);
         }

@@ -126,7 +126,9 @@ impl Writer {
         let result = self.apply(group, &mut outcomes).and_then(|()| self.sync());
         match result {
             Ok(()) => {
-                self.metrics.commit_latency.observe_duration(clock.elapsed());
+                self.metrics
+                    .commit_latency
+                    .observe_duration(clock.elapsed());
                 if self.next != start {
                     self.head.send_replace(self.next);
                 }
@@ -201,7 +203,9 @@ impl Writer {
                                 .transpose()?,
                         };
                         if let Some(offset) = existing {
-                            self.metrics.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.metrics
+                                .duplicates
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             results.push(Appended {
                                 offset,
                                 duplicate: true,
@@ -215,7 +219,9 @@ impl Writer {
                         events.insert(&keys::offset_key(next), record.encode_to_vec());
                         ids.insert(id.as_bytes(), &keys::offset_key(next));
                         group_ids.insert(id, next);
-                        self.metrics.events_published.add(&[e.event_type.as_str()], 1);
+                        self.metrics
+                            .events_published
+                            .add(&[e.event_type.as_str()], 1);
                         results.push(Appended {
                             offset: next,
                             duplicate: false,

@@ -125,6 +125,26 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// The broker's process id (to send it a signal).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit
+    /// status, or None if it is still running.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => return None,
+            }
+        }
+    }
 }
 
 impl Drop for Server {
@@ -359,7 +379,7 @@ impl Shared {
 }
 
 #[derive(Clone, Copy)]
-enum Mode {
+pub(crate) enum Mode {
     Unary,
     Batch,
     Stream,
@@ -490,7 +510,7 @@ async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
     sh.finished[task].store(true, Ordering::SeqCst);
 }
 
-fn mode_name(mode: Mode) -> &'static str {
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Unary => "Publish",
         Mode::Batch => "PublishBatch",
@@ -504,7 +524,7 @@ pub(crate) fn status_text(s: &tonic::Status) -> String {
 
 /// One publish call. Acks received are pushed to `acks` as they arrive, so a
 /// call that fails (or is cancelled by a timeout) midway keeps them.
-async fn call(
+pub(crate) async fn call(
     client: &mut PublisherClient<Channel>,
     mode: Mode,
     events: &[pb::Event],

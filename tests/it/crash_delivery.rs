@@ -62,7 +62,11 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(58);
 /// The broker's environment (on top of crash.rs's `STEVEDORE_LOG=warn`).
-const BROKER_ENV: [(&str, &str); 2] = [("STEVEDORE_ALLOW_HTTP", "true"), ("STEVEDORE_LOG", "warn")];
+const BROKER_ENV: [(&str, &str); 3] = [
+    ("STEVEDORE_ALLOW_HTTP", "true"),
+    ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
+    ("STEVEDORE_LOG", "warn"),
+];
 /// The custom event type of the even-numbered events.
 const CUSTOM_TYPE: &str = "crash.delivery";
 

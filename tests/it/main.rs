@@ -2,9 +2,11 @@
 
 mod crash;
 mod crash_delivery;
+mod egress;
 mod operations;
 mod publish;
 mod receiver;
+mod secrets;
 mod service;
 mod subscribe;
 mod webhook;
@@ -41,10 +43,13 @@ impl TestServer {
         let mut config = Config {
             data_dir: dir.path().join("data"),
             sled_cache_bytes: 8 * 1024 * 1024,
-            // Receivers are local http:// servers.
+            // Receivers are local http:// servers, on loopback, which the
+            // SSRF guard blocks unless allowed (tests/it/egress.rs turns
+            // this off).
             allow_http: true,
             // Tests run many brokers at once; the metrics test binds its own.
             metrics_listen: None,
+            allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
             ..Config::default()
         };
         tweak(&mut config);

@@ -28,7 +28,7 @@ use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http::{header::HeaderName, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -61,7 +61,17 @@ pub enum Behavior {
     /// sees the connection closed before a response; on h2 the stream is
     /// reset.
     Reset,
+    /// A response cut short: this status line and headers with a
+    /// `content-length` [`HALF_WRITTEN_MISSING`] bytes longer than the body
+    /// part given, then that part, then the connection is closed (HTTP/1.1;
+    /// on h2 the stream is reset after the part). The client has a status
+    /// but its body read fails.
+    HalfWritten(u16, String),
 }
+
+/// How many declared body bytes a [`Behavior::HalfWritten`] response never
+/// sends.
+pub const HALF_WRITTEN_MISSING: usize = 64;
 
 /// One request as the receiver saw it.
 #[derive(Clone)]
@@ -396,7 +406,7 @@ async fn handle(
     shared: Arc<Shared>,
     connection: u64,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ResetConnection> {
+) -> Result<Response<ResponseBody>, ResetConnection> {
     let _in_flight = Gauge::enter(&shared, Gauged::Requests);
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
@@ -427,7 +437,8 @@ async fn handle(
             .pop_front()
             .unwrap_or_else(|| state.default.clone())
     };
-    match behavior {
+    let full = match behavior {
+        Behavior::HalfWritten(s, part) => return Ok(half_written(s, part)),
         Behavior::Status(s) => Ok(response(s, Vec::new(), Bytes::new())),
         Behavior::WithHeaders(s, headers) => Ok(response(s, headers, Bytes::new())),
         Behavior::Delay(d, s) => {
@@ -440,7 +451,38 @@ async fn handle(
             Bytes::from(body),
         )),
         Behavior::Reset => Err(ResetConnection),
-    }
+    };
+    full.map(|r| r.map(Either::Left))
+}
+
+/// A whole response, or the one [`Behavior::HalfWritten`] cuts short.
+type ResponseBody = Either<Full<Bytes>, HalfBody>;
+
+/// The body of a [`Behavior::HalfWritten`] response: its part, a pause (so
+/// hyper flushes the head and the part), then an error, on which hyper
+/// closes the connection without the rest.
+type HalfBody = StreamBody<
+    futures::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, ResetConnection>>,
+>;
+
+fn half_written(status: u16, part: String) -> Response<ResponseBody> {
+    use futures::StreamExt as _;
+    let declared = part.len() + HALF_WRITTEN_MISSING;
+    let frames = futures::stream::iter([Ok(hyper::body::Frame::data(Bytes::from(part)))])
+        .chain(futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(ResetConnection)
+        }))
+        .boxed();
+    let head = response(
+        status,
+        vec![
+            ("content-type", "text/plain; charset=utf-8".to_owned()),
+            ("content-length", declared.to_string()),
+        ],
+        Bytes::new(),
+    );
+    head.map(|_| Either::Right(StreamBody::new(frames)))
 }
 
 fn response(

@@ -163,7 +163,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
     let config = stevedore::config::Config {
         data_dir: dir.path().join("data"),
         allow_http: true,
-        allow_networks: "127.0.0.0/8".parse().unwrap(),
+        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         metrics_listen: None,
         ..Default::default()
     };
@@ -215,24 +215,34 @@ async fn metrics_are_served_in_the_prometheus_format() {
     rx.wait_for(3, Duration::from_secs(10)).await;
 
     let scrape = || async {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
         let resp = client
             .get(format!("http://{metrics_addr}/metrics").parse().unwrap())
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = scrape().await;
-        let delivered = format!("stevedore_deliveries_total{{endpoint=\"{}\",outcome=\"delivered\"}} 3", ep.id);
+        let delivered = format!(
+            "stevedore_deliveries_total{{endpoint=\"{}\",outcome=\"delivered\"}} 3",
+            ep.id
+        );
         if text.contains(&delivered) {
             break text;
         }
-        assert!(std::time::Instant::now() < deadline, "no delivered count in:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivered count in:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for want in [

@@ -19,7 +19,7 @@ use crate::{
     TestServer,
 };
 
-fn ms(n: u64) -> PbDuration {
+pub(crate) fn ms(n: u64) -> PbDuration {
     PbDuration {
         seconds: (n / 1000) as i64,
         nanos: ((n % 1000) * 1_000_000) as i32,
@@ -28,7 +28,7 @@ fn ms(n: u64) -> PbDuration {
 
 /// An endpoint to `url` with a fast test schedule (attempts at 0, 100 ms,
 /// 100 ms) unless the test changes it.
-fn endpoint(url: &str) -> Endpoint {
+pub(crate) fn endpoint(url: &str) -> Endpoint {
     Endpoint {
         url: url.into(),
         description: "test".into(),
@@ -37,7 +37,7 @@ fn endpoint(url: &str) -> Endpoint {
     }
 }
 
-async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> (Endpoint, String) {
+pub(crate) async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> (Endpoint, String) {
     let r = admin
         .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
         .await
@@ -64,7 +64,7 @@ async fn deliveries(
 }
 
 /// Polls ListDeliveries until `n` deliveries are in `state`.
-async fn wait_state(
+pub(crate) async fn wait_state(
     admin: &mut AdminClient<Channel>,
     id: &str,
     state: DeliveryState,
@@ -84,7 +84,11 @@ async fn wait_state(
     }
 }
 
-async fn attempts(admin: &mut AdminClient<Channel>, id: &str, offset: u64) -> Vec<pb::Attempt> {
+pub(crate) async fn attempts(
+    admin: &mut AdminClient<Channel>,
+    id: &str,
+    offset: u64,
+) -> Vec<pb::Attempt> {
     admin
         .list_attempts(ListAttemptsRequest {
             endpoint_id: id.into(),
