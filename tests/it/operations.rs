@@ -567,3 +567,43 @@ async fn pause_and_resume_keep_the_place() {
     );
     rx.expect_no_more_than(4, Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn retention_keeps_the_data_directory_near_its_budget() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server = TestServer::start_with(dir, |c| {
+        c.retention_max_bytes = 2 * 1024 * 1024;
+        c.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut p = server.publisher().await;
+    // ~8 MiB of events, four times the budget.
+    let mut last = 0;
+    for batch in 0..16 {
+        let events = (0..128)
+            .map(|i| {
+                let mut e = pick(&format!("big-{batch}-{i}"), "SO");
+                e.attributes.insert("padding".into(), "x".repeat(1000));
+                e.attributes.insert("padding2".into(), "y".repeat(1000));
+                e.attributes.insert("padding3".into(), "z".repeat(1000));
+                e.attributes.insert("padding4".into(), "w".repeat(1000));
+                e
+            })
+            .collect();
+        last = p
+            .publish_batch(pb::PublishBatchRequest { events })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .last()
+            .unwrap()
+            .offset;
+    }
+    let mut s = server.subscriber().await;
+    until("the oldest events to be removed", async || {
+        s.get_event(pb::GetEventRequest { offset: 1 }).await.is_err().then_some(())
+    })
+    .await;
+    assert!(s.get_event(pb::GetEventRequest { offset: last }).await.is_ok(), "the newest stays");
+}
