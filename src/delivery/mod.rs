@@ -91,7 +91,6 @@ struct Running {
     cancel: CancellationToken,
     handle: JoinHandle<()>,
     keys: SharedKeys,
-    view: Arc<WorkerView>,
 }
 
 /// The endpoints of this broker and their workers.
@@ -101,6 +100,9 @@ pub struct Deliveries {
     config: Arc<Config>,
     /// The SSRF policy every endpoint's client connects under.
     guard: Guard,
+    /// What each running worker shows Admin (kept apart from `workers`, so
+    /// listing never waits for an endpoint change).
+    views: std::sync::Mutex<HashMap<String, Arc<WorkerView>>>,
     /// Endpoint changes hold this while they write and (re)start workers.
     workers: tokio::sync::Mutex<HashMap<String, Running>>,
     control: mpsc::UnboundedSender<Control>,
@@ -132,6 +134,7 @@ impl Deliveries {
             guard: Guard::new(&config.allow_networks),
             config,
             workers: Default::default(),
+            views: Default::default(),
             control,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
@@ -361,6 +364,10 @@ impl Deliveries {
                 .and_then(|t| convert::system_time("failing_since", t).ok()),
             metrics: self.metrics.clone(),
         };
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), view);
         let cancel = self.shutdown.child_token();
         let handle = self.tasks.spawn(worker::run(ctx, cancel.clone()));
         workers.insert(
@@ -369,7 +376,6 @@ impl Deliveries {
                 cancel,
                 handle,
                 keys,
-                view,
             },
         );
         Ok(())
@@ -524,6 +530,7 @@ impl Deliveries {
             }
         }
         self.metrics.dead.remove(id);
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.metrics.deliveries.remove_first(id);
         tracing::info!(endpoint = %id, "endpoint deleted");
         Ok(())
@@ -566,18 +573,11 @@ impl Deliveries {
         let mut out: Vec<pb::Delivery> = Vec::new();
         // Held events not attempted yet have no record: list them as pending.
         let held: HashMap<Offset, worker::HeldView> = self
-            .workers
-            .try_lock()
-            .ok()
-            .and_then(|w| {
-                w.get(id).map(|r| {
-                    r.view
-                        .held
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone()
-                })
-            })
+            .views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default();
         let upper = before.map_or_else(
             || scoped_offset_key(id, u64::MAX),

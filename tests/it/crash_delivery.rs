@@ -440,7 +440,7 @@ async fn create_endpoint(
 }
 
 /// Every delivery record of an endpoint in `state` (all pages).
-async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     admin: &mut AdminClient<Channel>,
     endpoint_id: &str,
     state: DeliveryState,
