@@ -22,6 +22,9 @@ pub enum Error {
     /// The request conflicts with existing state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A configured limit was reached; the message names the config key.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The broker is shutting down and takes no new work.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -55,6 +58,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             Error::ShuttingDown => Status::unavailable(err.to_string()),
             Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %err, "internal error");

@@ -22,11 +22,14 @@
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`api`] — one file per gRPC service.
+//! - [`auth`] — bearer tokens and roles: one interceptor per service.
+//! - [`tls`] — the gRPC listener's rustls configuration.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod convert;
@@ -35,18 +38,20 @@ pub mod error;
 pub mod model;
 pub mod pb;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
     api::{AdminService, PublisherService, Shared, SubscriberService},
+    auth::{Auth, Role},
     config::Config,
     consumer::Consumers,
     delivery::Deliveries,
@@ -65,6 +70,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    // Checked here too, not only at config load: `run` may be handed any
+    // listener.
+    config.check_listen(addr)?;
+    let auth = Auth::new(&config.tokens);
+    let tls = tls::server_config(&config)?;
+    if !auth.enabled() {
+        tracing::warn!(%addr, "authentication is off: no tokens configured; serving loopback only");
+    } else if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "TLS is off: bearer tokens cross the network in plaintext unless a proxy \
+             terminates TLS in front of the broker (set tls_cert and tls_key)"
+        );
+    }
+
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.sled_cache_bytes,
@@ -80,6 +101,7 @@ pub async fn run(
         config: Arc::new(config.clone()),
         shutdown: token.clone(),
         tasks: tasks.clone(),
+        streams: Arc::new(Semaphore::new(config.max_streams)),
     };
 
     let deliveries = Deliveries::start(
@@ -118,8 +140,7 @@ pub async fn run(
     let admin = AdminServer::new(AdminService::new(deliveries, shared.store.clone()))
         .max_decoding_message_size(max);
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving gRPC");
+    tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
 
     let stopping = {
         let token = token.clone();
@@ -142,13 +163,23 @@ pub async fn run(
         }
     };
 
-    let served = Server::builder()
+    let mut server = Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_max_header_list_size(config.max_metadata_bytes);
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("config keys `tls_cert`/`tls_key`: not a usable certificate and key")?;
+    }
+    // Health and reflection stay open; each broker service names the role it
+    // needs (admin passes everywhere).
+    let served = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(publisher)
-        .add_service(subscriber)
-        .add_service(admin)
+        .add_service(auth.guard(Role::Publisher, publisher))
+        .add_service(auth.guard(Role::Subscriber, subscriber))
+        .add_service(auth.guard(Role::Admin, admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await;
     // Also on a serve error: stop streams before waiting for them.

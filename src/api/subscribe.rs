@@ -295,13 +295,15 @@ impl Subscriber for SubscriberService {
         }
         let req = request.into_inner();
         let plan = self.plan(&req)?;
+        let slot = self.shared.stream_slot()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
         match plan.durable {
             None => {
-                self.shared
-                    .tasks
-                    .spawn(stream_plain(shared, plan.start, plan.filter, tx));
+                self.shared.tasks.spawn(async move {
+                    let _slot = slot;
+                    stream_plain(shared, plan.start, plan.filter, tx).await
+                });
             }
             Some(d) => {
                 let consumer = self
@@ -315,9 +317,10 @@ impl Subscriber for SubscriberService {
                         },
                     )
                     .await?;
-                self.shared
-                    .tasks
-                    .spawn(stream_durable(shared, consumer, d, tx));
+                self.shared.tasks.spawn(async move {
+                    let _slot = slot;
+                    stream_durable(shared, consumer, d, tx).await
+                });
             }
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -203,7 +203,7 @@ impl Deliveries {
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
         let mut workers = self.workers.lock().await;
         if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "the broker already has max_endpoints ({}) endpoints",
                 self.config.max_endpoints
             )));
