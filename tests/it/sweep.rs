@@ -1,0 +1,1 @@
+//! Bad-input sweep (filled in below).
