@@ -19,8 +19,8 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use keys::{
-    decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key, unix_nanos,
-    ConsumerRecord,
+    decode_event, decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key,
+    unix_nanos, ConsumerRecord,
 };
 
 use crate::{

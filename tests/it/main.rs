@@ -3,6 +3,7 @@
 mod auth;
 mod crash;
 mod fuzz;
+mod hostile;
 mod publish;
 mod receiver;
 mod service;
