@@ -10,6 +10,7 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::auth::{self, Token};
 use crate::delivery::{
     egress::{parse_networks, Cidr},
     sealing::MasterKey,
@@ -98,6 +99,25 @@ pub struct Config {
     /// The master key, from `master_key_file` or `master_key` (meant for
     /// `STEVEDORE_MASTER_KEY`). `None`: secrets are stored unencrypted.
     pub master_key: Option<MasterKey>,
+    /// Bearer tokens (name, role, SHA-256). None: authentication is off and
+    /// the listener must be loopback.
+    pub tokens: Vec<Token>,
+    /// PEM certificate chain for the gRPC listener (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the gRPC listener (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Open Subscribe and PublishStream streams, over all connections.
+    pub max_streams: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: calls in progress on one
+    /// connection.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request metadata
+    /// (headers) accepted.
+    pub max_metadata_bytes: u32,
+    /// Most custom headers on one webhook endpoint.
+    pub max_endpoint_headers: usize,
+    /// Longest custom header value on a webhook endpoint.
+    pub max_endpoint_header_bytes: usize,
 }
 
 /// How log lines are written.
@@ -148,6 +168,14 @@ impl Default for Config {
             retention_interval: Duration::from_secs(60),
             master_key_file: None,
             master_key: None,
+            tokens: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_streams: 1024,
+            max_streams_per_connection: 256,
+            max_metadata_bytes: 16 * 1024,
+            max_endpoint_headers: 32,
+            max_endpoint_header_bytes: 4096,
         }
     }
 }
@@ -191,6 +219,14 @@ pub const KEYS: &[&str] = &[
     "retention_interval",
     "master_key_file",
     "master_key",
+    "tokens",
+    "tls_cert",
+    "tls_key",
+    "max_streams",
+    "max_streams_per_connection",
+    "max_metadata_bytes",
+    "max_endpoint_headers",
+    "max_endpoint_header_bytes",
 ];
 
 impl Config {
@@ -246,6 +282,11 @@ impl Config {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(entries) if key == "tokens" => toml_tokens(entries)?,
+                // Not echoed: it may hold something secret.
+                _ if key == "tokens" => bail!(
+                    "config key `tokens`: expected [[tokens]] tables or a \"name:role:sha256,...\" string"
+                ),
                 other => bail!("config key `{key}`: unsupported value {other}"),
             };
             self.set(&key, &value)?;
@@ -256,7 +297,24 @@ impl Config {
     /// Sets one key from its text form; the error names the key.
     pub fn set(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
         let bad = |e: String| anyhow!("config key `{key}`: {e} (got {value:?})");
+        let path = |value: &str| (!value.is_empty()).then(|| PathBuf::from(value));
         match key {
+            // Its errors never repeat the value: it could be a pasted token.
+            "tokens" => {
+                self.tokens =
+                    auth::parse_tokens(value).map_err(|e| anyhow!("config key `tokens`: {e}"))?
+            }
+            "tls_cert" => self.tls_cert = path(value),
+            "tls_key" => self.tls_key = path(value),
+            "max_streams" => self.max_streams = parse_num(value).map_err(bad)?,
+            "max_streams_per_connection" => {
+                self.max_streams_per_connection = parse_num(value).map_err(bad)?
+            }
+            "max_metadata_bytes" => self.max_metadata_bytes = parse_num(value).map_err(bad)?,
+            "max_endpoint_headers" => self.max_endpoint_headers = parse_num(value).map_err(bad)?,
+            "max_endpoint_header_bytes" => {
+                self.max_endpoint_header_bytes = parse_num(value).map_err(bad)?
+            }
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
                 self.metrics_listen = match value {
@@ -466,8 +524,68 @@ impl Config {
             "retry_jitter_percent",
             "must be at most 100",
         )?;
+        check(self.max_streams >= 1, "max_streams", "must be at least 1")?;
+        check(
+            self.max_streams_per_connection >= 1,
+            "max_streams_per_connection",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_metadata_bytes >= 1024,
+            "max_metadata_bytes",
+            "must be at least 1024",
+        )?;
+        check(
+            self.max_endpoint_header_bytes >= 1,
+            "max_endpoint_header_bytes",
+            "must be at least 1",
+        )?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => bail!("config key `tls_key`: required when tls_cert is set"),
+            (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
+            _ => {}
+        }
+        self.check_listen(self.listen)
+    }
+
+    /// Whether the broker may serve on `addr`: without tokens anyone who can
+    /// connect could do anything, so only loopback is allowed. `run` checks
+    /// the listener it is handed again, however it was bound.
+    pub fn check_listen(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if self.tokens.is_empty() && !addr.ip().is_loopback() {
+            bail!(
+                "config key `listen`: {addr} is not a loopback address, and authentication \
+                 is off; configure `tokens` (see `stevedore hash-token`) to listen beyond \
+                 loopback"
+            );
+        }
         Ok(())
     }
+
+    /// Whether TLS is configured for the gRPC listener.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+}
+
+/// `[[tokens]]` tables (`name`, `role`, `sha256`) in the compact form.
+fn toml_tokens(entries: Vec<toml::Value>) -> anyhow::Result<String> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let toml::Value::Table(mut t) = entry else {
+            bail!("config key `tokens[{i}]`: expected a table with name, role and sha256");
+        };
+        let mut field = |f: &str| match t.remove(f) {
+            Some(toml::Value::String(s)) => Ok(s),
+            _ => Err(anyhow!("config key `tokens[{i}].{f}`: required string")),
+        };
+        let line = format!("{}:{}:{}", field("name")?, field("role")?, field("sha256")?);
+        if let Some(extra) = t.keys().next() {
+            bail!("config key `tokens[{i}]`: unknown field `{extra}` (known: name, role, sha256)");
+        }
+        out.push(line);
+    }
+    Ok(out.join(","))
 }
 
 /// The shortest per-attempt webhook timeout.
@@ -656,6 +774,75 @@ mod tests {
     }
 
     #[test]
+    fn tokens_from_toml_and_env() {
+        let hash = |t: &str| crate::auth::to_hex(&crate::auth::hash_token(t.as_bytes()));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"0.0.0.0:50051\"\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"feed\"\nrole = \"publisher\"\nsha256 = \"{}\"\n",
+                hash("a"),
+                hash("b")
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[]), &[]).unwrap();
+        assert_eq!(c.tokens.len(), 2);
+        assert_eq!(c.tokens[1].name, "feed");
+        assert_eq!(c.tokens[1].role, crate::auth::Role::Publisher);
+
+        // The environment replaces the file's list.
+        let c = Config::load(
+            Some(&file),
+            env(&[(
+                "STEVEDORE_TOKENS",
+                &format!("reader:subscriber:{}", hash("c")),
+            )]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.tokens[0].role, crate::auth::Role::Subscriber);
+
+        // Without tokens, a non-loopback listen address is refused.
+        let err = Config::load(Some(&file), env(&[("STEVEDORE_TOKENS", "")]), &[]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("config key `listen`"),
+            "{err:#}"
+        );
+
+        // Errors name the key (and the entry) and never echo the value.
+        std::fs::write(
+            &file,
+            "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"my-secret-token\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{:#}",
+            Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+        );
+        assert!(
+            text.contains("`tokens`") && !text.contains("my-secret"),
+            "{text}"
+        );
+        std::fs::write(&file, "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\n").unwrap();
+        let text = format!(
+            "{:#}",
+            Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+        );
+        assert!(text.contains("`tokens[0].sha256`"), "{text}");
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_TOKENS", "my-secret-token")]), &[]).unwrap_err()
+        );
+        assert!(
+            text.contains("STEVEDORE_TOKENS") && !text.contains("my-secret"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn master_key_from_env_or_file_never_echoed() {
         let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
         let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY", key)]), &[]).unwrap();
@@ -696,6 +883,33 @@ mod tests {
             text.contains("`master_key_file`") && !text.contains("not a key"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn tls_keys_come_in_pairs() {
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_TLS_CERT", "/c.pem")]), &[]).unwrap_err()
+        );
+        assert!(text.contains("config key `tls_key`"), "{text}");
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_TLS_KEY", "/k.pem")]), &[]).unwrap_err()
+        );
+        assert!(text.contains("config key `tls_cert`"), "{text}");
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_TLS_CERT", "/c.pem"),
+                ("STEVEDORE_TLS_KEY", "/k.pem"),
+                ("STEVEDORE_MAX_STREAMS", "5"),
+                ("STEVEDORE_MAX_STREAMS_PER_CONNECTION", "7"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert!(c.tls_enabled());
+        assert_eq!((c.max_streams, c.max_streams_per_connection), (5, 7));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum Error {
     /// The request conflicts with existing state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A configured limit was reached; the message names the config key.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The broker is shutting down and takes no new work.
     #[error("the broker is shutting down")]
     ShuttingDown,
@@ -53,17 +56,72 @@ impl Error {
 /// Crate-wide result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Longest field path a status message repeats.
+const MAX_FIELD_IN_STATUS: usize = 256;
+/// Longest status message.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with `…`.
+///
+/// Messages repeat client input (a field path with a map key, a rejected
+/// name) and travel in the `grpc-message` header: unbounded, a 70 KB
+/// consumer name made a response header block that clients refuse
+/// (hyper/h2 drop the whole connection), so the caller never saw a status.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
+        let clip = |m: &str| clip(m, MAX_STATUS_MESSAGE);
         match err {
-            Error::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
-            Error::NotFound(m) => Status::not_found(m),
-            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::InvalidArgument { field, message } => Status::invalid_argument(clip(&format!(
+                "{}: {message}",
+                self::clip(&field, MAX_FIELD_IN_STATUS)
+            ))),
+            Error::NotFound(m) => Status::not_found(clip(&m)),
+            Error::FailedPrecondition(m) => Status::failed_precondition(clip(&m)),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(clip(&m)),
             Error::ShuttingDown => Status::unavailable(err.to_string()),
             Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::MasterKey(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_bounded() {
+        let name = "é".repeat(50_000);
+        let status = Status::from(Error::invalid(
+            format!("attributes[{name:?}]"),
+            format!("{name:?} is not allowed"),
+        ));
+        assert!(
+            status.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("attributes[\"é"));
+        assert!(
+            status.message().contains("…: \""),
+            "the explanation follows the clipped field"
+        );
+        let status = Status::from(Error::NotFound("x".repeat(5000)));
+        assert_eq!(status.message().len(), MAX_STATUS_MESSAGE);
+        let short = Status::from(Error::invalid("event.id", "required"));
+        assert_eq!(short.message(), "event.id: required");
     }
 }

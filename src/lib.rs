@@ -26,11 +26,14 @@
 //! - [`retention`] — removes old events; expires what was never delivered.
 //! - [`metrics`] — Prometheus counters, histograms and scrape-time gauges.
 //! - [`api`] — one file per gRPC service.
+//! - [`auth`] — bearer tokens and roles: one interceptor per service.
+//! - [`tls`] — the gRPC listener's rustls configuration.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod consumer;
 pub mod convert;
@@ -42,18 +45,20 @@ pub mod model;
 pub mod pb;
 pub mod retention;
 pub mod store;
+pub mod tls;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
     api::{AdminService, PublisherService, Shared, SubscriberService},
+    auth::{Auth, Role},
     config::Config,
     consumer::Consumers,
     delivery::Deliveries,
@@ -94,6 +99,22 @@ pub async fn run_with_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    let addr = listener.local_addr()?;
+    // Checked here too, not only at config load: `run` may be handed any
+    // listener.
+    config.check_listen(addr)?;
+    let auth = Auth::new(&config.tokens);
+    let tls = tls::server_config(&config)?;
+    if !auth.enabled() {
+        tracing::warn!(%addr, "authentication is off: no tokens configured; serving loopback only");
+    } else if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "TLS is off: bearer tokens cross the network in plaintext unless a proxy \
+             terminates TLS in front of the broker (set tls_cert and tls_key)"
+        );
+    }
+
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.sled_cache_bytes,
@@ -111,6 +132,7 @@ pub async fn run_with_metrics(
         shutdown: token.clone(),
         tasks: tasks.clone(),
         metrics: metrics.clone(),
+        streams: Arc::new(Semaphore::new(config.max_streams)),
     };
 
     let deliveries = Deliveries::start(
@@ -180,8 +202,7 @@ pub async fn run_with_metrics(
     let admin = AdminServer::new(AdminService::new(deliveries, shared.store.clone()))
         .max_decoding_message_size(max);
 
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving gRPC");
+    tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
 
     let stopping = {
         let token = token.clone();
@@ -204,13 +225,23 @@ pub async fn run_with_metrics(
         }
     };
 
-    let served = Server::builder()
+    let mut server = Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_max_header_list_size(config.max_metadata_bytes);
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("config keys `tls_cert`/`tls_key`: not a usable certificate and key")?;
+    }
+    // Health and reflection stay open; each broker service names the role it
+    // needs (admin passes everywhere).
+    let served = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(publisher)
-        .add_service(subscriber)
-        .add_service(admin)
+        .add_service(auth.guard(Role::Publisher, publisher))
+        .add_service(auth.guard(Role::Subscriber, subscriber))
+        .add_service(auth.guard(Role::Admin, admin))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
         .await;
     // Also on a serve error: stop streams before waiting for them.

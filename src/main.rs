@@ -1,6 +1,10 @@
-//! The `stevedore` binary: `stevedore serve [--config FILE] [--listen ADDR] [--data-dir DIR]`.
+//! The `stevedore` binary: `stevedore serve [--config FILE] [--listen ADDR] [--data-dir DIR]`,
+//! and `stevedore hash-token` (token on stdin → the SHA-256 for `tokens`).
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,15 +38,28 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
+    /// Read a bearer token from stdin and print its SHA-256 (hex), the form
+    /// the `tokens` config key stores.
+    ///
+    /// Example: `head -c 32 /dev/urandom | base64 | tr -d '\n' > ops.token;
+    /// stevedore hash-token < ops.token`.
+    HashToken,
 }
 
+/// Shortest token `hash-token` accepts: the hash is only as strong as the
+/// token's randomness.
+const MIN_TOKEN_BYTES: usize = 16;
+
 fn main() -> anyhow::Result<()> {
-    let Command::Serve {
-        config,
-        listen,
-        data_dir,
-        metrics_listen,
-    } = Cli::parse().command;
+    let (config, listen, data_dir, metrics_listen) = match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            metrics_listen,
+        } => (config, listen, data_dir, metrics_listen),
+        Command::HashToken => return hash_token(),
+    };
     let flags: Vec<(&str, String)> = [
         ("listen", listen),
         ("data_dir", data_dir),
@@ -58,6 +75,27 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve(config))
+}
+
+fn hash_token() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .context("reading the token from stdin")?;
+    // One trailing newline (from echo or a file) is not part of the token.
+    let token = input
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&input);
+    if token.len() < MIN_TOKEN_BYTES || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "a token must be at least {MIN_TOKEN_BYTES} characters without spaces or control \
+             characters (e.g. `head -c 32 /dev/urandom | base64`)"
+        );
+    }
+    let hash = stevedore::auth::to_hex(&stevedore::auth::hash_token(token.as_bytes()));
+    println!("{hash}");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -11,9 +11,10 @@ pub use subscribe::SubscriberService;
 
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, consumer::Consumers, metrics::Metrics, store::Store};
+use crate::{config::Config, consumer::Consumers, error::Error, metrics::Metrics, store::Store};
 
 /// What every service shares.
 #[derive(Clone)]
@@ -30,4 +31,21 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// One permit per open Subscribe or PublishStream stream
+    /// (`max_streams`).
+    pub streams: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// A slot for one long-lived stream, held until the stream's tasks end;
+    /// `RESOURCE_EXHAUSTED` naming `max_streams` when all are taken.
+    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "the broker already serves max_streams ({}) Subscribe and PublishStream \
+                 streams; retry later",
+                self.config.max_streams
+            ))
+        })
+    }
 }

@@ -115,6 +115,7 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let slot = std::sync::Arc::new(self.shared.stream_slot()?);
         let mut requests = request.into_inner();
         let shared = self.shared.clone();
         // Requests are validated and queued to the writer as they arrive;
@@ -125,7 +126,10 @@ impl Publisher for PublisherService {
 
         let reader = {
             let shared = shared.clone();
+            // Both tasks hold the stream's slot: it is free when both end.
+            let slot = slot.clone();
             async move {
+                let _slot = slot;
                 let mut n = 0usize;
                 loop {
                     let req = tokio::select! {
@@ -156,6 +160,7 @@ impl Publisher for PublisherService {
             }
         };
         let sender = async move {
+            let _slot = slot;
             while let Some(item) = pending_rx.recv().await {
                 let out = match item {
                     Err(status) => Err(status),

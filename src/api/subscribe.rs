@@ -313,6 +313,7 @@ impl Subscriber for SubscriberService {
         }
         let req = request.into_inner();
         let plan = self.plan(&req)?;
+        let slot = self.shared.stream_slot()?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
         let open = StreamCount::open(shared.metrics.clone());
@@ -320,6 +321,7 @@ impl Subscriber for SubscriberService {
             None => {
                 self.shared.tasks.spawn(async move {
                     let _open = open;
+                    let _slot = slot;
                     stream_plain(shared, plan.start, plan.filter, tx).await
                 });
             }
@@ -337,6 +339,7 @@ impl Subscriber for SubscriberService {
                     .await?;
                 self.shared.tasks.spawn(async move {
                     let _open = open;
+                    let _slot = slot;
                     stream_durable(shared, consumer, d, tx).await
                 });
             }

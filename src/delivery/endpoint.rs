@@ -92,8 +92,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-signature",
     "x-jasci-event",
 ];
-const MAX_HEADERS: usize = 32;
-const MAX_HEADER_VALUE_BYTES: usize = 4096;
 const MAX_URL_BYTES: usize = 2048;
 const MAX_DESCRIPTION_BYTES: usize = 1024;
 const MAX_FILTERS: usize = 32;
@@ -142,10 +140,13 @@ impl EndpointSpec {
                 .collect::<BTreeMap<_, _>>(),
         )
         .excluding_reserved();
-        if e.headers.len() > MAX_HEADERS {
+        if e.headers.len() > config.max_endpoint_headers {
             return Err(Error::invalid(
                 f("headers"),
-                format!("at most {MAX_HEADERS} headers"),
+                format!(
+                    "at most max_endpoint_headers ({}) headers",
+                    config.max_endpoint_headers
+                ),
             ));
         }
         let mut headers = Vec::with_capacity(e.headers.len());
@@ -159,10 +160,13 @@ impl EndpointSpec {
                     "is set by the broker and cannot be overridden",
                 ));
             }
-            if v.len() > MAX_HEADER_VALUE_BYTES {
+            if v.len() > config.max_endpoint_header_bytes {
                 return Err(Error::invalid(
                     &field,
-                    format!("value must be at most {MAX_HEADER_VALUE_BYTES} bytes"),
+                    format!(
+                        "value must be at most max_endpoint_header_bytes ({}) bytes",
+                        config.max_endpoint_header_bytes
+                    ),
                 ));
             }
             // from_str rejects CR, LF and other control characters. The

@@ -387,7 +387,7 @@ impl Deliveries {
         endpoint::check_egress(&spec.url, &self.guard)?;
         let mut workers = self.workers.lock().await;
         if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "the broker already has max_endpoints ({}) endpoints",
                 self.config.max_endpoints
             )));
@@ -530,7 +530,10 @@ impl Deliveries {
             }
         }
         self.metrics.dead.remove(id);
-        self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.metrics.deliveries.remove_first(id);
         tracing::info!(endpoint = %id, "endpoint deleted");
         Ok(())

@@ -19,8 +19,8 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use keys::{
-    decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key, unix_nanos,
-    ConsumerRecord,
+    decode_event, decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key,
+    unix_nanos, ConsumerRecord,
 };
 
 use crate::{
@@ -76,6 +76,7 @@ impl Store {
     /// Opens (or creates) the database and starts the writer.
     pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
         std::fs::create_dir_all(&config.path)?;
+        remove_unfinished_snapshots(&config.path)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_bytes)
@@ -285,6 +286,30 @@ impl Store {
     }
 }
 
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and
+/// renames it to `snap.<lsn>`. A crash before the rename leaves the
+/// `.generating` file behind, and sled's recovery then picks it (its name
+/// sorts last), finds it empty or torn, and refuses to open the database
+/// (sled issues #1527, #1533). Such a file is unfinished by construction;
+/// the previous snapshot and the log hold everything, so it is removed.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
+    let mut removed = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path())?;
+            tracing::warn!(file = %name, "removed an unfinished sled snapshot left by a crash");
+            removed = true;
+        }
+    }
+    if removed {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// A group commit applies the events batch before the id batch, so after a
 /// crash the id index can lack the ids of the last group (never the
 /// reverse). Re-index from the end of the log until an indexed event.
@@ -386,4 +411,57 @@ impl Tables {
 /// The sled data file, fsync'd after every group commit.
 fn data_file(path: &Path) -> PathBuf {
     path.join("db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: &Path) -> StoreConfig {
+        StoreConfig {
+            path: path.to_owned(),
+            cache_bytes: 1 << 20,
+            max_group: 16,
+            metrics: Default::default(),
+        }
+    }
+
+    /// The data directory a SIGKILL during a sled snapshot leaves behind
+    /// (seen in this project's crash tests) must open, with its events.
+    #[tokio::test]
+    async fn opens_after_a_crash_during_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, writer) = Store::open(&config(dir.path())).unwrap();
+            let event = crate::convert::validate_event(
+                crate::pb::Event {
+                    id: "kept".into(),
+                    payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
+                        r#type: "a.b".into(),
+                        data: None,
+                    })),
+                    ..Default::default()
+                },
+                "event",
+                SystemTime::now(),
+                crate::convert::EventLimits {
+                    max_event_bytes: 4096,
+                },
+            )
+            .unwrap();
+            store.append(vec![event]).await.unwrap();
+            drop(store);
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(store.get(1).unwrap().unwrap().event.id, "kept");
+        assert!(!dir.path().join("snap.00000000FFFFFFFF.generating").exists());
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap();
+    }
 }

@@ -293,7 +293,10 @@ const NANOS_PER_SECOND: i32 = 1_000_000_000;
 /// sub-second digits when it has them (`2026-02-04T14:32:15.123Z`).
 pub fn iso8601(ts: &Timestamp) -> String {
     // Normalise out-of-range nanos (validation rejects them; be total anyway).
-    let seconds = ts.seconds + i64::from(ts.nanos.div_euclid(NANOS_PER_SECOND));
+    // Saturating: `seconds` near i64::MAX would overflow (found by fuzzing).
+    let seconds = ts
+        .seconds
+        .saturating_add(i64::from(ts.nanos.div_euclid(NANOS_PER_SECOND)));
     let nanos = ts.nanos.rem_euclid(NANOS_PER_SECOND);
 
     let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));

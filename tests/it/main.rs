@@ -1,19 +1,28 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod auth;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod fuzz;
+mod hostile;
 mod operations;
 mod publish;
 mod receiver;
 mod secrets;
 mod service;
 mod subscribe;
+mod sweep;
 mod webhook;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use stevedore::{
+    auth::{hash_token, Role, Token},
     config::Config,
     pb::{
         self, admin_client::AdminClient, event::Payload, publisher_client::PublisherClient,
@@ -21,7 +30,11 @@ use stevedore::{
     },
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 /// A broker running in this process.
 pub struct TestServer {
@@ -36,6 +49,22 @@ impl TestServer {
     /// A broker on a fresh data directory with test-friendly defaults.
     pub async fn start() -> Self {
         Self::start_with(Arc::new(tempfile::tempdir().unwrap()), |_| {}).await
+    }
+
+    /// A broker on a fresh data directory that requires `tokens`, and
+    /// serves TLS with a fresh self-signed certificate if `tls`.
+    pub async fn start_secure(tokens: &[(&str, Role, &str)], tls: bool) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let cert = tls.then(|| self_signed(dir.path()));
+        let tokens = test_tokens(tokens);
+        Self::start_with(dir, move |c| {
+            c.tokens = tokens;
+            if let Some((cert, key)) = cert {
+                c.tls_cert = Some(cert);
+                c.tls_key = Some(key);
+            }
+        })
+        .await
     }
 
     /// A broker on `dir`, with `tweak` applied to its config.
@@ -95,12 +124,37 @@ impl TestServer {
         Self::start_with(dir, |c| *c = config).await
     }
 
+    /// A connection to the server: TLS trusting the server's certificate
+    /// when it has one, else plaintext.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        let endpoint = match &self.config.tls_cert {
+            None => Channel::from_shared(format!("http://{}", self.addr)).unwrap(),
+            // `domain_name` names the certificate; the address is the bound one.
+            Some(cert) => Channel::from_shared(format!("https://{}", self.addr))
+                .unwrap()
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(std::fs::read(cert).unwrap()))
+                        .domain_name("localhost"),
+                )
+                .unwrap(),
+        };
+        endpoint.connect().await.unwrap()
+    }
+
+    /// A Publisher client that sends `token` (none: no credentials).
+    pub async fn publisher_as(&self, token: Option<&str>) -> PublisherClient<Authed> {
+        PublisherClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    /// A Subscriber client that sends `token`.
+    pub async fn subscriber_as(&self, token: Option<&str>) -> SubscriberClient<Authed> {
+        SubscriberClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    /// An Admin client that sends `token`.
+    pub async fn admin_as(&self, token: Option<&str>) -> AdminClient<Authed> {
+        AdminClient::with_interceptor(self.channel().await, Bearer::new(token))
     }
 
     pub async fn publisher(&self) -> PublisherClient<Channel> {
@@ -122,6 +176,51 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// A channel whose calls carry a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing if `None`).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Self {
+        Self(token.map(|t| format!("Bearer {t}").parse().unwrap()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Config tokens for `(name, role, token)` triples.
+pub fn test_tokens(tokens: &[(&str, Role, &str)]) -> Vec<Token> {
+    tokens
+        .iter()
+        .map(|(name, role, token)| Token {
+            name: name.to_string(),
+            role: *role,
+            sha256: hash_token(token.as_bytes()),
+        })
+        .collect()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written to
+/// `dir` as `cert.pem` and `key.pem`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 /// A pick confirmation with the given id (empty: broker-assigned).
