@@ -602,8 +602,16 @@ async fn retention_keeps_the_data_directory_near_its_budget() {
     }
     let mut s = server.subscriber().await;
     until("the oldest events to be removed", async || {
-        s.get_event(pb::GetEventRequest { offset: 1 }).await.is_err().then_some(())
+        s.get_event(pb::GetEventRequest { offset: 1 })
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
-    assert!(s.get_event(pb::GetEventRequest { offset: last }).await.is_ok(), "the newest stays");
+    assert!(
+        s.get_event(pb::GetEventRequest { offset: last })
+            .await
+            .is_ok(),
+        "the newest stays"
+    );
 }
