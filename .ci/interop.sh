@@ -131,7 +131,7 @@ fi
 echo "==> starting $BIN"
 # allow_http: the webhook receiver below is plain http:// on 127.0.0.1;
 # allow_networks: which the SSRF guard blocks unless loopback is exempted.
-STEVEDORE_ALLOW_HTTP=true STEVEDORE_ALLOW_NETWORKS=127.0.0.0/8 STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
+STEVEDORE_ALLOW_HTTP=true STEVEDORE_ALLOW_NETWORKS=127.0.0.0/8 STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
   >"$tmpdir/server.out" 2>"$tmpdir/server.err" </dev/null &
 server_pid=$!
 
@@ -384,6 +384,28 @@ check "admin: ListEndpoints does not show the secret" t_list_endpoints
 check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
 check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
 check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
+t_metrics() {
+  local maddr
+  maddr=$(sed -n 's/^stevedore metrics on \([^[:space:]]*\)[[:space:]]*$/\1/p' "$tmpdir/server.out" | head -n 1)
+  [ -n "$maddr" ] || { echo "no 'stevedore metrics on ADDR' line"; return 1; }
+  "$PY" - "$maddr" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+want = [
+    'stevedore_events_published_total{type="pick.confirmed"}',
+    'outcome="delivered"',
+    "stevedore_delivery_latency_seconds_count",
+    "stevedore_group_commit_size_bucket",
+    "stevedore_log_events",
+]
+missing = [w for w in want if w not in text]
+if missing:
+    print("missing:", missing)
+    print(text)
+    sys.exit(1)
+PY
+}
+check "metrics: Prometheus text with publish and delivery figures" t_metrics
 check "server still running" t_server_alive
 
 # ---------------------------------------------------------------- auth
@@ -399,7 +421,7 @@ t_auth_start() {
   sub=$(printf '%s\n' "$SUB_TOKEN" | "$BIN" hash-token)
   [ "${#pub}" -eq 64 ] && [ "${#sub}" -eq 64 ]
   STEVEDORE_TOKENS="feed:publisher:$pub,dashboard:subscriber:$sub" \
-    "$BIN" serve --listen 127.0.0.1:0 --data-dir "$tmpdir/auth-data" \
+    "$BIN" serve --listen 127.0.0.1:0 --metrics-listen off --data-dir "$tmpdir/auth-data" \
     >"$tmpdir/auth.out" 2>"$tmpdir/auth.err" </dev/null &
   echo $! >"$tmpdir/auth.pid"
   for _ in $(seq 300); do
@@ -455,7 +477,7 @@ t_auth_open() {
 
 t_auth_off_refuses_wildcard() {
   # Bounded: were the check broken, the broker would serve until killed.
-  if timeout 10 "$BIN" serve --listen 0.0.0.0:0 --data-dir "$tmpdir/open-data" \
+  if timeout 10 "$BIN" serve --listen 0.0.0.0:0 --metrics-listen off --data-dir "$tmpdir/open-data" \
     >/dev/null 2>"$tmpdir/open.err" </dev/null; then
     echo "served on 0.0.0.0 without tokens"
     return 1

@@ -363,6 +363,7 @@ impl Deliveries {
                 .as_ref()
                 .and_then(|t| convert::system_time("failing_since", t).ok()),
             metrics: self.metrics.clone(),
+            broker_shutdown: self.shutdown.clone(),
         };
         self.views
             .lock()

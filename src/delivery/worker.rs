@@ -102,6 +102,9 @@ pub struct WorkerContext {
     pub failing_since: Option<SystemTime>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the whole broker shuts down (the worker's own token
+    /// is also cancelled by endpoint changes).
+    pub broker_shutdown: CancellationToken,
 }
 
 impl WorkerContext {
@@ -132,8 +135,9 @@ struct Finished {
     record: pb::Delivery,
 }
 
-/// Runs until `cancel`; in-flight attempts are aborted then (they will be
-/// sent again, with the same `webhook-id`).
+/// Runs until `cancel`. In-flight attempts are then aborted (they will be
+/// sent again, with the same `webhook-id`) — on broker shutdown only after
+/// up to half the shutdown timeout for them to finish.
 pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
@@ -179,6 +183,13 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
             r = changed.changed() => if r.is_err() { break },
             _ = sleep => {}
         }
+    }
+    if ctx.broker_shutdown.is_cancelled() {
+        // The broker is stopping: let attempts already on the wire finish
+        // (and be recorded) for a while, so a clean restart does not send
+        // them again. An endpoint change aborts them at once instead.
+        let drain = async { while w.attempts.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(ctx.config.shutdown_timeout / 2, drain).await;
     }
     w.attempts.abort_all();
     while w.attempts.join_next().await.is_some() {}

@@ -255,6 +255,7 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
     let mut config = Config {
         data_dir: dir.path().join("data"),
         sled_cache_bytes: 8 * 1024 * 1024,
+        metrics_listen: None,
         ..Config::default()
     };
     tweak(&mut config);
