@@ -242,12 +242,30 @@ pub async fn run_with_metrics(
         .add_service(auth.guard(Role::Publisher, publisher))
         .add_service(auth.guard(Role::Subscriber, subscriber))
         .add_service(auth.guard(Role::Admin, admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+    // Graceful shutdown waits for every open call. The broker's own streams
+    // end when `token` is cancelled, but a client's health Watch (or a
+    // reflection stream) never ends by itself: after a short grace the
+    // remaining connections are dropped.
+    let straggler_grace = (config.shutdown_timeout / 4).min(std::time::Duration::from_secs(2));
+    tokio::pin!(served);
+    let served = tokio::select! {
+        r = &mut served => r,
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(straggler_grace).await;
+        } => {
+            tracing::info!("closing connections still open after the shutdown grace");
+            Ok(())
+        }
+    };
     // Also on a serve error: stop streams before waiting for them.
     token.cancel();
     tasks.close();
     tasks.wait().await;
+    // Connections dropped after the grace may still hold handles: close the
+    // store explicitly rather than waiting for the last handle to go.
+    shared.store.close();
     drop(shared);
     // Every Store handle is gone: the writer commits what is queued, closes
     // sled and exits.

@@ -54,7 +54,9 @@ struct Inner {
     events: sled::Tree,
     event_ids: sled::Tree,
     tables: Tables,
-    ops: mpsc::Sender<Op>,
+    /// Taken by [`Store::close`]: once every sender is gone the writer
+    /// drains its queue and exits, even if stray handles outlive shutdown.
+    ops: std::sync::Mutex<Option<mpsc::Sender<Op>>>,
     head: watch::Receiver<Offset>,
 }
 
@@ -127,7 +129,7 @@ impl Store {
                     events,
                     event_ids,
                     tables,
-                    ops: ops_tx,
+                    ops: std::sync::Mutex::new(Some(ops_tx)),
                     head: head_rx,
                 }),
             },
@@ -143,8 +145,7 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .ops
+        self.sender()?
             .send(Op::Append { events, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -164,8 +165,7 @@ impl Store {
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .ops
+        self.sender()?
             .send(Op::Write { mutations, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -186,8 +186,7 @@ impl Store {
         let mut total = 0;
         loop {
             let (reply, rx) = oneshot::channel();
-            self.inner
-                .ops
+            self.sender()?
                 .send(Op::Truncate {
                     before,
                     limit: CHUNK,
@@ -206,6 +205,25 @@ impl Store {
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.inner.db.size_on_disk()?)
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Op>> {
+        self.inner
+            .ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Stops taking writes: queued ones are still committed, later ones fail
+    /// with `ShuttingDown`, and the writer exits once the queue is empty.
+    pub fn close(&self) {
+        self.inner
+            .ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Read access to a state table. Writes go through [`Store::write`].

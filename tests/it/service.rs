@@ -262,3 +262,26 @@ async fn metrics_are_served_in_the_prometheus_format() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_starts() {
+    let server = TestServer::start().await;
+    let mut h = HealthClient::new(server.channel().await);
+    let mut watch = h
+        .watch(HealthCheckRequest {
+            service: "stevedore.v1.Publisher".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopping = tokio::spawn(server.stop());
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status change in time");
+    // The watcher sees NOT_SERVING before its stream ends with the server.
+    let status = next.unwrap().expect("a status before the stream ends");
+    assert_eq!(status.status(), ServingStatus::NotServing);
+    stopping.await.unwrap();
+}
