@@ -106,6 +106,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the gRPC listener (with `tls_cert`).
     pub tls_key: Option<PathBuf>,
+    /// PEM certificates trusted for HTTPS webhook receivers, besides the
+    /// Mozilla roots (receivers behind a private CA).
+    pub webhook_ca_file: Option<PathBuf>,
     /// Open Subscribe and PublishStream streams, over all connections.
     pub max_streams: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: calls in progress on one
@@ -171,6 +174,7 @@ impl Default for Config {
             tokens: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            webhook_ca_file: None,
             max_streams: 1024,
             max_streams_per_connection: 256,
             max_metadata_bytes: 16 * 1024,
@@ -222,6 +226,7 @@ pub const KEYS: &[&str] = &[
     "tokens",
     "tls_cert",
     "tls_key",
+    "webhook_ca_file",
     "max_streams",
     "max_streams_per_connection",
     "max_metadata_bytes",
@@ -306,6 +311,7 @@ impl Config {
             }
             "tls_cert" => self.tls_cert = path(value),
             "tls_key" => self.tls_key = path(value),
+            "webhook_ca_file" => self.webhook_ca_file = path(value),
             "max_streams" => self.max_streams = parse_num(value).map_err(bad)?,
             "max_streams_per_connection" => {
                 self.max_streams_per_connection = parse_num(value).map_err(bad)?

@@ -142,6 +142,7 @@ pub async fn run_with_metrics(
         tasks.clone(),
         token.clone(),
         metrics.clone(),
+        Arc::new(tls::webhook_client_config(&config)?),
     )
     .await
     .context("starting webhook delivery")?;

@@ -50,3 +50,39 @@ fn contains_pem(pem: &[u8], label: &str) -> bool {
         .lines()
         .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")))
 }
+
+/// The TLS settings webhook deliveries use: the Mozilla roots, plus the
+/// certificates in `webhook_ca_file` (for receivers behind a private CA).
+pub fn webhook_client_config(config: &Config) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &config.webhook_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("config key `webhook_ca_file`: reading {}", path.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| {
+                anyhow::anyhow!("config key `webhook_ca_file`: {}: {e}", path.display())
+            })?;
+            roots.add(cert).map_err(|e| {
+                anyhow::anyhow!("config key `webhook_ca_file`: {}: {e}", path.display())
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            anyhow::bail!(
+                "config key `webhook_ca_file`: {} holds no PEM certificate",
+                path.display()
+            );
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

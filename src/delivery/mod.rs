@@ -100,6 +100,8 @@ pub struct Deliveries {
     config: Arc<Config>,
     /// The SSRF policy every endpoint's client connects under.
     guard: Guard,
+    /// TLS settings for HTTPS receivers (roots, ALPN set per client).
+    tls: Arc<rustls::ClientConfig>,
     /// What each running worker shows Admin (kept apart from `workers`, so
     /// listing never waits for an endpoint change).
     views: std::sync::Mutex<HashMap<String, Arc<WorkerView>>>,
@@ -126,12 +128,14 @@ impl Deliveries {
         tasks: TaskTracker,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<Arc<Self>> {
         let (control, mut control_rx) = mpsc::unbounded_channel();
         let this = Arc::new(Self {
             store,
             consumers,
             guard: Guard::new(&config.allow_networks),
+            tls,
             config,
             workers: Default::default(),
             views: Default::default(),
@@ -345,7 +349,7 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone());
+        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone(), &self.tls);
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -731,7 +735,7 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone());
+        let client = stack::http_client(1, self.guard.clone(), &self.tls);
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;

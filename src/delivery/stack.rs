@@ -53,14 +53,14 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Ful
 
 /// A client whose pool keeps up to `max_idle` connections per host and
 /// whose every new connection passes `guard`.
-pub fn http_client(max_idle: usize, guard: Guard) -> HttpClient {
+pub fn http_client(max_idle: usize, guard: Guard, tls: &rustls::ClientConfig) -> HttpClient {
     let http = GuardedConnector::new(guard, |http| {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()

@@ -886,3 +886,123 @@ async fn strict_ordering_is_one_at_a_time_and_none_is_parallel() {
     unordered.wait_for(10, Duration::from_secs(10)).await;
     assert!(unordered.max_concurrent_requests() > 1);
 }
+
+/// An HTTPS receiver (h2 and http/1.1 by ALPN) that records each request's
+/// HTTP version, headers and body, and answers 200.
+async fn https_receiver(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(http::Version, http::HeaderMap, bytes::Bytes)>,
+) {
+    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let version = req.version();
+                            let (parts, body) = req.into_parts();
+                            let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
+                            let _ = tx.send((version, parts.headers, body));
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn delivers_over_https_with_http2_to_a_private_ca() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let (cert, key) = crate::self_signed(dir.path());
+    let (port, mut received) = https_receiver(&cert, &key).await;
+    let ca = cert.clone();
+    let server = TestServer::start_with(dir, move |c| {
+        c.allow_http = false;
+        c.webhook_ca_file = Some(ca);
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let (_, secret) = create(
+        &mut admin,
+        endpoint(&format!("https://localhost:{port}/hook")),
+    )
+    .await;
+    publish(&mut server.publisher().await, pick("tls-1", "SO-1")).await;
+    let (version, headers, body) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("delivered over HTTPS")
+        .unwrap();
+    assert_eq!(version, http::Version::HTTP_2, "ALPN negotiated h2");
+    assert_eq!(headers["webhook-id"], "tls-1");
+    let recorded = crate::receiver::Recorded {
+        method: http::Method::POST,
+        path: "/hook".into(),
+        headers,
+        body,
+        received_at: Instant::now(),
+        version,
+        connection: 1,
+    };
+    verify_signature(&secret, &recorded).unwrap();
+}
+
+#[tokio::test]
+async fn an_untrusted_https_receiver_is_not_delivered_to() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let (cert, key) = crate::self_signed(dir.path());
+    let (port, mut received) = https_receiver(&cert, &key).await;
+    // No webhook_ca_file: the self-signed certificate is not trusted.
+    let server = TestServer::start_with(dir, |c| c.allow_http = false).await;
+    let mut admin = server.admin().await;
+    let (ep, _) = create(
+        &mut admin,
+        endpoint(&format!("https://localhost:{port}/hook")),
+    )
+    .await;
+    let offset = publish(&mut server.publisher().await, pick("tls-2", "SO-2")).await;
+    let dead = wait_state(&mut admin, &ep.id, DeliveryState::Dead, 1).await;
+    assert!(
+        dead[0].last_error.to_lowercase().contains("certificate"),
+        "{:?}",
+        dead[0]
+    );
+    assert!(received.try_recv().is_err());
+    assert_eq!(attempts(&mut admin, &ep.id, offset).await.len(), 3);
+}
