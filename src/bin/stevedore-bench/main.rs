@@ -67,6 +67,7 @@ const SCENARIOS: &[(&str, &str)] = &[
         "restart",
         "restart with 1 M events and 100 k pending deliveries",
     ),
+    ("memprobe", "temp"),
 ];
 
 #[derive(Parser)]
@@ -89,6 +90,10 @@ struct Args {
     /// Update the scenarios' sections of this file (default BENCHMARKS.md).
     #[arg(long, num_args = 0..=1, default_missing_value = "BENCHMARKS.md")]
     write: Option<PathBuf>,
+    /// Keep the large data directory of `memory` and `restart` here, and
+    /// reuse it if it is already there (it takes a minute or two to build).
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
     /// Internal: serve a broker on this data directory until stdin closes.
     #[arg(long, hide = true)]
     data_dir: Option<PathBuf>,
@@ -106,6 +111,7 @@ fn scenario_help() -> String {
 pub struct Ctx {
     pub quick: bool,
     runs: Option<usize>,
+    dataset_dir: Option<PathBuf>,
     dataset: OnceCell<scale::Dataset>,
     started: Instant,
 }
@@ -160,6 +166,7 @@ async fn main() -> Result<()> {
     let ctx = Ctx {
         quick,
         runs: args.runs,
+        dataset_dir: args.dataset_dir.clone(),
         dataset: OnceCell::new(),
         started: Instant::now(),
     };
@@ -182,6 +189,7 @@ async fn main() -> Result<()> {
             "catchup" => scale::catchup(&ctx).await,
             "memory" => scale::memory(&ctx).await,
             "restart" => scale::restart(&ctx).await,
+            "memprobe" => scale::memprobe(&ctx).await,
             _ => unreachable!("names are checked above"),
         };
         match result {
