@@ -45,9 +45,8 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tonic::transport::{server::TcpIncoming, Server};
 
 use crate::{
     api::{AdminService, PublisherService, Shared, SubscriberService},
@@ -159,7 +158,13 @@ pub async fn run(
         .add_service(publisher)
         .add_service(subscriber)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        // `serve_with_incoming` ignores the builder's TCP_NODELAY: without
+        // it, small responses waited for delayed ACKs (40 ms p99 in the
+        // benchmark's unary Publish).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        )
         .await;
     // Also on a serve error: stop streams before waiting for them.
     token.cancel();

@@ -26,8 +26,11 @@ use stevedore::pb::{
     PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
 };
 use tokio::net::TcpListener;
-use tokio_stream::{wrappers::TcpListenerStream, Stream};
-use tonic::{transport::Channel, Request, Response, Status, Streaming};
+use tokio_stream::Stream;
+use tonic::{
+    transport::{server::TcpIncoming, Channel},
+    Request, Response, Status, Streaming,
+};
 
 use crate::{
     harness::{self, event, Broker},
@@ -386,9 +389,13 @@ impl NoopServer {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(PublisherServer::new(Noop))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+                // TCP_NODELAY, as the broker and tonic's own `serve` set it.
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         Ok(Self { addr, stop })
     }
