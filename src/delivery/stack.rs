@@ -192,7 +192,6 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Permitted<T> {
     }
 }
 
-
 /// The secrets an endpoint signs with: the current one, and during a
 /// rotation the previous one until it expires.
 #[derive(Debug, Clone)]

@@ -43,6 +43,20 @@ pub struct EventRecord {
     pub published_at_nanos: u64,
 }
 
+/// The [`EventRecord`] bytes of `event`, encoded in place: the same bytes
+/// as `EventRecord { event: Some(event.clone()), .. }.encode_to_vec()`
+/// without copying the event first.
+pub fn encode_event_record(event: &pb::Event, published_at_nanos: u64) -> Vec<u8> {
+    use prost::Message as _;
+    let len = event.encoded_len();
+    let mut buf = Vec::with_capacity(len + 16);
+    prost::encoding::message::encode(1, event, &mut buf);
+    if published_at_nanos != 0 {
+        prost::encoding::uint64::encode(2, &published_at_nanos, &mut buf);
+    }
+    buf
+}
+
 /// Decodes an `events` entry.
 pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
     let offset = decode_offset(key)?;
@@ -179,4 +193,41 @@ pub fn scope(prefix: &str) -> Vec<u8> {
     let mut k = prefix.as_bytes().to_vec();
     k.push(0);
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn event_record_encodes_in_place_as_prost_does() {
+        let event = pb::Event {
+            id: "e-1".into(),
+            ordering_key: "k".into(),
+            payload: Some(pb::event::Payload::OrderStatus(pb::OrderStatusChanged {
+                sales_order_id: "SO-1".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        for published in [0, 1_780_000_000_123_456_789] {
+            let want = EventRecord {
+                event: Some(event.clone()),
+                published_at_nanos: published,
+            }
+            .encode_to_vec();
+            assert_eq!(encode_event_record(&event, published), want);
+        }
+        let empty = pb::Event::default();
+        assert_eq!(
+            encode_event_record(&empty, 0),
+            EventRecord {
+                event: Some(empty.clone()),
+                published_at_nanos: 0
+            }
+            .encode_to_vec()
+        );
+    }
 }
