@@ -67,7 +67,6 @@ const SCENARIOS: &[(&str, &str)] = &[
         "restart",
         "restart with 1 M events and 100 k pending deliveries",
     ),
-    ("memprobe", "temp"),
 ];
 
 #[derive(Parser)]
@@ -189,7 +188,6 @@ async fn main() -> Result<()> {
             "catchup" => scale::catchup(&ctx).await,
             "memory" => scale::memory(&ctx).await,
             "restart" => scale::restart(&ctx).await,
-            "memprobe" => scale::memprobe(&ctx).await,
             _ => unreachable!("names are checked above"),
         };
         match result {

@@ -40,8 +40,9 @@ use crate::{
 
 /// Events per PublishBatch request, and per group of the raw sled loop.
 const BATCH: u64 = 1000;
-/// Concurrent PublishBatch callers.
-const BATCH_CALLERS: usize = 2;
+/// Concurrent PublishBatch callers (2 left the writer idle while the
+/// next batch was still in transit; 4 keep it busy).
+const BATCH_CALLERS: usize = 4;
 
 pub async fn publish(ctx: &Ctx) -> Result<Section> {
     let n: u64 = if ctx.quick { 5_000 } else { 100_000 };
