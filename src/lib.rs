@@ -52,9 +52,8 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tonic::transport::{server::TcpIncoming, Server};
 
 use crate::{
     api::{AdminService, PublisherService, Shared, SubscriberService},
@@ -243,7 +242,13 @@ pub async fn run_with_metrics(
         .add_service(auth.guard(Role::Publisher, publisher))
         .add_service(auth.guard(Role::Subscriber, subscriber))
         .add_service(auth.guard(Role::Admin, admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping);
+        // `serve_with_incoming` ignores the builder's TCP_NODELAY: without
+        // it, small responses waited for delayed ACKs (40 ms p99 in the
+        // benchmark's unary Publish).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping,
+        );
     // Graceful shutdown waits for every open call. The broker's own streams
     // end when `token` is cancelled, but a client's health Watch (or a
     // reflection stream) never ends by itself: after a short grace the

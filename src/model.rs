@@ -82,6 +82,12 @@ impl EventType {
         Self(name.to_owned())
     }
 
+    /// Wraps a name read back from the log (it passed validation when it
+    /// was published).
+    pub(crate) fn from_stored(name: String) -> Self {
+        Self(name)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -143,6 +149,15 @@ pub struct StoredEvent {
     pub event: pb::Event,
 }
 
+/// What an [`EventFilter`] looks at, read without decoding the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventMeta {
+    /// The event's type.
+    pub event_type: EventType,
+    /// Its routing attributes.
+    pub attributes: std::collections::HashMap<String, String>,
+}
+
 /// The result of appending one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -192,16 +207,34 @@ impl EventFilter {
 
     /// Whether `event` passes.
     pub fn matches(&self, event: &StoredEvent) -> bool {
+        self.matches_parts(&event.event_type, &event.event.attributes)
+    }
+
+    /// Whether an event of this type and attributes passes.
+    pub fn matches_meta(&self, meta: &EventMeta) -> bool {
+        self.matches_parts(&meta.event_type, &meta.attributes)
+    }
+
+    fn matches_parts(
+        &self,
+        event_type: &EventType,
+        attributes: &std::collections::HashMap<String, String>,
+    ) -> bool {
         let type_ok = if self.types.is_empty() {
-            !(self.exclude_reserved && event.event_type.as_str().starts_with(RESERVED_PREFIX))
+            !(self.exclude_reserved && event_type.as_str().starts_with(RESERVED_PREFIX))
         } else {
-            self.types.binary_search(&event.event_type).is_ok()
+            self.types.binary_search(event_type).is_ok()
         };
         type_ok
             && self
                 .attributes
                 .iter()
-                .all(|(k, v)| event.event.attributes.get(k) == Some(v))
+                .all(|(k, v)| attributes.get(k) == Some(v))
+    }
+
+    /// Whether every event passes (nothing to check).
+    pub fn is_all(&self) -> bool {
+        self.types.is_empty() && self.attributes.is_empty() && !self.exclude_reserved
     }
 
     /// The types, sorted.

@@ -12,8 +12,8 @@ use crate::{
     error::Error,
     model::{Appended, NewEvent},
     pb::{
-        self, publisher_server::Publisher, PublishBatchRequest, PublishBatchResponse,
-        PublishRequest, PublishResponse,
+        publisher_server::Publisher, PublishBatchRequest, PublishBatchResponse, PublishRequest,
+        PublishResponse,
     },
 };
 
@@ -43,10 +43,10 @@ fn validate_one(shared: &Shared, req: PublishRequest, path: &str) -> Result<NewE
     validate_event(event, path, SystemTime::now(), limits(shared))
 }
 
-fn response(event: &pb::Event, appended: Appended) -> PublishResponse {
+fn response(event_id: String, appended: Appended) -> PublishResponse {
     PublishResponse {
         offset: appended.offset,
-        event_id: event.id.clone(),
+        event_id,
         duplicate: appended.duplicate,
     }
 }
@@ -61,13 +61,15 @@ impl Publisher for PublisherService {
     ) -> Result<Response<PublishResponse>, Status> {
         let clock = std::time::Instant::now();
         let event = validate_one(&self.shared, request.into_inner(), "event")?;
-        let stored = event.event.clone();
+        // Only the id is needed for the answer: copying the whole event
+        // for it cost as much as encoding it.
+        let id = event.event.id.clone();
         let appended = self.shared.store.append(vec![event]).await?;
         self.shared
             .metrics
             .publish_latency
             .observe_duration(clock.elapsed());
-        Ok(Response::new(response(&stored, appended[0])))
+        Ok(Response::new(response(id, appended[0])))
     }
 
     async fn publish_batch(
@@ -94,17 +96,17 @@ impl Publisher for PublisherService {
             .enumerate()
             .map(|(i, e)| validate_event(e, &format!("events[{i}]"), now, limits(&self.shared)))
             .collect::<Result<Vec<_>, _>>()?;
-        let stored: Vec<pb::Event> = events.iter().map(|e| e.event.clone()).collect();
+        let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let appended = self.shared.store.append(events).await?;
         self.shared
             .metrics
             .publish_latency
             .observe_duration(clock.elapsed());
         Ok(Response::new(PublishBatchResponse {
-            results: stored
-                .iter()
+            results: ids
+                .into_iter()
                 .zip(appended)
-                .map(|(e, a)| response(e, a))
+                .map(|(id, a)| response(id, a))
                 .collect(),
         }))
     }
@@ -142,9 +144,9 @@ impl Publisher for PublisherService {
                         Some(Ok(req)) => match validate_one(&shared, req, "event") {
                             Err(e) => Err(Status::from(e)),
                             Ok(event) => {
-                                let stored = event.event.clone();
+                                let id = event.event.id.clone();
                                 match shared.store.submit_append(vec![event]).await {
-                                    Ok(rx) => Ok((stored, rx)),
+                                    Ok(rx) => Ok((id, rx)),
                                     Err(e) => Err(Status::from(e)),
                                 }
                             }
@@ -164,8 +166,8 @@ impl Publisher for PublisherService {
             while let Some(item) = pending_rx.recv().await {
                 let out = match item {
                     Err(status) => Err(status),
-                    Ok((event, rx)) => match rx.await {
-                        Ok(Ok(appended)) => Ok(response(&event, appended[0])),
+                    Ok((id, rx)) => match rx.await {
+                        Ok(Ok(appended)) => Ok(response(id, appended[0])),
                         Ok(Err(e)) => Err(Status::from(e)),
                         Err(_) => Err(Status::from(Error::ShuttingDown)),
                     },

@@ -14,7 +14,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering as AtomicOrdering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -66,6 +69,9 @@ pub enum Poll {
         wake_at: Option<Instant>,
     },
 }
+
+/// Most events one [`Consumer::poll`] reads before it yields.
+const SCAN_SLICE: usize = 1024;
 
 /// All consumers known to this broker.
 pub struct Consumers {
@@ -214,10 +220,13 @@ pub struct Consumer {
     /// Orders persists: records are encoded and queued under this lock, so
     /// the writer stores them in the order they were taken.
     persist_order: tokio::sync::Mutex<()>,
+    /// The floor of the last durable record.
+    saved_floor: AtomicU64,
 }
 
 impl Consumer {
     fn new(name: String, filter: EventFilter, store: Store, state: State) -> Self {
+        let saved_floor = AtomicU64::new(state.floor);
         Self {
             name,
             filter: Mutex::new(filter),
@@ -226,6 +235,7 @@ impl Consumer {
             state: Mutex::new(state),
             changed: watch::channel(0).0,
             persist_order: tokio::sync::Mutex::new(()),
+            saved_floor,
         }
     }
 
@@ -302,6 +312,14 @@ impl Consumer {
         self.lock().floor
     }
 
+    /// How far the floor is ahead of the last durable record. Events the
+    /// filter skips move the floor without an ack, so nothing persists it;
+    /// callers save once this grows, or a restart reads them all again.
+    pub fn unsaved(&self) -> u64 {
+        self.floor()
+            .saturating_sub(self.saved_floor.load(AtomicOrdering::Relaxed))
+    }
+
     /// Watches for lease changes (acks, nacks, released streams).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -345,20 +363,36 @@ impl Consumer {
             }
         }
         let head = if read_new { self.store.head() } else { 0 };
+        let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scanned = 0;
         while st.next_read < head {
+            if scanned == SCAN_SLICE {
+                // A long run of events the filter skips is read in slices,
+                // so one consumer never holds a runtime thread for long.
+                return Ok(Poll::Idle { wake_at: Some(now) });
+            }
+            scanned += 1;
             let offset = st.next_read;
             st.next_read += 1;
             if st.is_done(offset) || st.is_held(offset) {
+                continue;
+            }
+            // The type and attributes first: with many endpoints, most
+            // events are skipped by most filters, and decoding whole
+            // events for that dominated the CPU.
+            if !filter.is_all()
+                && !self
+                    .store
+                    .meta(offset)?
+                    .is_some_and(|m| filter.matches_meta(&m))
+            {
+                st.mark_done(offset);
                 continue;
             }
             let Some(event) = self.store.get(offset)? else {
                 st.mark_done(offset);
                 continue;
             };
-            if !self.filter().matches(&event) {
-                st.mark_done(offset);
-                continue;
-            }
             st.lease(offset, stream, 1, now + ack_wait);
             return Ok(Poll::Message(Box::new(Delivery { event, attempt: 1 })));
         }
@@ -446,7 +480,10 @@ impl Consumer {
             .await?;
         // Queued in order; concurrent acks now share the group commit.
         drop(order);
-        durable.await.map_err(|_| Error::ShuttingDown)?
+        durable.await.map_err(|_| Error::ShuttingDown)??;
+        self.saved_floor
+            .fetch_max(record.floor, AtomicOrdering::Relaxed);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -25,7 +25,14 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::{
+        connect::{Connected, Connection},
+        Client,
+    },
+    rt::TokioExecutor,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 
 use super::{
@@ -48,17 +55,20 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 /// The HTTP client every stack sends through (HTTP/1.1 and HTTP/2, rustls,
 /// pooled connections, redirects never followed — hyper does not follow
 /// them and nothing here does), connecting only where the SSRF guard
-/// allows (see [`egress`]).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Full<Bytes>>;
+/// allows (see [`egress`]), with at most `max_in_flight` connections open.
+pub type HttpClient =
+    Client<hyper_rustls::HttpsConnector<BoundedConnector<GuardedConnector>>, Full<Bytes>>;
 
-/// A client whose pool keeps up to `max_idle` connections per host and
-/// whose every new connection passes `guard`.
-pub fn http_client(max_idle: usize, guard: Guard, tls: &rustls::ClientConfig) -> HttpClient {
+/// A client that holds at most `max_connections` connections open (its
+/// endpoint's `max_in_flight`), keeps them pooled, and whose every new
+/// connection passes `guard`.
+pub fn http_client(max_connections: usize, guard: Guard, tls: &rustls::ClientConfig) -> HttpClient {
     let http = GuardedConnector::new(guard, |http| {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
+    let http = BoundedConnector::new(http, max_connections);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
         .https_or_http()
@@ -67,8 +77,123 @@ pub fn http_client(max_idle: usize, guard: Guard, tls: &rustls::ClientConfig) ->
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_idle)
+        .pool_max_idle_per_host(max_connections)
         .build(https)
+}
+
+/// Bounds how many connections an endpoint's client holds open: each new
+/// connection takes a permit and keeps it until it is closed. The pooled
+/// client alone does not bound them: it starts a new connection whenever
+/// none is idle at that instant, and a connection finishing its response
+/// is handed back to the pool a moment after the in-flight slot is freed,
+/// so a busy endpoint ended up with more connections than `max_in_flight`.
+/// With this bound, a request that finds none idle waits for one to come
+/// back (the pool hands it over) or for a permit.
+#[derive(Clone)]
+pub struct BoundedConnector<C> {
+    inner: C,
+    permits: Arc<Semaphore>,
+}
+
+/// How long a new connection waits for a permit before giving up. A
+/// request only waits while every connection is busy or being returned;
+/// a connect the pool started speculatively and no longer needs gives up
+/// after this, so such waiters do not pile up.
+const CONNECTION_PERMIT_WAIT: Duration = Duration::from_secs(2);
+
+impl<C> BoundedConnector<C> {
+    /// At most `max` connections through `inner`.
+    pub fn new(inner: C, max: usize) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+}
+
+impl<C> Service<Uri> for BoundedConnector<C>
+where
+    C: Service<Uri> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Permitted<C::Response>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let permits = self.permits.clone();
+        // The readied inner service is taken; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let permit = tokio::time::timeout(CONNECTION_PERMIT_WAIT, permits.acquire_owned())
+                .await
+                .map_err(|_| "every connection of this endpoint stayed busy")?
+                .map_err(|_| "connection limit closed")?;
+            let io = inner.call(uri).await.map_err(Into::into)?;
+            Ok(Permitted {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+/// A connection holding one of its endpoint's permits.
+pub struct Permitted<T> {
+    io: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: Connection> Connection for Permitted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Permitted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Permitted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// The secrets an endpoint signs with: the current one, and during a

@@ -53,6 +53,8 @@ use crate::{
 /// Leases of the worker never expire on their own: the worker decides when
 /// an event is retried (via nack with a delay).
 const LEASE: Duration = Duration::from_secs(30 * 86_400);
+/// Persist the position once the filter has skipped this many events.
+const SAVE_SKIPPED_AFTER: u64 = 256;
 /// The worker's stream id on its consumer (one worker per endpoint).
 const WORKER_STREAM: u64 = 0;
 /// Event types whose events carry a state that a newer one replaces.
@@ -170,6 +172,13 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
                 }
             }
         };
+        // Events this endpoint's filter skipped are never acked: persist
+        // the position now and then, or every restart reads them again.
+        if ctx.consumer.unsaved() >= SAVE_SKIPPED_AFTER {
+            if let Err(e) = ctx.consumer.save().await {
+                tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "saving the position failed");
+            }
+        }
         let sleep = async {
             match wake_at {
                 Some(t) => tokio::time::sleep_until(t).await,

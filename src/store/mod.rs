@@ -26,7 +26,7 @@ pub use keys::{
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 use writer::{Op, Writer};
 
@@ -258,6 +258,19 @@ impl Store {
             .events
             .get(keys::offset_key(offset))?
             .map(|v| keys::decode_event(&keys::offset_key(offset), &v))
+            .transpose()
+    }
+
+    /// The type and attributes of the event at `offset`, if it is durable
+    /// and still in the log: for filters, much cheaper than [`Store::get`].
+    pub fn meta(&self, offset: Offset) -> Result<Option<EventMeta>> {
+        if offset >= self.head() {
+            return Ok(None);
+        }
+        self.inner
+            .events
+            .get(keys::offset_key(offset))?
+            .map(|v| keys::decode_meta(&keys::offset_key(offset), &v))
             .transpose()
     }
 

@@ -19,13 +19,9 @@ use std::{
     sync::Arc,
 };
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{
-    keys::{self, EventRecord},
-    Mutation, Table, Tables,
-};
+use super::{keys, Mutation, Table, Tables};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
@@ -212,11 +208,8 @@ impl Writer {
                             });
                             continue;
                         }
-                        let record = EventRecord {
-                            event: Some(e.event.clone()),
-                            published_at_nanos: published,
-                        };
-                        events.insert(&keys::offset_key(next), record.encode_to_vec());
+                        let record = keys::encode_event_record(&e.event, published);
+                        events.insert(&keys::offset_key(next), record);
                         ids.insert(id.as_bytes(), &keys::offset_key(next));
                         group_ids.insert(id, next);
                         self.metrics

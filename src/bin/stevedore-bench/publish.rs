@@ -1,0 +1,407 @@
+//! Scenarios 1 and 2: durable publishing.
+//!
+//! - `publish`: PublishBatch and PublishStream of ~1 KiB events against a
+//!   raw sled loop that does the store's work and nothing else (insert the
+//!   encoded events and their id index entries, `flush()`, `fdatasync` the
+//!   data file — per group, as `src/store/writer.rs` does).
+//! - `unary`: unary Publish from 64 concurrent callers against a no-op
+//!   tonic Publisher driven by the same client code.
+
+use std::{
+    fs::File,
+    path::Path,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use prost::Message;
+use stevedore::pb::{
+    self,
+    publisher_server::{Publisher, PublisherServer},
+    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+};
+use tokio::net::TcpListener;
+use tokio_stream::Stream;
+use tonic::{
+    transport::{server::TcpIncoming, Channel},
+    Request, Response, Status, Streaming,
+};
+
+use crate::{
+    harness::{self, event, Broker},
+    report::{Check, Figure, Section, Unit},
+    Ctx,
+};
+
+/// Events per PublishBatch request, and per group of the raw sled loop.
+const BATCH: u64 = 1000;
+/// Concurrent PublishBatch callers (2 left the writer idle while the
+/// next batch was still in transit; 4 keep it busy).
+const BATCH_CALLERS: usize = 4;
+
+pub async fn publish(ctx: &Ctx) -> Result<Section> {
+    let n: u64 = if ctx.quick { 5_000 } else { 100_000 };
+    let runs = ctx.runs(5);
+    let (mut batch, mut stream, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        raw.push(sled_baseline(n, BATCH as usize).await?);
+        batch.push(publish_batch(n, run).await?);
+        stream.push(publish_stream(n, run).await?);
+        ctx.progress(&format!(
+            "publish run {}: batch {:.0}/s, stream {:.0}/s, raw sled {:.0}/s",
+            run + 1,
+            batch[run],
+            stream[run],
+            raw[run]
+        ));
+    }
+    let (encoded, _) = harness::event_sizes();
+    let baseline = "raw sled + fsync loop";
+    Ok(Section {
+        name: "publish",
+        title: "Durable publish throughput",
+        runs,
+        figures: vec![
+            Figure::new("PublishBatch events/s", Unit::PerSec, batch)
+                .baseline(baseline, raw.clone())
+                .target(Check::AtLeast(100_000.0))
+                .target(Check::RatioAtLeast(0.5)),
+            Figure::new("PublishStream events/s", Unit::PerSec, stream)
+                .baseline(baseline, raw)
+                .target(Check::AtLeast(100_000.0))
+                .target(Check::RatioAtLeast(0.5)),
+        ],
+        notes: vec![
+            format!(
+                "{n} events of {encoded} bytes (encoded `pick.confirmed`, producer-set ids) per run, fresh data directory each run"
+            ),
+            format!(
+                "PublishBatch: {BATCH} events per request, {BATCH_CALLERS} concurrent callers; PublishStream: one stream, one event per request, pipelined"
+            ),
+            format!(
+                "baseline: the same encoded records inserted straight into sled (events tree + id index, same sled config), {BATCH} per group, each group followed by `flush()` and `fdatasync` of the data file"
+            ),
+        ],
+    })
+}
+
+async fn publish_batch(n: u64, run: usize) -> Result<f64> {
+    let broker = Broker::fresh().await?;
+    // Requests are built before the clock starts.
+    let requests: Vec<PublishBatchRequest> = (0..n)
+        .step_by(BATCH as usize)
+        .map(|start| PublishBatchRequest {
+            events: (start..(start + BATCH).min(n))
+                .map(|i| event(format!("b{run}-{i}"), i))
+                .collect(),
+        })
+        .collect();
+    let mut per_caller: Vec<Vec<PublishBatchRequest>> = vec![Vec::new(); BATCH_CALLERS];
+    for (i, r) in requests.into_iter().enumerate() {
+        per_caller[i % BATCH_CALLERS].push(r);
+    }
+    let mut clients = Vec::new();
+    for _ in 0..BATCH_CALLERS {
+        clients.push(broker.publisher().await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = per_caller
+        .into_iter()
+        .zip(clients)
+        .map(|(reqs, mut client)| {
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                for r in reqs {
+                    acked += client.publish_batch(r).await?.into_inner().results.len() as u64;
+                }
+                Ok::<_, anyhow::Error>(acked)
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(acked == n, "{acked} of {n} acked");
+    broker.stop().await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+async fn publish_stream(n: u64, run: usize) -> Result<f64> {
+    let broker = Broker::fresh().await?;
+    let requests: Vec<PublishRequest> = (0..n)
+        .map(|i| PublishRequest {
+            event: Some(event(format!("s{run}-{i}"), i)),
+        })
+        .collect();
+    let mut client = broker.publisher().await?;
+    let started = Instant::now();
+    let mut responses = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut acked = 0u64;
+    while let Some(r) = responses.message().await? {
+        anyhow::ensure!(!r.duplicate, "unexpected duplicate");
+        acked += 1;
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(acked == n, "{acked} of {n} acked");
+    broker.stop().await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// The store's storage work without the broker: the same encoded records
+/// into the same trees with the same sled configuration, `group` records
+/// per `flush()` + `fdatasync` of the data file.
+async fn sled_baseline(n: u64, group: usize) -> Result<f64> {
+    let records: Vec<(u64, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let id = format!("raw-{i}");
+            let record = stevedore_record(event(id.clone(), i));
+            (i + 1, id, record)
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = harness::tempdir()?;
+        let path = dir.path().join("data");
+        let rate = sled_loop(&path, &records, group)?;
+        drop(dir);
+        Ok(rate)
+    })
+    .await?
+}
+
+fn sled_loop(path: &Path, records: &[(u64, String, Vec<u8>)], group: usize) -> Result<f64> {
+    std::fs::create_dir_all(path)?;
+    // As `Store::open` configures it.
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(64 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .segment_size(8 * 1024 * 1024)
+        .open()?;
+    let events = db.open_tree("events")?;
+    let ids = db.open_tree("event_ids")?;
+    let data = File::open(path.join("db")).context("sled data file")?;
+    let started = Instant::now();
+    for chunk in records.chunks(group) {
+        let mut eb = sled::Batch::default();
+        let mut ib = sled::Batch::default();
+        for (offset, id, record) in chunk {
+            eb.insert(&offset.to_be_bytes(), record.as_slice());
+            ib.insert(id.as_bytes(), &offset.to_be_bytes());
+        }
+        events.apply_batch(eb)?;
+        ids.apply_batch(ib)?;
+        db.flush()?;
+        data.sync_data()?;
+    }
+    let elapsed = started.elapsed();
+    Ok(records.len() as f64 / elapsed.as_secs_f64())
+}
+
+/// The bytes the store writes for an event: its `EventRecord` (event as
+/// field 1, publish time as field 2).
+fn stevedore_record(e: pb::Event) -> Vec<u8> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct EventRecord {
+        #[prost(message, optional, tag = "1")]
+        event: Option<pb::Event>,
+        #[prost(uint64, tag = "2")]
+        published_at_nanos: u64,
+    }
+    EventRecord {
+        event: Some(e),
+        published_at_nanos: 1_780_000_000_000_000_000,
+    }
+    .encode_to_vec()
+}
+
+// ------------------------------------------------------------------ unary
+
+/// Concurrent unary callers.
+const CALLERS: usize = 64;
+/// Callers per HTTP/2 connection.
+const CALLERS_PER_CONNECTION: usize = 16;
+
+pub async fn unary(ctx: &Ctx) -> Result<Section> {
+    let runs = ctx.runs(5);
+    let (warmup, measure) = if ctx.quick {
+        (Duration::from_millis(100), Duration::from_millis(300))
+    } else {
+        (Duration::from_millis(500), Duration::from_secs(2))
+    };
+    let (mut rate, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut brate, mut bp50, mut bp99) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let noop = NoopServer::start().await?;
+        let (r, a, b) = drive_unary(noop.addr, run, warmup, measure).await?;
+        noop.stop();
+        brate.push(r);
+        bp50.push(a);
+        bp99.push(b);
+
+        let broker = Broker::fresh().await?;
+        let (r, a, b) = drive_unary(broker.addr, run, warmup, measure).await?;
+        broker.stop().await?;
+        rate.push(r);
+        p50.push(a);
+        p99.push(b);
+        ctx.progress(&format!(
+            "unary run {}: broker {:.0}/s p50 {:.2} ms p99 {:.2} ms; no-op {:.0}/s p99 {:.2} ms",
+            run + 1,
+            rate[run],
+            p50[run],
+            p99[run],
+            brate[run],
+            bp99[run]
+        ));
+    }
+    let base = "no-op tonic server";
+    Ok(Section {
+        name: "unary",
+        title: "Unary Publish, 64 concurrent callers",
+        runs,
+        figures: vec![
+            Figure::new("Publish calls/s", Unit::PerSec, rate)
+                .baseline(base, brate)
+                .target(Check::RatioAtLeast(0.7)),
+            Figure::new("Publish p50", Unit::Millis, p50).baseline(base, bp50),
+            Figure::new("Publish p99", Unit::Millis, p99)
+                .baseline(base, bp99)
+                .target(Check::AtMost(5.0)),
+        ],
+        notes: vec![
+            format!(
+                "{CALLERS} callers in a closed loop over {} HTTP/2 connections, ~1 KiB events with producer-set ids; {warmup:?} warm-up, then {measure:?} measured",
+                CALLERS / CALLERS_PER_CONNECTION
+            ),
+            "baseline: a tonic server implementing Publisher that answers at once without storing, driven by the same client code in the same run".into(),
+        ],
+    })
+}
+
+/// Returns calls/s, p50 ms and p99 ms of calls that started after the
+/// warm-up.
+async fn drive_unary(
+    addr: std::net::SocketAddr,
+    run: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<(f64, f64, f64)> {
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..CALLERS / CALLERS_PER_CONNECTION {
+        channels.push(harness::connect(addr).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
+    let seq = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let mut client =
+                pb::publisher_client::PublisherClient::new(channels[c % channels.len()].clone());
+            let seq = seq.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                let mut latencies = Vec::new();
+                loop {
+                    let i = seq.fetch_add(1, Ordering::Relaxed);
+                    let req = PublishRequest {
+                        event: Some(event(format!("u{run}-{i}"), i)),
+                    };
+                    let t = Instant::now();
+                    if t >= end {
+                        break;
+                    }
+                    client.publish(req).await?;
+                    if t >= measure_from {
+                        latencies.push(harness::ms(t.elapsed()));
+                    }
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    // Calls that started in the window; the last ones finish just after it.
+    let rate = all.len() as f64 / measure.as_secs_f64();
+    let p50 = harness::percentile(&mut all, 50.0);
+    let p99 = harness::percentile(&mut all, 99.0);
+    Ok((rate, p50, p99))
+}
+
+/// A Publisher that answers at once and stores nothing.
+struct Noop;
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Publisher for Noop {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let event_id = request.into_inner().event.map(|e| e.id).unwrap_or_default();
+        Ok(Response::new(PublishResponse {
+            offset: 1,
+            event_id,
+            duplicate: false,
+        }))
+    }
+
+    async fn publish_batch(
+        &self,
+        _request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        Err(Status::unimplemented("no-op baseline"))
+    }
+
+    type PublishStreamStream = ResponseStream;
+
+    async fn publish_stream(
+        &self,
+        _request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        Err(Status::unimplemented("no-op baseline"))
+    }
+}
+
+struct NoopServer {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl NoopServer {
+    async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PublisherServer::new(Noop))
+                // TCP_NODELAY, as the broker and tonic's own `serve` set it.
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        Ok(Self { addr, stop })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+    }
+}
