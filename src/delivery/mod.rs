@@ -740,38 +740,30 @@ impl Deliveries {
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
         let latency = clock.elapsed();
-        let (status, error, excerpt) = worker::describe(&result);
         let delivered = classify::classify(&result, self.config.max_retry_after)
             == classify::Verdict::Delivered;
         Ok((
             msg_id,
-            pb::Attempt {
-                attempt: 1,
-                started_at: Some(convert::timestamp(started)),
-                latency: Some(prost_types::Duration {
-                    seconds: latency.as_secs() as i64,
-                    nanos: latency.subsec_nanos() as i32,
-                }),
-                status,
-                error,
-                response_body: excerpt,
-            },
+            worker::attempt_record(1, started, latency, &result),
             delivered,
         ))
+    }
+
+    /// Every endpoint id.
+    fn endpoint_ids(&self) -> Result<Vec<String>> {
+        self.store
+            .table(Table::Endpoints)
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
     }
 
     /// Records every undelivered event below `cutoff` as dead (`expired`)
     /// for each endpoint that has not delivered it, before retention
     /// removes them. Events a worker holds are left to the worker.
     pub async fn expire_before(&self, cutoff: Offset) -> Result<()> {
-        let ids: Vec<String> = self
-            .store
-            .table(Table::Endpoints)
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect::<Result<_>>()?;
-        for id in ids {
+        for id in self.endpoint_ids()? {
             let Ok(consumer) = self.consumers.get(&consumer_name(&id)) else {
                 continue;
             };
@@ -818,14 +810,7 @@ impl Deliveries {
     /// Deletes delivered and superseded records (with their attempts) of
     /// events below `first`, the oldest event still in the log.
     pub async fn prune_records(&self, first: Offset) -> Result<()> {
-        let ids: Vec<String> = self
-            .store
-            .table(Table::Endpoints)
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect::<Result<_>>()?;
-        for id in ids {
+        for id in self.endpoint_ids()? {
             let mut deletes = Vec::new();
             for kv in self
                 .store

@@ -655,7 +655,7 @@ impl Attempt {
                 (DeliveryState::Failed, Some(now + delay))
             }
         };
-        let (status, error, excerpt) = describe(&result);
+        let (status, error, _) = describe(&result);
         let record = pb::Delivery {
             event_id: self.event_id.clone(),
             event_type: self.event_type.clone(),
@@ -664,7 +664,7 @@ impl Attempt {
             next_attempt_at: next_at.map(convert::timestamp),
             last_attempt_at: Some(convert::timestamp(started_at)),
             last_status: status,
-            last_error: error.clone(),
+            last_error: error,
             ..Default::default()
         };
         // Attempt records are numbered across rounds (a RetryDelivery or a
@@ -682,17 +682,7 @@ impl Attempt {
             }
             _ => 1,
         };
-        let attempt = pb::Attempt {
-            attempt: seq,
-            started_at: Some(convert::timestamp(started_at)),
-            latency: Some(prost_types::Duration {
-                seconds: latency.as_secs() as i64,
-                nanos: latency.subsec_nanos() as i32,
-            }),
-            status,
-            error,
-            response_body: excerpt,
-        };
+        let attempt = attempt_record(seq, started_at, latency, &result);
         let written = ctx
             .store
             .write(vec![
@@ -754,6 +744,27 @@ impl Attempt {
             attempts: self.number,
             record,
         });
+    }
+}
+
+/// The record of one attempt.
+pub fn attempt_record(
+    number: u32,
+    started_at: SystemTime,
+    latency: Duration,
+    result: &std::result::Result<WebhookResponse, SendError>,
+) -> pb::Attempt {
+    let (status, error, response_body) = describe(result);
+    pb::Attempt {
+        attempt: number,
+        started_at: Some(convert::timestamp(started_at)),
+        latency: Some(prost_types::Duration {
+            seconds: latency.as_secs() as i64,
+            nanos: latency.subsec_nanos() as i32,
+        }),
+        status,
+        error,
+        response_body,
     }
 }
 

@@ -7,26 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost_types::Duration as PbDuration;
 use stevedore::pb::{
     self, admin_client::AdminClient, endpoint::Start, subscribe_request, CreateEndpointRequest,
-    DeliveryState, Endpoint, GetEndpointRequest, ListDeliveriesRequest, SubscribeRequest,
-    UpdateEndpointRequest,
+    DeliveryState, Endpoint, GetEndpointRequest, SubscribeRequest, UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
 use crate::{
     assert_invalid, inventory, next_within, pick, publish,
     receiver::{Behavior, Receiver},
+    webhook::{deliveries as list, ms},
     TestServer,
 };
-
-fn ms(n: u64) -> PbDuration {
-    PbDuration {
-        seconds: (n / 1000) as i64,
-        nanos: ((n % 1000) * 1_000_000) as i32,
-    }
-}
 
 fn endpoint(url: &str) -> Endpoint {
     Endpoint {
@@ -44,23 +36,6 @@ async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> Endpoint {
         .into_inner()
         .endpoint
         .unwrap()
-}
-
-async fn list(
-    admin: &mut AdminClient<Channel>,
-    id: &str,
-    state: DeliveryState,
-) -> Vec<pb::Delivery> {
-    admin
-        .list_deliveries(ListDeliveriesRequest {
-            endpoint_id: id.into(),
-            state: state as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries
 }
 
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {

@@ -46,7 +46,7 @@ pub(crate) async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> (En
     (r.endpoint.unwrap(), r.secret)
 }
 
-async fn deliveries(
+pub(crate) async fn deliveries(
     admin: &mut AdminClient<Channel>,
     id: &str,
     state: DeliveryState,
