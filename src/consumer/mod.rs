@@ -421,6 +421,27 @@ impl Consumer {
         self.persist().await
     }
 
+    /// Like [`Consumer::ack`], with `records` written in the same group
+    /// commit: the writer applies them before the consumer position, so
+    /// the ack is never durable without them.
+    pub async fn ack_with(&self, offsets: &[Offset], records: Vec<Mutation>) -> Result<()> {
+        let head = self.store.head();
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+            return Err(Error::invalid(
+                "offsets",
+                format!("offset {bad} is not in the log (head is {head})"),
+            ));
+        }
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                st.ack(o);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        self.persist_with(records).await
+    }
+
     /// Ends the leases of `offsets` (held by any stream) and queues them for
     /// redelivery after `delay`.
     pub fn nack(&self, offsets: &[Offset], delay: Duration) -> Result<()> {
@@ -452,6 +473,11 @@ impl Consumer {
     }
 
     async fn persist(&self) -> Result<()> {
+        self.persist_with(Vec::new()).await
+    }
+
+    /// Persists the position, with `records` in the same write.
+    async fn persist_with(&self, mut records: Vec<Mutation>) -> Result<()> {
         let order = self.persist_order.lock().await;
         let record = {
             let st = self.lock();
@@ -467,17 +493,17 @@ impl Consumer {
                 reopened: st.reopened.iter().copied().collect(),
             }
         };
-        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(());
-        }
-        let durable = self
-            .store
-            .submit_write(vec![Mutation::put(
+        if !self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            records.push(Mutation::put(
                 Table::Consumers,
                 self.name.as_bytes(),
                 prost::Message::encode_to_vec(&record),
-            )])
-            .await?;
+            ));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let durable = self.store.submit_write(records).await?;
         // Queued in order; concurrent acks now share the group commit.
         drop(order);
         durable.await.map_err(|_| Error::ShuttingDown)??;

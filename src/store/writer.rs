@@ -28,6 +28,9 @@ use crate::{
     model::{Appended, NewEvent, Offset},
 };
 
+// `Writer::apply` takes the consumer positions as the first table.
+const _: () = assert!(Table::Consumers as usize == 0);
+
 pub(super) enum Op {
     Append {
         events: Vec<NewEvent>,
@@ -256,9 +259,14 @@ impl Writer {
         self.events.apply_batch(events)?;
         self.event_ids.apply_batch(ids)?;
         self.events.apply_batch(truncated)?;
-        for (table, batch) in Table::ALL.iter().zip(tables) {
+        // Consumer positions last: an ack written with the records it
+        // finishes (`Consumer::ack_with`) must not be durable without them,
+        // and sled recovers a prefix of what was applied.
+        let [consumers, rest @ ..] = tables;
+        for (table, batch) in Table::ALL[1..].iter().zip(rest) {
             self.tables.get(*table).apply_batch(batch)?;
         }
+        self.tables.get(Table::Consumers).apply_batch(consumers)?;
         self.next = next;
         self.last_published = published;
         Ok(())

@@ -28,11 +28,15 @@ use tonic_health::pb::{
 };
 
 /// The broker configuration every scenario uses: the defaults, a data
-/// directory, and `allow_http` because the receivers are local `http://`.
+/// directory, `allow_http` and the loopback allowance because the receivers
+/// are local `http://` servers, and no metrics listener (several brokers may
+/// run in one invocation).
 pub fn config(data_dir: &Path) -> Config {
     Config {
         data_dir: data_dir.to_owned(),
         allow_http: true,
+        allow_networks: vec!["127.0.0.0/8".parse().expect("a valid CIDR literal")],
+        metrics_listen: None,
         ..Config::default()
     }
 }

@@ -199,7 +199,7 @@ impl Dataset {
         }
         // Let them fail a first round of attempts, so delivery records
         // and retry schedules exist too.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(if ctx.quick { 1 } else { 3 })).await;
         broker.stop().await?;
         let build_time = started.elapsed();
         std::fs::write(&ready, build_time.as_secs_f64().to_string())?;
@@ -278,7 +278,7 @@ pub async fn memory(ctx: &Ctx) -> Result<Section> {
                 .publish_batch(pb::PublishBatchRequest { events })
                 .await?;
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(if ctx.quick { 200 } else { 2000 })).await;
         let (r, h) = harness::rss_of(pid)?;
         drop(channel);
         child.stop().await?;
