@@ -238,6 +238,18 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.write {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         report::update_file(path, "machine", &format!("```text\n{machine}\n```\n"))?;
+        if sections.len() == SCENARIOS.len() {
+            let refs: Vec<&Section> = sections.iter().collect();
+            report::update_file(
+                path,
+                "summary",
+                &format!(
+                    "{}\nAll scenarios, measured {date}; total time {:.0} s.\n",
+                    report::markdown_table(&refs),
+                    ctx.started.elapsed().as_secs_f64()
+                ),
+            )?;
+        }
         for s in &sections {
             report::update_file(path, s.name, &report::markdown(s, &date))?;
         }

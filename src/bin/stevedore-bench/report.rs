@@ -246,14 +246,26 @@ pub fn text_table(sections: &[&Section]) -> String {
     out
 }
 
-/// A scenario's block for BENCHMARKS.md.
-pub fn markdown(s: &Section, date: &str) -> String {
+/// The Markdown table of `sections`' figures.
+pub fn markdown_table(sections: &[&Section]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", HEADER.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(HEADER.len()));
-    for f in &s.figures {
-        let _ = writeln!(out, "| {} |", f.row().join(" | "));
+    for s in sections {
+        for f in &s.figures {
+            let mut r = f.row();
+            if sections.len() > 1 {
+                r[0] = format!("{}: {}", s.name, r[0]);
+            }
+            let _ = writeln!(out, "| {} |", r.join(" | "));
+        }
     }
+    out
+}
+
+/// A scenario's block for BENCHMARKS.md.
+pub fn markdown(s: &Section, date: &str) -> String {
+    let mut out = markdown_table(&[s]);
     let _ = writeln!(out);
     let _ = writeln!(out, "{} run(s), measured {date}.", s.runs);
     for n in &s.notes {
