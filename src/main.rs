@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 use stevedore::config::{Config, LogFormat};
 use tokio::sync::oneshot;
 
+/// mimalloc: the broker allocates a protobuf tree per event it reads and a
+/// JSON tree per webhook body; see BENCHMARKS.md for what this changed.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,

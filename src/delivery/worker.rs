@@ -426,6 +426,7 @@ impl Worker {
             event_type: held.event.event_type.to_string(),
             body: held.body.clone(),
             number: prior_attempts + 1,
+            recorded_before: record.is_some(),
             finished: self.finished.clone(),
         };
         self.attempts.spawn(attempt.run());
@@ -616,6 +617,10 @@ struct Attempt {
     event_type: String,
     body: Bytes,
     number: u32,
+    /// Whether the delivery had a record when this attempt started. Attempt
+    /// records are only written with (or after) their delivery record, so
+    /// without one there is no earlier attempt to count.
+    recorded_before: bool,
     finished: mpsc::UnboundedSender<Finished>,
 }
 
@@ -670,13 +675,16 @@ impl Attempt {
         // Attempt records are numbered across rounds (a RetryDelivery or a
         // replay starts a new schedule, not a new history).
         let id = &ctx.endpoint_id;
-        let seq = match ctx
-            .store
-            .table(Table::Attempts)
-            .scan_prefix(scoped_offset_key(id, self.offset))
-            .keys()
-            .next_back()
-        {
+        let last = || {
+            ctx.store
+                .table(Table::Attempts)
+                .scan_prefix(scoped_offset_key(id, self.offset))
+                .keys()
+                .next_back()
+        };
+        // The reverse prefix scan is skipped for a delivery's very first
+        // attempt (a few percent of the CPU of a delivery).
+        let seq = match self.recorded_before.then(last).flatten() {
             Some(Ok(k)) => {
                 u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4-byte suffix")) + 1
             }

@@ -35,6 +35,11 @@ use tokio::sync::OnceCell;
 
 use report::Section;
 
+/// The same allocator as the `stevedore` binary, so the in-process broker
+/// is measured as it runs there (the baselines use it too).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Every scenario, in the order `all` runs them.
 const SCENARIOS: &[(&str, &str)] = &[
     (
