@@ -15,7 +15,8 @@ use tower::{Layer, Service};
 
 use super::stack::{SendError, WebhookRequest, WebhookResponse};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Requests per second with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,48 +76,21 @@ impl RateLimitLayer {
     }
 }
 
+impl Gate for RateLimitLayer {
+    type Pass = ();
+    fn enter(&self) -> BoxFuture<()> {
+        let limit = self.clone();
+        Box::pin(async move { limit.acquire().await })
+    }
+}
+
 impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            limit: self.clone(),
+    type Service = Gated<Self, S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Gated {
+            gate: self.clone(),
             inner,
         }
-    }
-}
-
-/// See [`RateLimitLayer`].
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    limit: RateLimitLayer,
-    inner: S,
-}
-
-impl<S> Service<WebhookRequest> for RateLimit<S>
-where
-    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = WebhookResponse;
-    type Error = SendError;
-    type Future = BoxFuture<Result<WebhookResponse, SendError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: WebhookRequest) -> Self::Future {
-        // The readied inner service is taken; a fresh clone stays behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.limit.clone();
-        Box::pin(async move {
-            limit.acquire().await;
-            inner.call(req).await
-        })
     }
 }
 
@@ -196,7 +170,7 @@ impl AdaptiveLimitLayer {
 }
 
 /// Returns its slot when dropped, whatever happened to the request.
-struct Permit(AdaptiveLimitLayer);
+pub struct Permit(AdaptiveLimitLayer);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -205,25 +179,48 @@ impl Drop for Permit {
     }
 }
 
+impl Gate for AdaptiveLimitLayer {
+    type Pass = Permit;
+    fn enter(&self) -> BoxFuture<Permit> {
+        let limit = self.clone();
+        Box::pin(async move { limit.acquire().await })
+    }
+    fn outcome(&self, result: &Result<WebhookResponse, SendError>) {
+        self.feedback(result);
+    }
+}
+
 impl<S> Layer<S> for AdaptiveLimitLayer {
-    type Service = AdaptiveLimit<S>;
-    fn layer(&self, inner: S) -> AdaptiveLimit<S> {
-        AdaptiveLimit {
-            limit: self.clone(),
+    type Service = Gated<Self, S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Gated {
+            gate: self.clone(),
             inner,
         }
     }
 }
 
-/// See [`AdaptiveLimitLayer`].
+/// A limit applied around each request: wait to pass, hold the pass while
+/// the request runs, then hear its outcome.
+pub trait Gate: Clone + Send + Sync + 'static {
+    /// Held for the request's duration.
+    type Pass: Send;
+    /// Waits until the request may go.
+    fn enter(&self) -> BoxFuture<Self::Pass>;
+    /// Sees the request's result.
+    fn outcome(&self, _result: &Result<WebhookResponse, SendError>) {}
+}
+
+/// A service behind a [`Gate`] (the rate limit, the adaptive limit).
 #[derive(Clone)]
-pub struct AdaptiveLimit<S> {
-    limit: AdaptiveLimitLayer,
+pub struct Gated<G, S> {
+    gate: G,
     inner: S,
 }
 
-impl<S> Service<WebhookRequest> for AdaptiveLimit<S>
+impl<G, S> Service<WebhookRequest> for Gated<G, S>
 where
+    G: Gate,
     S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>
         + Clone
         + Send
@@ -239,13 +236,14 @@ where
     }
 
     fn call(&mut self, req: WebhookRequest) -> Self::Future {
+        // The readied inner service is taken; a fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limit = self.limit.clone();
+        let gate = self.gate.clone();
         Box::pin(async move {
-            let _permit = limit.acquire().await;
+            let _pass = gate.enter().await;
             let result = inner.call(req).await;
-            limit.feedback(&result);
+            gate.outcome(&result);
             result
         })
     }
