@@ -146,6 +146,41 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<EventMeta> {
     })
 }
 
+/// The parts of an encoded [`EventRecord`] without decoding the event:
+/// the encoded `stevedore.v1.Event` (field 1's bytes) and the publish time
+/// (field 2).
+pub fn split_event_record(record: &[u8]) -> Result<(std::ops::Range<usize>, u64)> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let corrupt = |m: &str| Error::Corrupt(format!("event record: {m}"));
+    let mut buf = record;
+    let mut event = None;
+    let mut published = 0;
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).map_err(|e| corrupt(&e.to_string()))?;
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => {
+                let len = decode_varint(&mut buf).map_err(|e| corrupt(&e.to_string()))? as usize;
+                if len > buf.len() {
+                    return Err(corrupt("truncated event"));
+                }
+                let start = record.len() - buf.len();
+                event = Some(start..start + len);
+                buf = &buf[len..];
+            }
+            (2, WireType::Varint) => {
+                published = decode_varint(&mut buf).map_err(|e| corrupt(&e.to_string()))?;
+            }
+            _ => return Err(corrupt(&format!("unexpected field {tag}"))),
+        }
+    }
+    Ok((event.ok_or_else(|| corrupt("no event"))?, published))
+}
+
+/// [`decode_meta`] for a record whose offset is known.
+pub fn decode_meta_record(offset: Offset, record: &[u8]) -> Result<EventMeta> {
+    decode_meta(&offset_key(offset), record)
+}
+
 /// Nanoseconds since the Unix epoch (0 before it).
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -221,6 +256,10 @@ mod tests {
             assert_eq!(encode_event_record(&event, published), want);
         }
         let empty = pb::Event::default();
+        let record = encode_event_record(&event, 42);
+        let (range, published) = split_event_record(&record).unwrap();
+        assert_eq!(published, 42);
+        assert_eq!(pb::Event::decode(&record[range]).unwrap(), event);
         assert_eq!(
             encode_event_record(&empty, 0),
             EventRecord {

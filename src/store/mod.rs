@@ -19,8 +19,8 @@ use std::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use keys::{
-    decode_event, decode_offset, offset_key, scope, scoped_offset_key, scoped_offset_n_key,
-    unix_nanos, ConsumerRecord,
+    decode_event, decode_meta_record, decode_offset, offset_key, scope, scoped_offset_key,
+    scoped_offset_n_key, split_event_record, unix_nanos, ConsumerRecord,
 };
 
 use crate::{
@@ -41,6 +41,15 @@ pub struct StoreConfig {
     pub max_group: usize,
     /// Where commit sizes and appended events are counted.
     pub metrics: Arc<Metrics>,
+}
+
+/// One stored event record, undecoded.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Its offset.
+    pub offset: Offset,
+    /// The encoded [`keys::EventRecord`].
+    pub record: bytes::Bytes,
 }
 
 /// Handle to the log; cheap to clone.
@@ -287,6 +296,29 @@ impl Store {
             .map(|kv| {
                 let (k, v) = kv?;
                 keys::decode_event(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Up to `limit` durable records from `from` on, in log order, as
+    /// stored: each an encoded [`keys::EventRecord`] (see
+    /// [`keys::split_event_record`]), for readers that forward the event's
+    /// bytes without decoding them.
+    pub fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
+        let head = self.head();
+        if from >= head {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .events
+            .range(keys::offset_key(from)..keys::offset_key(head))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok(RawRecord {
+                    offset: keys::decode_offset(&k)?,
+                    record: bytes::Bytes::copy_from_slice(&v),
+                })
             })
             .collect()
     }
