@@ -31,6 +31,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// sled page-cache size in bytes (sled's own default is 1 GiB).
     pub sled_cache_bytes: u64,
+    /// Size at which the event log starts a new segment file.
+    pub log_segment_bytes: u64,
     /// Largest encoded event accepted by Publish.
     pub max_event_bytes: usize,
     /// Most events in one PublishBatch.
@@ -139,6 +141,7 @@ impl Default for Config {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             data_dir: PathBuf::from("stevedore-data"),
             sled_cache_bytes: 64 * 1024 * 1024,
+            log_segment_bytes: 64 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             max_batch_events: 10_000,
             max_request_bytes: 16 * 1024 * 1024,
@@ -193,6 +196,7 @@ pub const KEYS: &[&str] = &[
     "metrics_listen",
     "data_dir",
     "sled_cache_bytes",
+    "log_segment_bytes",
     "max_event_bytes",
     "max_batch_events",
     "max_request_bytes",
@@ -335,6 +339,7 @@ impl Config {
                 self.data_dir = PathBuf::from(value)
             }
             "sled_cache_bytes" => self.sled_cache_bytes = parse_num(value).map_err(bad)?,
+            "log_segment_bytes" => self.log_segment_bytes = parse_num(value).map_err(bad)?,
             "max_event_bytes" => self.max_event_bytes = parse_num(value).map_err(bad)?,
             "max_batch_events" => self.max_batch_events = parse_num(value).map_err(bad)?,
             "max_request_bytes" => self.max_request_bytes = parse_num(value).map_err(bad)?,
@@ -429,6 +434,11 @@ impl Config {
             self.sled_cache_bytes >= 1024 * 1024,
             "sled_cache_bytes",
             "must be at least 1 MiB",
+        )?;
+        check(
+            (1024 * 1024..=1024 * 1024 * 1024).contains(&self.log_segment_bytes),
+            "log_segment_bytes",
+            "must be between 1 MiB and 1 GiB",
         )?;
         check(
             (1024..=64 * 1024 * 1024).contains(&self.max_event_bytes),

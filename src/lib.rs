@@ -117,6 +117,7 @@ pub async fn run_with_metrics(
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
         cache_bytes: config.sled_cache_bytes,
+        segment_bytes: config.log_segment_bytes,
         max_group: config.max_group_commit,
         metrics: metrics.clone(),
     })

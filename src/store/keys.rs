@@ -181,6 +181,28 @@ pub fn decode_meta_record(offset: Offset, record: &[u8]) -> Result<EventMeta> {
     decode_meta(&offset_key(offset), record)
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+struct IdRecord {
+    #[prost(message, optional, tag = "1")]
+    event: Option<IdEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct IdEvent {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+/// The id of a stored event, decoding nothing else.
+pub fn decode_event_id(offset: Offset, record: &[u8]) -> Result<String> {
+    let record: IdRecord = prost::Message::decode(record)
+        .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
+    record
+        .event
+        .map(|e| e.id)
+        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: empty")))
+}
+
 /// Nanoseconds since the Unix epoch (0 before it).
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -1,13 +1,17 @@
-//! The durable log and the state beside it, on sled.
+//! The durable log and the state beside it.
 //!
-//! Reads go straight to sled from any task. Every write goes through one
-//! writer thread ([`writer`]), which folds whatever is queued into a group
-//! commit: apply the batches, `flush()`, then fsync the data file (sled's
-//! `flush()` alone does not fsync on Linux). Only then are the callers
-//! answered and the new head published, so an acknowledged write is on disk
-//! and a subscriber never sees an event that could still be lost.
+//! Events live in an append-only segment log ([`log`], `<data>/events/`);
+//! the small, mutable state tables (consumer positions, endpoints,
+//! deliveries, attempts) in sled. Reads go straight to either from any
+//! task. Every write goes through one writer thread ([`writer`]), which
+//! folds whatever is queued into a group commit and makes it durable with
+//! a real fsync (sled's `flush()` alone does not fsync on Linux). Only then
+//! are the callers answered and the new head published, so an acknowledged
+//! write is on disk and a subscriber never sees an event that could still
+//! be lost.
 
 mod keys;
+mod log;
 mod writer;
 
 use std::{
@@ -28,7 +32,8 @@ use crate::{
     metrics::Metrics,
     model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
-use writer::{Op, Writer};
+use log::EventLog;
+use writer::{Op, StateDb, Writer};
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -37,6 +42,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// sled page-cache size in bytes.
     pub cache_bytes: u64,
+    /// Size at which the event log starts a new segment file.
+    pub segment_bytes: u64,
     /// Most operations in one group commit.
     pub max_group: usize,
     /// Where commit sizes and appended events are counted.
@@ -60,8 +67,7 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
-    events: sled::Tree,
-    event_ids: sled::Tree,
+    log: Arc<EventLog>,
     tables: Tables,
     /// Taken by [`Store::close`]: once every sender is gone the writer
     /// drains its queue and exits, even if stray handles outlive shutdown.
@@ -99,34 +105,27 @@ impl Store {
             // appear, see `writer::sync_blobs`).
             .segment_size(8 * 1024 * 1024)
             .open()?;
-        let events = db.open_tree(keys::EVENTS)?;
-        let event_ids = db.open_tree(keys::EVENT_IDS)?;
         let tables = Tables::open(&db)?;
-        repair_id_index(&events, &event_ids)?;
-
-        let next = match events.last()? {
-            Some((k, _)) => keys::decode_offset(&k)? + 1,
-            None => FIRST_OFFSET,
-        };
-        let last_published = match events.last()? {
-            Some((k, v)) => keys::unix_nanos(keys::decode_event(&k, &v)?.published_at),
-            None => 0,
+        let log_dir = config.path.join(LOG_DIR);
+        migrate_sled_events(&db, &log_dir, config.segment_bytes)?;
+        let (log, log_writer) = EventLog::open(&log_dir, config.segment_bytes)?;
+        let next = log.next();
+        let last_published = match next.checked_sub(1).map(|o| log.get(o)).transpose()? {
+            Some(Some(record)) => keys::split_event_record(&record)?.1,
+            _ => 0,
         };
         let (head_tx, head_rx) = watch::channel(next);
         // Bounded so producers feel backpressure when the disk falls behind.
         let (ops_tx, ops_rx) = mpsc::channel(config.max_group.max(1024));
+        let state = StateDb::new(db.clone(), tables.clone(), &config.path)?;
         let writer = Writer::new(
-            db.clone(),
-            &config.path,
-            events.clone(),
-            event_ids.clone(),
-            tables.clone(),
-            next,
+            log_writer,
+            state,
             last_published,
             head_tx,
             config.max_group,
             config.metrics.clone(),
-        )?;
+        );
         let thread = std::thread::Builder::new()
             .name("stevedore-writer".into())
             .spawn(move || writer.run(ops_rx))?;
@@ -135,8 +134,7 @@ impl Store {
             Store {
                 inner: Arc::new(Inner {
                     db,
-                    events,
-                    event_ids,
+                    log,
                     tables,
                     ops: std::sync::Mutex::new(Some(ops_tx)),
                     head: head_rx,
@@ -188,32 +186,20 @@ impl Store {
     }
 
     /// Removes every event below `before` (except the newest event, which
-    /// anchors offset numbering) with its id entry, in durable chunks.
-    /// Returns how many were removed.
+    /// anchors offset numbering) with its id entry. Returns how many were
+    /// removed.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
-        const CHUNK: usize = 4096;
-        let mut total = 0;
-        loop {
-            let (reply, rx) = oneshot::channel();
-            self.sender()?
-                .send(Op::Truncate {
-                    before,
-                    limit: CHUNK,
-                    reply,
-                })
-                .await
-                .map_err(|_| Error::ShuttingDown)?;
-            let n = rx.await.map_err(|_| Error::ShuttingDown)??;
-            total += n;
-            if n < CHUNK {
-                return Ok(total);
-            }
-        }
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Op::Truncate { before, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the event log and the state database occupy on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.log.size() + self.inner.db.size_on_disk()?)
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Op>> {
@@ -252,10 +238,7 @@ impl Store {
 
     /// The oldest offset in the log (the head when it is empty).
     pub fn first_offset(&self) -> Result<Offset> {
-        match self.inner.events.first()? {
-            Some((k, _)) => keys::decode_offset(&k),
-            None => Ok(self.head()),
-        }
+        Ok(self.inner.log.first().min(self.head()))
     }
 
     /// The event at `offset`, if it is durable and still in the log.
@@ -264,9 +247,9 @@ impl Store {
             return Ok(None);
         }
         self.inner
-            .events
-            .get(keys::offset_key(offset))?
-            .map(|v| keys::decode_event(&keys::offset_key(offset), &v))
+            .log
+            .get(offset)?
+            .map(|record| keys::decode_event(&keys::offset_key(offset), &record))
             .transpose()
     }
 
@@ -277,50 +260,36 @@ impl Store {
             return Ok(None);
         }
         self.inner
-            .events
-            .get(keys::offset_key(offset))?
-            .map(|v| keys::decode_meta(&keys::offset_key(offset), &v))
+            .log
+            .get(offset)?
+            .map(|record| keys::decode_meta_record(offset, &record))
             .transpose()
     }
 
-    /// Up to `limit` durable events from `from` on, in log order.
+    /// Up to `limit` durable events from `from` on (from the first offset,
+    /// if `from` is below it), in log order.
     pub fn read_from(&self, from: Offset, limit: usize) -> Result<Vec<StoredEvent>> {
-        let head = self.head();
-        if from >= head {
-            return Ok(Vec::new());
-        }
-        self.inner
-            .events
-            .range(keys::offset_key(from)..keys::offset_key(head))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                keys::decode_event(&k, &v)
-            })
+        self.read_records(from, limit)?
+            .into_iter()
+            .map(|r| keys::decode_event(&keys::offset_key(r.offset), &r.record))
             .collect()
     }
 
-    /// Up to `limit` durable records from `from` on, in log order, as
-    /// stored: each an encoded [`keys::EventRecord`] (see
-    /// [`keys::split_event_record`]), for readers that forward the event's
-    /// bytes without decoding them.
+    /// Up to `limit` durable records from `from` on (from the first offset,
+    /// if `from` is below it), in log order, as stored: each an encoded
+    /// [`keys::EventRecord`] (see [`keys::split_event_record`]), for readers
+    /// that forward the event's bytes without decoding them.
     pub fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
         let head = self.head();
         if from >= head {
             return Ok(Vec::new());
         }
-        self.inner
-            .events
-            .range(keys::offset_key(from)..keys::offset_key(head))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok(RawRecord {
-                    offset: keys::decode_offset(&k)?,
-                    record: bytes::Bytes::copy_from_slice(&v),
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(limit.min((head - from) as usize));
+        self.inner.log.read_range(from, head, limit, &mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|(offset, record)| RawRecord { offset, record })
+            .collect())
     }
 
     /// The offset of the first event published at or after `t` (the head if
@@ -331,8 +300,12 @@ impl Store {
             let mid = lo + (hi - lo) / 2;
             // Offsets are dense between first and head, so `mid` exists
             // unless retention removed it meanwhile; then search above it.
-            match self.get(mid)? {
-                Some(e) if e.published_at >= t => hi = mid,
+            let published = match self.inner.log.get(mid)? {
+                Some(record) => Some(keys::split_event_record(&record)?.1),
+                None => None,
+            };
+            match published {
+                Some(p) if p >= keys::unix_nanos(t) => hi = mid,
                 _ => lo = mid + 1,
             }
         }
@@ -341,11 +314,10 @@ impl Store {
 
     /// The offset of an event id, if it is in the log.
     pub fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        self.inner
-            .event_ids
-            .get(id.as_bytes())?
-            .map(|v| keys::decode_offset(&v))
-            .transpose()
+        match self.inner.log.offset_of_id(id)? {
+            Some(o) if o < self.head() => Ok(Some(o)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -373,24 +345,60 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A group commit applies the events batch before the id batch, so after a
-/// crash the id index can lack the ids of the last group (never the
-/// reverse). Re-index from the end of the log until an indexed event.
-fn repair_id_index(events: &sled::Tree, event_ids: &sled::Tree) -> Result<()> {
-    let mut repaired = 0u64;
-    for kv in events.iter().rev() {
-        let (k, v) = kv?;
-        let e = keys::decode_event(&k, &v)?;
-        if event_ids.get(e.event.id.as_bytes())?.is_some() {
-            break;
+/// The event log's directory inside the data directory.
+const LOG_DIR: &str = "events";
+
+/// Data directories written before the event log kept events in sled
+/// trees. Copies them into a new log, built beside it and renamed into
+/// place once durable, then drops the trees: a crash at any point leaves
+/// either the trees or the complete log.
+fn migrate_sled_events(db: &sled::Db, log_dir: &Path, segment_bytes: u64) -> Result<()> {
+    let building = log_dir.with_extension("migrating");
+    if building.exists() {
+        std::fs::remove_dir_all(&building)?;
+    }
+    let has = |name: &str| db.tree_names().iter().any(|n| &n[..] == name.as_bytes());
+    if !has(keys::EVENTS) {
+        return Ok(());
+    }
+    let events = db.open_tree(keys::EVENTS)?;
+    if !log_dir.exists() {
+        let first = match events.first()? {
+            Some((k, _)) => keys::decode_offset(&k)?,
+            None => FIRST_OFFSET,
+        };
+        std::fs::create_dir_all(&building)?;
+        log::write_start_file(&building, first)?;
+        let (_, mut writer) = EventLog::open(&building, segment_bytes)?;
+        let mut n = 0u64;
+        for kv in events.iter() {
+            let (k, v) = kv?;
+            let offset = keys::decode_offset(&k)?;
+            let id = keys::decode_event_id(offset, &v)?;
+            let at = writer.append(&id, &v)?;
+            if at != offset {
+                return Err(Error::Corrupt(format!(
+                    "migrating events: offset {offset} is not contiguous (expected {at})"
+                )));
+            }
+            n += 1;
+            if n % 4096 == 0 {
+                writer.commit()?;
+            }
         }
-        event_ids.insert(e.event.id.as_bytes(), &k[..])?;
-        repaired += 1;
+        writer.commit()?;
+        drop(writer);
+        std::fs::rename(&building, log_dir)?;
+        std::fs::File::open(log_dir.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+        tracing::warn!(
+            events = n,
+            "moved the events from sled trees into the event log"
+        );
     }
-    if repaired > 0 {
-        event_ids.flush()?;
-        tracing::warn!(repaired, "re-indexed event ids after an interrupted commit");
-    }
+    drop(events);
+    db.drop_tree(keys::EVENTS)?;
+    db.drop_tree(keys::EVENT_IDS)?;
+    db.flush()?;
     Ok(())
 }
 
@@ -484,47 +492,233 @@ mod tests {
         StoreConfig {
             path: path.to_owned(),
             cache_bytes: 1 << 20,
+            // Small segments, so a few events span several.
+            segment_bytes: 1024,
             max_group: 16,
             metrics: Default::default(),
         }
     }
 
+    fn event(id: &str) -> NewEvent {
+        crate::convert::validate_event(
+            crate::pb::Event {
+                id: id.into(),
+                payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
+                    r#type: "a.b".into(),
+                    data: None,
+                })),
+                ..Default::default()
+            },
+            "event",
+            SystemTime::now(),
+            crate::convert::EventLimits {
+                max_event_bytes: 4096,
+            },
+        )
+        .unwrap()
+    }
+
+    async fn close(store: Store, writer: WriterHandle) {
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap();
+    }
+
+    fn ids(events: &[StoredEvent]) -> Vec<String> {
+        events.iter().map(|e| e.event.id.clone()).collect()
+    }
+
+    fn segments(dir: &Path, ext: &str) -> Vec<PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join(LOG_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Appends `n` events `e{from}`..., in batches of 7.
+    async fn fill(store: &Store, from: usize, n: usize) {
+        let names: Vec<String> = (from..from + n).map(|i| format!("e{i}")).collect();
+        for chunk in names.chunks(7) {
+            store
+                .append(chunk.iter().map(|i| event(i)).collect())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn events_span_segments_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        fill(&store, 0, 200).await;
+        assert_eq!(store.head(), 201);
+        assert!(segments(dir.path(), "log").len() > 3, "small segments roll");
+        let all = store.read_from(1, 1000).unwrap();
+        assert_eq!(all.len(), 200);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.offset == i as u64 + 1));
+        assert_eq!(ids(&store.read_from(57, 3).unwrap()), ["e56", "e57", "e58"]);
+        // A duplicate of an id in an earlier segment answers its offset.
+        let dup = store.append(vec![event("e3")]).await.unwrap();
+        assert_eq!((dup[0].offset, dup[0].duplicate), (4, true));
+        close(store, writer).await;
+
+        // Sealed segments open from their `.idx`; damage one and it is
+        // rebuilt from the segment.
+        let idx = segments(dir.path(), "idx");
+        std::fs::write(&idx[1], b"garbage").unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(store.head(), 201);
+        assert_eq!(store.read_from(1, 1000).unwrap(), all);
+        for id in ["e0", "e30", "e199"] {
+            let dup = store.append(vec![event(id)]).await.unwrap();
+            assert!(dup[0].duplicate, "{id} is known after a restart");
+        }
+        let new = store.append(vec![event("e200")]).await.unwrap();
+        assert_eq!((new[0].offset, new[0].duplicate), (201, false));
+        assert_eq!(store.offset_of_id("e30").unwrap(), Some(31));
+        close(store, writer).await;
+    }
+
+    /// A crash can leave a torn or unacknowledged record at the end of the
+    /// last segment: opening cuts it, and appending goes on after the last
+    /// complete record.
+    #[tokio::test]
+    async fn a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        fill(&store, 0, 10).await;
+        close(store, writer).await;
+        let last = segments(dir.path(), "log").pop().unwrap();
+        let good = std::fs::metadata(&last).unwrap().len();
+        let bytes = std::fs::read(&last).unwrap();
+        // The last record again, cut short, as a crash mid-write leaves it.
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&bytes[bytes.len() - 60..bytes.len() - 10]);
+        std::fs::write(&last, &torn).unwrap();
+
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), good);
+        assert_eq!(store.head(), 11);
+        let new = store.append(vec![event("e10")]).await.unwrap();
+        assert_eq!(new[0].offset, 11);
+        assert_eq!(store.get(11).unwrap().unwrap().event.id, "e10");
+        close(store, writer).await;
+
+        // A flipped byte inside the last record: its checksum fails, so it
+        // is the unacknowledged tail and goes.
+        let last = segments(dir.path(), "log").pop().unwrap();
+        let mut bytes = std::fs::read(&last).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        std::fs::write(&last, &bytes).unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(store.head(), 11);
+        assert!(store.get(11).unwrap().is_none());
+        close(store, writer).await;
+    }
+
+    #[tokio::test]
+    async fn truncation_deletes_whole_segments_and_forgets_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        fill(&store, 0, 100).await;
+        let before = segments(dir.path(), "log").len();
+        assert_eq!(store.truncate(60).await.unwrap(), 59);
+        assert_eq!(store.first_offset().unwrap(), 60);
+        assert!(store.get(59).unwrap().is_none());
+        assert_eq!(store.get(60).unwrap().unwrap().event.id, "e59");
+        assert_eq!(store.read_from(1, 2).unwrap()[0].offset, 60);
+        assert!(segments(dir.path(), "log").len() < before);
+        // An id that retention removed is new again.
+        let again = store.append(vec![event("e1")]).await.unwrap();
+        assert_eq!((again[0].offset, again[0].duplicate), (101, false));
+        // The newest event always stays.
+        assert_eq!(store.truncate(1000).await.unwrap(), 41);
+        assert_eq!(store.first_offset().unwrap(), 101);
+        close(store, writer).await;
+
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(store.first_offset().unwrap(), 101);
+        assert_eq!(store.head(), 102);
+        assert_eq!(ids(&store.read_from(1, 10).unwrap()), ["e1"]);
+        let next = store.append(vec![event("e200")]).await.unwrap();
+        assert_eq!(next[0].offset, 102);
+        close(store, writer).await;
+    }
+
+    /// Data directories from before the event log kept events in sled.
+    #[tokio::test]
+    async fn events_in_sled_trees_move_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path())
+                .segment_size(8 * 1024 * 1024)
+                .open()
+                .unwrap();
+            let events = db.open_tree(keys::EVENTS).unwrap();
+            let event_ids = db.open_tree(keys::EVENT_IDS).unwrap();
+            // Retention had removed offsets below 5.
+            for (i, offset) in (5..25u64).enumerate() {
+                let e = event(&format!("old{i}"));
+                let record = keys::encode_event_record(&e.event, 1_000 + offset);
+                events.insert(keys::offset_key(offset), record).unwrap();
+                event_ids
+                    .insert(e.event.id.as_bytes(), &keys::offset_key(offset))
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(store.first_offset().unwrap(), 5);
+        assert_eq!(store.head(), 25);
+        let moved = store.read_from(0, 100).unwrap();
+        assert_eq!(moved.len(), 20);
+        assert_eq!(moved[0].event.id, "old0");
+        assert_eq!(
+            moved[19].published_at,
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_024)
+        );
+        let dup = store.append(vec![event("old3")]).await.unwrap();
+        assert_eq!((dup[0].offset, dup[0].duplicate), (8, true));
+        close(store, writer).await;
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(8 * 1024 * 1024)
+            .open()
+            .unwrap();
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|n| &n[..] == keys::EVENTS.as_bytes()));
+    }
+
     /// The data directory a SIGKILL during a sled snapshot leaves behind
-    /// (seen in this project's crash tests) must open, with its events.
+    /// (seen in this project's crash tests) must open, with its state.
     #[tokio::test]
     async fn opens_after_a_crash_during_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, writer) = Store::open(&config(dir.path())).unwrap();
-            let event = crate::convert::validate_event(
-                crate::pb::Event {
-                    id: "kept".into(),
-                    payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
-                        r#type: "a.b".into(),
-                        data: None,
-                    })),
-                    ..Default::default()
-                },
-                "event",
-                SystemTime::now(),
-                crate::convert::EventLimits {
-                    max_event_bytes: 4096,
-                },
-            )
-            .unwrap();
-            store.append(vec![event]).await.unwrap();
-            drop(store);
-            tokio::task::spawn_blocking(move || writer.join())
+            store.append(vec![event("kept")]).await.unwrap();
+            store
+                .write(vec![Mutation::put(Table::Endpoints, "ep", "x")])
                 .await
                 .unwrap();
+            close(store, writer).await;
         }
         std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         assert_eq!(store.get(1).unwrap().unwrap().event.id, "kept");
+        assert!(store.table(Table::Endpoints).get("ep").unwrap().is_some());
         assert!(!dir.path().join("snap.00000000FFFFFFFF.generating").exists());
-        drop(store);
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .unwrap();
+        close(store, writer).await;
     }
 }

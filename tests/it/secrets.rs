@@ -214,6 +214,7 @@ fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
     let (store, writer) = Store::open(&StoreConfig {
         path: dir.to_owned(),
         cache_bytes: 8 * 1024 * 1024,
+        segment_bytes: 64 * 1024 * 1024,
         max_group: 16,
         metrics: Default::default(),
     })
