@@ -2,7 +2,10 @@
 //! and requests, with `INVALID_ARGUMENT` errors that name the field by its
 //! request path (`events[2].pick_confirmed.lines[0].quantity_short`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use prost::Message;
 use prost_types::{value::Kind, Struct, Timestamp};
@@ -20,6 +23,37 @@ pub struct EventLimits {
     pub max_event_bytes: usize,
 }
 
+/// A request field's path, formatted only when an error names it (valid
+/// events, the common case, then cost no allocation for their names).
+pub type FieldPath<'a> = &'a dyn fmt::Display;
+
+/// `parent.name`.
+struct Dot<'a>(FieldPath<'a>, &'a str);
+
+impl fmt::Display for Dot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// `parent.name[index]`.
+struct Index<'a>(FieldPath<'a>, &'a str, usize);
+
+impl fmt::Display for Index<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}[{}]", self.0, self.1, self.2)
+    }
+}
+
+/// `name[index]`, the path of one event of a batch (`events[3]`).
+pub struct Item(pub &'static str, pub usize);
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
+}
+
 const MAX_ID_BYTES: usize = 256;
 const MAX_ORDERING_KEY_BYTES: usize = 1024;
 const MAX_ATTRIBUTES: usize = 64;
@@ -31,21 +65,21 @@ const MAX_STRUCT_DEPTH: usize = 32;
 /// field names in errors (`event` or `events[3]`).
 pub fn validate_event(
     mut event: pb::Event,
-    path: &str,
+    path: FieldPath<'_>,
     now: SystemTime,
     limits: EventLimits,
 ) -> Result<NewEvent> {
     let size = event.encoded_len();
     if size > limits.max_event_bytes {
         return Err(Error::invalid(
-            path,
+            path.to_string(),
             format!(
                 "encoded size {size} bytes exceeds max_event_bytes ({})",
                 limits.max_event_bytes
             ),
         ));
     }
-    let field = |name: &str| format!("{path}.{name}");
+    let field = |name| Dot(path, name);
 
     let id_assigned = event.id.is_empty();
     if id_assigned {
@@ -59,14 +93,15 @@ pub fn validate_event(
     }
     if event.attributes.len() > MAX_ATTRIBUTES {
         return Err(Error::invalid(
-            field("attributes"),
+            field("attributes").to_string(),
             format!("at most {MAX_ATTRIBUTES} attributes"),
         ));
     }
     for (k, v) in &event.attributes {
-        let p = field(&format!("attributes[{k:?}]"));
+        let p = format!("{path}.attributes[{k:?}]");
+        let p: FieldPath<'_> = &p;
         if k.is_empty() {
-            return Err(Error::invalid(p, "key must not be empty"));
+            return Err(Error::invalid(p.to_string(), "key must not be empty"));
         }
         check_text(&p, k, MAX_ATTRIBUTE_BYTES)?;
         check_text(&p, v, MAX_ATTRIBUTE_BYTES)?;
@@ -74,7 +109,7 @@ pub fn validate_event(
 
     let Some(payload) = &event.payload else {
         return Err(Error::invalid(
-            field("payload"),
+            field("payload").to_string(),
             "required: set exactly one of shipment_closed, pick_confirmed, inventory_updated, \
              order_status, return_received, channel_inventory_updated, custom",
         ));
@@ -100,11 +135,12 @@ pub fn validate_event(
 }
 
 /// Validates the payload and returns its default ordering key.
-fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
+fn validate_payload(path: FieldPath<'_>, payload: &Payload) -> Result<Option<String>> {
     let mut v = Validator::default();
     let key = match payload {
         Payload::ShipmentClosed(s) => {
-            let p = format!("{path}.shipment_closed");
+            let p = Dot(path, "shipment_closed");
+            let p: FieldPath<'_> = &p;
             v.enumeration(
                 &p,
                 "tracking_status",
@@ -127,7 +163,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             v.timestamp(&p, "estimated_delivery_date", &s.estimated_delivery_date);
             v.number(&p, "weight_shipment", s.weight_shipment);
             for (i, d) in s.details.iter().enumerate() {
-                let p = format!("{p}.details[{i}]");
+                let p = Index(p, "details", i);
+                let p: FieldPath<'_> = &p;
                 v.number(&p, "quantity_required", d.quantity_required);
                 v.number(&p, "quantity_shipped", d.quantity_shipped);
                 v.number(&p, "quantity_backordered", d.quantity_backordered);
@@ -136,7 +173,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             first_non_empty(&[&s.sales_order_id, &s.lpn, &s.tracking_number])
         }
         Payload::PickConfirmed(s) => {
-            let p = format!("{path}.pick_confirmed");
+            let p = Dot(path, "pick_confirmed");
+            let p: FieldPath<'_> = &p;
             v.enumeration(
                 &p,
                 "status",
@@ -146,7 +184,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             v.number(&p, "total_qty", s.total_qty);
             v.timestamp(&p, "last_activity_date", &s.last_activity_date);
             for (i, l) in s.lines.iter().enumerate() {
-                let p = format!("{p}.lines[{i}]");
+                let p = Index(p, "lines", i);
+                let p: FieldPath<'_> = &p;
                 v.number(&p, "quantity_required", l.quantity_required);
                 v.number(&p, "quantity_processed", l.quantity_processed);
                 v.number(&p, "quantity_short", l.quantity_short);
@@ -154,7 +193,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             first_non_empty(&[&s.sales_order_id]).or(s.work_control_number.map(|n| n.to_string()))
         }
         Payload::InventoryUpdated(s) => {
-            let p = format!("{path}.inventory_updated");
+            let p = Dot(path, "inventory_updated");
+            let p: FieldPath<'_> = &p;
             v.enumeration(
                 &p,
                 "reason",
@@ -181,7 +221,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             })
         }
         Payload::OrderStatus(s) => {
-            let p = format!("{path}.order_status");
+            let p = Dot(path, "order_status");
+            let p: FieldPath<'_> = &p;
             v.enumeration(
                 &p,
                 "previous_status",
@@ -199,10 +240,12 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             first_non_empty(&[&s.sales_order_id])
         }
         Payload::ReturnReceived(s) => {
-            let p = format!("{path}.return_received");
+            let p = Dot(path, "return_received");
+            let p: FieldPath<'_> = &p;
             v.timestamp(&p, "received_date", &s.received_date);
             for (i, l) in s.lines.iter().enumerate() {
-                let p = format!("{p}.lines[{i}]");
+                let p = Index(p, "lines", i);
+                let p: FieldPath<'_> = &p;
                 v.number(&p, "quantity_expected", l.quantity_expected);
                 v.number(&p, "quantity_received", l.quantity_received);
                 v.enumeration(
@@ -221,7 +264,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             first_non_empty(&[&s.rma_id])
         }
         Payload::ChannelInventoryUpdated(s) => {
-            let p = format!("{path}.channel_inventory_updated");
+            let p = Dot(path, "channel_inventory_updated");
+            let p: FieldPath<'_> = &p;
             let Some(variant) = &s.variant else {
                 return Err(Error::invalid(format!("{p}.variant"), "required"));
             };
@@ -235,7 +279,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
                 ));
             }
             if let Some(cv) = &s.channel_variant {
-                let p = format!("{p}.channel_variant");
+                let p = Dot(p, "channel_variant");
+                let p: FieldPath<'_> = &p;
                 for (name, ts) in [
                     ("inventory_update", &cv.inventory_update),
                     ("price_update", &cv.price_update),
@@ -248,7 +293,7 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
                 }
                 if let Some(ch) = &cv.channel {
                     v.number(
-                        &format!("{p}.channel"),
+                        &Dot(p, "channel"),
                         "free_shipping_threshold",
                         ch.free_shipping_threshold,
                     );
@@ -257,7 +302,8 @@ fn validate_payload(path: &str, payload: &Payload) -> Result<Option<String>> {
             Some(variant_id.to_string())
         }
         Payload::Custom(c) => {
-            let p = format!("{path}.custom");
+            let p = Dot(path, "custom");
+            let p: FieldPath<'_> = &p;
             EventType::parse_custom(&c.r#type)
                 .map_err(|m| Error::invalid(format!("{p}.type"), m))?;
             if let Some(data) = &c.data {
@@ -282,7 +328,7 @@ impl Validator {
             .get_or_insert(Error::invalid(field, message));
     }
 
-    fn enumeration(&mut self, path: &str, name: &str, known: bool, value: i32) {
+    fn enumeration(&mut self, path: FieldPath<'_>, name: &str, known: bool, value: i32) {
         if !known {
             self.fail(
                 format!("{path}.{name}"),
@@ -291,15 +337,15 @@ impl Validator {
         }
     }
 
-    fn number(&mut self, path: &str, name: &str, value: Option<f64>) {
+    fn number(&mut self, path: FieldPath<'_>, name: &str, value: Option<f64>) {
         if value.is_some_and(|n| !n.is_finite()) {
             self.fail(format!("{path}.{name}"), "must be a finite number".into());
         }
     }
 
-    fn timestamp(&mut self, path: &str, name: &str, ts: &Option<Timestamp>) {
+    fn timestamp(&mut self, path: FieldPath<'_>, name: &str, ts: &Option<Timestamp>) {
         if let Some(ts) = ts {
-            if let Err(e) = check_timestamp(&format!("{path}.{name}"), ts) {
+            if let Err(e) = check_timestamp(&Dot(path, name), ts) {
                 self.first_error.get_or_insert(e);
             }
         }
@@ -317,15 +363,18 @@ fn first_non_empty(candidates: &[&String]) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
+fn check_text(field: FieldPath<'_>, value: &str, max: usize) -> Result<()> {
     if value.len() > max {
         return Err(Error::invalid(
-            field,
+            field.to_string(),
             format!("must be at most {max} bytes"),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "must not contain control characters"));
+        return Err(Error::invalid(
+            field.to_string(),
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -335,12 +384,15 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<()> {
 const MIN_SECONDS: i64 = -62_135_596_800;
 const MAX_SECONDS: i64 = 253_402_300_799;
 
-fn check_timestamp(field: &str, ts: &Timestamp) -> Result<()> {
+fn check_timestamp(field: FieldPath<'_>, ts: &Timestamp) -> Result<()> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(Error::invalid(field, "nanos must be in 0..1e9"));
+        return Err(Error::invalid(field.to_string(), "nanos must be in 0..1e9"));
     }
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
-        return Err(Error::invalid(field, "must be between years 0001 and 9999"));
+        return Err(Error::invalid(
+            field.to_string(),
+            "must be between years 0001 and 9999",
+        ));
     }
     Ok(())
 }
@@ -384,7 +436,7 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 
 /// A protobuf timestamp as `SystemTime`; times before 1970 clamp to the epoch.
 pub fn system_time(field: &str, ts: &Timestamp) -> Result<SystemTime> {
-    check_timestamp(field, ts)?;
+    check_timestamp(&field, ts)?;
     if ts.seconds < 0 {
         return Ok(UNIX_EPOCH);
     }
@@ -421,7 +473,7 @@ mod tests {
     #[test]
     fn fills_in_id_time_and_key() {
         let now = SystemTime::now();
-        let e = validate_event(pick(1), "event", now, LIMITS).unwrap();
+        let e = validate_event(pick(1), &"event", now, LIMITS).unwrap();
         assert!(e.id_assigned);
         assert_eq!(e.event.id.len(), 26);
         assert_eq!(e.event.occurred_at, Some(timestamp(now)));
@@ -432,12 +484,12 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let now = SystemTime::now();
-        let err = validate_event(pick(42), "events[3]", now, LIMITS).unwrap_err();
+        let err = validate_event(pick(42), &"events[3]", now, LIMITS).unwrap_err();
         assert_eq!(
             err.to_string(),
             "events[3].pick_confirmed.status: unknown enum value 42"
         );
-        let err = validate_event(pb::Event::default(), "event", now, LIMITS).unwrap_err();
+        let err = validate_event(pb::Event::default(), &"event", now, LIMITS).unwrap_err();
         assert!(err.to_string().starts_with("event.payload: required"));
 
         let mut e = pick(1);
@@ -447,7 +499,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let err = validate_event(e, "event", now, LIMITS).unwrap_err();
+        let err = validate_event(e, &"event", now, LIMITS).unwrap_err();
         assert_eq!(
             err.to_string(),
             "event.pick_confirmed.lines[0].quantity_short: must be a finite number"
@@ -472,7 +524,7 @@ mod tests {
                 })),
                 ..Default::default()
             };
-            let r = validate_event(e, "event", now, LIMITS);
+            let r = validate_event(e, &"event", now, LIMITS);
             assert_eq!(r.is_ok(), ok, "{ty}: {r:?}");
             if let Err(e) = r {
                 assert!(e.to_string().starts_with("event.custom.type: "), "{e}");
@@ -489,7 +541,7 @@ mod tests {
         if let Some(Payload::PickConfirmed(p)) = &mut e.payload {
             p.wave_id = "w".repeat(3000);
         }
-        let err = validate_event(e, "event", SystemTime::now(), LIMITS).unwrap_err();
+        let err = validate_event(e, &"event", SystemTime::now(), LIMITS).unwrap_err();
         assert!(err.to_string().contains("exceeds max_event_bytes"), "{err}");
     }
 }

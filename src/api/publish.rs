@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
 use crate::{
-    convert::{validate_event, EventLimits},
+    convert::{validate_event, EventLimits, Item},
     error::Error,
     model::{Appended, NewEvent},
     pb::{
@@ -40,7 +40,7 @@ fn limits(shared: &Shared) -> EventLimits {
 
 fn validate_one(shared: &Shared, req: PublishRequest, path: &str) -> Result<NewEvent, Error> {
     let event = req.event.ok_or_else(|| Error::invalid(path, "required"))?;
-    validate_event(event, path, SystemTime::now(), limits(shared))
+    validate_event(event, &path, SystemTime::now(), limits(shared))
 }
 
 fn response(event_id: String, appended: Appended) -> PublishResponse {
@@ -94,7 +94,7 @@ impl Publisher for PublisherService {
         let events = events
             .into_iter()
             .enumerate()
-            .map(|(i, e)| validate_event(e, &format!("events[{i}]"), now, limits(&self.shared)))
+            .map(|(i, e)| validate_event(e, &Item("events", i), now, limits(&self.shared)))
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let appended = self.shared.store.append(events).await?;

@@ -42,7 +42,7 @@ fn render_example(name: &str) -> Value {
     let limits = EventLimits {
         max_event_bytes: 1 << 20,
     };
-    let event = validate_event(event, "event", SystemTime::now(), limits)
+    let event = validate_event(event, &"event", SystemTime::now(), limits)
         .unwrap_or_else(|e| panic!("examples/{name}.json is invalid: {e}"))
         .event;
     let body = render_body(&event).expect("renders");

@@ -142,7 +142,7 @@ impl Ctx {
     fn valid_event(&self, e: &pb::Event) -> bool {
         validate_event(
             e.clone(),
-            "event",
+            &"event",
             std::time::SystemTime::now(),
             self.limits(),
         )
