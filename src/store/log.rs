@@ -105,9 +105,8 @@ impl EventLog {
         }
         bases.sort_unstable();
         let mut segments = Vec::with_capacity(bases.len().max(1));
-        let mut ids = IdIndex::default();
+        let mut all_hashes = Vec::with_capacity(bases.len());
         let last = bases.len().saturating_sub(1);
-        let mut active_hashes = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(dir, base, "log");
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -150,12 +149,7 @@ impl EventLog {
                     scanned
                 }
             };
-            for (rel, &h) in hashes.iter().enumerate() {
-                ids.insert_loaded(h, base + rel as Offset, |o| {
-                    id_at(&file, base, &positions, len, o)
-                })?;
-            }
-            active_hashes = hashes;
+            all_hashes.push(hashes);
             segments.push(Segment {
                 base,
                 file: Arc::new(file),
@@ -170,7 +164,20 @@ impl EventLog {
         let next = segments.last().map(Segment::next).unwrap_or(FIRST_OFFSET);
         let oldest = segments[0].base;
         let first = first_on_file.unwrap_or(oldest).clamp(oldest, next);
-        ids.retain_from(first);
+        // Sized once: growing would hold the old and the new table at once.
+        let mut ids = IdIndex::with_capacity((next - first) as usize, first);
+        for (seg, hashes) in segments.iter().zip(&all_hashes) {
+            for (rel, &h) in hashes.iter().enumerate() {
+                let offset = seg.base + rel as Offset;
+                if offset >= first {
+                    ids.insert_loaded(h, offset, |o| {
+                        id_at(&seg.file, seg.base, &seg.positions, seg.len, o)
+                    })?;
+                }
+            }
+        }
+        let mut active_hashes = all_hashes.pop().unwrap_or_default();
+        drop(all_hashes);
         let seg = segments.last().expect("the log always has a segment");
         let file = OpenOptions::new()
             .append(true)
@@ -674,39 +681,75 @@ fn id_hash(id: &str) -> u64 {
     h
 }
 
-/// The hash is already one; hashing it again would only cost time.
+/// Spreads a key that is already a hash over the whole word (the hash
+/// table uses the top bits too) with one multiplication.
 #[derive(Default)]
-struct Identity(u64);
+struct Spread(u64);
 
-impl Hasher for Identity {
+impl Hasher for Spread {
     fn finish(&self) -> u64 {
-        self.0
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 << 8) | *b as u64;
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+    fn write_u32(&mut self, n: u32) {
+        self.0 = n as u64;
     }
 }
 
-/// Event id → offset, for idempotent publishing: the id's hash → offset,
-/// with the rare second id of a hash kept by name.
-#[derive(Default)]
+/// Event id → offset, for idempotent publishing, in 8 bytes an event (plus
+/// the table's slack): 32 bits of the id's hash → the low 32 bits of the
+/// offset. The full offset is the one with those bits in
+/// `[first, first + 2^32)`, as the log never holds 2^32 events. Every hit is
+/// checked against the stored id, so a shared hash only costs a read; the
+/// rare second id of a hash is kept by name.
 struct IdIndex {
-    by_hash: HashMap<u64, Offset, BuildHasherDefault<Identity>>,
+    by_hash: HashMap<u32, u32, BuildHasherDefault<Spread>>,
     collided: HashMap<String, Offset>,
+    first: Offset,
 }
 
 impl IdIndex {
+    fn with_capacity(n: usize, first: Offset) -> Self {
+        Self {
+            by_hash: HashMap::with_capacity_and_hasher(n, Default::default()),
+            collided: HashMap::new(),
+            first,
+        }
+    }
+
+    fn key(h: u64) -> u32 {
+        (h ^ (h >> 32)) as u32
+    }
+
+    fn offset(&self, low: u32) -> Offset {
+        let o = (self.first & !0xffff_ffff) | low as Offset;
+        if o < self.first {
+            o + (1 << 32)
+        } else {
+            o
+        }
+    }
+
     fn lookup(
         &self,
         id: &str,
         id_of: impl Fn(Offset) -> Result<Option<String>>,
     ) -> Result<Option<Offset>> {
-        if let Some(&o) = self.by_hash.get(&id_hash(id)) {
+        self.lookup_hashed(id_hash(id), id, id_of)
+    }
+
+    fn lookup_hashed(
+        &self,
+        h: u64,
+        id: &str,
+        id_of: impl Fn(Offset) -> Result<Option<String>>,
+    ) -> Result<Option<Offset>> {
+        if let Some(&low) = self.by_hash.get(&Self::key(h)) {
+            let o = self.offset(low);
             if id_of(o)?.as_deref() == Some(id) {
                 return Ok(Some(o));
             }
@@ -716,13 +759,14 @@ impl IdIndex {
 
     /// Indexes a new id (known not to be in the log).
     fn insert(&mut self, h: u64, id: String, offset: Offset) {
-        if let Some(&taken) = self.by_hash.get(&h) {
-            if taken != offset {
+        match self.by_hash.entry(Self::key(h)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(offset as u32);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
                 self.collided.insert(id, offset);
-                return;
             }
         }
-        self.by_hash.insert(h, offset);
     }
 
     /// Indexes an id read back at opening, reading it only on a collision.
@@ -732,9 +776,9 @@ impl IdIndex {
         offset: Offset,
         id_of: impl Fn(Offset) -> Result<String>,
     ) -> Result<()> {
-        match self.by_hash.entry(h) {
+        match self.by_hash.entry(Self::key(h)) {
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(offset);
+                v.insert(offset as u32);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.collided.insert(id_of(offset)?, offset);
@@ -745,7 +789,44 @@ impl IdIndex {
 
     /// Forgets ids below `first`.
     fn retain_from(&mut self, first: Offset) {
-        self.by_hash.retain(|_, o| *o >= first);
+        let old = self.first;
+        let full = |low: u32| {
+            let o = (old & !0xffff_ffff) | low as Offset;
+            if o < old {
+                o + (1 << 32)
+            } else {
+                o
+            }
+        };
+        self.by_hash.retain(|_, low| full(*low) >= first);
         self.collided.retain(|_, o| *o >= first);
+        self.first = first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids whose hashes collide are told apart by reading the stored id,
+    /// and offsets past 2^32 come back whole.
+    #[test]
+    fn the_id_index_tells_colliding_ids_apart() {
+        let first = (1 << 32) - 5;
+        let mut ids = IdIndex::with_capacity(4, first);
+        let stored: HashMap<Offset, &str> =
+            [(first, "a"), (first + 8, "b"), (first + 9, "c")].into();
+        let id_of = |o: Offset| Ok(stored.get(&o).map(|s| s.to_string()));
+        ids.insert(7, "a".into(), first);
+        ids.insert(7, "b".into(), first + 8);
+        ids.insert(id_hash("c"), "c".into(), first + 9);
+        assert_eq!(ids.lookup_hashed(7, "a", id_of).unwrap(), Some(first));
+        assert_eq!(ids.lookup_hashed(7, "b", id_of).unwrap(), Some(first + 8));
+        assert_eq!(ids.lookup_hashed(7, "z", id_of).unwrap(), None);
+        assert_eq!(ids.lookup("c", id_of).unwrap(), Some((1 << 32) + 4));
+        ids.retain_from(first + 1);
+        assert_eq!(ids.lookup_hashed(7, "a", id_of).unwrap(), None);
+        assert_eq!(ids.lookup_hashed(7, "b", id_of).unwrap(), Some(first + 8));
+        assert_eq!(ids.lookup("c", id_of).unwrap(), Some(first + 9));
     }
 }

@@ -509,7 +509,7 @@ mod tests {
                 })),
                 ..Default::default()
             },
-            "event",
+            &"event",
             SystemTime::now(),
             crate::convert::EventLimits {
                 max_event_bytes: 4096,

@@ -62,7 +62,7 @@ proptest! {
             return Ok(());
         };
         let limits = EventLimits { max_event_bytes: 1024 * 1024 };
-        if let Ok(accepted) = validate_event(event, "event", now(), limits) {
+        if let Ok(accepted) = validate_event(event, &"event", now(), limits) {
             prop_assert!(!accepted.event.id.is_empty());
             prop_assert!(!accepted.event.ordering_key.is_empty());
             let body = render_body(&accepted.event).expect("accepted events render");
