@@ -277,7 +277,7 @@ impl Metrics {
             &mut out,
             "stevedore_group_commit_size",
             "histogram",
-            "Write operations per group commit (one fsync each).",
+            "Appends and truncations per event-log group commit (one fsync each).",
         );
         self.group_commit_size
             .render(&mut out, "stevedore_group_commit_size", "");
@@ -285,7 +285,7 @@ impl Metrics {
             &mut out,
             "stevedore_group_commit_seconds",
             "histogram",
-            "Group commit time: apply, flush and fsync.",
+            "Event-log group commit time: write and fsync.",
         );
         self.commit_latency
             .render(&mut out, "stevedore_group_commit_seconds", "");

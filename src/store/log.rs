@@ -15,7 +15,7 @@
 //!   log, rewritten (write, fsync, rename, fsync the directory) when
 //!   retention removes events. Whole segments below it are deleted.
 //!
-//! Only the writer thread appends ([`LogWriter`]); any task reads. Memory is
+//! Only the log's writer thread appends ([`LogWriter`]); any task reads. Memory is
 //! a position per event (4 bytes) and an id hash per event (16 bytes with
 //! its offset), whatever the size of the events: the data stays in the
 //! OS page cache.

@@ -3,12 +3,12 @@
 //! Events live in an append-only segment log ([`log`], `<data>/events/`);
 //! the small, mutable state tables (consumer positions, endpoints,
 //! deliveries, attempts) in sled. Reads go straight to either from any
-//! task. Every write goes through one writer thread ([`writer`]), which
-//! folds whatever is queued into a group commit and makes it durable with
-//! a real fsync (sled's `flush()` alone does not fsync on Linux). Only then
-//! are the callers answered and the new head published, so an acknowledged
-//! write is on disk and a subscriber never sees an event that could still
-//! be lost.
+//! task. Every write goes through one of two writer threads ([`writer`]),
+//! one for the log and one for the state, each folding whatever is queued
+//! into a group commit made durable with a real fsync (sled's `flush()`
+//! alone does not fsync on Linux). Only then are the callers answered and
+//! the new head published, so an acknowledged write is on disk and a
+//! subscriber never sees an event that could still be lost.
 
 mod keys;
 mod log;
@@ -33,7 +33,7 @@ use crate::{
     model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 use log::EventLog;
-use writer::{Op, StateDb, Writer};
+use writer::{LogOp, LogWriterThread, StateDb, StateOp, StateWriterThread};
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -69,22 +69,30 @@ struct Inner {
     db: sled::Db,
     log: Arc<EventLog>,
     tables: Tables,
-    /// Taken by [`Store::close`]: once every sender is gone the writer
-    /// drains its queue and exits, even if stray handles outlive shutdown.
-    ops: std::sync::Mutex<Option<mpsc::Sender<Op>>>,
+    /// Taken by [`Store::close`]: once every sender is gone the writers
+    /// drain their queues and exit, even if stray handles outlive shutdown.
+    ops: std::sync::Mutex<Option<Senders>>,
     head: watch::Receiver<Offset>,
 }
 
-/// Owns the writer thread; [`WriterHandle::join`] waits until every write
+#[derive(Clone)]
+struct Senders {
+    log: mpsc::Sender<LogOp>,
+    state: mpsc::Sender<StateOp>,
+}
+
+/// Owns the writer threads; [`WriterHandle::join`] waits until every write
 /// has been committed and sled is closed.
-pub struct WriterHandle(std::thread::JoinHandle<()>);
+pub struct WriterHandle(Vec<std::thread::JoinHandle<()>>);
 
 impl WriterHandle {
-    /// Blocks until the writer has drained its queue and exited, which
-    /// happens once every [`Store`] handle is dropped.
+    /// Blocks until the writers have drained their queues and exited, which
+    /// happens once every [`Store`] handle is dropped (or it is closed).
     pub fn join(self) {
-        if self.0.join().is_err() {
-            tracing::error!("store writer thread panicked");
+        for thread in self.0 {
+            if thread.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
         }
     }
 }
@@ -116,19 +124,27 @@ impl Store {
         };
         let (head_tx, head_rx) = watch::channel(next);
         // Bounded so producers feel backpressure when the disk falls behind.
-        let (ops_tx, ops_rx) = mpsc::channel(config.max_group.max(1024));
-        let state = StateDb::new(db.clone(), tables.clone(), &config.path)?;
-        let writer = Writer::new(
+        let (log_tx, log_rx) = mpsc::channel(config.max_group.max(1024));
+        let (state_tx, state_rx) = mpsc::channel(config.max_group.max(1024));
+        let log_thread = LogWriterThread::new(
             log_writer,
-            state,
             last_published,
             head_tx,
             config.max_group,
             config.metrics.clone(),
         );
-        let thread = std::thread::Builder::new()
-            .name("stevedore-writer".into())
-            .spawn(move || writer.run(ops_rx))?;
+        let state_thread = StateWriterThread::new(
+            StateDb::new(db.clone(), tables.clone(), &config.path)?,
+            config.max_group,
+        );
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("stevedore-log".into())
+                .spawn(move || log_thread.run(log_rx))?,
+            std::thread::Builder::new()
+                .name("stevedore-state".into())
+                .spawn(move || state_thread.run(state_rx))?,
+        ];
         tracing::info!(path = %config.path.display(), next_offset = next, "store opened");
         Ok((
             Store {
@@ -136,11 +152,14 @@ impl Store {
                     db,
                     log,
                     tables,
-                    ops: std::sync::Mutex::new(Some(ops_tx)),
+                    ops: std::sync::Mutex::new(Some(Senders {
+                        log: log_tx,
+                        state: state_tx,
+                    })),
                     head: head_rx,
                 }),
             },
-            WriterHandle(thread),
+            WriterHandle(threads),
         ))
     }
 
@@ -152,8 +171,9 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Op::Append { events, reply })
+        self.senders()?
+            .log
+            .send(LogOp::Append { events, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         Ok(rx)
@@ -172,8 +192,9 @@ impl Store {
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Op::Write { mutations, reply })
+        self.senders()?
+            .state
+            .send(StateOp { mutations, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         Ok(rx)
@@ -190,8 +211,9 @@ impl Store {
     /// removed.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Op::Truncate { before, reply })
+        self.senders()?
+            .log
+            .send(LogOp::Truncate { before, reply })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -202,7 +224,7 @@ impl Store {
         Ok(self.inner.log.size() + self.inner.db.size_on_disk()?)
     }
 
-    fn sender(&self) -> Result<mpsc::Sender<Op>> {
+    fn senders(&self) -> Result<Senders> {
         self.inner
             .ops
             .lock()

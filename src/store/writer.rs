@@ -1,20 +1,22 @@
-//! The single writer: group commit with a real fsync.
+//! The two writers: group commit with a real fsync.
 //!
-//! One thread owns every mutation, so offsets are assigned without locks and
-//! the idempotency check (id lookup, then append) cannot race. It blocks on
-//! the queue, takes everything else already queued (up to `max_group`),
-//! and makes it durable at once:
+//! Each writer is one thread that blocks on its queue, takes everything else
+//! already queued (up to `max_group`) and makes it durable at once; only
+//! then are its callers answered.
 //!
-//! - events: framed into one buffer, one `write` to the event log's last
-//!   segment, one `fdatasync` ([`super::log`]);
-//! - state tables: one sled batch per table, `Db::flush()` (which writes
-//!   sled's buffers with `sync_file_range`), then `fdatasync` of sled's data
-//!   file and any new blob files, because `sync_file_range` persists no
-//!   metadata and does not survive an OS crash.
+//! - [`LogWriterThread`] owns the event log, so offsets are assigned without
+//!   locks and the idempotency check (id lookup, then append) cannot race:
+//!   one buffer of framed records, one `write` to the last segment, one
+//!   `fdatasync` ([`super::log`]); then the head advances.
+//! - [`StateWriterThread`] owns the state tables: one sled batch per table,
+//!   `Db::flush()` (which writes sled's buffers with `sync_file_range`), then
+//!   `fdatasync` of sled's data file and any new blob files, because
+//!   `sync_file_range` persists no metadata and does not survive an OS
+//!   crash.
 //!
-//! The two are independent (state only ever refers to events that were
-//! durable before it was queued), so when a group has both they are synced
-//! in parallel. Only then are callers answered and the head advanced.
+//! They are independent: state only ever refers to events that were durable
+//! (below the head) before it was queued. So a publish never waits behind
+//! the delivery bookkeeping's sled commit, nor the other way round.
 
 use std::{
     collections::HashMap,
@@ -35,14 +37,11 @@ use crate::{
 // `StateDb::commit` takes the consumer positions as the first table.
 const _: () = assert!(Table::Consumers as usize == 0);
 
-pub(super) enum Op {
+/// Work for the log writer.
+pub(super) enum LogOp {
     Append {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
-    },
-    Write {
-        mutations: Vec<Mutation>,
-        reply: oneshot::Sender<Result<()>>,
     },
     /// Removes the events below `before` (never the newest); replies how
     /// many were removed.
@@ -52,13 +51,81 @@ pub(super) enum Op {
     },
 }
 
-pub(super) struct Writer {
+/// Work for the state writer: mutations applied in order, atomically per
+/// table.
+pub(super) struct StateOp {
+    pub(super) mutations: Vec<Mutation>,
+    pub(super) reply: oneshot::Sender<Result<()>>,
+}
+
+/// Blocks for one item, then takes what else is queued, up to `max`.
+fn next_group<T>(ops: &mut mpsc::Receiver<T>, group: &mut Vec<T>, max: usize) -> bool {
+    let Some(op) = ops.blocking_recv() else {
+        return false;
+    };
+    group.push(op);
+    while group.len() < max {
+        match ops.try_recv() {
+            Ok(op) => group.push(op),
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+pub(super) struct LogWriterThread {
     log: LogWriter,
-    state: StateDb,
     last_published: u64,
     head: watch::Sender<Offset>,
     max_group: usize,
     metrics: Arc<Metrics>,
+}
+
+pub(super) struct StateWriterThread {
+    state: StateDb,
+    max_group: usize,
+}
+
+impl StateWriterThread {
+    pub(super) fn new(state: StateDb, max_group: usize) -> Self {
+        Self {
+            state,
+            max_group: max_group.max(1),
+        }
+    }
+
+    pub(super) fn run(mut self, mut ops: mpsc::Receiver<StateOp>) {
+        let mut group = Vec::with_capacity(self.max_group);
+        // Exits once every sender is dropped and the queue is drained, so
+        // nothing queued before shutdown is lost.
+        while next_group(&mut ops, &mut group, self.max_group) {
+            let mut batches: [sled::Batch; Table::ALL.len()] = Default::default();
+            for op in &group {
+                for m in &op.mutations {
+                    let batch = &mut batches[m.table as usize];
+                    match &m.value {
+                        Some(v) => batch.insert(m.key.as_slice(), v.as_slice()),
+                        None => batch.remove(m.key.as_slice()),
+                    }
+                }
+            }
+            let result = self.state.commit(batches);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "committing state failed");
+            }
+            for op in group.drain(..) {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::Io(std::io::Error::other(e.to_string()))),
+                };
+                let _ = op.reply.send(r);
+            }
+        }
+        if let Err(e) = self.state.db.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::debug!("state writer stopped");
+    }
 }
 
 /// sled, holding the state tables.
@@ -131,10 +198,9 @@ impl StateDb {
     }
 }
 
-impl Writer {
+impl LogWriterThread {
     pub(super) fn new(
         log: LogWriter,
-        state: StateDb,
         last_published: u64,
         head: watch::Sender<Offset>,
         max_group: usize,
@@ -142,7 +208,6 @@ impl Writer {
     ) -> Self {
         Self {
             log,
-            state,
             last_published,
             head,
             max_group: max_group.max(1),
@@ -150,27 +215,17 @@ impl Writer {
         }
     }
 
-    pub(super) fn run(mut self, mut ops: mpsc::Receiver<Op>) {
+    pub(super) fn run(mut self, mut ops: mpsc::Receiver<LogOp>) {
         let mut group = Vec::with_capacity(self.max_group);
         // Exits once every sender is dropped and the queue is drained, so
         // nothing queued before shutdown is lost.
-        while let Some(op) = ops.blocking_recv() {
-            group.push(op);
-            while group.len() < self.max_group {
-                match ops.try_recv() {
-                    Ok(op) => group.push(op),
-                    Err(_) => break,
-                }
-            }
+        while next_group(&mut ops, &mut group, self.max_group) {
             self.commit(&mut group);
         }
-        if let Err(e) = self.state.db.flush() {
-            tracing::error!(error = %e, "final flush failed");
-        }
-        tracing::debug!("store writer stopped");
+        tracing::debug!("log writer stopped");
     }
 
-    fn commit(&mut self, group: &mut Vec<Op>) {
+    fn commit(&mut self, group: &mut Vec<LogOp>) {
         let clock = std::time::Instant::now();
         self.metrics.group_commit_size.observe(group.len() as f64);
         let start = self.log.next();
@@ -182,57 +237,25 @@ impl Writer {
         let mut appended: Vec<Vec<Appended>> = Vec::new();
         let mut types = Vec::new();
         let mut append_error = None;
-        let mut batches: [sled::Batch; Table::ALL.len()] = Default::default();
-        let mut writes = false;
         // Ids appended earlier in this group are not in the log's index yet.
         let mut group_ids: HashMap<&str, Offset> = HashMap::new();
         for op in group.iter() {
-            match op {
-                Op::Append { events, .. } if append_error.is_none() => {
-                    match self.append(events, published, &mut group_ids, &mut types) {
-                        Ok(results) => appended.push(results),
-                        Err(e) => append_error = Some(e.to_string()),
+            if let LogOp::Append { events, .. } = op {
+                match self.append(events, published, &mut group_ids, &mut types) {
+                    Ok(results) => appended.push(results),
+                    Err(e) => {
+                        append_error = Some(e.to_string());
+                        break;
                     }
-                }
-                Op::Append { .. } | Op::Truncate { .. } => {}
-                Op::Write { mutations, .. } => {
-                    for m in mutations {
-                        let batch = &mut batches[m.table as usize];
-                        match &m.value {
-                            Some(v) => batch.insert(m.key.as_slice(), v.as_slice()),
-                            None => batch.remove(m.key.as_slice()),
-                        }
-                    }
-                    writes = true;
                 }
             }
         }
-
-        let (log, state) = (&mut self.log, &mut self.state);
-        let (logged, stated) = if !writes {
-            (log.commit(), Ok(()))
-        } else if log.next() == start {
-            (Ok(()), state.commit(batches))
-        } else {
-            std::thread::scope(|s| {
-                let t = s.spawn(|| state.commit(batches));
-                let logged = log.commit();
-                let stated = t.join().unwrap_or_else(|_| {
-                    Err(Error::Io(std::io::Error::other("state commit panicked")))
-                });
-                (logged, stated)
-            })
-        };
-        let logged = match (append_error, logged) {
-            (Some(e), _) => Err(e),
-            (None, Err(e)) => Err(e.to_string()),
-            (None, Ok(())) => Ok(()),
+        let logged = match append_error {
+            Some(e) => Err(e),
+            None => self.log.commit().map_err(|e| e.to_string()),
         };
         if let Err(e) = &logged {
             tracing::error!(error = %e, "appending to the event log failed");
-        }
-        if let Err(e) = &stated {
-            tracing::error!(error = %e, "committing state failed");
         }
         // Events of a failed commit may still be durable (a segment was
         // sealed halfway through): whatever the log holds is visible.
@@ -250,27 +273,18 @@ impl Writer {
             .commit_latency
             .observe_duration(clock.elapsed());
 
-        let fail = |e: &str| Error::Io(std::io::Error::other(e.to_owned()));
         let mut appended = appended.into_iter();
         for op in group.drain(..) {
             match op {
-                Op::Append { reply, .. } => {
+                LogOp::Append { reply, .. } => {
                     let r = match (&logged, appended.next()) {
                         (Ok(()), Some(r)) => Ok(r),
-                        (Err(e), _) => Err(fail(e)),
+                        (Err(e), _) => Err(Error::Io(std::io::Error::other(e.clone()))),
                         (Ok(()), None) => unreachable!("an outcome per append"),
                     };
                     let _ = reply.send(r);
                 }
-                Op::Write { reply, .. } => {
-                    let _ = reply.send(
-                        stated
-                            .as_ref()
-                            .map(|_| ())
-                            .map_err(|e| fail(&e.to_string())),
-                    );
-                }
-                Op::Truncate { before, reply } => {
+                LogOp::Truncate { before, reply } => {
                     let _ = reply.send(self.log.truncate(before));
                 }
             }
