@@ -228,9 +228,25 @@ impl EventLog {
             .map_or(FIRST_OFFSET, Segment::next)
     }
 
-    /// Bytes of every segment file.
+    /// Bytes of the retained records. Removed events in the first segment
+    /// stay on disk until the whole segment goes, but are not counted, so
+    /// size-based retention does not remove more than it has to.
     pub(super) fn size(&self) -> u64 {
-        self.index().segments.iter().map(|s| s.len).sum()
+        let index = self.index();
+        let first = index.first;
+        index
+            .segments
+            .iter()
+            .map(|s| {
+                if first <= s.base {
+                    s.len
+                } else if first >= s.next() {
+                    0
+                } else {
+                    s.len - s.positions[(first - s.base) as usize] as u64
+                }
+            })
+            .sum()
     }
 
     /// The record at `offset`, if it is in the log.

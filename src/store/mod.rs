@@ -658,6 +658,15 @@ mod tests {
         assert_eq!(store.get(60).unwrap().unwrap().event.id, "e59");
         assert_eq!(store.read_from(1, 2).unwrap()[0].offset, 60);
         assert!(segments(dir.path(), "log").len() < before);
+        let live = store.size_on_disk().unwrap() - store.inner.db.size_on_disk().unwrap();
+        let files: u64 = segments(dir.path(), "log")
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(
+            live < files,
+            "removed events still in a segment are not counted"
+        );
         // An id that retention removed is new again.
         let again = store.append(vec![event("e1")]).await.unwrap();
         assert_eq!((again[0].offset, again[0].duplicate), (101, false));
