@@ -2,10 +2,12 @@
 //! request and response types.
 
 mod admin;
+mod frame;
 mod publish;
 mod subscribe;
 
 pub use admin::AdminService;
+pub use frame::{FrameEncoder, StoredFrame, SubscribeCodec, SubscribeFrame};
 pub use publish::PublisherService;
 pub use subscribe::SubscriberService;
 
