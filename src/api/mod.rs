@@ -1,5 +1,6 @@
-//! gRPC services, one file each. Only this module and `convert.rs` see
-//! request and response types.
+//! gRPC services, one file each, and `frame.rs`: how Subscribe writes its
+//! responses around stored event bytes. Only this module and `convert.rs`
+//! see request and response types.
 
 mod admin;
 mod frame;
