@@ -63,7 +63,7 @@ use crate::{
     delivery::Deliveries,
     pb::{
         admin_server::AdminServer, publisher_server::PublisherServer,
-        subscriber_server::SubscriberServer,
+        spliced::subscriber_server::SubscriberServer,
     },
     store::{Store, StoreConfig},
 };

@@ -1,11 +1,14 @@
-//! gRPC services, one file each. Only this module and `convert.rs` see
-//! request and response types.
+//! gRPC services, one file each, and `frame.rs`: how Subscribe writes its
+//! responses around stored event bytes. Only this module and `convert.rs`
+//! see request and response types.
 
 mod admin;
+mod frame;
 mod publish;
 mod subscribe;
 
 pub use admin::AdminService;
+pub use frame::{FrameEncoder, StoredFrame, SubscribeCodec, SubscribeFrame};
 pub use publish::PublisherService;
 pub use subscribe::SubscriberService;
 

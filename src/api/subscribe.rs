@@ -14,7 +14,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
-use super::Shared;
+use super::{Shared, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
     consumer::{Consumer, CreateSpec, Poll, StreamId},
@@ -23,10 +23,11 @@ use crate::{
     metrics::Metrics,
     model::{EventFilter, EventType, Offset, StoredEvent},
     pb::{
-        subscribe_request::Start, subscriber_server::Subscriber, AckMode, AckRequest, AckResponse,
-        GetEventRequest, GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
-        SubscribeResponse,
+        spliced::subscriber_server::Subscriber, subscribe_request::Start, AckMode, AckRequest,
+        AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
+        SubscribeRequest, SubscribeResponse,
     },
+    store::{decode_meta_record, RawRecord},
 };
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
@@ -177,14 +178,28 @@ fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
     }
 }
 
-type Tx = mpsc::Sender<Result<SubscribeResponse, Status>>;
+/// The response for a stored record, unless `filter` leaves it out. Only
+/// the type and attributes are decoded; the event goes out as stored.
+fn stored_response(filter: &EventFilter, raw: RawRecord) -> Result<Option<SubscribeFrame>> {
+    let meta = decode_meta_record(raw.offset, &raw.record)?;
+    if !filter.matches_meta(&meta) {
+        return Ok(None);
+    }
+    Ok(Some(SubscribeFrame::Stored(StoredFrame::new(
+        raw,
+        meta.event_type,
+        1,
+    )?)))
+}
+
+type Tx = mpsc::Sender<Result<SubscribeFrame, Status>>;
 
 /// Replay from `next`, then tail. Ends on shutdown or when the client leaves.
 async fn stream_plain(shared: Shared, mut next: Offset, filter: EventFilter, tx: Tx) {
     let mut head = shared.store.watch_head();
     loop {
         head.borrow_and_update();
-        let batch = match shared.store.read_from(next, READ_BATCH) {
+        let batch = match shared.store.read_records(next, READ_BATCH) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -204,13 +219,18 @@ async fn stream_plain(shared: Shared, mut next: Offset, filter: EventFilter, tx:
             }
         }
         let caught_up = batch.is_empty();
-        for e in batch {
-            if !filter.matches(&e) {
-                continue;
-            }
+        for raw in batch {
+            let msg = match stored_response(&filter, raw) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
             tokio::select! {
                 _ = shared.shutdown.cancelled() => return,
-                sent = tx.send(Ok(subscribe_response(e, 1))) => if sent.is_err() { return },
+                sent = tx.send(Ok(msg)) => if sent.is_err() { return },
             }
         }
         if caught_up {
@@ -268,7 +288,10 @@ async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx:
         let wake_at = loop {
             match consumer.poll(stream, d.max_in_flight, d.ack_wait, Instant::now(), true) {
                 Ok(Poll::Message(m)) => {
-                    let msg = subscribe_response(m.event, m.attempt);
+                    // Deliveries come decoded from the consumer, so this
+                    // path encodes them with prost as before.
+                    let msg =
+                        SubscribeFrame::Decoded(Box::new(subscribe_response(m.event, m.attempt)));
                     tokio::select! {
                         _ = shared.shutdown.cancelled() => return,
                         sent = tx.send(Ok(msg)) => if sent.is_err() { return },
@@ -298,7 +321,7 @@ async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx:
     }
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
