@@ -46,15 +46,28 @@ pub struct EventRecord {
 /// The [`EventRecord`] bytes of `event`, encoded in place: the same bytes
 /// as `EventRecord { event: Some(event.clone()), .. }.encode_to_vec()`
 /// without copying the event first.
+#[cfg(test)]
 pub fn encode_event_record(event: &pb::Event, published_at_nanos: u64) -> Vec<u8> {
+    let mut buf = encode_event_field(event);
+    encode_published_field(published_at_nanos, &mut buf);
+    buf
+}
+
+/// The first part of an [`EventRecord`]: the event as field 1.
+pub fn encode_event_field(event: &pb::Event) -> Vec<u8> {
     use prost::Message as _;
     let len = event.encoded_len();
     let mut buf = Vec::with_capacity(len + 16);
     prost::encoding::message::encode(1, event, &mut buf);
-    if published_at_nanos != 0 {
-        prost::encoding::uint64::encode(2, &published_at_nanos, &mut buf);
-    }
     buf
+}
+
+/// The second part of an [`EventRecord`]: the publish time as field 2
+/// (nothing for 0, as prost encodes it).
+pub fn encode_published_field(published_at_nanos: u64, buf: &mut Vec<u8>) {
+    if published_at_nanos != 0 {
+        prost::encoding::uint64::encode(2, &published_at_nanos, buf);
+    }
 }
 
 /// Decodes an `events` entry.

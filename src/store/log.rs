@@ -358,8 +358,8 @@ pub(super) struct LogWriter {
     positions: Vec<u32>,
     /// Id hashes of every record of the last segment, for its `.idx`.
     hashes: Vec<u64>,
-    /// Ids of this commit, indexed once it is durable.
-    pending_ids: Vec<(u64, String, Offset)>,
+    /// Id hashes of this commit, indexed once it is durable.
+    pending_ids: Vec<(u64, Offset)>,
     next: Offset,
     /// Set when an fsync failed: what reached the disk is unknown, so
     /// nothing more is appended until a restart re-reads the log.
@@ -380,10 +380,17 @@ impl LogWriter {
 
     /// Adds a record to this commit; returns its offset.
     pub(super) fn append(&mut self, id: &str, record: &[u8]) -> Result<Offset> {
+        self.append_parts(id, &[record])
+    }
+
+    /// Adds a record given in parts (written one after the other) to this
+    /// commit; returns its offset.
+    pub(super) fn append_parts(&mut self, id: &str, parts: &[&[u8]]) -> Result<Offset> {
         if let Some(e) = &self.poisoned {
             return Err(Error::Io(std::io::Error::other(e.clone())));
         }
-        let frame = HEADER + record.len();
+        let record_len: usize = parts.iter().map(|p| p.len()).sum();
+        let frame = HEADER + record_len;
         let used = self.len + self.buf.len() as u64;
         if used > 0 && used + frame as u64 > self.log.segment_bytes {
             self.roll()?;
@@ -392,20 +399,25 @@ impl LogWriter {
         let position = self.len + self.buf.len() as u64;
         let position = u32::try_from(position)
             .map_err(|_| Error::Corrupt("event log: segment over 4 GiB".into()))?;
-        let len = u32::try_from(record.len())
+        let len = u32::try_from(record_len)
             .map_err(|_| Error::Corrupt("event log: record over 4 GiB".into()))?;
         let offset_bytes = offset.to_le_bytes();
         let mut crc = crc32fast::Hasher::new();
         crc.update(&offset_bytes);
-        crc.update(record);
+        for p in parts {
+            crc.update(p);
+        }
+        self.buf.reserve(frame);
         self.buf.extend_from_slice(&len.to_le_bytes());
         self.buf.extend_from_slice(&crc.finalize().to_le_bytes());
         self.buf.extend_from_slice(&offset_bytes);
-        self.buf.extend_from_slice(record);
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
         self.positions.push(position);
         let h = id_hash(id);
         self.hashes.push(h);
-        self.pending_ids.push((h, id.to_owned(), offset));
+        self.pending_ids.push((h, offset));
         self.next += 1;
         Ok(offset)
     }
@@ -446,8 +458,13 @@ impl LogWriter {
             seg.len = self.len;
         }
         let mut ids = self.log.ids.lock().unwrap_or_else(|p| p.into_inner());
-        for (h, id, offset) in self.pending_ids.drain(..) {
-            ids.insert(h, id, offset);
+        for (h, offset) in self.pending_ids.drain(..) {
+            // The records are readable now, for the rare shared hash.
+            ids.insert_loaded(h, offset, |o| {
+                self.log
+                    .id_of(o)?
+                    .ok_or_else(|| Error::Corrupt(format!("event log: record {o} vanished")))
+            })?;
         }
         Ok(())
     }
@@ -773,19 +790,8 @@ impl IdIndex {
         Ok(self.collided.get(id).copied())
     }
 
-    /// Indexes a new id (known not to be in the log).
-    fn insert(&mut self, h: u64, id: String, offset: Offset) {
-        match self.by_hash.entry(Self::key(h)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(offset as u32);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.insert(id, offset);
-            }
-        }
-    }
-
-    /// Indexes an id read back at opening, reading it only on a collision.
+    /// Indexes an id known not to be in the index, reading it only when its
+    /// hash is taken.
     fn insert_loaded(
         &mut self,
         h: u64,
@@ -833,9 +839,10 @@ mod tests {
         let stored: HashMap<Offset, &str> =
             [(first, "a"), (first + 8, "b"), (first + 9, "c")].into();
         let id_of = |o: Offset| Ok(stored.get(&o).map(|s| s.to_string()));
-        ids.insert(7, "a".into(), first);
-        ids.insert(7, "b".into(), first + 8);
-        ids.insert(id_hash("c"), "c".into(), first + 9);
+        let name = |o| Ok(stored[&o].to_string());
+        ids.insert_loaded(7, first, name).unwrap();
+        ids.insert_loaded(7, first + 8, name).unwrap();
+        ids.insert_loaded(id_hash("c"), first + 9, name).unwrap();
         assert_eq!(ids.lookup_hashed(7, "a", id_of).unwrap(), Some(first));
         assert_eq!(ids.lookup_hashed(7, "b", id_of).unwrap(), Some(first + 8));
         assert_eq!(ids.lookup_hashed(7, "z", id_of).unwrap(), None);

@@ -33,7 +33,7 @@ use crate::{
     model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 use log::EventLog;
-use writer::{LogOp, LogWriterThread, StateDb, StateOp, StateWriterThread};
+use writer::{Encoded, LogOp, LogWriterThread, StateDb, StateOp, StateWriterThread};
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -171,6 +171,7 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
         let (reply, rx) = oneshot::channel();
+        let events = events.into_iter().map(Encoded::new).collect();
         self.senders()?
             .log
             .send(LogOp::Append { events, reply })

@@ -31,16 +31,39 @@ use super::{keys, log::LogWriter, Mutation, Table, Tables};
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{Appended, NewEvent, Offset},
+    model::{Appended, EventType, NewEvent, Offset},
 };
 
 // `StateDb::commit` takes the consumer positions as the first table.
 const _: () = assert!(Table::Consumers as usize == 0);
 
+/// An event as the log writer takes it: encoded on the caller's task, so
+/// the one writer thread only checks its id and copies bytes (and the
+/// decoded event is dropped on the caller's thread, not the writer's).
+pub(super) struct Encoded {
+    id: String,
+    event_type: EventType,
+    id_assigned: bool,
+    /// The record's first part ([`keys::encode_event_field`]).
+    event_field: Vec<u8>,
+}
+
+impl Encoded {
+    pub(super) fn new(mut e: NewEvent) -> Self {
+        let event_field = keys::encode_event_field(&e.event);
+        Self {
+            id: std::mem::take(&mut e.event.id),
+            event_type: e.event_type,
+            id_assigned: e.id_assigned,
+            event_field,
+        }
+    }
+}
+
 /// Work for the log writer.
 pub(super) enum LogOp {
     Append {
-        events: Vec<NewEvent>,
+        events: Vec<Encoded>,
         reply: oneshot::Sender<Result<Vec<Appended>>>,
     },
     /// Removes the events below `before` (never the newest); replies how
@@ -295,14 +318,16 @@ impl LogWriterThread {
     /// earlier in this group) answer with the existing offset.
     fn append<'a>(
         &mut self,
-        events: &'a [NewEvent],
+        events: &'a [Encoded],
         published: u64,
         group_ids: &mut HashMap<&'a str, Offset>,
         types: &mut Vec<&'a str>,
     ) -> Result<Vec<Appended>> {
         let mut results = Vec::with_capacity(events.len());
+        let mut published_field = Vec::with_capacity(10);
+        keys::encode_published_field(published, &mut published_field);
         for e in events {
-            let id = e.event.id.as_str();
+            let id = e.id.as_str();
             let existing = match group_ids.get(id) {
                 Some(&o) => Some(o),
                 None if e.id_assigned => None,
@@ -318,8 +343,9 @@ impl LogWriterThread {
                 });
                 continue;
             }
-            let record = keys::encode_event_record(&e.event, published);
-            let offset = self.log.append(id, &record)?;
+            let offset = self
+                .log
+                .append_parts(id, &[&e.event_field, &published_field])?;
             group_ids.insert(id, offset);
             types.push(e.event_type.as_str());
             results.push(Appended {
