@@ -45,20 +45,21 @@ pub struct CreateSpec {
     pub filter: EventFilter,
 }
 
-/// One message handed to a stream.
+/// One message handed to a stream: by default the stored event, or what
+/// the reader of [`Consumer::poll_with`] made of it.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct Delivery<E = StoredEvent> {
     /// The event.
-    pub event: StoredEvent,
+    pub event: E,
     /// 1 on first delivery, then +1 per redelivery.
     pub attempt: u32,
 }
 
 /// The result of asking a consumer for work.
 #[derive(Debug)]
-pub enum Poll {
+pub enum Poll<E = StoredEvent> {
     /// A message, now leased to the asking stream.
-    Message(Box<Delivery>),
+    Message(Box<Delivery<E>>),
     /// A message handed out before was due again but retention removed its
     /// event; it is now done. Ask again.
     Expired(Offset),
@@ -68,6 +69,17 @@ pub enum Poll {
         /// When something becomes due without any other change.
         wake_at: Option<Instant>,
     },
+}
+
+/// Why the reader of [`Consumer::poll_with`] is asked for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The first read of an event past the consumer's position. Never
+    /// below retention's cutoff: retention marks those done first.
+    New,
+    /// A message handed out before and due again. Retention may have
+    /// removed its event meanwhile; the reader must then say `None`.
+    Again,
 }
 
 /// Most events one [`Consumer::poll`] reads before it yields.
@@ -337,6 +349,28 @@ impl Consumer {
         now: Instant,
         read_new: bool,
     ) -> Result<Poll> {
+        self.poll_with(
+            stream,
+            max_in_flight,
+            ack_wait,
+            now,
+            read_new,
+            |offset, _| self.store.get(offset),
+        )
+    }
+
+    /// Like [`Consumer::poll`], with events read by `read` (`None`: not in
+    /// the log), which runs under the consumer's lock: the delivery workers
+    /// read through a cache shared by all endpoints.
+    pub fn poll_with<E>(
+        &self,
+        stream: StreamId,
+        max_in_flight: u32,
+        ack_wait: Duration,
+        now: Instant,
+        read_new: bool,
+        mut read: impl FnMut(Offset, Read) -> Result<Option<E>>,
+    ) -> Result<Poll<E>> {
         let mut st = self.lock();
         st.expire_leases(now);
         if st.load(stream) >= max_in_flight {
@@ -348,7 +382,7 @@ impl Consumer {
             return Ok(Poll::Expired(offset));
         }
         if let Some((offset, attempts)) = st.take_due_retry(now) {
-            match self.store.get(offset)? {
+            match read(offset, Read::Again)? {
                 Some(event) => {
                     let attempt = attempts + 1;
                     st.lease(offset, stream, attempt, now + ack_wait);
@@ -389,7 +423,7 @@ impl Consumer {
                 st.mark_done(offset);
                 continue;
             }
-            let Some(event) = self.store.get(offset)? else {
+            let Some(event) = read(offset, Read::New)? else {
                 st.mark_done(offset);
                 continue;
             };
