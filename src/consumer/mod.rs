@@ -458,6 +458,12 @@ impl Consumer {
     /// Like [`Consumer::ack`], with `records` written in the same group
     /// commit: the writer applies them before the consumer position, so
     /// the ack is never durable without them.
+    ///
+    /// The offsets are marked done only once this write holds the persist
+    /// order, just before it is queued: marked earlier, a concurrent
+    /// persist could snapshot them as done and reach the writer first,
+    /// making the ack durable without its records (a crash then loses the
+    /// delivery record and never sends the event again).
     pub async fn ack_with(&self, offsets: &[Offset], records: Vec<Mutation>) -> Result<()> {
         let head = self.store.head();
         if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
@@ -466,14 +472,7 @@ impl Consumer {
                 format!("offset {bad} is not in the log (head is {head})"),
             ));
         }
-        {
-            let mut st = self.lock();
-            for &o in offsets {
-                st.ack(o);
-            }
-        }
-        self.changed.send_modify(|v| *v += 1);
-        self.persist_with(records).await
+        self.persist_acking(offsets, records).await
     }
 
     /// Ends the leases of `offsets` (held by any stream) and queues them for
@@ -507,14 +506,18 @@ impl Consumer {
     }
 
     async fn persist(&self) -> Result<()> {
-        self.persist_with(Vec::new()).await
+        self.persist_acking(&[], Vec::new()).await
     }
 
-    /// Persists the position, with `records` in the same write.
-    async fn persist_with(&self, mut records: Vec<Mutation>) -> Result<()> {
+    /// Marks `acks` done and persists the position, with `records` in the
+    /// same write.
+    async fn persist_acking(&self, acks: &[Offset], mut records: Vec<Mutation>) -> Result<()> {
         let order = self.persist_order.lock().await;
         let record = {
-            let st = self.lock();
+            let mut st = self.lock();
+            for &o in acks {
+                st.ack(o);
+            }
             ConsumerRecord {
                 floor: st.floor,
                 event_types: self
@@ -527,6 +530,9 @@ impl Consumer {
                 reopened: st.reopened.iter().copied().collect(),
             }
         };
+        if !acks.is_empty() {
+            self.changed.send_modify(|v| *v += 1);
+        }
         if !self.removed.load(std::sync::atomic::Ordering::SeqCst) {
             records.push(Mutation::put(
                 Table::Consumers,
