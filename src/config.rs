@@ -67,6 +67,10 @@ pub struct Config {
     /// Events an endpoint's worker holds at once (sending, waiting for a
     /// retry, or queued behind their ordering key).
     pub delivery_window: NonZeroU32,
+    /// Recently read events kept decoded with their rendered bodies, shared
+    /// by every endpoint's worker (so ten endpoints read, decode and render
+    /// an event once, not ten times); 0 turns the sharing off.
+    pub shared_events: u32,
     /// Per-attempt timeout when an endpoint sets none.
     pub webhook_timeout: Duration,
     /// The same, for `channel_inventory.updated` (its receivers answer
@@ -158,6 +162,7 @@ impl Default for Config {
             endpoint_max_in_flight: NonZeroU32::new(16).expect("non-zero literal"),
             endpoint_max_in_flight_limit: NonZeroU32::new(1000).expect("non-zero literal"),
             delivery_window: NonZeroU32::new(1024).expect("non-zero literal"),
+            shared_events: 1024,
             webhook_timeout: Duration::from_secs(30),
             channel_inventory_timeout: Duration::from_secs(5),
             max_webhook_timeout: Duration::from_secs(300),
@@ -213,6 +218,7 @@ pub const KEYS: &[&str] = &[
     "endpoint_max_in_flight",
     "endpoint_max_in_flight_limit",
     "delivery_window",
+    "shared_events",
     "webhook_timeout",
     "channel_inventory_timeout",
     "max_webhook_timeout",
@@ -368,6 +374,7 @@ impl Config {
                 self.endpoint_max_in_flight_limit = parse_num(value).map_err(bad)?
             }
             "delivery_window" => self.delivery_window = parse_num(value).map_err(bad)?,
+            "shared_events" => self.shared_events = parse_num(value).map_err(bad)?,
             "webhook_timeout" => self.webhook_timeout = parse_duration(value).map_err(bad)?,
             "channel_inventory_timeout" => {
                 self.channel_inventory_timeout = parse_duration(value).map_err(bad)?

@@ -45,20 +45,21 @@ pub struct CreateSpec {
     pub filter: EventFilter,
 }
 
-/// One message handed to a stream.
+/// One message handed to a stream: by default the stored event, or what
+/// the reader of [`Consumer::poll_with`] made of it.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct Delivery<E = StoredEvent> {
     /// The event.
-    pub event: StoredEvent,
+    pub event: E,
     /// 1 on first delivery, then +1 per redelivery.
     pub attempt: u32,
 }
 
 /// The result of asking a consumer for work.
 #[derive(Debug)]
-pub enum Poll {
+pub enum Poll<E = StoredEvent> {
     /// A message, now leased to the asking stream.
-    Message(Box<Delivery>),
+    Message(Box<Delivery<E>>),
     /// A message handed out before was due again but retention removed its
     /// event; it is now done. Ask again.
     Expired(Offset),
@@ -68,6 +69,17 @@ pub enum Poll {
         /// When something becomes due without any other change.
         wake_at: Option<Instant>,
     },
+}
+
+/// Why the reader of [`Consumer::poll_with`] is asked for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// The first read of an event past the consumer's position. Never
+    /// below retention's cutoff: retention marks those done first.
+    New,
+    /// A message handed out before and due again. Retention may have
+    /// removed its event meanwhile; the reader must then say `None`.
+    Again,
 }
 
 /// Most events one [`Consumer::poll`] reads before it yields.
@@ -337,6 +349,28 @@ impl Consumer {
         now: Instant,
         read_new: bool,
     ) -> Result<Poll> {
+        self.poll_with(
+            stream,
+            max_in_flight,
+            ack_wait,
+            now,
+            read_new,
+            |offset, _| self.store.get(offset),
+        )
+    }
+
+    /// Like [`Consumer::poll`], with events read by `read` (`None`: not in
+    /// the log), which runs under the consumer's lock: the delivery workers
+    /// read through a cache shared by all endpoints.
+    pub fn poll_with<E>(
+        &self,
+        stream: StreamId,
+        max_in_flight: u32,
+        ack_wait: Duration,
+        now: Instant,
+        read_new: bool,
+        mut read: impl FnMut(Offset, Read) -> Result<Option<E>>,
+    ) -> Result<Poll<E>> {
         let mut st = self.lock();
         st.expire_leases(now);
         if st.load(stream) >= max_in_flight {
@@ -348,7 +382,7 @@ impl Consumer {
             return Ok(Poll::Expired(offset));
         }
         if let Some((offset, attempts)) = st.take_due_retry(now) {
-            match self.store.get(offset)? {
+            match read(offset, Read::Again)? {
                 Some(event) => {
                     let attempt = attempts + 1;
                     st.lease(offset, stream, attempt, now + ack_wait);
@@ -389,7 +423,7 @@ impl Consumer {
                 st.mark_done(offset);
                 continue;
             }
-            let Some(event) = self.store.get(offset)? else {
+            let Some(event) = read(offset, Read::New)? else {
                 st.mark_done(offset);
                 continue;
             };
@@ -424,6 +458,12 @@ impl Consumer {
     /// Like [`Consumer::ack`], with `records` written in the same group
     /// commit: the writer applies them before the consumer position, so
     /// the ack is never durable without them.
+    ///
+    /// The offsets are marked done only once this write holds the persist
+    /// order, just before it is queued: marked earlier, a concurrent
+    /// persist could snapshot them as done and reach the writer first,
+    /// making the ack durable without its records (a crash then loses the
+    /// delivery record and never sends the event again).
     pub async fn ack_with(&self, offsets: &[Offset], records: Vec<Mutation>) -> Result<()> {
         let head = self.store.head();
         if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
@@ -432,14 +472,7 @@ impl Consumer {
                 format!("offset {bad} is not in the log (head is {head})"),
             ));
         }
-        {
-            let mut st = self.lock();
-            for &o in offsets {
-                st.ack(o);
-            }
-        }
-        self.changed.send_modify(|v| *v += 1);
-        self.persist_with(records).await
+        self.persist_acking(offsets, records).await
     }
 
     /// Ends the leases of `offsets` (held by any stream) and queues them for
@@ -473,14 +506,18 @@ impl Consumer {
     }
 
     async fn persist(&self) -> Result<()> {
-        self.persist_with(Vec::new()).await
+        self.persist_acking(&[], Vec::new()).await
     }
 
-    /// Persists the position, with `records` in the same write.
-    async fn persist_with(&self, mut records: Vec<Mutation>) -> Result<()> {
+    /// Marks `acks` done and persists the position, with `records` in the
+    /// same write.
+    async fn persist_acking(&self, acks: &[Offset], mut records: Vec<Mutation>) -> Result<()> {
         let order = self.persist_order.lock().await;
         let record = {
-            let st = self.lock();
+            let mut st = self.lock();
+            for &o in acks {
+                st.ack(o);
+            }
             ConsumerRecord {
                 floor: st.floor,
                 event_types: self
@@ -493,6 +530,9 @@ impl Consumer {
                 reopened: st.reopened.iter().copied().collect(),
             }
         };
+        if !acks.is_empty() {
+            self.changed.send_modify(|v| *v += 1);
+        }
         if !self.removed.load(std::sync::atomic::Ordering::SeqCst) {
             records.push(Mutation::put(
                 Table::Consumers,

@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod limit;
 mod ops;
 pub mod sealing;
+pub mod shared;
 pub mod signing;
 pub mod stack;
 pub mod worker;
@@ -39,6 +40,7 @@ use crate::{
 };
 use egress::Guard;
 use endpoint::{from_nanos, EndpointRecord, EndpointSpec};
+use shared::Shared;
 use signing::Secret;
 use stack::{Keys, SharedKeys};
 use worker::{WorkerContext, WorkerView};
@@ -98,6 +100,8 @@ pub struct Deliveries {
     store: Store,
     consumers: Arc<Consumers>,
     config: Arc<Config>,
+    /// Recently read events with their bodies, for every worker.
+    shared: Arc<Shared>,
     /// The SSRF policy every endpoint's client connects under.
     guard: Guard,
     /// TLS settings for HTTPS receivers (roots, ALPN set per client).
@@ -134,6 +138,7 @@ impl Deliveries {
         let this = Arc::new(Self {
             store,
             consumers,
+            shared: Arc::new(Shared::new(config.shared_events)),
             guard: Guard::new(&config.allow_networks),
             tls,
             config,
@@ -358,6 +363,7 @@ impl Deliveries {
             service,
             consumer,
             store: self.store.clone(),
+            shared: self.shared.clone(),
             config: self.config.clone(),
             control: self.control.clone(),
             view: view.clone(),

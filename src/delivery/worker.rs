@@ -35,19 +35,19 @@ use tokio_util::sync::CancellationToken;
 use super::{
     classify::{classify, Verdict},
     endpoint::{EndpointSpec, Ordering},
+    shared::{Shared, SharedEvent},
     stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
     Control,
 };
 use crate::{
     config::Config,
-    consumer::{Consumer, Poll},
+    consumer::{Consumer, Poll, Read},
     convert,
     error::{Error, Result},
     metrics::Metrics,
     model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
     store::{scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
-    webhook,
 };
 
 /// Leases of the worker never expire on their own: the worker decides when
@@ -94,6 +94,8 @@ pub struct WorkerContext {
     pub consumer: Arc<Consumer>,
     /// The log and state.
     pub store: Store,
+    /// Recently read events with their bodies, shared by every endpoint.
+    pub shared: Arc<Shared>,
     /// Broker configuration.
     pub config: Arc<Config>,
     /// To the manager: health changes and operational events.
@@ -121,7 +123,9 @@ impl WorkerContext {
 }
 
 struct Held {
-    event: StoredEvent,
+    /// The event and its full body, shared with other endpoints.
+    event: Arc<SharedEvent>,
+    /// This endpoint's body (its filter and fields applied).
     body: Bytes,
     key: Option<String>,
     sending: bool,
@@ -159,10 +163,28 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         changed.borrow_and_update();
         let wake_at = loop {
             let read_new = w.held.len() < window;
-            match ctx
-                .consumer
-                .poll(WORKER_STREAM, u32::MAX, LEASE, Instant::now(), read_new)
-            {
+            let held = &w.held;
+            let read = |offset, read| match read {
+                Read::New => ctx.shared.get(&ctx.store, offset),
+                // A held event due for its next attempt: the worker still
+                // has it, so the log is only asked whether retention
+                // removed it meanwhile.
+                Read::Again => match held.get(&offset) {
+                    Some(h) => Ok(ctx.store.meta(offset)?.map(|_| h.event.clone())),
+                    None => Ok(ctx
+                        .store
+                        .get(offset)?
+                        .map(|e| Arc::new(SharedEvent::new(e)))),
+                },
+            };
+            match ctx.consumer.poll_with(
+                WORKER_STREAM,
+                u32::MAX,
+                LEASE,
+                Instant::now(),
+                read_new,
+                read,
+            ) {
                 Ok(Poll::Message(d)) => w.accept(d.event).await,
                 Ok(Poll::Expired(offset)) => w.expired(offset).await,
                 Ok(Poll::Idle { wake_at }) => break wake_at,
@@ -223,14 +245,14 @@ struct Worker {
 
 impl Worker {
     /// An event leased from the consumer: new, or a waiting one now due.
-    async fn accept(&mut self, event: StoredEvent) {
-        let offset = event.offset;
+    async fn accept(&mut self, shared: Arc<SharedEvent>) {
+        let offset = shared.event.offset;
         if self.held.contains_key(&offset) {
             // Back from the consumer after its wait: it is its key's head.
             self.start(offset).await;
             return;
         }
-        let body = match self.body(&event) {
+        let body = match self.body(&shared) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 // The endpoint's condition does not match: not for it.
@@ -243,7 +265,7 @@ impl Worker {
                 // Cannot happen for validated events; never retry it.
                 tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "cannot render body");
                 let record = base_record(
-                    &event,
+                    &shared.event,
                     DeliveryState::Dead,
                     format!("cannot render body: {e}"),
                 );
@@ -251,6 +273,7 @@ impl Worker {
                 return;
             }
         };
+        let event = &shared.event;
         let key = match self.ctx.spec.ordering {
             Ordering::Key => Some(event.event.ordering_key.clone()),
             Ordering::Strict => Some(String::new()),
@@ -273,7 +296,7 @@ impl Worker {
         self.held.insert(
             offset,
             Held {
-                event,
+                event: shared,
                 body,
                 key: key.clone(),
                 sending: false,
@@ -294,11 +317,13 @@ impl Worker {
 
     /// The body for this endpoint: rendered, filtered by its condition
     /// (`None`: no match), reduced to its fields.
-    fn body(&self, event: &StoredEvent) -> std::result::Result<Option<Bytes>, String> {
-        let rendered = webhook::render_body(&event.event).map_err(|e| e.to_string())?;
+    /// The shared body is the full one; nothing endpoint-specific is ever
+    /// written back to it.
+    fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
+        let rendered = shared.body.clone()?;
         let spec = &self.ctx.spec;
         if spec.condition.is_none() && spec.projection.is_none() {
-            return Ok(Some(rendered.into()));
+            return Ok(Some(rendered));
         }
         let json: serde_json::Value =
             serde_json::from_slice(&rendered).map_err(|e| e.to_string())?;
@@ -306,7 +331,7 @@ impl Worker {
             return Ok(None);
         }
         match &spec.projection {
-            None => Ok(Some(rendered.into())),
+            None => Ok(Some(rendered)),
             Some(p) => Ok(Some(
                 serde_json::to_vec(&p.apply(&json))
                     .map_err(|e| e.to_string())?
@@ -340,7 +365,8 @@ impl Worker {
             let previous = load_delivery(&ctx.store, &ctx.endpoint_id, offset)
                 .ok()
                 .flatten();
-            let mut record = base_record(&held.event, DeliveryState::Superseded, String::new());
+            let mut record =
+                base_record(&held.event.event, DeliveryState::Superseded, String::new());
             record.superseded_by = newest;
             if let Some(p) = &previous {
                 record.attempts = p.attempts;
@@ -360,7 +386,11 @@ impl Worker {
         // hammered by every new level.
         if let Some(p) = inherited.filter(|p| p.attempts > 0) {
             let held = &self.held[&newest];
-            let mut record = base_record(&held.event, DeliveryState::Pending, p.last_error.clone());
+            let mut record = base_record(
+                &held.event.event,
+                DeliveryState::Pending,
+                p.last_error.clone(),
+            );
             record.attempts = p.attempts;
             record.next_attempt_at = p.next_attempt_at;
             record.last_attempt_at = p.last_attempt_at;
@@ -406,7 +436,7 @@ impl Worker {
                 convert::system_time("next_attempt_at", next).unwrap_or(SystemTime::UNIX_EPOCH)
             }
             None if prior_attempts == 0 => {
-                self.held[&offset].event.published_at + ctx.spec.retry_schedule[0]
+                self.held[&offset].event.event.published_at + ctx.spec.retry_schedule[0]
             }
             None => SystemTime::UNIX_EPOCH,
         };
@@ -421,9 +451,9 @@ impl Worker {
         let attempt = Attempt {
             ctx: ctx.clone(),
             offset,
-            published_at: held.event.published_at,
-            event_id: held.event.event.id.clone(),
-            event_type: held.event.event_type.to_string(),
+            published_at: held.event.event.published_at,
+            event_id: held.event.event.event.id.clone(),
+            event_type: held.event.event.event_type.to_string(),
             body: held.body.clone(),
             number: prior_attempts + 1,
             recorded_before: record.is_some(),
@@ -443,8 +473,8 @@ impl Worker {
                 return;
             };
             h.sending = false;
-            let coalescing =
-                self.ctx.spec.coalesce && STATE_EVENT_TYPES.contains(&h.event.event_type.as_str());
+            let coalescing = self.ctx.spec.coalesce
+                && STATE_EVENT_TYPES.contains(&h.event.event.event_type.as_str());
             if let Some(k) = h.key.clone().filter(|_| coalescing) {
                 if self.keys.get(&k).is_some_and(|q| q.len() > 1) {
                     self.coalesce(&k).await;
@@ -538,7 +568,7 @@ impl Worker {
             return;
         };
         self.ctx.count("expired");
-        let mut record = base_record(&held.event, DeliveryState::Dead, "expired".into());
+        let mut record = base_record(&held.event.event, DeliveryState::Dead, "expired".into());
         if let Ok(Some(p)) = load_delivery(&self.ctx.store, &self.ctx.endpoint_id, offset) {
             record.attempts = p.attempts;
             record.last_attempt_at = p.last_attempt_at;

@@ -6,12 +6,10 @@
 //! renders as its keys with `null` values. The body has no `timestamp`: the
 //! sample has none.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(_env: &Envelope<'_>, c: &pb::ChannelInventoryUpdated) -> Value {
+pub(super) fn body(_env: &Envelope<'_>, c: &pb::ChannelInventoryUpdated) -> Json {
     let no_variant = pb::Variant::default();
     let no_inventory = pb::Inventory::default();
     let variant = c.variant.as_ref().unwrap_or(&no_variant);
@@ -78,6 +76,7 @@ fn channel(ch: Option<&pb::Channel>) -> Object {
 #[cfg(test)]
 mod tests {
     use prost_types::Timestamp;
+    use serde_json::Value;
 
     use super::*;
 

@@ -5,34 +5,50 @@
 //! kept: keys come out sorted.
 
 use prost_types::{value::Kind, Struct};
-use serde_json::{Map, Value};
 
-use super::{number, Envelope};
+use super::{write_number, write_str, Envelope, Json};
 use crate::pb;
 
-pub(super) fn body(_env: &Envelope<'_>, c: &pb::CustomEvent) -> Value {
-    c.data
-        .as_ref()
-        .map_or_else(|| Value::Object(Map::new()), object)
+pub(super) fn body(_env: &Envelope<'_>, c: &pb::CustomEvent) -> Json {
+    let mut out = Vec::with_capacity(128);
+    match &c.data {
+        Some(s) => object(&mut out, s),
+        None => out.extend_from_slice(b"{}"),
+    }
+    Json(out)
 }
 
-fn object(s: &Struct) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value(v)))
-            .collect(),
-    )
+fn object(out: &mut Vec<u8>, s: &Struct) {
+    out.push(b'{');
+    // A `BTreeMap`: sorted, each key once.
+    for (i, (k, v)) in s.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, k);
+        out.push(b':');
+        value(out, v);
+    }
+    out.push(b'}');
 }
 
-fn value(v: &prost_types::Value) -> Value {
+fn value(out: &mut Vec<u8>, v: &prost_types::Value) {
     match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::NumberValue(n)) => number(*n),
-        Some(Kind::StringValue(s)) => Value::from(s.as_str()),
-        Some(Kind::BoolValue(b)) => Value::from(*b),
-        Some(Kind::StructValue(s)) => object(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value).collect()),
+        None | Some(Kind::NullValue(_)) => out.extend_from_slice(b"null"),
+        Some(Kind::NumberValue(n)) => write_number(out, *n),
+        Some(Kind::StringValue(s)) => write_str(out, s),
+        Some(Kind::BoolValue(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Some(Kind::StructValue(s)) => object(out, s),
+        Some(Kind::ListValue(l)) => {
+            out.push(b'[');
+            for (i, v) in l.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                value(out, v);
+            }
+            out.push(b']');
+        }
     }
 }
 

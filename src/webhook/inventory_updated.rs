@@ -2,12 +2,10 @@
 //! trigger only; the shape is the README's field list, in its order, in the
 //! style of the shipment and pick payloads.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(env: &Envelope<'_>, i: &pb::InventoryUpdated) -> Value {
+pub(super) fn body(env: &Envelope<'_>, i: &pb::InventoryUpdated) -> Json {
     Object::new()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &i.tenant_id)
@@ -32,12 +30,12 @@ pub(super) fn body(env: &Envelope<'_>, i: &pb::InventoryUpdated) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
     fn render(i: &pb::InventoryUpdated) -> Value {
-        body(&Envelope { occurred_at: None }, i)
+        body(&Envelope { occurred_at: None }, i).value()
     }
 
     #[test]

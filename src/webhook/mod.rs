@@ -36,7 +36,6 @@ mod shipment_closed;
 mod golden;
 
 use prost_types::Timestamp;
-use serde_json::{Map, Number, Value};
 
 use crate::pb::{self, event::Payload};
 
@@ -66,7 +65,7 @@ pub fn render_body(event: &pb::Event) -> Result<Vec<u8>, RenderError> {
         Payload::ChannelInventoryUpdated(p) => channel_inventory::body(&env, p),
         Payload::Custom(p) => custom::body(&env, p),
     };
-    Ok(serde_json::to_vec(&body)?)
+    Ok(body.0)
 }
 
 /// The envelope fields a body may show. Only `occurred_at` (as `timestamp`)
@@ -76,106 +75,203 @@ pub(super) struct Envelope<'a> {
     pub(super) occurred_at: Option<&'a Timestamp>,
 }
 
-/// A JSON object built key by key, in insertion order.
+/// A complete JSON value, as bytes (always UTF-8).
+#[must_use]
+pub(super) struct Json(Vec<u8>);
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+#[cfg(test)]
+impl Json {
+    /// Parsed, for comparing with `json!` values in tests.
+    pub(super) fn value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0).expect("rendered JSON parses")
+    }
+}
+
+/// A JSON object written key by key, in call order, straight to bytes.
+///
+/// The output is exactly what `serde_json` writes for the same keys and
+/// values (compact, its string escaping, `itoa`/`ryu` numbers), without
+/// building a `serde_json::Value` tree first: that tree (an `IndexMap` per
+/// object, a `String` per key) cost more than the rest of a delivery's
+/// CPU besides I/O. `tests/it/fuzz.rs` checks that every rendered body is
+/// in that canonical form.
 ///
 /// The plain methods (`str`, `int`, ...) leave the key out when the value is
 /// absent, as the WMS shapes do; the `*_or_null` methods always write the key,
 /// with `null` for an absent value, as the channel-inventory shape does.
 #[must_use]
-pub(super) struct Object(Map<String, Value>);
+pub(super) struct Object(Vec<u8>);
 
 impl Object {
     pub(super) fn new() -> Self {
-        Self(Map::new())
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        Self(out)
     }
 
-    fn put(mut self, key: &str, value: Value) -> Self {
-        self.0.insert(key.to_owned(), value);
+    /// Writes `"key":`, after a comma unless it is the first key.
+    fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if self.0.len() > 1 {
+            self.0.push(b',');
+        }
+        write_str(&mut self.0, key);
+        self.0.push(b':');
+        &mut self.0
+    }
+
+    fn null(mut self, key: &str) -> Self {
+        self.key(key).extend_from_slice(b"null");
         self
     }
 
-    fn put_some(self, key: &str, value: Option<Value>) -> Self {
-        match value {
-            Some(v) => self.put(key, v),
-            None => self,
-        }
-    }
-
     /// A string; empty means absent.
-    pub(super) fn str(self, key: &str, value: &str) -> Self {
-        let value = (!value.is_empty()).then(|| Value::from(value));
-        self.put_some(key, value)
+    pub(super) fn str(mut self, key: &str, value: &str) -> Self {
+        if !value.is_empty() {
+            write_str(self.key(key), value);
+        }
+        self
     }
 
     /// An integer (`int32`/`int64`).
-    pub(super) fn int(self, key: &str, value: Option<impl Into<i64>>) -> Self {
-        self.put_some(key, value.map(|n| Value::from(n.into())))
+    pub(super) fn int(mut self, key: &str, value: Option<impl Into<i64>>) -> Self {
+        if let Some(n) = value {
+            write_int(self.key(key), n.into());
+        }
+        self
     }
 
     /// A double.
-    pub(super) fn num(self, key: &str, value: Option<f64>) -> Self {
-        self.put_some(key, value.map(number))
+    pub(super) fn num(mut self, key: &str, value: Option<f64>) -> Self {
+        if let Some(n) = value {
+            write_number(self.key(key), n);
+        }
+        self
     }
 
     /// A unit price: a double rounded to at most 6 decimal places.
     pub(super) fn price(self, key: &str, value: Option<f64>) -> Self {
-        self.put_some(key, value.map(|p| number(round_price(p))))
+        self.num(key, value.map(round_price))
     }
 
     /// An ISO 8601 date.
-    pub(super) fn date(self, key: &str, value: Option<&Timestamp>) -> Self {
-        self.put_some(key, value.map(|ts| Value::from(iso8601(ts))))
+    pub(super) fn date(mut self, key: &str, value: Option<&Timestamp>) -> Self {
+        if let Some(ts) = value {
+            write_str(self.key(key), &iso8601(ts));
+        }
+        self
     }
 
     /// An enum, by its documented spelling (`SHIPPED`); `*_UNSPECIFIED` means
     /// absent.
-    pub(super) fn label(self, key: &str, value: impl Label) -> Self {
-        self.put_some(key, value.label().map(Value::from))
+    pub(super) fn label(mut self, key: &str, value: impl Label) -> Self {
+        if let Some(label) = value.label() {
+            write_str(self.key(key), label);
+        }
+        self
     }
 
     /// A list of objects; empty means absent.
-    pub(super) fn list(self, key: &str, items: Vec<Value>) -> Self {
-        let value = (!items.is_empty()).then(|| Value::Array(items));
-        self.put_some(key, value)
+    pub(super) fn list(mut self, key: &str, items: impl IntoIterator<Item = Json>) -> Self {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_none() {
+            return self;
+        }
+        let out = self.key(key);
+        out.push(b'[');
+        for (i, item) in items.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&item.0);
+        }
+        out.push(b']');
+        self
     }
 
     /// A nested object, always written.
-    pub(super) fn object(self, key: &str, value: Object) -> Self {
-        self.put(key, value.build())
+    pub(super) fn object(mut self, key: &str, value: Object) -> Self {
+        let value = value.build();
+        self.key(key).extend_from_slice(&value.0);
+        self
     }
 
     /// A string or `null`. A set empty string stays `""`: these fields carry
     /// explicit presence, so only unset is `null`.
-    pub(super) fn str_or_null(self, key: &str, value: Option<&str>) -> Self {
-        self.put(key, value.map_or(Value::Null, Value::from))
+    pub(super) fn str_or_null(mut self, key: &str, value: Option<&str>) -> Self {
+        match value {
+            Some(s) => {
+                write_str(self.key(key), s);
+                self
+            }
+            None => self.null(key),
+        }
     }
 
     /// An integer or `null`.
-    pub(super) fn int_or_null(self, key: &str, value: Option<i64>) -> Self {
-        self.put(key, value.map_or(Value::Null, Value::from))
+    pub(super) fn int_or_null(mut self, key: &str, value: Option<i64>) -> Self {
+        match value {
+            Some(n) => {
+                write_int(self.key(key), n);
+                self
+            }
+            None => self.null(key),
+        }
     }
 
     /// A double or `null`.
-    pub(super) fn num_or_null(self, key: &str, value: Option<f64>) -> Self {
-        self.put(key, value.map_or(Value::Null, number))
+    pub(super) fn num_or_null(mut self, key: &str, value: Option<f64>) -> Self {
+        match value {
+            Some(n) => {
+                write_number(self.key(key), n);
+                self
+            }
+            None => self.null(key),
+        }
     }
 
     /// A boolean or `null`.
-    pub(super) fn bool_or_null(self, key: &str, value: Option<bool>) -> Self {
-        self.put(key, value.map_or(Value::Null, Value::from))
+    pub(super) fn bool_or_null(mut self, key: &str, value: Option<bool>) -> Self {
+        match value {
+            Some(b) => {
+                let text: &[u8] = if b { b"true" } else { b"false" };
+                self.key(key).extend_from_slice(text);
+                self
+            }
+            None => self.null(key),
+        }
     }
 
     /// An ISO 8601 date or `null`.
-    pub(super) fn date_or_null(self, key: &str, value: Option<&Timestamp>) -> Self {
-        self.put(
-            key,
-            value.map_or(Value::Null, |ts| Value::from(iso8601(ts))),
-        )
+    pub(super) fn date_or_null(mut self, key: &str, value: Option<&Timestamp>) -> Self {
+        match value {
+            Some(ts) => {
+                write_str(self.key(key), &iso8601(ts));
+                self
+            }
+            None => self.null(key),
+        }
     }
 
-    pub(super) fn build(self) -> Value {
-        Value::Object(self.0)
+    pub(super) fn build(mut self) -> Json {
+        self.0.push(b'}');
+        Json(self.0)
     }
+}
+
+/// A JSON string, escaped exactly as `serde_json` escapes it.
+pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing JSON to a Vec cannot fail");
+}
+
+/// An integer, as `serde_json` writes it.
+fn write_int(out: &mut Vec<u8>, n: i64) {
+    serde_json::to_writer(out, &n).expect("writing JSON to a Vec cannot fail");
 }
 
 /// A generated enum. Protobuf scoping makes every value name carry the type
@@ -262,13 +358,15 @@ const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
 /// A double as a JSON number. Integral values render as integers (`5`, not
 /// `5.0`), as most JSON producers write them; the value is the same number
 /// either way.
-pub(super) fn number(n: f64) -> Value {
+pub(super) fn write_number(out: &mut Vec<u8>, n: f64) {
     if n.fract() == 0.0 && n.abs() < MAX_EXACT_INT {
         // Exact: integral and within ±2^53. (-0.0 becomes 0.)
-        return Value::from(n as i64);
+        write_int(out, n as i64);
+        return;
     }
-    // Non-finite numbers have no JSON form; validation keeps them out.
-    Number::from_f64(n).map_or(Value::Null, Value::Number)
+    // Non-finite numbers have no JSON form (`serde_json` writes `null`);
+    // validation keeps them out.
+    serde_json::to_writer(out, &n).expect("writing JSON to a Vec cannot fail");
 }
 
 /// `p` rounded to at most 6 decimal places: the exact binary value rounded to
@@ -353,6 +451,12 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn number(n: f64) -> String {
+        let mut out = Vec::new();
+        write_number(&mut out, n);
+        String::from_utf8(out).unwrap()
+    }
 
     fn ts(seconds: i64, nanos: i32) -> Timestamp {
         Timestamp { seconds, nanos }
@@ -458,7 +562,7 @@ mod tests {
         assert_eq!(number(25.5).to_string(), "25.5");
         assert_eq!(number(0.1).to_string(), "0.1");
         assert_eq!(number(1e20).to_string(), "1e+20");
-        assert_eq!(number(f64::NAN), Value::Null);
+        assert_eq!(number(f64::NAN), "null");
     }
 
     #[test]
@@ -479,7 +583,7 @@ mod tests {
             (123_456_789.123_456_7, "123456789.123457"),
             (1e300, "1e+300"),
         ] {
-            assert_eq!(number(round_price(p)).to_string(), want, "{p}");
+            assert_eq!(number(round_price(p)), want, "{p}");
         }
     }
 

@@ -2,12 +2,10 @@
 //! seed documents the trigger only; the shape is the README's field list, in
 //! its order, in the style of the shipment and pick payloads.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(env: &Envelope<'_>, o: &pb::OrderStatusChanged) -> Value {
+pub(super) fn body(env: &Envelope<'_>, o: &pb::OrderStatusChanged) -> Json {
     Object::new()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &o.tenant_id)
@@ -29,12 +27,12 @@ pub(super) fn body(env: &Envelope<'_>, o: &pb::OrderStatusChanged) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
     fn render(o: &pb::OrderStatusChanged) -> Value {
-        body(&Envelope { occurred_at: None }, o)
+        body(&Envelope { occurred_at: None }, o).value()
     }
 
     #[test]

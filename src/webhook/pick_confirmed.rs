@@ -4,12 +4,10 @@
 //! `lines[]` the serials (absent from the sample) follow `lot`, as the field
 //! documentation lists them.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(env: &Envelope<'_>, p: &pb::PickConfirmed) -> Value {
+pub(super) fn body(env: &Envelope<'_>, p: &pb::PickConfirmed) -> Json {
     Object::new()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &p.tenant_id)
@@ -23,11 +21,11 @@ pub(super) fn body(env: &Envelope<'_>, p: &pb::PickConfirmed) -> Value {
         .int("totalLines", p.total_lines)
         .date("lastActivityDate", p.last_activity_date.as_ref())
         .str("lastActivityTeamMember", &p.last_activity_team_member)
-        .list("lines", p.lines.iter().map(line).collect())
+        .list("lines", p.lines.iter().map(line))
         .build()
 }
 
-fn line(l: &pb::PickLine) -> Value {
+fn line(l: &pb::PickLine) -> Json {
     Object::new()
         .int("lineNumber", l.line_number)
         .str("product", &l.product)
@@ -55,12 +53,12 @@ fn line(l: &pb::PickLine) -> Value {
 #[cfg(test)]
 mod tests {
     use prost_types::Timestamp;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
     fn render(p: &pb::PickConfirmed, occurred_at: Option<&Timestamp>) -> Value {
-        body(&Envelope { occurred_at }, p)
+        body(&Envelope { occurred_at }, p).value()
     }
 
     #[test]

@@ -2,12 +2,10 @@
 //! the trigger only; the shape is the README's field list, in its order, in
 //! the style of the shipment and pick payloads.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(env: &Envelope<'_>, r: &pb::ReturnReceived) -> Value {
+pub(super) fn body(env: &Envelope<'_>, r: &pb::ReturnReceived) -> Json {
     Object::new()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &r.tenant_id)
@@ -21,11 +19,11 @@ pub(super) fn body(env: &Envelope<'_>, r: &pb::ReturnReceived) -> Value {
         .int("workControlNumber", r.work_control_number)
         .date("receivedDate", r.received_date.as_ref())
         .str("lastActivityTeamMember", &r.last_activity_team_member)
-        .list("lines", r.lines.iter().map(line).collect())
+        .list("lines", r.lines.iter().map(line))
         .build()
 }
 
-fn line(l: &pb::ReturnLine) -> Value {
+fn line(l: &pb::ReturnLine) -> Json {
     Object::new()
         .int("lineNumber", l.line_number)
         .str("product", &l.product)
@@ -53,12 +51,12 @@ fn line(l: &pb::ReturnLine) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
     fn render(r: &pb::ReturnReceived) -> Value {
-        body(&Envelope { occurred_at: None }, r)
+        body(&Envelope { occurred_at: None }, r).value()
     }
 
     #[test]

@@ -7,12 +7,10 @@
 //! `status` and `signatureRequired` enums are documented without a place in
 //! the field list; they follow `trackingStatus`, as in the proto.
 
-use serde_json::Value;
-
-use super::{Envelope, Object};
+use super::{Envelope, Json, Object};
 use crate::pb;
 
-pub(super) fn body(env: &Envelope<'_>, s: &pb::ShipmentClosed) -> Value {
+pub(super) fn body(env: &Envelope<'_>, s: &pb::ShipmentClosed) -> Json {
     Object::new()
         .date("timestamp", env.occurred_at)
         // Shipment header.
@@ -50,11 +48,11 @@ pub(super) fn body(env: &Envelope<'_>, s: &pb::ShipmentClosed) -> Value {
         // Totals.
         .int("totalCartons", s.total_cartons)
         .num("weightShipment", s.weight_shipment)
-        .list("details", s.details.iter().map(detail).collect())
+        .list("details", s.details.iter().map(detail))
         .build()
 }
 
-fn detail(d: &pb::ShipmentDetail) -> Value {
+fn detail(d: &pb::ShipmentDetail) -> Json {
     Object::new()
         .int("lineNumber", d.line_number)
         .str("product", &d.product)
@@ -80,7 +78,7 @@ fn detail(d: &pb::ShipmentDetail) -> Value {
 #[cfg(test)]
 mod tests {
     use prost_types::Timestamp;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -95,6 +93,7 @@ mod tests {
             },
             s,
         )
+        .value()
     }
 
     #[test]

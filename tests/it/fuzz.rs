@@ -45,10 +45,21 @@ fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_770_000_000)
 }
 
+/// `body` is a JSON object, written exactly as `serde_json` writes that
+/// value (compact, its escaping and number forms): the shapers write bytes
+/// directly, and must keep producing what the `serde_json::Value` trees
+/// they used to build serialised to.
 fn assert_json(body: &[u8]) {
     let v: serde_json::Value = serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(body)));
     assert!(v.is_object(), "body is not a JSON object: {v}");
+    let canonical = serde_json::to_vec(&v).expect("a parsed value serialises");
+    assert!(
+        canonical == body,
+        "body is not in serde_json's form:\n got  {}\n want {}",
+        String::from_utf8_lossy(body),
+        String::from_utf8_lossy(&canonical)
+    );
 }
 
 proptest! {

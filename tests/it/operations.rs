@@ -4,7 +4,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use stevedore::pb::{
@@ -136,6 +136,74 @@ async fn coalescing_sends_only_the_latest_level_per_key() {
             .unwrap_err(),
         "endpoint.coalesce",
     );
+}
+
+/// Endpoints share each event's decoded form and full body (one read and
+/// render for all of them); each must still get its own shape: the full
+/// body, its selected fields, or nothing when its condition says no —
+/// whichever endpoint reads an event first.
+#[tokio::test]
+async fn shared_bodies_keep_each_endpoints_shape() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let (full, picked, filtered) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    // Created in both orders around the plain one, so either kind can be
+    // the first to read (and share) an event.
+    let mut e = endpoint(&picked.url);
+    e.fields = vec!["salesOrderId".into()];
+    create(&mut admin, e).await;
+    create(&mut admin, endpoint(&full.url)).await;
+    let mut e = endpoint(&filtered.url);
+    e.filter = r#"salesOrderId == "SO-2""#.into();
+    create(&mut admin, e).await;
+
+    let at = prost_types::Timestamp {
+        seconds: 1_770_000_000,
+        nanos: 0,
+    };
+    let event = |i: usize| pb::Event {
+        occurred_at: Some(at),
+        ..pick(&format!("p{i}"), &format!("SO-{i}"))
+    };
+    let mut p = server.publisher().await;
+    for i in 0..20 {
+        publish(&mut p, event(i)).await;
+    }
+    let all = full.wait_for(20, Duration::from_secs(10)).await;
+    let some = picked.wait_for(20, Duration::from_secs(10)).await;
+    let one = filtered.wait_for(1, Duration::from_secs(10)).await;
+    // The unfiltered endpoint gets each event's rendering byte for byte,
+    // untouched by the other endpoints' shapes.
+    for r in &all {
+        let i: usize = r.header("webhook-id").unwrap()[1..].parse().unwrap();
+        let stored = stevedore::convert::validate_event(
+            event(i),
+            "event",
+            SystemTime::now(),
+            stevedore::convert::EventLimits {
+                max_event_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+        .event;
+        assert_eq!(r.body, stevedore::webhook::render_body(&stored).unwrap());
+    }
+    for r in &some {
+        let i = &r.header("webhook-id").unwrap()[1..];
+        assert_eq!(
+            r.json(),
+            serde_json::json!({ "salesOrderId": format!("SO-{i}") })
+        );
+    }
+    assert_eq!(one[0].header("webhook-id"), Some("p2"));
+    assert_eq!(one[0].json()["status"], "COMPLETE");
+    filtered
+        .expect_no_more_than(1, Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]

@@ -1,0 +1,186 @@
+//! Events read for delivery, shared by every endpoint's worker.
+//!
+//! With several endpoints, every worker reads the same new events at about
+//! the same time. Each used to read, decode (protobuf) and render (JSON)
+//! every event on its own: ten endpoints, ten times the work. [`Shared`]
+//! keeps the most recently read events, decoded and with their rendered
+//! body, in a small ring indexed by offset, and hands out `Arc`s to them.
+//!
+//! What is shared is only what is the same for every endpoint: the stored
+//! event and its full body. An endpoint's condition (`filter`) and field
+//! selection (`fields`) are applied by its worker to that body, never
+//! cached, so one endpoint's shape cannot reach another.
+//!
+//! Bounded: at most `capacity` entries (the ring), plus whatever workers
+//! still hold; a slot is overwritten by the offset `capacity` later. An
+//! event's stored bytes never change once it is durable (offsets are never
+//! reused), so an entry is never stale; events retention removes can still
+//! be in the ring, so the consumer asks for them only as new reads (which
+//! never reach below retention's cutoff, see `Consumer::expire_below`),
+//! while redeliveries check the log (see the worker).
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::{
+    error::Result,
+    model::{Offset, StoredEvent},
+    store::Store,
+    webhook,
+};
+
+/// One event as every endpoint sees it before its own filter and fields.
+#[derive(Debug)]
+pub struct SharedEvent {
+    /// The stored event.
+    pub event: StoredEvent,
+    /// Its full rendered body, or why it has none (validated events always
+    /// render).
+    pub body: std::result::Result<Bytes, String>,
+}
+
+impl SharedEvent {
+    /// Reads nothing: decodes and renders `event`.
+    pub fn new(event: StoredEvent) -> Self {
+        let body = webhook::render_body(&event.event)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string());
+        Self { event, body }
+    }
+}
+
+/// The ring of recently read events; one per broker.
+pub struct Shared {
+    slots: Mutex<Vec<Option<Arc<SharedEvent>>>>,
+}
+
+impl Shared {
+    /// Keeps up to `capacity` events; 0 keeps none (every read decodes and
+    /// renders).
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            slots: Mutex::new(vec![None; capacity as usize]),
+        }
+    }
+
+    /// The event at `offset` with its body, from the ring or read from
+    /// `store` (and then kept). `None`: not in the log.
+    pub fn get(&self, store: &Store, offset: Offset) -> Result<Option<Arc<SharedEvent>>> {
+        if let Some(hit) = self.lookup(offset) {
+            return Ok(Some(hit));
+        }
+        // Read and render outside the lock. Two workers missing the same
+        // offset at once both do the work; the results are identical.
+        let Some(event) = store.get(offset)? else {
+            return Ok(None);
+        };
+        let shared = Arc::new(SharedEvent::new(event));
+        let mut slots = self.lock();
+        if let Some(slot) = slot_of(&mut slots, offset) {
+            *slot = Some(shared.clone());
+        }
+        Ok(Some(shared))
+    }
+
+    fn lookup(&self, offset: Offset) -> Option<Arc<SharedEvent>> {
+        let mut slots = self.lock();
+        slot_of(&mut slots, offset)?
+            .as_ref()
+            .filter(|s| s.event.offset == offset)
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Arc<SharedEvent>>>> {
+        // Slots are replaced whole; a panic cannot leave one half-written.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn slot_of(
+    slots: &mut [Option<Arc<SharedEvent>>],
+    offset: Offset,
+) -> Option<&mut Option<Arc<SharedEvent>>> {
+    if slots.is_empty() {
+        return None;
+    }
+    let i = (offset % slots.len() as u64) as usize;
+    slots.get_mut(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        convert::{validate_event, EventLimits},
+        pb,
+        store::StoreConfig,
+    };
+
+    fn event(i: u64) -> crate::model::NewEvent {
+        let e = pb::Event {
+            id: format!("e{i}"),
+            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
+                r#type: "a.b".into(),
+                data: Some(prost_types::Struct {
+                    fields: [(
+                        "n".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::NumberValue(i as f64)),
+                        },
+                    )]
+                    .into(),
+                }),
+            })),
+            ..Default::default()
+        };
+        let limits = EventLimits {
+            max_event_bytes: 4096,
+        };
+        validate_event(e, "event", SystemTime::now(), limits).unwrap()
+    }
+
+    /// Offsets that share a slot never get each other's event, hits are
+    /// the same `Arc`, and offsets beyond the log are not invented.
+    #[tokio::test]
+    async fn serves_each_offset_its_own_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&StoreConfig {
+            path: dir.path().to_owned(),
+            cache_bytes: 1 << 20,
+            max_group: 16,
+            metrics: Default::default(),
+        })
+        .unwrap();
+        let offsets: Vec<Offset> = store
+            .append((0..10).map(event).collect())
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.offset)
+            .collect();
+        for capacity in [0, 1, 4, 64] {
+            let shared = Shared::new(capacity);
+            for round in 0..2 {
+                for (i, &o) in offsets.iter().enumerate() {
+                    let s = shared.get(&store, o).unwrap().unwrap();
+                    assert_eq!(s.event.offset, o);
+                    assert_eq!(s.event.event.id, format!("e{i}"));
+                    let body = s.body.as_ref().unwrap();
+                    assert_eq!(&body[..], format!(r#"{{"n":{i}}}"#).as_bytes(), "{round}");
+                }
+            }
+            let last = *offsets.last().unwrap();
+            let a = shared.get(&store, last).unwrap().unwrap();
+            let b = shared.get(&store, last).unwrap().unwrap();
+            assert_eq!(Arc::ptr_eq(&a, &b), capacity > 0);
+            assert!(shared.get(&store, last + 1).unwrap().is_none());
+        }
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .unwrap();
+    }
+}
