@@ -139,7 +139,7 @@ mod tests {
         let limits = EventLimits {
             max_event_bytes: 4096,
         };
-        validate_event(e, "event", SystemTime::now(), limits).unwrap()
+        validate_event(e, &"event", SystemTime::now(), limits).unwrap()
     }
 
     /// Offsets that share a slot never get each other's event, hits are
@@ -150,6 +150,7 @@ mod tests {
         let (store, writer) = Store::open(&StoreConfig {
             path: dir.path().to_owned(),
             cache_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
             max_group: 16,
             metrics: Default::default(),
         })

@@ -182,7 +182,7 @@ async fn shared_bodies_keep_each_endpoints_shape() {
         let i: usize = r.header("webhook-id").unwrap()[1..].parse().unwrap();
         let stored = stevedore::convert::validate_event(
             event(i),
-            "event",
+            &"event",
             SystemTime::now(),
             stevedore::convert::EventLimits {
                 max_event_bytes: 1 << 20,
