@@ -175,7 +175,12 @@ pub struct Permit(AdaptiveLimitLayer);
 impl Drop for Permit {
     fn drop(&mut self) {
         self.0.lock().in_use -= 1;
-        self.0.freed.notify_waiters();
+        // One slot: one waiter. Waking every waiter here cost each delivery
+        // a wake-up of every attempt queued behind the limit (hundreds with
+        // a full delivery window). A waiter that wakes and finds the slot
+        // taken by a newcomer waits again and is woken by the next release;
+        // a woken waiter that is dropped hands the wake-up on (tokio).
+        self.0.freed.notify_one();
     }
 }
 
@@ -261,6 +266,40 @@ mod tests {
             headers: HeaderMap::new(),
             body_excerpt: String::new(),
         })
+    }
+
+    /// Each release wakes one waiter; none is left behind, also when a
+    /// woken waiter gives up (is dropped) before it runs, and the limit is
+    /// never exceeded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_gets_a_slot_in_turn() {
+        let l = AdaptiveLimitLayer::new(3);
+        let running = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let (l, running) = (l.clone(), running.clone());
+            tasks.spawn(async move {
+                if i % 7 == 0 {
+                    // Gives up after a moment, perhaps after being woken.
+                    let _ = tokio::time::timeout(Duration::from_micros(50), l.acquire()).await;
+                    return;
+                }
+                let _permit = l.acquire().await;
+                let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                assert!(now <= 3, "{now} in flight with a limit of 3");
+                tokio::task::yield_now().await;
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let all = async {
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap()
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("every waiter got a slot");
+        assert_eq!(l.lock().in_use, 0);
     }
 
     #[test]
