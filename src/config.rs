@@ -443,9 +443,9 @@ impl Config {
             "must be at least 1 MiB",
         )?;
         check(
-            (1024 * 1024..=1024 * 1024 * 1024).contains(&self.log_segment_bytes),
+            (64 * 1024..=1024 * 1024 * 1024).contains(&self.log_segment_bytes),
             "log_segment_bytes",
-            "must be between 1 MiB and 1 GiB",
+            "must be between 64 KiB and 1 GiB",
         )?;
         check(
             (1024..=64 * 1024 * 1024).contains(&self.max_event_bytes),

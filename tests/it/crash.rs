@@ -177,9 +177,17 @@ pub(crate) fn all_stderr(logs: &Path, generations: u64) -> String {
     out
 }
 
-/// [`Server::start`] off the async workers (it blocks reading stdout).
+/// [`Server::start`] off the async workers (it blocks reading stdout), with
+/// the smallest event-log segments, so that kills also land around segment
+/// changes.
 async fn start_server(data_dir: &Path, logs: &Path, generation: u64) -> Result<Server, String> {
-    start_server_with_env(data_dir, logs, generation, &[]).await
+    start_server_with_env(
+        data_dir,
+        logs,
+        generation,
+        &[("STEVEDORE_LOG_SEGMENT_BYTES", "65536")],
+    )
+    .await
 }
 
 /// [`start_server`] with extra environment variables for the broker.
@@ -843,13 +851,22 @@ async fn acknowledged_publishes_survive_sigkill() {
     let summary = outcome.unwrap();
     let ledger = sh.ledger.lock().unwrap();
     let repairs = (1..=gens)
-        .filter(|&g| read_stderr(&logs, g).contains("re-indexed event ids"))
+        .filter(|&g| read_stderr(&logs, g).contains("cut an incomplete tail"))
         .count();
+    let segments = std::fs::read_dir(data_dir.join("events"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count()
+        })
+        .unwrap_or(0);
     println!(
         "crash test: {CYCLES} SIGKILL cycles, {gens} starts, {:.1}s; {} events acknowledged ({} acks), \
          {} duplicate acks ({} for ids whose first ack was lost to a kill, {} for re-sent acked ids); \
          calls unary/batch/stream {}/{}/{}, {} failed by kills; {} events written but unacked seen after restarts; \
-         id-index repairs on {} starts; final head {}",
+         torn log tails cut on {} starts; {} event-log segments; final head {}",
         started.elapsed().as_secs_f64(),
         ledger.acked.len(),
         ledger.acks,
@@ -862,6 +879,7 @@ async fn acknowledged_publishes_survive_sigkill() {
         sh.crash_errors.load(Ordering::Relaxed),
         summary.unacked_after_restarts,
         repairs,
+        segments,
         summary.final_head,
     );
 }

@@ -103,10 +103,12 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 /// The broker's environment (crash.rs adds `STEVEDORE_LOG=warn` and turns
 /// the metrics listener off). The receivers are on loopback, which the SSRF
-/// guard blocks unless allowed.
-const BROKER_ENV: [(&str, &str); 2] = [
+/// guard blocks unless allowed. The smallest event-log segments, so that
+/// kills also land around segment changes.
+const BROKER_ENV: [(&str, &str); 3] = [
     ("STEVEDORE_ALLOW_HTTP", "true"),
     ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
+    ("STEVEDORE_LOG_SEGMENT_BYTES", "65536"),
 ];
 /// The custom event type.
 const CUSTOM_TYPE: &str = "reliability.ping";
