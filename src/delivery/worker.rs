@@ -209,7 +209,14 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(f) = finished_rx.recv() => w.finished(f).await,
+            Some(f) = finished_rx.recv() => {
+                w.finished(f).await;
+                // Every attempt that finished meanwhile, before reading on:
+                // one pass of this loop per batch, not per delivery.
+                while let Ok(f) = finished_rx.try_recv() {
+                    w.finished(f).await;
+                }
+            }
             r = head.changed() => if r.is_err() { break },
             r = changed.changed() => if r.is_err() { break },
             _ = sleep => {}
