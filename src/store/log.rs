@@ -79,6 +79,15 @@ impl Segment {
         self.base + self.positions.len() as Offset
     }
 
+    /// The id of the record at `offset` (in this segment).
+    fn id_at(&self, offset: Offset) -> Result<String> {
+        let (start, end) = self.span((offset - self.base) as usize);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut buf, start)?;
+        let record = check_frame(&Bytes::from(buf), offset)?;
+        keys::decode_event_id(offset, &record)
+    }
+
     /// Byte range of record `rel`.
     fn span(&self, rel: usize) -> (u64, u64) {
         let start = self.positions[rel] as u64;
@@ -170,9 +179,7 @@ impl EventLog {
             for (rel, &h) in hashes.iter().enumerate() {
                 let offset = seg.base + rel as Offset;
                 if offset >= first {
-                    ids.insert_loaded(h, offset, |o| {
-                        id_at(&seg.file, seg.base, &seg.positions, seg.len, o)
-                    })?;
+                    ids.insert_loaded(h, offset, |o| seg.id_at(o))?;
                 }
             }
         }
@@ -376,11 +383,6 @@ impl LogWriter {
     /// caller tracks those).
     pub(super) fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
         self.log.offset_of_id(id)
-    }
-
-    /// Adds a record to this commit; returns its offset.
-    pub(super) fn append(&mut self, id: &str, record: &[u8]) -> Result<Offset> {
-        self.append_parts(id, &[record])
     }
 
     /// Adds a record given in parts (written one after the other) to this
@@ -600,17 +602,6 @@ fn scan(file: &File, base: Offset) -> Result<(Vec<u32>, Vec<u64>, u64)> {
     Ok((positions, hashes, pos))
 }
 
-/// The id of the record at `offset` of a segment.
-fn id_at(file: &File, base: Offset, positions: &[u32], len: u64, offset: Offset) -> Result<String> {
-    let rel = (offset - base) as usize;
-    let start = positions[rel] as u64;
-    let end = positions.get(rel + 1).map_or(len, |&p| p as u64);
-    let mut buf = vec![0u8; (end - start) as usize];
-    file.read_exact_at(&mut buf, start)?;
-    let record = check_frame(&Bytes::from(buf), offset)?;
-    keys::decode_event_id(offset, &record)
-}
-
 type Positions = (Vec<u32>, Vec<u64>, u64);
 
 /// A sealed segment's `.idx`, if present and consistent with the segment.
@@ -733,6 +724,16 @@ impl Hasher for Spread {
     }
 }
 
+/// The offset in `[first, first + 2^32)` whose low 32 bits are `low`.
+fn widen(first: Offset, low: u32) -> Offset {
+    let o = (first & !0xffff_ffff) | low as Offset;
+    if o < first {
+        o + (1 << 32)
+    } else {
+        o
+    }
+}
+
 /// Event id → offset, for idempotent publishing, in 8 bytes an event (plus
 /// the table's slack): 32 bits of the id's hash → the low 32 bits of the
 /// offset. The full offset is the one with those bits in
@@ -759,12 +760,7 @@ impl IdIndex {
     }
 
     fn offset(&self, low: u32) -> Offset {
-        let o = (self.first & !0xffff_ffff) | low as Offset;
-        if o < self.first {
-            o + (1 << 32)
-        } else {
-            o
-        }
+        widen(self.first, low)
     }
 
     fn lookup(
@@ -812,15 +808,7 @@ impl IdIndex {
     /// Forgets ids below `first`.
     fn retain_from(&mut self, first: Offset) {
         let old = self.first;
-        let full = |low: u32| {
-            let o = (old & !0xffff_ffff) | low as Offset;
-            if o < old {
-                o + (1 << 32)
-            } else {
-                o
-            }
-        };
-        self.by_hash.retain(|_, low| full(*low) >= first);
+        self.by_hash.retain(|_, low| widen(old, *low) >= first);
         self.collided.retain(|_, o| *o >= first);
         self.first = first;
     }

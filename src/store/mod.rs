@@ -398,7 +398,7 @@ fn migrate_sled_events(db: &sled::Db, log_dir: &Path, segment_bytes: u64) -> Res
             let (k, v) = kv?;
             let offset = keys::decode_offset(&k)?;
             let id = keys::decode_event_id(offset, &v)?;
-            let at = writer.append(&id, &v)?;
+            let at = writer.append_parts(&id, &[&v])?;
             if at != offset {
                 return Err(Error::Corrupt(format!(
                     "migrating events: offset {offset} is not contiguous (expected {at})"
