@@ -19,6 +19,9 @@
 //!   one is written before its ack, and the newer one takes over its place
 //!   in the schedule, so a down receiver is not hammered.
 //! - New events are read only while fewer than `delivery_window` are held.
+//! - Every offset from `Worker::unrecorded_from` on has no delivery record,
+//!   so starting it reads nothing from sled: the worker raises the mark
+//!   before it writes a record or starts an attempt (which writes one).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -47,7 +50,7 @@ use crate::{
     metrics::Metrics,
     model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
-    store::{scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
+    store::{decode_offset, scope, scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
 };
 
 /// Leases of the worker never expire on their own: the worker decides when
@@ -147,6 +150,14 @@ struct Finished {
 pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let unrecorded_from = match unrecorded_from(&ctx.store, &ctx.endpoint_id).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "reading delivery records failed");
+            // Look every delivery up.
+            Offset::MAX
+        }
+    };
     let mut w = Worker {
         failing_since: ctx.failing_since,
         ctx: ctx.clone(),
@@ -154,6 +165,7 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         keys: HashMap::new(),
         attempts: JoinSet::new(),
         finished: finished_tx,
+        unrecorded_from,
     };
     let mut head = ctx.store.watch_head();
     let mut changed = ctx.consumer.watch();
@@ -248,6 +260,12 @@ struct Worker {
     attempts: JoinSet<()>,
     finished: mpsc::UnboundedSender<Finished>,
     failing_since: Option<SystemTime>,
+    /// No offset from here on has a delivery record: a new event is started
+    /// without reading sled. Besides saving the read, this keeps the
+    /// worker off sled's global lock, which every `apply_batch` of the
+    /// state writer holds for the whole batch (a read waits it out, and
+    /// with it this worker and its runtime thread).
+    unrecorded_from: Offset,
 }
 
 impl Worker {
@@ -402,6 +420,7 @@ impl Worker {
             record.next_attempt_at = p.next_attempt_at;
             record.last_attempt_at = p.last_attempt_at;
             record.last_status = p.last_status;
+            self.recorded(newest);
             let key = scoped_offset_key(&ctx.endpoint_id, newest);
             if let Err(e) = ctx
                 .store
@@ -423,7 +442,12 @@ impl Worker {
     /// Sends `offset` now, unless its record says the next attempt is later.
     async fn start(&mut self, offset: Offset) {
         let ctx = self.ctx.clone();
-        let record = match load_delivery(&ctx.store, &ctx.endpoint_id, offset) {
+        let lookup = if offset < self.unrecorded_from {
+            load_delivery(&ctx.store, &ctx.endpoint_id, offset)
+        } else {
+            Ok(None)
+        };
+        let record = match lookup {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "reading delivery state failed");
@@ -453,6 +477,8 @@ impl Worker {
                 return;
             }
         }
+        // The attempt writes this offset's record.
+        self.recorded(offset);
         let held = self.held.get_mut(&offset).expect("started events are held");
         held.sending = true;
         let attempt = Attempt {
@@ -592,7 +618,8 @@ impl Worker {
     }
 
     /// Writes a final record, then acks.
-    async fn write_final(&self, offset: Offset, record: pb::Delivery) -> Result<()> {
+    async fn write_final(&mut self, offset: Offset, record: pb::Delivery) -> Result<()> {
+        self.recorded(offset);
         let key = scoped_offset_key(&self.ctx.endpoint_id, offset);
         self.ctx
             .store
@@ -603,6 +630,11 @@ impl Worker {
             )])
             .await?;
         self.ctx.consumer.ack(&[offset]).await
+    }
+
+    /// `offset` is about to get a delivery record.
+    fn recorded(&mut self, offset: Offset) {
+        self.unrecorded_from = self.unrecorded_from.max(offset.saturating_add(1));
     }
 
     fn unview(&self, offset: Offset) {
@@ -628,6 +660,26 @@ fn base_record(event: &StoredEvent, state: DeliveryState, error: String) -> pb::
 fn humanize_since(t: SystemTime) -> String {
     let ts = convert::timestamp(t);
     format!("unix {}s", ts.seconds)
+}
+
+/// The offset above this endpoint's last delivery record. Waits first for
+/// every write queued before (a previous worker's last records: the
+/// state writer applies in order), so none lands above it afterwards.
+/// Records are written for this endpoint only by its worker, and by Admin
+/// and retention for offsets that already have one or that the consumer
+/// never hands out again.
+async fn unrecorded_from(store: &Store, endpoint_id: &str) -> Result<Offset> {
+    store.write(Vec::new()).await?;
+    let last = store
+        .table(Table::Deliveries)
+        .scan_prefix(scope(endpoint_id))
+        .keys()
+        .next_back()
+        .transpose()?;
+    match last {
+        Some(k) => Ok(decode_offset(&k[k.len() - 8..])?.saturating_add(1)),
+        None => Ok(0),
+    }
 }
 
 /// A delivery's stored record, if it has one.

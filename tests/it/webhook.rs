@@ -515,6 +515,27 @@ async fn backfill_from_earliest_and_replay() {
     backfill
         .expect_no_more_than(5, Duration::from_millis(300))
         .await;
+    // A replayed delivery continues its history: its record is read
+    // before the new round starts, so the attempt is numbered after the
+    // first round's, not written over it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let attempts = loop {
+        let attempts = admin
+            .list_attempts(ListAttemptsRequest {
+                endpoint_id: ep.id.clone(),
+                offset: 2,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .attempts;
+        if attempts.len() >= 2 || Instant::now() > deadline {
+            break attempts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let numbers: Vec<_> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, vec![1, 2], "{attempts:?}");
 }
 
 #[tokio::test]
