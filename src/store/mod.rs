@@ -33,7 +33,7 @@ use crate::{
     model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 use log::EventLog;
-use writer::{Encoded, LogOp, LogWriterThread, StateDb, StateOp, StateWriterThread};
+use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -133,17 +133,21 @@ impl Store {
             config.max_group,
             config.metrics.clone(),
         );
-        let state_thread = StateWriterThread::new(
-            StateDb::new(db.clone(), tables.clone(), &config.path)?,
-            config.max_group,
-        );
+        let state_thread = StateWriterThread::new(tables.clone(), config.max_group);
+        let sync_thread = StateSyncThread::new(db.clone(), &config.path)?;
+        // One applied group may wait while the previous one syncs; the
+        // writer then blocks and the next group grows meanwhile.
+        let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel(1);
         let threads = vec![
             std::thread::Builder::new()
                 .name("stevedore-log".into())
                 .spawn(move || log_thread.run(log_rx))?,
             std::thread::Builder::new()
                 .name("stevedore-state".into())
-                .spawn(move || state_thread.run(state_rx))?,
+                .spawn(move || state_thread.run(state_rx, applied_tx))?,
+            std::thread::Builder::new()
+                .name("stevedore-sync".into())
+                .spawn(move || sync_thread.run(applied_rx))?,
         ];
         tracing::info!(path = %config.path.display(), next_offset = next, "store opened");
         Ok((

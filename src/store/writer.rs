@@ -8,11 +8,13 @@
 //!   locks and the idempotency check (id lookup, then append) cannot race:
 //!   one buffer of framed records, one `write` to the last segment, one
 //!   `fdatasync` ([`super::log`]); then the head advances.
-//! - [`StateWriterThread`] owns the state tables: one sled batch per table,
+//! - [`StateWriterThread`] owns the state tables: one sled batch per table
+//!   touched. [`StateSyncThread`] then makes what was applied durable:
 //!   `Db::flush()` (which writes sled's buffers with `sync_file_range`), then
 //!   `fdatasync` of sled's data file and any new blob files, because
 //!   `sync_file_range` persists no metadata and does not survive an OS
-//!   crash.
+//!   crash. The two run side by side: while one group syncs, the next is
+//!   applied.
 //!
 //! They are independent: state only ever refers to events that were durable
 //! (below the head) before it was queued. So a publish never waits behind
@@ -22,7 +24,10 @@ use std::{
     collections::HashMap,
     fs::File,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        mpsc::{Receiver, SyncSender},
+        Arc,
+    },
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -105,84 +110,127 @@ pub(super) struct LogWriterThread {
 }
 
 pub(super) struct StateWriterThread {
-    state: StateDb,
+    tables: Tables,
     max_group: usize,
 }
 
+/// The answers owed for one applied group, handed to the [`StateSyncThread`].
+pub(super) type Applied = Vec<oneshot::Sender<Result<()>>>;
+
 impl StateWriterThread {
-    pub(super) fn new(state: StateDb, max_group: usize) -> Self {
+    pub(super) fn new(tables: Tables, max_group: usize) -> Self {
         Self {
-            state,
+            tables,
             max_group: max_group.max(1),
         }
     }
 
-    pub(super) fn run(mut self, mut ops: mpsc::Receiver<StateOp>) {
+    /// Applies each group and hands its answers to the sync thread, which
+    /// makes it durable while the next group is applied. Exits (dropping
+    /// `applied`, so the sync thread finishes too) once every sender is
+    /// dropped and the queue is drained, so nothing queued before shutdown
+    /// is lost.
+    pub(super) fn run(self, mut ops: mpsc::Receiver<StateOp>, applied: SyncSender<Applied>) {
         let mut group = Vec::with_capacity(self.max_group);
-        // Exits once every sender is dropped and the queue is drained, so
-        // nothing queued before shutdown is lost.
         while next_group(&mut ops, &mut group, self.max_group) {
-            let mut batches: [sled::Batch; Table::ALL.len()] = Default::default();
+            let mut batches: [Option<sled::Batch>; Table::ALL.len()] = Default::default();
             for op in &group {
                 for m in &op.mutations {
-                    let batch = &mut batches[m.table as usize];
+                    let batch = batches[m.table as usize].get_or_insert_with(Default::default);
                     match &m.value {
                         Some(v) => batch.insert(m.key.as_slice(), v.as_slice()),
                         None => batch.remove(m.key.as_slice()),
                     }
                 }
             }
-            let result = self.state.commit(batches);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "committing state failed");
+            let replies = group.drain(..).map(|op| op.reply);
+            match self.apply(batches) {
+                Ok(()) => {
+                    if applied.send(replies.collect()).is_err() {
+                        tracing::error!("the state sync thread is gone");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying state failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Io(std::io::Error::other(e.to_string()))));
+                    }
+                }
             }
-            for op in group.drain(..) {
-                let r = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(Error::Io(std::io::Error::other(e.to_string()))),
-                };
-                let _ = op.reply.send(r);
-            }
-        }
-        if let Err(e) = self.state.db.flush() {
-            tracing::error!(error = %e, "final flush failed");
         }
         tracing::debug!("state writer stopped");
     }
+
+    /// Applies each table's batch (tables without one are not touched:
+    /// every `apply_batch` takes sled's global write lock).
+    fn apply(&self, batches: [Option<sled::Batch>; Table::ALL.len()]) -> Result<()> {
+        // Consumer positions last: an ack written with the records it
+        // finishes (`Consumer::ack_with`) must not be durable without them,
+        // and sled recovers a prefix of what was applied. A flush running
+        // meanwhile (the previous group's) may persist part of this group:
+        // a prefix, so never a position without its records.
+        let [consumers, rest @ ..] = batches;
+        for (table, batch) in Table::ALL[1..].iter().zip(rest) {
+            if let Some(batch) = batch {
+                self.tables.get(*table).apply_batch(batch)?;
+            }
+        }
+        if let Some(batch) = consumers {
+            self.tables.get(Table::Consumers).apply_batch(batch)?;
+        }
+        Ok(())
+    }
 }
 
-/// sled, holding the state tables.
-pub(super) struct StateDb {
+/// Makes applied state durable: `Db::flush()`, then `fdatasync` of sled's
+/// data file and any new blob files. Runs beside [`StateWriterThread`], so
+/// one group's sync overlaps the next group's apply; every group applied
+/// by the time a sync starts is answered by it.
+pub(super) struct StateSyncThread {
     db: sled::Db,
-    tables: Tables,
     data_file: File,
     dir: PathBuf,
     blobs_synced: u64,
 }
 
-impl StateDb {
-    pub(super) fn new(db: sled::Db, tables: Tables, dir: &Path) -> Result<Self> {
+impl StateSyncThread {
+    pub(super) fn new(db: sled::Db, dir: &Path) -> Result<Self> {
         let data_file = File::open(super::data_file(dir))?;
         // The directory entries sled created must be durable too.
         File::open(dir)?.sync_all()?;
         Ok(Self {
             db,
-            tables,
             data_file,
             dir: dir.to_owned(),
             blobs_synced: 0,
         })
     }
 
-    fn commit(&mut self, batches: [sled::Batch; Table::ALL.len()]) -> Result<()> {
-        // Consumer positions last: an ack written with the records it
-        // finishes (`Consumer::ack_with`) must not be durable without them,
-        // and sled recovers a prefix of what was applied.
-        let [consumers, rest @ ..] = batches;
-        for (table, batch) in Table::ALL[1..].iter().zip(rest) {
-            self.tables.get(*table).apply_batch(batch)?;
+    pub(super) fn run(mut self, applied: Receiver<Applied>) {
+        while let Ok(mut replies) = applied.recv() {
+            while let Ok(more) = applied.try_recv() {
+                replies.extend(more);
+            }
+            let result = self.sync();
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "syncing state failed");
+            }
+            for reply in replies {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(Error::Io(std::io::Error::other(e.to_string()))),
+                };
+                let _ = reply.send(r);
+            }
         }
-        self.tables.get(Table::Consumers).apply_batch(consumers)?;
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        tracing::debug!("state sync stopped");
+    }
+
+    fn sync(&mut self) -> Result<()> {
         self.db.flush()?;
         self.data_file.sync_data()?;
         self.sync_blobs()
