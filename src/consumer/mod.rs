@@ -82,6 +82,14 @@ pub enum Read {
     Again,
 }
 
+/// What [`Consumer::poll_with`] does next.
+enum Next<E> {
+    /// Read this offset, now leased, as this attempt.
+    Read(Offset, Read, u32),
+    /// Answer this.
+    Done(Poll<E>),
+}
+
 /// Most events one [`Consumer::poll`] reads before it yields.
 const SCAN_SLICE: usize = 1024;
 
@@ -360,8 +368,11 @@ impl Consumer {
     }
 
     /// Like [`Consumer::poll`], with events read by `read` (`None`: not in
-    /// the log), which runs under the consumer's lock: the delivery workers
-    /// read through a cache shared by all endpoints.
+    /// the log): the delivery workers read through a cache shared by all
+    /// endpoints. `read` runs outside the consumer's lock, with the offset
+    /// already leased to `stream` (so no other stream takes it meanwhile):
+    /// reading and decoding an event takes microseconds, and acks from
+    /// other tasks must not queue behind it (blocking their threads).
     pub fn poll_with<E>(
         &self,
         stream: StreamId,
@@ -371,30 +382,56 @@ impl Consumer {
         read_new: bool,
         mut read: impl FnMut(Offset, Read) -> Result<Option<E>>,
     ) -> Result<Poll<E>> {
+        loop {
+            let (offset, kind, attempt) =
+                match self.lease_next(stream, max_in_flight, ack_wait, now, read_new)? {
+                    Next::Read(offset, kind, attempt) => (offset, kind, attempt),
+                    Next::Done(poll) => return Ok(poll),
+                };
+            match read(offset, kind) {
+                Ok(Some(event)) => return Ok(Poll::Message(Box::new(Delivery { event, attempt }))),
+                Ok(None) => {
+                    // Removed by retention before it was acked: done, but for
+                    // a redelivery the caller may want to record that it
+                    // never got through.
+                    self.lock().ack(offset);
+                    if kind == Read::Again {
+                        return Ok(Poll::Expired(offset));
+                    }
+                }
+                Err(e) => {
+                    // Not handed out: due again at once.
+                    self.lock().nack(offset, now);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Under the lock: leases `stream` the next offset to read (a due
+    /// redelivery first, then the next new one its filter passes), or says
+    /// what to answer instead.
+    fn lease_next<E>(
+        &self,
+        stream: StreamId,
+        max_in_flight: u32,
+        ack_wait: Duration,
+        now: Instant,
+        read_new: bool,
+    ) -> Result<Next<E>> {
         let mut st = self.lock();
         st.expire_leases(now);
         if st.load(stream) >= max_in_flight {
-            return Ok(Poll::Idle {
+            return Ok(Next::Done(Poll::Idle {
                 wake_at: st.next_wake(),
-            });
+            }));
         }
         if let Some(offset) = st.expired.pop() {
-            return Ok(Poll::Expired(offset));
+            return Ok(Next::Done(Poll::Expired(offset)));
         }
         if let Some((offset, attempts)) = st.take_due_retry(now) {
-            match read(offset, Read::Again)? {
-                Some(event) => {
-                    let attempt = attempts + 1;
-                    st.lease(offset, stream, attempt, now + ack_wait);
-                    return Ok(Poll::Message(Box::new(Delivery { event, attempt })));
-                }
-                // Removed by retention before it was acked: done, but the
-                // caller may want to record that it never got through.
-                None => {
-                    st.mark_done(offset);
-                    return Ok(Poll::Expired(offset));
-                }
-            }
+            st.lease(offset, stream, attempts + 1, now + ack_wait);
+            return Ok(Next::Read(offset, Read::Again, attempts + 1));
         }
         let head = if read_new { self.store.head() } else { 0 };
         let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
@@ -403,7 +440,7 @@ impl Consumer {
             if scanned == SCAN_SLICE {
                 // A long run of events the filter skips is read in slices,
                 // so one consumer never holds a runtime thread for long.
-                return Ok(Poll::Idle { wake_at: Some(now) });
+                return Ok(Next::Done(Poll::Idle { wake_at: Some(now) }));
             }
             scanned += 1;
             let offset = st.next_read;
@@ -423,16 +460,12 @@ impl Consumer {
                 st.mark_done(offset);
                 continue;
             }
-            let Some(event) = read(offset, Read::New)? else {
-                st.mark_done(offset);
-                continue;
-            };
             st.lease(offset, stream, 1, now + ack_wait);
-            return Ok(Poll::Message(Box::new(Delivery { event, attempt: 1 })));
+            return Ok(Next::Read(offset, Read::New, 1));
         }
-        Ok(Poll::Idle {
+        Ok(Next::Done(Poll::Idle {
             wake_at: st.next_wake(),
-        })
+        }))
     }
 
     /// Marks `offsets` done and persists the position before returning.
