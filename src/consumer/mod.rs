@@ -591,3 +591,84 @@ impl Consumer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        convert::{validate_event, EventLimits},
+        pb,
+        store::StoreConfig,
+    };
+
+    fn event(id: &str) -> crate::model::NewEvent {
+        let e = pb::Event {
+            id: id.into(),
+            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
+                r#type: "a.b".into(),
+                data: Some(Default::default()),
+            })),
+            ..Default::default()
+        };
+        let limits = EventLimits {
+            max_event_bytes: 4096,
+        };
+        validate_event(e, &"event", SystemTime::now(), limits).unwrap()
+    }
+
+    /// The read runs with the offset leased, outside the lock: the lease
+    /// already counts, and an offset whose read failed is handed out
+    /// again rather than skipped.
+    #[tokio::test]
+    async fn a_failed_read_hands_the_offset_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = Store::open(&StoreConfig {
+            path: dir.path().to_owned(),
+            cache_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            max_group: 16,
+            metrics: Default::default(),
+        })
+        .unwrap();
+        let appended = store.append(vec![event("e1"), event("e2")]).await.unwrap();
+        let (first, second) = (appended[0].offset, appended[1].offset);
+        let consumers = Consumers::new(store.clone());
+        let c = consumers
+            .open(
+                "c",
+                CreateSpec {
+                    start: first,
+                    filter: EventFilter::types_only(Vec::new()),
+                },
+            )
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(30);
+        let now = Instant::now();
+
+        let failed = c.poll_with(1, 10, wait, now, true, |offset, _| {
+            assert_eq!(c.lock().load(1), 1, "leased while it is read");
+            assert!(c.lock().is_leased(offset));
+            Err::<Option<Offset>, _>(Error::Corrupt("unreadable".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(c.lock().load(1), 0);
+
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            match c
+                .poll_with(1, 10, wait, now, true, |offset, kind| {
+                    Ok(Some((offset, kind)))
+                })
+                .unwrap()
+            {
+                Poll::Message(d) => got.push(d.event),
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        assert_eq!(got, vec![(first, Read::Again), (second, Read::New)]);
+        assert_eq!(c.lock().load(1), 2);
+    }
+}
