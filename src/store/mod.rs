@@ -102,17 +102,18 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
         std::fs::create_dir_all(&config.path)?;
         remove_unfinished_snapshots(&config.path)?;
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            // Each group commit flushes and fsyncs itself; the periodic
-            // flusher stays on as sled's own safety net.
-            .flush_every_ms(Some(500))
-            // Large segments keep ordinary events out of sled's blob files,
-            // which sled writes without fsync (the writer syncs any that do
-            // appear, see `writer::sync_blobs`).
-            .segment_size(8 * 1024 * 1024)
-            .open()?;
+        let db = open_sled(
+            sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_bytes)
+                // Each group commit flushes and fsyncs itself; the periodic
+                // flusher stays on as sled's own safety net.
+                .flush_every_ms(Some(500))
+                // Large segments keep ordinary events out of sled's blob
+                // files, which sled writes without fsync (the writer syncs
+                // any that do appear, see `writer::sync_blobs`).
+                .segment_size(8 * 1024 * 1024),
+        )?;
         let tables = Tables::open(&db)?;
         let log_dir = config.path.join(LOG_DIR);
         migrate_sled_events(&db, &log_dir, config.segment_bytes)?;
@@ -354,6 +355,30 @@ impl Store {
 /// sorts last), finds it empty or torn, and refuses to open the database
 /// (sled issues #1527, #1533). Such a file is unfinished by construction;
 /// the previous snapshot and the log hold everything, so it is removed.
+/// How long [`open_sled`] waits for sled's lock on its data file.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled, waiting up to [`SLED_LOCK_WAIT`] for its lock on the data
+/// file. sled releases the lock when its last I/O thread lets go of the
+/// file, which can be a moment after the last `Db` handle is dropped: a
+/// store reopened in the same process (a restart in the tests) could
+/// otherwise fail with "could not acquire lock" under load. Another
+/// process holding the directory still fails, after the wait.
+fn open_sled(config: sled::Config) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
     let mut removed = false;
     for entry in std::fs::read_dir(dir)? {
@@ -725,15 +750,37 @@ mod tests {
         let dup = store.append(vec![event("old3")]).await.unwrap();
         assert_eq!((dup[0].offset, dup[0].duplicate), (8, true));
         close(store, writer).await;
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(8 * 1024 * 1024)
-            .open()
-            .unwrap();
+        let db = open_sled(
+            sled::Config::new()
+                .path(dir.path())
+                .segment_size(8 * 1024 * 1024),
+        )
+        .unwrap();
         assert!(!db
             .tree_names()
             .iter()
             .any(|n| &n[..] == keys::EVENTS.as_bytes()));
+    }
+
+    /// A store reopened while sled still holds its lock on the data file
+    /// (here: another handle, dropped a moment later) waits for it.
+    #[tokio::test]
+    async fn opening_waits_for_sled_to_let_go_of_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = || {
+            sled::Config::new()
+                .path(dir.path())
+                .segment_size(8 * 1024 * 1024)
+        };
+        let held = raw().open().unwrap();
+        assert!(raw().open().is_err(), "sled locks its directory");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        release.join().unwrap();
+        close(store, writer).await;
     }
 
     /// The data directory a SIGKILL during a sled snapshot leaves behind
