@@ -600,7 +600,6 @@ mod tests {
     use crate::{
         convert::{validate_event, EventLimits},
         pb,
-        store::StoreConfig,
     };
 
     fn event(id: &str) -> crate::model::NewEvent {
@@ -624,14 +623,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_hands_the_offset_out_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _writer) = Store::open(&StoreConfig {
-            path: dir.path().to_owned(),
-            cache_bytes: 1 << 20,
-            segment_bytes: 1 << 20,
-            max_group: 16,
-            metrics: Default::default(),
-        })
-        .unwrap();
+        let (store, _writer) = crate::store::open_for_test(dir.path());
         let appended = store.append(vec![event("e1"), event("e2")]).await.unwrap();
         let (first, second) = (appended[0].offset, appended[1].offset);
         let consumers = Consumers::new(store.clone());

@@ -116,7 +116,6 @@ mod tests {
     use crate::{
         convert::{validate_event, EventLimits},
         pb,
-        store::StoreConfig,
     };
 
     fn event(i: u64) -> crate::model::NewEvent {
@@ -147,14 +146,7 @@ mod tests {
     #[tokio::test]
     async fn serves_each_offset_its_own_event() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = Store::open(&StoreConfig {
-            path: dir.path().to_owned(),
-            cache_bytes: 1 << 20,
-            segment_bytes: 1 << 20,
-            max_group: 16,
-            metrics: Default::default(),
-        })
-        .unwrap();
+        let (store, writer) = crate::store::open_for_test(dir.path());
         let offsets: Vec<Offset> = store
             .append((0..10).map(event).collect())
             .await

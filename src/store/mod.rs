@@ -355,6 +355,20 @@ impl Store {
 /// sorts last), finds it empty or torn, and refuses to open the database
 /// (sled issues #1527, #1533). Such a file is unfinished by construction;
 /// the previous snapshot and the log hold everything, so it is removed.
+/// A store in `path` with small caches and 1 MiB segments, for other
+/// modules' unit tests.
+#[cfg(test)]
+pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
+    Store::open(&StoreConfig {
+        path: path.to_owned(),
+        cache_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        max_group: 16,
+        metrics: Default::default(),
+    })
+    .expect("a store opens in a fresh directory")
+}
+
 /// How long [`open_sled`] waits for sled's lock on its data file.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
