@@ -594,28 +594,8 @@ impl Consumer {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::{
-        convert::{validate_event, EventLimits},
-        pb,
-    };
-
-    fn event(id: &str) -> crate::model::NewEvent {
-        let e = pb::Event {
-            id: id.into(),
-            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
-                r#type: "a.b".into(),
-                data: Some(Default::default()),
-            })),
-            ..Default::default()
-        };
-        let limits = EventLimits {
-            max_event_bytes: 4096,
-        };
-        validate_event(e, &"event", SystemTime::now(), limits).unwrap()
-    }
+    use crate::store::test_event as event;
 
     /// The read runs with the offset leased, outside the lock: the lease
     /// already counts, and an offset whose read failed is handed out

@@ -369,6 +369,27 @@ pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
     .expect("a store opens in a fresh directory")
 }
 
+/// A valid custom event `id` of type `a.b`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str) -> NewEvent {
+    crate::convert::validate_event(
+        crate::pb::Event {
+            id: id.into(),
+            payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
+                r#type: "a.b".into(),
+                data: None,
+            })),
+            ..Default::default()
+        },
+        &"event",
+        std::time::SystemTime::now(),
+        crate::convert::EventLimits {
+            max_event_bytes: 4096,
+        },
+    )
+    .expect("a valid event")
+}
+
 /// How long [`open_sled`] waits for sled's lock on its data file.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -565,24 +586,7 @@ mod tests {
         }
     }
 
-    fn event(id: &str) -> NewEvent {
-        crate::convert::validate_event(
-            crate::pb::Event {
-                id: id.into(),
-                payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
-                    r#type: "a.b".into(),
-                    data: None,
-                })),
-                ..Default::default()
-            },
-            &"event",
-            SystemTime::now(),
-            crate::convert::EventLimits {
-                max_event_bytes: 4096,
-            },
-        )
-        .unwrap()
-    }
+    use super::test_event as event;
 
     async fn close(store: Store, writer: WriterHandle) {
         drop(store);
