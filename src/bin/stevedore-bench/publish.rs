@@ -232,6 +232,9 @@ const CALLERS: usize = 64;
 const CALLERS_PER_CONNECTION: usize = 16;
 /// Measured windows per server in a run, alternating between the two.
 const WINDOWS: usize = 5;
+/// Calls at the start of each window that are not recorded: all callers
+/// start at once, and the first round of calls arrives together.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Both servers run side by side and are measured in alternating short
 /// windows (no-op, broker, no-op, broker, ...). This machine's speed drifts
@@ -299,7 +302,7 @@ pub async fn unary(ctx: &Ctx) -> Result<Section> {
             ),
             "baseline: a tonic server implementing Publisher that answers at once without storing, driven by the same client code in the same run".into(),
             format!(
-                "each run starts both servers, warms each up for {warmup:?}, then measures them in {WINDOWS} alternating windows of {window:?} each (no-op, broker, no-op, ...), so that both see the same machine"
+                "each run starts both servers, warms each up for {warmup:?}, then measures them in {WINDOWS} alternating windows of {window:?} each (no-op, broker, no-op, ...), so that both see the same machine; each window starts with {SETTLE:?} of calls that are not recorded"
             ),
         ],
     })
@@ -334,12 +337,13 @@ impl Callers {
         })
     }
 
-    /// Every caller publishes in a closed loop for `window`; the calls that
-    /// started in it (the last ones finish just after) are recorded if
-    /// `record`.
+    /// Every caller publishes in a closed loop for [`SETTLE`] and then
+    /// `window`; if `record`, the calls that started in `window` are
+    /// recorded (the last ones finish just after it).
     async fn drive(&mut self, window: Duration, record: bool) -> Result<()> {
         let start = Instant::now() + Duration::from_millis(5);
-        let end = start + window;
+        let measure_from = start + SETTLE;
+        let end = measure_from + window;
         let tasks: Vec<_> = self
             .clients
             .iter()
@@ -359,7 +363,9 @@ impl Callers {
                             break;
                         }
                         client.publish(req).await?;
-                        latencies.push(harness::ms(t.elapsed()));
+                        if t >= measure_from {
+                            latencies.push(harness::ms(t.elapsed()));
+                        }
                     }
                     Ok::<_, anyhow::Error>(latencies)
                 })
