@@ -436,10 +436,11 @@ impl Deliveries {
             )
             .await?;
         self.put_record(&record).await?;
+        let origin = endpoint::url_origin(&spec.url);
         if spec.enabled {
             self.spawn_worker(&mut workers, &record, spec).await?;
         }
-        tracing::info!(endpoint = %id, url = %record.endpoint().url, start, "endpoint created");
+        tracing::info!(endpoint = %id, %origin, start, "endpoint created");
         Ok((
             self.with_backlog(record.endpoint().clone()),
             secret.reveal(),

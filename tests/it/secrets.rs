@@ -19,7 +19,7 @@ use stevedore::{
 use crate::{
     crash::{connect, read_stderr, start_server_with_env},
     pick, publish,
-    receiver::{verify_signature, Behavior, Receiver},
+    receiver::{verify_signature, Behavior, Receiver, HOOK_PATH},
     webhook::{create, endpoint, ms},
     TestServer,
 };
@@ -28,6 +28,8 @@ const HEADER_VALUE: &str = "hdr-cred-7c1e0b";
 const BEARER: &str = "Bearer tok-9f3a55";
 const BAD_HEADER: &str = "bad-cred-5d2b11";
 const NEW_HEADER_VALUE: &str = "hdr-cred-new-8e4f22";
+/// A token in the endpoint URL's query, as many receivers expect.
+const URL_TOKEN: &str = "url-tok-3b9d07";
 
 fn with_headers(url: &str) -> Endpoint {
     let mut e = endpoint(url);
@@ -72,7 +74,11 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
     let mut publisher = PublisherClient::new(channel);
     let mut client_errors = String::new();
 
-    let (ep, first) = create(&mut admin, with_headers(&rx.url)).await;
+    let (ep, first) = create(
+        &mut admin,
+        with_headers(&format!("{}?token={URL_TOKEN}", rx.url)),
+    )
+    .await;
     rx.respond(Behavior::Body(500, "try again".into()));
     publish(&mut publisher, pick("sec-1", "SO")).await;
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
@@ -207,6 +213,17 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
         );
         assert!(!shown.contains(secret), "{secret:?} in {shown}");
     }
+    // The URL is the admin's to read (GetEndpoint), not the log's: the log
+    // shows its origin.
+    assert!(shown.contains(URL_TOKEN), "{shown}");
+    assert!(
+        !logs.contains(URL_TOKEN),
+        "the URL's token in the log:\n{logs}"
+    );
+    assert!(
+        logs.contains(rx.url.trim_end_matches(HOOK_PATH)),
+        "the origin is logged: {logs}"
+    );
 }
 
 /// Every stored endpoint record's raw bytes.
