@@ -41,6 +41,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Most write operations folded into one group commit (one fsync).
     pub max_group_commit: usize,
+    /// How long an event-log commit of few events waits for more while the
+    /// runtime is saturated; zero commits at once always.
+    pub group_commit_delay: Duration,
     /// Ack wait when a Subscribe request sets none.
     pub default_ack_wait: Duration,
     /// Longest ack wait a Subscribe request may ask for.
@@ -150,6 +153,7 @@ impl Default for Config {
             max_batch_events: 10_000,
             max_request_bytes: 16 * 1024 * 1024,
             max_group_commit: 8192,
+            group_commit_delay: Duration::from_micros(500),
             default_ack_wait: Duration::from_secs(30),
             max_ack_wait: Duration::from_secs(12 * 3600),
             default_max_in_flight: NonZeroU32::new(100).expect("non-zero literal"),
@@ -206,6 +210,7 @@ pub const KEYS: &[&str] = &[
     "max_batch_events",
     "max_request_bytes",
     "max_group_commit",
+    "group_commit_delay",
     "default_ack_wait",
     "max_ack_wait",
     "default_max_in_flight",
@@ -350,6 +355,7 @@ impl Config {
             "max_batch_events" => self.max_batch_events = parse_num(value).map_err(bad)?,
             "max_request_bytes" => self.max_request_bytes = parse_num(value).map_err(bad)?,
             "max_group_commit" => self.max_group_commit = parse_num(value).map_err(bad)?,
+            "group_commit_delay" => self.group_commit_delay = parse_duration(value).map_err(bad)?,
             "default_ack_wait" => self.default_ack_wait = parse_duration(value).map_err(bad)?,
             "max_ack_wait" => self.max_ack_wait = parse_duration(value).map_err(bad)?,
             "default_max_in_flight" => {
@@ -466,6 +472,11 @@ impl Config {
             self.max_group_commit >= 1,
             "max_group_commit",
             "must be at least 1",
+        )?;
+        check(
+            self.group_commit_delay <= MAX_GROUP_COMMIT_DELAY,
+            "group_commit_delay",
+            "must be at most 10ms",
         )?;
         check(
             self.default_ack_wait >= MIN_ACK_WAIT,
@@ -621,6 +632,9 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
 /// The shortest ack wait a consumer may use.
 pub const MIN_ACK_WAIT: Duration = Duration::from_millis(10);
 
+/// Longest `group_commit_delay` accepted: it is added to a commit's latency.
+pub const MAX_GROUP_COMMIT_DELAY: Duration = Duration::from_millis(10);
+
 fn parse_num<T: std::str::FromStr>(value: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
@@ -637,21 +651,22 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| "missing unit (ms, s, m, h or d)".to_string())?;
+        .ok_or_else(|| "missing unit (us, ms, s, m, h or d)".to_string())?;
     let (number, unit) = value.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| "expected a whole number followed by ms, s, m, h or d".to_string())?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("unknown unit `{unit}` (use ms, s, m, h or d)")),
+        .map_err(|_| "expected a whole number followed by us, ms, s, m, h or d".to_string())?;
+    let unit_us: u64 = match unit {
+        "us" => 1,
+        "ms" => 1000,
+        "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
+        _ => return Err(format!("unknown unit `{unit}` (use us, ms, s, m, h or d)")),
     };
-    n.checked_mul(unit_ms)
-        .map(Duration::from_millis)
+    n.checked_mul(unit_us)
+        .map(Duration::from_micros)
         .ok_or_else(|| "too large".to_string())
 }
 
@@ -750,6 +765,17 @@ mod tests {
             Config::load(None, env(&[("STEVEDORE_MAX_ACK_WAIT", "1ms")]), &[]).unwrap_err()
         );
         assert!(text.contains("`max_ack_wait`"), "{text}");
+
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[("STEVEDORE_GROUP_COMMIT_DELAY", "20ms")]), &[]).unwrap_err()
+        );
+        assert!(
+            text.contains("`group_commit_delay`") && text.contains("at most 10ms"),
+            "{text}"
+        );
+        let c = Config::load(None, env(&[("STEVEDORE_GROUP_COMMIT_DELAY", "0us")]), &[]).unwrap();
+        assert_eq!(c.group_commit_delay, Duration::ZERO);
 
         let text = format!(
             "{:#}",
@@ -937,6 +963,7 @@ mod tests {
 
     #[test]
     fn durations() {
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5").is_err());

@@ -119,6 +119,7 @@ pub async fn run_with_metrics(
         cache_bytes: config.sled_cache_bytes,
         segment_bytes: config.log_segment_bytes,
         max_group: config.max_group_commit,
+        commit_delay: config.group_commit_delay,
         metrics: metrics.clone(),
     })
     .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;

@@ -198,6 +198,9 @@ pub struct Metrics {
     pub group_commit_size: Histogram,
     /// Group commit duration (apply, flush, fsync), seconds.
     pub commit_latency: Histogram,
+    /// Event-log commits that waited for more appends because the runtime
+    /// was saturated (see `group_commit_delay`).
+    pub commit_delays: AtomicU64,
     /// Webhook attempts by endpoint and outcome (`delivered`, `failed`,
     /// `dead`, `superseded`, `expired`).
     pub deliveries: CounterVec,
@@ -217,6 +220,7 @@ impl Default for Metrics {
             publish_latency: Histogram::new(LATENCY_BUCKETS),
             group_commit_size: Histogram::new(GROUP_BUCKETS),
             commit_latency: Histogram::new(LATENCY_BUCKETS),
+            commit_delays: AtomicU64::new(0),
             deliveries: CounterVec::default(),
             delivery_latency: Histogram::new(LATENCY_BUCKETS),
             open_streams: AtomicI64::new(0),
@@ -254,16 +258,21 @@ impl Metrics {
         );
         self.events_published
             .render(&mut out, "stevedore_events_published_total", &["type"]);
-        help(
+        let counter = |out: &mut String, name: &str, text: &str, value: &AtomicU64| {
+            help(out, name, "counter", text);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        };
+        counter(
             &mut out,
             "stevedore_publish_duplicates_total",
-            "counter",
             "Publishes of ids already in the log.",
+            &self.duplicates,
         );
-        let _ = writeln!(
-            out,
-            "stevedore_publish_duplicates_total {}",
-            self.duplicates.load(Ordering::Relaxed)
+        counter(
+            &mut out,
+            "stevedore_group_commit_delays_total",
+            "Event-log commits that waited group_commit_delay for more appends (runtime saturated).",
+            &self.commit_delays,
         );
         help(
             &mut out,

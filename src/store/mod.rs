@@ -46,6 +46,9 @@ pub struct StoreConfig {
     pub segment_bytes: u64,
     /// Most operations in one group commit.
     pub max_group: usize,
+    /// How long an event-log commit of few events waits for more while the
+    /// runtime that opened the store is saturated (zero: never).
+    pub commit_delay: std::time::Duration,
     /// Where commit sizes and appended events are counted.
     pub metrics: Arc<Metrics>,
 }
@@ -133,6 +136,7 @@ impl Store {
             head_tx,
             config.max_group,
             config.metrics.clone(),
+            config.commit_delay,
         );
         let state_thread = StateWriterThread::new(tables.clone(), config.max_group);
         let sync_thread = StateSyncThread::new(db.clone(), &config.path)?;
@@ -364,6 +368,7 @@ pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
         cache_bytes: 1 << 20,
         segment_bytes: 1 << 20,
         max_group: 16,
+        commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
     })
     .expect("a store opens in a fresh directory")
@@ -582,6 +587,7 @@ mod tests {
             // Small segments, so a few events span several.
             segment_bytes: 1024,
             max_group: 16,
+            commit_delay: std::time::Duration::ZERO,
             metrics: Default::default(),
         }
     }

@@ -233,6 +233,7 @@ fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
         cache_bytes: 8 * 1024 * 1024,
         segment_bytes: 64 * 1024 * 1024,
         max_group: 16,
+        commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
     })
     .unwrap();

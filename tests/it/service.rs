@@ -256,6 +256,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
         &format!("stevedore_endpoint_pending{{endpoint=\"{}\"}} 0", ep.id),
         &format!("stevedore_endpoint_dead{{endpoint=\"{}\"}} 0", ep.id),
         "stevedore_group_commit_size_count",
+        "stevedore_group_commit_delays_total ",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

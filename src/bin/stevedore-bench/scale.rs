@@ -83,6 +83,7 @@ fn scan_log(data: &Path) -> Result<f64> {
         cache_bytes: 64 * 1024 * 1024,
         segment_bytes: 64 * 1024 * 1024,
         max_group: 1024,
+        commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
     })?;
     let started = Instant::now();
