@@ -121,6 +121,9 @@ fn take_queued<T>(ops: &mut mpsc::Receiver<T>, group: &mut Vec<T>, max: usize) {
 
 /// A commit of fewer events than this may wait for more (see [`Pacing`]).
 const PACED_BELOW_EVENTS: usize = 32;
+/// ...if the previous commit had at least this many: appends are arriving
+/// together, so waiting gathers more.
+const PACED_AFTER_EVENTS: usize = 4;
 /// How often the runtime's busy time is sampled.
 const SATURATION_SAMPLE: Duration = Duration::from_millis(10);
 /// Busy fraction of the runtime's workers at which commits start waiting...
@@ -140,12 +143,18 @@ const SATURATED_UNTIL: f64 = 0.6;
 /// server (6 interleaved runs), and with 8, 16 and 32 callers (runtime
 /// not saturated) nothing changed (BENCHMARKS.md, fourth pass). A fixed
 /// wait without the saturation test halved the throughput of 8 callers.
+///
+/// A runtime saturated by other work (webhook deliveries, say) while
+/// publishes come one at a time gains nothing from waiting: commits wait
+/// only after a commit of several events.
 struct Pacing {
     delay: Duration,
     runtime: Option<tokio::runtime::Handle>,
     saturated: bool,
     sampled_at: Instant,
     busy_at_sample: Duration,
+    /// Events in the previous commit.
+    last_events: usize,
 }
 
 impl Pacing {
@@ -156,16 +165,23 @@ impl Pacing {
             runtime,
             saturated: false,
             sampled_at: Instant::now(),
+            last_events: 0,
         }
     }
 
     /// Whether a commit of `events` should wait for more first.
     fn should_wait(&mut self, events: usize) -> bool {
-        if self.delay.is_zero() || events >= PACED_BELOW_EVENTS {
+        let previous = std::mem::replace(&mut self.last_events, events);
+        if self.delay.is_zero() || events >= PACED_BELOW_EVENTS || previous < PACED_AFTER_EVENTS {
             return false;
         }
         self.sample();
         self.saturated
+    }
+
+    /// Records how many events the commit has, after any wait.
+    fn committing(&mut self, events: usize) {
+        self.last_events = events;
     }
 
     /// Updates `saturated` from the workers' busy time since the last
@@ -399,6 +415,7 @@ impl LogWriterThread {
             if self.pacing.should_wait(appended_events(&group)) {
                 std::thread::sleep(self.pacing.delay);
                 take_queued(&mut ops, &mut group, self.max_group);
+                self.pacing.committing(appended_events(&group));
                 self.metrics.commit_delays.fetch_add(1, Ordering::Relaxed);
             }
             self.commit(&mut group);
@@ -522,7 +539,9 @@ mod tests {
     #[test]
     fn commits_wait_only_while_the_runtime_is_saturated() {
         let delay = Duration::from_micros(500);
-        assert!(!Pacing::new(delay, None).should_wait(1), "no runtime");
+        let mut no_runtime = Pacing::new(delay, None);
+        no_runtime.committing(PACED_AFTER_EVENTS);
+        assert!(!no_runtime.should_wait(1), "no runtime");
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -542,14 +561,20 @@ mod tests {
             .unwrap();
         // ...and has parked (which is when it reports its busy time).
         std::thread::sleep(Duration::from_millis(20));
+        assert!(!pacing.should_wait(1), "the previous commit had no events");
+        pacing.committing(PACED_AFTER_EVENTS);
         assert!(pacing.should_wait(1), "saturated");
+        assert!(!pacing.should_wait(1), "the previous commit had one event");
+        off.committing(PACED_AFTER_EVENTS);
         assert!(!off.should_wait(1), "a zero delay never waits");
+        pacing.committing(PACED_AFTER_EVENTS);
         assert!(
             !pacing.should_wait(PACED_BELOW_EVENTS),
             "a big enough group never waits"
         );
         // Idle since: no longer saturated.
         std::thread::sleep(SATURATION_SAMPLE * 3);
+        pacing.committing(PACED_AFTER_EVENTS);
         assert!(!pacing.should_wait(1), "idle");
     }
 }
