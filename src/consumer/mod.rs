@@ -400,8 +400,8 @@ impl Consumer {
                     }
                 }
                 Err(e) => {
-                    // Not handed out: due again at once.
-                    self.lock().nack(offset, now);
+                    // Not handed out: due again at once, as the same attempt.
+                    self.lock().hand_back(offset, now);
                     return Err(e);
                 }
             }
@@ -636,11 +636,16 @@ mod tests {
                 })
                 .unwrap()
             {
-                Poll::Message(d) => got.push(d.event),
+                Poll::Message(d) => got.push((d.event, d.attempt)),
                 other => panic!("expected a message, got {other:?}"),
             }
         }
-        assert_eq!(got, vec![(first, Read::Again), (second, Read::New)]);
+        // The failed read was not an attempt: the first delivery is still
+        // attempt 1.
+        assert_eq!(
+            got,
+            vec![((first, Read::Again), 1), ((second, Read::New), 1)]
+        );
         assert_eq!(c.lock().load(1), 2);
     }
 }

@@ -188,6 +188,14 @@ impl State {
         // Otherwise it is done or not handed out: nothing to redeliver.
     }
 
+    /// Takes back a lease whose message was never handed out (reading it
+    /// failed): due again at `now`, and the attempt does not count.
+    pub fn hand_back(&mut self, offset: Offset, now: Instant) {
+        if let Some(lease) = self.end_lease(offset) {
+            self.queue_retry(offset, lease.attempt.saturating_sub(1), now);
+        }
+    }
+
     /// Returns the number of leases handed back.
     pub fn release(&mut self, stream: StreamId, now: Instant) -> usize {
         let offsets: Vec<Offset> = self
