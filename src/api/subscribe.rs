@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::{Shared, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
-    consumer::{Consumer, CreateSpec, Poll, StreamId},
+    consumer::{Consumer, CreateSpec, Poll, PollFor, StreamId},
     convert,
     error::{Error, Result},
     metrics::Metrics,
@@ -286,7 +286,14 @@ async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx:
         head.borrow_and_update();
         changed.borrow_and_update();
         let wake_at = loop {
-            match consumer.poll(stream, d.max_in_flight, d.ack_wait, Instant::now(), true) {
+            let p = PollFor {
+                stream,
+                max_in_flight: d.max_in_flight,
+                ack_wait: d.ack_wait,
+                now: Instant::now(),
+                read_new: true,
+            };
+            match consumer.poll(p) {
                 Ok(Poll::Message(m)) => {
                     // Deliveries come decoded from the consumer, so this
                     // path encodes them with prost as before.

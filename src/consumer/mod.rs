@@ -82,6 +82,21 @@ pub enum Read {
     Again,
 }
 
+/// What a stream asks of [`Consumer::poll`].
+#[derive(Debug, Clone, Copy)]
+pub struct PollFor {
+    /// The asking stream.
+    pub stream: StreamId,
+    /// It is handed nothing while it holds this many leased messages.
+    pub max_in_flight: u32,
+    /// How long a message handed out stays leased.
+    pub ack_wait: Duration,
+    /// The time the poll is made at.
+    pub now: Instant,
+    /// Whether new messages may be read, or only due redeliveries.
+    pub read_new: bool,
+}
+
 /// What [`Consumer::poll_with`] does next.
 enum Next<E> {
     /// Read this offset, now leased, as this attempt.
@@ -345,26 +360,12 @@ impl Consumer {
         self.changed.subscribe()
     }
 
-    /// Hands `stream` its next message, if it has room under `max_in_flight`:
-    /// first a message due for redelivery, else (when `read_new`) the next
-    /// unread one that passes the filter. The message is leased for
-    /// `ack_wait`.
-    pub fn poll(
-        &self,
-        stream: StreamId,
-        max_in_flight: u32,
-        ack_wait: Duration,
-        now: Instant,
-        read_new: bool,
-    ) -> Result<Poll> {
-        self.poll_with(
-            stream,
-            max_in_flight,
-            ack_wait,
-            now,
-            read_new,
-            |offset, _| self.store.get(offset),
-        )
+    /// Hands `p.stream` its next message, if it has room under
+    /// `p.max_in_flight`: first a message due for redelivery, else (when
+    /// `p.read_new`) the next unread one that passes the filter. The message
+    /// is leased for `p.ack_wait`.
+    pub fn poll(&self, p: PollFor) -> Result<Poll> {
+        self.poll_with(p, |offset, _| self.store.get(offset))
     }
 
     /// Like [`Consumer::poll`], with events read by `read` (`None`: not in
@@ -375,19 +376,14 @@ impl Consumer {
     /// other tasks must not queue behind it (blocking their threads).
     pub fn poll_with<E>(
         &self,
-        stream: StreamId,
-        max_in_flight: u32,
-        ack_wait: Duration,
-        now: Instant,
-        read_new: bool,
+        p: PollFor,
         mut read: impl FnMut(Offset, Read) -> Result<Option<E>>,
     ) -> Result<Poll<E>> {
         loop {
-            let (offset, kind, attempt) =
-                match self.lease_next(stream, max_in_flight, ack_wait, now, read_new)? {
-                    Next::Read(offset, kind, attempt) => (offset, kind, attempt),
-                    Next::Done(poll) => return Ok(poll),
-                };
+            let (offset, kind, attempt) = match self.lease_next(&p)? {
+                Next::Read(offset, kind, attempt) => (offset, kind, attempt),
+                Next::Done(poll) => return Ok(poll),
+            };
             match read(offset, kind) {
                 Ok(Some(event)) => return Ok(Poll::Message(Box::new(Delivery { event, attempt }))),
                 Ok(None) => {
@@ -401,7 +397,7 @@ impl Consumer {
                 }
                 Err(e) => {
                     // Not handed out: due again at once, as the same attempt.
-                    self.lock().hand_back(offset, now);
+                    self.lock().hand_back(offset, p.now);
                     return Err(e);
                 }
             }
@@ -411,14 +407,14 @@ impl Consumer {
     /// Under the lock: leases `stream` the next offset to read (a due
     /// redelivery first, then the next new one its filter passes), or says
     /// what to answer instead.
-    fn lease_next<E>(
-        &self,
-        stream: StreamId,
-        max_in_flight: u32,
-        ack_wait: Duration,
-        now: Instant,
-        read_new: bool,
-    ) -> Result<Next<E>> {
+    fn lease_next<E>(&self, p: &PollFor) -> Result<Next<E>> {
+        let PollFor {
+            stream,
+            max_in_flight,
+            ack_wait,
+            now,
+            read_new,
+        } = *p;
         let mut st = self.lock();
         st.expire_leases(now);
         if st.load(stream) >= max_in_flight {
@@ -620,7 +616,14 @@ mod tests {
         let wait = Duration::from_secs(30);
         let now = Instant::now();
 
-        let failed = c.poll_with(1, 10, wait, now, true, |offset, _| {
+        let p = PollFor {
+            stream: 1,
+            max_in_flight: 10,
+            ack_wait: wait,
+            now,
+            read_new: true,
+        };
+        let failed = c.poll_with(p, |offset, _| {
             assert_eq!(c.lock().load(1), 1, "leased while it is read");
             assert!(c.lock().is_leased(offset));
             Err::<Option<Offset>, _>(Error::Corrupt("unreadable".into()))
@@ -631,9 +634,7 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..2 {
             match c
-                .poll_with(1, 10, wait, now, true, |offset, kind| {
-                    Ok(Some((offset, kind)))
-                })
+                .poll_with(p, |offset, kind| Ok(Some((offset, kind))))
                 .unwrap()
             {
                 Poll::Message(d) => got.push((d.event, d.attempt)),

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    consumer::{Consumer, Poll, Read},
+    consumer::{Consumer, Poll, PollFor, Read},
     convert,
     error::{Error, Result},
     metrics::Metrics,
@@ -189,14 +189,14 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
                         .map(|e| Arc::new(SharedEvent::new(e)))),
                 },
             };
-            match ctx.consumer.poll_with(
-                WORKER_STREAM,
-                u32::MAX,
-                LEASE,
-                Instant::now(),
+            let p = PollFor {
+                stream: WORKER_STREAM,
+                max_in_flight: u32::MAX,
+                ack_wait: LEASE,
+                now: Instant::now(),
                 read_new,
-                read,
-            ) {
+            };
+            match ctx.consumer.poll_with(p, read) {
                 Ok(Poll::Message(d)) => w.accept(d.event).await,
                 Ok(Poll::Expired(offset)) => w.expired(offset).await,
                 Ok(Poll::Idle { wake_at }) => break wake_at,
