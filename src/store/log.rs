@@ -6,7 +6,9 @@
 //!   `[len u32][crc32 u32][offset u64][record: len bytes]` (little-endian;
 //!   the CRC covers the offset and the record). The record is an encoded
 //!   [`keys::EventRecord`]. Offsets are dense: a segment's n-th record has
-//!   offset `base + n`.
+//!   offset `base + n`. The last segment goes on in zeros, written ahead of
+//!   its writer so that commits overwrite blocks instead of growing the
+//!   file ([`super::zerofill`]); a segment is cut to its records when sealed.
 //! - `<base>.idx`: written when a segment is sealed (full, a new one
 //!   started): per record `[position u32][id hash u64]`, then
 //!   `[count u64][crc32 u32]`. Only a shortcut for opening: a missing or
@@ -37,7 +39,10 @@ use std::{
 
 use bytes::Bytes;
 
-use super::keys;
+use super::{
+    keys,
+    zerofill::{self, ZeroFill},
+};
 use crate::{
     error::{Error, Result},
     model::{Offset, FIRST_OFFSET},
@@ -139,21 +144,33 @@ impl EventLog {
                     let scanned = scan(&file, base)?;
                     let on_disk = file.metadata()?.len();
                     if scanned.2 < on_disk {
-                        if i < last {
+                        if zerofill::only_zeros(&file, scanned.2, on_disk)? {
+                            // Zero-filled ahead of the writer: the active
+                            // segment keeps them, a sealed one is cut to its
+                            // records (a crash came before its sealing did).
+                            if i < last {
+                                file.set_len(scanned.2)?;
+                                file.sync_all()?;
+                            }
+                        } else if i < last {
                             return Err(Error::Corrupt(format!(
                                 "event log: segment {base} is damaged at byte {} of {on_disk}",
                                 scanned.2
                             )));
+                        } else {
+                            // The unacknowledged or torn end of the last
+                            // commit. Cut, not zeroed over: a later crash
+                            // must not find a stale record where the next
+                            // one was expected.
+                            tracing::warn!(
+                                segment = base,
+                                kept = scanned.2,
+                                cut = on_disk - scanned.2,
+                                "event log: cut an incomplete tail left by a crash"
+                            );
+                            file.set_len(scanned.2)?;
+                            file.sync_all()?;
                         }
-                        // The unacknowledged or torn end of the last commit.
-                        tracing::warn!(
-                            segment = base,
-                            kept = scanned.2,
-                            cut = on_disk - scanned.2,
-                            "event log: cut an incomplete tail left by a crash"
-                        );
-                        file.set_len(scanned.2)?;
-                        file.sync_all()?;
                     }
                     scanned
                 }
@@ -187,9 +204,10 @@ impl EventLog {
         drop(all_hashes);
         let seg = segments.last().expect("the log always has a segment");
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(segment_path(dir, seg.base, "log"))?;
         let (base, len) = (seg.base, seg.len);
+        let zerofill = ZeroFill::start(file, len, segment_bytes)?;
         if active_hashes.len() != seg.positions.len() {
             active_hashes.clear(); // a new, empty segment
         }
@@ -201,7 +219,7 @@ impl EventLog {
         });
         let writer = LogWriter {
             log: log.clone(),
-            file,
+            zerofill,
             base,
             len,
             buf: Vec::with_capacity(1 << 20),
@@ -254,6 +272,12 @@ impl EventLog {
                 }
             })
             .sum()
+    }
+
+    /// Bytes of records in the last segment (its file may go on in zeros).
+    #[cfg(test)]
+    pub(super) fn records_in_last_segment(&self) -> u64 {
+        self.index().segments.last().map_or(0, |s| s.len)
     }
 
     /// The record at `offset`, if it is in the log.
@@ -354,8 +378,8 @@ impl EventLog {
 /// with one `write` and makes them durable with one `fdatasync`.
 pub(super) struct LogWriter {
     log: Arc<EventLog>,
-    /// Append handle of the last segment.
-    file: File,
+    /// The last segment's write handle, and zeros written ahead in it.
+    zerofill: ZeroFill,
     base: Offset,
     /// Bytes of the last segment on disk (written).
     len: u64,
@@ -435,15 +459,23 @@ impl LogWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        let mut turn = self.zerofill.writing(self.len + self.buf.len() as u64);
+        let written = turn.file().write_all_at(&self.buf, self.len);
+        let synced = match written {
+            Ok(()) => turn.file().sync_data(),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = written {
             // Nothing was synced: cut back what reached the file, if any.
-            self.discard();
-            if let Err(cut) = self.file.set_len(self.len) {
+            if let Err(cut) = turn.cut(self.len) {
                 self.poisoned = Some(format!("event log: cannot cut a failed write: {cut}"));
             }
+            drop(turn);
+            self.discard();
             return Err(e.into());
         }
-        if let Err(e) = self.file.sync_data() {
+        drop(turn);
+        if let Err(e) = synced {
             self.discard();
             self.poisoned = Some(format!("event log: fdatasync failed: {e}"));
             return Err(e.into());
@@ -481,22 +513,26 @@ impl LogWriter {
         self.buf.clear();
     }
 
-    /// Makes what is buffered durable, seals the segment (its `.idx`) and
-    /// starts the next one.
+    /// Makes what is buffered durable, seals the segment (cut to its
+    /// records, its `.idx`) and starts the next one.
     fn roll(&mut self) -> Result<()> {
         // Records of this commit already buffered belong to the old segment.
         self.commit()?;
+        let seg = create_segment(&self.log.dir, self.next)?;
+        let file =
+            OpenOptions::new()
+                .write(true)
+                .open(segment_path(&self.log.dir, self.next, "log"))?;
+        let old = self.zerofill.switch(file);
+        // Before the `.idx`, which takes the file's length for the records'.
+        old.set_len(self.len)?;
+        old.sync_all()?;
         let hashes = std::mem::take(&mut self.hashes);
         {
             let index = self.log.index();
             let seg = index.segments.last().expect("the log always has a segment");
             write_idx(&self.log.dir, seg.base, &seg.positions, &hashes)?;
         }
-        let seg = create_segment(&self.log.dir, self.next)?;
-        self.file =
-            OpenOptions::new()
-                .append(true)
-                .open(segment_path(&self.log.dir, self.next, "log"))?;
         self.base = self.next;
         self.len = 0;
         self.log.index_mut().segments.push(seg);

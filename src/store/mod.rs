@@ -13,6 +13,7 @@
 mod keys;
 mod log;
 mod writer;
+mod zerofill;
 
 use std::{
     path::{Path, PathBuf},
@@ -662,41 +663,91 @@ mod tests {
         close(store, writer).await;
     }
 
+    /// Bytes of records in the last segment.
+    fn records_end(store: &Store) -> usize {
+        store.inner.log.records_in_last_segment() as usize
+    }
+
     /// A crash can leave a torn or unacknowledged record at the end of the
-    /// last segment: opening cuts it, and appending goes on after the last
-    /// complete record.
+    /// last segment, over the zeros written ahead of the writer: opening
+    /// cuts it, and appending goes on after the last complete record.
     #[tokio::test]
     async fn a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         fill(&store, 0, 10).await;
+        let good = records_end(&store);
         close(store, writer).await;
         let last = segments(dir.path(), "log").pop().unwrap();
-        let good = std::fs::metadata(&last).unwrap().len();
-        let bytes = std::fs::read(&last).unwrap();
-        // The last record again, cut short, as a crash mid-write leaves it.
-        let mut torn = bytes.clone();
-        torn.extend_from_slice(&bytes[bytes.len() - 60..bytes.len() - 10]);
-        std::fs::write(&last, &torn).unwrap();
+        let mut bytes = std::fs::read(&last).unwrap();
+        bytes.resize(good, 0);
+        // The last record again, cut short, as a crash mid-write leaves it,
+        // then zeros.
+        bytes.extend_from_within(good - 60..good - 10);
+        bytes.resize(good + 200, 0);
+        std::fs::write(&last, &bytes).unwrap();
 
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
-        assert_eq!(std::fs::metadata(&last).unwrap().len(), good);
+        let bytes = std::fs::read(&last).unwrap();
+        assert!(
+            bytes[good..].iter().all(|&b| b == 0),
+            "the torn record is gone (zeros may follow the records again)"
+        );
         assert_eq!(store.head(), 11);
         let new = store.append(vec![event("e10")]).await.unwrap();
         assert_eq!(new[0].offset, 11);
         assert_eq!(store.get(11).unwrap().unwrap().event.id, "e10");
+        let good = records_end(&store);
         close(store, writer).await;
 
         // A flipped byte inside the last record: its checksum fails, so it
         // is the unacknowledged tail and goes.
         let last = segments(dir.path(), "log").pop().unwrap();
         let mut bytes = std::fs::read(&last).unwrap();
-        let n = bytes.len();
-        bytes[n - 3] ^= 0xff;
+        bytes[good - 3] ^= 0xff;
         std::fs::write(&last, &bytes).unwrap();
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         assert_eq!(store.head(), 11);
         assert!(store.get(11).unwrap().is_none());
+        close(store, writer).await;
+    }
+
+    /// Zeros after the records (written ahead of the writer) are not a torn
+    /// tail: the last segment keeps them and appends overwrite them; a
+    /// sealed segment that still has them (a crash before its sealing
+    /// finished, so no `.idx` either) is cut to its records.
+    #[tokio::test]
+    async fn zeros_after_the_records_are_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        fill(&store, 0, 40).await;
+        let good = records_end(&store);
+        close(store, writer).await;
+        let logs = segments(dir.path(), "log");
+        let (sealed, last) = (&logs[1], logs.last().unwrap());
+        let sealed_len = std::fs::metadata(sealed).unwrap().len();
+        for (path, len) in [(sealed, sealed_len + 300), (last, good as u64 + 300)] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+        }
+        std::fs::remove_file(sealed.with_extension("idx")).unwrap();
+
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(std::fs::metadata(sealed).unwrap().len(), sealed_len);
+        assert!(std::fs::metadata(last).unwrap().len() >= good as u64 + 300);
+        assert_eq!(store.head(), 41);
+        let new = store.append(vec![event("e40")]).await.unwrap();
+        assert_eq!((new[0].offset, new[0].duplicate), (41, false));
+        let all = store.read_from(1, 100).unwrap();
+        let want: Vec<String> = (0..41).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids(&all), want);
+        close(store, writer).await;
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(ids(&store.read_from(1, 100).unwrap()), want);
         close(store, writer).await;
     }
 
