@@ -35,6 +35,9 @@ use std::{
 /// Most bytes zeroed by one write and sync. A commit may wait for one:
 /// ~1 ms here.
 const MAX_CHUNK: u64 = 512 << 10;
+/// Commits of at least this many bytes get no zeros: writing the zeros
+/// would cost about as much disk time as the size update they save.
+const LARGE_COMMIT: u64 = 64 << 10;
 
 /// The active segment's write handle, shared by the log writer and the
 /// zero-filling thread; stops the thread when dropped.
@@ -57,6 +60,8 @@ struct State {
     zeroed: u64,
     /// End of the writer's records.
     written: u64,
+    /// Bytes of the writer's last commit.
+    last_commit: u64,
     /// Zero at most this far: the segment's size limit.
     limit: u64,
     /// Zeroing failed in this segment (full disk, say): not retried in it.
@@ -66,7 +71,10 @@ struct State {
 
 impl State {
     fn wants_zeros(&self, chunk: u64) -> bool {
-        !self.failed && self.zeroed < self.limit && self.written + chunk > self.zeroed
+        !self.failed
+            && self.last_commit < LARGE_COMMIT
+            && self.zeroed < self.limit
+            && self.written + chunk > self.zeroed
     }
 }
 
@@ -108,6 +116,7 @@ impl ZeroFill {
                 file,
                 zeroed: len.max(written),
                 written,
+                last_commit: 0,
                 limit,
                 failed: false,
                 stop: false,
@@ -132,6 +141,7 @@ impl ZeroFill {
     pub(super) fn writing(&self, end: u64) -> Writing<'_> {
         let mut state = self.shared.lock();
         state.zeroed = state.zeroed.max(end);
+        state.last_commit = end.saturating_sub(state.written);
         state.written = end;
         Writing {
             state,
@@ -214,6 +224,34 @@ pub(super) fn only_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zeros go ahead of small commits only, up to the limit, and not
+    /// after zeroing failed.
+    #[test]
+    fn zeros_are_wanted_ahead_of_small_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let zerofill = ZeroFill::start(
+            std::fs::File::create(dir.path().join("log")).unwrap(),
+            0,
+            1 << 30,
+        )
+        .unwrap();
+        let chunk = zerofill.shared.chunk;
+        assert_eq!(chunk, MAX_CHUNK);
+        let wants = |end: u64| zerofill.writing(end).state.wants_zeros(chunk);
+        assert!(wants(4096), "a small commit with no zeros ahead");
+        assert!(!wants(4096 + LARGE_COMMIT), "a large commit");
+        assert!(wants(8192 + LARGE_COMMIT), "small again");
+        let mut turn = zerofill.writing(20_000 + LARGE_COMMIT);
+        turn.state.zeroed = turn.state.written + chunk;
+        assert!(!turn.state.wants_zeros(chunk), "a chunk ahead already");
+        turn.state.zeroed = turn.state.written + 10;
+        turn.state.failed = true;
+        assert!(!turn.state.wants_zeros(chunk), "zeroing failed");
+        turn.state.failed = false;
+        turn.state.limit = turn.state.zeroed;
+        assert!(!turn.state.wants_zeros(chunk), "at the limit");
+    }
 
     /// A writer appending records of every size as fast as it can, while
     /// the zero-filler zeroes ahead in small chunks: no record byte is ever
