@@ -134,9 +134,9 @@ const SATURATED_UNTIL: f64 = 0.6;
 /// Group commit pacing: while the runtime that opened the store is
 /// saturated, a commit of few events first waits `delay` for more.
 ///
-/// Each `fdatasync` costs CPU besides its latency (~90 µs on the benchmark
-/// VM, most of it in the kernel, plus the log thread's wakeups preempting
-/// a runtime thread). Committing as soon as the last commit ends is right
+/// Each `fdatasync` costs CPU besides its latency (~45 µs on the benchmark
+/// VM over zeros written ahead, ~90 µs growing the file; most of it in the
+/// kernel), plus the log thread's wakeups preempting a runtime thread. Committing as soon as the last commit ends is right
 /// while the runtime has idle time. Once it is saturated, that CPU comes
 /// out of request handling: waiting for bigger groups gives it back.
 /// Unary Publish with 64 callers went from 58 % to 71.5 % of the no-op
@@ -147,6 +147,10 @@ const SATURATED_UNTIL: f64 = 0.6;
 /// A runtime saturated by other work (webhook deliveries, say) while
 /// publishes come one at a time gains nothing from waiting: commits wait
 /// only after a commit of several events.
+///
+/// Ending the wait early when a runtime worker (or every worker) parks,
+/// or sleeping right after a paced commit instead of waiting for the
+/// first append, all measured worse (BENCHMARKS.md, fifth pass).
 struct Pacing {
     delay: Duration,
     runtime: Option<tokio::runtime::Handle>,
