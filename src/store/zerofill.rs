@@ -21,6 +21,12 @@
 //! the file, from writing back a chunk of zeros too (measured with
 //! unsynchronised zeroing: unary Publish p99 4 → 10 ms).
 //!
+//! Both write through one file description, so an `fdatasync` error is
+//! reported to whichever of them syncs first. That cannot hide a failed
+//! commit: the writer syncs every page it wrote within its own turn, so an
+//! error the zero-filler is told of concerns only zeros (and it then stops
+//! zeroing that segment).
+//!
 //! A segment thus ends in zeros up to two chunks past its records. Opening
 //! the log tells such a tail (all zeros) from the torn end of a crash (see
 //! `log.rs`), and a segment is cut to its records when it is sealed.
