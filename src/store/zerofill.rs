@@ -39,7 +39,7 @@ use std::{
 };
 
 /// Most bytes zeroed by one write and sync. A commit may wait for one:
-/// ~1 ms here.
+/// ~0.5 ms here (p50; p90 0.6 ms, worst of 400 about 1 ms).
 const MAX_CHUNK: u64 = 512 << 10;
 /// Commits of at least this many bytes get no zeros: writing the zeros
 /// would cost about as much disk time as the size update they save.
