@@ -524,14 +524,28 @@ impl LogWriter {
                 .write(true)
                 .open(segment_path(&self.log.dir, self.next, "log"))?;
         let old = self.zerofill.switch(file);
-        // Before the `.idx`, which takes the file's length for the records'.
-        old.set_len(self.len)?;
-        old.sync_all()?;
+        // From here on the new segment is the last one, whatever happens to
+        // the old one's sealing: neither part of it is needed to read the
+        // log right (opening cuts zeros after the records of a sealed
+        // segment and rebuilds a missing `.idx`).
         let hashes = std::mem::take(&mut self.hashes);
-        {
-            let index = self.log.index();
-            let seg = index.segments.last().expect("the log always has a segment");
-            write_idx(&self.log.dir, seg.base, &seg.positions, &hashes)?;
+        let sealed = old
+            .set_len(self.len)
+            .and_then(|()| old.sync_all())
+            .map_err(Error::from)
+            .and_then(|()| {
+                // After the cut: the `.idx` takes the file's length for
+                // the records'.
+                let index = self.log.index();
+                let seg = index.segments.last().expect("the log always has a segment");
+                write_idx(&self.log.dir, seg.base, &seg.positions, &hashes)
+            });
+        if let Err(e) = sealed {
+            tracing::warn!(
+                segment = self.base,
+                error = %e,
+                "event log: cannot seal a segment; the next start reads it whole"
+            );
         }
         self.base = self.next;
         self.len = 0;

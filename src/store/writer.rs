@@ -136,8 +136,9 @@ const SATURATED_UNTIL: f64 = 0.6;
 ///
 /// Each `fdatasync` costs CPU besides its latency (~45 µs on the benchmark
 /// VM over zeros written ahead, ~90 µs growing the file; most of it in the
-/// kernel), plus the log thread's wakeups preempting a runtime thread. Committing as soon as the last commit ends is right
-/// while the runtime has idle time. Once it is saturated, that CPU comes
+/// kernel), plus the log thread's wakeups preempting a runtime thread.
+/// Committing as soon as the last commit ends is right while the runtime
+/// has idle time. Once it is saturated, that CPU comes
 /// out of request handling: waiting for bigger groups gives it back.
 /// Unary Publish with 64 callers went from 58 % to 71.5 % of the no-op
 /// server (6 interleaved runs), and with 8, 16 and 32 callers (runtime
