@@ -206,9 +206,8 @@ impl Shared {
                     state.failed = true;
                 }
             }
-            // A commit waiting for this chunk goes first.
-            drop(state);
-            state = self.lock();
+            // Zeros are now a chunk ahead of the records (`zeroed` never
+            // falls below `written`): the loop waits, releasing the lock.
         }
     }
 }
