@@ -15,6 +15,7 @@ use crate::delivery::{
     egress::{parse_networks, Cidr},
     sealing::MasterKey,
 };
+pub use crate::store::Recovery;
 
 /// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
 /// `STEVEDORE_DATA_DIR` for `data_dir`.
@@ -44,6 +45,12 @@ pub struct Config {
     /// How long an event-log commit of few events waits for more while the
     /// runtime is saturated; zero commits at once always.
     pub group_commit_delay: Duration,
+    /// What opening the event log does with damaged acknowledged records:
+    /// refuse to start (default) or cut the log there (`truncate`).
+    pub recovery: Recovery,
+    /// Zero the active log segment ahead of the writer, so commits
+    /// overwrite blocks instead of growing the file.
+    pub log_zero_fill: bool,
     /// Ack wait when a Subscribe request sets none.
     pub default_ack_wait: Duration,
     /// Longest ack wait a Subscribe request may ask for.
@@ -154,6 +161,8 @@ impl Default for Config {
             max_request_bytes: 16 * 1024 * 1024,
             max_group_commit: 8192,
             group_commit_delay: Duration::from_micros(500),
+            recovery: Recovery::Refuse,
+            log_zero_fill: true,
             default_ack_wait: Duration::from_secs(30),
             max_ack_wait: Duration::from_secs(12 * 3600),
             default_max_in_flight: NonZeroU32::new(100).expect("non-zero literal"),
@@ -211,6 +220,8 @@ pub const KEYS: &[&str] = &[
     "max_request_bytes",
     "max_group_commit",
     "group_commit_delay",
+    "recovery",
+    "log_zero_fill",
     "default_ack_wait",
     "max_ack_wait",
     "default_max_in_flight",
@@ -356,6 +367,20 @@ impl Config {
             "max_request_bytes" => self.max_request_bytes = parse_num(value).map_err(bad)?,
             "max_group_commit" => self.max_group_commit = parse_num(value).map_err(bad)?,
             "group_commit_delay" => self.group_commit_delay = parse_duration(value).map_err(bad)?,
+            "recovery" => {
+                self.recovery = match value {
+                    "refuse" => Recovery::Refuse,
+                    "truncate" => Recovery::Truncate,
+                    _ => return Err(bad("expected refuse or truncate".into())),
+                }
+            }
+            "log_zero_fill" => {
+                self.log_zero_fill = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
+            }
             "default_ack_wait" => self.default_ack_wait = parse_duration(value).map_err(bad)?,
             "max_ack_wait" => self.max_ack_wait = parse_duration(value).map_err(bad)?,
             "default_max_in_flight" => {

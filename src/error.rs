@@ -37,6 +37,18 @@ pub enum Error {
     /// A stored record could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A record of the event log failed its checksum: the disk changed it.
+    #[error("record {offset} is damaged: {detail}")]
+    Damaged {
+        /// The record's offset.
+        offset: u64,
+        /// What is wrong, with its file and byte (logged, not sent).
+        detail: String,
+    },
+    /// Storage stopped taking writes (a failed fsync); the message says
+    /// why and what to do.
+    #[error("{0}")]
+    Unavailable(String),
     /// Encrypted endpoint secrets cannot be opened: no master key, or not
     /// the one that sealed them.
     #[error("{0}")]
@@ -44,6 +56,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again, for a failure that answers several callers
+    /// (a group commit): I/O errors keep their kind, the rest their text.
+    pub fn share(&self) -> Self {
+        match self {
+            Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Error::Damaged { offset, detail } => Error::Damaged {
+                offset: *offset,
+                detail: detail.clone(),
+            },
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            Error::Corrupt(m) => Error::Corrupt(m.clone()),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
+            Error::InvalidArgument { field, message } => Error::invalid(field, message),
+            Error::ShuttingDown => Error::ShuttingDown,
+            other => Error::Io(std::io::Error::other(other.to_string())),
+        }
+    }
+
     /// An `INVALID_ARGUMENT` naming `field`.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidArgument {
@@ -90,6 +120,18 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(clip(&m)),
             Error::ResourceExhausted(m) => Status::resource_exhausted(clip(&m)),
             Error::ShuttingDown => Status::unavailable(err.to_string()),
+            Error::Unavailable(m) => {
+                tracing::error!(error = %m, "storage unavailable");
+                Status::unavailable(clip(&m))
+            }
+            Error::Damaged { offset, .. } => {
+                tracing::error!(error = %err, "damaged record");
+                Status::data_loss(format!(
+                    "record {offset} is damaged on disk and cannot be read (the broker's log \
+                     names its file); later records read from offset {}",
+                    offset + 1
+                ))
+            }
             Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::MasterKey(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")

@@ -201,6 +201,8 @@ pub struct Metrics {
     /// Event-log commits that waited for more appends because the runtime
     /// was saturated (see `group_commit_delay`).
     pub commit_delays: AtomicU64,
+    /// Damaged event-log records found by the scrub at start.
+    pub damaged_records: AtomicU64,
     /// Webhook attempts by endpoint and outcome (`delivered`, `failed`,
     /// `dead`, `superseded`, `expired`).
     pub deliveries: CounterVec,
@@ -221,6 +223,7 @@ impl Default for Metrics {
             group_commit_size: Histogram::new(GROUP_BUCKETS),
             commit_latency: Histogram::new(LATENCY_BUCKETS),
             commit_delays: AtomicU64::new(0),
+            damaged_records: AtomicU64::new(0),
             deliveries: CounterVec::default(),
             delivery_latency: Histogram::new(LATENCY_BUCKETS),
             open_streams: AtomicI64::new(0),
@@ -273,6 +276,12 @@ impl Metrics {
             "stevedore_group_commit_delays_total",
             "Event-log commits that waited group_commit_delay for more appends (runtime saturated).",
             &self.commit_delays,
+        );
+        counter(
+            &mut out,
+            "stevedore_log_damaged_records_total",
+            "Event-log records whose checksum failed, found by the scrub that reads the sealed segments at start.",
+            &self.damaged_records,
         );
         help(
             &mut out,

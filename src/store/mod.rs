@@ -10,10 +10,11 @@
 //! the new head published, so an acknowledged write is on disk and a
 //! subscriber never sees an event that could still be lost.
 
+#[cfg(test)]
+mod faults;
 mod keys;
 mod log;
 mod writer;
-mod zerofill;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,7 +34,8 @@ use crate::{
     metrics::Metrics,
     model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
-use log::EventLog;
+pub use log::Recovery;
+use log::{fs::Fs, EventLog, LogOptions};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
 
 /// Storage settings.
@@ -52,6 +54,21 @@ pub struct StoreConfig {
     pub commit_delay: std::time::Duration,
     /// Where commit sizes and appended events are counted.
     pub metrics: Arc<Metrics>,
+    /// What opening does with damaged acknowledged records.
+    pub recovery: Recovery,
+    /// Zero the active log segment ahead of the writer.
+    pub zero_fill: bool,
+}
+
+impl StoreConfig {
+    fn log_options(&self, fs: Arc<dyn Fs>) -> LogOptions {
+        LogOptions {
+            segment_bytes: self.segment_bytes,
+            recovery: self.recovery,
+            zero_fill: self.zero_fill,
+            fs,
+        }
+    }
 }
 
 /// One stored event record, undecoded.
@@ -77,6 +94,25 @@ struct Inner {
     /// drain their queues and exit, even if stray handles outlive shutdown.
     ops: std::sync::Mutex<Option<Senders>>,
     head: watch::Receiver<Offset>,
+    health: watch::Receiver<StoreHealth>,
+}
+
+/// What keeps the store from taking writes, if anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Why the event log stopped taking appends (a failed `fdatasync`):
+    /// until a restart.
+    pub log: Option<String>,
+    /// Why state writes are failing (a full disk, say); cleared by the
+    /// next one that succeeds.
+    pub state: Option<String>,
+}
+
+impl StoreHealth {
+    /// The first problem, if any.
+    pub fn problem(&self) -> Option<&str> {
+        self.log.as_deref().or(self.state.as_deref())
+    }
 }
 
 #[derive(Clone)]
@@ -104,6 +140,12 @@ impl WriterHandle {
 impl Store {
     /// Opens (or creates) the database and starts the writer.
     pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
+        Self::open_on(config, Arc::new(log::fs::RealFs))
+    }
+
+    /// [`Store::open`], with the event log's files and the state's syncs on
+    /// `fs` (tests inject faults or count syncs).
+    pub(crate) fn open_on(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<(Store, WriterHandle)> {
         std::fs::create_dir_all(&config.path)?;
         remove_unfinished_snapshots(&config.path)?;
         let db = open_sled(
@@ -120,14 +162,16 @@ impl Store {
         )?;
         let tables = Tables::open(&db)?;
         let log_dir = config.path.join(LOG_DIR);
-        migrate_sled_events(&db, &log_dir, config.segment_bytes)?;
-        let (log, log_writer) = EventLog::open(&log_dir, config.segment_bytes)?;
+        migrate_sled_events(&db, &log_dir, config.log_options(fs.clone()))?;
+        let (log, log_writer) = EventLog::open(&log_dir, config.log_options(fs.clone()))?;
         let next = log.next();
+        check_state_against_head(&tables, next, config.recovery)?;
         let last_published = match next.checked_sub(1).map(|o| log.get(o)).transpose()? {
             Some(Some(record)) => keys::split_event_record(&record)?.1,
             _ => 0,
         };
         let (head_tx, head_rx) = watch::channel(next);
+        let (health_tx, health_rx) = watch::channel(StoreHealth::default());
         // Bounded so producers feel backpressure when the disk falls behind.
         let (log_tx, log_rx) = mpsc::channel(config.max_group.max(1024));
         let (state_tx, state_rx) = mpsc::channel(config.max_group.max(1024));
@@ -135,12 +179,14 @@ impl Store {
             log_writer,
             last_published,
             head_tx,
+            health_tx.clone(),
             config.max_group,
             config.metrics.clone(),
             config.commit_delay,
         );
-        let state_thread = StateWriterThread::new(tables.clone(), config.max_group);
-        let sync_thread = StateSyncThread::new(db.clone(), &config.path)?;
+        let state_thread =
+            StateWriterThread::new(tables.clone(), config.max_group, health_tx.clone());
+        let sync_thread = StateSyncThread::new(db.clone(), &config.path, fs, health_tx)?;
         // One applied group may wait while the previous one syncs; the
         // writer then blocks and the next group grows meanwhile.
         let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel(1);
@@ -155,6 +201,7 @@ impl Store {
                 .name("stevedore-sync".into())
                 .spawn(move || sync_thread.run(applied_rx))?,
         ];
+        scrub(log.clone(), config.metrics.clone())?;
         tracing::info!(path = %config.path.display(), next_offset = next, "store opened");
         Ok((
             Store {
@@ -167,6 +214,7 @@ impl Store {
                         state: state_tx,
                     })),
                     head: head_rx,
+                    health: health_rx,
                 }),
             },
             WriterHandle(threads),
@@ -269,6 +317,14 @@ impl Store {
         self.inner.head.clone()
     }
 
+    /// Watches what keeps the store from taking writes: after a failed
+    /// `fdatasync` nothing more is appended until a restart; failing state
+    /// writes clear once one succeeds. The broker reports NOT_SERVING
+    /// meanwhile.
+    pub fn watch_health(&self) -> watch::Receiver<StoreHealth> {
+        self.inner.health.clone()
+    }
+
     /// The oldest offset in the log (the head when it is empty).
     pub fn first_offset(&self) -> Result<Offset> {
         Ok(self.inner.log.first().min(self.head()))
@@ -319,10 +375,17 @@ impl Store {
         }
         let mut out = Vec::with_capacity(limit.min((head - from) as usize));
         self.inner.log.read_range(from, head, limit, &mut out)?;
-        Ok(out
-            .into_iter()
-            .map(|(offset, record)| RawRecord { offset, record })
-            .collect())
+        // A damaged record ends the batch before it, so healthy records
+        // are never held back by it; read from it, it is the error.
+        let mut records = Vec::with_capacity(out.len());
+        for (offset, record) in out {
+            match record {
+                Ok(record) => records.push(RawRecord { offset, record }),
+                Err(e) if records.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(records)
     }
 
     /// The offset of the first event published at or after `t` (the head if
@@ -371,6 +434,8 @@ pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
         max_group: 16,
         commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
+        recovery: Recovery::Refuse,
+        zero_fill: true,
     })
     .expect("a store opens in a fresh directory")
 }
@@ -438,6 +503,109 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks the sealed segments' records in the background: opening read
+/// only their `.idx` files, so damage there (the disk changing bytes) is
+/// found here and reported with file and byte, not first by a reader.
+/// Reads of a damaged record fail alone, with DATA_LOSS.
+fn scrub(log: Arc<EventLog>, metrics: Arc<Metrics>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("stevedore-scrub".into())
+        .spawn(move || match log.scrub() {
+            Ok(damaged) => {
+                for (offset, why) in &damaged {
+                    tracing::error!(offset, error = %why, "event log: a record is damaged");
+                }
+                metrics
+                    .damaged_records
+                    .fetch_add(damaged.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(damaged = damaged.len(), "event log: scrub done");
+            }
+            Err(e) => tracing::error!(error = %e, "event log: the scrub could not read the log"),
+        })?;
+    Ok(())
+}
+
+/// State may only refer to durable events, so none of it may lie at or
+/// above the log's head: if some does, the log lost acknowledged records
+/// (damage cut with `recovery = "truncate"`, or files removed by hand).
+/// Refused, unless the operator chose truncation: then consumer positions
+/// come down to the head and delivery records above it go (offsets are
+/// given out again, and a new event must not look done or delivered).
+fn check_state_against_head(tables: &Tables, head: Offset, recovery: Recovery) -> Result<()> {
+    let above = |what: String| {
+        Error::Corrupt(format!(
+            "{what}, but the event log ends below it (next offset {head}): acknowledged events \
+             are missing from the log. Restore the data directory from a backup, or set \
+             recovery = \"truncate\" to move that state back to the log's end"
+        ))
+    };
+    let consumers = tables.get(Table::Consumers);
+    let mut fixes = Vec::new();
+    for kv in consumers.iter() {
+        let (name, value) = kv?;
+        let mut record: ConsumerRecord = prost::Message::decode(&*value)
+            .map_err(|e| Error::Corrupt(format!("consumer record: {e}")))?;
+        let highest = record
+            .done_ranges
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(record.floor);
+        if highest <= head {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if recovery == Recovery::Refuse {
+            return Err(above(format!(
+                "consumer {name:?} has done offsets up to {highest}"
+            )));
+        }
+        record.floor = record.floor.min(head);
+        let ranges = std::mem::take(&mut record.done_ranges);
+        for pair in ranges.chunks_exact(2) {
+            let (start, end) = (pair[0], pair[1].min(head));
+            if start < end {
+                record.done_ranges.extend([start, end]);
+            }
+        }
+        record.reopened.retain(|&o| o < head);
+        tracing::error!(consumer = %name, from = highest, to = head, "recovery: moved a consumer back to the log's end");
+        fixes.push((name, prost::Message::encode_to_vec(&record)));
+    }
+    for (name, value) in fixes {
+        consumers.insert(name.as_bytes(), value)?;
+    }
+    let (deliveries, attempts) = (tables.get(Table::Deliveries), tables.get(Table::Attempts));
+    for id in tables.get(Table::Endpoints).iter().keys() {
+        let id = String::from_utf8_lossy(&id?).into_owned();
+        let from = keys::scoped_offset_key(&id, head);
+        let Some((last, _)) = deliveries
+            .scan_prefix(keys::scope(&id))
+            .next_back()
+            .transpose()?
+        else {
+            continue;
+        };
+        if last.as_ref() < from.as_slice() {
+            continue;
+        }
+        if recovery == Recovery::Refuse {
+            let offset = keys::decode_offset(&last[last.len() - 8..])?;
+            return Err(above(format!(
+                "endpoint {id:?} has a delivery record at offset {offset}"
+            )));
+        }
+        let end = keys::scoped_offset_key(&id, u64::MAX);
+        for table in [deliveries, attempts] {
+            for k in table.range(from.clone()..=end.clone()).keys() {
+                table.remove(k?)?;
+            }
+        }
+        tracing::error!(endpoint = %id, from = head, "recovery: removed delivery records above the log's end");
+    }
+    Ok(())
+}
+
 /// The event log's directory inside the data directory.
 const LOG_DIR: &str = "events";
 
@@ -445,7 +613,7 @@ const LOG_DIR: &str = "events";
 /// trees. Copies them into a new log, built beside it and renamed into
 /// place once durable, then drops the trees: a crash at any point leaves
 /// either the trees or the complete log.
-fn migrate_sled_events(db: &sled::Db, log_dir: &Path, segment_bytes: u64) -> Result<()> {
+fn migrate_sled_events(db: &sled::Db, log_dir: &Path, options: LogOptions) -> Result<()> {
     let building = log_dir.with_extension("migrating");
     if building.exists() {
         std::fs::remove_dir_all(&building)?;
@@ -461,13 +629,17 @@ fn migrate_sled_events(db: &sled::Db, log_dir: &Path, segment_bytes: u64) -> Res
             None => FIRST_OFFSET,
         };
         std::fs::create_dir_all(&building)?;
-        log::write_start_file(&building, first)?;
-        let (_, mut writer) = EventLog::open(&building, segment_bytes)?;
+        log::write_start_file(&*options.fs, &building, first)?;
+        let (_, mut writer) = EventLog::open(&building, options)?;
         let mut n = 0u64;
         for kv in events.iter() {
             let (k, v) = kv?;
             let offset = keys::decode_offset(&k)?;
             let id = keys::decode_event_id(offset, &v)?;
+            if writer.needs_roll(log::LogWriter::frame_len(v.len())) {
+                writer.commit()?;
+                writer.roll()?;
+            }
             let at = writer.append_parts(&id, &[&v])?;
             if at != offset {
                 return Err(Error::Corrupt(format!(
@@ -590,6 +762,8 @@ mod tests {
             max_group: 16,
             commit_delay: std::time::Duration::ZERO,
             metrics: Default::default(),
+            recovery: Recovery::Refuse,
+            zero_fill: true,
         }
     }
 
@@ -835,6 +1009,60 @@ mod tests {
             .tree_names()
             .iter()
             .any(|n| &n[..] == keys::EVENTS.as_bytes()));
+    }
+
+    /// State that refers to offsets the log does not have (it lost
+    /// acknowledged records) refuses the open, naming it; with recovery =
+    /// "truncate" it is moved back to the log's end instead.
+    #[tokio::test]
+    async fn state_above_the_head_refuses_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        fill(&store, 0, 5).await;
+        let record = ConsumerRecord {
+            floor: 4,
+            done_ranges: vec![5, 9],
+            ..Default::default()
+        };
+        store
+            .write(vec![
+                Mutation::put(
+                    Table::Consumers,
+                    "c1",
+                    prost::Message::encode_to_vec(&record),
+                ),
+                Mutation::put(Table::Endpoints, "ep", "x"),
+                Mutation::put(Table::Deliveries, keys::scoped_offset_key("ep", 3), "d"),
+                Mutation::put(Table::Deliveries, keys::scoped_offset_key("ep", 7), "d"),
+            ])
+            .await
+            .unwrap();
+        close(store, writer).await;
+        let err = Store::open(&config(dir.path())).err().unwrap().to_string();
+        assert!(
+            err.contains("consumer \"c1\" has done offsets up to 9"),
+            "{err}"
+        );
+        assert!(err.contains("next offset 6"), "{err}");
+
+        let mut truncate = config(dir.path());
+        truncate.recovery = Recovery::Truncate;
+        let (store, writer) = Store::open(&truncate).unwrap();
+        let stored = store.table(Table::Consumers).get("c1").unwrap().unwrap();
+        let fixed: ConsumerRecord = prost::Message::decode(&*stored).unwrap();
+        assert_eq!((fixed.floor, fixed.done_ranges), (4, vec![5, 6]));
+        let deliveries = store.table(Table::Deliveries);
+        assert!(deliveries
+            .get(keys::scoped_offset_key("ep", 3))
+            .unwrap()
+            .is_some());
+        assert!(deliveries
+            .get(keys::scoped_offset_key("ep", 7))
+            .unwrap()
+            .is_none());
+        close(store, writer).await;
+        let (store, writer) = Store::open(&config(dir.path())).unwrap();
+        close(store, writer).await;
     }
 
     /// A store reopened while sled still holds its lock on the data file

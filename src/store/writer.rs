@@ -22,7 +22,6 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     path::{Path, PathBuf},
     sync::{
         atomic::Ordering,
@@ -34,9 +33,16 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{keys, log::LogWriter, Mutation, Table, Tables};
+use super::{
+    keys,
+    log::{
+        fs::{Fs, FsFile},
+        LogWriter,
+    },
+    Mutation, StoreHealth, Table, Tables,
+};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     metrics::Metrics,
     model::{Appended, EventType, NewEvent, Offset},
 };
@@ -227,6 +233,8 @@ pub(super) struct LogWriterThread {
     log: LogWriter,
     last_published: u64,
     head: watch::Sender<Offset>,
+    /// Says why the log stopped taking appends, once it did.
+    health: watch::Sender<StoreHealth>,
     max_group: usize,
     metrics: Arc<Metrics>,
     pacing: Pacing,
@@ -235,16 +243,33 @@ pub(super) struct LogWriterThread {
 pub(super) struct StateWriterThread {
     tables: Tables,
     max_group: usize,
+    health: watch::Sender<StoreHealth>,
+}
+
+/// Records whether state writes work: a failure is reported (the broker
+/// goes NOT_SERVING), the next success clears it.
+fn report_state(health: &watch::Sender<StoreHealth>, failed: Option<&crate::error::Error>) {
+    health.send_if_modified(|h| {
+        let now = failed.map(|e| format!("state writes are failing: {e}"));
+        let changed = h.state.is_some() != now.is_some();
+        h.state = now;
+        changed
+    });
 }
 
 /// The answers owed for one applied group, handed to the [`StateSyncThread`].
 pub(super) type Applied = Vec<oneshot::Sender<Result<()>>>;
 
 impl StateWriterThread {
-    pub(super) fn new(tables: Tables, max_group: usize) -> Self {
+    pub(super) fn new(
+        tables: Tables,
+        max_group: usize,
+        health: watch::Sender<StoreHealth>,
+    ) -> Self {
         Self {
             tables,
             max_group: max_group.max(1),
+            health,
         }
     }
 
@@ -276,8 +301,9 @@ impl StateWriterThread {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "applying state failed");
+                    report_state(&self.health, Some(&e));
                     for reply in replies {
-                        let _ = reply.send(Err(Error::Io(std::io::Error::other(e.to_string()))));
+                        let _ = reply.send(Err(e.share()));
                     }
                 }
             }
@@ -311,19 +337,28 @@ impl StateWriterThread {
 /// one group's sync overlaps the next group's apply; every group applied
 /// by the time a sync starts is answered by it.
 pub(super) struct StateSyncThread {
+    health: watch::Sender<StoreHealth>,
     db: sled::Db,
-    data_file: File,
+    fs: Arc<dyn Fs>,
+    data_file: Arc<dyn FsFile>,
     dir: PathBuf,
     blobs_synced: u64,
 }
 
 impl StateSyncThread {
-    pub(super) fn new(db: sled::Db, dir: &Path) -> Result<Self> {
-        let data_file = File::open(super::data_file(dir))?;
+    pub(super) fn new(
+        db: sled::Db,
+        dir: &Path,
+        fs: Arc<dyn Fs>,
+        health: watch::Sender<StoreHealth>,
+    ) -> Result<Self> {
+        let data_file = fs.open(&super::data_file(dir), false)?;
         // The directory entries sled created must be durable too.
-        File::open(dir)?.sync_all()?;
+        fs.sync_dir(dir)?;
         Ok(Self {
+            health,
             db,
+            fs,
             data_file,
             dir: dir.to_owned(),
             blobs_synced: 0,
@@ -339,10 +374,11 @@ impl StateSyncThread {
             if let Err(e) = &result {
                 tracing::error!(error = %e, "syncing state failed");
             }
+            report_state(&self.health, result.as_ref().err());
             for reply in replies {
                 let r = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(Error::Io(std::io::Error::other(e.to_string()))),
+                    Err(e) => Err(e.share()),
                 };
                 let _ = reply.send(r);
             }
@@ -378,14 +414,14 @@ impl StateSyncThread {
             };
             if lsn > self.blobs_synced {
                 // A blob may be garbage-collected between listing and opening.
-                if let Ok(f) = File::open(entry.path()) {
+                if let Ok(f) = self.fs.open(&entry.path(), false) {
                     f.sync_data()?;
                 }
                 newest = newest.max(lsn);
             }
         }
         if newest > self.blobs_synced {
-            File::open(&dir)?.sync_all()?;
+            self.fs.sync_dir(&dir)?;
             self.blobs_synced = newest;
         }
         Ok(())
@@ -397,6 +433,7 @@ impl LogWriterThread {
         log: LogWriter,
         last_published: u64,
         head: watch::Sender<Offset>,
+        health: watch::Sender<StoreHealth>,
         max_group: usize,
         metrics: Arc<Metrics>,
         commit_delay: Duration,
@@ -405,6 +442,7 @@ impl LogWriterThread {
             log,
             last_published,
             head,
+            health,
             max_group: max_group.max(1),
             metrics,
             // The runtime opening the store is the one serving its callers.
@@ -428,69 +466,131 @@ impl LogWriterThread {
         tracing::debug!("log writer stopped");
     }
 
-    fn commit(&mut self, group: &mut Vec<LogOp>) {
+    /// Commits a group: appends are staged op by op and made durable
+    /// together, then answered. An op that fails (an id lookup that cannot
+    /// read the log, say) is rewound alone; the rest commit. A segment is
+    /// rolled only between ops, after committing what is staged, so a batch
+    /// never spans two segments. Truncations run between commits, in order.
+    pub(super) fn commit(&mut self, group: &mut Vec<LogOp>) {
         let clock = Instant::now();
         self.metrics.group_commit_size.observe(group.len() as f64);
-        let start = self.log.next();
         let now = keys::unix_nanos(std::time::SystemTime::now());
         // Publish times never decrease along the log (time-based starts
         // binary-search on them), even if the clock steps back.
         let published = now.max(self.last_published);
+        let mut published_field = Vec::with_capacity(10);
+        keys::encode_published_field(published, &mut published_field);
 
-        let mut appended: Vec<Vec<Appended>> = Vec::new();
-        let mut types = Vec::new();
-        let mut append_error = None;
-        // Ids appended earlier in this group are not in the log's index yet.
-        let mut group_ids: HashMap<&str, Offset> = HashMap::new();
-        for op in group.iter() {
-            if let LogOp::Append { events, .. } = op {
-                match self.append(events, published, &mut group_ids, &mut types) {
-                    Ok(results) => appended.push(results),
-                    Err(e) => {
-                        append_error = Some(e.to_string());
-                        break;
-                    }
+        let mut work = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for op in group.drain(..) {
+            match op {
+                LogOp::Append { events, reply } => {
+                    work.push(Some(events));
+                    replies.push(Reply::Append(reply));
+                }
+                LogOp::Truncate { before, reply } => {
+                    work.push(None);
+                    replies.push(Reply::Truncate(before, reply));
                 }
             }
         }
-        let logged = match append_error {
-            Some(e) => Err(e),
-            None => self.log.commit().map_err(|e| e.to_string()),
+        let mut staged = Staged {
+            ops: Vec::new(),
+            // Ids appended earlier in this group are not in the log's
+            // index until their commit.
+            ids: HashMap::new(),
+            published,
         };
-        if let Err(e) = &logged {
-            tracing::error!(error = %e, "appending to the event log failed");
-        }
-        // Events of a failed commit may still be durable (a segment was
-        // sealed halfway through): whatever the log holds is visible.
-        let next = self.log.next();
-        if next != start {
-            self.head.send_replace(next);
-        }
-        if logged.is_ok() {
-            self.last_published = published;
-            for t in &types {
-                self.metrics.events_published.add(&[t], 1);
+        let mut replies = replies.into_iter();
+        for events in &work {
+            let reply = replies.next().expect("a reply per op");
+            let events = match (events, reply) {
+                (Some(events), Reply::Append(reply)) => (events.as_slice(), reply),
+                (None, Reply::Truncate(before, reply)) => {
+                    self.flush(&mut staged);
+                    let _ = reply.send(self.log.truncate(before));
+                    continue;
+                }
+                _ => unreachable!("replies follow their ops"),
+            };
+            let (events, reply) = events;
+            let bytes: u64 = events
+                .iter()
+                .map(|e| LogWriter::frame_len(e.event_field.len() + published_field.len()))
+                .sum();
+            if self.log.needs_roll(bytes) {
+                self.flush(&mut staged);
+                // Unless that commit failed and left the segment empty.
+                let rolled = match self.log.needs_roll(bytes) {
+                    true => self.log.roll(),
+                    false => Ok(()),
+                };
+                if let Err(e) = rolled {
+                    tracing::error!(error = %e, "event log: cannot start a new segment");
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            }
+            let mark = self.log.mark();
+            match self.append(events, &published_field, &mut staged.ids) {
+                Ok(results) => staged.ops.push((reply, results, events)),
+                Err(e) => {
+                    self.log.rewind(mark);
+                    let next = self.log.next();
+                    staged.ids.retain(|_, o| *o < next);
+                    tracing::error!(error = %e, "appending to the event log failed");
+                    let _ = reply.send(Err(e));
+                }
             }
         }
+        self.flush(&mut staged);
         self.metrics
             .commit_latency
             .observe_duration(clock.elapsed());
+    }
 
-        let mut appended = appended.into_iter();
-        for op in group.drain(..) {
-            match op {
-                LogOp::Append { reply, .. } => {
-                    let r = match (&logged, appended.next()) {
-                        (Ok(()), Some(r)) => Ok(r),
-                        (Err(e), _) => Err(Error::Io(std::io::Error::other(e.clone()))),
-                        (Ok(()), None) => unreachable!("an outcome per append"),
-                    };
-                    let _ = reply.send(r);
-                }
-                LogOp::Truncate { before, reply } => {
-                    let _ = reply.send(self.log.truncate(before));
+    /// Makes the staged appends durable, publishes the new head, answers
+    /// them. On error they all fail and their offsets are given out again.
+    fn flush(&mut self, staged: &mut Staged<'_>) {
+        if staged.ops.is_empty() {
+            return;
+        }
+        match self.log.commit() {
+            Ok(()) => {
+                // Only now is the head moved: readers never see an offset
+                // that is not durable.
+                self.head.send_replace(self.log.next());
+                self.last_published = staged.published;
+                for (reply, results, events) in staged.ops.drain(..) {
+                    for (e, r) in events.iter().zip(&results) {
+                        if !r.duplicate {
+                            self.metrics
+                                .events_published
+                                .add(&[e.event_type.as_str()], 1);
+                        }
+                    }
+                    let _ = reply.send(Ok(results));
                 }
             }
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the event log failed");
+                let next = self.log.next();
+                staged.ids.retain(|_, o| *o < next);
+                for (reply, _, _) in staged.ops.drain(..) {
+                    let _ = reply.send(Err(e.share()));
+                }
+            }
+        }
+        if let Some(why) = self.log.poisoned() {
+            self.health.send_if_modified(|h| {
+                let new = h.log.is_none();
+                if new {
+                    tracing::error!(error = why, "the event log stopped taking appends");
+                    h.log = Some(why.to_owned());
+                }
+                new
+            });
         }
     }
 
@@ -499,13 +599,10 @@ impl LogWriterThread {
     fn append<'a>(
         &mut self,
         events: &'a [Encoded],
-        published: u64,
+        published_field: &[u8],
         group_ids: &mut HashMap<&'a str, Offset>,
-        types: &mut Vec<&'a str>,
     ) -> Result<Vec<Appended>> {
         let mut results = Vec::with_capacity(events.len());
-        let mut published_field = Vec::with_capacity(10);
-        keys::encode_published_field(published, &mut published_field);
         for e in events {
             let id = e.id.as_str();
             let existing = match group_ids.get(id) {
@@ -525,9 +622,8 @@ impl LogWriterThread {
             }
             let offset = self
                 .log
-                .append_parts(id, &[&e.event_field, &published_field])?;
+                .append_parts(id, &[&e.event_field, published_field])?;
             group_ids.insert(id, offset);
-            types.push(e.event_type.as_str());
             results.push(Appended {
                 offset,
                 duplicate: false,
@@ -535,6 +631,25 @@ impl LogWriterThread {
         }
         Ok(results)
     }
+}
+
+/// The answer owed to one op of a group.
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<Appended>>>),
+    Truncate(Offset, oneshot::Sender<Result<usize>>),
+}
+
+/// Appends staged for the next commit of a group.
+struct Staged<'a> {
+    /// Each append's reply, its results, and its events (for metrics).
+    #[allow(clippy::type_complexity)]
+    ops: Vec<(
+        oneshot::Sender<Result<Vec<Appended>>>,
+        Vec<Appended>,
+        &'a [Encoded],
+    )>,
+    ids: HashMap<&'a str, Offset>,
+    published: u64,
 }
 
 #[cfg(test)]

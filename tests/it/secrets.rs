@@ -235,6 +235,8 @@ fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
         max_group: 16,
         commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
+        recovery: Default::default(),
+        zero_fill: true,
     })
     .unwrap();
     let records = store

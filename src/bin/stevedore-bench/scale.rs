@@ -85,6 +85,8 @@ fn scan_log(data: &Path) -> Result<f64> {
         max_group: 1024,
         commit_delay: std::time::Duration::ZERO,
         metrics: Default::default(),
+        recovery: Default::default(),
+        zero_fill: true,
     })?;
     let started = Instant::now();
     let mut n = 0u64;

@@ -32,11 +32,11 @@
 //! `log.rs`), and a segment is cut to its records when it is sealed.
 
 use std::{
-    fs::File,
-    os::unix::fs::FileExt as _,
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread::JoinHandle,
 };
+
+use super::fs::FsFile;
 
 /// Most bytes zeroed by one write and sync. A commit may wait for one:
 /// ~0.5 ms here (p50; p90 0.6 ms, worst of 400 about 1 ms).
@@ -60,8 +60,8 @@ struct Shared {
 }
 
 struct State {
-    /// The active segment, opened for writing.
-    file: File,
+    /// The active segment.
+    file: Arc<dyn FsFile>,
     /// Bytes from the start of the segment that hold records or zeros.
     zeroed: u64,
     /// End of the writer's records.
@@ -91,16 +91,11 @@ pub(super) struct Writing<'a> {
 }
 
 impl Writing<'_> {
-    pub(super) fn file(&self) -> &File {
-        &self.state.file
-    }
-
-    /// The records written this turn did not stay: the segment was cut
-    /// back to `len` bytes.
-    pub(super) fn cut(&mut self, len: u64) -> std::io::Result<()> {
+    /// The records written this turn did not stay: the writer cut the
+    /// segment back to `len` bytes (zeros ahead included).
+    pub(super) fn cut(&mut self, len: u64) {
         self.state.zeroed = len;
         self.state.written = len;
-        self.state.file.set_len(len)
     }
 }
 
@@ -115,8 +110,8 @@ impl Drop for Writing<'_> {
 impl ZeroFill {
     /// Starts zeroing `file` (the active segment, written up to `written`)
     /// ahead of its writer, up to `limit` bytes.
-    pub(super) fn start(file: File, written: u64, limit: u64) -> std::io::Result<Self> {
-        let len = file.metadata()?.len();
+    pub(super) fn start(file: Arc<dyn FsFile>, written: u64, limit: u64) -> std::io::Result<Self> {
+        let len = file.len()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 file,
@@ -155,15 +150,16 @@ impl ZeroFill {
         }
     }
 
-    /// The writer moves to `file`, a new, empty segment; returns the old
-    /// one, which is written no more.
-    pub(super) fn switch(&self, file: File) -> File {
+    /// The writer moves to `file`, a new segment (its header written);
+    /// the old one gets no more zeros.
+    pub(super) fn switch(&self, file: Arc<dyn FsFile>) {
         let mut state = self.shared.lock();
-        state.zeroed = 0;
-        state.written = 0;
+        let len = file.len().unwrap_or(0);
+        state.zeroed = len;
+        state.written = len;
         state.failed = false;
+        state.file = file;
         self.shared.wake.notify_one();
-        std::mem::replace(&mut state.file, file)
     }
 }
 
@@ -212,20 +208,6 @@ impl Shared {
     }
 }
 
-/// Whether `file` holds only zeros from `from` to `to`.
-pub(super) fn only_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result<bool> {
-    let mut buf = vec![0u8; (to - from).min(1 << 20) as usize];
-    while from < to {
-        let n = (to - from).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], from)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        from += n as u64;
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,12 +217,8 @@ mod tests {
     #[test]
     fn zeros_are_wanted_ahead_of_small_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let zerofill = ZeroFill::start(
-            std::fs::File::create(dir.path().join("log")).unwrap(),
-            0,
-            1 << 30,
-        )
-        .unwrap();
+        let file = std::fs::File::create(dir.path().join("log")).unwrap();
+        let zerofill = ZeroFill::start(Arc::new(file), 0, 1 << 30).unwrap();
         let chunk = zerofill.shared.chunk;
         assert_eq!(chunk, MAX_CHUNK);
         let wants = |end: u64| zerofill.writing(end).state.wants_zeros(chunk);
@@ -265,18 +243,22 @@ mod tests {
     #[test]
     fn zeros_never_land_on_written_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let open = |name: &str| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(dir.path().join(name))
-                .unwrap()
+        let open = |name: &str| -> Arc<dyn FsFile> {
+            Arc::new(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(dir.path().join(name))
+                    .unwrap(),
+            )
         };
         let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
         let limit = 256 << 10;
-        let zerofill = ZeroFill::start(open("first"), 0, limit).unwrap();
+        let first = open("first");
+        let current = std::cell::RefCell::new(first.clone());
+        let zerofill = ZeroFill::start(first.clone(), 0, limit).unwrap();
         let write = |until: u64| {
             let mut expected = Vec::new();
             for i in 0.. {
@@ -286,7 +268,8 @@ mod tests {
                     return expected;
                 }
                 let turn = zerofill.writing(end);
-                turn.file()
+                current
+                    .borrow()
                     .write_all_at(&record, expected.len() as u64)
                     .unwrap();
                 drop(turn);
@@ -295,7 +278,9 @@ mod tests {
             unreachable!()
         };
         let written = write(limit / 2);
-        let first = zerofill.switch(open("second"));
+        let second = open("second");
+        *current.borrow_mut() = second.clone();
+        zerofill.switch(second);
         let old = read("first");
         let again = write(limit - 20_000);
         // Zeroing ahead reaches the limit once the writer stops short of it.
@@ -316,7 +301,8 @@ mod tests {
         assert_eq!(new.len() as u64, limit);
         assert_eq!(&new[..again.len()], &again[..]);
         assert!(new[again.len()..].iter().all(|&b| b == 0));
-        assert!(only_zeros(&first, written.len() as u64, old.len() as u64).unwrap());
-        assert!(!only_zeros(&first, 0, old.len() as u64).unwrap());
+        let only_zeros = super::super::format::only_zeros;
+        assert!(only_zeros(&*first, written.len() as u64, old.len() as u64).unwrap());
+        assert!(!only_zeros(&*first, 0, old.len() as u64).unwrap());
     }
 }
