@@ -121,6 +121,8 @@ pub async fn run_with_metrics(
         max_group: config.max_group_commit,
         commit_delay: config.group_commit_delay,
         metrics: metrics.clone(),
+        recovery: config.recovery,
+        zero_fill: config.log_zero_fill,
     })
     .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
 
@@ -186,6 +188,11 @@ pub async fn run_with_metrics(
         .set_serving::<SubscriberServer<SubscriberService>>()
         .await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    tasks.spawn(report_store_health(
+        shared.store.watch_health(),
+        health.clone(),
+        token.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -280,4 +287,41 @@ pub async fn run_with_metrics(
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("shutdown complete");
     served.context("gRPC server failed")
+}
+
+/// Sets every service NOT_SERVING while the store cannot take writes (a
+/// poisoned event log until a restart; failing state writes until one
+/// succeeds), and SERVING again once it can.
+async fn report_store_health(
+    mut store: tokio::sync::watch::Receiver<store::StoreHealth>,
+    health: tonic_health::server::HealthReporter,
+    token: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let problem = store.borrow_and_update().problem().map(str::to_owned);
+        // Shutdown owns the status from its start.
+        if token.is_cancelled() {
+            return;
+        }
+        let status = match &problem {
+            Some(why) => {
+                tracing::error!(error = %why, "storage cannot take writes: health is NOT_SERVING");
+                ServingStatus::NotServing
+            }
+            None => ServingStatus::Serving,
+        };
+        for name in [
+            "",
+            <PublisherServer<PublisherService> as tonic::server::NamedService>::NAME,
+            <SubscriberServer<SubscriberService> as tonic::server::NamedService>::NAME,
+            <AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+        ] {
+            health.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            changed = store.changed() => if changed.is_err() { return },
+            () = token.cancelled() => return,
+        }
+    }
 }
