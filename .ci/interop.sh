@@ -349,6 +349,43 @@ t_rotation_webhook() {
     "$HOOK_SECRET" "$HOOK_SECRET_OLD"
 }
 
+# A grpcurl recipe as the README writes it: its one line that contains
+# PATTERN, with the README's placeholders (`$A`, `ep_01K...`) filled in, run
+# as it stands, so the README cannot drift from what CI runs.
+readme_recipe() { # PATTERN ENDPOINT_ID
+  local line
+  line=$(grep -F -- "$1" README.md | grep '^grpcurl ' | head -n 1)
+  [ -n "$line" ] || {
+    echo "README.md has no grpcurl line with: $1"
+    return 1
+  }
+  line=${line//ep_01K.../$2}
+  line=${line//\$A/$ADDR}
+  echo "+ $line" >&2
+  eval "\"\$GRPCURL\"${line#grpcurl}"
+}
+
+endpoint_enabled() { # FILE: prints the GetEndpoint response's `enabled`
+  "$PY" -c 'import json, sys; print(str(json.load(open(sys.argv[1]))["endpoint"].get("enabled", True)).lower())' "$1"
+}
+
+t_pause_resume() {
+  local id
+  id=$(endpoint_id)
+  readme_recipe '"enabled": false}, "updateMask": {"paths": ["enabled"]}}'"'"' $A stevedore.v1.Admin/UpdateEndpoint' "$id" \
+    >"$tmpdir/paused.json"
+  [ "$(endpoint_enabled "$tmpdir/paused.json")" = false ] || {
+    echo "not paused: $(cat "$tmpdir/paused.json")"
+    return 1
+  }
+  readme_recipe '"enabled": true}, "updateMask": {"paths": ["enabled"]}}'"'"' $A stevedore.v1.Admin/UpdateEndpoint' "$id" \
+    >"$tmpdir/resumed.json"
+  [ "$(endpoint_enabled "$tmpdir/resumed.json")" = true ] || {
+    echo "not resumed: $(cat "$tmpdir/resumed.json")"
+    return 1
+  }
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -384,6 +421,7 @@ check "admin: ListEndpoints does not show the secret" t_list_endpoints
 check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
 check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
 check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
+check "admin: the README's pause and resume recipes (UpdateEndpoint)" t_pause_resume
 t_metrics() {
   local maddr
   maddr=$(sed -n 's/^stevedore metrics on \([^[:space:]]*\)[[:space:]]*$/\1/p' "$tmpdir/server.out" | head -n 1)

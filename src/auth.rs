@@ -269,9 +269,13 @@ impl Interceptor for RequireRole {
         })?;
         if !caller.role.grants(self.role) {
             tracing::info!(token = %caller.name, role = %caller.role, needed = %self.role, "call denied");
+            let needed = match self.role {
+                Role::Admin => "admin".to_owned(),
+                role => format!("{role} or admin"),
+            };
             return Err(Status::permission_denied(format!(
-                "token {} has role {}; this service needs {} or admin",
-                caller.name, caller.role, self.role
+                "token {} has role {}; this service needs {needed}",
+                caller.name, caller.role
             )));
         }
         request.extensions_mut().insert(caller);

@@ -192,6 +192,8 @@ pub struct Metrics {
     pub events_published: CounterVec,
     /// Duplicate publishes (nothing written).
     pub duplicates: AtomicU64,
+    /// Duplicate publishes whose content differed from the stored event's.
+    pub duplicates_differing: AtomicU64,
     /// Publish call latency (validation to durable ack), seconds.
     pub publish_latency: Histogram,
     /// Operations per group commit.
@@ -219,6 +221,7 @@ impl Default for Metrics {
         Self {
             events_published: CounterVec::default(),
             duplicates: AtomicU64::new(0),
+            duplicates_differing: AtomicU64::new(0),
             publish_latency: Histogram::new(LATENCY_BUCKETS),
             group_commit_size: Histogram::new(GROUP_BUCKETS),
             commit_latency: Histogram::new(LATENCY_BUCKETS),
@@ -270,6 +273,12 @@ impl Metrics {
             "stevedore_publish_duplicates_total",
             "Publishes of ids already in the log.",
             &self.duplicates,
+        );
+        counter(
+            &mut out,
+            "stevedore_publish_duplicates_differing_total",
+            "Publishes of ids already in the log whose payload, attributes or ordering key differed (the stored event was kept).",
+            &self.duplicates_differing,
         );
         counter(
             &mut out,

@@ -165,6 +165,9 @@ pub struct Appended {
     pub offset: Offset,
     /// True when the id was already in the log and nothing was written.
     pub duplicate: bool,
+    /// For a duplicate: the stored event's payload, attributes or ordering
+    /// key differ from this one's (an id reused for another event).
+    pub payload_differs: bool,
 }
 
 /// Which events a consumer takes: by type (empty: all) and by attribute

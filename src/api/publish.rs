@@ -48,6 +48,7 @@ fn response(event_id: String, appended: Appended) -> PublishResponse {
         offset: appended.offset,
         event_id,
         duplicate: appended.duplicate,
+        payload_differs: appended.payload_differs,
     }
 }
 

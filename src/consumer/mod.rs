@@ -107,6 +107,9 @@ enum Next<E> {
 
 /// Most events one [`Consumer::poll`] reads before it yields.
 const SCAN_SLICE: usize = 1024;
+/// Most unread events [`Consumer::backlog`] reads to test them against a
+/// filter.
+pub const BACKLOG_SCAN: u64 = 10_000;
 
 /// All consumers known to this broker.
 pub struct Consumers {
@@ -345,6 +348,43 @@ impl Consumer {
     /// The first offset not yet done: everything before it was acked.
     pub fn floor(&self) -> Offset {
         self.lock().floor
+    }
+
+    /// Events below `head` this consumer has still to deliver: not done,
+    /// and passing `filter`'s type and attribute tests. With a filter, the
+    /// first [`BACKLOG_SCAN`] unread events are read to test them; every
+    /// event past those counts (an upper bound for a long backlog).
+    pub fn backlog(&self, head: Offset, filter: &EventFilter) -> Result<u64> {
+        let (floor, done) = {
+            let st = self.lock();
+            let done: BTreeSet<Offset> = st.done.range(st.floor..head).copied().collect();
+            (st.floor, done)
+        };
+        if floor >= head {
+            return Ok(0);
+        }
+        if filter.is_all() {
+            return Ok(head - floor - done.len() as u64);
+        }
+        let scan_end = head.min(floor + BACKLOG_SCAN);
+        let mut n = head - scan_end;
+        let mut from = floor;
+        while from < scan_end {
+            let records = self.store.read_records(from, 1024)?;
+            let Some(last) = records.last().map(|r| r.offset) else {
+                break;
+            };
+            for r in records.iter().filter(|r| r.offset < scan_end) {
+                if !done.contains(&r.offset)
+                    && crate::store::decode_meta_record(r.offset, &r.record)
+                        .is_ok_and(|m| filter.matches_meta(&m))
+                {
+                    n += 1;
+                }
+            }
+            from = last + 1;
+        }
+        Ok(n)
     }
 
     /// How far the floor is ahead of the last durable record. Events the

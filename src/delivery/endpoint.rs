@@ -351,12 +351,30 @@ pub fn url_origin(url: &Uri) -> String {
     }
 }
 
+/// [`url_origin`] of a stored URL. Operational events carry only this:
+/// subscriber tokens read them, and the full URL is for the Admin service.
+pub fn origin_of(url: &str) -> String {
+    url.parse::<Uri>()
+        .map(|u| url_origin(&u))
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Rejects, at create or update, a URL whose host is an IP literal in a
 /// range the SSRF guard blocks. Host names are checked when connecting
 /// (their addresses can change); so is every literal, again.
 pub fn check_egress(url: &Uri, guard: &Guard) -> Result<()> {
     match egress::literal_ip(url).and_then(|ip| guard.check(ip).map(|b| (ip, b))) {
         None => Ok(()),
+        // Exempting a cloud metadata address would hand out the host's
+        // credentials: that is never the advice.
+        Some((ip, block)) if block.category.contains("metadata") => Err(Error::invalid(
+            "endpoint.url",
+            format!(
+                "{ip} is {}, which the SSRF guard blocks: webhooks never go to a cloud \
+                 metadata service",
+                egress::describe(&block)
+            ),
+        )),
         Some((ip, block)) => Err(Error::invalid(
             "endpoint.url",
             format!(
@@ -688,6 +706,11 @@ mod tests {
                 "{url}: {err}"
             );
         }
+        // Never advice to exempt a metadata service.
+        let err = check("http://169.254.169.254/latest", &guard)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cloud metadata") && !err.contains("allow_networks"), "{err}");
         assert!(check("https://8.8.8.8/", &guard).is_ok());
         // Names are checked when connecting.
         assert!(check("https://localhost/", &guard).is_ok());

@@ -259,7 +259,7 @@ impl Deliveries {
                             &endpoint_id,
                             ops::fields([
                                 ("endpointId", ops::s(&endpoint_id)),
-                                ("url", ops::s(&e.url)),
+                                ("url", ops::s(&endpoint::origin_of(&e.url))),
                                 ("failingSince", ops::time(failing_since)),
                                 ("recoveredAt", ops::time(SystemTime::now())),
                             ]),
@@ -321,7 +321,7 @@ impl Deliveries {
             endpoint_id,
             ops::fields([
                 ("endpointId", ops::s(endpoint_id)),
-                ("url", ops::s(&r.endpoint().url)),
+                ("url", ops::s(&endpoint::origin_of(&r.endpoint().url))),
                 ("reason", ops::s(reason)),
                 ("disabledAt", ops::time(SystemTime::now())),
             ]),
@@ -479,6 +479,9 @@ impl Deliveries {
     /// Applies `fields` of `update` and restarts the worker with the new
     /// configuration.
     pub async fn update(&self, update: pb::Endpoint, fields: &[String]) -> Result<pb::Endpoint> {
+        // Field-mask paths name proto fields; JSON clients write camelCase.
+        let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
+        let fields = fields.as_slice();
         let mut workers = self.workers.lock().await;
         let mut record = self.record(&update.id)?;
         let mut e = record.endpoint().clone();
@@ -857,11 +860,7 @@ impl Deliveries {
             .map(|v| {
                 let r = self.decode_record(&v?)?;
                 let e = r.endpoint();
-                let backlog = self
-                    .consumers
-                    .get(&consumer_name(&e.id))
-                    .map(|c| head.saturating_sub(c.floor()))
-                    .unwrap_or(0);
+                let backlog = self.backlog(e, head);
                 Ok((
                     e.id.clone(),
                     backlog,
@@ -919,10 +918,22 @@ impl Deliveries {
         for v in e.headers.values_mut() {
             *v = REDACTED.to_owned();
         }
-        if let Ok(c) = self.consumers.get(&consumer_name(&e.id)) {
-            e.backlog = self.store.head().saturating_sub(c.floor());
-        }
+        e.backlog = self.backlog(&e, self.store.head());
         e
+    }
+
+    /// What `e` has still to deliver below `head` (0 if that cannot be
+    /// read): its consumer's unfinished events that its types and
+    /// attribute filters pass (whether or not it is paused).
+    fn backlog(&self, e: &pb::Endpoint, head: Offset) -> u64 {
+        let filter = match EndpointSpec::from_pb(e, &self.config) {
+            Ok(spec) => spec.filter,
+            Err(_) => EventFilter::default(),
+        };
+        self.consumers
+            .get(&consumer_name(&e.id))
+            .and_then(|c| c.backlog(head, &filter))
+            .unwrap_or(0)
     }
 }
 
@@ -973,6 +984,20 @@ const SETTABLE: &[&str] = &[
     "rate_burst",
 ];
 
+/// `eventTypes` → `event_types`; snake_case stays as it is.
+fn snake_case(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for c in path.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Copies the `fields` of `from` into `into`.
 fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Result<()> {
     for (i, f) in fields.iter().enumerate() {
@@ -996,7 +1021,8 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),
                     format!(
-                        "{other:?} cannot be updated (settable: {}; to move the start, use ReplayEndpoint)",
+                        "{other:?} cannot be updated (settable, in snake_case or camelCase: {}; \
+                         to move the start, use ReplayEndpoint)",
                         SETTABLE.join(", ")
                     ),
                 ))

@@ -496,8 +496,7 @@ fn run_model(steps: Vec<Step>) {
             Step::Truncate(n) => {
                 let before = n as Offset % (model.next() + 2);
                 if let Ok(removed) = h.truncate(before) {
-                    let newest = model.next().saturating_sub(1).max(1);
-                    let first = before.min(newest).max(model.first);
+                    let first = before.min(model.next()).max(model.first);
                     assert_eq!(removed as Offset, first - model.first);
                     model.first = first;
                     if removed > 0 {
@@ -509,8 +508,7 @@ fn run_model(steps: Vec<Step>) {
                     // segments).
                     model.first = h.log.first();
                 } else {
-                    let newest = model.next().saturating_sub(1).max(1);
-                    model.unsure.push(before.min(newest).max(model.first));
+                    model.unsure.push(before.min(model.next()).max(model.first));
                 }
             }
         }

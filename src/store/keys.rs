@@ -70,6 +70,21 @@ pub fn encode_published_field(published_at_nanos: u64, buf: &mut Vec<u8>) {
     }
 }
 
+/// Whether two stored forms of an event (an [`EventRecord`], or its first
+/// part) carry the same content: payload, attributes and ordering key. The
+/// id is the same by construction; `occurred_at` is not compared, as it
+/// defaults to the publish time and a retry without it differs there.
+pub fn same_content(a: &[u8], b: &[u8]) -> Result<bool> {
+    use prost::Message as _;
+    let event = |bytes: &[u8]| {
+        EventRecord::decode(bytes)
+            .map(|r| r.event.unwrap_or_default())
+            .map_err(|e| Error::Corrupt(format!("event record: {e}")))
+    };
+    let (a, b) = (event(a)?, event(b)?);
+    Ok(a.payload == b.payload && a.attributes == b.attributes && a.ordering_key == b.ordering_key)
+}
+
 /// Decodes an `events` entry.
 pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
     let offset = decode_offset(key)?;

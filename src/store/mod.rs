@@ -166,9 +166,9 @@ impl Store {
         let (log, log_writer) = EventLog::open(&log_dir, config.log_options(fs.clone()))?;
         let next = log.next();
         check_state_against_head(&tables, next, config.recovery)?;
-        let last_published = match next.checked_sub(1).map(|o| log.get(o)).transpose()? {
-            Some(Some(record)) => keys::split_event_record(&record)?.1,
-            _ => 0,
+        let last_published = match log.newest()? {
+            Some(record) => keys::split_event_record(&record)?.1,
+            None => 0,
         };
         let (head_tx, head_rx) = watch::channel(next);
         let (health_tx, health_rx) = watch::channel(StoreHealth::default());
@@ -265,9 +265,9 @@ impl Store {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Removes every event below `before` (except the newest event, which
-    /// anchors offset numbering) with its id entry. Returns how many were
-    /// removed.
+    /// Removes every event below `before` (at most every event: offsets go
+    /// on from the head all the same) with its id entry. Returns how many
+    /// were removed.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
         self.senders()?
@@ -949,17 +949,19 @@ mod tests {
         // An id that retention removed is new again.
         let again = store.append(vec![event("e1")]).await.unwrap();
         assert_eq!((again[0].offset, again[0].duplicate), (101, false));
-        // The newest event always stays.
-        assert_eq!(store.truncate(1000).await.unwrap(), 41);
-        assert_eq!(store.first_offset().unwrap(), 101);
+        // Everything can go, the newest event too; numbering goes on.
+        assert_eq!(store.truncate(1000).await.unwrap(), 42);
+        assert_eq!(store.first_offset().unwrap(), 102);
+        assert!(store.get(101).unwrap().is_none());
         close(store, writer).await;
 
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
-        assert_eq!(store.first_offset().unwrap(), 101);
+        assert_eq!(store.first_offset().unwrap(), 102);
         assert_eq!(store.head(), 102);
+        assert!(store.read_from(1, 10).unwrap().is_empty());
+        let again = store.append(vec![event("e1")]).await.unwrap();
+        assert_eq!((again[0].offset, again[0].duplicate), (102, false));
         assert_eq!(ids(&store.read_from(1, 10).unwrap()), ["e1"]);
-        let next = store.append(vec![event("e200")]).await.unwrap();
-        assert_eq!(next[0].offset, 102);
         close(store, writer).await;
     }
 

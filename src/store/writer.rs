@@ -538,7 +538,7 @@ impl LogWriterThread {
                 Err(e) => {
                     self.log.rewind(mark);
                     let next = self.log.next();
-                    staged.ids.retain(|_, o| *o < next);
+                    staged.ids.retain(|_, (o, _)| *o < next);
                     tracing::error!(error = %e, "appending to the event log failed");
                     let _ = reply.send(Err(e));
                 }
@@ -576,7 +576,7 @@ impl LogWriterThread {
             Err(e) => {
                 tracing::error!(error = %e, "appending to the event log failed");
                 let next = self.log.next();
-                staged.ids.retain(|_, o| *o < next);
+                staged.ids.retain(|_, (o, _)| *o < next);
                 for (reply, _, _) in staged.ops.drain(..) {
                     let _ = reply.send(Err(e.share()));
                 }
@@ -600,33 +600,51 @@ impl LogWriterThread {
         &mut self,
         events: &'a [Encoded],
         published_field: &[u8],
-        group_ids: &mut HashMap<&'a str, Offset>,
+        group_ids: &mut HashMap<&'a str, (Offset, &'a [u8])>,
     ) -> Result<Vec<Appended>> {
         let mut results = Vec::with_capacity(events.len());
         for e in events {
             let id = e.id.as_str();
             let existing = match group_ids.get(id) {
-                Some(&o) => Some(o),
+                Some(&(o, original)) => Some((o, keys::same_content(&e.event_field, original)?)),
                 None if e.id_assigned => None,
-                None => self.log.offset_of_id(id)?,
+                None => match self.log.offset_of_id(id)? {
+                    // Duplicates are the rare path: the original is read
+                    // again to tell a retry from a reused id.
+                    Some(o) => {
+                        let same = match self.log.record(o)? {
+                            Some(stored) => keys::same_content(&e.event_field, &stored)?,
+                            None => true,
+                        };
+                        Some((o, same))
+                    }
+                    None => None,
+                },
             };
-            if let Some(offset) = existing {
+            if let Some((offset, same)) = existing {
                 self.metrics
                     .duplicates
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !same {
+                    self.metrics
+                        .duplicates_differing
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 results.push(Appended {
                     offset,
                     duplicate: true,
+                    payload_differs: !same,
                 });
                 continue;
             }
             let offset = self
                 .log
                 .append_parts(id, &[&e.event_field, published_field])?;
-            group_ids.insert(id, offset);
+            group_ids.insert(id, (offset, &e.event_field));
             results.push(Appended {
                 offset,
                 duplicate: false,
+                payload_differs: false,
             });
         }
         Ok(results)
@@ -648,7 +666,7 @@ struct Staged<'a> {
         Vec<Appended>,
         &'a [Encoded],
     )>,
-    ids: HashMap<&'a str, Offset>,
+    ids: HashMap<&'a str, (Offset, &'a [u8])>,
     published: u64,
 }
 

@@ -161,7 +161,21 @@ async fn malformed_credentials_are_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("needs admin"), "{}", err.message());
+    assert!(err.message().ends_with("needs admin"), "{}", err.message());
+    // A subscriber token on the publisher service: its role or admin.
+    let err = server
+        .publisher_as(Some(SUBSCRIBER))
+        .await
+        .publish(pb::PublishRequest {
+            event: Some(crate::pick("denied-1", "SO")),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().ends_with("needs publisher or admin"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

@@ -389,7 +389,10 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
     bad.set_default(Behavior::Status(500));
     let ops = Receiver::start().await;
     let mut admin = server.admin().await;
-    let mut e = endpoint(&bad.url);
+    // A token in the URL: operational events must not carry it (subscriber
+    // tokens read them), only the URL's origin.
+    let mut e = endpoint(&format!("{}?token=s3cr3t-partner-key", bad.url));
+    let origin = bad.url[..bad.url.find("/hook").unwrap_or(bad.url.len())].to_owned();
     e.retry_schedule = vec![
         ms(0),
         ms(150),
@@ -442,6 +445,11 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
         .unwrap()
         .json();
     assert_eq!(disabled_event["endpointId"], failing.id.as_str());
+    assert_eq!(disabled_event["url"], origin.as_str(), "{disabled_event}");
+    assert!(
+        !disabled_event.to_string().contains("s3cr3t"),
+        "{disabled_event}"
+    );
     let failing_event = got
         .iter()
         .find(|r| r.header("x-jasci-event") == Some("stevedore.delivery.failing"))
@@ -470,6 +478,8 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
     })
     .await;
     assert_eq!(recovered.json()["endpointId"], failing.id.as_str());
+    assert_eq!(recovered.json()["url"], origin.as_str());
+    assert!(!String::from_utf8_lossy(&recovered.body).contains("s3cr3t"));
     assert!(got.len() >= 3);
     assert!(all
         .requests()
@@ -487,10 +497,9 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        next_within(&mut stream, 5).await.event_type,
-        "stevedore.endpoint.disabled"
-    );
+    let read = next_within(&mut stream, 5).await;
+    assert_eq!(read.event_type, "stevedore.endpoint.disabled");
+    assert!(!format!("{:?}", read.event).contains("s3cr3t"), "{read:?}");
 }
 
 #[tokio::test]
@@ -580,6 +589,115 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
         .unwrap()
         .into_inner();
     assert!(next_within(&mut stream, 5).await.offset > old + 1);
+}
+
+/// The newest event expires too, whether or not a newer one arrives:
+/// an event is dead-lettered as `expired` exactly when it is removed, and
+/// offsets go on after it, across a restart. (Before, the newest event
+/// was kept to anchor offset numbering while its deliveries showed it
+/// expired.)
+#[tokio::test]
+async fn retention_removes_the_newest_event_when_it_expires() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let tweak = |c: &mut stevedore::config::Config| {
+        c.retention_age = Duration::from_millis(500);
+        c.retention_interval = Duration::from_millis(100);
+    };
+    let server = TestServer::start_with(dir.clone(), tweak).await;
+    let down = Receiver::start().await;
+    down.stop();
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&down.url);
+    e.retry_schedule = vec![ms(0), ms(60_000)];
+    let stuck = create(&mut admin, e).await;
+    let mut p = server.publisher().await;
+    let results = p
+        .publish_batch(pb::PublishBatchRequest {
+            events: vec![pick("nw-1", "SO-1"), pick("nw-2", "SO-2")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let newest = results[1].offset;
+    let mut s = server.subscriber().await;
+    until("the newest event to go", async || {
+        s.get_event(pb::GetEventRequest { offset: newest })
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let dead = until("both expired", async || {
+        let d = list(&mut admin, &stuck.id, DeliveryState::Dead).await;
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    assert!(dead.iter().all(|d| d.last_error == "expired"), "{dead:?}");
+    assert_eq!(publish(&mut p, pick("nw-3", "SO-3")).await, newest + 1);
+    drop((admin, p, s));
+    let dir = server.stop().await;
+    let server = TestServer::start_with(dir, tweak).await;
+    let mut p = server.publisher().await;
+    assert_eq!(publish(&mut p, pick("nw-4", "SO-4")).await, newest + 2);
+}
+
+/// `backlog` counts the events an endpoint would receive, not every later
+/// event in the log (before: 6 for one matching event among six).
+#[tokio::test]
+async fn backlog_counts_only_events_the_endpoint_would_receive() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut only_inventory = endpoint(&rx.url);
+    only_inventory.enabled = Some(false);
+    only_inventory.event_types = vec!["inventory.updated".into()];
+    let filtered = create(&mut admin, only_inventory).await;
+    let mut all = endpoint(&rx.url);
+    all.enabled = Some(false);
+    let unfiltered = create(&mut admin, all).await;
+    let mut p = server.publisher().await;
+    for i in 0..5 {
+        publish(&mut p, pick(&format!("bl-{i}"), "SO")).await;
+    }
+    publish(&mut p, inventory("bl-inv", "SKU-1", 3.0)).await;
+    assert_eq!(get(&mut admin, &filtered.id).await.backlog, 1);
+    assert_eq!(get(&mut admin, &unfiltered.id).await.backlog, 6);
+}
+
+/// Field-mask paths are taken in camelCase (what JSON clients write) as
+/// well as snake_case; an unknown one is refused naming its index.
+#[tokio::test]
+async fn update_mask_paths_take_either_spelling() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let ep = create(&mut admin, endpoint(&rx.url)).await;
+    let update = |paths: &[&str]| UpdateEndpointRequest {
+        endpoint: Some(Endpoint {
+            id: ep.id.clone(),
+            event_types: vec!["pick.confirmed".into()],
+            max_in_flight: 3,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+    let got = admin
+        .update_endpoint(update(&["eventTypes", "max_in_flight"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(got.event_types, ["pick.confirmed"]);
+    assert_eq!(got.max_in_flight, 3);
+    let err = admin
+        .update_endpoint(update(&["eventTypes", "startOffset"]))
+        .await
+        .unwrap_err();
+    assert_invalid(err, "update_mask.paths[1]");
 }
 
 #[tokio::test]

@@ -408,6 +408,7 @@ impl Publisher for Noop {
             offset: 1,
             event_id,
             duplicate: false,
+            payload_differs: false,
         }))
     }
 

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{Offset, FIRST_OFFSET},
+    model::Offset,
 };
 
 /// Buffers a commit's records, writes them with one `write` and makes them
@@ -118,6 +118,11 @@ impl LogWriter {
     /// caller tracks those).
     pub(in crate::store) fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
         self.log.offset_of_id(id)
+    }
+
+    /// The durable record at `offset`, if it is in the log.
+    pub(in crate::store) fn record(&self, offset: Offset) -> Result<Option<bytes::Bytes>> {
+        self.log.get(offset)
     }
 
     /// Whether records of `bytes` in all (frames included) should go to a
@@ -314,13 +319,13 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Moves the first offset up to `first` (at most to the newest record,
-    /// which stays), deletes whole segments below it and forgets their ids.
-    /// Returns how many events were removed.
+    /// Moves the first offset up to `first` (at most to the head: the log
+    /// may end up empty; offsets go on from the head all the same, kept by
+    /// the active segment and the `start` file), deletes whole segments
+    /// below it and forgets their ids. Returns how many events were removed.
     pub(in crate::store) fn truncate(&mut self, first: Offset) -> Result<usize> {
-        let newest = self.log.next().saturating_sub(1).max(FIRST_OFFSET);
         let old = self.log.first();
-        let first = first.min(newest).max(old);
+        let first = first.min(self.log.next()).max(old);
         if first == old {
             return Ok(0);
         }

@@ -315,6 +315,32 @@ impl EventLog {
         out.pop().map(|(_, r)| r).transpose()
     }
 
+    /// The newest record written, even if retention removed it (its
+    /// publish time still bounds the next one's from below).
+    pub(super) fn newest(&self) -> Result<Option<Bytes>> {
+        let (file, base, offset, span) = {
+            let index = self.index();
+            let Some(seg) = index
+                .segments
+                .iter()
+                .rev()
+                .find(|s| !s.positions.is_empty())
+            else {
+                return Ok(None);
+            };
+            let rel = seg.positions.len() - 1;
+            (
+                seg.file.clone(),
+                seg.base,
+                seg.base + rel as Offset,
+                seg.span(rel),
+            )
+        };
+        let mut buf = vec![0u8; (span.1 - span.0) as usize];
+        file.read_exact_at(&mut buf, span.0)?;
+        check(&self.dir, base, span.0, &Bytes::from(buf), offset).map(Some)
+    }
+
     /// Appends up to `limit` records from `from` (or the first offset, if
     /// higher) on and below `until` to `out`, in order. A damaged record is
     /// an error in its place; the healthy records around it read as usual.
