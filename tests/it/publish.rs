@@ -299,3 +299,63 @@ async fn concurrent_publishes_get_distinct_dense_offsets() {
     all.sort();
     assert_eq!(all, (1..=64 * 20).collect::<Vec<u64>>());
 }
+
+#[tokio::test]
+async fn a_reused_id_with_other_content_is_flagged() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    assert_eq!(publish(&mut p, pick("id-1", "SO-1")).await, 1);
+
+    // A retry of the same event (occurred_at unset both times, so it
+    // defaults to a different publish time) is a plain duplicate.
+    let retry = send(&mut p, pick("id-1", "SO-1")).await;
+    assert_eq!((retry.offset, retry.duplicate), (1, true));
+    assert!(!retry.payload_differs);
+
+    // The same id for another sales order: still not written, but flagged.
+    let reused = send(&mut p, pick("id-1", "SO-2")).await;
+    assert_eq!((reused.offset, reused.duplicate), (1, true));
+    assert!(reused.payload_differs);
+
+    // Within one batch, against the batch's own first occurrence.
+    let r = p
+        .publish_batch(PublishBatchRequest {
+            events: vec![pick("b", "SO-1"), pick("b", "SO-1"), pick("b", "SO-3")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let got: Vec<(u64, bool, bool)> = r
+        .iter()
+        .map(|r| (r.offset, r.duplicate, r.payload_differs))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(2, false, false), (2, true, false), (2, true, true)]
+    );
+
+    // After a restart the stored record is compared.
+    let server = server.restart().await;
+    let mut p = server.publisher().await;
+    let reused = send(&mut p, pick("id-1", "SO-9")).await;
+    assert_eq!(
+        (reused.offset, reused.duplicate, reused.payload_differs),
+        (1, true, true)
+    );
+    let retry = send(&mut p, pick("id-1", "SO-1")).await;
+    assert_eq!(
+        (retry.offset, retry.duplicate, retry.payload_differs),
+        (1, true, false)
+    );
+}
+
+async fn send(
+    p: &mut pb::publisher_client::PublisherClient<tonic::transport::Channel>,
+    e: pb::Event,
+) -> pb::PublishResponse {
+    p.publish(PublishRequest { event: Some(e) })
+        .await
+        .unwrap()
+        .into_inner()
+}
