@@ -45,6 +45,7 @@ pub mod model;
 pub mod pb;
 pub mod retention;
 pub mod store;
+pub mod suggest;
 pub mod tls;
 pub mod webhook;
 
@@ -97,6 +98,20 @@ pub async fn run_with_metrics(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_and_report(config, listener, metrics_listener, shutdown, || {}).await
+}
+
+/// [`run_with_metrics`], calling `ready` once the data directory is open,
+/// the TLS files and master key are loaded and the services are about to
+/// serve: the binary prints its `listening on` line there, so nothing is
+/// announced that then fails to start.
+pub async fn run_and_report(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce() + Send,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let addr = listener.local_addr()?;
     // Checked here too, not only at config load: `run` may be handed any
@@ -113,6 +128,8 @@ pub async fn run_with_metrics(
              terminates TLS in front of the broker (set tls_cert and tls_key)"
         );
     }
+
+    log_egress_policy(&config);
 
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
@@ -212,6 +229,7 @@ pub async fn run_with_metrics(
         .max_decoding_message_size(max);
 
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
+    ready();
 
     let stopping = {
         let token = token.clone();
@@ -287,6 +305,30 @@ pub async fn run_with_metrics(
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("shutdown complete");
     served.context("gRPC server failed")
+}
+
+/// Says at start which egress relaxations are on: both let webhooks reach
+/// what the SSRF guard would otherwise refuse.
+fn log_egress_policy(config: &Config) {
+    if config.allow_http {
+        tracing::warn!("allow_http is on: endpoints may use plaintext http:// URLs");
+    }
+    if config.allow_networks.is_empty() {
+        tracing::info!(
+            "allow_networks is empty: webhooks reach public addresses only \
+             (no loopback, private, link-local or other special-purpose ranges)"
+        );
+    } else {
+        let networks: Vec<String> = config
+            .allow_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        tracing::warn!(
+            networks = %networks.join(", "),
+            "allow_networks is set: webhooks may reach these otherwise refused ranges"
+        );
+    }
 }
 
 /// Sets every service NOT_SERVING while the store cannot take writes (a

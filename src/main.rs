@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     .filter_map(|(k, v)| v.map(|v| (k, v)))
     .collect();
     let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
-    init_tracing(config.log_format);
+    init_tracing(config.log_format)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,12 +115,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    // Machine-readable lines for scripts and tests (port 0 picks a port).
-    println!("stevedore listening on {}", listener.local_addr()?);
+    // Machine-readable lines for scripts and tests (port 0 picks a port),
+    // printed once the broker serves: after the data directory, TLS files
+    // and master key have been checked.
+    let mut lines = format!("stevedore listening on {}\n", listener.local_addr()?);
     if let Some(m) = &metrics_listener {
-        println!("stevedore metrics on {}", m.local_addr()?);
+        lines.push_str(&format!("stevedore metrics on {}\n", m.local_addr()?));
     }
-    std::io::stdout().flush()?;
+    let ready = move || {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (a supervisor that does not read it) is no
+        // reason to stop serving.
+        let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+    };
 
     let deadline = config.shutdown_timeout;
     let (signalled_tx, signalled_rx) = oneshot::channel();
@@ -128,11 +135,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         let _ = signalled_tx.send(());
     };
-    let mut server = tokio::spawn(stevedore::run_with_metrics(
+    let mut server = tokio::spawn(stevedore::run_and_report(
         config,
         listener,
         metrics_listener,
         shutdown,
+        ready,
     ));
     tokio::select! {
         result = &mut server => return result?,
@@ -168,9 +176,16 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEVEDORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Sets up logging from `STEVEDORE_LOG` (default `info`). A filter that
+/// would silently log nothing useful is a startup error, not a surprise.
+fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("STEVEDORE_LOG") {
+        Ok(spec) => log_filter(&spec)?,
+        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("info"),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("STEVEDORE_LOG: not valid UTF-8")
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -179,4 +194,26 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
+}
+
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Parses a `STEVEDORE_LOG` filter. Besides the syntax, a directive
+/// without `=` must be a level: `EnvFilter` would take a misspelt level
+/// (`debugg`) as a target name and log nothing else, including the
+/// warnings that authentication is off. A target alone is written
+/// `target=trace`.
+fn log_filter(spec: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            let hint = stevedore::suggest::hint(&directive.to_ascii_lowercase(), LEVELS);
+            anyhow::bail!(
+                "STEVEDORE_LOG: `{directive}` is not a level{hint}; use one of {} or \
+                 target=level directives, e.g. `info,stevedore=debug`",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| anyhow::anyhow!("STEVEDORE_LOG: {e}"))
 }

@@ -159,6 +159,7 @@ impl Store {
                 // files, which sled writes without fsync (the writer syncs
                 // any that do appear, see `writer::sync_blobs`).
                 .segment_size(8 * 1024 * 1024),
+            &config.path,
         )?;
         let tables = Tables::open(&db)?;
         let log_dir = config.path.join(LOG_DIR);
@@ -470,7 +471,7 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// store reopened in the same process (a restart in the tests) could
 /// otherwise fail with "could not acquire lock" under load. Another
 /// process holding the directory still fails, after the wait.
-fn open_sled(config: sled::Config) -> Result<sled::Db> {
+fn open_sled(config: sled::Config, path: &Path) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
     loop {
         match config.open() {
@@ -479,6 +480,13 @@ fn open_sled(config: sled::Config) -> Result<sled::Db> {
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(Error::FailedPrecondition(format!(
+                    "another broker (or process) holds the data directory {}: stop it, or \
+                     give this one its own data_dir",
+                    path.display()
+                )));
             }
             result => return Ok(result?),
         }
@@ -1005,6 +1013,7 @@ mod tests {
             sled::Config::new()
                 .path(dir.path())
                 .segment_size(8 * 1024 * 1024),
+            dir.path(),
         )
         .unwrap();
         assert!(!db
@@ -1085,6 +1094,15 @@ mod tests {
         });
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         release.join().unwrap();
+
+        // Held for longer than the wait: the error says who holds it.
+        let err = Store::open(&config(dir.path()))
+            .err()
+            .expect("the directory is held");
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.starts_with("another broker")),
+            "{err}"
+        );
         close(store, writer).await;
     }
 

@@ -13,6 +13,7 @@ mod receiver;
 mod reliability;
 mod secrets;
 mod service;
+mod startup;
 mod subscribe;
 mod sweep;
 mod webhook;
