@@ -114,6 +114,21 @@ impl Filter {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// The paths the filter reads, each with array steps written `[*]`
+    /// (`lines[*].quantityShort`), without repeats.
+    pub fn schema_paths(&self) -> Vec<String> {
+        let mut paths = Vec::new();
+        self.expr.paths(&mut paths);
+        let mut out: Vec<String> = Vec::new();
+        for path in paths {
+            let path = path.schema_form();
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+        out
+    }
 }
 
 impl Display for Filter {

@@ -31,6 +31,14 @@ pub const TYPED_EVENT_TYPES: &[&str] = &[
     "channel_inventory.updated",
 ];
 
+/// The event types the broker publishes itself (operational events).
+pub const BROKER_EVENT_TYPES: &[&str] = &[
+    "stevedore.endpoint.disabled",
+    "stevedore.endpoint.recovered",
+    "stevedore.delivery.exhausted",
+    "stevedore.delivery.failing",
+];
+
 /// Event types under this prefix are published by the broker itself.
 pub const RESERVED_PREFIX: &str = "stevedore.";
 
@@ -75,6 +83,31 @@ impl EventType {
             ));
         }
         Ok(ty)
+    }
+
+    /// For subscriptions and endpoints: refuses a name one typo away from a
+    /// typed event type (`pick.confimed`), and any broker event type
+    /// (`stevedore.…`) that does not exist, since either would silently
+    /// match nothing. Other custom names stay allowed.
+    pub fn check_known(name: &str) -> Result<(), String> {
+        Self::parse(name)?;
+        if TYPED_EVENT_TYPES.contains(&name) || BROKER_EVENT_TYPES.contains(&name) {
+            return Ok(());
+        }
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(format!(
+                "{name:?} is not an event type the broker publishes ({}){}",
+                BROKER_EVENT_TYPES.join(", "),
+                crate::suggest::hint(name, BROKER_EVENT_TYPES.iter().copied())
+            ));
+        }
+        match crate::suggest::within(name, TYPED_EVENT_TYPES.iter().copied(), 1) {
+            Some(known) => Err(format!(
+                "{name:?} is not a known event type (did you mean `{known}`?); a custom \
+                 event type may not be one typo away from a typed one"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Wraps a name known to be valid (a typed event type constant).

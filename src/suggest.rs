@@ -3,11 +3,19 @@
 /// The candidate closest to `word` by edit distance, if it is close enough
 /// to be a typo (at most one edit in four characters, and at least one).
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 4).max(1);
+    within(word, candidates, (word.chars().count() / 4).max(1))
+}
+
+/// The candidate at most `max` edits from `word`, the closest first.
+pub fn within<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    max: usize,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (distance(word, c), c))
-        .filter(|&(d, _)| d <= limit)
+        .filter(|&(d, _)| d <= max)
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }

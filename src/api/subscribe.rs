@@ -95,7 +95,9 @@ impl SubscriberService {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                EventType::parse(t).map_err(|m| Error::invalid(format!("event_types[{i}]"), m))
+                let field = || format!("event_types[{i}]");
+                EventType::check_known(t).map_err(|m| Error::invalid(field(), m))?;
+                EventType::parse(t).map_err(|m| Error::invalid(field(), m))
             })
             .collect::<Result<Vec<_>>>()?;
         let start = match &req.start {

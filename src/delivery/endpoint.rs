@@ -12,7 +12,7 @@
 //! only by [`EndpointRecord::to_stored`] and [`EndpointRecord::from_stored`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     time::{Duration, SystemTime},
 };
@@ -21,6 +21,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use prost::Message;
 
 use super::limit::Rate;
+use super::worker::STATE_EVENT_TYPES;
 use super::{
     egress::{self, Guard},
     sealing::{MasterKey, Sealed},
@@ -31,7 +32,7 @@ use crate::{
     convert,
     error::{Error, Result},
     filter::{Filter, Projection},
-    model::{EventFilter, EventType},
+    model::{EventFilter, EventType, TYPED_EVENT_TYPES},
     pb,
 };
 
@@ -97,6 +98,84 @@ const MAX_DESCRIPTION_BYTES: usize = 1024;
 const MAX_FILTERS: usize = 32;
 const MAX_RATE: f64 = 100_000.0;
 const MAX_BURST: u32 = 100_000;
+
+/// Refuses, for a new or changed endpoint, settings that would silently
+/// never apply: an event type one typo away from a known one, a filter or
+/// field naming a key that no body of the endpoint's event types has, and
+/// coalescing with no state event type. Stored endpoints are not
+/// re-checked at start (the rules may grow; a stored endpoint still loads).
+///
+/// `changed` lists the proto fields being set (every field on create).
+pub fn refuse_what_never_matches(e: &pb::Endpoint, changed: &dyn Fn(&str) -> bool) -> Result<()> {
+    use crate::webhook::schema;
+
+    let f = |name: &str| format!("endpoint.{name}");
+    if changed("event_types") {
+        for (i, t) in e.event_types.iter().enumerate() {
+            EventType::check_known(t)
+                .map_err(|m| Error::invalid(f(&format!("event_types[{i}]")), m))?;
+        }
+    }
+    let typed = !e.event_types.is_empty()
+        && e.event_types
+            .iter()
+            .all(|t| TYPED_EVENT_TYPES.contains(&t.as_str()));
+    let types = e.event_types.join(", ");
+    if (changed("coalesce") || changed("event_types"))
+        && e.coalesce
+        && typed
+        && !e
+            .event_types
+            .iter()
+            .any(|t| STATE_EVENT_TYPES.contains(&t.as_str()))
+    {
+        return Err(Error::invalid(
+            f("coalesce"),
+            format!(
+                "applies to state events ({}); none of the endpoint's event types ({types}) is one",
+                STATE_EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    if !typed {
+        // Custom events carry any JSON: nothing to check keys against.
+        return Ok(());
+    }
+    let known: BTreeSet<&str> = e
+        .event_types
+        .iter()
+        .filter_map(|t| schema::key_paths(t))
+        .flat_map(|paths| paths.iter().map(String::as_str))
+        .collect();
+    if (changed("filter") || changed("event_types")) && !e.filter.trim().is_empty() {
+        if let Ok(filter) = Filter::parse(&e.filter) {
+            for path in filter.schema_paths() {
+                if !known.contains(path.as_str()) {
+                    let hint = crate::suggest::hint(&path, known.iter().copied());
+                    return Err(Error::invalid(
+                        f("filter"),
+                        format!("`{path}` is not a key of {types} bodies{hint}"),
+                    ));
+                }
+            }
+        }
+    }
+    if (changed("fields") || changed("event_types")) && !e.fields.is_empty() {
+        let keys: BTreeSet<String> = known.iter().map(|k| k.replace("[*]", "")).collect();
+        if let Ok(projection) = Projection::parse(&e.fields) {
+            for (i, path) in projection.key_paths().into_iter().enumerate() {
+                if !path.is_empty() && !keys.contains(&path) {
+                    let hint = crate::suggest::hint(&path, keys.iter().map(String::as_str));
+                    return Err(Error::invalid(
+                        f(&format!("fields[{i}]")),
+                        format!("`{path}` is not a key of {types} bodies{hint}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 impl EndpointSpec {
     /// Validates `e` (field paths start with `endpoint.`).
@@ -689,10 +768,6 @@ mod tests {
         let guard = Guard::default();
         let check = |url: &str, guard: &Guard| check_egress(&url.parse().unwrap(), guard);
         for (url, range) in [
-            (
-                "https://169.254.169.254/latest/meta-data",
-                "169.254.169.254/32",
-            ),
             ("https://10.0.0.1/hook", "10.0.0.0/8"),
             ("http://127.0.0.1:8080/hook", "127.0.0.0/8"),
             ("http://[::ffff:127.0.0.1]:8080/hook", "127.0.0.0/8"),
@@ -707,13 +782,19 @@ mod tests {
             );
         }
         // Never advice to exempt a metadata service.
-        let err = check("http://169.254.169.254/latest", &guard)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cloud metadata") && !err.contains("allow_networks"),
-            "{err}"
-        );
+        for url in [
+            "http://169.254.169.254/latest",
+            "https://169.254.169.254/latest/meta-data",
+        ] {
+            let err = check(url, &guard).unwrap_err().to_string();
+            assert!(
+                err.starts_with("endpoint.url: ")
+                    && err.contains("169.254.169.254/32")
+                    && err.contains("cloud metadata")
+                    && !err.contains("allow_networks"),
+                "{err}"
+            );
+        }
         assert!(check("https://8.8.8.8/", &guard).is_ok());
         // Names are checked when connecting.
         assert!(check("https://localhost/", &guard).is_ok());

@@ -395,6 +395,7 @@ impl Deliveries {
     /// Creates an endpoint; returns it and its secret (shown only now).
     pub async fn create(&self, mut endpoint: pb::Endpoint) -> Result<(pb::Endpoint, String)> {
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
+        endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, &self.guard)?;
         let mut workers = self.workers.lock().await;
         if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
@@ -488,6 +489,7 @@ impl Deliveries {
         let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
+        endpoint::refuse_what_never_matches(&e, &|name| fields.iter().any(|f| f == name))?;
         if spec.enabled && !was_enabled && e.failing_since.is_some() {
             // Re-enabled: still failing until a success (which announces the
             // recovery), but the auto-disable clock starts again.

@@ -14,13 +14,13 @@ use crate::{
 };
 
 /// An endpoint was disabled (410 Gone, auto-disable).
-pub const ENDPOINT_DISABLED: &str = "stevedore.endpoint.disabled";
+pub const ENDPOINT_DISABLED: &str = crate::model::BROKER_EVENT_TYPES[0];
 /// A failing endpoint delivered again.
-pub const ENDPOINT_RECOVERED: &str = "stevedore.endpoint.recovered";
+pub const ENDPOINT_RECOVERED: &str = crate::model::BROKER_EVENT_TYPES[1];
 /// A delivery was dead-lettered.
-pub const DELIVERY_EXHAUSTED: &str = "stevedore.delivery.exhausted";
+pub const DELIVERY_EXHAUSTED: &str = crate::model::BROKER_EVENT_TYPES[2];
 /// A delivery failed `failing_event_after` times.
-pub const DELIVERY_FAILING: &str = "stevedore.delivery.failing";
+pub const DELIVERY_FAILING: &str = crate::model::BROKER_EVENT_TYPES[3];
 
 /// A broker event about `endpoint_id` (its ordering key: one endpoint's
 /// events stay in order).

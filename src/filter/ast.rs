@@ -59,6 +59,49 @@ pub(super) enum Segment {
     Any,
 }
 
+impl Expr {
+    /// Every path the expression reads, in order of appearance.
+    pub fn paths<'a>(&'a self, into: &mut Vec<&'a Path>) {
+        match self {
+            Expr::Or(xs) | Expr::And(xs) => xs.iter().for_each(|x| x.paths(into)),
+            Expr::Not(x) => x.paths(into),
+            Expr::Compare { left, right, .. } => {
+                for operand in [left, right] {
+                    if let Operand::Path(p) = operand {
+                        into.push(p);
+                    }
+                }
+            }
+            Expr::In { operand, .. } | Expr::Truthy(operand) => {
+                if let Operand::Path(p) = operand {
+                    into.push(p);
+                }
+            }
+            Expr::Exists(p) => into.push(p),
+        }
+    }
+}
+
+impl Path {
+    /// The path with every array step written `[*]`
+    /// (`lines[0].product` → `lines[*].product`), the form
+    /// [`crate::webhook::schema`] lists.
+    pub fn schema_form(&self) -> String {
+        let mut out = String::new();
+        for (i, segment) in self.0.iter().enumerate() {
+            match segment {
+                Segment::Key(key) if i == 0 => out.push_str(key),
+                Segment::Key(key) => {
+                    out.push('.');
+                    out.push_str(key);
+                }
+                Segment::Index(_) | Segment::Any => out.push_str("[*]"),
+            }
+        }
+        out
+    }
+}
+
 impl Operand {
     /// Whether this operand can stand for several values.
     pub fn has_any(&self) -> bool {

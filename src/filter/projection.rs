@@ -60,6 +60,25 @@ impl Projection {
         &self.fields
     }
 
+    /// Each field's keys joined with `.`, array steps left out (a key
+    /// selects over an array's elements): `lines.product` for
+    /// `lines[0].product` and `/lines/0/product`.
+    pub fn key_paths(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .map(|steps| {
+                let keys: Vec<&str> = steps
+                    .iter()
+                    .filter_map(|step| match step {
+                        Step::Key(key) | Step::Token { key, index: None } => Some(key.as_str()),
+                        Step::Index(_) | Step::Each | Step::Token { index: Some(_), .. } => None,
+                    })
+                    .collect();
+                keys.join(".")
+            })
+            .collect()
+    }
+
     /// The selected parts of `body`, in `body`'s order; `{}` when nothing
     /// is selected.
     pub fn apply(&self, body: &Value) -> Value {

@@ -486,6 +486,25 @@ mod doc {
         }
     }
 
+    /// `v` with every whole float written as an integer.
+    fn whole_numbers(v: Value) -> Value {
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9e15 => {
+                    Value::from(f as i64)
+                }
+                _ => Value::Number(n),
+            },
+            Value::Array(items) => Value::Array(items.into_iter().map(whole_numbers).collect()),
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, whole_numbers(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     #[test]
     fn field_examples() {
         let mut checked = 0;
@@ -497,8 +516,13 @@ mod doc {
             let want: Value = serde_json::from_str(block).expect("the block is JSON");
             let projection = Projection::parse(&fields).expect("the fields parse");
             let got = projection.apply(&golden(name));
-            // As text, so key order counts.
-            assert_eq!(got.to_string(), want.to_string(), "{name}: {fields:?}");
+            // As text, so key order counts; numbers by value (the seed
+            // samples write `95.0`, the broker sends `95`).
+            assert_eq!(
+                whole_numbers(got).to_string(),
+                whole_numbers(want).to_string(),
+                "{name}: {fields:?}"
+            );
             checked += 1;
         }
         assert_eq!(checked, 5);

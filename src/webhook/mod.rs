@@ -30,6 +30,7 @@ mod inventory_updated;
 mod order_status;
 mod pick_confirmed;
 mod return_received;
+pub mod schema;
 mod shipment_closed;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod egress;
 mod faults;
 mod fuzz;
 mod hostile;
+mod never_matches;
 mod operations;
 mod publish;
 mod receiver;
