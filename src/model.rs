@@ -268,6 +268,42 @@ impl EventFilter {
                 .all(|(k, v)| attributes.get(k) == Some(v))
     }
 
+    /// Why `event` does not pass, in words; `None` when it passes. Agrees
+    /// with [`EventFilter::matches`].
+    pub fn exclusion(&self, event: &StoredEvent) -> Option<String> {
+        let ty = &event.event_type;
+        if self.types.is_empty() {
+            if self.exclude_reserved && ty.as_str().starts_with(RESERVED_PREFIX) {
+                return Some(format!(
+                    "{ty} is a broker event type: it goes only to endpoints that list it in event_types"
+                ));
+            }
+        } else if self.types.binary_search(ty).is_err() {
+            let listed: Vec<&str> = self.types.iter().map(EventType::as_str).collect();
+            return Some(format!(
+                "event type {ty} is not in event_types [{}]",
+                listed.join(", ")
+            ));
+        }
+        for (k, want) in &self.attributes {
+            match event.event.attributes.get(k) {
+                None => {
+                    return Some(format!(
+                        "attribute_filters wants {k:?} = {want:?}; the event has no attribute {k:?}"
+                    ))
+                }
+                Some(got) if got != want => {
+                    return Some(format!(
+                        "attribute_filters wants {k:?} = {want:?}; the event has {got:?}"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        debug_assert!(self.matches(event));
+        None
+    }
+
     /// Whether every event passes (nothing to check).
     pub fn is_all(&self) -> bool {
         self.types.is_empty() && self.attributes.is_empty() && !self.exclude_reserved

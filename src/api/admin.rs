@@ -10,12 +10,12 @@ use crate::{
     error::Error,
     pb::{
         admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, DeliveryState, GetEndpointRequest, GetEndpointResponse,
-        ListAttemptsRequest, ListAttemptsResponse, ListDeliveriesRequest, ListDeliveriesResponse,
-        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest, ReplayEndpointResponse,
-        RetryDeliveryRequest, RetryDeliveryResponse, RotateEndpointSecretRequest,
-        RotateEndpointSecretResponse, SendTestEventRequest, SendTestEventResponse,
-        UpdateEndpointRequest, UpdateEndpointResponse,
+        DeleteEndpointResponse, DeliveryState, ExplainEventRequest, ExplainEventResponse,
+        GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse,
+        ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest, ListEndpointsResponse,
+        ReplayEndpointRequest, ReplayEndpointResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
+        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
 };
 
@@ -249,5 +249,32 @@ impl Admin for AdminService {
             attempt: Some(attempt),
             delivered,
         }))
+    }
+
+    async fn explain_event(
+        &self,
+        request: Request<ExplainEventRequest>,
+    ) -> Result<Response<ExplainEventResponse>, Status> {
+        use crate::pb::explain_event_request::Event;
+        let req = request.into_inner();
+        required("endpoint_id", &req.endpoint_id)?;
+        let offset = match req.event {
+            None => return Err(Error::invalid("event", "set offset or event_id").into()),
+            Some(Event::Offset(0)) => {
+                return Err(Error::invalid("offset", "offsets start at 1").into())
+            }
+            Some(Event::Offset(o)) => o,
+            Some(Event::EventId(id)) => {
+                required("event_id", &id)?;
+                self.store.offset_of_id(&id)?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no event with id {id:?} (never published, or removed by retention)"
+                    ))
+                })?
+            }
+        };
+        Ok(Response::new(
+            self.deliveries.explain(&req.endpoint_id, offset)?,
+        ))
     }
 }

@@ -581,6 +581,69 @@ impl Deliveries {
         Ok((secret.reveal(), until))
     }
 
+    /// Why endpoint `id` did or did not get the event at `offset`.
+    pub fn explain(&self, id: &str, offset: Offset) -> Result<pb::ExplainEventResponse> {
+        let record = self.record(id)?;
+        let event = self.store.get(offset)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no event at offset {offset} (never published, or removed by retention)"
+            ))
+        })?;
+        let mut out = pb::ExplainEventResponse {
+            offset,
+            event_type: event.event_type.to_string(),
+            ..Default::default()
+        };
+        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        if let Some(why) = spec.filter.exclusion(&event) {
+            out.reason = why;
+            return Ok(out);
+        }
+        if let Some(condition) = &spec.condition {
+            let body = crate::webhook::render_body(&event.event)
+                .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
+            let json: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
+            if !condition.matches(&json) {
+                out.reason = format!(
+                    "the filter `{}` does not hold for this event's body",
+                    condition.source()
+                );
+                return Ok(out);
+            }
+        }
+        out.matches = true;
+        let delivery = self
+            .store
+            .table(Table::Deliveries)
+            .get(scoped_offset_key(id, offset))?
+            .map(|v| pb::Delivery::decode(&*v))
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
+        let floor = self.consumers.get(&consumer_name(id))?.floor();
+        out.reason = match &delivery {
+            Some(d) => format!(
+                "selected; its delivery is {}",
+                d.state()
+                    .as_str_name()
+                    .trim_start_matches("DELIVERY_STATE_")
+            ),
+            None if offset < floor => {
+                "selected, but the endpoint starts after it (created later, or replayed \
+                 from a later offset)"
+                    .to_owned()
+            }
+            None if !spec.enabled => "selected; waiting: the endpoint is disabled".to_owned(),
+            None => "selected; waiting to be sent".to_owned(),
+        };
+        out.delivery = delivery.map(|mut d| {
+            d.endpoint_id = id.to_owned();
+            d.offset = offset;
+            d
+        });
+        Ok(out)
+    }
+
     /// Delivery records, newest first, optionally of one state.
     pub fn list_deliveries(
         &self,

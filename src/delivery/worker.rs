@@ -281,6 +281,7 @@ impl Worker {
             Ok(Some(b)) => b,
             Ok(None) => {
                 // The endpoint's condition does not match: not for it.
+                self.ctx.count("filtered");
                 if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
                     tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
                 }

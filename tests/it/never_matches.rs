@@ -167,3 +167,77 @@ async fn subscribe_refuses_a_misspelt_event_type() {
     .await
     .unwrap();
 }
+
+/// ExplainEvent names the first setting that keeps an event from an
+/// endpoint, or where its delivery stands; the filtered count shows in the
+/// metrics.
+#[tokio::test]
+async fn explain_event_says_why_an_endpoint_did_not_get_it() {
+    use stevedore::pb::{explain_event_request::Event, ExplainEventRequest};
+
+    let server = TestServer::start().await;
+    let mut admin = server.admin().await;
+    let mut p = server.publisher().await;
+    let (ep, _) = create(
+        &mut admin,
+        typed(&["pick.confirmed"], |e| {
+            e.attribute_filters.insert("fc".into(), "FC001".into());
+            e.filter = r#"status == "SHORT""#.into();
+            e.enabled = Some(false);
+        }),
+    )
+    .await;
+    let with_fc = |mut e: stevedore::pb::Event, fc: &str| {
+        e.attributes.insert("fc".into(), fc.into());
+        e
+    };
+    let short = |mut e: stevedore::pb::Event| {
+        if let Some(stevedore::pb::event::Payload::PickConfirmed(p)) = &mut e.payload {
+            p.status = stevedore::pb::PickStatus::Short as i32;
+        }
+        e
+    };
+    let inventory = crate::publish(&mut p, crate::inventory("inv-1", "SKU1", 3.0)).await;
+    let other_fc = crate::publish(&mut p, with_fc(crate::pick("p-1", "SO-1"), "FC002")).await;
+    let complete = crate::publish(&mut p, with_fc(crate::pick("p-2", "SO-2"), "FC001")).await;
+    let selected =
+        crate::publish(&mut p, short(with_fc(crate::pick("p-3", "SO-3"), "FC001"))).await;
+
+    let explain = |event: Event| ExplainEventRequest {
+        endpoint_id: ep.id.clone(),
+        event: Some(event),
+    };
+    let ask = |event: Event| {
+        let mut admin = admin.clone();
+        let request = explain(event);
+        async move { admin.explain_event(request).await.map(|r| r.into_inner()) }
+    };
+    let r = ask(Event::Offset(inventory)).await.unwrap();
+    assert!(!r.matches);
+    assert_eq!(
+        r.reason,
+        "event type inventory.updated is not in event_types [pick.confirmed]"
+    );
+    let r = ask(Event::Offset(other_fc)).await.unwrap();
+    assert!(!r.matches);
+    assert_eq!(
+        r.reason,
+        r#"attribute_filters wants "fc" = "FC001"; the event has "FC002""#
+    );
+    let r = ask(Event::EventId("p-2".into())).await.unwrap();
+    assert_eq!((r.offset, r.matches), (complete, false));
+    assert_eq!(
+        r.reason,
+        r#"the filter `status == "SHORT"` does not hold for this event's body"#
+    );
+    let r = ask(Event::EventId("p-3".into())).await.unwrap();
+    assert_eq!((r.offset, r.matches), (selected, true));
+    assert_eq!(r.reason, "selected; waiting: the endpoint is disabled");
+    assert!(r.delivery.is_none());
+
+    let err = ask(Event::Offset(99)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let err = ask(Event::EventId("nope".into())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_invalid(ask(Event::Offset(0)).await.unwrap_err(), "offset");
+}

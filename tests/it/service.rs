@@ -197,6 +197,21 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .into_inner()
         .endpoint
         .unwrap();
+    // The picks are COMPLETE: this endpoint's filter excludes all three.
+    let filtered = admin
+        .create_endpoint(stevedore::pb::CreateEndpointRequest {
+            endpoint: Some(stevedore::pb::Endpoint {
+                url: rx.url.clone(),
+                event_types: vec!["pick.confirmed".into()],
+                filter: r#"status == "SHORT""#.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
     let mut p = stevedore::pb::publisher_client::PublisherClient::new(channel.clone());
     for i in 0..3 {
         publish(&mut p, pick(&format!("m-{i}"), "SO")).await;
@@ -236,7 +251,11 @@ async fn metrics_are_served_in_the_prometheus_format() {
             "stevedore_deliveries_total{{endpoint=\"{}\",outcome=\"delivered\"}} 3",
             ep.id
         );
-        if text.contains(&delivered) {
+        let excluded = format!(
+            "stevedore_deliveries_total{{endpoint=\"{}\",outcome=\"filtered\"}} 3",
+            filtered.id
+        );
+        if text.contains(&delivered) && text.contains(&excluded) {
             break text;
         }
         assert!(
