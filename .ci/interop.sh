@@ -386,6 +386,26 @@ t_pause_resume() {
   }
 }
 
+# The README's attributeFilters example matches the pick sample, whose
+# envelope carries that attribute; the README's ExplainEvent recipe says so.
+t_attribute_filter() {
+  local filters id
+  filters=$(grep -F '"attributeFilters"' README.md | head -n 1 | sed 's/,[[:space:]]*$//')
+  [ -n "$filters" ] || {
+    echo "README.md has no attributeFilters example"
+    return 1
+  }
+  gc -d "{\"endpoint\": {\"url\": \"$HOOK_URL\", \"eventTypes\": [\"pick.confirmed\"], $filters,
+    \"enabled\": false, \"startEarliest\": true}}" \
+    "$ADDR" stevedore.v1.Admin/CreateEndpoint >"$tmpdir/attr-endpoint.json"
+  id=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["endpoint"]["id"])' "$tmpdir/attr-endpoint.json")
+  readme_recipe '$A stevedore.v1.Admin/ExplainEvent' "$id" >"$tmpdir/explain.json"
+  grep -q '"matches": true' "$tmpdir/explain.json" || {
+    echo "pick-sample-1 does not match $filters: $(cat "$tmpdir/explain.json")"
+    return 1
+  }
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -422,6 +442,7 @@ check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
 check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
 check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
 check "admin: the README's pause and resume recipes (UpdateEndpoint)" t_pause_resume
+check "admin: the README's attributeFilters example selects the pick sample (ExplainEvent)" t_attribute_filter
 t_metrics() {
   local maddr
   maddr=$(sed -n 's/^stevedore metrics on \([^[:space:]]*\)[[:space:]]*$/\1/p' "$tmpdir/server.out" | head -n 1)
@@ -526,6 +547,32 @@ t_auth_off_refuses_wildcard() {
   }
 }
 
+# The README's "first webhook in five minutes", run as it stands.
+t_first_webhook() {
+  sed -n '/^<!-- first-webhook -->$/,/^```$/p' README.md | sed '1,2d;$d' >"$tmpdir/first-webhook.sh"
+  [ -s "$tmpdir/first-webhook.sh" ] || {
+    echo "README.md has no first-webhook block"
+    return 1
+  }
+  # Its mktemp lands under $tmpdir/fw, so whatever it left running when
+  # a step failed (both processes name $T on their command line) is
+  # found and stopped.
+  mkdir -p "$tmpdir/fw"
+  local rc=0
+  TMPDIR="$tmpdir/fw" timeout 600 bash -e "$tmpdir/first-webhook.sh" \
+    >"$tmpdir/first-webhook.out" 2>&1 || rc=$?
+  pkill -f "$tmpdir/fw/" 2>/dev/null || true
+  [ "$rc" -eq 0 ] || {
+    tail -n 30 "$tmpdir/first-webhook.out"
+    return 1
+  }
+  grep -q '^pick.confirmed verified: True$' "$tmpdir/first-webhook.out" || {
+    tail -n 30 "$tmpdir/first-webhook.out"
+    return 1
+  }
+}
+
+check "README: your first webhook in five minutes" t_first_webhook
 check "auth: a broker with tokens starts (tokens hashed by hash-token)" t_auth_start
 check "auth: grpcurl with a publisher token publishes" t_auth_publish
 check "auth: no token, a wrong token or a wrong role is refused" t_auth_refused
