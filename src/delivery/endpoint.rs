@@ -710,7 +710,10 @@ mod tests {
         let err = check("http://169.254.169.254/latest", &guard)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cloud metadata") && !err.contains("allow_networks"), "{err}");
+        assert!(
+            err.contains("cloud metadata") && !err.contains("allow_networks"),
+            "{err}"
+        );
         assert!(check("https://8.8.8.8/", &guard).is_ok());
         // Names are checked when connecting.
         assert!(check("https://localhost/", &guard).is_ok());
