@@ -90,14 +90,10 @@ impl SubscriberService {
             AckMode::None => false,
             AckMode::Explicit => true,
         };
-        let types = req
-            .event_types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                EventType::parse(t).map_err(|m| Error::invalid(format!("event_types[{i}]"), m))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let types = EventType::parse_list(&req.event_types).map_err(|(i, m)| match i {
+            Some(i) => Error::invalid(format!("event_types[{i}]"), m),
+            None => Error::invalid("event_types", m),
+        })?;
         let start = match &req.start {
             None | Some(Start::Latest(_)) => store.head(),
             Some(Start::Earliest(_)) => store.first_offset()?,
