@@ -97,7 +97,9 @@ impl SubscriberService {
         let start = match &req.start {
             None | Some(Start::Latest(_)) => store.head(),
             Some(Start::Earliest(_)) => store.first_offset()?,
-            Some(Start::Offset(o)) => (*o).max(store.first_offset()?),
+            Some(Start::Offset(o)) => {
+                convert::start_offset("offset", *o, store.head())?.max(store.first_offset()?)
+            }
             Some(Start::Time(t)) => store.offset_at_time(convert::system_time("time", t)?)?,
         };
         let durable = if explicit {

@@ -406,7 +406,9 @@ impl Deliveries {
         let start = match &endpoint.start {
             None | Some(pb::endpoint::Start::StartLatest(_)) => self.store.head(),
             Some(pb::endpoint::Start::StartEarliest(_)) => self.store.first_offset()?,
-            Some(pb::endpoint::Start::StartOffset(o)) => (*o).max(1),
+            Some(pb::endpoint::Start::StartOffset(o)) => {
+                convert::start_offset("endpoint.start_offset", *o, self.store.head())?.max(1)
+            }
             Some(pb::endpoint::Start::StartTime(t)) => self
                 .store
                 .offset_at_time(convert::system_time("endpoint.start_time", t)?)?,
@@ -707,7 +709,8 @@ impl Deliveries {
     pub async fn replay(&self, id: &str, from: Offset) -> Result<Offset> {
         let _workers = self.workers.lock().await;
         self.record(id)?;
-        let from = from.max(self.store.first_offset()?);
+        let from = convert::start_offset("offset", from, self.store.head())?
+            .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
         tracing::info!(endpoint = %id, from, "endpoint replay");
         Ok(from)
