@@ -193,7 +193,8 @@ impl EndpointSpec {
                     return Err(Error::invalid(
                         f("timeout"),
                         format!(
-                            "must be between {MIN_WEBHOOK_TIMEOUT:?} and {:?}",
+                            "must be between {MIN_WEBHOOK_TIMEOUT:?} and the broker's \
+                             max_webhook_timeout ({:?})",
                             config.max_webhook_timeout
                         ),
                     ));
@@ -228,7 +229,10 @@ impl EndpointSpec {
             n if n > config.endpoint_max_in_flight_limit.get() => {
                 return Err(Error::invalid(
                     f("max_in_flight"),
-                    format!("must be at most {}", config.endpoint_max_in_flight_limit),
+                    format!(
+                        "must be at most the broker's endpoint_max_in_flight_limit ({})",
+                        config.endpoint_max_in_flight_limit
+                    ),
                 ))
             }
             n => n,

@@ -182,14 +182,57 @@ impl Deliveries {
                  set master_key_file (or STEVEDORE_MASTER_KEY) to encrypt them at rest"
             );
         }
+        let mut misfits = Vec::new();
         {
             let mut workers = this.workers.lock().await;
             for r in &records {
-                let spec = EndpointSpec::from_pb(r.endpoint(), &this.config)?;
-                if spec.enabled {
-                    this.spawn_worker(&mut workers, r, spec).await?;
+                match EndpointSpec::from_pb(r.endpoint(), &this.config) {
+                    Ok(spec) if spec.enabled => this.spawn_worker(&mut workers, r, spec).await?,
+                    Ok(_) => {}
+                    // Stored under another configuration (allow_http since
+                    // turned off, max_endpoint_headers lowered, ...): the
+                    // broker still starts, with the endpoint disabled and
+                    // the setting named, so it can be fixed through the
+                    // Admin API (UpdateEndpoint, then enable).
+                    Err(Error::InvalidArgument { field, message }) => {
+                        let id = r.endpoint().id.clone();
+                        let reason = format!(
+                            "endpoint {id} does not fit the broker's configuration: {field}: \
+                             {message}; fix it with UpdateEndpoint, then enable it"
+                        );
+                        tracing::warn!(
+                            endpoint = %id,
+                            %reason,
+                            "endpoint disabled at start: it does not fit the configuration"
+                        );
+                        let e = r.endpoint();
+                        if e.enabled != Some(false) || e.disabled_reason != reason {
+                            this.modify(&id, |r| {
+                                let e = r.endpoint.as_mut().expect("stored with endpoint");
+                                e.enabled = Some(false);
+                                e.disabled_reason = reason.clone();
+                                Ok(())
+                            })
+                            .await?;
+                            misfits.push((id, endpoint::origin_of(&e.url), reason));
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
             }
+        }
+        for (id, origin, reason) in misfits {
+            this.publish_ops(
+                ops::ENDPOINT_DISABLED,
+                &id,
+                ops::fields([
+                    ("endpointId", ops::s(&id)),
+                    ("url", ops::s(&origin)),
+                    ("reason", ops::s(&reason)),
+                    ("disabledAt", ops::time(SystemTime::now())),
+                ]),
+            )
+            .await?;
         }
         // The dead-letter gauges start from what is on disk.
         for kv in this.store.table(Table::Deliveries).iter() {
