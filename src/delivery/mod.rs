@@ -171,9 +171,11 @@ impl Deliveries {
         if !to_seal.is_empty() {
             let n = to_seal.len();
             this.store.write(to_seal).await?;
-            tracing::info!(
+            tracing::warn!(
                 endpoints = n,
-                "encrypted stored endpoint secrets with the master key"
+                "encrypted stored endpoint secrets with the master key; their old plaintext \
+                 copies may remain in the state store's files until `stevedore reseal` is run \
+                 with the broker stopped"
             );
         } else if key.is_none() && !records.is_empty() {
             tracing::warn!(
@@ -1006,6 +1008,26 @@ fn string_value(s: &str) -> prost_types::Value {
     prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
     }
+}
+
+/// For `stevedore reseal`: a stored endpoint record in the clear, sealed
+/// with `key` (`None` for anything else). A sealed record must open with
+/// `key`, or the whole reseal stops before anything changes.
+pub fn reseal_value(
+    table: Table,
+    value: &[u8],
+    key: &sealing::MasterKey,
+) -> Result<Option<Vec<u8>>> {
+    if table != Table::Endpoints {
+        return Ok(None);
+    }
+    if EndpointRecord::is_sealed(value) {
+        EndpointRecord::from_stored(value, Some(key))?;
+        return Ok(None);
+    }
+    Ok(Some(
+        EndpointRecord::from_stored(value, None)?.to_stored(Some(key)),
+    ))
 }
 
 /// Shown instead of custom header values.
