@@ -121,7 +121,12 @@ pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
     let done = store::rewrite_state(&config.data_dir, config.sled_cache_bytes, |table, value| {
         delivery::reseal_value(table, value, key)
     })
-    .with_context(|| format!("resealing the state in {}", config.data_dir.display()))?;
+    .with_context(|| {
+        format!(
+            "resealing the state in {} (the broker must be stopped)",
+            config.data_dir.display()
+        )
+    })?;
     Ok((done.changed, done.entries))
 }
 

@@ -150,9 +150,12 @@ impl Store {
     /// `fs` (tests inject faults or count syncs).
     pub(crate) fn open_on(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<(Store, WriterHandle)> {
         create_private_dir(&config.path)?;
+        let swap_lock = rewrite::exclusive(&config.path)?;
         rewrite::finish(&config.path)?;
         remove_unfinished_snapshots(&config.path)?;
         let db = open_sled(sled_config(&config.path, config.cache_bytes))?;
+        // sled's own lock guards the files from here on.
+        drop(swap_lock);
         let tables = Tables::open(&db)?;
         let log_dir = config.path.join(LOG_DIR);
         migrate_sled_events(&db, &log_dir, config.log_options(fs.clone()))?;

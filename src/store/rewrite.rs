@@ -30,6 +30,35 @@ const MOVING: &str = "state.rewrite.old.moving";
 /// The old database's files, all moved aside: the new ones go in.
 const OLD: &str = "state.rewrite.old";
 
+/// Held while the state's files may be swapped: by a rewrite throughout,
+/// and by `Store::open` until sled holds its own lock, so a broker started
+/// in the middle of a `reseal` neither finishes its swap concurrently nor
+/// opens half-moved files.
+const LOCK: &str = "state.lock";
+
+/// Takes [`LOCK`] (released when the file is dropped), or fails at once.
+pub(super) fn exclusive(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK))?;
+    #[cfg(unix)]
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |e| {
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another stevedore process (a broker or `stevedore \
+                     reseal`): {e}",
+                    path.display()
+                ),
+            )
+        },
+    )?;
+    Ok(file)
+}
+
 /// What a rewrite did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewritten {
@@ -53,6 +82,7 @@ pub fn rewrite_state(
     cache_bytes: u64,
     mut f: impl FnMut(Table, &[u8]) -> Result<Option<Vec<u8>>>,
 ) -> Result<Rewritten> {
+    let _lock = exclusive(path)?;
     finish(path)?;
     let building = path.join(BUILDING);
     if building.exists() {
@@ -210,7 +240,27 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(!names.iter().any(|n| n.starts_with("state.")), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("state.rewrite")),
+            "{names:?}"
+        );
+    }
+
+    /// A second rewrite (or a broker's open) while one holds the directory
+    /// fails at once instead of swapping files under it.
+    #[test]
+    fn the_swap_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), Table::Endpoints, "ep", b"v1");
+        let held = exclusive(dir.path()).unwrap();
+        let err = rewrite_state(dir.path(), 1 << 20, |_, _| Ok(None)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("in use by another stevedore process"),
+            "{err}"
+        );
+        drop(held);
+        rewrite_state(dir.path(), 1 << 20, |_, _| Ok(None)).unwrap();
     }
 
     /// An error from the transform changes nothing.
