@@ -307,7 +307,9 @@ impl Config {
     }
 
     fn apply_toml(&mut self, text: &str) -> anyhow::Result<()> {
-        let table: toml::Table = text.parse()?;
+        // toml's own error shows the offending line, which may hold a key
+        // or a token: only its position, message and key name are repeated.
+        let table: toml::Table = text.parse().map_err(|e| toml_error(text, &e))?;
         for (key, value) in table {
             let value = match value {
                 toml::Value::String(s) => s,
@@ -318,7 +320,15 @@ impl Config {
                 _ if key == "tokens" => bail!(
                     "config key `tokens`: expected [[tokens]] tables or a \"name:role:sha256,...\" string"
                 ),
-                other => bail!("config key `{key}`: unsupported value {other}"),
+                // Not echoed either: `master_key = ["<key>"]` is a key.
+                other => bail!(
+                    "config key `{key}`{}: unsupported value (a TOML {}; expected a string, \
+                     integer or boolean)",
+                    line_of_key(text, &key)
+                        .map(|n| format!(" (line {n})"))
+                        .unwrap_or_default(),
+                    other.type_str()
+                ),
             };
             self.set(&key, &value)?;
         }
@@ -625,6 +635,63 @@ impl Config {
     pub fn tls_enabled(&self) -> bool {
         self.tls_cert.is_some()
     }
+}
+
+/// A TOML syntax error as position, message and the key being defined,
+/// never the text around it: toml's own `Display` quotes the whole line,
+/// and a line with a missing quote is typically `master_key = "<the key>`.
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let at = e.span().map_or(text.len(), |s| s.start).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    // The key whose value is broken: the nearest `key =` at or above the
+    // error, under its `[table]` header if any.
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let mut key = None;
+    let mut table = None;
+    for l in text[..line_end].lines().rev() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[') {
+            let h = h.trim_start_matches('[').trim_end_matches(']').trim();
+            table = bare_key(h).map(str::to_owned);
+            break;
+        }
+        if key.is_none() {
+            key = l.split_once('=').and_then(|(k, _)| bare_key(k.trim()));
+        }
+    }
+    let name = match (table, key) {
+        (Some(t), Some(k)) => format!(" (key `{t}.{k}`)"),
+        (None, Some(k)) => format!(" (key `{k}`)"),
+        (Some(t), None) => format!(" (in `[{t}]`)"),
+        (None, None) => String::new(),
+    };
+    // toml's messages name expected characters and duplicate key names,
+    // not values; several lines become one.
+    let message = e.message().trim().replace('\n', "; ");
+    anyhow!("TOML syntax error at line {line}, column {column}{name}: {message}")
+}
+
+/// `s` if it is a bare (or dotted bare) TOML key of a sane length: a quoted
+/// "key" could be anything, a pasted secret included.
+fn bare_key(s: &str) -> Option<&str> {
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    .then_some(s)
+}
+
+/// The line where `key = ...` is written at the top level, if found.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 /// `[[tokens]]` tables (`name`, `role`, `sha256`) in the compact form.
@@ -957,6 +1024,76 @@ mod tests {
             text.contains("`master_key_file`") && !text.contains("not a key"),
             "{text}"
         );
+    }
+
+    /// Issue #21: a syntax error on a secret's line, or a value of the
+    /// wrong type, names the key and the line and never repeats the value.
+    #[test]
+    fn config_errors_never_echo_a_secret() {
+        let key = "S3cr3tKeyMaterialKioqKioqKioqKioqKioqKio=";
+        let token = "raw-token-never-echoed-0123456789";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        for (toml, name, line) in [
+            (
+                format!("listen = \"127.0.0.1:1\"\nmaster_key = \"{key}\n"),
+                "`master_key`",
+                "line 2",
+            ),
+            (
+                format!("master_key = [\"{key}\"]\n"),
+                "`master_key`",
+                "line 1",
+            ),
+            (
+                format!("master_key = {{ k = \"{key}\" }}\n"),
+                "`master_key`",
+                "line 1",
+            ),
+            (format!("master_key = '{key}\n"), "`master_key`", "line 1"),
+            (
+                // Unterminated to the end of the file: reported there.
+                format!("master_key = \"\"\"{key}\n"),
+                "`master_key`",
+                "line 2",
+            ),
+            (
+                format!("[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{token}\n"),
+                "`tokens.sha256`",
+                "line 4",
+            ),
+            (
+                format!("[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = [\"{token}\"]\n"),
+                "`tokens",
+                "",
+            ),
+        ] {
+            std::fs::write(&file, &toml).unwrap();
+            let text = format!(
+                "{:#}",
+                Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+            );
+            assert!(text.contains(name) && text.contains(line), "{toml}: {text}");
+            for secret in [key, token, &key[..12], &token[..12]] {
+                assert!(!text.contains(secret), "{toml}: {text}");
+            }
+        }
+        // The environment: the value is never repeated either.
+        for (var, value) in [
+            ("STEVEDORE_MASTER_KEY", format!("\"{key}")),
+            ("STEVEDORE_MASTER_KEY", format!("[\"{key}\"]")),
+            ("STEVEDORE_TOKENS", format!("ops:admin:{token}")),
+        ] {
+            let text = format!(
+                "{:#}",
+                Config::load(None, env(&[(var, &value)]), &[]).unwrap_err()
+            );
+            assert!(text.contains(var), "{text}");
+            assert!(
+                !text.contains(&key[..12]) && !text.contains(&token[..12]),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use prost_types::{value::Kind, Struct, Timestamp};
 
 use crate::{
     error::{Error, Result},
-    model::{event_type_of, EventType, NewEvent},
+    model::{event_type_of, EventType, NewEvent, Offset},
     pb::{self, event::Payload},
 };
 
@@ -441,6 +441,23 @@ pub fn system_time(field: &str, ts: &Timestamp) -> Result<SystemTime> {
         return Ok(UNIX_EPOCH);
     }
     Ok(UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
+}
+
+/// `offset` as a start position, refused when it is past `head`: nothing
+/// would ever be delivered from there until the log caught up, which for
+/// 2^64-1 is never, while backlog and pending show 0 (a silent black hole).
+/// `head` itself is allowed: the next event.
+pub fn start_offset(field: &str, offset: Offset, head: Offset) -> Result<Offset> {
+    if offset > head {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{offset} is past the log's head (the next event gets offset {head}); \
+                 start at or below it, or start latest"
+            ),
+        ));
+    }
+    Ok(offset)
 }
 
 /// A protobuf duration as a non-negative `Duration`.

@@ -132,7 +132,15 @@ impl From<Error> for Status {
                     offset + 1
                 ))
             }
-            Error::Storage(_) | Error::Io(_) | Error::Corrupt(_) | Error::MasterKey(_) => {
+            Error::Corrupt(_) => {
+                tracing::error!(error = %err, "corrupt record");
+                Status::data_loss(
+                    "a stored record is corrupt and cannot be read; see the broker's log",
+                )
+            }
+            Error::Io(ref e) if is_disk_full(e) => disk_full(&err),
+            Error::Storage(sled::Error::Io(ref e)) if is_disk_full(e) => disk_full(&err),
+            Error::Storage(_) | Error::Io(_) | Error::MasterKey(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")
             }
@@ -140,9 +148,57 @@ impl From<Error> for Status {
     }
 }
 
+/// ENOSPC or EDQUOT: the broker's disk (or quota) is full.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+fn disk_full(err: &Error) -> Status {
+    tracing::error!(error = %err, "storage is full");
+    Status::resource_exhausted("the broker's storage is full; try again later")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue #21: corruption is DATA_LOSS and a full disk
+    /// RESOURCE_EXHAUSTED, not a generic INTERNAL (the store's own error
+    /// paths are tested with a full disk in store::faults).
+    #[test]
+    fn corruption_and_full_disks_have_their_codes() {
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        for (err, code) in [
+            (Error::Corrupt("bad varint".into()), Code::DataLoss),
+            (Error::Io(enospc()), Code::ResourceExhausted),
+            (Error::Io(enospc()).share(), Code::ResourceExhausted),
+            (
+                Error::Io(std::io::Error::from(std::io::ErrorKind::QuotaExceeded)),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Storage(sled::Error::Io(enospc())),
+                Code::ResourceExhausted,
+            ),
+            (Error::Io(std::io::Error::other("x")), Code::Internal),
+            (
+                Error::Damaged {
+                    offset: 3,
+                    detail: "crc".into(),
+                },
+                Code::DataLoss,
+            ),
+            (Error::Unavailable("fsync".into()), Code::Unavailable),
+        ] {
+            let text = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{text}");
+            assert!(!status.message().contains("bad varint"), "{status:?}");
+        }
+    }
 
     #[test]
     fn status_messages_are_bounded() {

@@ -91,6 +91,46 @@ pub async fn run(
     run_with_metrics(config, listener, metrics_listener, shutdown).await
 }
 
+/// Makes every file and directory the process creates from now on private
+/// to its user (umask 077): the data directory holds endpoint secrets, in
+/// the clear without a master key. Process-wide, and set before the store
+/// is opened, so sled's files, log segments and snapshots are all covered.
+pub fn private_files() {
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Offline (the broker stopped): seals every endpoint secret still stored
+/// in the clear with the configured master key, and rewrites the state
+/// store into fresh files, so that no file under the data directory keeps
+/// an old plaintext copy (see `store::rewrite_state`). Returns how many
+/// records were sealed and how many entries were copied.
+pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
+    private_files();
+    let key = config.master_key.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "config key `master_key_file`: reseal needs the master key (master_key_file or \
+             STEVEDORE_MASTER_KEY)"
+        )
+    })?;
+    if !config.data_dir.join("db").exists() {
+        anyhow::bail!(
+            "config key `data_dir`: {} holds no state store",
+            config.data_dir.display()
+        );
+    }
+    let done = store::rewrite_state(&config.data_dir, config.sled_cache_bytes, |table, value| {
+        delivery::reseal_value(table, value, key)
+    })
+    .with_context(|| {
+        format!(
+            "resealing the state in {} (the broker must be stopped)",
+            config.data_dir.display()
+        )
+    })?;
+    Ok((done.changed, done.entries))
+}
+
 /// [`run`] with the metrics listener (if any) already bound.
 pub async fn run_with_metrics(
     config: Config,
@@ -112,6 +152,7 @@ pub async fn run_and_report(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce() + Send,
 ) -> anyhow::Result<()> {
+    private_files();
     let metrics = Arc::new(metrics::Metrics::default());
     let addr = listener.local_addr()?;
     // Checked here too, not only at config load: `run` may be handed any

@@ -1,5 +1,6 @@
 //! The `stevedore` binary: `stevedore serve [--config FILE] [--listen ADDR] [--data-dir DIR]`,
-//! and `stevedore hash-token` (token on stdin → the SHA-256 for `tokens`).
+//! `stevedore hash-token` (token on stdin → the SHA-256 for `tokens`) and
+//! `stevedore reseal` (offline: seal plaintext secrets, purge old copies).
 
 use std::{
     io::{Read, Write},
@@ -49,6 +50,18 @@ enum Command {
     /// Example: `head -c 32 /dev/urandom | base64 | tr -d '\n' > ops.token;
     /// stevedore hash-token < ops.token`.
     HashToken,
+    /// With the broker stopped: seal every endpoint secret still stored in
+    /// the clear with the master key, and rewrite the state store into
+    /// fresh files so that no old plaintext copy remains in the data
+    /// directory. Run it once after turning a master key on.
+    Reseal {
+        /// TOML config file (for `data_dir` and the master key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (config key `data_dir`).
+        #[arg(long)]
+        data_dir: Option<String>,
+    },
 }
 
 /// Shortest token `hash-token` accepts: the hash is only as strong as the
@@ -64,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             metrics_listen,
         } => (config, listen, data_dir, metrics_listen),
         Command::HashToken => return hash_token(),
+        Command::Reseal { config, data_dir } => return reseal(config, data_dir),
     };
     let flags: Vec<(&str, String)> = [
         ("listen", listen),
@@ -80,6 +94,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve(config))
+}
+
+fn reseal(config: Option<PathBuf>, data_dir: Option<String>) -> anyhow::Result<()> {
+    let flags: Vec<(&str, String)> = data_dir.map(|d| ("data_dir", d)).into_iter().collect();
+    let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
+    init_tracing(config.log_format)?;
+    let (sealed, entries) = stevedore::reseal(&config)?;
+    println!(
+        "stevedore reseal: sealed {sealed} endpoint record(s); rewrote {entries} state entries \
+         into fresh files in {}",
+        config.data_dir.display()
+    );
+    Ok(())
 }
 
 fn hash_token() -> anyhow::Result<()> {

@@ -42,7 +42,36 @@ pub const BROKER_EVENT_TYPES: &[&str] = &[
 /// Event types under this prefix are published by the broker itself.
 pub const RESERVED_PREFIX: &str = "stevedore.";
 
+/// Most names in one `event_types` list (an endpoint's or a Subscribe
+/// request's): a filter is checked for every event read, and a list of
+/// 100,000 names costs every read that much.
+pub const MAX_EVENT_TYPES: usize = 256;
+
 impl EventType {
+    /// A request's `event_types` list: each name well-formed, none listed
+    /// twice, at most [`MAX_EVENT_TYPES`]. An error carries the index of the
+    /// offending entry (none: the list as a whole) and what is wrong.
+    pub fn parse_list(names: &[String]) -> Result<Vec<Self>, (Option<usize>, String)> {
+        if names.len() > MAX_EVENT_TYPES {
+            return Err((
+                None,
+                format!(
+                    "at most {MAX_EVENT_TYPES} event types (got {})",
+                    names.len()
+                ),
+            ));
+        }
+        let mut out: Vec<Self> = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let ty = Self::parse(name).map_err(|m| (Some(i), m))?;
+            if let Some(first) = out.iter().position(|t| *t == ty) {
+                return Err((Some(i), format!("duplicate of event_types[{first}]")));
+            }
+            out.push(ty);
+        }
+        Ok(out)
+    }
+
     /// Checks the syntax only; whether a name may be used for a custom event
     /// is [`EventType::parse_custom`]'s business.
     pub fn parse(name: &str) -> Result<Self, String> {

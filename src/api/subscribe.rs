@@ -90,20 +90,20 @@ impl SubscriberService {
             AckMode::None => false,
             AckMode::Explicit => true,
         };
-        let types = req
-            .event_types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let field = || format!("event_types[{i}]");
-                EventType::check_known(t).map_err(|m| Error::invalid(field(), m))?;
-                EventType::parse(t).map_err(|m| Error::invalid(field(), m))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let types = EventType::parse_list(&req.event_types).map_err(|(i, m)| match i {
+            Some(i) => Error::invalid(format!("event_types[{i}]"), m),
+            None => Error::invalid("event_types", m),
+        })?;
+        for (i, t) in req.event_types.iter().enumerate() {
+            EventType::check_known(t)
+                .map_err(|m| Error::invalid(format!("event_types[{i}]"), m))?;
+        }
         let start = match &req.start {
             None | Some(Start::Latest(_)) => store.head(),
             Some(Start::Earliest(_)) => store.first_offset()?,
-            Some(Start::Offset(o)) => (*o).max(store.first_offset()?),
+            Some(Start::Offset(o)) => {
+                convert::start_offset("offset", *o, store.head())?.max(store.first_offset()?)
+            }
             Some(Start::Time(t)) => store.offset_at_time(convert::system_time("time", t)?)?,
         };
         let durable = if explicit {

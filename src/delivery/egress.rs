@@ -279,18 +279,26 @@ pub struct Block {
 /// The blocked range `ip` is in, without regard to any allowlist; `None`
 /// for a public address.
 pub fn classify(ip: IpAddr) -> Option<Block> {
+    blocks(ip).into_iter().next()
+}
+
+/// Every reason `ip` is blocked, without regard to any allowlist: its own
+/// range, or each blocked IPv4 address it embeds (Teredo embeds two, the
+/// server and the client, and both are routed to).
+fn blocks(ip: IpAddr) -> Vec<Block> {
     match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V4(v4) => classify_v4(v4).into_iter().collect(),
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
-                return embedded("IPv4-mapped", v4);
+                return embedded("IPv4-mapped", v4).into_iter().collect();
             }
             if let Some(b) = lookup(BLOCKED_V6, ip) {
-                return Some(b);
+                return vec![b];
             }
             embedded_v4(v6)
                 .into_iter()
-                .find_map(|(how, v4)| embedded(how, v4))
+                .filter_map(|(how, v4)| embedded(how, v4))
+                .collect()
         }
     }
 }
@@ -389,13 +397,17 @@ impl Guard {
     /// An IPv4-mapped address is judged as the IPv4 address it is (so
     /// `127.0.0.0/8` in the allowlist also allows `::ffff:127.0.0.1`); an
     /// address that embeds a blocked IPv4 address is allowed when the
-    /// allowlist covers the embedded address.
+    /// allowlist covers the embedded address — every one of them: a Teredo
+    /// address whose server is allowed but whose client is the metadata
+    /// service is blocked.
     pub fn check(&self, ip: IpAddr) -> Option<Block> {
         let canonical = ip.to_canonical();
         if self.allowed(ip) || self.allowed(canonical) {
             return None;
         }
-        classify(ip).filter(|b| !b.embedded.is_some_and(|(_, v4)| self.allowed(v4.into())))
+        blocks(ip)
+            .into_iter()
+            .find(|b| !b.embedded.is_some_and(|(_, v4)| self.allowed(v4.into())))
     }
 
     fn allowed(&self, ip: IpAddr) -> bool {
@@ -716,6 +728,47 @@ mod tests {
         let none = Guard::default();
         assert!(none.check(ip("127.0.0.1")).is_some());
         assert!(none.check(ip("::ffff:127.0.0.1")).is_some());
+    }
+
+    /// Issue #21: with the Teredo server's network allowed, a blocked
+    /// client address (here the metadata service, obfuscated) still blocks;
+    /// every embedded address must pass, in every embedding form.
+    #[test]
+    fn every_embedded_ipv4_must_pass_the_allowlist() {
+        let guard = Guard::new(&parse_networks("10.20.0.0/16").unwrap());
+        // Server 10.20.0.5 (0a14:0005); client 169.254.169.254, inverted.
+        let b = guard
+            .check(ip("2001:0:a14:5::5601:5601"))
+            .expect("the Teredo client is the metadata service");
+        assert_eq!(
+            b.embedded,
+            Some(("Teredo client", "169.254.169.254".parse().unwrap()))
+        );
+        // Client 10.20.0.6 (inverted f5eb:fff9), server 127.0.0.1.
+        let b = guard
+            .check(ip("2001:0:7f00:1::f5eb:fff9"))
+            .expect("the Teredo server is loopback");
+        assert_eq!(
+            b.embedded,
+            Some(("Teredo server", "127.0.0.1".parse().unwrap()))
+        );
+        // Both in the allowed network: allowed.
+        assert_eq!(guard.check(ip("2001:0:a14:5::f5eb:fff9")), None);
+        // Server allowed, client public: allowed.
+        assert_eq!(guard.check(ip("2001:0:a14:5::f7f7:f7f7")), None);
+        // The single-address forms of an allowed address pass, of a blocked
+        // one do not.
+        for allowed in ["::ffff:10.20.0.5", "64:ff9b::a14:5", "2002:a14:5::1"] {
+            assert_eq!(guard.check(ip(allowed)), None, "{allowed}");
+        }
+        for blocked in [
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "2002:a15:5::1",
+        ] {
+            assert!(guard.check(ip(blocked)).is_some(), "{blocked}");
+        }
     }
 
     #[test]

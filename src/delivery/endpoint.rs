@@ -189,14 +189,10 @@ impl EndpointSpec {
                 format!("must be at most {MAX_DESCRIPTION_BYTES} bytes"),
             ));
         }
-        let types = e
-            .event_types
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                EventType::parse(t).map_err(|m| Error::invalid(f(&format!("event_types[{i}]")), m))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let types = EventType::parse_list(&e.event_types).map_err(|(i, m)| match i {
+            Some(i) => Error::invalid(f(&format!("event_types[{i}]")), m),
+            None => Error::invalid(f("event_types"), m),
+        })?;
         if e.attribute_filters.len() > MAX_FILTERS {
             return Err(Error::invalid(
                 f("attribute_filters"),
@@ -248,14 +244,22 @@ impl EndpointSpec {
                     ),
                 ));
             }
-            // from_str rejects CR, LF and other control characters. The
-            // message never echoes the value: it may be a credential.
-            let mut value = HeaderValue::from_str(v).map_err(|_| {
-                Error::invalid(
-                    &field,
-                    "value must be visible ASCII (no CR, LF or control characters)",
-                )
-            })?;
+            // Visible ASCII and spaces only: from_str alone lets bytes
+            // above 0x7f through (obs-text), which receivers read in
+            // different encodings. The message never echoes the value: it
+            // may be a credential.
+            let mut value = v
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b))
+                .then(|| HeaderValue::from_str(v).ok())
+                .flatten()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        &field,
+                        "value must be visible ASCII or spaces (no CR, LF, control or \
+                         non-ASCII characters)",
+                    )
+                })?;
             // Hidden from `Debug` and never indexed by HPACK.
             value.set_sensitive(true);
             headers.push((name, value));
@@ -268,7 +272,8 @@ impl EndpointSpec {
                     return Err(Error::invalid(
                         f("timeout"),
                         format!(
-                            "must be between {MIN_WEBHOOK_TIMEOUT:?} and {:?}",
+                            "must be between {MIN_WEBHOOK_TIMEOUT:?} and the broker's \
+                             max_webhook_timeout ({:?})",
                             config.max_webhook_timeout
                         ),
                     ));
@@ -303,7 +308,10 @@ impl EndpointSpec {
             n if n > config.endpoint_max_in_flight_limit.get() => {
                 return Err(Error::invalid(
                     f("max_in_flight"),
-                    format!("must be at most {}", config.endpoint_max_in_flight_limit),
+                    format!(
+                        "must be at most the broker's endpoint_max_in_flight_limit ({})",
+                        config.endpoint_max_in_flight_limit
+                    ),
                 ))
             }
             n => n,
@@ -658,6 +666,64 @@ mod tests {
             let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
             assert!(err.starts_with("endpoint.headers["), "{k}: {err}");
         }
+    }
+
+    /// Issue #21: non-ASCII header values are refused (README: visible
+    /// ASCII), without echoing them.
+    #[test]
+    fn header_values_are_visible_ascii() {
+        let c = Config::default();
+        for v in [
+            "caf\u{e9}-cred",
+            "\u{80}cred",
+            "cred\u{200b}",
+            "tab\tcred",
+            "\u{7f}cred",
+        ] {
+            let mut e = ep("https://h/x");
+            e.headers.insert("X-Api-Key".into(), v.into());
+            let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+            assert!(
+                err.starts_with("endpoint.headers[\"X-Api-Key\"]") && err.contains("ASCII"),
+                "{v:?}: {err}"
+            );
+            assert!(!err.contains("cred"), "{err}");
+        }
+        let mut e = ep("https://h/x");
+        e.headers.insert(
+            "Authorization".into(),
+            "Bearer a.b-c_d~!\"#$%&'()*+,/:;<=>?@[\\]^`{|}".into(),
+        );
+        EndpointSpec::from_pb(&e, &c).unwrap();
+    }
+
+    /// Issue #21: `event_types` is capped and takes no duplicates.
+    #[test]
+    fn event_types_are_capped_and_unique() {
+        let c = Config::default();
+        let mut e = ep("https://h/x");
+        e.event_types = vec!["pick.confirmed".into(); 100_000];
+        let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("endpoint.event_types: at most 256"),
+            "{err}"
+        );
+        e.event_types = vec![
+            "pick.confirmed".into(),
+            "order.status".into(),
+            "pick.confirmed".into(),
+        ];
+        let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("endpoint.event_types[2]: duplicate of event_types[0]"),
+            "{err}"
+        );
+        e.event_types = (0..crate::model::MAX_EVENT_TYPES)
+            .map(|i| format!("custom.t{i}"))
+            .collect();
+        EndpointSpec::from_pb(&e, &c).unwrap();
+        e.event_types.push("custom.one_more".into());
+        assert!(EndpointSpec::from_pb(&e, &c).is_err());
     }
 
     fn record() -> EndpointRecord {

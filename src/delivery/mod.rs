@@ -171,9 +171,11 @@ impl Deliveries {
         if !to_seal.is_empty() {
             let n = to_seal.len();
             this.store.write(to_seal).await?;
-            tracing::info!(
+            tracing::warn!(
                 endpoints = n,
-                "encrypted stored endpoint secrets with the master key"
+                "encrypted stored endpoint secrets with the master key; their old plaintext \
+                 copies may remain in the state store's files until `stevedore reseal` is run \
+                 with the broker stopped"
             );
         } else if key.is_none() && !records.is_empty() {
             tracing::warn!(
@@ -182,14 +184,57 @@ impl Deliveries {
                  set master_key_file (or STEVEDORE_MASTER_KEY) to encrypt them at rest"
             );
         }
+        let mut misfits = Vec::new();
         {
             let mut workers = this.workers.lock().await;
             for r in &records {
-                let spec = EndpointSpec::from_pb(r.endpoint(), &this.config)?;
-                if spec.enabled {
-                    this.spawn_worker(&mut workers, r, spec).await?;
+                match EndpointSpec::from_pb(r.endpoint(), &this.config) {
+                    Ok(spec) if spec.enabled => this.spawn_worker(&mut workers, r, spec).await?,
+                    Ok(_) => {}
+                    // Stored under another configuration (allow_http since
+                    // turned off, max_endpoint_headers lowered, ...): the
+                    // broker still starts, with the endpoint disabled and
+                    // the setting named, so it can be fixed through the
+                    // Admin API (UpdateEndpoint, then enable).
+                    Err(Error::InvalidArgument { field, message }) => {
+                        let id = r.endpoint().id.clone();
+                        let reason = format!(
+                            "endpoint {id} does not fit the broker's configuration: {field}: \
+                             {message}; fix it with UpdateEndpoint, then enable it"
+                        );
+                        tracing::warn!(
+                            endpoint = %id,
+                            %reason,
+                            "endpoint disabled at start: it does not fit the configuration"
+                        );
+                        let e = r.endpoint();
+                        if e.enabled != Some(false) || e.disabled_reason != reason {
+                            this.modify(&id, |r| {
+                                let e = r.endpoint.as_mut().expect("stored with endpoint");
+                                e.enabled = Some(false);
+                                e.disabled_reason = reason.clone();
+                                Ok(())
+                            })
+                            .await?;
+                            misfits.push((id, endpoint::origin_of(&e.url), reason));
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
             }
+        }
+        for (id, origin, reason) in misfits {
+            this.publish_ops(
+                ops::ENDPOINT_DISABLED,
+                &id,
+                ops::fields([
+                    ("endpointId", ops::s(&id)),
+                    ("url", ops::s(&origin)),
+                    ("reason", ops::s(&reason)),
+                    ("disabledAt", ops::time(SystemTime::now())),
+                ]),
+            )
+            .await?;
         }
         // The dead-letter gauges start from what is on disk.
         for kv in this.store.table(Table::Deliveries).iter() {
@@ -407,7 +452,9 @@ impl Deliveries {
         let start = match &endpoint.start {
             None | Some(pb::endpoint::Start::StartLatest(_)) => self.store.head(),
             Some(pb::endpoint::Start::StartEarliest(_)) => self.store.first_offset()?,
-            Some(pb::endpoint::Start::StartOffset(o)) => (*o).max(1),
+            Some(pb::endpoint::Start::StartOffset(o)) => {
+                convert::start_offset("endpoint.start_offset", *o, self.store.head())?.max(1)
+            }
             Some(pb::endpoint::Start::StartTime(t)) => self
                 .store
                 .offset_at_time(convert::system_time("endpoint.start_time", t)?)?,
@@ -772,7 +819,8 @@ impl Deliveries {
     pub async fn replay(&self, id: &str, from: Offset) -> Result<Offset> {
         let _workers = self.workers.lock().await;
         self.record(id)?;
-        let from = from.max(self.store.first_offset()?);
+        let from = convert::start_offset("offset", from, self.store.head())?
+            .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
         tracing::info!(endpoint = %id, from, "endpoint replay");
         Ok(from)
@@ -1025,6 +1073,26 @@ fn string_value(s: &str) -> prost_types::Value {
     prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
     }
+}
+
+/// For `stevedore reseal`: a stored endpoint record in the clear, sealed
+/// with `key` (`None` for anything else). A sealed record must open with
+/// `key`, or the whole reseal stops before anything changes.
+pub fn reseal_value(
+    table: Table,
+    value: &[u8],
+    key: &sealing::MasterKey,
+) -> Result<Option<Vec<u8>>> {
+    if table != Table::Endpoints {
+        return Ok(None);
+    }
+    if EndpointRecord::is_sealed(value) {
+        EndpointRecord::from_stored(value, Some(key))?;
+        return Ok(None);
+    }
+    Ok(Some(
+        EndpointRecord::from_stored(value, None)?.to_stored(Some(key)),
+    ))
 }
 
 /// Shown instead of custom header values.

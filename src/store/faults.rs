@@ -207,7 +207,12 @@ fn a_failed_write_heals_and_a_failed_sync_poisons() {
     let mut h = Harness::new(1 << 20);
     h.append(&["a"]).unwrap();
     h.fs.fail(Op::Write, 0, ErrorKind::StorageFull);
-    assert!(h.append(&["b"]).is_err());
+    let full = h.append(&["b"]).unwrap_err();
+    // What a publisher is told (issue #21): not a generic INTERNAL.
+    assert_eq!(
+        tonic::Status::from(full).code(),
+        tonic::Code::ResourceExhausted
+    );
     assert_eq!(offsets(&h.append(&["c"])), [(2, false)], "writes heal");
     assert!(h.health.borrow().problem().is_none());
 

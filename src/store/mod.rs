@@ -14,7 +14,10 @@
 mod faults;
 mod keys;
 mod log;
+mod rewrite;
 mod writer;
+
+pub use rewrite::{rewrite_state, Rewritten};
 
 use std::{
     path::{Path, PathBuf},
@@ -146,21 +149,13 @@ impl Store {
     /// [`Store::open`], with the event log's files and the state's syncs on
     /// `fs` (tests inject faults or count syncs).
     pub(crate) fn open_on(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<(Store, WriterHandle)> {
-        std::fs::create_dir_all(&config.path)?;
+        create_private_dir(&config.path)?;
+        let swap_lock = rewrite::exclusive(&config.path)?;
+        rewrite::finish(&config.path)?;
         remove_unfinished_snapshots(&config.path)?;
-        let db = open_sled(
-            sled::Config::new()
-                .path(&config.path)
-                .cache_capacity(config.cache_bytes)
-                // Each group commit flushes and fsyncs itself; the periodic
-                // flusher stays on as sled's own safety net.
-                .flush_every_ms(Some(500))
-                // Large segments keep ordinary events out of sled's blob
-                // files, which sled writes without fsync (the writer syncs
-                // any that do appear, see `writer::sync_blobs`).
-                .segment_size(8 * 1024 * 1024),
-            &config.path,
-        )?;
+        let db = open_sled(sled_config(&config.path, config.cache_bytes), &config.path)?;
+        // sled's own lock guards the files from here on.
+        drop(swap_lock);
         let tables = Tables::open(&db)?;
         let log_dir = config.path.join(LOG_DIR);
         migrate_sled_events(&db, &log_dir, config.log_options(fs.clone()))?;
@@ -463,6 +458,47 @@ pub(crate) fn test_event(id: &str) -> NewEvent {
 }
 
 /// How long [`open_sled`] waits for sled's lock on its data file.
+/// sled's settings for the state at `path`; [`rewrite_state`] creates its
+/// fresh copy with the same ones.
+fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // Each group commit flushes and fsyncs itself; the periodic
+        // flusher stays on as sled's own safety net.
+        .flush_every_ms(Some(500))
+        // Large segments keep ordinary events out of sled's blob
+        // files, which sled writes without fsync (the writer syncs
+        // any that do appear, see `writer::sync_blobs`).
+        .segment_size(8 * 1024 * 1024)
+}
+
+/// Creates the data directory readable by its owner only (0700: without
+/// a master key it holds signing secrets and header credentials in the
+/// clear), and warns when an existing one is open to group or others.
+fn create_private_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)?;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = %format!("{mode:o}"),
+                "the data directory is accessible to other users; it holds endpoint secrets \
+                 (in the clear without a master key): chmod 700 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path)?;
+    Ok(())
+}
+
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens sled, waiting up to [`SLED_LOCK_WAIT`] for its lock on the data
@@ -697,7 +733,7 @@ impl Table {
         Table::Attempts,
     ];
 
-    fn tree_name(self) -> &'static str {
+    pub(crate) fn tree_name(self) -> &'static str {
         match self {
             Table::Consumers => "consumers",
             Table::Endpoints => "endpoints",

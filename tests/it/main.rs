@@ -6,6 +6,7 @@ mod crash_delivery;
 mod egress;
 mod faults;
 mod fuzz;
+mod hardening;
 mod hostile;
 mod never_matches;
 mod operations;

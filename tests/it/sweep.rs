@@ -451,6 +451,11 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
         vec![("", "x")],
         vec![("X Space", "x")],
         vec![("X-Unicode", "é")],
+        // Issue #21: visible ASCII only.
+        vec![("X-Api-Key", "cred\u{80}")],
+        vec![("X-Api-Key", "cred\u{200b}")],
+        vec![("X-Api-Key", "tab\tcred")],
+        vec![("X-Api-Key", "del\u{7f}")],
     ] {
         out.push(create(
             ctx,
@@ -494,6 +499,45 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
             ..Default::default()
         },
     ));
+    // Issue #21: event_types capped and without duplicates.
+    for types in [
+        vec!["pick.confirmed".to_string(); 100_000],
+        vec!["pick.confirmed".to_string(), "pick.confirmed".to_string()],
+        (0..=stevedore::model::MAX_EVENT_TYPES)
+            .map(|i| format!("custom.t{i}"))
+            .collect(),
+    ] {
+        out.push(create(
+            ctx,
+            pb::Endpoint {
+                url: url.into(),
+                event_types: types,
+                ..Default::default()
+            },
+        ));
+    }
+    // Issue #21: refused by CreateEndpoint itself, not by EndpointSpec, so
+    // sent as they are (defang would turn them into something else): a
+    // start past the head, and a Teredo address whose server (127.0.0.1)
+    // the test allowlist covers but whose client is the metadata service.
+    let raw_create = |e: pb::Endpoint| {
+        Case::grpc(
+            "crafted",
+            CREATE,
+            frame(&pb::CreateEndpointRequest { endpoint: Some(e) }.encode_to_vec()),
+        )
+    };
+    for offset in [u64::MAX, 1 << 40] {
+        out.push(raw_create(pb::Endpoint {
+            url: url.into(),
+            start: Some(pb::endpoint::Start::StartOffset(offset)),
+            ..Default::default()
+        }));
+    }
+    out.push(raw_create(pb::Endpoint {
+        url: "https://[2001:0:7f00:1::5601:5601]/hook".into(),
+        ..Default::default()
+    }));
 
     // Aimed at the real endpoints: every one must be refused.
     for id in &ctx.endpoint_ids {
@@ -533,6 +577,32 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
                 ..Default::default()
             },
             &["headers"],
+        ));
+        out.push(update(
+            pb::Endpoint {
+                headers: headers(&[("X-Api-Key", "caf\u{e9}")]),
+                ..Default::default()
+            },
+            &["headers"],
+        ));
+        out.push(update(
+            pb::Endpoint {
+                event_types: vec!["order.status".into(); 3],
+                ..Default::default()
+            },
+            &["event_types"],
+        ));
+        // Issue #21: a replay past the head would silence the endpoint.
+        out.push(Case::grpc(
+            "crafted",
+            "/stevedore.v1.Admin/ReplayEndpoint",
+            frame(
+                &pb::ReplayEndpointRequest {
+                    endpoint_id: id.clone(),
+                    start: Some(pb::replay_endpoint_request::Start::Offset(u64::MAX)),
+                }
+                .encode_to_vec(),
+            ),
         ));
         out.push(update(pb::Endpoint::default(), &["nope"]));
         out.push(update(pb::Endpoint::default(), &["secret"]));
