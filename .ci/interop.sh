@@ -572,7 +572,26 @@ t_first_webhook() {
   }
 }
 
+# The README's HTTPS receiver block, run as it stands.
+t_https_receiver() {
+  sed -n '/^<!-- https-receiver -->$/,/^```$/p' README.md | sed '1,2d;$d' >"$tmpdir/https-receiver.sh"
+  [ -s "$tmpdir/https-receiver.sh" ] || {
+    echo "README.md has no https-receiver block"
+    return 1
+  }
+  mkdir -p "$tmpdir/hr"
+  local rc=0
+  PATH="$VENV/bin:$PATH" TMPDIR="$tmpdir/hr" timeout 120 bash -e "$tmpdir/https-receiver.sh" \
+    >"$tmpdir/https-receiver.out" 2>&1 || rc=$?
+  pkill -f "$tmpdir/hr/" 2>/dev/null || true
+  [ "$rc" -eq 0 ] && grep -q '"delivered": true' "$tmpdir/https-receiver.out" || {
+    tail -n 30 "$tmpdir/https-receiver.out"
+    return 1
+  }
+}
+
 check "README: your first webhook in five minutes" t_first_webhook
+check "README: an HTTPS test receiver behind a private CA" t_https_receiver
 check "auth: a broker with tokens starts (tokens hashed by hash-token)" t_auth_start
 check "auth: grpcurl with a publisher token publishes" t_auth_publish
 check "auth: no token, a wrong token or a wrong role is refused" t_auth_refused

@@ -3,10 +3,11 @@
 Standard Webhooks signature with the `standardwebhooks` package (an
 implementation independent of the broker's), and answers 200 `ok`.
 
-    webhook_receiver.py PORT_FILE SECRET_FILE LOG_FILE
+    webhook_receiver.py PORT_FILE SECRET_FILE LOG_FILE [CERT_FILE KEY_FILE]
 
-- Listens on 127.0.0.1:0 (HTTP/1.1, keep-alive, one thread per connection)
-  and writes the port to PORT_FILE once it accepts connections.
+- Listens on 127.0.0.1:0 (HTTP/1.1, keep-alive, one thread per connection;
+  HTTPS when CERT_FILE and KEY_FILE are given) and writes the port to
+  PORT_FILE once it accepts connections.
 - SECRET_FILE holds the endpoint's `whsec_...` secret. It is read for every
   request, because the secret is known only after CreateEndpoint; while the
   file is missing or empty, requests are logged with `verified: false`.
@@ -115,10 +116,17 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    if len(sys.argv) != 4:
-        sys.exit(f"usage: {sys.argv[0]} PORT_FILE SECRET_FILE LOG_FILE")
-    port_file, secret_file, log_file = sys.argv[1:]
+    if len(sys.argv) not in (4, 6):
+        sys.exit(f"usage: {sys.argv[0]} PORT_FILE SECRET_FILE LOG_FILE [CERT_FILE KEY_FILE]")
+    port_file, secret_file, log_file = sys.argv[1:4]
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if len(sys.argv) == 6:
+        # HTTPS with the given certificate chain and key.
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[4], sys.argv[5])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     server.secret_file = secret_file
     server.log_file = log_file
