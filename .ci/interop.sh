@@ -406,6 +406,30 @@ t_attribute_filter() {
   }
 }
 
+# The README's consumer recipes: a durable consumer "billing" is made by a
+# Subscribe that acks nothing; ListConsumers shows it, ResetConsumer moves
+# it to 2, DeleteConsumer removes it.
+t_consumer_recipes() {
+  gc -max-time 2 -d '{"consumer": "billing", "earliest": true, "ackMode": "ACK_MODE_EXPLICIT"}' \
+    "$ADDR" stevedore.v1.Subscriber/Subscribe >/dev/null 2>&1 || true
+  readme_recipe '$A stevedore.v1.Admin/ListConsumers' "" >"$tmpdir/consumers.json"
+  grep -q '"name": "billing"' "$tmpdir/consumers.json" || {
+    echo "billing not listed: $(cat "$tmpdir/consumers.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/ResetConsumer' "" >"$tmpdir/reset.json"
+  grep -q '"ackFloor": "2"' "$tmpdir/reset.json" || {
+    echo "not reset to 2: $(cat "$tmpdir/reset.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/DeleteConsumer' "" >/dev/null
+  readme_recipe '$A stevedore.v1.Admin/ListConsumers' "" >"$tmpdir/consumers.json"
+  ! grep -q '"billing"' "$tmpdir/consumers.json" || {
+    echo "billing still listed: $(cat "$tmpdir/consumers.json")"
+    return 1
+  }
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -464,6 +488,7 @@ if missing:
     sys.exit(1)
 PY
 }
+check "admin: the README's ListConsumers, ResetConsumer and DeleteConsumer recipes" t_consumer_recipes
 check "metrics: Prometheus text with publish and delivery figures" t_metrics
 check "server still running" t_server_alive
 

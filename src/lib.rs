@@ -266,8 +266,12 @@ pub async fn run_and_report(
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
         .max_decoding_message_size(max);
 
-    let admin = AdminServer::new(AdminService::new(deliveries, shared.store.clone()))
-        .max_decoding_message_size(max);
+    let admin = AdminServer::new(AdminService::new(
+        deliveries,
+        shared.consumers.clone(),
+        shared.store.clone(),
+    ))
+    .max_decoding_message_size(max);
 
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
     ready();

@@ -5,15 +5,18 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    consumer::Consumers,
     convert,
     delivery::Deliveries,
     error::Error,
     pb::{
-        admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest,
+        admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
+        DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
         DeleteEndpointResponse, DeliveryState, ExplainEventRequest, ExplainEventResponse,
         GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse,
-        ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest, ListEndpointsResponse,
-        ReplayEndpointRequest, ReplayEndpointResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+        ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
+        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest, ReplayEndpointResponse,
+        ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
         RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
         SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
@@ -24,13 +27,36 @@ const MAX_PAGE: usize = 1000;
 /// The Admin service.
 pub struct AdminService {
     deliveries: Arc<Deliveries>,
+    consumers: Arc<Consumers>,
     store: crate::store::Store,
 }
 
 impl AdminService {
-    /// An Admin service over the broker's endpoints.
-    pub fn new(deliveries: Arc<Deliveries>, store: crate::store::Store) -> Self {
-        Self { deliveries, store }
+    /// An Admin service over the broker's endpoints and durable consumers.
+    pub fn new(
+        deliveries: Arc<Deliveries>,
+        consumers: Arc<Consumers>,
+        store: crate::store::Store,
+    ) -> Self {
+        Self {
+            deliveries,
+            consumers,
+            store,
+        }
+    }
+
+    /// A durable gRPC consumer by name; endpoints' consumers are managed
+    /// through their endpoints.
+    fn consumer(&self, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
+        required("name", name)?;
+        if name.starts_with('@') {
+            return Err(Error::invalid(
+                "name",
+                "names starting with `@` belong to endpoints: use UpdateEndpoint, \
+                 ReplayEndpoint or DeleteEndpoint",
+            ));
+        }
+        self.consumers.get(name)
     }
 }
 
@@ -276,5 +302,71 @@ impl Admin for AdminService {
         Ok(Response::new(
             self.deliveries.explain(&req.endpoint_id, offset)?,
         ))
+    }
+
+    async fn list_consumers(
+        &self,
+        _request: Request<ListConsumersRequest>,
+    ) -> Result<Response<ListConsumersResponse>, Status> {
+        let head = self.store.head();
+        let consumers = self
+            .consumers
+            .list()?
+            .into_iter()
+            .map(|(name, event_types, ack_floor)| ConsumerInfo {
+                name,
+                event_types,
+                ack_floor,
+                lag: head.saturating_sub(ack_floor),
+            })
+            .collect();
+        Ok(Response::new(ListConsumersResponse { consumers }))
+    }
+
+    async fn delete_consumer(
+        &self,
+        request: Request<DeleteConsumerRequest>,
+    ) -> Result<Response<DeleteConsumerResponse>, Status> {
+        let name = request.into_inner().name;
+        self.consumer(&name)?;
+        self.consumers.remove(&name).await?;
+        tracing::info!(consumer = %name, "consumer deleted");
+        Ok(Response::new(DeleteConsumerResponse {}))
+    }
+
+    async fn reset_consumer(
+        &self,
+        request: Request<ResetConsumerRequest>,
+    ) -> Result<Response<ResetConsumerResponse>, Status> {
+        use crate::pb::reset_consumer_request::Position;
+        let req = request.into_inner();
+        let consumer = self.consumer(&req.name)?;
+        let head = self.store.head();
+        let to = match &req.position {
+            None => {
+                return Err(
+                    Error::invalid("position", "set earliest, latest, offset or time").into(),
+                )
+            }
+            Some(Position::Earliest(_)) => self.store.first_offset()?,
+            Some(Position::Latest(_)) => head,
+            Some(Position::Offset(0)) => {
+                return Err(Error::invalid("offset", "offsets start at 1").into())
+            }
+            Some(Position::Offset(o)) if *o > head => {
+                return Err(
+                    Error::invalid("offset", format!("{o} is past the head ({head})")).into(),
+                )
+            }
+            Some(Position::Offset(o)) => *o,
+            Some(Position::Time(t)) => self
+                .store
+                .offset_at_time(convert::system_time("time", t)?)?,
+        };
+        consumer.reset(to).await?;
+        tracing::info!(consumer = %req.name, to, "consumer reset");
+        Ok(Response::new(ResetConsumerResponse {
+            ack_floor: consumer.floor(),
+        }))
     }
 }

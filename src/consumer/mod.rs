@@ -215,6 +215,24 @@ impl Consumers {
             .await
     }
 
+    /// Every durable gRPC consumer (not endpoints), in name order: name,
+    /// event types and ack floor.
+    pub fn list(&self) -> Result<Vec<(String, Vec<String>, Offset)>> {
+        let mut out = Vec::new();
+        for kv in self.store.table(Table::Consumers).iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if name.starts_with('@') {
+                continue;
+            }
+            let record: ConsumerRecord = prost::Message::decode(&*v)
+                .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+            let floor = self.lock().get(&name).map_or(record.floor, |c| c.floor());
+            out.push((name, record.event_types, floor));
+        }
+        Ok(out)
+    }
+
     /// Every durable gRPC consumer (not endpoints) with its lag behind
     /// `head`, for metrics.
     pub fn lags(&self, head: Offset) -> Result<Vec<(String, u64)>> {
@@ -300,6 +318,15 @@ impl Consumer {
     /// is before it as it is. Persisted before returning.
     pub async fn rewind(&self, from: Offset) -> Result<()> {
         self.lock().rewind(from.max(1));
+        self.changed.send_modify(|v| *v += 1);
+        self.persist().await
+    }
+
+    /// Moves the consumer to `to`: before it, everything counts as done;
+    /// from it on, everything is delivered (again). Persisted before
+    /// returning.
+    pub async fn reset(&self, to: Offset) -> Result<()> {
+        self.lock().reset(to.max(1));
         self.changed.send_modify(|v| *v += 1);
         self.persist().await
     }

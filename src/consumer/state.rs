@@ -94,6 +94,27 @@ impl State {
         self.next_read = self.next_read.min(from);
     }
 
+    /// Everything before `to` is done (including what waited for
+    /// redelivery), everything from `to` on is to be delivered in log
+    /// order, again if it was done (what waited for redelivery is read
+    /// afresh). Leases below `to` end (their holders' acks change nothing,
+    /// and they never come back); leases from `to` on stay with their
+    /// holders.
+    pub fn reset(&mut self, to: Offset) {
+        let waiting: Vec<Offset> = self.retries.keys().copied().collect();
+        for o in waiting {
+            self.end_retry(o);
+        }
+        let below: Vec<Offset> = self.leases.keys().copied().filter(|&o| o < to).collect();
+        for o in below {
+            self.end_lease(o);
+        }
+        self.reopened.retain(|&o| o >= to);
+        self.done.clear();
+        self.floor = to;
+        self.next_read = to;
+    }
+
     pub fn is_done(&self, offset: Offset) -> bool {
         offset < self.floor || self.done.contains(&offset)
     }

@@ -497,3 +497,134 @@ async fn durable_consumer_keeps_its_filter() {
     };
     assert_eq!(m.offset, 4);
 }
+
+/// Operators list, reset and delete durable consumers through Admin;
+/// endpoints' own consumers are neither listed nor touched.
+#[tokio::test]
+async fn consumers_are_listed_reset_and_deleted() {
+    use stevedore::pb::{
+        reset_consumer_request::Position, DeleteConsumerRequest, ListConsumersRequest,
+        ResetConsumerRequest,
+    };
+
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let mut s = server.subscriber().await;
+    let mut admin = server.admin().await;
+    crate::webhook::create(
+        &mut admin,
+        crate::webhook::endpoint("https://example.com/hook"),
+    )
+    .await;
+    for i in 1..=5 {
+        publish(&mut p, pick(&format!("e{i}"), "SO")).await;
+    }
+    let mut stream = s
+        .subscribe(durable("billing", 10, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    for want in 1..=5 {
+        assert_eq!(next_within(&mut stream, 5).await.offset, want);
+    }
+    s.ack(AckRequest {
+        consumer: "billing".into(),
+        offsets: vec![1, 2, 3],
+    })
+    .await
+    .unwrap();
+    drop(stream);
+
+    let list = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    let got: Vec<(&str, u64, u64)> = list
+        .iter()
+        .map(|c| (c.name.as_str(), c.ack_floor, c.lag))
+        .collect();
+    assert_eq!(got, vec![("billing", 4, 2)], "endpoints are not listed");
+
+    let reset = |name: &str, position: Position| ResetConsumerRequest {
+        name: name.into(),
+        position: Some(position),
+    };
+    // Back to 2: 2 and 3 come again although they were acked.
+    let floor = admin
+        .reset_consumer(reset("billing", Position::Offset(2)))
+        .await
+        .unwrap()
+        .into_inner()
+        .ack_floor;
+    assert_eq!(floor, 2);
+    let mut stream = s
+        .subscribe(durable("billing", 10, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<u64> = vec![
+        next_within(&mut stream, 5).await.offset,
+        next_within(&mut stream, 5).await.offset,
+    ];
+    assert_eq!(got, vec![2, 3]);
+    drop(stream);
+
+    // To the latest: only what is published afterwards.
+    admin
+        .reset_consumer(reset("billing", Position::Latest(true)))
+        .await
+        .unwrap();
+    publish(&mut p, pick("e6", "SO")).await;
+    let mut stream = s
+        .subscribe(durable("billing", 10, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_within(&mut stream, 5).await.offset, 6);
+    drop(stream);
+
+    // Bad requests change nothing.
+    for (request, field) in [
+        (reset("billing", Position::Offset(0)), "offset"),
+        (reset("billing", Position::Offset(99)), "offset"),
+        (
+            ResetConsumerRequest {
+                name: "billing".into(),
+                position: None,
+            },
+            "position",
+        ),
+        (reset("", Position::Latest(true)), "name"),
+        (reset("@endpoint:x", Position::Latest(true)), "name"),
+    ] {
+        assert_invalid(admin.reset_consumer(request).await.unwrap_err(), field);
+    }
+    let missing = admin
+        .reset_consumer(reset("nobody", Position::Earliest(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    admin
+        .delete_consumer(DeleteConsumerRequest {
+            name: "billing".into(),
+        })
+        .await
+        .unwrap();
+    let list = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert!(list.is_empty(), "{list:?}");
+    let missing = admin
+        .delete_consumer(DeleteConsumerRequest {
+            name: "billing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
