@@ -236,24 +236,11 @@ impl Consumers {
     /// Every durable gRPC consumer (not endpoints) with its lag behind
     /// `head`, for metrics.
     pub fn lags(&self, head: Offset) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
-        for kv in self.store.table(Table::Consumers).iter() {
-            let (k, v) = kv?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            if name.starts_with('@') {
-                continue;
-            }
-            let floor = match self.lock().get(&name) {
-                Some(c) => c.floor(),
-                None => {
-                    let r: ConsumerRecord = prost::Message::decode(&*v)
-                        .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
-                    r.floor
-                }
-            };
-            out.push((name, head.saturating_sub(floor)));
-        }
-        Ok(out)
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|(name, _, floor)| (name, head.saturating_sub(floor)))
+            .collect())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Consumer>>> {

@@ -185,33 +185,25 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .unwrap();
     let rx = crate::receiver::Receiver::start().await;
     let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
-    let ep = admin
-        .create_endpoint(stevedore::pb::CreateEndpointRequest {
-            endpoint: Some(stevedore::pb::Endpoint {
-                url: rx.url.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap();
+    let (ep, _) = crate::webhook::create(
+        &mut admin,
+        stevedore::pb::Endpoint {
+            url: rx.url.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     // The picks are COMPLETE: this endpoint's filter excludes all three.
-    let filtered = admin
-        .create_endpoint(stevedore::pb::CreateEndpointRequest {
-            endpoint: Some(stevedore::pb::Endpoint {
-                url: rx.url.clone(),
-                event_types: vec!["pick.confirmed".into()],
-                filter: r#"status == "SHORT""#.into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap();
+    let (filtered, _) = crate::webhook::create(
+        &mut admin,
+        stevedore::pb::Endpoint {
+            url: rx.url.clone(),
+            event_types: vec!["pick.confirmed".into()],
+            filter: r#"status == "SHORT""#.into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut p = stevedore::pb::publisher_client::PublisherClient::new(channel.clone());
     for i in 0..3 {
         publish(&mut p, pick(&format!("m-{i}"), "SO")).await;
