@@ -15,7 +15,8 @@ use crate::{
         DeleteEndpointResponse, DeliveryState, ExplainEventRequest, ExplainEventResponse,
         GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse,
         ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
-        ListEndpointsRequest, ListEndpointsResponse, ReplayEndpointRequest, ReplayEndpointResponse,
+        ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
+        RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
         ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
         RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
         SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
@@ -313,11 +314,14 @@ impl Admin for AdminService {
             .consumers
             .list()?
             .into_iter()
-            .map(|(name, event_types, ack_floor)| ConsumerInfo {
-                name,
-                event_types,
-                ack_floor,
-                lag: head.saturating_sub(ack_floor),
+            .map(|c| ConsumerInfo {
+                lag: head.saturating_sub(c.floor),
+                ack_floor: c.floor,
+                max_deliveries: c.max_deliveries,
+                dead_letters: c.dead.len() as u64,
+                dead_offsets: c.dead.into_iter().take(100).collect(),
+                event_types: c.event_types,
+                name: c.name,
             })
             .collect();
         Ok(Response::new(ListConsumersResponse { consumers }))
@@ -332,6 +336,16 @@ impl Admin for AdminService {
         self.consumers.remove(&name).await?;
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(Response::new(DeleteConsumerResponse {}))
+    }
+
+    async fn redrive_consumer(
+        &self,
+        request: Request<RedriveConsumerRequest>,
+    ) -> Result<Response<RedriveConsumerResponse>, Status> {
+        let name = request.into_inner().name;
+        let redriven = self.consumer(&name)?.redrive().await?;
+        tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
+        Ok(Response::new(RedriveConsumerResponse { redriven }))
     }
 
     async fn reset_consumer(

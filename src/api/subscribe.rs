@@ -61,6 +61,7 @@ struct Durable {
     name: String,
     max_in_flight: u32,
     ack_wait: Duration,
+    max_deliveries: u32,
 }
 
 fn validate_consumer_name(name: &str) -> Result<()> {
@@ -144,12 +145,19 @@ impl SubscriberService {
                 name: req.consumer.clone(),
                 max_in_flight,
                 ack_wait,
+                max_deliveries: req.max_deliveries,
             })
         } else {
             if !req.consumer.is_empty() {
                 return Err(Error::invalid(
                     "consumer",
                     "must be empty with ACK_MODE_NONE (a durable consumer needs explicit acks)",
+                ));
+            }
+            if req.max_deliveries != 0 {
+                return Err(Error::invalid(
+                    "max_deliveries",
+                    "only for a durable consumer (ACK_MODE_EXPLICIT with a consumer name)",
                 ));
             }
             if req.max_in_flight != 0 || req.ack_wait.is_some() {
@@ -366,6 +374,7 @@ impl Subscriber for SubscriberService {
                         CreateSpec {
                             start: plan.start,
                             filter: plan.filter,
+                            max_deliveries: d.max_deliveries,
                         },
                     )
                     .await?;

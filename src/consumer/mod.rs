@@ -43,6 +43,22 @@ pub struct CreateSpec {
     pub start: Offset,
     /// Events to deliver.
     pub filter: EventFilter,
+    /// Deliveries before a message is dead-lettered (0: no limit).
+    pub max_deliveries: u32,
+}
+
+/// A durable consumer as [`Consumers::list`] reports it.
+pub struct ConsumerSummary {
+    /// Its name.
+    pub name: String,
+    /// The event types it was created with.
+    pub event_types: Vec<String>,
+    /// Every offset below this is done.
+    pub floor: Offset,
+    /// Deliveries before a message is dead-lettered (0: no limit).
+    pub max_deliveries: u32,
+    /// Dead-lettered offsets, in order.
+    pub dead: Vec<Offset>,
 }
 
 /// One message handed to a stream: by default the stored event, or what
@@ -136,6 +152,16 @@ impl Consumers {
         let _creating = self.creating.lock().await;
         if let Some(c) = self.load(name)? {
             let current = c.filter();
+            let max = c.lock().max_deliveries;
+            if spec.max_deliveries != 0 && spec.max_deliveries != max {
+                return Err(Error::invalid(
+                    "max_deliveries",
+                    format!(
+                        "consumer {name:?} was created with max_deliveries {max}; send that, \
+                         or 0, or use another consumer name"
+                    ),
+                ));
+            }
             if !spec.filter.types().is_empty() && spec.filter.types() != current.types() {
                 return Err(Error::invalid(
                     "event_types",
@@ -152,7 +178,11 @@ impl Consumers {
             name.to_owned(),
             spec.filter,
             self.store.clone(),
-            State::new(spec.start, BTreeSet::new(), BTreeSet::new()),
+            {
+                let mut st = State::new(spec.start, BTreeSet::new(), BTreeSet::new());
+                st.max_deliveries = spec.max_deliveries;
+                st
+            },
         ));
         consumer.persist().await?;
         self.lock().insert(name.to_owned(), consumer.clone());
@@ -188,11 +218,17 @@ impl Consumers {
             name.to_owned(),
             filter,
             self.store.clone(),
-            State::new(
-                record.floor,
-                done,
-                record.reopened.iter().copied().collect(),
-            ),
+            {
+                let mut st = State::new(
+                    record.floor,
+                    done,
+                    record.reopened.iter().copied().collect(),
+                );
+                st.max_deliveries = record.max_deliveries;
+                st.dead = state::ranges_to_set(&record.dead_ranges)
+                    .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+                st
+            },
         ));
         // Another task may have loaded it meanwhile; keep the first.
         Ok(Some(
@@ -215,20 +251,30 @@ impl Consumers {
             .await
     }
 
-    /// Every durable gRPC consumer (not endpoints), in name order: name,
-    /// event types and ack floor.
-    pub fn list(&self) -> Result<Vec<(String, Vec<String>, Offset)>> {
+    /// Every durable gRPC consumer (not endpoints), in name order.
+    pub fn list(&self) -> Result<Vec<ConsumerSummary>> {
         let mut out = Vec::new();
         for kv in self.store.table(Table::Consumers).iter() {
-            let (k, v) = kv?;
+            let (k, _) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
             if name.starts_with('@') {
                 continue;
             }
-            let record: ConsumerRecord = prost::Message::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
-            let floor = self.lock().get(&name).map_or(record.floor, |c| c.floor());
-            out.push((name, record.event_types, floor));
+            // Loaded, so what is reported is the live state.
+            let Some(c) = self.load(&name)? else { continue };
+            let st = c.lock();
+            out.push(ConsumerSummary {
+                event_types: c
+                    .filter()
+                    .types()
+                    .iter()
+                    .map(|t| t.as_str().to_owned())
+                    .collect(),
+                floor: st.floor,
+                max_deliveries: st.max_deliveries,
+                dead: st.dead.iter().copied().collect(),
+                name,
+            });
         }
         Ok(out)
     }
@@ -239,7 +285,7 @@ impl Consumers {
         Ok(self
             .list()?
             .into_iter()
-            .map(|(name, _, floor)| (name, head.saturating_sub(floor)))
+            .map(|c| (c.name, head.saturating_sub(c.floor)))
             .collect())
     }
 
@@ -316,6 +362,15 @@ impl Consumer {
         self.lock().reset(to.max(1));
         self.changed.send_modify(|v| *v += 1);
         self.persist().await
+    }
+
+    /// Delivers every dead letter again, with fresh attempts; returns how
+    /// many. Persisted before returning.
+    pub async fn redrive(&self) -> Result<u64> {
+        let n = self.lock().redrive(Instant::now());
+        self.changed.send_modify(|v| *v += 1);
+        self.persist().await?;
+        Ok(n)
     }
 
     /// Hands one done offset back for redelivery now. Persisted before
@@ -479,9 +534,8 @@ impl Consumer {
         if let Some(offset) = st.expired.pop() {
             return Ok(Next::Done(Poll::Expired(offset)));
         }
-        if let Some((offset, attempts)) = st.take_due_retry(now) {
-            st.lease(offset, stream, attempts + 1, now + ack_wait);
-            return Ok(Next::Read(offset, Read::Again, attempts + 1));
+        if let Some((offset, attempt)) = st.lease_due_retry(now, stream, now + ack_wait) {
+            return Ok(Next::Read(offset, Read::Again, attempt));
         }
         let head = if read_new { self.store.head() } else { 0 };
         let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
@@ -611,6 +665,8 @@ impl Consumer {
                     .collect(),
                 done_ranges: state::set_to_ranges(&st.done),
                 reopened: st.reopened.iter().copied().collect(),
+                max_deliveries: st.max_deliveries,
+                dead_ranges: state::set_to_ranges(&st.dead),
             }
         };
         if !acks.is_empty() {
@@ -663,6 +719,7 @@ mod tests {
                 CreateSpec {
                     start: first,
                     filter: EventFilter::types_only(Vec::new()),
+                    max_deliveries: 0,
                 },
             )
             .await

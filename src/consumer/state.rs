@@ -36,6 +36,10 @@ pub(super) struct State {
     /// Offsets that were waiting for redelivery when retention removed
     /// their events; the next poll reports each once.
     pub expired: Vec<Offset>,
+    /// Deliveries before a message is dead-lettered (0: no limit).
+    pub max_deliveries: u32,
+    /// Dead-lettered offsets (done, kept for the operator).
+    pub dead: BTreeSet<Offset>,
 }
 
 impl State {
@@ -94,6 +98,38 @@ impl State {
         self.next_read = self.next_read.min(from);
     }
 
+    /// The next due redelivery, leased to `stream`; one that has had
+    /// `max_deliveries` deliveries is dead-lettered instead (done, kept in
+    /// `dead`). Returns the offset and its attempt number.
+    pub fn lease_due_retry(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        deadline: Instant,
+    ) -> Option<(Offset, u32)> {
+        while let Some((offset, attempts)) = self.take_due_retry(now) {
+            if self.max_deliveries > 0 && attempts >= self.max_deliveries {
+                self.reopened.remove(&offset);
+                self.dead.insert(offset);
+                self.mark_done(offset);
+                continue;
+            }
+            self.lease(offset, stream, attempts + 1, deadline);
+            return Some((offset, attempts + 1));
+        }
+        None
+    }
+
+    /// Every dead letter is delivered again, with fresh attempts; returns
+    /// how many.
+    pub fn redrive(&mut self, now: Instant) -> u64 {
+        let dead = std::mem::take(&mut self.dead);
+        for &o in &dead {
+            self.reopen(o, now);
+        }
+        dead.len() as u64
+    }
+
     /// Everything before `to` is done (including what waited for
     /// redelivery), everything from `to` on is to be delivered in log
     /// order, again if it was done (what waited for redelivery is read
@@ -110,6 +146,7 @@ impl State {
             self.end_lease(o);
         }
         self.reopened.retain(|&o| o >= to);
+        self.dead.retain(|&o| o < to);
         self.done.clear();
         self.floor = to;
         self.next_read = to;

@@ -480,6 +480,8 @@ impl Deliveries {
                 CreateSpec {
                     start,
                     filter: EventFilter::default(),
+                    // The endpoint's retry schedule decides when to give up.
+                    max_deliveries: 0,
                 },
             )
             .await?;

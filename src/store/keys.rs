@@ -254,6 +254,12 @@ pub struct ConsumerRecord {
     /// Offsets below the floor handed back for redelivery (RetryDelivery).
     #[prost(uint64, repeated, tag = "4")]
     pub reopened: Vec<u64>,
+    /// Deliveries before a message is dead-lettered (0: no limit).
+    #[prost(uint32, tag = "5")]
+    pub max_deliveries: u32,
+    /// Dead-lettered offsets, as half-open ranges like `done_ranges`.
+    #[prost(uint64, repeated, tag = "6")]
+    pub dead_ranges: Vec<u64>,
 }
 
 /// `prefix`, a 0 byte, then `offset` big-endian: per-endpoint keys that

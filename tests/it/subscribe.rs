@@ -628,3 +628,103 @@ async fn consumers_are_listed_reset_and_deleted() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+/// With max_deliveries, a message nobody acks is dead-lettered instead of
+/// delivered forever; operators see it and redrive it.
+#[tokio::test]
+async fn max_deliveries_dead_letters_and_redrive() {
+    use stevedore::pb::{ListConsumersRequest, RedriveConsumerRequest};
+
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let mut s = server.subscriber().await;
+    let mut admin = server.admin().await;
+    publish(&mut p, pick("poison", "SO")).await;
+    let mut request = durable("dl", 10, 30_000);
+    request.max_deliveries = 2;
+    let mut stream = s.subscribe(request).await.unwrap().into_inner();
+    let nack = |offset: u64| NackRequest {
+        consumer: "dl".into(),
+        offsets: vec![offset],
+        delay: None,
+    };
+    let m = next_within(&mut stream, 5).await;
+    assert_eq!((m.offset, m.delivery_attempt), (1, 1));
+    s.nack(nack(1)).await.unwrap();
+    let m = next_within(&mut stream, 5).await;
+    assert_eq!((m.offset, m.delivery_attempt), (1, 2));
+    s.nack(nack(1)).await.unwrap();
+    // A third delivery would exceed the limit. A redelivery goes before new
+    // events, so the next message being the new event shows 1 is not
+    // coming back.
+    publish(&mut p, pick("next", "SO")).await;
+    let m = next_within(&mut stream, 5).await;
+    assert_eq!((m.offset, m.delivery_attempt), (2, 1));
+    s.ack(AckRequest {
+        consumer: "dl".into(),
+        offsets: vec![2],
+    })
+    .await
+    .unwrap();
+
+    let list = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert_eq!(list.len(), 1);
+    let c = &list[0];
+    assert_eq!(
+        (
+            c.max_deliveries,
+            c.dead_letters,
+            c.dead_offsets.clone(),
+            c.ack_floor
+        ),
+        (2, 1, vec![1], 3)
+    );
+
+    // Another max_deliveries for the same consumer is refused.
+    let mut other = durable("dl", 10, 30_000);
+    other.max_deliveries = 5;
+    assert_invalid(s.subscribe(other).await.unwrap_err(), "max_deliveries");
+    // And it has no meaning without a durable consumer.
+    let mut plain = from(Start::Earliest(true));
+    plain.max_deliveries = 5;
+    assert_invalid(s.subscribe(plain).await.unwrap_err(), "max_deliveries");
+
+    // The dead letters survive a restart; a redrive delivers them again.
+    drop(stream);
+    let server = server.restart().await;
+    let mut s = server.subscriber().await;
+    let mut admin = server.admin().await;
+    let list = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert_eq!((list[0].dead_letters, list[0].max_deliveries), (1, 2));
+    let redriven = admin
+        .redrive_consumer(RedriveConsumerRequest { name: "dl".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .redriven;
+    assert_eq!(redriven, 1);
+    let mut stream = s
+        .subscribe(durable("dl", 10, 30_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = next_within(&mut stream, 5).await;
+    assert_eq!((m.offset, m.delivery_attempt), (1, 1));
+    let list = admin
+        .list_consumers(ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert_eq!(list[0].dead_letters, 0, "redriven: not dead any more");
+}
