@@ -135,7 +135,8 @@ pub async fn run_with_metrics(
         shutdown: token.clone(),
         tasks: tasks.clone(),
         metrics: metrics.clone(),
-        streams: Arc::new(Semaphore::new(config.max_streams)),
+        subscribe_streams: Arc::new(Semaphore::new(config.max_subscribe_streams)),
+        publish_streams: Arc::new(Semaphore::new(config.max_publish_streams)),
     };
 
     let deliveries = Deliveries::start(
@@ -234,9 +235,14 @@ pub async fn run_with_metrics(
         }
     };
 
+    // Every request passes the intake first: its size, the in-flight
+    // budget and the decode budget are checked before tonic decodes it.
+    let intake = api::intake::Intake::new(&config, metrics.clone())
+        .context("reading the request schemas")?;
     let mut server = Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
-        .http2_max_header_list_size(config.max_metadata_bytes);
+        .http2_max_header_list_size(config.max_metadata_bytes)
+        .layer(api::intake::IntakeLayer::new(intake));
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)

@@ -63,7 +63,7 @@ pub(crate) struct Server {
 impl Server {
     /// Starts the binary; `env` is added to its environment (after
     /// `STEVEDORE_LOG=warn`, so it may override that).
-    fn start(
+    pub(crate) fn start(
         data_dir: &Path,
         logs: &Path,
         generation: u64,

@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod amplification;
 mod auth;
 mod crash;
 mod crash_delivery;
