@@ -3,6 +3,7 @@
 //! see request and response types.
 
 mod admin;
+pub mod conn;
 mod frame;
 pub mod intake;
 mod publish;

@@ -2,6 +2,7 @@
 
 mod amplification;
 mod auth;
+mod connections;
 mod crash;
 mod crash_delivery;
 mod egress;
