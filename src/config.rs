@@ -635,14 +635,19 @@ impl Config {
             "must be at least 1",
         )?;
         check(
-            self.max_inflight_request_bytes >= self.max_request_bytes,
-            "max_inflight_request_bytes",
-            "must be at least max_request_bytes",
-        )?;
-        check(
             self.max_decoded_request_bytes >= 1024 * 1024,
             "max_decoded_request_bytes",
             "must be at least 1 MiB",
+        )?;
+        // A largest request must fit when nothing else is in flight.
+        check(
+            self.max_inflight_request_bytes
+                >= self
+                    .max_request_bytes
+                    .saturating_add(self.max_decoded_request_bytes)
+                    .saturating_add(5),
+            "max_inflight_request_bytes",
+            "must be at least max_request_bytes + max_decoded_request_bytes + 5",
         )?;
         check(
             !self.handshake_timeout.is_zero(),
@@ -790,6 +795,49 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn request_and_connection_bounds() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_HANDSHAKE_TIMEOUT", "2s"),
+                ("STEVEDORE_IDLE_TIMEOUT", "1m"),
+                ("STEVEDORE_MAX_CONNECTIONS", "50"),
+                ("STEVEDORE_MAX_DECODED_REQUEST_BYTES", "2097152"),
+                ("STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES", "33554432"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.max_decoded_request_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.max_inflight_request_bytes, 32 * 1024 * 1024);
+        for (var, value, key) in [
+            ("STEVEDORE_HANDSHAKE_TIMEOUT", "0s", "handshake_timeout"),
+            ("STEVEDORE_IDLE_TIMEOUT", "0s", "idle_timeout"),
+            ("STEVEDORE_MAX_CONNECTIONS", "0", "max_connections"),
+            ("STEVEDORE_MAX_PUBLISH_STREAMS", "0", "max_publish_streams"),
+            (
+                "STEVEDORE_MAX_SUBSCRIBE_STREAMS",
+                "0",
+                "max_subscribe_streams",
+            ),
+            // The largest request (16 MiB + 128 MiB decoded) must fit.
+            (
+                "STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES",
+                "16777216",
+                "max_inflight_request_bytes",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(var, value)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]

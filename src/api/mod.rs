@@ -1,6 +1,8 @@
 //! gRPC services, one file each, and `frame.rs`: how Subscribe writes its
 //! responses around stored event bytes. Only this module and `convert.rs`
-//! see request and response types.
+//! see request and response types. In front of the services: `intake.rs`
+//! bounds request memory before anything is decoded, `conn.rs` caps
+//! connections and closes silent and idle ones.
 
 mod admin;
 pub mod conn;
