@@ -3,8 +3,10 @@
 //! A tower layer in front of every gRPC service reads each request message's
 //! gRPC length prefix and, before tonic buffers or prost decodes it:
 //!
-//! 1. refuses a message longer than its method needs ([`Intake::max_bytes`]:
-//!    `OUT_OF_RANGE`, like tonic's own limit);
+//! 1. refuses a message longer than its method needs: `OUT_OF_RANGE`, like
+//!    tonic's own limit (a `Publish` or `PublishStream` message under
+//!    `max_request_bytes` carries an event over `max_event_bytes`:
+//!    `INVALID_ARGUMENT` on `event`, as validation would say);
 //! 2. reserves its bytes from the broker-wide in-flight budget
 //!    (`max_inflight_request_bytes`; `RESOURCE_EXHAUSTED` when full);
 //! 3. once the message is complete, walks its protobuf wire format against
@@ -149,6 +151,10 @@ struct Method {
     max_bytes: usize,
     /// The config key (or rule) that sets `max_bytes`, for the refusal.
     why: &'static str,
+    /// `Publish` and `PublishStream`: a message too long for its method is
+    /// an event over this `max_event_bytes` (INVALID_ARGUMENT on `event`,
+    /// as validation says it) unless it is over `max_request_bytes` too.
+    event_bytes: Option<usize>,
 }
 
 /// The schema of every stevedore request and the budgets; shared by every
@@ -159,6 +165,7 @@ pub struct Intake {
     methods: HashMap<String, Method>,
     budget: Arc<Budget>,
     max_decoded: usize,
+    max_request_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -265,6 +272,8 @@ impl Intake {
                         ),
                         _ => (cap(SMALL_REQUEST_BYTES), "fixed: 64 KiB"),
                     };
+                    let event_bytes = (service.name() == "Publisher" && m.name() != "PublishBatch")
+                        .then_some(config.max_event_bytes);
                     methods.insert(
                         path,
                         Method {
@@ -272,6 +281,7 @@ impl Intake {
                             client_streaming: m.client_streaming(),
                             max_bytes,
                             why,
+                            event_bytes,
                         },
                     );
                 }
@@ -282,6 +292,7 @@ impl Intake {
             methods,
             budget: Budget::new(config.max_inflight_request_bytes, metrics.clone()),
             max_decoded: config.max_decoded_request_bytes,
+            max_request_bytes: config.max_request_bytes,
             metrics,
         }))
     }
@@ -299,6 +310,7 @@ impl Intake {
             client_streaming: true,
             max_bytes: SMALL_REQUEST_BYTES,
             why: "fixed: 64 KiB",
+            event_bytes: None,
         })
     }
 
@@ -699,6 +711,18 @@ impl IntakeBody {
                         u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
                             as usize;
                     let m = &self.method;
+                    if let Some(max) = m
+                        .event_bytes
+                        .filter(|_| len > m.max_bytes && len <= self.intake.max_request_bytes)
+                    {
+                        let why = format!(
+                            "the request is {len} bytes: its event exceeds \
+                             max_event_bytes ({max}); refused before decoding"
+                        );
+                        return Err(self
+                            .intake
+                            .refused("message_size", Error::invalid("event", why).into()));
+                    }
                     if len > m.max_bytes {
                         return Err(self.intake.refused(
                             "message_size",

@@ -807,7 +807,7 @@ fn amplification(ctx: &Ctx) -> Vec<Case> {
     // Over what a Publish needs (max_event_bytes + 1 KiB).
     out.push(
         Case::grpc("amplification", PUBLISH, frame(&field(&[0x0a], &attrs)))
-            .refused(tonic::Code::OutOfRange, "message length too large"),
+            .refused(tonic::Code::InvalidArgument, "refused before decoding"),
     );
     // One event (under max_event_bytes) of ~350,000 empty shipment detail
     // lines (field 40): hundreds of MiB decoded.
@@ -825,7 +825,7 @@ fn amplification(ctx: &Ctx) -> Vec<Case> {
     }
     out.push(
         Case::grpc("amplification", STREAM, stream)
-            .refused(tonic::Code::OutOfRange, "message length too large"),
+            .refused(tonic::Code::InvalidArgument, "refused before decoding"),
     );
     // Packed offsets in an Ack: 1 byte each.
     let mut ack = field(&[0x0a], b"nobody");
