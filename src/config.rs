@@ -125,14 +125,31 @@ pub struct Config {
     /// PEM certificates trusted for HTTPS webhook receivers, besides the
     /// Mozilla roots (receivers behind a private CA).
     pub webhook_ca_file: Option<PathBuf>,
-    /// Open Subscribe and PublishStream streams, over all connections.
-    pub max_streams: usize,
+    /// Open `Subscribe` streams, over all connections (a budget of their
+    /// own: subscribers cannot take the publishers' slots).
+    pub max_subscribe_streams: usize,
+    /// Open `PublishStream` streams, over all connections.
+    pub max_publish_streams: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: calls in progress on one
     /// connection.
     pub max_streams_per_connection: u32,
     /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request metadata
     /// (headers) accepted.
     pub max_metadata_bytes: u32,
+    /// Request bytes held at once by all calls in progress: each message's
+    /// encoded bytes (from its length prefix) plus its estimated decoded
+    /// size. Past it, calls are refused with `RESOURCE_EXHAUSTED`.
+    pub max_inflight_request_bytes: usize,
+    /// Largest estimated decoded size of one request message, measured on
+    /// the wire bytes before decoding.
+    pub max_decoded_request_bytes: usize,
+    /// Time a new gRPC connection has to send its first request.
+    pub handshake_timeout: Duration,
+    /// A gRPC connection with no call in progress and no traffic for this
+    /// long is closed.
+    pub idle_timeout: Duration,
+    /// Open gRPC connections; more are closed as soon as accepted.
+    pub max_connections: usize,
     /// Most custom headers on one webhook endpoint.
     pub max_endpoint_headers: usize,
     /// Longest custom header value on a webhook endpoint.
@@ -196,9 +213,15 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             webhook_ca_file: None,
-            max_streams: 1024,
+            max_subscribe_streams: 1024,
+            max_publish_streams: 256,
             max_streams_per_connection: 256,
             max_metadata_bytes: 16 * 1024,
+            max_inflight_request_bytes: 256 * 1024 * 1024,
+            max_decoded_request_bytes: 128 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
             max_endpoint_headers: 32,
             max_endpoint_header_bytes: 4096,
         }
@@ -253,9 +276,15 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "webhook_ca_file",
-    "max_streams",
+    "max_subscribe_streams",
+    "max_publish_streams",
     "max_streams_per_connection",
     "max_metadata_bytes",
+    "max_inflight_request_bytes",
+    "max_decoded_request_bytes",
+    "handshake_timeout",
+    "idle_timeout",
+    "max_connections",
     "max_endpoint_headers",
     "max_endpoint_header_bytes",
 ];
@@ -348,11 +377,23 @@ impl Config {
             "tls_cert" => self.tls_cert = path(value),
             "tls_key" => self.tls_key = path(value),
             "webhook_ca_file" => self.webhook_ca_file = path(value),
-            "max_streams" => self.max_streams = parse_num(value).map_err(bad)?,
+            "max_subscribe_streams" => {
+                self.max_subscribe_streams = parse_num(value).map_err(bad)?
+            }
+            "max_publish_streams" => self.max_publish_streams = parse_num(value).map_err(bad)?,
             "max_streams_per_connection" => {
                 self.max_streams_per_connection = parse_num(value).map_err(bad)?
             }
             "max_metadata_bytes" => self.max_metadata_bytes = parse_num(value).map_err(bad)?,
+            "max_inflight_request_bytes" => {
+                self.max_inflight_request_bytes = parse_num(value).map_err(bad)?
+            }
+            "max_decoded_request_bytes" => {
+                self.max_decoded_request_bytes = parse_num(value).map_err(bad)?
+            }
+            "handshake_timeout" => self.handshake_timeout = parse_duration(value).map_err(bad)?,
+            "idle_timeout" => self.idle_timeout = parse_duration(value).map_err(bad)?,
+            "max_connections" => self.max_connections = parse_num(value).map_err(bad)?,
             "max_endpoint_headers" => self.max_endpoint_headers = parse_num(value).map_err(bad)?,
             "max_endpoint_header_bytes" => {
                 self.max_endpoint_header_bytes = parse_num(value).map_err(bad)?
@@ -593,7 +634,46 @@ impl Config {
             "retry_jitter_percent",
             "must be at most 100",
         )?;
-        check(self.max_streams >= 1, "max_streams", "must be at least 1")?;
+        check(
+            self.max_subscribe_streams >= 1,
+            "max_subscribe_streams",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_publish_streams >= 1,
+            "max_publish_streams",
+            "must be at least 1",
+        )?;
+        check(
+            self.max_decoded_request_bytes >= 1024 * 1024,
+            "max_decoded_request_bytes",
+            "must be at least 1 MiB",
+        )?;
+        // A largest request must fit when nothing else is in flight.
+        check(
+            self.max_inflight_request_bytes
+                >= self
+                    .max_request_bytes
+                    .saturating_add(self.max_decoded_request_bytes)
+                    .saturating_add(5),
+            "max_inflight_request_bytes",
+            "must be at least max_request_bytes + max_decoded_request_bytes + 5",
+        )?;
+        check(
+            !self.handshake_timeout.is_zero(),
+            "handshake_timeout",
+            "must be more than 0s",
+        )?;
+        check(
+            !self.idle_timeout.is_zero(),
+            "idle_timeout",
+            "must be more than 0s",
+        )?;
+        check(
+            self.max_connections >= 1,
+            "max_connections",
+            "must be at least 1",
+        )?;
         check(
             self.max_streams_per_connection >= 1,
             "max_streams_per_connection",
@@ -782,6 +862,49 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn request_and_connection_bounds() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_HANDSHAKE_TIMEOUT", "2s"),
+                ("STEVEDORE_IDLE_TIMEOUT", "1m"),
+                ("STEVEDORE_MAX_CONNECTIONS", "50"),
+                ("STEVEDORE_MAX_DECODED_REQUEST_BYTES", "2097152"),
+                ("STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES", "33554432"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.max_decoded_request_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.max_inflight_request_bytes, 32 * 1024 * 1024);
+        for (var, value, key) in [
+            ("STEVEDORE_HANDSHAKE_TIMEOUT", "0s", "handshake_timeout"),
+            ("STEVEDORE_IDLE_TIMEOUT", "0s", "idle_timeout"),
+            ("STEVEDORE_MAX_CONNECTIONS", "0", "max_connections"),
+            ("STEVEDORE_MAX_PUBLISH_STREAMS", "0", "max_publish_streams"),
+            (
+                "STEVEDORE_MAX_SUBSCRIBE_STREAMS",
+                "0",
+                "max_subscribe_streams",
+            ),
+            // The largest request (16 MiB + 128 MiB decoded) must fit.
+            (
+                "STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES",
+                "16777216",
+                "max_inflight_request_bytes",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(var, value)]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]
@@ -1113,14 +1236,22 @@ mod tests {
             env(&[
                 ("STEVEDORE_TLS_CERT", "/c.pem"),
                 ("STEVEDORE_TLS_KEY", "/k.pem"),
-                ("STEVEDORE_MAX_STREAMS", "5"),
+                ("STEVEDORE_MAX_SUBSCRIBE_STREAMS", "5"),
+                ("STEVEDORE_MAX_PUBLISH_STREAMS", "6"),
                 ("STEVEDORE_MAX_STREAMS_PER_CONNECTION", "7"),
             ]),
             &[],
         )
         .unwrap();
         assert!(c.tls_enabled());
-        assert_eq!((c.max_streams, c.max_streams_per_connection), (5, 7));
+        assert_eq!(
+            (
+                c.max_subscribe_streams,
+                c.max_publish_streams,
+                c.max_streams_per_connection
+            ),
+            (5, 6, 7)
+        );
     }
 
     #[test]

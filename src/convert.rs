@@ -56,7 +56,9 @@ impl fmt::Display for Item {
 
 const MAX_ID_BYTES: usize = 256;
 const MAX_ORDERING_KEY_BYTES: usize = 1024;
-const MAX_ATTRIBUTES: usize = 64;
+/// Most attributes on one event (also counted on the wire before decoding,
+/// by `api::intake`).
+pub(crate) const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_BYTES: usize = 1024;
 const MAX_STRUCT_DEPTH: usize = 32;
 

@@ -214,6 +214,17 @@ pub struct Metrics {
     pub open_streams: AtomicI64,
     /// Dead-lettered delivery records, by endpoint.
     pub dead: GaugeVec,
+    /// Request bytes held (received and estimated decoded) by calls in
+    /// progress: what `max_inflight_request_bytes` bounds.
+    pub request_bytes_in_flight: AtomicI64,
+    /// Requests refused before decoding, by reason (`message_size`,
+    /// `decode_budget`, `count`, `inflight_budget`).
+    pub requests_refused: CounterVec,
+    /// Open gRPC connections.
+    pub open_connections: AtomicI64,
+    /// gRPC connections closed by the broker, by reason
+    /// (`handshake_timeout`, `idle_timeout`, `max_connections`).
+    pub connections_closed: CounterVec,
 }
 
 impl Default for Metrics {
@@ -231,6 +242,10 @@ impl Default for Metrics {
             delivery_latency: Histogram::new(LATENCY_BUCKETS),
             open_streams: AtomicI64::new(0),
             dead: GaugeVec::default(),
+            request_bytes_in_flight: AtomicI64::new(0),
+            requests_refused: CounterVec::default(),
+            open_connections: AtomicI64::new(0),
+            connections_closed: CounterVec::default(),
         }
     }
 }
@@ -424,6 +439,44 @@ impl Metrics {
             "stevedore_open_streams {}",
             self.open_streams.load(Ordering::Relaxed)
         );
+        help(
+            &mut out,
+            "stevedore_request_bytes_in_flight",
+            "gauge",
+            "Request bytes held by calls in progress, received and estimated decoded (bounded by max_inflight_request_bytes).",
+        );
+        let _ = writeln!(
+            out,
+            "stevedore_request_bytes_in_flight {}",
+            self.request_bytes_in_flight.load(Ordering::Relaxed)
+        );
+        help(
+            &mut out,
+            "stevedore_requests_refused_total",
+            "counter",
+            "Requests refused before decoding, by reason.",
+        );
+        self.requests_refused
+            .render(&mut out, "stevedore_requests_refused_total", &["reason"]);
+        help(
+            &mut out,
+            "stevedore_open_connections",
+            "gauge",
+            "Open gRPC connections.",
+        );
+        let _ = writeln!(
+            out,
+            "stevedore_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
+        help(
+            &mut out,
+            "stevedore_connections_closed_total",
+            "counter",
+            "gRPC connections closed by the broker, by reason (handshake_timeout, idle_timeout, max_connections).",
+        );
+        self.connections_closed
+            .render(&mut out, "stevedore_connections_closed_total", &["reason"]);
         out
     }
 }

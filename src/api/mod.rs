@@ -1,9 +1,13 @@
 //! gRPC services, one file each, and `frame.rs`: how Subscribe writes its
 //! responses around stored event bytes. Only this module and `convert.rs`
-//! see request and response types.
+//! see request and response types. In front of the services: `intake.rs`
+//! bounds request memory before anything is decoded, `conn.rs` caps
+//! connections and closes silent and idle ones.
 
 mod admin;
+pub mod conn;
 mod frame;
+pub mod intake;
 mod publish;
 mod subscribe;
 
@@ -34,20 +38,44 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// One permit per open Subscribe or PublishStream stream
-    /// (`max_streams`).
-    pub streams: Arc<Semaphore>,
+    /// One permit per open Subscribe stream (`max_subscribe_streams`).
+    pub subscribe_streams: Arc<Semaphore>,
+    /// One permit per open PublishStream stream (`max_publish_streams`).
+    pub publish_streams: Arc<Semaphore>,
+}
+
+/// Which budget a long-lived stream takes its slot from: each role has its
+/// own, so subscribers cannot starve publishers (or the reverse).
+#[derive(Debug, Clone, Copy)]
+pub enum StreamKind {
+    /// `Subscribe`.
+    Subscribe,
+    /// `PublishStream`.
+    Publish,
 }
 
 impl Shared {
-    /// A slot for one long-lived stream, held until the stream's tasks end;
-    /// `RESOURCE_EXHAUSTED` naming `max_streams` when all are taken.
-    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.streams.clone().try_acquire_owned().map_err(|_| {
+    /// A slot for one long-lived stream of `kind`, held until the stream's
+    /// tasks end; `RESOURCE_EXHAUSTED` naming the budget's key when all are
+    /// taken.
+    pub fn stream_slot(&self, kind: StreamKind) -> Result<OwnedSemaphorePermit, Error> {
+        let (budget, key, max, what) = match kind {
+            StreamKind::Subscribe => (
+                &self.subscribe_streams,
+                "max_subscribe_streams",
+                self.config.max_subscribe_streams,
+                "Subscribe",
+            ),
+            StreamKind::Publish => (
+                &self.publish_streams,
+                "max_publish_streams",
+                self.config.max_publish_streams,
+                "PublishStream",
+            ),
+        };
+        budget.clone().try_acquire_owned().map_err(|_| {
             Error::ResourceExhausted(format!(
-                "the broker already serves max_streams ({}) Subscribe and PublishStream \
-                 streams; retry later",
-                self.config.max_streams
+                "the broker already serves {key} ({max}) {what} streams; retry later"
             ))
         })
     }

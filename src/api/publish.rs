@@ -118,7 +118,7 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let slot = std::sync::Arc::new(self.shared.stream_slot()?);
+        let slot = std::sync::Arc::new(self.shared.stream_slot(super::StreamKind::Publish)?);
         let mut requests = request.into_inner();
         let shared = self.shared.clone();
         // Requests are validated and queued to the writer as they arrive;

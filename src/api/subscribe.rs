@@ -353,7 +353,7 @@ impl Subscriber for SubscriberService {
         }
         let req = request.into_inner();
         let plan = self.plan(&req)?;
-        let slot = self.shared.stream_slot()?;
+        let slot = self.shared.stream_slot(super::StreamKind::Subscribe)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
         let open = StreamCount::open(shared.metrics.clone());

@@ -363,7 +363,8 @@ async fn open_stream(
 #[tokio::test]
 async fn stream_limits() {
     let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), |c| {
-        c.max_streams = 2;
+        c.max_subscribe_streams = 1;
+        c.max_publish_streams = 1;
         c.max_streams_per_connection = 3;
     })
     .await;
@@ -376,13 +377,13 @@ async fn stream_limits() {
         .await
         .unwrap();
 
-    // Both slots taken (a Subscribe and a PublishStream): a third stream is
-    // refused with a status naming the limit, on any connection.
+    // Both budgets full: a third stream of either kind is refused with a
+    // status naming its budget, on any connection.
     let mut other = server.subscriber().await;
     let err = open_stream(&mut other).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
-        err.message().contains("max_streams (2)"),
+        err.message().contains("max_subscribe_streams (1)"),
         "{}",
         err.message()
     );
@@ -391,6 +392,11 @@ async fn stream_limits() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_publish_streams (1)"),
+        "{}",
+        err.message()
+    );
     // Unary calls are not streams and still work.
     crate::publish(&mut p, pick("", "SO")).await;
 
@@ -410,6 +416,44 @@ async fn stream_limits() {
         }
     };
     drop(third);
+}
+
+/// Issue #21.7: subscribers filling their whole budget leave publishers
+/// theirs — a PublishStream still opens and publishes.
+#[tokio::test]
+async fn subscribers_cannot_starve_publish_streams() {
+    let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), |c| {
+        c.max_subscribe_streams = 4;
+        c.max_publish_streams = 2;
+    })
+    .await;
+    let mut s = server.subscriber().await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(open_stream(&mut s).await.unwrap());
+    }
+    let err = open_stream(&mut s).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    let mut p = server.publisher().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut acks = p
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("a PublishStream opens while every subscribe slot is taken")
+        .into_inner();
+    tx.send(pb::PublishRequest {
+        event: Some(pick("", "SO-STARVE")),
+    })
+    .await
+    .unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(30), acks.message())
+        .await
+        .expect("bounded wait")
+        .unwrap()
+        .expect("one ack");
+    assert!(ack.offset >= 1);
+    drop(held);
 }
 
 #[tokio::test]

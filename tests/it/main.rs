@@ -1,6 +1,8 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod amplification;
 mod auth;
+mod connections;
 mod crash;
 mod crash_delivery;
 mod egress;
