@@ -53,12 +53,83 @@ pub struct ConnInfo {
 }
 
 /// Accepts connections on `listener` under the cap and timeouts of
-/// `config`.
+/// `config`. With TLS on, a client that starts plaintext HTTP/2 instead of
+/// a TLS handshake is answered in plaintext, on every call, with
+/// `UNAVAILABLE` saying the listener needs TLS, and closed: it fails at
+/// once with a reason instead of waiting out its connect timeout.
 pub fn incoming(
     listener: TcpListener,
     config: &Config,
     metrics: Arc<Metrics>,
-) -> impl Stream<Item = io::Result<Conn>> {
+) -> Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>> {
+    let accepted = accept(listener, config, metrics.clone());
+    if config.tls_cert.is_none() {
+        return Box::pin(accepted);
+    }
+    let handshake = config.handshake_timeout;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::pin!(accepted);
+        while let Some(conn) = accepted.next().await {
+            let conn = match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (tx, metrics) = (tx.clone(), metrics.clone());
+            tokio::spawn(async move {
+                // A TLS record starts with its content type (0x16 for a
+                // handshake); a plaintext HTTP/2 client with `PRI * HTTP/2.0`.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(handshake, conn.io.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == b'P' => {
+                        metrics.connections_closed.add(&["plaintext_on_tls"], 1);
+                        refuse_plaintext(conn, handshake).await;
+                    }
+                    // TLS, or anything else: the TLS handshake decides (and
+                    // the handshake timeout still applies).
+                    _ => {
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Answers every call on a plaintext HTTP/2 connection to the TLS listener
+/// with `UNAVAILABLE` and a reason, for at most `limit`, then closes it.
+async fn refuse_plaintext(conn: Conn, limit: Duration) {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let service = hyper::service::service_fn(|_request| async {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .header(
+                "grpc-message",
+                "this listener requires TLS: connect with TLS (grpcurl: -cacert FILE, \
+                 not -plaintext)",
+            )
+            .body(Empty::<Bytes>::new())
+    });
+    let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(conn), service);
+    let _ = tokio::time::timeout(limit, serving).await;
+}
+
+fn accept(
+    listener: TcpListener,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let (handshake, idle) = (config.handshake_timeout, config.idle_timeout);
     let max = config.max_connections;

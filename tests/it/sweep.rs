@@ -131,6 +131,8 @@ fn read_only(path: &str) -> bool {
         || path.ends_with("/GetEndpoint")
         || path.ends_with("/ListDeliveries")
         || path.ends_with("/ListAttempts")
+        || path.ends_with("/ListConsumers")
+        || path.ends_with("/ExplainEvent")
 }
 
 /// What the sweep needs to keep its requests hostile.
@@ -1063,6 +1065,7 @@ async fn ten_thousand_bad_requests_change_nothing() {
     }
     let log_before = read_log(&mut s).await;
     let endpoints_before = list_endpoints(&mut a).await;
+    let consumers_before = list_consumers(&mut a).await;
 
     let methods = pool()
         .services()
@@ -1164,6 +1167,11 @@ async fn ten_thousand_bad_requests_change_nothing() {
         endpoints_before,
         "the endpoints are unchanged"
     );
+    assert_eq!(
+        list_consumers(&mut a).await,
+        consumers_before,
+        "the durable consumers are unchanged"
+    );
     let next = crate::publish(&mut p, pick("after-sweep", "SO")).await;
     assert_eq!(
         next,
@@ -1197,4 +1205,14 @@ async fn list_endpoints(
         .unwrap()
         .into_inner()
         .endpoints
+}
+
+async fn list_consumers(
+    a: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+) -> Vec<pb::ConsumerInfo> {
+    a.list_consumers(pb::ListConsumersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers
 }
