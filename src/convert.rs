@@ -82,6 +82,7 @@ pub fn validate_event(
         ));
     }
     let field = |name| Dot(path, name);
+    crate::model::upgrade_legacy_fields(&mut event);
 
     let id_assigned = event.id.is_empty();
     if id_assigned {

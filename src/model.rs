@@ -343,3 +343,62 @@ impl EventFilter {
         &self.types
     }
 }
+
+/// Moves values a client sent in a `ChannelInventoryUpdated`'s `legacy_*`
+/// fields (the field numbers of stevedore's first versions, before the
+/// nullable fields became wrapper types) into their current fields, where
+/// those are unset, and clears the legacy ones. Publish applies it before
+/// storing; reads apply it to events stored by those versions. Everything
+/// after sees the current fields only.
+#[allow(deprecated)]
+pub fn upgrade_legacy_fields(event: &mut pb::Event) {
+    macro_rules! upgrade {
+        ($msg:expr; $($field:ident / $legacy:ident),* $(,)?) => {
+            $(
+                let legacy = $msg.$legacy.take();
+                if $msg.$field.is_none() {
+                    $msg.$field = legacy;
+                }
+            )*
+        };
+    }
+    let Some(pb::event::Payload::ChannelInventoryUpdated(c)) = event.payload.as_mut() else {
+        return;
+    };
+    if let Some(v) = c.variant.as_mut() {
+        upgrade!(v; id / legacy_id, inventory_policy / legacy_inventory_policy);
+    }
+    if let Some(cv) = c.channel_variant.as_mut() {
+        upgrade!(cv;
+            id / legacy_id,
+            company_id / legacy_company_id,
+            variant_id / legacy_variant_id,
+            channel_id / legacy_channel_id,
+            external_id / legacy_external_id,
+            external_group_id / legacy_external_group_id,
+            external_sku / legacy_external_sku,
+            source / legacy_source,
+            hash / legacy_hash,
+            parent_hash / legacy_parent_hash,
+            status / legacy_status,
+            error_message / legacy_error_message,
+        );
+        if let Some(ch) = cv.channel.as_mut() {
+            upgrade!(ch;
+                shipstation_url / legacy_shipstation_url,
+                free_shipping_threshold / legacy_free_shipping_threshold,
+                hide_when_no_cost_price / legacy_hide_when_no_cost_price,
+                id / legacy_id,
+                include_backorder_quantity / legacy_include_backorder_quantity,
+                inventory_sync / legacy_inventory_sync,
+                parent_channel / legacy_parent_channel,
+                unpublish_no_inventory / legacy_unpublish_no_inventory,
+                warehouse_id / legacy_warehouse_id,
+                warehouse_sync / legacy_warehouse_sync,
+            );
+        }
+    }
+    if let Some(i) = c.inventory.as_mut() {
+        upgrade!(i; available / legacy_available);
+    }
+}

@@ -78,7 +78,11 @@ pub fn same_content(a: &[u8], b: &[u8]) -> Result<bool> {
     use prost::Message as _;
     let event = |bytes: &[u8]| {
         EventRecord::decode(bytes)
-            .map(|r| r.event.unwrap_or_default())
+            .map(|r| {
+                let mut event = r.event.unwrap_or_default();
+                crate::model::upgrade_legacy_fields(&mut event);
+                event
+            })
             .map_err(|e| Error::Corrupt(format!("event record: {e}")))
     };
     let (a, b) = (event(a)?, event(b)?);
@@ -90,9 +94,10 @@ pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
     let offset = decode_offset(key)?;
     let record: EventRecord = prost::Message::decode(value)
         .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
-    let event = record
+    let mut event = record
         .event
         .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: empty")))?;
+    crate::model::upgrade_legacy_fields(&mut event);
     let event_type = event_type_of(event.payload.as_ref())
         .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
     Ok(StoredEvent {
@@ -291,6 +296,86 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    /// A channel-inventory event written by a version before the wrapper
+    /// types (values in the `legacy_*` field numbers) reads back with its
+    /// values in the current fields, and renders the same body.
+    #[test]
+    #[allow(deprecated)]
+    fn events_stored_with_the_legacy_field_numbers_read_as_current() {
+        use prost::Message as _;
+        let legacy = pb::Event {
+            id: "old".into(),
+            occurred_at: Some(prost_types::Timestamp::default()),
+            payload: Some(pb::event::Payload::ChannelInventoryUpdated(
+                pb::ChannelInventoryUpdated {
+                    variant: Some(pb::Variant {
+                        legacy_id: Some(10),
+                        legacy_inventory_policy: Some("track".into()),
+                        ..Default::default()
+                    }),
+                    channel_variant: Some(pb::ChannelVariant {
+                        legacy_external_sku: Some(String::new()),
+                        channel: Some(pb::Channel {
+                            legacy_free_shipping_threshold: Some(49.5),
+                            legacy_hide_when_no_cost_price: Some(false),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    inventory: Some(pb::Inventory {
+                        legacy_available: Some(-3),
+                        ..Default::default()
+                    }),
+                },
+            )),
+            ..Default::default()
+        };
+        let record = EventRecord {
+            event: Some(legacy.clone()),
+            published_at_nanos: 1,
+        }
+        .encode_to_vec();
+        let stored = decode_event(&offset_key(7), &record).unwrap();
+        let Some(pb::event::Payload::ChannelInventoryUpdated(c)) = &stored.event.payload else {
+            panic!("a channel inventory event")
+        };
+        let (v, cv, i) = (
+            c.variant.as_ref().unwrap(),
+            c.channel_variant.as_ref().unwrap(),
+            c.inventory.as_ref().unwrap(),
+        );
+        let ch = cv.channel.as_ref().unwrap();
+        assert_eq!(
+            (v.id, v.inventory_policy.as_deref()),
+            (Some(10), Some("track"))
+        );
+        assert_eq!(cv.external_sku.as_deref(), Some(""));
+        assert_eq!(
+            (ch.free_shipping_threshold, ch.hide_when_no_cost_price),
+            (Some(49.5), Some(false))
+        );
+        assert_eq!(i.available, Some(-3));
+        assert_eq!(
+            (v.legacy_id, i.legacy_available),
+            (None, None),
+            "moved, not copied"
+        );
+
+        // Publishing through the legacy fields stores the current ones.
+        let mut published = legacy;
+        crate::model::upgrade_legacy_fields(&mut published);
+        assert_eq!(published, stored.event);
+        // And the body is the same either way.
+        let body = crate::webhook::render_body(&stored.event).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["variant"]["id"], 10);
+        assert_eq!(
+            body["channelVariant"]["channel"]["freeShippingThreshold"],
+            49.5
+        );
+        assert_eq!(body["inventory"]["available"], -3);
+    }
 
     #[test]
     fn event_record_encodes_in_place_as_prost_does() {

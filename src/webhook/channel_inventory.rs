@@ -134,6 +134,7 @@ mod tests {
             variant: Some(pb::Variant {
                 id: Some(10),
                 inventory_policy: Some("track".into()),
+                ..Default::default()
             }),
             channel_variant: Some(pb::ChannelVariant {
                 external_sku: Some(String::new()),
@@ -151,6 +152,7 @@ mod tests {
             }),
             inventory: Some(pb::Inventory {
                 available: Some(-3),
+                ..Default::default()
             }),
         };
         let v: Value = serde_json::from_str(&render(&c)).unwrap();
