@@ -344,21 +344,63 @@ mod tests {
             .unwrap();
     }
 
+    /// Through the layer, as the stack uses it: twelve callers at once; the
+    /// inner service sees two calls at once (the burst), then one every
+    /// 100 ms (10/s). Under paused time the instants are exact, so no
+    /// machine's load moves them.
     #[tokio::test(start_paused = true)]
-    async fn token_bucket_paces_requests() {
-        let l = RateLimitLayer::new(Rate {
+    async fn the_rate_limit_layer_paces_the_calls_it_passes_on() {
+        use tower::{Layer, ServiceExt};
+
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let inner = {
+            let calls = calls.clone();
+            tower::service_fn(move |_: WebhookRequest| {
+                calls.lock().unwrap().push(Instant::now());
+                async { resp(200) }
+            })
+        };
+        let service = RateLimitLayer::new(Rate {
             per_second: 10.0,
             burst: 2,
-        });
+        })
+        .layer(inner);
         let start = Instant::now();
+        let mut callers = tokio::task::JoinSet::new();
         for _ in 0..12 {
-            l.acquire().await;
+            let service = service.clone();
+            callers.spawn(async move { service.oneshot(request()).await });
         }
-        // 2 from the burst, 10 more at 10/s.
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(990) && took < Duration::from_millis(1100),
-            "{took:?}"
-        );
+        while let Some(r) = callers.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - start).collect();
+        assert_eq!(at.len(), 12);
+        assert!(at[..2].iter().all(|t| t.is_zero()), "the burst: {at:?}");
+        for (i, w) in at.windows(2).enumerate().skip(1) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap >= Duration::from_millis(99) && gap <= Duration::from_millis(102),
+                "call {} came {gap:?} after the one before, not 100 ms: {at:?}",
+                i + 2
+            );
+        }
+    }
+
+    fn request() -> WebhookRequest {
+        use std::sync::RwLock;
+
+        use super::super::{signing::Secret, stack::Keys};
+        WebhookRequest {
+            uri: http::Uri::from_static("https://example.com/hook"),
+            msg_id: "m".into(),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            timeout: Duration::from_secs(1),
+            keys: Arc::new(RwLock::new(Keys {
+                current: Secret::generate(),
+                previous: None,
+            })),
+        }
     }
 }

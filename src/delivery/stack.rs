@@ -498,6 +498,81 @@ mod tests {
         assert!(policy.retry(&mut req, &mut blocked).is_none());
     }
 
+    /// The receiver's check, written out from the Standard Webhooks spec
+    /// rather than through `Secret::sign`: the key is the base64 after
+    /// `whsec_`, the MAC covers `{webhook-id}.{webhook-timestamp}.{body}`
+    /// with the values the request carries.
+    fn expected_signature(secret: &Secret, msg_id: &str, timestamp: &str, body: &[u8]) -> String {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        use hmac::{Hmac, Mac};
+        let revealed = secret.reveal();
+        let key = STANDARD
+            .decode(revealed.strip_prefix("whsec_").unwrap())
+            .unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[tokio::test]
+    async fn each_try_is_signed_over_its_id_timestamp_and_body() {
+        let (current, previous, expired) =
+            (Secret::generate(), Secret::generate(), Secret::generate());
+        let mut req = request();
+        req.msg_id = "evt-42".into();
+        req.body = Bytes::from_static(br#"{"tenantId":"T1","lines":[{"lineNumber":1}]}"#);
+        req.headers = base_headers("pick.confirmed", &[]);
+        let until = SystemTime::now() + Duration::from_secs(3600);
+        let keys = |previous: Option<(Secret, SystemTime)>| {
+            Arc::new(RwLock::new(Keys {
+                current: current.clone(),
+                previous,
+            }))
+        };
+
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        req.keys = keys(Some((previous.clone(), until)));
+        let signed = sign(req.clone());
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let h = signed.http.headers().clone();
+        assert_eq!(h[WEBHOOK_ID], "evt-42");
+        assert_eq!(h[EVENT_HEADER], "pick.confirmed");
+        let timestamp = h[WEBHOOK_TIMESTAMP].to_str().unwrap().to_owned();
+        let secs: u64 = timestamp.parse().unwrap();
+        assert!(
+            (before..=after).contains(&secs),
+            "webhook-timestamp {secs} is not the signing time ({before}..={after})"
+        );
+        let body = signed.http.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, req.body, "the signed bytes are the sent bytes");
+        let signatures: Vec<&str> = h[WEBHOOK_SIGNATURE].to_str().unwrap().split(' ').collect();
+        assert_eq!(
+            signatures,
+            [
+                expected_signature(&current, "evt-42", &timestamp, &body),
+                expected_signature(&previous, "evt-42", &timestamp, &body),
+            ],
+            "one signature per active secret, the current one first"
+        );
+
+        // Once the previous secret has expired, only the current one signs.
+        req.keys = keys(Some((expired, SystemTime::now() - Duration::from_secs(1))));
+        let signed = sign(req.clone());
+        let h = signed.http.headers();
+        let timestamp = h[WEBHOOK_TIMESTAMP].to_str().unwrap();
+        assert_eq!(
+            h[WEBHOOK_SIGNATURE],
+            expected_signature(&current, "evt-42", timestamp, &req.body).as_str()
+        );
+    }
+
     #[test]
     fn keys_and_requests_debug_without_secrets() {
         let current = Secret::generate();

@@ -16,7 +16,8 @@ use crate::{
     pb,
 };
 
-fn read(relative: &str) -> String {
+/// A file of the repository, by its path from the crate root.
+pub(super) fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }

@@ -34,6 +34,8 @@ pub mod schema;
 mod shipment_closed;
 
 #[cfg(test)]
+mod doc_tables;
+#[cfg(test)]
 mod golden;
 
 use prost_types::Timestamp;

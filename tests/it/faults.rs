@@ -1,10 +1,13 @@
 //! The receiver fault matrix: for each way a webhook receiver can misbehave
 //! (slow just under and just over the timeout, connection resets,
 //! half-written responses, 5xx bursts, 429 storms with and without
-//! `Retry-After`), one event to one endpoint must end delivered or
-//! dead-lettered as the endpoint's retry schedule says, after exactly the
-//! attempts the schedule allows, each recorded by `ListAttempts` with its
-//! status or error.
+//! `Retry-After`, redirects, 4xx, 410 Gone), one event to one endpoint must
+//! end delivered or dead-lettered as the endpoint's retry schedule says,
+//! after exactly the attempts the schedule allows, each recorded by
+//! `ListAttempts` with its status or error. Redirects are never followed
+//! and never count as delivered; 410 disables the endpoint and keeps the
+//! delivery until the endpoint is enabled again. That nothing more is sent
+//! is shown by a marker event behind the case's event, not by waiting.
 //!
 //! Every case has its own receiver and endpoint (an attribute filter routes
 //! the case's event to it alone); all run at once against one broker, which
@@ -15,13 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use prost_types::Duration as PbDuration;
 use stevedore::pb::{
     self, admin_client::AdminClient, CreateEndpointRequest, DeliveryState, Endpoint,
-    ListAttemptsRequest, ListDeliveriesRequest,
+    GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest, UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
 use crate::{
     pick, publish,
-    receiver::{Behavior, Receiver, HALF_WRITTEN_MISSING},
+    receiver::{Behavior, Receiver, HALF_WRITTEN_MISSING, HOOK_PATH},
     TestServer,
 };
 
@@ -29,10 +32,8 @@ use crate::{
 const JITTER: f64 = 0.20;
 /// Scheduling slack allowed on the lower bound of a gap between attempts.
 const SLACK: Duration = Duration::from_millis(20);
-/// A case reaching its final state.
+/// A case reaching its final state, or its marker arriving.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Watching for attempts after the final state (there must be none).
-const QUIET: Duration = Duration::from_millis(300);
 
 fn ms(n: u64) -> PbDuration {
     PbDuration {
@@ -71,6 +72,10 @@ struct Case {
     min_gaps_ms: Vec<u64>,
     /// The first attempt's recorded response body.
     first_body: Option<&'static str>,
+    /// The first answer is 410 Gone: the endpoint must be disabled with
+    /// the delivery kept (not final); the case then enables it again, and
+    /// the delivery must go out only after that.
+    gone: bool,
 }
 
 fn retry_after(status: u16, value: String) -> Behavior {
@@ -97,6 +102,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(200)],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "slow, just over the timeout, then on time",
@@ -108,6 +114,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Error("timed out"), Status(200)],
             min_gaps_ms: vec![400],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "slow, over the timeout every time",
@@ -119,6 +126,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Error("timed out"); 3],
             min_gaps_ms: vec![300, 300],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "connection reset, then 200",
@@ -130,6 +138,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Error("transport"), Status(200)],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "connection reset every time",
@@ -141,6 +150,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Error("transport"); 3],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             // The status line arrived: a 2xx is a 2xx even if the body breaks.
@@ -153,6 +163,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(200)],
             min_gaps_ms: vec![],
             first_body: Some("{\"received\": tr"),
+            gone: false,
         },
         Case {
             name: "half-written 500, then 200",
@@ -164,6 +175,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(500), Status(200)],
             min_gaps_ms: vec![],
             first_body: Some("database unavail"),
+            gone: false,
         },
         Case {
             name: "5xx burst, then 200",
@@ -184,6 +196,7 @@ fn cases() -> Vec<Case> {
             ],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "5xx burst longer than the schedule",
@@ -195,6 +208,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(500), Status(502), Status(503)],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "429 storm with Retry-After: 1, then 200",
@@ -206,6 +220,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(429), Status(429), Status(200)],
             min_gaps_ms: vec![1_000, 1_000],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "429 storm with Retry-After: 1 outlasting the schedule",
@@ -217,6 +232,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(429); 3],
             min_gaps_ms: vec![1_000, 1_000],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "429 storm without Retry-After",
@@ -228,6 +244,7 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(429); 4],
             min_gaps_ms: vec![],
             first_body: None,
+            gone: false,
         },
         Case {
             name: "503 with an HTTP-date Retry-After, then 200",
@@ -239,6 +256,91 @@ fn cases() -> Vec<Case> {
             attempts: vec![Status(503), Status(200)],
             min_gaps_ms: vec![1_500],
             first_body: None,
+            gone: false,
+        },
+        Case {
+            // Never followed: a follower would ask the receiver for /moved.
+            name: "3xx redirects, not followed, then 200",
+            timeout_ms: 2_000,
+            schedule_ms: &[0, 50, 50, 50, 50],
+            answers: [301, 302, 307, 308]
+                .into_iter()
+                .map(|s| Behavior::WithHeaders(s, vec![("location", "/moved".into())]))
+                .collect(),
+            then: ok(),
+            state: Delivered,
+            attempts: vec![
+                Status(301),
+                Status(302),
+                Status(307),
+                Status(308),
+                Status(200),
+            ],
+            min_gaps_ms: vec![],
+            first_body: None,
+            gone: false,
+        },
+        Case {
+            name: "302 every time",
+            timeout_ms: 2_000,
+            schedule_ms: &[0, 50, 50],
+            answers: vec![],
+            then: Behavior::WithHeaders(302, vec![("location", "/moved".into())]),
+            state: Dead,
+            attempts: vec![Status(302); 3],
+            min_gaps_ms: vec![],
+            first_body: None,
+            gone: false,
+        },
+        Case {
+            name: "4xx, then 200",
+            timeout_ms: 2_000,
+            schedule_ms: &[0, 50, 50, 50, 50, 50, 50],
+            answers: [400, 401, 403, 404, 409, 422]
+                .into_iter()
+                .map(Behavior::Status)
+                .collect(),
+            then: ok(),
+            state: Delivered,
+            attempts: vec![
+                Status(400),
+                Status(401),
+                Status(403),
+                Status(404),
+                Status(409),
+                Status(422),
+                Status(200),
+            ],
+            min_gaps_ms: vec![],
+            first_body: None,
+            gone: false,
+        },
+        Case {
+            name: "404 every time",
+            timeout_ms: 2_000,
+            schedule_ms: &[0, 50, 50],
+            answers: vec![],
+            then: Behavior::Status(404),
+            state: Dead,
+            attempts: vec![Status(404); 3],
+            min_gaps_ms: vec![],
+            first_body: None,
+            gone: false,
+        },
+        Case {
+            // A schedule this short would send (and dead-letter) the
+            // event again before the endpoint is seen disabled, if 410
+            // were retried like other failures.
+            name: "410 Gone disables the endpoint; enabled again, 200",
+            timeout_ms: 2_000,
+            schedule_ms: &[0, 10, 10],
+            answers: vec![Behavior::Status(410)],
+            then: ok(),
+            state: Delivered,
+            attempts: vec![Status(410), Status(200)],
+            min_gaps_ms: vec![],
+            first_body: None,
+            gone: true,
         },
     ]
 }
@@ -281,11 +383,13 @@ async fn run_case(
         .endpoint
         .ok_or("CreateEndpoint returned no endpoint")?;
     let mut event = pick(&format!("fault-{index}"), &format!("SO-{index}"));
-    event.attributes.insert("case".into(), tag);
+    event.attributes.insert("case".into(), tag.clone());
     let started = Instant::now();
     let offset = publish(&mut server.publisher().await, event).await;
 
-    // The final state.
+    // The final state (for a 410 case: first the endpoint disabled, then
+    // enabled again by the case).
+    let mut enabled_again = None;
     let delivery = loop {
         let d = admin
             .list_deliveries(ListDeliveriesRequest {
@@ -300,7 +404,40 @@ async fn run_case(
             d.offset == offset
                 && matches!(d.state(), DeliveryState::Delivered | DeliveryState::Dead)
         });
-        if let Some(d) = done {
+        if case.gone && enabled_again.is_none() {
+            if let Some(d) = done {
+                return Err(format!(
+                    "ended {:?} instead of disabling the endpoint: {d:?}",
+                    d.state()
+                ));
+            }
+            let e = admin
+                .get_endpoint(GetEndpointRequest { id: ep.id.clone() })
+                .await
+                .map_err(|s| format!("GetEndpoint: {s:?}"))?
+                .into_inner()
+                .endpoint
+                .ok_or("GetEndpoint returned no endpoint")?;
+            if e.enabled == Some(false) {
+                if e.disabled_reason != "410 Gone" {
+                    return Err(format!("disabled for another reason: {e:?}"));
+                }
+                enabled_again = Some(Instant::now());
+                admin
+                    .update_endpoint(UpdateEndpointRequest {
+                        endpoint: Some(Endpoint {
+                            id: ep.id.clone(),
+                            enabled: Some(true),
+                            ..Default::default()
+                        }),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["enabled".into()],
+                        }),
+                    })
+                    .await
+                    .map_err(|s| format!("UpdateEndpoint: {s:?}"))?;
+            }
+        } else if let Some(d) = done {
             break d.clone();
         }
         if started.elapsed() > SETTLE_TIMEOUT {
@@ -312,9 +449,16 @@ async fn run_case(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = started.elapsed();
-    // Nothing more arrives once it is final.
-    tokio::time::sleep(QUIET).await;
-    let requests = rx.requests();
+    // Nothing more arrives once it is final: a marker event with the same
+    // ordering key goes out only after the case's event is final, so an
+    // extra attempt would arrive before it.
+    rx.set_default(Behavior::Status(200));
+    let mut marker = pick(&format!("marker-{index}"), &format!("SO-{index}"));
+    marker.attributes.insert("case".into(), tag);
+    publish(&mut server.publisher().await, marker).await;
+    let requests = rx
+        .before_marker(&format!("marker-{index}"), SETTLE_TIMEOUT)
+        .await;
     let attempts = admin
         .list_attempts(ListAttemptsRequest {
             endpoint_id: ep.id.clone(),
@@ -351,6 +495,16 @@ async fn run_case(
         .find(|r| r.header("webhook-id") != Some(&format!("fault-{index}")))
     {
         errors.push(format!("a request for another event: {r:?}"));
+    }
+    if let Some(r) = requests.iter().find(|r| r.path != HOOK_PATH) {
+        errors.push(format!("a redirect was followed: {r:?}"));
+    }
+    if let (Some(enabled), Some(second)) = (enabled_again, requests.get(1)) {
+        if second.received_at < enabled {
+            errors.push(format!(
+                "attempt 2 arrived while the endpoint was disabled: {second:?}"
+            ));
+        }
     }
     if attempts.len() != n {
         errors.push(format!(

@@ -120,7 +120,22 @@ async fn coalescing_sends_only_the_latest_level_per_key() {
         .map(|r| r.json()["quantityAvailable"].as_f64().unwrap())
         .collect();
     assert!(levels.contains(&8.0) && levels.contains(&4.0));
-    rx.expect_no_more_than(2, Duration::from_millis(500)).await;
+    // Nothing else is sent: a marker level per key goes out after
+    // everything before it with the same key.
+    publish(&mut p, inventory("a-marker", "SKU-A", 7.0)).await;
+    publish(&mut p, inventory("b-marker", "SKU-B", 3.0)).await;
+    let timeout = Duration::from_secs(10);
+    for marker in ["a-marker", "b-marker"] {
+        let mut before: Vec<String> = rx
+            .before_marker(marker, timeout)
+            .await
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap().to_owned())
+            .filter(|id| !id.ends_with("-marker"))
+            .collect();
+        before.sort();
+        assert_eq!(before, ["a3", "b2"], "before {marker}");
+    }
 
     // Without coalescing (or for non-state events) nothing is superseded.
     assert_invalid(
@@ -159,6 +174,8 @@ async fn shared_bodies_keep_each_endpoints_shape() {
     create(&mut admin, endpoint(&full.url)).await;
     let mut e = endpoint(&filtered.url);
     e.filter = r#"salesOrderId == "SO-2""#.into();
+    // One at a time in log order, so the marker below comes last.
+    e.ordering = pb::Ordering::Strict as i32;
     create(&mut admin, e).await;
 
     let at = prost_types::Timestamp {
@@ -201,9 +218,17 @@ async fn shared_bodies_keep_each_endpoints_shape() {
     }
     assert_eq!(one[0].header("webhook-id"), Some("p2"));
     assert_eq!(one[0].json()["status"], "COMPLETE");
-    filtered
-        .expect_no_more_than(1, Duration::from_millis(300))
+    // Nothing else passed the condition: a marker that passes it is the
+    // next request.
+    let marker = pb::Event {
+        id: "marker".into(),
+        ..event(2)
+    };
+    publish(&mut p, marker).await;
+    let before = filtered
+        .before_marker("marker", Duration::from_secs(10))
         .await;
+    assert_eq!(before.len(), 1, "{before:?}");
 }
 
 #[tokio::test]
@@ -214,6 +239,8 @@ async fn custom_webhook_condition_and_fields() {
     let mut e = endpoint(&rx.url);
     e.event_types = vec!["pick.confirmed".into()];
     e.filter = r#"status == "SHORT" && lines[*].quantityShort > 0"#.into();
+    // One at a time in log order, so the marker below comes last.
+    e.ordering = pb::Ordering::Strict as i32;
     e.fields = vec![
         "salesOrderId".into(),
         "status".into(),
@@ -251,7 +278,11 @@ async fn custom_webhook_condition_and_fields() {
             "lines": [{"product": "SKU-1", "quantityShort": 2}]
         })
     );
-    rx.expect_no_more_than(1, Duration::from_millis(300)).await;
+    // Nothing else passed the condition: a marker that passes it is the
+    // next request.
+    publish(&mut p, short_pick("marker", "SO-4", 1.0)).await;
+    let before = rx.before_marker("marker", Duration::from_secs(10)).await;
+    assert_eq!(before.len(), 1, "{before:?}");
 
     // Validated on save, with the position of the problem.
     let mut bad = endpoint(&rx.url);
@@ -278,6 +309,11 @@ async fn custom_webhook_condition_and_fields() {
     );
 }
 
+/// The endpoint's rate limit is applied: at 20/s with a burst of 1, the
+/// bucket holds at most one token when the batch is published, so the
+/// 30th request cannot arrive before 29 × 50 ms from then. A lower bound
+/// only: a loaded machine can only make it later. (The pacing itself, to
+/// the millisecond, is `delivery::limit`'s unit test under paused time.)
 #[tokio::test]
 async fn rate_limit_paces_requests() {
     let server = TestServer::start().await;
@@ -291,24 +327,21 @@ async fn rate_limit_paces_requests() {
     let events = (0..30)
         .map(|i| pick(&format!("rl-{i}"), &format!("SO-{i}")))
         .collect();
+    let published = Instant::now();
     server
         .publisher()
         .await
         .publish_batch(pb::PublishBatchRequest { events })
         .await
         .unwrap();
-    let got = rx.wait_for(30, Duration::from_secs(10)).await;
-    let span = got.last().unwrap().received_at - got[0].received_at;
-    // 29 intervals at 20/s is 1.45 s; allow scheduling noise on both sides.
-    let rate = 29.0 / span.as_secs_f64();
-    println!("observed {rate:.1} requests/s over {span:?} (limit 20/s)");
-    assert!(rate <= 20.0 * 1.1, "rate {rate:.1}/s exceeds the limit");
-    assert!(rate >= 20.0 * 0.7, "rate {rate:.1}/s far below the limit");
-    // Every 10-request window respects it too.
-    for w in got.windows(11) {
-        let t = w[10].received_at - w[0].received_at;
-        assert!(t >= Duration::from_millis(450), "10 requests in {t:?}");
-    }
+    let got = rx.wait_for(30, Duration::from_secs(20)).await;
+    let took = got.last().unwrap().received_at - published;
+    println!("30 requests in {took:?} (at least 1.45 s at 20/s)");
+    // Less 1 ms for the bucket's float arithmetic.
+    assert!(
+        took >= Duration::from_millis(29 * 50 - 1),
+        "30 requests within {took:?} despite a limit of 20/s"
+    );
 }
 
 #[tokio::test]
@@ -713,10 +746,18 @@ async fn pause_and_resume_keep_the_place() {
     for i in 2..=4 {
         publish(&mut p, pick(&format!("pr-{i}"), "SO")).await;
     }
+    // A paused endpoint has no marker to wait for (nothing flows): the
+    // pause only gives a wrong send room to happen; the check is that
+    // every later request arrived after the endpoint was resumed.
     rx.expect_no_more_than(1, Duration::from_millis(300)).await;
     assert_eq!(get(&mut admin, &ep.id).await.backlog, 3);
+    let resumed = Instant::now();
     set_enabled(&mut admin, &ep.id, true).await;
     let got = rx.wait_for(4, Duration::from_secs(5)).await;
+    assert!(
+        got[1..].iter().all(|r| r.received_at >= resumed),
+        "sent while paused: {got:?}"
+    );
     let ids: Vec<&str> = got
         .iter()
         .map(|r| r.header("webhook-id").unwrap())
@@ -726,7 +767,11 @@ async fn pause_and_resume_keep_the_place() {
         vec!["pr-1", "pr-2", "pr-3", "pr-4"],
         "in order, nothing lost or repeated"
     );
-    rx.expect_no_more_than(4, Duration::from_millis(300)).await;
+    // Nothing is repeated after them either: the next request is a marker
+    // with the same key.
+    publish(&mut p, pick("marker", "SO")).await;
+    let before = rx.before_marker("marker", Duration::from_secs(5)).await;
+    assert_eq!(before.len(), 4, "{before:?}");
 }
 
 #[tokio::test]

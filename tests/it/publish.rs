@@ -359,3 +359,99 @@ async fn send(
         .unwrap()
         .into_inner()
 }
+
+/// One id sent 200 times through one PublishStream, after 300 other events:
+/// the pipelined requests land in the same group commits, so only the
+/// group's own id map (the log's index has not seen them yet) makes them
+/// one event.
+#[tokio::test]
+async fn a_repeated_id_in_one_publish_stream_is_stored_once() {
+    let server = TestServer::start().await;
+    let mut p = server.publisher().await;
+    let requests = (0..300)
+        .map(|i| pick(&format!("other-{i}"), &format!("SO-{}", i % 7)))
+        .chain((0..200).map(|_| pick("repeated", "SO-R")))
+        .map(|e| PublishRequest { event: Some(e) });
+    let mut acks = p
+        .publish_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(ack) = acks.next().await {
+        got.push(ack.unwrap());
+    }
+    assert_eq!(got.len(), 500);
+    let others: Vec<u64> = got[..300].iter().map(|a| a.offset).collect();
+    assert_eq!(others, (1..=300).collect::<Vec<u64>>());
+    let stored_at: std::collections::BTreeSet<u64> = got[300..].iter().map(|a| a.offset).collect();
+    assert_eq!(
+        stored_at,
+        [301].into(),
+        "the repeated id was stored at several offsets"
+    );
+    let repeated: Vec<(u64, bool)> = got[300..].iter().map(|a| (a.offset, a.duplicate)).collect();
+    let want: Vec<(u64, bool)> = std::iter::once((301, false))
+        .chain(std::iter::repeat_n((301, true), 199))
+        .collect();
+    assert_eq!(repeated, want, "every copy answers with the one offset");
+    // Exactly 301 events are stored: the next one is 302.
+    assert_eq!(publish(&mut p, pick("after", "SO")).await, 302);
+}
+
+/// Many tasks publish the same few ids at once, one event per call, so
+/// copies from different requests share group commits: each id is stored
+/// once, at one offset, and only one call is told it is not a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_of_the_same_ids_store_each_once() {
+    const TASKS: usize = 32;
+    const IDS: usize = 4;
+    const ROUNDS: usize = 10;
+    let server = TestServer::start().await;
+    let p = server.publisher().await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (mut p, start) = (p.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut acks = Vec::new();
+                for r in 0..ROUNDS {
+                    let id = format!("same-{}", (t + r) % IDS);
+                    let ack = p
+                        .publish(PublishRequest {
+                            event: Some(pick(&id, "SO")),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    acks.push((id, ack.offset, ack.duplicate));
+                }
+                acks
+            })
+        })
+        .collect();
+    let mut offsets = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    let mut firsts = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        for (id, offset, duplicate) in t.await.unwrap() {
+            offsets.entry(id.clone()).or_default().push(offset);
+            *firsts.entry(id).or_default() += usize::from(!duplicate);
+        }
+    }
+    assert_eq!(offsets.len(), IDS);
+    let mut stored: Vec<u64> = Vec::new();
+    for (id, mut o) in offsets {
+        assert_eq!(o.len(), TASKS * ROUNDS / IDS, "{id}");
+        o.sort();
+        o.dedup();
+        assert_eq!(o.len(), 1, "{id} was stored at several offsets: {o:?}");
+        stored.push(o[0]);
+        assert_eq!(firsts[&id], 1, "{id}: calls told it was new");
+    }
+    stored.sort();
+    assert_eq!(stored, (1..=IDS as u64).collect::<Vec<u64>>());
+    // Exactly one event per id is stored: the next one follows them.
+    let mut p = p;
+    assert_eq!(publish(&mut p, pick("after", "SO")).await, IDS as u64 + 1);
+}

@@ -273,6 +273,36 @@ impl Receiver {
         got
     }
 
+    /// Waits for the request whose `webhook-id` is `marker` and returns the
+    /// requests recorded before it. For "nothing else is sent" checks that
+    /// do not depend on the machine's speed: publish a marker event after
+    /// the ones under test, routed so it is sent only after them (same
+    /// ordering key, or a STRICT endpoint); anything that should not have
+    /// been sent would have arrived first. Panics if the marker does not
+    /// arrive within `timeout`.
+    pub async fn before_marker(&self, marker: &str, timeout: Duration) -> Vec<Recorded> {
+        let is_marker = |r: &Recorded| r.header("webhook-id") == Some(marker);
+        let mut count = self.shared.count.subscribe();
+        let arrived = tokio::time::timeout(timeout, async {
+            loop {
+                if self.requests().iter().any(is_marker) {
+                    return;
+                }
+                // The sender lives in `shared`, which `self` keeps alive.
+                count.changed().await.expect("the receiver is alive");
+            }
+        })
+        .await;
+        let got = self.requests();
+        assert!(
+            arrived.is_ok(),
+            "webhook receiver {}: marker {marker:?} did not arrive within {timeout:?}; \
+             got {got:#?}",
+            self.url
+        );
+        got.into_iter().take_while(|r| !is_marker(r)).collect()
+    }
+
     /// Asserts that no more than `n` requests arrive during `period` (for
     /// "nothing else is sent" checks), returning them.
     pub async fn expect_no_more_than(&self, n: usize, period: Duration) -> Vec<Recorded> {
