@@ -544,16 +544,19 @@ proptest! {
     }
 }
 
-/// The real file system, counting each file's `fdatasync`s.
+/// The real file system, counting each file's `fdatasync`s; the state
+/// store's (`db`) fail while `fail_state_syncs` is set.
 #[derive(Clone, Default)]
 struct CountingFs {
     syncs: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    fail_state_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct CountedFile {
     name: String,
     file: Arc<dyn FsFile>,
     syncs: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    fail_state_syncs: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CountingFs {
@@ -574,6 +577,7 @@ impl Fs for CountingFs {
             name: path.display().to_string(),
             file: RealFs.open(path, create)?,
             syncs: self.syncs.clone(),
+            fail_state_syncs: self.fail_state_syncs.clone(),
         }))
     }
     fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
@@ -601,6 +605,13 @@ impl FsFile for CountedFile {
         self.file.write_all_at(buf, pos)
     }
     fn sync_data(&self) -> std::io::Result<()> {
+        if self.name.ends_with("/db")
+            && self
+                .fail_state_syncs
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::other("injected fdatasync failure"));
+        }
         self.file.sync_data()?;
         *self
             .syncs
@@ -659,6 +670,62 @@ async fn every_acknowledged_write_was_synced() {
             "a state write is synced before its answer"
         );
     }
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+}
+
+/// A failed state sync is reported in the store's health (the broker goes
+/// NOT_SERVING on it) and the next successful state write clears it.
+/// Checked against making `writer::report_state` do nothing: this test then
+/// fails (mutation testing found no test that did).
+#[tokio::test]
+async fn a_failing_state_write_shows_in_health_until_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = CountingFs::default();
+    let config = super::StoreConfig {
+        path: dir.path().to_owned(),
+        cache_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        max_group: 16,
+        commit_delay: Duration::ZERO,
+        metrics: Default::default(),
+        recovery: Recovery::Refuse,
+        zero_fill: false,
+    };
+    let (store, writer) = super::Store::open_on(&config, Arc::new(fs.clone())).unwrap();
+    let health = store.watch_health();
+    let fail = |on: bool| {
+        fs.fail_state_syncs
+            .store(on, std::sync::atomic::Ordering::SeqCst)
+    };
+    let put = |i: u32| {
+        vec![super::Mutation::put(
+            super::Table::Endpoints,
+            format!("k{i}"),
+            "v",
+        )]
+    };
+    store.write(put(0)).await.unwrap();
+    assert!(health.borrow().problem().is_none());
+
+    fail(true);
+    assert!(
+        store.write(put(1)).await.is_err(),
+        "the failed sync is the answer"
+    );
+    let problem = health.borrow().problem().map(str::to_owned);
+    assert!(
+        problem
+            .as_deref()
+            .is_some_and(|p| p.contains("state writes are failing")),
+        "{problem:?}"
+    );
+
+    fail(false);
+    store.write(put(2)).await.unwrap();
+    assert!(health.borrow().problem().is_none(), "a success clears it");
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())
         .await
