@@ -51,6 +51,10 @@ const SCENARIOS: &[(&str, &str)] = &[
         "unary Publish, 64 callers, vs a no-op tonic server",
     ),
     (
+        "zerofill",
+        "unary Publish with the log's zero-filler on vs off (A/B)",
+    ),
+    (
         "latency",
         "publish call start → webhook received, 1,000 events/s",
     ),
@@ -186,6 +190,7 @@ async fn main() -> Result<()> {
         let result = match name {
             "publish" => publish::publish(&ctx).await,
             "unary" => publish::unary(&ctx).await,
+            "zerofill" => publish::zerofill(&ctx).await,
             "latency" => delivery::latency(&ctx).await,
             "deliveries" => delivery::deliveries(&ctx).await,
             "fanout" => delivery::fanout(&ctx).await,

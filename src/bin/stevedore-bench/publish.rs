@@ -308,6 +308,73 @@ pub async fn unary(ctx: &Ctx) -> Result<Section> {
     })
 }
 
+/// The same unary load on two brokers in one run, the event log's
+/// zero-filler on (`log_zero_fill = true`, the default) and off, measured
+/// in alternating windows like [`unary`]: whether writing zeros ahead of
+/// the log pays for itself on this machine.
+pub async fn zerofill(ctx: &Ctx) -> Result<Section> {
+    let runs = ctx.runs(5);
+    let (warmup, window) = if ctx.quick {
+        (Duration::from_millis(100), Duration::from_millis(60))
+    } else {
+        (Duration::from_millis(500), Duration::from_millis(400))
+    };
+    let start = |zero_fill: bool| async move {
+        let dir = harness::tempdir()?;
+        let mut config = harness::config(&dir.path().join("data"));
+        config.log_zero_fill = zero_fill;
+        let broker = Broker::start(config).await?;
+        anyhow::Ok((broker, dir))
+    };
+    let (mut rate, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut brate, mut bp50, mut bp99) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (off, _off_dir) = start(false).await?;
+        let (on, _on_dir) = start(true).await?;
+        let mut base = Callers::connect(off.addr, format!("z0-{run}")).await?;
+        let mut ours = Callers::connect(on.addr, format!("z1-{run}")).await?;
+        base.drive(warmup, false).await?;
+        ours.drive(warmup, false).await?;
+        for _ in 0..WINDOWS {
+            base.drive(window, true).await?;
+            ours.drive(window, true).await?;
+        }
+        off.stop().await?;
+        on.stop().await?;
+        let (r, a, b) = base.figures();
+        brate.push(r);
+        bp50.push(a);
+        bp99.push(b);
+        let (r, a, b) = ours.figures();
+        rate.push(r);
+        p50.push(a);
+        p99.push(b);
+        ctx.progress(&format!(
+            "zerofill run {}: on {:.0}/s p99 {:.2} ms; off {:.0}/s p99 {:.2} ms",
+            run + 1,
+            rate[run],
+            p99[run],
+            brate[run],
+            bp99[run]
+        ));
+    }
+    let base = "log_zero_fill = false";
+    Ok(Section {
+        name: "zerofill",
+        title: "Unary Publish with the log's zero-filler on vs off",
+        runs,
+        figures: vec![
+            Figure::new("Publish calls/s, zero-fill on", Unit::PerSec, rate).baseline(base, brate),
+            Figure::new("Publish p50, zero-fill on", Unit::Millis, p50).baseline(base, bp50),
+            Figure::new("Publish p99, zero-fill on", Unit::Millis, p99).baseline(base, bp99),
+        ],
+        notes: vec![
+            format!("{CALLERS} callers per broker, as in `unary`; both brokers run in this process on fresh data directories, measured in {WINDOWS} alternating windows of {window:?}"),
+            "the figure is the broker with the zero-filler (the default); the baseline is the same broker with log_zero_fill = false".into(),
+        ],
+    })
+}
+
 /// [`CALLERS`] unary callers on their own connections to one server, and
 /// what they measured.
 struct Callers {
