@@ -312,7 +312,7 @@ pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
 
 /// The inverse of [`set_to_ranges`].
 pub fn ranges_to_set(flat: &[u64]) -> Result<BTreeSet<Offset>, String> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err("odd number of range bounds".into());
     }
     let mut set = BTreeSet::new();

@@ -691,7 +691,7 @@ fn migrate_sled_events(db: &sled::Db, log_dir: &Path, options: LogOptions) -> Re
                 )));
             }
             n += 1;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 writer.commit()?;
             }
         }

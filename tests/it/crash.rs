@@ -244,7 +244,7 @@ impl Rng {
 /// The payload of event `p{task}-{seq}`; a function of the id, so any
 /// stored event can be checked against it.
 fn payload(task: usize, seq: u64) -> Payload {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         let mut fields = std::collections::BTreeMap::new();
         fields.insert("task".to_owned(), number(task as f64));
         fields.insert("seq".to_owned(), number(seq as f64));
@@ -451,7 +451,11 @@ async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
             // Un-acked events first, then now and then an acked one again
             // (must come back duplicate with its offset), then fresh ones.
             let mut events: Vec<pb::Event> = pending.iter().take(size).cloned().collect();
-            if !stopping && events.len() < size && !my_acked.is_empty() && rng.next() % 4 == 0 {
+            if !stopping
+                && events.len() < size
+                && !my_acked.is_empty()
+                && rng.next().is_multiple_of(4)
+            {
                 let id = &my_acked[rng.next() as usize % my_acked.len()];
                 let (t, s) = id[1..].split_once('-').unwrap();
                 events.push(make_event(t.parse().unwrap(), s.parse().unwrap()));

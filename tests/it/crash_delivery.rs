@@ -84,7 +84,7 @@ fn ms(n: u64) -> PbDuration {
 /// so keys are shared) whose `waveId` is its id.
 fn make_event(task: usize, seq: u64) -> pb::Event {
     let id = format!("cd{task}-{seq}");
-    let payload = if seq % 2 == 0 {
+    let payload = if seq.is_multiple_of(2) {
         let mut fields = BTreeMap::new();
         fields.insert("eventId".to_owned(), string(&id));
         fields.insert("task".to_owned(), number(task as f64));
@@ -329,7 +329,7 @@ async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
             }
         };
         while !sh.stop.load(Ordering::SeqCst) {
-            let n = if rng.next() % 2 == 0 {
+            let n = if rng.next().is_multiple_of(2) {
                 1
             } else {
                 rng.range(2, 10) as usize

@@ -186,7 +186,7 @@ fn event_type(seq: u64) -> &'static str {
 }
 
 fn lane(seq: u64) -> &'static str {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         "even"
     } else {
         "odd"
