@@ -40,6 +40,7 @@ fn stevedore_bench_quick_runs_every_scenario() {
     for scenario in [
         "publish",
         "unary",
+        "zerofill",
         "latency",
         "deliveries",
         "fanout",
