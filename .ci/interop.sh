@@ -572,48 +572,31 @@ t_auth_off_refuses_wildcard() {
   }
 }
 
-# The README's "first webhook in five minutes", run as it stands.
-t_first_webhook() {
-  sed -n '/^<!-- first-webhook -->$/,/^```$/p' README.md | sed '1,2d;$d' >"$tmpdir/first-webhook.sh"
-  [ -s "$tmpdir/first-webhook.sh" ] || {
-    echo "README.md has no first-webhook block"
+# A README block, run as it stands: the lines between `<!-- MARKER -->`
+# and the end of the ```sh block that follows, with PATH holding the venv's
+# grpcurl and python. Its mktemp lands under $tmpdir/MARKER, so whatever it
+# left running when a step failed (its processes name $T on their command
+# lines) is found and stopped. Passes when it exits 0 and prints EXPECTED.
+readme_block() { # MARKER TIMEOUT EXPECTED
+  local script="$tmpdir/$1.sh" out="$tmpdir/$1.out" rc=0
+  sed -n "/^<!-- $1 -->\$/,/^\`\`\`\$/p" README.md | sed '1,2d;$d' >"$script"
+  [ -s "$script" ] || {
+    echo "README.md has no $1 block"
     return 1
   }
-  # Its mktemp lands under $tmpdir/fw, so whatever it left running when
-  # a step failed (both processes name $T on their command line) is
-  # found and stopped.
-  mkdir -p "$tmpdir/fw"
-  local rc=0
-  TMPDIR="$tmpdir/fw" timeout 600 bash -e "$tmpdir/first-webhook.sh" \
-    >"$tmpdir/first-webhook.out" 2>&1 || rc=$?
-  pkill -f "$tmpdir/fw/" 2>/dev/null || true
-  [ "$rc" -eq 0 ] || {
-    tail -n 30 "$tmpdir/first-webhook.out"
-    return 1
-  }
-  grep -q '^pick.confirmed verified: True$' "$tmpdir/first-webhook.out" || {
-    tail -n 30 "$tmpdir/first-webhook.out"
+  mkdir -p "$tmpdir/$1"
+  PATH="$VENV/bin:$PATH" TMPDIR="$tmpdir/$1" timeout "$2" bash -e "$script" >"$out" 2>&1 || rc=$?
+  pkill -f "$tmpdir/$1/" 2>/dev/null || true
+  [ "$rc" -eq 0 ] && grep -qF -- "$3" "$out" || {
+    tail -n 30 "$out"
     return 1
   }
 }
 
-# The README's HTTPS receiver block, run as it stands.
-t_https_receiver() {
-  sed -n '/^<!-- https-receiver -->$/,/^```$/p' README.md | sed '1,2d;$d' >"$tmpdir/https-receiver.sh"
-  [ -s "$tmpdir/https-receiver.sh" ] || {
-    echo "README.md has no https-receiver block"
-    return 1
-  }
-  mkdir -p "$tmpdir/hr"
-  local rc=0
-  PATH="$VENV/bin:$PATH" TMPDIR="$tmpdir/hr" timeout 120 bash -e "$tmpdir/https-receiver.sh" \
-    >"$tmpdir/https-receiver.out" 2>&1 || rc=$?
-  pkill -f "$tmpdir/hr/" 2>/dev/null || true
-  [ "$rc" -eq 0 ] && grep -q '"delivered": true' "$tmpdir/https-receiver.out" || {
-    tail -n 30 "$tmpdir/https-receiver.out"
-    return 1
-  }
-}
+# "Your first webhook in five minutes" (it installs its own venv).
+t_first_webhook() { readme_block first-webhook 600 'pick.confirmed verified: True'; }
+# The HTTPS test receiver behind a private CA.
+t_https_receiver() { readme_block https-receiver 120 '"delivered": true'; }
 
 check "README: your first webhook in five minutes" t_first_webhook
 check "README: an HTTPS test receiver behind a private CA" t_https_receiver

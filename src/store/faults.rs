@@ -629,15 +629,10 @@ impl FsFile for CountedFile {
     }
 }
 
-/// A publish and a state write are each answered only after the file they
-/// wrote was `fdatasync`'d (sled's `flush()` alone does not sync on
-/// Linux). Checked against removing either sync: this test then fails.
-#[tokio::test]
-async fn every_acknowledged_write_was_synced() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = CountingFs::default();
-    let config = super::StoreConfig {
-        path: dir.path().to_owned(),
+/// A whole store's configuration on `path`, for the tests that open one.
+fn store_config(path: &std::path::Path) -> super::StoreConfig {
+    super::StoreConfig {
+        path: path.to_owned(),
         cache_bytes: 1 << 20,
         segment_bytes: 1 << 20,
         max_group: 16,
@@ -645,7 +640,17 @@ async fn every_acknowledged_write_was_synced() {
         metrics: Default::default(),
         recovery: Recovery::Refuse,
         zero_fill: false,
-    };
+    }
+}
+
+/// A publish and a state write are each answered only after the file they
+/// wrote was `fdatasync`'d (sled's `flush()` alone does not sync on
+/// Linux). Checked against removing either sync: this test then fails.
+#[tokio::test]
+async fn every_acknowledged_write_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = CountingFs::default();
+    let config = store_config(dir.path());
     let (store, writer) = super::Store::open_on(&config, Arc::new(fs.clone())).unwrap();
     for i in 0..3 {
         let (log, db) = (fs.syncs(".log"), fs.syncs("/db"));
@@ -684,16 +689,7 @@ async fn every_acknowledged_write_was_synced() {
 async fn a_failing_state_write_shows_in_health_until_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let fs = CountingFs::default();
-    let config = super::StoreConfig {
-        path: dir.path().to_owned(),
-        cache_bytes: 1 << 20,
-        segment_bytes: 1 << 20,
-        max_group: 16,
-        commit_delay: Duration::ZERO,
-        metrics: Default::default(),
-        recovery: Recovery::Refuse,
-        zero_fill: false,
-    };
+    let config = store_config(dir.path());
     let (store, writer) = super::Store::open_on(&config, Arc::new(fs.clone())).unwrap();
     let health = store.watch_health();
     let fail = |on: bool| {

@@ -243,56 +243,40 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// different speeds, and the ratio of one run swung from 45 % to 80 %.
 pub async fn unary(ctx: &Ctx) -> Result<Section> {
     let runs = ctx.runs(5);
-    let (warmup, window) = if ctx.quick {
-        (Duration::from_millis(100), Duration::from_millis(60))
-    } else {
-        (Duration::from_millis(500), Duration::from_millis(400))
-    };
-    let (mut rate, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut brate, mut bp50, mut bp99) = (Vec::new(), Vec::new(), Vec::new());
+    let (warmup, window) = window_sizes(ctx);
+    let (mut ours, mut base) = (Series::default(), Series::default());
     for run in 0..runs {
         let noop = NoopServer::start().await?;
         let broker = Broker::fresh().await?;
-        let mut base = Callers::connect(noop.addr, format!("n{run}")).await?;
-        let mut ours = Callers::connect(broker.addr, format!("u{run}")).await?;
-        base.drive(warmup, false).await?;
-        ours.drive(warmup, false).await?;
-        for _ in 0..WINDOWS {
-            base.drive(window, true).await?;
-            ours.drive(window, true).await?;
-        }
+        let mut b = Callers::connect(noop.addr, format!("n{run}")).await?;
+        let mut o = Callers::connect(broker.addr, format!("u{run}")).await?;
+        alternate(&mut b, &mut o, (warmup, window)).await?;
         noop.stop();
         broker.stop().await?;
-        let (r, a, b) = base.figures();
-        brate.push(r);
-        bp50.push(a);
-        bp99.push(b);
-        let (r, a, b) = ours.figures();
-        rate.push(r);
-        p50.push(a);
-        p99.push(b);
+        base.push(&mut b);
+        ours.push(&mut o);
         ctx.progress(&format!(
             "unary run {}: broker {:.0}/s p50 {:.2} ms p99 {:.2} ms; no-op {:.0}/s p99 {:.2} ms",
             run + 1,
-            rate[run],
-            p50[run],
-            p99[run],
-            brate[run],
-            bp99[run]
+            ours.rate[run],
+            ours.p50[run],
+            ours.p99[run],
+            base.rate[run],
+            base.p99[run]
         ));
     }
-    let base = "no-op tonic server";
+    let name = "no-op tonic server";
     Ok(Section {
         name: "unary",
         title: "Unary Publish, 64 concurrent callers",
         runs,
         figures: vec![
-            Figure::new("Publish calls/s", Unit::PerSec, rate)
-                .baseline(base, brate)
+            Figure::new("Publish calls/s", Unit::PerSec, ours.rate)
+                .baseline(name, base.rate)
                 .target(Check::RatioAtLeast(0.7)),
-            Figure::new("Publish p50", Unit::Millis, p50).baseline(base, bp50),
-            Figure::new("Publish p99", Unit::Millis, p99)
-                .baseline(base, bp99)
+            Figure::new("Publish p50", Unit::Millis, ours.p50).baseline(name, base.p50),
+            Figure::new("Publish p99", Unit::Millis, ours.p99)
+                .baseline(name, base.p99)
                 .target(Check::AtMost(5.0)),
         ],
         notes: vec![
@@ -314,11 +298,7 @@ pub async fn unary(ctx: &Ctx) -> Result<Section> {
 /// the log pays for itself on this machine.
 pub async fn zerofill(ctx: &Ctx) -> Result<Section> {
     let runs = ctx.runs(5);
-    let (warmup, window) = if ctx.quick {
-        (Duration::from_millis(100), Duration::from_millis(60))
-    } else {
-        (Duration::from_millis(500), Duration::from_millis(400))
-    };
+    let (warmup, window) = window_sizes(ctx);
     let start = |zero_fill: bool| async move {
         let dir = harness::tempdir()?;
         let mut config = harness::config(&dir.path().join("data"));
@@ -326,53 +306,86 @@ pub async fn zerofill(ctx: &Ctx) -> Result<Section> {
         let broker = Broker::start(config).await?;
         anyhow::Ok((broker, dir))
     };
-    let (mut rate, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut brate, mut bp50, mut bp99) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut base) = (Series::default(), Series::default());
     for run in 0..runs {
         let (off, _off_dir) = start(false).await?;
         let (on, _on_dir) = start(true).await?;
-        let mut base = Callers::connect(off.addr, format!("z0-{run}")).await?;
-        let mut ours = Callers::connect(on.addr, format!("z1-{run}")).await?;
-        base.drive(warmup, false).await?;
-        ours.drive(warmup, false).await?;
-        for _ in 0..WINDOWS {
-            base.drive(window, true).await?;
-            ours.drive(window, true).await?;
-        }
+        let mut b = Callers::connect(off.addr, format!("z0-{run}")).await?;
+        let mut o = Callers::connect(on.addr, format!("z1-{run}")).await?;
+        alternate(&mut b, &mut o, (warmup, window)).await?;
         off.stop().await?;
         on.stop().await?;
-        let (r, a, b) = base.figures();
-        brate.push(r);
-        bp50.push(a);
-        bp99.push(b);
-        let (r, a, b) = ours.figures();
-        rate.push(r);
-        p50.push(a);
-        p99.push(b);
+        base.push(&mut b);
+        ours.push(&mut o);
         ctx.progress(&format!(
             "zerofill run {}: on {:.0}/s p99 {:.2} ms; off {:.0}/s p99 {:.2} ms",
             run + 1,
-            rate[run],
-            p99[run],
-            brate[run],
-            bp99[run]
+            ours.rate[run],
+            ours.p99[run],
+            base.rate[run],
+            base.p99[run]
         ));
     }
-    let base = "log_zero_fill = false";
+    let name = "log_zero_fill = false";
     Ok(Section {
         name: "zerofill",
         title: "Unary Publish with the log's zero-filler on vs off",
         runs,
         figures: vec![
-            Figure::new("Publish calls/s, zero-fill on", Unit::PerSec, rate).baseline(base, brate),
-            Figure::new("Publish p50, zero-fill on", Unit::Millis, p50).baseline(base, bp50),
-            Figure::new("Publish p99, zero-fill on", Unit::Millis, p99).baseline(base, bp99),
+            Figure::new("Publish calls/s, zero-fill on", Unit::PerSec, ours.rate)
+                .baseline(name, base.rate),
+            Figure::new("Publish p50, zero-fill on", Unit::Millis, ours.p50)
+                .baseline(name, base.p50),
+            Figure::new("Publish p99, zero-fill on", Unit::Millis, ours.p99)
+                .baseline(name, base.p99),
         ],
         notes: vec![
             format!("{CALLERS} callers per broker, as in `unary`; both brokers run in this process on fresh data directories, measured in {WINDOWS} alternating windows of {window:?}"),
             "the figure is the broker with the zero-filler (the default); the baseline is the same broker with log_zero_fill = false".into(),
         ],
     })
+}
+
+/// Per-run figures of one side of an A/B: calls/s, p50 and p99 (ms).
+#[derive(Default)]
+struct Series {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, callers: &mut Callers) {
+        let (r, a, b) = callers.figures();
+        self.rate.push(r);
+        self.p50.push(a);
+        self.p99.push(b);
+    }
+}
+
+/// The warm-up and the window of [`unary`] and [`zerofill`].
+fn window_sizes(ctx: &Ctx) -> (Duration, Duration) {
+    if ctx.quick {
+        (Duration::from_millis(100), Duration::from_millis(60))
+    } else {
+        (Duration::from_millis(500), Duration::from_millis(400))
+    }
+}
+
+/// Warms both sides up, then measures them in [`WINDOWS`] alternating
+/// windows, the baseline first.
+async fn alternate(
+    base: &mut Callers,
+    ours: &mut Callers,
+    (warmup, window): (Duration, Duration),
+) -> Result<()> {
+    base.drive(warmup, false).await?;
+    ours.drive(warmup, false).await?;
+    for _ in 0..WINDOWS {
+        base.drive(window, true).await?;
+        ours.drive(window, true).await?;
+    }
+    Ok(())
 }
 
 /// [`CALLERS`] unary callers on their own connections to one server, and
