@@ -139,11 +139,29 @@ async fn amplification_requests_stay_within_memory_bound() {
     let addr: SocketAddr = server.addr.parse().unwrap();
     let pid = server.pid();
 
-    // Warm up: one normal publish, so the baseline includes a served call.
+    // Warm up, so the baseline includes served calls on every runtime
+    // thread: each thread's first allocations (its allocator heap, buffers)
+    // raise the RSS by a few MiB once, whichever request happens to land on
+    // it first. Concurrent normal publishes, and small refused batches
+    // through the same raw path as the floods below.
     let mut client = PublisherClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
     crate::publish(&mut client, crate::pick("", "SO-WARM")).await;
+    let mut warm = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let mut client = client.clone();
+        warm.spawn(async move {
+            crate::publish(&mut client, crate::pick("", &format!("SO-WARM-{i}"))).await;
+        });
+        warm.spawn(async move {
+            let (code, _) = call(addr, BATCH, empty_events(1_000)).await;
+            assert_ne!(code, tonic::Code::Ok as i32);
+        });
+    }
+    while let Some(done) = warm.join_next().await {
+        done.unwrap();
+    }
     let baseline = vm_hwm(pid);
 
     let check = |what: &str, sent: usize| {

@@ -165,6 +165,8 @@ async fn metrics_are_served_in_the_prometheus_format() {
         allow_http: true,
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         metrics_listen: None,
+        // Short, so a silent connection is closed within the test.
+        handshake_timeout: Duration::from_millis(300),
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,6 +223,25 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .into_inner();
     rx.wait_for(3, Duration::from_secs(10)).await;
 
+    // A connection that never sends a request is closed at the handshake
+    // timeout, and an event over max_event_bytes is refused before it is
+    // decoded: both are counted.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        while !matches!(silent.read(&mut buf).await, Ok(0) | Err(_)) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection was not closed");
+    let big = p
+        .publish(stevedore::pb::PublishRequest {
+            event: Some(pick("big", &"x".repeat(1_100_000))),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), tonic::Code::InvalidArgument, "{big:?}");
+
     let scrape = || async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -268,6 +289,10 @@ async fn metrics_are_served_in_the_prometheus_format() {
         &format!("stevedore_endpoint_dead{{endpoint=\"{}\"}} 0", ep.id),
         "stevedore_group_commit_size_count",
         "stevedore_group_commit_delays_total ",
+        "stevedore_open_connections 1\n",
+        "stevedore_connections_closed_total{reason=\"handshake_timeout\"} 1\n",
+        "stevedore_requests_refused_total{reason=\"message_size\"} 1\n",
+        "stevedore_request_bytes_in_flight 0\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
