@@ -255,25 +255,40 @@ impl Consumers {
     pub fn list(&self) -> Result<Vec<ConsumerSummary>> {
         let mut out = Vec::new();
         for kv in self.store.table(Table::Consumers).iter() {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k).into_owned();
             if name.starts_with('@') {
                 continue;
             }
-            // Loaded, so what is reported is the live state.
-            let Some(c) = self.load(&name)? else { continue };
-            let st = c.lock();
+            let record: ConsumerRecord = prost::Message::decode(&*v)
+                .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+            // The live state of a loaded consumer; the stored one otherwise
+            // (listing loads nothing).
+            let live = self.lock().get(&name).cloned();
+            let (floor, max_deliveries, dead) = match live {
+                Some(c) => {
+                    let st = c.lock();
+                    (
+                        st.floor,
+                        st.max_deliveries,
+                        st.dead.iter().copied().collect(),
+                    )
+                }
+                None => (
+                    record.floor,
+                    record.max_deliveries,
+                    state::ranges_to_set(&record.dead_ranges)
+                        .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?
+                        .into_iter()
+                        .collect(),
+                ),
+            };
             out.push(ConsumerSummary {
-                event_types: c
-                    .filter()
-                    .types()
-                    .iter()
-                    .map(|t| t.as_str().to_owned())
-                    .collect(),
-                floor: st.floor,
-                max_deliveries: st.max_deliveries,
-                dead: st.dead.iter().copied().collect(),
                 name,
+                event_types: record.event_types,
+                floor,
+                max_deliveries,
+                dead,
             });
         }
         Ok(out)

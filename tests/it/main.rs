@@ -303,3 +303,13 @@ pub fn assert_invalid(status: tonic::Status, field: &str) {
 pub fn data_path(server: &TestServer) -> PathBuf {
     server.config.data_dir.clone()
 }
+
+/// Every durable consumer, as Admin.ListConsumers lists them.
+pub async fn list_consumers(admin: &mut AdminClient<Channel>) -> Vec<pb::ConsumerInfo> {
+    admin
+        .list_consumers(pb::ListConsumersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers
+}

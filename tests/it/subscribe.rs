@@ -512,8 +512,7 @@ async fn durable_consumer_keeps_its_filter() {
 #[tokio::test]
 async fn consumers_are_listed_reset_and_deleted() {
     use stevedore::pb::{
-        reset_consumer_request::Position, DeleteConsumerRequest, ListConsumersRequest,
-        ResetConsumerRequest,
+        reset_consumer_request::Position, DeleteConsumerRequest, ResetConsumerRequest,
     };
 
     let server = TestServer::start().await;
@@ -544,12 +543,7 @@ async fn consumers_are_listed_reset_and_deleted() {
     .unwrap();
     drop(stream);
 
-    let list = admin
-        .list_consumers(ListConsumersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers;
+    let list = crate::list_consumers(&mut admin).await;
     let got: Vec<(&str, u64, u64)> = list
         .iter()
         .map(|c| (c.name.as_str(), c.ack_floor, c.lag))
@@ -622,12 +616,7 @@ async fn consumers_are_listed_reset_and_deleted() {
         })
         .await
         .unwrap();
-    let list = admin
-        .list_consumers(ListConsumersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers;
+    let list = crate::list_consumers(&mut admin).await;
     assert!(list.is_empty(), "{list:?}");
     let missing = admin
         .delete_consumer(DeleteConsumerRequest {
@@ -642,7 +631,7 @@ async fn consumers_are_listed_reset_and_deleted() {
 /// delivered forever; operators see it and redrive it.
 #[tokio::test]
 async fn max_deliveries_dead_letters_and_redrive() {
-    use stevedore::pb::{ListConsumersRequest, RedriveConsumerRequest};
+    use stevedore::pb::RedriveConsumerRequest;
 
     let server = TestServer::start().await;
     let mut p = server.publisher().await;
@@ -676,12 +665,7 @@ async fn max_deliveries_dead_letters_and_redrive() {
     .await
     .unwrap();
 
-    let list = admin
-        .list_consumers(ListConsumersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers;
+    let list = crate::list_consumers(&mut admin).await;
     assert_eq!(list.len(), 1);
     let c = &list[0];
     assert_eq!(
@@ -708,12 +692,7 @@ async fn max_deliveries_dead_letters_and_redrive() {
     let server = server.restart().await;
     let mut s = server.subscriber().await;
     let mut admin = server.admin().await;
-    let list = admin
-        .list_consumers(ListConsumersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers;
+    let list = crate::list_consumers(&mut admin).await;
     assert_eq!((list[0].dead_letters, list[0].max_deliveries), (1, 2));
     let redriven = admin
         .redrive_consumer(RedriveConsumerRequest { name: "dl".into() })
@@ -729,11 +708,6 @@ async fn max_deliveries_dead_letters_and_redrive() {
         .into_inner();
     let m = next_within(&mut stream, 5).await;
     assert_eq!((m.offset, m.delivery_attempt), (1, 1));
-    let list = admin
-        .list_consumers(ListConsumersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers;
+    let list = crate::list_consumers(&mut admin).await;
     assert_eq!(list[0].dead_letters, 0, "redriven: not dead any more");
 }

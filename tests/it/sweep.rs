@@ -1065,7 +1065,7 @@ async fn ten_thousand_bad_requests_change_nothing() {
     }
     let log_before = read_log(&mut s).await;
     let endpoints_before = list_endpoints(&mut a).await;
-    let consumers_before = list_consumers(&mut a).await;
+    let consumers_before = crate::list_consumers(&mut a).await;
 
     let methods = pool()
         .services()
@@ -1168,7 +1168,7 @@ async fn ten_thousand_bad_requests_change_nothing() {
         "the endpoints are unchanged"
     );
     assert_eq!(
-        list_consumers(&mut a).await,
+        crate::list_consumers(&mut a).await,
         consumers_before,
         "the durable consumers are unchanged"
     );
@@ -1205,14 +1205,4 @@ async fn list_endpoints(
         .unwrap()
         .into_inner()
         .endpoints
-}
-
-async fn list_consumers(
-    a: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
-) -> Vec<pb::ConsumerInfo> {
-    a.list_consumers(pb::ListConsumersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers
 }
