@@ -431,10 +431,27 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
-        let offset = request.into_inner().offset;
-        if offset == 0 {
-            return Err(Error::invalid("offset", "required (offsets start at 1)").into());
-        }
+        let req = request.into_inner();
+        let offset = match (req.offset, req.event_id.as_str()) {
+            (0, "") => {
+                return Err(Error::invalid(
+                    "offset",
+                    "required (offsets start at 1), or set event_id",
+                )
+                .into())
+            }
+            (0, id) => self.shared.store.offset_of_id(id)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no event with id {id:?} (never published, or removed by retention)"
+                ))
+            })?,
+            (o, "") => o,
+            _ => {
+                return Err(
+                    Error::invalid("event_id", "set either offset or event_id, not both").into(),
+                )
+            }
+        };
         let e = self
             .shared
             .store

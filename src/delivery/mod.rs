@@ -7,6 +7,7 @@
 //! owns the endpoint records and starts, restarts and stops one worker per
 //! enabled endpoint. Endpoint changes are serialised by one lock.
 
+mod admin_ops;
 pub mod classify;
 pub mod egress;
 pub mod endpoint;
@@ -16,7 +17,10 @@ pub mod sealing;
 pub mod shared;
 pub mod signing;
 pub mod stack;
+pub mod stats;
 pub mod worker;
+
+pub use admin_ops::{endpoint_body, DeliveryQuery, HeaderEdits, Recovered, RECOVER_LIMIT};
 
 use std::{
     collections::HashMap,
@@ -529,6 +533,17 @@ impl Deliveries {
     /// Applies `fields` of `update` and restarts the worker with the new
     /// configuration.
     pub async fn update(&self, update: pb::Endpoint, fields: &[String]) -> Result<pb::Endpoint> {
+        self.update_with(update, fields, &HeaderEdits::default())
+            .await
+    }
+
+    /// [`Deliveries::update`], plus custom header changes by name.
+    pub async fn update_with(
+        &self,
+        update: pb::Endpoint,
+        fields: &[String],
+        headers: &HeaderEdits,
+    ) -> Result<pb::Endpoint> {
         // Field-mask paths name proto fields; JSON clients write camelCase.
         let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
         let fields = fields.as_slice();
@@ -537,6 +552,13 @@ impl Deliveries {
         let mut e = record.endpoint().clone();
         let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
+        if !headers.is_empty() && fields.iter().any(|f| f == "headers") {
+            return Err(Error::invalid(
+                "set_headers",
+                "use either the `headers` path of update_mask or set_headers/remove_headers",
+            ));
+        }
+        headers.apply(&mut e.headers)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
         endpoint::refuse_what_never_matches(&e, &|name| fields.iter().any(|f| f == name))?;
         if spec.enabled && !was_enabled && e.failing_since.is_some() {
@@ -596,6 +618,7 @@ impl Deliveries {
             }
         }
         self.metrics.dead.remove(id);
+        self.metrics.endpoint_stats.remove(id);
         self.views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -701,63 +724,11 @@ impl Deliveries {
         page_size: usize,
         before: Option<Offset>,
     ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
-        self.record(id)?;
-        let mut out: Vec<pb::Delivery> = Vec::new();
-        // Held events not attempted yet have no record: list them as pending.
-        let held: HashMap<Offset, worker::HeldView> = self
-            .views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
-        let upper = before.map_or_else(
-            || scoped_offset_key(id, u64::MAX),
-            |b| scoped_offset_key(id, b),
-        );
-        let mut seen = std::collections::HashSet::new();
-        for kv in self
-            .store
-            .table(Table::Deliveries)
-            .range(scope(id)..upper)
-            .rev()
-        {
-            let (k, v) = kv?;
-            let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-            let mut d = pb::Delivery::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            seen.insert(offset);
-            if state.is_none_or(|s| d.state() == s) {
-                out.push(d);
-                if out.len() > page_size + held.len() {
-                    break;
-                }
-            }
-        }
-        if state.is_none_or(|s| s == DeliveryState::Pending) {
-            for (offset, h) in &held {
-                if !seen.contains(offset) && before.is_none_or(|b| *offset < b) {
-                    out.push(pb::Delivery {
-                        endpoint_id: id.to_owned(),
-                        offset: *offset,
-                        event_id: h.event_id.clone(),
-                        event_type: h.event_type.clone(),
-                        state: DeliveryState::Pending as i32,
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|d| std::cmp::Reverse(d.offset));
-        let next = if out.len() > page_size {
-            out.truncate(page_size);
-            out.last().map(|d| d.offset)
-        } else {
-            None
+        let q = DeliveryQuery {
+            state,
+            ..DeliveryQuery::all()
         };
-        Ok((out, next))
+        self.query_deliveries(id, &q, page_size, before)
     }
 
     /// Every attempt of one delivery, oldest first.
