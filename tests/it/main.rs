@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod admin_api;
 mod amplification;
 mod auth;
 mod connections;

@@ -70,6 +70,7 @@ async fn set_enabled(admin: &mut AdminClient<Channel>, id: &str, enabled: bool) 
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["enabled".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -585,7 +586,7 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
 
     let mut s = server.subscriber().await;
     until("the old events to go", async || {
-        s.get_event(pb::GetEventRequest { offset: old })
+        s.get_event(pb::GetEventRequest { offset: old, ..Default::default() })
             .await
             .is_err()
             .then_some(())
@@ -593,7 +594,7 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
     .await;
     let keep = publish(&mut p, pick("new-1", "SO-3")).await;
     assert!(s
-        .get_event(pb::GetEventRequest { offset: keep })
+        .get_event(pb::GetEventRequest { offset: keep, ..Default::default() })
         .await
         .is_ok());
 
@@ -655,7 +656,7 @@ async fn retention_removes_the_newest_event_when_it_expires() {
     let newest = results[1].offset;
     let mut s = server.subscriber().await;
     until("the newest event to go", async || {
-        s.get_event(pb::GetEventRequest { offset: newest })
+        s.get_event(pb::GetEventRequest { offset: newest, ..Default::default() })
             .await
             .is_err()
             .then_some(())
@@ -716,6 +717,7 @@ async fn update_mask_paths_take_either_spelling() {
         update_mask: Some(prost_types::FieldMask {
             paths: paths.iter().map(|p| p.to_string()).collect(),
         }),
+        ..Default::default()
     };
     let got = admin
         .update_endpoint(update(&["eventTypes", "max_in_flight"]))
@@ -808,14 +810,14 @@ async fn retention_keeps_the_data_directory_near_its_budget() {
     }
     let mut s = server.subscriber().await;
     until("the oldest events to be removed", async || {
-        s.get_event(pb::GetEventRequest { offset: 1 })
+        s.get_event(pb::GetEventRequest { offset: 1, ..Default::default() })
             .await
             .is_err()
             .then_some(())
     })
     .await;
     assert!(
-        s.get_event(pb::GetEventRequest { offset: last })
+        s.get_event(pb::GetEventRequest { offset: last, ..Default::default() })
             .await
             .is_ok(),
         "the newest stays"

@@ -563,6 +563,7 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
                 update_mask: Some(prost_types::FieldMask {
                     paths: paths.iter().map(|p| p.to_string()).collect(),
                 }),
+                ..Default::default()
             };
             Case::grpc(
                 "crafted",
@@ -1186,7 +1187,7 @@ async fn read_log(
 ) -> Vec<pb::GetEventResponse> {
     let mut out = Vec::new();
     for offset in 1.. {
-        match s.get_event(pb::GetEventRequest { offset }).await {
+        match s.get_event(pb::GetEventRequest { offset, ..Default::default() }).await {
             Ok(r) => out.push(r.into_inner()),
             Err(e) => {
                 assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
