@@ -855,7 +855,7 @@ impl Deliveries {
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
-            headers: stack::base_headers("stevedore.test", &spec.headers),
+            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
             body: body.into(),
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),

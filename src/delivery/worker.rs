@@ -39,6 +39,7 @@ use super::{
     classify::{classify, Verdict},
     endpoint::{EndpointSpec, Ordering},
     shared::{Shared, SharedEvent},
+    signing,
     stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
     Control,
 };
@@ -77,7 +78,7 @@ pub struct WorkerView {
 /// A held event, as listed.
 #[derive(Clone, Debug)]
 pub struct HeldView {
-    /// Its id (the `webhook-id`).
+    /// Its event id (the `webhook-id` is derived from it).
     pub event_id: String,
     /// Its type.
     pub event_type: String,
@@ -719,8 +720,8 @@ impl Attempt {
         let ctx = &self.ctx;
         let request = WebhookRequest {
             uri: ctx.spec.url.clone(),
-            msg_id: self.event_id.clone(),
-            headers: stack::base_headers(&self.event_type, &ctx.spec.headers),
+            msg_id: signing::webhook_id(&self.event_id).into_owned(),
+            headers: stack::base_headers(&self.event_type, &self.event_id, &ctx.spec.headers),
             body: self.body.clone(),
             timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
             keys: ctx.keys.clone(),

@@ -6,6 +6,7 @@ mod connections;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod etiquette;
 mod faults;
 mod fuzz;
 mod hardening;
