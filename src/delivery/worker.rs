@@ -112,6 +112,8 @@ pub struct WorkerContext {
     /// Cancelled when the whole broker shuts down (the worker's own token
     /// is also cancelled by endpoint changes).
     pub broker_shutdown: CancellationToken,
+    /// Finished attempts for live views; see `Deliveries::watch_outcomes`.
+    pub outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
 }
 
 impl WorkerContext {
@@ -838,6 +840,10 @@ impl Attempt {
                     .unwrap_or_default();
                 let _ = ctx.consumer.nack(&[self.offset], wait);
             }
+        }
+        // Nobody watching (the usual case) costs a counter read, no clone.
+        if ctx.outcomes.receiver_count() > 0 {
+            let _ = ctx.outcomes.send(record.clone());
         }
         let _ = self.finished.send(Finished {
             offset: self.offset,
