@@ -131,7 +131,7 @@ fi
 echo "==> starting $BIN"
 # allow_http: the webhook receiver below is plain http:// on 127.0.0.1;
 # allow_networks: which the SSRF guard blocks unless loopback is exempted.
-STEVEDORE_ALLOW_HTTP=true STEVEDORE_ALLOW_NETWORKS=127.0.0.0/8 STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
+STEVEDORE_ALLOW_HTTP=true STEVEDORE_ALLOW_NETWORKS=127.0.0.0/8 STEVEDORE_LOG=${STEVEDORE_LOG:-info} "$BIN" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --console-listen 127.0.0.1:0 --data-dir "$tmpdir/data" \
   >"$tmpdir/server.out" 2>"$tmpdir/server.err" </dev/null &
 server_pid=$!
 
@@ -505,7 +505,7 @@ t_auth_start() {
   sub=$(printf '%s\n' "$SUB_TOKEN" | "$BIN" hash-token)
   [ "${#pub}" -eq 64 ] && [ "${#sub}" -eq 64 ]
   STEVEDORE_TOKENS="feed:publisher:$pub,dashboard:subscriber:$sub" \
-    "$BIN" serve --listen 127.0.0.1:0 --metrics-listen off --data-dir "$tmpdir/auth-data" \
+    "$BIN" serve --listen 127.0.0.1:0 --metrics-listen off --console-listen off --data-dir "$tmpdir/auth-data" \
     >"$tmpdir/auth.out" 2>"$tmpdir/auth.err" </dev/null &
   echo $! >"$tmpdir/auth.pid"
   for _ in $(seq 300); do
@@ -561,7 +561,7 @@ t_auth_open() {
 
 t_auth_off_refuses_wildcard() {
   # Bounded: were the check broken, the broker would serve until killed.
-  if timeout 10 "$BIN" serve --listen 0.0.0.0:0 --metrics-listen off --data-dir "$tmpdir/open-data" \
+  if timeout 10 "$BIN" serve --listen 0.0.0.0:0 --metrics-listen off --console-listen off --data-dir "$tmpdir/open-data" \
     >/dev/null 2>"$tmpdir/open.err" </dev/null; then
     echo "served on 0.0.0.0 without tokens"
     return 1

@@ -28,6 +28,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus metrics listen address (`off` disables the listener).
     pub metrics_listen: Option<SocketAddr>,
+    // Console (#16): the webhook maintenance page.
+    /// Console (webhook maintenance page) listen address (`off` disables it).
+    pub console_listen: Option<SocketAddr>,
     /// Directory of the embedded sled database.
     pub data_dir: PathBuf,
     /// sled page-cache size in bytes (sled's own default is 1 GiB).
@@ -170,6 +173,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            console_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             data_dir: PathBuf::from("stevedore-data"),
             sled_cache_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
@@ -235,6 +239,7 @@ pub const NON_CONFIG_ENV: &[&str] = &["STEVEDORE_LOG"];
 pub const KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
+    "console_listen",
     "data_dir",
     "sled_cache_bytes",
     "log_segment_bytes",
@@ -401,6 +406,12 @@ impl Config {
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
                 self.metrics_listen = match value {
+                    "off" | "" => None,
+                    v => Some(v.parse().map_err(|e| bad(format!("{e} (or `off`)")))?),
+                }
+            }
+            "console_listen" => {
+                self.console_listen = match value {
                     "off" | "" => None,
                     v => Some(v.parse().map_err(|e| bad(format!("{e} (or `off`)")))?),
                 }
@@ -694,6 +705,9 @@ impl Config {
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
             _ => {}
         }
+        if let Some(addr) = self.console_listen {
+            self.check_console_listen(addr)?;
+        }
         self.check_listen(self.listen)
     }
 
@@ -706,6 +720,29 @@ impl Config {
                 "config key `listen`: {addr} is not a loopback address, and authentication \
                  is off; configure `tokens` (see `stevedore hash-token`) to listen beyond \
                  loopback"
+            );
+        }
+        Ok(())
+    }
+
+    /// The console may leave loopback only with tokens (an admin must log
+    /// in) and TLS (the session cookie and the token must not cross the
+    /// network in plaintext); it reuses the gRPC listener's certificate.
+    pub fn check_console_listen(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.tokens.is_empty() {
+            bail!(
+                "config key `console_listen`: {addr} is not a loopback address, and \
+                 authentication is off; configure `tokens` with an admin token"
+            );
+        }
+        if !self.tls_enabled() {
+            bail!(
+                "config key `console_listen`: {addr} is not a loopback address, and TLS is \
+                 off; set `tls_cert` and `tls_key` (the console uses the gRPC listener's \
+                 certificate)"
             );
         }
         Ok(())

@@ -92,6 +92,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-timestamp",
     "webhook-signature",
     "x-jasci-event",
+    "x-stevedore-event-id",
 ];
 const MAX_URL_BYTES: usize = 2048;
 const MAX_DESCRIPTION_BYTES: usize = 1024;

@@ -119,6 +119,9 @@ pub struct Deliveries {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Every finished attempt's delivery record, for live views (the
+    /// console); sent only while someone listens.
+    outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
 }
 
 /// The consumer behind an endpoint. `@` cannot appear in gRPC consumer
@@ -128,6 +131,13 @@ fn consumer_name(endpoint_id: &str) -> String {
 }
 
 impl Deliveries {
+    /// The delivery record after every attempt from now on, on every
+    /// endpoint. A slow listener misses records (`Lagged`), never slows
+    /// delivery.
+    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<pb::Delivery> {
+        self.outcomes.subscribe()
+    }
+
     /// Loads every endpoint and starts the enabled ones' workers.
     pub async fn start(
         store: Store,
@@ -152,6 +162,7 @@ impl Deliveries {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             metrics,
+            outcomes: tokio::sync::broadcast::channel(256).0,
         });
         let key = this.config.master_key.as_ref();
         let mut records = Vec::new();
@@ -423,6 +434,7 @@ impl Deliveries {
                 .and_then(|t| convert::system_time("failing_since", t).ok()),
             metrics: self.metrics.clone(),
             broker_shutdown: self.shutdown.clone(),
+            outcomes: self.outcomes.clone(),
         };
         self.views
             .lock()
@@ -826,7 +838,7 @@ impl Deliveries {
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
-            headers: stack::base_headers("stevedore.test", &spec.headers),
+            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
             body: body.into(),
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),

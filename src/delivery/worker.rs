@@ -39,6 +39,7 @@ use super::{
     classify::{classify, Verdict},
     endpoint::{EndpointSpec, Ordering},
     shared::{Shared, SharedEvent},
+    signing,
     stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
     Control,
 };
@@ -77,7 +78,7 @@ pub struct WorkerView {
 /// A held event, as listed.
 #[derive(Clone, Debug)]
 pub struct HeldView {
-    /// Its id (the `webhook-id`).
+    /// Its event id (the `webhook-id` is derived from it).
     pub event_id: String,
     /// Its type.
     pub event_type: String,
@@ -112,6 +113,8 @@ pub struct WorkerContext {
     /// Cancelled when the whole broker shuts down (the worker's own token
     /// is also cancelled by endpoint changes).
     pub broker_shutdown: CancellationToken,
+    /// Finished attempts for live views; see `Deliveries::watch_outcomes`.
+    pub outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
 }
 
 impl WorkerContext {
@@ -702,8 +705,8 @@ impl Attempt {
         let ctx = &self.ctx;
         let request = WebhookRequest {
             uri: ctx.spec.url.clone(),
-            msg_id: self.event_id.clone(),
-            headers: stack::base_headers(&self.event_type, &ctx.spec.headers),
+            msg_id: signing::webhook_id(&self.event_id).into_owned(),
+            headers: stack::base_headers(&self.event_type, &self.event_id, &ctx.spec.headers),
             body: self.body.clone(),
             timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
             keys: ctx.keys.clone(),
@@ -827,6 +830,10 @@ impl Attempt {
                     .unwrap_or_default();
                 let _ = ctx.consumer.nack(&[self.offset], wait);
             }
+        }
+        // Nobody watching (the usual case) costs a counter read, no clone.
+        if ctx.outcomes.receiver_count() > 0 {
+            let _ = ctx.outcomes.send(record.clone());
         }
         let _ = self.finished.send(Finished {
             offset: self.offset,

@@ -274,6 +274,7 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
         data_dir: dir.path().join("data"),
         sled_cache_bytes: 8 * 1024 * 1024,
         metrics_listen: None,
+        console_listen: None,
         ..Config::default()
     };
     tweak(&mut config);

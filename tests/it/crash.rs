@@ -78,6 +78,7 @@ impl Server {
             .env("STEVEDORE_LOG", "warn")
             // Several brokers run at once; none needs the metrics port.
             .env("STEVEDORE_METRICS_LISTEN", "off")
+            .env("STEVEDORE_CONSOLE_LISTEN", "off")
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

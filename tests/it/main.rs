@@ -7,6 +7,7 @@ mod connections;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod etiquette;
 mod faults;
 mod fuzz;
 mod hardening;
@@ -86,6 +87,7 @@ impl TestServer {
             allow_http: true,
             // Tests run many brokers at once; the metrics test binds its own.
             metrics_listen: None,
+            console_listen: None,
             allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
             ..Config::default()
         };

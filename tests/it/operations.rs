@@ -347,45 +347,8 @@ async fn rate_limit_paces_requests() {
 
 #[tokio::test]
 async fn in_flight_backs_off_on_429_and_recovers() {
-    let server = TestServer::start().await;
-    let rx = Receiver::start().await;
-    let mut admin = server.admin().await;
-    let mut e = endpoint(&rx.url);
-    e.max_in_flight = 8;
-    e.ordering = pb::Ordering::None as i32;
-    e.retry_schedule = vec![
-        ms(0),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-    ];
-    create(&mut admin, e).await;
-    // A 429 storm: every request is slow and refused.
-    rx.set_default(Behavior::Delay(Duration::from_millis(40), 429));
-    let events = (0..16)
-        .map(|i| pick(&format!("ad-{i}"), &format!("SO-{i}")))
-        .collect();
+    let (server, rx) = throttle_storm(429, "ad").await;
     let mut p = server.publisher().await;
-    p.publish_batch(pb::PublishBatchRequest { events })
-        .await
-        .unwrap();
-    rx.wait_for(16, Duration::from_secs(10)).await;
-    let first_wave = rx.max_concurrent_requests();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Measure concurrency during the storm, after the first wave.
-    let before = rx.count();
-    let mut during = 0;
-    for _ in 0..20 {
-        during = during.max(rx.in_flight());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(rx.count() > before, "still retrying");
-    assert!(first_wave >= 6, "started wide: {first_wave}");
-    assert!(during <= 2, "backed off to {during} in flight");
     // Healthy again: everything is delivered and the window opens up.
     rx.set_default(Behavior::Delay(Duration::from_millis(40), 200));
     let more = (16..48)
@@ -409,6 +372,63 @@ async fn in_flight_backs_off_on_429_and_recovers() {
     })
     .await;
     assert!(widest >= 3, "grew back: {widest}");
+}
+
+/// A storm of `status` answers (slow, so requests overlap) to 16 events
+/// `{prefix}-0..16` on an endpoint allowing 8 in flight: the first wave
+/// goes wide, then the window shrinks to at most 2 in flight while the
+/// retries go on.
+async fn throttle_storm(status: u16, prefix: &str) -> (TestServer, Receiver) {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.max_in_flight = 8;
+    e.ordering = pb::Ordering::None as i32;
+    e.retry_schedule = vec![
+        ms(0),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+    ];
+    create(&mut admin, e).await;
+    // A 429 storm: every request is slow and refused.
+    rx.set_default(Behavior::Delay(Duration::from_millis(40), status));
+    let events = (0..16)
+        .map(|i| pick(&format!("{prefix}-{i}"), &format!("SO-{i}")))
+        .collect();
+    let mut p = server.publisher().await;
+    p.publish_batch(pb::PublishBatchRequest { events })
+        .await
+        .unwrap();
+    rx.wait_for(16, Duration::from_secs(10)).await;
+    let first_wave = rx.max_concurrent_requests();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Measure concurrency during the storm, after the first wave.
+    let before = rx.count();
+    let mut during = 0;
+    for _ in 0..20 {
+        during = during.max(rx.in_flight());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rx.count() > before, "still retrying");
+    assert!(first_wave >= 6, "started wide: {first_wave}");
+    assert!(during <= 2, "{status}: backed off to {during} in flight");
+    (server, rx)
+}
+
+/// 502 and 504 (a gateway in front of the receiver failing) are throttle
+/// signals too, like 429 and 503.
+#[tokio::test]
+async fn in_flight_backs_off_on_502_and_504() {
+    for status in [502, 504] {
+        let (server, _rx) = throttle_storm(status, &format!("gw{status}")).await;
+        server.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -354,6 +354,7 @@ async fn secrets_are_encrypted_at_rest_and_plaintext_records_are_migrated() {
             sled_cache_bytes: 8 * 1024 * 1024,
             master_key,
             metrics_listen: None,
+            console_listen: None,
             ..Config::default()
         }
     };

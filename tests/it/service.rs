@@ -165,6 +165,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
         allow_http: true,
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         metrics_listen: None,
+        console_listen: None,
         // Short, so a silent connection is closed within the test.
         handshake_timeout: Duration::from_millis(300),
         ..Default::default()
