@@ -46,6 +46,7 @@ pub mod pb;
 pub mod retention;
 pub mod store;
 pub mod suggest;
+pub mod tenant;
 pub mod tls;
 pub mod webhook;
 

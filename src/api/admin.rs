@@ -21,6 +21,7 @@ use crate::{
         RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
         SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
+    tenant::Scope,
 };
 
 const MAX_PAGE: usize = 1000;
@@ -46,9 +47,9 @@ impl AdminService {
         }
     }
 
-    /// A durable gRPC consumer by name; endpoints' consumers are managed
-    /// through their endpoints.
-    fn consumer(&self, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
+    /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
+    /// consumers are managed through their endpoints.
+    fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
         required("name", name)?;
         if name.starts_with('@') {
             return Err(Error::invalid(
@@ -57,7 +58,7 @@ impl AdminService {
                  ReplayEndpoint or DeleteEndpoint",
             ));
         }
-        self.consumers.get(name)
+        self.consumers.get_in(scope, name)
     }
 }
 
@@ -86,11 +87,12 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let endpoint = request
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
-        let (endpoint, secret) = self.deliveries.create(endpoint).await?;
+        let (endpoint, secret) = self.deliveries.create(&scope, endpoint).await?;
         Ok(Response::new(CreateEndpointResponse {
             endpoint: Some(endpoint),
             secret,
@@ -101,10 +103,11 @@ impl Admin for AdminService {
         &self,
         request: Request<GetEndpointRequest>,
     ) -> Result<Response<GetEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(self.deliveries.get(&id)?),
+            endpoint: Some(self.deliveries.get(&scope, &id)?),
         }))
     }
 
@@ -112,10 +115,11 @@ impl Admin for AdminService {
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let (endpoints, next_page_token) = self
-            .deliveries
-            .list(page_size(req.page_size)?, &req.page_token)?;
+        let (endpoints, next_page_token) =
+            self.deliveries
+                .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListEndpointsResponse {
             endpoints,
             next_page_token,
@@ -126,6 +130,7 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateEndpointRequest>,
     ) -> Result<Response<UpdateEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         let endpoint = req
             .endpoint
@@ -141,7 +146,7 @@ impl Admin for AdminService {
             )
             .into());
         }
-        let endpoint = self.deliveries.update(endpoint, &paths).await?;
+        let endpoint = self.deliveries.update(&scope, endpoint, &paths).await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(endpoint),
         }))
@@ -151,9 +156,10 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
-        self.deliveries.delete(&id).await?;
+        self.deliveries.delete(&scope, &id).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
 
@@ -161,6 +167,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RotateEndpointSecretRequest>,
     ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("id", &req.id)?;
         let grace = req
@@ -171,7 +178,10 @@ impl Admin for AdminService {
         if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
             return Err(Error::invalid("grace_period", "must be at most 30 days").into());
         }
-        let (secret, until) = self.deliveries.rotate_secret(&req.id, grace).await?;
+        let (secret, until) = self
+            .deliveries
+            .rotate_secret(&scope, &req.id, grace)
+            .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
             secret,
             previous_expires_at: Some(convert::timestamp(until)),
@@ -182,6 +192,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let state = match DeliveryState::try_from(req.state) {
@@ -201,6 +212,7 @@ impl Admin for AdminService {
             })?)
         };
         let (deliveries, next) = self.deliveries.list_deliveries(
+            &scope,
             &req.endpoint_id,
             state,
             page_size(req.page_size)?,
@@ -216,6 +228,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListAttemptsRequest>,
     ) -> Result<Response<ListAttemptsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
@@ -224,7 +237,7 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .deliveries
-                .list_attempts(&req.endpoint_id, req.offset)?,
+                .list_attempts(&scope, &req.endpoint_id, req.offset)?,
         }))
     }
 
@@ -232,6 +245,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
@@ -239,7 +253,7 @@ impl Admin for AdminService {
         }
         let delivery = self
             .deliveries
-            .retry_delivery(&req.endpoint_id, req.offset)
+            .retry_delivery(&scope, &req.endpoint_id, req.offset)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
             delivery: Some(delivery),
@@ -251,6 +265,7 @@ impl Admin for AdminService {
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
         use crate::pb::replay_endpoint_request::Start;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
@@ -260,7 +275,10 @@ impl Admin for AdminService {
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
-        let from_offset = self.deliveries.replay(&req.endpoint_id, from).await?;
+        let from_offset = self
+            .deliveries
+            .replay(&scope, &req.endpoint_id, from)
+            .await?;
         Ok(Response::new(ReplayEndpointResponse { from_offset }))
     }
 
@@ -268,9 +286,11 @@ impl Admin for AdminService {
         &self,
         request: Request<SendTestEventRequest>,
     ) -> Result<Response<SendTestEventResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
-        let (webhook_id, attempt, delivered) = self.deliveries.send_test(&req.endpoint_id).await?;
+        let (webhook_id, attempt, delivered) =
+            self.deliveries.send_test(&scope, &req.endpoint_id).await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
             attempt: Some(attempt),
@@ -283,6 +303,7 @@ impl Admin for AdminService {
         request: Request<ExplainEventRequest>,
     ) -> Result<Response<ExplainEventResponse>, Status> {
         use crate::pb::explain_event_request::Event;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match req.event {
@@ -300,21 +321,26 @@ impl Admin for AdminService {
                 })?
             }
         };
-        Ok(Response::new(
-            self.deliveries.explain(&req.endpoint_id, offset)?,
-        ))
+        Ok(Response::new(self.deliveries.explain(
+            &scope,
+            &req.endpoint_id,
+            offset,
+        )?))
     }
 
     async fn list_consumers(
         &self,
-        _request: Request<ListConsumersRequest>,
+        request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
+        let scope = Scope::of(&request);
         let head = self.store.head();
         let consumers = self
             .consumers
             .list()?
             .into_iter()
+            .filter(|c| scope.sees(&c.tenant))
             .map(|c| ConsumerInfo {
+                tenant: c.tenant,
                 lag: head.saturating_sub(c.floor),
                 ack_floor: c.floor,
                 max_deliveries: c.max_deliveries,
@@ -331,8 +357,9 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
+        let scope = Scope::of(&request);
         let name = request.into_inner().name;
-        self.consumer(&name)?;
+        self.consumer(&scope, &name)?;
         self.consumers.remove(&name).await?;
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(Response::new(DeleteConsumerResponse {}))
@@ -342,8 +369,9 @@ impl Admin for AdminService {
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
+        let scope = Scope::of(&request);
         let name = request.into_inner().name;
-        let redriven = self.consumer(&name)?.redrive().await?;
+        let redriven = self.consumer(&scope, &name)?.redrive().await?;
         tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
         Ok(Response::new(RedriveConsumerResponse { redriven }))
     }
@@ -353,8 +381,9 @@ impl Admin for AdminService {
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
         use crate::pb::reset_consumer_request::Position;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let consumer = self.consumer(&req.name)?;
+        let consumer = self.consumer(&scope, &req.name)?;
         let head = self.store.head();
         let to = match &req.position {
             None => {
