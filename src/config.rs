@@ -157,6 +157,21 @@ pub struct Config {
     pub max_endpoint_headers: usize,
     /// Longest custom header value on a webhook endpoint.
     pub max_endpoint_header_bytes: usize,
+
+    // tenants (see `crate::tenant`)
+    /// The known tenants; an event, endpoint or token naming another is
+    /// refused. Empty: any tenant.
+    pub tenants: Vec<String>,
+    /// Most endpoints one tenant may have (0: only `max_endpoints` applies).
+    pub tenant_max_endpoints: usize,
+    /// Events per second one tenant may publish (token bucket; 0: no limit).
+    pub tenant_publish_rate: f64,
+    /// The bucket's size: events a tenant may publish at once (0: one
+    /// second's worth of `tenant_publish_rate`, at least 1).
+    pub tenant_publish_burst: u32,
+    /// Shorter retention for some tenants' events: `tenant=duration,...`.
+    /// Their payloads are erased once older (the log keeps its offsets).
+    pub tenant_retention: Vec<(String, Duration)>,
 }
 
 /// How log lines are written.
@@ -228,6 +243,11 @@ impl Default for Config {
             max_connections: 10_000,
             max_endpoint_headers: 32,
             max_endpoint_header_bytes: 4096,
+            tenants: Vec::new(),
+            tenant_max_endpoints: 0,
+            tenant_publish_rate: 0.0,
+            tenant_publish_burst: 0,
+            tenant_retention: Vec::new(),
         }
     }
 }
@@ -292,6 +312,12 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "max_endpoint_headers",
     "max_endpoint_header_bytes",
+    // tenants
+    "tenants",
+    "tenant_max_endpoints",
+    "tenant_publish_rate",
+    "tenant_publish_burst",
+    "tenant_retention",
 ];
 
 impl Config {
@@ -402,6 +428,33 @@ impl Config {
             "max_endpoint_headers" => self.max_endpoint_headers = parse_num(value).map_err(bad)?,
             "max_endpoint_header_bytes" => {
                 self.max_endpoint_header_bytes = parse_num(value).map_err(bad)?
+            }
+            // tenants
+            "tenants" => {
+                let mut tenants: Vec<String> = Vec::new();
+                for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    crate::tenant::check_name(t).map_err(bad)?;
+                    if !tenants.iter().any(|k| k == t) {
+                        tenants.push(t.to_owned());
+                    }
+                }
+                self.tenants = tenants;
+            }
+            "tenant_max_endpoints" => self.tenant_max_endpoints = parse_num(value).map_err(bad)?,
+            "tenant_publish_rate" => self.tenant_publish_rate = parse_num(value).map_err(bad)?,
+            "tenant_publish_burst" => self.tenant_publish_burst = parse_num(value).map_err(bad)?,
+            "tenant_retention" => {
+                let mut out: Vec<(String, Duration)> = Vec::new();
+                for entry in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    let (t, d) = entry
+                        .split_once('=')
+                        .ok_or_else(|| bad("expected tenant=duration,...".into()))?;
+                    crate::tenant::check_name(t.trim()).map_err(bad)?;
+                    let d = parse_duration(d.trim()).map_err(bad)?;
+                    out.retain(|(k, _)| k != t.trim());
+                    out.push((t.trim().to_owned(), d));
+                }
+                self.tenant_retention = out;
             }
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
@@ -700,6 +753,34 @@ impl Config {
             "max_endpoint_header_bytes",
             "must be at least 1",
         )?;
+        // tenants
+        check(
+            self.tenant_publish_rate.is_finite() && self.tenant_publish_rate >= 0.0,
+            "tenant_publish_rate",
+            "must be a non-negative number",
+        )?;
+        if !self.tenants.is_empty() {
+            for t in &self.tokens {
+                if let Some(tenant) = &t.tenant {
+                    if !self.tenants.contains(tenant) {
+                        bail!(
+                            "config key `tokens`: token {} is scoped to a tenant not listed in `tenants`",
+                            t.name
+                        );
+                    }
+                }
+            }
+            for (t, _) in &self.tenant_retention {
+                if !self.tenants.contains(t) {
+                    bail!("config key `tenant_retention`: {t} is not listed in `tenants`");
+                }
+            }
+        }
+        for (t, d) in &self.tenant_retention {
+            if d.is_zero() {
+                bail!("config key `tenant_retention`: {t}'s retention must be above zero");
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => bail!("config key `tls_key`: required when tls_cert is set"),
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
@@ -822,9 +903,18 @@ fn toml_tokens(entries: Vec<toml::Value>) -> anyhow::Result<String> {
             Some(toml::Value::String(s)) => Ok(s),
             _ => Err(anyhow!("config key `tokens[{i}].{f}`: required string")),
         };
-        let line = format!("{}:{}:{}", field("name")?, field("role")?, field("sha256")?);
+        let (name, role, sha256) = (field("name")?, field("role")?, field("sha256")?);
+        // tenants: `tenant = "acme"` scopes the token (compact form `role@tenant`).
+        let role = match t.remove("tenant") {
+            None => role,
+            Some(toml::Value::String(tenant)) => format!("{role}@{tenant}"),
+            Some(_) => bail!("config key `tokens[{i}].tenant`: expected a string"),
+        };
+        let line = format!("{name}:{role}:{sha256}");
         if let Some(extra) = t.keys().next() {
-            bail!("config key `tokens[{i}]`: unknown field `{extra}` (known: name, role, sha256)");
+            bail!(
+                "config key `tokens[{i}]`: unknown field `{extra}` (known: name, role, tenant, sha256)"
+            );
         }
         out.push(line);
     }

@@ -14,20 +14,21 @@ use crate::{
     pb::{
         admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
         DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, ExplainEventRequest, ExplainEventResponse,
-        GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse,
-        ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
-        ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
-        RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
-        ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
-        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
-        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+        DeleteEndpointResponse, ExplainEventRequest, ExplainEventResponse, GetEndpointRequest,
+        GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse, ListConsumersRequest,
+        ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest,
+        ListEndpointsResponse, RedriveConsumerRequest, RedriveConsumerResponse,
+        ReplayEndpointRequest, ReplayEndpointResponse, ResetConsumerRequest, ResetConsumerResponse,
+        RetryDeliveryRequest, RetryDeliveryResponse, RotateEndpointSecretRequest,
+        RotateEndpointSecretResponse, SendTestEventRequest, SendTestEventResponse,
+        UpdateEndpointRequest, UpdateEndpointResponse,
     },
     pb::{
         GetEndpointStatsRequest, GetEndpointStatsResponse, ListEventTypesRequest,
         ListEventTypesResponse, RecoverDeliveriesRequest, RecoverDeliveriesResponse,
         RenderDeliveryRequest, RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
     },
+    tenant::Scope,
 };
 
 const MAX_PAGE: usize = 1000;
@@ -53,9 +54,9 @@ impl AdminService {
         }
     }
 
-    /// A durable gRPC consumer by name; endpoints' consumers are managed
-    /// through their endpoints.
-    fn consumer(&self, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
+    /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
+    /// consumers are managed through their endpoints.
+    fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
         required("name", name)?;
         if name.starts_with('@') {
             return Err(Error::invalid(
@@ -64,7 +65,7 @@ impl AdminService {
                  ReplayEndpoint or DeleteEndpoint",
             ));
         }
-        self.consumers.get(name)
+        self.consumers.get_in(scope, name)
     }
 }
 
@@ -93,11 +94,12 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let endpoint = request
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
-        let (endpoint, secret) = self.deliveries.create(endpoint).await?;
+        let (endpoint, secret) = self.deliveries.create(&scope, endpoint).await?;
         Ok(Response::new(CreateEndpointResponse {
             endpoint: Some(endpoint),
             secret,
@@ -108,10 +110,11 @@ impl Admin for AdminService {
         &self,
         request: Request<GetEndpointRequest>,
     ) -> Result<Response<GetEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(self.deliveries.get(&id)?),
+            endpoint: Some(self.deliveries.get(&scope, &id)?),
         }))
     }
 
@@ -119,10 +122,11 @@ impl Admin for AdminService {
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let (endpoints, next_page_token) = self
-            .deliveries
-            .list(page_size(req.page_size)?, &req.page_token)?;
+        let (endpoints, next_page_token) =
+            self.deliveries
+                .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListEndpointsResponse {
             endpoints,
             next_page_token,
@@ -133,6 +137,7 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateEndpointRequest>,
     ) -> Result<Response<UpdateEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         let endpoint = req
             .endpoint
@@ -154,7 +159,7 @@ impl Admin for AdminService {
         }
         let endpoint = self
             .deliveries
-            .update_with(endpoint, &paths, &headers)
+            .update_with(&scope, endpoint, &paths, &headers)
             .await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(endpoint),
@@ -165,9 +170,10 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
-        self.deliveries.delete(&id).await?;
+        self.deliveries.delete(&scope, &id).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
 
@@ -175,6 +181,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RotateEndpointSecretRequest>,
     ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("id", &req.id)?;
         let grace = req
@@ -185,7 +192,10 @@ impl Admin for AdminService {
         if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
             return Err(Error::invalid("grace_period", "must be at most 30 days").into());
         }
-        let (secret, until) = self.deliveries.rotate_secret(&req.id, grace).await?;
+        let (secret, until) = self
+            .deliveries
+            .rotate_secret(&scope, &req.id, grace)
+            .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
             secret,
             previous_expires_at: Some(convert::timestamp(until)),
@@ -203,6 +213,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListAttemptsRequest>,
     ) -> Result<Response<ListAttemptsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
@@ -211,7 +222,7 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .deliveries
-                .list_attempts(&req.endpoint_id, req.offset)?,
+                .list_attempts(&scope, &req.endpoint_id, req.offset)?,
         }))
     }
 
@@ -219,6 +230,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
@@ -226,7 +238,7 @@ impl Admin for AdminService {
         }
         let delivery = self
             .deliveries
-            .retry_delivery(&req.endpoint_id, req.offset)
+            .retry_delivery(&scope, &req.endpoint_id, req.offset)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
             delivery: Some(delivery),
@@ -238,6 +250,7 @@ impl Admin for AdminService {
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
         use crate::pb::replay_endpoint_request::Start;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
@@ -247,7 +260,10 @@ impl Admin for AdminService {
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
-        let from_offset = self.deliveries.replay(&req.endpoint_id, from).await?;
+        let from_offset = self
+            .deliveries
+            .replay(&scope, &req.endpoint_id, from)
+            .await?;
         Ok(Response::new(ReplayEndpointResponse { from_offset }))
     }
 
@@ -255,9 +271,11 @@ impl Admin for AdminService {
         &self,
         request: Request<SendTestEventRequest>,
     ) -> Result<Response<SendTestEventResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
-        let (webhook_id, attempt, delivered) = self.deliveries.send_test(&req.endpoint_id).await?;
+        let (webhook_id, attempt, delivered) =
+            self.deliveries.send_test(&scope, &req.endpoint_id).await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
             attempt: Some(attempt),
@@ -270,6 +288,7 @@ impl Admin for AdminService {
         request: Request<ExplainEventRequest>,
     ) -> Result<Response<ExplainEventResponse>, Status> {
         use crate::pb::explain_event_request::Event;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match req.event {
@@ -287,21 +306,26 @@ impl Admin for AdminService {
                 })?
             }
         };
-        Ok(Response::new(
-            self.deliveries.explain(&req.endpoint_id, offset)?,
-        ))
+        Ok(Response::new(self.deliveries.explain(
+            &scope,
+            &req.endpoint_id,
+            offset,
+        )?))
     }
 
     async fn list_consumers(
         &self,
-        _request: Request<ListConsumersRequest>,
+        request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
+        let scope = Scope::of(&request);
         let head = self.store.head();
         let consumers = self
             .consumers
             .list()?
             .into_iter()
+            .filter(|c| scope.sees(&c.tenant))
             .map(|c| ConsumerInfo {
+                tenant: c.tenant,
                 lag: head.saturating_sub(c.floor),
                 ack_floor: c.floor,
                 max_deliveries: c.max_deliveries,
@@ -318,8 +342,9 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
+        let scope = Scope::of(&request);
         let name = request.into_inner().name;
-        self.consumer(&name)?;
+        self.consumer(&scope, &name)?;
         self.consumers.remove(&name).await?;
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(Response::new(DeleteConsumerResponse {}))
@@ -329,8 +354,9 @@ impl Admin for AdminService {
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
+        let scope = Scope::of(&request);
         let name = request.into_inner().name;
-        let redriven = self.consumer(&name)?.redrive().await?;
+        let redriven = self.consumer(&scope, &name)?.redrive().await?;
         tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
         Ok(Response::new(RedriveConsumerResponse { redriven }))
     }
@@ -340,8 +366,9 @@ impl Admin for AdminService {
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
         use crate::pb::reset_consumer_request::Position;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let consumer = self.consumer(&req.name)?;
+        let consumer = self.consumer(&scope, &req.name)?;
         let head = self.store.head();
         let to = match &req.position {
             None => {

@@ -13,16 +13,15 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::{
-    consumer_name,
-    endpoint::EndpointSpec,
-    keys_of, signing, stack, worker, Deliveries, REDACTED,
+    consumer_name, endpoint::EndpointSpec, keys_of, signing, stack, worker, Deliveries, REDACTED,
 };
 use crate::{
     convert,
     error::{Error, Result},
     model::Offset,
     pb::{self, DeliveryState},
-    store::{scope, scoped_offset_key, Mutation, Table},
+    store::{self, scoped_offset_key, Mutation, Table},
+    tenant::Scope,
 };
 
 /// At most this many deliveries are recovered by one call (each reopens
@@ -101,12 +100,13 @@ impl Deliveries {
     /// that have no record yet are listed as pending.
     pub fn query_deliveries(
         &self,
+        scope: &Scope,
         id: &str,
         q: &DeliveryQuery,
         page_size: usize,
         before: Option<Offset>,
     ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
-        self.record(id)?;
+        self.record(scope, id)?;
         let upper = before.map_or(q.until, |b| b.min(q.until));
         if q.from >= upper {
             return Ok((Vec::new(), None));
@@ -132,7 +132,9 @@ impl Deliveries {
         for kv in self
             .store
             .table(Table::Deliveries)
-            .range(scoped_offset_key(id, q.from).max(scope(id))..scoped_offset_key(id, upper))
+            .range(
+                scoped_offset_key(id, q.from).max(store::scope(id))..scoped_offset_key(id, upper),
+            )
             .rev()
         {
             let (k, v) = kv?;
@@ -188,6 +190,7 @@ impl Deliveries {
     /// `dry_run` only counts them.
     pub async fn recover(
         &self,
+        scope: &Scope,
         id: &str,
         from: Offset,
         until: Offset,
@@ -196,7 +199,7 @@ impl Deliveries {
         dry_run: bool,
     ) -> Result<Recovered> {
         let _workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         let mut matched = Vec::new();
         let mut more = false;
         if from < until {
@@ -266,14 +269,18 @@ impl Deliveries {
     /// it. Refused while the event's delivery to it is under way, and when
     /// the endpoint's filter condition excludes it (its worker would skip
     /// it).
-    pub async fn resend(&self, id: &str, offset: Offset) -> Result<pb::Delivery> {
+    pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<pb::Delivery> {
         let _workers = self.workers.lock().await;
-        let record = self.record(id)?;
-        let event = self.store.get(offset)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no event at offset {offset} (never published, or removed by retention)"
-            ))
-        })?;
+        let record = self.record(scope, id)?;
+        let event = scope.event(&self.store, offset)?;
+        // An endpoint never receives another tenant's event, not even by hand.
+        let tenant = crate::tenant::of_event(&event.event);
+        if !record.endpoint().tenant.is_empty() && record.endpoint().tenant != tenant {
+            return Err(Error::FailedPrecondition(format!(
+                "event {offset} does not belong to the endpoint's tenant {:?}",
+                record.endpoint().tenant
+            )));
+        }
         let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
@@ -284,7 +291,10 @@ impl Deliveries {
             return Err(Error::FailedPrecondition(format!(
                 "the endpoint's filter `{}` does not hold for event {offset}: its worker \
                  would skip it",
-                spec.condition.as_ref().map(|c| c.source()).unwrap_or_default()
+                spec.condition
+                    .as_ref()
+                    .map(|c| c.source())
+                    .unwrap_or_default()
             )));
         }
         let existing = worker::load_delivery(&self.store, id, offset)?;
@@ -344,13 +354,14 @@ impl Deliveries {
     /// The request endpoint `id` gets for the event at `offset`, signed
     /// now with its current secret(s), at its last attempt's timestamp if it
     /// had one. Custom header values are redacted.
-    pub fn render_request(&self, id: &str, offset: Offset) -> Result<pb::RenderDeliveryResponse> {
-        let record = self.record(id)?;
-        let event = self.store.get(offset)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no event at offset {offset} (never published, or removed by retention)"
-            ))
-        })?;
+    pub fn render_request(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::RenderDeliveryResponse> {
+        let record = self.record(scope, id)?;
+        let event = scope.event(&self.store, offset)?;
         let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
@@ -373,14 +384,14 @@ impl Deliveries {
             },
         };
         let last_attempt = self
-            .list_attempts(id, offset)?
+            .list_attempts(scope, id, offset)?
             .last()
             .and_then(|a| a.started_at);
         let timestamp = last_attempt.map_or_else(
             || convert::timestamp(SystemTime::now()).seconds,
             |t| t.seconds,
         );
-        let msg_id = event.event.id.clone();
+        let msg_id = signing::webhook_id(&event.event.id).into_owned();
         let keys = keys_of(&record);
         let now = SystemTime::now();
         let previous = keys
@@ -396,7 +407,7 @@ impl Deliveries {
         );
         let custom: HashSet<&str> = spec.headers.iter().map(|(n, _)| n.as_str()).collect();
         let mut headers: Vec<pb::RenderedHeader> =
-            stack::base_headers(event.event_type.as_str(), &spec.headers)
+            stack::base_headers(event.event_type.as_str(), &event.event.id, &spec.headers)
                 .iter()
                 .map(|(name, value)| pb::RenderedHeader {
                     name: name.as_str().to_owned(),

@@ -216,6 +216,13 @@ impl EndpointSpec {
                 .collect::<BTreeMap<_, _>>(),
         )
         .excluding_reserved();
+        // A tenant's endpoint receives only that tenant's events, whatever
+        // its other filters say.
+        let filter = if e.tenant.is_empty() {
+            filter
+        } else {
+            filter.with_tenant(e.tenant.clone())
+        };
         if e.headers.len() > config.max_endpoint_headers {
             return Err(Error::invalid(
                 f("headers"),

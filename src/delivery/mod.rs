@@ -40,7 +40,8 @@ use crate::{
     metrics::Metrics,
     model::{EventFilter, Offset},
     pb::{self, DeliveryState},
-    store::{scope, scoped_offset_key, Mutation, Store, Table},
+    store::{scope as key_prefix, scoped_offset_key, Mutation, Store, Table},
+    tenant::{self, Scope},
 };
 use egress::Guard;
 use endpoint::{from_nanos, EndpointRecord, EndpointSpec};
@@ -361,7 +362,7 @@ impl Deliveries {
 
     async fn disable(&self, endpoint_id: &str, reason: &str) -> Result<()> {
         let mut workers = self.workers.lock().await;
-        let r = self.record(endpoint_id)?;
+        let r = self.record(&Scope::Global, endpoint_id)?;
         if r.endpoint().enabled == Some(false) {
             return Ok(()); // already (reports can race)
         }
@@ -396,7 +397,13 @@ impl Deliveries {
         endpoint_id: &str,
         data: prost_types::Struct,
     ) -> Result<()> {
-        let event = ops::event(event_type, endpoint_id, data);
+        // A tenant's endpoint's events belong to that tenant, so its own
+        // subscribers and endpoints can take them.
+        let tenant = self
+            .record(&Scope::Global, endpoint_id)
+            .map(|r| r.endpoint().tenant.clone())
+            .unwrap_or_default();
+        let event = ops::event(event_type, endpoint_id, &tenant, data);
         self.store.append(vec![event]).await.map(drop)
     }
 
@@ -454,7 +461,13 @@ impl Deliveries {
     }
 
     /// Creates an endpoint; returns it and its secret (shown only now).
-    pub async fn create(&self, mut endpoint: pb::Endpoint) -> Result<(pb::Endpoint, String)> {
+    pub async fn create(
+        &self,
+        scope: &Scope,
+        mut endpoint: pb::Endpoint,
+    ) -> Result<(pb::Endpoint, String)> {
+        endpoint.tenant = scope.assign("endpoint.tenant", &endpoint.tenant)?;
+        tenant::check_known(&self.config.tenants, "endpoint.tenant", &endpoint.tenant)?;
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
         endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, &self.guard)?;
@@ -465,6 +478,7 @@ impl Deliveries {
                 self.config.max_endpoints
             )));
         }
+        self.check_tenant_endpoints(&endpoint.tenant)?;
         let start = match &endpoint.start {
             None | Some(pb::endpoint::Start::StartLatest(_)) => self.store.head(),
             Some(pb::endpoint::Start::StartEarliest(_)) => self.store.first_offset()?,
@@ -514,12 +528,17 @@ impl Deliveries {
     }
 
     /// One endpoint (without secrets).
-    pub fn get(&self, id: &str) -> Result<pb::Endpoint> {
-        Ok(self.with_backlog(self.record(id)?.endpoint().clone()))
+    pub fn get(&self, scope: &Scope, id: &str) -> Result<pb::Endpoint> {
+        Ok(self.with_backlog(self.record(scope, id)?.endpoint().clone()))
     }
 
-    /// Endpoints in id order, after `after` (a page token).
-    pub fn list(&self, page_size: usize, after: &str) -> Result<(Vec<pb::Endpoint>, String)> {
+    /// The scope's endpoints in id order, after `after` (a page token).
+    pub fn list(
+        &self,
+        scope: &Scope,
+        page_size: usize,
+        after: &str,
+    ) -> Result<(Vec<pb::Endpoint>, String)> {
         let tree = self.store.table(Table::Endpoints);
         let iter = if after.is_empty() {
             tree.iter()
@@ -529,9 +548,16 @@ impl Deliveries {
             tree.range(from..)
         };
         let mut out = Vec::new();
-        for kv in iter.take(page_size + 1) {
+        for kv in iter {
             let (_, v) = kv?;
-            out.push(self.with_backlog(self.decode_record(&v)?.endpoint().clone()));
+            let record = self.decode_record(&v)?;
+            if !scope.sees(&record.endpoint().tenant) {
+                continue;
+            }
+            out.push(self.with_backlog(record.endpoint().clone()));
+            if out.len() > page_size {
+                break;
+            }
         }
         let next = if out.len() > page_size {
             out.truncate(page_size);
@@ -544,14 +570,20 @@ impl Deliveries {
 
     /// Applies `fields` of `update` and restarts the worker with the new
     /// configuration.
-    pub async fn update(&self, update: pb::Endpoint, fields: &[String]) -> Result<pb::Endpoint> {
-        self.update_with(update, fields, &HeaderEdits::default())
+    pub async fn update(
+        &self,
+        scope: &Scope,
+        update: pb::Endpoint,
+        fields: &[String],
+    ) -> Result<pb::Endpoint> {
+        self.update_with(scope, update, fields, &HeaderEdits::default())
             .await
     }
 
     /// [`Deliveries::update`], plus custom header changes by name.
     pub async fn update_with(
         &self,
+        scope: &Scope,
         update: pb::Endpoint,
         fields: &[String],
         headers: &HeaderEdits,
@@ -560,7 +592,7 @@ impl Deliveries {
         let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
         let fields = fields.as_slice();
         let mut workers = self.workers.lock().await;
-        let mut record = self.record(&update.id)?;
+        let mut record = self.record(scope, &update.id)?;
         let mut e = record.endpoint().clone();
         let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
@@ -599,9 +631,9 @@ impl Deliveries {
     }
 
     /// Deletes an endpoint, its consumer and its delivery records.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    pub async fn delete(&self, scope: &Scope, id: &str) -> Result<()> {
         let mut workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         stop_worker(&mut workers, id).await;
         self.store
             .write(vec![Mutation::delete(Table::Endpoints, id.as_bytes())])
@@ -613,7 +645,7 @@ impl Deliveries {
                 let keys: Vec<_> = self
                     .store
                     .table(table)
-                    .scan_prefix(scope(id))
+                    .scan_prefix(key_prefix(id))
                     .keys()
                     .take(10_000)
                     .collect::<std::result::Result<_, _>>()?;
@@ -643,10 +675,12 @@ impl Deliveries {
     /// A new secret; the old one keeps signing for `grace`.
     pub async fn rotate_secret(
         &self,
+        scope: &Scope,
         id: &str,
         grace: Option<Duration>,
     ) -> Result<(String, SystemTime)> {
         let workers = self.workers.lock().await;
+        self.record(scope, id)?;
         let grace = grace.unwrap_or(self.config.secret_rotation_grace);
         let secret = Secret::generate();
         let until = SystemTime::now() + grace;
@@ -666,13 +700,14 @@ impl Deliveries {
     }
 
     /// Why endpoint `id` did or did not get the event at `offset`.
-    pub fn explain(&self, id: &str, offset: Offset) -> Result<pb::ExplainEventResponse> {
-        let record = self.record(id)?;
-        let event = self.store.get(offset)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no event at offset {offset} (never published, or removed by retention)"
-            ))
-        })?;
+    pub fn explain(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::ExplainEventResponse> {
+        let record = self.record(scope, id)?;
+        let event = scope.event(&self.store, offset)?;
         let mut out = pb::ExplainEventResponse {
             offset,
             event_type: event.event_type.to_string(),
@@ -731,6 +766,7 @@ impl Deliveries {
     /// Delivery records, newest first, optionally of one state.
     pub fn list_deliveries(
         &self,
+        scope: &Scope,
         id: &str,
         state: Option<DeliveryState>,
         page_size: usize,
@@ -740,12 +776,17 @@ impl Deliveries {
             state,
             ..DeliveryQuery::all()
         };
-        self.query_deliveries(id, &q, page_size, before)
+        self.query_deliveries(scope, id, &q, page_size, before)
     }
 
     /// Every attempt of one delivery, oldest first.
-    pub fn list_attempts(&self, id: &str, offset: Offset) -> Result<Vec<pb::Attempt>> {
-        self.record(id)?;
+    pub fn list_attempts(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<Vec<pb::Attempt>> {
+        self.record(scope, id)?;
         self.store
             .table(Table::Attempts)
             .scan_prefix(scoped_offset_key(id, offset))
@@ -758,9 +799,14 @@ impl Deliveries {
     }
 
     /// Sends a failed or dead delivery again now, with a fresh schedule.
-    pub async fn retry_delivery(&self, id: &str, offset: Offset) -> Result<pb::Delivery> {
+    pub async fn retry_delivery(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::Delivery> {
         let _workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         let mut d = worker::load_delivery(&self.store, id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
@@ -801,9 +847,9 @@ impl Deliveries {
     }
 
     /// Delivers everything from `from` on again.
-    pub async fn replay(&self, id: &str, from: Offset) -> Result<Offset> {
+    pub async fn replay(&self, scope: &Scope, id: &str, from: Offset) -> Result<Offset> {
         let _workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
@@ -812,8 +858,8 @@ impl Deliveries {
     }
 
     /// Sends one signed test request now; nothing is stored.
-    pub async fn send_test(&self, id: &str) -> Result<(String, pb::Attempt, bool)> {
-        let record = self.record(id)?;
+    pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
+        let record = self.record(scope, id)?;
         let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
         let now = convert::timestamp(SystemTime::now());
@@ -923,7 +969,7 @@ impl Deliveries {
             for kv in self
                 .store
                 .table(Table::Deliveries)
-                .range(scope(&id)..scoped_offset_key(&id, first))
+                .range(key_prefix(&id)..scoped_offset_key(&id, first))
             {
                 let (k, v) = kv?;
                 let d = pb::Delivery::decode(&*v)
@@ -969,16 +1015,41 @@ impl Deliveries {
             .collect()
     }
 
-    fn record(&self, id: &str) -> Result<EndpointRecord> {
+    /// The one lookup of an endpoint: another tenant's is `NOT_FOUND`,
+    /// exactly like one that does not exist.
+    fn record(&self, scope: &Scope, id: &str) -> Result<EndpointRecord> {
         if id.is_empty() {
             return Err(Error::invalid("id", "required"));
         }
+        let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
         let bytes = self
             .store
             .table(Table::Endpoints)
             .get(id.as_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("endpoint {id:?} does not exist")))?;
-        self.decode_record(&bytes)
+            .ok_or_else(not_found)?;
+        let record = self.decode_record(&bytes)?;
+        scope.check(&record.endpoint().tenant, not_found)?;
+        Ok(record)
+    }
+
+    /// `tenant_max_endpoints`: refuses one more endpoint for `tenant`.
+    fn check_tenant_endpoints(&self, tenant: &str) -> Result<()> {
+        let max = self.config.tenant_max_endpoints;
+        if tenant.is_empty() || max == 0 {
+            return Ok(());
+        }
+        let mut n = 0;
+        for v in self.store.table(Table::Endpoints).iter().values() {
+            if self.decode_record(&v?)?.endpoint().tenant == tenant {
+                n += 1;
+            }
+        }
+        if n >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "tenant {tenant:?} already has tenant_max_endpoints ({max}) endpoints"
+            )));
+        }
+        Ok(())
     }
 
     fn decode_record(&self, bytes: &[u8]) -> Result<EndpointRecord> {
@@ -1001,7 +1072,7 @@ impl Deliveries {
         id: &str,
         f: impl FnOnce(&mut EndpointRecord) -> Result<()>,
     ) -> Result<EndpointRecord> {
-        let mut r = self.record(id)?;
+        let mut r = self.record(&Scope::Global, id)?;
         f(&mut r)?;
         if let Some(e) = r.endpoint.as_mut() {
             e.updated_at = Some(convert::timestamp(SystemTime::now()));
@@ -1135,6 +1206,12 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             "fields" => into.fields = from.fields.clone(),
             "rate_limit" => into.rate_limit = from.rate_limit,
             "rate_burst" => into.rate_burst = from.rate_burst,
+            "tenant" => {
+                return Err(Error::invalid(
+                    "endpoint.tenant",
+                    "is fixed when the endpoint is created and cannot be updated",
+                ))
+            }
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

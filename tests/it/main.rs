@@ -22,6 +22,7 @@ mod service;
 mod startup;
 mod subscribe;
 mod sweep;
+mod tenants;
 mod webhook;
 
 use std::{
@@ -217,6 +218,7 @@ pub fn test_tokens(tokens: &[(&str, Role, &str)]) -> Vec<Token> {
         .map(|(name, role, token)| Token {
             name: name.to_string(),
             role: *role,
+            tenant: None,
             sha256: hash_token(token.as_bytes()),
         })
         .collect()

@@ -19,6 +19,7 @@ use crate::{
         RecoverDeliveriesRequest, RecoverDeliveriesResponse, RenderDeliveryRequest,
         RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
     },
+    tenant::Scope,
 };
 
 /// Longest GetEndpointStats window (what the broker keeps).
@@ -33,17 +34,26 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 
 impl AdminService {
     /// The offset of `event`: an offset (not 0) or an event id in the log.
-    fn event_offset(&self, offset: Option<Offset>, event_id: Option<&str>) -> Result<Offset, Error> {
+    fn event_offset(
+        &self,
+        scope: &Scope,
+        offset: Option<Offset>,
+        event_id: Option<&str>,
+    ) -> Result<Offset, Error> {
         match (offset, event_id) {
             (Some(0), _) => Err(Error::invalid("offset", "offsets start at 1")),
             (Some(o), _) => Ok(o),
             (None, Some(id)) => {
                 required("event_id", id)?;
-                self.store.offset_of_id(id)?.ok_or_else(|| {
+                let not_found = || {
                     Error::NotFound(format!(
                         "no event with id {id:?} (never published, or removed by retention)"
                     ))
-                })
+                };
+                let offset = self.store.offset_of_id(id)?.ok_or_else(not_found)?;
+                // Another tenant's id is answered like an unknown one.
+                scope.event(&self.store, offset).map_err(|_| not_found())?;
+                Ok(offset)
             }
             (None, None) => Err(Error::invalid("event", "set offset or event_id")),
         }
@@ -55,8 +65,12 @@ impl AdminService {
         since: Option<&prost_types::Timestamp>,
         until: Option<&prost_types::Timestamp>,
     ) -> Result<(Offset, Offset), Error> {
-        let since = since.map(|t| convert::system_time("since", t)).transpose()?;
-        let until = until.map(|t| convert::system_time("until", t)).transpose()?;
+        let since = since
+            .map(|t| convert::system_time("since", t))
+            .transpose()?;
+        let until = until
+            .map(|t| convert::system_time("until", t))
+            .transpose()?;
         if let (Some(s), Some(u)) = (since, until) {
             if u < s {
                 return Err(Error::invalid("until", "must not be before since"));
@@ -71,6 +85,7 @@ impl AdminService {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let state = match DeliveryState::try_from(req.state) {
@@ -114,7 +129,7 @@ impl AdminService {
         };
         let (deliveries, next) =
             self.deliveries
-                .query_deliveries(&req.endpoint_id, &q, page, before)?;
+                .query_deliveries(&scope, &req.endpoint_id, &q, page, before)?;
         Ok(Response::new(ListDeliveriesResponse {
             deliveries,
             next_page_token: next.map(|o| o.to_string()).unwrap_or_default(),
@@ -125,6 +140,7 @@ impl AdminService {
         &self,
         request: Request<RecoverDeliveriesRequest>,
     ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let mut states = Vec::new();
@@ -154,6 +170,7 @@ impl AdminService {
         let r = self
             .deliveries
             .recover(
+                &scope,
                 &req.endpoint_id,
                 from,
                 until,
@@ -174,14 +191,18 @@ impl AdminService {
         request: Request<ResendEventRequest>,
     ) -> Result<Response<ResendEventResponse>, Status> {
         use pb::resend_event_request::Event;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match &req.event {
-            Some(Event::Offset(o)) => self.event_offset(Some(*o), None)?,
-            Some(Event::EventId(id)) => self.event_offset(None, Some(id))?,
-            None => self.event_offset(None, None)?,
+            Some(Event::Offset(o)) => self.event_offset(&scope, Some(*o), None)?,
+            Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
+            None => self.event_offset(&scope, None, None)?,
         };
-        let delivery = self.deliveries.resend(&req.endpoint_id, offset).await?;
+        let delivery = self
+            .deliveries
+            .resend(&scope, &req.endpoint_id, offset)
+            .await?;
         Ok(Response::new(ResendEventResponse {
             delivery: Some(delivery),
         }))
@@ -192,22 +213,26 @@ impl AdminService {
         request: Request<RenderDeliveryRequest>,
     ) -> Result<Response<RenderDeliveryResponse>, Status> {
         use pb::render_delivery_request::Event;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match &req.event {
-            Some(Event::Offset(o)) => self.event_offset(Some(*o), None)?,
-            Some(Event::EventId(id)) => self.event_offset(None, Some(id))?,
-            None => self.event_offset(None, None)?,
+            Some(Event::Offset(o)) => self.event_offset(&scope, Some(*o), None)?,
+            Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
+            None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(
-            self.deliveries.render_request(&req.endpoint_id, offset)?,
-        ))
+        Ok(Response::new(self.deliveries.render_request(
+            &scope,
+            &req.endpoint_id,
+            offset,
+        )?))
     }
 
     pub(super) async fn get_endpoint_stats_impl(
         &self,
         request: Request<GetEndpointStatsRequest>,
     ) -> Result<Response<GetEndpointStatsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let window = match &req.window {
@@ -226,7 +251,7 @@ impl AdminService {
             .into());
         }
         // NOT_FOUND for an unknown endpoint, like every endpoint RPC.
-        self.deliveries.get(&req.endpoint_id)?;
+        self.deliveries.get(&scope, &req.endpoint_id)?;
         let stats = self.deliveries.endpoint_stats();
         let s = stats.summary(&req.endpoint_id, window, SystemTime::now());
         Ok(Response::new(GetEndpointStatsResponse {

@@ -90,7 +90,12 @@ pub fn short(d: Duration) -> String {
     if ms == 0 {
         return format!("{}us", d.as_micros());
     }
-    for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, n) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms % n == 0 {
             return format!("{}{unit}", ms / n);
         }
