@@ -13,9 +13,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::{
-    consumer_name,
-    endpoint::EndpointSpec,
-    keys_of, signing, stack, worker, Deliveries, REDACTED,
+    consumer_name, endpoint::EndpointSpec, keys_of, signing, stack, worker, Deliveries, REDACTED,
 };
 use crate::{
     convert,
@@ -284,7 +282,10 @@ impl Deliveries {
             return Err(Error::FailedPrecondition(format!(
                 "the endpoint's filter `{}` does not hold for event {offset}: its worker \
                  would skip it",
-                spec.condition.as_ref().map(|c| c.source()).unwrap_or_default()
+                spec.condition
+                    .as_ref()
+                    .map(|c| c.source())
+                    .unwrap_or_default()
             )));
         }
         let existing = worker::load_delivery(&self.store, id, offset)?;

@@ -133,11 +133,20 @@ impl EndpointStats {
         let m = match pos {
             Some(p) if ring[p].minute == minute => &mut ring[p],
             Some(p) => {
-                ring.insert(p + 1, Minute { minute, ..Default::default() });
+                ring.insert(
+                    p + 1,
+                    Minute {
+                        minute,
+                        ..Default::default()
+                    },
+                );
                 &mut ring[p + 1]
             }
             None => {
-                ring.push_front(Minute { minute, ..Default::default() });
+                ring.push_front(Minute {
+                    minute,
+                    ..Default::default()
+                });
                 &mut ring[0]
             }
         };
@@ -211,7 +220,12 @@ mod tests {
         for _ in 0..2 {
             s.record("a", now, Duration::from_millis(900), false);
         }
-        s.record("a", now - Duration::from_secs(7200), Duration::from_millis(1), true);
+        s.record(
+            "a",
+            now - Duration::from_secs(7200),
+            Duration::from_millis(1),
+            true,
+        );
         let hour = s.summary("a", Duration::from_secs(3600), now);
         assert_eq!((hour.attempts, hour.successes), (100, 98));
         assert_eq!(hour.p50, Duration::from_millis(4));

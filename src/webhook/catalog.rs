@@ -138,8 +138,8 @@ fn render_example(json: &str) -> Value {
     let mut de = serde_json::Deserializer::from_str(json);
     // The examples are checked by the golden tests: these cannot fail.
     let message = DynamicMessage::deserialize(desc, &mut de).expect("example is valid JSON");
-    let request = pb::PublishRequest::decode(message.encode_to_vec().as_slice())
-        .expect("example re-decodes");
+    let request =
+        pb::PublishRequest::decode(message.encode_to_vec().as_slice()).expect("example re-decodes");
     let event = request.event.expect("the example has an event");
     let limits = EventLimits {
         max_event_bytes: 1 << 20,
@@ -246,7 +246,9 @@ fn check(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
             for (key, v) in fields {
                 match properties.and_then(|p| p.get(key)) {
                     Some(s) => check(s, v, &format!("{at}.{key}"))?,
-                    None if closed => return Err(format!("{at}: key {key:?} is not in the schema")),
+                    None if closed => {
+                        return Err(format!("{at}: key {key:?} is not in the schema"))
+                    }
                     None => {}
                 }
             }
@@ -278,9 +280,10 @@ mod tests {
             ("pick_confirmed", "pick.confirmed"),
             ("shipment_closed", "shipment.closed"),
         ] {
-            let golden: Value =
-                serde_json::from_str(&super::super::golden::read(&format!("tests/golden/{file}.json")))
-                    .unwrap();
+            let golden: Value = serde_json::from_str(&super::super::golden::read(&format!(
+                "tests/golden/{file}.json"
+            )))
+            .unwrap();
             validate(&by_name(name).schema, &golden)
                 .unwrap_or_else(|e| panic!("tests/golden/{file}.json: {e}"));
         }
@@ -293,9 +296,13 @@ mod tests {
         assert!(validate(&pick.schema, &bad).unwrap_err().contains("stauts"));
         let mut bad = pick.sample.clone();
         bad["totalQty"] = json!("five");
-        assert!(validate(&pick.schema, &bad).unwrap_err().contains("totalQty"));
+        assert!(validate(&pick.schema, &bad)
+            .unwrap_err()
+            .contains("totalQty"));
         let mut bad = pick.sample.clone();
         bad.as_object_mut().unwrap().remove("timestamp");
-        assert!(validate(&pick.schema, &bad).unwrap_err().contains("timestamp"));
+        assert!(validate(&pick.schema, &bad)
+            .unwrap_err()
+            .contains("timestamp"));
     }
 }

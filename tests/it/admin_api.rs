@@ -10,9 +10,9 @@ use std::{
 
 use prost_types::{FieldMask, Timestamp};
 use stevedore::pb::{
-    self, DeliveryState, Endpoint, GetEndpointStatsRequest, GetEventRequest,
-    ListDeliveriesRequest, ListEventTypesRequest, RecoverDeliveriesRequest,
-    RenderDeliveryRequest, ResendEventRequest, UpdateEndpointRequest,
+    self, DeliveryState, Endpoint, GetEndpointStatsRequest, GetEventRequest, ListDeliveriesRequest,
+    ListEventTypesRequest, RecoverDeliveriesRequest, RenderDeliveryRequest, ResendEventRequest,
+    UpdateEndpointRequest,
 };
 
 use crate::{
@@ -54,7 +54,10 @@ async fn delivery_filters_page_consistently_and_get_event_takes_an_id() {
         let id = ep.id.clone();
         async move {
             admin
-                .list_deliveries(ListDeliveriesRequest { endpoint_id: id, ..r })
+                .list_deliveries(ListDeliveriesRequest {
+                    endpoint_id: id,
+                    ..r
+                })
                 .await
         }
     };
@@ -214,7 +217,9 @@ async fn recover_counts_on_dry_run_then_requeues_and_resend_reaches_a_later_endp
     let dry = recover(true, None, vec![]).await.unwrap().into_inner();
     assert_eq!((dry.matched, dry.requeued, dry.more), (2, 0, false));
     assert_eq!(
-        wait_state(&mut admin, &ep.id, DeliveryState::Dead, 2).await.len(),
+        wait_state(&mut admin, &ep.id, DeliveryState::Dead, 2)
+            .await
+            .len(),
         2,
         "a dry run changes nothing"
     );
@@ -319,8 +324,15 @@ async fn render_delivery_shows_the_sent_request_with_header_values_redacted() {
         .unwrap()
         .into_inner();
     assert!(!format!("{r:?}").contains("hunter2"), "{r:?}");
-    assert_eq!((r.method.as_str(), r.url.as_str()), ("POST", rx.url.as_str()));
-    assert_eq!(r.body.as_bytes(), &sent.body[..], "the body after field selection");
+    assert_eq!(
+        (r.method.as_str(), r.url.as_str()),
+        ("POST", rx.url.as_str())
+    );
+    assert_eq!(
+        r.body.as_bytes(),
+        &sent.body[..],
+        "the body after field selection"
+    );
     assert!(r.timestamp_from_last_attempt && r.matches);
     let header = |name: &str| {
         r.headers
@@ -335,10 +347,7 @@ async fn render_delivery_shows_the_sent_request_with_header_values_redacted() {
     let timestamp = header("webhook-timestamp");
     let sent_ts: i64 = sent.header("webhook-timestamp").unwrap().parse().unwrap();
     assert!((timestamp.parse::<i64>().unwrap() - sent_ts).abs() <= 1);
-    assert_eq!(
-        r.signed_content,
-        format!("render-1.{timestamp}.{}", r.body)
-    );
+    assert_eq!(r.signed_content, format!("render-1.{timestamp}.{}", r.body));
     assert_eq!(
         header("webhook-signature"),
         sign(&secret, "render-1", &timestamp, r.body.as_bytes()).unwrap()
@@ -392,7 +401,10 @@ async fn endpoint_stats_count_the_workers_attempts() {
     assert!((s.success_rate - 0.5).abs() < 1e-9);
     assert_eq!(s.buckets.iter().map(|b| b.attempts).sum::<u64>(), 2);
     let p99 = s.latency_p99.unwrap();
-    assert!(p99.seconds < 10 && (p99.seconds, p99.nanos) != (0, 0), "{p99:?}");
+    assert!(
+        p99.seconds < 10 && (p99.seconds, p99.nanos) != (0, 0),
+        "{p99:?}"
+    );
     assert!(s.counting_since.is_some());
     assert_invalid(stats(Some(ms(30_000))).await.unwrap_err(), "window");
     assert_invalid(stats(Some(ms(25 * 3_600_000))).await.unwrap_err(), "window");
@@ -489,7 +501,9 @@ async fn headers_are_set_and_removed_by_name_and_never_shown() {
         "remove_headers[0]",
     );
     assert_invalid(
-        update(&[("x-d", "4")], &[], &["headers"]).await.unwrap_err(),
+        update(&[("x-d", "4")], &[], &["headers"])
+            .await
+            .unwrap_err(),
         "set_headers",
     );
     assert_invalid(

@@ -713,7 +713,10 @@ async fn check_log(
                 let probe = log.last().map_or(1, |(o, _)| o + 1);
                 match tokio::time::timeout(
                     CALL_TIMEOUT,
-                    client.get_event(GetEventRequest { offset: probe, ..Default::default() }),
+                    client.get_event(GetEventRequest {
+                        offset: probe,
+                        ..Default::default()
+                    }),
                 )
                 .await
                 {

@@ -586,15 +586,21 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
 
     let mut s = server.subscriber().await;
     until("the old events to go", async || {
-        s.get_event(pb::GetEventRequest { offset: old, ..Default::default() })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: old,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     let keep = publish(&mut p, pick("new-1", "SO-3")).await;
     assert!(s
-        .get_event(pb::GetEventRequest { offset: keep, ..Default::default() })
+        .get_event(pb::GetEventRequest {
+            offset: keep,
+            ..Default::default()
+        })
         .await
         .is_ok());
 
@@ -656,10 +662,13 @@ async fn retention_removes_the_newest_event_when_it_expires() {
     let newest = results[1].offset;
     let mut s = server.subscriber().await;
     until("the newest event to go", async || {
-        s.get_event(pb::GetEventRequest { offset: newest, ..Default::default() })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: newest,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     let dead = until("both expired", async || {
@@ -810,16 +819,22 @@ async fn retention_keeps_the_data_directory_near_its_budget() {
     }
     let mut s = server.subscriber().await;
     until("the oldest events to be removed", async || {
-        s.get_event(pb::GetEventRequest { offset: 1, ..Default::default() })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     assert!(
-        s.get_event(pb::GetEventRequest { offset: last, ..Default::default() })
-            .await
-            .is_ok(),
+        s.get_event(pb::GetEventRequest {
+            offset: last,
+            ..Default::default()
+        })
+        .await
+        .is_ok(),
         "the newest stays"
     );
 }

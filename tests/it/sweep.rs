@@ -1187,7 +1187,13 @@ async fn read_log(
 ) -> Vec<pb::GetEventResponse> {
     let mut out = Vec::new();
     for offset in 1.. {
-        match s.get_event(pb::GetEventRequest { offset, ..Default::default() }).await {
+        match s
+            .get_event(pb::GetEventRequest {
+                offset,
+                ..Default::default()
+            })
+            .await
+        {
             Ok(r) => out.push(r.into_inner()),
             Err(e) => {
                 assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");

@@ -33,7 +33,11 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 
 impl AdminService {
     /// The offset of `event`: an offset (not 0) or an event id in the log.
-    fn event_offset(&self, offset: Option<Offset>, event_id: Option<&str>) -> Result<Offset, Error> {
+    fn event_offset(
+        &self,
+        offset: Option<Offset>,
+        event_id: Option<&str>,
+    ) -> Result<Offset, Error> {
         match (offset, event_id) {
             (Some(0), _) => Err(Error::invalid("offset", "offsets start at 1")),
             (Some(o), _) => Ok(o),
@@ -55,8 +59,12 @@ impl AdminService {
         since: Option<&prost_types::Timestamp>,
         until: Option<&prost_types::Timestamp>,
     ) -> Result<(Offset, Offset), Error> {
-        let since = since.map(|t| convert::system_time("since", t)).transpose()?;
-        let until = until.map(|t| convert::system_time("until", t)).transpose()?;
+        let since = since
+            .map(|t| convert::system_time("since", t))
+            .transpose()?;
+        let until = until
+            .map(|t| convert::system_time("until", t))
+            .transpose()?;
         if let (Some(s), Some(u)) = (since, until) {
             if u < s {
                 return Err(Error::invalid("until", "must not be before since"));
