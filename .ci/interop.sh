@@ -430,6 +430,57 @@ t_consumer_recipes() {
   }
 }
 
+# The README's delivery recipes for the maintenance page's RPCs (#16),
+# against the interop endpoint, which has delivered pick-sample-1.
+t_console_api() {
+  local id
+  id=$(endpoint_id)
+  readme_recipe '"eventType": "pick.confirmed", "since"' "$id" >"$tmpdir/filtered.json"
+  grep -q '"eventId": "pick-sample-1"' "$tmpdir/filtered.json" || {
+    echo "pick-sample-1 not listed: $(cat "$tmpdir/filtered.json")"
+    return 1
+  }
+  readme_recipe "-d '{\"eventId\": \"pick-sample-1\"}' \$A stevedore.v1.Subscriber/GetEvent" "" \
+    >"$tmpdir/by-id.json"
+  grep -q '"id": "pick-sample-1"' "$tmpdir/by-id.json" || {
+    echo "GetEvent by id: $(cat "$tmpdir/by-id.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/RecoverDeliveries' "$id" >"$tmpdir/recover.json"
+  readme_recipe '$A stevedore.v1.Admin/RenderDelivery' "$id" >"$tmpdir/render.json"
+  grep -q '"webhook-signature"' "$tmpdir/render.json" || {
+    echo "RenderDelivery: $(cat "$tmpdir/render.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/GetEndpointStats' "$id" >"$tmpdir/stats.json"
+  grep -q '"successes"' "$tmpdir/stats.json" || {
+    echo "GetEndpointStats: $(cat "$tmpdir/stats.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/ListEventTypes' "" >"$tmpdir/types.json"
+  grep -q '"name": "pick.confirmed"' "$tmpdir/types.json" || {
+    echo "ListEventTypes: $(head -c 2000 "$tmpdir/types.json")"
+    return 1
+  }
+  readme_recipe '"setHeaders": {"x-api-key"' "$id" >"$tmpdir/set-header.json"
+  # grpcurl writes `<` and `>` as \u003c and \u003e.
+  grep -q '"x-api-key": "\\u003credacted\\u003e"' "$tmpdir/set-header.json" \
+    && ! grep -q 'k-2' "$tmpdir/set-header.json" || {
+    echo "setHeaders: $(cat "$tmpdir/set-header.json")"
+    return 1
+  }
+  readme_recipe '"removeHeaders": ["x-api-key"]' "$id" >"$tmpdir/remove-header.json"
+  ! grep -q 'x-api-key' "$tmpdir/remove-header.json" || {
+    echo "removeHeaders: $(cat "$tmpdir/remove-header.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/ResendEvent' "$id" >"$tmpdir/resend.json"
+  grep -q '"DELIVERY_STATE_PENDING"' "$tmpdir/resend.json" || {
+    echo "ResendEvent: $(cat "$tmpdir/resend.json")"
+    return 1
+  }
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -489,6 +540,7 @@ if missing:
 PY
 }
 check "admin: the README's ListConsumers, ResetConsumer and DeleteConsumer recipes" t_consumer_recipes
+check "admin: the README's delivery recipes (filters, GetEvent by id, recover, render, stats, catalog, headers, resend)" t_console_api
 check "metrics: Prometheus text with publish and delivery figures" t_metrics
 check "server still running" t_server_alive
 
