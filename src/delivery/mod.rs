@@ -12,6 +12,7 @@ pub mod egress;
 pub mod endpoint;
 pub mod limit;
 mod ops;
+pub mod proxy;
 pub mod sealing;
 pub mod shared;
 pub mod signing;
@@ -399,7 +400,12 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone(), &self.tls);
+        let client = stack::http_client(
+            spec.max_in_flight as usize,
+            self.guard.clone(),
+            &self.tls,
+            spec.route.clone(),
+        );
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -688,6 +694,7 @@ impl Deliveries {
         out.delivery = delivery.map(|mut d| {
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             d
         });
         Ok(out)
@@ -728,6 +735,7 @@ impl Deliveries {
                 .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             seen.insert(offset);
             if state.is_none_or(|s| d.state() == s) {
                 out.push(d);
@@ -743,6 +751,7 @@ impl Deliveries {
                         endpoint_id: id.to_owned(),
                         offset: *offset,
                         event_id: h.event_id.clone(),
+                        webhook_id: signing::webhook_id(&h.event_id).into_owned(),
                         event_type: h.event_type.clone(),
                         state: DeliveryState::Pending as i32,
                         ..Default::default()
@@ -814,6 +823,7 @@ impl Deliveries {
         }
         d.endpoint_id = id.to_owned();
         d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
@@ -860,7 +870,7 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone(), &self.tls);
+        let client = stack::http_client(1, self.guard.clone(), &self.tls, spec.route.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -1117,6 +1127,8 @@ const SETTABLE: &[&str] = &[
     "fields",
     "rate_limit",
     "rate_burst",
+    // #19 egress
+    "proxy_url",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1152,6 +1164,7 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             "fields" => into.fields = from.fields.clone(),
             "rate_limit" => into.rate_limit = from.rate_limit,
             "rate_burst" => into.rate_burst = from.rate_burst,
+            "proxy_url" => into.proxy_url = from.proxy_url.clone(),
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),
