@@ -369,6 +369,22 @@ endpoint_enabled() { # FILE: prints the GetEndpoint response's `enabled`
   "$PY" -c 'import json, sys; print(str(json.load(open(sys.argv[1]))["endpoint"].get("enabled", True)).lower())' "$1"
 }
 
+# #19: event ids that are not header-safe tokens (spaces, dots, non-ASCII,
+# 256 bytes) still give webhooks that standardwebhooks verifies.
+t_odd_ids() {
+  local i id
+  endpoint_id >/dev/null
+  for i in 0 1 2 3 4; do
+    id=$("$PY" "$CHECKS" odd-id "$i")
+    "$PY" "$CHECKS" example-with-id "$PICK" "$id" >"$tmpdir/odd-$i.json"
+    gc -emit-defaults -d @ "$ADDR" stevedore.v1.Publisher/Publish <"$tmpdir/odd-$i.json" \
+      >"$tmpdir/odd-publish-$i.json"
+    "$PY" "$CHECKS" publish "$tmpdir/odd-publish-$i.json" "$id" false || return 1
+  done
+  "$PY" "$CHECKS" odd-webhooks "$HOOK_LOG" "$WEBHOOK_WAIT" pick.confirmed \
+    "$GOLDEN/pick_confirmed.json"
+}
+
 t_pause_resume() {
   local id
   id=$(endpoint_id)
@@ -516,6 +532,7 @@ check "admin: ListEndpoints does not show the secret" t_list_endpoints
 check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
 check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
 check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
+check "webhooks: ids with spaces, dots, non-ASCII, 256 bytes verify (webhook-id, X-Stevedore-Event-Id)" t_odd_ids
 check "admin: the README's pause and resume recipes (UpdateEndpoint)" t_pause_resume
 check "admin: the README's attributeFilters example selects the pick sample (ExplainEvent)" t_attribute_filter
 t_metrics() {

@@ -143,6 +143,7 @@ impl Deliveries {
                 .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             seen.insert(offset);
             if q.state.is_none_or(|s| d.state() == s)
                 && q.event_type.as_ref().is_none_or(|t| &d.event_type == t)
@@ -167,6 +168,7 @@ impl Deliveries {
                         endpoint_id: id.to_owned(),
                         offset,
                         event_id: h.event_id.clone(),
+                        webhook_id: signing::webhook_id(&h.event_id).into_owned(),
                         event_type: h.event_type.clone(),
                         state: DeliveryState::Pending as i32,
                         ..Default::default()
@@ -348,6 +350,7 @@ impl Deliveries {
         tracing::info!(endpoint = %id, offset, "event re-sent");
         d.endpoint_id = id.to_owned();
         d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 

@@ -13,6 +13,7 @@ pub mod egress;
 pub mod endpoint;
 pub mod limit;
 mod ops;
+pub mod proxy;
 pub mod sealing;
 pub mod shared;
 pub mod signing;
@@ -421,7 +422,12 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone(), &self.tls);
+        let client = stack::http_client(
+            spec.max_in_flight as usize,
+            self.guard.clone(),
+            &self.tls,
+            spec.route.clone(),
+        );
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -758,6 +764,7 @@ impl Deliveries {
         out.delivery = delivery.map(|mut d| {
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             d
         });
         Ok(out)
@@ -843,6 +850,7 @@ impl Deliveries {
         }
         d.endpoint_id = id.to_owned();
         d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
@@ -889,7 +897,7 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone(), &self.tls);
+        let client = stack::http_client(1, self.guard.clone(), &self.tls, spec.route.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -1171,6 +1179,8 @@ const SETTABLE: &[&str] = &[
     "fields",
     "rate_limit",
     "rate_burst",
+    // #19 egress
+    "proxy_url",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1212,6 +1222,7 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
                     "is fixed when the endpoint is created and cannot be updated",
                 ))
             }
+            "proxy_url" => into.proxy_url = from.proxy_url.clone(),
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

@@ -38,6 +38,7 @@ use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 use super::{
     egress::{self, Guard, GuardedConnector},
     limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
+    proxy::{ProxyConnector, Route},
     signing::{event_id_header, signature_header, Secret},
 };
 
@@ -63,17 +64,24 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 /// them and nothing here does), connecting only where the SSRF guard
 /// allows (see [`egress`]), with at most `max_in_flight` connections open.
 pub type HttpClient =
-    Client<hyper_rustls::HttpsConnector<BoundedConnector<GuardedConnector>>, Full<Bytes>>;
+    Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>;
 
 /// A client that holds at most `max_connections` connections open (its
 /// endpoint's `max_in_flight`), keeps them pooled, and whose every new
-/// connection passes `guard`.
-pub fn http_client(max_connections: usize, guard: Guard, tls: &rustls::ClientConfig) -> HttpClient {
-    let http = GuardedConnector::new(guard, |http| {
+/// connection passes `guard`, going through a proxy where `route` says so
+/// (the target, not the proxy, is checked then: see [`super::proxy`]).
+pub fn http_client(
+    max_connections: usize,
+    guard: Guard,
+    tls: &rustls::ClientConfig,
+    route: Route,
+) -> HttpClient {
+    let direct = GuardedConnector::new(guard.clone(), |http| {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
+    let http = ProxyConnector::new(direct, route, guard);
     let http = BoundedConnector::new(http, max_connections);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())

@@ -4,12 +4,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use stevedore::pb::SendTestEventRequest;
+use stevedore::pb::{DeliveryState, SendTestEventRequest};
 
 use crate::{
     pick, publish,
     receiver::{verify_signature, Behavior, Receiver},
-    webhook::{create, endpoint},
+    webhook::{create, deliveries, endpoint},
     TestServer,
 };
 
@@ -47,7 +47,7 @@ async fn odd_event_ids_get_webhook_ids_that_verify() {
     let server = TestServer::start().await;
     let rx = Receiver::start().await;
     let mut admin = server.admin().await;
-    let (_ep, secret) = create(&mut admin, endpoint(&rx.url)).await;
+    let (ep, secret) = create(&mut admin, endpoint(&rx.url)).await;
     let ids = [
         " lead-space-4".to_string(),
         "café-5".into(),
@@ -91,6 +91,12 @@ async fn odd_event_ids_get_webhook_ids_that_verify() {
     }
     let distinct: std::collections::HashSet<_> = by_event.values().map(|v| &v[0]).collect();
     assert_eq!(distinct.len(), ids.len());
+    // ListDeliveries shows the same webhook id for each event.
+    let listed = deliveries(&mut admin, &ep.id, DeliveryState::Unspecified).await;
+    assert_eq!(listed.len(), ids.len());
+    for d in &listed {
+        assert_eq!(d.webhook_id, by_event[d.event_id.as_bytes()][0], "{d:?}");
+    }
 }
 
 /// Every request says who sends it; an endpoint's own `User-Agent` header

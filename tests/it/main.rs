@@ -14,6 +14,7 @@ mod hardening;
 mod hostile;
 mod never_matches;
 mod operations;
+mod proxy;
 mod publish;
 mod receiver;
 mod reliability;

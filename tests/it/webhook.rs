@@ -939,7 +939,7 @@ async fn strict_ordering_is_one_at_a_time_and_none_is_parallel() {
 
 /// An HTTPS receiver (h2 and http/1.1 by ALPN) that records each request's
 /// HTTP version, headers and body, and answers 200.
-async fn https_receiver(
+pub(crate) async fn https_receiver(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> (
