@@ -168,11 +168,11 @@ pub async fn run_and_report(
 /// Binds `config.console_listen`, if set.
 pub async fn bind_console(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     match config.console_listen {
-        Some(addr) => Ok(Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding console_listen {addr}"))?,
-        )),
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding console_listen {addr}")
+            })?))
+        }
         None => Ok(None),
     }
 }

@@ -102,7 +102,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/logout", post(session::logout))
         .route("/endpoints/new", get(form::new_page).post(form::create))
         .route("/endpoints/{id}", get(endpoint::page))
-        .route("/endpoints/{id}/edit", get(form::edit_page).post(form::update))
+        .route(
+            "/endpoints/{id}/edit",
+            get(form::edit_page).post(form::update),
+        )
         .route("/endpoints/{id}/action", post(endpoint::action))
         .route("/endpoints/{id}/deliveries/{offset}", get(delivery::page))
         .route("/catalog", get(catalog::page))
@@ -198,10 +201,8 @@ pub async fn serve(
             match acceptor {
                 None => drive!(stream),
                 Some(a) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        a.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout(std::time::Duration::from_secs(10), a.accept(stream));
                     match handshake.await {
                         Ok(Ok(tls)) => drive!(tls),
                         _ => tracing::debug!(%remote, "console TLS handshake failed"),
@@ -215,7 +216,9 @@ pub async fn serve(
 }
 
 /// The console's TLS settings: the gRPC listener's certificate and key.
-pub fn tls_config(config: &crate::config::Config) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+pub fn tls_config(
+    config: &crate::config::Config,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     use anyhow::Context;
     use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {

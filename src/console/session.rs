@@ -83,7 +83,11 @@ impl Sessions {
         let mut map = self.map.lock().unwrap();
         map.retain(|_, s| alive(s, now));
         if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+            {
                 map.remove(&oldest);
             }
         }
@@ -161,13 +165,19 @@ impl Sess {
         }
     }
 
-    /// Checks a form's CSRF token.
-    pub fn check(&self, form: &FormData) -> Result<(), Response> {
+    /// Checks a form's CSRF token: the refusal if it is missing or wrong.
+    pub fn refused(&self, form: &FormData) -> Option<Response> {
         let sent = form.get("csrf");
         if bool::from(sent.as_bytes().ct_eq(self.csrf.as_bytes())) && !sent.is_empty() {
-            Ok(())
+            None
         } else {
-            Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token: reload the page").into_response())
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token: reload the page",
+                )
+                    .into_response(),
+            )
         }
     }
 }
@@ -234,10 +244,19 @@ fn same_origin(tls: bool, headers: &HeaderMap) -> Result<(), &'static str> {
 
 fn secure_headers(mut response: Response, no_store: bool) -> Response {
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if no_store {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -281,7 +300,10 @@ pub async fn login(State(console): State<Arc<Console>>, body: axum::body::Bytes)
         tracing::info!(token = %caller.name, role = %caller.role, "console login denied");
         return fail(
             StatusCode::FORBIDDEN,
-            format!("token {} has role {}; the console needs admin", caller.name, caller.role),
+            format!(
+                "token {} has role {}; the console needs admin",
+                caller.name, caller.role
+            ),
         );
     }
     tracing::info!(token = %caller.name, "console login");
@@ -333,7 +355,7 @@ pub async fn logout(
     sess: Sess,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = sess.check(&FormData::parse(&body)) {
+    if let Some(r) = sess.refused(&FormData::parse(&body)) {
         return r;
     }
     console.sessions.map.lock().unwrap().remove(&sess.id);

@@ -73,11 +73,15 @@ pub async fn page(State(_console): State<Arc<Console>>, sess: Sess) -> Response 
                 sample,
             }
         })
-        .chain(crate::model::BROKER_EVENT_TYPES.iter().map(|t| CatalogEntry {
-            event_type: t,
-            source: "published by the broker itself (operational event)",
-            sample: String::new(),
-        }))
+        .chain(
+            crate::model::BROKER_EVENT_TYPES
+                .iter()
+                .map(|t| CatalogEntry {
+                    event_type: t,
+                    source: "published by the broker itself (operational event)",
+                    sample: String::new(),
+                }),
+        )
         .collect();
     render(Catalog {
         frame: Frame {

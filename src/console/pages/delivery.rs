@@ -44,7 +44,10 @@ pub async fn page(
     let attempts = match admin
         .list_attempts(Console::request(
             &sess.caller,
-            pb::ListAttemptsRequest { endpoint_id: id.clone(), offset },
+            pb::ListAttemptsRequest {
+                endpoint_id: id.clone(),
+                offset,
+            },
         ))
         .await
     {
@@ -71,7 +74,10 @@ pub async fn page(
         })
         .collect();
     render(DeliveryPage {
-        frame: Frame { who: sess.who(), csrf: sess.csrf.clone() },
+        frame: Frame {
+            who: sess.who(),
+            csrf: sess.csrf.clone(),
+        },
         endpoint_id: id,
         offset,
         delivery: explained.delivery.as_ref().map(row),

@@ -63,9 +63,21 @@ pub async fn page(
     Path(id): Path<String>,
     Query(filter): Query<Filter>,
 ) -> Response {
-    show(&console, &sess, &id, &filter, String::new(), String::new(), String::new()).await
+    show(
+        &console,
+        &sess,
+        &id,
+        &filter,
+        String::new(),
+        String::new(),
+        String::new(),
+    )
+    .await
 }
 
+// `..Default::default()` in requests: the Admin API gains fields (#16's
+// ListDeliveries filters, header set/remove) that the console leaves unset.
+#[allow(clippy::needless_update)]
 async fn show(
     console: &Console,
     sess: &Sess,
@@ -115,18 +127,53 @@ async fn show(
     let mut headers: Vec<&String> = e.headers.keys().collect();
     headers.sort();
     let settings = vec![
-        ("event types", if e.event_types.is_empty() { "all".into() } else { e.event_types.join(", ") }),
-        ("attribute filters", e.attribute_filters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")),
+        (
+            "event types",
+            if e.event_types.is_empty() {
+                "all".into()
+            } else {
+                e.event_types.join(", ")
+            },
+        ),
+        (
+            "attribute filters",
+            e.attribute_filters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("filter", e.filter.clone()),
         ("fields", e.fields.join(", ")),
         // Names only: values never reach the browser.
-        ("custom headers", headers.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")),
+        (
+            "custom headers",
+            headers
+                .iter()
+                .map(|h| h.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("timeout", dur(e.timeout.as_ref())),
-        ("retry schedule", e.retry_schedule.iter().map(|d| dur(Some(d))).collect::<Vec<_>>().join(", ")),
+        (
+            "retry schedule",
+            e.retry_schedule
+                .iter()
+                .map(|d| dur(Some(d)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         ("max in flight", e.max_in_flight.to_string()),
         ("ordering", super::form::ordering_name(e.ordering).into()),
         ("coalesce", e.coalesce.to_string()),
-        ("rate limit", if e.rate_limit > 0.0 { format!("{}/s, burst {}", e.rate_limit, e.rate_burst) } else { "none".into() }),
+        (
+            "rate limit",
+            if e.rate_limit > 0.0 {
+                format!("{}/s, burst {}", e.rate_limit, e.rate_burst)
+            } else {
+                "none".into()
+            },
+        ),
         ("created", ts(e.created_at.as_ref())),
         ("updated", ts(e.updated_at.as_ref())),
     ];
@@ -160,7 +207,7 @@ pub async fn action(
     body: axum::body::Bytes,
 ) -> Response {
     let form = FormData::parse(&body);
-    if let Err(r) = sess.check(&form) {
+    if let Some(r) = sess.refused(&form) {
         return r;
     }
     let op = form.get("op");
@@ -180,7 +227,16 @@ pub async fn action(
                 Ok(g) => g,
                 Err(e) => {
                     let msg = format!("grace_period: {e}");
-                    return show(&console, &sess, &id, &filter, String::new(), msg, String::new()).await;
+                    return show(
+                        &console,
+                        &sess,
+                        &id,
+                        &filter,
+                        String::new(),
+                        msg,
+                        String::new(),
+                    )
+                    .await;
                 }
             };
             let r = admin
@@ -197,7 +253,10 @@ pub async fn action(
                     let r = r.into_inner();
                     tracing::info!(token = %who, endpoint = %id, "console: rotated the signing secret");
                     return render(Secret {
-                        frame: Frame { who, csrf: sess.csrf.clone() },
+                        frame: Frame {
+                            who,
+                            csrf: sess.csrf.clone(),
+                        },
                         id,
                         secret: r.secret,
                         what: format!(
@@ -211,7 +270,12 @@ pub async fn action(
         }
         "test" => {
             let r = admin
-                .send_test_event(Console::request(&sess.caller, pb::SendTestEventRequest { endpoint_id: id.clone() }))
+                .send_test_event(Console::request(
+                    &sess.caller,
+                    pb::SendTestEventRequest {
+                        endpoint_id: id.clone(),
+                    },
+                ))
                 .await;
             tracing::info!(token = %who, endpoint = %id, "console: sent a test event");
             let text = match r {
@@ -221,7 +285,11 @@ pub async fn action(
                     format!(
                         "Test event {}: {} (status {}, {}{}{})",
                         r.webhook_id,
-                        if r.delivered { "delivered" } else { "NOT delivered" },
+                        if r.delivered {
+                            "delivered"
+                        } else {
+                            "NOT delivered"
+                        },
                         a.status,
                         dur(a.latency.as_ref()),
                         if a.error.is_empty() { "" } else { ", " },
@@ -230,11 +298,26 @@ pub async fn action(
                 }
                 Err(s) => format!("Test event failed: {}", status_text(&s)),
             };
-            return show(&console, &sess, &id, &filter, String::new(), String::new(), text).await;
+            return show(
+                &console,
+                &sess,
+                &id,
+                &filter,
+                String::new(),
+                String::new(),
+                text,
+            )
+            .await;
         }
         "retry" => match form.get("offset").parse::<u64>() {
             Ok(offset) => admin
-                .retry_delivery(Console::request(&sess.caller, pb::RetryDeliveryRequest { endpoint_id: id.clone(), offset }))
+                .retry_delivery(Console::request(
+                    &sess.caller,
+                    pb::RetryDeliveryRequest {
+                        endpoint_id: id.clone(),
+                        offset,
+                    },
+                ))
                 .await
                 .map(|_| format!("retrying delivery {offset}")),
             Err(_) => Err(tonic::Status::invalid_argument("offset: not a number")),
@@ -251,10 +334,13 @@ pub async fn action(
             };
             match start {
                 Ok(start) => admin
-                    .replay_endpoint(Console::request(&sess.caller, pb::ReplayEndpointRequest {
-                        endpoint_id: id.clone(),
-                        start: Some(start),
-                    }))
+                    .replay_endpoint(Console::request(
+                        &sess.caller,
+                        pb::ReplayEndpointRequest {
+                            endpoint_id: id.clone(),
+                            start: Some(start),
+                        },
+                    ))
                     .await
                     .map(|r| format!("replaying from offset {}", r.into_inner().from_offset)),
                 Err(s) => Err(s),
@@ -262,7 +348,10 @@ pub async fn action(
         }
         "delete" => {
             let r = admin
-                .delete_endpoint(Console::request(&sess.caller, pb::DeleteEndpointRequest { id: id.clone() }))
+                .delete_endpoint(Console::request(
+                    &sess.caller,
+                    pb::DeleteEndpointRequest { id: id.clone() },
+                ))
                 .await;
             if r.is_ok() {
                 tracing::info!(token = %who, endpoint = %id, "console: deleted the endpoint");
@@ -275,16 +364,35 @@ pub async fn action(
     match outcome {
         Ok(message) => {
             tracing::info!(token = %who, endpoint = %id, op, "console: {message}");
-            show(&console, &sess, &id, &filter, message, String::new(), String::new()).await
+            show(
+                &console,
+                &sess,
+                &id,
+                &filter,
+                message,
+                String::new(),
+                String::new(),
+            )
+            .await
         }
         Err(s) => {
-            let mut r = show(&console, &sess, &id, &filter, String::new(), status_text(&s), String::new()).await;
+            let mut r = show(
+                &console,
+                &sess,
+                &id,
+                &filter,
+                String::new(),
+                status_text(&s),
+                String::new(),
+            )
+            .await;
             *r.status_mut() = super::http_status(&s);
             r
         }
     }
 }
 
+#[allow(clippy::needless_update)]
 fn req_update(sess: &Sess, id: &str, enabled: bool) -> tonic::Request<pb::UpdateEndpointRequest> {
     Console::request(
         &sess.caller,
@@ -294,7 +402,9 @@ fn req_update(sess: &Sess, id: &str, enabled: bool) -> tonic::Request<pb::Update
                 enabled: Some(enabled),
                 ..Default::default()
             }),
-            update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["enabled".into()],
+            }),
             ..Default::default()
         },
     )

@@ -32,7 +32,10 @@ pub struct Which {
 /// GET /live
 pub async fn page(sess: Sess, Query(which): Query<Which>) -> Response {
     render(Live {
-        frame: Frame { who: sess.who(), csrf: sess.csrf.clone() },
+        frame: Frame {
+            who: sess.who(),
+            csrf: sess.csrf.clone(),
+        },
         endpoint: which.endpoint,
     })
 }
@@ -72,7 +75,9 @@ pub async fn events(
                         .admin()
                         .get_endpoint(Console::request(
                             &sess.caller,
-                            pb::GetEndpointRequest { id: d.endpoint_id.clone() },
+                            pb::GetEndpointRequest {
+                                id: d.endpoint_id.clone(),
+                            },
                         ))
                         .await
                         .is_ok();

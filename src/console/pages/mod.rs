@@ -90,8 +90,13 @@ pub fn short(d: Duration) -> String {
     if ms == 0 {
         return format!("{}us", d.as_micros());
     }
-    for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms % n == 0 {
+    for (unit, n) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(n) {
             return format!("{}{unit}", ms / n);
         }
     }
