@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 
 BIN, GRPCURL, SHOTS = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -55,7 +56,11 @@ class Receiver(BaseHTTPRequestHandler):
 def wait_until(what, cond, timeout=WAIT):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        got = cond()
+        try:
+            got = cond()
+        except WebDriverException:
+            # The page is being replaced (stale or not yet present element).
+            got = None
         if got:
             return got
         time.sleep(0.2)

@@ -87,6 +87,9 @@ pub fn dur(d: Option<&prost_types::Duration>) -> String {
 /// `d` in the largest unit that is exact.
 pub fn short(d: Duration) -> String {
     let ms = d.as_millis();
+    if d.is_zero() {
+        return "0s".into();
+    }
     if ms == 0 {
         return format!("{}us", d.as_micros());
     }
