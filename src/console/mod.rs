@@ -112,6 +112,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/live", get(live::page))
         .route("/live/events", get(live::events))
         .route("/static/{file}", get(static_file))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::response::Redirect::permanent("/static/favicon.svg") }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),
             session::guard,
@@ -122,12 +126,14 @@ pub fn router(console: Arc<Console>) -> Router {
 const HTMX: &[u8] = include_bytes!("static/htmx.min.js");
 const CONSOLE_JS: &[u8] = include_bytes!("static/console.js");
 const CONSOLE_CSS: &[u8] = include_bytes!("static/console.css");
+const FAVICON: &[u8] = include_bytes!("static/favicon.svg");
 
 async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "htmx.min.js" => (HTMX, "text/javascript"),
         "console.js" => (CONSOLE_JS, "text/javascript"),
         "console.css" => (CONSOLE_CSS, "text/css"),
+        "favicon.svg" => (FAVICON, "image/svg+xml"),
         _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
     };
     (

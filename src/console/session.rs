@@ -165,17 +165,19 @@ impl Sess {
         }
     }
 
-    /// Checks a form's CSRF token.
-    pub fn check(&self, form: &FormData) -> Result<(), Response> {
+    /// Checks a form's CSRF token: the refusal if it is missing or wrong.
+    pub fn refused(&self, form: &FormData) -> Option<Response> {
         let sent = form.get("csrf");
         if bool::from(sent.as_bytes().ct_eq(self.csrf.as_bytes())) && !sent.is_empty() {
-            Ok(())
+            None
         } else {
-            Err((
-                StatusCode::FORBIDDEN,
-                "missing or wrong CSRF token: reload the page",
+            Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token: reload the page",
+                )
+                    .into_response(),
             )
-                .into_response())
         }
     }
 }
@@ -353,7 +355,7 @@ pub async fn logout(
     sess: Sess,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = sess.check(&FormData::parse(&body)) {
+    if let Some(r) = sess.refused(&FormData::parse(&body)) {
         return r;
     }
     console.sessions.map.lock().unwrap().remove(&sess.id);

@@ -833,7 +833,11 @@ impl Attempt {
         }
         // Nobody watching (the usual case) costs a counter read, no clone.
         if ctx.outcomes.receiver_count() > 0 {
-            let _ = ctx.outcomes.send(record.clone());
+            let _ = ctx.outcomes.send(pb::Delivery {
+                endpoint_id: ctx.endpoint_id.clone(),
+                offset: self.offset,
+                ..record.clone()
+            });
         }
         let _ = self.finished.send(Finished {
             offset: self.offset,

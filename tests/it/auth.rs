@@ -298,6 +298,8 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
         config,
         stop: Some(stop),
         handle: Some(handle),
+        // Never read here.
+        started: tokio::sync::watch::channel(None).1,
     };
     let mut h = HealthClient::new(server.channel().await);
     h.check(HealthCheckRequest::default()).await.unwrap();

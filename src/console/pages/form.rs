@@ -265,7 +265,7 @@ pub async fn create(
     body: axum::body::Bytes,
 ) -> Response {
     let form = FormData::parse(&body);
-    if let Err(r) = sess.check(&form) {
+    if let Some(r) = sess.refused(&form) {
         return r;
     }
     let back = || values_back(&form, Vec::new());
@@ -383,6 +383,7 @@ pub fn changed_fields(old: &pb::Endpoint, new: &pb::Endpoint) -> Vec<String> {
 }
 
 /// POST /endpoints/{id}/edit: sends only what changed.
+#[allow(clippy::needless_update)] // UpdateEndpointRequest gains fields (#16).
 pub async fn update(
     State(console): State<Arc<Console>>,
     sess: Sess,
@@ -390,7 +391,7 @@ pub async fn update(
     body: axum::body::Bytes,
 ) -> Response {
     let form = FormData::parse(&body);
-    if let Err(r) = sess.check(&form) {
+    if let Some(r) = sess.refused(&form) {
         return r;
     }
     let old = match current(&console, &sess, &id).await {

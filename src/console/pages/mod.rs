@@ -87,6 +87,9 @@ pub fn dur(d: Option<&prost_types::Duration>) -> String {
 /// `d` in the largest unit that is exact.
 pub fn short(d: Duration) -> String {
     let ms = d.as_millis();
+    if d.is_zero() {
+        return "0s".into();
+    }
     if ms == 0 {
         return format!("{}us", d.as_micros());
     }
@@ -96,7 +99,7 @@ pub fn short(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms % n == 0 {
+        if ms.is_multiple_of(n) {
             return format!("{}{unit}", ms / n);
         }
     }
