@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod consumer;
@@ -196,6 +197,10 @@ pub async fn run_and_report(
         metrics: metrics.clone(),
         subscribe_streams: Arc::new(Semaphore::new(config.max_subscribe_streams)),
         publish_streams: Arc::new(Semaphore::new(config.max_publish_streams)),
+        tenant_rates: Arc::new(tenant::PublishRates::new(
+            config.tenant_publish_rate,
+            config.tenant_publish_burst,
+        )),
     };
 
     let deliveries = Deliveries::start(
@@ -268,11 +273,10 @@ pub async fn run_and_report(
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
         .max_decoding_message_size(max);
 
-    let admin = AdminServer::new(AdminService::new(
-        deliveries,
-        shared.consumers.clone(),
-        shared.store.clone(),
-    ))
+    let admin = AdminServer::new(
+        AdminService::new(deliveries, shared.consumers.clone(), shared.store.clone())
+            .publishing_audit_events(config.audit_events),
+    )
     .max_decoding_message_size(max);
 
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
