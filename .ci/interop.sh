@@ -666,9 +666,12 @@ readme_block() { # MARKER TIMEOUT EXPECTED
 t_first_webhook() { readme_block first-webhook 600 'pick.confirmed verified: True'; }
 # The HTTPS test receiver behind a private CA.
 t_https_receiver() { readme_block https-receiver 120 '"delivered": true'; }
+# Tenants: a tenant admin sees only its own endpoints (#18).
+t_tenants() { readme_block tenants 600 '"action": "endpoint.create"'; }
 
 check "README: your first webhook in five minutes" t_first_webhook
 check "README: an HTTPS test receiver behind a private CA" t_https_receiver
+check "README: a tenant admin sees and changes only its tenant's endpoints" t_tenants
 check "auth: a broker with tokens starts (tokens hashed by hash-token)" t_auth_start
 check "auth: grpcurl with a publisher token publishes" t_auth_publish
 check "auth: no token, a wrong token or a wrong role is refused" t_auth_refused

@@ -177,9 +177,8 @@ pub struct Config {
     /// The bucket's size: events a tenant may publish at once (0: one
     /// second's worth of `tenant_publish_rate`, at least 1).
     pub tenant_publish_burst: u32,
-    /// Shorter retention for some tenants' events: `tenant=duration,...`.
-    /// Their payloads are erased once older (the log keeps its offsets).
-    pub tenant_retention: Vec<(String, Duration)>,
+    /// Publish every audit record as a `stevedore.admin.changed` event.
+    pub audit_events: bool,
 }
 
 /// How log lines are written.
@@ -258,7 +257,7 @@ impl Default for Config {
             tenant_max_endpoints: 0,
             tenant_publish_rate: 0.0,
             tenant_publish_burst: 0,
-            tenant_retention: Vec::new(),
+            audit_events: false,
         }
     }
 }
@@ -332,7 +331,7 @@ pub const KEYS: &[&str] = &[
     "tenant_max_endpoints",
     "tenant_publish_rate",
     "tenant_publish_burst",
-    "tenant_retention",
+    "audit_events",
 ];
 
 impl Config {
@@ -523,18 +522,12 @@ impl Config {
             "tenant_max_endpoints" => self.tenant_max_endpoints = parse_num(value).map_err(bad)?,
             "tenant_publish_rate" => self.tenant_publish_rate = parse_num(value).map_err(bad)?,
             "tenant_publish_burst" => self.tenant_publish_burst = parse_num(value).map_err(bad)?,
-            "tenant_retention" => {
-                let mut out: Vec<(String, Duration)> = Vec::new();
-                for entry in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    let (t, d) = entry
-                        .split_once('=')
-                        .ok_or_else(|| bad("expected tenant=duration,...".into()))?;
-                    crate::tenant::check_name(t.trim()).map_err(bad)?;
-                    let d = parse_duration(d.trim()).map_err(bad)?;
-                    out.retain(|(k, _)| k != t.trim());
-                    out.push((t.trim().to_owned(), d));
+            "audit_events" => {
+                self.audit_events = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("expected true or false".into())),
                 }
-                self.tenant_retention = out;
             }
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
@@ -849,16 +842,6 @@ impl Config {
                         );
                     }
                 }
-            }
-            for (t, _) in &self.tenant_retention {
-                if !self.tenants.contains(t) {
-                    bail!("config key `tenant_retention`: {t} is not listed in `tenants`");
-                }
-            }
-        }
-        for (t, d) in &self.tenant_retention {
-            if d.is_zero() {
-                bail!("config key `tenant_retention`: {t}'s retention must be above zero");
             }
         }
         match (&self.tls_cert, &self.tls_key) {

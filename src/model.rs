@@ -37,6 +37,7 @@ pub const BROKER_EVENT_TYPES: &[&str] = &[
     "stevedore.endpoint.recovered",
     "stevedore.delivery.exhausted",
     "stevedore.delivery.failing",
+    "stevedore.admin.changed",
 ];
 
 /// Event types under this prefix are published by the broker itself.

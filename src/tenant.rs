@@ -213,6 +213,76 @@ impl Scope {
     }
 }
 
+/// `tenant_publish_rate`: one token bucket per tenant, shared by every
+/// publish path. Events of no tenant are not limited here.
+pub struct PublishRates {
+    rate: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl PublishRates {
+    /// Buckets refilled at `rate` events/s holding `burst` (0: one
+    /// second's worth, at least 1); a rate of 0 limits nothing.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        let burst = if burst == 0 {
+            rate.ceil().max(1.0)
+        } else {
+            f64::from(burst)
+        };
+        Self {
+            rate,
+            burst,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one token per event for each tenant among `tenants`, all or
+    /// nothing: a batch over any tenant's budget is refused whole with
+    /// `RESOURCE_EXHAUSTED` naming the key.
+    pub fn take<'a>(&self, tenants: impl IntoIterator<Item = &'a str>) -> Result<()> {
+        if self.rate <= 0.0 {
+            return Ok(());
+        }
+        let mut want: Vec<(&str, f64)> = Vec::new();
+        for t in tenants.into_iter().filter(|t| !t.is_empty()) {
+            match want.iter_mut().find(|(k, _)| *k == t) {
+                Some((_, n)) => *n += 1.0,
+                None => want.push((t, 1.0)),
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, n) in &want {
+            let b = buckets.entry((*t).to_owned()).or_insert(Bucket {
+                tokens: self.burst,
+                at: now,
+            });
+            b.tokens =
+                (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
+            b.at = now;
+            if b.tokens < *n {
+                return Err(Error::ResourceExhausted(format!(
+                    "tenant {t:?} is over tenant_publish_rate ({} events/s, bursts of {}); \
+                     retry later",
+                    self.rate, self.burst
+                )));
+            }
+        }
+        for (t, n) in &want {
+            if let Some(b) = buckets.get_mut(*t) {
+                b.tokens -= n;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks `tenant` (non-empty) against the configured `tenants` list
 /// (empty: any tenant is known).
 pub fn check_known(known: &[String], field: &str, tenant: &str) -> Result<()> {
@@ -257,6 +327,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(of_event(&custom), "acme");
+    }
+
+    #[test]
+    fn publish_rates_are_per_tenant_and_all_or_nothing() {
+        let r = PublishRates::new(1.0, 3);
+        r.take(["a", "a"]).unwrap();
+        // a has 1 left: a batch of 2 is refused whole, b is unaffected.
+        let e = r.take(["a", "a", "b"]).unwrap_err();
+        assert!(e.to_string().contains("tenant_publish_rate"), "{e}");
+        r.take(["b", "b", "b", "", ""]).unwrap();
+        r.take(["a"]).unwrap();
+        assert!(r.take(["a"]).is_err());
+        assert!(PublishRates::new(0.0, 0).take(["a"; 1000]).is_ok());
     }
 
     #[test]

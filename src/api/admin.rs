@@ -7,6 +7,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::Audit,
+    auth::Caller,
     consumer::Consumers,
     convert,
     delivery::Deliveries,
@@ -14,14 +16,15 @@ use crate::{
     pb::{
         admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
         DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, ExplainEventRequest, ExplainEventResponse, GetEndpointRequest,
-        GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse, ListConsumersRequest,
-        ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest,
-        ListEndpointsResponse, RedriveConsumerRequest, RedriveConsumerResponse,
-        ReplayEndpointRequest, ReplayEndpointResponse, ResetConsumerRequest, ResetConsumerResponse,
-        RetryDeliveryRequest, RetryDeliveryResponse, RotateEndpointSecretRequest,
-        RotateEndpointSecretResponse, SendTestEventRequest, SendTestEventResponse,
-        UpdateEndpointRequest, UpdateEndpointResponse,
+        DeleteEndpointResponse, EraseTenantRequest, EraseTenantResponse, ExplainEventRequest,
+        ExplainEventResponse, GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest,
+        ListAttemptsResponse, ListAuditRecordsRequest, ListAuditRecordsResponse,
+        ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
+        ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
+        RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
+        ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
+        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
     pb::{
         GetEndpointStatsRequest, GetEndpointStatsResponse, ListEventTypesRequest,
@@ -38,6 +41,7 @@ pub struct AdminService {
     deliveries: Arc<Deliveries>,
     consumers: Arc<Consumers>,
     store: crate::store::Store,
+    audit: Audit,
 }
 
 impl AdminService {
@@ -50,8 +54,35 @@ impl AdminService {
         Self {
             deliveries,
             consumers,
+            audit: Audit::new(store.clone()),
             store,
         }
+    }
+
+    /// Also publishes each audit record as a `stevedore.admin.changed`
+    /// event (config `audit_events`).
+    pub fn publishing_audit_events(mut self, on: bool) -> Self {
+        self.audit = self.audit.publishing(on);
+        self
+    }
+
+    /// Records an admin change made by `caller` (tenants: the audit trail).
+    async fn audit(
+        &self,
+        caller: &Option<Caller>,
+        action: &str,
+        target: &str,
+        target_tenant: &str,
+    ) -> Result<(), Error> {
+        self.audit
+            .record(caller.as_ref(), action, target, target_tenant)
+            .await
+    }
+
+    /// The tenant of endpoint `id`, as `scope` sees it (NOT_FOUND if it
+    /// does not).
+    fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
+        Ok(self.deliveries.get(scope, id)?.tenant)
     }
 
     /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
@@ -80,6 +111,16 @@ fn page_size(n: u32) -> Result<usize, Error> {
     }
 }
 
+/// Who sent a request: the scope every lookup goes through, and the caller
+/// for the audit trail. Both come from the `Caller` the auth layer (or the
+/// console) put in the extensions; none: authentication is off, global.
+fn who<T>(request: &Request<T>) -> (Scope, Option<Caller>) {
+    (
+        Scope::of(request),
+        request.extensions().get::<Caller>().cloned(),
+    )
+}
+
 fn required(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         Err(Error::invalid(field, "required"))
@@ -94,12 +135,14 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let endpoint = request
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
         let (endpoint, secret) = self.deliveries.create(&scope, endpoint).await?;
+        self.audit(&caller, "endpoint.create", &endpoint.id, &endpoint.tenant)
+            .await?;
         Ok(Response::new(CreateEndpointResponse {
             endpoint: Some(endpoint),
             secret,
@@ -137,7 +180,7 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateEndpointRequest>,
     ) -> Result<Response<UpdateEndpointResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         let endpoint = req
             .endpoint
@@ -161,6 +204,12 @@ impl Admin for AdminService {
             .deliveries
             .update_with(&scope, endpoint, &paths, &headers)
             .await?;
+        let mut changed = paths.clone();
+        changed.extend(headers.set.keys().map(|h| format!("headers[{h}]")));
+        changed.extend(headers.remove.iter().map(|h| format!("headers[{h}]")));
+        let action = format!("endpoint.update({})", changed.join(","));
+        self.audit(&caller, &action, &endpoint.id, &endpoint.tenant)
+            .await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(endpoint),
         }))
@@ -170,10 +219,12 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
+        let tenant = self.endpoint_tenant(&scope, &id)?;
         self.deliveries.delete(&scope, &id).await?;
+        self.audit(&caller, "endpoint.delete", &id, &tenant).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
 
@@ -181,9 +232,10 @@ impl Admin for AdminService {
         &self,
         request: Request<RotateEndpointSecretRequest>,
     ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("id", &req.id)?;
+        let tenant = self.endpoint_tenant(&scope, &req.id)?;
         let grace = req
             .grace_period
             .as_ref()
@@ -195,6 +247,8 @@ impl Admin for AdminService {
         let (secret, until) = self
             .deliveries
             .rotate_secret(&scope, &req.id, grace)
+            .await?;
+        self.audit(&caller, "endpoint.rotate_secret", &req.id, &tenant)
             .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
             secret,
@@ -230,15 +284,19 @@ impl Admin for AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
             return Err(Error::invalid("offset", "required").into());
         }
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let delivery = self
             .deliveries
             .retry_delivery(&scope, &req.endpoint_id, req.offset)
+            .await?;
+        let target = format!("{}/{}", req.endpoint_id, req.offset);
+        self.audit(&caller, "delivery.retry", &target, &tenant)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
             delivery: Some(delivery),
@@ -250,7 +308,7 @@ impl Admin for AdminService {
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
         use crate::pb::replay_endpoint_request::Start;
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
@@ -260,9 +318,13 @@ impl Admin for AdminService {
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let from_offset = self
             .deliveries
             .replay(&scope, &req.endpoint_id, from)
+            .await?;
+        let action = format!("endpoint.replay(from {from_offset})");
+        self.audit(&caller, &action, &req.endpoint_id, &tenant)
             .await?;
         Ok(Response::new(ReplayEndpointResponse { from_offset }))
     }
@@ -271,11 +333,14 @@ impl Admin for AdminService {
         &self,
         request: Request<SendTestEventRequest>,
     ) -> Result<Response<SendTestEventResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let (webhook_id, attempt, delivered) =
             self.deliveries.send_test(&scope, &req.endpoint_id).await?;
+        self.audit(&caller, "endpoint.test", &req.endpoint_id, &tenant)
+            .await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
             attempt: Some(attempt),
@@ -342,10 +407,13 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let name = request.into_inner().name;
-        self.consumer(&scope, &name)?;
+        let consumer = self.consumer(&scope, &name)?;
         self.consumers.remove(&name).await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(&caller, "consumer.delete", &name, &tenant)
+            .await?;
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(Response::new(DeleteConsumerResponse {}))
     }
@@ -354,9 +422,13 @@ impl Admin for AdminService {
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let name = request.into_inner().name;
-        let redriven = self.consumer(&scope, &name)?.redrive().await?;
+        let consumer = self.consumer(&scope, &name)?;
+        let redriven = consumer.redrive().await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(&caller, "consumer.redrive", &name, &tenant)
+            .await?;
         tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
         Ok(Response::new(RedriveConsumerResponse { redriven }))
     }
@@ -366,7 +438,7 @@ impl Admin for AdminService {
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
         use crate::pb::reset_consumer_request::Position;
-        let scope = Scope::of(&request);
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         let consumer = self.consumer(&scope, &req.name)?;
         let head = self.store.head();
@@ -392,6 +464,14 @@ impl Admin for AdminService {
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
         consumer.reset(to).await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(
+            &caller,
+            &format!("consumer.reset(to {to})"),
+            &req.name,
+            &tenant,
+        )
+        .await?;
         tracing::info!(consumer = %req.name, to, "consumer reset");
         Ok(Response::new(ResetConsumerResponse {
             ack_floor: consumer.floor(),
@@ -431,5 +511,51 @@ impl Admin for AdminService {
         _request: Request<ListEventTypesRequest>,
     ) -> Result<Response<ListEventTypesResponse>, Status> {
         Ok(Response::new(self.list_event_types_impl()))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        let scope = Scope::of(&request);
+        let req = request.into_inner();
+        let (records, next_page_token) =
+            self.audit
+                .list(&scope, page_size(req.page_size)?, &req.page_token)?;
+        Ok(Response::new(ListAuditRecordsResponse {
+            records,
+            next_page_token,
+        }))
+    }
+
+    async fn erase_tenant(
+        &self,
+        request: Request<EraseTenantRequest>,
+    ) -> Result<Response<EraseTenantResponse>, Status> {
+        let (scope, caller) = who(&request);
+        if let Some(t) = scope.tenant() {
+            return Err(Error::PermissionDenied(format!(
+                "EraseTenant needs a global admin token; this one is scoped to tenant {t:?}"
+            ))
+            .into());
+        }
+        let tenant = request.into_inner().tenant;
+        required("tenant", &tenant)?;
+        crate::tenant::check_name(&tenant).map_err(|m| Error::invalid("tenant", m))?;
+        let endpoints = self.deliveries.erase_tenant(&tenant).await?;
+        let mut consumers = 0;
+        for c in self.consumers.list()? {
+            if c.tenant == tenant {
+                self.consumers.remove(&c.name).await?;
+                consumers += 1;
+            }
+        }
+        self.audit(&caller, "tenant.erase", &tenant, &tenant)
+            .await?;
+        tracing::warn!(%tenant, endpoints, consumers, "tenant erased");
+        Ok(Response::new(EraseTenantResponse {
+            endpoints,
+            consumers,
+        }))
     }
 }

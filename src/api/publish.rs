@@ -48,6 +48,9 @@ fn validate_one(
     let event = req.event.ok_or_else(|| Error::invalid(path, "required"))?;
     let mut event = validate_event(event, &path, SystemTime::now(), limits(shared))?;
     scope.admit_event(&mut event.event, &path, &shared.config.tenants)?;
+    shared
+        .tenant_rates
+        .take([crate::tenant::of_event(&event.event)])?;
     Ok(event)
 }
 
@@ -112,6 +115,9 @@ impl Publisher for PublisherService {
                 Ok(event)
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        self.shared
+            .tenant_rates
+            .take(events.iter().map(|e| crate::tenant::of_event(&e.event)))?;
         let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let appended = self.shared.store.append(events).await?;
         self.shared

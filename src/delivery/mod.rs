@@ -12,7 +12,7 @@ pub mod classify;
 pub mod egress;
 pub mod endpoint;
 pub mod limit;
-mod ops;
+pub(crate) mod ops;
 pub mod proxy;
 pub mod sealing;
 pub mod shared;
@@ -1038,6 +1038,22 @@ impl Deliveries {
         let record = self.decode_record(&bytes)?;
         scope.check(&record.endpoint().tenant, not_found)?;
         Ok(record)
+    }
+
+    /// Deletes every endpoint of `tenant` with its delivery records and
+    /// attempts (tenant erasure); returns how many.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<u64> {
+        let mut ids = Vec::new();
+        for v in self.store.table(Table::Endpoints).iter().values() {
+            let r = self.decode_record(&v?)?;
+            if r.endpoint().tenant == tenant {
+                ids.push(r.endpoint().id.clone());
+            }
+        }
+        for id in &ids {
+            self.delete(&Scope::Global, id).await?;
+        }
+        Ok(ids.len() as u64)
     }
 
     /// `tenant_max_endpoints`: refuses one more endpoint for `tenant`.

@@ -21,6 +21,8 @@ pub const ENDPOINT_RECOVERED: &str = crate::model::BROKER_EVENT_TYPES[1];
 pub const DELIVERY_EXHAUSTED: &str = crate::model::BROKER_EVENT_TYPES[2];
 /// A delivery failed `failing_event_after` times.
 pub const DELIVERY_FAILING: &str = crate::model::BROKER_EVENT_TYPES[3];
+/// An admin changed something (tenants: the audit trail).
+pub const ADMIN_CHANGED: &str = crate::model::BROKER_EVENT_TYPES[4];
 
 /// A broker event about `endpoint_id` (its ordering key: one endpoint's
 /// events stay in order), belonging to the endpoint's `tenant`.

@@ -944,3 +944,301 @@ async fn cross_tenant_sweep_leaks_nothing() {
     let extra = rx.expect_no_more_than(40, Duration::from_millis(300)).await;
     assert_eq!(extra.len(), 40);
 }
+
+#[tokio::test]
+async fn per_tenant_limits() {
+    let server = two_tenants(|c| {
+        c.tenant_max_endpoints = 2;
+        c.tenant_publish_rate = 0.5;
+        c.tenant_publish_burst = 3;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let mut acme = server.admin_as(Some(ACME_ADMIN)).await;
+    let mut beta = server.admin_as(Some(BETA_ADMIN)).await;
+    for _ in 0..2 {
+        create_as(&mut acme, hook(&rx.url)).await;
+    }
+    let s = acme
+        .create_endpoint(pb::CreateEndpointRequest {
+            endpoint: Some(hook(&rx.url)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("tenant_max_endpoints"), "{s:?}");
+    // The other tenant's budget is its own.
+    for _ in 0..2 {
+        create_as(&mut beta, hook(&rx.url)).await;
+    }
+
+    // Publish rate: bursts of 3 per tenant; a 4th at once is refused, and
+    // a batch over the budget is refused whole.
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    for i in 0..3 {
+        publish_as(&mut p, pick_of("acme", &format!("SO-{i}"))).await;
+    }
+    let s = p
+        .publish(pb::PublishRequest {
+            event: Some(pick_of("acme", "SO-x")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("tenant_publish_rate"), "{s:?}");
+    let s = p
+        .publish_batch(pb::PublishBatchRequest {
+            events: vec![pick_of("beta", "SO-b1"), pick_of("acme", "SO-b2")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    // beta's budget was not spent by the refused batch; no tenant: no limit.
+    for i in 0..3 {
+        publish_as(&mut p, pick_of("beta", &format!("SO-b{i}"))).await;
+    }
+    for i in 0..10 {
+        publish_as(&mut p, custom_of("", &format!("n{i}"))).await;
+    }
+    // Refilled after a while (0.5/s: one token in 2 s).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    publish_as(&mut p, pick_of("acme", "SO-later")).await;
+}
+
+#[tokio::test]
+async fn audit_records_every_change_and_publishes_it() {
+    let server = two_tenants(|c| c.audit_events = true).await;
+    let rx = Receiver::start().await;
+    let mut acme = server.admin_as(Some(ACME_ADMIN)).await;
+    let mut beta = server.admin_as(Some(BETA_ADMIN)).await;
+    let mut root = server.admin_as(Some(ROOT)).await;
+    let e = create_as(&mut acme, hook(&rx.url)).await;
+    acme.update_endpoint(pb::UpdateEndpointRequest {
+        endpoint: Some(Endpoint {
+            id: e.id.clone(),
+            enabled: Some(false),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["enabled".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    acme.rotate_endpoint_secret(pb::RotateEndpointSecretRequest {
+        id: e.id.clone(),
+        grace_period: None,
+    })
+    .await
+    .unwrap();
+    // A refused change is not recorded.
+    cross_tenant_calls(&mut beta, &e.id, 1).await;
+    acme.delete_endpoint(pb::DeleteEndpointRequest { id: e.id.clone() })
+        .await
+        .unwrap();
+    let eb = create_as(&mut beta, hook(&rx.url)).await;
+    // The global admin acts on beta's endpoint: beta's admin sees it too.
+    root.replay_endpoint(pb::ReplayEndpointRequest {
+        endpoint_id: eb.id.clone(),
+        start: Some(replay_endpoint_request::Start::Offset(1)),
+    })
+    .await
+    .unwrap();
+
+    let list = |a: &AdminClient<Authed>| {
+        let mut a = a.clone();
+        async move {
+            a.list_audit_records(pb::ListAuditRecordsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .records
+        }
+    };
+    let mine = list(&acme).await;
+    let actions: Vec<&str> = mine.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "endpoint.delete",
+            "endpoint.rotate_secret",
+            "endpoint.update(enabled)",
+            "endpoint.create"
+        ]
+    );
+    for r in &mine {
+        assert_eq!(
+            (r.token.as_str(), r.tenant.as_str()),
+            ("acme-admin", "acme")
+        );
+        assert_eq!(r.target, e.id);
+        assert!(r.at.is_some());
+    }
+    let theirs = list(&beta).await;
+    assert_eq!(theirs.len(), 2, "{theirs:?}");
+    assert_eq!(theirs[0].token, "root");
+    assert_eq!(theirs[0].tenant, "");
+    assert_eq!(theirs[0].target_tenant, "beta");
+    assert_eq!(list(&root).await.len(), 6);
+    // Paging, newest first.
+    let page = root
+        .list_audit_records(pb::ListAuditRecordsRequest {
+            page_size: 4,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.records.len(), 4);
+    let rest = root
+        .list_audit_records(pb::ListAuditRecordsRequest {
+            page_size: 4,
+            page_token: page.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.records.len(), 2);
+    assert!(rest.next_page_token.is_empty());
+
+    // Published as operational events of the target's tenant.
+    let mut sub = server.subscriber_as(Some(ACME_SUB)).await;
+    let mut s = sub
+        .subscribe(pb::SubscribeRequest {
+            start: Some(Start::Earliest(true)),
+            event_types: vec!["stevedore.admin.changed".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let read = drain(&mut s, 500).await;
+    assert_eq!(read.len(), 4, "{read:?}");
+    let first = sub
+        .get_event(pb::GetEventRequest {
+            offset: read[0].0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Payload::Custom(c)) = first.event.unwrap().payload else {
+        panic!("a custom payload");
+    };
+    let data = c.data.unwrap().fields;
+    let text = |k: &str| match data[k].kind.as_ref() {
+        Some(prost_types::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(text("action"), "endpoint.create");
+    assert_eq!(text("token"), "acme-admin");
+    assert_eq!(text("target"), e.id);
+}
+
+#[tokio::test]
+async fn a_global_admin_erases_a_tenant_while_the_broker_runs() {
+    let server = two_tenants(|_| {}).await;
+    let rx = Receiver::start().await;
+    let mut acme = server.admin_as(Some(ACME_ADMIN)).await;
+    let mut beta = server.admin_as(Some(BETA_ADMIN)).await;
+    let mut root = server.admin_as(Some(ROOT)).await;
+    let ea = create_as(&mut acme, hook(&rx.url)).await;
+    let eb = create_as(&mut beta, hook(&rx.url)).await;
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    for t in ["acme", "beta", "acme", "beta"] {
+        publish_as(&mut p, pick_of(t, "SO-1")).await;
+    }
+    rx.wait_for(4, Duration::from_secs(10)).await;
+    for (token, name) in [(ACME_SUB, "acme-c"), (BETA_SUB, "beta-c")] {
+        let mut sub = server.subscriber_as(Some(token)).await;
+        let mut s = sub
+            .subscribe(pb::SubscribeRequest {
+                consumer: name.into(),
+                ack_mode: pb::AckMode::Explicit as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        drain(&mut s, 100).await;
+    }
+    // Only a global admin may erase.
+    let s = acme
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = root
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "no such!".into(),
+        })
+        .await
+        .unwrap_err();
+    crate::assert_invalid(s, "tenant");
+    let erased = root
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((erased.endpoints, erased.consumers), (1, 1));
+    // acme's endpoint, its deliveries and its consumer are gone; beta's
+    // are untouched and still deliver.
+    not_found(
+        root.list_deliveries(pb::ListDeliveriesRequest {
+            endpoint_id: ea.id.clone(),
+            ..Default::default()
+        })
+        .await,
+        "the erased endpoint's deliveries",
+    );
+    let eps = root
+        .list_endpoints(pb::ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints;
+    assert_eq!(
+        eps.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [eb.id.as_str()]
+    );
+    let consumers = root
+        .list_consumers(pb::ListConsumersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers;
+    assert_eq!(
+        consumers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["beta-c"]
+    );
+    let d = root
+        .list_deliveries(pb::ListDeliveriesRequest {
+            endpoint_id: eb.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.deliveries.len(), 2);
+    rx.clear();
+    publish_as(&mut p, pick_of("beta", "SO-2")).await;
+    publish_as(&mut p, pick_of("acme", "SO-2")).await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(owner(&got[0].json()), "beta");
+    let audit = root
+        .list_audit_records(pb::ListAuditRecordsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(audit[0].action, "tenant.erase");
+    assert_eq!(audit[0].target, "acme");
+}

@@ -140,7 +140,7 @@ impl AdminService {
         &self,
         request: Request<RecoverDeliveriesRequest>,
     ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
-        let scope = Scope::of(&request);
+        let (scope, caller) = super::who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let mut states = Vec::new();
@@ -179,6 +179,12 @@ impl AdminService {
                 req.dry_run,
             )
             .await?;
+        if !req.dry_run && r.requeued > 0 {
+            let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
+            let action = format!("delivery.recover({})", r.requeued);
+            self.audit(&caller, &action, &req.endpoint_id, &tenant)
+                .await?;
+        }
         Ok(Response::new(RecoverDeliveriesResponse {
             matched: r.matched,
             requeued: r.requeued,
@@ -191,7 +197,7 @@ impl AdminService {
         request: Request<ResendEventRequest>,
     ) -> Result<Response<ResendEventResponse>, Status> {
         use pb::resend_event_request::Event;
-        let scope = Scope::of(&request);
+        let (scope, caller) = super::who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match &req.event {
@@ -202,6 +208,10 @@ impl AdminService {
         let delivery = self
             .deliveries
             .resend(&scope, &req.endpoint_id, offset)
+            .await?;
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
+        let target = format!("{}/{offset}", req.endpoint_id);
+        self.audit(&caller, "delivery.resend", &target, &tenant)
             .await?;
         Ok(Response::new(ResendEventResponse {
             delivery: Some(delivery),
