@@ -73,11 +73,13 @@ const TYPED: [(&str, &str, &str); 6] = [
 ];
 
 /// Descriptions of the broker's own events, in BROKER_EVENT_TYPES order.
-const BROKER: [&str; 4] = [
+/// (Sized by the list, so a new broker event cannot go without one.)
+const BROKER: [&str; BROKER_EVENT_TYPES.len()] = [
     "The broker disabled an endpoint (410 Gone, failing too long, or a setting that no longer fits).",
     "A failing endpoint delivered again.",
     "A delivery was dead-lettered: every attempt of its schedule failed.",
     "A delivery failed `failing_event_after` times in a row.",
+    "An administrator changed something (an audit record: token, tenant, action, target).",
 ];
 
 /// Every event type, typed ones first, then the broker's own.
