@@ -133,6 +133,9 @@ fn read_only(path: &str) -> bool {
         || path.ends_with("/ListAttempts")
         || path.ends_with("/ListConsumers")
         || path.ends_with("/ExplainEvent")
+        || path.ends_with("/RenderDelivery")
+        || path.ends_with("/GetEndpointStats")
+        || path.ends_with("/ListEventTypes")
 }
 
 /// What the sweep needs to keep its requests hostile.
