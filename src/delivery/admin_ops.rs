@@ -186,10 +186,10 @@ impl Deliveries {
         Ok((out, next))
     }
 
-    /// Sends endpoint `id`'s deliveries of events in `from..until` that are
-    /// in one of `states` (failed or dead) and of `event_type` (if set)
-    /// again now, with a fresh schedule, like RetryDelivery for each; with
-    /// `dry_run` only counts them.
+    /// Sends endpoint `id`'s deliveries of events in `from..until` (and
+    /// still in the log) that are in one of `states` (failed or dead) and
+    /// of `event_type` (if set) again now, with a fresh schedule, like
+    /// RetryDelivery for each; with `dry_run` only counts them.
     pub async fn recover(
         &self,
         scope: &Scope,
@@ -202,6 +202,9 @@ impl Deliveries {
     ) -> Result<Recovered> {
         let _workers = self.workers.lock().await;
         self.record(scope, id)?;
+        // Events retention removed cannot be sent again (their records say
+        // `expired`): only what is still in the log counts.
+        let from = from.max(self.store.first_offset()?);
         let mut matched = Vec::new();
         let mut more = false;
         if from < until {
@@ -300,17 +303,34 @@ impl Deliveries {
             )));
         }
         let existing = worker::load_delivery(&self.store, id, offset)?;
-        let held = self
-            .views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .is_some_and(|v| {
-                v.held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&offset)
-            });
+        let is_held = || {
+            self.views
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .is_some_and(|v| {
+                    v.held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(&offset)
+                })
+        };
+        // A final record is written (with the ack) just before the worker
+        // lets the event go: give it a moment to finish.
+        if existing.as_ref().is_some_and(|d| {
+            matches!(
+                d.state(),
+                DeliveryState::Delivered | DeliveryState::Dead | DeliveryState::Superseded
+            )
+        }) {
+            for _ in 0..50 {
+                if !is_held() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let held = is_held();
         let under_way = existing
             .as_ref()
             .is_some_and(|d| matches!(d.state(), DeliveryState::Pending | DeliveryState::Failed));

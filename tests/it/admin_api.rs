@@ -531,3 +531,51 @@ async fn headers_are_set_and_removed_by_name_and_never_shown() {
     assert_eq!(got[0].header("x-b"), None);
     assert_eq!(got[0].header("x-d"), None);
 }
+
+#[tokio::test]
+async fn resend_refuses_what_the_endpoint_filter_excludes_and_render_says_so() {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut publisher = server.publisher().await;
+    // pick() is COMPLETE: this endpoint's filter never holds for it.
+    let (ep, _) = create(
+        &mut admin,
+        Endpoint {
+            event_types: vec!["pick.confirmed".into()],
+            filter: "status == \"SHORT\"".into(),
+            ..endpoint(&rx.url)
+        },
+    )
+    .await;
+    let offset = publish(&mut publisher, pick("x-1", "O1")).await;
+    let err = admin
+        .resend_event(ResendEventRequest {
+            endpoint_id: ep.id.clone(),
+            event: Some(pb::resend_event_request::Event::Offset(offset)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("SHORT"), "{err:?}");
+    let r = admin
+        .render_delivery(RenderDeliveryRequest {
+            endpoint_id: ep.id.clone(),
+            event: Some(pb::render_delivery_request::Event::Offset(offset)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.matches && !r.timestamp_from_last_attempt, "{r:?}");
+    // Nothing was sent or recorded.
+    rx.expect_no_more_than(0, Duration::from_millis(300)).await;
+    let listed = admin
+        .list_deliveries(ListDeliveriesRequest {
+            endpoint_id: ep.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.deliveries.is_empty(), "{listed:?}");
+}
