@@ -11,6 +11,7 @@ mod faults;
 mod fuzz;
 mod hardening;
 mod hostile;
+mod mtls;
 mod never_matches;
 mod operations;
 mod proxy;
