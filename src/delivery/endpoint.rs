@@ -81,6 +81,8 @@ pub struct EndpointSpec {
     pub route: Route,
     /// The TLS client certificate presented to the receiver, if any.
     pub client_auth: Option<ClientAuth>,
+    /// Wrap bodies as `{"type", "timestamp", "data"}` (`envelope`).
+    pub envelope: bool,
 }
 
 /// Header names an endpoint may not set: the broker owns them.
@@ -404,6 +406,7 @@ impl EndpointSpec {
             rate,
             route,
             client_auth,
+            envelope: e.envelope,
         })
     }
 

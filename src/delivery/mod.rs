@@ -11,6 +11,7 @@ pub mod classify;
 pub mod client_auth;
 pub mod egress;
 pub mod endpoint;
+pub mod envelope;
 pub mod limit;
 mod ops;
 pub mod proxy;
@@ -872,6 +873,11 @@ impl Deliveries {
         };
         let body = crate::webhook::render_body(&event)
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        let body = if spec.envelope {
+            envelope::wrap("stevedore.test", event.occurred_at.as_ref(), &body).to_vec()
+        } else {
+            body
+        };
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
@@ -1149,6 +1155,7 @@ const SETTABLE: &[&str] = &[
     "proxy_url",
     "client_cert_pem",
     "client_key_pem",
+    "envelope",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1187,6 +1194,7 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             "proxy_url" => into.proxy_url = from.proxy_url.clone(),
             "client_cert_pem" => into.client_cert_pem = from.client_cert_pem.clone(),
             "client_key_pem" => into.client_key_pem = from.client_key_pem.clone(),
+            "envelope" => into.envelope = from.envelope,
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

@@ -347,6 +347,23 @@ impl Worker {
     /// The shared body is the full one; nothing endpoint-specific is ever
     /// written back to it.
     fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
+        let body = self.shaped_body(shared)?;
+        Ok(match body {
+            Some(data) if self.ctx.spec.envelope => {
+                let event = &shared.event;
+                Some(super::envelope::wrap(
+                    event.event_type.as_str(),
+                    event.event.occurred_at.as_ref(),
+                    &data,
+                ))
+            }
+            other => other,
+        })
+    }
+
+    /// The body after the endpoint's condition and fields, before any
+    /// envelope.
+    fn shaped_body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
         let rendered = shared.body.clone()?;
         let spec = &self.ctx.spec;
         if spec.condition.is_none() && spec.projection.is_none() {
