@@ -406,6 +406,15 @@ impl Deliveries {
                 None => rendered.into(),
             },
         };
+        let body = if spec.envelope {
+            super::envelope::wrap(
+                event.event_type.as_str(),
+                event.event.occurred_at.as_ref(),
+                &body,
+            )
+        } else {
+            body
+        };
         let last_attempt = self
             .list_attempts(scope, id, offset)?
             .last()

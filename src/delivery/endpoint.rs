@@ -20,6 +20,7 @@ use std::{
 use http::{HeaderName, HeaderValue, Uri};
 use prost::Message;
 
+use super::client_auth::{self, ClientAuth};
 use super::limit::Rate;
 use super::proxy::Route;
 use super::worker::STATE_EVENT_TYPES;
@@ -78,6 +79,10 @@ pub struct EndpointSpec {
     /// Direct, or through which proxy (`proxy_url` over the broker's
     /// settings).
     pub route: Route,
+    /// The TLS client certificate presented to the receiver, if any.
+    pub client_auth: Option<ClientAuth>,
+    /// Wrap bodies as `{"type", "timestamp", "data"}` (`envelope`).
+    pub envelope: bool,
 }
 
 /// Header names an endpoint may not set: the broker owns them.
@@ -391,6 +396,8 @@ impl EndpointSpec {
         )
         .for_endpoint(&e.proxy_url)
         .map_err(|m| Error::invalid(f("proxy_url"), format!("{m}, or \"none\"")))?;
+        let client_auth = client_auth::parse(&e.client_cert_pem, &e.client_key_pem)
+            .map_err(|(field, m)| Error::invalid(f(field), m))?;
         Ok(Self {
             url,
             filter,
@@ -405,6 +412,8 @@ impl EndpointSpec {
             projection,
             rate,
             route,
+            client_auth,
+            envelope: e.envelope,
         })
     }
 
@@ -526,6 +535,9 @@ struct RecordSecrets {
     previous_secret: Vec<u8>,
     #[prost(map = "string, string", tag = "3")]
     headers: HashMap<String, String>,
+    /// #19: the endpoint's TLS client key.
+    #[prost(string, tag = "4")]
+    client_key_pem: String,
 }
 
 impl EndpointRecord {
@@ -547,6 +559,7 @@ impl EndpointRecord {
             secret: std::mem::take(&mut stored.secret),
             previous_secret: std::mem::take(&mut stored.previous_secret),
             headers: std::mem::take(&mut endpoint.headers),
+            client_key_pem: std::mem::take(&mut endpoint.client_key_pem),
         };
         let sealed = key.seal(&endpoint.id, &secrets.encode_to_vec());
         stored.sealed = Some(sealed);
@@ -583,6 +596,7 @@ impl EndpointRecord {
         r.secret = secrets.secret;
         r.previous_secret = secrets.previous_secret;
         endpoint.headers = secrets.headers;
+        endpoint.client_key_pem = secrets.client_key_pem;
         Ok(r)
     }
 
@@ -599,6 +613,9 @@ impl fmt::Debug for EndpointRecord {
             let mut e = e.clone();
             for v in e.headers.values_mut() {
                 *v = REDACTED.to_owned();
+            }
+            if !e.client_key_pem.is_empty() {
+                e.client_key_pem = REDACTED.to_owned();
             }
             e
         });

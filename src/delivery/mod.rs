@@ -9,8 +9,10 @@
 
 mod admin_ops;
 pub mod classify;
+pub mod client_auth;
 pub mod egress;
 pub mod endpoint;
+pub mod envelope;
 pub mod limit;
 pub(crate) mod ops;
 pub mod proxy;
@@ -425,7 +427,7 @@ impl Deliveries {
         let client = stack::http_client(
             spec.max_in_flight as usize,
             self.guard.clone(),
-            &self.tls,
+            &self.tls_for(&spec),
             spec.route.clone(),
         );
         let service = stack::build(client, spec.max_in_flight, spec.rate);
@@ -865,6 +867,15 @@ impl Deliveries {
         Ok(from)
     }
 
+    /// The TLS settings of an endpoint's client: the broker's, presenting
+    /// the endpoint's client certificate if it has one.
+    fn tls_for(&self, spec: &EndpointSpec) -> Arc<rustls::ClientConfig> {
+        match &spec.client_auth {
+            Some(auth) => Arc::new(auth.apply(&self.tls)),
+            None => self.tls.clone(),
+        }
+    }
+
     /// Sends one signed test request now; nothing is stored.
     pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
         let record = self.record(scope, id)?;
@@ -889,6 +900,11 @@ impl Deliveries {
         };
         let body = crate::webhook::render_body(&event)
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        let body = if spec.envelope {
+            envelope::wrap("stevedore.test", event.occurred_at.as_ref(), &body).to_vec()
+        } else {
+            body
+        };
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
@@ -897,7 +913,12 @@ impl Deliveries {
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone(), &self.tls, spec.route.clone());
+        let client = stack::http_client(
+            1,
+            self.guard.clone(),
+            &self.tls_for(&spec),
+            spec.route.clone(),
+        );
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -1111,6 +1132,9 @@ impl Deliveries {
         for v in e.headers.values_mut() {
             *v = REDACTED.to_owned();
         }
+        if !e.client_key_pem.is_empty() {
+            e.client_key_pem = REDACTED.to_owned();
+        }
         e.backlog = self.backlog(&e, self.store.head());
         e
     }
@@ -1197,6 +1221,9 @@ const SETTABLE: &[&str] = &[
     "rate_burst",
     // #19 egress
     "proxy_url",
+    "client_cert_pem",
+    "client_key_pem",
+    "envelope",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1239,6 +1266,9 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
                 ))
             }
             "proxy_url" => into.proxy_url = from.proxy_url.clone(),
+            "client_cert_pem" => into.client_cert_pem = from.client_cert_pem.clone(),
+            "client_key_pem" => into.client_key_pem = from.client_key_pem.clone(),
+            "envelope" => into.envelope = from.envelope,
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

@@ -349,7 +349,18 @@ impl Worker {
     /// The shared body is the full one; nothing endpoint-specific is ever
     /// written back to it.
     fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
-        super::endpoint_body(&self.ctx.spec, shared.body.clone()?)
+        let body = super::endpoint_body(&self.ctx.spec, shared.body.clone()?)?;
+        Ok(match body {
+            Some(data) if self.ctx.spec.envelope => {
+                let event = &shared.event;
+                Some(super::envelope::wrap(
+                    event.event_type.as_str(),
+                    event.event.occurred_at.as_ref(),
+                    &data,
+                ))
+            }
+            other => other,
+        })
     }
 
     /// Coalescing: every held event of key `k` that is not sending is

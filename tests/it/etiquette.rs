@@ -143,3 +143,37 @@ async fn user_agent_is_sent_and_overridable() {
         Some(t.webhook_id.as_str())
     );
 }
+
+/// `envelope: true` wraps the body as {"type", "timestamp", "data"}, with
+/// `data` byte for byte the body the endpoint gets without it, all under
+/// the signature; the default stays the bare body.
+#[tokio::test]
+async fn the_opt_in_envelope_covers_the_type_with_the_signature() {
+    let server = TestServer::start().await;
+    let (bare_rx, wrapped_rx) = (Receiver::start().await, Receiver::start().await);
+    let mut admin = server.admin().await;
+    create(&mut admin, endpoint(&bare_rx.url)).await;
+    let mut e = endpoint(&wrapped_rx.url);
+    e.envelope = true;
+    let (ep, secret) = create(&mut admin, e).await;
+    assert!(ep.envelope, "shown as set");
+    let mut event = pick("env-1", "SO-1");
+    event.occurred_at = Some(prost_types::Timestamp {
+        seconds: 1_770_215_535,
+        nanos: 123_000_000,
+    });
+    publish(&mut server.publisher().await, event).await;
+    let bare = bare_rx.wait_for(1, Duration::from_secs(10)).await;
+    let wrapped = wrapped_rx.wait_for(1, Duration::from_secs(10)).await;
+    verify_signature(&secret, &wrapped[0]).unwrap();
+    let mut want =
+        br#"{"type":"pick.confirmed","timestamp":"2026-02-04T14:32:15.123Z","data":"#.to_vec();
+    want.extend_from_slice(&bare[0].body);
+    want.push(b'}');
+    assert_eq!(wrapped[0].body_text(), String::from_utf8(want).unwrap());
+    assert_eq!(bare[0].json()["salesOrderId"], "SO-1");
+    assert!(
+        bare[0].json().get("data").is_none(),
+        "the default is unchanged"
+    );
+}

@@ -13,6 +13,7 @@ mod faults;
 mod fuzz;
 mod hardening;
 mod hostile;
+mod mtls;
 mod never_matches;
 mod operations;
 mod proxy;

@@ -229,7 +229,7 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
 }
 
 /// Every stored endpoint record's raw bytes.
-fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
+pub(crate) fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
     let (store, writer) = Store::open(&StoreConfig {
         path: dir.to_owned(),
         cache_bytes: 8 * 1024 * 1024,
@@ -252,7 +252,7 @@ fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
     records
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 

@@ -961,6 +961,17 @@ pub(crate) async fn https_receiver(
     .with_single_cert(certs, key)
     .unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    https_receiver_with(tls).await
+}
+
+/// [`https_receiver`] with the given TLS settings (e.g. requiring a client
+/// certificate).
+pub(crate) async fn https_receiver_with(
+    tls: rustls::ServerConfig,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(http::Version, http::HeaderMap, bytes::Bytes)>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
