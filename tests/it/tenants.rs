@@ -273,7 +273,7 @@ async fn subscribers_read_only_their_tenants_events() {
             for types in [vec![], vec!["dock.door_opened".to_string()]] {
                 let mut s = sub
                     .subscribe(pb::SubscribeRequest {
-                        start: Some(start.clone()),
+                        start: Some(start),
                         event_types: types,
                         ..Default::default()
                     })
@@ -472,11 +472,11 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
     let all = pb::ListEndpointsRequest::default();
     assert_eq!(
         ids(acme.list_endpoints(all.clone()).await.unwrap().into_inner()),
-        [ea.id.clone()]
+        std::slice::from_ref(&ea.id)
     );
     assert_eq!(
         ids(beta.list_endpoints(all.clone()).await.unwrap().into_inner()),
-        [eb.id.clone()]
+        std::slice::from_ref(&eb.id)
     );
     assert_eq!(
         ids(root.list_endpoints(all).await.unwrap().into_inner()).len(),
