@@ -28,6 +28,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus metrics listen address (`off` disables the listener).
     pub metrics_listen: Option<SocketAddr>,
+    // Console (#16): the webhook maintenance page.
+    /// Console (webhook maintenance page) listen address (`off` disables it).
+    pub console_listen: Option<SocketAddr>,
     /// Directory of the embedded sled database.
     pub data_dir: PathBuf,
     /// sled page-cache size in bytes (sled's own default is 1 GiB).
@@ -125,6 +128,14 @@ pub struct Config {
     /// PEM certificates trusted for HTTPS webhook receivers, besides the
     /// Mozilla roots (receivers behind a private CA).
     pub webhook_ca_file: Option<PathBuf>,
+    // #19 egress: proxies.
+    /// Proxy for `http://` receivers (`http://host:port`); `Some("")`:
+    /// none, even if `HTTP_PROXY` is set. `None` after loading: no proxy.
+    pub http_proxy: Option<String>,
+    /// Proxy for `https://` receivers (CONNECT); as `http_proxy`.
+    pub https_proxy: Option<String>,
+    /// Hosts, addresses and CIDR ranges reached directly.
+    pub no_proxy: Vec<String>,
     /// Open `Subscribe` streams, over all connections (a budget of their
     /// own: subscribers cannot take the publishers' slots).
     pub max_subscribe_streams: usize,
@@ -184,6 +195,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            console_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             data_dir: PathBuf::from("stevedore-data"),
             sled_cache_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
@@ -227,6 +239,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             webhook_ca_file: None,
+            http_proxy: None,
+            https_proxy: None,
+            no_proxy: Vec::new(),
             max_subscribe_streams: 1024,
             max_publish_streams: 256,
             max_streams_per_connection: 256,
@@ -254,6 +269,7 @@ pub const NON_CONFIG_ENV: &[&str] = &["STEVEDORE_LOG"];
 pub const KEYS: &[&str] = &[
     "listen",
     "metrics_listen",
+    "console_listen",
     "data_dir",
     "sled_cache_bytes",
     "log_segment_bytes",
@@ -295,6 +311,10 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "webhook_ca_file",
+    // #19 egress
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
     "max_subscribe_streams",
     "max_publish_streams",
     "max_streams_per_connection",
@@ -330,6 +350,24 @@ impl Config {
                 .apply_toml(&text)
                 .with_context(|| format!("config file {}", path.display()))?;
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // #19 egress: the usual proxy variables, used for keys the file,
+        // STEVEDORE_* and flags leave unset (lowercase first, as curl).
+        let proxy_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "http_proxy"
+                        | "HTTP_PROXY"
+                        | "https_proxy"
+                        | "HTTPS_PROXY"
+                        | "no_proxy"
+                        | "NO_PROXY"
+                )
+            })
+            .cloned()
+            .collect();
         let mut env: Vec<_> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -356,6 +394,7 @@ impl Config {
                 .set(key, value)
                 .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
         }
+        config.apply_proxy_env(&proxy_env)?;
         config.validate()?;
         Ok(config)
     }
@@ -389,6 +428,34 @@ impl Config {
         Ok(())
     }
 
+    /// `http_proxy`, `https_proxy` and `no_proxy` from `HTTP_PROXY`,
+    /// `HTTPS_PROXY` and `NO_PROXY` (or their lowercase forms, preferred)
+    /// when not set otherwise; then an empty proxy setting means none.
+    fn apply_proxy_env(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
+        let var = |name: &str| {
+            let lower = env.iter().find(|(k, _)| k == name);
+            let upper = env.iter().find(|(k, _)| *k == name.to_ascii_uppercase());
+            lower.or(upper).map(|(k, v)| (k.clone(), v.clone()))
+        };
+        for key in ["http_proxy", "https_proxy", "no_proxy"] {
+            let unset = match key {
+                "http_proxy" => self.http_proxy.is_none(),
+                "https_proxy" => self.https_proxy.is_none(),
+                _ => self.no_proxy.is_empty(),
+            };
+            if let (true, Some((name, value))) = (unset, var(key)) {
+                self.set(key, &value)
+                    .with_context(|| format!("environment variable {name}"))?;
+            }
+        }
+        for p in [&mut self.http_proxy, &mut self.https_proxy] {
+            if p.as_deref() == Some("") {
+                *p = None;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets one key from its text form; the error names the key.
     pub fn set(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
         let bad = |e: String| anyhow!("config key `{key}`: {e} (got {value:?})");
@@ -402,6 +469,24 @@ impl Config {
             "tls_cert" => self.tls_cert = path(value),
             "tls_key" => self.tls_key = path(value),
             "webhook_ca_file" => self.webhook_ca_file = path(value),
+            // #19 egress. Proxy errors never repeat the value (it could
+            // hold credentials).
+            "http_proxy" | "https_proxy" => {
+                if !value.is_empty() {
+                    crate::delivery::proxy::parse_proxy(value)
+                        .map_err(|e| anyhow!("config key `{key}`: {e}"))?;
+                }
+                let v = Some(value.to_owned());
+                if key == "http_proxy" {
+                    self.http_proxy = v
+                } else {
+                    self.https_proxy = v
+                }
+            }
+            "no_proxy" => {
+                self.no_proxy = crate::delivery::proxy::parse_no_proxy(value)
+                    .map_err(|e| anyhow!("config key `no_proxy`: {e}"))?
+            }
             "max_subscribe_streams" => {
                 self.max_subscribe_streams = parse_num(value).map_err(bad)?
             }
@@ -447,6 +532,12 @@ impl Config {
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
                 self.metrics_listen = match value {
+                    "off" | "" => None,
+                    v => Some(v.parse().map_err(|e| bad(format!("{e} (or `off`)")))?),
+                }
+            }
+            "console_listen" => {
+                self.console_listen = match value {
                     "off" | "" => None,
                     v => Some(v.parse().map_err(|e| bad(format!("{e} (or `off`)")))?),
                 }
@@ -758,6 +849,9 @@ impl Config {
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
             _ => {}
         }
+        if let Some(addr) = self.console_listen {
+            self.check_console_listen(addr)?;
+        }
         self.check_listen(self.listen)
     }
 
@@ -770,6 +864,29 @@ impl Config {
                 "config key `listen`: {addr} is not a loopback address, and authentication \
                  is off; configure `tokens` (see `stevedore hash-token`) to listen beyond \
                  loopback"
+            );
+        }
+        Ok(())
+    }
+
+    /// The console may leave loopback only with tokens (an admin must log
+    /// in) and TLS (the session cookie and the token must not cross the
+    /// network in plaintext); it reuses the gRPC listener's certificate.
+    pub fn check_console_listen(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.tokens.is_empty() {
+            bail!(
+                "config key `console_listen`: {addr} is not a loopback address, and \
+                 authentication is off; configure `tokens` with an admin token"
+            );
+        }
+        if !self.tls_enabled() {
+            bail!(
+                "config key `console_listen`: {addr} is not a loopback address, and TLS is \
+                 off; set `tls_cert` and `tls_key` (the console uses the gRPC listener's \
+                 certificate)"
             );
         }
         Ok(())
@@ -1081,6 +1198,57 @@ mod tests {
             Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
         );
         assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+    }
+
+    /// #19 egress: the config keys win over the usual variables, which
+    /// fill what is unset (lowercase first); an empty key means no proxy
+    /// whatever the environment says; bad values name the key and hide
+    /// the value.
+    #[test]
+    fn proxies_from_keys_and_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("https_proxy", "http://lower:2"),
+                ("HTTP_PROXY", "http://h:3"),
+                ("NO_PROXY", "internal.corp,10.0.0.0/8"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.https_proxy.as_deref(), Some("http://lower:2"));
+        assert_eq!(c.http_proxy.as_deref(), Some("http://h:3"));
+        assert_eq!(c.no_proxy, ["internal.corp", "10.0.0.0/8"]);
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_HTTPS_PROXY", "http://mine:4"),
+                ("STEVEDORE_HTTP_PROXY", ""),
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("HTTP_PROXY", "http://h:3"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.https_proxy.as_deref(), Some("http://mine:4"));
+        assert_eq!(c.http_proxy, None);
+        for (var, value, key) in [
+            (
+                "STEVEDORE_HTTPS_PROXY",
+                "http://user:s3cret@p:1",
+                "https_proxy",
+            ),
+            ("HTTP_PROXY", "socks5://s3cret:1", "http_proxy"),
+            ("NO_PROXY", "a b", "no_proxy"),
+        ] {
+            let e = format!(
+                "{:#}",
+                Config::load(None, env(&[(var, value)]), &[]).unwrap_err()
+            );
+            assert!(e.contains(&format!("`{key}`")), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@
 //!   and the one `Scope` (from the caller's token) every lookup goes through.
 //! - [`audit`] — the audit trail of admin changes.
 //! - [`tls`] — the gRPC listener's rustls configuration.
+//! - [`console`] — the webhook maintenance page: axum + askama on its own
+//!   listener, calling the Admin service in-process.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -39,6 +41,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod convert;
 pub mod delivery;
@@ -149,7 +152,8 @@ pub async fn run_with_metrics(
 /// [`run_with_metrics`], calling `ready` once the data directory is open,
 /// the TLS files and master key are loaded and the services are about to
 /// serve: the binary prints its `listening on` line there, so nothing is
-/// announced that then fails to start.
+/// announced that then fails to start. The console listens on
+/// `config.console_listen` when set; [`serve`] takes it bound.
 pub async fn run_and_report(
     config: Config,
     listener: TcpListener,
@@ -157,6 +161,60 @@ pub async fn run_and_report(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce() + Send,
 ) -> anyhow::Result<()> {
+    let console = bind_console(&config).await?;
+    let listeners = Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        console,
+    };
+    serve(config, listeners, shutdown, |_| ready()).await
+}
+
+/// Binds `config.console_listen`, if set.
+pub async fn bind_console(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match config.console_listen {
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("binding console_listen {addr}")
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The broker's listeners, bound by the caller (port 0 picks a port).
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Prometheus metrics, if served.
+    pub metrics: Option<TcpListener>,
+    /// The console, if served.
+    pub console: Option<TcpListener>,
+}
+
+/// What [`serve`] tells its `ready` hook.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The console's URL (`http://addr` or `https://addr`), if served.
+    pub console_url: Option<String>,
+    /// With authentication off: the console's one-time login path
+    /// (`/login/once?t=...`), to print; it works once.
+    pub console_login: Option<String>,
+}
+
+/// Runs the broker on `listeners` until `shutdown` (see [`run`]), calling
+/// `ready` when it is about to serve.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&Started) + Send,
+) -> anyhow::Result<()> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        console: console_listener,
+    } = listeners;
     private_files();
     let metrics = Arc::new(metrics::Metrics::default());
     let addr = listener.local_addr()?;
@@ -276,14 +334,46 @@ pub async fn run_and_report(
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
         .max_decoding_message_size(max);
 
-    let admin = AdminServer::new(
-        AdminService::new(deliveries, shared.consumers.clone(), shared.store.clone())
-            .publishing_audit_events(config.audit_events),
-    )
-    .max_decoding_message_size(max);
+    let admin_service = Arc::new(
+        AdminService::new(
+            deliveries.clone(),
+            shared.consumers.clone(),
+            shared.store.clone(),
+        )
+        .publishing_audit_events(config.audit_events),
+    );
+    let admin = AdminServer::from_arc(admin_service.clone()).max_decoding_message_size(max);
+
+    let mut started = Started {
+        console_url: None,
+        console_login: None,
+    };
+    if let Some(console_listener) = console_listener {
+        let console_addr = console_listener.local_addr()?;
+        config.check_console_listen(console_addr)?;
+        let console_tls = console::tls_config(&config)?;
+        let console = Arc::new(console::Console::new(
+            admin_service.clone(),
+            deliveries.clone(),
+            shared.store.clone(),
+            auth.clone(),
+            console_tls.is_some(),
+            token.clone(),
+        ));
+        let url = console::url(console_addr, console_tls.is_some());
+        tracing::info!(addr = %console_addr, tls = console_tls.is_some(), "serving the console");
+        started.console_login = console.one_time_login();
+        started.console_url = Some(url);
+        tasks.spawn(console::serve(
+            console_listener,
+            console::router(console),
+            console_tls,
+            token.clone(),
+        ));
+    }
 
     tracing::info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving gRPC");
-    ready();
+    ready(&started);
 
     let stopping = {
         let token = token.clone();

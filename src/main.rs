@@ -43,6 +43,10 @@ enum Command {
         /// Metrics listen address, or `off` (config key `metrics_listen`).
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Console (webhook maintenance page) listen address, or `off`
+        /// (config key `console_listen`).
+        #[arg(long)]
+        console_listen: Option<String>,
     },
     /// Read a bearer token from stdin and print its SHA-256 (hex), the form
     /// the `tokens` config key stores.
@@ -69,13 +73,14 @@ enum Command {
 const MIN_TOKEN_BYTES: usize = 16;
 
 fn main() -> anyhow::Result<()> {
-    let (config, listen, data_dir, metrics_listen) = match Cli::parse().command {
+    let (config, listen, data_dir, metrics_listen, console_listen) = match Cli::parse().command {
         Command::Serve {
             config,
             listen,
             data_dir,
             metrics_listen,
-        } => (config, listen, data_dir, metrics_listen),
+            console_listen,
+        } => (config, listen, data_dir, metrics_listen, console_listen),
         Command::HashToken => return hash_token(),
         Command::Reseal { config, data_dir } => return reseal(config, data_dir),
     };
@@ -83,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         ("listen", listen),
         ("data_dir", data_dir),
         ("metrics_listen", metrics_listen),
+        ("console_listen", console_listen),
     ]
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -149,7 +155,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(m) = &metrics_listener {
         lines.push_str(&format!("stevedore metrics on {}\n", m.local_addr()?));
     }
-    let ready = move || {
+    let console_listener = stevedore::bind_console(&config).await?;
+    let ready = move |started: &stevedore::Started| {
+        if let Some(url) = &started.console_url {
+            lines.push_str(&format!("stevedore console on {url}\n"));
+            if let Some(login) = &started.console_login {
+                lines.push_str(&format!(
+                    "stevedore console one-time login {url}{login} (authentication is off; \
+                     the link works once)\n"
+                ));
+            }
+        }
         let mut out = std::io::stdout().lock();
         // A closed stdout (a supervisor that does not read it) is no
         // reason to stop serving.
@@ -162,13 +178,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         wait_for_signal().await;
         let _ = signalled_tx.send(());
     };
-    let mut server = tokio::spawn(stevedore::run_and_report(
-        config,
-        listener,
-        metrics_listener,
-        shutdown,
-        ready,
-    ));
+    let listeners = stevedore::Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        console: console_listener,
+    };
+    let mut server = tokio::spawn(stevedore::serve(config, listeners, shutdown, ready));
     tokio::select! {
         result = &mut server => return result?,
         _ = signalled_rx => {}

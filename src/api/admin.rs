@@ -1,5 +1,7 @@
 //! `stevedore.v1.Admin`: self-service endpoints and delivery operations.
 
+mod queries;
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -14,15 +16,20 @@ use crate::{
     pb::{
         admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
         DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, DeliveryState, EraseTenantRequest, EraseTenantResponse,
-        ExplainEventRequest, ExplainEventResponse, GetEndpointRequest, GetEndpointResponse,
-        ListAttemptsRequest, ListAttemptsResponse, ListAuditRecordsRequest,
-        ListAuditRecordsResponse, ListConsumersRequest, ListConsumersResponse,
-        ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest, ListEndpointsResponse,
-        RedriveConsumerRequest, RedriveConsumerResponse, ReplayEndpointRequest,
-        ReplayEndpointResponse, ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest,
-        RetryDeliveryResponse, RotateEndpointSecretRequest, RotateEndpointSecretResponse,
-        SendTestEventRequest, SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+        DeleteEndpointResponse, EraseTenantRequest, EraseTenantResponse, ExplainEventRequest,
+        ExplainEventResponse, GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest,
+        ListAttemptsResponse, ListAuditRecordsRequest, ListAuditRecordsResponse,
+        ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
+        ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
+        RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
+        ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
+        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+    },
+    pb::{
+        GetEndpointStatsRequest, GetEndpointStatsResponse, ListEventTypesRequest,
+        ListEventTypesResponse, RecoverDeliveriesRequest, RecoverDeliveriesResponse,
+        RenderDeliveryRequest, RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
     },
     tenant::Scope,
 };
@@ -180,7 +187,11 @@ impl Admin for AdminService {
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
         required("endpoint.id", &endpoint.id)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
+        let headers = crate::delivery::HeaderEdits {
+            set: req.set_headers,
+            remove: req.remove_headers,
+        };
+        if paths.is_empty() && headers.is_empty() {
             // Replacing everything would silently reset what the caller did
             // not mention (and redacted header values).
             return Err(Error::invalid(
@@ -189,8 +200,14 @@ impl Admin for AdminService {
             )
             .into());
         }
-        let endpoint = self.deliveries.update(&scope, endpoint, &paths).await?;
-        let action = format!("endpoint.update({})", paths.join(","));
+        let endpoint = self
+            .deliveries
+            .update_with(&scope, endpoint, &paths, &headers)
+            .await?;
+        let mut changed = paths.clone();
+        changed.extend(headers.set.keys().map(|h| format!("headers[{h}]")));
+        changed.extend(headers.remove.iter().map(|h| format!("headers[{h}]")));
+        let action = format!("endpoint.update({})", changed.join(","));
         self.audit(&caller, &action, &endpoint.id, &endpoint.tenant)
             .await?;
         Ok(Response::new(UpdateEndpointResponse {
@@ -243,36 +260,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
-        let scope = Scope::of(&request);
-        let req = request.into_inner();
-        required("endpoint_id", &req.endpoint_id)?;
-        let state = match DeliveryState::try_from(req.state) {
-            Ok(DeliveryState::Unspecified) => None,
-            Ok(s) => Some(s),
-            Err(_) => {
-                return Err(
-                    Error::invalid("state", format!("unknown enum value {}", req.state)).into(),
-                )
-            }
-        };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(req.page_token.parse().map_err(|_| {
-                Error::invalid("page_token", "not a token from a previous response")
-            })?)
-        };
-        let (deliveries, next) = self.deliveries.list_deliveries(
-            &scope,
-            &req.endpoint_id,
-            state,
-            page_size(req.page_size)?,
-            before,
-        )?;
-        Ok(Response::new(ListDeliveriesResponse {
-            deliveries,
-            next_page_token: next.map(|o| o.to_string()).unwrap_or_default(),
-        }))
+        self.list_deliveries_filtered(request).await
     }
 
     async fn list_attempts(
@@ -488,6 +476,41 @@ impl Admin for AdminService {
         Ok(Response::new(ResetConsumerResponse {
             ack_floor: consumer.floor(),
         }))
+    }
+
+    async fn recover_deliveries(
+        &self,
+        request: Request<RecoverDeliveriesRequest>,
+    ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
+        self.recover_deliveries_impl(request).await
+    }
+
+    async fn resend_event(
+        &self,
+        request: Request<ResendEventRequest>,
+    ) -> Result<Response<ResendEventResponse>, Status> {
+        self.resend_event_impl(request).await
+    }
+
+    async fn render_delivery(
+        &self,
+        request: Request<RenderDeliveryRequest>,
+    ) -> Result<Response<RenderDeliveryResponse>, Status> {
+        self.render_delivery_impl(request).await
+    }
+
+    async fn get_endpoint_stats(
+        &self,
+        request: Request<GetEndpointStatsRequest>,
+    ) -> Result<Response<GetEndpointStatsResponse>, Status> {
+        self.get_endpoint_stats_impl(request).await
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        Ok(Response::new(self.list_event_types_impl()))
     }
 
     async fn list_audit_records(

@@ -438,11 +438,38 @@ impl Subscriber for SubscriberService {
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
         let scope = Scope::of(&request);
-        let offset = request.into_inner().offset;
-        if offset == 0 {
-            return Err(Error::invalid("offset", "required (offsets start at 1)").into());
-        }
-        let e = scope.event(&self.shared.store, offset)?;
+        let req = request.into_inner();
+        let offset = match (req.offset, req.event_id.as_str()) {
+            (0, "") => {
+                return Err(Error::invalid(
+                    "offset",
+                    "required (offsets start at 1), or set event_id",
+                )
+                .into())
+            }
+            (0, id) => self.shared.store.offset_of_id(id)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no event with id {id:?} (never published, or removed by retention)"
+                ))
+            })?,
+            (o, "") => o,
+            _ => {
+                return Err(
+                    Error::invalid("event_id", "set either offset or event_id, not both").into(),
+                )
+            }
+        };
+        // Another tenant's event is answered like a missing one, in the
+        // words of the lookup the caller made.
+        let e = scope
+            .event(&self.shared.store, offset)
+            .map_err(|e| match e {
+                Error::NotFound(_) if !req.event_id.is_empty() => Error::NotFound(format!(
+                    "no event with id {:?} (never published, or removed by retention)",
+                    req.event_id
+                )),
+                e => e,
+            })?;
         Ok(Response::new(GetEventResponse {
             offset: e.offset,
             published_at: Some(convert::timestamp(e.published_at)),

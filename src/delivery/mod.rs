@@ -7,16 +7,21 @@
 //! owns the endpoint records and starts, restarts and stops one worker per
 //! enabled endpoint. Endpoint changes are serialised by one lock.
 
+mod admin_ops;
 pub mod classify;
 pub mod egress;
 pub mod endpoint;
 pub mod limit;
 pub(crate) mod ops;
+pub mod proxy;
 pub mod sealing;
 pub mod shared;
 pub mod signing;
 pub mod stack;
+pub mod stats;
 pub mod worker;
+
+pub use admin_ops::{endpoint_body, DeliveryQuery, HeaderEdits, Recovered, RECOVER_LIMIT};
 
 use std::{
     collections::HashMap,
@@ -116,6 +121,9 @@ pub struct Deliveries {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Every finished attempt's delivery record, for live views (the
+    /// console); sent only while someone listens.
+    outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
 }
 
 /// The consumer behind an endpoint. `@` cannot appear in gRPC consumer
@@ -125,6 +133,13 @@ fn consumer_name(endpoint_id: &str) -> String {
 }
 
 impl Deliveries {
+    /// The delivery record after every attempt from now on, on every
+    /// endpoint. A slow listener misses records (`Lagged`), never slows
+    /// delivery.
+    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<pb::Delivery> {
+        self.outcomes.subscribe()
+    }
+
     /// Loads every endpoint and starts the enabled ones' workers.
     pub async fn start(
         store: Store,
@@ -149,6 +164,7 @@ impl Deliveries {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             metrics,
+            outcomes: tokio::sync::broadcast::channel(256).0,
         });
         let key = this.config.master_key.as_ref();
         let mut records = Vec::new();
@@ -406,7 +422,12 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone(), &self.tls);
+        let client = stack::http_client(
+            spec.max_in_flight as usize,
+            self.guard.clone(),
+            &self.tls,
+            spec.route.clone(),
+        );
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -426,6 +447,7 @@ impl Deliveries {
                 .and_then(|t| convert::system_time("failing_since", t).ok()),
             metrics: self.metrics.clone(),
             broker_shutdown: self.shutdown.clone(),
+            outcomes: self.outcomes.clone(),
         };
         self.views
             .lock()
@@ -563,6 +585,18 @@ impl Deliveries {
         update: pb::Endpoint,
         fields: &[String],
     ) -> Result<pb::Endpoint> {
+        self.update_with(scope, update, fields, &HeaderEdits::default())
+            .await
+    }
+
+    /// [`Deliveries::update`], plus custom header changes by name.
+    pub async fn update_with(
+        &self,
+        scope: &Scope,
+        update: pb::Endpoint,
+        fields: &[String],
+        headers: &HeaderEdits,
+    ) -> Result<pb::Endpoint> {
         // Field-mask paths name proto fields; JSON clients write camelCase.
         let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
         let fields = fields.as_slice();
@@ -571,6 +605,13 @@ impl Deliveries {
         let mut e = record.endpoint().clone();
         let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
+        if !headers.is_empty() && fields.iter().any(|f| f == "headers") {
+            return Err(Error::invalid(
+                "set_headers",
+                "use either the `headers` path of update_mask or set_headers/remove_headers",
+            ));
+        }
+        headers.apply(&mut e.headers)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
         endpoint::refuse_what_never_matches(&e, &|name| fields.iter().any(|f| f == name))?;
         if spec.enabled && !was_enabled && e.failing_since.is_some() {
@@ -630,6 +671,7 @@ impl Deliveries {
             }
         }
         self.metrics.dead.remove(id);
+        self.metrics.endpoint_stats.remove(id);
         self.views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -725,6 +767,7 @@ impl Deliveries {
         out.delivery = delivery.map(|mut d| {
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             d
         });
         Ok(out)
@@ -739,63 +782,11 @@ impl Deliveries {
         page_size: usize,
         before: Option<Offset>,
     ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
-        self.record(scope, id)?;
-        let mut out: Vec<pb::Delivery> = Vec::new();
-        // Held events not attempted yet have no record: list them as pending.
-        let held: HashMap<Offset, worker::HeldView> = self
-            .views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
-        let upper = before.map_or_else(
-            || scoped_offset_key(id, u64::MAX),
-            |b| scoped_offset_key(id, b),
-        );
-        let mut seen = std::collections::HashSet::new();
-        for kv in self
-            .store
-            .table(Table::Deliveries)
-            .range(key_prefix(id)..upper)
-            .rev()
-        {
-            let (k, v) = kv?;
-            let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-            let mut d = pb::Delivery::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            seen.insert(offset);
-            if state.is_none_or(|s| d.state() == s) {
-                out.push(d);
-                if out.len() > page_size + held.len() {
-                    break;
-                }
-            }
-        }
-        if state.is_none_or(|s| s == DeliveryState::Pending) {
-            for (offset, h) in &held {
-                if !seen.contains(offset) && before.is_none_or(|b| *offset < b) {
-                    out.push(pb::Delivery {
-                        endpoint_id: id.to_owned(),
-                        offset: *offset,
-                        event_id: h.event_id.clone(),
-                        event_type: h.event_type.clone(),
-                        state: DeliveryState::Pending as i32,
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|d| std::cmp::Reverse(d.offset));
-        let next = if out.len() > page_size {
-            out.truncate(page_size);
-            out.last().map(|d| d.offset)
-        } else {
-            None
+        let q = DeliveryQuery {
+            state,
+            ..DeliveryQuery::all()
         };
-        Ok((out, next))
+        self.query_deliveries(scope, id, &q, page_size, before)
     }
 
     /// Every attempt of one delivery, oldest first.
@@ -862,6 +853,7 @@ impl Deliveries {
         }
         d.endpoint_id = id.to_owned();
         d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
@@ -903,12 +895,12 @@ impl Deliveries {
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
-            headers: stack::base_headers("stevedore.test", &spec.headers),
+            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
             body: body.into(),
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone(), &self.tls);
+        let client = stack::http_client(1, self.guard.clone(), &self.tls, spec.route.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -1206,6 +1198,8 @@ const SETTABLE: &[&str] = &[
     "fields",
     "rate_limit",
     "rate_burst",
+    // #19 egress
+    "proxy_url",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1247,6 +1241,7 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
                     "is fixed when the endpoint is created and cannot be updated",
                 ))
             }
+            "proxy_url" => into.proxy_url = from.proxy_url.clone(),
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

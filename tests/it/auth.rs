@@ -55,9 +55,12 @@ async fn call(server: &TestServer, service: &str, token: Option<&str>) -> Code {
         "Subscriber.GetEvent" => {
             let mut c = server.subscriber_as(token).await;
             code(
-                c.get_event(pb::GetEventRequest { offset: 1 })
-                    .await
-                    .map(drop),
+                c.get_event(pb::GetEventRequest {
+                    offset: 1,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             )
         }
         "Subscriber.Subscribe" => {
@@ -274,6 +277,7 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
         data_dir: dir.path().join("data"),
         sled_cache_bytes: 8 * 1024 * 1024,
         metrics_listen: None,
+        console_listen: None,
         ..Config::default()
     };
     tweak(&mut config);
@@ -294,6 +298,8 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
         config,
         stop: Some(stop),
         handle: Some(handle),
+        // Never read here.
+        started: tokio::sync::watch::channel(None).1,
     };
     let mut h = HealthClient::new(server.channel().await);
     h.check(HealthCheckRequest::default()).await.unwrap();
@@ -473,9 +479,12 @@ async fn per_connection_stream_limit_queues_calls() {
     // stream instead of failing.
     let mut s2 = s.clone();
     let mut waiting = tokio::spawn(async move {
-        s2.get_event(pb::GetEventRequest { offset: 1 })
-            .await
-            .map(drop)
+        s2.get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
     });
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut waiting)
@@ -486,7 +495,10 @@ async fn per_connection_stream_limit_queues_calls() {
     // Another connection is not affected.
     let mut fresh = server.subscriber().await;
     let err = fresh
-        .get_event(pb::GetEventRequest { offset: 1 })
+        .get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

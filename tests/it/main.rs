@@ -1,17 +1,21 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod admin_api;
 mod amplification;
 mod auth;
 mod connections;
+mod console;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod etiquette;
 mod faults;
 mod fuzz;
 mod hardening;
 mod hostile;
 mod never_matches;
 mod operations;
+mod proxy;
 mod publish;
 mod receiver;
 mod reliability;
@@ -51,6 +55,8 @@ pub struct TestServer {
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// What the broker reported when it was ready (the console's address).
+    started: tokio::sync::watch::Receiver<Option<stevedore::Started>>,
 }
 
 impl TestServer {
@@ -86,6 +92,7 @@ impl TestServer {
             allow_http: true,
             // Tests run many brokers at once; the metrics test binds its own.
             metrics_listen: None,
+            console_listen: None,
             allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
             ..Config::default()
         };
@@ -94,16 +101,47 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(stevedore::run(config.clone(), listener, async {
-            let _ = stopped.await;
-        }));
+        // The console only when a test asks for it (`console_listen`,
+        // port 0): the default port would collide between parallel tests.
+        let metrics = match config.metrics_listen {
+            Some(a) => Some(TcpListener::bind(a).await.unwrap()),
+            None => None,
+        };
+        let listeners = stevedore::Listeners {
+            grpc: listener,
+            metrics,
+            console: stevedore::bind_console(&config).await.unwrap(),
+        };
+        let (started_tx, started) = tokio::sync::watch::channel(None);
+        let handle = tokio::spawn(stevedore::serve(
+            config.clone(),
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            move |s| {
+                let _ = started_tx.send(Some(s.clone()));
+            },
+        ));
         Self {
             addr,
             dir,
             config,
             stop: Some(stop),
             handle: Some(handle),
+            started,
         }
+    }
+
+    /// What the broker reported once ready: the console's URL and, with
+    /// authentication off, its one-time login path.
+    pub async fn started(&self) -> stevedore::Started {
+        let mut rx = self.started.clone();
+        let got = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|s| s.is_some()))
+            .await
+            .expect("the broker became ready in time")
+            .expect("the broker started");
+        got.clone().unwrap()
     }
 
     /// Stops gracefully and waits until the database is closed.

@@ -139,6 +139,7 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["headers".into()],
                 }),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -170,6 +171,7 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["headers".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -352,6 +354,7 @@ async fn secrets_are_encrypted_at_rest_and_plaintext_records_are_migrated() {
             sled_cache_bytes: 8 * 1024 * 1024,
             master_key,
             metrics_listen: None,
+            console_listen: None,
             ..Config::default()
         }
     };

@@ -147,7 +147,10 @@ async fn graceful_shutdown_ends_streams_and_keeps_everything() {
     let mut s = server.subscriber().await;
     for (id, offset) in acked {
         let e = s
-            .get_event(stevedore::pb::GetEventRequest { offset })
+            .get_event(stevedore::pb::GetEventRequest {
+                offset,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -165,6 +168,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
         allow_http: true,
         allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
         metrics_listen: None,
+        console_listen: None,
         // Short, so a silent connection is closed within the test.
         handshake_timeout: Duration::from_millis(300),
         ..Default::default()

@@ -26,6 +26,7 @@ fn serve_expecting_exit(data_dir: &Path, env: &[(&str, &str)]) -> Exited {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("STEVEDORE_METRICS_LISTEN", "off")
+        .env("STEVEDORE_CONSOLE_LISTEN", "off")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -167,7 +167,10 @@ async fn publishers_publish_only_their_tenants_events() {
     publish_as(&mut acme, pick_of("acme", "SO-1")).await;
     let o = publish_as(&mut acme, custom_of("", "acme")).await;
     let got = sub
-        .get_event(pb::GetEventRequest { offset: o })
+        .get_event(pb::GetEventRequest {
+            offset: o,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -305,7 +308,12 @@ async fn subscribers_read_only_their_tenants_events() {
         // Point reads: another tenant's offset, and one of no tenant, are
         // NOT_FOUND like an offset that does not exist.
         for (o, t) in &offsets {
-            let r = sub.get_event(pb::GetEventRequest { offset: *o }).await;
+            let r = sub
+                .get_event(pb::GetEventRequest {
+                    offset: *o,
+                    ..Default::default()
+                })
+                .await;
             if *t == mine {
                 r.unwrap();
             } else {
@@ -551,6 +559,7 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["tenant".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -564,6 +573,7 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
         update_mask: Some(prost_types::FieldMask {
             paths: vec!["description".into()],
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -606,6 +616,7 @@ pub(crate) async fn cross_tenant_calls(admin: &mut AdminClient<Authed>, id: &str
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["description".into()],
                 }),
+                ..Default::default()
             })
             .await,
         "UpdateEndpoint",
@@ -832,6 +843,7 @@ async fn cross_tenant_sweep_leaks_nothing() {
                             update_mask: Some(prost_types::FieldMask {
                                 paths: vec!["description".into()],
                             }),
+                            ..Default::default()
                         })
                         .await,
                     &what,
@@ -845,7 +857,14 @@ async fn cross_tenant_sweep_leaks_nothing() {
                         .await,
                     &what,
                 ),
-                8 => not_found(sub.get_event(pb::GetEventRequest { offset }).await, &what),
+                8 => not_found(
+                    sub.get_event(pb::GetEventRequest {
+                        offset,
+                        ..Default::default()
+                    })
+                    .await,
+                    &what,
+                ),
                 9 => not_found(
                     sub.ack(pb::AckRequest {
                         consumer: foreign_consumer,
@@ -1003,6 +1022,7 @@ async fn audit_records_every_change_and_publishes_it() {
         update_mask: Some(prost_types::FieldMask {
             paths: vec!["enabled".into()],
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -1096,7 +1116,10 @@ async fn audit_records_every_change_and_publishes_it() {
     let read = drain(&mut s, 500).await;
     assert_eq!(read.len(), 4, "{read:?}");
     let first = sub
-        .get_event(pb::GetEventRequest { offset: read[0].0 })
+        .get_event(pb::GetEventRequest {
+            offset: read[0].0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -37,6 +37,7 @@ pub fn config(data_dir: &Path) -> Config {
         allow_http: true,
         allow_networks: vec!["127.0.0.0/8".parse().expect("a valid CIDR literal")],
         metrics_listen: None,
+        console_listen: None,
         ..Config::default()
     }
 }

@@ -1,0 +1,148 @@
+//! The pages' askama templates (`templates/console/`) and their data.
+
+use askama::Template;
+
+/// What every logged-in page shows in its frame.
+pub struct Frame {
+    pub who: String,
+    pub csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+pub struct Login {
+    pub error: String,
+    pub auth_off: bool,
+}
+
+pub struct EndpointRow {
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    pub state: &'static str,
+    pub reason: String,
+    pub backlog: u64,
+    pub event_types: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/overview.html")]
+pub struct Overview {
+    pub frame: Frame,
+    pub endpoints: Vec<EndpointRow>,
+    pub error: String,
+}
+
+/// The create/edit form's values (never a header value).
+#[derive(Default)]
+pub struct FormValues {
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub attribute_filters: String,
+    pub filter: String,
+    pub fields: String,
+    pub header_names: Vec<String>,
+    pub timeout: String,
+    pub retry_schedule: String,
+    pub max_in_flight: String,
+    pub ordering: String,
+    pub coalesce: bool,
+    pub rate_limit: String,
+    pub rate_burst: String,
+    pub start: String,
+    pub start_value: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/form.html")]
+pub struct EndpointForm {
+    pub frame: Frame,
+    /// Empty when creating.
+    pub id: String,
+    pub v: FormValues,
+    pub known_types: Vec<&'static str>,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/secret.html")]
+pub struct Secret {
+    pub frame: Frame,
+    pub id: String,
+    pub secret: String,
+    pub what: String,
+}
+
+pub struct DeliveryRow {
+    pub offset: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last: String,
+    pub last_status: u32,
+    pub last_error: String,
+    pub next: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/endpoint.html")]
+pub struct EndpointPage {
+    pub frame: Frame,
+    pub id: String,
+    pub url: String,
+    pub description: String,
+    pub state: &'static str,
+    pub reason: String,
+    pub backlog: u64,
+    pub settings: Vec<(&'static str, String)>,
+    pub filter_state: String,
+    pub deliveries: Vec<DeliveryRow>,
+    pub next_page: String,
+    pub message: String,
+    pub error: String,
+    pub test_result: String,
+}
+
+pub struct AttemptRow {
+    pub attempt: u32,
+    pub started: String,
+    pub latency: String,
+    pub status: u32,
+    pub error: String,
+    pub body: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/delivery.html")]
+pub struct DeliveryPage {
+    pub frame: Frame,
+    pub endpoint_id: String,
+    pub offset: u64,
+    pub delivery: Option<DeliveryRow>,
+    pub explanation: String,
+    pub attempts: Vec<AttemptRow>,
+    pub event: String,
+    pub snippets: Vec<(&'static str, String)>,
+}
+
+pub struct CatalogEntry {
+    pub event_type: &'static str,
+    pub source: &'static str,
+    pub sample: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/catalog.html")]
+pub struct Catalog {
+    pub frame: Frame,
+    pub entries: Vec<CatalogEntry>,
+}
+
+#[derive(Template)]
+#[template(path = "console/live.html")]
+pub struct Live {
+    pub frame: Frame,
+    pub endpoint: String,
+}
