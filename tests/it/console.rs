@@ -736,7 +736,10 @@ async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
         .into_inner()
         .endpoint
         .unwrap();
-    assert_eq!(created.tenant, "acme", "created through the console as acme");
+    assert_eq!(
+        created.tenant, "acme",
+        "created through the console as acme"
+    );
 
     // Pages: only acme's endpoint; beta's is not found, by page or action.
     let overview = c.get("/").await;

@@ -683,6 +683,43 @@ pub(crate) async fn cross_tenant_calls(admin: &mut AdminClient<Authed>, id: &str
             .await,
         "ExplainEvent",
     );
+    // The #16 delivery RPCs go through the same scope.
+    not_found(
+        admin
+            .recover_deliveries(pb::RecoverDeliveriesRequest {
+                endpoint_id: id.clone(),
+                ..Default::default()
+            })
+            .await,
+        "RecoverDeliveries",
+    );
+    not_found(
+        admin
+            .resend_event(pb::ResendEventRequest {
+                endpoint_id: id.clone(),
+                event: Some(pb::resend_event_request::Event::Offset(offset)),
+            })
+            .await,
+        "ResendEvent",
+    );
+    not_found(
+        admin
+            .render_delivery(pb::RenderDeliveryRequest {
+                endpoint_id: id.clone(),
+                event: Some(pb::render_delivery_request::Event::Offset(offset)),
+            })
+            .await,
+        "RenderDelivery",
+    );
+    not_found(
+        admin
+            .get_endpoint_stats(pb::GetEndpointStatsRequest {
+                endpoint_id: id.clone(),
+                window: None,
+            })
+            .await,
+        "GetEndpointStats",
+    );
     not_found(
         admin
             .delete_endpoint(pb::DeleteEndpointRequest { id: id.clone() })
