@@ -1279,6 +1279,39 @@ mod tests {
     }
 
     #[test]
+    fn tenant_scoped_tokens_and_known_tenants() {
+        let h = crate::auth::to_hex(&crate::auth::hash_token(b"t"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "tenants = \"acme,beta\"\n\n[[tokens]]\nname = \"acme-ops\"\nrole = \"admin\"\ntenant = \"acme\"\nsha256 = \"{h}\"\n"
+            ),
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Vec::new(), &[]).unwrap();
+        assert_eq!(c.tenants, ["acme", "beta"]);
+        assert_eq!(c.tokens[0].tenant.as_deref(), Some("acme"));
+        // A token scoped to a tenant not in `tenants` is refused, naming the key.
+        let env = vec![("STEVEDORE_TENANTS".to_string(), "beta".to_string())];
+        let err = format!("{:#}", Config::load(Some(&file), env, &[]).unwrap_err());
+        assert!(
+            err.contains("`tokens`") && err.contains("acme-ops"),
+            "{err}"
+        );
+        let env = vec![("STEVEDORE_TENANTS".to_string(), "a b".to_string())];
+        let err = format!("{:#}", Config::load(None, env, &[]).unwrap_err());
+        assert!(err.contains("`tenants`"), "{err}");
+        let env = vec![(
+            "STEVEDORE_TENANT_PUBLISH_RATE".to_string(),
+            "-1".to_string(),
+        )];
+        let err = format!("{:#}", Config::load(None, env, &[]).unwrap_err());
+        assert!(err.contains("`tenant_publish_rate`"), "{err}");
+    }
+
+    #[test]
     fn tokens_from_toml_and_env() {
         let hash = |t: &str| crate::auth::to_hex(&crate::auth::hash_token(t.as_bytes()));
         let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,9 @@
 //! - [`metrics`] — Prometheus counters, histograms and scrape-time gauges.
 //! - [`api`] — one file per gRPC service.
 //! - [`auth`] — bearer tokens and roles: one interceptor per service.
+//! - [`tenant`] — tenants: an event's, endpoint's and consumer's tenant,
+//!   and the one `Scope` (from the caller's token) every lookup goes through.
+//! - [`audit`] — the audit trail of admin changes.
 //! - [`tls`] — the gRPC listener's rustls configuration.
 //! - [`console`] — the webhook maintenance page: axum + askama on its own
 //!   listener, calling the Admin service in-process.

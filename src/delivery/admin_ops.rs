@@ -190,6 +190,8 @@ impl Deliveries {
     /// still in the log) that are in one of `states` (failed or dead) and
     /// of `event_type` (if set) again now, with a fresh schedule, like
     /// RetryDelivery for each; with `dry_run` only counts them.
+    // The scope (tenants) made it eight; they are the request's fields.
+    #[allow(clippy::too_many_arguments)]
     pub async fn recover(
         &self,
         scope: &Scope,

@@ -517,7 +517,10 @@ impl Deliveries {
                 &consumer_name(&id),
                 CreateSpec {
                     start,
-                    filter: EventFilter::default(),
+                    // With its tenant from the start: a disabled endpoint's
+                    // consumer (no worker sets its filter) never takes, nor
+                    // expires, another tenant's events.
+                    filter: spec.filter.clone(),
                     // The endpoint's retry schedule decides when to give up.
                     max_deliveries: 0,
                 },

@@ -276,7 +276,7 @@ async fn subscribers_read_only_their_tenants_events() {
             for types in [vec![], vec!["dock.door_opened".to_string()]] {
                 let mut s = sub
                     .subscribe(pb::SubscribeRequest {
-                        start: Some(start.clone()),
+                        start: Some(start),
                         event_types: types,
                         ..Default::default()
                     })
@@ -480,11 +480,11 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
     let all = pb::ListEndpointsRequest::default();
     assert_eq!(
         ids(acme.list_endpoints(all.clone()).await.unwrap().into_inner()),
-        [ea.id.clone()]
+        std::slice::from_ref(&ea.id)
     );
     assert_eq!(
         ids(beta.list_endpoints(all.clone()).await.unwrap().into_inner()),
-        [eb.id.clone()]
+        std::slice::from_ref(&eb.id)
     );
     assert_eq!(
         ids(root.list_endpoints(all).await.unwrap().into_inner()).len(),
@@ -682,6 +682,43 @@ pub(crate) async fn cross_tenant_calls(admin: &mut AdminClient<Authed>, id: &str
             })
             .await,
         "ExplainEvent",
+    );
+    // The #16 delivery RPCs go through the same scope.
+    not_found(
+        admin
+            .recover_deliveries(pb::RecoverDeliveriesRequest {
+                endpoint_id: id.clone(),
+                ..Default::default()
+            })
+            .await,
+        "RecoverDeliveries",
+    );
+    not_found(
+        admin
+            .resend_event(pb::ResendEventRequest {
+                endpoint_id: id.clone(),
+                event: Some(pb::resend_event_request::Event::Offset(offset)),
+            })
+            .await,
+        "ResendEvent",
+    );
+    not_found(
+        admin
+            .render_delivery(pb::RenderDeliveryRequest {
+                endpoint_id: id.clone(),
+                event: Some(pb::render_delivery_request::Event::Offset(offset)),
+            })
+            .await,
+        "RenderDelivery",
+    );
+    not_found(
+        admin
+            .get_endpoint_stats(pb::GetEndpointStatsRequest {
+                endpoint_id: id.clone(),
+                window: None,
+            })
+            .await,
+        "GetEndpointStats",
     );
     not_found(
         admin
