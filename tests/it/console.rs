@@ -647,6 +647,11 @@ async fn live_frame_arrives_after_a_delivery() {
     );
     assert!(seen.contains("\"state\":\"delivered\""), "{seen}");
     drop(stream);
+    // The per-endpoint live page is linked from the endpoint's page.
+    let page = c.get(&format!("/endpoints/{id}")).await;
+    assert!(page.body.contains(&format!("href=\"/live?endpoint={id}\"")), "{}", page.body);
+    let page = c.get(&format!("/live?endpoint={id}")).await;
+    assert!(page.body.contains(&format!("data-endpoint=\"{id}\"")), "{}", page.body);
     server.stop().await;
 }
 
