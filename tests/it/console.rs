@@ -649,9 +649,17 @@ async fn live_frame_arrives_after_a_delivery() {
     drop(stream);
     // The per-endpoint live page is linked from the endpoint's page.
     let page = c.get(&format!("/endpoints/{id}")).await;
-    assert!(page.body.contains(&format!("href=\"/live?endpoint={id}\"")), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("href=\"/live?endpoint={id}\"")),
+        "{}",
+        page.body
+    );
     let page = c.get(&format!("/live?endpoint={id}")).await;
-    assert!(page.body.contains(&format!("data-endpoint=\"{id}\"")), "{}", page.body);
+    assert!(
+        page.body.contains(&format!("data-endpoint=\"{id}\"")),
+        "{}",
+        page.body
+    );
     server.stop().await;
 }
 
