@@ -550,6 +550,17 @@ async fn actions_retry_dead_pause_resume_rotate() {
         page = c.get(&format!("{detail}?state=dead")).await;
     }
     assert!(page.body.contains("console-dead-1"), "{}", page.body);
+    // The overview says the endpoint is failing and when it auto-disables
+    // (auto_disable_after, 5 days by default).
+    let mut overview = c.get("/").await;
+    for _ in 0..50 {
+        if overview.body.contains("auto-disables in") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        overview = c.get("/").await;
+    }
+    assert!(overview.body.contains("auto-disables in 4d 23h"), "{}", overview.body);
     receiver.set_default(Behavior::Status(200));
     let action = format!("{detail}/action");
     let off = offset.to_string();
