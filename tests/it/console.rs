@@ -560,7 +560,11 @@ async fn actions_retry_dead_pause_resume_rotate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         overview = c.get("/").await;
     }
-    assert!(overview.body.contains("auto-disables in 4d 23h"), "{}", overview.body);
+    assert!(
+        overview.body.contains("auto-disables in 4d 23h"),
+        "{}",
+        overview.body
+    );
     receiver.set_default(Behavior::Status(200));
     let action = format!("{detail}/action");
     let off = offset.to_string();
