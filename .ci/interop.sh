@@ -369,6 +369,22 @@ endpoint_enabled() { # FILE: prints the GetEndpoint response's `enabled`
   "$PY" -c 'import json, sys; print(str(json.load(open(sys.argv[1]))["endpoint"].get("enabled", True)).lower())' "$1"
 }
 
+# #19: event ids that are not header-safe tokens (spaces, dots, non-ASCII,
+# 256 bytes) still give webhooks that standardwebhooks verifies.
+t_odd_ids() {
+  local i id
+  endpoint_id >/dev/null
+  for i in 0 1 2 3 4; do
+    id=$("$PY" "$CHECKS" odd-id "$i")
+    "$PY" "$CHECKS" example-with-id "$PICK" "$id" >"$tmpdir/odd-$i.json"
+    gc -emit-defaults -d @ "$ADDR" stevedore.v1.Publisher/Publish <"$tmpdir/odd-$i.json" \
+      >"$tmpdir/odd-publish-$i.json"
+    "$PY" "$CHECKS" publish "$tmpdir/odd-publish-$i.json" "$id" false || return 1
+  done
+  "$PY" "$CHECKS" odd-webhooks "$HOOK_LOG" "$WEBHOOK_WAIT" pick.confirmed \
+    "$GOLDEN/pick_confirmed.json"
+}
+
 t_pause_resume() {
   local id
   id=$(endpoint_id)
@@ -430,6 +446,57 @@ t_consumer_recipes() {
   }
 }
 
+# The README's delivery recipes for the maintenance page's RPCs (#16),
+# against the interop endpoint, which has delivered pick-sample-1.
+t_console_api() {
+  local id
+  id=$(endpoint_id)
+  readme_recipe '"eventType": "pick.confirmed", "since"' "$id" >"$tmpdir/filtered.json"
+  grep -q '"eventId": "pick-sample-1"' "$tmpdir/filtered.json" || {
+    echo "pick-sample-1 not listed: $(cat "$tmpdir/filtered.json")"
+    return 1
+  }
+  readme_recipe "-d '{\"eventId\": \"pick-sample-1\"}' \$A stevedore.v1.Subscriber/GetEvent" "" \
+    >"$tmpdir/by-id.json"
+  grep -q '"id": "pick-sample-1"' "$tmpdir/by-id.json" || {
+    echo "GetEvent by id: $(cat "$tmpdir/by-id.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/RecoverDeliveries' "$id" >"$tmpdir/recover.json"
+  readme_recipe '$A stevedore.v1.Admin/RenderDelivery' "$id" >"$tmpdir/render.json"
+  grep -q '"webhook-signature"' "$tmpdir/render.json" || {
+    echo "RenderDelivery: $(cat "$tmpdir/render.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/GetEndpointStats' "$id" >"$tmpdir/stats.json"
+  grep -q '"successes"' "$tmpdir/stats.json" || {
+    echo "GetEndpointStats: $(cat "$tmpdir/stats.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/ListEventTypes' "" >"$tmpdir/types.json"
+  grep -q '"name": "pick.confirmed"' "$tmpdir/types.json" || {
+    echo "ListEventTypes: $(head -c 2000 "$tmpdir/types.json")"
+    return 1
+  }
+  readme_recipe '"setHeaders": {"x-api-key"' "$id" >"$tmpdir/set-header.json"
+  # grpcurl writes `<` and `>` as \u003c and \u003e.
+  grep -q '"x-api-key": "\\u003credacted\\u003e"' "$tmpdir/set-header.json" \
+    && ! grep -q 'k-2' "$tmpdir/set-header.json" || {
+    echo "setHeaders: $(cat "$tmpdir/set-header.json")"
+    return 1
+  }
+  readme_recipe '"removeHeaders": ["x-api-key"]' "$id" >"$tmpdir/remove-header.json"
+  ! grep -q 'x-api-key' "$tmpdir/remove-header.json" || {
+    echo "removeHeaders: $(cat "$tmpdir/remove-header.json")"
+    return 1
+  }
+  readme_recipe '$A stevedore.v1.Admin/ResendEvent' "$id" >"$tmpdir/resend.json"
+  grep -q '"DELIVERY_STATE_PENDING"' "$tmpdir/resend.json" || {
+    echo "ResendEvent: $(cat "$tmpdir/resend.json")"
+    return 1
+  }
+}
+
 t_server_alive() {
   kill -0 "$server_pid" 2>/dev/null || {
     echo "the server exited"
@@ -465,6 +532,7 @@ check "admin: ListEndpoints does not show the secret" t_list_endpoints
 check "admin: ListDeliveries lists the 3 DELIVERED deliveries" t_list_deliveries
 check "admin: RotateEndpointSecret returns a new secret" t_rotate_secret
 check "webhooks: during rotation both secrets' signatures verify" t_rotation_webhook
+check "webhooks: ids with spaces, dots, non-ASCII, 256 bytes verify (webhook-id, X-Stevedore-Event-Id)" t_odd_ids
 check "admin: the README's pause and resume recipes (UpdateEndpoint)" t_pause_resume
 check "admin: the README's attributeFilters example selects the pick sample (ExplainEvent)" t_attribute_filter
 t_metrics() {
@@ -489,6 +557,7 @@ if missing:
 PY
 }
 check "admin: the README's ListConsumers, ResetConsumer and DeleteConsumer recipes" t_consumer_recipes
+check "admin: the README's delivery recipes (filters, GetEvent by id, recover, render, stats, catalog, headers, resend)" t_console_api
 check "metrics: Prometheus text with publish and delivery figures" t_metrics
 check "server still running" t_server_alive
 
@@ -597,9 +666,12 @@ readme_block() { # MARKER TIMEOUT EXPECTED
 t_first_webhook() { readme_block first-webhook 600 'pick.confirmed verified: True'; }
 # The HTTPS test receiver behind a private CA.
 t_https_receiver() { readme_block https-receiver 120 '"delivered": true'; }
+# Tenants: a tenant admin sees only its own endpoints (#18).
+t_tenants() { readme_block tenants 600 '"action": "endpoint.create"'; }
 
 check "README: your first webhook in five minutes" t_first_webhook
 check "README: an HTTPS test receiver behind a private CA" t_https_receiver
+check "README: a tenant admin sees and changes only its tenant's endpoints" t_tenants
 check "auth: a broker with tokens starts (tokens hashed by hash-token)" t_auth_start
 check "auth: grpcurl with a publisher token publishes" t_auth_publish
 check "auth: no token, a wrong token or a wrong role is refused" t_auth_refused

@@ -21,9 +21,12 @@ grpcurl (protojson) quirks handled here:
 """
 
 import base64
+import hashlib
 import json
+import re
 import sys
 import time
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 
 
@@ -279,24 +282,40 @@ def load_log(path):
 def summarize(records):
     return "\n".join(
         f"  [{i}] {r['method']} {r['path']} webhook-id={r['headers'].get('webhook-id')!r} "
+        f"x-stevedore-event-id={r['headers'].get('x-stevedore-event-id')!r} "
         f"x-jasci-event={r['headers'].get('x-jasci-event')!r} verified={r['verified']} "
         f"({r.get('verify_error')}) body={r['body'][:200]!r}"
         for i, r in enumerate(records)
     ) or "  (none)"
 
 
+def event_id_of(record):
+    """The producer's event id of a logged webhook: X-Stevedore-Event-Id,
+    percent-decoded (README "Receiving webhooks")."""
+    raw = record["headers"].get("x-stevedore-event-id")
+    return None if raw is None else urllib.parse.unquote(raw, errors="strict")
+
+
+def expected_webhook_id(event_id):
+    """The webhook-id the README documents: the event id when it is 1 to 128
+    of A-Z a-z 0-9 _ -, else msg_ + the first 32 hex digits of its SHA-256."""
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,128}", event_id):
+        return event_id
+    return "msg_" + hashlib.sha256(event_id.encode()).hexdigest()[:32]
+
+
 def wait_for_ids(log_path, ids, timeout):
-    """Polls the log until a POST carries each webhook-id; returns the POSTs."""
+    """Polls the log until a POST carries each event id; returns the POSTs."""
     deadline = time.monotonic() + float(timeout)
     while True:
         posts = [r for r in load_log(log_path) if r["method"] == "POST"]
-        seen = {r["headers"].get("webhook-id") for r in posts}
+        seen = {event_id_of(r) for r in posts}
         missing = [i for i in ids if i not in seen]
         if not missing:
             return posts
         if time.monotonic() >= deadline:
             fail(
-                f"after {timeout} s no webhook with webhook-id {missing}; "
+                f"after {timeout} s no webhook with event id {missing}; "
                 f"the receiver logged {len(posts)} POST(s):\n{summarize(posts)}"
             )
         time.sleep(0.2)
@@ -308,8 +327,17 @@ def check_delivery(record, event_id, event_type, golden_path):
     problems = []
     if record["path"] != "/hook":
         problems.append(f"path {record['path']!r}, want '/hook'")
-    if h.get("webhook-id") != event_id:
-        problems.append(f"webhook-id {h.get('webhook-id')!r}, want {event_id!r}")
+    if h.get("webhook-id") != expected_webhook_id(event_id):
+        problems.append(
+            f"webhook-id {h.get('webhook-id')!r}, want {expected_webhook_id(event_id)!r}"
+        )
+    if event_id_of(record) != event_id:
+        problems.append(
+            f"x-stevedore-event-id {h.get('x-stevedore-event-id')!r} decodes to "
+            f"{event_id_of(record)!r}, want {event_id!r}"
+        )
+    if not h.get("user-agent", "").startswith("stevedore/"):
+        problems.append(f"user-agent {h.get('user-agent')!r}, want 'stevedore/<version>'")
     if h.get("x-jasci-event") != event_type:
         problems.append(f"x-jasci-event {h.get('x-jasci-event')!r}, want {event_type!r}")
     if h.get("content-type") != "application/json":
@@ -416,23 +444,26 @@ def cmd_get_endpoint(path, endpoint_id, url, description, *event_types):
     print(json.dumps(got))
 
 
-def cmd_webhooks(log_path, timeout, *specs):
+def cmd_webhooks(log_path, timeout, *specs, signatures=1):
     """SPEC = EVENT_ID:EVENT_TYPE:GOLDEN_FILE. Waits up to TIMEOUT seconds
     for a POST per event; then each event has exactly one POST, verified by
     the receiver, with the right headers, one signature and the golden body."""
-    expected = [s.split(":", 2) for s in specs]
+    # NUL-separated when an id may hold a colon (odd-webhooks).
+    expected = [s.split("\0", 2) if "\0" in s else s.split(":", 2) for s in specs]
     posts = wait_for_ids(log_path, [e[0] for e in expected], timeout)
     problems = []
     for event_id, event_type, golden in expected:
-        mine = [r for r in posts if r["headers"].get("webhook-id") == event_id]
+        mine = [r for r in posts if event_id_of(r) == event_id]
         if len(mine) != 1:
             problems.append(f"{event_id}: {len(mine)} POSTs, want exactly 1")
         r = mine[0]
         if r["verified"] is not True:
             problems.append(f"{event_id}: not verified by standardwebhooks: {r.get('verify_error')}")
         sigs = r["headers"].get("webhook-signature", "").split(" ")
-        if len(sigs) != 1 or not sigs[0].startswith("v1,"):
-            problems.append(f"{event_id}: webhook-signature {sigs!r}, want one 'v1,' entry")
+        if len(sigs) != signatures or not all(s.startswith("v1,") for s in sigs):
+            problems.append(
+                f"{event_id}: webhook-signature {sigs!r}, want {signatures} 'v1,' entries"
+            )
         problems += [f"{event_id}: {p}" for p in check_delivery(r, event_id, event_type, golden)]
     if problems:
         print(summarize(posts))
@@ -499,7 +530,7 @@ def cmd_rotation_webhook(log_path, timeout, spec, old_secret_file, new_secret_fi
 
     event_id, event_type, golden = spec.split(":", 2)
     posts = wait_for_ids(log_path, [event_id], timeout)
-    mine = [r for r in posts if r["headers"].get("webhook-id") == event_id]
+    mine = [r for r in posts if event_id_of(r) == event_id]
     r = mine[0]
     problems = [f"{event_id}: {p}" for p in check_delivery(r, event_id, event_type, golden)]
     if len(mine) != 1:
@@ -540,6 +571,30 @@ def cmd_example_with_id(example_path, event_id):
     print(json.dumps(req))
 
 
+# Event ids that are not header-safe tokens (the ids of #19): a leading
+# space, dots, non-ASCII characters, 256 bytes. Indexed from the shell.
+ODD_IDS = [
+    " lead-space-4",
+    "café-5",
+    "order.2024.7 v2",
+    "x" * 256,
+    "é" * 128,
+]
+
+
+def cmd_odd_id(index):
+    """Prints ODD_IDS[INDEX] (for the shell)."""
+    print(ODD_IDS[int(index)])
+
+
+def cmd_odd_webhooks(log_path, timeout, event_type, golden):
+    """Every ODD_IDS event arrives once, verified by standardwebhooks (with
+    the new secret of the rotation in progress: two signatures), with the
+    documented webhook-id and X-Stevedore-Event-Id."""
+    specs = [f"{i}\0{event_type}\0{golden}" for i in ODD_IDS]
+    cmd_webhooks(log_path, timeout, *specs, signatures=2)
+
+
 COMMANDS = {
     "health": cmd_health,  # FILE
     "publish": cmd_publish,  # FILE EVENT_ID true|false [OFFSET]
@@ -554,6 +609,8 @@ COMMANDS = {
     "rotated": cmd_rotated,  # FILE OLD_SECRET_FILE GRACE_SECONDS NEW_SECRET_OUT
     "rotation-webhook": cmd_rotation_webhook,  # LOG TIMEOUT SPEC OLD_SECRET NEW_SECRET
     "example-with-id": cmd_example_with_id,  # EXAMPLE EVENT_ID
+    "odd-id": cmd_odd_id,  # INDEX
+    "odd-webhooks": cmd_odd_webhooks,  # LOG TIMEOUT EVENT_TYPE GOLDEN
 }
 
 if __name__ == "__main__":

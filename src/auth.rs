@@ -68,13 +68,16 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// One configured token: a name for logs, a role, and the token's SHA-256.
+/// One configured token: a name for logs, a role, optionally a tenant, and
+/// the token's SHA-256.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     /// Shown in logs; 1-64 characters of `[A-Za-z0-9._-]`.
     pub name: String,
     /// What the token may call.
     pub role: Role,
+    /// The tenant it is scoped to (none: global); see `crate::tenant`.
+    pub tenant: Option<String>,
     /// SHA-256 of the token's bytes.
     pub sha256: [u8; 32],
 }
@@ -85,6 +88,7 @@ impl fmt::Debug for Token {
         f.debug_struct("Token")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("tenant", &self.tenant)
             .field("sha256", &"<redacted>")
             .finish()
     }
@@ -113,7 +117,8 @@ fn from_hex(s: &str) -> Option<[u8; 32]> {
 
 /// Parses the compact form `name:role:sha256hex,name:role:sha256hex,...`
 /// (what `STEVEDORE_TOKENS` holds; the TOML `[[tokens]]` tables are turned
-/// into it). Empty means no tokens. Errors never repeat the input, in case
+/// into it). A role written `role@tenant` scopes the token to that tenant
+/// (`shop-ops:admin@acme:…`). Empty means no tokens. Errors never repeat the input, in case
 /// someone pasted a token instead of its hash.
 pub fn parse_tokens(s: &str) -> Result<Vec<Token>, String> {
     let mut tokens: Vec<Token> = Vec::new();
@@ -139,6 +144,14 @@ pub fn parse_tokens(s: &str) -> Result<Vec<Token>, String> {
                 "entry {i}: the name must be 1-64 characters of [A-Za-z0-9._-]"
             ));
         }
+        let (role, tenant) = match role.split_once('@') {
+            Some((role, tenant)) => {
+                crate::tenant::check_name(tenant)
+                    .map_err(|e| format!("entry {i} ({name}): after `@`: {e}"))?;
+                (role, Some(tenant.to_owned()))
+            }
+            None => (role, None),
+        };
         let role: Role = role
             .parse()
             .map_err(|e| format!("entry {i} ({name}): {e}"))?;
@@ -159,6 +172,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<Token>, String> {
         tokens.push(Token {
             name: name.to_string(),
             role,
+            tenant,
             sha256,
         });
     }
@@ -169,7 +183,10 @@ pub fn parse_tokens(s: &str) -> Result<Vec<Token>, String> {
 pub fn format_tokens(tokens: &[Token]) -> String {
     tokens
         .iter()
-        .map(|t| format!("{}:{}:{}", t.name, t.role, to_hex(&t.sha256)))
+        .map(|t| match &t.tenant {
+            None => format!("{}:{}:{}", t.name, t.role, to_hex(&t.sha256)),
+            Some(tenant) => format!("{}:{}@{tenant}:{}", t.name, t.role, to_hex(&t.sha256)),
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -181,6 +198,9 @@ pub struct Caller {
     pub name: String,
     /// The token's role.
     pub role: Role,
+    /// The tenant the token is scoped to (none: global). Everything the
+    /// caller reaches goes through `crate::tenant::Scope::of`.
+    pub tenant: Option<String>,
 }
 
 /// The configured tokens, shared by every service's guard.
@@ -247,6 +267,7 @@ impl Auth {
         Ok(Caller {
             name: t.name.clone(),
             role: t.role,
+            tenant: t.tenant.clone(),
         })
     }
 }
@@ -370,6 +391,30 @@ mod tests {
         assert!(Role::Publisher.grants(Role::Publisher));
         assert!(!Role::Publisher.grants(Role::Subscriber));
         assert!(!Role::Subscriber.grants(Role::Admin));
+    }
+
+    #[test]
+    fn tenant_scoped_tokens() {
+        let s = format!(
+            "{},{}",
+            token_line("ops", "admin", "t1"),
+            token_line("acme-ops", "admin@acme", "t2")
+        );
+        let tokens = parse_tokens(&s).unwrap();
+        assert_eq!(tokens[0].tenant, None);
+        assert_eq!(tokens[1].tenant.as_deref(), Some("acme"));
+        assert_eq!(tokens[1].role, Role::Admin);
+        assert_eq!(format_tokens(&tokens), s);
+        let auth = Auth::new(&tokens);
+        let c = auth.authenticate(&md("Bearer t2")).unwrap();
+        assert_eq!(c.tenant.as_deref(), Some("acme"));
+        let h = to_hex(&hash_token(b"x"));
+        for bad in [format!("a:admin@:{h}"), format!("a:admin@b c:{h}")] {
+            let err = parse_tokens(&bad).unwrap_err();
+            assert!(err.contains("tenant"), "{err}");
+        }
+        let err = parse_tokens(&format!("a:root@acme:{h}")).unwrap_err();
+        assert!(err.contains("unknown role"), "{err}");
     }
 
     #[test]

@@ -128,6 +128,14 @@ pub struct Config {
     /// PEM certificates trusted for HTTPS webhook receivers, besides the
     /// Mozilla roots (receivers behind a private CA).
     pub webhook_ca_file: Option<PathBuf>,
+    // #19 egress: proxies.
+    /// Proxy for `http://` receivers (`http://host:port`); `Some("")`:
+    /// none, even if `HTTP_PROXY` is set. `None` after loading: no proxy.
+    pub http_proxy: Option<String>,
+    /// Proxy for `https://` receivers (CONNECT); as `http_proxy`.
+    pub https_proxy: Option<String>,
+    /// Hosts, addresses and CIDR ranges reached directly.
+    pub no_proxy: Vec<String>,
     /// Open `Subscribe` streams, over all connections (a budget of their
     /// own: subscribers cannot take the publishers' slots).
     pub max_subscribe_streams: usize,
@@ -157,6 +165,20 @@ pub struct Config {
     pub max_endpoint_headers: usize,
     /// Longest custom header value on a webhook endpoint.
     pub max_endpoint_header_bytes: usize,
+
+    // tenants (see `crate::tenant`)
+    /// The known tenants; an event, endpoint or token naming another is
+    /// refused. Empty: any tenant.
+    pub tenants: Vec<String>,
+    /// Most endpoints one tenant may have (0: only `max_endpoints` applies).
+    pub tenant_max_endpoints: usize,
+    /// Events per second one tenant may publish (token bucket; 0: no limit).
+    pub tenant_publish_rate: f64,
+    /// The bucket's size: events a tenant may publish at once (0: one
+    /// second's worth of `tenant_publish_rate`, at least 1).
+    pub tenant_publish_burst: u32,
+    /// Publish every audit record as a `stevedore.admin.changed` event.
+    pub audit_events: bool,
 }
 
 /// How log lines are written.
@@ -217,6 +239,9 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             webhook_ca_file: None,
+            http_proxy: None,
+            https_proxy: None,
+            no_proxy: Vec::new(),
             max_subscribe_streams: 1024,
             max_publish_streams: 256,
             max_streams_per_connection: 256,
@@ -228,6 +253,11 @@ impl Default for Config {
             max_connections: 10_000,
             max_endpoint_headers: 32,
             max_endpoint_header_bytes: 4096,
+            tenants: Vec::new(),
+            tenant_max_endpoints: 0,
+            tenant_publish_rate: 0.0,
+            tenant_publish_burst: 0,
+            audit_events: false,
         }
     }
 }
@@ -281,6 +311,10 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "webhook_ca_file",
+    // #19 egress
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
     "max_subscribe_streams",
     "max_publish_streams",
     "max_streams_per_connection",
@@ -292,6 +326,12 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "max_endpoint_headers",
     "max_endpoint_header_bytes",
+    // tenants
+    "tenants",
+    "tenant_max_endpoints",
+    "tenant_publish_rate",
+    "tenant_publish_burst",
+    "audit_events",
 ];
 
 impl Config {
@@ -310,6 +350,24 @@ impl Config {
                 .apply_toml(&text)
                 .with_context(|| format!("config file {}", path.display()))?;
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // #19 egress: the usual proxy variables, used for keys the file,
+        // STEVEDORE_* and flags leave unset (lowercase first, as curl).
+        let proxy_env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "http_proxy"
+                        | "HTTP_PROXY"
+                        | "https_proxy"
+                        | "HTTPS_PROXY"
+                        | "no_proxy"
+                        | "NO_PROXY"
+                )
+            })
+            .cloned()
+            .collect();
         let mut env: Vec<_> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -336,6 +394,7 @@ impl Config {
                 .set(key, value)
                 .with_context(|| format!("flag --{}", key.replace('_', "-")))?;
         }
+        config.apply_proxy_env(&proxy_env)?;
         config.validate()?;
         Ok(config)
     }
@@ -369,6 +428,34 @@ impl Config {
         Ok(())
     }
 
+    /// `http_proxy`, `https_proxy` and `no_proxy` from `HTTP_PROXY`,
+    /// `HTTPS_PROXY` and `NO_PROXY` (or their lowercase forms, preferred)
+    /// when not set otherwise; then an empty proxy setting means none.
+    fn apply_proxy_env(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
+        let var = |name: &str| {
+            let lower = env.iter().find(|(k, _)| k == name);
+            let upper = env.iter().find(|(k, _)| *k == name.to_ascii_uppercase());
+            lower.or(upper).map(|(k, v)| (k.clone(), v.clone()))
+        };
+        for key in ["http_proxy", "https_proxy", "no_proxy"] {
+            let unset = match key {
+                "http_proxy" => self.http_proxy.is_none(),
+                "https_proxy" => self.https_proxy.is_none(),
+                _ => self.no_proxy.is_empty(),
+            };
+            if let (true, Some((name, value))) = (unset, var(key)) {
+                self.set(key, &value)
+                    .with_context(|| format!("environment variable {name}"))?;
+            }
+        }
+        for p in [&mut self.http_proxy, &mut self.https_proxy] {
+            if p.as_deref() == Some("") {
+                *p = None;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets one key from its text form; the error names the key.
     pub fn set(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
         let bad = |e: String| anyhow!("config key `{key}`: {e} (got {value:?})");
@@ -382,6 +469,24 @@ impl Config {
             "tls_cert" => self.tls_cert = path(value),
             "tls_key" => self.tls_key = path(value),
             "webhook_ca_file" => self.webhook_ca_file = path(value),
+            // #19 egress. Proxy errors never repeat the value (it could
+            // hold credentials).
+            "http_proxy" | "https_proxy" => {
+                if !value.is_empty() {
+                    crate::delivery::proxy::parse_proxy(value)
+                        .map_err(|e| anyhow!("config key `{key}`: {e}"))?;
+                }
+                let v = Some(value.to_owned());
+                if key == "http_proxy" {
+                    self.http_proxy = v
+                } else {
+                    self.https_proxy = v
+                }
+            }
+            "no_proxy" => {
+                self.no_proxy = crate::delivery::proxy::parse_no_proxy(value)
+                    .map_err(|e| anyhow!("config key `no_proxy`: {e}"))?
+            }
             "max_subscribe_streams" => {
                 self.max_subscribe_streams = parse_num(value).map_err(bad)?
             }
@@ -402,6 +507,27 @@ impl Config {
             "max_endpoint_headers" => self.max_endpoint_headers = parse_num(value).map_err(bad)?,
             "max_endpoint_header_bytes" => {
                 self.max_endpoint_header_bytes = parse_num(value).map_err(bad)?
+            }
+            // tenants
+            "tenants" => {
+                let mut tenants: Vec<String> = Vec::new();
+                for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    crate::tenant::check_name(t).map_err(bad)?;
+                    if !tenants.iter().any(|k| k == t) {
+                        tenants.push(t.to_owned());
+                    }
+                }
+                self.tenants = tenants;
+            }
+            "tenant_max_endpoints" => self.tenant_max_endpoints = parse_num(value).map_err(bad)?,
+            "tenant_publish_rate" => self.tenant_publish_rate = parse_num(value).map_err(bad)?,
+            "tenant_publish_burst" => self.tenant_publish_burst = parse_num(value).map_err(bad)?,
+            "audit_events" => {
+                self.audit_events = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("expected true or false".into())),
+                }
             }
             "listen" => self.listen = value.parse().map_err(|e| bad(format!("{e}")))?,
             "metrics_listen" => {
@@ -700,6 +826,24 @@ impl Config {
             "max_endpoint_header_bytes",
             "must be at least 1",
         )?;
+        // tenants
+        check(
+            self.tenant_publish_rate.is_finite() && self.tenant_publish_rate >= 0.0,
+            "tenant_publish_rate",
+            "must be a non-negative number",
+        )?;
+        if !self.tenants.is_empty() {
+            for t in &self.tokens {
+                if let Some(tenant) = &t.tenant {
+                    if !self.tenants.contains(tenant) {
+                        bail!(
+                            "config key `tokens`: token {} is scoped to a tenant not listed in `tenants`",
+                            t.name
+                        );
+                    }
+                }
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => bail!("config key `tls_key`: required when tls_cert is set"),
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
@@ -822,9 +966,18 @@ fn toml_tokens(entries: Vec<toml::Value>) -> anyhow::Result<String> {
             Some(toml::Value::String(s)) => Ok(s),
             _ => Err(anyhow!("config key `tokens[{i}].{f}`: required string")),
         };
-        let line = format!("{}:{}:{}", field("name")?, field("role")?, field("sha256")?);
+        let (name, role, sha256) = (field("name")?, field("role")?, field("sha256")?);
+        // tenants: `tenant = "acme"` scopes the token (compact form `role@tenant`).
+        let role = match t.remove("tenant") {
+            None => role,
+            Some(toml::Value::String(tenant)) => format!("{role}@{tenant}"),
+            Some(_) => bail!("config key `tokens[{i}].tenant`: expected a string"),
+        };
+        let line = format!("{name}:{role}:{sha256}");
         if let Some(extra) = t.keys().next() {
-            bail!("config key `tokens[{i}]`: unknown field `{extra}` (known: name, role, sha256)");
+            bail!(
+                "config key `tokens[{i}]`: unknown field `{extra}` (known: name, role, tenant, sha256)"
+            );
         }
         out.push(line);
     }
@@ -1045,6 +1198,57 @@ mod tests {
             Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
         );
         assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+    }
+
+    /// #19 egress: the config keys win over the usual variables, which
+    /// fill what is unset (lowercase first); an empty key means no proxy
+    /// whatever the environment says; bad values name the key and hide
+    /// the value.
+    #[test]
+    fn proxies_from_keys_and_environment() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("https_proxy", "http://lower:2"),
+                ("HTTP_PROXY", "http://h:3"),
+                ("NO_PROXY", "internal.corp,10.0.0.0/8"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.https_proxy.as_deref(), Some("http://lower:2"));
+        assert_eq!(c.http_proxy.as_deref(), Some("http://h:3"));
+        assert_eq!(c.no_proxy, ["internal.corp", "10.0.0.0/8"]);
+        let c = Config::load(
+            None,
+            env(&[
+                ("STEVEDORE_HTTPS_PROXY", "http://mine:4"),
+                ("STEVEDORE_HTTP_PROXY", ""),
+                ("HTTPS_PROXY", "http://upper:1"),
+                ("HTTP_PROXY", "http://h:3"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.https_proxy.as_deref(), Some("http://mine:4"));
+        assert_eq!(c.http_proxy, None);
+        for (var, value, key) in [
+            (
+                "STEVEDORE_HTTPS_PROXY",
+                "http://user:s3cret@p:1",
+                "https_proxy",
+            ),
+            ("HTTP_PROXY", "socks5://s3cret:1", "http_proxy"),
+            ("NO_PROXY", "a b", "no_proxy"),
+        ] {
+            let e = format!(
+                "{:#}",
+                Config::load(None, env(&[(var, value)]), &[]).unwrap_err()
+            );
+            assert!(e.contains(&format!("`{key}`")), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum Error {
     /// The request conflicts with existing state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller may not do this (a tenant-scoped token acting for another
+    /// tenant); the message names the field.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A configured limit was reached; the message names the config key.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -118,6 +122,7 @@ impl From<Error> for Status {
             ))),
             Error::NotFound(m) => Status::not_found(clip(&m)),
             Error::FailedPrecondition(m) => Status::failed_precondition(clip(&m)),
+            Error::PermissionDenied(m) => Status::permission_denied(clip(&m)),
             Error::ResourceExhausted(m) => Status::resource_exhausted(clip(&m)),
             Error::ShuttingDown => Status::unavailable(err.to_string()),
             Error::Unavailable(m) => {

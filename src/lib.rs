@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod console;
@@ -49,6 +50,7 @@ pub mod pb;
 pub mod retention;
 pub mod store;
 pub mod suggest;
+pub mod tenant;
 pub mod tls;
 pub mod webhook;
 
@@ -253,6 +255,10 @@ pub async fn serve(
         metrics: metrics.clone(),
         subscribe_streams: Arc::new(Semaphore::new(config.max_subscribe_streams)),
         publish_streams: Arc::new(Semaphore::new(config.max_publish_streams)),
+        tenant_rates: Arc::new(tenant::PublishRates::new(
+            config.tenant_publish_rate,
+            config.tenant_publish_burst,
+        )),
     };
 
     let deliveries = Deliveries::start(
@@ -325,11 +331,14 @@ pub async fn serve(
     let subscriber = SubscriberServer::new(SubscriberService::new(shared.clone()))
         .max_decoding_message_size(max);
 
-    let admin_service = Arc::new(AdminService::new(
-        deliveries.clone(),
-        shared.consumers.clone(),
-        shared.store.clone(),
-    ));
+    let admin_service = Arc::new(
+        AdminService::new(
+            deliveries.clone(),
+            shared.consumers.clone(),
+            shared.store.clone(),
+        )
+        .publishing_audit_events(config.audit_events),
+    );
     let admin = AdminServer::from_arc(admin_service.clone()).max_decoding_message_size(max);
 
     let mut started = Started {

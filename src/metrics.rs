@@ -225,6 +225,9 @@ pub struct Metrics {
     /// gRPC connections closed by the broker, by reason
     /// (`handshake_timeout`, `idle_timeout`, `max_connections`).
     pub connections_closed: CounterVec,
+    /// Per-endpoint attempts and latency per minute, for Admin's
+    /// GetEndpointStats (#16).
+    pub endpoint_stats: crate::delivery::stats::EndpointStats,
 }
 
 impl Default for Metrics {
@@ -246,6 +249,7 @@ impl Default for Metrics {
             requests_refused: CounterVec::default(),
             open_connections: AtomicI64::new(0),
             connections_closed: CounterVec::default(),
+            endpoint_stats: Default::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ pub const BROKER_EVENT_TYPES: &[&str] = &[
     "stevedore.endpoint.recovered",
     "stevedore.delivery.exhausted",
     "stevedore.delivery.failing",
+    "stevedore.admin.changed",
 ];
 
 /// Event types under this prefix are published by the broker itself.
@@ -218,6 +219,8 @@ pub struct EventMeta {
     pub event_type: EventType,
     /// Its routing attributes.
     pub attributes: std::collections::HashMap<String, String>,
+    /// Its tenant (`""`: none), by the rule of `crate::tenant::of_event`.
+    pub tenant: String,
 }
 
 /// The result of appending one event.
@@ -241,6 +244,9 @@ pub struct EventFilter {
     /// With no types listed, leave out the broker's own `stevedore.*`
     /// events (webhook endpoints opt in to those by naming them).
     exclude_reserved: bool,
+    /// Only this tenant's events (a tenant's endpoint, consumer or
+    /// subscriber); nothing widens it.
+    tenant: Option<String>,
 }
 
 impl EventFilter {
@@ -260,7 +266,19 @@ impl EventFilter {
             types,
             attributes,
             exclude_reserved: false,
+            tenant: None,
         }
+    }
+
+    /// The same filter, passing only `tenant`'s events.
+    pub fn with_tenant(mut self, tenant: String) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// The tenant it is restricted to, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     /// The same filter, but an empty type list no longer lets `stevedore.*`
@@ -272,19 +290,27 @@ impl EventFilter {
 
     /// Whether `event` passes.
     pub fn matches(&self, event: &StoredEvent) -> bool {
-        self.matches_parts(&event.event_type, &event.event.attributes)
+        self.matches_parts(
+            &event.event_type,
+            &event.event.attributes,
+            crate::tenant::of_event(&event.event),
+        )
     }
 
     /// Whether an event of this type and attributes passes.
     pub fn matches_meta(&self, meta: &EventMeta) -> bool {
-        self.matches_parts(&meta.event_type, &meta.attributes)
+        self.matches_parts(&meta.event_type, &meta.attributes, &meta.tenant)
     }
 
     fn matches_parts(
         &self,
         event_type: &EventType,
         attributes: &std::collections::HashMap<String, String>,
+        tenant: &str,
     ) -> bool {
+        if self.tenant.as_deref().is_some_and(|t| t != tenant) {
+            return false;
+        }
         let type_ok = if self.types.is_empty() {
             !(self.exclude_reserved && event_type.as_str().starts_with(RESERVED_PREFIX))
         } else {
@@ -301,6 +327,18 @@ impl EventFilter {
     /// with [`EventFilter::matches`].
     pub fn exclusion(&self, event: &StoredEvent) -> Option<String> {
         let ty = &event.event_type;
+        if let Some(t) = &self.tenant {
+            let of = crate::tenant::of_event(&event.event);
+            if of != t {
+                return Some(if of.is_empty() {
+                    format!("the endpoint belongs to tenant {t:?}; the event belongs to no tenant")
+                } else {
+                    format!(
+                        "the endpoint belongs to tenant {t:?}; the event belongs to another tenant"
+                    )
+                });
+            }
+        }
         if self.types.is_empty() {
             if self.exclude_reserved && ty.as_str().starts_with(RESERVED_PREFIX) {
                 return Some(format!(
@@ -335,7 +373,10 @@ impl EventFilter {
 
     /// Whether every event passes (nothing to check).
     pub fn is_all(&self) -> bool {
-        self.types.is_empty() && self.attributes.is_empty() && !self.exclude_reserved
+        self.types.is_empty()
+            && self.attributes.is_empty()
+            && !self.exclude_reserved
+            && self.tenant.is_none()
     }
 
     /// The types, sorted.

@@ -1,10 +1,14 @@
 //! `stevedore.v1.Admin`: self-service endpoints and delivery operations.
 
+mod queries;
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::Audit,
+    auth::Caller,
     consumer::Consumers,
     convert,
     delivery::Deliveries,
@@ -12,8 +16,9 @@ use crate::{
     pb::{
         admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
         DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, DeliveryState, ExplainEventRequest, ExplainEventResponse,
-        GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse,
+        DeleteEndpointResponse, EraseTenantRequest, EraseTenantResponse, ExplainEventRequest,
+        ExplainEventResponse, GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest,
+        ListAttemptsResponse, ListAuditRecordsRequest, ListAuditRecordsResponse,
         ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
         ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
         RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
@@ -21,6 +26,12 @@ use crate::{
         RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
         SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
+    pb::{
+        GetEndpointStatsRequest, GetEndpointStatsResponse, ListEventTypesRequest,
+        ListEventTypesResponse, RecoverDeliveriesRequest, RecoverDeliveriesResponse,
+        RenderDeliveryRequest, RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
+    },
+    tenant::Scope,
 };
 
 const MAX_PAGE: usize = 1000;
@@ -30,6 +41,7 @@ pub struct AdminService {
     deliveries: Arc<Deliveries>,
     consumers: Arc<Consumers>,
     store: crate::store::Store,
+    audit: Audit,
 }
 
 impl AdminService {
@@ -42,13 +54,40 @@ impl AdminService {
         Self {
             deliveries,
             consumers,
+            audit: Audit::new(store.clone()),
             store,
         }
     }
 
-    /// A durable gRPC consumer by name; endpoints' consumers are managed
-    /// through their endpoints.
-    fn consumer(&self, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
+    /// Also publishes each audit record as a `stevedore.admin.changed`
+    /// event (config `audit_events`).
+    pub fn publishing_audit_events(mut self, on: bool) -> Self {
+        self.audit = self.audit.publishing(on);
+        self
+    }
+
+    /// Records an admin change made by `caller` (tenants: the audit trail).
+    async fn audit(
+        &self,
+        caller: &Option<Caller>,
+        action: &str,
+        target: &str,
+        target_tenant: &str,
+    ) -> Result<(), Error> {
+        self.audit
+            .record(caller.as_ref(), action, target, target_tenant)
+            .await
+    }
+
+    /// The tenant of endpoint `id`, as `scope` sees it (NOT_FOUND if it
+    /// does not).
+    fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
+        Ok(self.deliveries.get(scope, id)?.tenant)
+    }
+
+    /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
+    /// consumers are managed through their endpoints.
+    fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
         required("name", name)?;
         if name.starts_with('@') {
             return Err(Error::invalid(
@@ -57,7 +96,7 @@ impl AdminService {
                  ReplayEndpoint or DeleteEndpoint",
             ));
         }
-        self.consumers.get(name)
+        self.consumers.get_in(scope, name)
     }
 }
 
@@ -70,6 +109,16 @@ fn page_size(n: u32) -> Result<usize, Error> {
         )),
         n => Ok(n),
     }
+}
+
+/// Who sent a request: the scope every lookup goes through, and the caller
+/// for the audit trail. Both come from the `Caller` the auth layer (or the
+/// console) put in the extensions; none: authentication is off, global.
+fn who<T>(request: &Request<T>) -> (Scope, Option<Caller>) {
+    (
+        Scope::of(request),
+        request.extensions().get::<Caller>().cloned(),
+    )
 }
 
 fn required(field: &str, value: &str) -> Result<(), Error> {
@@ -86,11 +135,14 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
+        let (scope, caller) = who(&request);
         let endpoint = request
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
-        let (endpoint, secret) = self.deliveries.create(endpoint).await?;
+        let (endpoint, secret) = self.deliveries.create(&scope, endpoint).await?;
+        self.audit(&caller, "endpoint.create", &endpoint.id, &endpoint.tenant)
+            .await?;
         Ok(Response::new(CreateEndpointResponse {
             endpoint: Some(endpoint),
             secret,
@@ -101,10 +153,11 @@ impl Admin for AdminService {
         &self,
         request: Request<GetEndpointRequest>,
     ) -> Result<Response<GetEndpointResponse>, Status> {
+        let scope = Scope::of(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(self.deliveries.get(&id)?),
+            endpoint: Some(self.deliveries.get(&scope, &id)?),
         }))
     }
 
@@ -112,10 +165,11 @@ impl Admin for AdminService {
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let (endpoints, next_page_token) = self
-            .deliveries
-            .list(page_size(req.page_size)?, &req.page_token)?;
+        let (endpoints, next_page_token) =
+            self.deliveries
+                .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListEndpointsResponse {
             endpoints,
             next_page_token,
@@ -126,13 +180,18 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateEndpointRequest>,
     ) -> Result<Response<UpdateEndpointResponse>, Status> {
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         let endpoint = req
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
         required("endpoint.id", &endpoint.id)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
+        let headers = crate::delivery::HeaderEdits {
+            set: req.set_headers,
+            remove: req.remove_headers,
+        };
+        if paths.is_empty() && headers.is_empty() {
             // Replacing everything would silently reset what the caller did
             // not mention (and redacted header values).
             return Err(Error::invalid(
@@ -141,7 +200,16 @@ impl Admin for AdminService {
             )
             .into());
         }
-        let endpoint = self.deliveries.update(endpoint, &paths).await?;
+        let endpoint = self
+            .deliveries
+            .update_with(&scope, endpoint, &paths, &headers)
+            .await?;
+        let mut changed = paths.clone();
+        changed.extend(headers.set.keys().map(|h| format!("headers[{h}]")));
+        changed.extend(headers.remove.iter().map(|h| format!("headers[{h}]")));
+        let action = format!("endpoint.update({})", changed.join(","));
+        self.audit(&caller, &action, &endpoint.id, &endpoint.tenant)
+            .await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(endpoint),
         }))
@@ -151,9 +219,12 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
+        let (scope, caller) = who(&request);
         let id = request.into_inner().id;
         required("id", &id)?;
-        self.deliveries.delete(&id).await?;
+        let tenant = self.endpoint_tenant(&scope, &id)?;
+        self.deliveries.delete(&scope, &id).await?;
+        self.audit(&caller, "endpoint.delete", &id, &tenant).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
 
@@ -161,8 +232,10 @@ impl Admin for AdminService {
         &self,
         request: Request<RotateEndpointSecretRequest>,
     ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("id", &req.id)?;
+        let tenant = self.endpoint_tenant(&scope, &req.id)?;
         let grace = req
             .grace_period
             .as_ref()
@@ -171,7 +244,12 @@ impl Admin for AdminService {
         if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
             return Err(Error::invalid("grace_period", "must be at most 30 days").into());
         }
-        let (secret, until) = self.deliveries.rotate_secret(&req.id, grace).await?;
+        let (secret, until) = self
+            .deliveries
+            .rotate_secret(&scope, &req.id, grace)
+            .await?;
+        self.audit(&caller, "endpoint.rotate_secret", &req.id, &tenant)
+            .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
             secret,
             previous_expires_at: Some(convert::timestamp(until)),
@@ -182,40 +260,14 @@ impl Admin for AdminService {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
-        let req = request.into_inner();
-        required("endpoint_id", &req.endpoint_id)?;
-        let state = match DeliveryState::try_from(req.state) {
-            Ok(DeliveryState::Unspecified) => None,
-            Ok(s) => Some(s),
-            Err(_) => {
-                return Err(
-                    Error::invalid("state", format!("unknown enum value {}", req.state)).into(),
-                )
-            }
-        };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(req.page_token.parse().map_err(|_| {
-                Error::invalid("page_token", "not a token from a previous response")
-            })?)
-        };
-        let (deliveries, next) = self.deliveries.list_deliveries(
-            &req.endpoint_id,
-            state,
-            page_size(req.page_size)?,
-            before,
-        )?;
-        Ok(Response::new(ListDeliveriesResponse {
-            deliveries,
-            next_page_token: next.map(|o| o.to_string()).unwrap_or_default(),
-        }))
+        self.list_deliveries_filtered(request).await
     }
 
     async fn list_attempts(
         &self,
         request: Request<ListAttemptsRequest>,
     ) -> Result<Response<ListAttemptsResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
@@ -224,7 +276,7 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .deliveries
-                .list_attempts(&req.endpoint_id, req.offset)?,
+                .list_attempts(&scope, &req.endpoint_id, req.offset)?,
         }))
     }
 
@@ -232,14 +284,19 @@ impl Admin for AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         if req.offset == 0 {
             return Err(Error::invalid("offset", "required").into());
         }
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let delivery = self
             .deliveries
-            .retry_delivery(&req.endpoint_id, req.offset)
+            .retry_delivery(&scope, &req.endpoint_id, req.offset)
+            .await?;
+        let target = format!("{}/{}", req.endpoint_id, req.offset);
+        self.audit(&caller, "delivery.retry", &target, &tenant)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
             delivery: Some(delivery),
@@ -251,6 +308,7 @@ impl Admin for AdminService {
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
         use crate::pb::replay_endpoint_request::Start;
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
@@ -260,7 +318,14 @@ impl Admin for AdminService {
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
-        let from_offset = self.deliveries.replay(&req.endpoint_id, from).await?;
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
+        let from_offset = self
+            .deliveries
+            .replay(&scope, &req.endpoint_id, from)
+            .await?;
+        let action = format!("endpoint.replay(from {from_offset})");
+        self.audit(&caller, &action, &req.endpoint_id, &tenant)
+            .await?;
         Ok(Response::new(ReplayEndpointResponse { from_offset }))
     }
 
@@ -268,9 +333,14 @@ impl Admin for AdminService {
         &self,
         request: Request<SendTestEventRequest>,
     ) -> Result<Response<SendTestEventResponse>, Status> {
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
-        let (webhook_id, attempt, delivered) = self.deliveries.send_test(&req.endpoint_id).await?;
+        let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
+        let (webhook_id, attempt, delivered) =
+            self.deliveries.send_test(&scope, &req.endpoint_id).await?;
+        self.audit(&caller, "endpoint.test", &req.endpoint_id, &tenant)
+            .await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
             attempt: Some(attempt),
@@ -283,6 +353,7 @@ impl Admin for AdminService {
         request: Request<ExplainEventRequest>,
     ) -> Result<Response<ExplainEventResponse>, Status> {
         use crate::pb::explain_event_request::Event;
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let offset = match req.event {
@@ -300,21 +371,26 @@ impl Admin for AdminService {
                 })?
             }
         };
-        Ok(Response::new(
-            self.deliveries.explain(&req.endpoint_id, offset)?,
-        ))
+        Ok(Response::new(self.deliveries.explain(
+            &scope,
+            &req.endpoint_id,
+            offset,
+        )?))
     }
 
     async fn list_consumers(
         &self,
-        _request: Request<ListConsumersRequest>,
+        request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
+        let scope = Scope::of(&request);
         let head = self.store.head();
         let consumers = self
             .consumers
             .list()?
             .into_iter()
+            .filter(|c| scope.sees(&c.tenant))
             .map(|c| ConsumerInfo {
+                tenant: c.tenant,
                 lag: head.saturating_sub(c.floor),
                 ack_floor: c.floor,
                 max_deliveries: c.max_deliveries,
@@ -331,9 +407,13 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
+        let (scope, caller) = who(&request);
         let name = request.into_inner().name;
-        self.consumer(&name)?;
+        let consumer = self.consumer(&scope, &name)?;
         self.consumers.remove(&name).await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(&caller, "consumer.delete", &name, &tenant)
+            .await?;
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(Response::new(DeleteConsumerResponse {}))
     }
@@ -342,8 +422,13 @@ impl Admin for AdminService {
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
+        let (scope, caller) = who(&request);
         let name = request.into_inner().name;
-        let redriven = self.consumer(&name)?.redrive().await?;
+        let consumer = self.consumer(&scope, &name)?;
+        let redriven = consumer.redrive().await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(&caller, "consumer.redrive", &name, &tenant)
+            .await?;
         tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
         Ok(Response::new(RedriveConsumerResponse { redriven }))
     }
@@ -353,8 +438,9 @@ impl Admin for AdminService {
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
         use crate::pb::reset_consumer_request::Position;
+        let (scope, caller) = who(&request);
         let req = request.into_inner();
-        let consumer = self.consumer(&req.name)?;
+        let consumer = self.consumer(&scope, &req.name)?;
         let head = self.store.head();
         let to = match &req.position {
             None => {
@@ -378,9 +464,98 @@ impl Admin for AdminService {
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
         consumer.reset(to).await?;
+        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
+        self.audit(
+            &caller,
+            &format!("consumer.reset(to {to})"),
+            &req.name,
+            &tenant,
+        )
+        .await?;
         tracing::info!(consumer = %req.name, to, "consumer reset");
         Ok(Response::new(ResetConsumerResponse {
             ack_floor: consumer.floor(),
+        }))
+    }
+
+    async fn recover_deliveries(
+        &self,
+        request: Request<RecoverDeliveriesRequest>,
+    ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
+        self.recover_deliveries_impl(request).await
+    }
+
+    async fn resend_event(
+        &self,
+        request: Request<ResendEventRequest>,
+    ) -> Result<Response<ResendEventResponse>, Status> {
+        self.resend_event_impl(request).await
+    }
+
+    async fn render_delivery(
+        &self,
+        request: Request<RenderDeliveryRequest>,
+    ) -> Result<Response<RenderDeliveryResponse>, Status> {
+        self.render_delivery_impl(request).await
+    }
+
+    async fn get_endpoint_stats(
+        &self,
+        request: Request<GetEndpointStatsRequest>,
+    ) -> Result<Response<GetEndpointStatsResponse>, Status> {
+        self.get_endpoint_stats_impl(request).await
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        Ok(Response::new(self.list_event_types_impl()))
+    }
+
+    async fn list_audit_records(
+        &self,
+        request: Request<ListAuditRecordsRequest>,
+    ) -> Result<Response<ListAuditRecordsResponse>, Status> {
+        let scope = Scope::of(&request);
+        let req = request.into_inner();
+        let (records, next_page_token) =
+            self.audit
+                .list(&scope, page_size(req.page_size)?, &req.page_token)?;
+        Ok(Response::new(ListAuditRecordsResponse {
+            records,
+            next_page_token,
+        }))
+    }
+
+    async fn erase_tenant(
+        &self,
+        request: Request<EraseTenantRequest>,
+    ) -> Result<Response<EraseTenantResponse>, Status> {
+        let (scope, caller) = who(&request);
+        if let Some(t) = scope.tenant() {
+            return Err(Error::PermissionDenied(format!(
+                "EraseTenant needs a global admin token; this one is scoped to tenant {t:?}"
+            ))
+            .into());
+        }
+        let tenant = request.into_inner().tenant;
+        required("tenant", &tenant)?;
+        crate::tenant::check_name(&tenant).map_err(|m| Error::invalid("tenant", m))?;
+        let endpoints = self.deliveries.erase_tenant(&tenant).await?;
+        let mut consumers = 0;
+        for c in self.consumers.list()? {
+            if c.tenant == tenant {
+                self.consumers.remove(&c.name).await?;
+                consumers += 1;
+            }
+        }
+        self.audit(&caller, "tenant.erase", &tenant, &tenant)
+            .await?;
+        tracing::warn!(%tenant, endpoints, consumers, "tenant erased");
+        Ok(Response::new(EraseTenantResponse {
+            endpoints,
+            consumers,
         }))
     }
 }

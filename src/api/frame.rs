@@ -215,6 +215,7 @@ mod tests {
             }),
             ordering_key: "door-7".into(),
             attributes: [("tenantId".to_owned(), "T1".to_owned())].into(),
+            tenant: "T1".into(),
             payload: Some(Payload::Custom(pb::CustomEvent {
                 r#type: "dock.door_opened".into(),
                 data: None,

@@ -42,6 +42,8 @@ pub struct Shared {
     pub subscribe_streams: Arc<Semaphore>,
     /// One permit per open PublishStream stream (`max_publish_streams`).
     pub publish_streams: Arc<Semaphore>,
+    /// `tenant_publish_rate`'s buckets.
+    pub tenant_rates: Arc<crate::tenant::PublishRates>,
 }
 
 /// Which budget a long-lived stream takes its slot from: each role has its

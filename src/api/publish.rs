@@ -15,6 +15,7 @@ use crate::{
         publisher_server::Publisher, PublishBatchRequest, PublishBatchResponse, PublishRequest,
         PublishResponse,
     },
+    tenant::Scope,
 };
 
 /// Acks a stream may have outstanding before it stops reading requests.
@@ -38,9 +39,19 @@ fn limits(shared: &Shared) -> EventLimits {
     }
 }
 
-fn validate_one(shared: &Shared, req: PublishRequest, path: &str) -> Result<NewEvent, Error> {
+fn validate_one(
+    shared: &Shared,
+    scope: &Scope,
+    req: PublishRequest,
+    path: &str,
+) -> Result<NewEvent, Error> {
     let event = req.event.ok_or_else(|| Error::invalid(path, "required"))?;
-    validate_event(event, &path, SystemTime::now(), limits(shared))
+    let mut event = validate_event(event, &path, SystemTime::now(), limits(shared))?;
+    scope.admit_event(&mut event.event, &path, &shared.config.tenants)?;
+    shared
+        .tenant_rates
+        .take([crate::tenant::of_event(&event.event)])?;
+    Ok(event)
 }
 
 fn response(event_id: String, appended: Appended) -> PublishResponse {
@@ -61,7 +72,8 @@ impl Publisher for PublisherService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let clock = std::time::Instant::now();
-        let event = validate_one(&self.shared, request.into_inner(), "event")?;
+        let scope = Scope::of(&request);
+        let event = validate_one(&self.shared, &scope, request.into_inner(), "event")?;
         // Only the id is needed for the answer: copying the whole event
         // for it cost as much as encoding it.
         let id = event.event.id.clone();
@@ -78,6 +90,7 @@ impl Publisher for PublisherService {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let clock = std::time::Instant::now();
+        let scope = Scope::of(&request);
         let events = request.into_inner().events;
         let max = self.shared.config.max_batch_events;
         if events.is_empty() {
@@ -95,8 +108,16 @@ impl Publisher for PublisherService {
         let events = events
             .into_iter()
             .enumerate()
-            .map(|(i, e)| validate_event(e, &Item("events", i), now, limits(&self.shared)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(i, e)| {
+                let path = Item("events", i);
+                let mut event = validate_event(e, &path, now, limits(&self.shared))?;
+                scope.admit_event(&mut event.event, &path, &self.shared.config.tenants)?;
+                Ok(event)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.shared
+            .tenant_rates
+            .take(events.iter().map(|e| crate::tenant::of_event(&e.event)))?;
         let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let appended = self.shared.store.append(events).await?;
         self.shared
@@ -119,6 +140,7 @@ impl Publisher for PublisherService {
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let slot = std::sync::Arc::new(self.shared.stream_slot(super::StreamKind::Publish)?);
+        let scope = Scope::of(&request);
         let mut requests = request.into_inner();
         let shared = self.shared.clone();
         // Requests are validated and queued to the writer as they arrive;
@@ -142,7 +164,7 @@ impl Publisher for PublisherService {
                     let item = match req {
                         None => break,
                         Some(Err(status)) => Err(status),
-                        Some(Ok(req)) => match validate_one(&shared, req, "event") {
+                        Some(Ok(req)) => match validate_one(&shared, &scope, req, "event") {
                             Err(e) => Err(Status::from(e)),
                             Ok(event) => {
                                 let id = event.event.id.clone();

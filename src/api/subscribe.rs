@@ -28,6 +28,7 @@ use crate::{
         SubscribeRequest, SubscribeResponse,
     },
     store::{decode_meta_record, RawRecord},
+    tenant::Scope,
 };
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
@@ -80,7 +81,7 @@ fn validate_consumer_name(name: &str) -> Result<()> {
 }
 
 impl SubscriberService {
-    fn plan(&self, req: &SubscribeRequest) -> Result<Plan> {
+    fn plan(&self, scope: &Scope, req: &SubscribeRequest) -> Result<Plan> {
         let store = &self.shared.store;
         let config = &self.shared.config;
         let mode = AckMode::try_from(req.ack_mode).map_err(|_| {
@@ -172,7 +173,9 @@ impl SubscriberService {
         };
         Ok(Plan {
             start,
-            filter: EventFilter::types_only(types),
+            // A tenant subscriber reads only its tenant's events, however it
+            // asks (a durable consumer it creates keeps that tenant).
+            filter: scope.narrow(EventFilter::types_only(types)),
             durable,
         })
     }
@@ -351,8 +354,9 @@ impl Subscriber for SubscriberService {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown.into());
         }
+        let scope = Scope::of(&request);
         let req = request.into_inner();
-        let plan = self.plan(&req)?;
+        let plan = self.plan(&scope, &req)?;
         let slot = self.shared.stream_slot(super::StreamKind::Subscribe)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
@@ -389,17 +393,19 @@ impl Subscriber for SubscriberService {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
         if req.offsets.is_empty() {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }
-        let consumer = self.shared.consumers.get(&req.consumer)?;
+        let consumer = self.shared.consumers.get_in(&scope, &req.consumer)?;
         consumer.ack(&req.offsets).await?;
         Ok(Response::new(AckResponse {}))
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        let scope = Scope::of(&request);
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
         if req.offsets.is_empty() {
@@ -422,7 +428,7 @@ impl Subscriber for SubscriberService {
                 d
             }
         };
-        let consumer = self.shared.consumers.get(&req.consumer)?;
+        let consumer = self.shared.consumers.get_in(&scope, &req.consumer)?;
         consumer.nack(&req.offsets, delay)?;
         Ok(Response::new(NackResponse {}))
     }
@@ -431,15 +437,39 @@ impl Subscriber for SubscriberService {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
-        let offset = request.into_inner().offset;
-        if offset == 0 {
-            return Err(Error::invalid("offset", "required (offsets start at 1)").into());
-        }
-        let e = self
-            .shared
-            .store
-            .get(offset)?
-            .ok_or_else(|| Error::NotFound(format!("no event at offset {offset}")))?;
+        let scope = Scope::of(&request);
+        let req = request.into_inner();
+        let offset = match (req.offset, req.event_id.as_str()) {
+            (0, "") => {
+                return Err(Error::invalid(
+                    "offset",
+                    "required (offsets start at 1), or set event_id",
+                )
+                .into())
+            }
+            (0, id) => self.shared.store.offset_of_id(id)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no event with id {id:?} (never published, or removed by retention)"
+                ))
+            })?,
+            (o, "") => o,
+            _ => {
+                return Err(
+                    Error::invalid("event_id", "set either offset or event_id, not both").into(),
+                )
+            }
+        };
+        // Another tenant's event is answered like a missing one, in the
+        // words of the lookup the caller made.
+        let e = scope
+            .event(&self.shared.store, offset)
+            .map_err(|e| match e {
+                Error::NotFound(_) if !req.event_id.is_empty() => Error::NotFound(format!(
+                    "no event with id {:?} (never published, or removed by retention)",
+                    req.event_id
+                )),
+                e => e,
+            })?;
         Ok(Response::new(GetEventResponse {
             offset: e.offset,
             published_at: Some(convert::timestamp(e.published_at)),

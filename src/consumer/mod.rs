@@ -27,6 +27,7 @@ use crate::{
     error::{Error, Result},
     model::{EventFilter, EventType, Offset, StoredEvent},
     store::{ConsumerRecord, Mutation, Store, Table},
+    tenant::Scope,
 };
 
 mod state;
@@ -59,6 +60,8 @@ pub struct ConsumerSummary {
     pub max_deliveries: u32,
     /// Dead-lettered offsets, in order.
     pub dead: Vec<Offset>,
+    /// The tenant it belongs to (empty: global).
+    pub tenant: String,
 }
 
 /// One message handed to a stream: by default the stored event, or what
@@ -152,6 +155,16 @@ impl Consumers {
         let _creating = self.creating.lock().await;
         if let Some(c) = self.load(name)? {
             let current = c.filter();
+            if let Some(t) = spec.filter.tenant() {
+                if current.tenant() != Some(t) {
+                    // Names are one namespace: say only that it is taken,
+                    // not whose it is.
+                    return Err(Error::invalid(
+                        "consumer",
+                        format!("the name {name:?} is not available; use another consumer name"),
+                    ));
+                }
+            }
             let max = c.lock().max_deliveries;
             if spec.max_deliveries != 0 && spec.max_deliveries != max {
                 return Err(Error::invalid(
@@ -192,8 +205,16 @@ impl Consumers {
 
     /// The named consumer if it exists.
     pub fn get(&self, name: &str) -> Result<Arc<Consumer>> {
-        self.load(name)?
-            .ok_or_else(|| Error::NotFound(format!("consumer {name:?} does not exist")))
+        self.get_in(&Scope::Global, name)
+    }
+
+    /// The named consumer if it exists and `scope` sees it: another
+    /// tenant's is `NOT_FOUND`, like one that does not exist.
+    pub fn get_in(&self, scope: &Scope, name: &str) -> Result<Arc<Consumer>> {
+        let not_found = || Error::NotFound(format!("consumer {name:?} does not exist"));
+        let c = self.load(name)?.ok_or_else(not_found)?;
+        scope.check(c.filter().tenant().unwrap_or(""), not_found)?;
+        Ok(c)
     }
 
     fn load(&self, name: &str) -> Result<Option<Arc<Consumer>>> {
@@ -212,6 +233,11 @@ impl Consumers {
                 .map(|t| EventType::parse(t).map_err(Error::Corrupt))
                 .collect::<Result<_>>()?,
         );
+        let filter = if record.tenant.is_empty() {
+            filter
+        } else {
+            filter.with_tenant(record.tenant.clone())
+        };
         let done = state::ranges_to_set(&record.done_ranges)
             .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
         let consumer = Arc::new(Consumer::new(
@@ -289,6 +315,7 @@ impl Consumers {
                 floor,
                 max_deliveries,
                 dead,
+                tenant: record.tenant,
             });
         }
         Ok(out)
@@ -682,6 +709,7 @@ impl Consumer {
                 reopened: st.reopened.iter().copied().collect(),
                 max_deliveries: st.max_deliveries,
                 dead_ranges: state::set_to_ranges(&st.dead),
+                tenant: self.filter().tenant().unwrap_or_default().to_owned(),
             }
         };
         if !acks.is_empty() {

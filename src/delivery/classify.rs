@@ -14,11 +14,25 @@ pub enum Verdict {
     Delivered,
     /// Retry on schedule, or after `retry_after` when the receiver asked.
     Retry {
-        /// The receiver's `Retry-After` (429/503), clamped.
+        /// The receiver's `Retry-After` (429/502/503/504), clamped.
         retry_after: Option<Duration>,
     },
     /// 410 Gone: the receiver wants no more; disable the endpoint.
     Gone,
+}
+
+/// Statuses that say the receiver (or the gateway in front of it) is
+/// overloaded: 429, 502, 503 and 504. The Standard Webhooks spec asks
+/// senders to back off on all of them; the adaptive limit shrinks on them
+/// and their `Retry-After` is honoured.
+pub fn is_throttle(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 /// Classifies an attempt's result. `max_retry_after` clamps `Retry-After`.
@@ -31,7 +45,7 @@ pub fn classify(result: &Result<WebhookResponse, SendError>, max_retry_after: Du
     match resp.status {
         s if s.is_success() => Verdict::Delivered,
         StatusCode::GONE => Verdict::Gone,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Verdict::Retry {
+        s if is_throttle(s) => Verdict::Retry {
             retry_after: resp
                 .headers
                 .get(RETRY_AFTER)
@@ -78,7 +92,7 @@ mod tests {
         assert_eq!(classify(&resp(200, None), max), Verdict::Delivered);
         assert_eq!(classify(&resp(204, None), max), Verdict::Delivered);
         assert_eq!(classify(&resp(410, None), max), Verdict::Gone);
-        for s in [302, 400, 404, 500, 502] {
+        for s in [302, 400, 404, 500, 501, 502, 504] {
             assert_eq!(
                 classify(&resp(s, None), max),
                 Verdict::Retry { retry_after: None }
@@ -89,6 +103,19 @@ mod tests {
             Verdict::Retry {
                 retry_after: Some(Duration::from_secs(7))
             }
+        );
+        assert_eq!(
+            classify(&resp(502, Some("5")), max),
+            Verdict::Retry {
+                retry_after: Some(Duration::from_secs(5))
+            },
+            "a gateway's Retry-After is honoured"
+        );
+        assert_eq!(
+            classify(&resp(504, Some("Sun, 06 Nov 1994 08:49:37 GMT")), max),
+            Verdict::Retry {
+                retry_after: Some(Duration::ZERO)
+            },
         );
         assert_eq!(
             classify(&resp(503, Some("99999")), max),

@@ -21,6 +21,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use prost::Message;
 
 use super::limit::Rate;
+use super::proxy::Route;
 use super::worker::STATE_EVENT_TYPES;
 use super::{
     egress::{self, Guard},
@@ -74,6 +75,9 @@ pub struct EndpointSpec {
     pub projection: Option<Projection>,
     /// Request pacing.
     pub rate: Option<Rate>,
+    /// Direct, or through which proxy (`proxy_url` over the broker's
+    /// settings).
+    pub route: Route,
 }
 
 /// Header names an endpoint may not set: the broker owns them.
@@ -92,6 +96,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "webhook-timestamp",
     "webhook-signature",
     "x-jasci-event",
+    "x-stevedore-event-id",
 ];
 const MAX_URL_BYTES: usize = 2048;
 const MAX_DESCRIPTION_BYTES: usize = 1024;
@@ -215,6 +220,13 @@ impl EndpointSpec {
                 .collect::<BTreeMap<_, _>>(),
         )
         .excluding_reserved();
+        // A tenant's endpoint receives only that tenant's events, whatever
+        // its other filters say.
+        let filter = if e.tenant.is_empty() {
+            filter
+        } else {
+            filter.with_tenant(e.tenant.clone())
+        };
         if e.headers.len() > config.max_endpoint_headers {
             return Err(Error::invalid(
                 f("headers"),
@@ -372,6 +384,13 @@ impl EndpointSpec {
                 burst: e.rate_burst.max(1),
             })
         };
+        let route = Route::from_settings(
+            config.http_proxy.as_deref(),
+            config.https_proxy.as_deref(),
+            &config.no_proxy,
+        )
+        .for_endpoint(&e.proxy_url)
+        .map_err(|m| Error::invalid(f("proxy_url"), format!("{m}, or \"none\"")))?;
         Ok(Self {
             url,
             filter,
@@ -385,6 +404,7 @@ impl EndpointSpec {
             condition,
             projection,
             rate,
+            route,
         })
     }
 

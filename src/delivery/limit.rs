@@ -1,6 +1,6 @@
 //! The two flow-control layers of the delivery stack: a token-bucket rate
 //! limit, and an adaptive in-flight limit that halves on overload signals
-//! (429, 503, timeouts) and grows back by one per run of successes (AIMD).
+//! (429, 502, 503, 504, timeouts) and grows back by one per run of successes (AIMD).
 
 use std::{
     future::Future,
@@ -100,7 +100,8 @@ struct Window {
     successes: u32,
 }
 
-/// In-flight limit between 1 and `max`: halves on 429, 503 or a timeout;
+/// In-flight limit between 1 and `max`: halves on a throttle status
+/// (429, 502, 503, 504: [`super::classify::is_throttle`]) or a timeout;
 /// after `limit` successes in a row it grows by one.
 #[derive(Clone)]
 pub struct AdaptiveLimitLayer {
@@ -149,7 +150,7 @@ impl AdaptiveLimitLayer {
 
     fn feedback(&self, result: &Result<WebhookResponse, SendError>) {
         let overloaded = match result {
-            Ok(r) => matches!(r.status.as_u16(), 429 | 503),
+            Ok(r) => super::classify::is_throttle(r.status),
             Err(SendError::Timeout(_)) => true,
             Err(_) => false,
         };
@@ -311,6 +312,7 @@ mod tests {
         l.feedback(&Err(SendError::Timeout(Duration::from_secs(1))));
         assert_eq!(l.limit(), 2);
         l.feedback(&resp(500)); // a plain failure is not an overload signal
+        l.feedback(&resp(501));
         assert_eq!(l.limit(), 2);
         for _ in 0..2 {
             l.feedback(&resp(200));
@@ -324,6 +326,34 @@ mod tests {
             l.feedback(&resp(429));
         }
         assert_eq!(l.limit(), 1, "never below one");
+    }
+
+    /// Through the layer, as the stack uses it: a gateway's 502 and 504
+    /// halve the window like 429 and 503, and the caller still gets the
+    /// response (classification happens later).
+    #[tokio::test(start_paused = true)]
+    async fn gateway_errors_shrink_the_window_through_the_layer() {
+        use tower::{Layer, ServiceExt};
+
+        let layer = AdaptiveLimitLayer::new(16);
+        let statuses = Arc::new(Mutex::new(vec![200u16, 504, 502, 503, 429, 500]));
+        let inner = {
+            let statuses = statuses.clone();
+            tower::service_fn(move |_: WebhookRequest| {
+                let s = statuses.lock().unwrap().pop().unwrap();
+                async move { resp(s) }
+            })
+        };
+        let service = layer.layer(inner);
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let r = service.clone().oneshot(request()).await.unwrap();
+            seen.push((r.status.as_u16(), layer.limit()));
+        }
+        assert_eq!(
+            seen,
+            [(500, 16), (429, 8), (503, 4), (502, 2), (504, 1), (200, 2)]
+        );
     }
 
     #[tokio::test(start_paused = true)]

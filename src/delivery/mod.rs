@@ -7,16 +7,21 @@
 //! owns the endpoint records and starts, restarts and stops one worker per
 //! enabled endpoint. Endpoint changes are serialised by one lock.
 
+mod admin_ops;
 pub mod classify;
 pub mod egress;
 pub mod endpoint;
 pub mod limit;
-mod ops;
+pub(crate) mod ops;
+pub mod proxy;
 pub mod sealing;
 pub mod shared;
 pub mod signing;
 pub mod stack;
+pub mod stats;
 pub mod worker;
+
+pub use admin_ops::{endpoint_body, DeliveryQuery, HeaderEdits, Recovered, RECOVER_LIMIT};
 
 use std::{
     collections::HashMap,
@@ -36,7 +41,8 @@ use crate::{
     metrics::Metrics,
     model::{EventFilter, Offset},
     pb::{self, DeliveryState},
-    store::{scope, scoped_offset_key, Mutation, Store, Table},
+    store::{scope as key_prefix, scoped_offset_key, Mutation, Store, Table},
+    tenant::{self, Scope},
 };
 use egress::Guard;
 use endpoint::{from_nanos, EndpointRecord, EndpointSpec};
@@ -357,7 +363,7 @@ impl Deliveries {
 
     async fn disable(&self, endpoint_id: &str, reason: &str) -> Result<()> {
         let mut workers = self.workers.lock().await;
-        let r = self.record(endpoint_id)?;
+        let r = self.record(&Scope::Global, endpoint_id)?;
         if r.endpoint().enabled == Some(false) {
             return Ok(()); // already (reports can race)
         }
@@ -392,7 +398,13 @@ impl Deliveries {
         endpoint_id: &str,
         data: prost_types::Struct,
     ) -> Result<()> {
-        let event = ops::event(event_type, endpoint_id, data);
+        // A tenant's endpoint's events belong to that tenant, so its own
+        // subscribers and endpoints can take them.
+        let tenant = self
+            .record(&Scope::Global, endpoint_id)
+            .map(|r| r.endpoint().tenant.clone())
+            .unwrap_or_default();
+        let event = ops::event(event_type, endpoint_id, &tenant, data);
         self.store.append(vec![event]).await.map(drop)
     }
 
@@ -410,7 +422,12 @@ impl Deliveries {
         let view = Arc::new(WorkerView::default());
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
-        let client = stack::http_client(spec.max_in_flight as usize, self.guard.clone(), &self.tls);
+        let client = stack::http_client(
+            spec.max_in_flight as usize,
+            self.guard.clone(),
+            &self.tls,
+            spec.route.clone(),
+        );
         let service = stack::build(client, spec.max_in_flight, spec.rate);
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
@@ -450,7 +467,13 @@ impl Deliveries {
     }
 
     /// Creates an endpoint; returns it and its secret (shown only now).
-    pub async fn create(&self, mut endpoint: pb::Endpoint) -> Result<(pb::Endpoint, String)> {
+    pub async fn create(
+        &self,
+        scope: &Scope,
+        mut endpoint: pb::Endpoint,
+    ) -> Result<(pb::Endpoint, String)> {
+        endpoint.tenant = scope.assign("endpoint.tenant", &endpoint.tenant)?;
+        tenant::check_known(&self.config.tenants, "endpoint.tenant", &endpoint.tenant)?;
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
         endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, &self.guard)?;
@@ -461,6 +484,7 @@ impl Deliveries {
                 self.config.max_endpoints
             )));
         }
+        self.check_tenant_endpoints(&endpoint.tenant)?;
         let start = match &endpoint.start {
             None | Some(pb::endpoint::Start::StartLatest(_)) => self.store.head(),
             Some(pb::endpoint::Start::StartEarliest(_)) => self.store.first_offset()?,
@@ -510,12 +534,17 @@ impl Deliveries {
     }
 
     /// One endpoint (without secrets).
-    pub fn get(&self, id: &str) -> Result<pb::Endpoint> {
-        Ok(self.with_backlog(self.record(id)?.endpoint().clone()))
+    pub fn get(&self, scope: &Scope, id: &str) -> Result<pb::Endpoint> {
+        Ok(self.with_backlog(self.record(scope, id)?.endpoint().clone()))
     }
 
-    /// Endpoints in id order, after `after` (a page token).
-    pub fn list(&self, page_size: usize, after: &str) -> Result<(Vec<pb::Endpoint>, String)> {
+    /// The scope's endpoints in id order, after `after` (a page token).
+    pub fn list(
+        &self,
+        scope: &Scope,
+        page_size: usize,
+        after: &str,
+    ) -> Result<(Vec<pb::Endpoint>, String)> {
         let tree = self.store.table(Table::Endpoints);
         let iter = if after.is_empty() {
             tree.iter()
@@ -525,9 +554,16 @@ impl Deliveries {
             tree.range(from..)
         };
         let mut out = Vec::new();
-        for kv in iter.take(page_size + 1) {
+        for kv in iter {
             let (_, v) = kv?;
-            out.push(self.with_backlog(self.decode_record(&v)?.endpoint().clone()));
+            let record = self.decode_record(&v)?;
+            if !scope.sees(&record.endpoint().tenant) {
+                continue;
+            }
+            out.push(self.with_backlog(record.endpoint().clone()));
+            if out.len() > page_size {
+                break;
+            }
         }
         let next = if out.len() > page_size {
             out.truncate(page_size);
@@ -540,15 +576,39 @@ impl Deliveries {
 
     /// Applies `fields` of `update` and restarts the worker with the new
     /// configuration.
-    pub async fn update(&self, update: pb::Endpoint, fields: &[String]) -> Result<pb::Endpoint> {
+    pub async fn update(
+        &self,
+        scope: &Scope,
+        update: pb::Endpoint,
+        fields: &[String],
+    ) -> Result<pb::Endpoint> {
+        self.update_with(scope, update, fields, &HeaderEdits::default())
+            .await
+    }
+
+    /// [`Deliveries::update`], plus custom header changes by name.
+    pub async fn update_with(
+        &self,
+        scope: &Scope,
+        update: pb::Endpoint,
+        fields: &[String],
+        headers: &HeaderEdits,
+    ) -> Result<pb::Endpoint> {
         // Field-mask paths name proto fields; JSON clients write camelCase.
         let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
         let fields = fields.as_slice();
         let mut workers = self.workers.lock().await;
-        let mut record = self.record(&update.id)?;
+        let mut record = self.record(scope, &update.id)?;
         let mut e = record.endpoint().clone();
         let was_enabled = e.enabled != Some(false);
         merge(&mut e, update, fields)?;
+        if !headers.is_empty() && fields.iter().any(|f| f == "headers") {
+            return Err(Error::invalid(
+                "set_headers",
+                "use either the `headers` path of update_mask or set_headers/remove_headers",
+            ));
+        }
+        headers.apply(&mut e.headers)?;
         let spec = EndpointSpec::from_pb(&e, &self.config)?;
         endpoint::refuse_what_never_matches(&e, &|name| fields.iter().any(|f| f == name))?;
         if spec.enabled && !was_enabled && e.failing_since.is_some() {
@@ -577,9 +637,9 @@ impl Deliveries {
     }
 
     /// Deletes an endpoint, its consumer and its delivery records.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    pub async fn delete(&self, scope: &Scope, id: &str) -> Result<()> {
         let mut workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         stop_worker(&mut workers, id).await;
         self.store
             .write(vec![Mutation::delete(Table::Endpoints, id.as_bytes())])
@@ -591,7 +651,7 @@ impl Deliveries {
                 let keys: Vec<_> = self
                     .store
                     .table(table)
-                    .scan_prefix(scope(id))
+                    .scan_prefix(key_prefix(id))
                     .keys()
                     .take(10_000)
                     .collect::<std::result::Result<_, _>>()?;
@@ -608,6 +668,7 @@ impl Deliveries {
             }
         }
         self.metrics.dead.remove(id);
+        self.metrics.endpoint_stats.remove(id);
         self.views
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -620,10 +681,12 @@ impl Deliveries {
     /// A new secret; the old one keeps signing for `grace`.
     pub async fn rotate_secret(
         &self,
+        scope: &Scope,
         id: &str,
         grace: Option<Duration>,
     ) -> Result<(String, SystemTime)> {
         let workers = self.workers.lock().await;
+        self.record(scope, id)?;
         let grace = grace.unwrap_or(self.config.secret_rotation_grace);
         let secret = Secret::generate();
         let until = SystemTime::now() + grace;
@@ -643,13 +706,14 @@ impl Deliveries {
     }
 
     /// Why endpoint `id` did or did not get the event at `offset`.
-    pub fn explain(&self, id: &str, offset: Offset) -> Result<pb::ExplainEventResponse> {
-        let record = self.record(id)?;
-        let event = self.store.get(offset)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "no event at offset {offset} (never published, or removed by retention)"
-            ))
-        })?;
+    pub fn explain(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::ExplainEventResponse> {
+        let record = self.record(scope, id)?;
+        let event = scope.event(&self.store, offset)?;
         let mut out = pb::ExplainEventResponse {
             offset,
             event_type: event.event_type.to_string(),
@@ -700,6 +764,7 @@ impl Deliveries {
         out.delivery = delivery.map(|mut d| {
             d.endpoint_id = id.to_owned();
             d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
             d
         });
         Ok(out)
@@ -708,73 +773,27 @@ impl Deliveries {
     /// Delivery records, newest first, optionally of one state.
     pub fn list_deliveries(
         &self,
+        scope: &Scope,
         id: &str,
         state: Option<DeliveryState>,
         page_size: usize,
         before: Option<Offset>,
     ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
-        self.record(id)?;
-        let mut out: Vec<pb::Delivery> = Vec::new();
-        // Held events not attempted yet have no record: list them as pending.
-        let held: HashMap<Offset, worker::HeldView> = self
-            .views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
-        let upper = before.map_or_else(
-            || scoped_offset_key(id, u64::MAX),
-            |b| scoped_offset_key(id, b),
-        );
-        let mut seen = std::collections::HashSet::new();
-        for kv in self
-            .store
-            .table(Table::Deliveries)
-            .range(scope(id)..upper)
-            .rev()
-        {
-            let (k, v) = kv?;
-            let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-            let mut d = pb::Delivery::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            seen.insert(offset);
-            if state.is_none_or(|s| d.state() == s) {
-                out.push(d);
-                if out.len() > page_size + held.len() {
-                    break;
-                }
-            }
-        }
-        if state.is_none_or(|s| s == DeliveryState::Pending) {
-            for (offset, h) in &held {
-                if !seen.contains(offset) && before.is_none_or(|b| *offset < b) {
-                    out.push(pb::Delivery {
-                        endpoint_id: id.to_owned(),
-                        offset: *offset,
-                        event_id: h.event_id.clone(),
-                        event_type: h.event_type.clone(),
-                        state: DeliveryState::Pending as i32,
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        out.sort_by_key(|d| std::cmp::Reverse(d.offset));
-        let next = if out.len() > page_size {
-            out.truncate(page_size);
-            out.last().map(|d| d.offset)
-        } else {
-            None
+        let q = DeliveryQuery {
+            state,
+            ..DeliveryQuery::all()
         };
-        Ok((out, next))
+        self.query_deliveries(scope, id, &q, page_size, before)
     }
 
     /// Every attempt of one delivery, oldest first.
-    pub fn list_attempts(&self, id: &str, offset: Offset) -> Result<Vec<pb::Attempt>> {
-        self.record(id)?;
+    pub fn list_attempts(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<Vec<pb::Attempt>> {
+        self.record(scope, id)?;
         self.store
             .table(Table::Attempts)
             .scan_prefix(scoped_offset_key(id, offset))
@@ -787,9 +806,14 @@ impl Deliveries {
     }
 
     /// Sends a failed or dead delivery again now, with a fresh schedule.
-    pub async fn retry_delivery(&self, id: &str, offset: Offset) -> Result<pb::Delivery> {
+    pub async fn retry_delivery(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::Delivery> {
         let _workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         let mut d = worker::load_delivery(&self.store, id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
@@ -826,13 +850,14 @@ impl Deliveries {
         }
         d.endpoint_id = id.to_owned();
         d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
     /// Delivers everything from `from` on again.
-    pub async fn replay(&self, id: &str, from: Offset) -> Result<Offset> {
+    pub async fn replay(&self, scope: &Scope, id: &str, from: Offset) -> Result<Offset> {
         let _workers = self.workers.lock().await;
-        self.record(id)?;
+        self.record(scope, id)?;
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
@@ -841,8 +866,8 @@ impl Deliveries {
     }
 
     /// Sends one signed test request now; nothing is stored.
-    pub async fn send_test(&self, id: &str) -> Result<(String, pb::Attempt, bool)> {
-        let record = self.record(id)?;
+    pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
+        let record = self.record(scope, id)?;
         let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
         let now = convert::timestamp(SystemTime::now());
@@ -867,12 +892,12 @@ impl Deliveries {
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
-            headers: stack::base_headers("stevedore.test", &spec.headers),
+            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
             body: body.into(),
             timeout: spec.timeout_for("stevedore.test", &self.config),
             keys: Arc::new(RwLock::new(keys_of(&record))),
         };
-        let client = stack::http_client(1, self.guard.clone(), &self.tls);
+        let client = stack::http_client(1, self.guard.clone(), &self.tls, spec.route.clone());
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
         let result = stack::send(stack::build(client, 1, None), request).await;
@@ -952,7 +977,7 @@ impl Deliveries {
             for kv in self
                 .store
                 .table(Table::Deliveries)
-                .range(scope(&id)..scoped_offset_key(&id, first))
+                .range(key_prefix(&id)..scoped_offset_key(&id, first))
             {
                 let (k, v) = kv?;
                 let d = pb::Delivery::decode(&*v)
@@ -998,16 +1023,57 @@ impl Deliveries {
             .collect()
     }
 
-    fn record(&self, id: &str) -> Result<EndpointRecord> {
+    /// The one lookup of an endpoint: another tenant's is `NOT_FOUND`,
+    /// exactly like one that does not exist.
+    fn record(&self, scope: &Scope, id: &str) -> Result<EndpointRecord> {
         if id.is_empty() {
             return Err(Error::invalid("id", "required"));
         }
+        let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
         let bytes = self
             .store
             .table(Table::Endpoints)
             .get(id.as_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("endpoint {id:?} does not exist")))?;
-        self.decode_record(&bytes)
+            .ok_or_else(not_found)?;
+        let record = self.decode_record(&bytes)?;
+        scope.check(&record.endpoint().tenant, not_found)?;
+        Ok(record)
+    }
+
+    /// Deletes every endpoint of `tenant` with its delivery records and
+    /// attempts (tenant erasure); returns how many.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<u64> {
+        let mut ids = Vec::new();
+        for v in self.store.table(Table::Endpoints).iter().values() {
+            let r = self.decode_record(&v?)?;
+            if r.endpoint().tenant == tenant {
+                ids.push(r.endpoint().id.clone());
+            }
+        }
+        for id in &ids {
+            self.delete(&Scope::Global, id).await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
+    /// `tenant_max_endpoints`: refuses one more endpoint for `tenant`.
+    fn check_tenant_endpoints(&self, tenant: &str) -> Result<()> {
+        let max = self.config.tenant_max_endpoints;
+        if tenant.is_empty() || max == 0 {
+            return Ok(());
+        }
+        let mut n = 0;
+        for v in self.store.table(Table::Endpoints).iter().values() {
+            if self.decode_record(&v?)?.endpoint().tenant == tenant {
+                n += 1;
+            }
+        }
+        if n >= max {
+            return Err(Error::ResourceExhausted(format!(
+                "tenant {tenant:?} already has tenant_max_endpoints ({max}) endpoints"
+            )));
+        }
+        Ok(())
     }
 
     fn decode_record(&self, bytes: &[u8]) -> Result<EndpointRecord> {
@@ -1030,7 +1096,7 @@ impl Deliveries {
         id: &str,
         f: impl FnOnce(&mut EndpointRecord) -> Result<()>,
     ) -> Result<EndpointRecord> {
-        let mut r = self.record(id)?;
+        let mut r = self.record(&Scope::Global, id)?;
         f(&mut r)?;
         if let Some(e) = r.endpoint.as_mut() {
             e.updated_at = Some(convert::timestamp(SystemTime::now()));
@@ -1129,6 +1195,8 @@ const SETTABLE: &[&str] = &[
     "fields",
     "rate_limit",
     "rate_burst",
+    // #19 egress
+    "proxy_url",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1164,6 +1232,13 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             "fields" => into.fields = from.fields.clone(),
             "rate_limit" => into.rate_limit = from.rate_limit,
             "rate_burst" => into.rate_burst = from.rate_burst,
+            "tenant" => {
+                return Err(Error::invalid(
+                    "endpoint.tenant",
+                    "is fixed when the endpoint is created and cannot be updated",
+                ))
+            }
+            "proxy_url" => into.proxy_url = from.proxy_url.clone(),
             other => {
                 return Err(Error::invalid(
                     format!("update_mask.paths[{i}]"),

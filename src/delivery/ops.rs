@@ -21,10 +21,12 @@ pub const ENDPOINT_RECOVERED: &str = crate::model::BROKER_EVENT_TYPES[1];
 pub const DELIVERY_EXHAUSTED: &str = crate::model::BROKER_EVENT_TYPES[2];
 /// A delivery failed `failing_event_after` times.
 pub const DELIVERY_FAILING: &str = crate::model::BROKER_EVENT_TYPES[3];
+/// An admin changed something (tenants: the audit trail).
+pub const ADMIN_CHANGED: &str = crate::model::BROKER_EVENT_TYPES[4];
 
 /// A broker event about `endpoint_id` (its ordering key: one endpoint's
-/// events stay in order).
-pub fn event(event_type: &'static str, endpoint_id: &str, data: Struct) -> NewEvent {
+/// events stay in order), belonging to the endpoint's `tenant`.
+pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Struct) -> NewEvent {
     let now = SystemTime::now();
     NewEvent {
         event: pb::Event {
@@ -32,6 +34,7 @@ pub fn event(event_type: &'static str, endpoint_id: &str, data: Struct) -> NewEv
             occurred_at: Some(convert::timestamp(now)),
             ordering_key: endpoint_id.to_owned(),
             attributes: Default::default(),
+            tenant: tenant.to_owned(),
             payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
                 r#type: event_type.to_owned(),
                 data: Some(data),

@@ -2,12 +2,12 @@
 //! over `"{webhook-id}.{webhook-timestamp}.{body}"`, one entry per active
 //! secret, space-separated.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// The prefix of a secret's text form.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -60,6 +60,53 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Longest event id sent as the `webhook-id` itself.
+const MAX_PLAIN_ID_BYTES: usize = 128;
+
+/// The `webhook-id` of an event: the event id itself when it is a safe
+/// token (1 to 128 of `A-Z a-z 0-9 _ -`), otherwise `msg_` + the first
+/// 16 bytes of SHA-256(event id) in lowercase hex. Either way it depends
+/// only on the event id, so every attempt (and every attempt after a
+/// restart) carries the same one, and it is a valid header value that
+/// verifiers put into the signed content unchanged: an id with a space, a
+/// `.`, a non-ASCII character or 256 bytes made receivers' Standard
+/// Webhooks libraries reject the signature (a header value is trimmed,
+/// re-encoded or refused on the way). The producer's id travels in
+/// [`event_id_header`].
+pub fn webhook_id(event_id: &str) -> Cow<'_, str> {
+    let safe = !event_id.is_empty()
+        && event_id.len() <= MAX_PLAIN_ID_BYTES
+        && event_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if safe {
+        return Cow::Borrowed(event_id);
+    }
+    let digest = Sha256::digest(event_id.as_bytes());
+    let mut id = String::with_capacity(4 + 32);
+    id.push_str("msg_");
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Cow::Owned(id)
+}
+
+/// The `X-Stevedore-Event-Id` value: the producer's event id with every
+/// byte of its UTF-8 outside `A-Z a-z 0-9 - . _ ~` percent-encoded
+/// (RFC 3986 unreserved characters kept, like JavaScript's
+/// `encodeURIComponent`), so it decodes back to the exact id.
+pub fn event_id_header(event_id: &str) -> String {
+    let mut out = String::with_capacity(event_id.len());
+    for b in event_id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The `webhook-signature` value: one signature per secret, space-separated.
 pub fn signature_header<'a>(
     secrets: impl IntoIterator<Item = &'a Secret>,
@@ -92,6 +139,50 @@ mod tests {
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         assert_eq!(s.reveal(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    }
+
+    #[test]
+    fn webhook_ids_are_safe_tokens_and_stable() {
+        for safe in ["pick-1", "01JABCDEF", "a_b-C9", &"x".repeat(128)] {
+            assert_eq!(webhook_id(safe), safe, "a safe id is sent as is");
+        }
+        let odd = [
+            " lead-space-4".to_string(),
+            "café-5".into(),
+            "a.b".into(),
+            "x".repeat(129),
+            "é".repeat(128),
+            "a b\"c".into(),
+        ];
+        for id in &odd {
+            let w = webhook_id(id);
+            assert_eq!(w, webhook_id(id), "deterministic");
+            assert!(w.starts_with("msg_") && w.len() == 36, "{w}");
+            assert!(w[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{w}");
+            assert!(http::HeaderValue::from_str(&w).is_ok());
+        }
+        // Distinct ids, distinct webhook ids.
+        let set: std::collections::HashSet<_> = odd.iter().map(|i| webhook_id(i)).collect();
+        assert_eq!(set.len(), odd.len());
+        // Golden: receivers may recompute it.
+        assert_eq!(
+            webhook_id("café-5"),
+            format!("msg_{}", &hex(&Sha256::digest("café-5".as_bytes()))[..32])
+        );
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn event_id_header_round_trips() {
+        assert_eq!(event_id_header("pick-1.v2~x_y"), "pick-1.v2~x_y");
+        assert_eq!(event_id_header(" lead-space-4"), "%20lead-space-4");
+        assert_eq!(event_id_header("café-5"), "caf%C3%A9-5");
+        assert_eq!(event_id_header("a%b/c"), "a%25b%2Fc");
+        let long = "é".repeat(128);
+        assert!(http::HeaderValue::from_str(&event_id_header(&long)).is_ok());
     }
 
     #[test]

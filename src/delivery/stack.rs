@@ -38,17 +38,24 @@ use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 use super::{
     egress::{self, Guard, GuardedConnector},
     limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
-    signing::{signature_header, Secret},
+    proxy::{ProxyConnector, Route},
+    signing::{event_id_header, signature_header, Secret},
 };
 
 /// `X-Jasci-Event`: the event type, as the WMS documents it.
 pub const EVENT_HEADER: HeaderName = HeaderName::from_static("x-jasci-event");
-/// Standard Webhooks message id (the event id, stable across attempts).
+/// Standard Webhooks message id, stable across attempts: the event id when
+/// it is a safe token, else one derived from it (`signing::webhook_id`).
 pub const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
 /// Standard Webhooks attempt time, Unix seconds.
 pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 /// Standard Webhooks signatures.
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// `X-Stevedore-Event-Id`: the producer's event id, percent-encoded
+/// (`signing::event_id_header`).
+pub const EVENT_ID_HEADER: HeaderName = HeaderName::from_static("x-stevedore-event-id");
+/// `User-Agent` of every request unless the endpoint sets its own.
+pub const USER_AGENT: &str = concat!("stevedore/", env!("CARGO_PKG_VERSION"));
 /// Bytes of a response body kept for the attempt record.
 pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 
@@ -57,17 +64,24 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 /// them and nothing here does), connecting only where the SSRF guard
 /// allows (see [`egress`]), with at most `max_in_flight` connections open.
 pub type HttpClient =
-    Client<hyper_rustls::HttpsConnector<BoundedConnector<GuardedConnector>>, Full<Bytes>>;
+    Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>;
 
 /// A client that holds at most `max_connections` connections open (its
 /// endpoint's `max_in_flight`), keeps them pooled, and whose every new
-/// connection passes `guard`.
-pub fn http_client(max_connections: usize, guard: Guard, tls: &rustls::ClientConfig) -> HttpClient {
-    let http = GuardedConnector::new(guard, |http| {
+/// connection passes `guard`, going through a proxy where `route` says so
+/// (the target, not the proxy, is checked then: see [`super::proxy`]).
+pub fn http_client(
+    max_connections: usize,
+    guard: Guard,
+    tls: &rustls::ClientConfig,
+    route: Route,
+) -> HttpClient {
+    let direct = GuardedConnector::new(guard.clone(), |http| {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
+    let http = ProxyConnector::new(direct, route, guard);
     let http = BoundedConnector::new(http, max_connections);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls.clone())
@@ -304,7 +318,7 @@ fn sign(req: WebhookRequest) -> SignedRequest {
     headers.extend(req.headers);
     headers.insert(
         WEBHOOK_ID,
-        HeaderValue::from_str(&req.msg_id).expect("event ids have no control characters"),
+        HeaderValue::from_str(&req.msg_id).expect("webhook ids are safe tokens"),
     );
     headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
     headers.insert(
@@ -448,12 +462,27 @@ pub async fn send(
     service.oneshot(req).await
 }
 
-/// The fixed headers of every request.
-pub fn base_headers(event_type: &str, custom: &[(HeaderName, HeaderValue)]) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(custom.len() + 2);
+/// The fixed headers of every request: the endpoint's own, content type,
+/// event type, the producer's event id, and `User-Agent: stevedore/<version>`
+/// unless the endpoint sets its own `User-Agent` (some WAF rule sets block
+/// requests without one).
+pub fn base_headers(
+    event_type: &str,
+    event_id: &str,
+    custom: &[(HeaderName, HeaderValue)],
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(custom.len() + 4);
     for (k, v) in custom {
         h.append(k.clone(), v.clone());
     }
+    if !h.contains_key(header::USER_AGENT) {
+        h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    }
+    h.insert(
+        EVENT_ID_HEADER,
+        HeaderValue::from_str(&event_id_header(event_id))
+            .expect("a percent-encoded id is a valid header value"),
+    );
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -522,7 +551,7 @@ mod tests {
         let mut req = request();
         req.msg_id = "evt-42".into();
         req.body = Bytes::from_static(br#"{"tenantId":"T1","lines":[{"lineNumber":1}]}"#);
-        req.headers = base_headers("pick.confirmed", &[]);
+        req.headers = base_headers("pick.confirmed", "evt-42", &[]);
         let until = SystemTime::now() + Duration::from_secs(3600);
         let keys = |previous: Option<(Secret, SystemTime)>| {
             Arc::new(RwLock::new(Keys {
@@ -544,6 +573,8 @@ mod tests {
         let h = signed.http.headers().clone();
         assert_eq!(h[WEBHOOK_ID], "evt-42");
         assert_eq!(h[EVENT_HEADER], "pick.confirmed");
+        assert_eq!(h[EVENT_ID_HEADER], "evt-42");
+        assert_eq!(h[header::USER_AGENT], USER_AGENT);
         let timestamp = h[WEBHOOK_TIMESTAMP].to_str().unwrap().to_owned();
         let secs: u64 = timestamp.parse().unwrap();
         assert!(
@@ -593,6 +624,19 @@ mod tests {
         }
         assert!(!shown.contains("header-credential"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn user_agent_is_ours_unless_the_endpoint_sets_one() {
+        let h = base_headers("t", "e", &[]);
+        assert_eq!(
+            h[header::USER_AGENT],
+            concat!("stevedore/", env!("CARGO_PKG_VERSION"))
+        );
+        let custom = [(header::USER_AGENT, HeaderValue::from_static("acme-erp/2"))];
+        let h = base_headers("t", "e", &custom);
+        let all: Vec<_> = h.get_all(header::USER_AGENT).iter().collect();
+        assert_eq!(all, ["acme-erp/2"]);
     }
 
     const SECRET_PREFIX_LEN: usize = super::super::signing::SECRET_PREFIX.len();

@@ -39,6 +39,7 @@ use super::{
     classify::{classify, Verdict},
     endpoint::{EndpointSpec, Ordering},
     shared::{Shared, SharedEvent},
+    signing,
     stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
     Control,
 };
@@ -77,7 +78,7 @@ pub struct WorkerView {
 /// A held event, as listed.
 #[derive(Clone, Debug)]
 pub struct HeldView {
-    /// Its id (the `webhook-id`).
+    /// Its event id (the `webhook-id` is derived from it).
     pub event_id: String,
     /// Its type.
     pub event_type: String,
@@ -348,24 +349,7 @@ impl Worker {
     /// The shared body is the full one; nothing endpoint-specific is ever
     /// written back to it.
     fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
-        let rendered = shared.body.clone()?;
-        let spec = &self.ctx.spec;
-        if spec.condition.is_none() && spec.projection.is_none() {
-            return Ok(Some(rendered));
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&rendered).map_err(|e| e.to_string())?;
-        if spec.condition.as_ref().is_some_and(|c| !c.matches(&json)) {
-            return Ok(None);
-        }
-        match &spec.projection {
-            None => Ok(Some(rendered)),
-            Some(p) => Ok(Some(
-                serde_json::to_vec(&p.apply(&json))
-                    .map_err(|e| e.to_string())?
-                    .into(),
-            )),
-        }
+        super::endpoint_body(&self.ctx.spec, shared.body.clone()?)
     }
 
     /// Coalescing: every held event of key `k` that is not sending is
@@ -721,8 +705,8 @@ impl Attempt {
         let ctx = &self.ctx;
         let request = WebhookRequest {
             uri: ctx.spec.url.clone(),
-            msg_id: self.event_id.clone(),
-            headers: stack::base_headers(&self.event_type, &ctx.spec.headers),
+            msg_id: signing::webhook_id(&self.event_id).into_owned(),
+            headers: stack::base_headers(&self.event_type, &self.event_id, &ctx.spec.headers),
             body: self.body.clone(),
             timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
             keys: ctx.keys.clone(),
@@ -732,6 +716,12 @@ impl Attempt {
         let result = stack::send(ctx.service.clone(), request).await;
         let latency = clock.elapsed();
         let verdict = classify(&result, ctx.config.max_retry_after);
+        ctx.metrics.endpoint_stats.record(
+            &ctx.endpoint_id,
+            started_at,
+            latency,
+            verdict == Verdict::Delivered,
+        );
         let now = SystemTime::now();
         let schedule = &ctx.spec.retry_schedule;
         let (state, next_at) = match &verdict {

@@ -122,6 +122,8 @@ struct MetaRecord {
 struct MetaEvent {
     #[prost(map = "string, string", tag = "4")]
     attributes: std::collections::HashMap<String, String>,
+    #[prost(string, tag = "5")]
+    tenant: String,
     #[prost(oneof = "MetaPayload", tags = "10, 11, 12, 13, 14, 15, 16")]
     payload: Option<MetaPayload>,
 }
@@ -129,15 +131,15 @@ struct MetaEvent {
 #[derive(Clone, PartialEq, prost::Oneof)]
 enum MetaPayload {
     #[prost(message, tag = "10")]
-    ShipmentClosed(Empty),
+    ShipmentClosed(TenantOnly),
     #[prost(message, tag = "11")]
-    PickConfirmed(Empty),
+    PickConfirmed(TenantOnly),
     #[prost(message, tag = "12")]
-    InventoryUpdated(Empty),
+    InventoryUpdated(TenantOnly),
     #[prost(message, tag = "13")]
-    OrderStatus(Empty),
+    OrderStatus(TenantOnly),
     #[prost(message, tag = "14")]
-    ReturnReceived(Empty),
+    ReturnReceived(TenantOnly),
     #[prost(message, tag = "15")]
     ChannelInventoryUpdated(Empty),
     #[prost(message, tag = "16")]
@@ -146,6 +148,14 @@ enum MetaPayload {
 
 #[derive(Clone, Copy, PartialEq, prost::Message)]
 struct Empty {}
+
+/// A WMS payload's `tenant_id` (field 1 in each of them); the rest is
+/// skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TenantOnly {
+    #[prost(string, tag = "1")]
+    tenant_id: String,
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct MetaCustom {
@@ -162,20 +172,28 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<EventMeta> {
         .event
         .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: empty")))?;
     let typed = |i: usize| Some(EventType::from_static(TYPED_EVENT_TYPES[i]));
-    let event_type = match event.payload {
-        Some(MetaPayload::ShipmentClosed(_)) => typed(0),
-        Some(MetaPayload::PickConfirmed(_)) => typed(1),
-        Some(MetaPayload::InventoryUpdated(_)) => typed(2),
-        Some(MetaPayload::OrderStatus(_)) => typed(3),
-        Some(MetaPayload::ReturnReceived(_)) => typed(4),
-        Some(MetaPayload::ChannelInventoryUpdated(_)) => typed(5),
-        Some(MetaPayload::Custom(c)) => Some(EventType::from_stored(c.r#type)),
-        None => None,
-    }
-    .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
+    let (event_type, payload_tenant) = match event.payload {
+        Some(MetaPayload::ShipmentClosed(t)) => (typed(0), Some(t)),
+        Some(MetaPayload::PickConfirmed(t)) => (typed(1), Some(t)),
+        Some(MetaPayload::InventoryUpdated(t)) => (typed(2), Some(t)),
+        Some(MetaPayload::OrderStatus(t)) => (typed(3), Some(t)),
+        Some(MetaPayload::ReturnReceived(t)) => (typed(4), Some(t)),
+        Some(MetaPayload::ChannelInventoryUpdated(_)) => (typed(5), None),
+        Some(MetaPayload::Custom(c)) => (Some(EventType::from_stored(c.r#type)), None),
+        None => (None, None),
+    };
+    let event_type = event_type
+        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
+    // The rule of `crate::tenant::of_event`: the payload's `tenant_id` when
+    // set, else the envelope's.
+    let tenant = match payload_tenant {
+        Some(t) if !t.tenant_id.is_empty() => t.tenant_id,
+        _ => event.tenant,
+    };
     Ok(EventMeta {
         event_type,
         attributes: event.attributes,
+        tenant,
     })
 }
 
@@ -265,6 +283,10 @@ pub struct ConsumerRecord {
     /// Dead-lettered offsets, as half-open ranges like `done_ranges`.
     #[prost(uint64, repeated, tag = "6")]
     pub dead_ranges: Vec<u64>,
+    /// The tenant it belongs to (empty: global); only that tenant's
+    /// events pass its filter.
+    #[prost(string, tag = "7")]
+    pub tenant: String,
 }
 
 /// `prefix`, a 0 byte, then `offset` big-endian: per-endpoint keys that

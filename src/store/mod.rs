@@ -722,15 +722,18 @@ pub enum Table {
     Deliveries = 2,
     /// Attempt history: endpoint id, 0, offset, attempt → attempt record.
     Attempts = 3,
+    /// Admin changes (tenants): ULID → audit record, oldest first.
+    Audit = 4,
 }
 
 impl Table {
     /// Every table, in discriminant order.
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::Consumers,
         Table::Endpoints,
         Table::Deliveries,
         Table::Attempts,
+        Table::Audit,
     ];
 
     pub(crate) fn tree_name(self) -> &'static str {
@@ -739,6 +742,7 @@ impl Table {
             Table::Endpoints => "endpoints",
             Table::Deliveries => "deliveries",
             Table::Attempts => "attempts",
+            Table::Audit => "audit",
         }
     }
 }
@@ -779,8 +783,8 @@ pub(crate) struct Tables([sled::Tree; Table::ALL.len()]);
 
 impl Tables {
     fn open(db: &sled::Db) -> Result<Self> {
-        let [a, b, c, d] = Table::ALL.map(|t| db.open_tree(t.tree_name()));
-        Ok(Self([a?, b?, c?, d?]))
+        let [a, b, c, d, e] = Table::ALL.map(|t| db.open_tree(t.tree_name()));
+        Ok(Self([a?, b?, c?, d?, e?]))
     }
 
     pub(crate) fn get(&self, table: Table) -> &sled::Tree {

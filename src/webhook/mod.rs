@@ -24,6 +24,7 @@
 //! numbers finite, timestamps within years 0001–9999. The helpers still
 //! render something sensible for anything else rather than panic.
 
+pub mod catalog;
 mod channel_inventory;
 mod custom;
 mod inventory_updated;

@@ -30,6 +30,34 @@ pub fn key_paths(event_type: &str) -> Option<&'static KeyPaths> {
 }
 
 fn learn() -> BTreeMap<&'static str, KeyPaths> {
+    samples()
+        .iter()
+        .map(|(&event_type, bodies)| {
+            let mut paths = KeyPaths::new();
+            collect(&bodies.full, "", &mut paths);
+            (event_type, paths)
+        })
+        .collect()
+}
+
+/// Bodies of one typed event type rendered from generated events.
+#[derive(Debug)]
+pub struct SampleBodies {
+    /// From an event with every field set (one element in every list):
+    /// every key a body can have, each with the JSON type it has when set.
+    pub full: serde_json::Value,
+    /// From an event with only `occurred_at` set in the payload's place:
+    /// the keys every body has, and the ones written as `null` when unset.
+    pub empty: serde_json::Value,
+}
+
+/// Every typed event type's [`SampleBodies`], by event type.
+pub fn samples() -> &'static BTreeMap<&'static str, SampleBodies> {
+    static ALL: OnceLock<BTreeMap<&'static str, SampleBodies>> = OnceLock::new();
+    ALL.get_or_init(render_samples)
+}
+
+fn render_samples() -> BTreeMap<&'static str, SampleBodies> {
     let pool = DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("the descriptor set decodes");
     let event = pool
         .get_message_by_name("stevedore.v1.Event")
@@ -38,6 +66,18 @@ fn learn() -> BTreeMap<&'static str, KeyPaths> {
         .oneofs()
         .find(|o| o.name() == "payload")
         .expect("Event has a payload oneof");
+    let render = |field: &prost_reflect::FieldDescriptor, message: DynamicMessage| {
+        let mut sample = DynamicMessage::new(event.clone());
+        sample.set_field(field, Value::Message(message));
+        let occurred_at = event
+            .get_field_by_name("occurred_at")
+            .expect("Event has occurred_at");
+        sample.set_field(&occurred_at, one(&occurred_at.kind(), 0));
+        let sample =
+            pb::Event::decode(sample.encode_to_vec().as_slice()).expect("the sample decodes");
+        let body = super::render_body(&sample).expect("the sample renders");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("the body is JSON")
+    };
     // The typed payload fields come first, in TYPED_EVENT_TYPES order.
     payload
         .fields()
@@ -46,19 +86,11 @@ fn learn() -> BTreeMap<&'static str, KeyPaths> {
             let Kind::Message(message) = field.kind() else {
                 panic!("payload field {} is not a message", field.name())
             };
-            let mut sample = DynamicMessage::new(event.clone());
-            sample.set_field(&field, Value::Message(full(&message, 0)));
-            let occurred_at = event
-                .get_field_by_name("occurred_at")
-                .expect("Event has occurred_at");
-            sample.set_field(&occurred_at, one(&occurred_at.kind(), 0));
-            let sample =
-                pb::Event::decode(sample.encode_to_vec().as_slice()).expect("the sample decodes");
-            let body = super::render_body(&sample).expect("the sample renders");
-            let body: serde_json::Value = serde_json::from_slice(&body).expect("the body is JSON");
-            let mut paths = KeyPaths::new();
-            collect(&body, "", &mut paths);
-            (event_type, paths)
+            let bodies = SampleBodies {
+                full: render(&field, full(&message, 0)),
+                empty: render(&field, DynamicMessage::new(message.clone())),
+            };
+            (event_type, bodies)
         })
         .collect()
 }

@@ -243,7 +243,11 @@ async fn unary_requests_are_sized_per_method() {
     let server = crate::TestServer::start().await;
     // GetEvent needs a few bytes; 1 MiB of padding in an unknown field is
     // refused by its length prefix, before it is buffered or decoded.
-    let mut msg = pb::GetEventRequest { offset: 1 }.encode_to_vec();
+    let mut msg = pb::GetEventRequest {
+        offset: 1,
+        ..Default::default()
+    }
+    .encode_to_vec();
     msg.push(0x7a); // field 15, length-delimited
     prost::encoding::encode_varint(MIB as u64, &mut msg);
     msg.extend(std::iter::repeat_n(0u8, MIB));

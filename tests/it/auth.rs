@@ -55,9 +55,12 @@ async fn call(server: &TestServer, service: &str, token: Option<&str>) -> Code {
         "Subscriber.GetEvent" => {
             let mut c = server.subscriber_as(token).await;
             code(
-                c.get_event(pb::GetEventRequest { offset: 1 })
-                    .await
-                    .map(drop),
+                c.get_event(pb::GetEventRequest {
+                    offset: 1,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
             )
         }
         "Subscriber.Subscribe" => {
@@ -476,9 +479,12 @@ async fn per_connection_stream_limit_queues_calls() {
     // stream instead of failing.
     let mut s2 = s.clone();
     let mut waiting = tokio::spawn(async move {
-        s2.get_event(pb::GetEventRequest { offset: 1 })
-            .await
-            .map(drop)
+        s2.get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .map(drop)
     });
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut waiting)
@@ -489,7 +495,10 @@ async fn per_connection_stream_limit_queues_calls() {
     // Another connection is not affected.
     let mut fresh = server.subscriber().await;
     let err = fresh
-        .get_event(pb::GetEventRequest { offset: 1 })
+        .get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

@@ -774,3 +774,121 @@ async fn under_tls_the_cookie_is_secure_with_the_host_prefix() {
     }
     server.stop().await;
 }
+
+/// Tenants (#18) on the console: a tenant administrator who logs in sees and
+/// changes only its tenant's endpoints, deliveries and events — pages,
+/// actions and the live tail — and what it creates belongs to its tenant.
+#[tokio::test]
+async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
+    use crate::tenants::{self, ACME_ADMIN, ACME_PUB, BETA_ADMIN, BETA_PUB};
+    let server = tenants::two_tenants(|c| {
+        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let mut beta = server.admin_as(Some(BETA_ADMIN)).await;
+    let theirs = tenants::create_as(&mut beta, tenants::hook(&receiver.url)).await;
+    let mut beta_pub = server.publisher_as(Some(BETA_PUB)).await;
+    let mut event = tenants::pick_of("beta", "ORD-BETA-SECRET");
+    event.id = "beta-pick-1".into();
+    let beta_offset = tenants::publish_as(&mut beta_pub, event).await;
+
+    let mut c = Client::new(&server).await;
+    assert_eq!(c.login(ACME_ADMIN).await.status, 303);
+    // Live tail from before anything of acme's happens.
+    let mut stream = TcpStream::connect(&c.host).await.unwrap();
+    let req = format!(
+        "GET /live/events HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
+        c.host,
+        c.cookie.as_ref().unwrap()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+
+    let (mine, _) = create(&c, &receiver.url, &[]).await;
+    let mut root = server.admin_as(Some(tenants::ROOT)).await;
+    let created = root
+        .get_endpoint(pb::GetEndpointRequest { id: mine.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(
+        created.tenant, "acme",
+        "created through the console as acme"
+    );
+
+    // Pages: only acme's endpoint; beta's is not found, by page or action.
+    let overview = c.get("/").await;
+    assert!(overview.body.contains(&mine), "{}", overview.body);
+    assert!(!overview.body.contains(&theirs.id), "{}", overview.body);
+    for path in [
+        format!("/endpoints/{}", theirs.id),
+        format!("/endpoints/{}/edit", theirs.id),
+        format!("/endpoints/{}/deliveries/{beta_offset}", theirs.id),
+        // acme's endpoint, beta's event.
+        format!("/endpoints/{mine}/deliveries/{beta_offset}"),
+    ] {
+        let page = c.get(&path).await;
+        assert_eq!(page.status, 404, "{path}: {}", page.body);
+        assert!(!page.body.contains("ORD-BETA-SECRET"), "{path}");
+    }
+    let csrf = overview.csrf();
+    let page = c
+        .post(
+            &format!("/endpoints/{}/action", theirs.id),
+            &[("csrf", &csrf), ("op", "pause")],
+        )
+        .await;
+    assert_eq!(page.status, 404, "{}", page.body);
+    let still = root
+        .get_endpoint(pb::GetEndpointRequest {
+            id: theirs.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_ne!(still.enabled, Some(false), "beta's endpoint was not paused");
+
+    // Live: acme's delivery shows, beta's never (published before and after).
+    let mut acme_pub = server.publisher_as(Some(ACME_PUB)).await;
+    let mut event = tenants::pick_of("beta", "ORD-BETA-2");
+    event.id = "beta-pick-2".into();
+    tenants::publish_as(&mut beta_pub, event).await;
+    let mut event = tenants::pick_of("acme", "ORD-ACME-1");
+    event.id = "acme-pick-1".into();
+    tenants::publish_as(&mut acme_pub, event).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("acme-pick-1") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no frame: {seen}"))
+            .unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // beta's endpoint got both of beta's events by now or soon; give its
+    // frames the time to arrive, then check none did.
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+    {
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(!seen.contains("beta-pick"), "{seen}");
+    assert!(!seen.contains(&theirs.id), "{seen}");
+    drop(stream);
+    server.stop().await;
+}

@@ -634,7 +634,7 @@ async fn check_log(
     let mut reads = futures::stream::iter(acked.iter().map(|(id, &offset)| {
         let mut client = client.clone();
         async move {
-            let got = tokio::time::timeout(CALL_TIMEOUT, client.get_event(GetEventRequest { offset })).await;
+            let got = tokio::time::timeout(CALL_TIMEOUT, client.get_event(GetEventRequest { offset, ..Default::default() })).await;
             let resp = match got {
                 Err(_) => return Err(format!("GetEvent({offset}) timed out after {CALL_TIMEOUT:?}")),
                 Ok(Err(s)) => {
@@ -714,7 +714,10 @@ async fn check_log(
                 let probe = log.last().map_or(1, |(o, _)| o + 1);
                 match tokio::time::timeout(
                     CALL_TIMEOUT,
-                    client.get_event(GetEventRequest { offset: probe }),
+                    client.get_event(GetEventRequest {
+                        offset: probe,
+                        ..Default::default()
+                    }),
                 )
                 .await
                 {

@@ -455,6 +455,7 @@ pub(crate) async fn list_deliveries(
                 state: state as i32,
                 page_size: 1000,
                 page_token: page_token.clone(),
+                ..Default::default()
             }),
         )
         .await

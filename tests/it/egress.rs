@@ -138,6 +138,7 @@ async fn blocked_ip_literals_are_rejected_at_create_and_update() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["url".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();

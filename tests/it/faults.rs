@@ -433,6 +433,7 @@ async fn run_case(
                         update_mask: Some(prost_types::FieldMask {
                             paths: vec!["enabled".into()],
                         }),
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| format!("UpdateEndpoint: {s:?}"))?;

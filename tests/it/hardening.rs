@@ -105,6 +105,7 @@ async fn update(
             update_mask: Some(prost_types::FieldMask {
                 paths: paths.iter().map(|p| p.to_string()).collect(),
             }),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().endpoint.unwrap())

@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on `127.0.0.1:0`, real tonic clients.
 
+mod admin_api;
 mod amplification;
 mod auth;
 mod connections;
@@ -7,12 +8,14 @@ mod console;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod etiquette;
 mod faults;
 mod fuzz;
 mod hardening;
 mod hostile;
 mod never_matches;
 mod operations;
+mod proxy;
 mod publish;
 mod receiver;
 mod reliability;
@@ -21,6 +24,7 @@ mod service;
 mod startup;
 mod subscribe;
 mod sweep;
+mod tenants;
 mod webhook;
 
 use std::{
@@ -249,6 +253,7 @@ pub fn test_tokens(tokens: &[(&str, Role, &str)]) -> Vec<Token> {
         .map(|(name, role, token)| Token {
             name: name.to_string(),
             role: *role,
+            tenant: None,
             sha256: hash_token(token.as_bytes()),
         })
         .collect()

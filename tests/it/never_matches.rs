@@ -109,6 +109,7 @@ async fn endpoints_refuse_what_would_never_match() {
         update_mask: Some(prost_types::FieldMask {
             paths: paths.iter().map(|p| p.to_string()).collect(),
         }),
+        ..Default::default()
     };
     let err = admin
         .update_endpoint(update(

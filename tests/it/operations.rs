@@ -70,6 +70,7 @@ async fn set_enabled(admin: &mut AdminClient<Channel>, id: &str, enabled: bool) 
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["enabled".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -346,45 +347,8 @@ async fn rate_limit_paces_requests() {
 
 #[tokio::test]
 async fn in_flight_backs_off_on_429_and_recovers() {
-    let server = TestServer::start().await;
-    let rx = Receiver::start().await;
-    let mut admin = server.admin().await;
-    let mut e = endpoint(&rx.url);
-    e.max_in_flight = 8;
-    e.ordering = pb::Ordering::None as i32;
-    e.retry_schedule = vec![
-        ms(0),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-        ms(50),
-    ];
-    create(&mut admin, e).await;
-    // A 429 storm: every request is slow and refused.
-    rx.set_default(Behavior::Delay(Duration::from_millis(40), 429));
-    let events = (0..16)
-        .map(|i| pick(&format!("ad-{i}"), &format!("SO-{i}")))
-        .collect();
+    let (server, rx) = throttle_storm(429, "ad").await;
     let mut p = server.publisher().await;
-    p.publish_batch(pb::PublishBatchRequest { events })
-        .await
-        .unwrap();
-    rx.wait_for(16, Duration::from_secs(10)).await;
-    let first_wave = rx.max_concurrent_requests();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    // Measure concurrency during the storm, after the first wave.
-    let before = rx.count();
-    let mut during = 0;
-    for _ in 0..20 {
-        during = during.max(rx.in_flight());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(rx.count() > before, "still retrying");
-    assert!(first_wave >= 6, "started wide: {first_wave}");
-    assert!(during <= 2, "backed off to {during} in flight");
     // Healthy again: everything is delivered and the window opens up.
     rx.set_default(Behavior::Delay(Duration::from_millis(40), 200));
     let more = (16..48)
@@ -408,6 +372,63 @@ async fn in_flight_backs_off_on_429_and_recovers() {
     })
     .await;
     assert!(widest >= 3, "grew back: {widest}");
+}
+
+/// A storm of `status` answers (slow, so requests overlap) to 16 events
+/// `{prefix}-0..16` on an endpoint allowing 8 in flight: the first wave
+/// goes wide, then the window shrinks to at most 2 in flight while the
+/// retries go on.
+async fn throttle_storm(status: u16, prefix: &str) -> (TestServer, Receiver) {
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut e = endpoint(&rx.url);
+    e.max_in_flight = 8;
+    e.ordering = pb::Ordering::None as i32;
+    e.retry_schedule = vec![
+        ms(0),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+        ms(50),
+    ];
+    create(&mut admin, e).await;
+    // A 429 storm: every request is slow and refused.
+    rx.set_default(Behavior::Delay(Duration::from_millis(40), status));
+    let events = (0..16)
+        .map(|i| pick(&format!("{prefix}-{i}"), &format!("SO-{i}")))
+        .collect();
+    let mut p = server.publisher().await;
+    p.publish_batch(pb::PublishBatchRequest { events })
+        .await
+        .unwrap();
+    rx.wait_for(16, Duration::from_secs(10)).await;
+    let first_wave = rx.max_concurrent_requests();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Measure concurrency during the storm, after the first wave.
+    let before = rx.count();
+    let mut during = 0;
+    for _ in 0..20 {
+        during = during.max(rx.in_flight());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rx.count() > before, "still retrying");
+    assert!(first_wave >= 6, "started wide: {first_wave}");
+    assert!(during <= 2, "{status}: backed off to {during} in flight");
+    (server, rx)
+}
+
+/// 502 and 504 (a gateway in front of the receiver failing) are throttle
+/// signals too, like 429 and 503.
+#[tokio::test]
+async fn in_flight_backs_off_on_502_and_504() {
+    for status in [502, 504] {
+        let (server, _rx) = throttle_storm(status, &format!("gw{status}")).await;
+        server.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -585,15 +606,21 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
 
     let mut s = server.subscriber().await;
     until("the old events to go", async || {
-        s.get_event(pb::GetEventRequest { offset: old })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: old,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     let keep = publish(&mut p, pick("new-1", "SO-3")).await;
     assert!(s
-        .get_event(pb::GetEventRequest { offset: keep })
+        .get_event(pb::GetEventRequest {
+            offset: keep,
+            ..Default::default()
+        })
         .await
         .is_ok());
 
@@ -655,10 +682,13 @@ async fn retention_removes_the_newest_event_when_it_expires() {
     let newest = results[1].offset;
     let mut s = server.subscriber().await;
     until("the newest event to go", async || {
-        s.get_event(pb::GetEventRequest { offset: newest })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: newest,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     let dead = until("both expired", async || {
@@ -716,6 +746,7 @@ async fn update_mask_paths_take_either_spelling() {
         update_mask: Some(prost_types::FieldMask {
             paths: paths.iter().map(|p| p.to_string()).collect(),
         }),
+        ..Default::default()
     };
     let got = admin
         .update_endpoint(update(&["eventTypes", "max_in_flight"]))
@@ -808,16 +839,22 @@ async fn retention_keeps_the_data_directory_near_its_budget() {
     }
     let mut s = server.subscriber().await;
     until("the oldest events to be removed", async || {
-        s.get_event(pb::GetEventRequest { offset: 1 })
-            .await
-            .is_err()
-            .then_some(())
+        s.get_event(pb::GetEventRequest {
+            offset: 1,
+            ..Default::default()
+        })
+        .await
+        .is_err()
+        .then_some(())
     })
     .await;
     assert!(
-        s.get_event(pb::GetEventRequest { offset: last })
-            .await
-            .is_ok(),
+        s.get_event(pb::GetEventRequest {
+            offset: last,
+            ..Default::default()
+        })
+        .await
+        .is_ok(),
         "the newest stays"
     );
 }

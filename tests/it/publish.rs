@@ -31,7 +31,10 @@ async fn publish_assigns_offsets_ids_and_defaults() {
 
     let mut s = server.subscriber().await;
     let got = s
-        .get_event(GetEventRequest { offset: 2 })
+        .get_event(GetEventRequest {
+            offset: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -46,14 +49,20 @@ async fn publish_assigns_offsets_ids_and_defaults() {
     assert!(got.published_at.is_some());
 
     let missing = s
-        .get_event(GetEventRequest { offset: 99 })
+        .get_event(GetEventRequest {
+            offset: 99,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert_invalid(
-        s.get_event(GetEventRequest { offset: 0 })
-            .await
-            .unwrap_err(),
+        s.get_event(GetEventRequest {
+            offset: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
         "offset",
     );
 }

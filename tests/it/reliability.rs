@@ -843,7 +843,10 @@ async fn check_acked(addr: &str, events: &[(String, u64)]) -> Result<(), String>
         async move {
             let got = tokio::time::timeout(
                 CALL_TIMEOUT,
-                client.get_event(GetEventRequest { offset: *offset }),
+                client.get_event(GetEventRequest {
+                    offset: *offset,
+                    ..Default::default()
+                }),
             )
             .await;
             match got {
@@ -932,7 +935,10 @@ async fn check_log(
                 let probe = log.last().map_or(1, |(o, _, _)| o + 1);
                 match tokio::time::timeout(
                     CALL_TIMEOUT,
-                    client.get_event(GetEventRequest { offset: probe }),
+                    client.get_event(GetEventRequest {
+                        offset: probe,
+                        ..Default::default()
+                    }),
                 )
                 .await
                 {

@@ -139,6 +139,7 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
                 update_mask: Some(prost_types::FieldMask {
                     paths: vec!["headers".into()],
                 }),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -170,6 +171,7 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["headers".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -147,7 +147,10 @@ async fn graceful_shutdown_ends_streams_and_keeps_everything() {
     let mut s = server.subscriber().await;
     for (id, offset) in acked {
         let e = s
-            .get_event(stevedore::pb::GetEventRequest { offset })
+            .get_event(stevedore::pb::GetEventRequest {
+                offset,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

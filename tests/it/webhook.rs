@@ -285,6 +285,7 @@ async fn gone_disables_the_endpoint_and_enabling_resumes() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["enabled".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -612,6 +613,7 @@ async fn update_moves_delivery_to_the_new_url() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["url".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -636,6 +638,7 @@ async fn update_moves_delivery_to_the_new_url() {
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["secret".into()],
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -748,6 +751,7 @@ async fn bad_endpoints_are_rejected_and_secrets_never_listed() {
                 ..Default::default()
             }),
             update_mask: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -935,7 +939,7 @@ async fn strict_ordering_is_one_at_a_time_and_none_is_parallel() {
 
 /// An HTTPS receiver (h2 and http/1.1 by ALPN) that records each request's
 /// HTTP version, headers and body, and answers 200.
-async fn https_receiver(
+pub(crate) async fn https_receiver(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> (

@@ -1,0 +1,130 @@
+//! The audit trail (tenants): every admin change is recorded with the
+//! token's name and tenant, the action and its target, kept in the state
+//! (`Table::Audit`, keyed by ULID so it lists in time order) and, with
+//! `audit_events` on, published into the log as a `stevedore.admin.changed`
+//! event belonging to the target's tenant, so that tenant's subscribers and
+//! endpoints can follow it.
+
+use std::time::SystemTime;
+
+use prost::Message;
+
+use crate::{
+    auth::Caller,
+    convert,
+    delivery::ops,
+    error::{Error, Result},
+    pb,
+    store::{Mutation, Store, Table},
+    tenant::Scope,
+};
+
+/// Records and lists admin changes.
+#[derive(Clone)]
+pub struct Audit {
+    store: Store,
+    publish: bool,
+}
+
+impl Audit {
+    /// The audit trail kept in `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            publish: false,
+        }
+    }
+
+    /// Also publishes every record as a `stevedore.admin.changed` event.
+    pub fn publishing(mut self, on: bool) -> Self {
+        self.publish = on;
+        self
+    }
+
+    /// Records that `caller` (none: authentication is off) did `action` to
+    /// `target`, which belongs to `target_tenant`, and publishes it.
+    pub async fn record(
+        &self,
+        caller: Option<&Caller>,
+        action: &str,
+        target: &str,
+        target_tenant: &str,
+    ) -> Result<()> {
+        let now = SystemTime::now();
+        let id = ulid::Ulid::from_datetime(now).to_string();
+        let record = pb::AuditRecord {
+            id: id.clone(),
+            at: Some(convert::timestamp(now)),
+            token: caller.map(|c| c.name.clone()).unwrap_or_default(),
+            tenant: caller.and_then(|c| c.tenant.clone()).unwrap_or_default(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            target_tenant: target_tenant.to_owned(),
+        };
+        self.store
+            .write(vec![Mutation::put(
+                Table::Audit,
+                id.as_bytes(),
+                record.encode_to_vec(),
+            )])
+            .await?;
+        tracing::info!(token = %record.token, tenant = %record.tenant, action, target, "admin change");
+        if !self.publish {
+            return Ok(());
+        }
+        let event = ops::event(
+            ops::ADMIN_CHANGED,
+            target,
+            target_tenant,
+            ops::fields([
+                ("token", ops::s(&record.token)),
+                ("tenant", ops::s(&record.tenant)),
+                ("action", ops::s(action)),
+                ("target", ops::s(target)),
+                ("targetTenant", ops::s(target_tenant)),
+                ("at", ops::time(now)),
+            ]),
+        );
+        self.store.append(vec![event]).await.map(drop)
+    }
+
+    /// The records `scope` may see (a tenant: those it made or that
+    /// changed its resources), newest first, before `page_token`.
+    pub fn list(
+        &self,
+        scope: &Scope,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<pb::AuditRecord>, String)> {
+        let tree = self.store.table(Table::Audit);
+        let iter = if page_token.is_empty() {
+            tree.iter()
+        } else {
+            tree.range(..page_token.as_bytes().to_vec())
+        };
+        let mut out = Vec::new();
+        for kv in iter.rev() {
+            let (_, v) = kv?;
+            let r = pb::AuditRecord::decode(&*v)
+                .map_err(|e| Error::Corrupt(format!("audit record: {e}")))?;
+            let visible = match scope.tenant() {
+                None => true,
+                Some(t) => r.tenant == t || r.target_tenant == t,
+            };
+            if !visible {
+                continue;
+            }
+            out.push(r);
+            if out.len() > page_size {
+                break;
+            }
+        }
+        let next = if out.len() > page_size {
+            out.truncate(page_size);
+            out.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+}
