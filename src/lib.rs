@@ -359,6 +359,7 @@ pub async fn serve(
             auth.clone(),
             console_tls.is_some(),
             token.clone(),
+            config.auto_disable_after,
         ));
         let url = console::url(console_addr, console_tls.is_some());
         tracing::info!(addr = %console_addr, tls = console_tls.is_some(), "serving the console");

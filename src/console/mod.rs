@@ -46,6 +46,8 @@ pub struct Console {
     /// the `__Host-` prefix).
     tls: bool,
     shutdown: CancellationToken,
+    /// For "auto-disables in …" (config key `auto_disable_after`).
+    auto_disable_after: std::time::Duration,
 }
 
 impl Console {
@@ -58,6 +60,7 @@ impl Console {
         auth: Auth,
         tls: bool,
         shutdown: CancellationToken,
+        auto_disable_after: std::time::Duration,
     ) -> Self {
         Self {
             admin,
@@ -67,6 +70,7 @@ impl Console {
             auth,
             tls,
             shutdown,
+            auto_disable_after,
         }
     }
 

@@ -131,6 +131,13 @@ pub struct CatalogEntry {
     pub event_type: &'static str,
     pub source: &'static str,
     pub sample: String,
+    /// Whether the sample is a webhook body (the playground runs on it).
+    pub playground: bool,
+    /// The playground's inputs and outcome for this type, when it ran.
+    pub filter: String,
+    pub fields: String,
+    pub outcome: String,
+    pub result: String,
 }
 
 #[derive(Template)]

@@ -86,26 +86,7 @@ impl Client {
             .await
             .expect("response in time")
             .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Page {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
+        parse_response(&String::from_utf8(out).unwrap())
     }
 
     async fn get(&self, path: &str) -> Page {
@@ -139,6 +120,28 @@ impl Client {
             self.cookie = Some(c.split(';').next().unwrap().to_owned());
         }
         page
+    }
+}
+
+fn parse_response(text: &str) -> Page {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Page {
+        status,
+        headers,
+        body: body.to_owned(),
     }
 }
 
@@ -547,6 +550,21 @@ async fn actions_retry_dead_pause_resume_rotate() {
         page = c.get(&format!("{detail}?state=dead")).await;
     }
     assert!(page.body.contains("console-dead-1"), "{}", page.body);
+    // The overview says the endpoint is failing and when it auto-disables
+    // (auto_disable_after, 5 days by default).
+    let mut overview = c.get("/").await;
+    for _ in 0..50 {
+        if overview.body.contains("auto-disables in") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        overview = c.get("/").await;
+    }
+    assert!(
+        overview.body.contains("auto-disables in 4d 23h"),
+        "{}",
+        overview.body
+    );
     receiver.set_default(Behavior::Status(200));
     let action = format!("{detail}/action");
     let off = offset.to_string();
@@ -644,6 +662,19 @@ async fn live_frame_arrives_after_a_delivery() {
     );
     assert!(seen.contains("\"state\":\"delivered\""), "{seen}");
     drop(stream);
+    // The per-endpoint live page is linked from the endpoint's page.
+    let page = c.get(&format!("/endpoints/{id}")).await;
+    assert!(
+        page.body.contains(&format!("href=\"/live?endpoint={id}\"")),
+        "{}",
+        page.body
+    );
+    let page = c.get(&format!("/live?endpoint={id}")).await;
+    assert!(
+        page.body.contains(&format!("data-endpoint=\"{id}\"")),
+        "{}",
+        page.body
+    );
     server.stop().await;
 }
 
@@ -686,6 +717,62 @@ fn non_loopback_console_needs_tokens_and_tls() {
     config.tls_cert = Some(cert);
     config.tls_key = Some(key);
     config.validate().unwrap();
+}
+
+#[tokio::test]
+async fn under_tls_the_cookie_is_secure_with_the_host_prefix() {
+    use rustls_pki_types::pem::PemObject;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::self_signed(certs.path());
+    let cert_pem = std::fs::read(&cert).unwrap();
+    let server = start_console(&[("ops", Role::Admin, ADMIN)], move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    })
+    .await;
+    let url = server.started().await.console_url.unwrap();
+    let host = url
+        .strip_prefix("https://")
+        .expect("the console serves TLS");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&cert_pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(host).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let body = encode(&[("token", ADMIN)]);
+    let req = format!(
+        "POST /login HTTP/1.1\r\nhost: {host}\r\norigin: https://{host}\r\nconnection: close\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    let page = parse_response(&String::from_utf8_lossy(&out));
+    assert_eq!(page.status, 303, "{}", page.body);
+    let cookie = page.header("set-cookie").unwrap();
+    assert!(cookie.starts_with("__Host-stevedore_session="), "{cookie}");
+    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    server.stop().await;
 }
 
 /// Tenants (#18) on the console: a tenant administrator who logs in sees and

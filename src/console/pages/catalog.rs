@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, response::Response};
+use axum::{
+    extract::{Query, State},
+    response::Response,
+};
 
 use super::pretty;
 use crate::console::{
@@ -56,22 +59,87 @@ pub fn known_types() -> Vec<&'static str> {
         .collect()
 }
 
-/// GET /catalog
-pub async fn page(State(_console): State<Arc<Console>>, sess: Sess) -> Response {
+/// The playground's query: one event type's filter and fields.
+#[derive(serde::Deserialize, Default)]
+pub struct Try {
+    #[serde(default, rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    filter: String,
+    #[serde(default)]
+    fields: String,
+}
+
+/// Runs a filter and a field selection on a webhook body, as an endpoint
+/// would: (outcome in words, the body the endpoint would get).
+fn run(body: &str, filter: &str, fields: &str) -> (String, String) {
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(body) else {
+        return ("the sample is not JSON".into(), String::new());
+    };
+    let matches = if filter.trim().is_empty() {
+        true
+    } else {
+        match crate::filter::Filter::parse(filter) {
+            Ok(f) => f.matches(&body),
+            Err(e) => return (format!("filter: {e}"), String::new()),
+        }
+    };
+    let fields: Vec<String> = fields
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let shaped = if fields.is_empty() {
+        body
+    } else {
+        match crate::filter::Projection::parse(&fields) {
+            Ok(p) => p.apply(&body),
+            Err((i, e)) => return (format!("fields[{i}]: {e}"), String::new()),
+        }
+    };
+    if !matches {
+        return (
+            "the filter does not select this event: nothing is sent".into(),
+            String::new(),
+        );
+    }
+    (
+        "the filter selects this event; the endpoint gets:".into(),
+        serde_json::to_string_pretty(&shaped).unwrap_or_default(),
+    )
+}
+
+/// GET /catalog (`?type=&filter=&fields=`: the playground)
+pub async fn page(
+    State(_console): State<Arc<Console>>,
+    sess: Sess,
+    Query(tried): Query<Try>,
+) -> Response {
     let entries = crate::model::TYPED_EVENT_TYPES
         .iter()
         .map(|t| {
-            let (source, sample) = SAMPLES
-                .iter()
-                .find(|(name, _, _)| name == t)
-                .map_or(("no sample", String::new()), |(_, s, body)| {
-                    (*s, pretty(body.as_bytes()))
-                });
-            CatalogEntry {
+            let found = SAMPLES.iter().find(|(name, _, _)| name == t);
+            let (source, sample) = found.map_or(("no sample", String::new()), |(_, s, body)| {
+                (*s, pretty(body.as_bytes()))
+            });
+            let playground = source.starts_with("webhook body");
+            let mut entry = CatalogEntry {
                 event_type: t,
                 source,
                 sample,
+                playground,
+                filter: String::new(),
+                fields: String::new(),
+                outcome: String::new(),
+                result: String::new(),
+            };
+            if let (true, Some((_, _, body))) = (playground && tried.event_type == *t, found) {
+                (entry.outcome, entry.result) = run(body, &tried.filter, &tried.fields);
+                entry.filter = tried.filter.clone();
+                entry.fields = tried.fields.clone();
             }
+            entry
         })
         .chain(
             crate::model::BROKER_EVENT_TYPES
@@ -80,6 +148,11 @@ pub async fn page(State(_console): State<Arc<Console>>, sess: Sess) -> Response 
                     event_type: t,
                     source: "published by the broker itself (operational event)",
                     sample: String::new(),
+                    playground: false,
+                    filter: String::new(),
+                    fields: String::new(),
+                    outcome: String::new(),
+                    result: String::new(),
                 }),
         )
         .collect();

@@ -122,7 +122,7 @@ async fn show(
             (Vec::new(), String::new())
         }
     };
-    let (state_label, reason) = endpoint_state(&endpoint);
+    let (state_label, reason) = endpoint_state(&endpoint, console.auto_disable_after);
     let e = &endpoint;
     let mut headers: Vec<&String> = e.headers.keys().collect();
     headers.sort();

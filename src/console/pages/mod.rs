@@ -106,6 +106,17 @@ pub fn short(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// A duration for people: `4d 3h`, `12m`, `0m`.
+pub fn human(d: Duration) -> String {
+    let m = d.as_secs() / 60;
+    let (days, hours, mins) = (m / 1440, m / 60 % 24, m % 60);
+    match (days, hours) {
+        (0, 0) => format!("{mins}m"),
+        (0, h) => format!("{h}h {mins}m"),
+        (d, h) => format!("{d}d {h}h"),
+    }
+}
+
 /// A delivery state's short name.
 pub fn state_name(s: i32) -> &'static str {
     match DeliveryState::try_from(s) {
@@ -118,18 +129,33 @@ pub fn state_name(s: i32) -> &'static str {
     }
 }
 
-/// An endpoint's state for people: (`enabled`/`paused`/`disabled`, why).
-pub fn endpoint_state(e: &pb::Endpoint) -> (&'static str, String) {
+/// An endpoint's state for people: (`enabled`/`paused`/`disabled`/
+/// `failing`, why); a failing endpoint says when it auto-disables
+/// (`auto_disable_after` of failing with no success).
+pub fn endpoint_state(e: &pb::Endpoint, auto_disable_after: Duration) -> (&'static str, String) {
     if e.enabled == Some(false) {
         if e.disabled_reason.is_empty() {
             ("paused", "paused by an administrator".into())
         } else {
             ("disabled", e.disabled_reason.clone())
         }
-    } else if e.failing_since.is_some() {
+    } else if let Some(since) = e
+        .failing_since
+        .as_ref()
+        .and_then(|t| crate::convert::system_time("failing_since", t).ok())
+    {
+        let left = (since + auto_disable_after)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        // Whole minutes: "auto-disables in 4d23h59m" reads better rounded.
+        let left = Duration::from_secs(left.as_secs() / 60 * 60);
         (
             "failing",
-            format!("failing since {}", ts(e.failing_since.as_ref())),
+            format!(
+                "failing since {} with no success; auto-disables in {}",
+                rfc3339(since),
+                human(left)
+            ),
         )
     } else {
         ("enabled", String::new())

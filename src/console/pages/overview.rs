@@ -53,7 +53,7 @@ pub async fn page(State(console): State<Arc<Console>>, sess: Sess) -> Response {
     let endpoints = endpoints
         .iter()
         .map(|e| {
-            let (state, reason) = endpoint_state(e);
+            let (state, reason) = endpoint_state(e, console.auto_disable_after);
             EndpointRow {
                 id: e.id.clone(),
                 url: e.url.clone(),
