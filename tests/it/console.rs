@@ -16,19 +16,19 @@ use crate::{
     test_tokens, TestServer,
 };
 
-const ADMIN: &str = "console-admin-token-0123456789";
+pub(crate) const ADMIN: &str = "console-admin-token-0123456789";
 const PUBLISHER: &str = "console-publisher-token-0123456789";
-const HEADER_VALUE: &str = "header-value-that-must-never-show-7d1f";
+pub(crate) const HEADER_VALUE: &str = "header-value-that-must-never-show-7d1f";
 
 /// A response.
-struct Page {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -36,7 +36,7 @@ impl Page {
     }
 
     /// The page's CSRF token (every logged-in page has the logout form).
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let at = self
             .body
             .find("name=\"csrf\" value=\"")
@@ -47,14 +47,14 @@ impl Page {
 }
 
 /// A browser's worth of HTTP: one cookie, Origin on POSTs.
-struct Client {
+pub(crate) struct Client {
     /// `127.0.0.1:port`
-    host: String,
-    cookie: Option<String>,
+    pub(crate) host: String,
+    pub(crate) cookie: Option<String>,
 }
 
 impl Client {
-    async fn new(server: &TestServer) -> Self {
+    pub(crate) async fn new(server: &TestServer) -> Self {
         let url = server.started().await.console_url.expect("console served");
         Self {
             host: url.trim_start_matches("http://").to_owned(),
@@ -62,7 +62,7 @@ impl Client {
         }
     }
 
-    async fn raw(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> Page {
+    pub(crate) async fn raw(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> Page {
         let mut stream = TcpStream::connect(&self.host).await.unwrap();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -89,18 +89,18 @@ impl Client {
         parse_response(&String::from_utf8(out).unwrap())
     }
 
-    async fn get(&self, path: &str) -> Page {
+    pub(crate) async fn get(&self, path: &str) -> Page {
         self.raw("GET", path, &[], "").await
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
         let origin = format!("http://{}", self.host);
         self.raw("POST", path, &[("origin", &origin)], &encode(form))
             .await
     }
 
     /// Logs in with `token`; keeps the cookie on success.
-    async fn login(&mut self, token: &str) -> Page {
+    pub(crate) async fn login(&mut self, token: &str) -> Page {
         let page = self.post("/login", &[("token", token)]).await;
         if let Some(c) = page.header("set-cookie") {
             self.cookie = Some(c.split(';').next().unwrap().to_owned());
@@ -109,7 +109,7 @@ impl Client {
     }
 
     /// Follows the one-time login link.
-    async fn login_once(&mut self, server: &TestServer) -> Page {
+    pub(crate) async fn login_once(&mut self, server: &TestServer) -> Page {
         let path = server
             .started()
             .await
@@ -145,7 +145,7 @@ fn parse_response(text: &str) -> Page {
     }
 }
 
-fn encode(form: &[(&str, &str)]) -> String {
+pub(crate) fn encode(form: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form {
         s.append_pair(k, v);
@@ -153,7 +153,7 @@ fn encode(form: &[(&str, &str)]) -> String {
     s.finish()
 }
 
-async fn start_console(
+pub(crate) async fn start_console(
     tokens: &[(&str, Role, &str)],
     tweak: impl FnOnce(&mut Config),
 ) -> TestServer {
@@ -166,7 +166,7 @@ async fn start_console(
     .await
 }
 
-async fn endpoints(server: &TestServer, token: Option<&str>) -> Vec<pb::Endpoint> {
+pub(crate) async fn endpoints(server: &TestServer, token: Option<&str>) -> Vec<pb::Endpoint> {
     let mut admin = server.admin_as(token).await;
     admin
         .list_endpoints(pb::ListEndpointsRequest::default())
@@ -178,7 +178,7 @@ async fn endpoints(server: &TestServer, token: Option<&str>) -> Vec<pb::Endpoint
 
 /// Creates an endpoint to `url` through the form; returns its id and the
 /// page that showed the secret.
-async fn create(c: &Client, url: &str, extra: &[(&str, &str)]) -> (String, Page) {
+pub(crate) async fn create(c: &Client, url: &str, extra: &[(&str, &str)]) -> (String, Page) {
     let csrf = c.get("/endpoints/new").await.csrf();
     let mut form = vec![
         ("csrf", csrf.as_str()),
@@ -198,7 +198,7 @@ async fn create(c: &Client, url: &str, extra: &[(&str, &str)]) -> (String, Page)
     (id, page)
 }
 
-fn secret_in(page: &Page) -> String {
+pub(crate) fn secret_in(page: &Page) -> String {
     let at = page
         .body
         .find("<pre id=\"secret\" class=\"secret\">")
