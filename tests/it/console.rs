@@ -62,7 +62,13 @@ impl Client {
         }
     }
 
-    pub(crate) async fn raw(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> Page {
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> Page {
         let mut stream = TcpStream::connect(&self.host).await.unwrap();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -196,6 +202,35 @@ pub(crate) async fn create(c: &Client, url: &str, extra: &[(&str, &str)]) -> (St
     let at = main.find("href=\"/endpoints/").unwrap() + 17;
     let id = main[at..].split('"').next().unwrap().to_owned();
     (id, page)
+}
+
+/// Opens `c`'s live tail; returns the stream once the response head
+/// arrived (the subscription is then in place) and what was read.
+pub(crate) async fn open_live(c: &Client) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(&c.host).await.unwrap();
+    let req = format!(
+        "GET /live/events HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
+        c.host,
+        c.cookie.as_ref().unwrap()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\r\n\r\n").await;
+    (stream, seen)
+}
+
+/// Reads `stream` into `seen` until it holds `needle` (at most 10 s).
+pub(crate) async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s: {seen}"))
+            .unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
 }
 
 pub(crate) fn secret_in(page: &Page) -> String {
@@ -625,36 +660,11 @@ async fn live_frame_arrives_after_a_delivery() {
     c.login_once(&server).await;
     let receiver = Receiver::start().await;
     let (id, _) = create(&c, &receiver.url, &[]).await;
-    let mut stream = TcpStream::connect(&c.host).await.unwrap();
-    let req = format!(
-        "GET /live/events HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
-        c.host,
-        c.cookie.as_ref().unwrap()
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    // The response head first: the subscription is then in place.
-    while !seen.contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let (mut stream, mut seen) = open_live(&c).await;
     assert!(seen.contains("text/event-stream"), "{seen}");
     let mut publisher = server.publisher().await;
     publish(&mut publisher, pick("console-live-1", "ORD-4")).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.contains("console-live-1") {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no frame: {seen}"))
-            .unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_until(&mut stream, &mut seen, "console-live-1").await;
     assert!(seen.contains("event: delivery"), "{seen}");
     assert!(
         seen.contains(&format!("\"endpoint_id\":\"{id}\"")),
@@ -796,23 +806,7 @@ async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
     let mut c = Client::new(&server).await;
     assert_eq!(c.login(ACME_ADMIN).await.status, 303);
     // Live tail from before anything of acme's happens.
-    let mut stream = TcpStream::connect(&c.host).await.unwrap();
-    let req = format!(
-        "GET /live/events HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
-        c.host,
-        c.cookie.as_ref().unwrap()
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let (mut stream, mut seen) = open_live(&c).await;
 
     let (mine, _) = create(&c, &receiver.url, &[]).await;
     let mut root = server.admin_as(Some(tenants::ROOT)).await;
@@ -870,19 +864,12 @@ async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
     let mut event = tenants::pick_of("acme", "ORD-ACME-1");
     event.id = "acme-pick-1".into();
     tenants::publish_as(&mut acme_pub, event).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.contains("acme-pick-1") {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no frame: {seen}"))
-            .unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    read_until(&mut stream, &mut seen, "acme-pick-1").await;
     // beta's endpoint got both of beta's events by now or soon; give its
     // frames the time to arrive, then check none did.
     receiver.wait_for(3, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut buf = [0u8; 4096];
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
     {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
