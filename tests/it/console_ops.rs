@@ -172,3 +172,89 @@ async fn filters_narrow_the_list_and_retry_all_dry_runs_then_requeues() {
     assert!(!page.body.contains("ops-inv-1"), "{}", page.body);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn editing_one_header_keeps_the_others_real_value() {
+    let server = start_console(&[], |_| {}).await;
+    let mut c = Client::new(&server).await;
+    c.login_once(&server).await;
+    let receiver = Receiver::start().await;
+    let (id, _) = create(&c, &receiver.url, &[]).await;
+    let edit = format!("/endpoints/{id}/edit");
+    // Add a second header, X-Api-Key's box left blank (never re-typed).
+    let csrf = c.get(&edit).await.csrf();
+    let base = |csrf: &str| {
+        vec![
+            ("csrf".to_owned(), csrf.to_owned()),
+            ("url".to_owned(), receiver.url.clone()),
+            ("event_types".to_owned(), "pick.confirmed".to_owned()),
+            ("ordering".to_owned(), "key".to_owned()),
+        ]
+    };
+    let post = |form: Vec<(String, String)>| {
+        let edit = edit.clone();
+        let c = &c;
+        async move {
+            let pairs: Vec<(&str, &str)> =
+                form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            c.post(&edit, &pairs).await
+        }
+    };
+    let mut form = base(&csrf);
+    for (k, v) in [
+        ("header_name", "X-Api-Key"),
+        ("header_value", ""),
+        ("header_name", "X-Tenant"),
+        ("header_value", "tenant-1"),
+    ] {
+        form.push((k.into(), v.into()));
+    }
+    let page = post(form).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let mut publisher = server.publisher().await;
+    publish(&mut publisher, pick("ops-hdr-1", "ORD-H1")).await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].header("x-api-key"),
+        Some(HEADER_VALUE),
+        "kept, untyped"
+    );
+    assert_eq!(got[0].header("x-tenant"), Some("tenant-1"));
+
+    // Change X-Tenant's value and remove nothing else: X-Api-Key still real.
+    let page = c.get(&edit).await;
+    assert!(!page.body.contains(HEADER_VALUE) && !page.body.contains("tenant-1"));
+    let mut form = base(&page.csrf());
+    for (k, v) in [
+        ("header_name", "X-Api-Key"),
+        ("header_value", ""),
+        ("header_name", "X-Tenant"),
+        ("header_value", "tenant-2"),
+    ] {
+        form.push((k.into(), v.into()));
+    }
+    assert_eq!(post(form).await.status, 303);
+    publish(&mut publisher, pick("ops-hdr-2", "ORD-H2")).await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("x-api-key"), Some(HEADER_VALUE));
+    assert_eq!(got[1].header("x-tenant"), Some("tenant-2"));
+
+    // Remove X-Tenant with its checkbox: X-Api-Key still sent, X-Tenant not.
+    let csrf = c.get(&edit).await.csrf();
+    let mut form = base(&csrf);
+    for (k, v) in [
+        ("header_name", "X-Api-Key"),
+        ("header_value", ""),
+        ("header_name", "X-Tenant"),
+        ("header_value", ""),
+        ("header_remove", "X-Tenant"),
+    ] {
+        form.push((k.into(), v.into()));
+    }
+    assert_eq!(post(form).await.status, 303);
+    publish(&mut publisher, pick("ops-hdr-3", "ORD-H3")).await;
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got[2].header("x-api-key"), Some(HEADER_VALUE));
+    assert_eq!(got[2].header("x-tenant"), None);
+    server.stop().await;
+}
