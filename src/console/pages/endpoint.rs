@@ -142,9 +142,11 @@ pub async fn page(
     .await
 }
 
-// `..Default::default()` in requests: the Admin API gains fields (#16's
-// ListDeliveries filters, header set/remove) that the console leaves unset.
-#[allow(clippy::needless_update)]
+// `..Default::default()` in requests: the Admin API gains fields (e.g.
+// ListDeliveries' ordering_key) that the console leaves unset. Eight
+// arguments: the page plus what the last action left to show (message,
+// error, test outcome, retry-all dry-run count).
+#[allow(clippy::needless_update, clippy::too_many_arguments)]
 async fn show(
     console: &Console,
     sess: &Sess,
