@@ -98,6 +98,18 @@ pub struct EndpointPage {
     pub backlog: u64,
     pub settings: Vec<(&'static str, String)>,
     pub filter_state: String,
+    pub filter_event_type: String,
+    pub filter_event_id: String,
+    pub filter_since: String,
+    pub filter_until: String,
+    /// The filter as a query string, kept across paging.
+    pub filter_query: String,
+    /// Whether "retry all matching" applies to the filter.
+    pub recoverable: bool,
+    /// After a retry-all dry run: how many match, and whether more than a
+    /// call's worth do.
+    pub recover_matched: Option<u64>,
+    pub recover_more: bool,
     pub deliveries: Vec<DeliveryRow>,
     pub next_page: String,
     pub message: String,
@@ -125,6 +137,20 @@ pub struct DeliveryPage {
     pub attempts: Vec<AttemptRow>,
     pub event: String,
     pub snippets: Vec<(&'static str, String)>,
+    /// The request as the receiver gets it (RenderDelivery); `request_error`
+    /// when it cannot be rendered.
+    pub request: Option<RenderedRequest>,
+    pub request_error: String,
+}
+
+/// A delivery's HTTP request; custom header values arrive redacted.
+pub struct RenderedRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub signed_content: String,
+    pub body: String,
+    pub timestamp_from_last_attempt: bool,
 }
 
 pub struct CatalogEntry {

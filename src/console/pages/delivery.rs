@@ -13,7 +13,7 @@ use crate::{
     console::{
         render,
         session::Sess,
-        templates::{AttemptRow, DeliveryPage, Frame},
+        templates::{AttemptRow, DeliveryPage, Frame, RenderedRequest},
         Console,
     },
     pb::{self, admin_server::Admin, explain_event_request::Event},
@@ -54,6 +54,30 @@ pub async fn page(
         Ok(r) => r.into_inner().attempts,
         Err(s) => return (super::http_status(&s), status_text(&s)).into_response(),
     };
+    let (request, request_error) = match admin
+        .render_delivery(Console::request(
+            &sess.caller,
+            pb::RenderDeliveryRequest {
+                endpoint_id: id.clone(),
+                event: Some(pb::render_delivery_request::Event::Offset(offset)),
+            },
+        ))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            let request = RenderedRequest {
+                method: r.method,
+                url: r.url,
+                headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+                signed_content: r.signed_content,
+                body: r.body,
+                timestamp_from_last_attempt: r.timestamp_from_last_attempt,
+            };
+            (Some(request), String::new())
+        }
+        Err(s) => (None, status_text(&s)),
+    };
     let event = match console.store.get(offset) {
         Ok(Some(e)) => match crate::webhook::render_body(&e.event) {
             Ok(body) => pretty(&body),
@@ -85,6 +109,8 @@ pub async fn page(
         attempts,
         event,
         snippets: snippets(),
+        request,
+        request_error,
     })
 }
 

@@ -28,6 +28,72 @@ pub struct Filter {
     state: String,
     #[serde(default)]
     page: String,
+    #[serde(default)]
+    event_type: String,
+    #[serde(default)]
+    event_id: String,
+    /// Publish time range, RFC 3339 (empty: open).
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+}
+
+impl Filter {
+    /// The filter fields of a posted form (the retry-all forms carry them).
+    fn from_form(form: &FormData) -> Self {
+        let f = |k: &str| form.get(k).trim().to_owned();
+        Self {
+            state: f("state"),
+            page: String::new(),
+            event_type: f("event_type"),
+            event_id: f("event_id"),
+            since: f("since"),
+            until: f("until"),
+        }
+    }
+
+    /// The query string that keeps the filter (without the page).
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("state", &self.state),
+            ("event_type", &self.event_type),
+            ("event_id", &self.event_id),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+
+    fn times(
+        &self,
+    ) -> Result<
+        (
+            Option<prost_types::Timestamp>,
+            Option<prost_types::Timestamp>,
+        ),
+        tonic::Status,
+    > {
+        let t = |field: &str, v: &str| {
+            if v.trim().is_empty() {
+                Ok(None)
+            } else {
+                super::form::parse_time(field, v.trim()).map(Some)
+            }
+        };
+        Ok((t("since", &self.since)?, t("until", &self.until)?))
+    }
+
+    /// Whether "retry all matching" applies: RecoverDeliveries takes the
+    /// state (failed/dead), type and time range, not an event id.
+    fn recoverable(&self) -> bool {
+        self.event_id.is_empty() && matches!(self.state.as_str(), "" | "failed" | "dead")
+    }
 }
 
 /// A delivery record as a table row.
@@ -71,13 +137,16 @@ pub async fn page(
         String::new(),
         String::new(),
         String::new(),
+        None,
     )
     .await
 }
 
-// `..Default::default()` in requests: the Admin API gains fields (#16's
-// ListDeliveries filters, header set/remove) that the console leaves unset.
-#[allow(clippy::needless_update)]
+// `..Default::default()` in requests: the Admin API gains fields (e.g.
+// ListDeliveries' ordering_key) that the console leaves unset. Eight
+// arguments: the page plus what the last action left to show (message,
+// error, test outcome, retry-all dry-run count).
+#[allow(clippy::needless_update, clippy::too_many_arguments)]
 async fn show(
     console: &Console,
     sess: &Sess,
@@ -86,6 +155,7 @@ async fn show(
     message: String,
     mut error: String,
     test_result: String,
+    recover: Option<(u64, bool)>,
 ) -> Response {
     let endpoint = match console
         .admin()
@@ -99,26 +169,37 @@ async fn show(
         Err(s) => return (super::http_status(&s), status_text(&s)).into_response(),
     };
     let state = parse_state(&filter.state);
-    let listed = console
-        .admin()
-        .list_deliveries(Console::request(
-            &sess.caller,
-            pb::ListDeliveriesRequest {
-                endpoint_id: id.into(),
-                state: state.map_or(0, |s| s as i32),
-                page_size: PAGE,
-                page_token: filter.page.clone(),
-                ..Default::default()
-            },
-        ))
-        .await;
+    let listed = match filter.times() {
+        Ok((since, until)) => {
+            console
+                .admin()
+                .list_deliveries(Console::request(
+                    &sess.caller,
+                    pb::ListDeliveriesRequest {
+                        endpoint_id: id.into(),
+                        state: state.map_or(0, |s| s as i32),
+                        page_size: PAGE,
+                        page_token: filter.page.clone(),
+                        event_type: filter.event_type.clone(),
+                        event_id: filter.event_id.clone(),
+                        since,
+                        until,
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+        Err(s) => Err(s),
+    };
     let (deliveries, next_page) = match listed {
         Ok(r) => {
             let r = r.into_inner();
             (r.deliveries.iter().map(row).collect(), r.next_page_token)
         }
         Err(s) => {
-            error = status_text(&s);
+            if error.is_empty() {
+                error = status_text(&s);
+            }
             (Vec::new(), String::new())
         }
     };
@@ -190,6 +271,14 @@ async fn show(
         backlog: e.backlog,
         settings,
         filter_state: filter.state.clone(),
+        filter_event_type: filter.event_type.clone(),
+        filter_event_id: filter.event_id.clone(),
+        filter_since: filter.since.clone(),
+        filter_until: filter.until.clone(),
+        filter_query: filter.query(),
+        recoverable: filter.recoverable(),
+        recover_matched: recover.map(|r| r.0),
+        recover_more: recover.is_some_and(|r| r.1),
         deliveries,
         next_page,
         message,
@@ -213,7 +302,7 @@ pub async fn action(
     let op = form.get("op");
     let admin = console.admin();
     let who = sess.who();
-    let filter = Filter::default();
+    let filter = Filter::from_form(&form);
     let outcome: Result<String, tonic::Status> = match op {
         "pause" | "resume" => {
             let enabled = op == "resume";
@@ -235,6 +324,7 @@ pub async fn action(
                         String::new(),
                         msg,
                         String::new(),
+                        None,
                     )
                     .await;
                 }
@@ -306,6 +396,7 @@ pub async fn action(
                 String::new(),
                 String::new(),
                 text,
+                None,
             )
             .await;
         }
@@ -322,6 +413,41 @@ pub async fn action(
                 .map(|_| format!("retrying delivery {offset}")),
             Err(_) => Err(tonic::Status::invalid_argument("offset: not a number")),
         },
+        "recover-count" | "recover" => {
+            let dry_run = op == "recover-count";
+            let r = recover(&console, &sess, &id, &filter, dry_run).await;
+            match r {
+                Ok(r) if dry_run => {
+                    let text = format!(
+                        "{}{} dead/failed deliveries match: confirm below to send them again",
+                        r.matched,
+                        if r.more { "+" } else { "" }
+                    );
+                    return show(
+                        &console,
+                        &sess,
+                        &id,
+                        &filter,
+                        text,
+                        String::new(),
+                        String::new(),
+                        Some((r.matched, r.more)),
+                    )
+                    .await;
+                }
+                Ok(r) => Ok(format!(
+                    "requeued {} of {} matching dead/failed deliveries{}",
+                    r.requeued,
+                    r.matched,
+                    if r.more {
+                        " (more match: retry all again for the rest)"
+                    } else {
+                        ""
+                    }
+                )),
+                Err(s) => Err(s),
+            }
+        }
         "replay" | "delete" if form.get("confirm") != id => Err(tonic::Status::invalid_argument(
             "confirm: type the endpoint id exactly to confirm",
         )),
@@ -372,6 +498,7 @@ pub async fn action(
                 message,
                 String::new(),
                 String::new(),
+                None,
             )
             .await
         }
@@ -384,12 +511,48 @@ pub async fn action(
                 String::new(),
                 status_text(&s),
                 String::new(),
+                None,
             )
             .await;
             *r.status_mut() = super::http_status(&s);
             r
         }
     }
+}
+
+/// RecoverDeliveries with the page's filter (state, type, time range).
+async fn recover(
+    console: &Console,
+    sess: &Sess,
+    id: &str,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<pb::RecoverDeliveriesResponse, tonic::Status> {
+    if !filter.recoverable() {
+        return Err(tonic::Status::invalid_argument(
+            "state: retry all applies to dead/failed deliveries without an event id filter",
+        ));
+    }
+    let (since, until) = filter.times()?;
+    let states = match parse_state(&filter.state) {
+        Some(s) => vec![s as i32],
+        None => Vec::new(),
+    };
+    console
+        .admin()
+        .recover_deliveries(Console::request(
+            &sess.caller,
+            pb::RecoverDeliveriesRequest {
+                endpoint_id: id.into(),
+                since,
+                until,
+                states,
+                event_type: filter.event_type.clone(),
+                dry_run,
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 #[allow(clippy::needless_update)]

@@ -1,7 +1,7 @@
 //! Create and edit an endpoint. Header values never reach the browser:
 //! the form shows header names only, and an update sends only the fields
-//! that changed (`update_mask`); changing headers needs every kept
-//! header's value re-entered, since UpdateEndpoint replaces the whole map.
+//! that changed (`update_mask`); header edits go by name
+//! (`set_headers`/`remove_headers`), so kept headers keep their values.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -156,6 +156,50 @@ fn headers_from(
         out.insert(name.to_owned(), value.to_owned());
     }
     Ok(Some(out))
+}
+
+/// An edit's header changes by name: the headers to set (a new header, or
+/// a new value typed for an existing one) and the existing ones to remove.
+/// A blank value box keeps the header as it is. `existing` are the
+/// endpoint's header names.
+type HeaderEdits = (HashMap<String, String>, Vec<String>);
+
+fn header_edits(form: &FormData, existing: &[String]) -> Result<HeaderEdits, tonic::Status> {
+    let names = form.all("header_name");
+    let values = form.all("header_value");
+    let mut remove: Vec<String> = Vec::new();
+    for name in form.all("header_remove") {
+        let name = name.trim();
+        if !existing.iter().any(|e| e == name) {
+            return Err(bad(
+                &format!("headers[{name:?}]"),
+                "no such header to remove",
+            ));
+        }
+        if !remove.iter().any(|r| r == name) {
+            remove.push(name.to_owned());
+        }
+    }
+    let mut set = HashMap::new();
+    for (name, value) in names
+        .iter()
+        .zip(values.iter().chain(std::iter::repeat(&"")))
+        .map(|(n, v)| (n.trim(), *v))
+        .filter(|(n, _)| !n.is_empty())
+    {
+        if remove.iter().any(|r| r == name) {
+            continue;
+        }
+        let known = existing.iter().any(|e| e == name);
+        if value.is_empty() {
+            if known {
+                continue; // kept as it is
+            }
+            return Err(bad(&format!("headers[{name:?}]"), "needs a value"));
+        }
+        set.insert(name.to_owned(), value.to_owned());
+    }
+    Ok((set, remove))
 }
 
 fn values_of(e: &pb::Endpoint) -> FormValues {
@@ -383,7 +427,6 @@ pub fn changed_fields(old: &pb::Endpoint, new: &pb::Endpoint) -> Vec<String> {
 }
 
 /// POST /endpoints/{id}/edit: sends only what changed.
-#[allow(clippy::needless_update)] // UpdateEndpointRequest gains fields (#16).
 pub async fn update(
     State(console): State<Arc<Console>>,
     sess: Sess,
@@ -401,17 +444,13 @@ pub async fn update(
     let mut names: Vec<String> = old.headers.keys().cloned().collect();
     names.sort();
     let back = || values_back(&form, names.clone());
-    let built = endpoint_from(&form).and_then(|e| Ok((e, headers_from(&form, &names)?)));
-    let (mut new, headers) = match built {
+    let built = endpoint_from(&form).and_then(|e| Ok((e, header_edits(&form, &names)?)));
+    let (mut new, (set_headers, remove_headers)) = match built {
         Ok(x) => x,
         Err(s) => return failed(&sess, &id, back(), &s),
     };
-    let mut paths = changed_fields(&old, &new);
-    if let Some(h) = headers {
-        new.headers = h;
-        paths.push("headers".into());
-    }
-    if paths.is_empty() {
+    let paths = changed_fields(&old, &new);
+    if paths.is_empty() && set_headers.is_empty() && remove_headers.is_empty() {
         return Redirect::to(&format!("/endpoints/{id}")).into_response();
     }
     new.id = id.clone();
@@ -424,13 +463,24 @@ pub async fn update(
                 update_mask: Some(prost_types::FieldMask {
                     paths: paths.clone(),
                 }),
-                ..Default::default()
+                set_headers: set_headers.clone(),
+                remove_headers: remove_headers.clone(),
             },
         ))
         .await;
     match r {
         Ok(_) => {
-            tracing::info!(token = %sess.who(), endpoint = %id, fields = %paths.join(","), "console: updated the endpoint");
+            // Header names only: values are secrets.
+            let mut set: Vec<&str> = set_headers.keys().map(String::as_str).collect();
+            set.sort_unstable();
+            tracing::info!(
+                token = %sess.who(),
+                endpoint = %id,
+                fields = %paths.join(","),
+                set_headers = %set.join(","),
+                remove_headers = %remove_headers.join(","),
+                "console: updated the endpoint"
+            );
             Redirect::to(&format!("/endpoints/{id}")).into_response()
         }
         Err(s) => failed(&sess, &id, back(), &s),
