@@ -318,6 +318,16 @@ impl Admin for AdminService {
                 .store
                 .offset_at_time(convert::system_time("time", t)?)?,
         };
+        if req.dry_run {
+            let (from_offset, matching, more) =
+                self.deliveries
+                    .replay_count(&scope, &req.endpoint_id, from)?;
+            return Ok(Response::new(ReplayEndpointResponse {
+                from_offset,
+                matching,
+                more,
+            }));
+        }
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let from_offset = self
             .deliveries
@@ -326,7 +336,10 @@ impl Admin for AdminService {
         let action = format!("endpoint.replay(from {from_offset})");
         self.audit(&caller, &action, &req.endpoint_id, &tenant)
             .await?;
-        Ok(Response::new(ReplayEndpointResponse { from_offset }))
+        Ok(Response::new(ReplayEndpointResponse {
+            from_offset,
+            ..Default::default()
+        }))
     }
 
     async fn send_test_event(

@@ -89,6 +89,9 @@ pub fn endpoint_body(
     }
 }
 
+/// How many events a replay dry run looks at, at most.
+pub const REPLAY_COUNT_SCAN: u64 = 100_000;
+
 impl Deliveries {
     /// Attempts per endpoint and minute, as the workers report them.
     pub fn endpoint_stats(&self) -> &super::stats::EndpointStats {
@@ -268,6 +271,48 @@ impl Deliveries {
         out.requeued = matched.len() as u64;
         tracing::info!(endpoint = %id, requeued = out.requeued, "deliveries recovered");
         Ok(out)
+    }
+
+    /// What ReplayEndpoint from `from` would send again, without changing
+    /// anything: the start it would use, how many events from there the
+    /// endpoint selects (event types, attribute filters, tenant, filter
+    /// expression), and whether more than [`REPLAY_COUNT_SCAN`] events
+    /// were left unread.
+    pub fn replay_count(
+        &self,
+        scope: &Scope,
+        id: &str,
+        from: Offset,
+    ) -> Result<(Offset, u64, bool)> {
+        let record = self.record(scope, id)?;
+        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let from = convert::start_offset("offset", from, self.store.head())?
+            .max(self.store.first_offset()?);
+        let (mut next, mut scanned, mut matching) = (from, 0u64, 0u64);
+        loop {
+            let batch = self.store.read_from(next, 1024)?;
+            let Some(last) = batch.last() else {
+                return Ok((from, matching, false));
+            };
+            next = last.offset + 1;
+            for event in &batch {
+                if !spec.filter.matches(event) {
+                    continue;
+                }
+                let selected = spec.condition.is_none() || {
+                    let rendered = crate::webhook::render_body(&event.event)
+                        .map_err(|e| Error::Corrupt(format!("event {}: {e}", event.offset)))?;
+                    endpoint_body(&spec, rendered.into())
+                        .map_err(|e| Error::Corrupt(format!("event {}: {e}", event.offset)))?
+                        .is_some()
+                };
+                matching += u64::from(selected);
+            }
+            scanned += batch.len() as u64;
+            if scanned >= REPLAY_COUNT_SCAN {
+                return Ok((from, matching, next < self.store.head()));
+            }
+        }
     }
 
     /// Sends the event at `offset` to endpoint `id` through its worker (a

@@ -71,6 +71,7 @@ async fn start_offsets_past_the_head_are_refused() {
     let (ep, _) = create(&mut admin, e).await;
     let status = admin
         .replay_endpoint(ReplayEndpointRequest {
+            dry_run: false,
             endpoint_id: ep.id.clone(),
             start: Some(pb::replay_endpoint_request::Start::Offset(u64::MAX)),
         })
@@ -83,6 +84,7 @@ async fn start_offsets_past_the_head_are_refused() {
     assert_eq!(
         admin
             .replay_endpoint(ReplayEndpointRequest {
+                dry_run: false,
                 endpoint_id: ep.id.clone(),
                 start: Some(pb::replay_endpoint_request::Start::Offset(head)),
             })

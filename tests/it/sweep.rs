@@ -619,6 +619,7 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
             "/stevedore.v1.Admin/ReplayEndpoint",
             frame(
                 &pb::ReplayEndpointRequest {
+                    dry_run: false,
                     endpoint_id: id.clone(),
                     start: Some(pb::replay_endpoint_request::Start::Offset(u64::MAX)),
                 }
@@ -656,6 +657,7 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
             ));
         }
         let replay = pb::ReplayEndpointRequest {
+            dry_run: false,
             endpoint_id: id.clone(),
             start: None,
         };
@@ -665,6 +667,7 @@ fn crafted(ctx: &Ctx) -> Vec<Case> {
             frame(&replay.encode_to_vec()),
         ));
         let replay = pb::ReplayEndpointRequest {
+            dry_run: false,
             endpoint_id: id.clone(),
             start: Some(pb::replay_endpoint_request::Start::Time(
                 prost_types::Timestamp {

@@ -578,6 +578,7 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
     .await
     .unwrap();
     acme.replay_endpoint(pb::ReplayEndpointRequest {
+        dry_run: false,
         endpoint_id: ea.id.clone(),
         start: Some(replay_endpoint_request::Start::Offset(1)),
     })
@@ -660,6 +661,7 @@ pub(crate) async fn cross_tenant_calls(admin: &mut AdminClient<Authed>, id: &str
     not_found(
         admin
             .replay_endpoint(pb::ReplayEndpointRequest {
+                dry_run: false,
                 endpoint_id: id.clone(),
                 start: Some(replay_endpoint_request::Start::Offset(1)),
             })
@@ -888,6 +890,7 @@ async fn cross_tenant_sweep_leaks_nothing() {
                 7 => not_found(
                     admin
                         .replay_endpoint(pb::ReplayEndpointRequest {
+                            dry_run: false,
                             endpoint_id: id,
                             start: Some(replay_endpoint_request::Start::Offset(1)),
                         })
@@ -1077,6 +1080,7 @@ async fn audit_records_every_change_and_publishes_it() {
     let eb = create_as(&mut beta, hook(&rx.url)).await;
     // The global admin acts on beta's endpoint: beta's admin sees it too.
     root.replay_endpoint(pb::ReplayEndpointRequest {
+        dry_run: false,
         endpoint_id: eb.id.clone(),
         start: Some(replay_endpoint_request::Start::Offset(1)),
     })

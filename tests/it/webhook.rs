@@ -508,6 +508,7 @@ async fn backfill_from_earliest_and_replay() {
 
     let r = admin
         .replay_endpoint(ReplayEndpointRequest {
+            dry_run: false,
             endpoint_id: ep.id.clone(),
             start: Some(pb::replay_endpoint_request::Start::Offset(2)),
         })

@@ -451,8 +451,9 @@ pub async fn action(
         "replay" | "delete" if form.get("confirm") != id => Err(tonic::Status::invalid_argument(
             "confirm: type the endpoint id exactly to confirm",
         )),
-        "replay" => {
+        "replay" | "replay-count" => {
             use pb::replay_endpoint_request::Start;
+            let dry_run = op == "replay-count";
             let from = form.get("from").trim();
             let start = match from.parse::<u64>() {
                 Ok(o) => Ok(Start::Offset(o)),
@@ -465,10 +466,23 @@ pub async fn action(
                         pb::ReplayEndpointRequest {
                             endpoint_id: id.clone(),
                             start: Some(start),
+                            dry_run,
                         },
                     ))
                     .await
-                    .map(|r| format!("replaying from offset {}", r.into_inner().from_offset)),
+                    .map(|r| {
+                        let r = r.into_inner();
+                        if dry_run {
+                            format!(
+                                "a replay from offset {} would send {}{} events again (dry run: nothing changed)",
+                                r.from_offset,
+                                r.matching,
+                                if r.more { "+" } else { "" }
+                            )
+                        } else {
+                            format!("replaying from offset {}", r.from_offset)
+                        }
+                    }),
                 Err(s) => Err(s),
             }
         }
