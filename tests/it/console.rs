@@ -62,7 +62,13 @@ impl Client {
         }
     }
 
-    pub(crate) async fn raw(&self, method: &str, path: &str, extra: &[(&str, &str)], body: &str) -> Page {
+    pub(crate) async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        body: &str,
+    ) -> Page {
         let mut stream = TcpStream::connect(&self.host).await.unwrap();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",

@@ -5,6 +5,7 @@ mod amplification;
 mod auth;
 mod connections;
 mod console;
+mod console_pages;
 mod crash;
 mod crash_delivery;
 mod egress;
