@@ -44,9 +44,10 @@ async fn overview_shows_dead_count_success_rate_and_chart() {
     publish(&mut publisher, pick("pages-ok-2", "ORD-P2")).await;
     receiver.wait_for(2, Duration::from_secs(10)).await;
 
-    // The stats are recorded when an attempt ends: poll, bounded.
+    // The stats are recorded when an attempt ends: poll, bounded (10 s, for
+    // a loaded machine).
     let mut page = c.get("/").await;
-    for _ in 0..50 {
+    for _ in 0..100 {
         let r = row(&page.body, &id);
         if r.contains("50.0% of 2 attempts") && r.contains("state=dead\">1</a>") {
             break;
