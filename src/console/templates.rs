@@ -23,6 +23,33 @@ pub struct EndpointRow {
     pub reason: String,
     pub backlog: u64,
     pub event_types: String,
+    /// Dead deliveries: a count, `1000+` beyond one page.
+    pub dead: String,
+    /// The last hour's success rate, e.g. `50.0%` (`no attempts` without).
+    pub success_rate: String,
+    /// The last hour's latency percentiles, e.g. `p50 16ms · p95 32ms`.
+    pub latency: String,
+    /// The last hour per minute, drawn as bars.
+    pub chart: Chart,
+}
+
+/// A server-drawn per-minute bar chart of attempts (with failures on top).
+pub struct Chart {
+    pub width: u32,
+    pub height: u32,
+    pub bars: Vec<Bar>,
+    /// What the chart shows, in words (its `<title>`).
+    pub title: String,
+}
+
+/// One minute's bars (SVG coordinates).
+pub struct Bar {
+    pub x: u32,
+    pub ok_y: u32,
+    pub ok_h: u32,
+    pub fail_y: u32,
+    pub fail_h: u32,
+    pub tip: String,
 }
 
 #[derive(Template)]
@@ -154,8 +181,12 @@ pub struct RenderedRequest {
 }
 
 pub struct CatalogEntry {
-    pub event_type: &'static str,
+    pub event_type: String,
+    pub description: String,
+    /// Where the sample comes from, in words.
     pub source: &'static str,
+    /// The JSON Schema of the webhook body, pretty-printed.
+    pub schema: String,
     pub sample: String,
     /// Whether the sample is a webhook body (the playground runs on it).
     pub playground: bool,
@@ -171,6 +202,7 @@ pub struct CatalogEntry {
 pub struct Catalog {
     pub frame: Frame,
     pub entries: Vec<CatalogEntry>,
+    pub error: String,
 }
 
 #[derive(Template)]

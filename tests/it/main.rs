@@ -6,6 +6,7 @@ mod auth;
 mod connections;
 mod console;
 mod console_ops;
+mod console_pages;
 mod crash;
 mod crash_delivery;
 mod egress;

@@ -1,4 +1,6 @@
-//! The event catalog: each event type with a sample.
+//! The event catalog: each event type (the Admin service's ListEventTypes)
+//! with its description, JSON Schema and sample, and a filter/field-selection
+//! playground on the sample.
 
 use std::sync::Arc;
 
@@ -7,48 +9,16 @@ use axum::{
     response::Response,
 };
 
-use super::pretty;
-use crate::console::{
-    render,
-    session::Sess,
-    templates::{Catalog, CatalogEntry, Frame},
-    Console,
+use super::{pretty, status_text};
+use crate::{
+    console::{
+        render,
+        session::Sess,
+        templates::{Catalog, CatalogEntry, Frame},
+        Console,
+    },
+    pb::{self, admin_server::Admin},
 };
-
-/// Samples: the golden webhook bodies where there is one (exactly what a
-/// receiver gets), else the seed sample as published (grpcurl JSON).
-const SAMPLES: &[(&str, &str, &str)] = &[
-    (
-        "shipment.closed",
-        "webhook body (tests/golden/shipment_closed.json)",
-        include_str!("../../../tests/golden/shipment_closed.json"),
-    ),
-    (
-        "pick.confirmed",
-        "webhook body (tests/golden/pick_confirmed.json)",
-        include_str!("../../../tests/golden/pick_confirmed.json"),
-    ),
-    (
-        "inventory.updated",
-        "published event (examples/inventory_updated.json)",
-        include_str!("../../../examples/inventory_updated.json"),
-    ),
-    (
-        "order.status",
-        "published event (examples/order_status.json)",
-        include_str!("../../../examples/order_status.json"),
-    ),
-    (
-        "return.received",
-        "published event (examples/return_received.json)",
-        include_str!("../../../examples/return_received.json"),
-    ),
-    (
-        "channel_inventory.updated",
-        "webhook body (tests/golden/channel_inventory.json)",
-        include_str!("../../../tests/golden/channel_inventory.json"),
-    ),
-];
 
 /// The event types the form's picker offers.
 pub fn known_types() -> Vec<&'static str> {
@@ -112,49 +82,50 @@ fn run(body: &str, filter: &str, fields: &str) -> (String, String) {
 
 /// GET /catalog (`?type=&filter=&fields=`: the playground)
 pub async fn page(
-    State(_console): State<Arc<Console>>,
+    State(console): State<Arc<Console>>,
     sess: Sess,
     Query(tried): Query<Try>,
 ) -> Response {
-    let entries = crate::model::TYPED_EVENT_TYPES
-        .iter()
+    let (types, error) = match console
+        .admin()
+        .list_event_types(Console::request(&sess.caller, pb::ListEventTypesRequest {}))
+        .await
+    {
+        Ok(r) => (r.into_inner().event_types, String::new()),
+        Err(s) => (Vec::new(), status_text(&s)),
+    };
+    let entries = types
+        .into_iter()
         .map(|t| {
-            let found = SAMPLES.iter().find(|(name, _, _)| name == t);
-            let (source, sample) = found.map_or(("no sample", String::new()), |(_, s, body)| {
-                (*s, pretty(body.as_bytes()))
-            });
-            let playground = source.starts_with("webhook body");
+            // Broker events have no fixed body (their sample is `{}`).
+            let playground = !t.broker_event;
             let mut entry = CatalogEntry {
-                event_type: t,
-                source,
-                sample,
+                source: if t.broker_event {
+                    "published by the broker itself (operational event)"
+                } else {
+                    "webhook body, rendered from the seed sample"
+                },
+                schema: pretty(t.json_schema.as_bytes()),
+                sample: if playground {
+                    pretty(t.sample.as_bytes())
+                } else {
+                    String::new()
+                },
                 playground,
                 filter: String::new(),
                 fields: String::new(),
                 outcome: String::new(),
                 result: String::new(),
+                description: t.description,
+                event_type: t.name,
             };
-            if let (true, Some((_, _, body))) = (playground && tried.event_type == *t, found) {
-                (entry.outcome, entry.result) = run(body, &tried.filter, &tried.fields);
+            if playground && tried.event_type == entry.event_type {
+                (entry.outcome, entry.result) = run(&t.sample, &tried.filter, &tried.fields);
                 entry.filter = tried.filter.clone();
                 entry.fields = tried.fields.clone();
             }
             entry
         })
-        .chain(
-            crate::model::BROKER_EVENT_TYPES
-                .iter()
-                .map(|t| CatalogEntry {
-                    event_type: t,
-                    source: "published by the broker itself (operational event)",
-                    sample: String::new(),
-                    playground: false,
-                    filter: String::new(),
-                    fields: String::new(),
-                    outcome: String::new(),
-                    result: String::new(),
-                }),
-        )
         .collect();
     render(Catalog {
         frame: Frame {
@@ -162,5 +133,6 @@ pub async fn page(
             csrf: sess.csrf.clone(),
         },
         entries,
+        error,
     })
 }
