@@ -579,3 +579,60 @@ async fn resend_refuses_what_the_endpoint_filter_excludes_and_render_says_so() {
         .into_inner();
     assert!(listed.deliveries.is_empty(), "{listed:?}");
 }
+
+#[tokio::test]
+async fn replay_dry_run_counts_what_would_be_sent_and_changes_nothing() {
+    use pb::replay_endpoint_request::Start;
+    let server = TestServer::start().await;
+    let rx = Receiver::start().await;
+    let mut admin = server.admin().await;
+    let mut publisher = server.publisher().await;
+    let (ep, _) = create(
+        &mut admin,
+        Endpoint {
+            event_types: vec!["pick.confirmed".into()],
+            filter: "salesOrderId != \"SKIP\"".into(),
+            ..endpoint(&rx.url)
+        },
+    )
+    .await;
+    let first = publish(&mut publisher, pick("d-1", "O1")).await;
+    publish(&mut publisher, pick("d-2", "O2")).await;
+    publish(&mut publisher, inventory("d-i", "SKU1", 1.0)).await;
+    publish(&mut publisher, pick("d-skip", "SKIP")).await;
+    publish(&mut publisher, pick("d-3", "O3")).await;
+    rx.wait_for(3, Duration::from_secs(10)).await;
+    let replay = |dry_run: bool| {
+        let mut admin = admin.clone();
+        let id = ep.id.clone();
+        async move {
+            admin
+                .replay_endpoint(pb::ReplayEndpointRequest {
+                    endpoint_id: id,
+                    start: Some(Start::Offset(first)),
+                    dry_run,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let r = replay(true).await;
+    // Selected: the three picks the filter lets through; not the inventory
+    // update (event types) nor the SKIP pick (filter expression).
+    assert_eq!((r.from_offset, r.matching, r.more), (first, 3, false));
+    // Nothing was sent again: the next request is a marker published now.
+    publish(&mut publisher, pick("d-marker", "O4")).await;
+    let got = rx.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(got[3].header("webhook-id"), Some("d-marker"), "{got:?}");
+    // The real replay sends what the dry run counted.
+    let r = replay(false).await;
+    assert_eq!(r.from_offset, first);
+    let got = rx.wait_for(8, Duration::from_secs(10)).await;
+    let mut again: Vec<_> = got[4..].iter().map(|g| g.header("webhook-id")).collect();
+    again.sort();
+    assert_eq!(
+        again,
+        [Some("d-1"), Some("d-2"), Some("d-3"), Some("d-marker")]
+    );
+}

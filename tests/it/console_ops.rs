@@ -263,3 +263,37 @@ async fn editing_one_header_keeps_the_others_real_value() {
     assert_eq!(got[2].header("x-tenant"), None);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn replay_counts_first_without_confirmation_and_changes_nothing() {
+    let server = start_console(&[], |_| {}).await;
+    let mut c = Client::new(&server).await;
+    c.login_once(&server).await;
+    let receiver = Receiver::start().await;
+    let (id, _) = create(&c, &receiver.url, &[]).await;
+    let mut publisher = server.publisher().await;
+    let first = publish(&mut publisher, pick("rc-1", "O1")).await;
+    publish(&mut publisher, pick("rc-2", "O2")).await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    let csrf = c.get(&format!("/endpoints/{id}")).await.csrf();
+    let from = first.to_string();
+    let page = c
+        .post(
+            &format!("/endpoints/{id}/action"),
+            &[("csrf", &csrf), ("op", "replay-count"), ("from", &from)],
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains(&format!(
+            "a replay from offset {first} would send 2 events again"
+        )),
+        "{}",
+        page.body
+    );
+    // Nothing was sent again: the next request is a marker published now.
+    publish(&mut publisher, pick("rc-marker", "O3")).await;
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got[2].header("webhook-id"), Some("rc-marker"), "{got:?}");
+    server.stop().await;
+}
