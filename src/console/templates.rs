@@ -193,6 +193,8 @@ pub struct CatalogEntry {
     /// The playground's inputs and outcome for this type, when it ran.
     pub filter: String,
     pub fields: String,
+    /// The real event's offset it ran on (empty: the sample).
+    pub offset: String,
     pub outcome: String,
     pub result: String,
 }

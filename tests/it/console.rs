@@ -835,6 +835,14 @@ async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
         assert_eq!(page.status, 404, "{path}: {}", page.body);
         assert!(!page.body.contains("ORD-BETA-SECRET"), "{path}");
     }
+    // The catalog's playground on beta's event: not found.
+    let page = c
+        .get(&format!(
+            "/catalog?type=pick.confirmed&offset={beta_offset}"
+        ))
+        .await;
+    assert!(page.body.contains("no event at offset"), "{}", page.body);
+    assert!(!page.body.contains("ORD-BETA-SECRET"), "{}", page.body);
     let csrf = overview.csrf();
     let page = c
         .post(

@@ -126,6 +126,24 @@ async fn catalog_shows_every_type_with_description_and_schema() {
         "{}",
         page.body
     );
+    // And on a real event, by offset; one of another type is refused.
+    let mut publisher = server.publisher().await;
+    let real = publish(&mut publisher, pick("catalog-real", "REAL-ORDER-77")).await;
+    let page = c
+        .get(&format!(
+            "/catalog?type=pick.confirmed&filter=&fields=salesOrderId&offset={real}"
+        ))
+        .await;
+    assert!(page.body.contains("REAL-ORDER-77"), "{}", page.body);
+    let page = c
+        .get(&format!("/catalog?type=inventory.updated&offset={real}"))
+        .await;
+    assert!(
+        page.body
+            .contains("is a pick.confirmed, not a inventory.updated"),
+        "{}",
+        page.body
+    );
     server.stop().await;
 }
 

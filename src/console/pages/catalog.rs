@@ -38,6 +38,37 @@ pub struct Try {
     filter: String,
     #[serde(default)]
     fields: String,
+    /// A real event's offset to run on instead of the sample (empty: the
+    /// sample). Looked up as the caller may see it: another tenant's event
+    /// is "not found".
+    #[serde(default)]
+    offset: String,
+}
+
+/// The webhook body of the event at `offset` (as typed) of `event_type`,
+/// if the caller sees it.
+fn real_body(
+    console: &Console,
+    sess: &Sess,
+    event_type: &str,
+    offset: &str,
+) -> Result<String, String> {
+    let offset: u64 = offset
+        .trim()
+        .parse()
+        .map_err(|_| "offset: not a number".to_owned())?;
+    let scope = crate::tenant::Scope::of_caller(sess.caller.as_ref());
+    let event = scope
+        .event(&console.store, offset)
+        .map_err(|e| format!("offset: {e}"))?;
+    if event.event_type.as_str() != event_type {
+        return Err(format!(
+            "offset: the event at {offset} is a {}, not a {event_type}",
+            event.event_type
+        ));
+    }
+    let body = crate::webhook::render_body(&event.event).map_err(|e| format!("offset: {e}"))?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Runs a filter and a field selection on a webhook body, as an endpoint
@@ -114,15 +145,25 @@ pub async fn page(
                 playground,
                 filter: String::new(),
                 fields: String::new(),
+                offset: String::new(),
                 outcome: String::new(),
                 result: String::new(),
                 description: t.description,
                 event_type: t.name,
             };
             if playground && tried.event_type == entry.event_type {
-                (entry.outcome, entry.result) = run(&t.sample, &tried.filter, &tried.fields);
+                let body = if tried.offset.trim().is_empty() {
+                    Ok(t.sample.clone())
+                } else {
+                    real_body(&console, &sess, &entry.event_type, &tried.offset)
+                };
+                (entry.outcome, entry.result) = match body {
+                    Ok(body) => run(&body, &tried.filter, &tried.fields),
+                    Err(e) => (e, String::new()),
+                };
                 entry.filter = tried.filter.clone();
                 entry.fields = tried.fields.clone();
+                entry.offset = tried.offset.clone();
             }
             entry
         })
