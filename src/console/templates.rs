@@ -38,6 +38,8 @@ pub struct Chart {
     pub width: u32,
     pub height: u32,
     pub bars: Vec<Bar>,
+    /// The p95 latency line's points (`x,y x,y ...`; empty: none).
+    pub latency_points: String,
     /// What the chart shows, in words (its `<title>`).
     pub title: String,
 }

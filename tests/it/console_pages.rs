@@ -68,6 +68,7 @@ async fn overview_shows_dead_count_success_rate_and_chart() {
     let svg = &r[r.find("<svg class=\"chart\"").unwrap()..];
     let svg = &svg[..svg.find("</svg>").expect("a closed svg") + 6];
     assert!(svg.contains("1 ok, 1 failed"), "{svg}");
+    assert!(svg.contains("<polyline class=\"latency\""), "{svg}");
     assert!(svg.contains("fill=\"#3b9b5a\""), "{svg}");
     assert!(svg.contains("fill=\"#d64545\""), "{svg}");
     // CSP: no inline style or script anywhere on the page.

@@ -192,6 +192,29 @@ pub fn chart(s: &pb::GetEndpointStatsResponse, now: SystemTime) -> Chart {
             ((n * u64::from(CHART_HEIGHT)).div_ceil(max) as u32).clamp(1, CHART_HEIGHT)
         }
     };
+    // The p95 latency per minute as a line over the bars, scaled to the
+    // hour's slowest minute.
+    let nanos = |b: &pb::StatsBucket| {
+        b.latency_p95.as_ref().map_or(0, |d| {
+            d.seconds.max(0) as u64 * 1_000_000_000 + d.nanos.max(0) as u64
+        })
+    };
+    let slowest = recent.iter().map(|(_, b)| nanos(b)).max().unwrap_or(0);
+    let mut points: Vec<(u64, String)> = recent
+        .iter()
+        .filter(|_| slowest > 0)
+        .map(|(age, b)| {
+            let x = (MINUTES - 1 - age) as u32 * BAR_WIDTH + 1;
+            let y = u64::from(CHART_HEIGHT) - nanos(b) * u64::from(CHART_HEIGHT) / slowest;
+            (*age, format!("{x},{y}"))
+        })
+        .collect();
+    points.sort_by_key(|(age, _)| std::cmp::Reverse(*age));
+    let latency_points = points
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect::<Vec<_>>()
+        .join(" ");
     let bars = recent
         .into_iter()
         .map(|(age, b)| {
@@ -216,8 +239,9 @@ pub fn chart(s: &pb::GetEndpointStatsResponse, now: SystemTime) -> Chart {
         width: MINUTES as u32 * BAR_WIDTH,
         height: CHART_HEIGHT,
         bars,
+        latency_points,
         title: format!(
-            "attempts per minute over the last hour: {} ok, {} failed",
+            "attempts per minute over the last hour: {} ok, {} failed; the line: p95 latency per minute",
             s.successes, s.failures
         ),
     }
@@ -270,5 +294,28 @@ mod tests {
     fn no_buckets_no_bars() {
         let c = chart(&Default::default(), SystemTime::now());
         assert!(c.bars.is_empty());
+        assert!(c.latency_points.is_empty());
+    }
+
+    #[test]
+    fn the_latency_line_runs_oldest_first_scaled_to_the_slowest_minute() {
+        let now = UNIX_EPOCH + Duration::from_secs(600 * 60 + 30);
+        let with_p95 = |secs, ms: u64| pb::StatsBucket {
+            latency_p95: Some(prost_types::Duration {
+                seconds: (ms / 1000) as i64,
+                nanos: ((ms % 1000) * 1_000_000) as i32,
+            }),
+            ..bucket(secs, 1, 0)
+        };
+        let s = pb::GetEndpointStatsResponse {
+            // Newest first, to show the order is by time, not by input.
+            buckets: vec![with_p95(600 * 60, 50), with_p95((600 - 2) * 60, 100)],
+            ..Default::default()
+        };
+        let c = chart(&s, now);
+        let h = CHART_HEIGHT;
+        let x_old = (MINUTES - 1 - 2) as u32 * BAR_WIDTH + 1;
+        let x_new = (MINUTES - 1) as u32 * BAR_WIDTH + 1;
+        assert_eq!(c.latency_points, format!("{x_old},0 {x_new},{}", h - h / 2));
     }
 }
