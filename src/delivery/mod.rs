@@ -532,15 +532,12 @@ impl Deliveries {
             self.spawn_worker(&mut workers, &record, spec).await?;
         }
         tracing::info!(endpoint = %id, %origin, start, "endpoint created");
-        Ok((
-            self.with_backlog(record.endpoint().clone()),
-            secret.reveal(),
-        ))
+        Ok((self.view(&record), secret.reveal()))
     }
 
     /// One endpoint (without secrets).
     pub fn get(&self, scope: &Scope, id: &str) -> Result<pb::Endpoint> {
-        Ok(self.with_backlog(self.record(scope, id)?.endpoint().clone()))
+        Ok(self.view(&self.record(scope, id)?))
     }
 
     /// The scope's endpoints in id order, after `after` (a page token).
@@ -565,7 +562,7 @@ impl Deliveries {
             if !scope.sees(&record.endpoint().tenant) {
                 continue;
             }
-            out.push(self.with_backlog(record.endpoint().clone()));
+            out.push(self.view(&record));
             if out.len() > page_size {
                 break;
             }
@@ -638,7 +635,7 @@ impl Deliveries {
             stop_worker(&mut workers, &id).await;
         }
         tracing::info!(endpoint = %id, "endpoint updated");
-        Ok(self.with_backlog(record.endpoint().clone()))
+        Ok(self.view(&record))
     }
 
     /// Deletes an endpoint, its consumer and its delivery records.
@@ -1161,6 +1158,20 @@ async fn stop_worker(workers: &mut HashMap<String, Running>, id: &str) {
     if let Some(running) = workers.remove(id) {
         running.cancel.cancel();
         let _ = running.handle.await;
+    }
+}
+
+impl Deliveries {
+    /// An endpoint as the API shows it: its backlog, and while a rotated-out
+    /// secret is still accepted, until when.
+    fn view(&self, record: &EndpointRecord) -> pb::Endpoint {
+        let mut e = self.with_backlog(record.endpoint().clone());
+        if let Some((_, until)) = keys_of(record).previous {
+            if until > SystemTime::now() {
+                e.previous_secret_expires_at = Some(convert::timestamp(until));
+            }
+        }
+        e
     }
 }
 

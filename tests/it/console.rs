@@ -626,7 +626,12 @@ async fn actions_retry_dead_pause_resume_rotate() {
         .await;
     let secret = secret_in(&page);
     assert!(secret.starts_with("whsec_"));
-    assert!(!c.get(&detail).await.body.contains(&secret));
+    let shown = c.get(&detail).await.body;
+    assert!(!shown.contains(&secret));
+    assert!(
+        shown.contains("rotated: requests carry a signature with the previous secret too, until"),
+        "the grace period's end is shown: {shown}"
+    );
 
     let page = c.post(&action, &[("csrf", &csrf), ("op", "test")]).await;
     assert!(page.body.contains("delivered (status 200"), "{}", page.body);

@@ -461,6 +461,17 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     assert_eq!(sigs.split(' ').count(), 2, "{sigs}");
     verify_signature(&rotated.secret, r).unwrap();
     verify_signature(&old, r).unwrap();
+    // The endpoint says until when (the same instant the rotation answered).
+    let shown = admin
+        .get_endpoint(pb::GetEndpointRequest { id: ep.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap()
+        .previous_secret_expires_at;
+    assert_eq!(shown, rotated.previous_expires_at);
+    assert!(shown.is_some());
 
     // No grace: the old secret stops at once.
     let again = admin
@@ -476,6 +487,17 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
     verify_signature(&again.secret, r).unwrap();
     assert!(verify_signature(&rotated.secret, r).is_err());
+    let ep = admin
+        .get_endpoint(pb::GetEndpointRequest { id: ep.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    assert_eq!(
+        ep.previous_secret_expires_at, None,
+        "no grace: nothing to show"
+    );
 }
 
 #[tokio::test]

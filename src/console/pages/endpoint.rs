@@ -255,6 +255,16 @@ async fn show(
                 "none".into()
             },
         ),
+        (
+            "signing secret",
+            match &e.previous_secret_expires_at {
+                Some(until) => format!(
+                    "rotated: requests carry a signature with the previous secret too, until {}",
+                    ts(Some(until))
+                ),
+                None => "one secret".into(),
+            },
+        ),
         ("created", ts(e.created_at.as_ref())),
         ("updated", ts(e.updated_at.as_ref())),
     ];
