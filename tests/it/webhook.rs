@@ -63,6 +63,17 @@ pub(crate) async fn deliveries(
         .deliveries
 }
 
+/// GetEndpoint's endpoint.
+pub(crate) async fn get_endpoint(admin: &mut AdminClient<Channel>, id: &str) -> pb::Endpoint {
+    admin
+        .get_endpoint(pb::GetEndpointRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap()
+}
+
 /// Polls ListDeliveries until `n` deliveries are in `state`.
 pub(crate) async fn wait_state(
     admin: &mut AdminClient<Channel>,
@@ -462,13 +473,8 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     verify_signature(&rotated.secret, r).unwrap();
     verify_signature(&old, r).unwrap();
     // The endpoint says until when (the same instant the rotation answered).
-    let shown = admin
-        .get_endpoint(pb::GetEndpointRequest { id: ep.id.clone() })
+    let shown = get_endpoint(&mut admin, &ep.id)
         .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
         .previous_secret_expires_at;
     assert_eq!(shown, rotated.previous_expires_at);
     assert!(shown.is_some());
@@ -487,13 +493,7 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period() {
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 1);
     verify_signature(&again.secret, r).unwrap();
     assert!(verify_signature(&rotated.secret, r).is_err());
-    let ep = admin
-        .get_endpoint(pb::GetEndpointRequest { id: ep.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap();
+    let ep = get_endpoint(&mut admin, &ep.id).await;
     assert_eq!(
         ep.previous_secret_expires_at, None,
         "no grace: nothing to show"
