@@ -369,20 +369,11 @@ impl Admin for AdminService {
         let scope = Scope::of(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
-        let offset = match req.event {
-            None => return Err(Error::invalid("event", "set offset or event_id").into()),
-            Some(Event::Offset(0)) => {
-                return Err(Error::invalid("offset", "offsets start at 1").into())
-            }
-            Some(Event::Offset(o)) => o,
-            Some(Event::EventId(id)) => {
-                required("event_id", &id)?;
-                self.store.offset_of_id(&id)?.ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "no event with id {id:?} (never published, or removed by retention)"
-                    ))
-                })?
-            }
+        // Another tenant's event id is answered like an unknown one.
+        let offset = match &req.event {
+            Some(Event::Offset(o)) => self.event_offset(&scope, Some(*o), None)?,
+            Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
+            None => self.event_offset(&scope, None, None)?,
         };
         Ok(Response::new(self.deliveries.explain(
             &scope,

@@ -98,7 +98,7 @@ impl Console {
 
 /// The console's routes.
 pub fn router(console: Arc<Console>) -> Router {
-    use pages::{catalog, delivery, endpoint, form, live, overview};
+    use pages::{catalog, delivery, endpoint, endpoint_actions, form, live, overview};
     Router::new()
         .route("/", get(overview::page))
         .route("/login", get(session::login_page).post(session::login))
@@ -110,7 +110,7 @@ pub fn router(console: Arc<Console>) -> Router {
             "/endpoints/{id}/edit",
             get(form::edit_page).post(form::update),
         )
-        .route("/endpoints/{id}/action", post(endpoint::action))
+        .route("/endpoints/{id}/action", post(endpoint_actions::action))
         .route("/endpoints/{id}/deliveries/{offset}", get(delivery::page))
         .route("/catalog", get(catalog::page))
         .route("/live", get(live::page))

@@ -1,7 +1,7 @@
 //! Admin operations over an endpoint's deliveries that the maintenance page
-//! needs besides the basic ones in `mod.rs`: filtered listing, recovering
-//! failed and dead deliveries in bulk, re-sending one event, and rendering
-//! the request a delivery sends. Kept apart from `mod.rs` so the endpoint
+//! needs besides the basic ones in `mod.rs`: filtered listing, re-sending
+//! one event, and rendering the request a delivery sends (bulk recovery and
+//! the replay count are in `recovery.rs`). Kept apart from `mod.rs` so the endpoint
 //! lifecycle stays readable there.
 
 use std::{
@@ -23,10 +23,6 @@ use crate::{
     store::{self, scoped_offset_key, Mutation, Table},
     tenant::Scope,
 };
-
-/// At most this many deliveries are recovered by one call (each reopens
-/// its event in the endpoint's consumer, which persists the position).
-pub const RECOVER_LIMIT: usize = 1000;
 
 /// Which deliveries to list: every set field must match.
 #[derive(Debug, Default, Clone)]
@@ -54,17 +50,6 @@ impl DeliveryQuery {
     }
 }
 
-/// What [`Deliveries::recover`] found and did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Matching deliveries (at most [`RECOVER_LIMIT`]).
-    pub matched: u64,
-    /// Sent again.
-    pub requeued: u64,
-    /// More than the limit matched.
-    pub more: bool,
-}
-
 /// `rendered` as endpoint `spec` sends it: `None` when its filter condition
 /// does not hold, else the body with its field selection applied. The
 /// shared rendering is never modified.
@@ -88,9 +73,6 @@ pub fn endpoint_body(
         )),
     }
 }
-
-/// How many events a replay dry run looks at, at most.
-pub const REPLAY_COUNT_SCAN: u64 = 100_000;
 
 impl Deliveries {
     /// Attempts per endpoint and minute, as the workers report them.
@@ -187,132 +169,6 @@ impl Deliveries {
             None
         };
         Ok((out, next))
-    }
-
-    /// Sends endpoint `id`'s deliveries of events in `from..until` (and
-    /// still in the log) that are in one of `states` (failed or dead) and
-    /// of `event_type` (if set) again now, with a fresh schedule, like
-    /// RetryDelivery for each; with `dry_run` only counts them.
-    // The scope (tenants) made it eight; they are the request's fields.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn recover(
-        &self,
-        scope: &Scope,
-        id: &str,
-        from: Offset,
-        until: Offset,
-        states: &[DeliveryState],
-        event_type: Option<&str>,
-        dry_run: bool,
-    ) -> Result<Recovered> {
-        let _workers = self.workers.lock().await;
-        self.record(scope, id)?;
-        // Events retention removed cannot be sent again (their records say
-        // `expired`): only what is still in the log counts.
-        let from = from.max(self.store.first_offset()?);
-        let mut matched = Vec::new();
-        let mut more = false;
-        if from < until {
-            for kv in self
-                .store
-                .table(Table::Deliveries)
-                .range(scoped_offset_key(id, from)..scoped_offset_key(id, until))
-            {
-                let (k, v) = kv?;
-                let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-                let d = pb::Delivery::decode(&*v)
-                    .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
-                if states.contains(&d.state()) && event_type.is_none_or(|t| d.event_type == t) {
-                    if matched.len() == RECOVER_LIMIT {
-                        more = true;
-                        break;
-                    }
-                    matched.push((offset, d));
-                }
-            }
-        }
-        let mut out = Recovered {
-            matched: matched.len() as u64,
-            requeued: 0,
-            more,
-        };
-        if dry_run || matched.is_empty() {
-            return Ok(out);
-        }
-        // The records first (one batch), then the consumer, as RetryDelivery
-        // does for one.
-        let mut writes = Vec::with_capacity(matched.len());
-        let mut dead = Vec::new();
-        let mut waiting = Vec::new();
-        for (offset, d) in &mut matched {
-            if d.state() == DeliveryState::Dead {
-                dead.push(*offset);
-            } else {
-                waiting.push(*offset);
-            }
-            d.state = DeliveryState::Pending as i32;
-            d.attempts = 0;
-            d.next_attempt_at = None;
-            writes.push(Mutation::put(
-                Table::Deliveries,
-                scoped_offset_key(id, *offset),
-                d.encode_to_vec(),
-            ));
-        }
-        self.store.write(writes).await?;
-        self.metrics.dead.add(id, -(dead.len() as i64));
-        let consumer = self.consumers.get(&consumer_name(id))?;
-        // Dead ones are done in the consumer: open again.
-        for &offset in &dead {
-            consumer.reopen(offset).await?;
-        }
-        // Failed ones wait in the consumer for their next attempt: due now.
-        consumer.nack(&waiting, Duration::ZERO)?;
-        out.requeued = matched.len() as u64;
-        tracing::info!(endpoint = %id, requeued = out.requeued, "deliveries recovered");
-        Ok(out)
-    }
-
-    /// What ReplayEndpoint from `from` would send again, without changing
-    /// anything: the start it would use, how many events from there the
-    /// endpoint selects (event types, attribute filters, tenant, filter
-    /// expression), and whether more than [`REPLAY_COUNT_SCAN`] events
-    /// were left unread.
-    pub fn replay_count(
-        &self,
-        scope: &Scope,
-        id: &str,
-        from: Offset,
-    ) -> Result<(Offset, u64, bool)> {
-        let record = self.record(scope, id)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
-        let from = convert::start_offset("offset", from, self.store.head())?
-            .max(self.store.first_offset()?);
-        let (mut next, mut scanned, mut matching) = (from, 0u64, 0u64);
-        loop {
-            let batch = self.store.read_from(next, 1024)?;
-            let Some(last) = batch.last() else {
-                return Ok((from, matching, false));
-            };
-            next = last.offset + 1;
-            for event in &batch {
-                if !spec.filter.matches(event) {
-                    continue;
-                }
-                let selected = spec.condition.is_none() || {
-                    let rendered = crate::webhook::render_body(&event.event)
-                        .map_err(|e| Error::Corrupt(format!("event {}: {e}", event.offset)))?;
-                    endpoint_body(&spec, rendered.into())
-                        .map_err(|e| Error::Corrupt(format!("event {}: {e}", event.offset)))?
-                        .is_some()
-                };
-                matching += u64::from(selected);
-            }
-            scanned += batch.len() as u64;
-            if scanned >= REPLAY_COUNT_SCAN {
-                return Ok((from, matching, next < self.store.head()));
-            }
-        }
     }
 
     /// Sends the event at `offset` to endpoint `id` through its worker (a

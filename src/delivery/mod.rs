@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod limit;
 pub(crate) mod ops;
 pub mod proxy;
+mod recovery;
 pub mod sealing;
 pub mod shared;
 pub mod signing;
@@ -23,7 +24,8 @@ pub mod stack;
 pub mod stats;
 pub mod worker;
 
-pub use admin_ops::{endpoint_body, DeliveryQuery, HeaderEdits, Recovered, RECOVER_LIMIT};
+pub use admin_ops::{endpoint_body, DeliveryQuery, HeaderEdits};
+pub use recovery::{Recovered, RECOVER_LIMIT};
 
 use std::{
     collections::HashMap,

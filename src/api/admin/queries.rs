@@ -34,7 +34,7 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 
 impl AdminService {
     /// The offset of `event`: an offset (not 0) or an event id in the log.
-    fn event_offset(
+    pub(super) fn event_offset(
         &self,
         scope: &Scope,
         offset: Option<Offset>,

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod delivery;
 pub mod endpoint;
+pub mod endpoint_actions;
 pub mod form;
 pub mod live;
 pub mod overview;
