@@ -55,6 +55,7 @@ pub mod store;
 pub mod suggest;
 pub mod tenant;
 pub mod tls;
+pub mod token_bucket;
 pub mod webhook;
 
 use std::{future::Future, sync::Arc};

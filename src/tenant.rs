@@ -24,6 +24,7 @@ use crate::{
     model::{EventFilter, Offset, StoredEvent},
     pb,
     store::Store,
+    token_bucket::TokenBucket,
 };
 
 /// Longest tenant name.
@@ -218,12 +219,7 @@ impl Scope {
 pub struct PublishRates {
     rate: f64,
     burst: f64,
-    buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    at: std::time::Instant,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, TokenBucket>>,
 }
 
 impl PublishRates {
@@ -256,17 +252,12 @@ impl PublishRates {
                 None => want.push((t, 1.0)),
             }
         }
-        let now = std::time::Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         for (t, n) in &want {
-            let b = buckets.entry((*t).to_owned()).or_insert(Bucket {
-                tokens: self.burst,
-                at: now,
-            });
-            b.tokens =
-                (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
-            b.at = now;
-            if b.tokens < *n {
+            let b = buckets
+                .entry((*t).to_owned())
+                .or_insert_with(|| TokenBucket::full(self.rate, self.burst));
+            if b.available() < *n {
                 return Err(Error::ResourceExhausted(format!(
                     "tenant {t:?} is over tenant_publish_rate ({} events/s, bursts of {}); \
                      retry later",
@@ -276,7 +267,7 @@ impl PublishRates {
         }
         for (t, n) in &want {
             if let Some(b) = buckets.get_mut(*t) {
-                b.tokens -= n;
+                b.take(*n);
             }
         }
         Ok(())

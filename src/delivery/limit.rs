@@ -10,10 +10,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::sync::Notify;
 use tower::{Layer, Service};
 
 use super::stack::{SendError, WebhookRequest, WebhookResponse};
+use crate::token_bucket::TokenBucket;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -27,46 +28,29 @@ pub struct Rate {
     pub burst: u32,
 }
 
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Token bucket shared by every clone of the service.
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    rate: Rate,
-    bucket: Arc<Mutex<Bucket>>,
+    bucket: Arc<Mutex<TokenBucket>>,
 }
 
 impl RateLimitLayer {
     /// A full bucket.
     pub fn new(rate: Rate) -> Self {
         Self {
-            rate,
-            bucket: Arc::new(Mutex::new(Bucket {
-                tokens: f64::from(rate.burst.max(1)),
-                updated: Instant::now(),
-            })),
+            bucket: Arc::new(Mutex::new(TokenBucket::full(
+                rate.per_second,
+                f64::from(rate.burst.max(1)),
+            ))),
         }
     }
 
     /// Takes a token, or says how long until one is available.
     fn try_take(&self) -> Result<(), Duration> {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let burst = f64::from(self.rate.burst.max(1));
-        let refill = now.duration_since(b.updated).as_secs_f64() * self.rate.per_second;
-        b.tokens = (b.tokens + refill).min(burst);
-        b.updated = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - b.tokens) / self.rate.per_second,
-            ))
-        }
+        self.bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take_one()
     }
 
     async fn acquire(&self) {
@@ -260,6 +244,7 @@ mod tests {
     use http::{HeaderMap, StatusCode};
 
     use super::*;
+    use tokio::time::Instant;
 
     fn resp(status: u16) -> Result<WebhookResponse, SendError> {
         Ok(WebhookResponse {

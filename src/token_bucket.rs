@@ -1,0 +1,55 @@
+//! A token bucket: `per_second` tokens a second, holding at most `burst`.
+//! Shared by the endpoints' rate limit (`delivery::limit`) and the
+//! per-tenant publish rate (`tenant`). Time is tokio's, so tests can pause
+//! it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Tokens refilled continuously since the last look.
+#[derive(Debug)]
+pub struct TokenBucket {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second,
+            burst,
+            tokens: burst,
+            updated: Instant::now(),
+        }
+    }
+
+    /// The tokens there now (refilled since the last look).
+    pub fn available(&mut self) -> f64 {
+        let now = Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.updated = now;
+        self.tokens
+    }
+
+    /// Takes `n` tokens (call after [`TokenBucket::available`] said they
+    /// are there).
+    pub fn take(&mut self, n: f64) {
+        self.tokens -= n;
+    }
+
+    /// Takes one token, or says how long until one is there.
+    pub fn try_take_one(&mut self) -> Result<(), Duration> {
+        let have = self.available();
+        if have >= 1.0 {
+            self.take(1.0);
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - have) / self.per_second))
+        }
+    }
+}
