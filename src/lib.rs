@@ -112,7 +112,7 @@ pub fn private_files() {
 /// Offline (the broker stopped): seals every endpoint secret still stored
 /// in the clear with the configured master key, and rewrites the state
 /// store into fresh files, so that no file under the data directory keeps
-/// an old plaintext copy (see `store::rewrite_state`). Returns how many
+/// an old plaintext copy (see `store::rewrite_endpoints`). Returns how many
 /// records were sealed and how many entries were copied.
 pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
     private_files();
@@ -128,8 +128,8 @@ pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
             config.data_dir.display()
         );
     }
-    let done = store::rewrite_state(&config.data_dir, config.sled_cache_bytes, |table, value| {
-        delivery::reseal_value(table, value, key)
+    let done = store::rewrite_endpoints(&config.data_dir, config.sled_cache_bytes, |value| {
+        delivery::reseal_value(value, key)
     })
     .with_context(|| {
         format!(

@@ -15,9 +15,11 @@ mod faults;
 mod keys;
 mod log;
 mod rewrite;
+mod state;
 mod writer;
 
-pub use rewrite::{rewrite_state, Rewritten};
+pub use rewrite::{rewrite_endpoints, Rewritten};
+pub use state::{AuditRecords, ConsumerRecords, DeliveryRecords, EndpointRecords, StateWrites};
 
 use std::{
     path::{Path, PathBuf},
@@ -27,10 +29,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use keys::{
-    decode_event, decode_meta_record, decode_offset, offset_key, scope, scoped_offset_key,
-    scoped_offset_n_key, split_event_record, unix_nanos, ConsumerRecord,
-};
+pub use keys::{decode_meta_record, split_event_record, unix_nanos, ConsumerRecord};
 
 use crate::{
     error::{Error, Result},
@@ -242,7 +241,7 @@ impl Store {
 
     /// Queues `mutations` (applied atomically per table, in order, after any
     /// write queued earlier) and returns a receiver for the durable outcome.
-    pub async fn submit_write(
+    async fn submit_write(
         &self,
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
@@ -256,7 +255,7 @@ impl Store {
     }
 
     /// Applies `mutations` and waits until they are durable.
-    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
+    async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
         let rx = self.submit_write(mutations).await?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -299,7 +298,7 @@ impl Store {
     }
 
     /// Read access to a state table. Writes go through [`Store::write`].
-    pub fn table(&self, table: Table) -> &sled::Tree {
+    fn table(&self, table: Table) -> &sled::Tree {
         self.inner.tables.get(table)
     }
 
@@ -497,6 +496,17 @@ fn create_private_dir(path: &Path) -> Result<()> {
     #[cfg(not(unix))]
     std::fs::create_dir_all(path)?;
     Ok(())
+}
+
+/// sled's errors as the crate's: its I/O errors keep their kind (a full
+/// disk is `RESOURCE_EXHAUSTED`, as for the log), the rest their text.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(e) => Error::Io(e),
+            other => Error::Storage(other.to_string()),
+        }
+    }
 }
 
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -713,7 +723,7 @@ fn migrate_sled_events(db: &sled::Db, log_dir: &Path, options: LogOptions) -> Re
 
 /// The state kept beside the log, one sled tree each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
+pub(in crate::store) enum Table {
     /// Durable consumer positions: name → [`ConsumerRecord`].
     Consumers = 0,
     /// Webhook endpoints: id → endpoint record.
@@ -749,7 +759,7 @@ impl Table {
 
 /// One change to a state table.
 #[derive(Debug, Clone)]
-pub struct Mutation {
+pub(in crate::store) struct Mutation {
     /// Where.
     pub table: Table,
     /// The key.
@@ -779,7 +789,7 @@ impl Mutation {
 }
 
 #[derive(Clone)]
-pub(crate) struct Tables([sled::Tree; Table::ALL.len()]);
+pub(in crate::store) struct Tables([sled::Tree; Table::ALL.len()]);
 
 impl Tables {
     fn open(db: &sled::Db) -> Result<Self> {
@@ -787,7 +797,7 @@ impl Tables {
         Ok(Self([a?, b?, c?, d?, e?]))
     }
 
-    pub(crate) fn get(&self, table: Table) -> &sled::Tree {
+    pub(in crate::store) fn get(&self, table: Table) -> &sled::Tree {
         &self.0[table as usize]
     }
 }
@@ -1011,6 +1021,17 @@ mod tests {
         assert_eq!((again[0].offset, again[0].duplicate), (102, false));
         assert_eq!(ids(&store.read_from(1, 10).unwrap()), ["e1"]);
         close(store, writer).await;
+    }
+
+    /// A full disk under sled is `RESOURCE_EXHAUSTED` like one under the
+    /// log; its other failures stay `INTERNAL`.
+    #[test]
+    fn sled_errors_keep_their_codes() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let status = tonic::Status::from(Error::from(sled::Error::Io(enospc)));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let status = tonic::Status::from(Error::from(sled::Error::Unsupported("no".into())));
+        assert_eq!(status.code(), tonic::Code::Internal);
     }
 
     /// Data directories from before the event log kept events in sled.

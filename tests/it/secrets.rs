@@ -13,7 +13,7 @@ use stevedore::{
         Endpoint, GetEndpointRequest, ListEndpointsRequest, RotateEndpointSecretRequest,
         SendTestEventRequest, UpdateEndpointRequest,
     },
-    store::{Store, StoreConfig, Table},
+    store::{Store, StoreConfig},
 };
 
 use crate::{
@@ -242,9 +242,8 @@ pub(crate) fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
     })
     .unwrap();
     let records = store
-        .table(Table::Endpoints)
-        .iter()
-        .values()
+        .endpoints()
+        .all()
         .map(|v| v.unwrap().to_vec())
         .collect();
     drop(store);
