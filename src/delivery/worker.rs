@@ -20,7 +20,7 @@
 //!   in the schedule, so a down receiver is not hammered.
 //! - New events are read only while fewer than `delivery_window` are held.
 //! - Every offset from `Worker::unrecorded_from` on has no delivery record,
-//!   so starting it reads nothing from sled: the worker raises the mark
+//!   so starting it reads no state: the worker raises the mark
 //!   before it writes a record or starts an attempt (which writes one).
 
 use std::{
@@ -271,9 +271,9 @@ struct Worker {
     finished: mpsc::UnboundedSender<Finished>,
     failing_since: Option<SystemTime>,
     /// No offset from here on has a delivery record: a new event is started
-    /// without reading sled. Besides saving the read, this keeps the
-    /// worker off sled's global lock, which every `apply_batch` of the
-    /// state writer holds for the whole batch (a read waits it out, and
+    /// without reading the state. Besides saving the read, this keeps the
+    /// worker off the state engine's global lock, which the state writer
+    /// holds for each whole batch it applies (a read waits it out, and
     /// with it this worker and its runtime thread).
     unrecorded_from: Offset,
 }

@@ -10,6 +10,7 @@
 //! the new head published, so an acknowledged write is on disk and a
 //! subscriber never sees an event that could still be lost.
 
+pub mod baseline;
 #[cfg(test)]
 mod faults;
 mod keys;
@@ -39,6 +40,10 @@ use crate::{
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
+
+/// The config key of the state store's page-cache size
+/// ([`StoreConfig::cache_bytes`]); named after the engine that has it.
+pub const STATE_CACHE_KEY: &str = "sled_cache_bytes";
 
 /// Storage settings.
 #[derive(Debug, Clone)]

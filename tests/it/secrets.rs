@@ -350,7 +350,7 @@ async fn secrets_are_encrypted_at_rest_and_plaintext_records_are_migrated() {
         copy_dir(&data, &copy);
         Config {
             data_dir: copy,
-            sled_cache_bytes: 8 * 1024 * 1024,
+            state_cache_bytes: 8 * 1024 * 1024,
             master_key,
             metrics_listen: None,
             console_listen: None,
