@@ -68,7 +68,6 @@ impl<'a> DeliveryRecords<'a> {
         until: Offset,
     ) -> impl DoubleEndedIterator<Item = Result<(Offset, pb::Delivery)>> {
         let endpoint = endpoint.to_owned();
-        let until = until.max(from);
         self.store
             .table(Table::Deliveries)
             .range(

@@ -120,3 +120,6 @@ impl super::Store {
         AuditRecords::new(self)
     }
 }
+
+#[cfg(test)]
+mod tests;
