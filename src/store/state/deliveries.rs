@@ -16,9 +16,11 @@ use crate::{
     pb::{self, DeliveryState},
 };
 
-/// Most deletions in one write, so one huge endpoint cannot make one huge
-/// batch.
-const DELETE_CHUNK: usize = 4096;
+/// Most deletions in one write of [`DeliveryRecords::prune`], and in one
+/// of [`DeliveryRecords::delete_endpoint`]: one huge endpoint cannot make
+/// one huge batch.
+const PRUNE_CHUNK: usize = 4096;
+const DELETE_CHUNK: usize = 10_000;
 
 /// The delivery records and attempts of every endpoint.
 pub struct DeliveryRecords<'a> {
@@ -161,7 +163,7 @@ impl<'a> DeliveryRecords<'a> {
                 }
                 deletes.push(Mutation::delete(Table::Deliveries, k.to_vec()));
             }
-            if deletes.len() >= DELETE_CHUNK {
+            if deletes.len() >= PRUNE_CHUNK {
                 self.store.write(std::mem::take(&mut deletes)).await?;
             }
         }
@@ -180,7 +182,7 @@ impl<'a> DeliveryRecords<'a> {
                     .table(table)
                     .scan_prefix(keys::scope(endpoint))
                     .keys()
-                    .take(10_000)
+                    .take(DELETE_CHUNK)
                     .collect::<std::result::Result<_, _>>()?;
                 if keys.is_empty() {
                     break;
