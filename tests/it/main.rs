@@ -17,6 +17,7 @@ mod hardening;
 mod hostile;
 mod mtls;
 mod never_matches;
+mod oauth;
 mod operations;
 mod proxy;
 mod publish;
