@@ -280,7 +280,8 @@ mod tests {
         assert_eq!(ok.client_id, "stevedore");
         assert_eq!(ok.audience, None);
         assert!(parse(None, https).unwrap().is_none());
-        let cases: [(fn(&mut pb::OAuth2), &str); 7] = [
+        type Change = fn(&mut pb::OAuth2);
+        let cases: [(Change, &str); 7] = [
             (|o| o.token_url.clear(), "oauth2.token_url"),
             (|o| o.token_url = "http://a/t".into(), "oauth2.token_url"),
             (|o| o.client_id.clear(), "oauth2.client_id"),
