@@ -129,8 +129,10 @@ pub struct Config {
     /// Mozilla roots (receivers behind a private CA).
     pub webhook_ca_file: Option<PathBuf>,
     // #19 egress: proxies.
-    /// Proxy for `http://` receivers (`http://host:port`); `Some("")`:
-    /// none, even if `HTTP_PROXY` is set. `None` after loading: no proxy.
+    /// Proxy for `http://` receivers (`http://[user:password@]host:port`;
+    /// the credentials are secret: never logged or repeated in errors);
+    /// `Some("")`: none, even if `HTTP_PROXY` is set. `None` after
+    /// loading: no proxy.
     pub http_proxy: Option<String>,
     /// Proxy for `https://` receivers (CONNECT); as `http_proxy`.
     pub https_proxy: Option<String>,

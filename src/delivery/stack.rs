@@ -31,7 +31,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{
         connect::{Connected, Connection},
-        Client,
+        Client, ResponseFuture,
     },
     rt::TokioExecutor,
 };
@@ -67,8 +67,24 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 /// pooled connections, redirects never followed — hyper does not follow
 /// them and nothing here does), connecting only where the SSRF guard
 /// allows (see [`egress`]), with at most `max_in_flight` connections open.
-pub type HttpClient =
-    Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>;
+/// Plain-HTTP requests it forwards through a proxy with credentials carry
+/// them (`Proxy-Authorization`); CONNECT tunnels carry them on their own.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>,
+    route: Arc<Route>,
+}
+
+impl HttpClient {
+    /// Sends `req` (redirects are never followed).
+    pub fn request(&self, mut req: Request<Full<Bytes>>) -> ResponseFuture {
+        if let Some(auth) = self.route.forwarding_auth(req.uri()) {
+            req.headers_mut()
+                .insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+        self.client.request(req)
+    }
+}
 
 /// A client that holds at most `max_connections` connections open (its
 /// endpoint's `max_in_flight`), keeps them pooled, and whose every new
@@ -85,6 +101,7 @@ pub fn http_client(
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
+    let forwarding = Arc::new(route.clone());
     let http = ProxyConnector::new(direct, route, guard);
     let http = BoundedConnector::new(http, max_connections);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -93,10 +110,13 @@ pub fn http_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_connections)
-        .build(https)
+    HttpClient {
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(max_connections)
+            .build(https),
+        route: forwarding,
+    }
 }
 
 /// Bounds how many connections an endpoint's client holds open: each new
