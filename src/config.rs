@@ -1235,10 +1235,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.https_proxy.as_deref(), Some("http://mine:4"));
         assert_eq!(c.http_proxy, None);
+        let c = Config::load(
+            None,
+            env(&[("HTTPS_PROXY", "http://egress:p%40ss@proxy.corp:3128")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.https_proxy.as_deref(),
+            Some("http://egress:p%40ss@proxy.corp:3128")
+        );
         for (var, value, key) in [
+            // Credentials are allowed (#19), but not malformed ones.
             (
                 "STEVEDORE_HTTPS_PROXY",
-                "http://user:s3cret@p:1",
+                "http://user:s3cret%ff@p:1",
                 "https_proxy",
             ),
             ("HTTP_PROXY", "socks5://s3cret:1", "http_proxy"),
