@@ -126,19 +126,33 @@ impl TokenCache {
     }
 }
 
-/// An endpoint's credentials, its token client and its cache.
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+/// Fetches one token.
+type Fetch = Box<dyn Fn() -> BoxFuture<Result<Fetched, String>> + Send + Sync>;
+
+/// An endpoint's token source (its credentials and token client) and its
+/// cache.
 pub struct Tokens {
-    creds: ClientCredentials,
-    client: HttpClient,
+    fetch: Fetch,
     cache: TokenCache,
 }
 
 impl Tokens {
     /// Tokens for `creds`, fetched through `client`.
     pub fn new(creds: ClientCredentials, client: HttpClient) -> Self {
+        let source = std::sync::Arc::new((creds, client));
+        Self::with_fetch(move || {
+            let source = source.clone();
+            Box::pin(async move { fetch(&source.1, &source.0).await })
+        })
+    }
+
+    /// Tokens from `fetch` (tests drive the layer with this).
+    pub(crate) fn with_fetch(
+        fetch: impl Fn() -> BoxFuture<Result<Fetched, String>> + Send + Sync + 'static,
+    ) -> Self {
         Self {
-            creds,
-            client,
+            fetch: Box::new(fetch),
             cache: TokenCache::default(),
         }
     }
@@ -147,7 +161,7 @@ impl Tokens {
     pub async fn bearer(&self, timeout: Duration) -> Result<HeaderValue, String> {
         self.cache
             .get(|| async {
-                tokio::time::timeout(timeout, fetch(&self.client, &self.creds))
+                tokio::time::timeout(timeout, (self.fetch)())
                     .await
                     .unwrap_or_else(|_| {
                         Err(format!(
