@@ -17,6 +17,7 @@ pub mod limit;
 pub mod oauth;
 pub(crate) mod ops;
 pub mod proxy;
+mod proxy_auth;
 mod recovery;
 pub mod sealing;
 pub mod shared;

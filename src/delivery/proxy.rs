@@ -41,6 +41,7 @@ use tokio::{
 use tower::Service;
 
 use super::egress::{self, Cidr, Guard, GuardedConnector};
+use super::proxy_auth::ProxyAuth;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -59,49 +60,6 @@ pub struct Proxy {
     host: String,
     port: u16,
     auth: Option<ProxyAuth>,
-}
-
-/// A proxy's `Proxy-Authorization: Basic ...` value (marked sensitive).
-/// Its `Debug` shows no credentials.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ProxyAuth(HeaderValue);
-
-impl std::fmt::Debug for ProxyAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProxyAuth(<redacted>)")
-    }
-}
-
-impl ProxyAuth {
-    /// HTTP Basic of the URL's (percent-decoded) user and password.
-    fn from_userinfo(userinfo: &str) -> Result<Self, String> {
-        use base64::{engine::general_purpose::STANDARD, Engine};
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| "the proxy credentials are not valid percent-encoded UTF-8".to_owned())
-        };
-        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let (user, password) = (decode(user)?, decode(password)?);
-        if user.is_empty() {
-            return Err(
-                "proxy credentials need a user name (http://user:password@host:port)".into(),
-            );
-        }
-        let mut value = HeaderValue::from_str(&format!(
-            "Basic {}",
-            STANDARD.encode(format!("{user}:{password}"))
-        ))
-        .expect("base64 is a valid header value");
-        value.set_sensitive(true);
-        Ok(Self(value))
-    }
-
-    /// The `Proxy-Authorization` value.
-    pub fn header(&self) -> &HeaderValue {
-        &self.0
-    }
 }
 
 /// Parses a proxy URL: `http://[user:password@]host[:port]` with nothing

@@ -18,6 +18,7 @@ mod hostile;
 mod mtls;
 mod never_matches;
 mod oauth;
+mod oauth_partner;
 mod operations;
 mod proxy;
 mod publish;
