@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Holds a client secret: its `Debug` (src/delivery/oauth/mod.rs)
+        // redacts it, so no `{:?}` of an endpoint can print it.
+        .skip_debug([".stevedore.v1.OAuth2"])
         .compile_fds(fds.clone())?;
     subscriber_server(&fds)?;
     println!("cargo:rerun-if-changed=proto");

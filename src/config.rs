@@ -131,8 +131,10 @@ pub struct Config {
     /// Mozilla roots (receivers behind a private CA).
     pub webhook_ca_file: Option<PathBuf>,
     // #19 egress: proxies.
-    /// Proxy for `http://` receivers (`http://host:port`); `Some("")`:
-    /// none, even if `HTTP_PROXY` is set. `None` after loading: no proxy.
+    /// Proxy for `http://` receivers (`http://[user:password@]host:port`;
+    /// the credentials are secret: never logged or repeated in errors);
+    /// `Some("")`: none, even if `HTTP_PROXY` is set. `None` after
+    /// loading: no proxy.
     pub http_proxy: Option<String>,
     /// Proxy for `https://` receivers (CONNECT); as `http_proxy`.
     pub https_proxy: Option<String>,
@@ -1235,10 +1237,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.https_proxy.as_deref(), Some("http://mine:4"));
         assert_eq!(c.http_proxy, None);
+        let c = Config::load(
+            None,
+            env(&[("HTTPS_PROXY", "http://egress:p%40ss@proxy.corp:3128")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.https_proxy.as_deref(),
+            Some("http://egress:p%40ss@proxy.corp:3128")
+        );
         for (var, value, key) in [
+            // Credentials are allowed (#19), but not malformed ones.
             (
                 "STEVEDORE_HTTPS_PROXY",
-                "http://user:s3cret@p:1",
+                "http://user:s3cret%ff@p:1",
                 "https_proxy",
             ),
             ("HTTP_PROXY", "socks5://s3cret:1", "http_proxy"),

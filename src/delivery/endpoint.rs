@@ -6,8 +6,9 @@
 //! the disk, evolved by protobuf's compatibility rules. Everything that runs
 //! uses the validated [`EndpointSpec`] derived from it.
 //!
-//! With a master key configured, the signing secrets and the custom header
-//! values (often credentials) are stored sealed ([`super::sealing`]); in
+//! With a master key configured, the signing secrets, the custom header
+//! values (often credentials), the TLS client key and the OAuth2 client
+//! secret are stored sealed ([`super::sealing`]); in
 //! memory an [`EndpointRecord`] is always open, and it is sealed and opened
 //! only by [`EndpointRecord::to_stored`] and [`EndpointRecord::from_stored`].
 
@@ -22,6 +23,7 @@ use prost::Message;
 
 use super::client_auth::{self, ClientAuth};
 use super::limit::Rate;
+use super::oauth::{self, ClientCredentials};
 use super::proxy::Route;
 use super::worker::STATE_EVENT_TYPES;
 use super::{
@@ -83,6 +85,8 @@ pub struct EndpointSpec {
     pub client_auth: Option<ClientAuth>,
     /// Wrap bodies as `{"type", "timestamp", "data"}` (`envelope`).
     pub envelope: bool,
+    /// OAuth2 client credentials: requests carry a bearer token.
+    pub oauth2: Option<ClientCredentials>,
 }
 
 /// Header names an endpoint may not set: the broker owns them.
@@ -398,6 +402,19 @@ impl EndpointSpec {
         .map_err(|m| Error::invalid(f("proxy_url"), format!("{m}, or \"none\"")))?;
         let client_auth = client_auth::parse(&e.client_cert_pem, &e.client_key_pem)
             .map_err(|(field, m)| Error::invalid(f(field), m))?;
+        let oauth2 = oauth::parse(e.oauth2.as_ref(), |u| validate_url(u, config.allow_http))
+            .map_err(|(field, m)| Error::invalid(f(&field), m))?;
+        if oauth2.is_some() {
+            if let Some((name, _)) = headers
+                .iter()
+                .find(|(n, _)| n == http::header::AUTHORIZATION)
+            {
+                return Err(Error::invalid(
+                    f(&format!("headers[{:?}]", name.as_str())),
+                    "is set from oauth2's token when oauth2 is set",
+                ));
+            }
+        }
         Ok(Self {
             url,
             filter,
@@ -414,6 +431,7 @@ impl EndpointSpec {
             route,
             client_auth,
             envelope: e.envelope,
+            oauth2,
         })
     }
 
@@ -479,12 +497,18 @@ pub fn origin_of(url: &str) -> String {
 /// range the SSRF guard blocks. Host names are checked when connecting
 /// (their addresses can change); so is every literal, again.
 pub fn check_egress(url: &Uri, guard: &Guard) -> Result<()> {
+    check_egress_of("endpoint.url", url, guard)
+}
+
+/// [`check_egress`] of the URL in `field` (the endpoint's, or its OAuth2
+/// token URL: a token request goes through the same guard).
+pub fn check_egress_of(field: &str, url: &Uri, guard: &Guard) -> Result<()> {
     match egress::literal_ip(url).and_then(|ip| guard.check(ip).map(|b| (ip, b))) {
         None => Ok(()),
         // Exempting a cloud metadata address would hand out the host's
         // credentials: that is never the advice.
         Some((ip, block)) if block.category.contains("metadata") => Err(Error::invalid(
-            "endpoint.url",
+            field,
             format!(
                 "{ip} is {}, which the SSRF guard blocks: webhooks never go to a cloud \
                  metadata service",
@@ -492,7 +516,7 @@ pub fn check_egress(url: &Uri, guard: &Guard) -> Result<()> {
             ),
         )),
         Some((ip, block)) => Err(Error::invalid(
-            "endpoint.url",
+            field,
             format!(
                 "{ip} is {}, which the SSRF guard blocks; to deliver there, add the range to the broker's allow_networks setting",
                 egress::describe(&block)
@@ -538,6 +562,9 @@ struct RecordSecrets {
     /// #19: the endpoint's TLS client key.
     #[prost(string, tag = "4")]
     client_key_pem: String,
+    /// #19: the endpoint's OAuth2 client secret.
+    #[prost(string, tag = "5")]
+    oauth2_client_secret: String,
 }
 
 impl EndpointRecord {
@@ -560,6 +587,11 @@ impl EndpointRecord {
             previous_secret: std::mem::take(&mut stored.previous_secret),
             headers: std::mem::take(&mut endpoint.headers),
             client_key_pem: std::mem::take(&mut endpoint.client_key_pem),
+            oauth2_client_secret: endpoint
+                .oauth2
+                .as_mut()
+                .map(|o| std::mem::take(&mut o.client_secret))
+                .unwrap_or_default(),
         };
         let sealed = key.seal(&endpoint.id, &secrets.encode_to_vec());
         stored.sealed = Some(sealed);
@@ -597,6 +629,9 @@ impl EndpointRecord {
         r.previous_secret = secrets.previous_secret;
         endpoint.headers = secrets.headers;
         endpoint.client_key_pem = secrets.client_key_pem;
+        if let Some(o) = endpoint.oauth2.as_mut() {
+            o.client_secret = secrets.oauth2_client_secret;
+        }
         Ok(r)
     }
 
@@ -768,6 +803,12 @@ mod tests {
         e.id = "ep_1".into();
         e.headers
             .insert("X-Api-Key".into(), "header-credential".into());
+        e.oauth2 = Some(pb::OAuth2 {
+            token_url: "https://auth.h/token".into(),
+            client_id: "client".into(),
+            client_secret: "oauth-client-secret".into(),
+            ..Default::default()
+        });
         EndpointRecord {
             endpoint: Some(e),
             secret: b"current-secret-bytes".to_vec(),
@@ -796,6 +837,7 @@ mod tests {
             &b"current-secret-bytes"[..],
             b"previous-secret-bytes",
             b"header-credential",
+            b"oauth-client-secret",
         ] {
             assert!(!contains(&sealed, secret));
         }
@@ -835,6 +877,7 @@ mod tests {
             "current-secret-bytes",
             "previous-secret-bytes",
             "header-credential",
+            "oauth-client-secret",
         ] {
             assert!(!shown.contains(secret), "{shown}");
         }

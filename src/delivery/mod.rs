@@ -14,8 +14,10 @@ pub mod egress;
 pub mod endpoint;
 pub mod envelope;
 pub mod limit;
+pub mod oauth;
 pub(crate) mod ops;
 pub mod proxy;
+mod proxy_auth;
 mod recovery;
 pub mod sealing;
 pub mod shared;
@@ -423,7 +425,12 @@ impl Deliveries {
             &self.tls_for(&spec),
             spec.route.clone(),
         );
-        let service = stack::build(client, spec.max_in_flight, spec.rate);
+        let service = stack::build(
+            client,
+            spec.max_in_flight,
+            spec.rate,
+            self.tokens_for(&spec),
+        );
         let ctx = WorkerContext {
             endpoint_id: id.clone(),
             spec,
@@ -472,6 +479,9 @@ impl Deliveries {
         let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
         endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, &self.guard)?;
+        if let Some(o) = &spec.oauth2 {
+            endpoint::check_egress_of("endpoint.oauth2.token_url", &o.token_url, &self.guard)?;
+        }
         let mut workers = self.workers.lock().await;
         if self.store.endpoints().len() >= self.config.max_endpoints {
             return Err(Error::ResourceExhausted(format!(
@@ -605,6 +615,11 @@ impl Deliveries {
         }
         if fields.iter().any(|f| f == "url") {
             endpoint::check_egress(&spec.url, &self.guard)?;
+        }
+        if let Some(o) = &spec.oauth2 {
+            if fields.iter().any(|f| f.starts_with("oauth2")) {
+                endpoint::check_egress_of("endpoint.oauth2.token_url", &o.token_url, &self.guard)?;
+            }
         }
         if spec.enabled {
             e.disabled_reason.clear();
@@ -818,6 +833,21 @@ impl Deliveries {
         }
     }
 
+    /// The endpoint's OAuth2 tokens, if it has OAuth2: fetched through its
+    /// egress (the SSRF guard, its proxy route, its TLS settings) on a
+    /// client of their own, cached for as long as its stack runs (an
+    /// update or a restart starts afresh).
+    fn tokens_for(&self, spec: &EndpointSpec) -> Option<Arc<oauth::Tokens>> {
+        let creds = spec.oauth2.clone()?;
+        let client = stack::http_client(
+            2,
+            self.guard.clone(),
+            &self.tls_for(spec),
+            spec.route.clone(),
+        );
+        Some(Arc::new(oauth::Tokens::new(creds, client)))
+    }
+
     /// Sends one signed test request now; nothing is stored.
     pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
         let record = self.record(scope, id)?;
@@ -863,7 +893,8 @@ impl Deliveries {
         );
         let started = SystemTime::now();
         let clock = std::time::Instant::now();
-        let result = stack::send(stack::build(client, 1, None), request).await;
+        let service = stack::build(client, 1, None, self.tokens_for(&spec));
+        let result = stack::send(service, request).await;
         let latency = clock.elapsed();
         let delivered = classify::classify(&result, self.config.max_retry_after)
             == classify::Verdict::Delivered;
@@ -1039,6 +1070,9 @@ impl Deliveries {
         if !e.client_key_pem.is_empty() {
             e.client_key_pem = REDACTED.to_owned();
         }
+        if let Some(o) = e.oauth2.as_mut() {
+            oauth::redact(o);
+        }
         e.backlog = self.backlog(&e, self.store.head());
         e
     }
@@ -1135,6 +1169,12 @@ const SETTABLE: &[&str] = &[
     "client_cert_pem",
     "client_key_pem",
     "envelope",
+    "oauth2",
+    "oauth2.token_url",
+    "oauth2.client_id",
+    "oauth2.client_secret",
+    "oauth2.scopes",
+    "oauth2.audience",
 ];
 
 /// `eventTypes` → `event_types`; snake_case stays as it is.
@@ -1153,7 +1193,11 @@ fn snake_case(path: &str) -> String {
 
 /// Copies the `fields` of `from` into `into`.
 fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Result<()> {
+    let mut oauth2 = oauth::OAuth2Update::default();
     for (i, f) in fields.iter().enumerate() {
+        if oauth2.apply(f, &mut into.oauth2, from.oauth2.as_ref(), i)? {
+            continue;
+        }
         match f.as_str() {
             "url" => into.url = from.url.clone(),
             "description" => into.description = from.description.clone(),
@@ -1192,5 +1236,5 @@ fn merge(into: &mut pb::Endpoint, from: pb::Endpoint, fields: &[String]) -> Resu
             }
         }
     }
-    Ok(())
+    oauth2.finish(&into.oauth2)
 }

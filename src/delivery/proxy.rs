@@ -7,6 +7,11 @@
 //! - Which proxy: the endpoint's `proxy_url` (`none`: direct), else the
 //!   `http_proxy`/`https_proxy` config keys (else the `HTTP_PROXY`/
 //!   `HTTPS_PROXY` environment variables), except for hosts in `no_proxy`.
+//! - Credentials: the broker's proxy settings may carry `user:password@`
+//!   (percent-encoded); they are sent as `Proxy-Authorization: Basic` on
+//!   CONNECT and on forwarded plain-HTTP requests, and are never logged or
+//!   repeated in errors. An endpoint's `proxy_url` may not carry them: it
+//!   is returned by GetEndpoint, so they would not stay secret.
 //! - The SSRF guard: the proxy's address is the operator's choice and is
 //!   not checked. The target's host is resolved here and checked before the
 //!   proxy is asked to connect: when every address it resolves to is
@@ -24,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 use hyper_util::{
     client::legacy::connect::{Connected, Connection},
     rt::TokioIo,
@@ -36,6 +41,7 @@ use tokio::{
 use tower::Service;
 
 use super::egress::{self, Cidr, Guard, GuardedConnector};
+use super::proxy_auth::ProxyAuth;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -47,15 +53,17 @@ const MAX_CONNECT_RESPONSE: usize = 8192;
 /// Connecting to the proxy and its CONNECT answer, together.
 const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A proxy's address (`http://host:port`; port 80 when left out).
+/// A proxy's address (`http://host:port`; port 80 when left out) and its
+/// credentials, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proxy {
     host: String,
     port: u16,
+    auth: Option<ProxyAuth>,
 }
 
-/// Parses a proxy URL: `http://host[:port]` with nothing after the
-/// authority. The error never repeats the value (it could hold
+/// Parses a proxy URL: `http://[user:password@]host[:port]` with nothing
+/// after the authority. The error never repeats the value (it could hold
 /// credentials).
 pub fn parse_proxy(value: &str) -> Result<Proxy, String> {
     let uri: Uri = value
@@ -67,9 +75,10 @@ pub fn parse_proxy(value: &str) -> Result<Proxy, String> {
     let authority = uri
         .authority()
         .ok_or("no host (expected http://host:port)")?;
-    if authority.as_str().contains('@') {
-        return Err("proxy credentials in the URL are not supported".into());
-    }
+    let auth = match authority.as_str().rsplit_once('@') {
+        Some((userinfo, _)) => Some(ProxyAuth::from_userinfo(userinfo)?),
+        None => None,
+    };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("a proxy URL has no path or query (expected http://host:port)".into());
     }
@@ -84,6 +93,7 @@ pub fn parse_proxy(value: &str) -> Result<Proxy, String> {
     Ok(Proxy {
         host: host.to_owned(),
         port: authority.port_u16().unwrap_or(80),
+        auth,
     })
 }
 
@@ -174,6 +184,14 @@ impl Route {
             NO_PROXY_VALUE => Ok(Self::direct()),
             url => {
                 let p = parse_proxy(url)?;
+                if p.auth.is_some() {
+                    return Err(
+                        "proxy credentials are not supported in an endpoint's proxy_url \
+                                (it is shown by GetEndpoint); set them in the broker's \
+                                http_proxy/https_proxy"
+                            .into(),
+                    );
+                }
                 Ok(Self {
                     http: Some(p.clone()),
                     https: Some(p),
@@ -181,6 +199,17 @@ impl Route {
                 })
             }
         }
+    }
+
+    /// The `Proxy-Authorization` a plain-HTTP request to `uri` carries: its
+    /// proxy's credentials, when it goes through one that has them.
+    /// (`https://` requests go through a CONNECT tunnel, which carries
+    /// them instead.)
+    pub fn forwarding_auth(&self, uri: &Uri) -> Option<&HeaderValue> {
+        if uri.scheme_str() == Some("https") {
+            return None;
+        }
+        self.proxy_for(uri)?.auth.as_ref().map(ProxyAuth::header)
     }
 
     /// The proxy for `uri`, if any.
@@ -298,7 +327,7 @@ impl Service<Uri> for ProxyConnector {
                     .map_err(|e| format!("connecting to the proxy: {e}"))?;
                 tcp.set_nodelay(true)?;
                 if tls {
-                    connect_tunnel(&mut tcp, &host, port).await?;
+                    connect_tunnel(&mut tcp, &host, port, proxy.auth.as_ref()).await?;
                 }
                 Ok::<_, BoxError>(Conn {
                     io: TokioIo::new(tcp),
@@ -344,16 +373,27 @@ async fn check_target(guard: &Guard, uri: &Uri, host: &str, port: u16) -> Result
     })
 }
 
-/// Asks the proxy for a tunnel to `host:port` and reads its answer; any
-/// status but 2xx is an error naming it.
-async fn connect_tunnel(tcp: &mut TcpStream, host: &str, port: u16) -> Result<(), BoxError> {
+/// Asks the proxy for a tunnel to `host:port` (with its credentials, if
+/// any) and reads its answer; any status but 2xx is an error naming it.
+async fn connect_tunnel(
+    tcp: &mut TcpStream,
+    host: &str,
+    port: u16,
+    auth: Option<&ProxyAuth>,
+) -> Result<(), BoxError> {
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await?;
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+    if let Some(auth) = auth {
+        request.extend_from_slice(b"Proxy-Authorization: ");
+        request.extend_from_slice(auth.header().as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    tcp.write_all(&request).await?;
     // Read byte by byte up to the end of the head: nothing of the tunnel's
     // own bytes may be consumed here.
     let mut head = Vec::with_capacity(256);
@@ -393,14 +433,16 @@ mod tests {
             parse_proxy("http://proxy.corp:3128"),
             Ok(Proxy {
                 host: "proxy.corp".into(),
-                port: 3128
+                port: 3128,
+                auth: None,
             })
         );
         assert_eq!(parse_proxy("http://10.0.0.1").unwrap().port, 80);
         for bad in [
             "https://p:1",
             "socks5://p:1",
-            "http://user:pw@p:1",
+            "http://:pw@p:1",
+            "http://user:pw%ff@p:1",
             "http://p:1/x",
             "p:1",
             "",
@@ -408,6 +450,24 @@ mod tests {
             let e = parse_proxy(bad).unwrap_err();
             assert!(!e.contains("pw"), "{e}");
         }
+        // Credentials, percent-decoded, as HTTP Basic; never in Debug.
+        let p = parse_proxy("http://egress%40corp:p%3Ass@proxy.corp:3128").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
+        let auth = p.auth.as_ref().unwrap().header();
+        assert_eq!(auth, "Basic ZWdyZXNzQGNvcnA6cDpzcw=="); // egress@corp:p:ss
+        assert!(auth.is_sensitive());
+        assert!(!format!("{p:?}").contains("ZWdy"), "{p:?}");
+        let r = Route::from_settings(Some("http://u:pw@hp:1"), Some("http://u:pw@sp:2"), &[]);
+        assert_eq!(
+            r.forwarding_auth(&"http://erp.example.com/h".parse().unwrap()),
+            Some(&HeaderValue::from_static("Basic dTpwdw=="))
+        );
+        assert_eq!(
+            r.forwarding_auth(&"https://erp.example.com/h".parse().unwrap()),
+            None
+        );
+        let e = r.for_endpoint("http://u:pw@ep:9").unwrap_err();
+        assert!(e.contains("http_proxy") && !e.contains("pw"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The delivery stack: one tower service per endpoint, built in [`build`].
 //!
 //! ```text
-//! adaptive in-flight limit → rate limit → transport retry → sign
+//! adaptive in-flight limit → rate limit → transport retry
+//!   → OAuth2 bearer token (when the endpoint has oauth2) → sign
 //!   → per-request timeout → hyper client
 //! ```
 //!
@@ -10,6 +11,8 @@
 //! (to back off on 429/503/timeouts); the rate limit paces what the window
 //! lets through, retries included; the in-process retry sits above
 //! signing so every try is signed with its own `webhook-timestamp`; the
+//! OAuth2 layer sits between them, so a request it sends again after a 401
+//! is signed afresh, and a transport retry reuses the cached token; the
 //! timeout wraps only the HTTP exchange (connect, send, read the response
 //! excerpt). Whether an outcome is a success, a retry or a rejection is
 //! decided afterwards by `classify`, not here.
@@ -28,7 +31,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{
         connect::{Connected, Connection},
-        Client,
+        Client, ResponseFuture,
     },
     rt::TokioExecutor,
 };
@@ -38,6 +41,7 @@ use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 use super::{
     egress::{self, Guard, GuardedConnector},
     limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
+    oauth::{BearerLayer, Tokens},
     proxy::{ProxyConnector, Route},
     signing::{event_id_header, signature_header, Secret},
 };
@@ -63,8 +67,24 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
 /// pooled connections, redirects never followed — hyper does not follow
 /// them and nothing here does), connecting only where the SSRF guard
 /// allows (see [`egress`]), with at most `max_in_flight` connections open.
-pub type HttpClient =
-    Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>;
+/// Plain-HTTP requests it forwards through a proxy with credentials carry
+/// them (`Proxy-Authorization`); CONNECT tunnels carry them on their own.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<hyper_rustls::HttpsConnector<BoundedConnector<ProxyConnector>>, Full<Bytes>>,
+    route: Arc<Route>,
+}
+
+impl HttpClient {
+    /// Sends `req` (redirects are never followed).
+    pub fn request(&self, mut req: Request<Full<Bytes>>) -> ResponseFuture {
+        if let Some(auth) = self.route.forwarding_auth(req.uri()) {
+            req.headers_mut()
+                .insert(header::PROXY_AUTHORIZATION, auth.clone());
+        }
+        self.client.request(req)
+    }
+}
 
 /// A client that holds at most `max_connections` connections open (its
 /// endpoint's `max_in_flight`), keeps them pooled, and whose every new
@@ -81,6 +101,7 @@ pub fn http_client(
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
     });
+    let forwarding = Arc::new(route.clone());
     let http = ProxyConnector::new(direct, route, guard);
     let http = BoundedConnector::new(http, max_connections);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -89,10 +110,13 @@ pub fn http_client(
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(max_connections)
-        .build(https)
+    HttpClient {
+        client: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(max_connections)
+            .build(https),
+        route: forwarding,
+    }
 }
 
 /// Bounds how many connections an endpoint's client holds open: each new
@@ -274,6 +298,10 @@ pub enum SendError {
     /// No complete response within the deadline.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// No OAuth2 access token (the token endpoint failed): nothing was
+    /// sent to the receiver. The text never holds the secret or a token.
+    #[error("oauth2 token: {0}")]
+    Token(String),
 }
 
 /// The stack's type.
@@ -281,13 +309,19 @@ pub type DeliveryService = BoxCloneSyncService<WebhookRequest, WebhookResponse, 
 
 /// Builds an endpoint's stack over `client`: at most `max_in_flight`
 /// requests at once (fewer while the receiver signals overload), paced by
-/// `rate` when set.
-pub fn build(client: HttpClient, max_in_flight: u32, rate: Option<Rate>) -> DeliveryService {
+/// `rate` when set, carrying a bearer token from `oauth` when set.
+pub fn build(
+    client: HttpClient,
+    max_in_flight: u32,
+    rate: Option<Rate>,
+    oauth: Option<Arc<Tokens>>,
+) -> DeliveryService {
     ServiceBuilder::new()
         .layer(BoxCloneSyncService::layer())
         .layer(AdaptiveLimitLayer::new(max_in_flight))
         .option_layer(rate.map(RateLimitLayer::new))
         .retry(ConnectRetry::default())
+        .option_layer(oauth.map(BearerLayer::new))
         .map_request(sign)
         .layer(tower::layer::layer_fn(Deadline))
         .service(Sender(client))
@@ -412,24 +446,7 @@ impl Service<Request<Full<Bytes>>> for Sender {
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         let client = self.0.clone();
         Box::pin(async move {
-            let resp = client.request(req).await.map_err(|e| {
-                if let Some(blocked) = egress::find_blocked(&e) {
-                    return SendError::Blocked(blocked.to_string());
-                }
-                // Keep the cause chain: hyper's top-level message is vague.
-                let mut msg = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    source = s.source();
-                }
-                if e.is_connect() {
-                    SendError::Connect(msg)
-                } else {
-                    SendError::Transport(msg)
-                }
-            })?;
+            let resp = client.request(req).await.map_err(send_error)?;
             let (parts, mut body) = resp.into_parts();
             let mut excerpt = Vec::new();
             while excerpt.len() < RESPONSE_EXCERPT_BYTES {
@@ -451,6 +468,27 @@ impl Service<Request<Full<Bytes>>> for Sender {
                 body_excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
             })
         })
+    }
+}
+
+/// What a failed exchange of the hyper client was: blocked by the SSRF
+/// guard, no connection, or a transport failure, with hyper's cause chain
+/// (its top-level message is vague).
+pub(super) fn send_error(e: hyper_util::client::legacy::Error) -> SendError {
+    if let Some(blocked) = egress::find_blocked(&e) {
+        return SendError::Blocked(blocked.to_string());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_connect() {
+        SendError::Connect(msg)
+    } else {
+        SendError::Transport(msg)
     }
 }
 

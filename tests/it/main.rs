@@ -17,6 +17,8 @@ mod hardening;
 mod hostile;
 mod mtls;
 mod never_matches;
+mod oauth;
+mod oauth_partner;
 mod operations;
 mod proxy;
 mod publish;

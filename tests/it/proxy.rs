@@ -30,16 +30,28 @@ struct TestProxy {
 
 impl TestProxy {
     async fn start() -> Self {
+        Self::requiring(None).await
+    }
+
+    /// A proxy that answers 407 to requests without this
+    /// `Proxy-Authorization` value (`None`: it requires nothing).
+    async fn requiring(auth: Option<&'static str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(serve(client, log.clone()));
+                tokio::spawn(serve(client, log.clone(), auth));
             }
         });
         Self { url, seen }
+    }
+
+    /// Its URL with `userinfo@` before the address.
+    fn url_with(&self, userinfo: &str) -> String {
+        self.url
+            .replacen("http://", &format!("http://{userinfo}@"), 1)
     }
 
     fn seen(&self) -> Vec<String> {
@@ -47,7 +59,7 @@ impl TestProxy {
     }
 }
 
-async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>) {
+async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>, auth: Option<&str>) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
         let mut b = [0u8; 1];
@@ -59,6 +71,23 @@ async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>) {
     let text = String::from_utf8_lossy(&head).into_owned();
     let first = text.lines().next().unwrap_or_default().to_owned();
     log.lock().unwrap().push(first.clone());
+    if let Some(expected) = auth {
+        let given = text.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("proxy-authorization")
+                .then(|| value.trim().to_owned())
+        });
+        if given.as_deref() != Some(expected) {
+            log.lock().unwrap().push(format!("407 for {given:?}"));
+            let _ = client
+                .write_all(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                      Proxy-Authenticate: Basic realm=\"test\"\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await;
+            return;
+        }
+    }
     let mut parts = first.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let authority = if method == "CONNECT" {
@@ -209,4 +238,126 @@ async fn the_guard_checks_the_target_behind_the_proxy() {
     }
     assert!(proxy.seen().is_empty(), "{:?}", proxy.seen());
     assert_eq!(rx.count(), 0);
+}
+
+/// `egress@corp:p@ss:1`, percent-encoded in proxy URLs.
+const PROXY_USERINFO: &str = "egress%40corp:p%40ss%3A1";
+/// Its `Proxy-Authorization` value: Basic base64("egress@corp:p@ss:1").
+const PROXY_AUTH: &str = "Basic ZWdyZXNzQGNvcnA6cEBzczox";
+
+/// Credentials in the broker's proxy settings: a proxy that requires them
+/// gets them on CONNECT (https://) and on forwarded plain-HTTP requests;
+/// without them it answers 407, which the attempt records. An endpoint's
+/// own `proxy_url` may not carry credentials (it is returned by
+/// GetEndpoint).
+#[tokio::test]
+async fn proxy_credentials_are_sent_on_connect_and_forwarded_requests() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let (cert, key) = crate::self_signed(dir.path());
+    let (port, mut received) = https_receiver(&cert, &key).await;
+    let rx = Receiver::start().await;
+    let proxy = TestProxy::requiring(Some(PROXY_AUTH)).await;
+    let with_auth = proxy.url_with(PROXY_USERINFO);
+    let ca = cert.clone();
+    let server = TestServer::start_with(dir, move |c| {
+        c.webhook_ca_file = Some(ca);
+        c.https_proxy = Some(with_auth.clone());
+        c.http_proxy = Some(with_auth);
+    })
+    .await;
+    let mut admin = server.admin().await;
+    create(
+        &mut admin,
+        endpoint(&format!("https://localhost:{port}/hook")),
+    )
+    .await;
+    create(&mut admin, endpoint(&rx.url)).await;
+    publish(&mut server.publisher().await, pick("pa-1", "SO-1")).await;
+    tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("delivered through the tunnel")
+        .unwrap();
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let mut seen = proxy.seen();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("CONNECT localhost:{port} HTTP/1.1"),
+            format!("POST {} HTTP/1.1", rx.url),
+        ],
+        "both with the credentials (no 407)"
+    );
+
+    // An endpoint's proxy_url with credentials is refused, unrepeated.
+    let mut e = endpoint(&rx.url);
+    e.proxy_url = proxy.url_with(PROXY_USERINFO);
+    let status = admin
+        .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
+        .await
+        .unwrap_err();
+    assert!(!status.message().contains("p%40ss"), "{status:?}");
+    assert!(status.message().contains("http_proxy"), "{status:?}");
+    assert_invalid(status, "endpoint.proxy_url");
+
+    // Without credentials the proxy refuses: 407, recorded, nothing sent.
+    let bare = proxy.url.clone();
+    let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), move |c| {
+        c.http_proxy = Some(bare);
+    })
+    .await;
+    let mut admin = server.admin().await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    let offset = publish(&mut server.publisher().await, pick("pa-2", "SO-2")).await;
+    wait_state(&mut admin, &ep.id, DeliveryState::Failed, 1).await;
+    let a = attempts(&mut admin, &ep.id, offset).await;
+    assert_eq!(a[0].status, 407, "{a:?}");
+    assert_eq!(rx.count(), 1, "only the first broker's request got through");
+}
+
+/// The real binary at TRACE with credentials in `HTTP_PROXY`: delivered
+/// through the proxy, and neither the password nor the Basic value in any
+/// log line.
+#[tokio::test]
+async fn proxy_credentials_are_never_logged() {
+    let proxy = TestProxy::requiring(Some(PROXY_AUTH)).await;
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs_dir = dir.path().join("logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    let proxy_url = proxy.url_with(PROXY_USERINFO);
+    let mut server = crate::crash::start_server_with_env(
+        &dir.path().join("data"),
+        &logs_dir,
+        1,
+        &[
+            ("STEVEDORE_LOG", "trace"),
+            ("STEVEDORE_ALLOW_HTTP", "true"),
+            ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
+            ("HTTP_PROXY", &proxy_url),
+        ],
+    )
+    .await
+    .unwrap();
+    let channel = crate::crash::connect(&server.addr).await.unwrap();
+    let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+    publish(
+        &mut stevedore::pb::publisher_client::PublisherClient::new(channel),
+        pick("pl-1", "SO-1"),
+    )
+    .await;
+    wait_state(&mut admin, &ep.id, DeliveryState::Delivered, 1).await;
+    assert_eq!(proxy.seen(), [format!("POST {} HTTP/1.1", rx.url)]);
+    drop(admin);
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait_exit(Duration::from_secs(15)).is_some());
+    let logs = crate::crash::read_stderr(&logs_dir, 1);
+    assert!(logs.contains("TRACE"), "the capture works: {logs}");
+    for secret in ["p%40ss", "p@ss", "ZWdyZXNzQGNvcnA6cEBzczox"] {
+        assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");
+    }
 }
