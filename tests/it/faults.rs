@@ -13,7 +13,7 @@
 //! the case's event to it alone); all run at once against one broker, which
 //! also shows that one misbehaving receiver does not hold up another.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost_types::Duration as PbDuration;
 use stevedore::pb::{
@@ -562,9 +562,21 @@ async fn run_case(
     }
     // The gaps between attempts: at least the schedule's delay (less its
     // jitter) plus whatever the case adds (a timeout, a Retry-After).
-    let gaps: Vec<Duration> = requests
+    // Measured between the attempts' starts as the broker recorded them
+    // (one request per attempt is checked above): the receiver's arrival
+    // times add the connect and the receiver's own scheduling, which on a
+    // loaded machine made one gap look 36 ms short of a timeout case's.
+    let started: Vec<SystemTime> = attempts
+        .iter()
+        .map(|a| {
+            a.started_at
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(UNIX_EPOCH)
+        })
+        .collect();
+    let gaps: Vec<Duration> = started
         .windows(2)
-        .map(|w| w[1].received_at - w[0].received_at)
+        .map(|w| w[1].duration_since(w[0]).unwrap_or_default())
         .collect();
     for (i, gap) in gaps.iter().enumerate() {
         let scheduled = Duration::from_millis(case.schedule_ms.get(i + 1).copied().unwrap_or(0));
