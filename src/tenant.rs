@@ -161,7 +161,21 @@ impl Scope {
                 "no event at offset {offset} (never published, or removed by retention)"
             ))
         };
-        let event = store.get(offset)?.ok_or_else(not_found)?;
+        let Some(event) = store.get(offset)? else {
+            // An erased event says so, to whoever may see its tenant.
+            return match store.erasure(offset)? {
+                Some(e) if self.sees(&e.tenant) => Err(Error::NotFound(format!(
+                    "the event at offset {offset} (id {:?}) was {}; only its id, type, tenant \
+                     and publish time remain",
+                    e.event_id,
+                    match e.reason.as_str() {
+                        "expired" => "removed by its tenant's retention (tenant_retention)",
+                        _ => "erased with its tenant's data (EraseTenant)",
+                    }
+                ))),
+                _ => Err(not_found()),
+            };
+        };
         self.check(of_event(&event.event), not_found)?;
         Ok(event)
     }

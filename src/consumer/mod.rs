@@ -130,6 +130,21 @@ const SCAN_SLICE: usize = 1024;
 /// filter.
 pub const BACKLOG_SCAN: u64 = 10_000;
 
+/// Marks `o` done unless it is done or leased; one waiting for
+/// redelivery goes to `expired` (the next poll reports it), one nobody
+/// held to `unheld`.
+fn expire(st: &mut State, o: Offset, unheld: &mut Vec<Offset>) {
+    if o < st.floor || st.is_done(o) || st.is_leased(o) {
+        return;
+    }
+    if st.cancel_retry(o) {
+        st.expired.push(o);
+    } else {
+        unheld.push(o);
+    }
+    st.mark_done(o);
+}
+
 /// All consumers known to this broker.
 pub struct Consumers {
     store: Store,
@@ -436,15 +451,23 @@ impl Consumer {
             let mut st = self.lock();
             let mut o = st.floor;
             while o < cutoff {
-                if !st.is_done(o) && !st.is_leased(o) {
-                    if st.cancel_retry(o) {
-                        st.expired.push(o);
-                    } else {
-                        unheld.push(o);
-                    }
-                    st.mark_done(o);
-                }
+                expire(&mut st, o, &mut unheld);
                 o += 1;
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        unheld
+    }
+
+    /// [`Consumer::expire_below`] for chosen offsets: erasure calls this
+    /// before it erases those events (so none is skipped unrecorded); the
+    /// caller persists with [`Consumer::save`].
+    pub fn expire_offsets(&self, offsets: &[Offset]) -> Vec<Offset> {
+        let mut unheld = Vec::new();
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                expire(&mut st, o, &mut unheld);
             }
         }
         self.changed.send_modify(|v| *v += 1);

@@ -144,6 +144,11 @@ fn frame_header(h: &[u8]) -> FrameHeader {
     }
 }
 
+/// Whether a (checked) frame starts a commit.
+pub(super) fn starts_commit(frame: &[u8]) -> bool {
+    frame_header(frame).commit_start
+}
+
 /// Checks a frame read at `offset` and returns its record.
 pub(super) fn check_frame(frame: &Bytes, offset: Offset) -> Result<Bytes> {
     let corrupt = |m: &str| Error::Corrupt(format!("event log: record {offset}: {m}"));
