@@ -15,6 +15,8 @@ mod erase;
 mod faults;
 mod keys;
 mod log;
+#[cfg(test)]
+mod redact_tests;
 mod rewrite;
 mod writer;
 
