@@ -1,0 +1,196 @@
+//! Erasure of a tenant's event payloads (#18) on a running broker: after
+//! EraseTenant no file under the data directory holds the tenant's
+//! payloads, the other tenant's events still read back and deliver,
+//! Subscribe from earliest carries none of the erased events, GetEvent
+//! says they were erased, pending deliveries of them are recorded dead
+//! (`erased`), and all of it holds after a restart.
+
+use std::time::Duration;
+
+use stevedore::pb::{self, admin_client::AdminClient, subscribe_request::Start};
+use tonic::Code;
+
+use crate::{
+    hardening::files_containing,
+    receiver::Receiver,
+    tenants::{create_as, hook, pick_of, publish_as, two_tenants, ACME_SUB, BETA_SUB, ROOT},
+    Authed, TestServer,
+};
+
+/// The marker in acme's payloads (its sales order ids).
+const ACME_MARK: &str = "ACME-PII-7f3a";
+/// The marker in beta's.
+const BETA_MARK: &str = "BETA-KEEP-91c2";
+
+/// Subscribes from earliest as `token` and reads until `last` arrives;
+/// returns the offsets and sales order ids read.
+async fn read_all(server: &TestServer, token: &str, last: u64) -> Vec<(u64, String)> {
+    let mut sub = server.subscriber_as(Some(token)).await;
+    let mut s = sub
+        .subscribe(pb::SubscribeRequest {
+            start: Some(Start::Earliest(true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        let m = crate::next_within(&mut s, 10).await;
+        let order = match m.event.unwrap().payload {
+            Some(pb::event::Payload::PickConfirmed(p)) => p.sales_order_id,
+            _ => String::new(),
+        };
+        out.push((m.offset, order));
+        if m.offset >= last {
+            return out;
+        }
+    }
+}
+
+/// GetEvent of `offset` as `token`: the status it fails with.
+async fn get_event_error(server: &TestServer, token: &str, offset: u64) -> tonic::Status {
+    server
+        .subscriber_as(Some(token))
+        .await
+        .get_event(pb::GetEventRequest {
+            offset,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the event is gone")
+}
+
+/// The deliveries recorded for endpoint `id`.
+async fn deliveries(root: &mut AdminClient<Authed>, id: &str) -> Vec<pb::Delivery> {
+    root.list_deliveries(pb::ListDeliveriesRequest {
+        endpoint_id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .deliveries
+}
+
+/// What must hold after the erasure, and again after a restart.
+async fn check_erased(server: &TestServer, acme: &[u64], beta: &[u64], last: u64) {
+    let data = crate::data_path(server);
+    assert_eq!(
+        files_containing(&data, ACME_MARK.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "no file holds an erased payload"
+    );
+    assert!(
+        !files_containing(&data, BETA_MARK.as_bytes()).is_empty(),
+        "baseline: the other tenant's payloads are on disk"
+    );
+    let read = read_all(server, ROOT, last).await;
+    assert!(
+        read.iter().all(|(_, order)| !order.contains(ACME_MARK)),
+        "{read:?}"
+    );
+    for o in beta {
+        assert!(read.iter().any(|(r, _)| r == o), "beta's {o} reads back");
+    }
+    for &o in acme {
+        let s = get_event_error(server, ROOT, o).await;
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+        assert!(s.message().contains("erased"), "{}", s.message());
+        // The tenant's own subscriber is told too; another tenant's is
+        // told only that there is no such event.
+        let s = get_event_error(server, ACME_SUB, o).await;
+        assert!(s.message().contains("erased"), "{}", s.message());
+        let s = get_event_error(server, BETA_SUB, o).await;
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(!s.message().contains("erased"), "{}", s.message());
+    }
+}
+
+#[tokio::test]
+async fn erasing_a_tenant_removes_its_payloads_from_every_file() {
+    let server = two_tenants(|_| {}).await;
+    let rx = Receiver::start().await;
+    let mut root = server.admin_as(Some(ROOT)).await;
+    // A global endpoint that delivers, and one paused (its deliveries of
+    // acme's events stay pending until the erasure).
+    let live = create_as(&mut root, hook(&rx.url)).await;
+    let paused = create_as(
+        &mut root,
+        pb::Endpoint {
+            enabled: Some(false),
+            ..hook(&rx.url)
+        },
+    )
+    .await;
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    let (mut acme, mut beta) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let event = pb::Event {
+            id: format!("acme-{i}"),
+            ..pick_of("acme", &format!("{ACME_MARK}-{i}"))
+        };
+        acme.push(publish_as(&mut p, event).await);
+        beta.push(publish_as(&mut p, pick_of("beta", &format!("{BETA_MARK}-{i}"))).await);
+    }
+    rx.wait_for(6, Duration::from_secs(10)).await;
+    let erased = root
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.events, 3);
+
+    // The paused endpoint's pending deliveries of acme's events are dead.
+    let d = deliveries(&mut root, &paused.id).await;
+    let mut dead: Vec<u64> = d
+        .iter()
+        .filter(|d| d.state() == pb::DeliveryState::Dead && d.last_error == "erased")
+        .map(|d| d.offset)
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(dead, acme, "{d:?}");
+    // Beta's events still deliver, old and new.
+    rx.clear();
+    let last = publish_as(&mut p, pick_of("beta", &format!("{BETA_MARK}-new"))).await;
+    let got = rx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["salesOrderId"], format!("{BETA_MARK}-new"));
+    assert_eq!(
+        deliveries(&mut root, &live.id)
+            .await
+            .iter()
+            .filter(|d| d.state() == pb::DeliveryState::Delivered)
+            .count(),
+        7
+    );
+    check_erased(&server, &acme, &beta, last).await;
+    // Erasing again finds nothing more.
+    let again = root
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.events, 0);
+    drop((root, p));
+
+    let server = server.restart().await;
+    check_erased(&server, &acme, &beta, last).await;
+    // A re-publish of an erased event's id is a duplicate of it: the
+    // erased content does not come back.
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    let retry = pb::Event {
+        id: "acme-0".into(),
+        ..pick_of("acme", &format!("{ACME_MARK}-0"))
+    };
+    let out = p
+        .publish(pb::PublishRequest { event: Some(retry) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((out.offset, out.duplicate), (acme[0], true));
+    check_erased(&server, &acme, &beta, last).await;
+}
