@@ -194,3 +194,83 @@ async fn erasing_a_tenant_removes_its_payloads_from_every_file() {
     assert_eq!((out.offset, out.duplicate), (acme[0], true));
     check_erased(&server, &acme, &beta, last).await;
 }
+
+/// `tenant_retention`: acme's events older than its age lose their
+/// payloads; beta's, older still, stay; the pending deliveries of acme's
+/// are recorded dead, `expired`.
+#[tokio::test]
+async fn a_tenant_with_a_short_retention_loses_its_old_payloads() {
+    let server = two_tenants(|c| {
+        c.tenant_retention = vec![("acme".into(), Duration::from_millis(1500))];
+        c.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let mut root = server.admin_as(Some(ROOT)).await;
+    let paused = create_as(
+        &mut root,
+        pb::Endpoint {
+            enabled: Some(false),
+            ..hook(&rx.url)
+        },
+    )
+    .await;
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    // Beta's first: they are the oldest events.
+    let mut beta = Vec::new();
+    for i in 0..3 {
+        beta.push(publish_as(&mut p, pick_of("beta", &format!("{BETA_MARK}-{i}"))).await);
+    }
+    let mut acme = Vec::new();
+    for i in 0..3 {
+        acme.push(publish_as(&mut p, pick_of("acme", &format!("{ACME_MARK}-{i}"))).await);
+    }
+    // Polled (bounded): retention runs every 100 ms once the age is past.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let gone = loop {
+        let r = server
+            .subscriber_as(Some(ROOT))
+            .await
+            .get_event(pb::GetEventRequest {
+                offset: acme[2],
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Err(s) => break s,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("acme's events outlived their retention"),
+        }
+    };
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    assert!(gone.message().contains("retention"), "{}", gone.message());
+    let data = crate::data_path(&server);
+    assert!(files_containing(&data, ACME_MARK.as_bytes()).is_empty());
+    let mut sub = server.subscriber_as(Some(ROOT)).await;
+    for &o in &beta {
+        let e = sub
+            .get_event(pb::GetEventRequest {
+                offset: o,
+                ..Default::default()
+            })
+            .await
+            .expect("beta's older events stay")
+            .into_inner();
+        assert!(e.event.is_some());
+    }
+    for &o in &acme {
+        let s = get_event_error(&server, ROOT, o).await;
+        assert!(s.message().contains("retention"), "{}", s.message());
+    }
+    let d = deliveries(&mut root, &paused.id).await;
+    let mut expired: Vec<u64> = d
+        .iter()
+        .filter(|d| d.state() == pb::DeliveryState::Dead && d.last_error == "expired")
+        .map(|d| d.offset)
+        .collect();
+    expired.sort_unstable();
+    assert_eq!(expired, acme, "{d:?}");
+    assert_eq!(d.len(), 3, "beta's deliveries are still pending: {d:?}");
+}

@@ -11,7 +11,9 @@
 //!   `[len u32][crc32 u32][offset u64][record: len bytes]` (little-endian;
 //!   the CRC covers the offset and the record). The top bit of `len` marks
 //!   the first record of a commit (version 1 only). The record is an
-//!   encoded [`keys::EventRecord`](super::super::keys). Offsets are dense.
+//!   encoded [`keys::EventRecord`](super::super::keys), or the tombstone
+//!   that replaced one ([`keys::tombstone`](super::super::keys), field 3
+//!   set; see [`super::redact`]). Offsets are dense.
 //! - `<base>.idx`: the header, the id-hash key's fingerprint (u64), then per
 //!   record `[position u32][id hash u64]`, then `[count u64][crc32 u32]`.
 //! - `start`: the header, `[first offset u64][crc32 u32]`.

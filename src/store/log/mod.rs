@@ -16,7 +16,10 @@
 //!   [`Recovery::Truncate`] is set: then the log is cut at the damage,
 //!   later segments are removed, and what was dropped is logged;
 //! - a sealed segment's `.idx` is a shortcut: a missing, damaged or stale
-//!   one is rebuilt from the segment.
+//!   one is rebuilt from the segment;
+//! - a `<base>.redacting` file is a redaction a crash interrupted before
+//!   its rename: its segment is untouched, and the file is removed
+//!   ([`redact`] rewrites sealed segments to replace chosen records).
 //!
 //! All file I/O goes through [`fs::Fs`], so tests inject faults.
 
