@@ -336,8 +336,8 @@ pub const KEYS: &[&str] = &[
     "tenant_max_endpoints",
     "tenant_publish_rate",
     "tenant_publish_burst",
-    "audit_events",
     "tenant_retention",
+    "audit_events",
 ];
 
 impl Config {

@@ -67,7 +67,7 @@ fn marked(id: &str, tenant: &str) -> NewEvent {
 }
 
 fn tenant_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "a"
     } else {
         "b"
@@ -242,7 +242,7 @@ fn appends_and_reads_during_a_redaction_are_kept_in_order() {
                     let offset = i as Offset + 1;
                     let got = log.get(offset).unwrap().expect("every record reads");
                     assert!(
-                        &got == original || keys::is_tombstone(&got).unwrap(),
+                        got == original || keys::is_tombstone(&got).unwrap(),
                         "record {offset}: the old record or its tombstone"
                     );
                     reads += 1;

@@ -48,6 +48,10 @@ use crate::{
 /// Extension of a segment being rewritten; opening removes any it finds.
 pub(super) const REDACTING: &str = "redacting";
 
+/// What becomes of a record at an offset: `Some` replacement, or `None`
+/// to keep it.
+pub(in crate::store) type Replace<'a> = dyn FnMut(Offset, &[u8]) -> Result<Option<Vec<u8>>> + 'a;
+
 /// What a rewrite produced: the new file (already named `.redacting`),
 /// its record positions, the records' id hashes and its length.
 struct Rewritten {
@@ -66,7 +70,7 @@ impl EventLog {
     pub(in crate::store) fn redact(
         &self,
         offsets: &[Offset],
-        replace: &mut dyn FnMut(Offset, &[u8]) -> Result<Option<Vec<u8>>>,
+        replace: &mut Replace<'_>,
     ) -> Result<Vec<Offset>> {
         let _one = self.redacting.lock().unwrap_or_else(|p| p.into_inner());
         let mut replaced = Vec::new();
@@ -113,7 +117,7 @@ impl EventLog {
         &self,
         seg: &Segment,
         offsets: &[Offset],
-        replace: &mut dyn FnMut(Offset, &[u8]) -> Result<Option<Vec<u8>>>,
+        replace: &mut Replace<'_>,
     ) -> Result<Vec<Offset>> {
         let mut new_records = Vec::new();
         for &offset in offsets {
