@@ -3,14 +3,17 @@
 //! before the log forgets their payloads.
 //!
 //! Like retention ([`Deliveries::expire_before`]), nothing pending is
-//! dropped silently: every remaining endpoint that has not delivered an
-//! event being erased records it as dead with the reason `erased` (or
-//! `expired` for the tenant's retention), and its consumer marks it done
-//! first, so no worker reads it in between and skips it unrecorded.
-//! Events a worker holds are left to the worker: its next attempt finds
-//! the event gone and records it dead with the tombstone's reason. The
-//! attempts recorded for those events (they hold response bodies) are
-//! deleted; delivery records keep the id, type, state and counts only.
+//! dropped silently. Before the events are erased, every remaining
+//! endpoint's consumer marks those it has not read yet as done (so no
+//! worker reads one in between and skips it unrecorded) and the endpoint
+//! records them as dead with the reason `erased` (or `expired` for the
+//! tenant's retention). Events a worker holds are its own to record:
+//! once the tombstones exist, those waiting for a retry are handed back
+//! at once ([`crate::consumer::Consumer::expire_waiting`]), and one being
+//! sent finds its event gone at its next attempt; either way the worker
+//! records it dead with the tombstone's reason. The attempts recorded for
+//! those events (they hold response bodies) are deleted; delivery records
+//! keep the id, type, state and counts.
 
 use std::collections::HashSet;
 
@@ -18,6 +21,7 @@ use prost::Message;
 
 use super::{consumer_name, worker::load_delivery, Deliveries};
 use crate::{
+    consumer::Consumer,
     error::Result,
     model::Offset,
     pb::{self, DeliveryState},
@@ -43,24 +47,36 @@ impl Deliveries {
         if unwanted.is_empty() {
             return Ok(0);
         }
-        for id in self.endpoint_ids()? {
-            self.settle_erased(&id, &unwanted, why).await?;
-        }
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
+        let mut consumers = Vec::new();
+        for id in self.endpoint_ids()? {
+            if let Ok(consumer) = self.consumers.get(&consumer_name(&id)) {
+                self.settle_erased(&id, &consumer, &unwanted, why).await?;
+                consumers.push(consumer);
+            }
+        }
         let erased = self.store.erase(&offsets, why).await?;
+        for consumer in consumers {
+            consumer.expire_waiting(&offsets);
+            consumer.save().await?;
+        }
         tracing::warn!(%tenant, events = erased, reason = why.as_str(), "event payloads erased");
         Ok(erased as u64)
     }
 
-    /// Endpoint `id`'s part of an erasure: pending deliveries of `unwanted`
-    /// events are recorded dead, their attempts deleted.
-    async fn settle_erased(&self, id: &str, unwanted: &[Unwanted], why: Removal) -> Result<()> {
-        let Ok(consumer) = self.consumers.get(&consumer_name(id)) else {
-            return Ok(());
-        };
+    /// Endpoint `id`'s part of an erasure, before it: deliveries of
+    /// `unwanted` events it has not read yet are recorded dead, attempts
+    /// of any of them deleted.
+    async fn settle_erased(
+        &self,
+        id: &str,
+        consumer: &Consumer,
+        unwanted: &[Unwanted],
+        why: Removal,
+    ) -> Result<()> {
         let filter = consumer.filter();
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
-        let unheld: HashSet<Offset> = consumer.expire_offsets(&offsets).into_iter().collect();
+        let unheld: HashSet<Offset> = consumer.expire_unread(&offsets).into_iter().collect();
         let mut writes = Vec::new();
         let mut dead = 0u64;
         for u in unwanted {

@@ -73,6 +73,24 @@ async fn deliveries(root: &mut AdminClient<Authed>, id: &str) -> Vec<pb::Deliver
     .deliveries
 }
 
+/// Polls (bounded: 10 s) until endpoint `id` has a delivery that `want`s.
+async fn wait_deliveries(
+    root: &mut AdminClient<Authed>,
+    id: &str,
+    what: &str,
+    want: impl Fn(&pb::Delivery) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = deliveries(root, id).await;
+        if d.iter().any(&want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What must hold after the erasure, and again after a restart.
 async fn check_erased(server: &TestServer, acme: &[u64], beta: &[u64], last: u64) {
     let data = crate::data_path(server);
@@ -157,6 +175,11 @@ async fn erasing_a_tenant_removes_its_payloads_from_every_file() {
     let last = publish_as(&mut p, pick_of("beta", &format!("{BETA_MARK}-new"))).await;
     let got = rx.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].json()["salesOrderId"], format!("{BETA_MARK}-new"));
+    // (Its record is written after the answer arrives.)
+    wait_deliveries(&mut root, &live.id, "the new event's record", |d| {
+        d.offset == last && d.state() == pb::DeliveryState::Delivered
+    })
+    .await;
     assert_eq!(
         deliveries(&mut root, &live.id)
             .await
@@ -273,4 +296,47 @@ async fn a_tenant_with_a_short_retention_loses_its_old_payloads() {
     expired.sort_unstable();
     assert_eq!(expired, acme, "{d:?}");
     assert_eq!(d.len(), 3, "beta's deliveries are still pending: {d:?}");
+}
+
+/// A delivery waiting for its next attempt when its event is erased is
+/// recorded dead, `erased`, at once, not at its next attempt an hour on.
+#[tokio::test]
+async fn a_delivery_waiting_for_a_retry_is_recorded_erased_at_once() {
+    let server = two_tenants(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.set_default(crate::receiver::Behavior::Status(500));
+    let mut root = server.admin_as(Some(ROOT)).await;
+    let ep = create_as(
+        &mut root,
+        pb::Endpoint {
+            retry_schedule: vec![
+                prost_types::Duration::default(),
+                prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                },
+            ],
+            ..hook(&rx.url)
+        },
+    )
+    .await;
+    let mut p = server.publisher_as(Some(ROOT)).await;
+    let offset = publish_as(&mut p, pick_of("acme", &format!("{ACME_MARK}-w"))).await;
+    wait_deliveries(&mut root, &ep.id, "the failed attempt's record", |d| {
+        d.offset == offset && d.state() == pb::DeliveryState::Failed
+    })
+    .await;
+    let erased = root
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erased.events, 1);
+    wait_deliveries(&mut root, &ep.id, "the dead record", |d| {
+        d.offset == offset && d.state() == pb::DeliveryState::Dead && d.last_error == "erased"
+    })
+    .await;
+    assert!(files_containing(&crate::data_path(&server), ACME_MARK.as_bytes()).is_empty());
 }
