@@ -69,6 +69,10 @@ impl Deliveries {
                 let d = pb::Delivery::decode(&*v)
                     .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
                 if states.contains(&d.state()) && event_type.is_none_or(|t| d.event_type == t) {
+                    // Nor can erased ones (their tombstone is all that is left).
+                    if self.store.erasure(offset)?.is_some() {
+                        continue;
+                    }
                     if matched.len() == RECOVER_LIMIT {
                         more = true;
                         break;

@@ -170,6 +170,18 @@ async fn erasing_a_tenant_removes_its_payloads_from_every_file() {
         .collect();
     dead.sort_unstable();
     assert_eq!(dead, acme, "{d:?}");
+    // They cannot be sent again, so RecoverDeliveries does not count them.
+    let recover = root
+        .recover_deliveries(pb::RecoverDeliveriesRequest {
+            endpoint_id: paused.id.clone(),
+            since: Some(prost_types::Timestamp::default()),
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recover.matched, 0);
     // Beta's events still deliver, old and new.
     rx.clear();
     let last = publish_as(&mut p, pick_of("beta", &format!("{BETA_MARK}-new"))).await;
