@@ -1,23 +1,13 @@
 //! The audit trail (tenants): every admin change is recorded with the
 //! token's name and tenant, the action and its target, kept in the state
-//! (`Table::Audit`, keyed by ULID so it lists in time order) and, with
+//! (`store::AuditRecords`, in time order) and, with
 //! `audit_events` on, published into the log as a `stevedore.admin.changed`
 //! event belonging to the target's tenant, so that tenant's subscribers and
 //! endpoints can follow it.
 
 use std::time::SystemTime;
 
-use prost::Message;
-
-use crate::{
-    auth::Caller,
-    convert,
-    delivery::ops,
-    error::{Error, Result},
-    pb,
-    store::{Mutation, Store, Table},
-    tenant::Scope,
-};
+use crate::{auth::Caller, convert, delivery::ops, error::Result, pb, store::Store, tenant::Scope};
 
 /// Records and lists admin changes.
 #[derive(Clone)]
@@ -61,13 +51,7 @@ impl Audit {
             target: target.to_owned(),
             target_tenant: target_tenant.to_owned(),
         };
-        self.store
-            .write(vec![Mutation::put(
-                Table::Audit,
-                id.as_bytes(),
-                record.encode_to_vec(),
-            )])
-            .await?;
+        self.store.audit().put(&record).await?;
         tracing::info!(token = %record.token, tenant = %record.tenant, action, target, "admin change");
         if !self.publish {
             return Ok(());
@@ -96,17 +80,9 @@ impl Audit {
         page_size: usize,
         page_token: &str,
     ) -> Result<(Vec<pb::AuditRecord>, String)> {
-        let tree = self.store.table(Table::Audit);
-        let iter = if page_token.is_empty() {
-            tree.iter()
-        } else {
-            tree.range(..page_token.as_bytes().to_vec())
-        };
         let mut out = Vec::new();
-        for kv in iter.rev() {
-            let (_, v) = kv?;
-            let r = pb::AuditRecord::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("audit record: {e}")))?;
+        for r in self.store.audit().newest_first(page_token) {
+            let r = r?;
             let visible = match scope.tenant() {
                 None => true,
                 Some(t) => r.tenant == t || r.target_tenant == t,

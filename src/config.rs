@@ -15,6 +15,7 @@ use crate::delivery::{
     egress::{parse_networks, Cidr},
     sealing::MasterKey,
 };
+use crate::store;
 pub use crate::store::Recovery;
 
 /// Environment variables `STEVEDORE_<KEY>` override the file, e.g.
@@ -31,10 +32,11 @@ pub struct Config {
     // Console (#16): the webhook maintenance page.
     /// Console (webhook maintenance page) listen address (`off` disables it).
     pub console_listen: Option<SocketAddr>,
-    /// Directory of the embedded sled database.
+    /// The data directory: the event log and the state store.
     pub data_dir: PathBuf,
-    /// sled page-cache size in bytes (sled's own default is 1 GiB).
-    pub sled_cache_bytes: u64,
+    /// The state store's page cache in bytes (config key
+    /// [`store::STATE_CACHE_KEY`]).
+    pub state_cache_bytes: u64,
     /// Size at which the event log starts a new segment file.
     pub log_segment_bytes: u64,
     /// Largest encoded event accepted by Publish.
@@ -201,7 +203,7 @@ impl Default for Config {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             console_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             data_dir: PathBuf::from("stevedore-data"),
-            sled_cache_bytes: 64 * 1024 * 1024,
+            state_cache_bytes: 64 * 1024 * 1024,
             log_segment_bytes: 64 * 1024 * 1024,
             max_event_bytes: 1024 * 1024,
             max_batch_events: 10_000,
@@ -276,7 +278,7 @@ pub const KEYS: &[&str] = &[
     "metrics_listen",
     "console_listen",
     "data_dir",
-    "sled_cache_bytes",
+    store::STATE_CACHE_KEY,
     "log_segment_bytes",
     "max_event_bytes",
     "max_batch_events",
@@ -560,7 +562,7 @@ impl Config {
                 }
                 self.data_dir = PathBuf::from(value)
             }
-            "sled_cache_bytes" => self.sled_cache_bytes = parse_num(value).map_err(bad)?,
+            store::STATE_CACHE_KEY => self.state_cache_bytes = parse_num(value).map_err(bad)?,
             "log_segment_bytes" => self.log_segment_bytes = parse_num(value).map_err(bad)?,
             "max_event_bytes" => self.max_event_bytes = parse_num(value).map_err(bad)?,
             "max_batch_events" => self.max_batch_events = parse_num(value).map_err(bad)?,
@@ -669,8 +671,8 @@ impl Config {
             }
         };
         check(
-            self.sled_cache_bytes >= 1024 * 1024,
-            "sled_cache_bytes",
+            self.state_cache_bytes >= 1024 * 1024,
+            store::STATE_CACHE_KEY,
             "must be at least 1 MiB",
         )?;
         check(

@@ -32,9 +32,9 @@ pub enum Error {
     /// The broker is shutting down and takes no new work.
     #[error("the broker is shutting down")]
     ShuttingDown,
-    /// The storage engine failed.
+    /// The state store failed (its I/O errors are [`Error::Io`]).
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(String),
     /// A file operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -144,7 +144,6 @@ impl From<Error> for Status {
                 )
             }
             Error::Io(ref e) if is_disk_full(e) => disk_full(&err),
-            Error::Storage(sled::Error::Io(ref e)) if is_disk_full(e) => disk_full(&err),
             Error::Storage(_) | Error::Io(_) | Error::MasterKey(_) => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")
@@ -182,10 +181,6 @@ mod tests {
             (Error::Io(enospc()).share(), Code::ResourceExhausted),
             (
                 Error::Io(std::io::Error::from(std::io::ErrorKind::QuotaExceeded)),
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::Storage(sled::Error::Io(enospc())),
                 Code::ResourceExhausted,
             ),
             (Error::Io(std::io::Error::other("x")), Code::Internal),

@@ -1,7 +1,7 @@
 //! stevedore: a gRPC event broker for warehouse and commerce webhooks.
 //!
 //! Internal services publish typed protobuf events; the broker appends them
-//! to a durable, embedded sled log (group-committed and fsync'd before the
+//! to a durable, embedded segment log (group-committed and fsync'd before the
 //! publish is acknowledged) and fans them out to streaming gRPC subscribers
 //! and durable consumers.
 //!
@@ -13,8 +13,9 @@
 //! - [`pb`] — generated protobuf and gRPC code only.
 //! - [`convert`] — validation of wire input into domain types.
 //! - [`model`] — domain types: offsets, event types, stored events.
-//! - [`store`] — the log, id index and consumer state on sled; the writer
-//!   thread that group-commits and fsyncs.
+//! - [`store`] — the event log with its id index, and the typed state
+//!   stores beside it (endpoints, deliveries, consumers, audit); the writer
+//!   threads that group-commit and fsync.
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
 //!   and retries; one worker per endpoint on top of its durable consumer;
@@ -103,7 +104,7 @@ pub async fn run(
 /// Makes every file and directory the process creates from now on private
 /// to its user (umask 077): the data directory holds endpoint secrets, in
 /// the clear without a master key. Process-wide, and set before the store
-/// is opened, so sled's files, log segments and snapshots are all covered.
+/// is opened, so the state store's files and the log's segments are all covered.
 pub fn private_files() {
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -112,7 +113,7 @@ pub fn private_files() {
 /// Offline (the broker stopped): seals every endpoint secret still stored
 /// in the clear with the configured master key, and rewrites the state
 /// store into fresh files, so that no file under the data directory keeps
-/// an old plaintext copy (see `store::rewrite_state`). Returns how many
+/// an old plaintext copy (see `store::rewrite_endpoints`). Returns how many
 /// records were sealed and how many entries were copied.
 pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
     private_files();
@@ -128,8 +129,8 @@ pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
             config.data_dir.display()
         );
     }
-    let done = store::rewrite_state(&config.data_dir, config.sled_cache_bytes, |table, value| {
-        delivery::reseal_value(table, value, key)
+    let done = store::rewrite_endpoints(&config.data_dir, config.state_cache_bytes, |value| {
+        delivery::reseal_value(value, key)
     })
     .with_context(|| {
         format!(
@@ -238,7 +239,7 @@ pub async fn serve(
 
     let (store, writer) = Store::open(&StoreConfig {
         path: config.data_dir.clone(),
-        cache_bytes: config.sled_cache_bytes,
+        cache_bytes: config.state_cache_bytes,
         segment_bytes: config.log_segment_bytes,
         max_group: config.max_group_commit,
         commit_delay: config.group_commit_delay,
@@ -454,8 +455,8 @@ pub async fn serve(
     // store explicitly rather than waiting for the last handle to go.
     shared.store.close();
     drop(shared);
-    // Every Store handle is gone: the writer commits what is queued, closes
-    // sled and exits.
+    // Every Store handle is gone: the writers commit what is queued, close
+    // the state store and exit.
     tokio::task::spawn_blocking(move || writer.join()).await?;
     tracing::info!("shutdown complete");
     served.context("gRPC server failed")

@@ -1,6 +1,6 @@
 //! Retention: events older than `retention_age`, or the oldest tenth of the
 //! log while the data directory is over `retention_max_bytes`, are removed;
-//! sled reclaims their space as it rewrites segments.
+//! the log deletes each segment file once every event in it is gone.
 //!
 //! Nothing pending is dropped silently: before events go, every endpoint
 //! that has not delivered them records them as dead with the reason

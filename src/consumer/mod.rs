@@ -26,7 +26,7 @@ use tokio::{sync::watch, time::Instant};
 use crate::{
     error::{Error, Result},
     model::{EventFilter, EventType, Offset, StoredEvent},
-    store::{ConsumerRecord, Mutation, Store, Table},
+    store::{ConsumerRecord, StateWrites, Store},
     tenant::Scope,
 };
 
@@ -221,11 +221,9 @@ impl Consumers {
         if let Some(c) = self.lock().get(name) {
             return Ok(Some(c.clone()));
         }
-        let Some(bytes) = self.store.table(Table::Consumers).get(name.as_bytes())? else {
+        let Some(record) = self.store.consumers().get(name)? else {
             return Ok(None);
         };
-        let record: ConsumerRecord = prost::Message::decode(&*bytes)
-            .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
         let filter = EventFilter::types_only(
             record
                 .event_types
@@ -272,22 +270,14 @@ impl Consumers {
         if let Some(c) = self.lock().remove(name) {
             c.removed.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        self.store
-            .write(vec![Mutation::delete(Table::Consumers, name.as_bytes())])
-            .await
+        self.store.consumers().delete(name).await
     }
 
     /// Every durable gRPC consumer (not endpoints), in name order.
     pub fn list(&self) -> Result<Vec<ConsumerSummary>> {
         let mut out = Vec::new();
-        for kv in self.store.table(Table::Consumers).iter() {
-            let (k, v) = kv?;
-            let name = String::from_utf8_lossy(&k).into_owned();
-            if name.starts_with('@') {
-                continue;
-            }
-            let record: ConsumerRecord = prost::Message::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
+        for kv in self.store.consumers().list(|name| name.starts_with('@')) {
+            let (name, record) = kv?;
             // The live state of a loaded consumer; the stored one otherwise
             // (listing loads nothing).
             let live = self.lock().get(&name).cloned();
@@ -685,7 +675,7 @@ impl Consumer {
     /// persist could snapshot them as done and reach the writer first,
     /// making the ack durable without its records (a crash then loses the
     /// delivery record and never sends the event again).
-    pub async fn ack_with(&self, offsets: &[Offset], records: Vec<Mutation>) -> Result<()> {
+    pub async fn ack_with(&self, offsets: &[Offset], records: StateWrites) -> Result<()> {
         let head = self.store.head();
         if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
             return Err(Error::invalid(
@@ -732,12 +722,12 @@ impl Consumer {
     }
 
     async fn persist(&self) -> Result<()> {
-        self.persist_acking(&[], Vec::new()).await
+        self.persist_acking(&[], StateWrites::new()).await
     }
 
     /// Marks `acks` done and persists the position, with `records` in the
     /// same write.
-    async fn persist_acking(&self, acks: &[Offset], mut records: Vec<Mutation>) -> Result<()> {
+    async fn persist_acking(&self, acks: &[Offset], records: StateWrites) -> Result<()> {
         let order = self.persist_order.lock().await;
         let record = {
             let mut st = self.lock();
@@ -762,17 +752,16 @@ impl Consumer {
         if !acks.is_empty() {
             self.changed.send_modify(|v| *v += 1);
         }
-        if !self.removed.load(std::sync::atomic::Ordering::SeqCst) {
-            records.push(Mutation::put(
-                Table::Consumers,
-                self.name.as_bytes(),
-                prost::Message::encode_to_vec(&record),
-            ));
-        }
-        if records.is_empty() {
+        let durable = if !self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.store
+                .consumers()
+                .submit_save(&self.name, &record, records)
+                .await?
+        } else if !records.is_empty() {
+            self.store.submit_state(records).await?
+        } else {
             return Ok(());
-        }
-        let durable = self.store.submit_write(records).await?;
+        };
         // Queued in order; concurrent acks now share the group commit.
         drop(order);
         durable.await.map_err(|_| Error::ShuttingDown)??;

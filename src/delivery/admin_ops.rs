@@ -10,7 +10,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::Message;
 
 use super::{
     consumer_name, endpoint::EndpointSpec, keys_of, signing, stack, worker, Deliveries, REDACTED,
@@ -20,7 +19,6 @@ use crate::{
     error::{Error, Result},
     model::Offset,
     pb::{self, DeliveryState},
-    store::{self, scoped_offset_key, Mutation, Table},
     tenant::Scope,
 };
 
@@ -114,18 +112,8 @@ impl Deliveries {
             .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default();
         let mut seen = HashSet::new();
-        for kv in self
-            .store
-            .table(Table::Deliveries)
-            .range(
-                scoped_offset_key(id, q.from).max(store::scope(id))..scoped_offset_key(id, upper),
-            )
-            .rev()
-        {
-            let (k, v) = kv?;
-            let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-            let mut d = pb::Delivery::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
+        for kv in self.store.deliveries().range(id, q.from, upper).rev() {
+            let (offset, mut d) = kv?;
             d.endpoint_id = id.to_owned();
             d.offset = offset;
             d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
@@ -205,7 +193,7 @@ impl Deliveries {
                     .unwrap_or_default()
             )));
         }
-        let existing = worker::load_delivery(&self.store, id, offset)?;
+        let existing = self.store.deliveries().get(id, offset)?;
         let is_held = || {
             self.views
                 .lock()
@@ -259,13 +247,7 @@ impl Deliveries {
         d.attempts = 0;
         d.next_attempt_at = None;
         d.superseded_by = 0;
-        self.store
-            .write(vec![Mutation::put(
-                Table::Deliveries,
-                scoped_offset_key(id, offset),
-                d.encode_to_vec(),
-            )])
-            .await?;
+        self.store.deliveries().put(id, offset, &d).await?;
         self.consumers
             .get(&consumer_name(id))?
             .reopen(offset)

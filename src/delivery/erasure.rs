@@ -17,15 +17,13 @@
 
 use std::collections::HashSet;
 
-use prost::Message;
-
-use super::{consumer_name, worker::load_delivery, Deliveries};
+use super::{consumer_name, Deliveries};
 use crate::{
     consumer::Consumer,
     error::Result,
     model::Offset,
     pb::{self, DeliveryState},
-    store::{scoped_offset_key, Mutation, Removal, Table, Unwanted},
+    store::{Removal, StateWrites, Unwanted},
 };
 
 /// Most state writes in one group commit.
@@ -77,10 +75,10 @@ impl Deliveries {
         let filter = consumer.filter();
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
         let unheld: HashSet<Offset> = consumer.expire_unread(&offsets).into_iter().collect();
-        let mut writes = Vec::new();
+        let mut writes = StateWrites::new();
         let mut dead = 0u64;
         for u in unwanted {
-            let old = load_delivery(&self.store, id, u.offset)?;
+            let old = self.store.deliveries().get(id, u.offset)?;
             if unheld.contains(&u.offset) && filter.matches_meta(&u.meta) {
                 let mut record = pb::Delivery {
                     event_id: u.event_id.clone(),
@@ -94,22 +92,18 @@ impl Deliveries {
                     record.last_attempt_at = old.last_attempt_at;
                     record.last_status = old.last_status;
                 }
-                writes.push(Mutation::put(
-                    Table::Deliveries,
-                    scoped_offset_key(id, u.offset),
-                    record.encode_to_vec(),
-                ));
+                writes.put_delivery(id, u.offset, &record);
                 dead += 1;
             }
             if old.is_some() {
-                writes.extend(self.store.delete_attempts(id, u.offset)?);
+                self.store.delete_attempts(&mut writes, id, u.offset)?;
             }
             if writes.len() >= WRITES_PER_COMMIT {
-                self.store.write(std::mem::take(&mut writes)).await?;
+                self.store.write_state(std::mem::take(&mut writes)).await?;
             }
         }
         if !writes.is_empty() {
-            self.store.write(writes).await?;
+            self.store.write_state(writes).await?;
         }
         consumer.save().await?;
         if dead > 0 {

@@ -34,7 +34,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -46,7 +45,7 @@ use crate::{
     metrics::Metrics,
     model::{EventFilter, Offset},
     pb::{self, DeliveryState},
-    store::{scope as key_prefix, scoped_offset_key, Mutation, Store, Table},
+    store::{StateWrites, Store},
     tenant::{self, Scope},
 };
 use egress::Guard;
@@ -175,24 +174,20 @@ impl Deliveries {
         let mut records = Vec::new();
         // Migration: with a key, records still in the clear (written before
         // it was configured) are sealed now, before delivery starts.
-        let mut to_seal = Vec::new();
-        for v in this.store.table(Table::Endpoints).iter().values() {
+        let mut to_seal = StateWrites::new();
+        for v in this.store.endpoints().all() {
             let v = v?;
             // Fails, naming master_key_file, when a record is sealed and
             // the configured key (or its absence) cannot open it.
             let r = EndpointRecord::from_stored(&v, key)?;
             if key.is_some() && !EndpointRecord::is_sealed(&v) {
-                to_seal.push(Mutation::put(
-                    Table::Endpoints,
-                    r.endpoint().id.as_bytes(),
-                    r.to_stored(key),
-                ));
+                to_seal.put_endpoint(&r.endpoint().id, r.to_stored(key));
             }
             records.push(r);
         }
         if !to_seal.is_empty() {
             let n = to_seal.len();
-            this.store.write(to_seal).await?;
+            this.store.write_state(to_seal).await?;
             tracing::warn!(
                 endpoints = n,
                 "encrypted stored endpoint secrets with the master key; their old plaintext \
@@ -259,12 +254,8 @@ impl Deliveries {
             .await?;
         }
         // The dead-letter gauges start from what is on disk.
-        for kv in this.store.table(Table::Deliveries).iter() {
-            let (k, v) = kv?;
-            if pb::Delivery::decode(&*v).is_ok_and(|d| d.state() == DeliveryState::Dead) {
-                let id = k.split(|&b| b == 0).next().unwrap_or_default();
-                this.metrics.dead.add(&String::from_utf8_lossy(id), 1);
-            }
+        for (id, dead) in this.store.deliveries().dead_per_endpoint()? {
+            this.metrics.dead.add(&id, dead);
         }
         tracing::info!(endpoints = records.len(), "webhook delivery started");
         let manager = this.clone();
@@ -483,7 +474,7 @@ impl Deliveries {
         endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, &self.guard)?;
         let mut workers = self.workers.lock().await;
-        if self.store.table(Table::Endpoints).len() >= self.config.max_endpoints {
+        if self.store.endpoints().len() >= self.config.max_endpoints {
             return Err(Error::ResourceExhausted(format!(
                 "the broker already has max_endpoints ({}) endpoints",
                 self.config.max_endpoints
@@ -550,17 +541,9 @@ impl Deliveries {
         page_size: usize,
         after: &str,
     ) -> Result<(Vec<pb::Endpoint>, String)> {
-        let tree = self.store.table(Table::Endpoints);
-        let iter = if after.is_empty() {
-            tree.iter()
-        } else {
-            let mut from = after.as_bytes().to_vec();
-            from.push(0);
-            tree.range(from..)
-        };
         let mut out = Vec::new();
-        for kv in iter {
-            let (_, v) = kv?;
+        for v in self.store.endpoints().after(after) {
+            let v = v?;
             let record = self.decode_record(&v)?;
             if !scope.sees(&record.endpoint().tenant) {
                 continue;
@@ -646,32 +629,9 @@ impl Deliveries {
         let mut workers = self.workers.lock().await;
         self.record(scope, id)?;
         stop_worker(&mut workers, id).await;
-        self.store
-            .write(vec![Mutation::delete(Table::Endpoints, id.as_bytes())])
-            .await?;
+        self.store.endpoints().delete(id).await?;
         self.consumers.remove(&consumer_name(id)).await?;
-        // Records in chunks, so one huge endpoint cannot make one huge batch.
-        for table in [Table::Deliveries, Table::Attempts] {
-            loop {
-                let keys: Vec<_> = self
-                    .store
-                    .table(table)
-                    .scan_prefix(key_prefix(id))
-                    .keys()
-                    .take(10_000)
-                    .collect::<std::result::Result<_, _>>()?;
-                if keys.is_empty() {
-                    break;
-                }
-                self.store
-                    .write(
-                        keys.into_iter()
-                            .map(|k| Mutation::delete(table, k.to_vec()))
-                            .collect(),
-                    )
-                    .await?;
-            }
-        }
+        self.store.deliveries().delete_endpoint(id).await?;
         self.metrics.dead.remove(id);
         self.metrics.endpoint_stats.remove(id);
         self.views
@@ -743,13 +703,7 @@ impl Deliveries {
             }
         }
         out.matches = true;
-        let delivery = self
-            .store
-            .table(Table::Deliveries)
-            .get(scoped_offset_key(id, offset))?
-            .map(|v| pb::Delivery::decode(&*v))
-            .transpose()
-            .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
+        let delivery = self.store.deliveries().get(id, offset)?;
         let floor = self.consumers.get(&consumer_name(id))?.floor();
         out.reason = match &delivery {
             Some(d) => format!(
@@ -799,15 +753,7 @@ impl Deliveries {
         offset: Offset,
     ) -> Result<Vec<pb::Attempt>> {
         self.record(scope, id)?;
-        self.store
-            .table(Table::Attempts)
-            .scan_prefix(scoped_offset_key(id, offset))
-            .values()
-            .map(|v| {
-                pb::Attempt::decode(&*v?)
-                    .map_err(|e| Error::Corrupt(format!("attempt {id}/{offset}: {e}")))
-            })
-            .collect()
+        self.store.deliveries().attempts(id, offset)
     }
 
     /// Sends a failed or dead delivery again now, with a fresh schedule.
@@ -819,7 +765,7 @@ impl Deliveries {
     ) -> Result<pb::Delivery> {
         let _workers = self.workers.lock().await;
         self.record(scope, id)?;
-        let mut d = worker::load_delivery(&self.store, id, offset)?.ok_or_else(|| {
+        let mut d = self.store.deliveries().get(id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
         match d.state() {
@@ -839,13 +785,7 @@ impl Deliveries {
         d.state = DeliveryState::Pending as i32;
         d.attempts = 0;
         d.next_attempt_at = None;
-        self.store
-            .write(vec![Mutation::put(
-                Table::Deliveries,
-                scoped_offset_key(id, offset),
-                d.encode_to_vec(),
-            )])
-            .await?;
+        self.store.deliveries().put(id, offset, &d).await?;
         let consumer = self.consumers.get(&consumer_name(id))?;
         if was_dead {
             consumer.reopen(offset).await?;
@@ -937,12 +877,7 @@ impl Deliveries {
 
     /// Every endpoint id.
     fn endpoint_ids(&self) -> Result<Vec<String>> {
-        self.store
-            .table(Table::Endpoints)
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect()
+        self.store.endpoints().ids()
     }
 
     /// Records every undelivered event below `cutoff` as dead (`expired`)
@@ -959,7 +894,7 @@ impl Deliveries {
             let filter = consumer.filter();
             let expired = consumer.expire_below(cutoff);
             for chunk in expired.chunks(4096) {
-                let mut writes = Vec::new();
+                let mut writes = StateWrites::new();
                 for &offset in chunk {
                     let Some(event) = self.store.get(offset)? else {
                         continue;
@@ -974,15 +909,11 @@ impl Deliveries {
                         last_error: "expired".into(),
                         ..Default::default()
                     };
-                    writes.push(Mutation::put(
-                        Table::Deliveries,
-                        scoped_offset_key(&id, offset),
-                        record.encode_to_vec(),
-                    ));
+                    writes.put_delivery(&id, offset, &record);
                 }
                 if !writes.is_empty() {
                     let n = writes.len();
-                    self.store.write(writes).await?;
+                    self.store.write_state(writes).await?;
                     self.metrics.dead.add(&id, n as i64);
                     self.metrics.deliveries.add(&[&id, "expired"], n as u64);
                     tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
@@ -997,31 +928,7 @@ impl Deliveries {
     /// events below `first`, the oldest event still in the log.
     pub async fn prune_records(&self, first: Offset) -> Result<()> {
         for id in self.endpoint_ids()? {
-            let mut deletes = Vec::new();
-            for kv in self
-                .store
-                .table(Table::Deliveries)
-                .range(key_prefix(&id)..scoped_offset_key(&id, first))
-            {
-                let (k, v) = kv?;
-                let d = pb::Delivery::decode(&*v)
-                    .map_err(|e| Error::Corrupt(format!("delivery: {e}")))?;
-                if matches!(
-                    d.state(),
-                    DeliveryState::Delivered | DeliveryState::Superseded
-                ) {
-                    for a in self.store.table(Table::Attempts).scan_prefix(&k).keys() {
-                        deletes.push(Mutation::delete(Table::Attempts, a?.to_vec()));
-                    }
-                    deletes.push(Mutation::delete(Table::Deliveries, k.to_vec()));
-                }
-                if deletes.len() >= 4096 {
-                    self.store.write(std::mem::take(&mut deletes)).await?;
-                }
-            }
-            if !deletes.is_empty() {
-                self.store.write(deletes).await?;
-            }
+            self.store.deliveries().prune(&id, first).await?;
         }
         Ok(())
     }
@@ -1030,9 +937,8 @@ impl Deliveries {
     pub fn endpoint_gauges(&self) -> Result<Vec<(String, u64, i64, bool)>> {
         let head = self.store.head();
         self.store
-            .table(Table::Endpoints)
-            .iter()
-            .values()
+            .endpoints()
+            .all()
             .map(|v| {
                 let r = self.decode_record(&v?)?;
                 let e = r.endpoint();
@@ -1054,11 +960,7 @@ impl Deliveries {
             return Err(Error::invalid("id", "required"));
         }
         let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
-        let bytes = self
-            .store
-            .table(Table::Endpoints)
-            .get(id.as_bytes())?
-            .ok_or_else(not_found)?;
+        let bytes = self.store.endpoints().get(id)?.ok_or_else(not_found)?;
         let record = self.decode_record(&bytes)?;
         scope.check(&record.endpoint().tenant, not_found)?;
         Ok(record)
@@ -1068,7 +970,7 @@ impl Deliveries {
     /// attempts (tenant erasure); returns how many.
     pub async fn erase_tenant(&self, tenant: &str) -> Result<u64> {
         let mut ids = Vec::new();
-        for v in self.store.table(Table::Endpoints).iter().values() {
+        for v in self.store.endpoints().all() {
             let r = self.decode_record(&v?)?;
             if r.endpoint().tenant == tenant {
                 ids.push(r.endpoint().id.clone());
@@ -1087,7 +989,7 @@ impl Deliveries {
             return Ok(());
         }
         let mut n = 0;
-        for v in self.store.table(Table::Endpoints).iter().values() {
+        for v in self.store.endpoints().all() {
             if self.decode_record(&v?)?.endpoint().tenant == tenant {
                 n += 1;
             }
@@ -1107,11 +1009,11 @@ impl Deliveries {
     /// Writes `r`, sealed when a master key is configured.
     async fn put_record(&self, r: &EndpointRecord) -> Result<()> {
         self.store
-            .write(vec![Mutation::put(
-                Table::Endpoints,
-                r.endpoint().id.as_bytes(),
+            .endpoints()
+            .put(
+                &r.endpoint().id,
                 r.to_stored(self.config.master_key.as_ref()),
-            )])
+            )
             .await
     }
 
@@ -1197,16 +1099,9 @@ fn string_value(s: &str) -> prost_types::Value {
 }
 
 /// For `stevedore reseal`: a stored endpoint record in the clear, sealed
-/// with `key` (`None` for anything else). A sealed record must open with
+/// with `key` (`None`: already sealed). A sealed record must open with
 /// `key`, or the whole reseal stops before anything changes.
-pub fn reseal_value(
-    table: Table,
-    value: &[u8],
-    key: &sealing::MasterKey,
-) -> Result<Option<Vec<u8>>> {
-    if table != Table::Endpoints {
-        return Ok(None);
-    }
+pub fn reseal_value(value: &[u8], key: &sealing::MasterKey) -> Result<Option<Vec<u8>>> {
     if EndpointRecord::is_sealed(value) {
         EndpointRecord::from_stored(value, Some(key))?;
         return Ok(None);

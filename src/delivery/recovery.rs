@@ -4,15 +4,12 @@
 
 use std::time::Duration;
 
-use prost::Message;
-
 use super::{admin_ops::endpoint_body, consumer_name, endpoint::EndpointSpec, Deliveries};
 use crate::{
     convert,
     error::{Error, Result},
     model::Offset,
-    pb::{self, DeliveryState},
-    store::{scoped_offset_key, Mutation, Table},
+    pb::DeliveryState,
     tenant::Scope,
 };
 
@@ -59,15 +56,8 @@ impl Deliveries {
         let mut matched = Vec::new();
         let mut more = false;
         if from < until {
-            for kv in self
-                .store
-                .table(Table::Deliveries)
-                .range(scoped_offset_key(id, from)..scoped_offset_key(id, until))
-            {
-                let (k, v) = kv?;
-                let offset = crate::store::decode_offset(&k[k.len() - 8..])?;
-                let d = pb::Delivery::decode(&*v)
-                    .map_err(|e| Error::Corrupt(format!("delivery {id}/{offset}: {e}")))?;
+            for kv in self.store.deliveries().range(id, from, until) {
+                let (offset, d) = kv?;
                 if states.contains(&d.state()) && event_type.is_none_or(|t| d.event_type == t) {
                     // Nor can erased ones (their tombstone is all that is left).
                     if self.store.erasure(offset)?.is_some() {
@@ -91,7 +81,6 @@ impl Deliveries {
         }
         // The records first (one batch), then the consumer, as RetryDelivery
         // does for one.
-        let mut writes = Vec::with_capacity(matched.len());
         let mut dead = Vec::new();
         let mut waiting = Vec::new();
         for (offset, d) in &mut matched {
@@ -103,13 +92,11 @@ impl Deliveries {
             d.state = DeliveryState::Pending as i32;
             d.attempts = 0;
             d.next_attempt_at = None;
-            writes.push(Mutation::put(
-                Table::Deliveries,
-                scoped_offset_key(id, *offset),
-                d.encode_to_vec(),
-            ));
         }
-        self.store.write(writes).await?;
+        self.store
+            .deliveries()
+            .put_all(id, matched.iter().map(|(offset, d)| (*offset, d)))
+            .await?;
         self.metrics.dead.add(id, -(dead.len() as i64));
         let consumer = self.consumers.get(&consumer_name(id))?;
         // Dead ones are done in the consumer: open again.

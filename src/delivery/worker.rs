@@ -20,7 +20,7 @@
 //!   in the schedule, so a down receiver is not hammered.
 //! - New events are read only while fewer than `delivery_window` are held.
 //! - Every offset from `Worker::unrecorded_from` on has no delivery record,
-//!   so starting it reads nothing from sled: the worker raises the mark
+//!   so starting it reads no state: the worker raises the mark
 //!   before it writes a record or starts an attempt (which writes one).
 
 use std::{
@@ -30,7 +30,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost::Message;
 use rand::Rng;
 use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -47,11 +46,11 @@ use crate::{
     config::Config,
     consumer::{Consumer, Poll, PollFor, Read},
     convert,
-    error::{Error, Result},
+    error::Result,
     metrics::Metrics,
     model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
-    store::{decode_offset, scope, scoped_offset_key, scoped_offset_n_key, Mutation, Store, Table},
+    store::{StateWrites, Store},
 };
 
 /// Leases of the worker never expire on their own: the worker decides when
@@ -153,7 +152,15 @@ struct Finished {
 pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-    let unrecorded_from = match unrecorded_from(&ctx.store, &ctx.endpoint_id).await {
+    // Records are written for this endpoint only by its worker, and by
+    // Admin and retention for offsets that already have one or that the
+    // consumer never hands out again: none lands above this afterwards.
+    let unrecorded_from = match ctx
+        .store
+        .deliveries()
+        .next_unrecorded(&ctx.endpoint_id)
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "reading delivery records failed");
@@ -264,9 +271,9 @@ struct Worker {
     finished: mpsc::UnboundedSender<Finished>,
     failing_since: Option<SystemTime>,
     /// No offset from here on has a delivery record: a new event is started
-    /// without reading sled. Besides saving the read, this keeps the
-    /// worker off sled's global lock, which every `apply_batch` of the
-    /// state writer holds for the whole batch (a read waits it out, and
+    /// without reading the state. Besides saving the read, this keeps the
+    /// worker off the state engine's global lock, which the state writer
+    /// holds for each whole batch it applies (a read waits it out, and
     /// with it this worker and its runtime thread).
     unrecorded_from: Offset,
 }
@@ -385,7 +392,10 @@ impl Worker {
         for offset in old {
             let held = self.held.remove(&offset).expect("listed from held");
             self.unview(offset);
-            let previous = load_delivery(&ctx.store, &ctx.endpoint_id, offset)
+            let previous = ctx
+                .store
+                .deliveries()
+                .get(&ctx.endpoint_id, offset)
                 .ok()
                 .flatten();
             let mut record =
@@ -419,14 +429,10 @@ impl Worker {
             record.last_attempt_at = p.last_attempt_at;
             record.last_status = p.last_status;
             self.recorded(newest);
-            let key = scoped_offset_key(&ctx.endpoint_id, newest);
             if let Err(e) = ctx
                 .store
-                .write(vec![Mutation::put(
-                    Table::Deliveries,
-                    key,
-                    record.encode_to_vec(),
-                )])
+                .deliveries()
+                .put(&ctx.endpoint_id, newest, &record)
                 .await
             {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset = newest, error = %e, "recording inherited schedule failed");
@@ -441,7 +447,7 @@ impl Worker {
     async fn start(&mut self, offset: Offset) {
         let ctx = self.ctx.clone();
         let lookup = if offset < self.unrecorded_from {
-            load_delivery(&ctx.store, &ctx.endpoint_id, offset)
+            ctx.store.deliveries().get(&ctx.endpoint_id, offset)
         } else {
             Ok(None)
         };
@@ -607,7 +613,12 @@ impl Worker {
         };
         self.ctx.count(&reason);
         let mut record = base_record(&held.event.event, DeliveryState::Dead, reason);
-        if let Ok(Some(p)) = load_delivery(&self.ctx.store, &self.ctx.endpoint_id, offset) {
+        if let Ok(Some(p)) = self
+            .ctx
+            .store
+            .deliveries()
+            .get(&self.ctx.endpoint_id, offset)
+        {
             record.attempts = p.attempts;
             record.last_attempt_at = p.last_attempt_at;
             record.last_status = p.last_status;
@@ -625,14 +636,10 @@ impl Worker {
     /// Writes a final record, then acks.
     async fn write_final(&mut self, offset: Offset, record: pb::Delivery) -> Result<()> {
         self.recorded(offset);
-        let key = scoped_offset_key(&self.ctx.endpoint_id, offset);
         self.ctx
             .store
-            .write(vec![Mutation::put(
-                Table::Deliveries,
-                key,
-                record.encode_to_vec(),
-            )])
+            .deliveries()
+            .put(&self.ctx.endpoint_id, offset, &record)
             .await?;
         self.ctx.consumer.ack(&[offset]).await
     }
@@ -665,42 +672,6 @@ fn base_record(event: &StoredEvent, state: DeliveryState, error: String) -> pb::
 fn humanize_since(t: SystemTime) -> String {
     let ts = convert::timestamp(t);
     format!("unix {}s", ts.seconds)
-}
-
-/// The offset above this endpoint's last delivery record. Waits first for
-/// every write queued before (a previous worker's last records: the
-/// state writer applies in order), so none lands above it afterwards.
-/// Records are written for this endpoint only by its worker, and by Admin
-/// and retention for offsets that already have one or that the consumer
-/// never hands out again.
-async fn unrecorded_from(store: &Store, endpoint_id: &str) -> Result<Offset> {
-    store.write(Vec::new()).await?;
-    let last = store
-        .table(Table::Deliveries)
-        .scan_prefix(scope(endpoint_id))
-        .keys()
-        .next_back()
-        .transpose()?;
-    match last {
-        Some(k) => Ok(decode_offset(&k[k.len() - 8..])?.saturating_add(1)),
-        None => Ok(0),
-    }
-}
-
-/// A delivery's stored record, if it has one.
-pub fn load_delivery(
-    store: &Store,
-    endpoint_id: &str,
-    offset: Offset,
-) -> Result<Option<pb::Delivery>> {
-    store
-        .table(Table::Deliveries)
-        .get(scoped_offset_key(endpoint_id, offset))?
-        .map(|v| {
-            pb::Delivery::decode(&*v)
-                .map_err(|e| Error::Corrupt(format!("delivery {endpoint_id}/{offset}: {e}")))
-        })
-        .transpose()
 }
 
 struct Attempt {
@@ -775,34 +746,17 @@ impl Attempt {
         // Attempt records are numbered across rounds (a RetryDelivery or a
         // replay starts a new schedule, not a new history).
         let id = &ctx.endpoint_id;
-        let last = || {
-            ctx.store
-                .table(Table::Attempts)
-                .scan_prefix(scoped_offset_key(id, self.offset))
-                .keys()
-                .next_back()
-        };
+        let last = || ctx.store.deliveries().last_attempt(id, self.offset);
         // The reverse prefix scan is skipped for a delivery's very first
         // attempt (a few percent of the CPU of a delivery).
-        let seq = match self.recorded_before.then(last).flatten() {
-            Some(Ok(k)) => {
-                u32::from_be_bytes(k[k.len() - 4..].try_into().expect("4-byte suffix")) + 1
-            }
+        let seq = match self.recorded_before.then(last) {
+            Some(Ok(Some(n))) => n + 1,
             _ => 1,
         };
         let attempt = attempt_record(seq, started_at, latency, &result);
-        let records = vec![
-            Mutation::put(
-                Table::Deliveries,
-                scoped_offset_key(id, self.offset),
-                record.encode_to_vec(),
-            ),
-            Mutation::put(
-                Table::Attempts,
-                scoped_offset_n_key(id, self.offset, seq),
-                attempt.encode_to_vec(),
-            ),
-        ];
+        let mut records = StateWrites::new();
+        records.put_delivery(id, self.offset, &record);
+        records.put_attempt(id, self.offset, seq, &attempt);
         let finished = matches!(state, DeliveryState::Delivered | DeliveryState::Dead);
         // A finished delivery's record and its ack go in one group commit
         // (the writer applies the records before the consumer position, so
@@ -811,7 +765,7 @@ impl Attempt {
         let written = if finished {
             ctx.consumer.ack_with(&[self.offset], records).await
         } else {
-            ctx.store.write(records).await
+            ctx.store.write_state(records).await
         };
         if let Err(e) = written {
             // Without the record the schedule is not durable: leave the

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 
-use super::{keys, writer::LogOp, Mutation, Store, Table};
+use super::{keys, writer::LogOp, Mutation, StateWrites, Store, Table};
 use crate::{
     error::{Error, Result},
     model::{EventMeta, Offset},
@@ -154,14 +154,25 @@ impl Store {
         )
     }
 
-    /// Deletions of every attempt recorded for `endpoint_id`'s delivery of
-    /// the event at `offset` (they hold response bodies).
-    pub fn delete_attempts(&self, endpoint_id: &str, offset: Offset) -> Result<Vec<Mutation>> {
-        self.table(Table::Attempts)
+    /// Adds to `writes` the deletion of every attempt recorded for
+    /// `endpoint_id`'s delivery of the event at `offset` (they hold
+    /// response bodies).
+    pub fn delete_attempts(
+        &self,
+        writes: &mut StateWrites,
+        endpoint_id: &str,
+        offset: Offset,
+    ) -> Result<()> {
+        for k in self
+            .table(Table::Attempts)
             .scan_prefix(keys::scoped_offset_key(endpoint_id, offset))
             .keys()
-            .map(|k| Ok(Mutation::delete(Table::Attempts, k?.to_vec())))
-            .collect()
+        {
+            writes
+                .0
+                .push(Mutation::delete(Table::Attempts, k?.to_vec()));
+        }
+        Ok(())
     }
 
     /// How many erasures have finished. A cache of events read from the

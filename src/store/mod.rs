@@ -10,6 +10,7 @@
 //! the new head published, so an acknowledged write is on disk and a
 //! subscriber never sees an event that could still be lost.
 
+pub mod baseline;
 mod erase;
 #[cfg(test)]
 mod faults;
@@ -18,10 +19,12 @@ mod log;
 #[cfg(test)]
 mod redact_tests;
 mod rewrite;
+mod state;
 mod writer;
 
 pub use erase::{Erasure, Removal, Unwanted};
-pub use rewrite::{rewrite_state, Rewritten};
+pub use rewrite::{rewrite_endpoints, Rewritten};
+pub use state::{AuditRecords, ConsumerRecords, DeliveryRecords, EndpointRecords, StateWrites};
 
 use std::{
     path::{Path, PathBuf},
@@ -31,10 +34,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use keys::{
-    decode_event, decode_meta_record, decode_offset, offset_key, scope, scoped_offset_key,
-    scoped_offset_n_key, split_event_record, unix_nanos, ConsumerRecord,
-};
+pub use keys::{decode_meta_record, split_event_record, unix_nanos, ConsumerRecord};
 
 use crate::{
     error::{Error, Result},
@@ -44,6 +44,10 @@ use crate::{
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
+
+/// The config key of the state store's page-cache size
+/// ([`StoreConfig::cache_bytes`]); named after the engine that has it.
+pub const STATE_CACHE_KEY: &str = "sled_cache_bytes";
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -249,7 +253,7 @@ impl Store {
 
     /// Queues `mutations` (applied atomically per table, in order, after any
     /// write queued earlier) and returns a receiver for the durable outcome.
-    pub async fn submit_write(
+    async fn submit_write(
         &self,
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
@@ -263,7 +267,7 @@ impl Store {
     }
 
     /// Applies `mutations` and waits until they are durable.
-    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
+    async fn write(&self, mutations: Vec<Mutation>) -> Result<()> {
         let rx = self.submit_write(mutations).await?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -306,7 +310,7 @@ impl Store {
     }
 
     /// Read access to a state table. Writes go through [`Store::write`].
-    pub fn table(&self, table: Table) -> &sled::Tree {
+    fn table(&self, table: Table) -> &sled::Tree {
         self.inner.tables.get(table)
     }
 
@@ -524,6 +528,17 @@ fn create_private_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// sled's errors as the crate's: its I/O errors keep their kind (a full
+/// disk is `RESOURCE_EXHAUSTED`, as for the log), the rest their text.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(e) => Error::Io(e),
+            other => Error::Storage(other.to_string()),
+        }
+    }
+}
+
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens sled, waiting up to [`SLED_LOCK_WAIT`] for its lock on the data
@@ -738,7 +753,7 @@ fn migrate_sled_events(db: &sled::Db, log_dir: &Path, options: LogOptions) -> Re
 
 /// The state kept beside the log, one sled tree each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
+pub(in crate::store) enum Table {
     /// Durable consumer positions: name → [`ConsumerRecord`].
     Consumers = 0,
     /// Webhook endpoints: id → endpoint record.
@@ -774,7 +789,7 @@ impl Table {
 
 /// One change to a state table.
 #[derive(Debug, Clone)]
-pub struct Mutation {
+pub(in crate::store) struct Mutation {
     /// Where.
     pub table: Table,
     /// The key.
@@ -804,7 +819,7 @@ impl Mutation {
 }
 
 #[derive(Clone)]
-pub(crate) struct Tables([sled::Tree; Table::ALL.len()]);
+pub(in crate::store) struct Tables([sled::Tree; Table::ALL.len()]);
 
 impl Tables {
     fn open(db: &sled::Db) -> Result<Self> {
@@ -812,7 +827,7 @@ impl Tables {
         Ok(Self([a?, b?, c?, d?, e?]))
     }
 
-    pub(crate) fn get(&self, table: Table) -> &sled::Tree {
+    pub(in crate::store) fn get(&self, table: Table) -> &sled::Tree {
         &self.0[table as usize]
     }
 }
@@ -1036,6 +1051,17 @@ mod tests {
         assert_eq!((again[0].offset, again[0].duplicate), (102, false));
         assert_eq!(ids(&store.read_from(1, 10).unwrap()), ["e1"]);
         close(store, writer).await;
+    }
+
+    /// A full disk under sled is `RESOURCE_EXHAUSTED` like one under the
+    /// log; its other failures stay `INTERNAL`.
+    #[test]
+    fn sled_errors_keep_their_codes() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let status = tonic::Status::from(Error::from(sled::Error::Io(enospc)));
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let status = tonic::Status::from(Error::from(sled::Error::Unsupported("no".into())));
+        assert_eq!(status.code(), tonic::Code::Internal);
     }
 
     /// Data directories from before the event log kept events in sled.

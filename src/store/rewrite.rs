@@ -73,11 +73,25 @@ fn is_sled_file(name: &str) -> bool {
     matches!(name, "conf" | "db" | "blobs") || name.starts_with("snap.")
 }
 
+/// [`rewrite_state`] changing only endpoint records: `f` gets each one's
+/// stored form and returns its new one (`None`: unchanged). For `stevedore
+/// reseal`.
+pub fn rewrite_endpoints(
+    path: &Path,
+    cache_bytes: u64,
+    mut f: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+) -> Result<Rewritten> {
+    rewrite_state(path, cache_bytes, |table, value| match table {
+        Table::Endpoints => f(value),
+        _ => Ok(None),
+    })
+}
+
 /// Copies every entry of the state at `path` (which no broker may have
 /// open; sled's lock makes sure) into a fresh database, values of
 /// [`Table`]s passed through `f` (`Some`: the new value), and swaps it in.
 /// An error from `f` aborts before anything is swapped.
-pub fn rewrite_state(
+pub(super) fn rewrite_state(
     path: &Path,
     cache_bytes: u64,
     mut f: impl FnMut(Table, &[u8]) -> Result<Option<Vec<u8>>>,

@@ -275,7 +275,7 @@ async fn run_on(addr: &str, tweak: impl FnOnce(&mut Config)) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         data_dir: dir.path().join("data"),
-        sled_cache_bytes: 8 * 1024 * 1024,
+        state_cache_bytes: 8 * 1024 * 1024,
         metrics_listen: None,
         console_listen: None,
         ..Config::default()

@@ -89,7 +89,7 @@ impl TestServer {
     pub async fn start_with(dir: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config {
             data_dir: dir.path().join("data"),
-            sled_cache_bytes: 8 * 1024 * 1024,
+            state_cache_bytes: 8 * 1024 * 1024,
             // Receivers are local http:// servers, on loopback, which the
             // SSRF guard blocks unless allowed (tests/it/egress.rs turns
             // this off).

@@ -13,7 +13,7 @@ use stevedore::{
         Endpoint, GetEndpointRequest, ListEndpointsRequest, RotateEndpointSecretRequest,
         SendTestEventRequest, UpdateEndpointRequest,
     },
-    store::{Store, StoreConfig, Table},
+    store::{Store, StoreConfig},
 };
 
 use crate::{
@@ -242,9 +242,8 @@ pub(crate) fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
     })
     .unwrap();
     let records = store
-        .table(Table::Endpoints)
-        .iter()
-        .values()
+        .endpoints()
+        .all()
         .map(|v| v.unwrap().to_vec())
         .collect();
     drop(store);
@@ -351,7 +350,7 @@ async fn secrets_are_encrypted_at_rest_and_plaintext_records_are_migrated() {
         copy_dir(&data, &copy);
         Config {
             data_dir: copy,
-            sled_cache_bytes: 8 * 1024 * 1024,
+            state_cache_bytes: 8 * 1024 * 1024,
             master_key,
             metrics_listen: None,
             console_listen: None,

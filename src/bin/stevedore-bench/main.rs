@@ -44,7 +44,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SCENARIOS: &[(&str, &str)] = &[
     (
         "publish",
-        "durable PublishBatch / PublishStream vs a raw sled + fsync loop",
+        "durable PublishBatch / PublishStream vs the state engine's raw insert + fsync loop",
     ),
     (
         "unary",

@@ -1,15 +1,11 @@
 //! Scenarios 1 and 2: durable publishing.
 //!
-//! - `publish`: PublishBatch and PublishStream of ~1 KiB events against a
-//!   raw sled loop that does the store's work and nothing else (insert the
-//!   encoded events and their id index entries, `flush()`, `fdatasync` the
-//!   data file — per group, as `src/store/writer.rs` does).
+//! - `publish`: PublishBatch and PublishStream of ~1 KiB events against
+//!   the state engine's raw insert + fsync loop (`store::baseline`).
 //! - `unary`: unary Publish from 64 concurrent callers against a no-op
 //!   tonic Publisher driven by the same client code.
 
 use std::{
-    fs::File,
-    path::Path,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -18,12 +14,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use prost::Message;
-use stevedore::pb::{
-    self,
-    publisher_server::{Publisher, PublisherServer},
-    PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+use stevedore::{
+    pb::{
+        self,
+        publisher_server::{Publisher, PublisherServer},
+        PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse,
+    },
+    store::baseline,
 };
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -38,7 +37,7 @@ use crate::{
     Ctx,
 };
 
-/// Events per PublishBatch request, and per group of the raw sled loop.
+/// Events per PublishBatch request, and per group of the baseline loop.
 const BATCH: u64 = 1000;
 /// Concurrent PublishBatch callers (2 left the writer idle while the
 /// next batch was still in transit; 4 keep it busy).
@@ -49,30 +48,31 @@ pub async fn publish(ctx: &Ctx) -> Result<Section> {
     let runs = ctx.runs(5);
     let (mut batch, mut stream, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
-        raw.push(sled_baseline(n, BATCH as usize).await?);
+        raw.push(raw_baseline(n, BATCH as usize).await?);
         batch.push(publish_batch(n, run).await?);
         stream.push(publish_stream(n, run).await?);
         ctx.progress(&format!(
-            "publish run {}: batch {:.0}/s, stream {:.0}/s, raw sled {:.0}/s",
+            "publish run {}: batch {:.0}/s, stream {:.0}/s, {} {:.0}/s",
             run + 1,
             batch[run],
             stream[run],
+            baseline::LABEL,
             raw[run]
         ));
     }
     let (encoded, _) = harness::event_sizes();
-    let baseline = "raw sled + fsync loop";
+    let label = baseline::LABEL;
     Ok(Section {
         name: "publish",
         title: "Durable publish throughput",
         runs,
         figures: vec![
             Figure::new("PublishBatch events/s", Unit::PerSec, batch)
-                .baseline(baseline, raw.clone())
+                .baseline(label, raw.clone())
                 .target(Check::AtLeast(100_000.0))
                 .target(Check::RatioAtLeast(0.5)),
             Figure::new("PublishStream events/s", Unit::PerSec, stream)
-                .baseline(baseline, raw)
+                .baseline(label, raw)
                 .target(Check::AtLeast(100_000.0))
                 .target(Check::RatioAtLeast(0.5)),
         ],
@@ -83,9 +83,7 @@ pub async fn publish(ctx: &Ctx) -> Result<Section> {
             format!(
                 "PublishBatch: {BATCH} events per request, {BATCH_CALLERS} concurrent callers; PublishStream: one stream, one event per request, pipelined"
             ),
-            format!(
-                "baseline: the same encoded records inserted straight into sled (events tree + id index, same sled config), {BATCH} per group, each group followed by `flush()` and `fdatasync` of the data file"
-            ),
+            baseline::describe(BATCH as usize),
         ],
     })
 }
@@ -157,10 +155,9 @@ async fn publish_stream(n: u64, run: usize) -> Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-/// The store's storage work without the broker: the same encoded records
-/// into the same trees with the same sled configuration, `group` records
-/// per `flush()` + `fdatasync` of the data file.
-async fn sled_baseline(n: u64, group: usize) -> Result<f64> {
+/// The storage engine's work without the broker ([`baseline`]), on the
+/// same encoded records, `group` per durable commit.
+async fn raw_baseline(n: u64, group: usize) -> Result<f64> {
     let records: Vec<(u64, String, Vec<u8>)> = (0..n)
         .map(|i| {
             let id = format!("raw-{i}");
@@ -171,40 +168,11 @@ async fn sled_baseline(n: u64, group: usize) -> Result<f64> {
     tokio::task::spawn_blocking(move || {
         let dir = harness::tempdir()?;
         let path = dir.path().join("data");
-        let rate = sled_loop(&path, &records, group)?;
+        let rate = baseline::insert_rate(&path, &records, group)?;
         drop(dir);
         Ok(rate)
     })
     .await?
-}
-
-fn sled_loop(path: &Path, records: &[(u64, String, Vec<u8>)], group: usize) -> Result<f64> {
-    std::fs::create_dir_all(path)?;
-    // As `Store::open` configures it.
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(64 * 1024 * 1024)
-        .flush_every_ms(Some(500))
-        .segment_size(8 * 1024 * 1024)
-        .open()?;
-    let events = db.open_tree("events")?;
-    let ids = db.open_tree("event_ids")?;
-    let data = File::open(path.join("db")).context("sled data file")?;
-    let started = Instant::now();
-    for chunk in records.chunks(group) {
-        let mut eb = sled::Batch::default();
-        let mut ib = sled::Batch::default();
-        for (offset, id, record) in chunk {
-            eb.insert(&offset.to_be_bytes(), record.as_slice());
-            ib.insert(id.as_bytes(), &offset.to_be_bytes());
-        }
-        events.apply_batch(eb)?;
-        ids.apply_batch(ib)?;
-        db.flush()?;
-        data.sync_data()?;
-    }
-    let elapsed = started.elapsed();
-    Ok(records.len() as f64 / elapsed.as_secs_f64())
 }
 
 /// The bytes the store writes for an event: its `EventRecord` (event as

@@ -305,7 +305,7 @@ pub async fn memory(ctx: &Ctx) -> Result<Section> {
         notes: vec![
             ds.describe(),
             format!(
-                "the broker runs in a child process (this program's `__serve`, default config: 64 MiB sled cache); after it serves, a subscriber reads the newest {read} events and 10,000 more are published; VmRSS is read from /proc/PID/status 2 s later"
+                "the broker runs in a child process (this program's `__serve`, default config: 64 MiB state cache); after it serves, a subscriber reads the newest {read} events and 10,000 more are published; VmRSS is read from /proc/PID/status 2 s later"
             ),
         ],
     })
