@@ -183,6 +183,10 @@ pub struct Config {
     pub tenant_publish_burst: u32,
     /// Publish every audit record as a `stevedore.admin.changed` event.
     pub audit_events: bool,
+    /// Per-tenant retention ages shorter than `retention_age`: a listed
+    /// tenant's events older than its age lose their payload (see
+    /// `crate::retention`).
+    pub tenant_retention: Vec<(String, Duration)>,
 }
 
 /// How log lines are written.
@@ -262,6 +266,7 @@ impl Default for Config {
             tenant_publish_rate: 0.0,
             tenant_publish_burst: 0,
             audit_events: false,
+            tenant_retention: Vec::new(),
         }
     }
 }
@@ -335,6 +340,7 @@ pub const KEYS: &[&str] = &[
     "tenant_max_endpoints",
     "tenant_publish_rate",
     "tenant_publish_burst",
+    "tenant_retention",
     "audit_events",
 ];
 
@@ -413,6 +419,9 @@ impl Config {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Array(entries) if key == "tokens" => toml_tokens(entries)?,
+                toml::Value::Table(ages) if key == "tenant_retention" => {
+                    toml_tenant_retention(ages)?
+                }
                 // Not echoed: it may hold something secret.
                 _ if key == "tokens" => bail!(
                     "config key `tokens`: expected [[tokens]] tables or a \"name:role:sha256,...\" string"
@@ -522,6 +531,9 @@ impl Config {
                     }
                 }
                 self.tenants = tenants;
+            }
+            "tenant_retention" => {
+                self.tenant_retention = crate::tenant::parse_retention(value).map_err(bad)?
             }
             "tenant_max_endpoints" => self.tenant_max_endpoints = parse_num(value).map_err(bad)?,
             "tenant_publish_rate" => self.tenant_publish_rate = parse_num(value).map_err(bad)?,
@@ -836,6 +848,18 @@ impl Config {
             "tenant_publish_rate",
             "must be a non-negative number",
         )?;
+        for (tenant, age) in &self.tenant_retention {
+            if *age >= self.retention_age {
+                bail!(
+                    "config key `tenant_retention`: {tenant}'s age must be shorter than \
+                     retention_age ({:?}); every event leaves after retention_age anyway",
+                    self.retention_age
+                );
+            }
+            if !self.tenants.is_empty() && !self.tenants.contains(tenant) {
+                bail!("config key `tenant_retention`: {tenant} is not listed in `tenants`");
+            }
+        }
         if !self.tenants.is_empty() {
             for t in &self.tokens {
                 if let Some(tenant) = &t.tenant {
@@ -957,6 +981,19 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
+}
+
+/// A `[tenant_retention]` table (`acme = "1d"`) in the compact form
+/// (`acme=1d,...`).
+fn toml_tenant_retention(ages: toml::Table) -> anyhow::Result<String> {
+    let mut out = Vec::with_capacity(ages.len());
+    for (tenant, age) in ages {
+        let toml::Value::String(age) = age else {
+            bail!("config key `tenant_retention.{tenant}`: expected a duration string like \"1d\"");
+        };
+        out.push(format!("{tenant}={age}"));
+    }
+    Ok(out.join(","))
 }
 
 /// `[[tokens]]` tables (`name`, `role`, `sha256`) in the compact form.
@@ -1324,6 +1361,50 @@ mod tests {
         )];
         let err = format!("{:#}", Config::load(None, env, &[]).unwrap_err());
         assert!(err.contains("`tenant_publish_rate`"), "{err}");
+    }
+
+    #[test]
+    fn tenant_retention_from_toml_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.toml");
+        std::fs::write(
+            &file,
+            "retention_age = \"7d\"\n\n[tenant_retention]\nacme = \"1d\"\nbeta = \"12h\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Vec::new(), &[]).unwrap();
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            c.tenant_retention,
+            [("acme".to_string(), 24 * h), ("beta".to_string(), 12 * h)]
+        );
+        let env = |v: &str| vec![("STEVEDORE_TENANT_RETENTION".to_string(), v.to_string())];
+        let c = Config::load(Some(&file), env("acme=2h"), &[]).unwrap();
+        assert_eq!(c.tenant_retention, [("acme".to_string(), 2 * h)]);
+        for (value, says) in [
+            ("acme=8d", "shorter than retention_age"),
+            ("acme", "tenant=duration"),
+            ("acme=1d,acme=2h", "twice"),
+            ("a b=1d", "[A-Za-z0-9._-]"),
+            ("acme=0s", "positive"),
+            ("acme=soon", "whole number"),
+        ] {
+            let err = format!("{:#}", Config::load(None, env(value), &[]).unwrap_err());
+            assert!(
+                err.contains("`tenant_retention`") && err.contains(says),
+                "{value}: {err}"
+            );
+        }
+        let mut known = env("acme=1d");
+        known.push(("STEVEDORE_TENANTS".to_string(), "beta".to_string()));
+        let err = format!("{:#}", Config::load(None, known, &[]).unwrap_err());
+        assert!(err.contains("not listed in `tenants`"), "{err}");
+        std::fs::write(&file, "[tenant_retention]\nacme = 5\n").unwrap();
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&file), Vec::new(), &[]).unwrap_err()
+        );
+        assert!(err.contains("`tenant_retention.acme`"), "{err}");
     }
 
     #[test]

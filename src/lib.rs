@@ -15,7 +15,8 @@
 //! - [`model`] — domain types: offsets, event types, stored events.
 //! - [`store`] — the event log with its id index, and the typed state
 //!   stores beside it (endpoints, deliveries, consumers, audit); the writer
-//!   threads that group-commit and fsync.
+//!   threads that group-commit and fsync; erasure of events' payloads
+//!   (tombstones written by rewriting sealed segments).
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
 //!   and retries; one worker per endpoint on top of its durable consumer;
@@ -24,7 +25,8 @@
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`filter`] — custom webhooks: filters and field selection on JSON bodies.
-//! - [`retention`] — removes old events; expires what was never delivered.
+//! - [`retention`] — removes old events; expires what was never delivered;
+//!   erases listed tenants' payloads sooner (`tenant_retention`).
 //! - [`metrics`] — Prometheus counters, histograms and scrape-time gauges.
 //! - [`api`] — one file per gRPC service.
 //! - [`auth`] — bearer tokens and roles: one interceptor per service.

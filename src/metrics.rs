@@ -206,7 +206,7 @@ pub struct Metrics {
     /// Damaged event-log records found by the scrub at start.
     pub damaged_records: AtomicU64,
     /// Webhook attempts by endpoint and outcome (`delivered`, `failed`,
-    /// `dead`, `superseded`, `expired`).
+    /// `dead`, `superseded`, `expired`, `erased`).
     pub deliveries: CounterVec,
     /// Publish to 2xx, seconds.
     pub delivery_latency: Histogram,

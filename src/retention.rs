@@ -7,12 +7,27 @@
 //! `expired` (events an endpoint's worker holds are recorded by the worker
 //! when their turn comes). Delivered and superseded records of removed
 //! events are pruned with them.
+//!
+//! Per tenant (`tenant_retention`, ages shorter than `retention_age`): the
+//! tenant's events older than its age lose their payload the way
+//! EraseTenant's do (a tombstone keeps id, type, tenant and publish time;
+//! see `crate::store::erase`), after every endpoint that has not delivered
+//! them recorded them as dead, `expired`. Other tenants' events of the
+//! same age stay. Each tenant's pass scans only the offsets past its last
+//! cutoff (kept in memory: the first pass after a start scans from the
+//! log's first offset).
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, delivery::Deliveries, error::Result, model::Offset, store::Store};
+use crate::{
+    config::Config,
+    delivery::Deliveries,
+    error::Result,
+    model::Offset,
+    store::{Removal, Store},
+};
 
 /// Runs retention every `retention_interval` until `shutdown`.
 pub async fn run(
@@ -23,6 +38,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(config.retention_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watermarks = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -37,7 +53,43 @@ pub async fn run(
             ),
             Err(e) => tracing::error!(error = %e, "retention failed"),
         }
+        match tenant_pass(&store, &deliveries, &config, &mut watermarks).await {
+            Ok(0) => {}
+            Ok(erased) => tracing::info!(erased, "tenant retention erased event payloads"),
+            Err(e) => tracing::error!(error = %e, "tenant retention failed"),
+        }
     }
+}
+
+/// One pass of per-tenant retention; returns how many events lost their
+/// payload. `watermarks`: per tenant, the cutoff of its last pass (every
+/// event of the tenant below it is erased already).
+pub async fn tenant_pass(
+    store: &Store,
+    deliveries: &Deliveries,
+    config: &Config,
+    watermarks: &mut HashMap<String, Offset>,
+) -> Result<u64> {
+    let mut erased = 0;
+    for (tenant, age) in &config.tenant_retention {
+        let Some(t) = SystemTime::now().checked_sub(*age) else {
+            continue;
+        };
+        let cutoff = store.offset_at_time(t)?;
+        let from = watermarks
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
+            .max(store.first_offset()?);
+        if cutoff <= from {
+            continue;
+        }
+        erased += deliveries
+            .erase_events(tenant, from, cutoff, Removal::Expired)
+            .await?;
+        watermarks.insert(tenant.clone(), cutoff);
+    }
+    Ok(erased)
 }
 
 /// One retention pass; returns how many events were removed.

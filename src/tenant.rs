@@ -16,7 +16,7 @@
 //! scope and answer `NOT_FOUND` for another tenant's resource, so no handler
 //! checks tenants itself.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use crate::{
     auth::Caller,
@@ -45,6 +45,28 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
             "a tenant is 1-{MAX_TENANT_BYTES} characters of [A-Za-z0-9._-]"
         ))
     }
+}
+
+/// `tenant_retention`'s text form, `acme=1d,beta=12h`: tenants with a
+/// positive age, each listed once (empty: none).
+pub fn parse_retention(value: &str) -> std::result::Result<Vec<(String, Duration)>, String> {
+    let mut ages: Vec<(String, Duration)> = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (tenant, age) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("expected tenant=duration, like acme=1d, in {entry:?}"))?;
+        let tenant = tenant.trim();
+        check_name(tenant)?;
+        let age = crate::config::parse_duration(age).map_err(|e| format!("{tenant}: {e}"))?;
+        if age.is_zero() {
+            return Err(format!("{tenant}: the age must be positive"));
+        }
+        if ages.iter().any(|(t, _)| t == tenant) {
+            return Err(format!("{tenant} is listed twice"));
+        }
+        ages.push((tenant.to_owned(), age));
+    }
+    Ok(ages)
 }
 
 /// The payload's own tenant field (`tenant_id`) for the WMS event types,
@@ -161,7 +183,21 @@ impl Scope {
                 "no event at offset {offset} (never published, or removed by retention)"
             ))
         };
-        let event = store.get(offset)?.ok_or_else(not_found)?;
+        let Some(event) = store.get(offset)? else {
+            // An erased event says so, to whoever may see its tenant.
+            return match store.erasure(offset)? {
+                Some(e) if self.sees(&e.tenant) => Err(Error::NotFound(format!(
+                    "the event at offset {offset} (id {:?}) was {}; only its id, type, tenant \
+                     and publish time remain",
+                    e.event_id,
+                    match e.reason.as_str() {
+                        "expired" => "removed by its tenant's retention (tenant_retention)",
+                        _ => "erased with its tenant's data (EraseTenant)",
+                    }
+                ))),
+                _ => Err(not_found()),
+            };
+        };
         self.check(of_event(&event.event), not_found)?;
         Ok(event)
     }

@@ -13,6 +13,7 @@ use crate::{
     convert,
     delivery::Deliveries,
     error::Error,
+    model::Offset,
     pb::{
         admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
         DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
@@ -31,6 +32,7 @@ use crate::{
         ListEventTypesResponse, RecoverDeliveriesRequest, RecoverDeliveriesResponse,
         RenderDeliveryRequest, RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
     },
+    store::Removal,
     tenant::Scope,
 };
 
@@ -554,12 +556,20 @@ impl Admin for AdminService {
                 consumers += 1;
             }
         }
+        // Then the events: their payloads leave the log (the tenant's own
+        // endpoints are gone already; others' pending deliveries of them
+        // are recorded dead, `erased`).
+        let events = self
+            .deliveries
+            .erase_events(&tenant, 0, Offset::MAX, Removal::Erased)
+            .await?;
         self.audit(&caller, "tenant.erase", &tenant, &tenant)
             .await?;
-        tracing::warn!(%tenant, endpoints, consumers, "tenant erased");
+        tracing::warn!(%tenant, endpoints, consumers, events, "tenant erased");
         Ok(Response::new(EraseTenantResponse {
             endpoints,
             consumers,
+            events,
         }))
     }
 }

@@ -441,6 +441,48 @@ impl Consumer {
         unheld
     }
 
+    /// Marks done those of `offsets` that are neither done nor held
+    /// (leased or waiting for redelivery) and returns them. Erasure calls
+    /// this before it erases those events, so none is read in between and
+    /// skipped unrecorded, then [`Consumer::expire_waiting`] once they are
+    /// erased; the caller persists with [`Consumer::save`].
+    pub fn expire_unread(&self, offsets: &[Offset]) -> Vec<Offset> {
+        let mut unread = Vec::new();
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                if !st.is_done(o) && !st.is_held(o) {
+                    st.mark_done(o);
+                    unread.push(o);
+                }
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        unread
+    }
+
+    /// Ends the wait of those of `offsets` waiting for redelivery (now, or
+    /// when their holder hands them back to wait): done, and reported by
+    /// the next poll as [`Poll::Expired`], so the holder records their fate
+    /// (after an erasure, with the tombstone's reason).
+    pub fn expire_waiting(&self, offsets: &[Offset]) {
+        {
+            let mut st = self.lock();
+            for &o in offsets {
+                if st.is_done(o) {
+                    continue;
+                }
+                if st.is_leased(o) {
+                    st.expire_on_return.insert(o);
+                } else if st.cancel_retry(o) {
+                    st.expired.push(o);
+                    st.mark_done(o);
+                }
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     /// Persists the position now.
     pub async fn save(&self) -> Result<()> {
         self.persist().await
@@ -659,6 +701,11 @@ impl Consumer {
             let mut st = self.lock();
             for &o in offsets {
                 st.nack(o, not_before);
+                // Erased while it was out (see `expire_waiting`).
+                if st.expire_on_return.remove(&o) && st.cancel_retry(o) {
+                    st.expired.push(o);
+                    st.mark_done(o);
+                }
             }
         }
         self.changed.send_modify(|v| *v += 1);
@@ -791,5 +838,51 @@ mod tests {
             vec![((first, Read::Again), 1), ((second, Read::New), 1)]
         );
         assert_eq!(c.lock().load(1), 2);
+    }
+
+    /// Erasure's two steps: unread offsets are done at once (and
+    /// returned); one waiting for redelivery, and one leased that is
+    /// handed back to wait only afterwards, are reported as expired.
+    #[tokio::test]
+    async fn erased_offsets_are_expired_whether_unread_waiting_or_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _writer) = crate::store::open_for_test(dir.path());
+        let ids = ["e1", "e2", "e3", "e4"];
+        store.append(ids.map(event).to_vec()).await.unwrap();
+        let consumers = Consumers::new(store.clone());
+        let spec = CreateSpec {
+            start: 1,
+            filter: EventFilter::types_only(Vec::new()),
+            max_deliveries: 0,
+        };
+        let c = consumers.open("c", spec).await.unwrap();
+        let p = PollFor {
+            stream: 1,
+            max_in_flight: 2,
+            ack_wait: Duration::from_secs(30),
+            now: Instant::now(),
+            read_new: true,
+        };
+        let take = || match c.poll_with(p, |o, _| Ok(Some(o))).unwrap() {
+            Poll::Message(d) => d.event,
+            other => panic!("expected a message, got {other:?}"),
+        };
+        let (waiting, leased) = (take(), take());
+        assert_eq!((waiting, leased), (1, 2));
+        c.nack(&[waiting], Duration::from_secs(3600)).unwrap();
+
+        let all = [1, 2, 3];
+        assert_eq!(c.expire_unread(&all), [3], "only the unread one");
+        c.expire_waiting(&all);
+        let next = |c: &Consumer| c.poll_with(p, |o, _| Ok(Some(o))).unwrap();
+        assert!(matches!(next(&c), Poll::Expired(1)), "the waiting one");
+        // The leased one expires when it is handed back to wait.
+        c.nack(&[leased], Duration::from_secs(3600)).unwrap();
+        assert!(matches!(next(&c), Poll::Expired(2)), "the leased one");
+        // Then the next event: 3 is done.
+        match next(&c) {
+            Poll::Message(d) => assert_eq!(d.event, 4),
+            other => panic!("expected offset 4, got {other:?}"),
+        }
     }
 }

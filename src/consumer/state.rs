@@ -36,6 +36,9 @@ pub(super) struct State {
     /// Offsets that were waiting for redelivery when retention removed
     /// their events; the next poll reports each once.
     pub expired: Vec<Offset>,
+    /// Leased offsets whose events were erased: when handed back to wait
+    /// for redelivery, they go to `expired` instead.
+    pub expire_on_return: BTreeSet<Offset>,
     /// Deliveries before a message is dead-lettered (0: no limit).
     pub max_deliveries: u32,
     /// Dead-lettered offsets (done, kept for the operator).

@@ -13,6 +13,7 @@ pub mod client_auth;
 pub mod egress;
 pub mod endpoint;
 pub mod envelope;
+mod erasure;
 pub mod limit;
 pub mod oauth;
 pub(crate) mod ops;

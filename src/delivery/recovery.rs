@@ -59,6 +59,10 @@ impl Deliveries {
             for kv in self.store.deliveries().range(id, from, until) {
                 let (offset, d) = kv?;
                 if states.contains(&d.state()) && event_type.is_none_or(|t| d.event_type == t) {
+                    // Nor can erased ones (their tombstone is all that is left).
+                    if self.store.erasure(offset)?.is_some() {
+                        continue;
+                    }
                     if matched.len() == RECOVER_LIMIT {
                         more = true;
                         break;

@@ -13,9 +13,10 @@
 //!
 //! Bounded: at most `capacity` entries (the ring), plus whatever workers
 //! still hold; a slot is overwritten by the offset `capacity` later. An
-//! event's stored bytes never change once it is durable (offsets are never
-//! reused), so an entry is never stale; events retention removes can still
-//! be in the ring, so the consumer asks for them only as new reads (which
+//! event's stored bytes change only when it is erased (tenant erasure or
+//! retention), so an entry is kept with the store's count of finished
+//! erasures at its read, and is served only while that count has not
+//! moved; events retention removes can still be in the ring, so the consumer asks for them only as new reads (which
 //! never reach below retention's cutoff, see `Consumer::expire_below`),
 //! while redeliveries check the log (see the worker).
 
@@ -50,9 +51,12 @@ impl SharedEvent {
     }
 }
 
+/// A ring slot: [`Store::erasures`] before the read, and the event.
+type Slot = Option<(u64, Arc<SharedEvent>)>;
+
 /// The ring of recently read events; one per broker.
 pub struct Shared {
-    slots: Mutex<Vec<Option<Arc<SharedEvent>>>>,
+    slots: Mutex<Vec<Slot>>,
 }
 
 impl Shared {
@@ -67,7 +71,10 @@ impl Shared {
     /// The event at `offset` with its body, from the ring or read from
     /// `store` (and then kept). `None`: not in the log.
     pub fn get(&self, store: &Store, offset: Offset) -> Result<Option<Arc<SharedEvent>>> {
-        if let Some(hit) = self.lookup(offset) {
+        // Read before the event: an erasure finishing after this read of
+        // the count makes the entry unusable, even if it read the old bytes.
+        let erasures = store.erasures();
+        if let Some(hit) = self.lookup(offset, erasures) {
             return Ok(Some(hit));
         }
         // Read and render outside the lock. Two workers missing the same
@@ -78,29 +85,26 @@ impl Shared {
         let shared = Arc::new(SharedEvent::new(event));
         let mut slots = self.lock();
         if let Some(slot) = slot_of(&mut slots, offset) {
-            *slot = Some(shared.clone());
+            *slot = Some((erasures, shared.clone()));
         }
         Ok(Some(shared))
     }
 
-    fn lookup(&self, offset: Offset) -> Option<Arc<SharedEvent>> {
+    fn lookup(&self, offset: Offset, erasures: u64) -> Option<Arc<SharedEvent>> {
         let mut slots = self.lock();
         slot_of(&mut slots, offset)?
             .as_ref()
-            .filter(|s| s.event.offset == offset)
-            .cloned()
+            .filter(|(e, s)| *e == erasures && s.event.offset == offset)
+            .map(|(_, s)| s.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Arc<SharedEvent>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         // Slots are replaced whole; a panic cannot leave one half-written.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn slot_of(
-    slots: &mut [Option<Arc<SharedEvent>>],
-    offset: Offset,
-) -> Option<&mut Option<Arc<SharedEvent>>> {
+fn slot_of(slots: &mut [Slot], offset: Offset) -> Option<&mut Slot> {
     if slots.is_empty() {
         return None;
     }

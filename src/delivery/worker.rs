@@ -121,7 +121,7 @@ impl WorkerContext {
         self.metrics
             .deliveries
             .add(&[&self.endpoint_id, outcome], 1);
-        if outcome == "dead" || outcome == "expired" {
+        if matches!(outcome, "dead" | "expired" | "erased") {
             self.metrics.dead.add(&self.endpoint_id, 1);
         }
     }
@@ -599,13 +599,20 @@ impl Worker {
         }
     }
 
-    /// Retention removed the event of a held delivery: dead, `expired`.
+    /// Retention or an erasure removed the event of a held delivery: dead,
+    /// `expired` (or `erased`).
     async fn expired(&mut self, offset: Offset) {
         let Some(held) = self.held.get(&offset) else {
             return;
         };
-        self.ctx.count("expired");
-        let mut record = base_record(&held.event.event, DeliveryState::Dead, "expired".into());
+        // The tombstone's reason when the event was erased (tenant
+        // erasure or the tenant's retention), else retention's `expired`.
+        let reason = match self.ctx.store.erasure(offset) {
+            Ok(Some(e)) => e.reason,
+            _ => "expired".to_owned(),
+        };
+        self.ctx.count(&reason);
+        let mut record = base_record(&held.event.event, DeliveryState::Dead, reason);
         if let Ok(Some(p)) = self
             .ctx
             .store

@@ -28,21 +28,21 @@ use crate::{
 };
 
 /// A log with its writer, driven one group at a time.
-struct Harness {
-    fs: FaultyFs,
+pub(super) struct Harness {
+    pub(super) fs: FaultyFs,
     options: LogOptions,
-    log: Arc<EventLog>,
+    pub(super) log: Arc<EventLog>,
     writer: LogWriterThread,
     head: watch::Receiver<Offset>,
     health: watch::Receiver<StoreHealth>,
 }
 
-fn dir() -> PathBuf {
+pub(super) fn dir() -> PathBuf {
     PathBuf::from("/data/events")
 }
 
 impl Harness {
-    fn new(segment_bytes: u64) -> Self {
+    pub(super) fn new(segment_bytes: u64) -> Self {
         let fs = FaultyFs::default();
         let options = LogOptions {
             segment_bytes,
@@ -79,7 +79,7 @@ impl Harness {
 
     /// Closes the log and opens it again (a restart); with `crash`, after
     /// dropping everything not synced (a power cut).
-    fn reopen(self, crash: bool) -> Result<Self> {
+    pub(super) fn reopen(self, crash: bool) -> Result<Self> {
         let (fs, options) = (self.fs.clone(), self.options.clone());
         drop(self);
         if crash {
@@ -110,6 +110,25 @@ impl Harness {
         self.group(&[ids]).pop().expect("one outcome")
     }
 
+    /// Commits `events` as one append.
+    pub(super) fn append_new(
+        &mut self,
+        events: Vec<crate::model::NewEvent>,
+    ) -> Result<Vec<Appended>> {
+        let (reply, mut rx) = oneshot::channel();
+        let events = events.into_iter().map(Encoded::new).collect();
+        self.writer
+            .commit(&mut vec![LogOp::Append { events, reply }]);
+        rx.try_recv().expect("answered")
+    }
+
+    /// Seals the active segment if it holds records below `before`.
+    pub(super) fn seal(&mut self, before: Offset) -> Result<()> {
+        let (reply, mut rx) = oneshot::channel();
+        self.writer.commit(&mut vec![LogOp::Seal { before, reply }]);
+        rx.try_recv().expect("answered")
+    }
+
     fn truncate(&mut self, before: Offset) -> Result<usize> {
         let (reply, mut rx) = oneshot::channel();
         self.writer
@@ -117,7 +136,7 @@ impl Harness {
         rx.try_recv().expect("answered")
     }
 
-    fn head(&self) -> Offset {
+    pub(super) fn head(&self) -> Offset {
         *self.head.borrow()
     }
 

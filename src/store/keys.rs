@@ -41,6 +41,74 @@ pub struct EventRecord {
     /// Append time, nanoseconds since the Unix epoch.
     #[prost(uint64, tag = "2")]
     pub published_at_nanos: u64,
+    /// Set on a tombstone: the event's payload was erased (see
+    /// [`tombstone`]); `event` then keeps only its id and tenant.
+    #[prost(message, optional, tag = "3")]
+    pub erased: Option<ErasedRecord>,
+}
+
+/// What a tombstone says about the event it replaced.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErasedRecord {
+    /// The event's type (its payload, which named it, is gone).
+    #[prost(string, tag = "1")]
+    pub event_type: String,
+    /// When it was erased, nanoseconds since the Unix epoch.
+    #[prost(uint64, tag = "2")]
+    pub erased_at_nanos: u64,
+    /// Why: `erased` (EraseTenant) or `expired` (the tenant's retention).
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// The tombstone that replaces the record at `offset` in the log: the
+/// same id (so the id index and a re-publish still find it), the tenant
+/// (by the rule of [`decode_meta`], so scoping still applies), the type
+/// and the publish time (time-based starts binary-search on it). The
+/// payload, attributes, ordering key and `occurred_at` are gone.
+pub fn tombstone(
+    offset: Offset,
+    record: &[u8],
+    reason: &str,
+    erased_at_nanos: u64,
+) -> Result<Vec<u8>> {
+    use prost::Message as _;
+    let meta = decode_meta_record(offset, record)?;
+    let (_, published_at_nanos) = split_event_record(record)?;
+    Ok(EventRecord {
+        event: Some(pb::Event {
+            id: decode_event_id(offset, record)?,
+            tenant: meta.tenant,
+            ..Default::default()
+        }),
+        published_at_nanos,
+        erased: Some(ErasedRecord {
+            event_type: meta.event_type.to_string(),
+            erased_at_nanos,
+            reason: reason.to_owned(),
+        }),
+    }
+    .encode_to_vec())
+}
+
+/// Whether `record` is a tombstone: reads only the record's top-level
+/// fields (the event is skipped, not decoded).
+pub fn is_tombstone(record: &[u8]) -> Result<bool> {
+    Ok(walk_event_record(record)?.erased.is_some())
+}
+
+/// A tombstone's id, tenant and account, decoded.
+pub fn decode_tombstone(
+    offset: Offset,
+    record: &[u8],
+) -> Result<Option<(String, String, ErasedRecord)>> {
+    use prost::Message as _;
+    let r = EventRecord::decode(record)
+        .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
+    Ok(match (r.event, r.erased) {
+        (Some(e), Some(erased)) => Some((e.id, e.tenant, erased)),
+        _ => None,
+    })
 }
 
 /// The [`EventRecord`] bytes of `event`, encoded in place: the same bytes
@@ -201,21 +269,42 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<EventMeta> {
 /// the encoded `stevedore.v1.Event` (field 1's bytes) and the publish time
 /// (field 2).
 pub fn split_event_record(record: &[u8]) -> Result<(std::ops::Range<usize>, u64)> {
+    let parts = walk_event_record(record)?;
+    let event = parts
+        .event
+        .ok_or_else(|| Error::Corrupt("event record: no event".into()))?;
+    Ok((event, parts.published))
+}
+
+/// An encoded [`EventRecord`]'s top-level fields.
+struct RecordParts {
+    event: Option<std::ops::Range<usize>>,
+    published: u64,
+    erased: Option<std::ops::Range<usize>>,
+}
+
+fn walk_event_record(record: &[u8]) -> Result<RecordParts> {
     use prost::encoding::{decode_key, decode_varint, WireType};
     let corrupt = |m: &str| Error::Corrupt(format!("event record: {m}"));
     let mut buf = record;
     let mut event = None;
+    let mut erased = None;
     let mut published = 0;
     while !buf.is_empty() {
         let (tag, wire) = decode_key(&mut buf).map_err(|e| corrupt(&e.to_string()))?;
         match (tag, wire) {
-            (1, WireType::LengthDelimited) => {
+            (1 | 3, WireType::LengthDelimited) => {
                 let len = decode_varint(&mut buf).map_err(|e| corrupt(&e.to_string()))? as usize;
                 if len > buf.len() {
-                    return Err(corrupt("truncated event"));
+                    return Err(corrupt("truncated field"));
                 }
                 let start = record.len() - buf.len();
-                event = Some(start..start + len);
+                let range = Some(start..start + len);
+                if tag == 1 {
+                    event = range;
+                } else {
+                    erased = range;
+                }
                 buf = &buf[len..];
             }
             (2, WireType::Varint) => {
@@ -224,7 +313,11 @@ pub fn split_event_record(record: &[u8]) -> Result<(std::ops::Range<usize>, u64)
             _ => return Err(corrupt(&format!("unexpected field {tag}"))),
         }
     }
-    Ok((event.ok_or_else(|| corrupt("no event"))?, published))
+    Ok(RecordParts {
+        event,
+        published,
+        erased,
+    })
 }
 
 /// [`decode_meta`] for a record whose offset is known.
@@ -356,6 +449,7 @@ mod tests {
         let record = EventRecord {
             event: Some(legacy.clone()),
             published_at_nanos: 1,
+            ..Default::default()
         }
         .encode_to_vec();
         let stored = decode_event(&offset_key(7), &record).unwrap();
@@ -414,6 +508,7 @@ mod tests {
             let want = EventRecord {
                 event: Some(event.clone()),
                 published_at_nanos: published,
+                ..Default::default()
             }
             .encode_to_vec();
             assert_eq!(encode_event_record(&event, published), want);
@@ -427,7 +522,8 @@ mod tests {
             encode_event_record(&empty, 0),
             EventRecord {
                 event: Some(empty.clone()),
-                published_at_nanos: 0
+                published_at_nanos: 0,
+                ..Default::default()
             }
             .encode_to_vec()
         );

@@ -11,14 +11,18 @@
 //! subscriber never sees an event that could still be lost.
 
 pub mod baseline;
+mod erase;
 #[cfg(test)]
 mod faults;
 mod keys;
 mod log;
+#[cfg(test)]
+mod redact_tests;
 mod rewrite;
 mod state;
 mod writer;
 
+pub use erase::{Erasure, Removal, Unwanted};
 pub use rewrite::{rewrite_endpoints, Rewritten};
 pub use state::{AuditRecords, ConsumerRecords, DeliveryRecords, EndpointRecords, StateWrites};
 
@@ -102,6 +106,8 @@ struct Inner {
     ops: std::sync::Mutex<Option<Senders>>,
     head: watch::Receiver<Offset>,
     health: watch::Receiver<StoreHealth>,
+    /// Counts finished redactions ([`Store::erasures`]).
+    erasures: std::sync::atomic::AtomicU64,
 }
 
 /// What keeps the store from taking writes, if anything.
@@ -215,6 +221,7 @@ impl Store {
                     })),
                     head: head_rx,
                     health: health_rx,
+                    erasures: Default::default(),
                 }),
             },
             WriterHandle(threads),
@@ -330,14 +337,10 @@ impl Store {
         Ok(self.inner.log.first().min(self.head()))
     }
 
-    /// The event at `offset`, if it is durable and still in the log.
+    /// The event at `offset`, if it is durable and still in the log (an
+    /// erased one is not: see [`Store::erasure`]).
     pub fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
-        if offset >= self.head() {
-            return Ok(None);
-        }
-        self.inner
-            .log
-            .get(offset)?
+        self.live_record(offset)?
             .map(|record| keys::decode_event(&keys::offset_key(offset), &record))
             .transpose()
     }
@@ -345,14 +348,22 @@ impl Store {
     /// The type and attributes of the event at `offset`, if it is durable
     /// and still in the log: for filters, much cheaper than [`Store::get`].
     pub fn meta(&self, offset: Offset) -> Result<Option<EventMeta>> {
+        self.live_record(offset)?
+            .map(|record| keys::decode_meta_record(offset, &record))
+            .transpose()
+    }
+
+    /// The record at `offset` if it is durable, in the log and not a
+    /// tombstone.
+    fn live_record(&self, offset: Offset) -> Result<Option<bytes::Bytes>> {
         if offset >= self.head() {
             return Ok(None);
         }
-        self.inner
+        Ok(self
+            .inner
             .log
             .get(offset)?
-            .map(|record| keys::decode_meta_record(offset, &record))
-            .transpose()
+            .filter(|record| !is_tombstone(record)))
     }
 
     /// Up to `limit` durable events from `from` on (from the first offset,
@@ -367,23 +378,31 @@ impl Store {
     /// Up to `limit` durable records from `from` on (from the first offset,
     /// if `from` is below it), in log order, as stored: each an encoded
     /// [`keys::EventRecord`] (see [`keys::split_event_record`]), for readers
-    /// that forward the event's bytes without decoding them.
-    pub fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
+    /// that forward the event's bytes without decoding them. Erased events
+    /// (tombstones) are left out, so offsets may skip; an empty answer
+    /// still means nothing is left up to the head.
+    pub fn read_records(&self, mut from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
         let head = self.head();
-        if from >= head {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(limit.min((head - from) as usize));
-        self.inner.log.read_range(from, head, limit, &mut out)?;
-        // A damaged record ends the batch before it, so healthy records
-        // are never held back by it; read from it, it is the error.
-        let mut records = Vec::with_capacity(out.len());
-        for (offset, record) in out {
-            match record {
-                Ok(record) => records.push(RawRecord { offset, record }),
-                Err(e) if records.is_empty() => return Err(e),
-                Err(_) => break,
+        let mut records = Vec::new();
+        let mut out = Vec::new();
+        // A batch of nothing but tombstones reads on.
+        while records.is_empty() && from < head {
+            out.clear();
+            self.inner.log.read_range(from, head, limit, &mut out)?;
+            let Some(&(last, _)) = out.last() else {
+                break;
+            };
+            // A damaged record ends the batch before it, so healthy records
+            // are never held back by it; read from it, it is the error.
+            for (offset, record) in out.drain(..) {
+                match record {
+                    Ok(record) if is_tombstone(&record) => {}
+                    Ok(record) => records.push(RawRecord { offset, record }),
+                    Err(e) if records.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
             }
+            from = last + 1;
         }
         Ok(records)
     }
@@ -415,6 +434,12 @@ impl Store {
             _ => Ok(None),
         }
     }
+}
+
+/// Whether a record read from the log is a tombstone. One that cannot be
+/// walked is not: whoever decodes it reports the damage.
+fn is_tombstone(record: &[u8]) -> bool {
+    keys::is_tombstone(record).unwrap_or(false)
 }
 
 /// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and

@@ -85,6 +85,12 @@ pub(super) enum LogOp {
         before: Offset,
         reply: oneshot::Sender<Result<usize>>,
     },
+    /// Seals the active segment if it holds records below `before`, so a
+    /// redaction can rewrite them.
+    Seal {
+        before: Offset,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// How many events `group`'s appends carry.
@@ -93,7 +99,7 @@ fn appended_events(group: &[LogOp]) -> usize {
         .iter()
         .map(|op| match op {
             LogOp::Append { events, .. } => events.len(),
-            LogOp::Truncate { .. } => 0,
+            LogOp::Truncate { .. } | LogOp::Seal { .. } => 0,
         })
         .sum()
 }
@@ -493,6 +499,10 @@ impl LogWriterThread {
                     work.push(None);
                     replies.push(Reply::Truncate(before, reply));
                 }
+                LogOp::Seal { before, reply } => {
+                    work.push(None);
+                    replies.push(Reply::Seal(before, reply));
+                }
             }
         }
         let mut staged = Staged {
@@ -510,6 +520,11 @@ impl LogWriterThread {
                 (None, Reply::Truncate(before, reply)) => {
                     self.flush(&mut staged);
                     let _ = reply.send(self.log.truncate(before));
+                    continue;
+                }
+                (None, Reply::Seal(before, reply)) => {
+                    self.flush(&mut staged);
+                    let _ = reply.send(self.log.seal_below(before));
                     continue;
                 }
                 _ => unreachable!("replies follow their ops"),
@@ -610,11 +625,14 @@ impl LogWriterThread {
                 None if e.id_assigned => None,
                 None => match self.log.offset_of_id(id)? {
                     // Duplicates are the rare path: the original is read
-                    // again to tell a retry from a reused id.
+                    // again to tell a retry from a reused id. An erased
+                    // original (a tombstone) has no content to compare.
                     Some(o) => {
                         let same = match self.log.record(o)? {
-                            Some(stored) => keys::same_content(&e.event_field, &stored)?,
-                            None => true,
+                            Some(stored) if !keys::is_tombstone(&stored)? => {
+                                keys::same_content(&e.event_field, &stored)?
+                            }
+                            _ => true,
                         };
                         Some((o, same))
                     }
@@ -655,6 +673,7 @@ impl LogWriterThread {
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>>>),
     Truncate(Offset, oneshot::Sender<Result<usize>>),
+    Seal(Offset, oneshot::Sender<Result<()>>),
 }
 
 /// Appends staged for the next commit of a group.

@@ -245,7 +245,7 @@ async fn an_endpoint_over_max_endpoint_headers_loads_disabled_and_is_fixable() {
 }
 
 /// Every file under `dir` (recursively) with its mode.
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, u32, bool)>) {
+pub(crate) fn walk(dir: &Path, out: &mut Vec<(PathBuf, u32, bool)>) {
     use std::os::unix::fs::PermissionsExt;
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
@@ -259,7 +259,7 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u32, bool)>) {
 }
 
 /// The paths under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut all = Vec::new();
     walk(dir, &mut all);
     all.into_iter()

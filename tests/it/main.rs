@@ -10,6 +10,7 @@ mod console_pages;
 mod crash;
 mod crash_delivery;
 mod egress;
+mod erasure;
 mod etiquette;
 mod faults;
 mod fuzz;

@@ -319,6 +319,17 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Seals the active segment if it holds records below `before`, so a
+    /// redaction can rewrite them ([`EventLog::redact`] rewrites sealed
+    /// segments only). Commit first: nothing may be buffered.
+    pub(in crate::store) fn seal_below(&mut self, before: Offset) -> Result<()> {
+        if self.base < before && !self.hashes.is_empty() {
+            self.roll()
+        } else {
+            Ok(())
+        }
+    }
+
     /// Moves the first offset up to `first` (at most to the head: the log
     /// may end up empty; offsets go on from the head all the same, kept by
     /// the active segment and the `start` file), deletes whole segments

@@ -11,7 +11,9 @@
 //!   `[len u32][crc32 u32][offset u64][record: len bytes]` (little-endian;
 //!   the CRC covers the offset and the record). The top bit of `len` marks
 //!   the first record of a commit (version 1 only). The record is an
-//!   encoded [`keys::EventRecord`](super::super::keys). Offsets are dense.
+//!   encoded [`keys::EventRecord`](super::super::keys), or the tombstone
+//!   that replaced one ([`keys::tombstone`](super::super::keys), field 3
+//!   set; see [`super::redact`]). Offsets are dense.
 //! - `<base>.idx`: the header, the id-hash key's fingerprint (u64), then per
 //!   record `[position u32][id hash u64]`, then `[count u64][crc32 u32]`.
 //! - `start`: the header, `[first offset u64][crc32 u32]`.
@@ -142,6 +144,11 @@ fn frame_header(h: &[u8]) -> FrameHeader {
         offset: u64_at(h, 8),
         commit_start: len & COMMIT_START != 0,
     }
+}
+
+/// Whether a (checked) frame starts a commit.
+pub(super) fn starts_commit(frame: &[u8]) -> bool {
+    frame_header(frame).commit_start
 }
 
 /// Checks a frame read at `offset` and returns its record.

@@ -16,7 +16,10 @@
 //!   [`Recovery::Truncate`] is set: then the log is cut at the damage,
 //!   later segments are removed, and what was dropped is logged;
 //! - a sealed segment's `.idx` is a shortcut: a missing, damaged or stale
-//!   one is rebuilt from the segment.
+//!   one is rebuilt from the segment;
+//! - a `<base>.redacting` file is a redaction a crash interrupted before
+//!   its rename: its segment is untouched, and the file is removed
+//!   ([`redact`] rewrites sealed segments to replace chosen records).
 //!
 //! All file I/O goes through [`fs::Fs`], so tests inject faults.
 
@@ -24,6 +27,7 @@ mod append;
 mod format;
 pub(crate) mod fs;
 mod ids;
+mod redact;
 mod zerofill;
 
 use std::{
@@ -79,6 +83,8 @@ pub(super) struct EventLog {
     hasher: IdHasher,
     index: RwLock<Index>,
     ids: Mutex<IdIndex>,
+    /// Held by a redaction ([`redact`]): one at a time.
+    redacting: Mutex<()>,
 }
 
 struct Index {
@@ -147,6 +153,12 @@ impl EventLog {
     pub(super) fn open(dir: &Path, options: LogOptions) -> Result<(Arc<Self>, LogWriter)> {
         let fs = options.fs.clone();
         fs.create_dir_all(dir)?;
+        // A redaction interrupted by a crash: its segment is untouched.
+        for name in fs.list(dir)? {
+            if name.ends_with(&format!(".{}", redact::REDACTING)) {
+                fs.remove(&dir.join(name))?;
+            }
+        }
         let hasher = read_or_create_meta(&*fs, dir)?;
         let first_on_file = read_start(&*fs, dir)?;
         let mut bases: Vec<Offset> = fs
@@ -250,6 +262,7 @@ impl EventLog {
             hasher,
             index: RwLock::new(Index { segments, first }),
             ids: Mutex::new(ids),
+            redacting: Mutex::new(()),
             options,
         });
         let writer = LogWriter::new(log.clone(), file, base, start, len, active.hashes, next)?;

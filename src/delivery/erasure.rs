@@ -1,0 +1,116 @@
+//! Erasing a tenant's events (EraseTenant, per-tenant retention), on the
+//! delivery side: what endpoints still owe for those events is settled
+//! before the log forgets their payloads.
+//!
+//! Like retention ([`Deliveries::expire_before`]), nothing pending is
+//! dropped silently. Before the events are erased, every remaining
+//! endpoint's consumer marks those it has not read yet as done (so no
+//! worker reads one in between and skips it unrecorded) and the endpoint
+//! records them as dead with the reason `erased` (or `expired` for the
+//! tenant's retention). Events a worker holds are its own to record:
+//! once the tombstones exist, those waiting for a retry are handed back
+//! at once ([`crate::consumer::Consumer::expire_waiting`]), and one being
+//! sent finds its event gone at its next attempt; either way the worker
+//! records it dead with the tombstone's reason. The attempts recorded for
+//! those events (they hold response bodies) are deleted; delivery records
+//! keep the id, type, state and counts.
+
+use std::collections::HashSet;
+
+use super::{consumer_name, Deliveries};
+use crate::{
+    consumer::Consumer,
+    error::Result,
+    model::Offset,
+    pb::{self, DeliveryState},
+    store::{Removal, StateWrites, Unwanted},
+};
+
+/// Most state writes in one group commit.
+const WRITES_PER_COMMIT: usize = 4096;
+
+impl Deliveries {
+    /// Erases the payloads of `tenant`'s events from `from` up to `until`
+    /// (at most the head) from the log, after settling what endpoints
+    /// hold of them; returns how many events were erased. Events
+    /// published meanwhile are not erased.
+    pub async fn erase_events(
+        &self,
+        tenant: &str,
+        from: Offset,
+        until: Offset,
+        why: Removal,
+    ) -> Result<u64> {
+        let unwanted = self.store.unwanted(tenant, from, until)?;
+        if unwanted.is_empty() {
+            return Ok(0);
+        }
+        let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
+        let mut consumers = Vec::new();
+        for id in self.endpoint_ids()? {
+            if let Ok(consumer) = self.consumers.get(&consumer_name(&id)) {
+                self.settle_erased(&id, &consumer, &unwanted, why).await?;
+                consumers.push(consumer);
+            }
+        }
+        let erased = self.store.erase(&offsets, why).await?;
+        for consumer in consumers {
+            consumer.expire_waiting(&offsets);
+            consumer.save().await?;
+        }
+        tracing::warn!(%tenant, events = erased, reason = why.as_str(), "event payloads erased");
+        Ok(erased as u64)
+    }
+
+    /// Endpoint `id`'s part of an erasure, before it: deliveries of
+    /// `unwanted` events it has not read yet are recorded dead, attempts
+    /// of any of them deleted.
+    async fn settle_erased(
+        &self,
+        id: &str,
+        consumer: &Consumer,
+        unwanted: &[Unwanted],
+        why: Removal,
+    ) -> Result<()> {
+        let filter = consumer.filter();
+        let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
+        let unheld: HashSet<Offset> = consumer.expire_unread(&offsets).into_iter().collect();
+        let mut writes = StateWrites::new();
+        let mut dead = 0u64;
+        for u in unwanted {
+            let old = self.store.deliveries().get(id, u.offset)?;
+            if unheld.contains(&u.offset) && filter.matches_meta(&u.meta) {
+                let mut record = pb::Delivery {
+                    event_id: u.event_id.clone(),
+                    event_type: u.meta.event_type.to_string(),
+                    state: DeliveryState::Dead as i32,
+                    last_error: why.as_str().into(),
+                    ..Default::default()
+                };
+                if let Some(old) = &old {
+                    record.attempts = old.attempts;
+                    record.last_attempt_at = old.last_attempt_at;
+                    record.last_status = old.last_status;
+                }
+                writes.put_delivery(id, u.offset, &record);
+                dead += 1;
+            }
+            if old.is_some() {
+                self.store.delete_attempts(&mut writes, id, u.offset)?;
+            }
+            if writes.len() >= WRITES_PER_COMMIT {
+                self.store.write_state(std::mem::take(&mut writes)).await?;
+            }
+        }
+        if !writes.is_empty() {
+            self.store.write_state(writes).await?;
+        }
+        consumer.save().await?;
+        if dead > 0 {
+            self.metrics.dead.add(id, dead as i64);
+            self.metrics.deliveries.add(&[id, why.as_str()], dead);
+            tracing::warn!(endpoint = %id, dead, reason = why.as_str(), "undelivered events erased");
+        }
+        Ok(())
+    }
+}
