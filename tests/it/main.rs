@@ -25,6 +25,7 @@ mod reliability;
 mod secrets;
 mod service;
 mod startup;
+mod state_heal;
 mod subscribe;
 mod sweep;
 mod tenants;
