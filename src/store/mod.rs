@@ -335,8 +335,9 @@ impl Store {
 
     /// Watches what keeps the store from taking writes: after a failed
     /// `fdatasync` nothing more is appended until a restart; failing state
-    /// writes clear once one succeeds. The broker reports NOT_SERVING
-    /// meanwhile.
+    /// writes clear once a write works again (the state writer probes and
+    /// reopens the state database meanwhile, see `state_db`). The broker
+    /// reports NOT_SERVING meanwhile.
     pub fn watch_health(&self) -> watch::Receiver<StoreHealth> {
         self.inner.health.clone()
     }
