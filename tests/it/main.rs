@@ -25,6 +25,7 @@ mod reliability;
 mod secrets;
 mod service;
 mod startup;
+#[cfg(target_os = "linux")] // prlimit
 mod state_heal;
 mod subscribe;
 mod sweep;
