@@ -152,11 +152,14 @@ impl From<Error> for Status {
     }
 }
 
-/// ENOSPC or EDQUOT: the broker's disk (or quota) is full.
+/// ENOSPC, EDQUOT or EFBIG: the broker's disk (or quota, or its file-size
+/// limit) is full.
 fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge
     )
 }
 
@@ -181,6 +184,10 @@ mod tests {
             (Error::Io(enospc()).share(), Code::ResourceExhausted),
             (
                 Error::Io(std::io::Error::from(std::io::ErrorKind::QuotaExceeded)),
+                Code::ResourceExhausted,
+            ),
+            (
+                Error::Io(std::io::Error::from(std::io::ErrorKind::FileTooLarge)),
                 Code::ResourceExhausted,
             ),
             (Error::Io(std::io::Error::other("x")), Code::Internal),

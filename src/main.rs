@@ -137,6 +137,7 @@ fn hash_token() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    survive_file_size_limits()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -197,6 +198,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// A write past the process's file-size limit (`RLIMIT_FSIZE`) raises
+/// SIGXFSZ, which by default kills the process: take it instead, so such a
+/// write fails with EFBIG like a full disk, and is reported and healed as
+/// one (see README "Durability").
+fn survive_file_size_limits() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let xfsz = SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+        // Once registered, the runtime's handler stays for the process's
+        // life; the stream itself is not needed.
+        drop(signal(xfsz).context("taking SIGXFSZ")?);
+    }
+    Ok(())
+}
+
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -231,7 +248,12 @@ fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a file on a full disk)
+        // is lost: by default the subscriber reports it with `eprintln!`,
+        // which panics the thread that logged, the store's writers among
+        // them.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -484,7 +484,7 @@ impl Deliveries {
             endpoint::check_egress_of("endpoint.oauth2.token_url", &o.token_url, &self.guard)?;
         }
         let mut workers = self.workers.lock().await;
-        if self.store.endpoints().len() >= self.config.max_endpoints {
+        if self.store.endpoints().count()? >= self.config.max_endpoints {
             return Err(Error::ResourceExhausted(format!(
                 "the broker already has max_endpoints ({}) endpoints",
                 self.config.max_endpoints

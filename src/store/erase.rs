@@ -164,7 +164,7 @@ impl Store {
         offset: Offset,
     ) -> Result<()> {
         for k in self
-            .table(Table::Attempts)
+            .table(Table::Attempts)?
             .scan_prefix(keys::scoped_offset_key(endpoint_id, offset))
             .keys()
         {

@@ -746,3 +746,45 @@ async fn a_failing_state_write_shows_in_health_until_one_succeeds() {
         .await
         .unwrap();
 }
+
+/// Once state syncs work again, the store says so by itself (the state
+/// writer probes, reopening the database), without waiting for a caller's
+/// write; writes then succeed and survive a restart. Fails on the code
+/// before the probe: the health stayed failing until the next write.
+#[tokio::test]
+async fn failing_state_writes_heal_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = CountingFs::default();
+    let config = store_config(dir.path());
+    let (store, writer) = super::Store::open_on(&config, Arc::new(fs.clone())).unwrap();
+    let mut health = store.watch_health();
+    let fail = |on: bool| {
+        fs.fail_state_syncs
+            .store(on, std::sync::atomic::Ordering::SeqCst)
+    };
+    store.endpoints().put("a", b"1".to_vec()).await.unwrap();
+    fail(true);
+    assert!(store.endpoints().put("b", b"2".to_vec()).await.is_err());
+    assert!(health.borrow_and_update().state.is_some());
+    fail(false);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        health.wait_for(|h| h.state.is_none()),
+    )
+    .await
+    .expect("the health clears by itself")
+    .unwrap();
+    store.endpoints().put("c", b"3".to_vec()).await.unwrap();
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    let (store, writer) = super::Store::open(&config).unwrap();
+    for id in ["a", "c"] {
+        assert!(store.endpoints().get(id).unwrap().is_some(), "{id}");
+    }
+    drop(store);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+}

@@ -20,6 +20,7 @@ mod log;
 mod redact_tests;
 mod rewrite;
 mod state;
+mod state_db;
 mod writer;
 
 pub use erase::{Erasure, Removal, Unwanted};
@@ -43,6 +44,7 @@ use crate::{
 };
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
+use state_db::{StateDb, TableRef};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
 
 /// The config key of the state store's page-cache size
@@ -98,9 +100,9 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
     log: Arc<EventLog>,
-    tables: Tables,
+    /// The state tables, reopened in place after a failed write.
+    state: Arc<StateDb>,
     /// Taken by [`Store::close`]: once every sender is gone the writers
     /// drain their queues and exit, even if stray handles outlive shutdown.
     ops: std::sync::Mutex<Option<Senders>>,
@@ -116,8 +118,9 @@ pub struct StoreHealth {
     /// Why the event log stopped taking appends (a failed `fdatasync`):
     /// until a restart.
     pub log: Option<String>,
-    /// Why state writes are failing (a full disk, say); cleared by the
-    /// next one that succeeds.
+    /// Why state writes are failing (a full disk, say); cleared once a
+    /// write succeeds again (the state writer probes, and reopens the state
+    /// database, meanwhile).
     pub state: Option<String>,
 }
 
@@ -190,9 +193,22 @@ impl Store {
             config.metrics.clone(),
             config.commit_delay,
         );
+        let state = Arc::new(StateDb::new(
+            db,
+            tables,
+            &config.path,
+            config.cache_bytes,
+            fs.open(&data_file(&config.path), false)?,
+        ));
         let state_thread =
-            StateWriterThread::new(tables.clone(), config.max_group, health_tx.clone());
-        let sync_thread = StateSyncThread::new(db.clone(), &config.path, fs, health_tx)?;
+            StateWriterThread::new(state.clone(), config.max_group, health_tx.clone());
+        let sync_thread = StateSyncThread::new(
+            state.clone(),
+            &config.path,
+            fs,
+            health_tx,
+            state_tx.downgrade(),
+        )?;
         // One applied group may wait while the previous one syncs; the
         // writer then blocks and the next group grows meanwhile.
         let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel(1);
@@ -212,9 +228,8 @@ impl Store {
         Ok((
             Store {
                 inner: Arc::new(Inner {
-                    db,
                     log,
-                    tables,
+                    state,
                     ops: std::sync::Mutex::new(Some(Senders {
                         log: log_tx,
                         state: state_tx,
@@ -287,7 +302,7 @@ impl Store {
 
     /// Bytes the event log and the state database occupy on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.inner.log.size() + self.inner.db.size_on_disk()?)
+        Ok(self.inner.log.size() + self.inner.state.current()?.db.size_on_disk()?)
     }
 
     fn senders(&self) -> Result<Senders> {
@@ -309,9 +324,10 @@ impl Store {
             .take();
     }
 
-    /// Read access to a state table. Writes go through [`Store::write`].
-    fn table(&self, table: Table) -> &sled::Tree {
-        self.inner.tables.get(table)
+    /// Read access to a state table (`UNAVAILABLE` while the state
+    /// database is being reopened). Writes go through [`Store::write`].
+    fn table(&self, table: Table) -> Result<TableRef> {
+        self.inner.state.table(table)
     }
 
     /// The next offset to be written: every durable event is below it.
@@ -326,8 +342,9 @@ impl Store {
 
     /// Watches what keeps the store from taking writes: after a failed
     /// `fdatasync` nothing more is appended until a restart; failing state
-    /// writes clear once one succeeds. The broker reports NOT_SERVING
-    /// meanwhile.
+    /// writes clear once a write works again (the state writer probes and
+    /// reopens the state database meanwhile, see `state_db`). The broker
+    /// reports NOT_SERVING meanwhile.
     pub fn watch_health(&self) -> watch::Receiver<StoreHealth> {
         self.inner.health.clone()
     }
@@ -1025,7 +1042,15 @@ mod tests {
         assert_eq!(store.get(60).unwrap().unwrap().event.id, "e59");
         assert_eq!(store.read_from(1, 2).unwrap()[0].offset, 60);
         assert!(segments(dir.path(), "log").len() < before);
-        let live = store.size_on_disk().unwrap() - store.inner.db.size_on_disk().unwrap();
+        let live = store.size_on_disk().unwrap()
+            - store
+                .inner
+                .state
+                .current()
+                .unwrap()
+                .db
+                .size_on_disk()
+                .unwrap();
         let files: u64 = segments(dir.path(), "log")
             .iter()
             .map(|p| std::fs::metadata(p).unwrap().len())
@@ -1150,10 +1175,15 @@ mod tests {
         let mut truncate = config(dir.path());
         truncate.recovery = Recovery::Truncate;
         let (store, writer) = Store::open(&truncate).unwrap();
-        let stored = store.table(Table::Consumers).get("c1").unwrap().unwrap();
+        let stored = store
+            .table(Table::Consumers)
+            .unwrap()
+            .get("c1")
+            .unwrap()
+            .unwrap();
         let fixed: ConsumerRecord = prost::Message::decode(&*stored).unwrap();
         assert_eq!((fixed.floor, fixed.done_ranges), (4, vec![5, 6]));
-        let deliveries = store.table(Table::Deliveries);
+        let deliveries = store.table(Table::Deliveries).unwrap();
         assert!(deliveries
             .get(keys::scoped_offset_key("ep", 3))
             .unwrap()
@@ -1162,6 +1192,7 @@ mod tests {
             .get(keys::scoped_offset_key("ep", 7))
             .unwrap()
             .is_none());
+        drop(deliveries);
         close(store, writer).await;
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         close(store, writer).await;
@@ -1214,7 +1245,12 @@ mod tests {
         std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
         let (store, writer) = Store::open(&config(dir.path())).unwrap();
         assert_eq!(store.get(1).unwrap().unwrap().event.id, "kept");
-        assert!(store.table(Table::Endpoints).get("ep").unwrap().is_some());
+        assert!(store
+            .table(Table::Endpoints)
+            .unwrap()
+            .get("ep")
+            .unwrap()
+            .is_some());
         assert!(!dir.path().join("snap.00000000FFFFFFFF.generating").exists());
         close(store, writer).await;
     }

@@ -35,11 +35,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     keys,
-    log::{
-        fs::{Fs, FsFile},
-        LogWriter,
-    },
-    Mutation, StoreHealth, Table, Tables,
+    log::{fs::Fs, LogWriter},
+    state_db::{OpenDb, StateDb},
+    Mutation, StoreHealth, Table,
 };
 use crate::{
     error::Result,
@@ -119,6 +117,33 @@ fn next_group<T>(ops: &mut mpsc::Receiver<T>, group: &mut Vec<T>, max: usize) ->
     group.push(op);
     take_queued(ops, group, max);
     true
+}
+
+/// [`next_group`], waiting no later than `until`: `Some(false)` if
+/// nothing came by then, `None` once every sender is gone.
+fn next_group_until<T>(
+    ops: &mut mpsc::Receiver<T>,
+    group: &mut Vec<T>,
+    max: usize,
+    until: Instant,
+) -> Option<bool> {
+    loop {
+        match ops.try_recv() {
+            Ok(op) => {
+                group.push(op);
+                take_queued(ops, group, max);
+                return Some(true);
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Some(false);
+                }
+                std::thread::sleep(left.min(HEAL_POLL));
+            }
+        }
+    }
 }
 
 /// Adds what is queued to `group`, up to `max`.
@@ -247,33 +272,41 @@ pub(super) struct LogWriterThread {
 }
 
 pub(super) struct StateWriterThread {
-    tables: Tables,
+    state: Arc<StateDb>,
     max_group: usize,
     health: watch::Sender<StoreHealth>,
 }
 
+/// How often the state writer tries to make failing state writes work
+/// again ([`StateDb::heal`]).
+const HEAL_EVERY: Duration = Duration::from_millis(500);
+/// How often a failing state writer looks at its queue between attempts.
+const HEAL_POLL: Duration = Duration::from_millis(20);
+
 /// Records whether state writes work: a failure is reported (the broker
-/// goes NOT_SERVING), the next success clears it.
-fn report_state(health: &watch::Sender<StoreHealth>, failed: Option<&crate::error::Error>) {
+/// goes NOT_SERVING), the next success clears it. Returns whether that
+/// changed.
+fn report_state(health: &watch::Sender<StoreHealth>, failed: Option<&crate::error::Error>) -> bool {
     health.send_if_modified(|h| {
         let now = failed.map(|e| format!("state writes are failing: {e}"));
         let changed = h.state.is_some() != now.is_some();
         h.state = now;
         changed
-    });
+    })
 }
 
-/// The answers owed for one applied group, handed to the [`StateSyncThread`].
-pub(super) type Applied = Vec<oneshot::Sender<Result<()>>>;
+/// One applied group, handed to the [`StateSyncThread`]: the database it
+/// was applied to and the answers owed.
+pub(super) type Applied = (Arc<OpenDb>, Vec<oneshot::Sender<Result<()>>>);
 
 impl StateWriterThread {
     pub(super) fn new(
-        tables: Tables,
+        state: Arc<StateDb>,
         max_group: usize,
         health: watch::Sender<StoreHealth>,
     ) -> Self {
         Self {
-            tables,
+            state,
             max_group: max_group.max(1),
             health,
         }
@@ -286,7 +319,23 @@ impl StateWriterThread {
     /// is lost.
     pub(super) fn run(self, mut ops: mpsc::Receiver<StateOp>, applied: SyncSender<Applied>) {
         let mut group = Vec::with_capacity(self.max_group);
-        while next_group(&mut ops, &mut group, self.max_group) {
+        let mut next_heal = Instant::now();
+        loop {
+            let failing = self.health.borrow().state.is_some();
+            let more = if failing {
+                if Instant::now() >= next_heal {
+                    self.heal();
+                    next_heal = Instant::now() + HEAL_EVERY;
+                }
+                next_group_until(&mut ops, &mut group, self.max_group, next_heal)
+            } else {
+                next_group(&mut ops, &mut group, self.max_group).then_some(true)
+            };
+            match more {
+                None => break,
+                Some(false) => continue,
+                Some(true) => {}
+            }
             let mut batches: [Option<sled::Batch>; Table::ALL.len()] = Default::default();
             for op in &group {
                 for m in &op.mutations {
@@ -299,8 +348,8 @@ impl StateWriterThread {
             }
             let replies = group.drain(..).map(|op| op.reply);
             match self.apply(batches) {
-                Ok(()) => {
-                    if applied.send(replies.collect()).is_err() {
+                Ok(db) => {
+                    if applied.send((db, replies.collect())).is_err() {
                         tracing::error!("the state sync thread is gone");
                         return;
                     }
@@ -317,9 +366,23 @@ impl StateWriterThread {
         tracing::debug!("state writer stopped");
     }
 
+    /// While state writes fail: makes them work again if it can, and says
+    /// so in the health (the sync thread reports the next failure).
+    fn heal(&self) {
+        match self.state.heal() {
+            Ok(()) => {
+                tracing::warn!("state writes work again");
+                report_state(&self.health, None);
+            }
+            Err(e) => tracing::warn!(error = %e, "state writes still fail; retrying"),
+        }
+    }
+
     /// Applies each table's batch (tables without one are not touched:
-    /// every `apply_batch` takes sled's global write lock).
-    fn apply(&self, batches: [Option<sled::Batch>; Table::ALL.len()]) -> Result<()> {
+    /// every `apply_batch` takes sled's global write lock) to the open
+    /// database, which it returns for the sync.
+    fn apply(&self, batches: [Option<sled::Batch>; Table::ALL.len()]) -> Result<Arc<OpenDb>> {
+        let db = self.state.current()?;
         // Consumer positions last: an ack written with the records it
         // finishes (`Consumer::ack_with`) must not be durable without them,
         // and sled recovers a prefix of what was applied. A flush running
@@ -328,13 +391,13 @@ impl StateWriterThread {
         let [consumers, rest @ ..] = batches;
         for (table, batch) in Table::ALL[1..].iter().zip(rest) {
             if let Some(batch) = batch {
-                self.tables.get(*table).apply_batch(batch)?;
+                db.tables.get(*table).apply_batch(batch)?;
             }
         }
         if let Some(batch) = consumers {
-            self.tables.get(Table::Consumers).apply_batch(batch)?;
+            db.tables.get(Table::Consumers).apply_batch(batch)?;
         }
-        Ok(())
+        Ok(db)
     }
 }
 
@@ -344,60 +407,89 @@ impl StateWriterThread {
 /// by the time a sync starts is answered by it.
 pub(super) struct StateSyncThread {
     health: watch::Sender<StoreHealth>,
-    db: sled::Db,
+    /// Wakes the state writer when a sync fails, so it starts healing
+    /// even if no write follows (weak: shutdown still closes the queue).
+    wake_writer: mpsc::WeakSender<StateOp>,
+    state: Arc<StateDb>,
     fs: Arc<dyn Fs>,
-    data_file: Arc<dyn FsFile>,
     dir: PathBuf,
     blobs_synced: u64,
 }
 
 impl StateSyncThread {
     pub(super) fn new(
-        db: sled::Db,
+        state: Arc<StateDb>,
         dir: &Path,
         fs: Arc<dyn Fs>,
         health: watch::Sender<StoreHealth>,
+        wake_writer: mpsc::WeakSender<StateOp>,
     ) -> Result<Self> {
-        let data_file = fs.open(&super::data_file(dir), false)?;
         // The directory entries sled created must be durable too.
         fs.sync_dir(dir)?;
         Ok(Self {
             health,
-            db,
+            wake_writer,
+            state,
             fs,
-            data_file,
             dir: dir.to_owned(),
             blobs_synced: 0,
         })
     }
 
     pub(super) fn run(mut self, applied: Receiver<Applied>) {
-        while let Ok(mut replies) = applied.recv() {
-            while let Ok(more) = applied.try_recv() {
-                replies.extend(more);
+        while let Ok(first) = applied.recv() {
+            // Groups applied to the same database are synced at once; one
+            // applied before a reopen is synced (or fails) on its own.
+            let mut groups = vec![first];
+            while let Ok((db, replies)) = applied.try_recv() {
+                match groups.last_mut() {
+                    Some((last, owed)) if Arc::ptr_eq(last, &db) => owed.extend(replies),
+                    _ => groups.push((db, replies)),
+                }
             }
-            let result = self.sync();
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "syncing state failed");
-            }
-            report_state(&self.health, result.as_ref().err());
-            for reply in replies {
-                let r = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(e.share()),
-                };
-                let _ = reply.send(r);
+            for (db, replies) in groups {
+                let result = self.sync(&db);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "syncing state failed");
+                }
+                // A replaced database says nothing about the open one.
+                if self.state.is_current(&db)
+                    && report_state(&self.health, result.as_ref().err())
+                    && result.is_err()
+                {
+                    self.wake_writer();
+                }
+                for reply in replies {
+                    let r = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(e.share()),
+                    };
+                    let _ = reply.send(r);
+                }
             }
         }
-        if let Err(e) = self.db.flush() {
+        if let Err(e) = self.state.current().and_then(|db| Ok(db.db.flush()?)) {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::debug!("state sync stopped");
     }
 
-    fn sync(&mut self) -> Result<()> {
-        self.db.flush()?;
-        self.data_file.sync_data()?;
+    /// Queues an empty write, so a state writer waiting for work sees the
+    /// failure and starts healing (once per failure: while failing, the
+    /// writer does not wait for work).
+    fn wake_writer(&self) {
+        if let Some(ops) = self.wake_writer.upgrade() {
+            let (reply, _) = oneshot::channel();
+            let _ = ops.try_send(StateOp {
+                mutations: Vec::new(),
+                reply,
+            });
+        }
+    }
+
+    fn sync(&mut self, db: &OpenDb) -> Result<()> {
+        db.db.flush()?;
+        self.state.data_file().sync_data()?;
         self.sync_blobs()
     }
 

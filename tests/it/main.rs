@@ -28,6 +28,8 @@ mod reliability;
 mod secrets;
 mod service;
 mod startup;
+#[cfg(target_os = "linux")] // prlimit
+mod state_heal;
 mod subscribe;
 mod sweep;
 mod tenants;

@@ -32,15 +32,17 @@ impl<'a> AuditRecords<'a> {
     /// Records newest first: all of them, or those with an id below
     /// `before` (empty: no bound).
     pub fn newest_first(&self, before: &str) -> impl Iterator<Item = Result<pb::AuditRecord>> {
-        let tree = self.store.table(Table::Audit);
-        let iter = if before.is_empty() {
-            tree.iter()
-        } else {
-            tree.range(..before.as_bytes().to_vec())
-        };
-        iter.rev().map(|kv| {
-            let (_, v) = kv?;
-            pb::AuditRecord::decode(&*v).map_err(|e| Error::Corrupt(format!("audit record: {e}")))
-        })
+        super::or_error(self.store.table(Table::Audit).map(|tree| {
+            let iter = if before.is_empty() {
+                tree.iter()
+            } else {
+                tree.range(..before.as_bytes().to_vec())
+            };
+            iter.rev().map(|kv| {
+                let (_, v) = kv?;
+                pb::AuditRecord::decode(&*v)
+                    .map_err(|e| Error::Corrupt(format!("audit record: {e}")))
+            })
+        }))
     }
 }

@@ -21,7 +21,7 @@ impl<'a> ConsumerRecords<'a> {
 
     /// Consumer `name`'s record, if it has one.
     pub fn get(&self, name: &str) -> Result<Option<ConsumerRecord>> {
-        let Some(bytes) = self.store.table(Table::Consumers).get(name.as_bytes())? else {
+        let Some(bytes) = self.store.table(Table::Consumers)?.get(name.as_bytes())? else {
             return Ok(None);
         };
         decode(name, &bytes).map(Some)
@@ -33,10 +33,8 @@ impl<'a> ConsumerRecords<'a> {
         &self,
         skip: impl Fn(&str) -> bool,
     ) -> impl Iterator<Item = Result<(String, ConsumerRecord)>> {
-        self.store
-            .table(Table::Consumers)
-            .iter()
-            .filter_map(move |kv| {
+        super::or_error(self.store.table(Table::Consumers).map(|tree| {
+            tree.iter().filter_map(move |kv| {
                 let (k, v) = match kv {
                     Ok(kv) => kv,
                     Err(e) => return Some(Err(e.into())),
@@ -47,6 +45,7 @@ impl<'a> ConsumerRecords<'a> {
                 }
                 Some(decode(&name, &v).map(|r| (name, r)))
             })
+        }))
     }
 
     /// Queues saving `record` as consumer `name`'s position, with `with`

@@ -35,7 +35,7 @@ impl<'a> DeliveryRecords<'a> {
     /// `endpoint`'s delivery record of the event at `offset`, if any.
     pub fn get(&self, endpoint: &str, offset: Offset) -> Result<Option<pb::Delivery>> {
         self.store
-            .table(Table::Deliveries)
+            .table(Table::Deliveries)?
             .get(keys::scoped_offset_key(endpoint, offset))?
             .map(|v| decode_delivery(endpoint, offset, &v))
             .transpose()
@@ -70,9 +70,8 @@ impl<'a> DeliveryRecords<'a> {
         until: Offset,
     ) -> impl DoubleEndedIterator<Item = Result<(Offset, pb::Delivery)>> {
         let endpoint = endpoint.to_owned();
-        self.store
-            .table(Table::Deliveries)
-            .range(
+        super::or_error(self.store.table(Table::Deliveries).map(|tree| {
+            tree.range(
                 keys::scoped_offset_key(&endpoint, from)..keys::scoped_offset_key(&endpoint, until),
             )
             .map(move |kv| {
@@ -80,6 +79,7 @@ impl<'a> DeliveryRecords<'a> {
                 let offset = keys::decode_offset(&k[k.len() - 8..])?;
                 Ok((offset, decode_delivery(&endpoint, offset, &v)?))
             })
+        }))
     }
 
     /// The offset above `endpoint`'s last delivery record (0 without
@@ -89,7 +89,7 @@ impl<'a> DeliveryRecords<'a> {
         self.store.write_state(StateWrites::new()).await?;
         let last = self
             .store
-            .table(Table::Deliveries)
+            .table(Table::Deliveries)?
             .scan_prefix(keys::scope(endpoint))
             .keys()
             .next_back()
@@ -104,7 +104,7 @@ impl<'a> DeliveryRecords<'a> {
     pub fn last_attempt(&self, endpoint: &str, offset: Offset) -> Result<Option<u32>> {
         let last = self
             .store
-            .table(Table::Attempts)
+            .table(Table::Attempts)?
             .scan_prefix(keys::scoped_offset_key(endpoint, offset))
             .keys()
             .next_back()
@@ -115,7 +115,7 @@ impl<'a> DeliveryRecords<'a> {
     /// Every attempt of that delivery, oldest first.
     pub fn attempts(&self, endpoint: &str, offset: Offset) -> Result<Vec<pb::Attempt>> {
         self.store
-            .table(Table::Attempts)
+            .table(Table::Attempts)?
             .scan_prefix(keys::scoped_offset_key(endpoint, offset))
             .values()
             .map(|v| {
@@ -129,7 +129,7 @@ impl<'a> DeliveryRecords<'a> {
     /// decoded are not counted).
     pub fn dead_per_endpoint(&self) -> Result<HashMap<String, i64>> {
         let mut dead = HashMap::new();
-        for kv in self.store.table(Table::Deliveries).iter() {
+        for kv in self.store.table(Table::Deliveries)?.iter() {
             let (k, v) = kv?;
             if pb::Delivery::decode(&*v).is_ok_and(|d| d.state() == DeliveryState::Dead) {
                 let id = k.split(|&b| b == 0).next().unwrap_or_default();
@@ -145,8 +145,8 @@ impl<'a> DeliveryRecords<'a> {
     /// below `first`, with their attempts.
     pub async fn prune(&self, endpoint: &str, first: Offset) -> Result<()> {
         let (deliveries, attempts) = (
-            self.store.table(Table::Deliveries),
-            self.store.table(Table::Attempts),
+            self.store.table(Table::Deliveries)?,
+            self.store.table(Table::Attempts)?,
         );
         let mut deletes = Vec::new();
         for kv in deliveries.range(keys::scope(endpoint)..keys::scoped_offset_key(endpoint, first))
@@ -179,7 +179,7 @@ impl<'a> DeliveryRecords<'a> {
             loop {
                 let keys: Vec<_> = self
                     .store
-                    .table(table)
+                    .table(table)?
                     .scan_prefix(keys::scope(endpoint))
                     .keys()
                     .take(DELETE_CHUNK)

@@ -22,23 +22,19 @@ impl<'a> EndpointRecords<'a> {
 
     /// Endpoint `id`'s stored form, if it exists.
     pub fn get(&self, id: &str) -> Result<Option<impl Deref<Target = [u8]>>> {
-        Ok(self.store.table(Table::Endpoints).get(id.as_bytes())?)
+        Ok(self.store.table(Table::Endpoints)?.get(id.as_bytes())?)
     }
 
-    /// How many endpoints there are.
-    pub fn len(&self) -> usize {
-        self.store.table(Table::Endpoints).len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// How many endpoints there are (an error while the state database is
+    /// reopened after a failed write, rather than a count of none).
+    pub fn count(&self) -> Result<usize> {
+        Ok(self.store.table(Table::Endpoints)?.len())
     }
 
     /// Every endpoint id, in order.
     pub fn ids(&self) -> Result<Vec<String>> {
         self.store
-            .table(Table::Endpoints)
+            .table(Table::Endpoints)?
             .iter()
             .keys()
             .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
@@ -53,15 +49,16 @@ impl<'a> EndpointRecords<'a> {
     /// The stored forms of the endpoints with ids after `after` (empty:
     /// all), in id order: the pages of a listing.
     pub fn after(&self, after: &str) -> impl Iterator<Item = Result<impl Deref<Target = [u8]>>> {
-        let tree = self.store.table(Table::Endpoints);
-        let iter = if after.is_empty() {
-            tree.iter()
-        } else {
-            let mut from = after.as_bytes().to_vec();
-            from.push(0);
-            tree.range(from..)
-        };
-        iter.values().map(|v| Ok(v?))
+        super::or_error(self.store.table(Table::Endpoints).map(|tree| {
+            let iter = if after.is_empty() {
+                tree.iter()
+            } else {
+                let mut from = after.as_bytes().to_vec();
+                from.push(0);
+                tree.range(from..)
+            };
+            iter.values().map(|v| Ok(v?))
+        }))
     }
 
     /// Sets endpoint `id`'s stored form, durably.

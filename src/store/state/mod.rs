@@ -27,7 +27,20 @@ pub use endpoints::EndpointRecords;
 use prost::Message;
 
 use super::{keys, Mutation, Table};
-use crate::{model::Offset, pb, store::keys::ConsumerRecord};
+use crate::{error::Result, model::Offset, pb, store::keys::ConsumerRecord};
+
+/// The items of `iter`, or its error as the one item (a table that could
+/// not be had: the state database is being reopened).
+fn or_error<T, I>(iter: Result<I>) -> impl DoubleEndedIterator<Item = Result<T>>
+where
+    I: DoubleEndedIterator<Item = Result<T>>,
+{
+    let (ok, err) = match iter {
+        Ok(iter) => (Some(iter), None),
+        Err(e) => (None, Some(Err(e))),
+    };
+    err.into_iter().chain(ok.into_iter().flatten())
+}
 
 /// State changes applied together: durable all at once, after every write
 /// queued before them and before any queued after.

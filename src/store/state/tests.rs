@@ -113,13 +113,13 @@ async fn endpoint_records_list_in_id_order_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open_for_test(dir.path());
     let e = store.endpoints();
-    assert!(e.is_empty());
+    assert_eq!(e.count().unwrap(), 0);
     for id in ["b", "a", "c"] {
         e.put(id, format!("stored-{id}").into_bytes())
             .await
             .unwrap();
     }
-    assert_eq!(e.len(), 3);
+    assert_eq!(e.count().unwrap(), 3);
     assert_eq!(e.ids().unwrap(), ["a", "b", "c"]);
     assert_eq!(&*e.get("b").unwrap().unwrap(), b"stored-b");
     assert!(e.get("d").unwrap().is_none());
