@@ -135,9 +135,9 @@ pub struct Config {
     /// the credentials are secret: never logged or repeated in errors);
     /// `Some("")`: none, even if `HTTP_PROXY` is set. `None` after
     /// loading: no proxy.
-    pub http_proxy: Option<String>,
+    pub http_proxy: Option<ProxyUrl>,
     /// Proxy for `https://` receivers (CONNECT); as `http_proxy`.
-    pub https_proxy: Option<String>,
+    pub https_proxy: Option<ProxyUrl>,
     /// Hosts, addresses and CIDR ranges reached directly.
     pub no_proxy: Vec<String>,
     /// Open `Subscribe` streams, over all connections (a budget of their
@@ -196,6 +196,43 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A proxy URL as configured. It may hold credentials
+/// (`http://user:password@host:port`), so its `Debug` shows only the
+/// scheme, host and port: a `Config` printed by a test or a panic repeats
+/// no password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(String);
+
+impl From<&str> for ProxyUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl From<String> for ProxyUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl std::ops::Deref for ProxyUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        match authority.rsplit_once('@') {
+            Some((_, host)) => write!(f, "\"{scheme}://***@{host}\""),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
 }
 
 impl Default for Config {
@@ -489,7 +526,7 @@ impl Config {
                     crate::delivery::proxy::parse_proxy(value)
                         .map_err(|e| anyhow!("config key `{key}`: {e}"))?;
                 }
-                let v = Some(value.to_owned());
+                let v = Some(ProxyUrl::from(value));
                 if key == "http_proxy" {
                     self.http_proxy = v
                 } else {
@@ -1283,6 +1320,14 @@ mod tests {
         assert_eq!(
             c.https_proxy.as_deref(),
             Some("http://egress:p%40ss@proxy.corp:3128")
+        );
+        // A printed config (a test's or a panic's) shows where the proxy is,
+        // not who logs in to it.
+        let printed = format!("{c:?}");
+        assert!(printed.contains("http://***@proxy.corp:3128"), "{printed}");
+        assert!(
+            !printed.contains("p%40ss") && !printed.contains("egress:"),
+            "{printed}"
         );
         for (var, value, key) in [
             // Credentials are allowed (#19), but not malformed ones.

@@ -127,7 +127,7 @@ async fn https_through_a_connect_proxy() {
     let server = TestServer::start_with(dir, move |c| {
         c.allow_http = false;
         c.webhook_ca_file = Some(ca);
-        c.https_proxy = Some(proxy_url);
+        c.https_proxy = Some(proxy_url.into());
     })
     .await;
     let mut admin = server.admin().await;
@@ -163,7 +163,7 @@ async fn http_in_absolute_form_and_per_endpoint_override() {
     let own = TestProxy::start().await;
     let url = global.url.clone();
     let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), move |c| {
-        c.http_proxy = Some(url);
+        c.http_proxy = Some(url.into());
     })
     .await;
     let (via_global, direct, via_own) = (
@@ -219,7 +219,7 @@ async fn the_guard_checks_the_target_behind_the_proxy() {
     let url = proxy.url.clone();
     let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), move |c| {
         c.allow_networks.clear();
-        c.http_proxy = Some(url);
+        c.http_proxy = Some(url.into());
     })
     .await;
     let mut admin = server.admin().await;
@@ -261,8 +261,8 @@ async fn proxy_credentials_are_sent_on_connect_and_forwarded_requests() {
     let ca = cert.clone();
     let server = TestServer::start_with(dir, move |c| {
         c.webhook_ca_file = Some(ca);
-        c.https_proxy = Some(with_auth.clone());
-        c.http_proxy = Some(with_auth);
+        c.https_proxy = Some(with_auth.as_str().into());
+        c.http_proxy = Some(with_auth.into());
     })
     .await;
     let mut admin = server.admin().await;
@@ -303,7 +303,7 @@ async fn proxy_credentials_are_sent_on_connect_and_forwarded_requests() {
     // Without credentials the proxy refuses: 407, recorded, nothing sent.
     let bare = proxy.url.clone();
     let server = TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), move |c| {
-        c.http_proxy = Some(bare);
+        c.http_proxy = Some(bare.into());
     })
     .await;
     let mut admin = server.admin().await;
