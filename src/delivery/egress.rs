@@ -25,9 +25,7 @@
 
 use std::{
     fmt,
-    future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    pin::Pin,
     str::FromStr,
     sync::Arc,
     task::{Context, Poll},
@@ -43,7 +41,7 @@ use tower::Service;
 
 /// Errors from the connector (hyper and hyper-rustls box them anyway).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+use super::request::BoxFuture;
 
 /// An IPv4 or IPv6 network, written `10.0.0.0/8` or `fd00::/8`.
 ///

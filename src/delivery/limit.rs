@@ -3,8 +3,6 @@
 //! (429, 502, 503, 504, timeouts) and grows back by one per run of successes (AIMD).
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -13,11 +11,8 @@ use std::{
 use tokio::sync::Notify;
 use tower::{Layer, Service};
 
-use super::stack::{SendError, WebhookRequest, WebhookResponse};
+use super::request::{BoxFuture, SendError, WebhookRequest, WebhookResponse};
 use crate::token_bucket::TokenBucket;
-
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Requests per second with bursts of up to `burst`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -405,7 +400,7 @@ mod tests {
     fn request() -> WebhookRequest {
         use std::sync::RwLock;
 
-        use super::super::{signing::Secret, stack::Keys};
+        use super::super::{signing::Secret, request::Keys};
         WebhookRequest {
             uri: http::Uri::from_static("https://example.com/hook"),
             msg_id: "m".into(),

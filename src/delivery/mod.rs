@@ -20,6 +20,7 @@ pub(crate) mod ops;
 pub mod proxy;
 mod proxy_auth;
 mod recovery;
+pub mod request;
 pub mod sealing;
 pub mod shared;
 pub mod signing;

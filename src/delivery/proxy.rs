@@ -21,7 +21,6 @@
 //!   on the proxy too.
 
 use std::{
-    future::Future,
     net::IpAddr,
     pin::Pin,
     sync::Arc,
@@ -44,7 +43,7 @@ use super::egress::{self, Cidr, Guard, GuardedConnector};
 use super::proxy_auth::ProxyAuth;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+use super::request::BoxFuture;
 
 /// The endpoint field value that means "no proxy, connect directly".
 pub const NO_PROXY_VALUE: &str = "none";

@@ -18,15 +18,14 @@
 //! decided afterwards by `classify`, not here.
 
 use std::{
-    future::Future,
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{
@@ -38,12 +37,14 @@ use hyper_util::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder, ServiceExt};
 
+pub use super::request::{Keys, SendError, SharedKeys, WebhookRequest, WebhookResponse};
 use super::{
     egress::{self, Guard, GuardedConnector},
     limit::{AdaptiveLimitLayer, Rate, RateLimitLayer},
     oauth::{BearerLayer, Tokens},
     proxy::{ProxyConnector, Route},
-    signing::{event_id_header, signature_header, Secret},
+    request::BoxFuture,
+    signing::{event_id_header, signature_header},
 };
 
 /// `X-Jasci-Event`: the event type, as the WMS documents it.
@@ -234,74 +235,10 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Permitted<T> {
     }
 }
 
-/// The secrets an endpoint signs with: the current one, and during a
-/// rotation the previous one until it expires.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    /// Signs every request.
-    pub current: Secret,
-    /// Also signs until the `SystemTime`.
-    pub previous: Option<(Secret, SystemTime)>,
-}
-
-/// Shared so a rotation takes effect without rebuilding the stack.
-pub type SharedKeys = Arc<RwLock<Keys>>;
-
-/// One attempt's request, before signing. Cheap to clone (for retries).
-#[derive(Clone, Debug)]
-pub struct WebhookRequest {
-    /// Where to POST.
-    pub uri: Uri,
-    /// `webhook-id`.
-    pub msg_id: String,
-    /// Every header except the signature ones: content type, event type,
-    /// the endpoint's own.
-    pub headers: HeaderMap,
-    /// The rendered body, the same bytes on every attempt.
-    pub body: Bytes,
-    /// Per-attempt deadline.
-    pub timeout: Duration,
-    /// Signing keys.
-    pub keys: SharedKeys,
-}
-
 /// A signed request ready for the wire.
 pub struct SignedRequest {
     http: Request<Full<Bytes>>,
     timeout: Duration,
-}
-
-/// What the receiver answered.
-#[derive(Debug, Clone)]
-pub struct WebhookResponse {
-    /// Its status.
-    pub status: StatusCode,
-    /// Its headers (for `Retry-After`).
-    pub headers: HeaderMap,
-    /// The first [`RESPONSE_EXCERPT_BYTES`] of its body, lossily UTF-8.
-    pub body_excerpt: String,
-}
-
-/// Why no response was received.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be made: nothing was sent.
-    #[error("connect: {0}")]
-    Connect(String),
-    /// The SSRF guard refused every address: nothing was sent. The text
-    /// is the guard's (`blocked by SSRF guard: ...`).
-    #[error("{0}")]
-    Blocked(String),
-    /// The exchange failed after it may have reached the receiver.
-    #[error("transport: {0}")]
-    Transport(String),
-    /// No complete response within the deadline.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// No OAuth2 access token (the token endpoint failed): nothing was
-    /// sent to the receiver. The text never holds the secret or a token.
-    #[error("oauth2 token: {0}")]
-    Token(String),
 }
 
 /// The stack's type.
@@ -364,8 +301,6 @@ fn sign(req: WebhookRequest) -> SignedRequest {
         timeout: req.timeout,
     }
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Retries, in process, a try that failed before anything was sent
 /// (connection refused, DNS failure): twice, after 50 and 250 ms. Anything
@@ -534,9 +469,11 @@ pub fn base_headers(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::RwLock;
+
     use tower::retry::Policy;
 
-    use super::*;
+    use super::{super::signing::Secret, *};
 
     fn request() -> WebhookRequest {
         WebhookRequest {

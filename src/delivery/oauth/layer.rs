@@ -10,8 +10,6 @@
 //! [`SendError::Token`] before anything is sent to the receiver.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -20,9 +18,7 @@ use http::{header::AUTHORIZATION, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
 use super::Tokens;
-use crate::delivery::stack::{SendError, WebhookRequest, WebhookResponse};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+use crate::delivery::request::{BoxFuture, SendError, WebhookRequest, WebhookResponse};
 
 /// Adds an endpoint's bearer token to its requests.
 #[derive(Clone)]
@@ -106,7 +102,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Uri};
 
     use super::*;
-    use crate::delivery::{oauth::token::Fetched, signing::Secret, stack::Keys};
+    use crate::delivery::{oauth::token::Fetched, signing::Secret, request::Keys};
 
     /// Tokens `Bearer t1`, `Bearer t2`, ... one per fetch; `fail` makes
     /// fetches fail.
@@ -148,7 +144,7 @@ mod tests {
         WebhookRequest,
         Response = WebhookResponse,
         Error = SendError,
-        Future = impl Future<Output = Result<WebhookResponse, SendError>> + Send,
+        Future = impl std::future::Future<Output = Result<WebhookResponse, SendError>> + Send,
     > + Clone
            + Send
            + 'static {

@@ -126,7 +126,7 @@ impl TokenCache {
     }
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+use crate::delivery::request::BoxFuture;
 /// Fetches one token.
 type Fetch = Box<dyn Fn() -> BoxFuture<Result<Fetched, String>> + Send + Sync>;
 

@@ -1,0 +1,84 @@
+//! What one webhook attempt is, as the delivery stack's layers see it: the
+//! request before signing, the receiver's answer, why there was none.
+//! A leaf module: the stack ([`super::stack`]) and its layers (limits,
+//! OAuth2) all use these types, and none of them is needed here.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Uri};
+
+use super::signing::Secret;
+
+/// A boxed, sendable future: what the stack's services and connectors
+/// return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The secrets an endpoint signs with: the current one, and during a
+/// rotation the previous one until it expires.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Signs every request.
+    pub current: Secret,
+    /// Also signs until the `SystemTime`.
+    pub previous: Option<(Secret, SystemTime)>,
+}
+
+/// Shared so a rotation takes effect without rebuilding the stack.
+pub type SharedKeys = Arc<RwLock<Keys>>;
+
+/// One attempt's request, before signing. Cheap to clone (for retries).
+#[derive(Clone, Debug)]
+pub struct WebhookRequest {
+    /// Where to POST.
+    pub uri: Uri,
+    /// `webhook-id`.
+    pub msg_id: String,
+    /// Every header except the signature ones: content type, event type,
+    /// the endpoint's own.
+    pub headers: HeaderMap,
+    /// The rendered body, the same bytes on every attempt.
+    pub body: Bytes,
+    /// Per-attempt deadline.
+    pub timeout: Duration,
+    /// Signing keys.
+    pub keys: SharedKeys,
+}
+
+/// What the receiver answered.
+#[derive(Debug, Clone)]
+pub struct WebhookResponse {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers (for `Retry-After`).
+    pub headers: HeaderMap,
+    /// The first [`RESPONSE_EXCERPT_BYTES`](super::stack::RESPONSE_EXCERPT_BYTES) of its body, lossily UTF-8.
+    pub body_excerpt: String,
+}
+
+/// Why no response was received.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The SSRF guard refused every address: nothing was sent. The text
+    /// is the guard's (`blocked by SSRF guard: ...`).
+    #[error("{0}")]
+    Blocked(String),
+    /// The exchange failed after it may have reached the receiver.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// No complete response within the deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// No OAuth2 access token (the token endpoint failed): nothing was
+    /// sent to the receiver. The text never holds the secret or a token.
+    #[error("oauth2 token: {0}")]
+    Token(String),
+}
