@@ -400,7 +400,7 @@ mod tests {
     fn request() -> WebhookRequest {
         use std::sync::RwLock;
 
-        use super::super::{signing::Secret, request::Keys};
+        use super::super::{request::Keys, signing::Secret};
         WebhookRequest {
             uri: http::Uri::from_static("https://example.com/hook"),
             msg_id: "m".into(),

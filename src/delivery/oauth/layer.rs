@@ -102,7 +102,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Uri};
 
     use super::*;
-    use crate::delivery::{oauth::token::Fetched, signing::Secret, request::Keys};
+    use crate::delivery::{oauth::token::Fetched, request::Keys, signing::Secret};
 
     /// Tokens `Bearer t1`, `Bearer t2`, ... one per fetch; `fail` makes
     /// fetches fail.
