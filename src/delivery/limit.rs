@@ -398,19 +398,6 @@ mod tests {
     }
 
     fn request() -> WebhookRequest {
-        use std::sync::RwLock;
-
-        use super::super::{request::Keys, signing::Secret};
-        WebhookRequest {
-            uri: http::Uri::from_static("https://example.com/hook"),
-            msg_id: "m".into(),
-            headers: HeaderMap::new(),
-            body: bytes::Bytes::new(),
-            timeout: Duration::from_secs(1),
-            keys: Arc::new(RwLock::new(Keys {
-                current: Secret::generate(),
-                previous: None,
-            })),
-        }
+        WebhookRequest::for_test()
     }
 }

@@ -82,3 +82,22 @@ pub enum SendError {
     #[error("oauth2 token: {0}")]
     Token(String),
 }
+
+impl WebhookRequest {
+    /// A request to `https://example.com/hook` with an empty body, a 1 s
+    /// deadline and a fresh key: what the stack's unit tests send.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        Self {
+            uri: Uri::from_static("https://example.com/hook"),
+            msg_id: "m".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            timeout: Duration::from_secs(1),
+            keys: Arc::new(RwLock::new(Keys {
+                current: Secret::generate(),
+                previous: None,
+            })),
+        }
+    }
+}

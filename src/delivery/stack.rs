@@ -476,17 +476,7 @@ mod tests {
     use super::{super::signing::Secret, *};
 
     fn request() -> WebhookRequest {
-        WebhookRequest {
-            uri: Uri::from_static("https://example.com/hook"),
-            msg_id: "m".into(),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            timeout: Duration::from_secs(1),
-            keys: Arc::new(RwLock::new(Keys {
-                current: Secret::generate(),
-                previous: None,
-            })),
-        }
+        WebhookRequest::for_test()
     }
 
     #[tokio::test]

@@ -90,19 +90,15 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Mutex, RwLock,
-        },
-        time::Duration,
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
     };
 
-    use bytes::Bytes;
-    use http::{HeaderMap, HeaderValue, Uri};
+    use http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::delivery::{oauth::token::Fetched, request::Keys, signing::Secret};
+    use crate::delivery::oauth::token::Fetched;
 
     /// Tokens `Bearer t1`, `Bearer t2`, ... one per fetch; `fail` makes
     /// fetches fail.
@@ -122,17 +118,7 @@ mod tests {
     }
 
     fn request() -> WebhookRequest {
-        WebhookRequest {
-            uri: Uri::from_static("https://example.com/hook"),
-            msg_id: "m".into(),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            timeout: Duration::from_secs(1),
-            keys: Arc::new(RwLock::new(Keys {
-                current: Secret::generate(),
-                previous: None,
-            })),
-        }
+        WebhookRequest::for_test()
     }
 
     /// A receiver that accepts only the `accepted` tokens, recording the
