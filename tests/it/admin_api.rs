@@ -15,11 +15,9 @@ use stevedore::pb::{
     UpdateEndpointRequest,
 };
 
-use crate::{
-    assert_invalid, inventory, pick, publish,
-    receiver::{sign, verify_signature, Behavior, Receiver},
-    webhook::{create, endpoint, ms, wait_state},
-    TestServer,
+use crate::support::{
+    assert_invalid, create, endpoint, inventory, ms, pick, publish, sign, verify_signature,
+    wait_state, Behavior, Receiver, TestServer,
 };
 
 fn ts(t: SystemTime) -> Timestamp {

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use stevedore::pb::{self, publisher_client::PublisherClient};
 
-use crate::crash::Server;
+use crate::support::{frame, percent_decode, Server};
 
 const BATCH: &str = "/stevedore.v1.Publisher/PublishBatch";
 const MIB: usize = 1024 * 1024;
@@ -33,18 +33,9 @@ fn vm_hwm(pid: u32) -> usize {
     kb * 1024
 }
 
-/// gRPC framing: flag, big-endian length, bytes.
-fn frame(msg: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(msg.len() + 5);
-    out.push(0);
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(msg);
-    out.into()
-}
-
 /// `PublishBatchRequest` of `n` empty events: `0a 00` repeated.
 fn empty_events(n: usize) -> Bytes {
-    frame(&[0x0a, 0x00].repeat(n))
+    frame(&[0x0a, 0x00].repeat(n)).into()
 }
 
 /// One event with `n` distinct attributes, in a batch.
@@ -64,30 +55,7 @@ fn attribute_flood(n: usize) -> Bytes {
     let mut batch = vec![0x0a];
     prost::encoding::encode_varint(event.len() as u64, &mut batch);
     batch.extend_from_slice(&event);
-    frame(&batch)
-}
-
-fn percent_decode(b: &[u8]) -> String {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], b.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => {
-                let hex = std::str::from_utf8(hex).unwrap_or("zz");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    frame(&batch).into()
 }
 
 /// Sends one raw gRPC request on its own connection: (grpc-status, message).
@@ -147,12 +115,16 @@ async fn amplification_requests_stay_within_memory_bound() {
     let mut client = PublisherClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    crate::publish(&mut client, crate::pick("", "SO-WARM")).await;
+    crate::support::publish(&mut client, crate::support::pick("", "SO-WARM")).await;
     let mut warm = tokio::task::JoinSet::new();
     for i in 0..16 {
         let mut client = client.clone();
         warm.spawn(async move {
-            crate::publish(&mut client, crate::pick("", &format!("SO-WARM-{i}"))).await;
+            crate::support::publish(
+                &mut client,
+                crate::support::pick("", &format!("SO-WARM-{i}")),
+            )
+            .await;
         });
         warm.spawn(async move {
             let (code, _) = call(addr, BATCH, empty_events(1_000)).await;
@@ -226,11 +198,11 @@ async fn amplification_requests_stay_within_memory_bound() {
     check("four 16 MiB requests at once", 4 * sent);
 
     // Still serving.
-    let offset = crate::publish(&mut client, crate::pick("", "SO-AFTER")).await;
+    let offset = crate::support::publish(&mut client, crate::support::pick("", "SO-AFTER")).await;
     assert!(offset >= 2);
     let got = client
         .publish(pb::PublishRequest {
-            event: Some(crate::pick("", "SO-AFTER-2")),
+            event: Some(crate::support::pick("", "SO-AFTER-2")),
         })
         .await
         .expect("a normal publish after the floods");
@@ -240,7 +212,7 @@ async fn amplification_requests_stay_within_memory_bound() {
 
 #[tokio::test]
 async fn unary_requests_are_sized_per_method() {
-    let server = crate::TestServer::start().await;
+    let server = crate::support::TestServer::start().await;
     // GetEvent needs a few bytes; 1 MiB of padding in an unknown field is
     // refused by its length prefix, before it is buffered or decoded.
     let mut msg = pb::GetEventRequest {
@@ -254,7 +226,7 @@ async fn unary_requests_are_sized_per_method() {
     let (code, text) = call(
         server.addr,
         "/stevedore.v1.Subscriber/GetEvent",
-        frame(&msg),
+        frame(&msg).into(),
     )
     .await;
     assert_eq!(code, tonic::Code::OutOfRange as i32, "{text}");

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::{pick, test_tokens, Bearer, TestServer};
+use crate::support::{pick, test_tokens, Bearer, TestServer};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 const PUBLISHER: &str = "publisher-token-0123456789abcdef";
@@ -170,7 +170,7 @@ async fn malformed_credentials_are_unauthenticated() {
         .publisher_as(Some(SUBSCRIBER))
         .await
         .publish(pb::PublishRequest {
-            event: Some(crate::pick("denied-1", "SO")),
+            event: Some(crate::support::pick("denied-1", "SO")),
         })
         .await
         .unwrap_err();
@@ -316,7 +316,7 @@ async fn non_loopback_needs_tokens() {
 
     // Tokens and TLS: allowed.
     let cert_dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::self_signed(cert_dir.path());
+    let (cert, key) = crate::support::self_signed(cert_dir.path());
     let served = run_on("0.0.0.0:0", |c| {
         c.tokens = test_tokens(&tokens());
         c.tls_cert = Some(cert);
@@ -344,7 +344,7 @@ async fn bad_tls_files_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a pem file").unwrap();
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     for (c, k, key_name) in [
         (junk.clone(), key.clone(), "tls_cert"),
         (cert.clone(), junk.clone(), "tls_key"),
@@ -408,7 +408,7 @@ async fn stream_limits() {
         err.message()
     );
     // Unary calls are not streams and still work.
-    crate::publish(&mut p, pick("", "SO")).await;
+    crate::support::publish(&mut p, pick("", "SO")).await;
 
     // Closing a stream frees its slot.
     drop(first);
@@ -615,5 +615,5 @@ async fn message_metadata_batch_and_endpoint_limits() {
     );
 
     // Still serving.
-    assert_eq!(crate::publish(&mut p, pick("ok", "SO")).await, 1);
+    assert_eq!(crate::support::publish(&mut p, pick("ok", "SO")).await, 1);
 }

@@ -10,7 +10,7 @@ use tokio::{
 };
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::{pick, TestServer};
+use crate::support::{pick, TestServer};
 
 /// HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -80,7 +80,7 @@ async fn connections_without_a_request_are_closed_after_the_handshake_timeout() 
     // Clients that send requests are served.
     health(server.addr).await.unwrap();
     let mut p = server.publisher().await;
-    crate::publish(&mut p, pick("", "SO-HANDSHAKE")).await;
+    crate::support::publish(&mut p, pick("", "SO-HANDSHAKE")).await;
 }
 
 #[tokio::test]
@@ -124,8 +124,8 @@ async fn idle_connections_are_closed_and_streams_keep_theirs_open() {
         .into_inner();
     tokio::time::sleep(idle * 4).await;
     let mut p = server.publisher().await;
-    crate::publish(&mut p, pick("", "SO-IDLE")).await;
-    let got = crate::next_within(&mut stream, 10).await;
+    crate::support::publish(&mut p, pick("", "SO-IDLE")).await;
+    let got = crate::support::next_within(&mut stream, 10).await;
     assert_eq!(got.offset, 1);
 }
 

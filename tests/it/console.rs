@@ -10,237 +10,13 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{
-    pick, publish,
-    receiver::{verify_signature, Behavior, Receiver},
-    test_tokens, TestServer,
+use crate::support::{
+    console::{
+        create, encode, endpoints, open_live, parse_response, read_until, secret_in, start_console,
+        Client, ADMIN, HEADER_VALUE, PUBLISHER,
+    },
+    pick, publish, test_tokens, verify_signature, Behavior, Receiver, TestServer,
 };
-
-pub(crate) const ADMIN: &str = "console-admin-token-0123456789";
-const PUBLISHER: &str = "console-publisher-token-0123456789";
-pub(crate) const HEADER_VALUE: &str = "header-value-that-must-never-show-7d1f";
-
-/// A response.
-pub(crate) struct Page {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: String,
-}
-
-impl Page {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The page's CSRF token (every logged-in page has the logout form).
-    pub(crate) fn csrf(&self) -> String {
-        let at = self
-            .body
-            .find("name=\"csrf\" value=\"")
-            .expect("a CSRF field")
-            + 19;
-        self.body[at..].split('"').next().unwrap().to_owned()
-    }
-}
-
-/// A browser's worth of HTTP: one cookie, Origin on POSTs.
-pub(crate) struct Client {
-    /// `127.0.0.1:port`
-    pub(crate) host: String,
-    pub(crate) cookie: Option<String>,
-}
-
-impl Client {
-    pub(crate) async fn new(server: &TestServer) -> Self {
-        let url = server.started().await.console_url.expect("console served");
-        Self {
-            host: url.trim_start_matches("http://").to_owned(),
-            cookie: None,
-        }
-    }
-
-    pub(crate) async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        extra: &[(&str, &str)],
-        body: &str,
-    ) -> Page {
-        let mut stream = TcpStream::connect(&self.host).await.unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            self.host,
-            body.len()
-        );
-        if let Some(c) = &self.cookie {
-            req.push_str(&format!("cookie: {c}\r\n"));
-        }
-        if method == "POST" {
-            req.push_str("content-type: application/x-www-form-urlencoded\r\n");
-        }
-        for (k, v) in extra {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
-            .await
-            .expect("response in time")
-            .unwrap();
-        parse_response(&String::from_utf8(out).unwrap())
-    }
-
-    pub(crate) async fn get(&self, path: &str) -> Page {
-        self.raw("GET", path, &[], "").await
-    }
-
-    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
-        let origin = format!("http://{}", self.host);
-        self.raw("POST", path, &[("origin", &origin)], &encode(form))
-            .await
-    }
-
-    /// Logs in with `token`; keeps the cookie on success.
-    pub(crate) async fn login(&mut self, token: &str) -> Page {
-        let page = self.post("/login", &[("token", token)]).await;
-        if let Some(c) = page.header("set-cookie") {
-            self.cookie = Some(c.split(';').next().unwrap().to_owned());
-        }
-        page
-    }
-
-    /// Follows the one-time login link.
-    pub(crate) async fn login_once(&mut self, server: &TestServer) -> Page {
-        let path = server
-            .started()
-            .await
-            .console_login
-            .expect("a one-time link");
-        let page = self.get(&path).await;
-        if let Some(c) = page.header("set-cookie") {
-            self.cookie = Some(c.split(';').next().unwrap().to_owned());
-        }
-        page
-    }
-}
-
-fn parse_response(text: &str) -> Page {
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    Page {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-pub(crate) fn encode(form: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
-pub(crate) async fn start_console(
-    tokens: &[(&str, Role, &str)],
-    tweak: impl FnOnce(&mut Config),
-) -> TestServer {
-    let tokens = test_tokens(tokens);
-    TestServer::start_with(Arc::new(tempfile::tempdir().unwrap()), move |c| {
-        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
-        c.tokens = tokens;
-        tweak(c);
-    })
-    .await
-}
-
-pub(crate) async fn endpoints(server: &TestServer, token: Option<&str>) -> Vec<pb::Endpoint> {
-    let mut admin = server.admin_as(token).await;
-    admin
-        .list_endpoints(pb::ListEndpointsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoints
-}
-
-/// Creates an endpoint to `url` through the form; returns its id and the
-/// page that showed the secret.
-pub(crate) async fn create(c: &Client, url: &str, extra: &[(&str, &str)]) -> (String, Page) {
-    let csrf = c.get("/endpoints/new").await.csrf();
-    let mut form = vec![
-        ("csrf", csrf.as_str()),
-        ("url", url),
-        ("event_types", "pick.confirmed"),
-        ("header_name", "X-Api-Key"),
-        ("header_value", HEADER_VALUE),
-        ("ordering", "key"),
-        ("start", "latest"),
-    ];
-    form.extend_from_slice(extra);
-    let page = c.post("/endpoints/new", &form).await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    let main = &page.body[page.body.find("<main>").unwrap()..];
-    let at = main.find("href=\"/endpoints/").unwrap() + 17;
-    let id = main[at..].split('"').next().unwrap().to_owned();
-    (id, page)
-}
-
-/// Opens `c`'s live tail; returns the stream once the response head
-/// arrived (the subscription is then in place) and what was read.
-pub(crate) async fn open_live(c: &Client) -> (TcpStream, String) {
-    let mut stream = TcpStream::connect(&c.host).await.unwrap();
-    let req = format!(
-        "GET /live/events HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\naccept: text/event-stream\r\n\r\n",
-        c.host,
-        c.cookie.as_ref().unwrap()
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "\r\n\r\n").await;
-    (stream, seen)
-}
-
-/// Reads `stream` into `seen` until it holds `needle` (at most 10 s).
-pub(crate) async fn read_until(stream: &mut TcpStream, seen: &mut String, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 4096];
-    while !seen.contains(needle) {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s: {seen}"))
-            .unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-}
-
-pub(crate) fn secret_in(page: &Page) -> String {
-    let at = page
-        .body
-        .find("<pre id=\"secret\" class=\"secret\">")
-        .expect("the secret")
-        + 32;
-    page.body[at..].split('<').next().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn login_cookie_flags_wrong_token_and_logout() {
@@ -468,7 +244,7 @@ async fn pages_secret_once_header_values_never() {
     // the word "delivered" on the page raced: the state filter's menu has
     // it from the start).
     let mut admin = server.admin().await;
-    crate::webhook::wait_state(&mut admin, &id, pb::DeliveryState::Delivered, 1).await;
+    crate::support::wait_state(&mut admin, &id, pb::DeliveryState::Delivered, 1).await;
     let detail = format!("/endpoints/{id}");
     let page = c.get(&detail).await;
     assert!(page.body.contains("console-pick-1"), "{}", page.body);
@@ -710,7 +486,7 @@ async fn console_off_listens_nowhere() {
 #[test]
 fn non_loopback_console_needs_tokens_and_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     let mut config = Config {
         console_listen: Some("0.0.0.0:9465".parse().unwrap()),
         ..Config::default()
@@ -736,7 +512,7 @@ fn non_loopback_console_needs_tokens_and_tls() {
 async fn under_tls_the_cookie_is_secure_with_the_host_prefix() {
     use rustls_pki_types::pem::PemObject;
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::self_signed(certs.path());
+    let (cert, key) = crate::support::self_signed(certs.path());
     let cert_pem = std::fs::read(&cert).unwrap();
     let server = start_console(&[("ops", Role::Admin, ADMIN)], move |c| {
         c.tls_cert = Some(cert);
@@ -793,7 +569,7 @@ async fn under_tls_the_cookie_is_secure_with_the_host_prefix() {
 /// actions and the live tail — and what it creates belongs to its tenant.
 #[tokio::test]
 async fn a_tenant_admin_sees_and_changes_only_its_tenant() {
-    use crate::tenants::{self, ACME_ADMIN, ACME_PUB, BETA_ADMIN, BETA_PUB};
+    use crate::support::tenants::{self, ACME_ADMIN, ACME_PUB, BETA_ADMIN, BETA_PUB};
     let server = tenants::two_tenants(|c| {
         c.console_listen = Some("127.0.0.1:0".parse().unwrap());
     })

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use crate::{
+use crate::support::{
     console::{create, secret_in, start_console, Client, Page, HEADER_VALUE},
-    pick, publish,
-    receiver::{Behavior, Receiver},
+    pick, publish, Behavior, Receiver,
 };
 
 /// GETs `path` until its body contains `what` (5 s at most).
@@ -99,7 +98,11 @@ async fn filters_narrow_the_list_and_retry_all_dry_runs_then_requeues() {
         )
         .await;
     }
-    publish(&mut publisher, crate::inventory("ops-inv-1", "SKU-1", 3.0)).await;
+    publish(
+        &mut publisher,
+        crate::support::inventory("ops-inv-1", "SKU-1", 3.0),
+    )
+    .await;
     receiver.wait_for(4, Duration::from_secs(10)).await;
     let detail = format!("/endpoints/{id}");
     let all = get_until(&c, &format!("{detail}?state=dead"), "ops-inv-1").await;

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use stevedore::pb;
 
-use crate::{
+use crate::support::{
     console::{create, start_console, Client},
-    pick, publish,
-    receiver::{Behavior, Receiver},
+    pick, publish, Behavior, Receiver,
 };
 
 /// The overview row of endpoint `id` (from its link to the next row).

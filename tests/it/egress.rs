@@ -11,11 +11,9 @@ use stevedore::pb::{
     UpdateEndpointRequest,
 };
 
-use crate::{
-    assert_invalid, pick, publish,
-    receiver::{Receiver, HOOK_PATH},
-    webhook::{attempts, create, endpoint, wait_state},
-    TestServer,
+use crate::support::{
+    assert_invalid, attempts, create, endpoint, pick, publish, wait_state, Receiver, TestServer,
+    HOOK_PATH,
 };
 
 /// A broker whose guard exempts nothing.

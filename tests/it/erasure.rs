@@ -10,11 +10,10 @@ use std::time::Duration;
 use stevedore::pb::{self, admin_client::AdminClient, subscribe_request::Start};
 use tonic::Code;
 
-use crate::{
-    hardening::files_containing,
-    receiver::Receiver,
+use crate::support::{
+    files_containing,
     tenants::{create_as, hook, pick_of, publish_as, two_tenants, ACME_SUB, BETA_SUB, ROOT},
-    Authed, TestServer,
+    Authed, Receiver, TestServer,
 };
 
 /// The marker in acme's payloads (its sales order ids).
@@ -36,7 +35,7 @@ async fn read_all(server: &TestServer, token: &str, last: u64) -> Vec<(u64, Stri
         .into_inner();
     let mut out = Vec::new();
     loop {
-        let m = crate::next_within(&mut s, 10).await;
+        let m = crate::support::next_within(&mut s, 10).await;
         let order = match m.event.unwrap().payload {
             Some(pb::event::Payload::PickConfirmed(p)) => p.sales_order_id,
             _ => String::new(),
@@ -93,7 +92,7 @@ async fn wait_deliveries(
 
 /// What must hold after the erasure, and again after a restart.
 async fn check_erased(server: &TestServer, acme: &[u64], beta: &[u64], last: u64) {
-    let data = crate::data_path(server);
+    let data = crate::support::data_path(server);
     assert_eq!(
         files_containing(&data, ACME_MARK.as_bytes()),
         Vec::<std::path::PathBuf>::new(),
@@ -281,7 +280,7 @@ async fn a_tenant_with_a_short_retention_loses_its_old_payloads() {
     };
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
     assert!(gone.message().contains("retention"), "{}", gone.message());
-    let data = crate::data_path(&server);
+    let data = crate::support::data_path(&server);
     assert!(files_containing(&data, ACME_MARK.as_bytes()).is_empty());
     let mut sub = server.subscriber_as(Some(ROOT)).await;
     for &o in &beta {
@@ -316,7 +315,7 @@ async fn a_tenant_with_a_short_retention_loses_its_old_payloads() {
 async fn a_delivery_waiting_for_a_retry_is_recorded_erased_at_once() {
     let server = two_tenants(|_| {}).await;
     let rx = Receiver::start().await;
-    rx.set_default(crate::receiver::Behavior::Status(500));
+    rx.set_default(crate::support::Behavior::Status(500));
     let mut root = server.admin_as(Some(ROOT)).await;
     let ep = create_as(
         &mut root,
@@ -350,5 +349,5 @@ async fn a_delivery_waiting_for_a_retry_is_recorded_erased_at_once() {
         d.offset == offset && d.state() == pb::DeliveryState::Dead && d.last_error == "erased"
     })
     .await;
-    assert!(files_containing(&crate::data_path(&server), ACME_MARK.as_bytes()).is_empty());
+    assert!(files_containing(&crate::support::data_path(&server), ACME_MARK.as_bytes()).is_empty());
 }

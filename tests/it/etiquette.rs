@@ -6,30 +6,10 @@ use std::{collections::HashMap, time::Duration};
 
 use stevedore::pb::{DeliveryState, SendTestEventRequest};
 
-use crate::{
-    pick, publish,
-    receiver::{verify_signature, Behavior, Receiver},
-    webhook::{create, deliveries, endpoint},
-    TestServer,
+use crate::support::{
+    create, deliveries, endpoint, percent_decode_bytes, pick, publish, verify_signature, Behavior,
+    Receiver, TestServer,
 };
-
-/// Decodes `%XX` escapes (the `X-Stevedore-Event-Id` encoding).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
-            out.push(u8::from_str_radix(hex, 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
 
 fn is_safe_token(s: &str) -> bool {
     !s.is_empty()
@@ -70,7 +50,7 @@ async fn odd_event_ids_get_webhook_ids_that_verify() {
         verify_signature(&secret, r).unwrap_or_else(|e| panic!("{e}: {r:?}"));
         let webhook_id = r.header("webhook-id").unwrap();
         assert!(is_safe_token(webhook_id), "{webhook_id:?}");
-        let event_id = percent_decode(r.header("x-stevedore-event-id").unwrap());
+        let event_id = percent_decode_bytes(r.header("x-stevedore-event-id").unwrap().as_bytes());
         by_event
             .entry(event_id)
             .or_default()

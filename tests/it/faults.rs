@@ -15,17 +15,14 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prost_types::Duration as PbDuration;
 use stevedore::pb::{
     self, admin_client::AdminClient, CreateEndpointRequest, DeliveryState, Endpoint,
     GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest, UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
-use crate::{
-    pick, publish,
-    receiver::{Behavior, Receiver, HALF_WRITTEN_MISSING, HOOK_PATH},
-    TestServer,
+use crate::support::{
+    ms, pick, publish, Behavior, Receiver, TestServer, HALF_WRITTEN_MISSING, HOOK_PATH,
 };
 
 /// The retry schedule's jitter (the broker's default).
@@ -34,13 +31,6 @@ const JITTER: f64 = 0.20;
 const SLACK: Duration = Duration::from_millis(20);
 /// A case reaching its final state, or its marker arriving.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn ms(n: u64) -> PbDuration {
-    PbDuration {
-        seconds: (n / 1000) as i64,
-        nanos: ((n % 1000) * 1_000_000) as i32,
-    }
-}
 
 /// What one attempt must have recorded.
 #[derive(Clone, Debug)]

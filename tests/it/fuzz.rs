@@ -1,6 +1,6 @@
 //! Property tests ("fuzzing") over the code that meets untrusted bytes:
 //! event validation, the webhook JSON shapers and endpoint validation (key
-//! encoding: `store::keys`'s own properties). Inputs come from [`crate::hostile::Gen`], which builds
+//! encoding: `store::keys`'s own properties). Inputs come from [`crate::support::hostile::Gen`], which builds
 //! messages from the public protos' descriptors and leans towards values
 //! that break things.
 //!
@@ -22,7 +22,7 @@ use stevedore::{
     webhook::render_body,
 };
 
-use crate::hostile::{message, Gen};
+use crate::support::hostile::{message, Gen};
 
 /// `default` cases unless `PROPTEST_CASES` says otherwise; failures are
 /// reported with the minimal input, not written to the source tree.
@@ -68,7 +68,7 @@ proptest! {
     /// event type's shaper, to a JSON object, the same bytes every time.
     #[test]
     fn fuzz_validate_then_render(variant in 0..7usize, tape in tape(3000)) {
-        let Some(event) = crate::hostile::event(&mut Gen::mild(&tape), variant) else {
+        let Some(event) = crate::support::hostile::event(&mut Gen::mild(&tape), variant) else {
             return Ok(());
         };
         let limits = EventLimits { max_event_bytes: 1024 * 1024 };
@@ -85,7 +85,7 @@ proptest! {
     /// (stored events from older versions, bugs elsewhere).
     #[test]
     fn fuzz_render_anything(variant in 0..7usize, tape in tape(3000)) {
-        let Some(event) = crate::hostile::event(&mut Gen::new(&tape), variant) else {
+        let Some(event) = crate::support::hostile::event(&mut Gen::new(&tape), variant) else {
             return Ok(());
         };
         if let Ok(body) = render_body(&event) {

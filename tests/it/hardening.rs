@@ -3,25 +3,18 @@
 //! config, data directory permissions and re-sealing, header and
 //! event-type rules, on the real server.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
-use crate::{
-    assert_invalid,
-    crash::{connect, read_stderr, start_server_with_env},
-    pick, publish,
-    receiver::{verify_signature, Receiver},
-    webhook::{create, endpoint},
-    TestServer,
+use crate::support::{
+    assert_invalid, connect, copy_dir, create, endpoint, files_containing, get_endpoint, pick,
+    publish, read_stderr, start_server_with_env, verify_signature, walk, Receiver, TestServer,
 };
 use stevedore::delivery::sealing::MasterKey;
 use stevedore::pb::{
     self, admin_client::AdminClient, endpoint::Start as EndpointStart,
     publisher_client::PublisherClient, subscribe_request::Start as SubscribeStart,
-    CreateEndpointRequest, Endpoint, GetEndpointRequest, ListEndpointsRequest,
-    ReplayEndpointRequest, SubscribeRequest, UpdateEndpointRequest,
+    CreateEndpointRequest, Endpoint, ListEndpointsRequest, ReplayEndpointRequest, SubscribeRequest,
+    UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
@@ -113,16 +106,6 @@ async fn update(
         .map(|r| r.into_inner().endpoint.unwrap())
 }
 
-async fn get(admin: &mut AdminClient<Channel>, id: &str) -> Endpoint {
-    admin
-        .get_endpoint(GetEndpointRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
-}
-
 /// Point 3: an `http://` endpoint stored while `allow_http` was on, after
 /// a restart with it off: the broker starts (it exited with "endpoint.url:
 /// must be https://"), the endpoint is disabled with a reason naming it and
@@ -145,7 +128,7 @@ async fn an_endpoint_stored_under_allow_http_loads_disabled_and_is_fixable() {
     })
     .await;
     let mut admin = server.admin().await;
-    let e = get(&mut admin, &ep.id).await;
+    let e = get_endpoint(&mut admin, &ep.id).await;
     assert_eq!(e.enabled, Some(false));
     for part in [
         ep.id.as_str(),
@@ -184,7 +167,7 @@ async fn an_endpoint_stored_under_allow_http_loads_disabled_and_is_fixable() {
 
     // And it stays fixed across another restart.
     let server = server.restart().await;
-    let e = get(&mut server.admin().await, &ep.id).await;
+    let e = get_endpoint(&mut server.admin().await, &ep.id).await;
     assert_eq!((e.enabled, e.disabled_reason.as_str()), (Some(true), ""));
 }
 
@@ -212,7 +195,7 @@ async fn an_endpoint_over_max_endpoint_headers_loads_disabled_and_is_fixable() {
     })
     .await;
     let mut admin = server.admin().await;
-    let e = get(&mut admin, &ep.id).await;
+    let e = get_endpoint(&mut admin, &ep.id).await;
     assert_eq!(e.enabled, Some(false));
     for part in [
         ep.id.as_str(),
@@ -242,49 +225,6 @@ async fn an_endpoint_over_max_endpoint_headers_loads_disabled_and_is_fixable() {
     assert_eq!(got[0].json()["salesOrderId"], "SO-2");
     assert_eq!(got[0].header("x-h0"), Some("v0"));
     assert_eq!(got[0].header("x-h1"), None);
-}
-
-/// Every file under `dir` (recursively) with its mode.
-pub(crate) fn walk(dir: &Path, out: &mut Vec<(PathBuf, u32, bool)>) {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
-        let is_dir = meta.is_dir();
-        out.push((entry.path(), meta.permissions().mode() & 0o777, is_dir));
-        if is_dir {
-            walk(&entry.path(), out);
-        }
-    }
-}
-
-/// The paths under `dir` whose bytes contain `needle`.
-pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut all = Vec::new();
-    walk(dir, &mut all);
-    all.into_iter()
-        .filter(|(p, _, is_dir)| {
-            !is_dir
-                && std::fs::read(p)
-                    .unwrap()
-                    .windows(needle.len())
-                    .any(|w| w == needle)
-        })
-        .map(|(p, _, _)| p)
-        .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Point 8: the real binary creates its data directory 0700 and every

@@ -9,11 +9,9 @@ use stevedore::pb::{
     DeliveryState, GetEndpointRequest, ListEndpointsRequest,
 };
 
-use crate::{
-    assert_invalid, pick, publish,
-    receiver::verify_signature,
-    webhook::{create, endpoint, https_receiver_with, wait_state},
-    TestServer,
+use crate::support::{
+    assert_invalid, create, endpoint, https_receiver_with, pick, publish, verify_signature,
+    wait_state, TestServer,
 };
 
 /// A CA, a client certificate it signed (PEM chain, PEM key), and a
@@ -38,7 +36,7 @@ async fn mtls_receiver(dir: &std::path::Path) -> MtlsSetup {
     client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
 
-    let (cert, key) = crate::self_signed(dir);
+    let (cert, key) = crate::support::self_signed(dir);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_cert.der().clone()).unwrap();
@@ -99,7 +97,7 @@ async fn a_receiver_requiring_a_client_certificate_gets_the_endpoints() {
         .await
         .expect("delivered with the client certificate")
         .unwrap();
-    let recorded = crate::receiver::Recorded {
+    let recorded = crate::support::Recorded {
         method: http::Method::POST,
         path: "/hook".into(),
         headers,
@@ -172,7 +170,7 @@ async fn the_client_key_is_never_logged_listed_or_stored_in_clear() {
     let master_key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     let ca = m.server_cert.to_string_lossy().into_owned();
     let data = dir.path().join("data");
-    let mut server = crate::crash::start_server_with_env(
+    let mut server = crate::support::start_server_with_env(
         &data,
         &logs_dir,
         1,
@@ -185,7 +183,7 @@ async fn the_client_key_is_never_logged_listed_or_stored_in_clear() {
     )
     .await
     .unwrap();
-    let channel = crate::crash::connect(&server.addr).await.unwrap();
+    let channel = crate::support::connect(&server.addr).await.unwrap();
     let mut admin = AdminClient::new(channel.clone());
     let mut e = endpoint(&format!("https://localhost:{}/hook", m.port));
     e.client_cert_pem = m.client_cert_pem.clone();
@@ -207,7 +205,7 @@ async fn the_client_key_is_never_logged_listed_or_stored_in_clear() {
         .status()
         .unwrap();
     assert!(server.wait_exit(Duration::from_secs(15)).is_some());
-    let logs = crate::crash::read_stderr(&logs_dir, 1);
+    let logs = crate::support::read_stderr(&logs_dir, 1);
     assert!(
         logs.contains("endpoint created"),
         "the capture works: {logs}"
@@ -215,11 +213,11 @@ async fn the_client_key_is_never_logged_listed_or_stored_in_clear() {
     let secret = key_body(&m.client_key_pem);
     assert!(!logs.contains(&secret[..40]), "the key in the log:\n{logs}");
     assert!(!listed.contains(&secret[..40]), "{listed}");
-    let stored = crate::secrets::stored_records(&data);
+    let stored = crate::support::stored_records(&data);
     assert!(!stored.is_empty());
     for r in &stored {
         assert!(
-            !crate::secrets::contains(r, &secret.as_bytes()[..40]),
+            !crate::support::contains(r, &secret.as_bytes()[..40]),
             "stored in clear"
         );
     }

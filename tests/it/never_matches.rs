@@ -8,11 +8,7 @@ use stevedore::pb::{
     UpdateEndpointRequest,
 };
 
-use crate::{
-    assert_invalid,
-    webhook::{create, endpoint},
-    TestServer,
-};
+use crate::support::{assert_invalid, create, endpoint, TestServer};
 
 fn typed(types: &[&str], tweak: impl FnOnce(&mut Endpoint)) -> Endpoint {
     let mut e = endpoint("https://example.com/hook");
@@ -198,11 +194,23 @@ async fn explain_event_says_why_an_endpoint_did_not_get_it() {
         }
         e
     };
-    let inventory = crate::publish(&mut p, crate::inventory("inv-1", "SKU1", 3.0)).await;
-    let other_fc = crate::publish(&mut p, with_fc(crate::pick("p-1", "SO-1"), "FC002")).await;
-    let complete = crate::publish(&mut p, with_fc(crate::pick("p-2", "SO-2"), "FC001")).await;
-    let selected =
-        crate::publish(&mut p, short(with_fc(crate::pick("p-3", "SO-3"), "FC001"))).await;
+    let inventory =
+        crate::support::publish(&mut p, crate::support::inventory("inv-1", "SKU1", 3.0)).await;
+    let other_fc = crate::support::publish(
+        &mut p,
+        with_fc(crate::support::pick("p-1", "SO-1"), "FC002"),
+    )
+    .await;
+    let complete = crate::support::publish(
+        &mut p,
+        with_fc(crate::support::pick("p-2", "SO-2"), "FC001"),
+    )
+    .await;
+    let selected = crate::support::publish(
+        &mut p,
+        short(with_fc(crate::support::pick("p-3", "SO-3"), "FC001")),
+    )
+    .await;
 
     let explain = |event: Event| ExplainEventRequest {
         endpoint_id: ep.id.clone(),

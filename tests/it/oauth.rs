@@ -19,13 +19,10 @@ use stevedore::pb::{
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-use crate::{
-    assert_invalid, next_within,
+use crate::support::{
+    assert_invalid, attempts, create, get_endpoint, ms, next_within,
     oauth_partner::{Partner, CLIENT_ID, CLIENT_SECRET, SCOPES, TOKEN_SUFFIX},
-    pick, publish,
-    receiver::verify_signature,
-    webhook::{attempts, create, get_endpoint, ms, wait_state},
-    TestServer,
+    pick, publish, verify_signature, wait_state, TestServer,
 };
 
 /// Ten events waiting before the endpoint exists; created from the
@@ -386,7 +383,7 @@ async fn secrets_and_tokens_never_logged_nor_stored_in_clear() {
     std::fs::create_dir_all(&logs_dir).unwrap();
     let master_key = BASE64.encode([5u8; 32]);
     let data = dir.path().join("data");
-    let mut server = crate::crash::start_server_with_env(
+    let mut server = crate::support::start_server_with_env(
         &data,
         &logs_dir,
         1,
@@ -399,7 +396,7 @@ async fn secrets_and_tokens_never_logged_nor_stored_in_clear() {
     )
     .await
     .unwrap();
-    let channel = crate::crash::connect(&server.addr).await.unwrap();
+    let channel = crate::support::connect(&server.addr).await.unwrap();
     let mut admin = AdminClient::new(channel.clone());
     let mut publisher = PublisherClient::new(channel);
     let (ep, _) = create(&mut admin, partner.endpoint()).await;
@@ -438,7 +435,7 @@ async fn secrets_and_tokens_never_logged_nor_stored_in_clear() {
         .status()
         .unwrap();
     assert!(server.wait_exit(Duration::from_secs(15)).is_some());
-    let logs = crate::crash::read_stderr(&logs_dir, 1);
+    let logs = crate::support::read_stderr(&logs_dir, 1);
     assert!(
         logs.contains("endpoint updated") && logs.contains("TRACE"),
         "the capture works: {logs}"
@@ -458,15 +455,15 @@ async fn secrets_and_tokens_never_logged_nor_stored_in_clear() {
             "a token in the {what}:\n{text}"
         );
     }
-    let stored = crate::secrets::stored_records(&data);
+    let stored = crate::support::stored_records(&data);
     assert!(!stored.is_empty());
     for r in &stored {
         assert!(
-            !crate::secrets::contains(r, CLIENT_SECRET.as_bytes()),
+            !crate::support::contains(r, CLIENT_SECRET.as_bytes()),
             "stored in clear"
         );
         assert!(
-            crate::secrets::contains(r, CLIENT_ID.as_bytes()),
+            crate::support::contains(r, CLIENT_ID.as_bytes()),
             "the id is readable"
         );
     }

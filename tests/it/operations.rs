@@ -9,34 +9,14 @@ use std::{
 
 use stevedore::pb::{
     self, admin_client::AdminClient, endpoint::Start, subscribe_request, CreateEndpointRequest,
-    DeliveryState, Endpoint, GetEndpointRequest, SubscribeRequest, UpdateEndpointRequest,
+    DeliveryState, Endpoint, SubscribeRequest, UpdateEndpointRequest,
 };
 use tonic::transport::Channel;
 
-use crate::{
-    assert_invalid, inventory, next_within, pick, publish,
-    receiver::{Behavior, Receiver},
-    webhook::{deliveries as list, ms},
-    TestServer,
+use crate::support::{
+    assert_invalid, create, deliveries as list, endpoint, get_endpoint, inventory, ms, next_within,
+    pick, publish, Behavior, Receiver, TestServer,
 };
-
-fn endpoint(url: &str) -> Endpoint {
-    Endpoint {
-        url: url.into(),
-        retry_schedule: vec![ms(0), ms(100), ms(100)],
-        ..Default::default()
-    }
-}
-
-async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> Endpoint {
-    admin
-        .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
-}
 
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -47,16 +27,6 @@ async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-async fn get(admin: &mut AdminClient<Channel>, id: &str) -> Endpoint {
-    admin
-        .get_endpoint(GetEndpointRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
 }
 
 async fn set_enabled(admin: &mut AdminClient<Channel>, id: &str, enabled: bool) {
@@ -85,7 +55,7 @@ async fn coalescing_sends_only_the_latest_level_per_key() {
     let mut e = endpoint(&rx.url);
     e.coalesce = true;
     e.retry_schedule = vec![ms(0), ms(300), ms(300), ms(300), ms(300), ms(300)];
-    let ep = create(&mut admin, e).await;
+    let (ep, _) = create(&mut admin, e).await;
     let mut p = server.publisher().await;
     // Three levels for SKU-A, two for SKU-B, while the receiver is down.
     for (id, sku, level) in [
@@ -457,7 +427,7 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
         ms(150),
         ms(150),
     ];
-    let failing = create(&mut admin, e).await;
+    let (failing, _) = create(&mut admin, e).await;
     let mut o = endpoint(&ops.url);
     o.event_types = vec![
         "stevedore.endpoint.disabled".into(),
@@ -473,7 +443,7 @@ async fn failing_endpoint_is_auto_disabled_and_ops_events_flow() {
     let mut p = server.publisher().await;
     publish(&mut p, pick("f-1", "SO-1")).await;
     let disabled = until("auto-disable", async || {
-        let e = get(&mut admin, &failing.id).await;
+        let e = get_endpoint(&mut admin, &failing.id).await;
         (e.enabled == Some(false)).then_some(e)
     })
     .await;
@@ -563,7 +533,7 @@ async fn exhausted_deliveries_are_announced() {
     bad.set_default(Behavior::Status(500));
     let ops = Receiver::start().await;
     let mut admin = server.admin().await;
-    let failing = create(&mut admin, endpoint(&bad.url)).await;
+    let (failing, _) = create(&mut admin, endpoint(&bad.url)).await;
     let mut o = endpoint(&ops.url);
     o.event_types = vec!["stevedore.delivery.exhausted".into()];
     create(&mut admin, o).await;
@@ -591,8 +561,8 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
     let mut e = endpoint(&down.url);
     // Its first retry would come long after the event expires.
     e.retry_schedule = vec![ms(0), ms(60_000)];
-    let stuck = create(&mut admin, e).await;
-    let healthy = create(&mut admin, endpoint(&up.url)).await;
+    let (stuck, _) = create(&mut admin, e).await;
+    let (healthy, _) = create(&mut admin, endpoint(&up.url)).await;
     let mut p = server.publisher().await;
     let old = publish(&mut p, pick("old-1", "SO-1")).await;
     publish(&mut p, pick("old-2", "SO-2")).await;
@@ -602,7 +572,7 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
     let mut n = endpoint(&never.url);
     n.enabled = Some(false);
     n.start = Some(Start::StartEarliest(true));
-    let paused = create(&mut admin, n).await;
+    let (paused, _) = create(&mut admin, n).await;
 
     let mut s = server.subscriber().await;
     until("the old events to go", async || {
@@ -669,7 +639,7 @@ async fn retention_removes_the_newest_event_when_it_expires() {
     let mut admin = server.admin().await;
     let mut e = endpoint(&down.url);
     e.retry_schedule = vec![ms(0), ms(60_000)];
-    let stuck = create(&mut admin, e).await;
+    let (stuck, _) = create(&mut admin, e).await;
     let mut p = server.publisher().await;
     let results = p
         .publish_batch(pb::PublishBatchRequest {
@@ -715,17 +685,17 @@ async fn backlog_counts_only_events_the_endpoint_would_receive() {
     let mut only_inventory = endpoint(&rx.url);
     only_inventory.enabled = Some(false);
     only_inventory.event_types = vec!["inventory.updated".into()];
-    let filtered = create(&mut admin, only_inventory).await;
+    let (filtered, _) = create(&mut admin, only_inventory).await;
     let mut all = endpoint(&rx.url);
     all.enabled = Some(false);
-    let unfiltered = create(&mut admin, all).await;
+    let (unfiltered, _) = create(&mut admin, all).await;
     let mut p = server.publisher().await;
     for i in 0..5 {
         publish(&mut p, pick(&format!("bl-{i}"), "SO")).await;
     }
     publish(&mut p, inventory("bl-inv", "SKU-1", 3.0)).await;
-    assert_eq!(get(&mut admin, &filtered.id).await.backlog, 1);
-    assert_eq!(get(&mut admin, &unfiltered.id).await.backlog, 6);
+    assert_eq!(get_endpoint(&mut admin, &filtered.id).await.backlog, 1);
+    assert_eq!(get_endpoint(&mut admin, &unfiltered.id).await.backlog, 6);
 }
 
 /// Field-mask paths are taken in camelCase (what JSON clients write) as
@@ -735,7 +705,7 @@ async fn update_mask_paths_take_either_spelling() {
     let server = TestServer::start().await;
     let rx = Receiver::start().await;
     let mut admin = server.admin().await;
-    let ep = create(&mut admin, endpoint(&rx.url)).await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
     let update = |paths: &[&str]| UpdateEndpointRequest {
         endpoint: Some(Endpoint {
             id: ep.id.clone(),
@@ -769,7 +739,7 @@ async fn pause_and_resume_keep_the_place() {
     let server = TestServer::start().await;
     let rx = Receiver::start().await;
     let mut admin = server.admin().await;
-    let ep = create(&mut admin, endpoint(&rx.url)).await;
+    let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
     let mut p = server.publisher().await;
     publish(&mut p, pick("pr-1", "SO")).await;
     rx.wait_for(1, Duration::from_secs(5)).await;
@@ -781,7 +751,7 @@ async fn pause_and_resume_keep_the_place() {
     // pause only gives a wrong send room to happen; the check is that
     // every later request arrived after the endpoint was resumed.
     rx.expect_no_more_than(1, Duration::from_millis(300)).await;
-    assert_eq!(get(&mut admin, &ep.id).await.backlog, 3);
+    assert_eq!(get_endpoint(&mut admin, &ep.id).await.backlog, 3);
     let resumed = Instant::now();
     set_enabled(&mut admin, &ep.id, true).await;
     let got = rx.wait_for(4, Duration::from_secs(5)).await;

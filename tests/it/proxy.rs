@@ -13,11 +13,9 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{
-    assert_invalid, pick, publish,
-    receiver::{verify_signature, Receiver, HOOK_PATH},
-    webhook::{attempts, create, endpoint, https_receiver, wait_state},
-    TestServer,
+use crate::support::{
+    assert_invalid, attempts, create, endpoint, https_receiver, pick, publish, verify_signature,
+    wait_state, Receiver, TestServer, HOOK_PATH,
 };
 
 /// A minimal forward proxy on 127.0.0.1: `CONNECT host:port` opens a
@@ -120,7 +118,7 @@ async fn serve(mut client: TcpStream, log: Arc<Mutex<Vec<String>>>, auth: Option
 #[tokio::test]
 async fn https_through_a_connect_proxy() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     let (port, mut received) = https_receiver(&cert, &key).await;
     let proxy = TestProxy::start().await;
     let (ca, proxy_url) = (cert.clone(), proxy.url.clone());
@@ -142,7 +140,7 @@ async fn https_through_a_connect_proxy() {
         .expect("delivered through the proxy")
         .unwrap();
     assert_eq!(proxy.seen(), [format!("CONNECT localhost:{port} HTTP/1.1")]);
-    let recorded = crate::receiver::Recorded {
+    let recorded = crate::support::Recorded {
         method: http::Method::POST,
         path: "/hook".into(),
         headers,
@@ -253,7 +251,7 @@ const PROXY_AUTH: &str = "Basic ZWdyZXNzQGNvcnA6cEBzczox";
 #[tokio::test]
 async fn proxy_credentials_are_sent_on_connect_and_forwarded_requests() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     let (port, mut received) = https_receiver(&cert, &key).await;
     let rx = Receiver::start().await;
     let proxy = TestProxy::requiring(Some(PROXY_AUTH)).await;
@@ -326,7 +324,7 @@ async fn proxy_credentials_are_never_logged() {
     let logs_dir = dir.path().join("logs");
     std::fs::create_dir_all(&logs_dir).unwrap();
     let proxy_url = proxy.url_with(PROXY_USERINFO);
-    let mut server = crate::crash::start_server_with_env(
+    let mut server = crate::support::start_server_with_env(
         &dir.path().join("data"),
         &logs_dir,
         1,
@@ -339,7 +337,7 @@ async fn proxy_credentials_are_never_logged() {
     )
     .await
     .unwrap();
-    let channel = crate::crash::connect(&server.addr).await.unwrap();
+    let channel = crate::support::connect(&server.addr).await.unwrap();
     let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
     let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
     publish(
@@ -355,7 +353,7 @@ async fn proxy_credentials_are_never_logged() {
         .status()
         .unwrap();
     assert!(server.wait_exit(Duration::from_secs(15)).is_some());
-    let logs = crate::crash::read_stderr(&logs_dir, 1);
+    let logs = crate::support::read_stderr(&logs_dir, 1);
     assert!(logs.contains("TRACE"), "the capture works: {logs}");
     for secret in ["p%40ss", "p@ss", "ZWdyZXNzQGNvcnA6cEBzczox"] {
         assert!(!logs.contains(secret), "{secret} in the log:\n{logs}");

@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use stevedore::pb::{self, event::Payload, GetEventRequest, PublishBatchRequest, PublishRequest};
 
-use crate::{assert_invalid, inventory, pick, publish, TestServer};
+use crate::support::{assert_invalid, inventory, pick, publish, TestServer};
 
 #[tokio::test]
 async fn publish_assigns_offsets_ids_and_defaults() {

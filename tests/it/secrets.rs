@@ -3,7 +3,7 @@
 //! the key is missing or wrong. (`Debug` redaction is unit-tested beside
 //! the types; list responses in webhook.rs.)
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use stevedore::{
     config::Config,
@@ -13,15 +13,12 @@ use stevedore::{
         Endpoint, GetEndpointRequest, ListEndpointsRequest, RotateEndpointSecretRequest,
         SendTestEventRequest, UpdateEndpointRequest,
     },
-    store::{Store, StoreConfig},
 };
 
-use crate::{
-    crash::{connect, read_stderr, start_server_with_env},
-    pick, publish,
-    receiver::{verify_signature, Behavior, Receiver, HOOK_PATH},
-    webhook::{create, endpoint, ms},
-    TestServer,
+use crate::support::{
+    connect, contains, copy_dir, create, endpoint, ms, pick, publish, read_stderr,
+    start_server_with_env, stored_records, verify_signature, Behavior, Receiver, TestServer,
+    HOOK_PATH,
 };
 
 const HEADER_VALUE: &str = "hdr-cred-7c1e0b";
@@ -226,46 +223,6 @@ async fn secrets_and_header_values_never_reach_logs_or_errors() {
         logs.contains(rx.url.trim_end_matches(HOOK_PATH)),
         "the origin is logged: {logs}"
     );
-}
-
-/// Every stored endpoint record's raw bytes.
-pub(crate) fn stored_records(dir: &Path) -> Vec<Vec<u8>> {
-    let (store, writer) = Store::open(&StoreConfig {
-        path: dir.to_owned(),
-        cache_bytes: 8 * 1024 * 1024,
-        segment_bytes: 64 * 1024 * 1024,
-        max_group: 16,
-        commit_delay: std::time::Duration::ZERO,
-        metrics: Default::default(),
-        recovery: Default::default(),
-        zero_fill: true,
-    })
-    .unwrap();
-    let records = store
-        .endpoints()
-        .all()
-        .map(|v| v.unwrap().to_vec())
-        .collect();
-    drop(store);
-    writer.join();
-    records
-}
-
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Runs the broker on `config` and returns its startup error.

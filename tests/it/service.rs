@@ -8,7 +8,7 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use crate::{pick, publish, TestServer};
+use crate::support::{pick, publish, TestServer};
 
 #[tokio::test]
 async fn health_reports_serving() {
@@ -189,9 +189,9 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .connect()
         .await
         .unwrap();
-    let rx = crate::receiver::Receiver::start().await;
+    let rx = crate::support::Receiver::start().await;
     let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
-    let (ep, _) = crate::webhook::create(
+    let (ep, _) = crate::support::create(
         &mut admin,
         stevedore::pb::Endpoint {
             url: rx.url.clone(),
@@ -200,7 +200,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
     )
     .await;
     // The picks are COMPLETE: this endpoint's filter excludes all three.
-    let (filtered, _) = crate::webhook::create(
+    let (filtered, _) = crate::support::create(
         &mut admin,
         stevedore::pb::Endpoint {
             url: rx.url.clone(),

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::crash::Server;
+use crate::support::Server;
 
 /// A broker that refuses to start exits within this.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,7 +141,7 @@ fn the_egress_relaxations_are_logged_at_start() {
     // The lines are written before `listening on`; a kill flushes nothing
     // more, so what is in the file now is what was logged at start.
     server.kill();
-    let stderr = crate::crash::read_stderr(logs.path(), 1);
+    let stderr = crate::support::read_stderr(logs.path(), 1);
     assert!(stderr.contains("allow_http is on"), "{stderr}");
     assert!(
         stderr.contains("allow_networks is set") && stderr.contains("10.20.0.0/16"),

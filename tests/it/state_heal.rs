@@ -28,7 +28,7 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use crate::crash::{connect, start_server_with_env, Server};
+use crate::support::{connect, start_server_with_env, Server};
 
 /// Health, or a write, changing after the limit changed.
 const SETTLE: Duration = Duration::from_secs(20);
@@ -112,7 +112,7 @@ async fn wait_for_health(channel: &Channel, want: ServingStatus, logs: &Path) {
         assert!(
             Instant::now() < deadline,
             "health stayed {now:?}, not {want:?}, for {SETTLE:?}\n{}",
-            crate::crash::all_stderr(logs, 1)
+            crate::support::all_stderr(logs, 1)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -188,7 +188,7 @@ async fn state_writes_heal_after_a_file_size_limit_is_lifted() {
         names.contains(&"before".to_owned()) && names.contains(&"after".to_owned()),
         "{names:?}"
     );
-    let consumers: Vec<String> = crate::list_consumers(&mut admin)
+    let consumers: Vec<String> = crate::support::list_consumers(&mut admin)
         .await
         .into_iter()
         .map(|c| c.name)

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use stevedore::pb::{subscribe_request::Start, AckMode, AckRequest, NackRequest, SubscribeRequest};
 
-use crate::{assert_invalid, assert_quiet, inventory, next_within, pick, publish, TestServer};
+use crate::support::{
+    assert_invalid, assert_quiet, inventory, next_within, pick, publish, TestServer,
+};
 
 fn from(start: Start) -> SubscribeRequest {
     SubscribeRequest {
@@ -519,9 +521,9 @@ async fn consumers_are_listed_reset_and_deleted() {
     let mut p = server.publisher().await;
     let mut s = server.subscriber().await;
     let mut admin = server.admin().await;
-    crate::webhook::create(
+    crate::support::create(
         &mut admin,
-        crate::webhook::endpoint("https://example.com/hook"),
+        crate::support::endpoint("https://example.com/hook"),
     )
     .await;
     for i in 1..=5 {
@@ -543,7 +545,7 @@ async fn consumers_are_listed_reset_and_deleted() {
     .unwrap();
     drop(stream);
 
-    let list = crate::list_consumers(&mut admin).await;
+    let list = crate::support::list_consumers(&mut admin).await;
     let got: Vec<(&str, u64, u64)> = list
         .iter()
         .map(|c| (c.name.as_str(), c.ack_floor, c.lag))
@@ -616,7 +618,7 @@ async fn consumers_are_listed_reset_and_deleted() {
         })
         .await
         .unwrap();
-    let list = crate::list_consumers(&mut admin).await;
+    let list = crate::support::list_consumers(&mut admin).await;
     assert!(list.is_empty(), "{list:?}");
     let missing = admin
         .delete_consumer(DeleteConsumerRequest {
@@ -665,7 +667,7 @@ async fn max_deliveries_dead_letters_and_redrive() {
     .await
     .unwrap();
 
-    let list = crate::list_consumers(&mut admin).await;
+    let list = crate::support::list_consumers(&mut admin).await;
     assert_eq!(list.len(), 1);
     let c = &list[0];
     assert_eq!(
@@ -692,7 +694,7 @@ async fn max_deliveries_dead_letters_and_redrive() {
     let server = server.restart().await;
     let mut s = server.subscriber().await;
     let mut admin = server.admin().await;
-    let list = crate::list_consumers(&mut admin).await;
+    let list = crate::support::list_consumers(&mut admin).await;
     assert_eq!((list[0].dead_letters, list[0].max_deliveries), (1, 2));
     let redriven = admin
         .redrive_consumer(RedriveConsumerRequest { name: "dl".into() })
@@ -708,6 +710,6 @@ async fn max_deliveries_dead_letters_and_redrive() {
         .into_inner();
     let m = next_within(&mut stream, 5).await;
     assert_eq!((m.offset, m.delivery_attempt), (1, 1));
-    let list = crate::list_consumers(&mut admin).await;
+    let list = crate::support::list_consumers(&mut admin).await;
     assert_eq!(list[0].dead_letters, 0, "redriven: not dead any more");
 }

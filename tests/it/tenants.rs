@@ -8,120 +8,19 @@
 use std::time::Duration;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use stevedore::{
-    auth::{hash_token, Role, Token},
-    pb::{
-        self, admin_client::AdminClient, event::Payload, explain_event_request,
-        publisher_client::PublisherClient, replay_endpoint_request, reset_consumer_request,
-        subscribe_request::Start, Endpoint,
-    },
+use stevedore::pb::{
+    self, admin_client::AdminClient, event::Payload, explain_event_request,
+    replay_endpoint_request, reset_consumer_request, subscribe_request::Start, Endpoint,
 };
 use tonic::Code;
 
-use crate::{receiver::Receiver, Authed, TestServer};
-
-pub(crate) const ROOT: &str = "root-token";
-pub(crate) const ACME_ADMIN: &str = "acme-admin-token";
-pub(crate) const BETA_ADMIN: &str = "beta-admin-token";
-pub(crate) const ACME_PUB: &str = "acme-pub-token";
-pub(crate) const BETA_PUB: &str = "beta-pub-token";
-pub(crate) const ACME_SUB: &str = "acme-sub-token";
-pub(crate) const BETA_SUB: &str = "beta-sub-token";
-
-/// Config tokens for `(name, role, tenant, token)`.
-pub(crate) fn tenant_tokens(tokens: &[(&str, Role, Option<&str>, &str)]) -> Vec<Token> {
-    tokens
-        .iter()
-        .map(|(name, role, tenant, token)| Token {
-            name: name.to_string(),
-            role: *role,
-            tenant: tenant.map(str::to_owned),
-            sha256: hash_token(token.as_bytes()),
-        })
-        .collect()
-}
-
-/// A broker with a global admin and an admin, publisher and subscriber for
-/// each of the tenants `acme` and `beta`; `tweak` adjusts its config.
-pub(crate) async fn two_tenants(tweak: impl FnOnce(&mut stevedore::config::Config)) -> TestServer {
-    let tokens = tenant_tokens(&[
-        ("root", Role::Admin, None, ROOT),
-        ("acme-admin", Role::Admin, Some("acme"), ACME_ADMIN),
-        ("beta-admin", Role::Admin, Some("beta"), BETA_ADMIN),
-        ("acme-pub", Role::Publisher, Some("acme"), ACME_PUB),
-        ("beta-pub", Role::Publisher, Some("beta"), BETA_PUB),
-        ("acme-sub", Role::Subscriber, Some("acme"), ACME_SUB),
-        ("beta-sub", Role::Subscriber, Some("beta"), BETA_SUB),
-    ]);
-    TestServer::start_with(std::sync::Arc::new(tempfile::tempdir().unwrap()), |c| {
-        c.tokens = tokens;
-        tweak(c);
-    })
-    .await
-}
-
-/// A pick confirmation of `tenant` (payload `tenant_id`).
-pub(crate) fn pick_of(tenant: &str, order: &str) -> pb::Event {
-    pb::Event {
-        payload: Some(Payload::PickConfirmed(pb::PickConfirmed {
-            tenant_id: tenant.into(),
-            sales_order_id: order.into(),
-            status: pb::PickStatus::Complete as i32,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
-/// A custom event whose envelope names `tenant` (empty: none); its body
-/// carries `owner` so a receiver can tell whose it is.
-pub(crate) fn custom_of(tenant: &str, owner: &str) -> pb::Event {
-    pb::Event {
-        tenant: tenant.into(),
-        payload: Some(Payload::Custom(pb::CustomEvent {
-            r#type: "dock.door_opened".into(),
-            data: Some(prost_types::Struct {
-                fields: [(
-                    "owner".to_string(),
-                    prost_types::Value {
-                        kind: Some(prost_types::value::Kind::StringValue(owner.into())),
-                    },
-                )]
-                .into(),
-            }),
-        })),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn hook(url: &str) -> Endpoint {
-    Endpoint {
-        url: url.into(),
-        retry_schedule: vec![prost_types::Duration {
-            seconds: 0,
-            nanos: 0,
-        }],
-        ..Default::default()
-    }
-}
-
-pub(crate) async fn create_as(admin: &mut AdminClient<Authed>, e: Endpoint) -> Endpoint {
-    admin
-        .create_endpoint(pb::CreateEndpointRequest { endpoint: Some(e) })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
-}
-
-pub(crate) async fn publish_as(p: &mut PublisherClient<Authed>, e: pb::Event) -> u64 {
-    p.publish(pb::PublishRequest { event: Some(e) })
-        .await
-        .unwrap()
-        .into_inner()
-        .offset
-}
+use crate::support::{
+    tenants::{
+        create_as, custom_of, hook, pick_of, publish_as, two_tenants, ACME_ADMIN, ACME_PUB,
+        ACME_SUB, BETA_ADMIN, BETA_SUB, ROOT,
+    },
+    Authed, Receiver,
+};
 
 /// Whose a webhook body is: a pick's `tenantId`, a custom event's `owner`.
 fn owner(body: &serde_json::Value) -> String {
@@ -220,7 +119,7 @@ async fn publishers_publish_only_their_tenants_events() {
         .publish(pb::PublishRequest { event: Some(both) })
         .await
         .unwrap_err();
-    crate::assert_invalid(s, "event.tenant");
+    crate::support::assert_invalid(s, "event.tenant");
     // Not a configured tenant.
     let s = root
         .publish(pb::PublishRequest {
@@ -228,7 +127,7 @@ async fn publishers_publish_only_their_tenants_events() {
         })
         .await
         .unwrap_err();
-    crate::assert_invalid(s, "event.pick_confirmed.tenant_id");
+    crate::support::assert_invalid(s, "event.pick_confirmed.tenant_id");
     // A global publisher publishes any tenant's, and events of no tenant.
     publish_as(&mut root, pick_of("beta", "SO-7")).await;
     publish_as(&mut root, custom_of("", "nobody")).await;
@@ -348,7 +247,7 @@ async fn subscribers_read_only_their_tenants_events() {
         })
         .await
         .unwrap_err();
-    crate::assert_invalid(s, "consumer");
+    crate::support::assert_invalid(s, "consumer");
 
     // Admins see their tenant's consumers only; the global admin all, with
     // their tenants.
@@ -563,7 +462,7 @@ async fn admins_see_and_change_only_their_tenants_endpoints() {
         })
         .await
         .unwrap_err();
-    crate::assert_invalid(s, "endpoint.tenant");
+    crate::support::assert_invalid(s, "endpoint.tenant");
     acme.update_endpoint(pb::UpdateEndpointRequest {
         endpoint: Some(Endpoint {
             id: ea.id.clone(),
@@ -1218,7 +1117,7 @@ async fn a_global_admin_erases_a_tenant_while_the_broker_runs() {
         })
         .await
         .unwrap_err();
-    crate::assert_invalid(s, "tenant");
+    crate::support::assert_invalid(s, "tenant");
     let erased = root
         .erase_tenant(pb::EraseTenantRequest {
             tenant: "acme".into(),

@@ -4,112 +4,16 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use prost_types::Duration as PbDuration;
 use stevedore::pb::{
-    self, admin_client::AdminClient, endpoint::Start, CreateEndpointRequest, DeliveryState,
-    Endpoint, GetEndpointRequest, ListAttemptsRequest, ListDeliveriesRequest, ListEndpointsRequest,
-    ReplayEndpointRequest, RetryDeliveryRequest, RotateEndpointSecretRequest, SendTestEventRequest,
-    UpdateEndpointRequest,
-};
-use tonic::transport::Channel;
-
-use crate::{
-    assert_invalid, inventory, pick, publish,
-    receiver::{verify_signature, Behavior, Receiver},
-    TestServer,
+    self, endpoint::Start, CreateEndpointRequest, DeliveryState, Endpoint, GetEndpointRequest,
+    ListAttemptsRequest, ListEndpointsRequest, ReplayEndpointRequest, RetryDeliveryRequest,
+    RotateEndpointSecretRequest, SendTestEventRequest, UpdateEndpointRequest,
 };
 
-pub(crate) fn ms(n: u64) -> PbDuration {
-    PbDuration {
-        seconds: (n / 1000) as i64,
-        nanos: ((n % 1000) * 1_000_000) as i32,
-    }
-}
-
-/// An endpoint to `url` with a fast test schedule (attempts at 0, 100 ms,
-/// 100 ms) unless the test changes it.
-pub(crate) fn endpoint(url: &str) -> Endpoint {
-    Endpoint {
-        url: url.into(),
-        description: "test".into(),
-        retry_schedule: vec![ms(0), ms(100), ms(100)],
-        ..Default::default()
-    }
-}
-
-pub(crate) async fn create(admin: &mut AdminClient<Channel>, e: Endpoint) -> (Endpoint, String) {
-    let r = admin
-        .create_endpoint(CreateEndpointRequest { endpoint: Some(e) })
-        .await
-        .unwrap()
-        .into_inner();
-    (r.endpoint.unwrap(), r.secret)
-}
-
-pub(crate) async fn deliveries(
-    admin: &mut AdminClient<Channel>,
-    id: &str,
-    state: DeliveryState,
-) -> Vec<pb::Delivery> {
-    admin
-        .list_deliveries(ListDeliveriesRequest {
-            endpoint_id: id.into(),
-            state: state as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries
-}
-
-/// GetEndpoint's endpoint.
-pub(crate) async fn get_endpoint(admin: &mut AdminClient<Channel>, id: &str) -> pb::Endpoint {
-    admin
-        .get_endpoint(pb::GetEndpointRequest { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .endpoint
-        .unwrap()
-}
-
-/// Polls ListDeliveries until `n` deliveries are in `state`.
-pub(crate) async fn wait_state(
-    admin: &mut AdminClient<Channel>,
-    id: &str,
-    state: DeliveryState,
-    n: usize,
-) -> Vec<pb::Delivery> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let d = deliveries(admin, id, state).await;
-        if d.len() >= n {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} deliveries in {state:?}, have {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-pub(crate) async fn attempts(
-    admin: &mut AdminClient<Channel>,
-    id: &str,
-    offset: u64,
-) -> Vec<pb::Attempt> {
-    admin
-        .list_attempts(ListAttemptsRequest {
-            endpoint_id: id.into(),
-            offset,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .attempts
-}
+use crate::support::{
+    assert_invalid, attempts, create, deliveries, endpoint, get_endpoint, https_receiver,
+    inventory, ms, pick, publish, verify_signature, wait_state, Behavior, Receiver, TestServer,
+};
 
 #[tokio::test]
 async fn delivers_signed_requests_with_the_documented_headers() {
@@ -960,81 +864,10 @@ async fn strict_ordering_is_one_at_a_time_and_none_is_parallel() {
     assert!(unordered.max_concurrent_requests() > 1);
 }
 
-/// An HTTPS receiver (h2 and http/1.1 by ALPN) that records each request's
-/// HTTP version, headers and body, and answers 200.
-pub(crate) async fn https_receiver(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<(http::Version, http::HeaderMap, bytes::Bytes)>,
-) {
-    use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    https_receiver_with(tls).await
-}
-
-/// [`https_receiver`] with the given TLS settings (e.g. requiring a client
-/// certificate).
-pub(crate) async fn https_receiver_with(
-    tls: rustls::ServerConfig,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<(http::Version, http::HeaderMap, bytes::Bytes)>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            let version = req.version();
-                            let (parts, body) = req.into_parts();
-                            let body = http_body_util::BodyExt::collect(body).await?.to_bytes();
-                            let _ = tx.send((version, parts.headers, body));
-                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
-                                bytes::Bytes::from_static(b"ok"),
-                            )))
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
-    (port, rx)
-}
-
 #[tokio::test]
 async fn delivers_over_https_with_http2_to_a_private_ca() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     let (port, mut received) = https_receiver(&cert, &key).await;
     let ca = cert.clone();
     let server = TestServer::start_with(dir, move |c| {
@@ -1055,7 +888,7 @@ async fn delivers_over_https_with_http2_to_a_private_ca() {
         .unwrap();
     assert_eq!(version, http::Version::HTTP_2, "ALPN negotiated h2");
     assert_eq!(headers["webhook-id"], "tls-1");
-    let recorded = crate::receiver::Recorded {
+    let recorded = crate::support::Recorded {
         method: http::Method::POST,
         path: "/hook".into(),
         headers,
@@ -1070,7 +903,7 @@ async fn delivers_over_https_with_http2_to_a_private_ca() {
 #[tokio::test]
 async fn an_untrusted_https_receiver_is_not_delivered_to() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let (cert, key) = crate::self_signed(dir.path());
+    let (cert, key) = crate::support::self_signed(dir.path());
     let (port, mut received) = https_receiver(&cert, &key).await;
     // No webhook_ca_file: the self-signed certificate is not trusted.
     let server = TestServer::start_with(dir, |c| c.allow_http = false).await;

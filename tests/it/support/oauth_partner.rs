@@ -22,7 +22,7 @@ use hyper_util::{
 use stevedore::pb::{self, Endpoint};
 use tokio::net::TcpListener;
 
-use crate::{receiver::Recorded, webhook::endpoint};
+use super::{endpoint, Recorded};
 
 pub(crate) const CLIENT_ID: &str = "stevedore-client";
 /// With `:`, `+` and `/`, which client_secret_basic form-urlencodes.

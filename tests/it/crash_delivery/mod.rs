@@ -14,8 +14,13 @@
 //!
 //! Reproduce a run's choices with `STEVEDORE_CRASH_SEED=<seed printed>`.
 
+mod admin;
+mod answers;
+mod events;
+mod publisher;
+
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,18 +30,18 @@ use std::{
 };
 
 use bytes::Bytes;
-use prost_types::Duration as PbDuration;
-use stevedore::pb::{
-    self, admin_client::AdminClient, event::Payload, publisher_client::PublisherClient,
-    CreateEndpointRequest, DeliveryState, Endpoint, ListAttemptsRequest, ListDeliveriesRequest,
-    PublishBatchRequest, PublishRequest, PublishResponse,
-};
+use stevedore::pb::{admin_client::AdminClient, DeliveryState};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
-use crate::{
-    crash::{all_stderr, connect, read_stderr, start_server_with_env, status_text, Rng, Server},
-    receiver::{verify_signature, Behavior, Receiver, Recorded},
+use self::{
+    admin::{create_endpoint, explain_missing, Ep},
+    answers::{mix, Mixer},
+    events::check_content,
+    publisher::{publisher, Shared},
+};
+use crate::support::{
+    all_stderr, broker_panics, connect, failure_text, list_deliveries, read_stderr, seed,
+    start_server_with_env, verify_signature, Ledger, Receiver, Rng, Server, HOOK_PATH,
 };
 
 /// The endpoints, by the `ep` query parameter of their URLs.
@@ -61,7 +66,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(58);
-/// The broker's environment (on top of crash.rs's `STEVEDORE_LOG=warn`).
+/// The broker's environment (on top of support/process.rs's `STEVEDORE_LOG=warn`).
 const BROKER_ENV: [(&str, &str); 3] = [
     ("STEVEDORE_ALLOW_HTTP", "true"),
     ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
@@ -70,474 +75,11 @@ const BROKER_ENV: [(&str, &str); 3] = [
 /// The custom event type of the even-numbered events.
 const CUSTOM_TYPE: &str = "crash.delivery";
 
-fn ms(n: u64) -> PbDuration {
-    PbDuration {
-        seconds: (n / 1000) as i64,
-        nanos: ((n % 1000) * 1_000_000) as i32,
-    }
-}
-
-// ------------------------------------------------------------------ events
-
-/// Event `cd{task}-{seq}`: even `seq` a custom event whose body names its
-/// id, odd `seq` a pick confirmation (ordering key `SO-{task}-{seq % 8}`,
-/// so keys are shared) whose `waveId` is its id.
-fn make_event(task: usize, seq: u64) -> pb::Event {
-    let id = format!("cd{task}-{seq}");
-    let payload = if seq.is_multiple_of(2) {
-        let mut fields = BTreeMap::new();
-        fields.insert("eventId".to_owned(), string(&id));
-        fields.insert("task".to_owned(), number(task as f64));
-        fields.insert("seq".to_owned(), number(seq as f64));
-        Payload::Custom(pb::CustomEvent {
-            r#type: CUSTOM_TYPE.into(),
-            data: Some(prost_types::Struct { fields }),
-        })
-    } else {
-        Payload::PickConfirmed(pb::PickConfirmed {
-            tenant_id: "crash-tenant".into(),
-            fulfillment_center_id: "FC1".into(),
-            sales_order_id: format!("SO-{task}-{}", seq % 8),
-            wave_id: id.clone(),
-            status: pb::PickStatus::Complete as i32,
-            ..Default::default()
-        })
-    };
-    pb::Event {
-        id,
-        payload: Some(payload),
-        ..Default::default()
-    }
-}
-
-fn string(s: &str) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
-    }
-}
-
-fn number(n: f64) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::NumberValue(n)),
-    }
-}
-
-/// Checks that a request's `x-jasci-event` and body belong to event `id`.
-fn check_content(id: &str, r: &Recorded) -> Result<(), String> {
-    let (task, seq) = id
-        .strip_prefix("cd")
-        .and_then(|s| s.split_once('-'))
-        .and_then(|(t, s)| Some((t.parse::<usize>().ok()?, s.parse::<u64>().ok()?)))
-        .ok_or_else(|| format!("webhook-id {id:?} is not one of ours"))?;
-    let body: serde_json::Value =
-        serde_json::from_slice(&r.body).map_err(|e| format!("body of {id:?} is not JSON ({e})"))?;
-    let (event_type, ok) = if seq % 2 == 0 {
-        (
-            CUSTOM_TYPE,
-            body["eventId"] == id && body["task"] == task && body["seq"] == seq,
-        )
-    } else {
-        (
-            "pick.confirmed",
-            body["waveId"] == id && body["salesOrderId"] == format!("SO-{task}-{}", seq % 8),
-        )
-    };
-    if r.header("x-jasci-event") != Some(event_type) {
-        return Err(format!(
-            "{id:?}: x-jasci-event {:?}, expected {event_type:?}",
-            r.header("x-jasci-event")
-        ));
-    }
-    if !ok {
-        return Err(format!(
-            "{id:?}: the body is another event's: {}",
-            r.body_text()
-        ));
-    }
-    Ok(())
-}
-
-// ------------------------------------------------------------------ receiver answers
-
-/// How the receiver answers one request.
-#[derive(Clone, Copy, Debug)]
-enum Answer {
-    Ok,
-    /// 200 after this many milliseconds.
-    Slow(u64),
-    Fail,
-}
-
-impl Answer {
-    fn behavior(self) -> Behavior {
-        match self {
-            Answer::Ok => Behavior::Status(200),
-            Answer::Slow(ms) => Behavior::Delay(Duration::from_millis(ms), 200),
-            Answer::Fail => Behavior::Status(500),
-        }
-    }
-
-    fn success(self) -> bool {
-        !matches!(self, Answer::Fail)
-    }
-}
-
-/// Keeps the receiver's queue of behaviours topped up with a random mix, and
-/// remembers it: the receiver pops one behaviour per recorded request, in
-/// order of arrival, so request `i` got `pushed[i]` (as long as the queue
-/// never ran dry, which [`Mixer::defaults_used`] checks).
-struct Mixer {
-    pushed: Mutex<Vec<Answer>>,
-    /// No more 500s (the drain phase).
-    calm: AtomicBool,
-    stop: AtomicBool,
-}
-
-const QUEUE_LOW: usize = 256;
-const QUEUE_HIGH: usize = 512;
-
-impl Mixer {
-    fn top_up(&self, rx: &Receiver, rng: &mut Rng) {
-        let queued = rx.queued();
-        if queued >= QUEUE_LOW {
-            return;
-        }
-        let calm = self.calm.load(Ordering::SeqCst);
-        let mut pushed = self.pushed.lock().unwrap();
-        for _ in queued..QUEUE_HIGH {
-            let roll = rng.next() % 100;
-            let answer = match roll {
-                0..=59 => Answer::Ok,
-                60..=87 => Answer::Slow(rng.range(20, 50)),
-                _ if calm => Answer::Ok,
-                _ => Answer::Fail,
-            };
-            rx.respond(answer.behavior());
-            pushed.push(answer);
-        }
-    }
-
-    /// Requests that got the receiver's default instead of a queued answer.
-    fn defaults_used(&self, rx: &Receiver, recorded: usize) -> usize {
-        let pushed = self.pushed.lock().unwrap().len();
-        recorded.saturating_sub(pushed - rx.queued())
-    }
-}
-
-async fn mix(rx: Arc<Receiver>, mixer: Arc<Mixer>, seed: u64) {
-    let mut rng = Rng::new(seed);
-    while !mixer.stop.load(Ordering::SeqCst) {
-        mixer.top_up(&rx, &mut rng);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-// ------------------------------------------------------------------ publishers
-
-#[derive(Default)]
-struct Ledger {
-    /// Acknowledged id → offset.
-    acked: HashMap<String, u64>,
-    by_offset: HashMap<u64, String>,
-    /// Every id ever sent (acknowledged or not).
-    sent: HashSet<String>,
-}
-
-struct Shared {
-    /// `(generation, address)` of the running broker.
-    addr: watch::Receiver<Option<(u64, String)>>,
-    /// Highest generation that was sent SIGKILL (stored before the kill).
-    killed: AtomicU64,
-    stop: AtomicBool,
-    ledger: Mutex<Ledger>,
-    /// Broken guarantees and failures on a live broker.
-    failures: Mutex<Vec<String>>,
-    /// Failed calls explained by a kill.
-    crash_errors: AtomicU64,
-    calls: AtomicU64,
-}
-
-impl Shared {
-    fn fail(&self, msg: String) {
-        eprintln!("crash delivery test failure: {msg}");
-        self.failures.lock().unwrap().push(msg);
-    }
-
-    fn record(&self, events: &[pb::Event], acks: &[PublishResponse], generation: u64) {
-        let mut errors = Vec::new();
-        {
-            let mut ledger = self.ledger.lock().unwrap();
-            for (e, ack) in events.iter().zip(acks) {
-                if ack.event_id != e.id || ack.offset == 0 || ack.duplicate {
-                    errors.push(format!(
-                        "start #{generation}: publishing fresh id {:?} was acknowledged as {ack:?}",
-                        e.id
-                    ));
-                    continue;
-                }
-                if let Some(other) = ledger.by_offset.insert(ack.offset, e.id.clone()) {
-                    errors.push(format!(
-                        "start #{generation}: offset {} acknowledged for both {other:?} and {:?}",
-                        ack.offset, e.id
-                    ));
-                }
-                ledger.acked.insert(e.id.clone(), ack.offset);
-            }
-        }
-        for e in errors {
-            self.fail(e);
-        }
-    }
-}
-
-async fn publisher(task: usize, sh: Arc<Shared>, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut addr_rx = sh.addr.clone();
-    let mut seq = 0u64;
-    let mut failed_gen = 0u64;
-    'servers: loop {
-        // The next broker after the one that failed us.
-        let (generation, addr) = loop {
-            if sh.stop.load(Ordering::SeqCst) {
-                break 'servers;
-            }
-            if let Some((g, a)) = addr_rx.borrow_and_update().clone() {
-                if g > failed_gen {
-                    break (g, a);
-                }
-            }
-            match tokio::time::timeout(Duration::from_millis(50), addr_rx.changed()).await {
-                Ok(Err(_)) => break 'servers, // the coordinator is gone
-                _ => continue,
-            }
-        };
-        let failure = |sh: &Shared, what: String| {
-            if generation > sh.killed.load(Ordering::SeqCst) {
-                sh.fail(format!(
-                    "publisher {task}: {what} on live broker start #{generation}"
-                ));
-            } else {
-                sh.crash_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        };
-        let mut client = match connect(&addr).await {
-            Ok(c) => PublisherClient::new(c),
-            Err(e) => {
-                failure(&sh, e);
-                failed_gen = generation;
-                continue;
-            }
-        };
-        while !sh.stop.load(Ordering::SeqCst) {
-            let n = if rng.next().is_multiple_of(2) {
-                1
-            } else {
-                rng.range(2, 10) as usize
-            };
-            let events: Vec<pb::Event> = (0..n)
-                .map(|_| {
-                    seq += 1;
-                    make_event(task, seq)
-                })
-                .collect();
-            sh.ledger
-                .lock()
-                .unwrap()
-                .sent
-                .extend(events.iter().map(|e| e.id.clone()));
-            sh.calls.fetch_add(1, Ordering::Relaxed);
-            let result =
-                match tokio::time::timeout(CALL_TIMEOUT, publish(&mut client, &events)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("publish call timed out after {CALL_TIMEOUT:?}")),
-                };
-            match result {
-                Ok(acks) if acks.len() == events.len() => sh.record(&events, &acks, generation),
-                Ok(acks) => {
-                    sh.fail(format!(
-                        "start #{generation}: {} acks for {} events",
-                        acks.len(),
-                        events.len()
-                    ));
-                    failed_gen = generation;
-                    continue 'servers;
-                }
-                Err(e) => {
-                    failure(&sh, e);
-                    failed_gen = generation;
-                    continue 'servers;
-                }
-            }
-        }
-        break;
-    }
-}
-
-async fn publish(
-    client: &mut PublisherClient<Channel>,
-    events: &[pb::Event],
-) -> Result<Vec<PublishResponse>, String> {
-    if let [event] = events {
-        let r = client
-            .publish(PublishRequest {
-                event: Some(event.clone()),
-            })
-            .await
-            .map_err(|s| format!("Publish: {}", status_text(&s)))?;
-        Ok(vec![r.into_inner()])
-    } else {
-        let r = client
-            .publish_batch(PublishBatchRequest {
-                events: events.to_vec(),
-            })
-            .await
-            .map_err(|s| format!("PublishBatch: {}", status_text(&s)))?;
-        Ok(r.into_inner().results)
-    }
-}
-
-// ------------------------------------------------------------------ admin
-
-struct Ep {
-    name: &'static str,
-    id: String,
-    secret: String,
-}
-
-async fn create_endpoint(
-    admin: &mut AdminClient<Channel>,
-    url: &str,
-    name: &'static str,
-) -> Result<Ep, String> {
-    let endpoint = Endpoint {
-        url: format!("{url}?ep={name}"),
-        description: format!("crash delivery test endpoint {name}"),
-        retry_schedule: SCHEDULE_MS.iter().map(|&n| ms(n)).collect(),
-        timeout: Some(ms(ATTEMPT_TIMEOUT.as_millis() as u64)),
-        ..Default::default()
-    };
-    let r = tokio::time::timeout(
-        CALL_TIMEOUT,
-        admin.create_endpoint(CreateEndpointRequest {
-            endpoint: Some(endpoint),
-        }),
-    )
-    .await
-    .map_err(|_| format!("CreateEndpoint timed out after {CALL_TIMEOUT:?}"))?
-    .map_err(|s| format!("CreateEndpoint: {}", status_text(&s)))?
-    .into_inner();
-    let id = r.endpoint.map(|e| e.id).unwrap_or_default();
-    if id.is_empty() || !r.secret.starts_with("whsec_") {
-        return Err(format!(
-            "CreateEndpoint returned id {id:?} and a secret without whsec_"
-        ));
-    }
-    Ok(Ep {
-        name,
-        id,
-        secret: r.secret,
-    })
-}
-
-/// Every delivery record of an endpoint in `state` (all pages).
-pub(crate) async fn list_deliveries(
-    admin: &mut AdminClient<Channel>,
-    endpoint_id: &str,
-    state: DeliveryState,
-) -> Result<Vec<pb::Delivery>, String> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    for _ in 0..1000 {
-        let r = tokio::time::timeout(
-            CALL_TIMEOUT,
-            admin.list_deliveries(ListDeliveriesRequest {
-                endpoint_id: endpoint_id.to_owned(),
-                state: state as i32,
-                page_size: 1000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            }),
-        )
-        .await
-        .map_err(|_| format!("ListDeliveries timed out after {CALL_TIMEOUT:?}"))?
-        .map_err(|s| {
-            format!(
-                "ListDeliveries({endpoint_id}, {state:?}): {}",
-                status_text(&s)
-            )
-        })?
-        .into_inner();
-        out.extend(r.deliveries);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        page_token = r.next_page_token;
-    }
-    Err(format!(
-        "ListDeliveries({endpoint_id}): more than 1000 pages"
-    ))
-}
-
-/// What the broker says about deliveries the receiver never saw.
-async fn explain_missing(
-    admin: &mut AdminClient<Channel>,
-    ep: &Ep,
-    missing: &[(u64, String)],
-    rx: &Receiver,
-) -> String {
-    let mut out = String::new();
-    let all = match list_deliveries(admin, &ep.id, DeliveryState::Unspecified).await {
-        Ok(d) => d,
-        Err(e) => return format!("    (ListDeliveries failed: {e})\n"),
-    };
-    let by_offset: HashMap<u64, &pb::Delivery> = all.iter().map(|d| (d.offset, d)).collect();
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
-    for d in &all {
-        *states.entry(format!("{:?}", d.state())).or_default() += 1;
-    }
-    out.push_str(&format!("    delivery records by state: {states:?}\n"));
-    let requests = rx.requests();
-    for (offset, id) in missing.iter().take(10) {
-        let other: Vec<&str> = requests
-            .iter()
-            .filter(|r| r.header("webhook-id") == Some(id.as_str()))
-            .map(|r| r.path.as_str())
-            .collect();
-        out.push_str(&format!(
-            "    offset {offset} ({id}): record {:?}; requests for this id at any endpoint: {other:?}\n",
-            by_offset.get(offset)
-        ));
-    }
-    for (offset, _) in missing.iter().take(3) {
-        let attempts = tokio::time::timeout(
-            CALL_TIMEOUT,
-            admin.list_attempts(ListAttemptsRequest {
-                endpoint_id: ep.id.clone(),
-                offset: *offset,
-            }),
-        )
-        .await
-        .map_err(|_| "timed out".to_owned())
-        .and_then(|r| r.map_err(|s| status_text(&s)))
-        .map(|r| r.into_inner().attempts);
-        out.push_str(&format!("    attempts of offset {offset}: {attempts:?}\n"));
-    }
-    out
-}
-
 // ------------------------------------------------------------------ the test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_survive_sigkill() {
-    let seed = std::env::var("STEVEDORE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = seed();
     println!("crash delivery test seed: {seed} (rerun with STEVEDORE_CRASH_SEED={seed})");
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
@@ -587,20 +129,10 @@ async fn webhooks_survive_sigkill() {
 
     let gens = generations.load(Ordering::SeqCst);
     let mut failures = std::mem::take(&mut *sh.failures.lock().unwrap());
-    for g in 1..=gens {
-        if read_stderr(&logs, g).contains("panicked") {
-            failures.push(format!("broker start #{g} panicked (see its stderr below)"));
-        }
-    }
+    failures.extend(broker_panics(&logs, gens));
     if outcome.is_err() || !failures.is_empty() {
         let kept = dir.keep();
-        let mut msg = String::new();
-        if let Err(e) = &outcome {
-            msg.push_str(&format!("{e}\n"));
-        }
-        for f in &failures {
-            msg.push_str(&format!("{f}\n"));
-        }
+        let msg = failure_text(&outcome, &failures);
         panic!(
             "crash delivery test failed after {:.1}s (seed {seed}, data dir and broker stderr kept at {}):\n{msg}{}",
             started.elapsed().as_secs_f64(),
@@ -715,7 +247,7 @@ async fn run(
         let requests = rx.requests();
         let mut missing: Vec<(&Ep, Vec<(u64, String)>)> = Vec::new();
         for ep in &endpoints {
-            let path = format!("{}?ep={}", crate::receiver::HOOK_PATH, ep.name);
+            let path = format!("{}?ep={}", HOOK_PATH, ep.name);
             let got: HashSet<&str> = requests
                 .iter()
                 .filter(|r| r.path == path)
@@ -819,7 +351,7 @@ async fn run(
     for (i, r) in requests.iter().enumerate() {
         let Some(ep) = endpoints
             .iter()
-            .find(|ep| r.path == format!("{}?ep={}", crate::receiver::HOOK_PATH, ep.name))
+            .find(|ep| r.path == format!("{}?ep={}", HOOK_PATH, ep.name))
         else {
             errors.push(format!("request to an unknown path: {r:?}"));
             continue;
