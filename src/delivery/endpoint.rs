@@ -18,6 +18,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 use prost::Message;
 
@@ -25,6 +26,8 @@ use super::client_auth::{self, ClientAuth};
 use super::limit::Rate;
 use super::oauth::{self, ClientCredentials};
 use super::proxy::Route;
+use super::request::Keys;
+use super::signing::Secret;
 use super::worker::STATE_EVENT_TYPES;
 use super::{
     egress::{self, Guard},
@@ -668,6 +671,65 @@ impl fmt::Debug for EndpointRecord {
 /// Unix nanoseconds as a time.
 pub fn from_nanos(n: u64) -> SystemTime {
     std::time::UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+impl EndpointRecord {
+    /// The signing keys: the current secret, and the rotated-out one with
+    /// the time it stops signing.
+    pub fn keys(&self) -> Keys {
+        Keys {
+            current: Secret::from_bytes(self.secret.clone()),
+            previous: (!self.previous_secret.is_empty()).then(|| {
+                (
+                    Secret::from_bytes(self.previous_secret.clone()),
+                    from_nanos(self.previous_expires_nanos),
+                )
+            }),
+        }
+    }
+}
+
+/// For `stevedore reseal`: a stored endpoint record in the clear, sealed
+/// with `key` (`None`: already sealed). A sealed record must open with
+/// `key`, or the whole reseal stops before anything changes.
+pub fn reseal_value(value: &[u8], key: &MasterKey) -> Result<Option<Vec<u8>>> {
+    if EndpointRecord::is_sealed(value) {
+        EndpointRecord::from_stored(value, Some(key))?;
+        return Ok(None);
+    }
+    Ok(Some(
+        EndpointRecord::from_stored(value, None)?.to_stored(Some(key)),
+    ))
+}
+
+/// The durable consumer behind an endpoint. `@` cannot appear in gRPC
+/// consumer names, so the two never collide.
+pub fn consumer_name(endpoint_id: &str) -> String {
+    format!("@endpoint:{endpoint_id}")
+}
+
+/// `rendered` as endpoint `spec` sends it: `None` when its filter condition
+/// does not hold, else the body with its field selection applied. The
+/// shared rendering is never modified.
+pub fn endpoint_body(
+    spec: &EndpointSpec,
+    rendered: Bytes,
+) -> std::result::Result<Option<Bytes>, String> {
+    if spec.condition.is_none() && spec.projection.is_none() {
+        return Ok(Some(rendered));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&rendered).map_err(|e| e.to_string())?;
+    if spec.condition.as_ref().is_some_and(|c| !c.matches(&json)) {
+        return Ok(None);
+    }
+    match &spec.projection {
+        None => Ok(Some(rendered)),
+        Some(p) => Ok(Some(
+            serde_json::to_vec(&p.apply(&json))
+                .map_err(|e| e.to_string())?
+                .into(),
+        )),
+    }
 }
 
 #[cfg(test)]
