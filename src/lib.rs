@@ -74,7 +74,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
-    api::{AdminService, PublisherService, Shared, SubscriberService},
+    api::{AdminService, PublisherService, ServiceContext, SubscriberService},
     auth::{Auth, Role},
     config::Config,
     consumer::Consumers,
@@ -259,7 +259,7 @@ pub async fn serve(
 
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let shared = Shared {
+    let shared = ServiceContext {
         consumers: Arc::new(Consumers::new(store.clone())),
         store,
         config: Arc::new(config.clone()),
