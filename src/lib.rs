@@ -18,10 +18,14 @@
 //!   threads that group-commit and fsync; erasure of events' payloads
 //!   (tombstones written by rewriting sealed segments).
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
-//! - [`delivery`] — webhook endpoints: the tower stack that signs, times out
-//!   and retries; one worker per endpoint on top of its durable consumer;
-//!   classification of outcomes; the durable retry schedule; the SSRF guard
-//!   on egress; endpoint secrets sealed at rest.
+//! - [`endpoints`] — webhook endpoints: create, update, delete, rotate,
+//!   replay, test over the typed state; admin queries over their
+//!   deliveries; acting on their workers' reports; tenant erasure.
+//! - [`delivery`] — webhook delivery: the supervisor that runs one worker
+//!   per enabled endpoint on top of its durable consumer; the tower stack
+//!   that signs, times out and retries; classification of outcomes; the
+//!   durable retry schedule; the SSRF guard on egress; endpoint settings
+//!   and their secrets sealed at rest.
 //! - [`webhook`] — webhook JSON bodies, one file per event type behind one
 //!   dispatch point ([`webhook::render_body`]).
 //! - [`filter`] — custom webhooks: filters and field selection on JSON bodies.
@@ -48,6 +52,7 @@ pub mod console;
 pub mod consumer;
 pub mod convert;
 pub mod delivery;
+pub mod endpoints;
 pub mod error;
 pub mod filter;
 pub mod metrics;
@@ -69,11 +74,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
-    api::{AdminService, PublisherService, Shared, SubscriberService},
+    api::{AdminService, PublisherService, ServiceContext, SubscriberService},
     auth::{Auth, Role},
     config::Config,
     consumer::Consumers,
-    delivery::Deliveries,
+    delivery::DeliveryDeps,
+    endpoints::Endpoints,
     pb::{
         admin_server::AdminServer, publisher_server::PublisherServer,
         spliced::subscriber_server::SubscriberServer,
@@ -132,7 +138,7 @@ pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
         );
     }
     let done = store::rewrite_endpoints(&config.data_dir, config.state_cache_bytes, |value| {
-        delivery::reseal_value(value, key)
+        delivery::endpoint::reseal_value(value, key)
     })
     .with_context(|| {
         format!(
@@ -253,7 +259,7 @@ pub async fn serve(
 
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let shared = Shared {
+    let shared = ServiceContext {
         consumers: Arc::new(Consumers::new(store.clone())),
         store,
         config: Arc::new(config.clone()),
@@ -268,23 +274,23 @@ pub async fn serve(
         )),
     };
 
-    let deliveries = Deliveries::start(
-        shared.store.clone(),
-        shared.consumers.clone(),
-        shared.config.clone(),
-        tasks.clone(),
-        token.clone(),
-        metrics.clone(),
-        Arc::new(tls::webhook_client_config(&config)?),
-    )
+    let endpoints = Endpoints::start(DeliveryDeps {
+        store: shared.store.clone(),
+        consumers: shared.consumers.clone(),
+        config: shared.config.clone(),
+        tasks: tasks.clone(),
+        shutdown: token.clone(),
+        metrics: metrics.clone(),
+        tls: Arc::new(tls::webhook_client_config(&config)?),
+    })
     .await
     .context("starting webhook delivery")?;
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-        let (store, consumers, deliveries) = (
+        let (store, consumers, endpoints) = (
             shared.store.clone(),
             shared.consumers.clone(),
-            deliveries.clone(),
+            endpoints.clone(),
         );
         let snapshot = move || {
             let head = store.head();
@@ -292,7 +298,7 @@ pub async fn serve(
                 head,
                 first: store.first_offset()?,
                 disk_bytes: store.size_on_disk()?,
-                endpoints: deliveries.endpoint_gauges()?,
+                endpoints: endpoints.endpoint_gauges()?,
                 consumers: consumers.lags(head)?,
             })
         };
@@ -305,7 +311,7 @@ pub async fn serve(
     }
     tasks.spawn(retention::run(
         shared.store.clone(),
-        deliveries.clone(),
+        endpoints.clone(),
         shared.config.clone(),
         token.clone(),
     ));
@@ -340,7 +346,7 @@ pub async fn serve(
 
     let admin_service = Arc::new(
         AdminService::new(
-            deliveries.clone(),
+            endpoints.clone(),
             shared.consumers.clone(),
             shared.store.clone(),
         )
@@ -358,7 +364,7 @@ pub async fn serve(
         let console_tls = console::tls_config(&config)?;
         let console = Arc::new(console::Console::new(
             admin_service.clone(),
-            deliveries.clone(),
+            endpoints.clone(),
             shared.store.clone(),
             auth.clone(),
             console_tls.is_some(),

@@ -23,16 +23,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
-    delivery::Deliveries,
+    delivery::endpoint::consumer_name,
+    endpoints::Endpoints,
     error::Result,
     model::Offset,
-    store::{Removal, Store},
+    pb::{self, DeliveryState},
+    store::{Removal, StateWrites, Store},
 };
 
 /// Runs retention every `retention_interval` until `shutdown`.
 pub async fn run(
     store: Store,
-    deliveries: Arc<Deliveries>,
+    endpoints: Arc<Endpoints>,
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) {
@@ -44,7 +46,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match pass(&store, &deliveries, &config).await {
+        match pass(&store, &endpoints, &config).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(
                 removed,
@@ -53,7 +55,7 @@ pub async fn run(
             ),
             Err(e) => tracing::error!(error = %e, "retention failed"),
         }
-        match tenant_pass(&store, &deliveries, &config, &mut watermarks).await {
+        match tenant_pass(&store, &endpoints, &config, &mut watermarks).await {
             Ok(0) => {}
             Ok(erased) => tracing::info!(erased, "tenant retention erased event payloads"),
             Err(e) => tracing::error!(error = %e, "tenant retention failed"),
@@ -66,7 +68,7 @@ pub async fn run(
 /// event of the tenant below it is erased already).
 pub async fn tenant_pass(
     store: &Store,
-    deliveries: &Deliveries,
+    endpoints: &Endpoints,
     config: &Config,
     watermarks: &mut HashMap<String, Offset>,
 ) -> Result<u64> {
@@ -84,7 +86,7 @@ pub async fn tenant_pass(
         if cutoff <= from {
             continue;
         }
-        erased += deliveries
+        erased += endpoints
             .erase_events(tenant, from, cutoff, Removal::Expired)
             .await?;
         watermarks.insert(tenant.clone(), cutoff);
@@ -93,14 +95,14 @@ pub async fn tenant_pass(
 }
 
 /// One retention pass; returns how many events were removed.
-pub async fn pass(store: &Store, deliveries: &Deliveries, config: &Config) -> Result<usize> {
+pub async fn pass(store: &Store, endpoints: &Endpoints, config: &Config) -> Result<usize> {
     let cutoff = cutoff(store, config)?;
     if cutoff <= store.first_offset()? {
         return Ok(0);
     }
-    deliveries.expire_before(cutoff).await?;
+    expire_before(store, endpoints, cutoff).await?;
     let removed = store.truncate(cutoff).await?;
-    deliveries.prune_records(store.first_offset()?).await?;
+    prune_records(store, endpoints, store.first_offset()?).await?;
     Ok(removed)
 }
 
@@ -118,4 +120,60 @@ fn cutoff(store: &Store, config: &Config) -> Result<Offset> {
             0
         };
     Ok(by_age.max(by_size))
+}
+
+/// Records every undelivered event below `cutoff` as dead (`expired`)
+/// for each endpoint that has not delivered it, before retention
+/// removes them. Events a worker holds are left to the worker.
+pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset) -> Result<()> {
+    for id in endpoints.ids()? {
+        let Ok(consumer) = endpoints.consumers().get(&consumer_name(&id)) else {
+            continue;
+        };
+        if consumer.floor() >= cutoff {
+            continue;
+        }
+        let filter = consumer.filter();
+        let expired = consumer.expire_below(cutoff);
+        for chunk in expired.chunks(4096) {
+            let mut writes = StateWrites::new();
+            for &offset in chunk {
+                let Some(event) = store.get(offset)? else {
+                    continue;
+                };
+                if !filter.matches(&event) {
+                    continue;
+                }
+                let record = pb::Delivery {
+                    event_id: event.event.id.clone(),
+                    event_type: event.event_type.to_string(),
+                    state: DeliveryState::Dead as i32,
+                    last_error: "expired".into(),
+                    ..Default::default()
+                };
+                writes.put_delivery(&id, offset, &record);
+            }
+            if !writes.is_empty() {
+                let n = writes.len();
+                store.write_state(writes).await?;
+                endpoints.metrics().dead.add(&id, n as i64);
+                endpoints
+                    .metrics()
+                    .deliveries
+                    .add(&[&id, "expired"], n as u64);
+                tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
+            }
+        }
+        consumer.save().await?;
+    }
+    Ok(())
+}
+
+/// Deletes delivered and superseded records (with their attempts) of
+/// events below `first`, the oldest event still in the log.
+pub async fn prune_records(store: &Store, endpoints: &Endpoints, first: Offset) -> Result<()> {
+    for id in endpoints.ids()? {
+        store.deliveries().prune(&id, first).await?;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@
 //! in its extensions (the console puts its own there the same way): a
 //! tenant-scoped token gives [`Scope::Tenant`], a global token or no
 //! authentication [`Scope::Global`]. The domain lookups
-//! (`Deliveries::record`, `Consumers::get_in`, [`Scope::event`]) take the
+//! (`Endpoints::record`, `Consumers::get_in`, [`Scope::event`]) take the
 //! scope and answer `NOT_FOUND` for another tenant's resource, so no handler
 //! checks tenants itself.
 

@@ -11,7 +11,7 @@ use crate::{
     auth::Caller,
     consumer::Consumers,
     convert,
-    delivery::Deliveries,
+    endpoints::Endpoints,
     error::Error,
     model::Offset,
     pb::{
@@ -40,7 +40,7 @@ const MAX_PAGE: usize = 1000;
 
 /// The Admin service.
 pub struct AdminService {
-    deliveries: Arc<Deliveries>,
+    endpoints: Arc<Endpoints>,
     consumers: Arc<Consumers>,
     store: crate::store::Store,
     audit: Audit,
@@ -49,12 +49,12 @@ pub struct AdminService {
 impl AdminService {
     /// An Admin service over the broker's endpoints and durable consumers.
     pub fn new(
-        deliveries: Arc<Deliveries>,
+        endpoints: Arc<Endpoints>,
         consumers: Arc<Consumers>,
         store: crate::store::Store,
     ) -> Self {
         Self {
-            deliveries,
+            endpoints,
             consumers,
             audit: Audit::new(store.clone()),
             store,
@@ -84,7 +84,7 @@ impl AdminService {
     /// The tenant of endpoint `id`, as `scope` sees it (NOT_FOUND if it
     /// does not).
     fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
-        Ok(self.deliveries.get(scope, id)?.tenant)
+        Ok(self.endpoints.get(scope, id)?.tenant)
     }
 
     /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
@@ -142,7 +142,7 @@ impl Admin for AdminService {
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
-        let (endpoint, secret) = self.deliveries.create(&scope, endpoint).await?;
+        let (endpoint, secret) = self.endpoints.create(&scope, endpoint).await?;
         self.audit(&caller, "endpoint.create", &endpoint.id, &endpoint.tenant)
             .await?;
         Ok(Response::new(CreateEndpointResponse {
@@ -159,7 +159,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(self.deliveries.get(&scope, &id)?),
+            endpoint: Some(self.endpoints.get(&scope, &id)?),
         }))
     }
 
@@ -170,7 +170,7 @@ impl Admin for AdminService {
         let scope = Scope::of(&request);
         let req = request.into_inner();
         let (endpoints, next_page_token) =
-            self.deliveries
+            self.endpoints
                 .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListEndpointsResponse {
             endpoints,
@@ -189,7 +189,7 @@ impl Admin for AdminService {
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
         required("endpoint.id", &endpoint.id)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let headers = crate::delivery::HeaderEdits {
+        let headers = crate::endpoints::HeaderEdits {
             set: req.set_headers,
             remove: req.remove_headers,
         };
@@ -203,7 +203,7 @@ impl Admin for AdminService {
             .into());
         }
         let endpoint = self
-            .deliveries
+            .endpoints
             .update_with(&scope, endpoint, &paths, &headers)
             .await?;
         let mut changed = paths.clone();
@@ -225,7 +225,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         required("id", &id)?;
         let tenant = self.endpoint_tenant(&scope, &id)?;
-        self.deliveries.delete(&scope, &id).await?;
+        self.endpoints.delete(&scope, &id).await?;
         self.audit(&caller, "endpoint.delete", &id, &tenant).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
@@ -246,10 +246,7 @@ impl Admin for AdminService {
         if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
             return Err(Error::invalid("grace_period", "must be at most 30 days").into());
         }
-        let (secret, until) = self
-            .deliveries
-            .rotate_secret(&scope, &req.id, grace)
-            .await?;
+        let (secret, until) = self.endpoints.rotate_secret(&scope, &req.id, grace).await?;
         self.audit(&caller, "endpoint.rotate_secret", &req.id, &tenant)
             .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
@@ -277,7 +274,7 @@ impl Admin for AdminService {
         }
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
-                .deliveries
+                .endpoints
                 .list_attempts(&scope, &req.endpoint_id, req.offset)?,
         }))
     }
@@ -294,7 +291,7 @@ impl Admin for AdminService {
         }
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let delivery = self
-            .deliveries
+            .endpoints
             .retry_delivery(&scope, &req.endpoint_id, req.offset)
             .await?;
         let target = format!("{}/{}", req.endpoint_id, req.offset);
@@ -322,7 +319,7 @@ impl Admin for AdminService {
         };
         if req.dry_run {
             let (from_offset, matching, more) =
-                self.deliveries
+                self.endpoints
                     .replay_count(&scope, &req.endpoint_id, from)?;
             return Ok(Response::new(ReplayEndpointResponse {
                 from_offset,
@@ -332,7 +329,7 @@ impl Admin for AdminService {
         }
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let from_offset = self
-            .deliveries
+            .endpoints
             .replay(&scope, &req.endpoint_id, from)
             .await?;
         let action = format!("endpoint.replay(from {from_offset})");
@@ -353,7 +350,7 @@ impl Admin for AdminService {
         required("endpoint_id", &req.endpoint_id)?;
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let (webhook_id, attempt, delivered) =
-            self.deliveries.send_test(&scope, &req.endpoint_id).await?;
+            self.endpoints.send_test(&scope, &req.endpoint_id).await?;
         self.audit(&caller, "endpoint.test", &req.endpoint_id, &tenant)
             .await?;
         Ok(Response::new(SendTestEventResponse {
@@ -377,7 +374,7 @@ impl Admin for AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(self.deliveries.explain(
+        Ok(Response::new(self.endpoints.explain(
             &scope,
             &req.endpoint_id,
             offset,
@@ -548,7 +545,7 @@ impl Admin for AdminService {
         let tenant = request.into_inner().tenant;
         required("tenant", &tenant)?;
         crate::tenant::check_name(&tenant).map_err(|m| Error::invalid("tenant", m))?;
-        let endpoints = self.deliveries.erase_tenant(&tenant).await?;
+        let endpoints = self.endpoints.erase_tenant(&tenant).await?;
         let mut consumers = 0;
         for c in self.consumers.list()? {
             if c.tenant == tenant {
@@ -560,7 +557,7 @@ impl Admin for AdminService {
         // endpoints are gone already; others' pending deliveries of them
         // are recorded dead, `erased`).
         let events = self
-            .deliveries
+            .endpoints
             .erase_events(&tenant, 0, Offset::MAX, Removal::Erased)
             .await?;
         self.audit(&caller, "tenant.erase", &tenant, &tenant)

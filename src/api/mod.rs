@@ -23,9 +23,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{config::Config, consumer::Consumers, error::Error, metrics::Metrics, store::Store};
 
-/// What every service shares.
+/// What every gRPC service shares: the store, the consumers, the
+/// configuration, shutdown, metrics and the stream budgets.
 #[derive(Clone)]
-pub struct Shared {
+pub struct ServiceContext {
     /// The log.
     pub store: Store,
     /// Durable consumers.
@@ -56,7 +57,7 @@ pub enum StreamKind {
     Publish,
 }
 
-impl Shared {
+impl ServiceContext {
     /// A slot for one long-lived stream of `kind`, held until the stream's
     /// tasks end; `RESOURCE_EXHAUSTED` naming the budget's key when all are
     /// taken.

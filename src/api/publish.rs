@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::Shared;
+use super::ServiceContext;
 use crate::{
     convert::{validate_event, EventLimits, Item},
     error::Error,
@@ -23,24 +23,24 @@ const STREAM_PIPELINE_DEPTH: usize = 1024;
 
 /// The Publisher service.
 pub struct PublisherService {
-    shared: Shared,
+    shared: ServiceContext,
 }
 
 impl PublisherService {
     /// A Publisher over the shared broker state.
-    pub fn new(shared: Shared) -> Self {
+    pub fn new(shared: ServiceContext) -> Self {
         Self { shared }
     }
 }
 
-fn limits(shared: &Shared) -> EventLimits {
+fn limits(shared: &ServiceContext) -> EventLimits {
     EventLimits {
         max_event_bytes: shared.config.max_event_bytes,
     }
 }
 
 fn validate_one(
-    shared: &Shared,
+    shared: &ServiceContext,
     scope: &Scope,
     req: PublishRequest,
     path: &str,

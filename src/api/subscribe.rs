@@ -14,7 +14,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
-use super::{Shared, StoredFrame, SubscribeFrame};
+use super::{ServiceContext, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
     consumer::{Consumer, CreateSpec, Poll, PollFor, StreamId},
@@ -41,12 +41,12 @@ static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The Subscriber service.
 pub struct SubscriberService {
-    shared: Shared,
+    shared: ServiceContext,
 }
 
 impl SubscriberService {
     /// A Subscriber over the shared broker state.
-    pub fn new(shared: Shared) -> Self {
+    pub fn new(shared: ServiceContext) -> Self {
         Self { shared }
     }
 }
@@ -208,7 +208,7 @@ fn stored_response(filter: &EventFilter, raw: RawRecord) -> Result<Option<Subscr
 type Tx = mpsc::Sender<Result<SubscribeFrame, Status>>;
 
 /// Replay from `next`, then tail. Ends on shutdown or when the client leaves.
-async fn stream_plain(shared: Shared, mut next: Offset, filter: EventFilter, tx: Tx) {
+async fn stream_plain(shared: ServiceContext, mut next: Offset, filter: EventFilter, tx: Tx) {
     let mut head = shared.store.watch_head();
     loop {
         head.borrow_and_update();
@@ -285,7 +285,7 @@ impl Drop for LeaseGuard {
 }
 
 /// Deliver a durable consumer's messages within this stream's window.
-async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx: Tx) {
+async fn stream_durable(shared: ServiceContext, consumer: Arc<Consumer>, d: Durable, tx: Tx) {
     let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
     let _guard = LeaseGuard {
         consumer: consumer.clone(),

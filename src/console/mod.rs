@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::AdminService,
     auth::{Auth, Caller},
-    delivery::Deliveries,
+    endpoints::Endpoints,
     store::Store,
 };
 
@@ -38,7 +38,7 @@ pub use session::Sessions;
 /// The console's shared state.
 pub struct Console {
     admin: Arc<AdminService>,
-    deliveries: Arc<Deliveries>,
+    endpoints: Arc<Endpoints>,
     store: Store,
     auth: Auth,
     sessions: Sessions,
@@ -55,7 +55,7 @@ impl Console {
     /// off, [`Console::one_time_login`] makes the link printed at start.
     pub fn new(
         admin: Arc<AdminService>,
-        deliveries: Arc<Deliveries>,
+        endpoints: Arc<Endpoints>,
         store: Store,
         auth: Auth,
         tls: bool,
@@ -64,7 +64,7 @@ impl Console {
     ) -> Self {
         Self {
             admin,
-            deliveries,
+            endpoints,
             store,
             sessions: Sessions::new(!auth.enabled()),
             auth,

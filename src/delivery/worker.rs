@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     classify::{classify, Verdict},
     endpoint::{EndpointSpec, Ordering},
-    shared::{Shared, SharedEvent},
+    event_cache::{EventCache, SharedEvent},
     signing,
     stack::{self, DeliveryService, SendError, SharedKeys, WebhookRequest, WebhookResponse},
     Control,
@@ -98,7 +98,7 @@ pub struct WorkerContext {
     /// The log and state.
     pub store: Store,
     /// Recently read events with their bodies, shared by every endpoint.
-    pub shared: Arc<Shared>,
+    pub shared: Arc<EventCache>,
     /// Broker configuration.
     pub config: Arc<Config>,
     /// To the manager: health changes and operational events.
@@ -112,7 +112,7 @@ pub struct WorkerContext {
     /// Cancelled when the whole broker shuts down (the worker's own token
     /// is also cancelled by endpoint changes).
     pub broker_shutdown: CancellationToken,
-    /// Finished attempts for live views; see `Deliveries::watch_outcomes`.
+    /// Finished attempts for live views; see `Supervisor::watch_outcomes`.
     pub outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
 }
 

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::{page_size, required, AdminService};
 use crate::{
     convert,
-    delivery::DeliveryQuery,
+    endpoints::DeliveryQuery,
     error::Error,
     model::Offset,
     pb::{
@@ -128,7 +128,7 @@ impl AdminService {
             until,
         };
         let (deliveries, next) =
-            self.deliveries
+            self.endpoints
                 .query_deliveries(&scope, &req.endpoint_id, &q, page, before)?;
         Ok(Response::new(ListDeliveriesResponse {
             deliveries,
@@ -168,7 +168,7 @@ impl AdminService {
             .unwrap_or_else(|| convert::timestamp(SystemTime::now()));
         let (from, until) = self.time_range(req.since.as_ref(), Some(&until))?;
         let r = self
-            .deliveries
+            .endpoints
             .recover(
                 &scope,
                 &req.endpoint_id,
@@ -206,7 +206,7 @@ impl AdminService {
             None => self.event_offset(&scope, None, None)?,
         };
         let delivery = self
-            .deliveries
+            .endpoints
             .resend(&scope, &req.endpoint_id, offset)
             .await?;
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
@@ -231,7 +231,7 @@ impl AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(self.deliveries.render_request(
+        Ok(Response::new(self.endpoints.render_request(
             &scope,
             &req.endpoint_id,
             offset,
@@ -261,8 +261,8 @@ impl AdminService {
             .into());
         }
         // NOT_FOUND for an unknown endpoint, like every endpoint RPC.
-        self.deliveries.get(&scope, &req.endpoint_id)?;
-        let stats = self.deliveries.endpoint_stats();
+        self.endpoints.get(&scope, &req.endpoint_id)?;
+        let stats = self.endpoints.endpoint_stats();
         let s = stats.summary(&req.endpoint_id, window, SystemTime::now());
         Ok(Response::new(GetEndpointStatsResponse {
             attempts: s.attempts,

@@ -48,7 +48,7 @@ pub async fn events(
     sess: Sess,
     Query(which): Query<Which>,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
-    let mut outcomes = console.deliveries.watch_outcomes();
+    let mut outcomes = console.endpoints.watch_outcomes();
     let shutdown = console.shutdown.clone();
     let stream = async_stream(move |tx| async move {
         let mut visible: HashMap<String, bool> = HashMap::new();

@@ -48,11 +48,13 @@ const LARGE_COMMIT: u64 = 64 << 10;
 /// The active segment's write handle, shared by the log writer and the
 /// zero-filling thread; stops the thread when dropped.
 pub(super) struct ZeroFill {
-    shared: Arc<Shared>,
+    shared: Arc<ActiveSegment>,
     thread: Option<JoinHandle<()>>,
 }
 
-struct Shared {
+/// The active segment as the writer and the zero-filling thread share it:
+/// its state under the lock that gives each its turn, and the wake-up.
+struct ActiveSegment {
     state: Mutex<State>,
     /// Signalled when there is zeroing to do, and on stop.
     wake: Condvar,
@@ -87,7 +89,7 @@ impl State {
 /// The writer's turn at the active segment (see [`ZeroFill::writing`]).
 pub(super) struct Writing<'a> {
     state: MutexGuard<'a, State>,
-    shared: &'a Shared,
+    shared: &'a ActiveSegment,
 }
 
 impl Writing<'_> {
@@ -112,7 +114,7 @@ impl ZeroFill {
     /// ahead of its writer, up to `limit` bytes.
     pub(super) fn start(file: Arc<dyn FsFile>, written: u64, limit: u64) -> std::io::Result<Self> {
         let len = file.len()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ActiveSegment {
             state: Mutex::new(State {
                 file,
                 zeroed: len.max(written),
@@ -173,7 +175,7 @@ impl Drop for ZeroFill {
     }
 }
 
-impl Shared {
+impl ActiveSegment {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -2,7 +2,7 @@
 //! delivery side: what endpoints still owe for those events is settled
 //! before the log forgets their payloads.
 //!
-//! Like retention ([`Deliveries::expire_before`]), nothing pending is
+//! Like retention (`crate::retention::expire_before`), nothing pending is
 //! dropped silently. Before the events are erased, every remaining
 //! endpoint's consumer marks those it has not read yet as done (so no
 //! worker reads one in between and skips it unrecorded) and the endpoint
@@ -17,19 +17,37 @@
 
 use std::collections::HashSet;
 
-use super::{consumer_name, Deliveries};
+use super::Endpoints;
 use crate::{
     consumer::Consumer,
+    delivery::endpoint::consumer_name,
     error::Result,
     model::Offset,
     pb::{self, DeliveryState},
     store::{Removal, StateWrites, Unwanted},
+    tenant::Scope,
 };
 
 /// Most state writes in one group commit.
 const WRITES_PER_COMMIT: usize = 4096;
 
-impl Deliveries {
+impl Endpoints {
+    /// Deletes every endpoint of `tenant` with its delivery records and
+    /// attempts (tenant erasure); returns how many.
+    pub async fn erase_tenant(&self, tenant: &str) -> Result<u64> {
+        let mut ids = Vec::new();
+        for v in self.store.endpoints().all() {
+            let r = self.decode_record(&v?)?;
+            if r.endpoint().tenant == tenant {
+                ids.push(r.endpoint().id.clone());
+            }
+        }
+        for id in &ids {
+            self.delete(&Scope::Global, id).await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
     /// Erases the payloads of `tenant`'s events from `from` up to `until`
     /// (at most the head) from the log, after settling what endpoints
     /// hold of them; returns how many events were erased. Events
@@ -47,7 +65,7 @@ impl Deliveries {
         }
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
         let mut consumers = Vec::new();
-        for id in self.endpoint_ids()? {
+        for id in self.ids()? {
             if let Ok(consumer) = self.consumers.get(&consumer_name(&id)) {
                 self.settle_erased(&id, &consumer, &unwanted, why).await?;
                 consumers.push(consumer);

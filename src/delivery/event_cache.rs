@@ -2,7 +2,7 @@
 //!
 //! With several endpoints, every worker reads the same new events at about
 //! the same time. Each used to read, decode (protobuf) and render (JSON)
-//! every event on its own: ten endpoints, ten times the work. [`Shared`]
+//! every event on its own: ten endpoints, ten times the work. [`EventCache`]
 //! keeps the most recently read events, decoded and with their rendered
 //! body, in a small ring indexed by offset, and hands out `Arc`s to them.
 //!
@@ -55,11 +55,11 @@ impl SharedEvent {
 type Slot = Option<(u64, Arc<SharedEvent>)>;
 
 /// The ring of recently read events; one per broker.
-pub struct Shared {
+pub struct EventCache {
     slots: Mutex<Vec<Slot>>,
 }
 
-impl Shared {
+impl EventCache {
     /// Keeps up to `capacity` events; 0 keeps none (every read decodes and
     /// renders).
     pub fn new(capacity: u32) -> Self {
@@ -159,7 +159,7 @@ mod tests {
             .map(|a| a.offset)
             .collect();
         for capacity in [0, 1, 4, 64] {
-            let shared = Shared::new(capacity);
+            let shared = EventCache::new(capacity);
             for round in 0..2 {
                 for (i, &o) in offsets.iter().enumerate() {
                     let s = shared.get(&store, o).unwrap().unwrap();

@@ -1,18 +1,16 @@
-//! The edge between protobuf and the domain: validation of incoming events
-//! and requests, with `INVALID_ARGUMENT` errors that name the field by its
+//! Incoming events: validation of a published `Event`, field by field,
+//! into the domain's `NewEvent`, with errors that name the field by its
 //! request path (`events[2].pick_confirmed.lines[0].quantity_short`).
 
-use std::{
-    fmt,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, time::SystemTime};
 
 use prost::Message;
 use prost_types::{value::Kind, Struct, Timestamp};
 
+use super::{check_timestamp, timestamp, FieldPath};
 use crate::{
     error::{Error, Result},
-    model::{event_type_of, EventType, NewEvent, Offset},
+    model::{event_type_of, EventType, NewEvent},
     pb::{self, event::Payload},
 };
 
@@ -22,10 +20,6 @@ pub struct EventLimits {
     /// Largest encoded event.
     pub max_event_bytes: usize,
 }
-
-/// A request field's path, formatted only when an error names it (valid
-/// events, the common case, then cost no allocation for their names).
-pub type FieldPath<'a> = &'a dyn fmt::Display;
 
 /// `parent.name`.
 struct Dot<'a>(FieldPath<'a>, &'a str);
@@ -42,15 +36,6 @@ struct Index<'a>(FieldPath<'a>, &'a str, usize);
 impl fmt::Display for Index<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}[{}]", self.0, self.1, self.2)
-    }
-}
-
-/// `name[index]`, the path of one event of a batch (`events[3]`).
-pub struct Item(pub &'static str, pub usize);
-
-impl fmt::Display for Item {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]", self.0, self.1)
     }
 }
 
@@ -385,22 +370,6 @@ fn check_text(field: FieldPath<'_>, value: &str, max: usize) -> Result<()> {
 
 /// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of
 /// ISO 8601 dates without an expanded year.
-const MIN_SECONDS: i64 = -62_135_596_800;
-const MAX_SECONDS: i64 = 253_402_300_799;
-
-fn check_timestamp(field: FieldPath<'_>, ts: &Timestamp) -> Result<()> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(Error::invalid(field.to_string(), "nanos must be in 0..1e9"));
-    }
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
-        return Err(Error::invalid(
-            field.to_string(),
-            "must be between years 0001 and 9999",
-        ));
-    }
-    Ok(())
-}
-
 fn check_struct(field: &str, s: &Struct, depth: usize) -> Result<()> {
     for (k, v) in &s.fields {
         check_value(&format!("{field}.{k}"), v, depth + 1)?;
@@ -427,49 +396,6 @@ fn check_value(field: &str, v: &prost_types::Value, depth: usize) -> Result<()> 
             .try_for_each(|(i, v)| check_value(&format!("{field}[{i}]"), v, depth + 1)),
         _ => Ok(()),
     }
-}
-
-/// `SystemTime` as a protobuf timestamp.
-pub fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-/// A protobuf timestamp as `SystemTime`; times before 1970 clamp to the epoch.
-pub fn system_time(field: &str, ts: &Timestamp) -> Result<SystemTime> {
-    check_timestamp(&field, ts)?;
-    if ts.seconds < 0 {
-        return Ok(UNIX_EPOCH);
-    }
-    Ok(UNIX_EPOCH + Duration::new(ts.seconds as u64, ts.nanos as u32))
-}
-
-/// `offset` as a start position, refused when it is past `head`: nothing
-/// would ever be delivered from there until the log caught up, which for
-/// 2^64-1 is never, while backlog and pending show 0 (a silent black hole).
-/// `head` itself is allowed: the next event.
-pub fn start_offset(field: &str, offset: Offset, head: Offset) -> Result<Offset> {
-    if offset > head {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{offset} is past the log's head (the next event gets offset {head}); \
-                 start at or below it, or start latest"
-            ),
-        ));
-    }
-    Ok(offset)
-}
-
-/// A protobuf duration as a non-negative `Duration`.
-pub fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
-        return Err(Error::invalid(field, "must be a non-negative duration"));
-    }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
 #[cfg(test)]

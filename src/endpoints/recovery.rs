@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use super::{admin_ops::endpoint_body, consumer_name, endpoint::EndpointSpec, Deliveries};
+use super::Endpoints;
 use crate::{
     convert,
+    delivery::endpoint::{consumer_name, endpoint_body, EndpointSpec},
     error::{Error, Result},
     model::Offset,
     pb::DeliveryState,
@@ -20,7 +21,7 @@ pub const RECOVER_LIMIT: usize = 1000;
 /// How many events a replay dry run looks at, at most.
 pub const REPLAY_COUNT_SCAN: u64 = 100_000;
 
-/// What [`Deliveries::recover`] found and did.
+/// What [`Endpoints::recover`] found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// Matching deliveries (at most [`RECOVER_LIMIT`]).
@@ -31,7 +32,7 @@ pub struct Recovered {
     pub more: bool,
 }
 
-impl Deliveries {
+impl Endpoints {
     /// Sends endpoint `id`'s deliveries of events in `from..until` (and
     /// still in the log) that are in one of `states` (failed or dead) and
     /// of `event_type` (if set) again now, with a fresh schedule, like
@@ -48,7 +49,7 @@ impl Deliveries {
         event_type: Option<&str>,
         dry_run: bool,
     ) -> Result<Recovered> {
-        let _workers = self.workers.lock().await;
+        let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
         // Events retention removed cannot be sent again (their records say
         // `expired`): only what is still in the log counts.

@@ -1,162 +1,71 @@
-//! Admin operations over an endpoint's deliveries that the maintenance page
-//! needs besides the basic ones in `mod.rs`: filtered listing, re-sending
-//! one event, and rendering the request a delivery sends (bulk recovery and
-//! the replay count are in `recovery.rs`). Kept apart from `mod.rs` so the endpoint
-//! lifecycle stays readable there.
+//! Sending one delivery again by hand: RetryDelivery (a failed or dead
+//! delivery, with a fresh schedule), re-sending any event to an endpoint
+//! (the maintenance page), and rendering the request a delivery sends, as
+//! the endpoint would get it now. Bulk recovery and the replay count are in
+//! `recovery.rs`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 
-use super::{
-    consumer_name, endpoint::EndpointSpec, keys_of, signing, stack, worker, Deliveries, REDACTED,
-};
+use super::Endpoints;
 use crate::{
     convert,
+    delivery::{
+        endpoint::{consumer_name, endpoint_body, EndpointSpec},
+        envelope, signing, stack, REDACTED,
+    },
     error::{Error, Result},
     model::Offset,
     pb::{self, DeliveryState},
     tenant::Scope,
 };
 
-/// Which deliveries to list: every set field must match.
-#[derive(Debug, Default, Clone)]
-pub struct DeliveryQuery {
-    /// Of this state.
-    pub state: Option<DeliveryState>,
-    /// Of this event type.
-    pub event_type: Option<String>,
-    /// Of events with this ordering key.
-    pub ordering_key: Option<String>,
-    /// Of events at offsets in `from..until` (publish times map to offsets:
-    /// they never decrease along the log).
-    pub from: Offset,
-    /// See `from`.
-    pub until: Offset,
-}
-
-impl DeliveryQuery {
-    /// Every delivery.
-    pub fn all() -> Self {
-        Self {
-            until: Offset::MAX,
-            ..Default::default()
-        }
-    }
-}
-
-/// `rendered` as endpoint `spec` sends it: `None` when its filter condition
-/// does not hold, else the body with its field selection applied. The
-/// shared rendering is never modified.
-pub fn endpoint_body(
-    spec: &EndpointSpec,
-    rendered: Bytes,
-) -> std::result::Result<Option<Bytes>, String> {
-    if spec.condition.is_none() && spec.projection.is_none() {
-        return Ok(Some(rendered));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&rendered).map_err(|e| e.to_string())?;
-    if spec.condition.as_ref().is_some_and(|c| !c.matches(&json)) {
-        return Ok(None);
-    }
-    match &spec.projection {
-        None => Ok(Some(rendered)),
-        Some(p) => Ok(Some(
-            serde_json::to_vec(&p.apply(&json))
-                .map_err(|e| e.to_string())?
-                .into(),
-        )),
-    }
-}
-
-impl Deliveries {
-    /// Attempts per endpoint and minute, as the workers report them.
-    pub fn endpoint_stats(&self) -> &super::stats::EndpointStats {
-        &self.metrics.endpoint_stats
-    }
-
-    /// Delivery records matching `q`, newest first, before `before` (a page
-    /// token: the last offset of the previous page). Events a worker holds
-    /// that have no record yet are listed as pending.
-    pub fn query_deliveries(
+impl Endpoints {
+    /// Sends a failed or dead delivery again now, with a fresh schedule.
+    pub async fn retry_delivery(
         &self,
         scope: &Scope,
         id: &str,
-        q: &DeliveryQuery,
-        page_size: usize,
-        before: Option<Offset>,
-    ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
+        offset: Offset,
+    ) -> Result<pb::Delivery> {
+        let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
-        let upper = before.map_or(q.until, |b| b.min(q.until));
-        if q.from >= upper {
-            return Ok((Vec::new(), None));
-        }
-        let ordering_key_is = |offset: Offset| -> Result<bool> {
-            match &q.ordering_key {
-                None => Ok(true),
-                Some(k) => Ok(self
-                    .store
-                    .get(offset)?
-                    .is_some_and(|e| &e.event.ordering_key == k)),
-            }
-        };
-        let mut out: Vec<pb::Delivery> = Vec::new();
-        let held: HashMap<Offset, worker::HeldView> = self
-            .views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .unwrap_or_default();
-        let mut seen = HashSet::new();
-        for kv in self.store.deliveries().range(id, q.from, upper).rev() {
-            let (offset, mut d) = kv?;
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
-            seen.insert(offset);
-            if q.state.is_none_or(|s| d.state() == s)
-                && q.event_type.as_ref().is_none_or(|t| &d.event_type == t)
-                && ordering_key_is(offset)?
-            {
-                out.push(d);
-                // Held events may still sort in between: enough for a page
-                // whatever they are.
-                if out.len() > page_size + held.len() {
-                    break;
-                }
+        let mut d = self.store.deliveries().get(id, offset)?.ok_or_else(|| {
+            Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
+        })?;
+        match d.state() {
+            DeliveryState::Failed | DeliveryState::Dead => {}
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "delivery {offset} is {}; only failed or dead deliveries can be retried",
+                    s.as_str_name()
+                )))
             }
         }
-        if q.state.is_none_or(|s| s == DeliveryState::Pending) {
-            for (&offset, h) in &held {
-                if !seen.contains(&offset)
-                    && (q.from..upper).contains(&offset)
-                    && q.event_type.as_ref().is_none_or(|t| &h.event_type == t)
-                    && ordering_key_is(offset)?
-                {
-                    out.push(pb::Delivery {
-                        endpoint_id: id.to_owned(),
-                        offset,
-                        event_id: h.event_id.clone(),
-                        webhook_id: signing::webhook_id(&h.event_id).into_owned(),
-                        event_type: h.event_type.clone(),
-                        state: DeliveryState::Pending as i32,
-                        ..Default::default()
-                    });
-                }
-            }
+        let was_dead = d.state() == DeliveryState::Dead;
+        if was_dead {
+            self.metrics.dead.add(id, -1);
         }
-        out.sort_by_key(|d| std::cmp::Reverse(d.offset));
-        let next = if out.len() > page_size {
-            out.truncate(page_size);
-            out.last().map(|d| d.offset)
+        // A fresh schedule, due now.
+        d.state = DeliveryState::Pending as i32;
+        d.attempts = 0;
+        d.next_attempt_at = None;
+        self.store.deliveries().put(id, offset, &d).await?;
+        let consumer = self.consumers.get(&consumer_name(id))?;
+        if was_dead {
+            consumer.reopen(offset).await?;
         } else {
-            None
-        };
-        Ok((out, next))
+            // Waiting in the consumer: make it due now.
+            consumer.nack(&[offset], Duration::ZERO)?;
+        }
+        d.endpoint_id = id.to_owned();
+        d.offset = offset;
+        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
+        Ok(d)
     }
 
     /// Sends the event at `offset` to endpoint `id` through its worker (a
@@ -166,7 +75,7 @@ impl Deliveries {
     /// the endpoint's filter condition excludes it (its worker would skip
     /// it).
     pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<pb::Delivery> {
-        let _workers = self.workers.lock().await;
+        let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
@@ -194,18 +103,7 @@ impl Deliveries {
             )));
         }
         let existing = self.store.deliveries().get(id, offset)?;
-        let is_held = || {
-            self.views
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .is_some_and(|v| {
-                    v.held
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(&offset)
-                })
-        };
+        let is_held = || self.supervisor.is_held(id, offset);
         // A final record is written (with the ack) just before the worker
         // lets the event go: give it a moment to finish.
         if existing.as_ref().is_some_and(|d| {
@@ -292,7 +190,7 @@ impl Deliveries {
             },
         };
         let body = if spec.envelope {
-            super::envelope::wrap(
+            envelope::wrap(
                 event.event_type.as_str(),
                 event.event.occurred_at.as_ref(),
                 &body,
@@ -309,7 +207,7 @@ impl Deliveries {
             |t| t.seconds,
         );
         let msg_id = signing::webhook_id(&event.event.id).into_owned();
-        let keys = keys_of(&record);
+        let keys = record.keys();
         let now = SystemTime::now();
         let previous = keys
             .previous
@@ -355,56 +253,5 @@ impl Deliveries {
             timestamp_from_last_attempt: last_attempt.is_some(),
             matches,
         })
-    }
-}
-
-/// Custom header changes by name (UpdateEndpoint's `set_headers` and
-/// `remove_headers`), so a client never has to send back values it was
-/// only shown redacted. Names compare case-insensitively, as in HTTP.
-#[derive(Debug, Default, Clone)]
-pub struct HeaderEdits {
-    /// Added, or replacing the header of the same name.
-    pub set: HashMap<String, String>,
-    /// Removed; each must exist.
-    pub remove: Vec<String>,
-}
-
-impl HeaderEdits {
-    /// Whether there is nothing to change.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.remove.is_empty()
-    }
-
-    /// Applies the edits to `headers`; nothing changes on error. The
-    /// result is validated with the rest of the endpoint afterwards.
-    pub fn apply(&self, headers: &mut HashMap<String, String>) -> Result<()> {
-        let mut out = headers.clone();
-        for (i, name) in self.remove.iter().enumerate() {
-            let field = format!("remove_headers[{i}]");
-            if self.set.keys().any(|s| s.eq_ignore_ascii_case(name)) {
-                return Err(Error::invalid(
-                    field,
-                    format!("{name:?} is also in set_headers"),
-                ));
-            }
-            let Some(key) = out.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() else {
-                return Err(Error::invalid(
-                    field,
-                    format!("the endpoint has no header {name:?}"),
-                ));
-            };
-            out.remove(&key);
-        }
-        let mut names: Vec<&String> = self.set.keys().collect();
-        names.sort();
-        for name in names {
-            if name.is_empty() {
-                return Err(Error::invalid("set_headers", "a header name is empty"));
-            }
-            out.retain(|k, _| !k.eq_ignore_ascii_case(name));
-            out.insert(name.clone(), self.set[name].clone());
-        }
-        *headers = out;
-        Ok(())
     }
 }

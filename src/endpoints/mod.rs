@@ -1,0 +1,300 @@
+//! Webhook endpoints: their stored records and every operation on them.
+//!
+//! [`Endpoints`] is the broker's one handle on its webhook endpoints. It
+//! owns the endpoint records (over the typed state, `Store::endpoints`),
+//! each endpoint's durable consumer (created and removed with it), and,
+//! through the [`Supervisor`], the endpoint's delivery worker: every change
+//! to an endpoint holds the supervisor's lock while it writes the record and
+//! starts, restarts or stops the worker, so endpoint changes are serialised.
+//!
+//! The operations are split by job:
+//! - [`lifecycle`]: create, get, list, update, delete, rotate the secret,
+//!   replay; [`edits`]: the update mask and header edits;
+//! - [`probe`]: a signed test request, and why an event was (not) sent;
+//! - [`queries`]: listing deliveries and attempts;
+//! - [`resend`]: retrying one delivery, re-sending one event, rendering the
+//!   request a delivery sends; [`recovery`]: retrying many, counting a replay;
+//! - [`reports`]: acting on what the workers report (disable, failing,
+//!   recovered, dead-lettered) and the broker's own events about it;
+//! - [`erasure`]: tenant erasure on the delivery side;
+//! - [`gauges`]: the per-endpoint gauges for `/metrics`.
+//!
+//! Retention's part (recording expired events dead, pruning records) is in
+//! `crate::retention`.
+
+mod edits;
+pub mod erasure;
+pub mod gauges;
+mod lifecycle;
+mod probe;
+pub mod queries;
+pub mod recovery;
+mod reports;
+mod resend;
+
+pub use edits::HeaderEdits;
+pub use queries::DeliveryQuery;
+pub use recovery::{Recovered, RECOVER_LIMIT};
+
+use std::{sync::Arc, time::SystemTime};
+
+use crate::{
+    config::Config,
+    consumer::Consumers,
+    convert,
+    delivery::{
+        endpoint::{self, consumer_name, EndpointRecord, EndpointSpec},
+        ops,
+        supervisor::{DeliveryDeps, Supervisor},
+        REDACTED,
+    },
+    error::{Error, Result},
+    metrics::Metrics,
+    model::{EventFilter, Offset},
+    pb,
+    store::{StateWrites, Store},
+    tenant::Scope,
+};
+
+/// The endpoints of this broker, their consumers and their workers.
+pub struct Endpoints {
+    store: Store,
+    consumers: Arc<Consumers>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// Starts and stops the workers; its lock serialises endpoint changes.
+    supervisor: Supervisor,
+}
+
+impl Endpoints {
+    /// Loads every endpoint and starts the enabled ones' workers; the
+    /// workers' reports are handled until `deps.shutdown`, then every
+    /// worker is stopped.
+    pub async fn start(deps: DeliveryDeps) -> Result<Arc<Self>> {
+        let (store, consumers, config, metrics) = (
+            deps.store.clone(),
+            deps.consumers.clone(),
+            deps.config.clone(),
+            deps.metrics.clone(),
+        );
+        let (supervisor, mut control_rx) = Supervisor::new(deps);
+        let this = Arc::new(Self {
+            store,
+            consumers,
+            config,
+            metrics,
+            supervisor,
+        });
+        let records = this.load().await?;
+        let mut misfits = Vec::new();
+        {
+            let mut workers = this.supervisor.lock().await;
+            for r in &records {
+                match EndpointSpec::from_pb(r.endpoint(), &this.config) {
+                    Ok(spec) if spec.enabled => {
+                        this.supervisor.start(&mut workers, r, spec).await?
+                    }
+                    Ok(_) => {}
+                    // Stored under another configuration (allow_http since
+                    // turned off, max_endpoint_headers lowered, ...): the
+                    // broker still starts, with the endpoint disabled and
+                    // the setting named, so it can be fixed through the
+                    // Admin API (UpdateEndpoint, then enable).
+                    Err(Error::InvalidArgument { field, message }) => {
+                        let id = r.endpoint().id.clone();
+                        let reason = format!(
+                            "endpoint {id} does not fit the broker's configuration: {field}: \
+                             {message}; fix it with UpdateEndpoint, then enable it"
+                        );
+                        tracing::warn!(
+                            endpoint = %id,
+                            %reason,
+                            "endpoint disabled at start: it does not fit the configuration"
+                        );
+                        let e = r.endpoint();
+                        if e.enabled != Some(false) || e.disabled_reason != reason {
+                            this.modify(&id, |r| {
+                                let e = r.endpoint.as_mut().expect("stored with endpoint");
+                                e.enabled = Some(false);
+                                e.disabled_reason = reason.clone();
+                                Ok(())
+                            })
+                            .await?;
+                            misfits.push((id, endpoint::origin_of(&e.url), reason));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for (id, origin, reason) in misfits {
+            this.publish_ops(
+                ops::ENDPOINT_DISABLED,
+                &id,
+                ops::fields([
+                    ("endpointId", ops::s(&id)),
+                    ("url", ops::s(&origin)),
+                    ("reason", ops::s(&reason)),
+                    ("disabledAt", ops::time(SystemTime::now())),
+                ]),
+            )
+            .await?;
+        }
+        // The dead-letter gauges start from what is on disk.
+        for (id, dead) in this.store.deliveries().dead_per_endpoint()? {
+            this.metrics.dead.add(&id, dead);
+        }
+        tracing::info!(endpoints = records.len(), "webhook delivery started");
+        let manager = this.clone();
+        let shutdown = this.supervisor.shutdown().clone();
+        this.supervisor.tasks().spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(msg) = control_rx.recv() => manager.handle(msg).await,
+                }
+            }
+            manager.supervisor.stop_all().await;
+        });
+        Ok(this)
+    }
+
+    /// Every stored endpoint record. With a master key, records still in
+    /// the clear (written before it was configured) are sealed now, before
+    /// delivery starts.
+    async fn load(&self) -> Result<Vec<EndpointRecord>> {
+        let key = self.config.master_key.as_ref();
+        let mut records = Vec::new();
+        let mut to_seal = StateWrites::new();
+        for v in self.store.endpoints().all() {
+            let v = v?;
+            // Fails, naming master_key_file, when a record is sealed and
+            // the configured key (or its absence) cannot open it.
+            let r = EndpointRecord::from_stored(&v, key)?;
+            if key.is_some() && !EndpointRecord::is_sealed(&v) {
+                to_seal.put_endpoint(&r.endpoint().id, r.to_stored(key));
+            }
+            records.push(r);
+        }
+        if !to_seal.is_empty() {
+            let n = to_seal.len();
+            self.store.write_state(to_seal).await?;
+            tracing::warn!(
+                endpoints = n,
+                "encrypted stored endpoint secrets with the master key; their old plaintext \
+                 copies may remain in the state store's files until `stevedore reseal` is run \
+                 with the broker stopped"
+            );
+        } else if key.is_none() && !records.is_empty() {
+            tracing::warn!(
+                endpoints = records.len(),
+                "endpoint signing secrets and custom header values are stored unencrypted; \
+                 set master_key_file (or STEVEDORE_MASTER_KEY) to encrypt them at rest"
+            );
+        }
+        Ok(records)
+    }
+
+    /// The delivery record after every attempt from now on, on every
+    /// endpoint. A slow listener misses records (`Lagged`), never slows
+    /// delivery.
+    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<pb::Delivery> {
+        self.supervisor.watch_outcomes()
+    }
+
+    /// Every endpoint id.
+    pub(crate) fn ids(&self) -> Result<Vec<String>> {
+        self.store.endpoints().ids()
+    }
+
+    /// Every durable consumer, for retention.
+    pub(crate) fn consumers(&self) -> &Consumers {
+        &self.consumers
+    }
+
+    /// The broker's metrics, for retention.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The one lookup of an endpoint: another tenant's is `NOT_FOUND`,
+    /// exactly like one that does not exist.
+    fn record(&self, scope: &Scope, id: &str) -> Result<EndpointRecord> {
+        if id.is_empty() {
+            return Err(Error::invalid("id", "required"));
+        }
+        let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
+        let bytes = self.store.endpoints().get(id)?.ok_or_else(not_found)?;
+        let record = self.decode_record(&bytes)?;
+        scope.check(&record.endpoint().tenant, not_found)?;
+        Ok(record)
+    }
+
+    fn decode_record(&self, bytes: &[u8]) -> Result<EndpointRecord> {
+        EndpointRecord::from_stored(bytes, self.config.master_key.as_ref())
+    }
+
+    /// Writes `r`, sealed when a master key is configured.
+    async fn put_record(&self, r: &EndpointRecord) -> Result<()> {
+        self.store
+            .endpoints()
+            .put(
+                &r.endpoint().id,
+                r.to_stored(self.config.master_key.as_ref()),
+            )
+            .await
+    }
+
+    /// Changes the stored record of `id` with `f` (any scope: callers
+    /// checked it) and stamps `updated_at`.
+    async fn modify(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut EndpointRecord) -> Result<()>,
+    ) -> Result<EndpointRecord> {
+        let mut r = self.record(&Scope::Global, id)?;
+        f(&mut r)?;
+        if let Some(e) = r.endpoint.as_mut() {
+            e.updated_at = Some(convert::timestamp(SystemTime::now()));
+        }
+        self.put_record(&r).await?;
+        Ok(r)
+    }
+
+    /// An endpoint as the API shows it: header values and other secrets
+    /// redacted (they are often credentials), its backlog filled in, and
+    /// while a rotated-out secret is still accepted, until when.
+    fn view(&self, record: &EndpointRecord) -> pb::Endpoint {
+        let mut e = record.endpoint().clone();
+        for v in e.headers.values_mut() {
+            *v = REDACTED.to_owned();
+        }
+        if !e.client_key_pem.is_empty() {
+            e.client_key_pem = REDACTED.to_owned();
+        }
+        if let Some(o) = e.oauth2.as_mut() {
+            crate::delivery::oauth::redact(o);
+        }
+        e.backlog = self.backlog(&e, self.store.head());
+        if let Some((_, until)) = record.keys().previous {
+            if until > SystemTime::now() {
+                e.previous_secret_expires_at = Some(convert::timestamp(until));
+            }
+        }
+        e
+    }
+
+    /// What `e` has still to deliver below `head` (0 if that cannot be
+    /// read): its consumer's unfinished events that its types and
+    /// attribute filters pass (whether or not it is paused).
+    fn backlog(&self, e: &pb::Endpoint, head: Offset) -> u64 {
+        let filter = match EndpointSpec::from_pb(e, &self.config) {
+            Ok(spec) => spec.filter,
+            Err(_) => EventFilter::default(),
+        };
+        self.consumers
+            .get(&consumer_name(&e.id))
+            .and_then(|c| c.backlog(head, &filter))
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,142 @@
+//! Probing an endpoint without delivering anything: a signed test request
+//! sent now (SendTestEvent), and why the endpoint did or did not get an
+//! event (ExplainEvent).
+
+use std::{
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
+
+use super::Endpoints;
+use crate::{
+    convert,
+    delivery::{
+        classify,
+        endpoint::{consumer_name, EndpointSpec},
+        envelope, signing, stack, worker,
+    },
+    error::{Error, Result},
+    model::Offset,
+    pb,
+    tenant::Scope,
+};
+
+impl Endpoints {
+    /// Sends one signed test request now; nothing is stored.
+    pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
+        let record = self.record(scope, id)?;
+        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let msg_id = format!("test_{}", ulid::Ulid::new());
+        let now = convert::timestamp(SystemTime::now());
+        let event = pb::Event {
+            id: msg_id.clone(),
+            occurred_at: Some(now),
+            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
+                r#type: "stevedore.test".into(),
+                data: Some(prost_types::Struct {
+                    fields: [
+                        ("endpointId".to_string(), string_value(id)),
+                        ("message".to_string(), string_value("stevedore test event")),
+                    ]
+                    .into_iter()
+                    .collect(),
+                }),
+            })),
+            ..Default::default()
+        };
+        // A custom event with a payload and string fields only: rendering
+        // it cannot fail.
+        let body = crate::webhook::render_body(&event).expect("the test event renders");
+        let body = if spec.envelope {
+            envelope::wrap("stevedore.test", event.occurred_at.as_ref(), &body).to_vec()
+        } else {
+            body
+        };
+        let request = stack::WebhookRequest {
+            uri: spec.url.clone(),
+            msg_id: msg_id.clone(),
+            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
+            body: body.into(),
+            timeout: spec.timeout_for("stevedore.test", &self.config),
+            keys: Arc::new(RwLock::new(record.keys())),
+        };
+        let client = self.supervisor.client_for(&spec, 1);
+        let started = SystemTime::now();
+        let clock = std::time::Instant::now();
+        let service = stack::build(client, 1, None, self.supervisor.tokens_for(&spec));
+        let result = stack::send(service, request).await;
+        let latency = clock.elapsed();
+        let delivered = classify::classify(&result, self.config.max_retry_after)
+            == classify::Verdict::Delivered;
+        Ok((
+            msg_id,
+            worker::attempt_record(1, started, latency, &result),
+            delivered,
+        ))
+    }
+
+    /// Why endpoint `id` did or did not get the event at `offset`.
+    pub fn explain(
+        &self,
+        scope: &Scope,
+        id: &str,
+        offset: Offset,
+    ) -> Result<pb::ExplainEventResponse> {
+        let record = self.record(scope, id)?;
+        let event = scope.event(&self.store, offset)?;
+        let mut out = pb::ExplainEventResponse {
+            offset,
+            event_type: event.event_type.to_string(),
+            ..Default::default()
+        };
+        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        if let Some(why) = spec.filter.exclusion(&event) {
+            out.reason = why;
+            return Ok(out);
+        }
+        if let Some(condition) = &spec.condition {
+            let body = crate::webhook::render_body(&event.event)
+                .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
+            let json: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
+            if !condition.matches(&json) {
+                out.reason = format!(
+                    "the filter `{}` does not hold for this event's body",
+                    condition.source()
+                );
+                return Ok(out);
+            }
+        }
+        out.matches = true;
+        let delivery = self.store.deliveries().get(id, offset)?;
+        let floor = self.consumers.get(&consumer_name(id))?.floor();
+        out.reason = match &delivery {
+            Some(d) => format!(
+                "selected; its delivery is {}",
+                d.state()
+                    .as_str_name()
+                    .trim_start_matches("DELIVERY_STATE_")
+            ),
+            None if offset < floor => {
+                "selected, but the endpoint starts after it (created later, or replayed \
+                 from a later offset)"
+                    .to_owned()
+            }
+            None if !spec.enabled => "selected; waiting: the endpoint is disabled".to_owned(),
+            None => "selected; waiting to be sent".to_owned(),
+        };
+        out.delivery = delivery.map(|mut d| {
+            d.endpoint_id = id.to_owned();
+            d.offset = offset;
+            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
+            d
+        });
+        Ok(out)
+    }
+}
+
+fn string_value(s: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
+    }
+}
