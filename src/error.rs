@@ -57,11 +57,27 @@ pub enum Error {
     /// the one that sealed them.
     #[error("{0}")]
     MasterKey(String),
+    /// A fixed limit of the storage format (not a configured one) would be
+    /// exceeded, e.g. a record over the largest the log holds; the message
+    /// names the limit. Nothing is damaged.
+    #[error("{0}")]
+    Capacity(String),
+    /// A background task (blocking storage work) panicked or was
+    /// cancelled; the cause is its `JoinError`.
+    #[error("{task} task failed: {source}")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// Why it ended without a result (shared: see [`Error::share`]).
+        #[source]
+        source: std::sync::Arc<tokio::task::JoinError>,
+    },
 }
 
 impl Error {
     /// The same error again, for a failure that answers several callers
-    /// (a group commit): I/O errors keep their kind, the rest their text.
+    /// (a group commit): I/O errors keep their kind and text (their cause
+    /// cannot be cloned), every other error is itself again.
     pub fn share(&self) -> Self {
         match self {
             Error::Io(e) => Error::Io(std::io::Error::new(e.kind(), e.to_string())),
@@ -74,7 +90,24 @@ impl Error {
             Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
             Error::InvalidArgument { field, message } => Error::invalid(field, message),
             Error::ShuttingDown => Error::ShuttingDown,
-            other => Error::Io(std::io::Error::other(other.to_string())),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
+            Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+            Error::Storage(m) => Error::Storage(m.clone()),
+            Error::MasterKey(m) => Error::MasterKey(m.clone()),
+            Error::Capacity(m) => Error::Capacity(m.clone()),
+            Error::Task { task, source } => Error::Task {
+                task,
+                source: source.clone(),
+            },
+        }
+    }
+
+    /// [`Error::Task`]: the blocking task `task` ended without a result.
+    pub fn task(task: &'static str, source: tokio::task::JoinError) -> Self {
+        Error::Task {
+            task,
+            source: std::sync::Arc::new(source),
         }
     }
 
@@ -144,7 +177,11 @@ impl From<Error> for Status {
                 )
             }
             Error::Io(ref e) if is_disk_full(e) => disk_full(&err),
-            Error::Storage(_) | Error::Io(_) | Error::MasterKey(_) => {
+            Error::Capacity(_) => {
+                tracing::error!(error = %err, "storage limit");
+                Status::resource_exhausted(clip(&err.to_string()))
+            }
+            Error::Storage(_) | Error::Io(_) | Error::MasterKey(_) | Error::Task { .. } => {
                 tracing::error!(error = %err, "internal error");
                 Status::new(Code::Internal, "internal error; see the broker's log")
             }
@@ -167,6 +204,9 @@ fn disk_full(err: &Error) -> Status {
     tracing::error!(error = %err, "storage is full");
     Status::resource_exhausted("the broker's storage is full; try again later")
 }
+
+#[cfg(test)]
+mod share_tests;
 
 #[cfg(test)]
 mod tests {

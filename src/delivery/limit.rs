@@ -1,14 +1,20 @@
 //! The two flow-control layers of the delivery stack: a token-bucket rate
 //! limit, and an adaptive in-flight limit that halves on overload signals
 //! (429, 502, 503, 504, timeouts) and grows back by one per run of successes (AIMD).
+//!
+//! Both wait in `poll_ready`, as tower's own limits do, so a caller that
+//! readies the service holds what it waited for and `call` never waits.
 
 use std::{
-    sync::{Arc, Mutex},
-    task::{Context, Poll},
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 use tower::{Layer, Service};
 
 use super::request::{BoxFuture, SendError, WebhookRequest, WebhookResponse};
@@ -47,46 +53,94 @@ impl RateLimitLayer {
             .unwrap_or_else(|p| p.into_inner())
             .try_take_one()
     }
-
-    async fn acquire(&self) {
-        while let Err(wait) = self.try_take() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-impl Gate for RateLimitLayer {
-    type Pass = ();
-    fn enter(&self) -> BoxFuture<()> {
-        let limit = self.clone();
-        Box::pin(async move { limit.acquire().await })
-    }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
-    type Service = Gated<Self, S>;
+    type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Gated {
-            gate: self.clone(),
+        RateLimit {
+            limit: self.clone(),
             inner,
+            token: false,
+            sleep: None,
         }
     }
 }
 
+/// A service behind a [`RateLimitLayer`]: `poll_ready` takes a token from
+/// the shared bucket (sleeping until one is due), `call` spends it.
+pub struct RateLimit<S> {
+    limit: RateLimitLayer,
+    inner: S,
+    /// A token taken by `poll_ready` and not yet spent by `call`.
+    token: bool,
+    /// Until the bucket has a token again.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    /// A clone waits for its own token.
+    fn clone(&self) -> Self {
+        self.limit.layer(self.inner.clone())
+    }
+}
+
+impl<S> Service<WebhookRequest> for RateLimit<S>
+where
+    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>,
+{
+    type Response = WebhookResponse;
+    type Error = SendError;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        while !self.token {
+            if let Some(sleep) = self.sleep.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                self.sleep = None;
+            }
+            match self.limit.try_take() {
+                Ok(()) => self.token = true,
+                Err(wait) => self.sleep = Some(Box::pin(tokio::time::sleep(wait))),
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: WebhookRequest) -> Self::Future {
+        assert!(self.token, "RateLimit::call without poll_ready");
+        self.token = false;
+        self.inner.call(req)
+    }
+}
+
+/// The limit and the feedback that moves it.
+#[derive(Debug)]
 struct Window {
+    /// The current limit: permits in the semaphore plus permits held,
+    /// less `debt`.
     limit: u32,
-    in_use: u32,
+    /// Successes in a row since the limit last moved.
     successes: u32,
+    /// Permits still to retire after a shrink: held when the limit fell,
+    /// each is forgotten instead of returned when its request ends.
+    debt: u32,
 }
 
 /// In-flight limit between 1 and `max`: halves on a throttle status
 /// (429, 502, 503, 504: [`super::classify::is_throttle`]) or a timeout;
 /// after `limit` successes in a row it grows by one.
+///
+/// The limit is a [`Semaphore`] grown with `add_permits` and shrunk with
+/// `forget_permits`, as vector's adaptive concurrency does; permits held
+/// when it shrinks are retired as they come back (vector retires them as
+/// they are next acquired; either way no more than the new limit is out
+/// once they are).
 #[derive(Clone)]
 pub struct AdaptiveLimitLayer {
     max: u32,
+    semaphore: Arc<Semaphore>,
     window: Arc<Mutex<Window>>,
-    freed: Arc<Notify>,
 }
 
 impl AdaptiveLimitLayer {
@@ -95,12 +149,12 @@ impl AdaptiveLimitLayer {
         let max = max.max(1);
         Self {
             max,
+            semaphore: Arc::new(Semaphore::new(max as usize)),
             window: Arc::new(Mutex::new(Window {
                 limit: max,
-                in_use: 0,
                 successes: 0,
+                debt: 0,
             })),
-            freed: Arc::new(Notify::new()),
         }
     }
 
@@ -109,21 +163,32 @@ impl AdaptiveLimitLayer {
         self.lock().limit
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+    /// Requests holding a permit now.
+    pub fn in_flight(&self) -> u32 {
+        let w = self.lock();
+        w.limit + w.debt - self.semaphore.available_permits() as u32
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits for a permit (what `poll_ready` does, as a future).
+    #[cfg(test)]
     async fn acquire(&self) -> Permit {
-        loop {
-            let freed = self.freed.notified();
-            {
-                let mut w = self.lock();
-                if w.in_use < w.limit {
-                    w.in_use += 1;
-                    return Permit(self.clone());
-                }
-            }
-            freed.await;
+        let permit = self
+            .semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the limit's semaphore is never closed");
+        self.permit(permit)
+    }
+
+    fn permit(&self, permit: OwnedSemaphorePermit) -> Permit {
+        Permit {
+            permit: Some(permit),
+            limit: self.clone(),
         }
     }
 
@@ -135,269 +200,116 @@ impl AdaptiveLimitLayer {
         };
         let mut w = self.lock();
         if overloaded {
-            w.limit = (w.limit / 2).max(1);
+            let shrink = w.limit - (w.limit / 2).max(1);
+            w.limit -= shrink;
             w.successes = 0;
+            // Free permits go at once; held ones when they come back.
+            let forgotten = self.semaphore.forget_permits(shrink as usize) as u32;
+            w.debt += shrink - forgotten;
         } else if result.as_ref().is_ok_and(|r| r.status.is_success()) {
             w.successes += 1;
             if w.successes >= w.limit && w.limit < self.max {
                 w.limit += 1;
                 w.successes = 0;
-                drop(w);
-                self.freed.notify_waiters();
+                if w.debt > 0 {
+                    w.debt -= 1;
+                } else {
+                    self.semaphore.add_permits(1);
+                }
             }
         }
     }
 }
 
-/// Returns its slot when dropped, whatever happened to the request.
-pub struct Permit(AdaptiveLimitLayer);
+/// One slot of the limit, returned (or retired, after a shrink) when
+/// dropped, whatever happened to the request.
+pub struct Permit {
+    permit: Option<OwnedSemaphorePermit>,
+    limit: AdaptiveLimitLayer,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.lock().in_use -= 1;
-        // One slot: one waiter. Waking every waiter here cost each delivery
-        // a wake-up of every attempt queued behind the limit (hundreds with
-        // a full delivery window). A waiter that wakes and finds the slot
-        // taken by a newcomer waits again and is woken by the next release;
-        // a woken waiter that is dropped hands the wake-up on (tokio).
-        self.0.freed.notify_one();
-    }
-}
-
-impl Gate for AdaptiveLimitLayer {
-    type Pass = Permit;
-    fn enter(&self) -> BoxFuture<Permit> {
-        let limit = self.clone();
-        Box::pin(async move { limit.acquire().await })
-    }
-    fn outcome(&self, result: &Result<WebhookResponse, SendError>) {
-        self.feedback(result);
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        // Under the lock, so a shrink never counts this permit as held
+        // once it is back in the semaphore.
+        let mut w = self.limit.lock();
+        if w.debt > 0 {
+            w.debt -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
+        }
     }
 }
 
 impl<S> Layer<S> for AdaptiveLimitLayer {
-    type Service = Gated<Self, S>;
+    type Service = AdaptiveLimit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Gated {
-            gate: self.clone(),
+        AdaptiveLimit {
+            limit: self.clone(),
+            semaphore: PollSemaphore::new(self.semaphore.clone()),
+            permit: None,
             inner,
         }
     }
 }
 
-/// A limit applied around each request: wait to pass, hold the pass while
-/// the request runs, then hear its outcome.
-pub trait Gate: Clone + Send + Sync + 'static {
-    /// Held for the request's duration.
-    type Pass: Send;
-    /// Waits until the request may go.
-    fn enter(&self) -> BoxFuture<Self::Pass>;
-    /// Sees the request's result.
-    fn outcome(&self, _result: &Result<WebhookResponse, SendError>) {}
-}
-
-/// A service behind a [`Gate`] (the rate limit, the adaptive limit).
-#[derive(Clone)]
-pub struct Gated<G, S> {
-    gate: G,
+/// A service behind an [`AdaptiveLimitLayer`]: `poll_ready` takes a
+/// permit, `call` moves it into the response future, which gives it back
+/// and reports the outcome to the limit.
+pub struct AdaptiveLimit<S> {
+    limit: AdaptiveLimitLayer,
+    semaphore: PollSemaphore,
+    /// Taken by `poll_ready`, not yet moved into a call.
+    permit: Option<Permit>,
     inner: S,
 }
 
-impl<G, S> Service<WebhookRequest> for Gated<G, S>
+impl<S: Clone> Clone for AdaptiveLimit<S> {
+    /// A clone waits for its own permit.
+    fn clone(&self) -> Self {
+        self.limit.layer(self.inner.clone())
+    }
+}
+
+impl<S> Service<WebhookRequest> for AdaptiveLimit<S>
 where
-    G: Gate,
-    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Service<WebhookRequest, Response = WebhookResponse, Error = SendError>,
+    S::Future: Send + 'static,
 {
     type Response = WebhookResponse;
     type Error = SendError;
     type Future = BoxFuture<Result<WebhookResponse, SendError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        if self.permit.is_none() {
+            let permit = ready!(self.semaphore.poll_acquire(cx))
+                .expect("the limit's semaphore is never closed");
+            self.permit = Some(self.limit.permit(permit));
+        }
+        // The permit is held while the layers below get ready (the rate
+        // limit), as before an attempt's clock starts.
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: WebhookRequest) -> Self::Future {
-        // The readied inner service is taken; a fresh clone stays behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let gate = self.gate.clone();
+        let permit = self
+            .permit
+            .take()
+            .expect("AdaptiveLimit::call without poll_ready");
+        let limit = self.limit.clone();
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let _pass = gate.enter().await;
-            let result = inner.call(req).await;
-            gate.outcome(&result);
+            let result = fut.await;
+            limit.feedback(&result);
+            drop(permit);
             result
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use http::{HeaderMap, StatusCode};
-
-    use super::*;
-    use tokio::time::Instant;
-
-    fn resp(status: u16) -> Result<WebhookResponse, SendError> {
-        Ok(WebhookResponse {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body_excerpt: String::new(),
-        })
-    }
-
-    /// Each release wakes one waiter; none is left behind, also when a
-    /// woken waiter gives up (is dropped) before it runs, and the limit is
-    /// never exceeded.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_waiter_gets_a_slot_in_turn() {
-        let l = AdaptiveLimitLayer::new(3);
-        let running = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..200u32 {
-            let (l, running) = (l.clone(), running.clone());
-            tasks.spawn(async move {
-                if i % 7 == 0 {
-                    // Gives up after a moment, perhaps after being woken.
-                    let _ = tokio::time::timeout(Duration::from_micros(50), l.acquire()).await;
-                    return;
-                }
-                let _permit = l.acquire().await;
-                let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                assert!(now <= 3, "{now} in flight with a limit of 3");
-                tokio::task::yield_now().await;
-                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            });
-        }
-        let all = async {
-            while let Some(r) = tasks.join_next().await {
-                r.unwrap()
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), all)
-            .await
-            .expect("every waiter got a slot");
-        assert_eq!(l.lock().in_use, 0);
-    }
-
-    #[test]
-    fn halves_on_overload_and_grows_back() {
-        let l = AdaptiveLimitLayer::new(16);
-        l.feedback(&resp(429));
-        assert_eq!(l.limit(), 8);
-        l.feedback(&resp(503));
-        l.feedback(&Err(SendError::Timeout(Duration::from_secs(1))));
-        assert_eq!(l.limit(), 2);
-        l.feedback(&resp(500)); // a plain failure is not an overload signal
-        l.feedback(&resp(501));
-        assert_eq!(l.limit(), 2);
-        for _ in 0..2 {
-            l.feedback(&resp(200));
-        }
-        assert_eq!(l.limit(), 3);
-        for _ in 0..200 {
-            l.feedback(&resp(200));
-        }
-        assert_eq!(l.limit(), 16, "capped at max");
-        for _ in 0..10 {
-            l.feedback(&resp(429));
-        }
-        assert_eq!(l.limit(), 1, "never below one");
-    }
-
-    /// Through the layer, as the stack uses it: a gateway's 502 and 504
-    /// halve the window like 429 and 503, and the caller still gets the
-    /// response (classification happens later).
-    #[tokio::test(start_paused = true)]
-    async fn gateway_errors_shrink_the_window_through_the_layer() {
-        use tower::{Layer, ServiceExt};
-
-        let layer = AdaptiveLimitLayer::new(16);
-        let statuses = Arc::new(Mutex::new(vec![200u16, 504, 502, 503, 429, 500]));
-        let inner = {
-            let statuses = statuses.clone();
-            tower::service_fn(move |_: WebhookRequest| {
-                let s = statuses.lock().unwrap().pop().unwrap();
-                async move { resp(s) }
-            })
-        };
-        let service = layer.layer(inner);
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            let r = service.clone().oneshot(request()).await.unwrap();
-            seen.push((r.status.as_u16(), layer.limit()));
-        }
-        assert_eq!(
-            seen,
-            [(500, 16), (429, 8), (503, 4), (502, 2), (504, 1), (200, 2)]
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_limit_bounds_concurrency() {
-        let l = AdaptiveLimitLayer::new(2);
-        let a = l.acquire().await;
-        let _b = l.acquire().await;
-        let waiting = tokio::spawn({
-            let l = l.clone();
-            async move { l.acquire().await }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!waiting.is_finished());
-        drop(a);
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Through the layer, as the stack uses it: twelve callers at once; the
-    /// inner service sees two calls at once (the burst), then one every
-    /// 100 ms (10/s). Under paused time the instants are exact, so no
-    /// machine's load moves them.
-    #[tokio::test(start_paused = true)]
-    async fn the_rate_limit_layer_paces_the_calls_it_passes_on() {
-        use tower::{Layer, ServiceExt};
-
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let inner = {
-            let calls = calls.clone();
-            tower::service_fn(move |_: WebhookRequest| {
-                calls.lock().unwrap().push(Instant::now());
-                async { resp(200) }
-            })
-        };
-        let service = RateLimitLayer::new(Rate {
-            per_second: 10.0,
-            burst: 2,
-        })
-        .layer(inner);
-        let start = Instant::now();
-        let mut callers = tokio::task::JoinSet::new();
-        for _ in 0..12 {
-            let service = service.clone();
-            callers.spawn(async move { service.oneshot(request()).await });
-        }
-        while let Some(r) = callers.join_next().await {
-            r.unwrap().unwrap();
-        }
-        let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - start).collect();
-        assert_eq!(at.len(), 12);
-        assert!(at[..2].iter().all(|t| t.is_zero()), "the burst: {at:?}");
-        for (i, w) in at.windows(2).enumerate().skip(1) {
-            let gap = w[1] - w[0];
-            assert!(
-                gap >= Duration::from_millis(99) && gap <= Duration::from_millis(102),
-                "call {} came {gap:?} after the one before, not 100 ms: {at:?}",
-                i + 2
-            );
-        }
-    }
-
-    fn request() -> WebhookRequest {
-        WebhookRequest::for_test()
-    }
-}
+mod tests;

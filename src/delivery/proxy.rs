@@ -232,6 +232,7 @@ impl Route {
 /// A connection, direct or to a proxy. For a plain-HTTP target through a
 /// proxy it tells hyper so, which then writes absolute-form request
 /// targets.
+#[derive(Debug)]
 pub struct Conn {
     io: TokioIo<TcpStream>,
     absolute_form: bool,
@@ -271,17 +272,17 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-/// The guarded TCP connector, or a proxy when the route says so.
+/// The guarded TCP connector (`D`), or a proxy when the route says so.
 #[derive(Clone)]
-pub struct ProxyConnector {
-    direct: GuardedConnector,
+pub struct ProxyConnector<D = GuardedConnector> {
+    direct: D,
     route: Arc<Route>,
     guard: Guard,
 }
 
-impl ProxyConnector {
+impl<D> ProxyConnector<D> {
     /// Connects as `route` says, checking targets with `guard`.
-    pub fn new(direct: GuardedConnector, route: Route, guard: Guard) -> Self {
+    pub fn new(direct: D, route: Route, guard: Guard) -> Self {
         Self {
             direct,
             route: Arc::new(route),
@@ -290,7 +291,11 @@ impl ProxyConnector {
     }
 }
 
-impl Service<Uri> for ProxyConnector {
+impl<D> Service<Uri> for ProxyConnector<D>
+where
+    D: Service<Uri, Response = TokioIo<TcpStream>, Error = BoxError>,
+    D::Future: Send + 'static,
+{
     type Response = Conn;
     type Error = BoxError;
     type Future = BoxFuture<Result<Conn, BoxError>>;
@@ -423,79 +428,4 @@ async fn connect_tunnel(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proxy_urls() {
-        assert_eq!(
-            parse_proxy("http://proxy.corp:3128"),
-            Ok(Proxy {
-                host: "proxy.corp".into(),
-                port: 3128,
-                auth: None,
-            })
-        );
-        assert_eq!(parse_proxy("http://10.0.0.1").unwrap().port, 80);
-        for bad in [
-            "https://p:1",
-            "socks5://p:1",
-            "http://:pw@p:1",
-            "http://user:pw%ff@p:1",
-            "http://p:1/x",
-            "p:1",
-            "",
-        ] {
-            let e = parse_proxy(bad).unwrap_err();
-            assert!(!e.contains("pw"), "{e}");
-        }
-        // Credentials, percent-decoded, as HTTP Basic; never in Debug.
-        let p = parse_proxy("http://egress%40corp:p%3Ass@proxy.corp:3128").unwrap();
-        assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
-        let auth = p.auth.as_ref().unwrap().header();
-        assert_eq!(auth, "Basic ZWdyZXNzQGNvcnA6cDpzcw=="); // egress@corp:p:ss
-        assert!(auth.is_sensitive());
-        assert!(!format!("{p:?}").contains("ZWdy"), "{p:?}");
-        let r = Route::from_settings(Some("http://u:pw@hp:1"), Some("http://u:pw@sp:2"), &[]);
-        assert_eq!(
-            r.forwarding_auth(&"http://erp.example.com/h".parse().unwrap()),
-            Some(&HeaderValue::from_static("Basic dTpwdw=="))
-        );
-        assert_eq!(
-            r.forwarding_auth(&"https://erp.example.com/h".parse().unwrap()),
-            None
-        );
-        let e = r.for_endpoint("http://u:pw@ep:9").unwrap_err();
-        assert!(e.contains("http_proxy") && !e.contains("pw"), "{e}");
-    }
-
-    #[test]
-    fn routes_pick_a_proxy_per_scheme_except_no_proxy_hosts() {
-        let no_proxy = parse_no_proxy("internal.corp, .svc.local,10.0.0.0/8, 192.168.1.5").unwrap();
-        let r = Route::from_settings(Some("http://hp:1"), Some("http://sp:2"), &no_proxy);
-        let via = |u: &str| r.proxy_for(&u.parse().unwrap()).map(|p| p.host.clone());
-        assert_eq!(via("https://erp.example.com/h").as_deref(), Some("sp"));
-        assert_eq!(via("http://erp.example.com/h").as_deref(), Some("hp"));
-        assert_eq!(via("https://internal.corp/h"), None);
-        assert_eq!(via("https://a.b.internal.corp/h"), None);
-        assert_eq!(via("https://notinternal.corp/h").as_deref(), Some("sp"));
-        assert_eq!(via("https://x.svc.local/h"), None);
-        assert_eq!(via("https://10.1.2.3/h"), None);
-        assert_eq!(via("https://192.168.1.5/h"), None);
-        assert_eq!(via("https://192.168.1.6/h").as_deref(), Some("sp"));
-        let all = Route::from_settings(Some("http://hp:1"), None, &["*".into()]);
-        assert!(all.proxy_for(&"http://a/".parse().unwrap()).is_none());
-        assert!(parse_no_proxy("a,b c").is_err());
-
-        let direct = r.for_endpoint("none").unwrap();
-        assert!(direct
-            .proxy_for(&"https://erp.example.com/".parse().unwrap())
-            .is_none());
-        let own = r.for_endpoint("http://ep:9").unwrap();
-        let p = own
-            .proxy_for(&"https://internal.corp/".parse().unwrap())
-            .unwrap();
-        assert_eq!((p.host.as_str(), p.port), ("ep", 9));
-        assert!(r.for_endpoint("ftp://x").is_err());
-    }
-}
+mod tests;

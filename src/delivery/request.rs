@@ -13,7 +13,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Uri};
 
-use super::signing::Secret;
+use super::{egress::Blocked, signing::Secret};
 
 /// A boxed, sendable future: what the stack's services and connectors
 /// return.
@@ -61,26 +61,65 @@ pub struct WebhookResponse {
     pub body_excerpt: String,
 }
 
-/// Why no response was received.
-#[derive(Debug, Clone, thiserror::Error)]
+/// The cause of a [`SendError`], what its [`std::error::Error::source`]
+/// returns (downcast it to branch on the cause's type).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why no response was received. Callers branch on the variant; the cause
+/// is its `source()`. `Display` shows the variant's prefix and the whole
+/// cause chain joined by `": "` (the text the attempt record keeps and the
+/// operator reads).
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection could be made: nothing was sent.
-    #[error("connect: {0}")]
-    Connect(String),
+    #[error("connect: {}", Chain(&**.0))]
+    Connect(#[source] Cause),
     /// The SSRF guard refused every address: nothing was sent. The text
     /// is the guard's (`blocked by SSRF guard: ...`).
-    #[error("{0}")]
-    Blocked(String),
+    #[error(transparent)]
+    Blocked(Blocked),
     /// The exchange failed after it may have reached the receiver.
-    #[error("transport: {0}")]
-    Transport(String),
+    #[error("transport: {}", Chain(&**.0))]
+    Transport(#[source] Cause),
     /// No complete response within the deadline.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// No OAuth2 access token (the token endpoint failed): nothing was
     /// sent to the receiver. The text never holds the secret or a token.
-    #[error("oauth2 token: {0}")]
-    Token(String),
+    #[error("oauth2 token: {}", Chain(&**.0))]
+    Token(#[source] Cause),
+}
+
+impl SendError {
+    /// [`SendError::Connect`] caused by `cause`.
+    pub fn connect(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Connect(cause.into())
+    }
+
+    /// [`SendError::Transport`] caused by `cause`.
+    pub fn transport(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Transport(cause.into())
+    }
+
+    /// [`SendError::Token`] caused by `cause`.
+    pub fn token(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Token(cause.into())
+    }
+}
+
+/// Shows an error and its sources, `": "`-separated.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
 }
 
 impl WebhookRequest {
@@ -101,3 +140,6 @@ impl WebhookRequest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

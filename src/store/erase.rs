@@ -127,7 +127,7 @@ impl Store {
             })
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("erasure task: {e}"))))??;
+        .map_err(|e| Error::task("erasure", e))??;
         self.inner
             .erasures
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -71,7 +71,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let tokens = self.tokens.clone();
         Box::pin(async move {
-            let bearer = tokens.bearer(req.timeout).await.map_err(SendError::Token)?;
+            let bearer = tokens.bearer(req.timeout).await.map_err(SendError::token)?;
             let mut first = req.clone();
             first.headers.insert(AUTHORIZATION, bearer.clone());
             let result = inner.call(first).await;
@@ -80,7 +80,7 @@ where
             }
             tracing::debug!("the receiver answered 401: fetching a new OAuth2 token");
             tokens.invalidate(&bearer).await;
-            let bearer = tokens.bearer(req.timeout).await.map_err(SendError::Token)?;
+            let bearer = tokens.bearer(req.timeout).await.map_err(SendError::token)?;
             let mut again = req;
             again.headers.insert(AUTHORIZATION, bearer);
             inner.ready().await?.call(again).await
@@ -89,111 +89,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    };
-
-    use http::{HeaderMap, HeaderValue};
-
-    use super::*;
-    use crate::delivery::oauth::token::Fetched;
-
-    /// Tokens `Bearer t1`, `Bearer t2`, ... one per fetch; `fail` makes
-    /// fetches fail.
-    fn tokens(fetches: Arc<AtomicUsize>, fail: bool) -> Arc<Tokens> {
-        Arc::new(Tokens::with_fetch(move || {
-            let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
-            Box::pin(async move {
-                if fail {
-                    return Err("503 Service Unavailable from the token endpoint".into());
-                }
-                Ok(Fetched {
-                    bearer: HeaderValue::from_str(&format!("Bearer t{n}")).unwrap(),
-                    expires_in: Some(3600),
-                })
-            })
-        }))
-    }
-
-    fn request() -> WebhookRequest {
-        WebhookRequest::for_test()
-    }
-
-    /// A receiver that accepts only the `accepted` tokens, recording the
-    /// `Authorization` of every request.
-    fn receiver(
-        accepted: &'static [&'static str],
-        seen: Arc<Mutex<Vec<String>>>,
-    ) -> impl Service<
-        WebhookRequest,
-        Response = WebhookResponse,
-        Error = SendError,
-        Future = impl std::future::Future<Output = Result<WebhookResponse, SendError>> + Send,
-    > + Clone
-           + Send
-           + 'static {
-        tower::service_fn(move |req: WebhookRequest| {
-            let seen = seen.clone();
-            async move {
-                let auth = req.headers[AUTHORIZATION].to_str().unwrap().to_owned();
-                let status = if accepted.contains(&auth.as_str()) {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                seen.lock().unwrap().push(auth);
-                Ok(WebhookResponse {
-                    status,
-                    headers: HeaderMap::new(),
-                    body_excerpt: String::new(),
-                })
-            }
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_401_refetches_and_retries_once() {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let layer = BearerLayer::new(tokens(fetches.clone(), false));
-        let mut svc = layer.layer(receiver(&["Bearer t2"], seen.clone()));
-        let r = svc.ready().await.unwrap().call(request()).await.unwrap();
-        assert_eq!(r.status, StatusCode::OK);
-        let r = svc.ready().await.unwrap().call(request()).await.unwrap();
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(
-            *seen.lock().unwrap(),
-            ["Bearer t1", "Bearer t2", "Bearer t2"],
-            "refused once, then the new token, kept for the next request"
-        );
-        assert_eq!(fetches.load(Ordering::SeqCst), 2);
-
-        // Refused with the new token too: the second 401 is the outcome.
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut svc = layer.layer(receiver(&[], seen.clone()));
-        let r = svc.ready().await.unwrap().call(request()).await.unwrap();
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(*seen.lock().unwrap(), ["Bearer t2", "Bearer t3"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_token_no_request() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut svc = BearerLayer::new(tokens(Arc::default(), true))
-            .layer(receiver(&["Bearer t1"], seen.clone()));
-        let err = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(request())
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "oauth2 token: 503 Service Unavailable from the token endpoint"
-        );
-        assert!(seen.lock().unwrap().is_empty());
-    }
-}
+mod tests;

@@ -124,9 +124,9 @@ impl EventLog {
             let record = seg.record(&self.dir, offset)?;
             if let Some(new) = replace(offset, &record)? {
                 if new.len() > format::MAX_RECORD {
-                    return Err(Error::Io(std::io::Error::other(format!(
+                    return Err(Error::Capacity(format!(
                         "event log: a replacement of record {offset} is too large"
-                    ))));
+                    )));
                 }
                 new_records.push(((offset - seg.base) as usize, new));
             }
@@ -226,9 +226,7 @@ impl EventLog {
                 let frame = buf.slice((s - start) as usize..(e - start) as usize);
                 let record = check(&self.dir, seg.base, s, &frame, offset)?;
                 let position = u32::try_from(flushed + out.len() as u64).map_err(|_| {
-                    Error::Io(std::io::Error::other(
-                        "event log: a redacted segment outgrew 4 GiB",
-                    ))
+                    Error::Capacity("event log: a redacted segment outgrew 4 GiB".into())
                 })?;
                 positions.push(position);
                 hashes.push(self.hasher.hash(&keys::decode_event_id(offset, &record)?));
