@@ -16,6 +16,7 @@ mod faults;
 mod fuzz;
 mod hardening;
 mod hostile;
+mod metrics_exposition;
 mod mtls;
 mod never_matches;
 mod oauth;
