@@ -2,6 +2,17 @@
 //! Shared by the endpoints' rate limit (`delivery::limit`) and the
 //! per-tenant publish rate (`tenant`). Time is tokio's, so tests can pause
 //! it.
+//!
+//! Why not `governor` (#14): the per-tenant rate takes a batch's events from
+//! several tenants' buckets all or nothing, looking at every bucket
+//! ([`TokenBucket::available`]) before taking from any. A governor limiter
+//! can only test-and-take (`check_n`), with no look that takes nothing and
+//! no giving back, so a batch refused on its second tenant would already
+//! have spent the first tenant's tokens. And governor's clocks are `std`'s
+//! or `quanta`'s, which `tokio::time::pause()` does not move: the paused-time
+//! tests of both limits would need a tokio clock adapter (its `Clock` and
+//! `Reference` traits), more code than this bucket. The endpoints' limit
+//! alone would fit governor, but one bucket for both keeps one refill rule.
 
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 //! documents show them (`serde_json`'s `preserve_order` keeps insertion
 //! order). The shapers share the small helpers below: an `Object` builder
 //! that leaves absent values out (WMS shapes) or writes `null` for them
-//! (the channel-inventory shape), the ISO 8601 date formatter and the number
-//! helpers.
+//! (the channel-inventory shape), the ISO 8601 date formatter (`date.rs`) and
+//! the number helpers.
 //!
 //! The rules, documented for receivers in `docs/webhook-json.md`:
 //! - the envelope's `occurred_at` is the body's `timestamp`, first; the
@@ -27,6 +27,7 @@
 pub mod catalog;
 mod channel_inventory;
 mod custom;
+mod date;
 mod inventory_updated;
 mod order_status;
 mod pick_confirmed;
@@ -40,6 +41,8 @@ mod doc_tables;
 mod golden;
 
 use prost_types::Timestamp;
+
+pub use date::iso8601;
 
 use crate::pb::{self, event::Payload};
 
@@ -388,277 +391,5 @@ pub(super) fn round_price(p: f64) -> f64 {
         .expect("a formatted finite f64 parses back")
 }
 
-const SECONDS_PER_DAY: i64 = 86_400;
-const NANOS_PER_SECOND: i32 = 1_000_000_000;
-
-/// A timestamp as ISO 8601 UTC: `2026-02-02T10:30:00Z`, with 3, 6 or 9
-/// sub-second digits when it has them (`2026-02-04T14:32:15.123Z`).
-pub fn iso8601(ts: &Timestamp) -> String {
-    // Normalise out-of-range nanos (validation rejects them; be total anyway).
-    // Saturating: `seconds` near i64::MAX would overflow (found by fuzzing).
-    let seconds = ts
-        .seconds
-        .saturating_add(i64::from(ts.nanos.div_euclid(NANOS_PER_SECOND)));
-    let nanos = ts.nanos.rem_euclid(NANOS_PER_SECOND);
-
-    let (year, month, day) = civil_from_days(seconds.div_euclid(SECONDS_PER_DAY));
-    let second_of_day = seconds.rem_euclid(SECONDS_PER_DAY);
-    let (hour, minute, second) = (
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60,
-    );
-    let mut out = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}");
-    if nanos != 0 {
-        let (fraction, digits) = if nanos % 1_000_000 == 0 {
-            (nanos / 1_000_000, 3)
-        } else if nanos % 1_000 == 0 {
-            (nanos / 1_000, 6)
-        } else {
-            (nanos, 9)
-        };
-        out.push_str(&format!(".{fraction:0digits$}"));
-    }
-    out.push('Z');
-    out
-}
-
-/// The proleptic Gregorian (year, month, day) of a count of days since
-/// 1970-01-01: Howard Hinnant's `civil_from_days`, in 400-year eras of
-/// 146 097 days, with years starting on March 1 so the leap day is last.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year, [0, 365]
-    let mp = (5 * doy + 2) / 153; // March-based month, [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month as u32, day as u32)
-}
-
-/// The inverse of [`civil_from_days`] (Hinnant's `days_from_civil`).
 #[cfg(test)]
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let (month, day) = (i64::from(month), i64::from(day));
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400); // [0, 399]
-    let mp = if month > 2 { month - 3 } else { month + 9 }; // [0, 11]
-    let doy = (153 * mp + 2) / 5 + day - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn number(n: f64) -> String {
-        let mut out = Vec::new();
-        write_number(&mut out, n);
-        String::from_utf8(out).unwrap()
-    }
-
-    fn ts(seconds: i64, nanos: i32) -> Timestamp {
-        Timestamp { seconds, nanos }
-    }
-
-    fn days(year: i64, month: u32, day: u32) -> i64 {
-        days_from_civil(year, month, day)
-    }
-
-    #[test]
-    fn civil_dates_of_known_days() {
-        for (d, civil) in [
-            (0, (1970, 1, 1)),
-            (-1, (1969, 12, 31)),
-            (59, (1970, 3, 1)),
-            (10_957, (2000, 1, 1)),
-            (11_016, (2000, 2, 29)), // 2000 is a leap year (divisible by 400)
-            (11_017, (2000, 3, 1)),
-            (47_540, (2100, 2, 28)), // 2100 is not (divisible by 100)
-            (47_541, (2100, 3, 1)),
-            (19_416, (2023, 2, 28)),
-            (19_417, (2023, 3, 1)),
-            (19_782, (2024, 2, 29)),
-            (-719_162, (1, 1, 1)),
-            (2_932_896, (9999, 12, 31)),
-        ] {
-            assert_eq!(civil_from_days(d), civil, "day {d}");
-            assert_eq!(days(civil.0, civil.1, civil.2), d, "{civil:?}");
-        }
-    }
-
-    #[test]
-    fn every_day_from_0001_to_9999_round_trips_and_advances_by_one() {
-        let (first, last) = (days(1, 1, 1), days(9999, 12, 31));
-        let mut prev = civil_from_days(first - 1);
-        assert_eq!(prev, (0, 12, 31));
-        for d in first..=last {
-            let (y, m, day) = civil_from_days(d);
-            assert_eq!(days(y, m, day), d);
-            let next_of_prev = if prev.2 < month_len(prev.0, prev.1) {
-                (prev.0, prev.1, prev.2 + 1)
-            } else if prev.1 < 12 {
-                (prev.0, prev.1 + 1, 1)
-            } else {
-                (prev.0 + 1, 1, 1)
-            };
-            assert_eq!((y, m, day), next_of_prev);
-            prev = (y, m, day);
-        }
-        assert_eq!(prev, (9999, 12, 31));
-    }
-
-    fn month_len(y: i64, m: u32) -> u32 {
-        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        match m {
-            2 if leap => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        }
-    }
-
-    #[test]
-    fn iso8601_whole_seconds() {
-        assert_eq!(iso8601(&ts(0, 0)), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(&ts(1_770_028_200, 0)), "2026-02-02T10:30:00Z");
-        assert_eq!(iso8601(&ts(951_782_400, 0)), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(&ts(4_107_542_399, 0)), "2100-02-28T23:59:59Z");
-        assert_eq!(iso8601(&ts(4_107_542_400, 0)), "2100-03-01T00:00:00Z");
-        assert_eq!(iso8601(&ts(-1, 0)), "1969-12-31T23:59:59Z");
-        // The range convert.rs accepts.
-        assert_eq!(iso8601(&ts(-62_135_596_800, 0)), "0001-01-01T00:00:00Z");
-        assert_eq!(
-            iso8601(&ts(253_402_300_799, 999_999_999)),
-            "9999-12-31T23:59:59.999999999Z"
-        );
-    }
-
-    #[test]
-    fn iso8601_sub_seconds_in_groups_of_three() {
-        let t = 1_770_215_535; // 2026-02-04T14:32:15Z
-        assert_eq!(iso8601(&ts(t, 0)), "2026-02-04T14:32:15Z");
-        assert_eq!(iso8601(&ts(t, 123_000_000)), "2026-02-04T14:32:15.123Z");
-        assert_eq!(iso8601(&ts(t, 100_000_000)), "2026-02-04T14:32:15.100Z");
-        assert_eq!(iso8601(&ts(t, 1_000_000)), "2026-02-04T14:32:15.001Z");
-        assert_eq!(iso8601(&ts(t, 123_456_000)), "2026-02-04T14:32:15.123456Z");
-        assert_eq!(iso8601(&ts(t, 1_000)), "2026-02-04T14:32:15.000001Z");
-        assert_eq!(
-            iso8601(&ts(t, 123_456_789)),
-            "2026-02-04T14:32:15.123456789Z"
-        );
-        assert_eq!(iso8601(&ts(t, 1)), "2026-02-04T14:32:15.000000001Z");
-        // Before the epoch the fraction still counts forward from the second.
-        assert_eq!(iso8601(&ts(-1, 500_000_000)), "1969-12-31T23:59:59.500Z");
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(number(5.0).to_string(), "5");
-        assert_eq!(number(95.0).to_string(), "95");
-        assert_eq!(number(-3.0).to_string(), "-3");
-        assert_eq!(number(-0.0).to_string(), "0");
-        assert_eq!(number(25.5).to_string(), "25.5");
-        assert_eq!(number(0.1).to_string(), "0.1");
-        assert_eq!(number(1e20).to_string(), "1e+20");
-        assert_eq!(number(f64::NAN), "null");
-    }
-
-    #[test]
-    fn prices_keep_at_most_six_decimals() {
-        for (p, want) in [
-            (29.99, "29.99"),
-            (29.999999, "29.999999"),
-            (1.23456789, "1.234568"),
-            (0.0000004, "0"),
-            (0.0078125, "0.007812"), // 1/128: an exact tie, to even
-            (0.0234375, "0.023438"),
-            // serde_json writes very small magnitudes with an exponent.
-            (0.0000006, "1e-6"),
-            // 0.0000005 is stored just below the tie, so it rounds down.
-            (0.0000005, "0"),
-            (-1.23456789, "-1.234568"),
-            (12.0, "12"),
-            (123_456_789.123_456_7, "123456789.123457"),
-            (1e300, "1e+300"),
-        ] {
-            assert_eq!(number(round_price(p)), want, "{p}");
-        }
-    }
-
-    #[test]
-    fn object_omits_absent_values() {
-        let v = Object::new()
-            .str("a", "")
-            .str("b", "x")
-            .int("c", None::<i32>)
-            .int("d", Some(0_i64))
-            .num("e", None)
-            .num("f", Some(0.0))
-            .date("g", None)
-            .label("h", pb::PickStatus::Unspecified)
-            .label("i", pb::PickStatus::Short)
-            .list("j", vec![])
-            .build();
-        assert_eq!(v.to_string(), r#"{"b":"x","d":0,"f":0,"i":"SHORT"}"#);
-    }
-
-    #[test]
-    fn object_or_null_keeps_every_key_in_order() {
-        let v = Object::new()
-            .str_or_null("z", None)
-            .str_or_null("y", Some(""))
-            .int_or_null("x", None)
-            .num_or_null("w", Some(1.5))
-            .bool_or_null("v", Some(false))
-            .date_or_null("u", None)
-            .object("t", Object::new())
-            .build();
-        assert_eq!(
-            v.to_string(),
-            r#"{"z":null,"y":"","x":null,"w":1.5,"v":false,"u":null,"t":{}}"#
-        );
-    }
-
-    /// Every value of every enum: the label is the proto name without the
-    /// prefix, and only 0 (`UNSPECIFIED`) is absent.
-    #[test]
-    fn enum_labels_strip_their_prefix() {
-        fn check<E: Label + TryFrom<i32>>() {
-            let values: Vec<E> = (0..).map_while(|i| E::try_from(i).ok()).collect();
-            assert!(values.len() > 1, "{}", E::PREFIX);
-            for (i, value) in values.into_iter().enumerate() {
-                let name = value.proto_name();
-                assert!(name.starts_with(E::PREFIX), "{name} lacks {}", E::PREFIX);
-                let want = (i > 0).then(|| &name[E::PREFIX.len()..]);
-                assert_eq!(value.label(), want, "{name}");
-            }
-        }
-        check::<pb::TrackingStatus>();
-        check::<pb::ShipmentStatus>();
-        check::<pb::SignatureRequired>();
-        check::<pb::PickStatus>();
-        check::<pb::InventoryReason>();
-        check::<pb::OrderStatus>();
-        check::<pb::ReturnCondition>();
-        check::<pb::ReturnDisposition>();
-        assert_eq!(pb::TrackingStatus::Shipped.label(), Some("SHIPPED"));
-        assert_eq!(pb::PickStatus::Short.label(), Some("SHORT"));
-        assert_eq!(pb::InventoryReason::CycleCount.label(), Some("CYCLE_COUNT"));
-        assert_eq!(
-            pb::ReturnDisposition::ReturnToVendor.label(),
-            Some("RETURN_TO_VENDOR")
-        );
-    }
-
-    #[test]
-    fn missing_payload_is_an_error() {
-        let err = render_body(&pb::Event::default()).unwrap_err();
-        assert!(matches!(err, RenderError::NoPayload));
-    }
-}
+mod tests;

@@ -21,6 +21,7 @@ mod etiquette;
 mod faults;
 mod fuzz;
 mod hardening;
+mod metrics_exposition;
 mod mtls;
 mod never_matches;
 mod oauth;
