@@ -18,7 +18,6 @@ pub mod limit;
 pub mod oauth;
 pub(crate) mod ops;
 pub mod proxy;
-mod proxy_auth;
 mod recovery;
 pub mod request;
 pub mod sealing;
