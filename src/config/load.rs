@@ -35,7 +35,8 @@ const PROXY_ENV: [(&str, &str, &str); 3] = [
 ];
 
 /// Every config key: [`Config`]'s field names as serde reads them, in
-/// declaration order (README's table follows it).
+/// declaration order (README's settings table lists the same keys; a
+/// test checks it).
 pub fn keys() -> &'static [&'static str] {
     static KEYS: OnceLock<&'static [&'static str]> = OnceLock::new();
     KEYS.get_or_init(|| {
