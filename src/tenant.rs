@@ -16,7 +16,7 @@
 //! scope and answer `NOT_FOUND` for another tenant's resource, so no handler
 //! checks tenants itself.
 
-use std::{fmt, time::Duration};
+use std::fmt;
 
 use crate::{
     auth::Caller,
@@ -27,47 +27,7 @@ use crate::{
     token_bucket::TokenBucket,
 };
 
-/// Longest tenant name.
-pub const MAX_TENANT_BYTES: usize = 128;
-
-/// Checks a tenant name's syntax: 1-128 characters of `[A-Za-z0-9._-]`
-/// (what WMS tenant ids are made of; `:`, `,` and `@` stay free for the
-/// token syntax).
-pub fn check_name(name: &str) -> std::result::Result<(), String> {
-    let ok = (1..=MAX_TENANT_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "a tenant is 1-{MAX_TENANT_BYTES} characters of [A-Za-z0-9._-]"
-        ))
-    }
-}
-
-/// `tenant_retention`'s text form, `acme=1d,beta=12h`: tenants with a
-/// positive age, each listed once (empty: none).
-pub fn parse_retention(value: &str) -> std::result::Result<Vec<(String, Duration)>, String> {
-    let mut ages: Vec<(String, Duration)> = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (tenant, age) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("expected tenant=duration, like acme=1d, in {entry:?}"))?;
-        let tenant = tenant.trim();
-        check_name(tenant)?;
-        let age = crate::config::parse_duration(age).map_err(|e| format!("{tenant}: {e}"))?;
-        if age.is_zero() {
-            return Err(format!("{tenant}: the age must be positive"));
-        }
-        if ages.iter().any(|(t, _)| t == tenant) {
-            return Err(format!("{tenant} is listed twice"));
-        }
-        ages.push((tenant.to_owned(), age));
-    }
-    Ok(ages)
-}
+pub use crate::config::tenants::{check_name, MAX_TENANT_BYTES};
 
 /// The payload's own tenant field (`tenant_id`) for the WMS event types,
 /// with its field name; `None` for types without one.

@@ -19,7 +19,6 @@ pub mod limit;
 pub mod oauth;
 pub(crate) mod ops;
 pub mod proxy;
-mod proxy_auth;
 pub mod request;
 pub mod sealing;
 pub mod signing;

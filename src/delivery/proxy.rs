@@ -21,7 +21,6 @@
 //!   on the proxy too.
 
 use std::{
-    net::IpAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -39,8 +38,9 @@ use tokio::{
 };
 use tower::Service;
 
-use super::egress::{self, Cidr, Guard, GuardedConnector};
-use super::proxy_auth::ProxyAuth;
+use super::egress::{self, Guard, GuardedConnector};
+use crate::config::proxy::{bypass, Bypass, ProxyAuth};
+pub use crate::config::proxy::{parse_no_proxy, parse_proxy, Proxy};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use super::request::BoxFuture;
@@ -51,100 +51,6 @@ pub const NO_PROXY_VALUE: &str = "none";
 const MAX_CONNECT_RESPONSE: usize = 8192;
 /// Connecting to the proxy and its CONNECT answer, together.
 const PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A proxy's address (`http://host:port`; port 80 when left out) and its
-/// credentials, if any.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Proxy {
-    host: String,
-    port: u16,
-    auth: Option<ProxyAuth>,
-}
-
-/// Parses a proxy URL: `http://[user:password@]host[:port]` with nothing
-/// after the authority. The error never repeats the value (it could hold
-/// credentials).
-pub fn parse_proxy(value: &str) -> Result<Proxy, String> {
-    let uri: Uri = value
-        .parse()
-        .map_err(|_| "not a URL (expected http://host:port)".to_owned())?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// proxies are supported (expected http://host:port)".into());
-    }
-    let authority = uri
-        .authority()
-        .ok_or("no host (expected http://host:port)")?;
-    let auth = match authority.as_str().rsplit_once('@') {
-        Some((userinfo, _)) => Some(ProxyAuth::from_userinfo(userinfo)?),
-        None => None,
-    };
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err("a proxy URL has no path or query (expected http://host:port)".into());
-    }
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err("no host (expected http://host:port)".into());
-    }
-    Ok(Proxy {
-        host: host.to_owned(),
-        port: authority.port_u16().unwrap_or(80),
-        auth,
-    })
-}
-
-/// One `no_proxy` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Bypass {
-    /// `*`: every host.
-    All,
-    /// A host name: it and its subdomains (`example.com`, `.example.com`).
-    Domain(String),
-    /// An address or a CIDR range, for IP-literal URLs.
-    Net(Cidr),
-}
-
-/// The `no_proxy` list: comma-separated `*`, host names (each matching
-/// its subdomains too; a leading `.` is ignored) and IP addresses or CIDR
-/// ranges (matching IP-literal URLs). Ports are not considered.
-pub fn parse_no_proxy(value: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for (i, entry) in value.split(',').map(str::trim).enumerate() {
-        if entry.is_empty() {
-            continue;
-        }
-        bypass(entry).map_err(|e| format!("entry {}: {e}", i + 1))?;
-        out.push(entry.to_owned());
-    }
-    Ok(out)
-}
-
-fn bypass(entry: &str) -> Result<Bypass, String> {
-    if entry == "*" {
-        return Ok(Bypass::All);
-    }
-    // An address (that one address) or a CIDR range.
-    if entry.contains('/') || entry.parse::<IpAddr>().is_ok() {
-        return entry
-            .parse::<Cidr>()
-            .map(Bypass::Net)
-            .map_err(|e| e.to_string());
-    }
-    let name = entry.trim_start_matches('.').to_ascii_lowercase();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(format!(
-            "{entry:?} is not *, a host name, an address or a CIDR range"
-        ));
-    }
-    Ok(Bypass::Domain(name))
-}
 
 /// How an endpoint's requests leave: per scheme, a proxy or none, and the
 /// hosts that bypass them.

@@ -54,8 +54,8 @@ use tables::{Mutation, Table, Tables};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
 
 /// The config key of the state store's page-cache size
-/// ([`StoreConfig::cache_bytes`]); named after the engine that has it.
-pub const STATE_CACHE_KEY: &str = "sled_cache_bytes";
+/// ([`StoreConfig::cache_bytes`]).
+pub use crate::config::STATE_CACHE_KEY;
 
 /// Storage settings.
 #[derive(Debug, Clone)]

@@ -478,8 +478,8 @@ async fn console_off_listens_nowhere() {
         Config::default().console_listen,
         Some("127.0.0.1:9465".parse().unwrap())
     );
-    let mut config = Config::default();
-    config.set("console_listen", "off").unwrap();
+    let off = [("STEVEDORE_CONSOLE_LISTEN".to_owned(), "off".to_owned())];
+    let config = Config::load(None, off, &[]).unwrap();
     assert_eq!(config.console_listen, None);
 }
 

@@ -53,16 +53,9 @@ const IDX_ENTRY: usize = 12;
 /// Most bytes one read of consecutive records asks for.
 const READ_CHUNK: usize = 1 << 20;
 
-/// What opening does with damage inside acknowledged records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Recovery {
-    /// Refuse to open, naming the file and byte (the default).
-    #[default]
-    Refuse,
-    /// Cut the log at the damage, dropping every later record, and log
-    /// what was dropped.
-    Truncate,
-}
+/// What opening does with damage inside acknowledged records (the
+/// `recovery` config key, so it is defined with the config).
+pub use crate::config::Recovery;
 
 /// How the log is opened.
 #[derive(Clone)]

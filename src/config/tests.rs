@@ -1,0 +1,662 @@
+//! The config's tests: every key's sources, errors that name the key and
+//! never a secret, and the validation of combinations.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn request_and_connection_bounds() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_HANDSHAKE_TIMEOUT", "2s"),
+            ("STEVEDORE_IDLE_TIMEOUT", "1m"),
+            ("STEVEDORE_MAX_CONNECTIONS", "50"),
+            ("STEVEDORE_MAX_DECODED_REQUEST_BYTES", "2097152"),
+            ("STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES", "33554432"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.max_connections, 50);
+    assert_eq!(c.max_decoded_request_bytes, 2 * 1024 * 1024);
+    assert_eq!(c.max_inflight_request_bytes, 32 * 1024 * 1024);
+    for (var, value, key) in [
+        ("STEVEDORE_HANDSHAKE_TIMEOUT", "0s", "handshake_timeout"),
+        ("STEVEDORE_IDLE_TIMEOUT", "0s", "idle_timeout"),
+        ("STEVEDORE_MAX_CONNECTIONS", "0", "max_connections"),
+        ("STEVEDORE_MAX_PUBLISH_STREAMS", "0", "max_publish_streams"),
+        (
+            "STEVEDORE_MAX_SUBSCRIBE_STREAMS",
+            "0",
+            "max_subscribe_streams",
+        ),
+        // The largest request (16 MiB + 128 MiB decoded) must fit.
+        (
+            "STEVEDORE_MAX_INFLIGHT_REQUEST_BYTES",
+            "16777216",
+            "max_inflight_request_bytes",
+        ),
+    ] {
+        let err = Config::load(None, env(&[(var, value)]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn defaults_are_valid() {
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn precedence_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\ndata_dir = \"/from/file\"\nmax_batch_events = 7\ndefault_ack_wait = \"2s\"\n",
+    )
+    .unwrap();
+    let c = Config::load(
+        Some(&file),
+        env(&[
+            ("STEVEDORE_DATA_DIR", "/from/env"),
+            ("STEVEDORE_LISTEN", "127.0.0.1:2"),
+            ("UNRELATED", "x"),
+            ("STEVEDORE_LOG", "debug"),
+        ]),
+        &[("listen", "127.0.0.1:3".into())],
+    )
+    .unwrap();
+    assert_eq!(c.listen, "127.0.0.1:3".parse().unwrap());
+    assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+    assert_eq!(c.max_batch_events, 7);
+    assert_eq!(c.default_ack_wait, Duration::from_secs(2));
+
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_ALLOW_HTTP", "true"),
+            ("STEVEDORE_RETRY_SCHEDULE", "0s,100ms,2m"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert!(c.allow_http);
+    assert_eq!(
+        c.retry_schedule,
+        vec![
+            Duration::ZERO,
+            Duration::from_millis(100),
+            Duration::from_secs(120)
+        ]
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let err = Config::load(None, env(&[("STEVEDORE_LISTEN", "nope")]), &[]).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("STEVEDORE_LISTEN") && text.contains("`listen`"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(text.contains("unknown config key `lisen`"), "{text}");
+
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_MAX_ACK_WAIT", "1ms")]), &[]).unwrap_err()
+    );
+    assert!(text.contains("`max_ack_wait`"), "{text}");
+
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_GROUP_COMMIT_DELAY", "20ms")]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("`group_commit_delay`") && text.contains("at most 10ms"),
+        "{text}"
+    );
+    let c = Config::load(None, env(&[("STEVEDORE_GROUP_COMMIT_DELAY", "0us")]), &[]).unwrap();
+    assert_eq!(c.group_commit_delay, Duration::ZERO);
+
+    let text = format!(
+        "{:#}",
+        Config::load(
+            None,
+            env(&[("STEVEDORE_DEFAULT_ACK_WAIT", "5 parsecs")]),
+            &[]
+        )
+        .unwrap_err()
+    );
+    assert!(text.contains("`default_ack_wait`"), "{text}");
+
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_DATADIR", "/x")]), &[]).unwrap_err()
+    );
+    assert!(text.contains("STEVEDORE_DATADIR"), "{text}");
+}
+
+/// #19 egress: the config keys win over the usual variables, which
+/// fill what is unset (lowercase first); an empty key means no proxy
+/// whatever the environment says; bad values name the key and hide
+/// the value.
+#[test]
+fn proxies_from_keys_and_environment() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("https_proxy", "http://lower:2"),
+            ("HTTP_PROXY", "http://h:3"),
+            ("NO_PROXY", "internal.corp,10.0.0.0/8"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.https_proxy.as_deref(), Some("http://lower:2"));
+    assert_eq!(c.http_proxy.as_deref(), Some("http://h:3"));
+    assert_eq!(c.no_proxy, ["internal.corp", "10.0.0.0/8"]);
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_HTTPS_PROXY", "http://mine:4"),
+            ("STEVEDORE_HTTP_PROXY", ""),
+            ("HTTPS_PROXY", "http://upper:1"),
+            ("HTTP_PROXY", "http://h:3"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.https_proxy.as_deref(), Some("http://mine:4"));
+    assert_eq!(c.http_proxy, None);
+    let c = Config::load(
+        None,
+        env(&[("HTTPS_PROXY", "http://egress:p%40ss@proxy.corp:3128")]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.https_proxy.as_deref(),
+        Some("http://egress:p%40ss@proxy.corp:3128")
+    );
+    // A printed config (a test's or a panic's) shows where the proxy is,
+    // not who logs in to it.
+    let printed = format!("{c:?}");
+    assert!(printed.contains("http://***@proxy.corp:3128"), "{printed}");
+    assert!(
+        !printed.contains("p%40ss") && !printed.contains("egress:"),
+        "{printed}"
+    );
+    for (var, value, key) in [
+        // Credentials are allowed (#19), but not malformed ones.
+        (
+            "STEVEDORE_HTTPS_PROXY",
+            "http://user:s3cret%ff@p:1",
+            "https_proxy",
+        ),
+        ("HTTP_PROXY", "socks5://s3cret:1", "http_proxy"),
+        ("NO_PROXY", "a b", "no_proxy"),
+    ] {
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[(var, value)]), &[]).unwrap_err()
+        );
+        assert!(e.contains(&format!("`{key}`")), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}
+
+#[test]
+fn allow_networks() {
+    let c = Config::load(
+        None,
+        env(&[("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8,::1/128")]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.allow_networks,
+        vec![Cidr::v4(127, 0, 0, 0, 8), "::1/128".parse().unwrap()]
+    );
+    let text = format!(
+        "{:#}",
+        Config::load(
+            None,
+            env(&[("STEVEDORE_ALLOW_NETWORKS", "10.0.0.1/8")]),
+            &[]
+        )
+        .unwrap_err()
+    );
+    assert!(
+        text.contains("`allow_networks`") && text.contains("10.0.0.0/8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tenant_scoped_tokens_and_known_tenants() {
+    let h = crate::auth::to_hex(&crate::auth::hash_token(b"t"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tenants = \"acme,beta\"\n\n[[tokens]]\nname = \"acme-ops\"\nrole = \"admin\"\ntenant = \"acme\"\nsha256 = \"{h}\"\n"
+        ),
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), Vec::new(), &[]).unwrap();
+    assert_eq!(c.tenants, ["acme", "beta"]);
+    assert_eq!(c.tokens[0].tenant.as_deref(), Some("acme"));
+    // A token scoped to a tenant not in `tenants` is refused, naming the key.
+    let env = vec![("STEVEDORE_TENANTS".to_string(), "beta".to_string())];
+    let err = format!("{:#}", Config::load(Some(&file), env, &[]).unwrap_err());
+    assert!(
+        err.contains("`tokens`") && err.contains("acme-ops"),
+        "{err}"
+    );
+    let env = vec![("STEVEDORE_TENANTS".to_string(), "a b".to_string())];
+    let err = format!("{:#}", Config::load(None, env, &[]).unwrap_err());
+    assert!(err.contains("`tenants`"), "{err}");
+    let env = vec![(
+        "STEVEDORE_TENANT_PUBLISH_RATE".to_string(),
+        "-1".to_string(),
+    )];
+    let err = format!("{:#}", Config::load(None, env, &[]).unwrap_err());
+    assert!(err.contains("`tenant_publish_rate`"), "{err}");
+}
+
+#[test]
+fn tenant_retention_from_toml_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(
+        &file,
+        "retention_age = \"7d\"\n\n[tenant_retention]\nacme = \"1d\"\nbeta = \"12h\"\n",
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), Vec::new(), &[]).unwrap();
+    let h = Duration::from_secs(3600);
+    assert_eq!(
+        c.tenant_retention,
+        [("acme".to_string(), 24 * h), ("beta".to_string(), 12 * h)]
+    );
+    let env = |v: &str| vec![("STEVEDORE_TENANT_RETENTION".to_string(), v.to_string())];
+    let c = Config::load(Some(&file), env("acme=2h"), &[]).unwrap();
+    assert_eq!(c.tenant_retention, [("acme".to_string(), 2 * h)]);
+    for (value, says) in [
+        ("acme=8d", "shorter than retention_age"),
+        ("acme", "tenant=duration"),
+        ("acme=1d,acme=2h", "twice"),
+        ("a b=1d", "[A-Za-z0-9._-]"),
+        ("acme=0s", "positive"),
+        ("acme=soon", "whole number"),
+    ] {
+        let err = format!("{:#}", Config::load(None, env(value), &[]).unwrap_err());
+        assert!(
+            err.contains("`tenant_retention`") && err.contains(says),
+            "{value}: {err}"
+        );
+    }
+    let mut known = env("acme=1d");
+    known.push(("STEVEDORE_TENANTS".to_string(), "beta".to_string()));
+    let err = format!("{:#}", Config::load(None, known, &[]).unwrap_err());
+    assert!(err.contains("not listed in `tenants`"), "{err}");
+    std::fs::write(&file, "[tenant_retention]\nacme = 5\n").unwrap();
+    let err = format!(
+        "{:#}",
+        Config::load(Some(&file), Vec::new(), &[]).unwrap_err()
+    );
+    assert!(err.contains("`tenant_retention.acme`"), "{err}");
+}
+
+#[test]
+fn tokens_from_toml_and_env() {
+    let hash = |t: &str| crate::auth::to_hex(&crate::auth::hash_token(t.as_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"0.0.0.0:50051\"\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"feed\"\nrole = \"publisher\"\nsha256 = \"{}\"\n",
+            hash("a"),
+            hash("b")
+        ),
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), env(&[]), &[]).unwrap();
+    assert_eq!(c.tokens.len(), 2);
+    assert_eq!(c.tokens[1].name, "feed");
+    assert_eq!(c.tokens[1].role, crate::auth::Role::Publisher);
+
+    // The environment replaces the file's list.
+    let c = Config::load(
+        Some(&file),
+        env(&[(
+            "STEVEDORE_TOKENS",
+            &format!("reader:subscriber:{}", hash("c")),
+        )]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.tokens.len(), 1);
+    assert_eq!(c.tokens[0].role, crate::auth::Role::Subscriber);
+
+    // Without tokens, a non-loopback listen address is refused.
+    let err = Config::load(Some(&file), env(&[("STEVEDORE_TOKENS", "")]), &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("config key `listen`"),
+        "{err:#}"
+    );
+
+    // Errors name the key (and the entry) and never echo the value.
+    std::fs::write(
+        &file,
+        "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"my-secret-token\"\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("`tokens`") && !text.contains("my-secret"),
+        "{text}"
+    );
+    std::fs::write(&file, "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\n").unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(text.contains("`tokens[0].sha256`"), "{text}");
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_TOKENS", "my-secret-token")]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("STEVEDORE_TOKENS") && !text.contains("my-secret"),
+        "{text}"
+    );
+}
+
+#[test]
+fn master_key_from_env_or_file_never_echoed() {
+    let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+    let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY", key)]), &[]).unwrap();
+    assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+    assert!(!format!("{c:?}").contains(key));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("master.key");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let c = Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap();
+    assert_eq!(c.master_key, Some(MasterKey::from_bytes([42; 32])));
+
+    for (vars, want) in [
+        (
+            vec![("STEVEDORE_MASTER_KEY_FILE", "/no/such/key")],
+            "`master_key_file`",
+        ),
+        (vec![("STEVEDORE_MASTER_KEY", "c2hvcnQ=")], "`master_key`"),
+        (
+            vec![
+                ("STEVEDORE_MASTER_KEY", key),
+                ("STEVEDORE_MASTER_KEY_FILE", path),
+            ],
+            "use one of the two",
+        ),
+    ] {
+        let text = format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err());
+        assert!(text.contains(want), "{text}");
+        assert!(!text.contains(key) && !text.contains("c2hvcnQ="), "{text}");
+    }
+    std::fs::write(&file, "not a key").unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_MASTER_KEY_FILE", path)]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("`master_key_file`") && !text.contains("not a key"),
+        "{text}"
+    );
+}
+
+/// Issue #21: a syntax error on a secret's line, or a value of the
+/// wrong type, names the key and the line and never repeats the value.
+#[test]
+fn config_errors_never_echo_a_secret() {
+    let key = "S3cr3tKeyMaterialKioqKioqKioqKioqKioqKio=";
+    let token = "raw-token-never-echoed-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    for (toml, name, line) in [
+        (
+            format!("listen = \"127.0.0.1:1\"\nmaster_key = \"{key}\n"),
+            "`master_key`",
+            "line 2",
+        ),
+        (
+            format!("master_key = [\"{key}\"]\n"),
+            "`master_key`",
+            "line 1",
+        ),
+        (
+            format!("master_key = {{ k = \"{key}\" }}\n"),
+            "`master_key`",
+            "line 1",
+        ),
+        (format!("master_key = '{key}\n"), "`master_key`", "line 1"),
+        (
+            // Unterminated to the end of the file: reported there.
+            format!("master_key = \"\"\"{key}\n"),
+            "`master_key`",
+            "line 2",
+        ),
+        (
+            format!("[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{token}\n"),
+            "`tokens.sha256`",
+            "line 4",
+        ),
+        (
+            format!("[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = [\"{token}\"]\n"),
+            "`tokens",
+            "",
+        ),
+    ] {
+        std::fs::write(&file, &toml).unwrap();
+        let text = format!(
+            "{:#}",
+            Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+        );
+        assert!(text.contains(name) && text.contains(line), "{toml}: {text}");
+        for secret in [key, token, &key[..12], &token[..12]] {
+            assert!(!text.contains(secret), "{toml}: {text}");
+        }
+    }
+    // The environment: the value is never repeated either.
+    for (var, value) in [
+        ("STEVEDORE_MASTER_KEY", format!("\"{key}")),
+        ("STEVEDORE_MASTER_KEY", format!("[\"{key}\"]")),
+        ("STEVEDORE_TOKENS", format!("ops:admin:{token}")),
+    ] {
+        let text = format!(
+            "{:#}",
+            Config::load(None, env(&[(var, &value)]), &[]).unwrap_err()
+        );
+        assert!(text.contains(var), "{text}");
+        assert!(
+            !text.contains(&key[..12]) && !text.contains(&token[..12]),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn tls_keys_come_in_pairs() {
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_TLS_CERT", "/c.pem")]), &[]).unwrap_err()
+    );
+    assert!(text.contains("config key `tls_key`"), "{text}");
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[("STEVEDORE_TLS_KEY", "/k.pem")]), &[]).unwrap_err()
+    );
+    assert!(text.contains("config key `tls_cert`"), "{text}");
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_TLS_CERT", "/c.pem"),
+            ("STEVEDORE_TLS_KEY", "/k.pem"),
+            ("STEVEDORE_MAX_SUBSCRIBE_STREAMS", "5"),
+            ("STEVEDORE_MAX_PUBLISH_STREAMS", "6"),
+            ("STEVEDORE_MAX_STREAMS_PER_CONNECTION", "7"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert!(c.tls_enabled());
+    assert_eq!(
+        (
+            c.max_subscribe_streams,
+            c.max_publish_streams,
+            c.max_streams_per_connection
+        ),
+        (5, 6, 7)
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("s").is_err());
+}
+
+/// The one list of keys is `Config`'s fields; README's settings table
+/// lists exactly those.
+#[test]
+fn keys_are_the_fields_and_readme_lists_them() {
+    let keys = keys();
+    assert_eq!(keys.len(), 64, "{keys:?}");
+    assert!(keys.contains(&STATE_CACHE_KEY) && !keys.contains(&"state_cache_bytes"));
+    let readme = include_str!("../../README.md");
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| key | default | meaning |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let mut want: Vec<&str> = keys.to_vec();
+    let mut got = table.clone();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want, "README's table: {table:?}");
+}
+
+/// A file may write numbers, booleans and lists natively (as well as the
+/// environment's text forms).
+#[test]
+fn native_toml_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("n.toml");
+    std::fs::write(
+        &file,
+        "max_batch_events = 1_000\nlog_zero_fill = false\ntenant_publish_rate = 2.5\n\
+         retry_schedule = [\"0s\", \"1h 30m\"]\nallow_networks = [\"127.0.0.0/8\", \"::1\"]\n\
+         tenants = [\"acme\", \"beta\"]\nno_proxy = [\"internal.corp\"]\n\
+         max_connections = \"2_000\"\naudit_events = \"1\"\n",
+    )
+    .unwrap();
+    let c = Config::load(Some(&file), env(&[]), &[]).unwrap();
+    assert_eq!(c.max_batch_events, 1000);
+    assert!(!c.log_zero_fill);
+    assert_eq!(c.tenant_publish_rate, 2.5);
+    assert_eq!(
+        c.retry_schedule,
+        [Duration::ZERO, Duration::from_secs(5400)]
+    );
+    assert_eq!(c.allow_networks.len(), 2);
+    assert_eq!(c.tenants, ["acme", "beta"]);
+    assert_eq!(c.no_proxy, ["internal.corp"]);
+    assert_eq!(c.max_connections, 2000);
+    assert!(c.audit_events);
+}
+
+/// Errors name their source: the file (with the line), the variable, the
+/// flag; nested keys by their path.
+#[test]
+fn errors_name_the_source_and_the_nested_key() {
+    let text = format!(
+        "{:#}",
+        Config::load(None, env(&[]), &[("listen", "nope".into())]).unwrap_err()
+    );
+    assert!(
+        text.contains("flag --listen") && text.contains("config key `listen`"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("e.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\nmax_batch_events = \"x\"\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("config file")
+            && text.contains("config key `max_batch_events` (line 2)")
+            && text.contains("\"x\""),
+        "{text}"
+    );
+    std::fs::write(
+        &file,
+        "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"x\"\nextra = 1\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("`tokens[0].extra`") && text.contains("unknown field `extra`"),
+        "{text}"
+    );
+    // A string where a [[tokens]] table belongs may be a pasted token.
+    std::fs::write(&file, "tokens = [\"raw-token-0123456789\"]\n").unwrap();
+    let text = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(
+        text.contains("`tokens[0]`") && !text.contains("raw-token"),
+        "{text}"
+    );
+}
