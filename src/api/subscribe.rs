@@ -2,6 +2,7 @@
 //! acks, and point reads.
 
 use std::{
+    ops::ControlFlow,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -17,7 +18,11 @@ use tonic::{Request, Response, Status};
 use super::{Shared, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
-    consumer::{Consumer, CreateSpec, Poll, PollFor, StreamId},
+    consumer::{
+        self,
+        drive::{drive, Taker},
+        Consumer, CreateSpec, Delivery, PollFor, Read, StreamId,
+    },
     convert,
     error::{Error, Result},
     metrics::Metrics,
@@ -25,7 +30,7 @@ use crate::{
     pb::{
         spliced::subscriber_server::Subscriber, subscribe_request::Start, AckMode, AckRequest,
         AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
-        SubscribeRequest, SubscribeResponse,
+        Ordering as PbOrdering, SubscribeRequest, SubscribeResponse,
     },
     store::{decode_meta_record, RawRecord},
     tenant::Scope,
@@ -63,6 +68,23 @@ struct Durable {
     max_in_flight: u32,
     ack_wait: Duration,
     max_deliveries: u32,
+    /// `None`: whatever the consumer has (none for a new one).
+    ordering: Option<consumer::Ordering>,
+}
+
+/// `SubscribeRequest.ordering`: the same enum as an endpoint's, but
+/// unspecified means "as created" (none for a new consumer), not by key.
+fn ordering(n: i32) -> Result<Option<consumer::Ordering>> {
+    match PbOrdering::try_from(n) {
+        Ok(PbOrdering::Unspecified) => Ok(None),
+        Ok(PbOrdering::None) => Ok(Some(consumer::Ordering::None)),
+        Ok(PbOrdering::Key) => Ok(Some(consumer::Ordering::Key)),
+        Ok(PbOrdering::Strict) => Ok(Some(consumer::Ordering::Strict)),
+        Err(_) => Err(Error::invalid(
+            "ordering",
+            format!("unknown enum value {n}"),
+        )),
+    }
 }
 
 fn validate_consumer_name(name: &str) -> Result<()> {
@@ -147,6 +169,7 @@ impl SubscriberService {
                 max_in_flight,
                 ack_wait,
                 max_deliveries: req.max_deliveries,
+                ordering: ordering(req.ordering)?,
             })
         } else {
             if !req.consumer.is_empty() {
@@ -161,11 +184,13 @@ impl SubscriberService {
                     "only for a durable consumer (ACK_MODE_EXPLICIT with a consumer name)",
                 ));
             }
-            if req.max_in_flight != 0 || req.ack_wait.is_some() {
+            if req.max_in_flight != 0 || req.ack_wait.is_some() || req.ordering != 0 {
                 let field = if req.max_in_flight != 0 {
                     "max_in_flight"
-                } else {
+                } else if req.ack_wait.is_some() {
                     "ack_wait"
+                } else {
+                    "ordering"
                 };
                 return Err(Error::invalid(field, "applies only to ACK_MODE_EXPLICIT"));
             }
@@ -284,61 +309,87 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// One stream taking a durable consumer's messages, within its window.
+struct DurableStream {
+    shared: Shared,
+    stream: StreamId,
+    durable: Durable,
+    tx: Tx,
+}
+
+impl Taker for DurableStream {
+    type Event = StoredEvent;
+    type Wake = ();
+
+    fn poll_for(&self, now: Instant) -> PollFor {
+        PollFor {
+            stream: self.stream,
+            max_in_flight: self.durable.max_in_flight,
+            ack_wait: self.durable.ack_wait,
+            now,
+            read_new: true,
+        }
+    }
+
+    fn read(&self, offset: Offset, _: Read) -> Result<Option<StoredEvent>> {
+        self.shared.store.get(offset)
+    }
+
+    async fn take(&mut self, d: Delivery<StoredEvent>) -> ControlFlow<()> {
+        // Deliveries come decoded from the consumer, so this path encodes
+        // them with prost as before.
+        let msg = SubscribeFrame::Decoded(Box::new(subscribe_response(d.event, d.attempt)));
+        tokio::select! {
+            _ = self.shared.shutdown.cancelled() => ControlFlow::Break(()),
+            sent = self.tx.send(Ok(msg)) => match sent {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+        }
+    }
+
+    async fn expired(&mut self, _: Offset) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    async fn failed(&mut self, e: Error) -> ControlFlow<(), Instant> {
+        // The client learns why its stream ends; if it is gone already,
+        // there is nobody left to tell.
+        if self.tx.send(Err(e.into())).await.is_err() {
+            tracing::debug!(
+                stream = self.stream,
+                "stream closed before its error was sent"
+            );
+        }
+        ControlFlow::Break(())
+    }
+
+    async fn wait(&mut self) {
+        self.tx.closed().await
+    }
+
+    async fn woke(&mut self, (): ()) -> ControlFlow<()> {
+        // The client went away.
+        ControlFlow::Break(())
+    }
+}
+
 /// Deliver a durable consumer's messages within this stream's window.
-async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, d: Durable, tx: Tx) {
+async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, durable: Durable, tx: Tx) {
     let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
     let _guard = LeaseGuard {
         consumer: consumer.clone(),
         stream,
     };
-    let mut head = shared.store.watch_head();
-    let mut changed = consumer.watch();
-    loop {
-        // Mark both watches seen *before* polling, so a change that lands
-        // while we poll wakes the select below instead of being missed.
-        head.borrow_and_update();
-        changed.borrow_and_update();
-        let wake_at = loop {
-            let p = PollFor {
-                stream,
-                max_in_flight: d.max_in_flight,
-                ack_wait: d.ack_wait,
-                now: Instant::now(),
-                read_new: true,
-            };
-            match consumer.poll(p) {
-                Ok(Poll::Message(m)) => {
-                    // Deliveries come decoded from the consumer, so this
-                    // path encodes them with prost as before.
-                    let msg =
-                        SubscribeFrame::Decoded(Box::new(subscribe_response(m.event, m.attempt)));
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        sent = tx.send(Ok(msg)) => if sent.is_err() { return },
-                    }
-                }
-                Ok(Poll::Expired(_)) => continue,
-                Ok(Poll::Idle { wake_at }) => break wake_at,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            }
-        };
-        let sleep = async {
-            match wake_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            r = head.changed() => if r.is_err() { return },
-            r = changed.changed() => if r.is_err() { return },
-            _ = sleep => {}
-        }
-    }
+    let head = shared.store.watch_head();
+    let cancel = shared.shutdown.clone();
+    let mut taker = DurableStream {
+        shared,
+        stream,
+        durable,
+        tx,
+    };
+    drive(&consumer, head, &cancel, &mut taker).await;
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
@@ -373,13 +424,14 @@ impl Subscriber for SubscriberService {
                 let consumer = self
                     .shared
                     .consumers
-                    .open(
+                    .open_ordered(
                         &d.name,
                         CreateSpec {
                             start: plan.start,
                             filter: plan.filter,
                             max_deliveries: d.max_deliveries,
                         },
+                        d.ordering,
                     )
                     .await?;
                 self.shared.tasks.spawn(async move {

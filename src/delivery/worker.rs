@@ -25,6 +25,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    ops::ControlFlow,
     sync::{Arc, Mutex},
     time::{Duration, Instant as StdInstant, SystemTime},
 };
@@ -44,9 +45,12 @@ use super::{
 };
 use crate::{
     config::Config,
-    consumer::{Consumer, Poll, PollFor, Read},
+    consumer::{
+        drive::{drive, Taker},
+        Consumer, Delivery, Keyed, PollFor, Read,
+    },
     convert,
-    error::Result,
+    error::{Error, Result},
     metrics::Metrics,
     model::{Offset, StoredEvent, RESERVED_PREFIX},
     pb::{self, DeliveryState},
@@ -117,6 +121,16 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
+    /// Hands `offset` back to the consumer until its next attempt is due.
+    /// A nack fails only for an offset outside the log, which a held event
+    /// never is; should it fail anyway, the event stays leased and is sent
+    /// again after a restart, so say so.
+    fn wait(&self, offset: Offset, wait: Duration) {
+        if let Err(e) = self.consumer.nack(&[offset], wait) {
+            tracing::error!(endpoint = %self.endpoint_id, offset, error = %e, "scheduling the next attempt failed");
+        }
+    }
+
     fn count(&self, outcome: &str) {
         self.metrics
             .deliveries
@@ -134,6 +148,11 @@ struct Held {
     body: Bytes,
     key: Option<String>,
     sending: bool,
+    /// The worker handed it back to the consumer until its next attempt
+    /// is due: when the consumer hands it out again, it is due (the
+    /// record's time is looked at only for an event the worker has not
+    /// scheduled itself, such as after a restart).
+    scheduled: bool,
 }
 
 /// An attempt task's report back to the loop.
@@ -151,7 +170,7 @@ struct Finished {
 /// up to half the shutdown timeout for them to finish.
 pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
-    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     // Records are written for this endpoint only by its worker, and by
     // Admin and retention for offsets that already have one or that the
     // consumer never hands out again: none lands above this afterwards.
@@ -175,75 +194,11 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         keys: HashMap::new(),
         attempts: JoinSet::new(),
         finished: finished_tx,
+        finished_rx,
         unrecorded_from,
+        window: ctx.config.delivery_window.get() as usize,
     };
-    let mut head = ctx.store.watch_head();
-    let mut changed = ctx.consumer.watch();
-    let window = ctx.config.delivery_window.get() as usize;
-    loop {
-        head.borrow_and_update();
-        changed.borrow_and_update();
-        let wake_at = loop {
-            let read_new = w.held.len() < window;
-            let held = &w.held;
-            let read = |offset, read| match read {
-                Read::New => ctx.shared.get(&ctx.store, offset),
-                // A held event due for its next attempt: the worker still
-                // has it, so the log is only asked whether retention
-                // removed it meanwhile.
-                Read::Again => match held.get(&offset) {
-                    Some(h) => Ok(ctx.store.meta(offset)?.map(|_| h.event.clone())),
-                    None => Ok(ctx
-                        .store
-                        .get(offset)?
-                        .map(|e| Arc::new(SharedEvent::new(e)))),
-                },
-            };
-            let p = PollFor {
-                stream: WORKER_STREAM,
-                max_in_flight: u32::MAX,
-                ack_wait: LEASE,
-                now: Instant::now(),
-                read_new,
-            };
-            match ctx.consumer.poll_with(p, read) {
-                Ok(Poll::Message(d)) => w.accept(d.event).await,
-                Ok(Poll::Expired(offset)) => w.expired(offset).await,
-                Ok(Poll::Idle { wake_at }) => break wake_at,
-                Err(e) => {
-                    tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "reading the log failed");
-                    break Some(Instant::now() + Duration::from_secs(1));
-                }
-            }
-        };
-        // Events this endpoint's filter skipped are never acked: persist
-        // the position now and then, or every restart reads them again.
-        if ctx.consumer.unsaved() >= SAVE_SKIPPED_AFTER {
-            if let Err(e) = ctx.consumer.save().await {
-                tracing::error!(endpoint = %ctx.endpoint_id, error = %e, "saving the position failed");
-            }
-        }
-        let sleep = async {
-            match wake_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(f) = finished_rx.recv() => {
-                w.finished(f).await;
-                // Every attempt that finished meanwhile, before reading on:
-                // one pass of this loop per batch, not per delivery.
-                while let Ok(f) = finished_rx.try_recv() {
-                    w.finished(f).await;
-                }
-            }
-            r = head.changed() => if r.is_err() { break },
-            r = changed.changed() => if r.is_err() { break },
-            _ = sleep => {}
-        }
-    }
+    drive(&ctx.consumer, ctx.store.watch_head(), &cancel, &mut w).await;
     if ctx.broker_shutdown.is_cancelled() {
         // The broker is stopping: let attempts already on the wire finish
         // (and be recorded) for a while, so a clean restart does not send
@@ -261,6 +216,88 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         .clear();
 }
 
+impl Keyed for Arc<SharedEvent> {
+    fn ordering_key(&self) -> &str {
+        &self.event.event.ordering_key
+    }
+}
+
+impl Taker for Worker {
+    type Event = Arc<SharedEvent>;
+    type Wake = Finished;
+
+    fn poll_for(&self, now: Instant) -> PollFor {
+        PollFor {
+            stream: WORKER_STREAM,
+            max_in_flight: u32::MAX,
+            ack_wait: LEASE,
+            now,
+            // New events only while the window has room.
+            read_new: self.held.len() < self.window,
+        }
+    }
+
+    fn read(&self, offset: Offset, read: Read) -> Result<Option<Arc<SharedEvent>>> {
+        let ctx = &self.ctx;
+        match read {
+            Read::New => ctx.shared.get(&ctx.store, offset),
+            // A held event due for its next attempt: the worker still has
+            // it, so the log is only asked whether retention removed it
+            // meanwhile.
+            Read::Again => match self.held.get(&offset) {
+                Some(h) => Ok(ctx.store.meta(offset)?.map(|_| h.event.clone())),
+                None => Ok(ctx
+                    .store
+                    .get(offset)?
+                    .map(|e| Arc::new(SharedEvent::new(e)))),
+            },
+        }
+    }
+
+    async fn take(&mut self, d: Delivery<Arc<SharedEvent>>) -> ControlFlow<()> {
+        self.accept(d.event).await;
+        ControlFlow::Continue(())
+    }
+
+    async fn expired(&mut self, offset: Offset) -> ControlFlow<()> {
+        self.expired(offset).await;
+        ControlFlow::Continue(())
+    }
+
+    async fn failed(&mut self, e: Error) -> ControlFlow<(), Instant> {
+        tracing::error!(endpoint = %self.ctx.endpoint_id, error = %e, "reading the log failed");
+        ControlFlow::Continue(Instant::now() + Duration::from_secs(1))
+    }
+
+    async fn idle(&mut self) {
+        // Events this endpoint's filter skipped are never acked: persist
+        // the position now and then, or every restart reads them again.
+        if self.ctx.consumer.unsaved() >= SAVE_SKIPPED_AFTER {
+            if let Err(e) = self.ctx.consumer.save().await {
+                tracing::error!(endpoint = %self.ctx.endpoint_id, error = %e, "saving the position failed");
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Finished {
+        match self.finished_rx.recv().await {
+            Some(f) => f,
+            // The worker holds a sender itself: never closed while it runs.
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn woke(&mut self, f: Finished) -> ControlFlow<()> {
+        self.finished(f).await;
+        // Every attempt that finished meanwhile, before reading on: one
+        // pass of the loop per batch, not per delivery.
+        while let Ok(f) = self.finished_rx.try_recv() {
+            self.finished(f).await;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 struct Worker {
     ctx: Arc<WorkerContext>,
     held: HashMap<Offset, Held>,
@@ -269,7 +306,10 @@ struct Worker {
     keys: HashMap<String, VecDeque<Offset>>,
     attempts: JoinSet<()>,
     finished: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
     failing_since: Option<SystemTime>,
+    /// New events are read only while fewer than this many are held.
+    window: usize,
     /// No offset from here on has a delivery record: a new event is started
     /// without reading the state. Besides saving the read, this keeps the
     /// worker off the state engine's global lock, which the state writer
@@ -282,9 +322,10 @@ impl Worker {
     /// An event leased from the consumer: new, or a waiting one now due.
     async fn accept(&mut self, shared: Arc<SharedEvent>) {
         let offset = shared.event.offset;
-        if self.held.contains_key(&offset) {
+        if let Some(h) = self.held.get_mut(&offset) {
             // Back from the consumer after its wait: it is its key's head.
-            self.start(offset).await;
+            let due = std::mem::take(&mut h.scheduled);
+            self.start(offset, due).await;
             return;
         }
         let body = match self.body(&shared) {
@@ -336,10 +377,11 @@ impl Worker {
                 body,
                 key: key.clone(),
                 sending: false,
+                scheduled: false,
             },
         );
         let Some(k) = key else {
-            self.start(offset).await;
+            self.start(offset, false).await;
             return;
         };
         let q = self.keys.entry(k.clone()).or_default();
@@ -347,7 +389,7 @@ impl Worker {
         if coalesce {
             self.coalesce(&k).await;
         } else if q.len() == 1 {
-            self.start(offset).await;
+            self.start(offset, false).await;
         }
     }
 
@@ -439,12 +481,14 @@ impl Worker {
             }
         }
         if newest_turn && !self.held[&newest].sending {
-            self.start(newest).await;
+            self.start(newest, false).await;
         }
     }
 
-    /// Sends `offset` now, unless its record says the next attempt is later.
-    async fn start(&mut self, offset: Offset) {
+    /// Sends `offset` now, unless its record says the next attempt is later
+    /// (`due`: the consumer just handed it out at the time the worker
+    /// scheduled; the record has that time too).
+    async fn start(&mut self, offset: Offset, due: bool) {
         let ctx = self.ctx.clone();
         let lookup = if offset < self.unrecorded_from {
             ctx.store.deliveries().get(&ctx.endpoint_id, offset)
@@ -455,7 +499,7 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "reading delivery state failed");
-                let _ = ctx.consumer.nack(&[offset], Duration::from_secs(1));
+                ctx.wait(offset, Duration::from_secs(1));
                 return;
             }
         };
@@ -466,7 +510,7 @@ impl Worker {
             .as_ref()
             .filter(|r| matches!(r.state(), DeliveryState::Failed | DeliveryState::Pending));
         let prior_attempts = ongoing.map_or(0, |r| r.attempts);
-        let due = match ongoing.and_then(|r| r.next_attempt_at.as_ref()) {
+        let next_at = match ongoing.and_then(|r| r.next_attempt_at.as_ref()) {
             Some(next) => {
                 convert::system_time("next_attempt_at", next).unwrap_or(SystemTime::UNIX_EPOCH)
             }
@@ -475,16 +519,23 @@ impl Worker {
             }
             None => SystemTime::UNIX_EPOCH,
         };
-        if let Ok(wait) = due.duration_since(SystemTime::now()) {
-            if wait > Duration::from_millis(2) {
-                let _ = ctx.consumer.nack(&[offset], wait);
+        match next_at.duration_since(SystemTime::now()) {
+            Ok(wait) if !due && wait > Duration::from_millis(2) => {
+                if let Some(h) = self.held.get_mut(&offset) {
+                    h.scheduled = true;
+                }
+                ctx.wait(offset, wait);
                 return;
             }
+            _ => {}
         }
         // The attempt writes this offset's record.
         self.recorded(offset);
         let held = self.held.get_mut(&offset).expect("started events are held");
         held.sending = true;
+        // Unless it finishes, the attempt hands it back to the consumer
+        // until its next attempt is due.
+        held.scheduled = true;
         let attempt = Attempt {
             ctx: ctx.clone(),
             offset,
@@ -589,7 +640,7 @@ impl Worker {
             match next {
                 Some(next) => {
                     if !self.held[&next].sending {
-                        self.start(next).await;
+                        self.start(next, false).await;
                     }
                 }
                 None => {
@@ -800,7 +851,7 @@ impl Attempt {
                 let wait = next_at
                     .and_then(|t| t.duration_since(SystemTime::now()).ok())
                     .unwrap_or_default();
-                let _ = ctx.consumer.nack(&[self.offset], wait);
+                ctx.wait(self.offset, wait);
             }
         }
         // Nobody watching (the usual case) costs a counter read, no clone.
