@@ -31,6 +31,7 @@ mod startup;
 #[cfg(target_os = "linux")] // prlimit
 mod state_heal;
 mod subscribe;
+mod subscribe_ordering;
 mod sweep;
 mod tenants;
 mod webhook;
