@@ -108,8 +108,10 @@ pub enum Read {
     /// The first read of an event past the consumer's position. Never
     /// below retention's cutoff: retention marks those done first.
     New,
-    /// A message handed out before and due again. Retention may have
-    /// removed its event meanwhile; the reader must then say `None`.
+    /// A message read before and due now: handed out before and due
+    /// again, or its turn came after waiting behind another of its
+    /// ordering key. Retention may have removed its event meanwhile; the
+    /// reader must then say `None`.
     Again,
 }
 
