@@ -22,7 +22,7 @@ pub enum Ordering {
 
 impl Ordering {
     /// The key `ordering_key` orders under, or `None` without ordering.
-    pub fn key<'a>(self, ordering_key: &'a str) -> Option<&'a str> {
+    pub fn key(self, ordering_key: &str) -> Option<&str> {
         match self {
             Ordering::None => None,
             Ordering::Key => Some(ordering_key),

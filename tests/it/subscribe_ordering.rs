@@ -165,14 +165,13 @@ async fn the_ordering_is_the_consumers_and_survives_a_restart() {
     let refused = s
         .subscribe(ordered("kept", Ordering::Strict))
         .await
-        .err()
-        .expect("another ordering is refused");
+        .expect_err("another ordering is refused");
     assert_invalid(refused, "ordering");
     let plain = SubscribeRequest {
         ordering: Ordering::Key as i32,
         ..Default::default()
     };
-    assert_invalid(s.subscribe(plain).await.err().expect("refused"), "ordering");
+    assert_invalid(s.subscribe(plain).await.expect_err("refused"), "ordering");
 
     let server = server.restart().await;
     let mut s = server.subscriber().await;

@@ -97,10 +97,11 @@ async fn start(
     schedule: &[u64],
     window: u32,
 ) -> Running {
-    let mut config = Config::default();
-    config.retry_jitter_percent = 0;
-    config.delivery_window = NonZeroU32::new(window).unwrap();
-    let config = Arc::new(config);
+    let config = Arc::new(Config {
+        retry_jitter_percent: 0,
+        delivery_window: NonZeroU32::new(window).unwrap(),
+        ..Default::default()
+    });
     let mut spec = EndpointSpec::from_pb(
         &pb::Endpoint {
             url: "https://example.com/hook".into(),

@@ -2,7 +2,6 @@
 //! acks, and point reads.
 
 use std::{
-    ops::ControlFlow,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -11,30 +10,30 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use super::{Shared, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
-    consumer::{
-        self,
-        drive::{drive, Taker},
-        Consumer, CreateSpec, Delivery, PollFor, Read, StreamId,
-    },
+    consumer::CreateSpec,
     convert,
     error::{Error, Result},
     metrics::Metrics,
-    model::{EventFilter, EventType, Offset, StoredEvent},
+    model::{EventFilter, EventType, Offset},
     pb::{
         spliced::subscriber_server::Subscriber, subscribe_request::Start, AckMode, AckRequest,
         AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
-        Ordering as PbOrdering, SubscribeRequest, SubscribeResponse,
+        SubscribeRequest,
     },
     store::{decode_meta_record, RawRecord},
     tenant::Scope,
 };
+
+mod durable;
+
+use durable::{ordering, stream_durable, Durable};
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
 /// the rest).
@@ -61,30 +60,6 @@ struct Plan {
     start: Offset,
     filter: EventFilter,
     durable: Option<Durable>,
-}
-
-struct Durable {
-    name: String,
-    max_in_flight: u32,
-    ack_wait: Duration,
-    max_deliveries: u32,
-    /// `None`: whatever the consumer has (none for a new one).
-    ordering: Option<consumer::Ordering>,
-}
-
-/// `SubscribeRequest.ordering`: the same enum as an endpoint's, but
-/// unspecified means "as created" (none for a new consumer), not by key.
-fn ordering(n: i32) -> Result<Option<consumer::Ordering>> {
-    match PbOrdering::try_from(n) {
-        Ok(PbOrdering::Unspecified) => Ok(None),
-        Ok(PbOrdering::None) => Ok(Some(consumer::Ordering::None)),
-        Ok(PbOrdering::Key) => Ok(Some(consumer::Ordering::Key)),
-        Ok(PbOrdering::Strict) => Ok(Some(consumer::Ordering::Strict)),
-        Err(_) => Err(Error::invalid(
-            "ordering",
-            format!("unknown enum value {n}"),
-        )),
-    }
 }
 
 fn validate_consumer_name(name: &str) -> Result<()> {
@@ -206,16 +181,6 @@ impl SubscriberService {
     }
 }
 
-fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
-    SubscribeResponse {
-        offset: e.offset,
-        published_at: Some(convert::timestamp(e.published_at)),
-        event_type: e.event_type.to_string(),
-        event: Some(e.event),
-        delivery_attempt: attempt,
-    }
-}
-
 /// The response for a stored record, unless `filter` leaves it out. Only
 /// the type and attributes are decoded; the event goes out as stored.
 fn stored_response(filter: &EventFilter, raw: RawRecord) -> Result<Option<SubscribeFrame>> {
@@ -295,101 +260,6 @@ impl Drop for StreamCount {
     fn drop(&mut self) {
         self.0.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Hands back this stream's leases when the stream ends, however it ends.
-struct LeaseGuard {
-    consumer: Arc<Consumer>,
-    stream: StreamId,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        self.consumer.release(self.stream);
-    }
-}
-
-/// One stream taking a durable consumer's messages, within its window.
-struct DurableStream {
-    shared: Shared,
-    stream: StreamId,
-    durable: Durable,
-    tx: Tx,
-}
-
-impl Taker for DurableStream {
-    type Event = StoredEvent;
-    type Wake = ();
-
-    fn poll_for(&self, now: Instant) -> PollFor {
-        PollFor {
-            stream: self.stream,
-            max_in_flight: self.durable.max_in_flight,
-            ack_wait: self.durable.ack_wait,
-            now,
-            read_new: true,
-        }
-    }
-
-    fn read(&self, offset: Offset, _: Read) -> Result<Option<StoredEvent>> {
-        self.shared.store.get(offset)
-    }
-
-    async fn take(&mut self, d: Delivery<StoredEvent>) -> ControlFlow<()> {
-        // Deliveries come decoded from the consumer, so this path encodes
-        // them with prost as before.
-        let msg = SubscribeFrame::Decoded(Box::new(subscribe_response(d.event, d.attempt)));
-        tokio::select! {
-            _ = self.shared.shutdown.cancelled() => ControlFlow::Break(()),
-            sent = self.tx.send(Ok(msg)) => match sent {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            },
-        }
-    }
-
-    async fn expired(&mut self, _: Offset) -> ControlFlow<()> {
-        ControlFlow::Continue(())
-    }
-
-    async fn failed(&mut self, e: Error) -> ControlFlow<(), Instant> {
-        // The client learns why its stream ends; if it is gone already,
-        // there is nobody left to tell.
-        if self.tx.send(Err(e.into())).await.is_err() {
-            tracing::debug!(
-                stream = self.stream,
-                "stream closed before its error was sent"
-            );
-        }
-        ControlFlow::Break(())
-    }
-
-    async fn wait(&mut self) {
-        self.tx.closed().await
-    }
-
-    async fn woke(&mut self, (): ()) -> ControlFlow<()> {
-        // The client went away.
-        ControlFlow::Break(())
-    }
-}
-
-/// Deliver a durable consumer's messages within this stream's window.
-async fn stream_durable(shared: Shared, consumer: Arc<Consumer>, durable: Durable, tx: Tx) {
-    let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-    let _guard = LeaseGuard {
-        consumer: consumer.clone(),
-        stream,
-    };
-    let head = shared.store.watch_head();
-    let cancel = shared.shutdown.clone();
-    let mut taker = DurableStream {
-        shared,
-        stream,
-        durable,
-        tx,
-    };
-    drive(&consumer, head, &cancel, &mut taker).await;
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
