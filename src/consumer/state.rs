@@ -1,10 +1,13 @@
 //! A consumer's bookkeeping, free of I/O and clocks so it can be tested alone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::time::Instant;
 
-use super::StreamId;
+use super::{
+    keys::{KeyQueues, Ordering},
+    StreamId,
+};
 use crate::model::Offset;
 
 #[derive(Debug)]
@@ -43,6 +46,14 @@ pub(super) struct State {
     pub max_deliveries: u32,
     /// Dead-lettered offsets (done, kept for the operator).
     pub dead: BTreeSet<Offset>,
+    /// How messages are ordered when handed out.
+    pub ordering: Ordering,
+    /// With ordering: per key, the message that is out and those behind it.
+    keys: KeyQueues,
+    /// Messages whose turn came (the one before them of their key is done)
+    /// and whose ordering changed: due now, before any timed redelivery,
+    /// with the deliveries each has had.
+    ready: BTreeMap<Offset, u32>,
 }
 
 impl State {
@@ -72,9 +83,43 @@ impl State {
         self.end_retry(offset).is_some()
     }
 
-    /// Whether `offset` is leased or waiting for redelivery.
+    /// Whether `offset` is leased, waiting for redelivery, or waiting
+    /// behind another message of its ordering key.
     pub fn is_held(&self, offset: Offset) -> bool {
-        self.leases.contains_key(&offset) || self.retries.contains_key(&offset)
+        self.leases.contains_key(&offset)
+            || self.retries.contains_key(&offset)
+            || self.ready.contains_key(&offset)
+            || self.keys.contains(offset)
+    }
+
+    /// How many messages wait behind another of their ordering key.
+    pub fn behind(&self) -> usize {
+        self.keys.behind()
+    }
+
+    /// Orders messages handed out from now on by `ordering`. Messages that
+    /// waited behind another of their key under the old ordering are due
+    /// at once; those out stay with their holders.
+    pub fn set_ordering(&mut self, ordering: Ordering) {
+        if ordering == self.ordering {
+            return;
+        }
+        self.ordering = ordering;
+        self.ready.extend(self.keys.clear());
+    }
+
+    /// `offset`, leased and just read, has ordering key `key`: true if it
+    /// may go out (no other message of its key is out); else its lease
+    /// ends, without counting as a delivery, and it waits behind that one.
+    /// An offset whose lease ended meanwhile (acked, released) is not
+    /// ordered: it goes out as it would have without ordering.
+    pub fn claim(&mut self, offset: Offset, key: &str) -> bool {
+        if !self.is_leased(offset) || self.keys.claim(offset, key) {
+            return true;
+        }
+        let lease = self.end_lease(offset).expect("checked above");
+        self.keys.wait(offset, key, lease.attempt.saturating_sub(1));
+        false
     }
 
     /// Makes a done offset pending again, due at `now`.
@@ -148,6 +193,10 @@ impl State {
         for o in below {
             self.end_lease(o);
         }
+        // Key order starts afresh: what waited behind another message of
+        // its key is read again (or done, below `to`).
+        self.keys.clear();
+        self.ready.clear();
         self.reopened.retain(|&o| o >= to);
         self.dead.retain(|&o| o < to);
         self.done.clear();
@@ -189,6 +238,9 @@ impl State {
     }
 
     fn end_retry(&mut self, offset: Offset) -> Option<u32> {
+        if let Some(attempts) = self.ready.remove(&offset) {
+            return Some(attempts);
+        }
         let (attempts, due) = self.retries.remove(&offset)?;
         self.retry_due.remove(&(due, offset));
         Some(attempts)
@@ -212,9 +264,12 @@ impl State {
         }
     }
 
-    /// The earliest-due message waiting for redelivery, with the attempts
-    /// made so far.
+    /// The earliest-due message waiting for redelivery (first those whose
+    /// turn came in their key's order), with the attempts made so far.
     pub fn take_due_retry(&mut self, now: Instant) -> Option<(Offset, u32)> {
+        if let Some(ready) = self.ready.pop_first() {
+            return Some(ready);
+        }
         let &(due, offset) = self.retry_due.first()?;
         if due > now {
             return None;
@@ -273,6 +328,10 @@ impl State {
     }
 
     pub fn mark_done(&mut self, offset: Offset) {
+        // The next of its key, if any, is due now.
+        if let Some((next, attempts)) = self.keys.remove(offset) {
+            self.ready.insert(next, attempts);
+        }
         if offset < self.floor {
             return;
         }

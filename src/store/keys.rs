@@ -380,6 +380,10 @@ pub struct ConsumerRecord {
     /// events pass its filter.
     #[prost(string, tag = "7")]
     pub tenant: String,
+    /// How it orders messages (0: none, 1: by key, 2: strict); the
+    /// consumer's own numbering, not the public enum's.
+    #[prost(uint32, tag = "8")]
+    pub ordering: u32,
 }
 
 /// `prefix`, a 0 byte, then `offset` big-endian: per-endpoint keys that

@@ -36,6 +36,7 @@ mod startup;
 #[cfg(target_os = "linux")] // prlimit
 mod state_heal;
 mod subscribe;
+mod subscribe_ordering;
 mod support;
 mod sweep;
 mod tenants;

@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use prometheus_parse::{LineInfo, Sample, Scrape, Value};
 use stevedore::pb::{subscribe_request::Start, SubscribeRequest};
 
-use crate::support::{endpoints, pick, publish, Receiver, TestServer};
+use crate::support::{endpoints, pick, publish, Receiver};
 
 /// The body of `GET /metrics` and its content type.
 async fn scrape(addr: std::net::SocketAddr) -> (String, String) {

@@ -1,6 +1,8 @@
 //! Proxy settings and routes, and the connector over a mock direct
 //! connector under paused time.
 
+use std::net::IpAddr;
+
 use super::*;
 
 #[test]

@@ -10,26 +10,30 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use super::{ServiceContext, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
-    consumer::{Consumer, CreateSpec, Poll, PollFor, StreamId},
+    consumer::CreateSpec,
     convert,
     error::{Error, Result},
     metrics::Metrics,
-    model::{EventFilter, EventType, Offset, StoredEvent},
+    model::{EventFilter, EventType, Offset},
     pb::{
         spliced::subscriber_server::Subscriber, subscribe_request::Start, AckMode, AckRequest,
         AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
-        SubscribeRequest, SubscribeResponse,
+        SubscribeRequest,
     },
     store::{decode_meta_record, RawRecord},
     tenant::Scope,
 };
+
+mod durable;
+
+use durable::{ordering, stream_durable, Durable};
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
 /// the rest).
@@ -56,13 +60,6 @@ struct Plan {
     start: Offset,
     filter: EventFilter,
     durable: Option<Durable>,
-}
-
-struct Durable {
-    name: String,
-    max_in_flight: u32,
-    ack_wait: Duration,
-    max_deliveries: u32,
 }
 
 fn validate_consumer_name(name: &str) -> Result<()> {
@@ -147,6 +144,7 @@ impl SubscriberService {
                 max_in_flight,
                 ack_wait,
                 max_deliveries: req.max_deliveries,
+                ordering: ordering(req.ordering)?,
             })
         } else {
             if !req.consumer.is_empty() {
@@ -161,11 +159,13 @@ impl SubscriberService {
                     "only for a durable consumer (ACK_MODE_EXPLICIT with a consumer name)",
                 ));
             }
-            if req.max_in_flight != 0 || req.ack_wait.is_some() {
+            if req.max_in_flight != 0 || req.ack_wait.is_some() || req.ordering != 0 {
                 let field = if req.max_in_flight != 0 {
                     "max_in_flight"
-                } else {
+                } else if req.ack_wait.is_some() {
                     "ack_wait"
+                } else {
+                    "ordering"
                 };
                 return Err(Error::invalid(field, "applies only to ACK_MODE_EXPLICIT"));
             }
@@ -178,16 +178,6 @@ impl SubscriberService {
             filter: scope.narrow(EventFilter::types_only(types)),
             durable,
         })
-    }
-}
-
-fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
-    SubscribeResponse {
-        offset: e.offset,
-        published_at: Some(convert::timestamp(e.published_at)),
-        event_type: e.event_type.to_string(),
-        event: Some(e.event),
-        delivery_attempt: attempt,
     }
 }
 
@@ -272,75 +262,6 @@ impl Drop for StreamCount {
     }
 }
 
-/// Hands back this stream's leases when the stream ends, however it ends.
-struct LeaseGuard {
-    consumer: Arc<Consumer>,
-    stream: StreamId,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        self.consumer.release(self.stream);
-    }
-}
-
-/// Deliver a durable consumer's messages within this stream's window.
-async fn stream_durable(shared: ServiceContext, consumer: Arc<Consumer>, d: Durable, tx: Tx) {
-    let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-    let _guard = LeaseGuard {
-        consumer: consumer.clone(),
-        stream,
-    };
-    let mut head = shared.store.watch_head();
-    let mut changed = consumer.watch();
-    loop {
-        // Mark both watches seen *before* polling, so a change that lands
-        // while we poll wakes the select below instead of being missed.
-        head.borrow_and_update();
-        changed.borrow_and_update();
-        let wake_at = loop {
-            let p = PollFor {
-                stream,
-                max_in_flight: d.max_in_flight,
-                ack_wait: d.ack_wait,
-                now: Instant::now(),
-                read_new: true,
-            };
-            match consumer.poll(p) {
-                Ok(Poll::Message(m)) => {
-                    // Deliveries come decoded from the consumer, so this
-                    // path encodes them with prost as before.
-                    let msg =
-                        SubscribeFrame::Decoded(Box::new(subscribe_response(m.event, m.attempt)));
-                    tokio::select! {
-                        _ = shared.shutdown.cancelled() => return,
-                        sent = tx.send(Ok(msg)) => if sent.is_err() { return },
-                    }
-                }
-                Ok(Poll::Expired(_)) => continue,
-                Ok(Poll::Idle { wake_at }) => break wake_at,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            }
-        };
-        let sleep = async {
-            match wake_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            r = head.changed() => if r.is_err() { return },
-            r = changed.changed() => if r.is_err() { return },
-            _ = sleep => {}
-        }
-    }
-}
-
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -373,13 +294,14 @@ impl Subscriber for SubscriberService {
                 let consumer = self
                     .shared
                     .consumers
-                    .open(
+                    .open_ordered(
                         &d.name,
                         CreateSpec {
                             start: plan.start,
                             filter: plan.filter,
                             max_deliveries: d.max_deliveries,
                         },
+                        d.ordering,
                     )
                     .await?;
                 self.shared.tasks.spawn(async move {

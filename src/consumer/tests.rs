@@ -1,0 +1,304 @@
+//! The consumer's unit tests: a store on a tempdir, polls at chosen times.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::{error::Error, store::test_event as event};
+
+/// Tests that read offsets only order nothing by key.
+impl Keyed for Offset {
+    fn ordering_key(&self) -> &str {
+        ""
+    }
+}
+
+impl Keyed for (Offset, Read) {
+    fn ordering_key(&self) -> &str {
+        ""
+    }
+}
+
+/// The read runs with the offset leased, outside the lock: the lease
+/// already counts, and an offset whose read failed is handed out
+/// again rather than skipped.
+#[tokio::test]
+async fn a_failed_read_hands_the_offset_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _writer) = crate::store::open_for_test(dir.path());
+    let appended = store.append(vec![event("e1"), event("e2")]).await.unwrap();
+    let (first, second) = (appended[0].offset, appended[1].offset);
+    let consumers = Consumers::new(store.clone());
+    let c = consumers
+        .open(
+            "c",
+            CreateSpec {
+                start: first,
+                filter: EventFilter::types_only(Vec::new()),
+                max_deliveries: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(30);
+    let now = Instant::now();
+
+    let p = PollFor {
+        stream: 1,
+        max_in_flight: 10,
+        ack_wait: wait,
+        now,
+        read_new: true,
+    };
+    let failed = c.poll_with(p, |offset, _| {
+        assert_eq!(c.lock().load(1), 1, "leased while it is read");
+        assert!(c.lock().is_leased(offset));
+        Err::<Option<Offset>, _>(Error::Corrupt("unreadable".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(c.lock().load(1), 0);
+
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match c
+            .poll_with(p, |offset, kind| Ok(Some((offset, kind))))
+            .unwrap()
+        {
+            Poll::Message(d) => got.push((d.event, d.attempt)),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    // The failed read was not an attempt: the first delivery is still
+    // attempt 1.
+    assert_eq!(
+        got,
+        vec![((first, Read::Again), 1), ((second, Read::New), 1)]
+    );
+    assert_eq!(c.lock().load(1), 2);
+}
+
+/// Erasure's two steps: unread offsets are done at once (and
+/// returned); one waiting for redelivery, and one leased that is
+/// handed back to wait only afterwards, are reported as expired.
+#[tokio::test]
+async fn erased_offsets_are_expired_whether_unread_waiting_or_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _writer) = crate::store::open_for_test(dir.path());
+    let ids = ["e1", "e2", "e3", "e4"];
+    store.append(ids.map(event).to_vec()).await.unwrap();
+    let consumers = Consumers::new(store.clone());
+    let spec = CreateSpec {
+        start: 1,
+        filter: EventFilter::types_only(Vec::new()),
+        max_deliveries: 0,
+    };
+    let c = consumers.open("c", spec).await.unwrap();
+    let p = PollFor {
+        stream: 1,
+        max_in_flight: 2,
+        ack_wait: Duration::from_secs(30),
+        now: Instant::now(),
+        read_new: true,
+    };
+    let take = || match c.poll_with(p, |o, _| Ok(Some(o))).unwrap() {
+        Poll::Message(d) => d.event,
+        other => panic!("expected a message, got {other:?}"),
+    };
+    let (waiting, leased) = (take(), take());
+    assert_eq!((waiting, leased), (1, 2));
+    c.nack(&[waiting], Duration::from_secs(3600)).unwrap();
+
+    let all = [1, 2, 3];
+    assert_eq!(c.expire_unread(&all), [3], "only the unread one");
+    c.expire_waiting(&all);
+    let next = |c: &Consumer| c.poll_with(p, |o, _| Ok(Some(o))).unwrap();
+    assert!(matches!(next(&c), Poll::Expired(1)), "the waiting one");
+    // The leased one expires when it is handed back to wait.
+    c.nack(&[leased], Duration::from_secs(3600)).unwrap();
+    assert!(matches!(next(&c), Poll::Expired(2)), "the leased one");
+    // Then the next event: 3 is done.
+    match next(&c) {
+        Poll::Message(d) => assert_eq!(d.event, 4),
+        other => panic!("expected offset 4, got {other:?}"),
+    }
+}
+
+/// A store with one event per key in `keys`, in order, and a consumer of
+/// them all ordered by `ordering`.
+async fn keyed(
+    dir: &std::path::Path,
+    keys: &[&str],
+    ordering: Ordering,
+) -> (Consumers, Arc<Consumer>, crate::store::WriterHandle) {
+    let (store, writer) = crate::store::open_for_test(dir);
+    let events = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let mut e = event(&format!("e{i}"));
+            e.event.ordering_key = (*k).into();
+            e
+        })
+        .collect();
+    store.append(events).await.unwrap();
+    let consumers = Consumers::new(store);
+    let spec = CreateSpec {
+        start: 1,
+        filter: EventFilter::types_only(Vec::new()),
+        max_deliveries: 0,
+    };
+    let c = consumers
+        .open_ordered("c", spec, Some(ordering))
+        .await
+        .unwrap();
+    (consumers, c, writer)
+}
+
+fn poll_at(stream: StreamId, now: Instant) -> PollFor {
+    PollFor {
+        stream,
+        max_in_flight: 100,
+        ack_wait: Duration::from_secs(30),
+        now,
+        read_new: true,
+    }
+}
+
+/// Every message `stream` is handed at `now` until the consumer is idle,
+/// as (offset, attempt).
+fn take_all(c: &Consumer, stream: StreamId, now: Instant) -> Vec<(Offset, u32)> {
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        match c.poll(poll_at(stream, now)).unwrap() {
+            Poll::Message(d) => got.push((d.event.offset, d.attempt)),
+            Poll::Expired(_) => {}
+            Poll::Idle { .. } => return got,
+        }
+    }
+    panic!("the consumer never went idle");
+}
+
+/// By key: a second event of a key waits until the first is acked, other
+/// keys go out meanwhile, and the one that waited goes out as a first
+/// delivery.
+#[tokio::test]
+async fn by_key_the_next_of_a_key_waits_for_the_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "b", "a", "b"], Ordering::Key).await;
+    let now = Instant::now();
+    assert_eq!(take_all(&c, 1, now), [(1, 1), (3, 1)]);
+    // Another stream gets nothing of a or b either.
+    assert_eq!(take_all(&c, 2, now), []);
+    c.ack(&[3]).await.unwrap();
+    assert_eq!(take_all(&c, 2, now), [(5, 1)]);
+    c.ack(&[1]).await.unwrap();
+    assert_eq!(take_all(&c, 1, now), [(2, 1)]);
+    c.ack(&[2, 5]).await.unwrap();
+    assert_eq!(take_all(&c, 1, now), [(4, 1)]);
+    c.ack(&[4]).await.unwrap();
+    assert_eq!(c.floor(), 6);
+}
+
+/// Strict: one message at a time, in log order.
+#[tokio::test]
+async fn strict_hands_out_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cs, c, _w) = keyed(dir.path(), &["a", "b", "c"], Ordering::Strict).await;
+    let now = Instant::now();
+    for o in 1..=3 {
+        assert_eq!(take_all(&c, 1, now), [(o, 1)]);
+        c.ack(&[o]).await.unwrap();
+    }
+    assert_eq!(take_all(&c, 1, now), []);
+}
+
+/// Without ordering, every event goes out at once (as before ordering).
+#[tokio::test]
+async fn no_ordering_hands_out_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "a"], Ordering::None).await;
+    assert_eq!(take_all(&c, 1, Instant::now()), [(1, 1), (2, 1), (3, 1)]);
+}
+
+/// A nacked message keeps its key blocked until its redelivery is acked;
+/// a stream that goes away hands its message back, still first of its
+/// key; a dead letter lets the next of its key go.
+#[tokio::test]
+async fn nack_release_and_dead_letters_keep_the_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "a"], Ordering::Key).await;
+    let t0 = Instant::now();
+    assert_eq!(take_all(&c, 1, t0), [(1, 1)]);
+    c.nack(&[1], Duration::from_secs(60)).unwrap();
+    assert_eq!(take_all(&c, 1, t0), [], "2 waits behind the nacked 1");
+    let later = t0 + Duration::from_secs(120);
+    assert_eq!(take_all(&c, 1, later), [(1, 2)]);
+    c.release(1);
+    assert_eq!(take_all(&c, 2, later), [(1, 3)], "released, still first");
+    c.ack(&[1]).await.unwrap();
+    assert_eq!(take_all(&c, 2, later), [(2, 1)]);
+
+    // With max_deliveries, the dead letter lets the next go.
+    c.lock().max_deliveries = 1;
+    c.nack(&[2], Duration::ZERO).unwrap();
+    assert_eq!(take_all(&c, 2, later), [(3, 1)]);
+    assert!(c.lock().dead.contains(&2));
+}
+
+/// With ordering, reading stops once MAX_BEHIND wait behind their keys:
+/// a stuck key does not pull the log into memory.
+#[tokio::test]
+async fn reading_stops_when_enough_wait_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = vec!["k"; MAX_BEHIND + 10];
+    let (_cs, c, _w) = keyed(dir.path(), &keys, Ordering::Strict).await;
+    let now = Instant::now();
+    assert_eq!(take_all(&c, 1, now), [(1, 1)]);
+    assert_eq!(c.lock().behind(), MAX_BEHIND);
+    assert_eq!(c.lock().next_read, 2 + MAX_BEHIND as Offset);
+    c.ack(&[1]).await.unwrap();
+    assert_eq!(take_all(&c, 1, now), [(2, 1)]);
+    assert_eq!(c.lock().behind(), MAX_BEHIND, "one more read");
+}
+
+/// Retention's expiry of an event waiting behind its key takes it out of
+/// the key's queue: the next one goes out after the first.
+#[tokio::test]
+async fn expired_events_leave_their_key_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "a"], Ordering::Key).await;
+    let now = Instant::now();
+    assert_eq!(take_all(&c, 1, now), [(1, 1)]);
+    assert_eq!(c.expire_below(3), [2], "2 was only waiting behind 1");
+    c.ack(&[1]).await.unwrap();
+    assert_eq!(take_all(&c, 1, now), [(3, 1)]);
+}
+
+/// The ordering is persisted with the consumer; opening it with another
+/// is refused, and changing it in memory lets every waiting message go.
+#[tokio::test]
+async fn ordering_is_kept_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cs, c, _w) = keyed(dir.path(), &["a", "a"], Ordering::Key).await;
+    let spec = CreateSpec {
+        start: 1,
+        filter: EventFilter::types_only(Vec::new()),
+        max_deliveries: 0,
+    };
+    let refused = cs
+        .open_ordered("c", spec.clone(), Some(Ordering::Strict))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument { ref field, .. }) if field == "ordering"),
+        "{:?}",
+        refused.err()
+    );
+    cs.open_ordered("c", spec.clone(), None).await.unwrap();
+    let reloaded = Consumers::new(c.store.clone());
+    let again = reloaded.get("c").unwrap();
+    assert_eq!(again.ordering(), Ordering::Key);
+
+    let now = Instant::now();
+    assert_eq!(take_all(&c, 1, now), [(1, 1)]);
+    c.set_ordering(Ordering::None);
+    assert_eq!(take_all(&c, 1, now), [(2, 1)]);
+}

@@ -1,0 +1,206 @@
+//! How held events end besides an attempt: superseded by a newer state
+//! (coalescing), expired or erased; and what the manager is told about
+//! the endpoint's health.
+
+use std::time::SystemTime;
+
+use super::{Finished, Worker};
+use crate::{
+    convert,
+    delivery::{classify::Verdict, Control},
+    error::Result,
+    model::{Offset, StoredEvent, RESERVED_PREFIX},
+    pb::{self, DeliveryState},
+};
+
+impl Worker {
+    /// Coalescing: every held event of key `k` that is not sending is
+    /// superseded by the newest one, which inherits the schedule of the
+    /// superseded head and starts when it is at the front.
+    pub(super) async fn coalesce(&mut self, k: &str) {
+        let Some(q) = self.keys.get_mut(k) else {
+            return;
+        };
+        let Some(&newest) = q.back() else {
+            return;
+        };
+        let old: Vec<Offset> = q
+            .iter()
+            .copied()
+            .filter(|&o| o != newest && self.held.get(&o).is_some_and(|h| !h.sending))
+            .collect();
+        q.retain(|o| !old.contains(o));
+        let newest_turn = q.front() == Some(&newest);
+        let ctx = self.ctx.clone();
+        let mut inherited: Option<pb::Delivery> = None;
+        for offset in old {
+            let held = self.held.remove(&offset).expect("listed from held");
+            self.unview(offset);
+            let previous = ctx
+                .store
+                .deliveries()
+                .get(&ctx.endpoint_id, offset)
+                .ok()
+                .flatten();
+            let mut record =
+                base_record(&held.event.event, DeliveryState::Superseded, String::new());
+            record.superseded_by = newest;
+            if let Some(p) = &previous {
+                record.attempts = p.attempts;
+                record.last_attempt_at = p.last_attempt_at;
+                record.last_status = p.last_status;
+                record.last_error = p.last_error.clone();
+                if matches!(p.state(), DeliveryState::Failed | DeliveryState::Pending) {
+                    inherited = Some(p.clone());
+                }
+            }
+            if let Err(e) = self.write_final(offset, record).await {
+                tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "recording supersession failed");
+            }
+            ctx.count("superseded");
+        }
+        // Take over the schedule, so a receiver that is down is not
+        // hammered by every new level.
+        if let Some(p) = inherited.filter(|p| p.attempts > 0) {
+            let held = &self.held[&newest];
+            let mut record = base_record(
+                &held.event.event,
+                DeliveryState::Pending,
+                p.last_error.clone(),
+            );
+            record.attempts = p.attempts;
+            record.next_attempt_at = p.next_attempt_at;
+            record.last_attempt_at = p.last_attempt_at;
+            record.last_status = p.last_status;
+            self.recorded(newest);
+            if let Err(e) = ctx
+                .store
+                .deliveries()
+                .put(&ctx.endpoint_id, newest, &record)
+                .await
+            {
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest, error = %e, "recording inherited schedule failed");
+            }
+        }
+        if newest_turn && !self.held[&newest].sending {
+            self.start(newest, false).await;
+        }
+    }
+
+    /// Tells the manager about health changes and operational events.
+    pub(super) fn health(&mut self, f: &Finished) {
+        let ctx = &self.ctx;
+        let now = SystemTime::now();
+        let ops = !f.record.event_type.starts_with(RESERVED_PREFIX);
+        match &f.verdict {
+            Verdict::Delivered => {
+                if let Some(since) = self.failing_since.take() {
+                    let _ = ctx.control.send(Control::Recovered {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        failing_since: since,
+                    });
+                }
+            }
+            Verdict::Gone => {}
+            Verdict::Retry { .. } => {
+                let since = *self.failing_since.get_or_insert_with(|| {
+                    let _ = ctx.control.send(Control::Failing {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        since: now,
+                    });
+                    now
+                });
+                if now.duration_since(since).unwrap_or_default() >= ctx.config.auto_disable_after {
+                    let _ = ctx.control.send(Control::Disable {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        reason: format!(
+                            "auto-disabled: failing since {} with no success",
+                            humanize_since(since)
+                        ),
+                    });
+                }
+                if ops
+                    && f.state == DeliveryState::Failed
+                    && f.attempts == ctx.config.failing_event_after
+                {
+                    let _ = ctx.control.send(Control::DeliveryFailing {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        offset: f.offset,
+                        record: f.record.clone(),
+                    });
+                }
+                if ops && f.state == DeliveryState::Dead {
+                    let _ = ctx.control.send(Control::Exhausted {
+                        endpoint_id: ctx.endpoint_id.clone(),
+                        offset: f.offset,
+                        record: f.record.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Retention or an erasure removed the event of a held delivery: dead,
+    /// `expired` (or `erased`).
+    pub(super) async fn expired(&mut self, offset: Offset) {
+        let Some(held) = self.held.get(&offset) else {
+            return;
+        };
+        // The tombstone's reason when the event was erased (tenant
+        // erasure or the tenant's retention), else retention's `expired`.
+        let reason = match self.ctx.store.erasure(offset) {
+            Ok(Some(e)) => e.reason,
+            _ => "expired".to_owned(),
+        };
+        self.ctx.count(&reason);
+        let mut record = base_record(&held.event.event, DeliveryState::Dead, reason);
+        if let Ok(Some(p)) = self
+            .ctx
+            .store
+            .deliveries()
+            .get(&self.ctx.endpoint_id, offset)
+        {
+            record.attempts = p.attempts;
+            record.last_attempt_at = p.last_attempt_at;
+            record.last_status = p.last_status;
+        }
+        self.finish_without_sending(offset, record).await;
+    }
+
+    pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: pb::Delivery) {
+        if let Err(e) = self.write_final(offset, record).await {
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
+        }
+        self.release(offset).await;
+    }
+
+    /// Writes a final record, then acks.
+    async fn write_final(&mut self, offset: Offset, record: pb::Delivery) -> Result<()> {
+        self.recorded(offset);
+        self.ctx
+            .store
+            .deliveries()
+            .put(&self.ctx.endpoint_id, offset, &record)
+            .await?;
+        self.ctx.consumer.ack(&[offset]).await
+    }
+}
+
+pub(super) fn base_record(
+    event: &StoredEvent,
+    state: DeliveryState,
+    error: String,
+) -> pb::Delivery {
+    pb::Delivery {
+        event_id: event.event.id.clone(),
+        event_type: event.event_type.to_string(),
+        state: state as i32,
+        last_error: error,
+        ..Default::default()
+    }
+}
+
+fn humanize_since(t: SystemTime) -> String {
+    let ts = convert::timestamp(t);
+    format!("unix {}s", ts.seconds)
+}
