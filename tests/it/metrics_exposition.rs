@@ -222,8 +222,6 @@ fn number(s: &Sample) -> f64 {
 
 #[tokio::test]
 async fn metrics_exposition_parses_and_carries_the_broker_s_numbers() {
-    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_addr = metrics_listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = stevedore::config::Config {
         data_dir: dir.path().join("data"),
@@ -233,22 +231,8 @@ async fn metrics_exposition_parses_and_carries_the_broker_s_numbers() {
         console_listen: None,
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stevedore::run_with_metrics(
-        config,
-        listener,
-        Some(metrics_listener),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let broker = crate::support::MetricsBroker::start(config).await;
+    let (metrics_addr, channel) = (broker.metrics_addr, broker.channel.clone());
     let rx = Receiver::start().await;
     let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
     let (ep, _) = endpoints::create(
@@ -389,8 +373,7 @@ async fn metrics_exposition_parses_and_carries_the_broker_s_numbers() {
         );
     }
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    broker.stop().await;
 }
 
 /// The format check above rejects what a lenient parser would skip.

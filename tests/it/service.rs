@@ -160,8 +160,6 @@ async fn graceful_shutdown_ends_streams_and_keeps_everything() {
 
 #[tokio::test]
 async fn metrics_are_served_in_the_prometheus_format() {
-    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_addr = metrics_listener.local_addr().unwrap();
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let config = stevedore::config::Config {
         data_dir: dir.path().join("data"),
@@ -173,22 +171,8 @@ async fn metrics_are_served_in_the_prometheus_format() {
         handshake_timeout: Duration::from_millis(300),
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(stevedore::run_with_metrics(
-        config,
-        listener,
-        Some(metrics_listener),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let broker = crate::support::MetricsBroker::start(config).await;
+    let (addr, metrics_addr, channel) = (broker.addr, broker.metrics_addr, broker.channel.clone());
     let rx = crate::support::Receiver::start().await;
     let mut admin = stevedore::pb::admin_client::AdminClient::new(channel.clone());
     let (ep, _) = crate::support::create(
@@ -300,8 +284,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    broker.stop().await;
 }
 
 #[tokio::test]

@@ -46,5 +46,5 @@ pub use publishing::{mode_name, publish_in_mode, status_text, Mode};
 pub use raw_grpc::{frame, percent_decode, percent_decode_bytes};
 pub use receiver::{Behavior, Receiver, Recorded, HALF_WRITTEN_MISSING, HOOK_PATH};
 pub use rng::{seed, Rng};
-pub use server::{data_path, self_signed, test_tokens, Authed, Bearer, TestServer};
+pub use server::{data_path, self_signed, test_tokens, Authed, Bearer, MetricsBroker, TestServer};
 pub use signatures::{sign, signatures, verify_signature};

@@ -250,3 +250,53 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
 pub fn data_path(server: &TestServer) -> PathBuf {
     server.config.data_dir.clone()
 }
+
+/// The broker in this process with its `/metrics` listener, for the tests
+/// that scrape it: `config` as given, both listeners on loopback ports.
+pub struct MetricsBroker {
+    /// Where gRPC is served.
+    pub addr: std::net::SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: std::net::SocketAddr,
+    /// A connected gRPC channel.
+    pub channel: Channel,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl MetricsBroker {
+    /// Starts the broker with `config` and connects to it.
+    pub async fn start(config: Config) -> Self {
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(stevedore::run_with_metrics(
+            config,
+            listener,
+            Some(metrics_listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            addr,
+            metrics_addr,
+            channel,
+            stop,
+            server,
+        }
+    }
+
+    /// Stops it gracefully; it must end without an error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
