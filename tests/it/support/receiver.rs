@@ -155,6 +155,9 @@ struct State {
     queue: VecDeque<Behavior>,
     default: Behavior,
     requests: Vec<Recorded>,
+    /// [`Receiver::respond_first_of_each`]: the header, the behaviour, and
+    /// the header values seen so far.
+    first_of_each: Option<(&'static str, Behavior, std::collections::HashSet<Vec<u8>>)>,
 }
 
 impl Shared {
@@ -177,6 +180,7 @@ impl Receiver {
                 queue: VecDeque::new(),
                 default: Behavior::Status(200),
                 requests: Vec::new(),
+                first_of_each: None,
             }),
             count: watch::channel(0).0,
             open_connections: AtomicUsize::new(0),
@@ -204,6 +208,15 @@ impl Receiver {
     pub fn respond_n(&self, n: usize, b: Behavior) {
         let mut state = self.shared.state();
         state.queue.extend(std::iter::repeat_n(b, n));
+    }
+
+    /// The first request carrying each distinct value of `header` gets `b`
+    /// (ahead of the queue); later requests with a value seen before, and
+    /// requests without the header, are answered as usual. Unlike
+    /// [`Receiver::respond_n`], this does not depend on the order in which
+    /// first attempts and retries of different events arrive.
+    pub fn respond_first_of_each(&self, header: &'static str, b: Behavior) {
+        self.shared.state().first_of_each = Some((header, b, Default::default()));
     }
 
     /// The behaviour when nothing is queued (initially `Status(200)`).
@@ -453,14 +466,21 @@ async fn handle(
     };
     let behavior = {
         let mut state = shared.state();
+        let first = state.first_of_each.as_mut().and_then(|(header, b, seen)| {
+            let value = recorded.headers.get(*header)?.as_bytes().to_vec();
+            seen.insert(value).then(|| b.clone())
+        });
         state.requests.push(recorded);
         let n = state.requests.len();
         // Under the lock so counts are published in order.
         shared.count.send_replace(n);
-        state
-            .queue
-            .pop_front()
-            .unwrap_or_else(|| state.default.clone())
+        match first {
+            Some(b) => b,
+            None => state
+                .queue
+                .pop_front()
+                .unwrap_or_else(|| state.default.clone()),
+        }
     };
     let full = match behavior {
         Behavior::HalfWritten(s, part) => return Ok(half_written(s, part)),
