@@ -74,16 +74,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
-    api::{AdminService, PublisherService, ServiceContext, SubscriberService},
+    api::{AdminService, PublisherService, ServiceContext, SubscriberServer, SubscriberService},
     auth::{Auth, Role},
     config::Config,
     consumer::Consumers,
     delivery::DeliveryDeps,
     endpoints::Endpoints,
-    pb::{
-        admin_server::AdminServer, publisher_server::PublisherServer,
-        spliced::subscriber_server::SubscriberServer,
-    },
+    pb::{admin_server::AdminServer, publisher_server::PublisherServer},
     store::{Store, StoreConfig},
 };
 

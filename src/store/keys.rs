@@ -252,7 +252,7 @@ pub fn decode_meta(key: &[u8], value: &[u8]) -> Result<EventMeta> {
     };
     let event_type = event_type
         .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
-    // The rule of `crate::tenant::of_event`: the payload's `tenant_id` when
+    // The rule of `crate::model::event_tenant`: the payload's `tenant_id` when
     // set, else the envelope's.
     let tenant = match payload_tenant {
         Some(t) if !t.tenant_id.is_empty() => t.tenant_id,

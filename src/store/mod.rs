@@ -393,25 +393,28 @@ pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
     .expect("a store opens in a fresh directory")
 }
 
-/// A valid custom event `id` of type `a.b`, for unit tests.
+/// A valid custom event `id` of type `a.b`, for unit tests: what
+/// `convert::validate_event` makes of it (the publish time as
+/// `occurred_at`, the id as ordering key), built here so the store does not
+/// depend on the edge that validates wire input.
 #[cfg(test)]
 pub(crate) fn test_event(id: &str) -> NewEvent {
-    crate::convert::validate_event(
-        crate::pb::Event {
-            id: id.into(),
-            payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
-                r#type: "a.b".into(),
-                data: None,
-            })),
-            ..Default::default()
-        },
-        &"event",
-        std::time::SystemTime::now(),
-        crate::convert::EventLimits {
-            max_event_bytes: 4096,
-        },
-    )
-    .expect("a valid event")
+    let event = crate::pb::Event {
+        id: id.into(),
+        occurred_at: Some(std::time::SystemTime::now().into()),
+        ordering_key: id.into(),
+        payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
+            r#type: "a.b".into(),
+            data: None,
+        })),
+        ..Default::default()
+    };
+    NewEvent {
+        event_type: crate::model::event_type_of(event.payload.as_ref())
+            .expect("a custom payload has a type"),
+        event,
+        id_assigned: false,
+    }
 }
 
 #[cfg(test)]
