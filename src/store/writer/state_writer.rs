@@ -23,7 +23,7 @@ use crate::{
     },
 };
 
-/// [`next_group`], waiting no later than `until`: `Some(false)` if
+/// [`super::next_group`], waiting no later than `until`: `Some(false)` if
 /// nothing came by then, `None` once every sender is gone.
 fn next_group_until<T>(
     ops: &mut mpsc::Receiver<T>,
