@@ -20,11 +20,13 @@ use crate::{
 pub(crate) fn validate_tenant(event: &pb::Event, path: &dyn fmt::Display) -> Result<()> {
     let envelope = event.tenant.as_str();
     if !envelope.is_empty() {
-        crate::config::tenants::check_name(envelope).map_err(|m| Error::invalid(format!("{path}.tenant"), m))?;
+        crate::config::tenants::check_name(envelope)
+            .map_err(|m| Error::invalid(format!("{path}.tenant"), m))?;
     }
     if let Some((field, t)) = crate::model::payload_tenant(event.payload.as_ref()) {
         if !t.is_empty() {
-            crate::config::tenants::check_name(t).map_err(|m| Error::invalid(format!("{path}.{field}"), m))?;
+            crate::config::tenants::check_name(t)
+                .map_err(|m| Error::invalid(format!("{path}.{field}"), m))?;
             if !envelope.is_empty() && envelope != t {
                 return Err(Error::invalid(
                     format!("{path}.tenant"),

@@ -34,8 +34,8 @@ mod durable;
 mod spliced;
 
 use durable::{ordering, stream_durable, Durable};
-pub use spliced::subscriber_server::SubscriberServer;
 use spliced::subscriber_server::Subscriber;
+pub use spliced::subscriber_server::SubscriberServer;
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
 /// the rest).

@@ -124,11 +124,7 @@ async fn every_acknowledged_write_was_synced() {
             "an append is synced before its answer"
         );
         store
-            .write(vec![Mutation::put(
-                Table::Endpoints,
-                format!("k{i}"),
-                "v",
-            )])
+            .write(vec![Mutation::put(Table::Endpoints, format!("k{i}"), "v")])
             .await
             .unwrap();
         assert!(
@@ -157,13 +153,7 @@ async fn a_failing_state_write_shows_in_health_until_one_succeeds() {
         fs.fail_state_syncs
             .store(on, std::sync::atomic::Ordering::SeqCst)
     };
-    let put = |i: u32| {
-        vec![Mutation::put(
-            Table::Endpoints,
-            format!("k{i}"),
-            "v",
-        )]
-    };
+    let put = |i: u32| vec![Mutation::put(Table::Endpoints, format!("k{i}"), "v")];
     store.write(put(0)).await.unwrap();
     assert!(health.borrow().problem().is_none());
 

@@ -167,4 +167,3 @@ fn offsets(r: &Result<Vec<Appended>>) -> Vec<(Offset, bool)> {
         .map(|a| (a.offset, a.duplicate))
         .collect()
 }
-

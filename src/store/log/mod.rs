@@ -41,11 +41,11 @@ use bytes::Bytes;
 
 mod files;
 
+pub(super) use files::write_start_file;
 use files::{
     create_segment, open_segment, read_or_create_meta, read_start, remove_orphans, segment_path,
     write_idx,
 };
-pub(super) use files::write_start_file;
 
 pub(super) use append::LogWriter;
 use fs::{Fs, FsFile};

@@ -122,4 +122,3 @@ fn take_queued<T>(ops: &mut mpsc::Receiver<T>, group: &mut Vec<T>, max: usize) {
         }
     }
 }
-

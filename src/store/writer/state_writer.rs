@@ -96,7 +96,11 @@ impl StateWriterThread {
     /// `applied`, so the sync thread finishes too) once every sender is
     /// dropped and the queue is drained, so nothing queued before shutdown
     /// is lost.
-    pub(in crate::store) fn run(self, mut ops: mpsc::Receiver<StateOp>, applied: SyncSender<Applied>) {
+    pub(in crate::store) fn run(
+        self,
+        mut ops: mpsc::Receiver<StateOp>,
+        applied: SyncSender<Applied>,
+    ) {
         let mut group = Vec::with_capacity(self.max_group);
         let mut next_heal = Instant::now();
         loop {
