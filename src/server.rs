@@ -266,9 +266,10 @@ pub async fn serve(
         .add_service(auth.guard(Role::Subscriber, subscriber))
         .add_service(auth.guard(Role::Admin, admin))
         // Connections under `max_connections`, with handshake and idle
-        // timeouts, and TCP_NODELAY (`serve_with_incoming` ignores the
-        // builder's: small responses waited for delayed ACKs, 40 ms p99 in
-        // the benchmark's unary Publish).
+        // timeouts, and TCP_NODELAY: `serve_with_incoming` ignores the
+        // builder's, and without it a small response waits for the
+        // client's delayed ACK, which shows as tail latency on every unary
+        // call (BENCHMARKS.md, "Notes moved from code").
         .serve_with_incoming_shutdown(
             api::conn::incoming(listener, &config, metrics.clone()),
             stopping,

@@ -139,8 +139,11 @@ enum CountRule {
 }
 
 /// A map keyed by protobuf field number, hashed by one multiply: the scan
-/// looks a field up for every field of every message it walks. With the
-/// default SipHash, PublishStream ran 12-18 % slower (BENCHMARKS.md).
+/// looks a field up for every field of every message it walks, so the
+/// hash is on the hot path of every publish. The keys are small integers
+/// from our own schema, not attacker-chosen, so SipHash's protection
+/// against flooding buys nothing here (figures in BENCHMARKS.md, "Notes
+/// moved from code").
 type ByNumber<V> = HashMap<u32, V, std::hash::BuildHasherDefault<NumberHasher>>;
 
 #[derive(Default)]

@@ -18,24 +18,22 @@ const SATURATED_UNTIL: f64 = 0.6;
 /// Group commit pacing: while the runtime that opened the store is
 /// saturated, a commit of few events first waits `delay` for more.
 ///
-/// Each `fdatasync` costs CPU besides its latency (~45 µs on the benchmark
-/// VM over zeros written ahead, ~90 µs growing the file; most of it in the
+/// Each `fdatasync` costs CPU besides its latency (most of it in the
 /// kernel), plus the log thread's wakeups preempting a runtime thread.
 /// Committing as soon as the last commit ends is right while the runtime
-/// has idle time. Once it is saturated, that CPU comes
-/// out of request handling: waiting for bigger groups gives it back.
-/// Unary Publish with 64 callers went from 58 % to 71.5 % of the no-op
-/// server (6 interleaved runs), and with 8, 16 and 32 callers (runtime
-/// not saturated) nothing changed (BENCHMARKS.md, fourth pass). A fixed
-/// wait without the saturation test halved the throughput of 8 callers.
+/// has idle time. Once it is saturated, that CPU comes out of request
+/// handling: waiting for bigger groups gives it back. Below saturation a
+/// wait only adds latency, so the wait depends on the saturation test and
+/// is not fixed.
 ///
 /// A runtime saturated by other work (webhook deliveries, say) while
 /// publishes come one at a time gains nothing from waiting: commits wait
 /// only after a commit of several events.
 ///
-/// Ending the wait early when a runtime worker (or every worker) parks,
-/// or sleeping right after a paced commit instead of waiting for the
-/// first append, all measured worse (BENCHMARKS.md, fifth pass).
+/// The variants that ended the wait early or slept at other points did
+/// worse than this rule. The figures behind all of this are in
+/// BENCHMARKS.md ("Notes moved from code", and the fourth and fifth
+/// passes).
 pub(super) struct Pacing {
     /// How long a paced commit waits for more.
     pub(super) delay: Duration,
