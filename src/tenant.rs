@@ -242,7 +242,7 @@ pub fn check_known(known: &[String], field: &str, tenant: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert::event::validate_tenant as validate_event;
+    use crate::convert::tenant::validate_tenant as validate_event;
 
     fn shipment(tenant_id: &str, envelope: &str) -> pb::Event {
         pb::Event {

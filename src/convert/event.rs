@@ -14,30 +14,6 @@ use crate::{
     pb::{self, event::Payload},
 };
 
-/// Resolves and checks a published event's tenant (field paths under
-/// `path`): the payload's and the envelope's must agree, and the name must
-/// be well-formed.
-pub(crate) fn validate_tenant(event: &pb::Event, path: &dyn fmt::Display) -> Result<()> {
-    let envelope = event.tenant.as_str();
-    if !envelope.is_empty() {
-        crate::config::tenants::check_name(envelope)
-            .map_err(|m| Error::invalid(format!("{path}.tenant"), m))?;
-    }
-    if let Some((field, t)) = crate::model::payload_tenant(event.payload.as_ref()) {
-        if !t.is_empty() {
-            crate::config::tenants::check_name(t)
-                .map_err(|m| Error::invalid(format!("{path}.{field}"), m))?;
-            if !envelope.is_empty() && envelope != t {
-                return Err(Error::invalid(
-                    format!("{path}.tenant"),
-                    format!("is {envelope:?} but {field} is {t:?}: they must agree (or leave tenant empty)"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Limits applied while validating events.
 #[derive(Debug, Clone, Copy)]
 pub struct EventLimits {
@@ -128,7 +104,7 @@ pub fn validate_event(
     };
     let default_key = validate_payload(path, payload)?;
     let event_type = event_type_of(event.payload.as_ref()).expect("payload checked above");
-    validate_tenant(&event, &path)?;
+    super::tenant::validate_tenant(&event, &path)?;
 
     if event.ordering_key.is_empty() {
         // Without a natural key the event is ordered only against itself.
