@@ -95,7 +95,7 @@ impl StoreConfig {
 pub struct RawRecord {
     /// Its offset.
     pub offset: Offset,
-    /// The encoded [`keys::EventRecord`].
+    /// The encoded [`keys::event_record::EventRecord`].
     pub record: bytes::Bytes,
 }
 
@@ -311,7 +311,7 @@ impl Store {
 
     /// Up to `limit` durable records from `from` on (from the first offset,
     /// if `from` is below it), in log order, as stored: each an encoded
-    /// [`keys::EventRecord`] (see [`keys::split_event_record`]), for readers
+    /// [`keys::event_record::EventRecord`] (see [`keys::split_event_record`]), for readers
     /// that forward the event's bytes without decoding them. Erased events
     /// (tombstones) are left out, so offsets may skip; an empty answer
     /// still means nothing is left up to the head.

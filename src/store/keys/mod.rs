@@ -14,7 +14,7 @@
 //!   reads them, moves their events into the log and drops them.
 
 mod event_meta;
-mod event_record;
+pub(super) mod event_record;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
