@@ -7,7 +7,9 @@
 //! and request types, but `Subscribe` answers with
 //! `crate::api::SubscribeFrame` through its own codec, which writes stored
 //! events' bytes into responses without decoding them. Clients (and the
-//! reflection descriptors) keep the plain `SubscribeResponse`.
+//! reflection descriptors) keep the plain `SubscribeResponse`. The file is
+//! included by `src/api/subscribe/spliced.rs`, beside the codec it names, so
+//! `pb` stays a leaf that names nothing else in the crate.
 
 use std::{env, fs, path::PathBuf};
 

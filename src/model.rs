@@ -186,6 +186,30 @@ pub fn event_type_of(payload: Option<&pb::event::Payload>) -> Option<EventType> 
     Some(EventType::from_static(name))
 }
 
+/// The payload's own tenant field (`tenant_id`) for the WMS event types,
+/// with its field name; `None` for types without one.
+pub fn payload_tenant(payload: Option<&pb::event::Payload>) -> Option<(&'static str, &str)> {
+    use pb::event::Payload as P;
+    Some(match payload? {
+        P::ShipmentClosed(p) => ("shipment_closed.tenant_id", p.tenant_id.as_str()),
+        P::PickConfirmed(p) => ("pick_confirmed.tenant_id", p.tenant_id.as_str()),
+        P::InventoryUpdated(p) => ("inventory_updated.tenant_id", p.tenant_id.as_str()),
+        P::OrderStatus(p) => ("order_status.tenant_id", p.tenant_id.as_str()),
+        P::ReturnReceived(p) => ("return_received.tenant_id", p.tenant_id.as_str()),
+        P::ChannelInventoryUpdated(_) | P::Custom(_) => return None,
+    })
+}
+
+/// The tenant an event belongs to (`""`: none): the payload's `tenant_id`
+/// when it has one, else the envelope's `tenant`. The one rule every
+/// tenant check (`crate::tenant::Scope`, filters, retention) goes by.
+pub fn event_tenant(event: &pb::Event) -> &str {
+    match payload_tenant(event.payload.as_ref()) {
+        Some((_, t)) if !t.is_empty() => t,
+        _ => event.tenant.as_str(),
+    }
+}
+
 /// A validated event, ready to append. Its `event` has `id`, `occurred_at`
 /// and `ordering_key` set.
 #[derive(Debug, Clone, PartialEq)]
@@ -219,7 +243,7 @@ pub struct EventMeta {
     pub event_type: EventType,
     /// Its routing attributes.
     pub attributes: std::collections::HashMap<String, String>,
-    /// Its tenant (`""`: none), by the rule of `crate::tenant::of_event`.
+    /// Its tenant (`""`: none), by the rule of [`event_tenant`].
     pub tenant: String,
 }
 
@@ -293,7 +317,7 @@ impl EventFilter {
         self.matches_parts(
             &event.event_type,
             &event.event.attributes,
-            crate::tenant::of_event(&event.event),
+            event_tenant(&event.event),
         )
     }
 
@@ -328,7 +352,7 @@ impl EventFilter {
     pub fn exclusion(&self, event: &StoredEvent) -> Option<String> {
         let ty = &event.event_type;
         if let Some(t) = &self.tenant {
-            let of = crate::tenant::of_event(&event.event);
+            let of = event_tenant(&event.event);
             if of != t {
                 return Some(if of.is_empty() {
                     format!("the endpoint belongs to tenant {t:?}; the event belongs to no tenant")

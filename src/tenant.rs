@@ -3,8 +3,9 @@
 //!
 //! An event's tenant is its payload's `tenant_id` for the WMS event types
 //! (shipment.closed, pick.confirmed, inventory.updated, order.status,
-//! return.received) and the envelope's `Event.tenant` for the others; both
-//! given must agree (checked at publish). An endpoint's and a consumer's
+//! return.received) and the envelope's `Event.tenant` for the others
+//! (`model::event_tenant`); both given must agree (checked at publish by
+//! `convert`). An endpoint's and a consumer's
 //! tenant is fixed when it is created. Empty means "no tenant": only global
 //! tokens see such events, endpoints and consumers.
 //!
@@ -21,58 +22,13 @@ use std::fmt;
 use crate::{
     auth::Caller,
     error::{Error, Result},
-    model::{EventFilter, Offset, StoredEvent},
+    model::{event_tenant, payload_tenant, EventFilter, Offset, StoredEvent},
     pb,
     store::Store,
     token_bucket::TokenBucket,
 };
 
 pub use crate::config::tenants::{check_name, MAX_TENANT_BYTES};
-
-/// The payload's own tenant field (`tenant_id`) for the WMS event types,
-/// with its field name; `None` for types without one.
-pub fn payload_tenant(payload: Option<&pb::event::Payload>) -> Option<(&'static str, &str)> {
-    use pb::event::Payload as P;
-    Some(match payload? {
-        P::ShipmentClosed(p) => ("shipment_closed.tenant_id", p.tenant_id.as_str()),
-        P::PickConfirmed(p) => ("pick_confirmed.tenant_id", p.tenant_id.as_str()),
-        P::InventoryUpdated(p) => ("inventory_updated.tenant_id", p.tenant_id.as_str()),
-        P::OrderStatus(p) => ("order_status.tenant_id", p.tenant_id.as_str()),
-        P::ReturnReceived(p) => ("return_received.tenant_id", p.tenant_id.as_str()),
-        P::ChannelInventoryUpdated(_) | P::Custom(_) => return None,
-    })
-}
-
-/// The tenant an event belongs to (`""`: none): the payload's `tenant_id`
-/// when it has one, else the envelope's `tenant`.
-pub fn of_event(event: &pb::Event) -> &str {
-    match payload_tenant(event.payload.as_ref()) {
-        Some((_, t)) if !t.is_empty() => t,
-        _ => event.tenant.as_str(),
-    }
-}
-
-/// Resolves and checks a published event's tenant (field paths under
-/// `path`): the payload's and the envelope's must agree, and the name must
-/// be well-formed. Returns the tenant (`""`: none).
-pub fn validate_event(event: &pb::Event, path: &dyn fmt::Display) -> Result<()> {
-    let envelope = event.tenant.as_str();
-    if !envelope.is_empty() {
-        check_name(envelope).map_err(|m| Error::invalid(format!("{path}.tenant"), m))?;
-    }
-    if let Some((field, t)) = payload_tenant(event.payload.as_ref()) {
-        if !t.is_empty() {
-            check_name(t).map_err(|m| Error::invalid(format!("{path}.{field}"), m))?;
-            if !envelope.is_empty() && envelope != t {
-                return Err(Error::invalid(
-                    format!("{path}.tenant"),
-                    format!("is {envelope:?} but {field} is {t:?}: they must agree (or leave tenant empty)"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
 
 /// Whose resources a request may see and change.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -158,7 +114,7 @@ impl Scope {
                 _ => Err(not_found()),
             };
         };
-        self.check(of_event(&event.event), not_found)?;
+        self.check(event_tenant(&event.event), not_found)?;
         Ok(event)
     }
 
@@ -197,7 +153,7 @@ impl Scope {
             _ => format!("{path}.tenant"),
         };
         if let Scope::Tenant(mine) = self {
-            let t = of_event(event);
+            let t = event_tenant(event);
             if t.is_empty() {
                 event.tenant = mine.clone();
             } else if t != mine {
@@ -206,7 +162,7 @@ impl Scope {
                 )));
             }
         }
-        check_known(known, &field, of_event(event))
+        check_known(known, &field, event_tenant(event))
     }
 }
 
@@ -286,6 +242,7 @@ pub fn check_known(known: &[String], field: &str, tenant: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert::tenant::validate_tenant as validate_event;
 
     fn shipment(tenant_id: &str, envelope: &str) -> pb::Event {
         pb::Event {
@@ -300,9 +257,9 @@ mod tests {
 
     #[test]
     fn event_tenant_rule() {
-        assert_eq!(of_event(&shipment("t1", "")), "t1");
-        assert_eq!(of_event(&shipment("", "t2")), "t2");
-        assert_eq!(of_event(&shipment("t1", "t1")), "t1");
+        assert_eq!(event_tenant(&shipment("t1", "")), "t1");
+        assert_eq!(event_tenant(&shipment("", "t2")), "t2");
+        assert_eq!(event_tenant(&shipment("t1", "t1")), "t1");
         assert!(validate_event(&shipment("t1", "t1"), &"event").is_ok());
         let e = validate_event(&shipment("t1", "t2"), &"event").unwrap_err();
         assert!(e.to_string().contains("event.tenant"), "{e}");
@@ -313,7 +270,7 @@ mod tests {
             payload: Some(pb::event::Payload::Custom(pb::CustomEvent::default())),
             ..Default::default()
         };
-        assert_eq!(of_event(&custom), "acme");
+        assert_eq!(event_tenant(&custom), "acme");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod subscribe;
 pub use admin::AdminService;
 pub use frame::{FrameEncoder, StoredFrame, SubscribeCodec, SubscribeFrame};
 pub use publish::PublisherService;
-pub use subscribe::SubscriberService;
+pub use subscribe::{SubscriberServer, SubscriberService};
 
 use std::sync::Arc;
 

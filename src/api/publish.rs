@@ -50,7 +50,7 @@ fn validate_one(
     scope.admit_event(&mut event.event, &path, &shared.config.tenants)?;
     shared
         .tenant_rates
-        .take([crate::tenant::of_event(&event.event)])?;
+        .take([crate::model::event_tenant(&event.event)])?;
     Ok(event)
 }
 
@@ -117,7 +117,7 @@ impl Publisher for PublisherService {
             .collect::<Result<Vec<_>, Error>>()?;
         self.shared
             .tenant_rates
-            .take(events.iter().map(|e| crate::tenant::of_event(&e.event)))?;
+            .take(events.iter().map(|e| crate::model::event_tenant(&e.event)))?;
         let ids: Vec<String> = events.iter().map(|e| e.event.id.clone()).collect();
         let appended = self.shared.store.append(events).await?;
         self.shared

@@ -104,7 +104,7 @@ pub fn validate_event(
     };
     let default_key = validate_payload(path, payload)?;
     let event_type = event_type_of(event.payload.as_ref()).expect("payload checked above");
-    crate::tenant::validate_event(&event, &path)?;
+    super::tenant::validate_tenant(&event, &path)?;
 
     if event.ordering_key.is_empty() {
         // Without a natural key the event is ordered only against itself.

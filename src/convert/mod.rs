@@ -4,8 +4,10 @@
 //! durations, start offsets).
 //!
 //! - [`event`]: published events, validated into `NewEvent`s.
+//! - `tenant.rs`: a published event's tenant fields, checked.
 
 pub mod event;
+pub(crate) mod tenant;
 
 pub(crate) use event::MAX_ATTRIBUTES;
 pub use event::{validate_event, EventLimits};

@@ -79,7 +79,7 @@ impl Endpoints {
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
-        let tenant = crate::tenant::of_event(&event.event);
+        let tenant = crate::model::event_tenant(&event.event);
         if !record.endpoint().tenant.is_empty() && record.endpoint().tenant != tenant {
             return Err(Error::FailedPrecondition(format!(
                 "event {offset} does not belong to the endpoint's tenant {:?}",

@@ -95,7 +95,7 @@ impl StoreConfig {
 pub struct RawRecord {
     /// Its offset.
     pub offset: Offset,
-    /// The encoded [`keys::EventRecord`].
+    /// The encoded [`keys::event_record::EventRecord`].
     pub record: bytes::Bytes,
 }
 
@@ -311,7 +311,7 @@ impl Store {
 
     /// Up to `limit` durable records from `from` on (from the first offset,
     /// if `from` is below it), in log order, as stored: each an encoded
-    /// [`keys::EventRecord`] (see [`keys::split_event_record`]), for readers
+    /// [`keys::event_record::EventRecord`] (see [`keys::split_event_record`]), for readers
     /// that forward the event's bytes without decoding them. Erased events
     /// (tombstones) are left out, so offsets may skip; an empty answer
     /// still means nothing is left up to the head.
@@ -393,25 +393,28 @@ pub(crate) fn open_for_test(path: &Path) -> (Store, WriterHandle) {
     .expect("a store opens in a fresh directory")
 }
 
-/// A valid custom event `id` of type `a.b`, for unit tests.
+/// A valid custom event `id` of type `a.b`, for unit tests: what
+/// `convert::validate_event` makes of it (the publish time as
+/// `occurred_at`, the id as ordering key), built here so the store does not
+/// depend on the edge that validates wire input.
 #[cfg(test)]
 pub(crate) fn test_event(id: &str) -> NewEvent {
-    crate::convert::validate_event(
-        crate::pb::Event {
-            id: id.into(),
-            payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
-                r#type: "a.b".into(),
-                data: None,
-            })),
-            ..Default::default()
-        },
-        &"event",
-        std::time::SystemTime::now(),
-        crate::convert::EventLimits {
-            max_event_bytes: 4096,
-        },
-    )
-    .expect("a valid event")
+    let event = crate::pb::Event {
+        id: id.into(),
+        occurred_at: Some(std::time::SystemTime::now().into()),
+        ordering_key: id.into(),
+        payload: Some(crate::pb::event::Payload::Custom(crate::pb::CustomEvent {
+            r#type: "a.b".into(),
+            data: None,
+        })),
+        ..Default::default()
+    };
+    NewEvent {
+        event_type: crate::model::event_type_of(event.payload.as_ref())
+            .expect("a custom payload has a type"),
+        event,
+        id_assigned: false,
+    }
 }
 
 #[cfg(test)]

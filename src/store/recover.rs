@@ -125,10 +125,10 @@ pub(super) fn migrate_sled_events(
         std::fs::remove_dir_all(&building)?;
     }
     let has = |name: &str| db.tree_names().iter().any(|n| &n[..] == name.as_bytes());
-    if !has(keys::EVENTS) {
+    if !has(keys::LEGACY_EVENTS_TREE) {
         return Ok(());
     }
-    let events = db.open_tree(keys::EVENTS)?;
+    let events = db.open_tree(keys::LEGACY_EVENTS_TREE)?;
     if !log_dir.exists() {
         let first = match events.first()? {
             Some((k, _)) => keys::decode_offset(&k)?,
@@ -167,8 +167,8 @@ pub(super) fn migrate_sled_events(
         );
     }
     drop(events);
-    db.drop_tree(keys::EVENTS)?;
-    db.drop_tree(keys::EVENT_IDS)?;
+    db.drop_tree(keys::LEGACY_EVENTS_TREE)?;
+    db.drop_tree(keys::LEGACY_EVENT_IDS_TREE)?;
     db.flush()?;
     Ok(())
 }

@@ -241,8 +241,8 @@ async fn events_in_sled_trees_move_into_the_log() {
             .segment_size(8 * 1024 * 1024)
             .open()
             .unwrap();
-        let events = db.open_tree(keys::EVENTS).unwrap();
-        let event_ids = db.open_tree(keys::EVENT_IDS).unwrap();
+        let events = db.open_tree(keys::LEGACY_EVENTS_TREE).unwrap();
+        let event_ids = db.open_tree(keys::LEGACY_EVENT_IDS_TREE).unwrap();
         // Retention had removed offsets below 5.
         for (i, offset) in (5..25u64).enumerate() {
             let e = event(&format!("old{i}"));
@@ -277,7 +277,7 @@ async fn events_in_sled_trees_move_into_the_log() {
     assert!(!db
         .tree_names()
         .iter()
-        .any(|n| &n[..] == keys::EVENTS.as_bytes()));
+        .any(|n| &n[..] == keys::LEGACY_EVENTS_TREE.as_bytes()));
 }
 
 /// State that refers to offsets the log does not have (it lost

@@ -49,7 +49,7 @@ async fn drain(
     {
         let Some(m) = m.unwrap() else { break };
         let e = m.event.unwrap();
-        out.push((m.offset, stevedore::tenant::of_event(&e).to_owned()));
+        out.push((m.offset, stevedore::model::event_tenant(&e).to_owned()));
         assert!(out.len() < 10_000, "runaway stream");
     }
     out

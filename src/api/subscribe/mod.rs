@@ -23,17 +23,19 @@ use crate::{
     metrics::Metrics,
     model::{EventFilter, EventType, Offset},
     pb::{
-        spliced::subscriber_server::Subscriber, subscribe_request::Start, AckMode, AckRequest,
-        AckResponse, GetEventRequest, GetEventResponse, NackRequest, NackResponse,
-        SubscribeRequest,
+        subscribe_request::Start, AckMode, AckRequest, AckResponse, GetEventRequest,
+        GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
     },
     store::{decode_meta_record, RawRecord},
     tenant::Scope,
 };
 
 mod durable;
+mod spliced;
 
 use durable::{ordering, stream_durable, Durable};
+use spliced::subscriber_server::Subscriber;
+pub use spliced::subscriber_server::SubscriberServer;
 
 /// Messages buffered per stream ahead of the client (gRPC flow control does
 /// the rest).

@@ -2,12 +2,12 @@
 //!
 //! An `fdatasync` after a write past the end of a file must also write the
 //! file's new size (the inode); after a write into blocks that already hold
-//! data (zeros) it writes only the data. On this project's VM that halves a
-//! commit: ~45 µs of CPU and ~100 µs of wall time instead of ~90 µs and
-//! ~200 µs (BENCHMARKS.md, "Fifth pass"). `fallocate` does not help (its
-//! blocks are "unwritten": the first write into them is again a metadata
-//! change), nor do zeros written with `O_DIRECT` (measured: as slow as
-//! appending).
+//! data (zeros) it writes only the data: one I/O instead of two, which
+//! makes a commit's sync much cheaper in both CPU and wall time (figures
+//! in BENCHMARKS.md, "Fifth pass" and "Notes moved from code").
+//! `fallocate` does not help (its blocks are "unwritten": the first write
+//! into them is again a metadata change), and zeros written with
+//! `O_DIRECT` do not help either: they were as slow as appending.
 //!
 //! So a thread writes zeros, a chunk at a time, just past what the writer
 //! has written, and syncs them; the writer's commits then overwrite zeros.
@@ -18,8 +18,9 @@
 //! while it writes and syncs. That is what keeps them off each other's
 //! bytes (the writer moves [`State::zeroed`] past its own range first), and
 //! it keeps a commit's `fdatasync`, which writes back every dirty page of
-//! the file, from writing back a chunk of zeros too (measured with
-//! unsynchronised zeroing: unary Publish p99 4 → 10 ms).
+//! the file, from writing back a chunk of zeros too: a commit that waits
+//! for zeros it does not need shows directly in publish tail latency
+//! (BENCHMARKS.md, "Notes moved from code").
 //!
 //! Both write through one file description, so an `fdatasync` error is
 //! reported to whichever of them syncs first. That cannot hide a failed

@@ -1,5 +1,11 @@
 //! `stevedore.v1.Admin`: self-service endpoints and delivery operations.
+//!
+//! Here: the service and the endpoint and delivery RPCs; `consumers.rs`:
+//! durable gRPC consumers; `queries.rs`: the maintenance page's queries;
+//! `erasure.rs`: EraseTenant.
 
+mod consumers;
+mod erasure;
 mod queries;
 
 use std::sync::Arc;
@@ -13,26 +19,23 @@ use crate::{
     convert,
     endpoints::Endpoints,
     error::Error,
-    model::Offset,
     pb::{
-        admin_server::Admin, ConsumerInfo, CreateEndpointRequest, CreateEndpointResponse,
-        DeleteConsumerRequest, DeleteConsumerResponse, DeleteEndpointRequest,
-        DeleteEndpointResponse, EraseTenantRequest, EraseTenantResponse, ExplainEventRequest,
-        ExplainEventResponse, GetEndpointRequest, GetEndpointResponse, ListAttemptsRequest,
-        ListAttemptsResponse, ListAuditRecordsRequest, ListAuditRecordsResponse,
-        ListConsumersRequest, ListConsumersResponse, ListDeliveriesRequest, ListDeliveriesResponse,
-        ListEndpointsRequest, ListEndpointsResponse, RedriveConsumerRequest,
-        RedriveConsumerResponse, ReplayEndpointRequest, ReplayEndpointResponse,
-        ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest, RetryDeliveryResponse,
-        RotateEndpointSecretRequest, RotateEndpointSecretResponse, SendTestEventRequest,
-        SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
+        admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteConsumerRequest,
+        DeleteConsumerResponse, DeleteEndpointRequest, DeleteEndpointResponse, EraseTenantRequest,
+        EraseTenantResponse, ExplainEventRequest, ExplainEventResponse, GetEndpointRequest,
+        GetEndpointResponse, ListAttemptsRequest, ListAttemptsResponse, ListAuditRecordsRequest,
+        ListAuditRecordsResponse, ListConsumersRequest, ListConsumersResponse,
+        ListDeliveriesRequest, ListDeliveriesResponse, ListEndpointsRequest, ListEndpointsResponse,
+        RedriveConsumerRequest, RedriveConsumerResponse, ReplayEndpointRequest,
+        ReplayEndpointResponse, ResetConsumerRequest, ResetConsumerResponse, RetryDeliveryRequest,
+        RetryDeliveryResponse, RotateEndpointSecretRequest, RotateEndpointSecretResponse,
+        SendTestEventRequest, SendTestEventResponse, UpdateEndpointRequest, UpdateEndpointResponse,
     },
     pb::{
         GetEndpointStatsRequest, GetEndpointStatsResponse, ListEventTypesRequest,
         ListEventTypesResponse, RecoverDeliveriesRequest, RecoverDeliveriesResponse,
         RenderDeliveryRequest, RenderDeliveryResponse, ResendEventRequest, ResendEventResponse,
     },
-    store::Removal,
     tenant::Scope,
 };
 
@@ -85,20 +88,6 @@ impl AdminService {
     /// does not).
     fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
         Ok(self.endpoints.get(scope, id)?.tenant)
-    }
-
-    /// A durable gRPC consumer by name, if `scope` sees it; endpoints'
-    /// consumers are managed through their endpoints.
-    fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<crate::consumer::Consumer>, Error> {
-        required("name", name)?;
-        if name.starts_with('@') {
-            return Err(Error::invalid(
-                "name",
-                "names starting with `@` belong to endpoints: use UpdateEndpoint, \
-                 ReplayEndpoint or DeleteEndpoint",
-            ));
-        }
-        self.consumers.get_in(scope, name)
     }
 }
 
@@ -385,100 +374,28 @@ impl Admin for AdminService {
         &self,
         request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
-        let scope = Scope::of(&request);
-        let head = self.store.head();
-        let consumers = self
-            .consumers
-            .list()?
-            .into_iter()
-            .filter(|c| scope.sees(&c.tenant))
-            .map(|c| ConsumerInfo {
-                tenant: c.tenant,
-                lag: head.saturating_sub(c.floor),
-                ack_floor: c.floor,
-                max_deliveries: c.max_deliveries,
-                dead_letters: c.dead.len() as u64,
-                dead_offsets: c.dead.into_iter().take(100).collect(),
-                event_types: c.event_types,
-                name: c.name,
-            })
-            .collect();
-        Ok(Response::new(ListConsumersResponse { consumers }))
+        self.list_consumers_impl(request).await
     }
 
     async fn delete_consumer(
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
-        let (scope, caller) = who(&request);
-        let name = request.into_inner().name;
-        let consumer = self.consumer(&scope, &name)?;
-        self.consumers.remove(&name).await?;
-        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
-        self.audit(&caller, "consumer.delete", &name, &tenant)
-            .await?;
-        tracing::info!(consumer = %name, "consumer deleted");
-        Ok(Response::new(DeleteConsumerResponse {}))
+        self.delete_consumer_impl(request).await
     }
 
     async fn redrive_consumer(
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
-        let (scope, caller) = who(&request);
-        let name = request.into_inner().name;
-        let consumer = self.consumer(&scope, &name)?;
-        let redriven = consumer.redrive().await?;
-        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
-        self.audit(&caller, "consumer.redrive", &name, &tenant)
-            .await?;
-        tracing::info!(consumer = %name, redriven, "consumer dead letters redriven");
-        Ok(Response::new(RedriveConsumerResponse { redriven }))
+        self.redrive_consumer_impl(request).await
     }
 
     async fn reset_consumer(
         &self,
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
-        use crate::pb::reset_consumer_request::Position;
-        let (scope, caller) = who(&request);
-        let req = request.into_inner();
-        let consumer = self.consumer(&scope, &req.name)?;
-        let head = self.store.head();
-        let to = match &req.position {
-            None => {
-                return Err(
-                    Error::invalid("position", "set earliest, latest, offset or time").into(),
-                )
-            }
-            Some(Position::Earliest(_)) => self.store.first_offset()?,
-            Some(Position::Latest(_)) => head,
-            Some(Position::Offset(0)) => {
-                return Err(Error::invalid("offset", "offsets start at 1").into())
-            }
-            Some(Position::Offset(o)) if *o > head => {
-                return Err(
-                    Error::invalid("offset", format!("{o} is past the head ({head})")).into(),
-                )
-            }
-            Some(Position::Offset(o)) => *o,
-            Some(Position::Time(t)) => self
-                .store
-                .offset_at_time(convert::system_time("time", t)?)?,
-        };
-        consumer.reset(to).await?;
-        let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();
-        self.audit(
-            &caller,
-            &format!("consumer.reset(to {to})"),
-            &req.name,
-            &tenant,
-        )
-        .await?;
-        tracing::info!(consumer = %req.name, to, "consumer reset");
-        Ok(Response::new(ResetConsumerResponse {
-            ack_floor: consumer.floor(),
-        }))
+        self.reset_consumer_impl(request).await
     }
 
     async fn recover_deliveries(
@@ -535,38 +452,6 @@ impl Admin for AdminService {
         &self,
         request: Request<EraseTenantRequest>,
     ) -> Result<Response<EraseTenantResponse>, Status> {
-        let (scope, caller) = who(&request);
-        if let Some(t) = scope.tenant() {
-            return Err(Error::PermissionDenied(format!(
-                "EraseTenant needs a global admin token; this one is scoped to tenant {t:?}"
-            ))
-            .into());
-        }
-        let tenant = request.into_inner().tenant;
-        required("tenant", &tenant)?;
-        crate::tenant::check_name(&tenant).map_err(|m| Error::invalid("tenant", m))?;
-        let endpoints = self.endpoints.erase_tenant(&tenant).await?;
-        let mut consumers = 0;
-        for c in self.consumers.list()? {
-            if c.tenant == tenant {
-                self.consumers.remove(&c.name).await?;
-                consumers += 1;
-            }
-        }
-        // Then the events: their payloads leave the log (the tenant's own
-        // endpoints are gone already; others' pending deliveries of them
-        // are recorded dead, `erased`).
-        let events = self
-            .endpoints
-            .erase_events(&tenant, 0, Offset::MAX, Removal::Erased)
-            .await?;
-        self.audit(&caller, "tenant.erase", &tenant, &tenant)
-            .await?;
-        tracing::warn!(%tenant, endpoints, consumers, events, "tenant erased");
-        Ok(Response::new(EraseTenantResponse {
-            endpoints,
-            consumers,
-            events,
-        }))
+        self.erase_tenant_impl(request).await
     }
 }
