@@ -1,6 +1,7 @@
 //! The worker on its consumer's flow control and leases, under paused
 //! time (the harness of `tests.rs`): the window bounds the leases, and a
-//! lease runs out only when its attempt died.
+//! lease runs out only when its attempt died; coalescing as the consumer
+//! hands superseded offsets over.
 
 use std::{
     sync::{
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 
 use super::{
-    tests::{id, scripted, start, step, store_with, Calls},
+    tests::{id, scripted, start, start_with, step, store_with, Calls},
     LEASE, WORKER_STREAM,
 };
 use crate::{
@@ -23,7 +24,7 @@ use crate::{
         endpoint::Ordering,
         stack::{SendError, WebhookRequest, WebhookResponse},
     },
-    pb::DeliveryState,
+    pb::{self, DeliveryState},
 };
 
 /// With a window of 3 and a slow receiver, never more than 3 events are
@@ -152,5 +153,78 @@ async fn a_dead_attempt_is_sent_again_when_its_lease_runs_out() {
         gap + Duration::from_secs(1) >= LEASE,
         "sent again after {gap:?}, before the lease ran out"
     );
+    w.stop().await;
+}
+
+/// A validated inventory level (a state event) for `product`.
+fn level(id: &str, product: &str, available: f64) -> crate::model::NewEvent {
+    crate::convert::validate_event(
+        pb::Event {
+            id: id.into(),
+            payload: Some(pb::event::Payload::InventoryUpdated(pb::InventoryUpdated {
+                tenant_id: "TENANT001".into(),
+                fulfillment_center_id: "FC1".into(),
+                product: product.into(),
+                quantity_available: Some(available),
+                reason: pb::InventoryReason::Adjustment as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        &"event",
+        std::time::SystemTime::now(),
+        crate::convert::EventLimits {
+            max_event_bytes: 4096,
+        },
+    )
+    .expect("a valid event")
+}
+
+/// Coalescing: newer levels of a key whose level waits for its retry are
+/// handed to the worker by the consumer with the offsets they supersede,
+/// at the waiting one's due time; the worker records those SUPERSEDED (by
+/// the newest) and the newest carries on their schedule and attempt count.
+#[tokio::test(start_paused = true)]
+async fn superseded_levels_are_recorded_and_their_schedule_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _writer) = crate::store::open_for_test(dir.path());
+    store
+        .append(vec![level("a1", "SKU-A", 10.0)])
+        .await
+        .unwrap();
+    let (service, calls) = scripted(vec![500, 500], Duration::ZERO);
+    let w = start_with(store, service, &[0, 60, 60, 60], 8, |spec| {
+        spec.ordering = Ordering::Key;
+        spec.coalesce = true;
+    })
+    .await;
+    w.until(5, |w| w.state(1).is_some()).await;
+    assert_eq!(w.state(1).unwrap().state(), DeliveryState::Failed);
+    w.store
+        .append(vec![level("a2", "SKU-A", 9.0), level("a3", "SKU-A", 8.0)])
+        .await
+        .unwrap();
+    w.until(1000, |w| {
+        w.state(3)
+            .is_some_and(|d| d.state() == DeliveryState::Delivered)
+    })
+    .await;
+    for o in [1, 2] {
+        let d = w.state(o).expect("recorded");
+        assert_eq!(d.state(), DeliveryState::Superseded, "offset {o}");
+        assert_eq!(d.superseded_by, 3, "offset {o}");
+    }
+    assert_eq!(w.state(1).unwrap().attempts, 1);
+    assert_eq!(w.state(3).unwrap().attempts, 3, "a1's attempt counts");
+    let calls = calls.lock().unwrap().clone();
+    let sent: Vec<String> = calls.iter().map(|(m, _)| m.clone()).collect();
+    let webhook_id = |e: &str| crate::delivery::signing::webhook_id(e).into_owned();
+    assert_eq!(sent, [webhook_id("a1"), webhook_id("a3"), webhook_id("a3")]);
+    let gap = calls[1].1 - calls[0].1;
+    assert!(
+        gap + Duration::from_secs(1) >= Duration::from_secs(60),
+        "a3 went out {gap:?} after a1's failure, before a1's retry was due"
+    );
+    assert!(w.view.held.lock().unwrap().is_empty(), "nothing held");
     w.stop().await;
 }

@@ -98,6 +98,20 @@ pub(super) async fn start(
     schedule: &[u64],
     window: u32,
 ) -> Running {
+    start_with(store, service, schedule, window, |spec| {
+        spec.ordering = ordering
+    })
+    .await
+}
+
+/// Like [`start`], with the endpoint's spec changed by `tweak`.
+pub(super) async fn start_with(
+    store: Store,
+    service: BoxCloneSyncService<WebhookRequest, WebhookResponse, SendError>,
+    schedule: &[u64],
+    window: u32,
+    tweak: impl FnOnce(&mut EndpointSpec),
+) -> Running {
     let config = Arc::new(Config {
         retry_jitter_percent: 0,
         delivery_window: NonZeroU32::new(window).unwrap(),
@@ -111,7 +125,7 @@ pub(super) async fn start(
         &config,
     )
     .unwrap();
-    spec.ordering = ordering;
+    tweak(&mut spec);
     spec.retry_schedule = schedule.iter().map(|&s| Duration::from_secs(s)).collect();
     let consumers = Consumers::new(store.clone());
     let consumer = consumers
