@@ -81,7 +81,7 @@ impl Consumer {
 
     /// Reads new messages only while fewer than `max_held` are held:
     /// leased, waiting for redelivery, or behind another of their key (0:
-    /// no bound beyond [`MAX_BEHIND`]). In memory, like
+    /// no bound beyond [`MAX_BEHIND`](super::MAX_BEHIND)). In memory, like
     /// [`Consumer::set_ordering`] for an endpoint.
     pub fn set_max_held(&self, max_held: u32) {
         self.lock().max_held = max_held;

@@ -191,13 +191,16 @@ impl WorkerContext {
     }
 }
 
+/// This endpoint's body of an event (its condition and fields applied;
+/// `None`: the condition does not match), or why it has none.
+type Body = std::result::Result<Option<Bytes>, String>;
+
 /// An event as the consumer hands it to the worker.
 pub(super) struct Taken {
     /// The event and its full body, shared with other endpoints.
     event: Arc<SharedEvent>,
-    /// This endpoint's body (its condition and fields applied; `None`: the
-    /// condition does not match).
-    body: std::result::Result<Option<Bytes>, String>,
+    /// This endpoint's body.
+    body: Body,
     /// A state event of a coalescing endpoint: it supersedes the waiting
     /// events of its key.
     supersedes: bool,
@@ -247,6 +250,7 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         ctx: ctx.clone(),
         leased: HashMap::new(),
         scheduled: HashSet::new(),
+        rendered: Mutex::default(),
         attempts: JoinSet::new(),
         tasks: HashMap::new(),
         finished: finished_tx,
@@ -284,6 +288,10 @@ struct Worker {
     /// looked at only for an event the worker has not scheduled itself,
     /// such as after a restart).
     scheduled: HashSet<Offset>,
+    /// Events read new with their bodies, until handed out: one that waits
+    /// behind another of its key is not rendered twice. Emptied as they are
+    /// handed out, superseded or expired; gone with the worker.
+    rendered: Mutex<HashMap<Offset, (Arc<SharedEvent>, Body)>>,
     attempts: JoinSet<()>,
     /// The offset and attempt number of each attempt task.
     tasks: HashMap<task::Id, (Offset, u32)>,
@@ -308,6 +316,7 @@ impl Worker {
     async fn accept(&mut self, taken: Taken, superseded: &[Offset]) {
         let Taken { event, body, .. } = taken;
         let offset = event.event.offset;
+        self.rendered().remove(&offset);
         self.leased.insert(offset, 0);
         let mut due = self.scheduled.remove(&offset);
         if !superseded.is_empty() {
@@ -342,7 +351,7 @@ impl Worker {
     /// (`None`: no match), reduced to its fields.
     /// The shared body is the full one; nothing endpoint-specific is ever
     /// written back to it.
-    fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
+    fn body(&self, shared: &SharedEvent) -> Body {
         let body = super::endpoint_body(&self.ctx.spec, shared.body.clone()?)?;
         Ok(match body {
             Some(data) if self.ctx.spec.envelope => {
@@ -458,6 +467,12 @@ impl Worker {
     fn renew(&mut self) {
         self.ctx.consumer.renew(self.leased.keys().copied(), LEASE);
         self.renew_at = tokio::time::Instant::now() + RENEW_EVERY;
+    }
+
+    /// Events read new and not handed out yet, with their bodies.
+    fn rendered(&self) -> std::sync::MutexGuard<'_, HashMap<Offset, (Arc<SharedEvent>, Body)>> {
+        // Whole entries are inserted and removed: never half-changed.
+        self.rendered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `offset` is about to get a delivery record.

@@ -29,6 +29,7 @@ impl Worker {
         let mut inherited: Option<pb::Delivery> = None;
         for &offset in old {
             due |= self.scheduled.remove(&offset);
+            self.rendered().remove(&offset);
             let previous = ctx
                 .store
                 .deliveries()
@@ -154,6 +155,7 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .get(&offset)
             .cloned();
+        self.rendered().remove(&offset);
         let Some(held) = held else {
             return;
         };

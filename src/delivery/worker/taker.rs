@@ -51,19 +51,28 @@ impl Taker for Worker {
 
     fn read(&self, offset: Offset, read: Read) -> Result<Option<Taken>> {
         let ctx = &self.ctx;
-        let event = match read {
-            Read::New => ctx.shared.get(&ctx.store, offset)?,
-            // Due again, or its turn came: the log is asked first whether
-            // retention removed it meanwhile (the cache may still have it).
-            Read::Again => match ctx.store.meta(offset)? {
-                Some(_) => ctx.shared.get(&ctx.store, offset)?,
-                None => None,
-            },
-        };
-        let Some(event) = event else {
+        // Due again, or its turn came: the log is asked first whether
+        // retention removed it meanwhile (the cache may still have it).
+        if read == Read::Again && ctx.store.meta(offset)?.is_none() {
+            self.rendered().remove(&offset);
             return Ok(None);
+        }
+        // An event read before that waited behind another of its key was
+        // rendered then: not again.
+        let kept = match read {
+            Read::New => None,
+            Read::Again => self.rendered().remove(&offset),
         };
-        let body = self.body(&event);
+        let (event, body) = match kept {
+            Some(kept) => kept,
+            None => {
+                let Some(event) = ctx.shared.get(&ctx.store, offset)? else {
+                    return Ok(None);
+                };
+                let body = self.body(&event);
+                (event, body)
+            }
+        };
         if read == Read::New && matches!(body, Ok(None)) {
             // The endpoint's condition does not match: done, never held.
             ctx.count("filtered");
@@ -73,6 +82,11 @@ impl Taker for Worker {
             && STATE_EVENT_TYPES.contains(&event.event.event_type.as_str())
             && matches!(body, Ok(Some(_)));
         ctx.view(&event);
+        if read == Read::New {
+            // Taken back in `accept`, unless the consumer keeps it waiting.
+            self.rendered()
+                .insert(offset, (event.clone(), body.clone()));
+        }
         Ok(Some(Taken {
             event,
             body,
