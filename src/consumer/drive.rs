@@ -25,8 +25,9 @@ pub trait Taker {
     /// What to ask the consumer for at `now`.
     fn poll_for(&self, now: Instant) -> PollFor;
 
-    /// Reads the event at `offset` (`None`: not in the log). Runs with the
-    /// offset leased, outside the consumer's lock; see
+    /// Reads the event at `offset` (`None`: not in the log, or, on a
+    /// [`Read::New`], not for this taker: done without being handed out).
+    /// Runs with the offset leased, outside the consumer's lock; see
     /// [`Consumer::poll_with`].
     fn read(&self, offset: Offset, read: Read) -> Result<Option<Self::Event>>;
 

@@ -13,8 +13,22 @@
 //! ordering key is out (leased or waiting for its redelivery); the next of
 //! that key is read but waits behind it, and goes out once it is done.
 //!
+//! A message may *supersede* the earlier ones of its key ([`Keyed::supersedes`],
+//! an endpoint's coalescing): read while others of its key wait (behind
+//! the one out, or the one out itself while it waits for its redelivery),
+//! it takes their place and the earliest due time among them, and is
+//! handed out with their offsets ([`Delivery::superseded`]); its taker
+//! settles (acks) them before it.
+//!
+//! Flow control: a stream is handed nothing while it holds
+//! [`PollFor::max_in_flight`] leases, and with [`Consumer::set_max_held`]
+//! new messages are read only while fewer than that many are held at all
+//! (leased, waiting for redelivery, or behind another of their key).
+//!
 //! Webhook endpoints are consumers too: the delivery workers and the gRPC
-//! streams take messages through the one loop in [`drive`].
+//! streams take messages through the one loop in [`drive`]. A worker's
+//! leases are real ones; it renews those it is still sending
+//! ([`Consumer::renew`]), so a lease runs out only when its holder died.
 
 use std::{
     collections::BTreeSet,
@@ -33,6 +47,8 @@ use crate::{
     store::Store,
 };
 
+#[cfg(test)]
+mod coalesce_tests;
 pub mod drive;
 mod expire;
 mod keys;
@@ -84,6 +100,10 @@ pub struct Delivery<E = StoredEvent> {
     pub event: E,
     /// 1 on first delivery, then +1 per redelivery.
     pub attempt: u32,
+    /// The offsets this message superseded (see [`Keyed::supersedes`]), in
+    /// log order, not done yet: the taker acks them before this one (else
+    /// they are delivered again on their own once this one is done).
+    pub superseded: Vec<Offset>,
 }
 
 /// The result of asking a consumer for work.
@@ -134,6 +154,14 @@ pub struct PollFor {
 pub trait Keyed {
     /// The event's ordering key.
     fn ordering_key(&self) -> &str;
+
+    /// Whether the event, read new while earlier messages of its key wait
+    /// (not leased), replaces them: it is handed out in their place, with
+    /// their offsets, when the earliest of them was due. Only with
+    /// ordering; no by default.
+    fn supersedes(&self) -> bool {
+        false
+    }
 }
 
 impl Keyed for StoredEvent {
@@ -351,15 +379,21 @@ impl Consumer {
                 Ok(Some(event)) => {
                     let mut st = self.lock();
                     if let Some(key) = st.ordering.key(event.ordering_key()) {
-                        if !st.claim(offset, key) {
+                        if !st.claim(offset, key, event.supersedes(), p.now) {
                             continue;
                         }
                     }
-                    return Ok(Poll::Message(Box::new(Delivery { event, attempt })));
+                    let superseded = st.riders_of(offset);
+                    return Ok(Poll::Message(Box::new(Delivery {
+                        event,
+                        attempt,
+                        superseded,
+                    })));
                 }
                 Ok(None) => {
-                    // Removed by retention before it was acked: done, but for
-                    // a redelivery the caller may want to record that it
+                    // Removed by retention before it was acked (or, read
+                    // new, not for this reader): done, but for a
+                    // redelivery the caller may want to record that it
                     // never got through.
                     self.lock().ack(offset);
                     if kind == Read::Again {
@@ -399,9 +433,10 @@ impl Consumer {
         if let Some((offset, attempt)) = st.lease_due_retry(now, stream, now + ack_wait) {
             return Ok(Next::Read(offset, Read::Again, attempt));
         }
-        // With ordering, stop reading once enough wait behind their keys.
+        // With ordering, stop reading once enough wait behind their keys;
+        // with a bound on what is held, once that many are.
         let room_behind = st.ordering == Ordering::None || st.behind() < MAX_BEHIND;
-        let head = if read_new && room_behind {
+        let head = if read_new && room_behind && st.room_to_read() {
             self.store.head()
         } else {
             0

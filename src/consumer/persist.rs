@@ -1,11 +1,11 @@
-//! Acks, nacks and the durable position: every ack is persisted (as a
-//! group commit) before it returns.
+//! Acks, nacks, lease renewals and the durable position: every ack is
+//! persisted (as a group commit) before it returns.
 
-use std::{sync::atomic::Ordering as AtomicOrdering, time::Duration};
+use std::{collections::BTreeSet, sync::atomic::Ordering as AtomicOrdering, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{state, Consumer, StreamId};
+use super::{Consumer, StreamId};
 use crate::{
     error::{Error, Result},
     model::Offset,
@@ -79,6 +79,31 @@ impl Consumer {
         Ok(())
     }
 
+    /// Reads new messages only while fewer than `max_held` are held:
+    /// leased, waiting for redelivery, or behind another of their key (0:
+    /// no bound beyond [`MAX_BEHIND`](super::MAX_BEHIND)). In memory, like
+    /// [`Consumer::set_ordering`] for an endpoint.
+    pub fn set_max_held(&self, max_held: u32) {
+        self.lock().max_held = max_held;
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Extends the leases of those of `offsets` still leased to
+    /// `ack_wait` from now: their holder is still at them.
+    pub fn renew(&self, offsets: impl IntoIterator<Item = Offset>, ack_wait: Duration) {
+        let deadline = Instant::now() + ack_wait;
+        let mut st = self.lock();
+        for o in offsets {
+            st.renew(o, deadline);
+        }
+    }
+
+    /// How many leases `stream` holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn leases_of(&self, stream: StreamId) -> u32 {
+        self.lock().load(stream)
+    }
+
     /// Hands every message leased to `stream` back for immediate redelivery
     /// (the stream went away).
     pub fn release(&self, stream: StreamId) {
@@ -109,10 +134,10 @@ impl Consumer {
                     .iter()
                     .map(|t| t.as_str().to_owned())
                     .collect(),
-                done_ranges: state::set_to_ranges(&st.done),
+                done_ranges: set_to_ranges(&st.done),
                 reopened: st.reopened.iter().copied().collect(),
                 max_deliveries: st.max_deliveries,
-                dead_ranges: state::set_to_ranges(&st.dead),
+                dead_ranges: set_to_ranges(&st.dead),
                 tenant: self.filter().tenant().unwrap_or_default().to_owned(),
                 ordering: st.ordering.to_record(),
             }
@@ -137,4 +162,40 @@ impl Consumer {
             .fetch_max(record.floor, AtomicOrdering::Relaxed);
         Ok(())
     }
+}
+
+/// `[start, end)` ranges of consecutive offsets, flattened.
+pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut it = set.iter().copied();
+    let Some(mut start) = it.next() else {
+        return out;
+    };
+    let mut end = start + 1;
+    for o in it {
+        if o == end {
+            end += 1;
+        } else {
+            out.extend([start, end]);
+            start = o;
+            end = o + 1;
+        }
+    }
+    out.extend([start, end]);
+    out
+}
+
+/// The inverse of [`set_to_ranges`].
+pub fn ranges_to_set(flat: &[u64]) -> Result<BTreeSet<Offset>, String> {
+    if !flat.len().is_multiple_of(2) {
+        return Err("odd number of range bounds".into());
+    }
+    let mut set = BTreeSet::new();
+    for pair in flat.chunks_exact(2) {
+        if pair[0] >= pair[1] || pair[1] - pair[0] > 100_000_000 {
+            return Err(format!("bad range {}..{}", pair[0], pair[1]));
+        }
+        set.extend(pair[0]..pair[1]);
+    }
+    Ok(set)
 }

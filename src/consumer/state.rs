@@ -1,6 +1,6 @@
 //! A consumer's bookkeeping, free of I/O and clocks so it can be tested alone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tokio::time::Instant;
 
@@ -8,6 +8,12 @@ use super::{
     keys::{KeyQueues, Ordering},
     StreamId,
 };
+
+mod supersede;
+
+pub(crate) use super::persist::ranges_to_set;
+#[cfg(test)]
+use super::persist::set_to_ranges;
 use crate::model::Offset;
 
 #[derive(Debug)]
@@ -54,6 +60,14 @@ pub(super) struct State {
     /// and whose ordering changed: due now, before any timed redelivery,
     /// with the deliveries each has had.
     ready: BTreeMap<Offset, u32>,
+    /// Superseding messages and the offsets they superseded (in log
+    /// order), handed out with them until they are done.
+    riders: HashMap<Offset, Vec<Offset>>,
+    /// Every offset in `riders`: held, but never handed out on its own.
+    riding: HashSet<Offset>,
+    /// New messages are read only while fewer than this many are held
+    /// (see [`State::held`]); 0: no bound.
+    pub max_held: u32,
 }
 
 impl State {
@@ -90,6 +104,27 @@ impl State {
             || self.retries.contains_key(&offset)
             || self.ready.contains_key(&offset)
             || self.keys.contains(offset)
+            || self.riding.contains(&offset)
+    }
+
+    /// How many messages are held: leased, waiting for redelivery, or
+    /// behind another of their key (superseded ones not counted).
+    pub fn held(&self) -> usize {
+        self.leases.len() + self.retries.len() + self.ready.len() + self.keys.behind()
+    }
+
+    /// Whether a new message may be read under `max_held`.
+    pub fn room_to_read(&self) -> bool {
+        self.max_held == 0 || self.held() < self.max_held as usize
+    }
+
+    /// Moves the lease of `offset` to `deadline`, if it is leased.
+    pub fn renew(&mut self, offset: Offset, deadline: Instant) {
+        if let Some(lease) = self.leases.get_mut(&offset) {
+            self.deadlines.remove(&(lease.deadline, offset));
+            lease.deadline = deadline;
+            self.deadlines.insert((deadline, offset));
+        }
     }
 
     /// How many messages wait behind another of their ordering key.
@@ -113,12 +148,22 @@ impl State {
     /// ends, without counting as a delivery, and it waits behind that one.
     /// An offset whose lease ended meanwhile (acked, released) is not
     /// ordered: it goes out as it would have without ordering.
-    pub fn claim(&mut self, offset: Offset, key: &str) -> bool {
-        if !self.is_leased(offset) || self.keys.claim(offset, key) {
+    ///
+    /// A new message that `supersedes` takes the place of those of its key
+    /// that wait (see [`State::supersede`]).
+    pub fn claim(&mut self, offset: Offset, key: &str, supersedes: bool, now: Instant) -> bool {
+        if !self.is_leased(offset) {
+            return true;
+        }
+        if supersedes && !self.keys.contains(offset) {
+            return self.supersede(offset, key, now);
+        }
+        if self.keys.claim(offset, key) {
             return true;
         }
         let lease = self.end_lease(offset).expect("checked above");
-        self.keys.wait(offset, key, lease.attempt.saturating_sub(1));
+        self.keys
+            .wait(offset, key, lease.attempt.saturating_sub(1), false);
         false
     }
 
@@ -197,6 +242,8 @@ impl State {
         // its key is read again (or done, below `to`).
         self.keys.clear();
         self.ready.clear();
+        self.riders.clear();
+        self.riding.clear();
         self.reopened.retain(|&o| o >= to);
         self.dead.retain(|&o| o < to);
         self.done.clear();
@@ -295,8 +342,16 @@ impl State {
         self.mark_done(offset);
     }
 
+    /// Ends the lease of `offset` and queues it for redelivery at
+    /// `not_before`. If a message that supersedes it waits behind it, that
+    /// one takes its place (and its due time) and carries it.
     pub fn nack(&mut self, offset: Offset, not_before: Instant) {
         if let Some(lease) = self.end_lease(offset) {
+            if let Some((next, attempts)) = self.keys.superseded_out(offset) {
+                self.queue_retry(next, attempts, not_before);
+                self.carry(next, vec![offset]);
+                return;
+            }
             self.queue_retry(offset, lease.attempt, not_before);
         } else if let Some(attempts) = self.end_retry(offset) {
             self.queue_retry(offset, attempts, not_before);
@@ -332,6 +387,16 @@ impl State {
         if let Some((next, attempts)) = self.keys.remove(offset) {
             self.ready.insert(next, attempts);
         }
+        self.riding.remove(&offset);
+        // What it superseded and its holder left unsettled goes out again
+        // on its own (at least once).
+        if let Some(riders) = self.riders.remove(&offset) {
+            for o in riders {
+                if self.riding.remove(&o) && !self.is_done(o) {
+                    self.ready.insert(o, 0);
+                }
+            }
+        }
         if offset < self.floor {
             return;
         }
@@ -349,42 +414,6 @@ impl State {
             self.done.pop_first();
         }
     }
-}
-
-/// `[start, end)` ranges of consecutive offsets, flattened.
-pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut it = set.iter().copied();
-    let Some(mut start) = it.next() else {
-        return out;
-    };
-    let mut end = start + 1;
-    for o in it {
-        if o == end {
-            end += 1;
-        } else {
-            out.extend([start, end]);
-            start = o;
-            end = o + 1;
-        }
-    }
-    out.extend([start, end]);
-    out
-}
-
-/// The inverse of [`set_to_ranges`].
-pub fn ranges_to_set(flat: &[u64]) -> Result<BTreeSet<Offset>, String> {
-    if !flat.len().is_multiple_of(2) {
-        return Err("odd number of range bounds".into());
-    }
-    let mut set = BTreeSet::new();
-    for pair in flat.chunks_exact(2) {
-        if pair[0] >= pair[1] || pair[1] - pair[0] > 100_000_000 {
-            return Err(format!("bad range {}..{}", pair[0], pair[1]));
-        }
-        set.extend(pair[0]..pair[1]);
-    }
-    Ok(set)
 }
 
 #[cfg(test)]

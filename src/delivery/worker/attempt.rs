@@ -121,8 +121,9 @@ impl Attempt {
             ctx.store.write_state(records).await
         };
         if let Err(e) = written {
-            // Without the record the schedule is not durable: leave the
-            // event held; it is sent again after a restart.
+            // Without the record the schedule is not durable: no report;
+            // the worker stops renewing the event's lease, and the consumer
+            // hands it out again once the lease runs out.
             tracing::error!(endpoint = %id, offset = self.offset, error = %e, "recording an attempt failed");
             return;
         }

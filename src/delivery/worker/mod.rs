@@ -1,48 +1,60 @@
 //! One endpoint's delivery loop: takes events from the endpoint's durable
-//! consumer, keeps per-key order, sends attempts through the stack, records
-//! every outcome and schedules the next attempt durably.
+//! consumer, renders, sends attempts through the stack, records every
+//! outcome, and acks or nacks: take -> render -> send -> record -> ack/nack.
+//! Ordering by key, the window, due times and coalescing are the
+//! consumer's (see `crate::consumer`).
 //!
 //! Invariants:
-//! - An event is *held* from the moment the consumer leases it until its
-//!   delivery is finished (delivered, dead or superseded). While held it is
-//!   in exactly one of: sending (an attempt task runs), waiting (nacked to
-//!   the consumer until its next attempt is due), or queued behind an
-//!   earlier event of its ordering key.
-//! - With ordering by key, only the head of a key's queue is ever sending or
-//!   waiting; the next starts when the head finishes.
+//! - The consumer is opened with the endpoint's ordering: one message of a
+//!   key (with strict ordering: of all) is out at a time, the next waits in
+//!   the consumer until it is done.
+//! - The endpoint's `delivery_window` bounds both the worker's leases
+//!   (`max_in_flight`) and the events its consumer holds at all (leased,
+//!   waiting for their next attempt, or behind another of their key): no
+//!   new event is read while that many are held.
+//! - Leases are real: `LEASE` long, renewed every `RENEW_EVERY` for the
+//!   events the worker still has (an attempt runs, or a 410 left it
+//!   waiting for the endpoint to be disabled). One runs out only when its
+//!   attempt died (a panic, or a record that could not be written); the
+//!   consumer then hands the event out again.
 //! - The delivery record (attempts, next attempt time) is written durably
-//!   *before* the consumer is told to wait, and before the consumer ack of a
-//!   finished delivery. After a crash the consumer hands the event back and
-//!   the record says whether it is due: the schedule survives restarts.
-//! - With coalescing, a newer state event for a key supersedes every held
-//!   event of that key that is not sending; the record of the superseded
-//!   one is written before its ack, and the newer one takes over its place
-//!   in the schedule, so a down receiver is not hammered.
-//! - New events are read only while fewer than `delivery_window` are held.
+//!   *before* the consumer is told to wait (a nack with the delay), and
+//!   before the consumer ack of a finished delivery. After a crash the
+//!   consumer hands the event back and the record says whether it is due:
+//!   the schedule survives restarts.
+//! - With coalescing, a newer state event of a key supersedes the events of
+//!   that key that wait (not sending): the consumer hands it out with their
+//!   offsets when the earliest of them was due; the worker writes their
+//!   SUPERSEDED records, and the newer one's record takes over their
+//!   schedule, before it acks them, so a down receiver is not hammered.
 //! - Every offset from `Worker::unrecorded_from` on has no delivery record,
 //!   so starting it reads no state: the worker raises the mark
 //!   before it writes a record or starts an attempt (which writes one).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::mpsc,
+    task::{self, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     classify::Verdict,
     endpoint::{EndpointSpec, Ordering},
-    event_cache::{EventCache, SharedEvent},
+    event_cache::EventCache,
+    event_cache::SharedEvent,
     stack::{DeliveryService, SharedKeys},
     Control,
 };
 use crate::{
     config::Config,
-    consumer::{drive::drive, Consumer},
+    consumer::{self, drive::drive, Consumer},
     convert,
     metrics::Metrics,
     model::Offset,
@@ -51,6 +63,8 @@ use crate::{
 };
 
 mod attempt;
+#[cfg(test)]
+mod consumer_tests;
 mod outcome;
 mod taker;
 #[cfg(test)]
@@ -60,9 +74,15 @@ use attempt::Attempt;
 pub use attempt::{attempt_record, describe};
 use outcome::base_record;
 
-/// Leases of the worker never expire on their own: the worker decides when
-/// an event is retried (via nack with a delay).
-const LEASE: Duration = Duration::from_secs(30 * 86_400);
+/// How long an event handed to the worker stays leased without a renewal.
+/// The worker renews the leases of the events it still has (rather than
+/// bounding each attempt by a deadline): an attempt may wait for the
+/// endpoint's rate limit and in-flight limit for any time before it is
+/// sent, and cutting it short would count an attempt that never went out.
+/// So a lease runs out only when the worker lost its attempt.
+const LEASE: Duration = Duration::from_secs(60);
+/// How often the worker renews its leases: well inside `LEASE`.
+const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// Persist the position once the filter has skipped this many events.
 const SAVE_SKIPPED_AFTER: u64 = 256;
 /// The worker's stream id on its consumer (one worker per endpoint).
@@ -77,7 +97,10 @@ pub const STATE_EVENT_TYPES: &[&str] = &[
 /// What a running worker shares with the Admin service.
 #[derive(Default)]
 pub struct WorkerView {
-    /// Held events without a final outcome yet, for ListDeliveries.
+    /// Events its consumer holds for it (leased, waiting for their next
+    /// attempt, or behind another of their key) without a final outcome
+    /// yet, for ListDeliveries. The worker adds each as it is read and
+    /// removes it with its final record.
     pub held: Mutex<HashMap<Offset, HeldView>>,
 }
 
@@ -126,8 +149,8 @@ pub struct WorkerContext {
 impl WorkerContext {
     /// Hands `offset` back to the consumer until its next attempt is due.
     /// A nack fails only for an offset outside the log, which a held event
-    /// never is; should it fail anyway, the event stays leased and is sent
-    /// again after a restart, so say so.
+    /// never is; should it fail anyway, the event stays leased until its
+    /// lease runs out, so say so.
     fn wait(&self, offset: Offset, wait: Duration) {
         if let Err(e) = self.consumer.nack(&[offset], wait) {
             tracing::error!(endpoint = %self.endpoint_id, offset, error = %e, "scheduling the next attempt failed");
@@ -142,20 +165,45 @@ impl WorkerContext {
             self.metrics.dead.add(&self.endpoint_id, 1);
         }
     }
+
+    /// Lists `event` as held.
+    fn view(&self, event: &SharedEvent) {
+        self.view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                event.event.offset,
+                HeldView {
+                    event_id: event.event.event.id.clone(),
+                    event_type: event.event.event_type.to_string(),
+                },
+            );
+    }
+
+    /// `offset` is no longer held.
+    fn unview(&self, offset: Offset) {
+        self.view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&offset);
+    }
 }
 
-struct Held {
+/// This endpoint's body of an event (its condition and fields applied;
+/// `None`: the condition does not match), or why it has none.
+type Body = std::result::Result<Option<Bytes>, String>;
+
+/// An event as the consumer hands it to the worker.
+pub(super) struct Taken {
     /// The event and its full body, shared with other endpoints.
     event: Arc<SharedEvent>,
-    /// This endpoint's body (its filter and fields applied).
-    body: Bytes,
-    key: Option<String>,
-    sending: bool,
-    /// The worker handed it back to the consumer until its next attempt
-    /// is due: when the consumer hands it out again, it is due (the
-    /// record's time is looked at only for an event the worker has not
-    /// scheduled itself, such as after a restart).
-    scheduled: bool,
+    /// This endpoint's body.
+    body: Body,
+    /// A state event of a coalescing endpoint: it supersedes the waiting
+    /// events of its key.
+    supersedes: bool,
 }
 
 /// An attempt task's report back to the loop.
@@ -173,6 +221,13 @@ struct Finished {
 /// up to half the shutdown timeout for them to finish.
 pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let ctx = Arc::new(ctx);
+    ctx.consumer.set_ordering(match ctx.spec.ordering {
+        Ordering::Key => consumer::Ordering::Key,
+        Ordering::Strict => consumer::Ordering::Strict,
+        Ordering::None => consumer::Ordering::None,
+    });
+    let window = ctx.config.delivery_window.get();
+    ctx.consumer.set_max_held(window);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     // Records are written for this endpoint only by its worker, and by
     // Admin and retention for offsets that already have one or that the
@@ -193,13 +248,16 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
     let mut w = Worker {
         failing_since: ctx.failing_since,
         ctx: ctx.clone(),
-        held: HashMap::new(),
-        keys: HashMap::new(),
+        leased: HashMap::new(),
+        scheduled: HashSet::new(),
+        rendered: Mutex::default(),
         attempts: JoinSet::new(),
+        tasks: HashMap::new(),
         finished: finished_tx,
         finished_rx,
         unrecorded_from,
-        window: ctx.config.delivery_window.get() as usize,
+        window,
+        renew_at: tokio::time::Instant::now() + RENEW_EVERY,
     };
     drive(&ctx.consumer, ctx.store.watch_head(), &cancel, &mut w).await;
     if ctx.broker_shutdown.is_cancelled() {
@@ -221,16 +279,29 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
 
 struct Worker {
     ctx: Arc<WorkerContext>,
-    held: HashMap<Offset, Held>,
-    /// Per ordering key, the held offsets in log order; the front is the one
-    /// sending or waiting.
-    keys: HashMap<String, VecDeque<Offset>>,
+    /// Events leased to the worker that it has not handed back (acked or
+    /// nacked), with the number of the attempt sending it (0: none yet).
+    /// Their leases are renewed.
+    leased: HashMap<Offset, u32>,
+    /// Events the worker handed back until their next attempt is due: when
+    /// the consumer hands one out again, it is due (the record's time is
+    /// looked at only for an event the worker has not scheduled itself,
+    /// such as after a restart).
+    scheduled: HashSet<Offset>,
+    /// Events read new with their bodies, until handed out: one that waits
+    /// behind another of its key is not rendered twice. Emptied as they are
+    /// handed out, superseded or expired; gone with the worker.
+    rendered: Mutex<HashMap<Offset, (Arc<SharedEvent>, Body)>>,
     attempts: JoinSet<()>,
+    /// The offset and attempt number of each attempt task.
+    tasks: HashMap<task::Id, (Offset, u32)>,
     finished: mpsc::UnboundedSender<Finished>,
     finished_rx: mpsc::UnboundedReceiver<Finished>,
     failing_since: Option<SystemTime>,
-    /// New events are read only while fewer than this many are held.
-    window: usize,
+    /// The endpoint's delivery window: the most leases at once.
+    window: u32,
+    /// When the leases are renewed next.
+    renew_at: tokio::time::Instant,
     /// No offset from here on has a delivery record: a new event is started
     /// without reading the state. Besides saving the read, this keeps the
     /// worker off the state engine's global lock, which the state writer
@@ -240,77 +311,39 @@ struct Worker {
 }
 
 impl Worker {
-    /// An event leased from the consumer: new, or a waiting one now due.
-    async fn accept(&mut self, shared: Arc<SharedEvent>) {
-        let offset = shared.event.offset;
-        if let Some(h) = self.held.get_mut(&offset) {
-            // Back from the consumer after its wait: it is its key's head.
-            let due = std::mem::take(&mut h.scheduled);
-            self.start(offset, due).await;
-            return;
+    /// An event leased from the consumer: new, due for its next attempt,
+    /// or its turn came; with the offsets it superseded.
+    async fn accept(&mut self, taken: Taken, superseded: &[Offset]) {
+        let Taken { event, body, .. } = taken;
+        let offset = event.event.offset;
+        self.rendered().remove(&offset);
+        self.leased.insert(offset, 0);
+        let mut due = self.scheduled.remove(&offset);
+        if !superseded.is_empty() {
+            // It takes over their schedule, so it is due when they were.
+            due |= self.supersede(&event, superseded).await;
         }
-        let body = match self.body(&shared) {
-            Ok(Some(b)) => b,
+        match body {
+            Ok(Some(body)) => self.start(event, body, due).await,
             Ok(None) => {
                 // The endpoint's condition does not match: not for it.
                 self.ctx.count("filtered");
+                self.leased.remove(&offset);
+                self.ctx.unview(offset);
                 if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
                     tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
                 }
-                return;
             }
             Err(e) => {
                 // Cannot happen for validated events; never retry it.
                 tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "cannot render body");
                 let record = base_record(
-                    &shared.event,
+                    &event.event,
                     DeliveryState::Dead,
                     format!("cannot render body: {e}"),
                 );
                 self.finish_without_sending(offset, record).await;
-                return;
             }
-        };
-        let event = &shared.event;
-        let key = match self.ctx.spec.ordering {
-            Ordering::Key => Some(event.event.ordering_key.clone()),
-            Ordering::Strict => Some(String::new()),
-            Ordering::None => None,
-        };
-        let coalesce =
-            self.ctx.spec.coalesce && STATE_EVENT_TYPES.contains(&event.event_type.as_str());
-        self.ctx
-            .view
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                offset,
-                HeldView {
-                    event_id: event.event.id.clone(),
-                    event_type: event.event_type.to_string(),
-                },
-            );
-        self.held.insert(
-            offset,
-            Held {
-                event: shared,
-                body,
-                key: key.clone(),
-                sending: false,
-                scheduled: false,
-            },
-        );
-        let Some(k) = key else {
-            self.start(offset, false).await;
-            return;
-        };
-        let q = self.keys.entry(k.clone()).or_default();
-        q.push_back(offset);
-        if coalesce {
-            self.coalesce(&k).await;
-        } else if q.len() == 1 {
-            self.start(offset, false).await;
         }
     }
 
@@ -318,7 +351,7 @@ impl Worker {
     /// (`None`: no match), reduced to its fields.
     /// The shared body is the full one; nothing endpoint-specific is ever
     /// written back to it.
-    fn body(&self, shared: &SharedEvent) -> std::result::Result<Option<Bytes>, String> {
+    fn body(&self, shared: &SharedEvent) -> Body {
         let body = super::endpoint_body(&self.ctx.spec, shared.body.clone()?)?;
         Ok(match body {
             Some(data) if self.ctx.spec.envelope => {
@@ -333,11 +366,12 @@ impl Worker {
         })
     }
 
-    /// Sends `offset` now, unless its record says the next attempt is later
+    /// Sends `event` now, unless its record says the next attempt is later
     /// (`due`: the consumer just handed it out at the time the worker
     /// scheduled; the record has that time too).
-    async fn start(&mut self, offset: Offset, due: bool) {
+    async fn start(&mut self, event: Arc<SharedEvent>, body: Bytes, due: bool) {
         let ctx = self.ctx.clone();
+        let offset = event.event.offset;
         let lookup = if offset < self.unrecorded_from {
             ctx.store.deliveries().get(&ctx.endpoint_id, offset)
         } else {
@@ -347,6 +381,7 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "reading delivery state failed");
+                self.leased.remove(&offset);
                 ctx.wait(offset, Duration::from_secs(1));
                 return;
             }
@@ -362,16 +397,13 @@ impl Worker {
             Some(next) => {
                 convert::system_time("next_attempt_at", next).unwrap_or(SystemTime::UNIX_EPOCH)
             }
-            None if prior_attempts == 0 => {
-                self.held[&offset].event.event.published_at + ctx.spec.retry_schedule[0]
-            }
+            None if prior_attempts == 0 => event.event.published_at + ctx.spec.retry_schedule[0],
             None => SystemTime::UNIX_EPOCH,
         };
         match next_at.duration_since(SystemTime::now()) {
             Ok(wait) if !due && wait > Duration::from_millis(2) => {
-                if let Some(h) = self.held.get_mut(&offset) {
-                    h.scheduled = true;
-                }
+                self.scheduled.insert(offset);
+                self.leased.remove(&offset);
                 ctx.wait(offset, wait);
                 return;
             }
@@ -379,83 +411,72 @@ impl Worker {
         }
         // The attempt writes this offset's record.
         self.recorded(offset);
-        let held = self.held.get_mut(&offset).expect("started events are held");
-        held.sending = true;
         // Unless it finishes, the attempt hands it back to the consumer
         // until its next attempt is due.
-        held.scheduled = true;
+        self.scheduled.insert(offset);
+        let number = prior_attempts + 1;
+        self.leased.insert(offset, number);
         let attempt = Attempt {
             ctx: ctx.clone(),
             offset,
-            published_at: held.event.event.published_at,
-            event_id: held.event.event.event.id.clone(),
-            event_type: held.event.event.event_type.to_string(),
-            body: held.body.clone(),
-            number: prior_attempts + 1,
+            published_at: event.event.published_at,
+            event_id: event.event.event.id.clone(),
+            event_type: event.event.event_type.to_string(),
+            body,
+            number,
             recorded_before: record.is_some(),
             finished: self.finished.clone(),
         };
-        self.attempts.spawn(attempt.run());
+        let task = self.attempts.spawn(attempt.run());
+        self.tasks.insert(task.id(), (offset, number));
     }
 
     async fn finished(&mut self, f: Finished) {
-        while self.attempts.try_join_next().is_some() {}
         self.health(&f);
         let done = matches!(f.state, DeliveryState::Delivered | DeliveryState::Dead);
-        if !done {
-            // Waiting for its next attempt; its key stays blocked, unless a
-            // newer state is already queued behind it.
-            let Some(h) = self.held.get_mut(&f.offset) else {
-                return;
-            };
-            h.sending = false;
-            let coalescing = self.ctx.spec.coalesce
-                && STATE_EVENT_TYPES.contains(&h.event.event.event_type.as_str());
-            if let Some(k) = h.key.clone().filter(|_| coalescing) {
-                if self.keys.get(&k).is_some_and(|q| q.len() > 1) {
-                    self.coalesce(&k).await;
-                }
-            }
-            return;
+        // The attempt acked or nacked it, unless the endpoint is gone
+        // (410): then it stays leased until the worker is stopped.
+        if self.leased.get(&f.offset) == Some(&f.attempts) && f.verdict != Verdict::Gone {
+            self.leased.remove(&f.offset);
         }
-        self.release(f.offset).await;
+        if done {
+            self.scheduled.remove(&f.offset);
+            self.ctx.unview(f.offset);
+        }
     }
 
-    /// A held event's delivery is over: let the next of its key go.
-    async fn release(&mut self, offset: Offset) {
-        let Some(held) = self.held.remove(&offset) else {
+    /// An attempt task ended. One that ended without reporting (it
+    /// panicked, or could not write its record) lost its event: the lease
+    /// is no longer renewed, and the consumer hands it out again when it
+    /// runs out.
+    async fn ended(&mut self, id: task::Id) {
+        // Reports sent before the task ended come first.
+        while let Ok(f) = self.finished_rx.try_recv() {
+            self.finished(f).await;
+        }
+        let Some((offset, number)) = self.tasks.remove(&id) else {
             return;
         };
-        self.unview(offset);
-        if let Some(k) = held.key {
-            let next = self.keys.get_mut(&k).and_then(|q| {
-                q.retain(|&o| o != offset);
-                q.front().copied()
-            });
-            match next {
-                Some(next) => {
-                    if !self.held[&next].sending {
-                        self.start(next, false).await;
-                    }
-                }
-                None => {
-                    self.keys.remove(&k);
-                }
-            }
+        if self.leased.get(&offset) == Some(&number) {
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, attempt = number, "an attempt ended without an outcome; the event is sent again once its lease runs out");
+            self.leased.remove(&offset);
         }
+    }
+
+    /// Renews the leases of the events the worker still has.
+    fn renew(&mut self) {
+        self.ctx.consumer.renew(self.leased.keys().copied(), LEASE);
+        self.renew_at = tokio::time::Instant::now() + RENEW_EVERY;
+    }
+
+    /// Events read new and not handed out yet, with their bodies.
+    fn rendered(&self) -> std::sync::MutexGuard<'_, HashMap<Offset, (Arc<SharedEvent>, Body)>> {
+        // Whole entries are inserted and removed: never half-changed.
+        self.rendered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `offset` is about to get a delivery record.
     fn recorded(&mut self, offset: Offset) {
         self.unrecorded_from = self.unrecorded_from.max(offset.saturating_add(1));
-    }
-
-    fn unview(&self, offset: Offset) {
-        self.ctx
-            .view
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&offset);
     }
 }

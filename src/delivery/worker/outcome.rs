@@ -1,10 +1,11 @@
 //! How held events end besides an attempt: superseded by a newer state
-//! (coalescing), expired or erased; and what the manager is told about
-//! the endpoint's health.
+//! (coalescing, handed over by the consumer), expired or erased; and what
+//! the manager is told about the endpoint's health.
 
 use std::time::SystemTime;
 
 use super::{Finished, Worker};
+use crate::delivery::event_cache::SharedEvent;
 use crate::{
     convert,
     delivery::{classify::Verdict, Control},
@@ -14,37 +15,37 @@ use crate::{
 };
 
 impl Worker {
-    /// Coalescing: every held event of key `k` that is not sending is
-    /// superseded by the newest one, which inherits the schedule of the
-    /// superseded head and starts when it is at the front.
-    pub(super) async fn coalesce(&mut self, k: &str) {
-        let Some(q) = self.keys.get_mut(k) else {
-            return;
-        };
-        let Some(&newest) = q.back() else {
-            return;
-        };
-        let old: Vec<Offset> = q
-            .iter()
-            .copied()
-            .filter(|&o| o != newest && self.held.get(&o).is_some_and(|h| !h.sending))
-            .collect();
-        q.retain(|o| !old.contains(o));
-        let newest_turn = q.front() == Some(&newest);
+    /// Coalescing: the consumer handed out `newest` with the offsets it
+    /// superseded (the waiting events of its key, in log order). Each gets
+    /// its SUPERSEDED record, then its ack; `newest` takes over the
+    /// schedule of the last of them that had one, so a receiver that is
+    /// down is not hammered by every new level. Returns whether one of them
+    /// was waiting for a next attempt the worker scheduled: then `newest`
+    /// is due now.
+    pub(super) async fn supersede(&mut self, newest: &SharedEvent, old: &[Offset]) -> bool {
         let ctx = self.ctx.clone();
+        let newest_offset = newest.event.offset;
+        let mut due = false;
         let mut inherited: Option<pb::Delivery> = None;
-        for offset in old {
-            let held = self.held.remove(&offset).expect("listed from held");
-            self.unview(offset);
+        for &offset in old {
+            due |= self.scheduled.remove(&offset);
+            self.rendered().remove(&offset);
             let previous = ctx
                 .store
                 .deliveries()
                 .get(&ctx.endpoint_id, offset)
                 .ok()
                 .flatten();
-            let mut record =
-                base_record(&held.event.event, DeliveryState::Superseded, String::new());
-            record.superseded_by = newest;
+            let event = match ctx.store.get(offset) {
+                Ok(Some(e)) => e,
+                // Removed by retention meanwhile: its fate is retention's.
+                _ => {
+                    self.settle(offset).await;
+                    continue;
+                }
+            };
+            let mut record = base_record(&event, DeliveryState::Superseded, String::new());
+            record.superseded_by = newest_offset;
             if let Some(p) = &previous {
                 record.attempts = p.attempts;
                 record.last_attempt_at = p.last_attempt_at;
@@ -57,33 +58,34 @@ impl Worker {
             if let Err(e) = self.write_final(offset, record).await {
                 tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "recording supersession failed");
             }
+            ctx.unview(offset);
             ctx.count("superseded");
         }
-        // Take over the schedule, so a receiver that is down is not
-        // hammered by every new level.
         if let Some(p) = inherited.filter(|p| p.attempts > 0) {
-            let held = &self.held[&newest];
-            let mut record = base_record(
-                &held.event.event,
-                DeliveryState::Pending,
-                p.last_error.clone(),
-            );
+            let mut record =
+                base_record(&newest.event, DeliveryState::Pending, p.last_error.clone());
             record.attempts = p.attempts;
             record.next_attempt_at = p.next_attempt_at;
             record.last_attempt_at = p.last_attempt_at;
             record.last_status = p.last_status;
-            self.recorded(newest);
+            self.recorded(newest_offset);
             if let Err(e) = ctx
                 .store
                 .deliveries()
-                .put(&ctx.endpoint_id, newest, &record)
+                .put(&ctx.endpoint_id, newest_offset, &record)
                 .await
             {
-                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest, error = %e, "recording inherited schedule failed");
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest_offset, error = %e, "recording inherited schedule failed");
             }
         }
-        if newest_turn && !self.held[&newest].sending {
-            self.start(newest, false).await;
+        due
+    }
+
+    /// Acks `offset` without a record of its own.
+    async fn settle(&mut self, offset: Offset) {
+        self.ctx.unview(offset);
+        if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
         }
     }
 
@@ -143,9 +145,21 @@ impl Worker {
     /// Retention or an erasure removed the event of a held delivery: dead,
     /// `expired` (or `erased`).
     pub(super) async fn expired(&mut self, offset: Offset) {
-        let Some(held) = self.held.get(&offset) else {
+        // Only an event the worker read (and so lists) has its fate
+        // recorded; its event is gone, the listing has its id and type.
+        let held = self
+            .ctx
+            .view
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&offset)
+            .cloned();
+        self.rendered().remove(&offset);
+        let Some(held) = held else {
             return;
         };
+        self.scheduled.remove(&offset);
         // The tombstone's reason when the event was erased (tenant
         // erasure or the tenant's retention), else retention's `expired`.
         let reason = match self.ctx.store.erasure(offset) {
@@ -153,7 +167,13 @@ impl Worker {
             _ => "expired".to_owned(),
         };
         self.ctx.count(&reason);
-        let mut record = base_record(&held.event.event, DeliveryState::Dead, reason);
+        let mut record = pb::Delivery {
+            event_id: held.event_id,
+            event_type: held.event_type,
+            state: DeliveryState::Dead as i32,
+            last_error: reason,
+            ..Default::default()
+        };
         if let Ok(Some(p)) = self
             .ctx
             .store
@@ -171,7 +191,8 @@ impl Worker {
         if let Err(e) = self.write_final(offset, record).await {
             tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
         }
-        self.release(offset).await;
+        self.leased.remove(&offset);
+        self.ctx.unview(offset);
     }
 
     /// Writes a final record, then acks.

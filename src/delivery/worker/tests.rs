@@ -17,7 +17,7 @@ use tower::util::BoxCloneSyncService;
 use super::{run, WorkerContext, WorkerView};
 use crate::{
     config::Config,
-    consumer::{Consumers, CreateSpec},
+    consumer::{Consumer, Consumers, CreateSpec},
     delivery::{
         endpoint::{EndpointSpec, Ordering},
         event_cache::EventCache,
@@ -34,11 +34,11 @@ const ENDPOINT: &str = "ep_test";
 
 /// What the scripted receiver saw: the `webhook-id` of each request and
 /// when (paused time) it arrived.
-type Calls = Arc<Mutex<Vec<(String, Instant)>>>;
+pub(super) type Calls = Arc<Mutex<Vec<(String, Instant)>>>;
 
 /// A receiver that answers each request with the next scripted status
 /// (200 once the script is used up) after `latency`.
-fn scripted(
+pub(super) fn scripted(
     script: Vec<u16>,
     latency: Duration,
 ) -> (
@@ -66,7 +66,7 @@ fn scripted(
 }
 
 /// A store holding one custom event per ordering key in `keys`.
-async fn store_with(dir: &std::path::Path, keys: &[&str]) -> (Store, WriterHandle) {
+pub(super) async fn store_with(dir: &std::path::Path, keys: &[&str]) -> (Store, WriterHandle) {
     let (store, writer) = store::open_for_test(dir);
     let events = keys
         .iter()
@@ -81,21 +81,36 @@ async fn store_with(dir: &std::path::Path, keys: &[&str]) -> (Store, WriterHandl
     (store, writer)
 }
 
-struct Running {
-    view: Arc<WorkerView>,
-    store: Store,
+pub(super) struct Running {
+    pub(super) view: Arc<WorkerView>,
+    pub(super) store: Store,
+    pub(super) consumer: Arc<Consumer>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Starts a worker for an endpoint with `ordering` and `schedule` (no
 /// jitter) over `store`, reading at most `window` events ahead.
-async fn start(
+pub(super) async fn start(
     store: Store,
     service: BoxCloneSyncService<WebhookRequest, WebhookResponse, SendError>,
     ordering: Ordering,
     schedule: &[u64],
     window: u32,
+) -> Running {
+    start_with(store, service, schedule, window, |spec| {
+        spec.ordering = ordering
+    })
+    .await
+}
+
+/// Like [`start`], with the endpoint's spec changed by `tweak`.
+pub(super) async fn start_with(
+    store: Store,
+    service: BoxCloneSyncService<WebhookRequest, WebhookResponse, SendError>,
+    schedule: &[u64],
+    window: u32,
+    tweak: impl FnOnce(&mut EndpointSpec),
 ) -> Running {
     let config = Arc::new(Config {
         retry_jitter_percent: 0,
@@ -110,7 +125,7 @@ async fn start(
         &config,
     )
     .unwrap();
-    spec.ordering = ordering;
+    tweak(&mut spec);
     spec.retry_schedule = schedule.iter().map(|&s| Duration::from_secs(s)).collect();
     let consumers = Consumers::new(store.clone());
     let consumer = consumers
@@ -134,7 +149,7 @@ async fn start(
             previous: None,
         })),
         service,
-        consumer,
+        consumer: consumer.clone(),
         store: store.clone(),
         shared: Arc::new(EventCache::new(64)),
         config,
@@ -149,19 +164,20 @@ async fn start(
     Running {
         view,
         store,
+        consumer,
         cancel,
         task,
     }
 }
 
 impl Running {
-    fn state(&self, offset: Offset) -> Option<pb::Delivery> {
+    pub(super) fn state(&self, offset: Offset) -> Option<pb::Delivery> {
         self.store.deliveries().get(ENDPOINT, offset).unwrap()
     }
 
     /// Lets paused time run (one simulated second per step, at most
     /// `secs`) until `done` holds.
-    async fn until(&self, secs: u64, done: impl Fn(&Self) -> bool) {
+    pub(super) async fn until(&self, secs: u64, done: impl Fn(&Self) -> bool) {
         for _ in 0..secs {
             if done(self) {
                 return;
@@ -171,7 +187,7 @@ impl Running {
         assert!(done(self), "not done within {secs} simulated seconds");
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.cancel.cancel();
         self.task.await.unwrap();
     }
@@ -181,14 +197,14 @@ impl Running {
 /// writer is a thread of its own, and paused time would otherwise run
 /// ahead while the worker waits for its group commits (a blocking task
 /// holds the clock still meanwhile).
-async fn step() {
+pub(super) async fn step() {
     tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(5)))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-fn id(n: u32) -> String {
+pub(super) fn id(n: u32) -> String {
     signing::webhook_id(&format!("e{n}")).into_owned()
 }
 
