@@ -260,7 +260,7 @@ impl EventStream {
             .enumerate()
             .map(|(j, m)| {
                 let i = first[m.id.as_str()];
-                let original = found[i].clone().ok_or_else(|| JetStreamError::Protocol {
+                let original = found[i].ok_or_else(|| JetStreamError::Protocol {
                     what: "atomic batch publish",
                     reason: format!("event {i} of the batch got no offset"),
                 })?;
