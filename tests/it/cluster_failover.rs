@@ -119,9 +119,8 @@ async fn cluster_log_keeps_every_acked_event_when_the_stream_leader_is_killed() 
     cluster.kill_all();
     cluster.start_all().await;
     let client = cluster.connect().await;
-    let log = EventStream::open(client.clone(), config.clone())
-        .await
-        .unwrap();
+    // The stream answers once its replicas have elected a leader.
     cluster.stream_leader(&client, &config.stream).await;
+    let log = EventStream::open(client, config).await.unwrap();
     assert_all_present(&log, &acked).await;
 }

@@ -67,6 +67,7 @@ async fn cluster_log_appends_and_reads_back() {
     let mid = log.read(2, 3).await.unwrap();
     assert_eq!(mid.iter().map(|e| e.offset).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(log.read(5, 9).await.unwrap(), []);
+    assert_eq!(log.read(1, u64::MAX).await.unwrap(), read);
     assert_eq!(log.get(3).await.unwrap().unwrap().event, batch[1].event);
     assert!(log.get(9).await.unwrap().is_none());
 

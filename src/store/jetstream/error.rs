@@ -30,6 +30,15 @@ pub enum JetStreamError {
         /// The client's error.
         reason: String,
     },
+    /// The client would not send it: larger than the server's
+    /// `max_payload`, or an invalid subject. Retrying cannot help.
+    #[error("NATS client refused to send {what}: {reason}")]
+    Unsendable {
+        /// What was to be sent.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The server answered with an error.
     #[error("JetStream refused {what}: {description} (status {code}, error code {err_code})")]
     Rejected {
@@ -89,5 +98,35 @@ impl JetStreamError {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_outcomes_and_passing_refusals_are_retriable() {
+        let rejected = |code, err_code| JetStreamError::Rejected {
+            what: "t",
+            code,
+            err_code,
+            description: String::new(),
+        };
+        assert!(JetStreamError::Request {
+            what: "t",
+            reason: "timed out".into()
+        }
+        .is_retriable());
+        assert!(rejected(503, 10008).is_retriable());
+        assert!(rejected(400, 10176).is_retriable());
+        assert!(!rejected(400, 10201).is_retriable());
+        assert!(!rejected(400, 10054).is_retriable());
+        assert!(!JetStreamError::Unsendable {
+            what: "t",
+            reason: "max payload".into()
+        }
+        .is_retriable());
+        assert!(!JetStreamError::BatchTooLarge { len: 3, max: 2 }.is_retriable());
     }
 }

@@ -13,9 +13,9 @@ use bytes::Bytes;
 
 use super::{
     wire::{
-        encode_header, event_headers, request_error, PubAckReply, BATCH_COMMIT,
-        BATCH_HAS_DUPLICATE, BATCH_ID, BATCH_SEQUENCE, EXPECTED_LAST_SEQUENCE, MSG_ID,
-        PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
+        encode_header, event_headers, publish_failed, request_error, request_failed, PubAckReply,
+        BATCH_COMMIT, BATCH_HAS_DUPLICATE, BATCH_ID, BATCH_SEQUENCE, EXPECTED_LAST_SEQUENCE,
+        MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
     },
     JetStreamError,
 };
@@ -306,7 +306,7 @@ impl EventStream {
             .client
             .request_with_headers(subject.to_owned(), headers, payload)
             .await
-            .map_err(|e| request_error(what, e))?;
+            .map_err(|e| request_failed(what, e))?;
         let ack = PubAckReply::parse(&reply.payload, what)?;
         Ok(ack)
     }
@@ -368,7 +368,7 @@ impl EventStream {
                 self.client
                     .publish_with_headers(m.subject.clone(), headers, m.record.clone())
                     .await
-                    .map_err(|e| request_error(WHAT, e))?;
+                    .map_err(|e| publish_failed(WHAT, e))?;
             }
         }
         Err(JetStreamError::Protocol {

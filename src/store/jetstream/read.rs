@@ -56,8 +56,10 @@ impl EventStream {
             out.extend(batch.records.into_iter().filter(|r| r.offset <= to));
             if got < want && batch.pending == 0 {
                 // The responder holds nothing more: it lags behind `to`, or
-                // the rest was removed. The leader knows which.
-                for offset in next..=to {
+                // the rest was removed (or never written: `to` past the
+                // head). The leader knows which.
+                let end = to.min(self.head().await?);
+                for offset in next..=end {
                     if let Some(record) = self.stored(offset).await? {
                         out.push(RawRecord { offset, record });
                     }

@@ -112,11 +112,37 @@ impl PubAckReply {
     }
 }
 
-/// A client request error as the log's, for the request `what`.
+/// A client error with an unknown outcome as the log's, for the request
+/// `what`.
 pub(super) fn request_error(what: &'static str, e: impl std::fmt::Display) -> JetStreamError {
     JetStreamError::Request {
         what,
         reason: e.to_string(),
+    }
+}
+
+/// A failed request as the log's: refused by the client (nothing sent), or
+/// of unknown outcome.
+pub(super) fn request_failed(what: &'static str, e: async_nats::RequestError) -> JetStreamError {
+    use async_nats::RequestErrorKind as K;
+    match e.kind() {
+        K::MaxPayloadExceeded | K::InvalidSubject => JetStreamError::Unsendable {
+            what,
+            reason: e.to_string(),
+        },
+        _ => request_error(what, e),
+    }
+}
+
+/// A failed publish (no reply asked) as the log's.
+pub(super) fn publish_failed(what: &'static str, e: async_nats::PublishError) -> JetStreamError {
+    use async_nats::PublishErrorKind as K;
+    match e.kind() {
+        K::MaxPayloadExceeded | K::InvalidSubject => JetStreamError::Unsendable {
+            what,
+            reason: e.to_string(),
+        },
+        K::Send => request_error(what, e),
     }
 }
 
