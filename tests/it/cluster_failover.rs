@@ -7,7 +7,12 @@
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster`.
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use stevedore::store::jetstream::{EventStream, JetStreamError, StreamConfig};
 
@@ -22,6 +27,9 @@ const ROUNDS: usize = 90;
 /// waits [`RETRY_PAUSE`]; a leader election takes a few seconds).
 const ATTEMPTS: usize = 100;
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Retriable failures seen (reported, not asserted: how many appends the
+/// kill catches in flight depends on timing).
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `append` until it is acknowledged, retrying what may succeed.
 async fn until_acked<T, F, Fut>(what: &str, mut append: F) -> T
@@ -32,7 +40,10 @@ where
     for _ in 0..ATTEMPTS {
         match append().await {
             Ok(v) => return v,
-            Err(e) if e.is_retriable() => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(e) if e.is_retriable() => {
+                RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(RETRY_PAUSE).await
+            }
             Err(e) => panic!("{what}: {e}"),
         }
     }
@@ -104,6 +115,10 @@ async fn cluster_log_keeps_every_acked_event_when_the_stream_leader_is_killed() 
         .expect("the producer runs");
     cluster.kill(&leader);
     let acked = producer.await.expect("the producer finished");
+    eprintln!(
+        "appends retried after the leader kill: {}",
+        RETRIES.load(Ordering::Relaxed)
+    );
     assert_eq!(acked.len(), ROUNDS * 4);
     let new_leader = cluster.stream_leader(&client, &config.stream).await;
     assert_ne!(
