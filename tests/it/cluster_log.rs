@@ -105,7 +105,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
         })
         .await
         .unwrap();
-    let log = EventStream::open(client, config.clone())
+    let log = EventStream::open(client.clone(), config.clone())
         .await
         .expect("open");
     log.append(&new_event(pick("first", "SO-0"), "SO-0"))
@@ -161,6 +161,26 @@ async fn cluster_log_batch_is_all_or_nothing() {
         Err(JetStreamError::BatchTooLarge { len: 3, max: 2 })
     ));
     assert_eq!(small.head().await.unwrap(), 4);
+
+    // A stream of that name without atomic batches is not taken over.
+    let plain = StreamConfig::with_prefix("t5");
+    jetstream::new(client.clone())
+        .create_stream(jetstream::stream::Config {
+            name: plain.stream.clone(),
+            subjects: vec![format!("{}.>", plain.subject_prefix)],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    match EventStream::open(client, plain).await {
+        Err(JetStreamError::Stream { stream, reason }) => {
+            assert_eq!(stream, "T5_EVENTS");
+            assert!(reason.contains("allow_atomic"), "{reason}");
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a stream without atomic batches was accepted"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,6 +220,16 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
         .unwrap();
     let got: Vec<_> = mixed.iter().map(|a| (a.offset, a.duplicate)).collect();
     assert_eq!(got, [(1, true), (2, false), (2, true)]);
+
+    // Repeats of a stored id are each compared with the stored event (not
+    // with the batch's first event of that id, which here differs).
+    let reused = new_event(pick("e1", "SO-9"), "SO-9");
+    let repeats = log.append_batch(&[reused, e1.clone()]).await.unwrap();
+    let got: Vec<_> = repeats
+        .iter()
+        .map(|a| (a.offset, a.duplicate, a.payload_differs))
+        .collect();
+    assert_eq!(got, [(1, true, true), (1, true, false)]);
 
     // A retried batch (its answer lost): every offset as before, no writes.
     let batch = vec![

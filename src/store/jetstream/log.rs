@@ -256,30 +256,35 @@ impl EventStream {
                 Err(e) => return Err(e),
             }
         }
-        all.iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let i = first[m.id.as_str()];
-                let original = found[i].ok_or_else(|| JetStreamError::Protocol {
-                    what: "atomic batch publish",
-                    reason: format!("event {i} of the batch got no offset"),
-                })?;
-                if i == j {
-                    return Ok(original);
-                }
+        let mut results = Vec::with_capacity(all.len());
+        for (j, m) in all.iter().enumerate() {
+            let i = first[m.id.as_str()];
+            let original = found[i].ok_or_else(|| JetStreamError::Protocol {
+                what: "atomic batch publish",
+                reason: format!("event {i} of the batch got no offset"),
+            })?;
+            results.push(if i == j {
+                original
+            } else if original.duplicate {
+                // A repeat of a stored id: compared with the stored event,
+                // as the embedded log does.
+                self.duplicate_of(original.offset, m).await?
+            } else {
+                // A repeat of an event this batch wrote.
                 let same = keys::same_content(&m.record, &all[i].record).map_err(|e| {
                     JetStreamError::Corrupt {
                         offset: original.offset,
                         reason: e.to_string(),
                     }
                 })?;
-                Ok(Appended {
+                Appended {
                     offset: original.offset,
                     duplicate: true,
                     payload_differs: !same,
-                })
-            })
-            .collect()
+                }
+            });
+        }
+        Ok(results)
     }
 
     /// The message of `event`, published at `published_at_nanos`.
