@@ -14,6 +14,7 @@ pub mod baseline;
 mod erase;
 #[cfg(test)]
 mod faults;
+pub mod jetstream;
 mod keys;
 mod log;
 mod open;

@@ -9,6 +9,9 @@
 mod admin_api;
 mod amplification;
 mod auth;
+mod cluster_failover;
+mod cluster_log;
+mod cluster_preflight;
 mod connections;
 mod console;
 mod console_ops;

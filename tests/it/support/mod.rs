@@ -4,8 +4,9 @@
 //! ([`events`]), gRPC helpers ([`client`], [`endpoints`], [`raw_grpc`]),
 //! the load of the crash tests ([`publishing`], [`answers`], [`rng`]),
 //! hostile input ([`hostile`]), an OAuth2 partner ([`oauth_partner`]), the
-//! console's HTTP client ([`console`]), two tenants ([`tenants`]) and the
-//! data directory's files ([`files`]).
+//! console's HTTP client ([`console`]), two tenants ([`tenants`]), the
+//! data directory's files ([`files`]) and a real nats-server cluster for the
+//! cluster suite ([`nats`]).
 //!
 //! The helpers every area uses are re-exported here, so a test file says
 //! `use crate::support::{pick, publish, TestServer};`.
@@ -20,6 +21,7 @@ pub mod events;
 pub mod files;
 pub mod hostile;
 pub mod ledger;
+pub mod nats;
 pub mod oauth_partner;
 pub mod process;
 pub mod publishing;

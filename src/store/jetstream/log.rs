@@ -1,0 +1,435 @@
+//! The event log on one replicated JetStream stream: appends of one event
+//! and of an atomic batch, deduplicated by event id, and the head.
+//!
+//! An append is answered once the stream's Raft quorum has stored it; with
+//! every node on `sync_interval: always` (checked by [`super::preflight`])
+//! that is on disk on a majority, so an acknowledged event survives the loss
+//! of any one node.
+
+use std::{collections::HashMap, time::Duration, time::SystemTime};
+
+use async_nats::{jetstream, Client, HeaderMap};
+use bytes::Bytes;
+
+use super::{
+    wire::{
+        encode_header, event_headers, publish_failed, request_error, request_failed, PubAckReply,
+        BATCH_COMMIT, BATCH_HAS_DUPLICATE, BATCH_ID, BATCH_SEQUENCE, EXPECTED_LAST_SEQUENCE,
+        MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
+    },
+    JetStreamError,
+};
+use crate::{
+    model::{Appended, EventType, NewEvent, Offset},
+    store::keys,
+};
+
+/// The server's default limit of messages in one atomic batch
+/// (`jetstream.max_batch_size`).
+pub const SERVER_MAX_BATCH: usize = 1000;
+/// Every this many messages of an atomic batch are sent as requests, so a
+/// batch the server dropped (a leader change) fails early, not at the commit.
+const BATCH_FLOW_EVERY: usize = 100;
+/// An atomic batch refused for holding stored ids is retried without them;
+/// a racing broker can store one of the rest meanwhile, so a few rounds.
+const DUPLICATE_ROUNDS: usize = 4;
+
+/// Where and how the log lives on the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// The stream's name (letters, digits, `-` and `_`).
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.<event type>`; the stream takes
+    /// `<subject_prefix>.>`.
+    pub subject_prefix: String,
+    /// Copies of every event (the stream's replicas; 3 for a 3-node cluster).
+    pub replicas: usize,
+    /// How long the server remembers an event id for deduplication.
+    pub duplicate_window: Duration,
+    /// Most events in one atomic batch (at most the server's
+    /// `max_batch_size`, by default [`SERVER_MAX_BATCH`]).
+    pub max_batch: usize,
+}
+
+impl StreamConfig {
+    /// The log of the installation named `prefix` (several installations
+    /// share one cluster under different prefixes): stream
+    /// `<PREFIX>_EVENTS`, subjects `<prefix>.events.<type>`, R3, a
+    /// two-minute deduplication window.
+    pub fn with_prefix(prefix: &str) -> Self {
+        StreamConfig {
+            stream: format!("{}_EVENTS", prefix.to_ascii_uppercase()),
+            subject_prefix: format!("{prefix}.events"),
+            replicas: 3,
+            duplicate_window: Duration::from_secs(120),
+            max_batch: SERVER_MAX_BATCH,
+        }
+    }
+
+    /// Checks the names and numbers before anything is created.
+    pub fn validate(&self) -> Result<(), JetStreamError> {
+        let bad = |field, reason: &str| {
+            Err(JetStreamError::Config {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.stream.is_empty() || self.stream.len() > 255 || !self.stream.chars().all(name_ok) {
+            return bad("stream", "1 to 255 letters, digits, '-' or '_'");
+        }
+        let token_ok = |t: &str| !t.is_empty() && t.chars().all(name_ok);
+        if self.subject_prefix.len() > 128 || !self.subject_prefix.split('.').all(token_ok) {
+            return bad(
+                "subject_prefix",
+                "dot-separated tokens of letters, digits, '-' or '_' (no wildcards), at most 128 bytes",
+            );
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return bad("replicas", "1 to 5 (JetStream's limit)");
+        }
+        if self.duplicate_window < Duration::from_secs(1) {
+            return bad("duplicate_window", "at least 1s");
+        }
+        if self.max_batch < 2 {
+            return bad("max_batch", "at least 2");
+        }
+        Ok(())
+    }
+
+    /// The subject of events of `event_type`.
+    pub fn subject(&self, event_type: &EventType) -> String {
+        format!("{}.{event_type}", self.subject_prefix)
+    }
+}
+
+/// The event log on its stream; cheap to clone.
+#[derive(Clone)]
+pub struct EventStream {
+    pub(super) client: Client,
+    pub(super) stream: jetstream::stream::Stream,
+    pub(super) config: StreamConfig,
+}
+
+/// One event ready to publish.
+struct Outgoing {
+    id: String,
+    subject: String,
+    headers: HeaderMap,
+    /// The `EventRecord` bytes, as the embedded log stores them.
+    record: Bytes,
+}
+
+impl EventStream {
+    /// Creates the stream, or checks that the existing one is set up as this
+    /// log needs (its subjects, replicas, atomic batches and direct gets).
+    pub async fn open(client: Client, config: StreamConfig) -> Result<Self, JetStreamError> {
+        config.validate()?;
+        let js = jetstream::new(client.clone());
+        let wanted = jetstream::stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| request_error("stream create", e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| request_error("stream info", e))?;
+        let have = &info.config;
+        let mismatch = |what: &str| {
+            Err(JetStreamError::Stream {
+                stream: config.stream.clone(),
+                reason: format!(
+                    "exists with {what}; update the stream (nats stream edit) or choose another prefix"
+                ),
+            })
+        };
+        if have.subjects != wanted.subjects {
+            return mismatch(&format!(
+                "subjects {:?}, not {:?}",
+                have.subjects, wanted.subjects
+            ));
+        }
+        if have.num_replicas != config.replicas {
+            return mismatch(&format!(
+                "{} replicas, not {}",
+                have.num_replicas, config.replicas
+            ));
+        }
+        if !have.allow_atomic_publish || !have.allow_direct {
+            return mismatch("allow_atomic or allow_direct off");
+        }
+        Ok(EventStream {
+            client,
+            stream,
+            config,
+        })
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    /// The offset of the last event (0: none yet), as the stream's leader
+    /// knows it.
+    pub async fn head(&self) -> Result<Offset, JetStreamError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| request_error("stream info", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Appends one event and waits for the quorum's ack. An id already in
+    /// the deduplication window writes nothing and answers with the stored
+    /// event's offset and `duplicate = true`.
+    pub async fn append(&self, event: &NewEvent) -> Result<Appended, JetStreamError> {
+        let m = self.outgoing(event, keys::unix_nanos(SystemTime::now()));
+        self.publish_one(&m).await
+    }
+
+    /// Appends `events` all or nothing (one atomic batch) and waits for the
+    /// quorum's ack. As in the embedded log, an id already stored (here:
+    /// within the deduplication window) or repeated in the batch answers
+    /// with the first one's offset and `duplicate = true`, and only the
+    /// other events are written.
+    pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<Appended>, JetStreamError> {
+        let published = keys::unix_nanos(SystemTime::now());
+        let all: Vec<Outgoing> = events.iter().map(|e| self.outgoing(e, published)).collect();
+        // The first event of each id; later ones answer as its duplicates.
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(all.len());
+        for (i, m) in all.iter().enumerate() {
+            first.entry(m.id.as_str()).or_insert(i);
+        }
+        let mut pending: Vec<usize> = (0..all.len())
+            .filter(|&i| first[all[i].id.as_str()] == i)
+            .collect();
+        if pending.len() > self.config.max_batch {
+            return Err(JetStreamError::BatchTooLarge {
+                len: pending.len(),
+                max: self.config.max_batch,
+            });
+        }
+        let mut found: Vec<Option<Appended>> = vec![None; all.len()];
+        for round in 1..=DUPLICATE_ROUNDS {
+            if let [i] = pending[..] {
+                found[i] = Some(self.publish_one(&all[i]).await?);
+                break;
+            }
+            if pending.is_empty() {
+                break;
+            }
+            match self.publish_atomic(pending.iter().map(|&i| &all[i])).await {
+                Ok(first_offset) => {
+                    for (k, &i) in pending.iter().enumerate() {
+                        found[i] = Some(new_at(first_offset + k as u64));
+                    }
+                    break;
+                }
+                Err(JetStreamError::Rejected { err_code, .. })
+                    if err_code == BATCH_HAS_DUPLICATE && round < DUPLICATE_ROUNDS =>
+                {
+                    // Some ids are stored already: find them without
+                    // writing, then send the others as a new batch.
+                    let mut rest = Vec::with_capacity(pending.len());
+                    for &i in &pending {
+                        match self.probe(&all[i]).await? {
+                            Some(offset) => {
+                                found[i] = Some(self.duplicate_of(offset, &all[i]).await?)
+                            }
+                            None => rest.push(i),
+                        }
+                    }
+                    pending = rest;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut results = Vec::with_capacity(all.len());
+        for (j, m) in all.iter().enumerate() {
+            let i = first[m.id.as_str()];
+            let original = found[i].ok_or_else(|| JetStreamError::Protocol {
+                what: "atomic batch publish",
+                reason: format!("event {i} of the batch got no offset"),
+            })?;
+            results.push(if i == j {
+                original
+            } else if original.duplicate {
+                // A repeat of a stored id: compared with the stored event,
+                // as the embedded log does.
+                self.duplicate_of(original.offset, m).await?
+            } else {
+                // A repeat of an event this batch wrote.
+                let same = keys::same_content(&m.record, &all[i].record).map_err(|e| {
+                    JetStreamError::Corrupt {
+                        offset: original.offset,
+                        reason: e.to_string(),
+                    }
+                })?;
+                Appended {
+                    offset: original.offset,
+                    duplicate: true,
+                    payload_differs: !same,
+                }
+            });
+        }
+        Ok(results)
+    }
+
+    /// The message of `event`, published at `published_at_nanos`.
+    fn outgoing(&self, event: &NewEvent, published_at_nanos: u64) -> Outgoing {
+        let mut record = keys::encode_event_field(&event.event);
+        keys::encode_published_field(published_at_nanos, &mut record);
+        Outgoing {
+            id: event.event.id.clone(),
+            subject: self.config.subject(&event.event_type),
+            headers: event_headers(&event.event.id, &event.event.ordering_key),
+            record: record.into(),
+        }
+    }
+
+    /// A request on the stream's subjects, answered with a `PubAck`.
+    async fn request(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        what: &'static str,
+    ) -> Result<PubAckReply, JetStreamError> {
+        let reply = self
+            .client
+            .request_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(|e| request_failed(what, e))?;
+        let ack = PubAckReply::parse(&reply.payload, what)?;
+        Ok(ack)
+    }
+
+    async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
+        let ack = self
+            .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
+            .await?;
+        if let Some(e) = ack.error {
+            return Err(e.into_error("publish"));
+        }
+        if ack.duplicate {
+            self.duplicate_of(ack.seq, m).await
+        } else {
+            Ok(new_at(ack.seq))
+        }
+    }
+
+    /// Publishes `msgs` as one atomic batch (ADR-50): the server stores all
+    /// of them at consecutive sequences, or none. Returns the first offset.
+    async fn publish_atomic<'a>(
+        &self,
+        msgs: impl ExactSizeIterator<Item = &'a Outgoing>,
+    ) -> Result<Offset, JetStreamError> {
+        const WHAT: &str = "atomic batch publish";
+        let n = msgs.len();
+        // Batch ids are at most 64 characters; a ULID is 26.
+        let batch_id = ulid::Ulid::new().to_string();
+        for (k, m) in msgs.enumerate() {
+            let mut headers = m.headers.clone();
+            headers.insert(BATCH_ID, batch_id.as_str());
+            headers.insert(BATCH_SEQUENCE, (k + 1).to_string().as_str());
+            let last = k + 1 == n;
+            if last {
+                headers.insert(BATCH_COMMIT, "1");
+            }
+            if k == 0 || last || (k + 1) % BATCH_FLOW_EVERY == 0 {
+                let ack = self
+                    .request(&m.subject, headers, m.record.clone(), WHAT)
+                    .await?;
+                if let Some(e) = ack.error {
+                    return Err(e.into_error(WHAT));
+                }
+                if last {
+                    if ack.count != Some(n as u64) || ack.seq < n as u64 {
+                        return Err(JetStreamError::Protocol {
+                            what: WHAT,
+                            reason: format!(
+                                "commit of {n} messages acked {:?} ending at sequence {}",
+                                ack.count, ack.seq
+                            ),
+                        });
+                    }
+                    return Ok(ack.seq + 1 - n as u64);
+                }
+            } else {
+                // No reply: the connection keeps the order, and the server
+                // refuses the commit if any message is missing.
+                self.client
+                    .publish_with_headers(m.subject.clone(), headers, m.record.clone())
+                    .await
+                    .map_err(|e| publish_failed(WHAT, e))?;
+            }
+        }
+        Err(JetStreamError::Protocol {
+            what: WHAT,
+            reason: "an empty batch".to_owned(),
+        })
+    }
+
+    /// Whether `m`'s id is in the deduplication window, without writing:
+    /// the probe expects an impossible last sequence ([`PROBE_SEQUENCE`]),
+    /// and the server checks the id before that expectation.
+    async fn probe(&self, m: &Outgoing) -> Result<Option<Offset>, JetStreamError> {
+        const WHAT: &str = "duplicate probe";
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, encode_header(&m.id).as_str());
+        headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
+        let ack = self
+            .request(&m.subject, headers, Bytes::new(), WHAT)
+            .await?;
+        match ack.error {
+            None if ack.duplicate => Ok(Some(ack.seq)),
+            None => Err(JetStreamError::Protocol {
+                what: WHAT,
+                reason: format!("the probe was stored at sequence {}", ack.seq),
+            }),
+            Some(e) if e.err_code == WRONG_LAST_SEQUENCE => Ok(None),
+            Some(e) => Err(e.into_error(WHAT)),
+        }
+    }
+
+    /// The answer for `m`, a duplicate of the event at `offset`: whether its
+    /// content differs is read from the stored event (the rare path).
+    async fn duplicate_of(&self, offset: Offset, m: &Outgoing) -> Result<Appended, JetStreamError> {
+        let same = match self.stored(offset).await? {
+            Some(stored) => {
+                keys::same_content(&m.record, &stored).map_err(|e| JetStreamError::Corrupt {
+                    offset,
+                    reason: e.to_string(),
+                })?
+            }
+            // Gone (retention) since: nothing to compare.
+            None => true,
+        };
+        Ok(Appended {
+            offset,
+            duplicate: true,
+            payload_differs: !same,
+        })
+    }
+}
+
+/// A newly written event's answer.
+fn new_at(offset: Offset) -> Appended {
+    Appended {
+        offset,
+        duplicate: false,
+        payload_differs: false,
+    }
+}

@@ -1,0 +1,258 @@
+//! The cluster event log (`store::jetstream`) on a real 3-node nats-server
+//! cluster: append and read back, atomic batches, idempotency by event id.
+//! The leader-kill scenario is in `cluster_failover.rs`.
+//!
+//! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster`.
+
+use async_nats::jetstream;
+use stevedore::{
+    model::{event_type_of, NewEvent},
+    pb,
+    store::jetstream::{decode_header, EventStream, JetStreamError, StreamConfig, ORDERING_KEY},
+};
+
+use crate::support::{inventory, nats::NatsCluster, pick};
+
+/// `event` as the broker hands it to the log: ordering key and time set.
+pub fn new_event(mut event: pb::Event, ordering_key: &str) -> NewEvent {
+    event.ordering_key = ordering_key.to_owned();
+    event.occurred_at = Some(prost_types::Timestamp {
+        seconds: 1_770_000_000,
+        nanos: 0,
+    });
+    let event_type = event_type_of(event.payload.as_ref()).expect("a typed payload");
+    NewEvent {
+        event,
+        event_type,
+        id_assigned: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_log_appends_and_reads_back() {
+    let cluster = NatsCluster::start().await;
+    let client = cluster.connect().await;
+    let log = EventStream::open(client.clone(), StreamConfig::with_prefix("t1"))
+        .await
+        .expect("open");
+    assert_eq!(log.head().await.unwrap(), 0);
+
+    let one = new_event(pick("p-1", "SO-1"), "SO-1");
+    let a = log.append(&one).await.expect("append");
+    assert_eq!((a.offset, a.duplicate), (1, false));
+
+    let batch = vec![
+        new_event(inventory("i-1", "SKU 1", 3.0), "SKU 1"),
+        new_event(pick("p-2", "SO-2"), "SO-2"),
+        new_event(inventory("i-2", "SKU\r\n2", 4.0), "SKU\r\n2 "),
+    ];
+    let appended = log.append_batch(&batch).await.expect("batch");
+    let offsets: Vec<_> = appended.iter().map(|a| (a.offset, a.duplicate)).collect();
+    assert_eq!(offsets, [(2, false), (3, false), (4, false)]);
+    assert_eq!(log.head().await.unwrap(), 4);
+
+    let all: Vec<_> = std::iter::once(&one).chain(&batch).collect();
+    let read = log.read(1, 4).await.expect("read");
+    assert_eq!(read.len(), 4);
+    for (stored, sent) in read.iter().zip(&all) {
+        assert_eq!(stored.event, sent.event, "offset {}", stored.offset);
+        assert_eq!(stored.event_type, sent.event_type);
+    }
+    assert_eq!(
+        read.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // A sub-range, a range past the head, one event.
+    let mid = log.read(2, 3).await.unwrap();
+    assert_eq!(mid.iter().map(|e| e.offset).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(log.read(5, 9).await.unwrap(), []);
+    assert_eq!(log.read(1, u64::MAX).await.unwrap(), read);
+    assert_eq!(log.get(3).await.unwrap().unwrap().event, batch[1].event);
+    assert!(log.get(9).await.unwrap().is_none());
+
+    // Subjects per type under the prefix; the id and ordering key in
+    // headers, exactly (the key holds CR, LF and a trailing space).
+    let stream = jetstream::new(client)
+        .get_stream("T1_EVENTS")
+        .await
+        .unwrap();
+    let raw = stream.get_raw_message(4).await.unwrap();
+    assert_eq!(raw.subject.as_str(), "t1.events.inventory.updated");
+    let header = |name| raw.headers.get(name).map(|v| decode_header(v.as_str()));
+    assert_eq!(header("Nats-Msg-Id").as_deref(), Some("i-2"));
+    assert_eq!(header(ORDERING_KEY).as_deref(), Some("SKU\r\n2 "));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_log_batch_is_all_or_nothing() {
+    let cluster = NatsCluster::start().await;
+    let client = cluster.connect().await;
+    let config = StreamConfig::with_prefix("t2");
+    // The stream made beforehand with a message size limit, so the server
+    // refuses one event of a batch.
+    jetstream::new(client.clone())
+        .create_stream(jetstream::stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            num_replicas: 3,
+            duplicate_window: config.duplicate_window,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            max_message_size: 2_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = EventStream::open(client.clone(), config.clone())
+        .await
+        .expect("open");
+    log.append(&new_event(pick("first", "SO-0"), "SO-0"))
+        .await
+        .unwrap();
+
+    let big = new_event(inventory("big", &"X".repeat(4_000), 1.0), "big");
+    let batch = vec![
+        new_event(pick("a", "SO-1"), "SO-1"),
+        new_event(pick("b", "SO-2"), "SO-2"),
+        big,
+        new_event(pick("c", "SO-3"), "SO-3"),
+    ];
+    let err = log
+        .append_batch(&batch)
+        .await
+        .expect_err("one event is too big");
+    assert!(matches!(err, JetStreamError::Rejected { .. }), "{err:?}");
+    assert_eq!(
+        log.head().await.unwrap(),
+        1,
+        "nothing of the batch is stored"
+    );
+
+    // The refused batch left no ids behind: the others are new, and land
+    // right after the head (no gap).
+    let mut rest = batch;
+    rest.remove(2);
+    let appended = log.append_batch(&rest).await.expect("the rest");
+    assert_eq!(
+        appended
+            .iter()
+            .map(|a| (a.offset, a.duplicate))
+            .collect::<Vec<_>>(),
+        [(2, false), (3, false), (4, false)]
+    );
+
+    // Too many events for one atomic batch: refused before sending.
+    let small = EventStream::open(
+        cluster.connect().await,
+        StreamConfig {
+            max_batch: 2,
+            ..config
+        },
+    )
+    .await
+    .unwrap();
+    let three: Vec<_> = (0..3)
+        .map(|i| new_event(pick(&format!("x{i}"), "SO"), "SO"))
+        .collect();
+    assert!(matches!(
+        small.append_batch(&three).await,
+        Err(JetStreamError::BatchTooLarge { len: 3, max: 2 })
+    ));
+    assert_eq!(small.head().await.unwrap(), 4);
+
+    // A stream of that name without atomic batches is not taken over.
+    let plain = StreamConfig::with_prefix("t5");
+    jetstream::new(client.clone())
+        .create_stream(jetstream::stream::Config {
+            name: plain.stream.clone(),
+            subjects: vec![format!("{}.>", plain.subject_prefix)],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    match EventStream::open(client, plain).await {
+        Err(JetStreamError::Stream { stream, reason }) => {
+            assert_eq!(stream, "T5_EVENTS");
+            assert!(reason.contains("allow_atomic"), "{reason}");
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a stream without atomic batches was accepted"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_log_duplicate_ids_answer_the_first_offset() {
+    let cluster = NatsCluster::start().await;
+    let log = EventStream::open(cluster.connect().await, StreamConfig::with_prefix("t3"))
+        .await
+        .unwrap();
+    let e1 = new_event(pick("e1", "SO-1"), "SO-1");
+    assert_eq!(log.append(&e1).await.unwrap().offset, 1);
+
+    // The same event again: the first offset, nothing written.
+    let again = log.append(&e1).await.unwrap();
+    assert_eq!(
+        (again.offset, again.duplicate, again.payload_differs),
+        (1, true, false)
+    );
+    // The id reused for another event: still the first offset, flagged.
+    let reused = log
+        .append(&new_event(pick("e1", "SO-9"), "SO-9"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reused.offset, reused.duplicate, reused.payload_differs),
+        (1, true, true)
+    );
+    assert_eq!(log.head().await.unwrap(), 1);
+
+    // A batch mixing a stored id, a new one and a repeat of the new one:
+    // only the new one is written (the server refuses an atomic batch that
+    // holds a stored id; the log finds it and sends the rest).
+    let e2 = new_event(pick("e2", "SO-2"), "SO-2");
+    let mixed = log
+        .append_batch(&[e1.clone(), e2.clone(), e2.clone()])
+        .await
+        .unwrap();
+    let got: Vec<_> = mixed.iter().map(|a| (a.offset, a.duplicate)).collect();
+    assert_eq!(got, [(1, true), (2, false), (2, true)]);
+
+    // Repeats of a stored id are each compared with the stored event (not
+    // with the batch's first event of that id, which here differs).
+    let reused = new_event(pick("e1", "SO-9"), "SO-9");
+    let repeats = log.append_batch(&[reused, e1.clone()]).await.unwrap();
+    let got: Vec<_> = repeats
+        .iter()
+        .map(|a| (a.offset, a.duplicate, a.payload_differs))
+        .collect();
+    assert_eq!(got, [(1, true, true), (1, true, false)]);
+
+    // A retried batch (its answer lost): every offset as before, no writes.
+    let batch = vec![
+        new_event(inventory("e3", "SKU-3", 1.0), "SKU-3"),
+        new_event(inventory("e4", "SKU-4", 1.0), "SKU-4"),
+    ];
+    let first = log.append_batch(&batch).await.unwrap();
+    let retry = log.append_batch(&batch).await.unwrap();
+    assert_eq!(first.iter().map(|a| a.offset).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        retry
+            .iter()
+            .map(|a| (a.offset, a.duplicate))
+            .collect::<Vec<_>>(),
+        [(3, true), (4, true)]
+    );
+    assert_eq!(log.head().await.unwrap(), 4);
+    let ids: Vec<_> = log
+        .read(1, 4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect();
+    assert_eq!(ids, ["e1", "e2", "e3", "e4"]);
+}

