@@ -16,7 +16,7 @@
 //!
 //! Layout: `harness` (brokers, the event, helpers), `receiver` (the
 //! webhook receiver), `report` (figures, table, BENCHMARKS.md), and one
-//! file per group of scenarios: `publish`, `delivery`, `scale`.
+//! file per group of scenarios: `publish`, `unary`, `delivery`, `scale`.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,7 @@ mod publish;
 mod receiver;
 mod report;
 mod scale;
+mod unary;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -189,8 +190,8 @@ async fn main() -> Result<()> {
         ctx.progress(&format!("== {name}"));
         let result = match name {
             "publish" => publish::publish(&ctx).await,
-            "unary" => publish::unary(&ctx).await,
-            "zerofill" => publish::zerofill(&ctx).await,
+            "unary" => unary::unary(&ctx).await,
+            "zerofill" => unary::zerofill(&ctx).await,
             "latency" => delivery::latency(&ctx).await,
             "deliveries" => delivery::deliveries(&ctx).await,
             "fanout" => delivery::fanout(&ctx).await,
