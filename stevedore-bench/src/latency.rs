@@ -8,7 +8,9 @@
 //! stage timings (its `/metrics` has only aggregate histograms of publish,
 //! commit and delivery latency), so the time inside the broker between
 //! the ack and the request is one stage here; see BENCHMARKS.md for the
-//! hooks the broker would need to split it further.
+//! hooks the broker would need to split it further. What the bench can
+//! add from outside is a probe on the runtime it shares with the broker:
+//! ticks that ran late mean the runtime's workers were blocked or busy.
 
 use std::{
     collections::HashMap,
@@ -59,8 +61,10 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
         paced(&publisher, &format!("w{run}"), 100, rate).await?;
         rx.wait_for(100, Duration::from_secs(30)).await?;
         rx.take_arrivals();
+        let probe = Probe::start();
         let calls = paced(&publisher, &format!("l{run}"), n, rate).await?;
         rx.wait_for(100 + n, Duration::from_secs(60)).await?;
+        let late = probe.stop().await?;
         let arrivals = rx.take_arrivals();
         let mut lat = latencies(&calls, &arrivals);
         anyhow::ensure!(lat.len() as u64 == n, "{} of {n} latencies", lat.len());
@@ -69,7 +73,7 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
         p999.push(harness::percentile(&mut lat, 99.9));
         max.push(harness::percentile(&mut lat, 100.0));
         broker.stop().await?;
-        let log = StallLog::new(&calls, &arrivals);
+        let log = StallLog::new(&calls, &arrivals, late);
         let line = format!(
             "latency run {}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; {} of {n} events over {STALL_MS} ms",
             run + 1,
@@ -165,6 +169,55 @@ pub fn latencies(calls: &HashMap<String, Call>, arrivals: &[Arrival]) -> Vec<f64
         .collect()
 }
 
+/// A task on the runtime the in-process broker shares with the bench,
+/// ticking every [`TICK`]: a tick later than [`LATE_MS`] means no worker
+/// thread ran it, i.e. the runtime was blocked or saturated then.
+struct Probe {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<Vec<LateTick>>,
+}
+
+/// The probe's tick period.
+const TICK: Duration = Duration::from_millis(1);
+/// A tick this late (ms) is recorded (the timer wheel's own granularity
+/// is 1 ms).
+const LATE_MS: f64 = 1.0;
+
+/// A late tick: when it was due and how late it ran (ms).
+#[derive(Clone, Copy)]
+struct LateTick {
+    due: Instant,
+    late: f64,
+}
+
+impl Probe {
+    fn start() -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            let mut late = Vec::new();
+            let mut due = Instant::now() + TICK;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return late,
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+                let now = Instant::now();
+                let l = harness::ms(now.duration_since(due));
+                if l > LATE_MS {
+                    late.push(LateTick { due, late: l });
+                }
+                due = now + TICK;
+            }
+        });
+        Self { stop, handle }
+    }
+
+    async fn stop(self) -> Result<Vec<LateTick>> {
+        let _ = self.stop.send(());
+        Ok(self.handle.await?)
+    }
+}
+
 /// One event over the threshold, its times in ms.
 struct Stall {
     id: String,
@@ -183,14 +236,20 @@ struct Stall {
 struct StallLog {
     events: usize,
     stalls: Vec<Stall>,
+    /// The run's first publish start.
+    first: Option<Instant>,
+    /// The runtime probe's late ticks during the run.
+    late: Vec<LateTick>,
 }
 
 impl StallLog {
-    fn new(calls: &HashMap<String, Call>, arrivals: &[Arrival]) -> Self {
+    fn new(calls: &HashMap<String, Call>, arrivals: &[Arrival], late: Vec<LateTick>) -> Self {
         let Some(first) = calls.values().map(|c| c.start).min() else {
             return Self {
                 events: 0,
                 stalls: Vec::new(),
+                first: None,
+                late,
             };
         };
         let mut stalls: Vec<Stall> = arrivals
@@ -212,12 +271,37 @@ impl StallLog {
         Self {
             events: arrivals.len(),
             stalls,
+            first: Some(first),
+            late,
         }
+    }
+
+    /// The probe's late ticks due between `from` and `to` ms after the
+    /// first publish start: how many, and the latest (ms).
+    fn late_between(&self, from: f64, to: f64) -> (usize, f64) {
+        let Some(first) = self.first else {
+            return (0, 0.0);
+        };
+        let ticks = self.late.iter().filter(|t| {
+            let at = if t.due >= first {
+                harness::ms(t.due.duration_since(first))
+            } else {
+                -harness::ms(first.duration_since(t.due))
+            };
+            at >= from && at <= to
+        });
+        ticks.fold((0, 0.0), |(n, worst), t| (n + 1, f64::max(worst, t.late)))
     }
 
     /// Episodes, then the slowest events with their stages.
     fn render(&self) -> String {
         let mut out = String::new();
+        let worst_tick = self.late.iter().map(|t| t.late).fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "  runtime probe: {} tick(s) over {LATE_MS} ms late, the latest {worst_tick:.2} ms",
+            self.late.len()
+        );
         if self.stalls.is_empty() {
             let _ = writeln!(out, "  stall log: no event over {STALL_MS} ms");
             return out;
@@ -242,9 +326,11 @@ impl StallLog {
         for e in episodes.iter().take(EPISODES) {
             let worst = e.iter().map(|s| s.total).fold(0.0, f64::max);
             let worst_call = e.iter().map(|s| s.call).fold(0.0, f64::max);
+            let end = e.iter().map(|s| s.at + s.total).fold(0.0, f64::max);
+            let (ticks, tick) = self.late_between(e[0].at, end);
             let _ = writeln!(
                 out,
-                "    episode at +{:.1} ms: {} event(s) over {:.1} ms of publish starts, worst {:.2} ms, worst publish call {:.2} ms",
+                "    episode at +{:.1} ms: {} event(s) over {:.1} ms of publish starts, worst {:.2} ms, worst publish call {:.2} ms; runtime probe until +{end:.1} ms: {ticks} late tick(s), the latest {tick:.2} ms",
                 e[0].at,
                 e.len(),
                 e[e.len() - 1].at - e[0].at,
