@@ -157,12 +157,15 @@ async fn publish(port: u16, payloads: Vec<Vec<u8>>) -> Result<f64> {
             )
             .await?;
         writer.flush().await?;
-        let reply = next_msg(&mut reader).await?;
+        // No reply at all while JetStream is not serving yet: ask again.
+        let reply = tokio::time::timeout(Duration::from_secs(1), next_msg(&mut reader))
+            .await
+            .unwrap_or_else(|_| Ok("{\"error\": \"no reply within 1 s\"}".into()))?;
         if !reply.contains("\"error\"") {
             break;
         }
         tries += 1;
-        if tries > 100 {
+        if tries > 20 {
             bail!("nats-server: cannot create the stream: {reply}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
