@@ -33,8 +33,19 @@ use tokio_util::sync::CancellationToken;
 pub struct Options {
     /// Never answer (the endpoint times out).
     pub hang: bool,
-    /// Record `(webhook-id, arrival)` of every request.
+    /// Record an [`Arrival`] for every request.
     pub record: bool,
+}
+
+/// When a recorded request arrived.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// Its `webhook-id` header.
+    pub id: String,
+    /// When its headers had arrived (the handler was called).
+    pub headers: Instant,
+    /// When its whole body had been read: the arrival the latency counts.
+    pub read: Instant,
 }
 
 /// A receiver on `127.0.0.1:0`; stops when dropped.
@@ -53,7 +64,7 @@ struct Shared {
     reached: Notify,
     open: AtomicUsize,
     max_open: AtomicUsize,
-    arrivals: Mutex<Vec<(String, Instant)>>,
+    arrivals: Mutex<Vec<Arrival>>,
 }
 
 impl Receiver {
@@ -111,7 +122,7 @@ impl Receiver {
     }
 
     /// The recorded arrivals (with `Options::record`), leaving none.
-    pub fn take_arrivals(&self) -> Vec<(String, Instant)> {
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
         std::mem::take(
             &mut *self
                 .shared
@@ -178,6 +189,7 @@ async fn handle(
     token: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let headers = Instant::now();
     let id = shared
         .options
         .record
@@ -190,13 +202,13 @@ async fn handle(
         .flatten();
     // Read the whole body, as a real receiver would.
     let _ = req.into_body().collect().await;
-    let arrived = Instant::now();
+    let read = Instant::now();
     if let Some(id) = id {
         shared
             .arrivals
             .lock()
             .expect("no panics under this lock")
-            .push((id, arrived));
+            .push(Arrival { id, headers, read });
     }
     let n = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
     if n >= shared.target.load(Ordering::SeqCst) {

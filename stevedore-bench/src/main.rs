@@ -16,16 +16,20 @@
 //!
 //! Layout: `harness` (brokers, the event, helpers), `receiver` (the
 //! webhook receiver), `report` (figures, table, BENCHMARKS.md), and one
-//! file per group of scenarios: `publish`, `delivery`, `scale`.
+//! file per group of scenarios: `publish`, `unary`, `latency`, `delivery`,
+//! `scale`.
 
 #![forbid(unsafe_code)]
 
 mod delivery;
 mod harness;
+mod latency;
+mod nats;
 mod publish;
 mod receiver;
 mod report;
 mod scale;
+mod unary;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -44,7 +48,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SCENARIOS: &[(&str, &str)] = &[
     (
         "publish",
-        "durable PublishBatch / PublishStream vs the state engine's raw insert + fsync loop",
+        "durable PublishBatch / PublishStream vs a raw append + fdatasync loop (and JetStream with NATS_SERVER_BIN)",
     ),
     (
         "unary",
@@ -56,7 +60,7 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "latency",
-        "publish call start → webhook received, 1,000 events/s",
+        "publish call start → webhook received, 1,000 events/s; per-run tails, stall log",
     ),
     (
         "deliveries",
@@ -189,9 +193,9 @@ async fn main() -> Result<()> {
         ctx.progress(&format!("== {name}"));
         let result = match name {
             "publish" => publish::publish(&ctx).await,
-            "unary" => publish::unary(&ctx).await,
-            "zerofill" => publish::zerofill(&ctx).await,
-            "latency" => delivery::latency(&ctx).await,
+            "unary" => unary::unary(&ctx).await,
+            "zerofill" => unary::zerofill(&ctx).await,
+            "latency" => latency::latency(&ctx).await,
             "deliveries" => delivery::deliveries(&ctx).await,
             "fanout" => delivery::fanout(&ctx).await,
             "isolation" => delivery::isolation(&ctx).await,

@@ -1,6 +1,6 @@
-//! Scenarios 3 to 6: webhook delivery to local receivers.
+//! Scenarios 4 to 6: webhook delivery to local receivers (scenario 3,
+//! `latency`, is in `latency.rs`).
 //!
-//! - `latency`: publish call start → webhook received, paced.
 //! - `deliveries`: a pre-published backlog to one fast receiver, against a
 //!   raw hyper client posting the same signed bodies at the same
 //!   concurrency.
@@ -8,10 +8,9 @@
 //! - `isolation`: healthy endpoints' latency while two others time out.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -29,106 +28,11 @@ use tonic::transport::Channel;
 
 use crate::{
     harness::{self, create_endpoint, endpoint, event, Broker},
+    latency::{latencies, paced},
     receiver::{self, Receiver},
     report::{Check, Figure, Section, Unit},
     Ctx,
 };
-
-// ---------------------------------------------------------------- latency
-
-pub async fn latency(ctx: &Ctx) -> Result<Section> {
-    let runs = ctx.runs(5);
-    let rate = 1000;
-    let n: u64 = if ctx.quick { 300 } else { 3000 };
-    let (mut p50, mut p99) = (Vec::new(), Vec::new());
-    for run in 0..runs {
-        let broker = Broker::fresh().await?;
-        let rx = Receiver::start(receiver::Options {
-            record: true,
-            ..Default::default()
-        })
-        .await?;
-        let mut admin = broker.admin().await?;
-        create_endpoint(&mut admin, endpoint(&rx.url)).await?;
-        let publisher = broker.publisher().await?;
-        // Warm up connections and caches, then measure.
-        paced(&publisher, &format!("w{run}"), 100, rate).await?;
-        rx.wait_for(100, Duration::from_secs(30)).await?;
-        rx.take_arrivals();
-        let starts = paced(&publisher, &format!("l{run}"), n, rate).await?;
-        rx.wait_for(100 + n, Duration::from_secs(60)).await?;
-        let mut lat = latencies(&starts, &rx.take_arrivals());
-        anyhow::ensure!(lat.len() as u64 == n, "{} of {n} latencies", lat.len());
-        p50.push(harness::percentile(&mut lat, 50.0));
-        p99.push(harness::percentile(&mut lat, 99.0));
-        broker.stop().await?;
-        ctx.progress(&format!(
-            "latency run {}: p50 {:.2} ms, p99 {:.2} ms",
-            run + 1,
-            p50[run],
-            p99[run]
-        ));
-    }
-    Ok(Section {
-        name: "latency",
-        title: "Publish → webhook received",
-        runs,
-        figures: vec![
-            Figure::new("publish start → received p50", Unit::Millis, p50)
-                .target(Check::AtMost(1.0)),
-            Figure::new("publish start → received p99", Unit::Millis, p99)
-                .target(Check::AtMost(3.0)),
-        ],
-        notes: vec![format!(
-            "{n} unary Publish calls paced at {rate}/s (each its own task, so a slow call does not delay the next), one endpoint with default settings (ordering KEY, max_in_flight 16); latency = receiver has read the whole request − Instant before the Publish call; 100 warm-up events first"
-        )],
-    })
-}
-
-/// Publishes `n` events with ids `{tag}-{i}` at `rate` per second, each
-/// call on its own task. Returns each id's call start.
-async fn paced(
-    publisher: &pb::publisher_client::PublisherClient<Channel>,
-    tag: &str,
-    n: u64,
-    rate: u64,
-) -> Result<HashMap<String, Instant>> {
-    let starts = Arc::new(Mutex::new(HashMap::with_capacity(n as usize)));
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let t0 = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        tokio::time::sleep_until(t0 + period * i as u32).await;
-        let mut client = publisher.clone();
-        let starts = starts.clone();
-        let id = format!("{tag}-{i}");
-        let e = event(id.clone(), i);
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            starts
-                .lock()
-                .expect("no panics under this lock")
-                .insert(id, t);
-            client
-                .publish(pb::PublishRequest { event: Some(e) })
-                .await?;
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let starts = std::mem::take(&mut *starts.lock().expect("no panics under this lock"));
-    Ok(starts)
-}
-
-/// Milliseconds from each publish start to the arrival of the same id.
-fn latencies(starts: &HashMap<String, Instant>, arrivals: &[(String, Instant)]) -> Vec<f64> {
-    arrivals
-        .iter()
-        .filter_map(|(id, at)| starts.get(id).map(|s| harness::ms(at.duration_since(*s))))
-        .collect()
-}
 
 // ------------------------------------------------------------- deliveries
 
