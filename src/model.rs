@@ -6,6 +6,8 @@
 //! guarantees is captured by the types here: a [`NewEvent`] has passed
 //! validation in `convert.rs` and has its id, time and ordering key filled in.
 
+pub mod delivery;
+
 use std::{fmt, time::SystemTime};
 
 use crate::pb;

@@ -275,7 +275,10 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .endpoints
-                .list_attempts(&scope, &req.endpoint_id, req.offset)?,
+                .list_attempts(&scope, &req.endpoint_id, req.offset)?
+                .iter()
+                .map(convert::delivery::attempt_to_pb)
+                .collect(),
         }))
     }
 
@@ -298,7 +301,7 @@ impl Admin for AdminService {
         self.audit(&caller, "delivery.retry", &target, &tenant)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
-            delivery: Some(delivery),
+            delivery: Some(convert::delivery::delivery_to_pb(&delivery)),
         }))
     }
 
@@ -355,7 +358,7 @@ impl Admin for AdminService {
             .await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
-            attempt: Some(attempt),
+            attempt: Some(convert::delivery::attempt_to_pb(&attempt)),
             delivered,
         }))
     }

@@ -3,8 +3,10 @@
 //! request path, and the conversions of the wire's scalar types (times,
 //! durations, start offsets).
 //!
-//! - [`event`]: published events, validated into `NewEvent`s.
+//! - [`event`]: published events, validated into `NewEvent`s;
+//! - [`delivery`]: delivery records and attempts as the API shows them.
 
+pub mod delivery;
 pub mod event;
 
 pub(crate) use event::MAX_ATTRIBUTES;

@@ -6,11 +6,12 @@ use std::time::SystemTime;
 
 use super::{Finished, Worker};
 use crate::{
-    convert,
     delivery::{classify::Verdict, Control},
     error::Result,
-    model::{Offset, StoredEvent, RESERVED_PREFIX},
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset, StoredEvent, RESERVED_PREFIX,
+    },
 };
 
 impl Worker {
@@ -32,7 +33,7 @@ impl Worker {
         q.retain(|o| !old.contains(o));
         let newest_turn = q.front() == Some(&newest);
         let ctx = self.ctx.clone();
-        let mut inherited: Option<pb::Delivery> = None;
+        let mut inherited: Option<DeliveryRecord> = None;
         for offset in old {
             let held = self.held.remove(&offset).expect("listed from held");
             self.unview(offset);
@@ -50,7 +51,7 @@ impl Worker {
                 record.last_attempt_at = p.last_attempt_at;
                 record.last_status = p.last_status;
                 record.last_error = p.last_error.clone();
-                if matches!(p.state(), DeliveryState::Failed | DeliveryState::Pending) {
+                if p.state.is_ongoing() {
                     inherited = Some(p.clone());
                 }
             }
@@ -167,7 +168,7 @@ impl Worker {
         self.finish_without_sending(offset, record).await;
     }
 
-    pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: pb::Delivery) {
+    pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: DeliveryRecord) {
         if let Err(e) = self.write_final(offset, record).await {
             tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
         }
@@ -175,7 +176,7 @@ impl Worker {
     }
 
     /// Writes a final record, then acks.
-    async fn write_final(&mut self, offset: Offset, record: pb::Delivery) -> Result<()> {
+    async fn write_final(&mut self, offset: Offset, record: DeliveryRecord) -> Result<()> {
         self.recorded(offset);
         self.ctx
             .store
@@ -190,17 +191,20 @@ pub(super) fn base_record(
     event: &StoredEvent,
     state: DeliveryState,
     error: String,
-) -> pb::Delivery {
-    pb::Delivery {
+) -> DeliveryRecord {
+    DeliveryRecord {
         event_id: event.event.id.clone(),
         event_type: event.event_type.to_string(),
-        state: state as i32,
+        state,
         last_error: error,
         ..Default::default()
     }
 }
 
 fn humanize_since(t: SystemTime) -> String {
-    let ts = convert::timestamp(t);
-    format!("unix {}s", ts.seconds)
+    let seconds = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!("unix {seconds}s")
 }
