@@ -4,9 +4,11 @@
 //! durations, start offsets).
 //!
 //! - [`event`]: published events, validated into `NewEvent`s;
-//! - [`delivery`]: delivery records and attempts as the API shows them.
+//! - [`delivery`]: delivery records and attempts as the API shows them;
+//! - [`endpoint`]: an endpoint's configuration and its stored form.
 
 pub mod delivery;
+pub mod endpoint;
 pub mod event;
 
 pub(crate) use event::MAX_ATTRIBUTES;
