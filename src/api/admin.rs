@@ -529,7 +529,7 @@ impl Admin for AdminService {
             self.audit
                 .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListAuditRecordsResponse {
-            records,
+            records: records.iter().map(convert::audit::audit_to_pb).collect(),
             next_page_token,
         }))
     }

@@ -41,10 +41,9 @@ use std::{sync::Arc, time::SystemTime};
 use crate::{
     config::Config,
     consumer::Consumers,
-    convert,
+    convert::{self, ops},
     delivery::{
         endpoint::{self, consumer_name, EndpointRecord, EndpointSpec},
-        ops,
         supervisor::{DeliveryDeps, Supervisor},
         REDACTED,
     },

@@ -1,9 +1,9 @@
-//! The stored form of delivery records and attempts: the store's own
-//! encoding, apart from the public API's messages, so the API can change
-//! without a data migration.
+//! The stored form of delivery records, attempts and audit records: the
+//! store's own encoding, apart from the public API's messages, so the API
+//! can change without a data migration.
 //!
-//! The field numbers and wire types are those of the `Delivery` and
-//! `Attempt` messages these records were first stored as, so data
+//! The field numbers and wire types are those of the `Delivery`, `Attempt`
+//! and `AuditRecord` messages these records were first stored as, so data
 //! directories written by earlier versions read unchanged (the tests
 //! encode the old messages and decode them here, and back). A field added
 //! here takes a number the old messages never used.
@@ -11,6 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::{
+    audit::AuditRecord,
     delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
     Offset,
 };
@@ -92,6 +93,60 @@ pub(super) struct StoredAttempt {
     /// The first 4 KiB of the response body.
     #[prost(string, tag = "6")]
     pub response_body: String,
+}
+
+/// A stored audit record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct StoredAudit {
+    /// A ULID (also the key).
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// When the change was made.
+    #[prost(message, optional, tag = "2")]
+    pub at: Option<StoredTime>,
+    /// The token's name.
+    #[prost(string, tag = "3")]
+    pub token: String,
+    /// The token's tenant.
+    #[prost(string, tag = "4")]
+    pub tenant: String,
+    /// What was done.
+    #[prost(string, tag = "5")]
+    pub action: String,
+    /// What it was done to.
+    #[prost(string, tag = "6")]
+    pub target: String,
+    /// The tenant of what was changed.
+    #[prost(string, tag = "7")]
+    pub target_tenant: String,
+}
+
+impl StoredAudit {
+    /// The stored form of `r`.
+    pub fn from_record(r: &AuditRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            at: r.at.map(StoredTime::from_time),
+            token: r.token.clone(),
+            tenant: r.tenant.clone(),
+            action: r.action.clone(),
+            target: r.target.clone(),
+            target_tenant: r.target_tenant.clone(),
+        }
+    }
+
+    /// The record it stores.
+    pub fn into_record(self) -> AuditRecord {
+        AuditRecord {
+            id: self.id,
+            at: self.at.map(StoredTime::to_time),
+            token: self.token,
+            tenant: self.tenant,
+            action: self.action,
+            target: self.target,
+            target_tenant: self.target_tenant,
+        }
+    }
 }
 
 /// The stored number of a state (the old `DeliveryState` enum's values;

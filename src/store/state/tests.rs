@@ -3,8 +3,10 @@
 
 use super::StateWrites;
 use crate::{
-    model::delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-    pb,
+    model::{
+        audit::AuditRecord,
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+    },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
 
@@ -171,7 +173,7 @@ async fn consumer_and_audit_records() {
 
     let a = store.audit();
     for id in ["01A", "01C", "01B"] {
-        a.put(&pb::AuditRecord {
+        a.put(&AuditRecord {
             id: id.into(),
             ..Default::default()
         })

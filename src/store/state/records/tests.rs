@@ -1,15 +1,18 @@
 //! The stored records read what earlier versions wrote: the public
-//! `Delivery` and `Attempt` messages, encoded as they were stored, decode
-//! as the store's own records with every field, and the records encode
-//! back to the same bytes.
+//! `Delivery`, `Attempt` and `AuditRecord` messages, encoded as they were
+//! stored, decode as the store's own records with every field, and the
+//! records encode back to the same bytes.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::{StoredAttempt, StoredDelivery};
+use super::{StoredAttempt, StoredAudit, StoredDelivery};
 use crate::{
-    model::delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+    model::{
+        audit::AuditRecord,
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+    },
     pb,
 };
 
@@ -147,4 +150,34 @@ fn old_attempt_messages_decode_as_records_and_encode_back_unchanged() {
         StoredAttempt::from_record(&record).encode_to_vec(),
         bare.encode_to_vec()
     );
+}
+
+#[test]
+fn old_audit_messages_decode_as_records_and_encode_back_unchanged() {
+    let old = pb::AuditRecord {
+        id: "01JABCDEF".into(),
+        at: ts(1_770_000_000, 7),
+        token: "ops".into(),
+        tenant: "acme".into(),
+        action: "endpoint.create".into(),
+        target: "ep_1".into(),
+        target_tenant: "acme".into(),
+    };
+    let bytes = old.encode_to_vec();
+    let record = StoredAudit::decode(&*bytes).unwrap().into_record();
+    assert_eq!(
+        record,
+        AuditRecord {
+            id: "01JABCDEF".into(),
+            at: Some(UNIX_EPOCH + Duration::new(1_770_000_000, 7)),
+            token: "ops".into(),
+            tenant: "acme".into(),
+            action: "endpoint.create".into(),
+            target: "ep_1".into(),
+            target_tenant: "acme".into(),
+        }
+    );
+    let again = StoredAudit::from_record(&record).encode_to_vec();
+    assert_eq!(again, bytes);
+    assert_eq!(pb::AuditRecord::decode(&*again).unwrap(), old);
 }
