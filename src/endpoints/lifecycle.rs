@@ -4,13 +4,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{Endpoints, HeaderEdits};
+use super::{
+    edits::{merge, snake_case},
+    Endpoints, HeaderEdits,
+};
 use crate::{
     consumer::CreateSpec,
-    convert::{
-        self,
-        endpoint::{merge, snake_case},
-    },
+    convert,
     delivery::{
         endpoint::{self, consumer_name, EndpointRecord, EndpointSpec},
         signing::Secret,
