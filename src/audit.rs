@@ -8,7 +8,7 @@
 use std::time::SystemTime;
 
 use crate::{
-    auth::Caller, convert::ops, error::Result, model::audit::AuditRecord, store::Store,
+    auth::Caller, delivery::ops, error::Result, model::audit::AuditRecord, store::Store,
     tenant::Scope,
 };
 

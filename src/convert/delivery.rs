@@ -4,8 +4,7 @@
 //! `webhook-id`), and delivery states both ways.
 
 use crate::{
-    delivery::signing,
-    model::delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+    model::delivery::{webhook_id, AttemptRecord, DeliveryRecord, DeliveryState},
     pb,
 };
 
@@ -24,7 +23,7 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
         last_status: record.last_status,
         last_error: record.last_error.clone(),
         superseded_by: record.superseded_by,
-        webhook_id: signing::webhook_id(&record.event_id).into_owned(),
+        webhook_id: webhook_id(&record.event_id).into_owned(),
     }
 }
 
@@ -99,7 +98,7 @@ mod tests {
             ..Default::default()
         };
         let d = delivery_to_pb(&record);
-        assert_eq!(d.webhook_id, signing::webhook_id("café-5"));
+        assert_eq!(d.webhook_id, webhook_id("café-5"));
         assert!(d.webhook_id.starts_with("msg_"));
         assert_eq!((d.endpoint_id.as_str(), d.offset), ("ep1", 9));
         assert_eq!(d.state(), pb::DeliveryState::Failed);

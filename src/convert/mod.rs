@@ -6,14 +6,10 @@
 //! - [`event`]: published events, validated into `NewEvent`s;
 //! - [`audit`]: audit records as the API shows them;
 //! - [`delivery`]: delivery records and attempts as the API shows them;
-//! - [`endpoint`]: an endpoint's configuration and its stored form;
-//! - `ops`: the broker's own events (their `Struct` bodies).
 
 pub mod audit;
 pub mod delivery;
-pub mod endpoint;
 pub mod event;
-pub(crate) mod ops;
 
 pub(crate) use event::MAX_ATTRIBUTES;
 pub use event::{validate_event, EventLimits};

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod event_cache;
 pub mod limit;
 pub mod oauth;
+pub(crate) mod ops;
 pub mod proxy;
 pub mod request;
 pub mod sealing;

@@ -41,9 +41,10 @@ use std::{sync::Arc, time::SystemTime};
 use crate::{
     config::Config,
     consumer::Consumers,
-    convert::{self, ops},
+    convert,
     delivery::{
         endpoint::{self, consumer_name, EndpointRecord, EndpointSpec},
+        ops,
         supervisor::{DeliveryDeps, Supervisor},
         REDACTED,
     },

@@ -2,14 +2,14 @@
 //! endpoint is disabled (410 Gone, failing too long), starts failing,
 //! recovers, or has a delivery failing or dead-lettered. Each changes the
 //! endpoint's record and/or publishes one of the broker's own events
-//! (`convert::ops`) into the log.
+//! (`delivery::ops`) into the log.
 
 use std::time::SystemTime;
 
 use super::Endpoints;
 use crate::{
-    convert::{self, ops},
-    delivery::{endpoint, supervisor::Control},
+    convert,
+    delivery::{endpoint, ops, supervisor::Control},
     error::Result,
     tenant::Scope,
 };

@@ -6,7 +6,12 @@
 //! `pb::Attempt` (`convert::delivery`), and neither form leaks into the
 //! code that delivers.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime},
+};
+
+use sha2::{Digest, Sha256};
 
 use super::Offset;
 
@@ -96,4 +101,35 @@ pub struct AttemptRecord {
     pub error: String,
     /// The first 4 KiB of the response body.
     pub response_body: String,
+}
+
+/// Longest event id sent as the `webhook-id` itself.
+const MAX_PLAIN_ID_BYTES: usize = 128;
+
+/// The `webhook-id` of an event: the event id itself when it is a safe
+/// token (1 to 128 of `A-Z a-z 0-9 _ -`), otherwise `msg_` + the first
+/// 16 bytes of SHA-256(event id) in lowercase hex. Either way it depends
+/// only on the event id, so every attempt (and every attempt after a
+/// restart) carries the same one, and it is a valid header value that
+/// verifiers put into the signed content unchanged: an id with a space, a
+/// `.`, a non-ASCII character or 256 bytes made receivers' Standard
+/// Webhooks libraries reject the signature (a header value is trimmed,
+/// re-encoded or refused on the way). The producer's id travels in
+/// `delivery::signing::event_id_header`.
+pub fn webhook_id(event_id: &str) -> Cow<'_, str> {
+    let safe = !event_id.is_empty()
+        && event_id.len() <= MAX_PLAIN_ID_BYTES
+        && event_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if safe {
+        return Cow::Borrowed(event_id);
+    }
+    let digest = Sha256::digest(event_id.as_bytes());
+    let mut id = String::with_capacity(4 + 32);
+    id.push_str("msg_");
+    for b in &digest[..16] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Cow::Owned(id)
 }

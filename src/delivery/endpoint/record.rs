@@ -11,9 +11,8 @@ use std::{
 
 use prost::Message;
 
-use super::stored::StoredEndpoint;
+use super::stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint};
 use crate::{
-    convert::endpoint::{endpoint_from_stored, endpoint_to_stored},
     delivery::{
         request::Keys,
         sealing::{MasterKey, Sealed},

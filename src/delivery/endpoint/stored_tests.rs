@@ -7,9 +7,12 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::{record::StoredRecord, stored::StoredEndpoint, EndpointRecord};
+use super::{
+    record::StoredRecord,
+    stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint},
+    EndpointRecord,
+};
 use crate::{
-    convert::endpoint::{endpoint_from_stored, endpoint_to_stored},
     delivery::sealing::{MasterKey, Sealed},
     pb,
 };

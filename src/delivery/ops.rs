@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use prost_types::{value::Kind, Struct, Value};
 
 use crate::{
+    convert,
     model::{delivery::DeliveryRecord, EventType, NewEvent, Offset},
     pb,
 };
@@ -30,7 +31,7 @@ pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: St
     NewEvent {
         event: pb::Event {
             id: ulid::Ulid::from_datetime(now).to_string(),
-            occurred_at: Some(super::timestamp(now)),
+            occurred_at: Some(convert::timestamp(now)),
             ordering_key: endpoint_id.to_owned(),
             attributes: Default::default(),
             tenant: tenant.to_owned(),
@@ -84,5 +85,5 @@ pub fn n(v: f64) -> Value {
 
 /// A time as an ISO 8601 string.
 pub fn time(t: SystemTime) -> Value {
-    s(&crate::webhook::iso8601(&super::timestamp(t)))
+    s(&crate::webhook::iso8601(&convert::timestamp(t)))
 }
