@@ -7,7 +7,10 @@
 
 use std::time::SystemTime;
 
-use crate::{auth::Caller, convert, delivery::ops, error::Result, pb, store::Store, tenant::Scope};
+use crate::{
+    auth::Caller, delivery::ops, error::Result, model::audit::AuditRecord, store::Store,
+    tenant::Scope,
+};
 
 /// Records and lists admin changes.
 #[derive(Clone)]
@@ -42,9 +45,9 @@ impl Audit {
     ) -> Result<()> {
         let now = SystemTime::now();
         let id = ulid::Ulid::from_datetime(now).to_string();
-        let record = pb::AuditRecord {
+        let record = AuditRecord {
             id: id.clone(),
-            at: Some(convert::timestamp(now)),
+            at: Some(now),
             token: caller.map(|c| c.name.clone()).unwrap_or_default(),
             tenant: caller.and_then(|c| c.tenant.clone()).unwrap_or_default(),
             action: action.to_owned(),
@@ -79,7 +82,7 @@ impl Audit {
         scope: &Scope,
         page_size: usize,
         page_token: &str,
-    ) -> Result<(Vec<pb::AuditRecord>, String)> {
+    ) -> Result<(Vec<AuditRecord>, String)> {
         let mut out = Vec::new();
         for r in self.store.audit().newest_first(page_token) {
             let r = r?;

@@ -6,6 +6,9 @@
 //! guarantees is captured by the types here: a [`NewEvent`] has passed
 //! validation in `convert.rs` and has its id, time and ordering key filled in.
 
+pub mod audit;
+pub mod delivery;
+
 use std::{fmt, time::SystemTime};
 
 use crate::pb;

@@ -26,8 +26,10 @@ use crate::{
     delivery::endpoint::consumer_name,
     endpoints::Endpoints,
     error::Result,
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset,
+    },
     store::{Removal, StateWrites, Store},
 };
 
@@ -144,10 +146,10 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
                 if !filter.matches(&event) {
                     continue;
                 }
-                let record = pb::Delivery {
+                let record = DeliveryRecord {
                     event_id: event.event.id.clone(),
                     event_type: event.event_type.to_string(),
-                    state: DeliveryState::Dead as i32,
+                    state: DeliveryState::Dead,
                     last_error: "expired".into(),
                     ..Default::default()
                 };

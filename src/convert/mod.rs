@@ -3,9 +3,13 @@
 //! request path, and the conversions of the wire's scalar types (times,
 //! durations, start offsets).
 //!
-//! - [`event`]: published events, validated into `NewEvent`s.
-//! - `tenant.rs`: a published event's tenant fields, checked.
+//! - [`event`]: published events, validated into `NewEvent`s;
+//! - `tenant.rs`: a published event's tenant fields, checked;
+//! - [`audit`]: audit records as the API shows them;
+//! - [`delivery`]: delivery records and attempts as the API shows them.
 
+pub mod audit;
+pub mod delivery;
 pub mod event;
 pub(crate) mod tenant;
 

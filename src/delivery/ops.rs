@@ -9,7 +9,7 @@ use prost_types::{value::Kind, Struct, Value};
 
 use crate::{
     convert,
-    model::{EventType, NewEvent, Offset},
+    model::{delivery::DeliveryRecord, EventType, NewEvent, Offset},
     pb,
 };
 
@@ -46,7 +46,7 @@ pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: St
 }
 
 /// The body of the delivery events.
-pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &pb::Delivery) -> Struct {
+pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) -> Struct {
     let mut fields = vec![
         ("endpointId", s(endpoint_id)),
         ("offset", n(offset as f64)),
@@ -56,8 +56,8 @@ pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &pb::Delivery) -> S
         ("lastStatus", n(f64::from(d.last_status))),
         ("lastError", s(&d.last_error)),
     ];
-    if let Some(t) = &d.next_attempt_at {
-        fields.push(("nextAttemptAt", s(&crate::webhook::iso8601(t))));
+    if let Some(t) = d.next_attempt_at {
+        fields.push(("nextAttemptAt", time(t)));
     }
     self::fields(fields)
 }

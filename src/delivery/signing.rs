@@ -2,12 +2,12 @@
 //! over `"{webhook-id}.{webhook-timestamp}.{body}"`, one entry per active
 //! secret, space-separated.
 
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// The prefix of a secret's text form.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -60,36 +60,9 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Longest event id sent as the `webhook-id` itself.
-const MAX_PLAIN_ID_BYTES: usize = 128;
-
-/// The `webhook-id` of an event: the event id itself when it is a safe
-/// token (1 to 128 of `A-Z a-z 0-9 _ -`), otherwise `msg_` + the first
-/// 16 bytes of SHA-256(event id) in lowercase hex. Either way it depends
-/// only on the event id, so every attempt (and every attempt after a
-/// restart) carries the same one, and it is a valid header value that
-/// verifiers put into the signed content unchanged: an id with a space, a
-/// `.`, a non-ASCII character or 256 bytes made receivers' Standard
-/// Webhooks libraries reject the signature (a header value is trimmed,
-/// re-encoded or refused on the way). The producer's id travels in
-/// [`event_id_header`].
-pub fn webhook_id(event_id: &str) -> Cow<'_, str> {
-    let safe = !event_id.is_empty()
-        && event_id.len() <= MAX_PLAIN_ID_BYTES
-        && event_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if safe {
-        return Cow::Borrowed(event_id);
-    }
-    let digest = Sha256::digest(event_id.as_bytes());
-    let mut id = String::with_capacity(4 + 32);
-    id.push_str("msg_");
-    for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
-    }
-    Cow::Owned(id)
-}
+/// The `webhook-id` of an event (a domain rule: it depends only on the
+/// event id; see there).
+pub use crate::model::delivery::webhook_id;
 
 /// The `X-Stevedore-Event-Id` value: the producer's event id with every
 /// byte of its UTF-8 outside `A-Z a-z 0-9 - . _ ~` percent-encoded
@@ -123,6 +96,8 @@ pub fn signature_header<'a>(
 
 #[cfg(test)]
 mod tests {
+    use sha2::Digest;
+
     use super::*;
 
     /// The Standard Webhooks reference vector.

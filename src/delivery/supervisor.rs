@@ -31,8 +31,13 @@ use super::{
     worker::{self, HeldView, WorkerContext, WorkerView},
 };
 use crate::{
-    config::Config, consumer::Consumers, convert, error::Result, metrics::Metrics, model::Offset,
-    pb, store::Store,
+    config::Config,
+    consumer::Consumers,
+    convert,
+    error::Result,
+    metrics::Metrics,
+    model::{delivery::DeliveryRecord, Offset},
+    store::Store,
 };
 
 /// What webhook delivery needs from the rest of the broker.
@@ -85,7 +90,7 @@ pub enum Control {
         /// Which event.
         offset: Offset,
         /// Its delivery record after the attempt.
-        record: pb::Delivery,
+        record: DeliveryRecord,
     },
     /// A delivery was dead-lettered.
     Exhausted {
@@ -94,7 +99,7 @@ pub enum Control {
         /// Which event.
         offset: Offset,
         /// Its final delivery record.
-        record: pb::Delivery,
+        record: DeliveryRecord,
     },
 }
 
@@ -131,7 +136,7 @@ pub struct Supervisor {
     metrics: Arc<Metrics>,
     /// Every finished attempt's delivery record, for live views (the
     /// console); sent only while someone listens.
-    outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
+    outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
 }
 
 impl Supervisor {
@@ -181,7 +186,7 @@ impl Supervisor {
     /// The delivery record after every attempt from now on, on every
     /// endpoint. A slow listener misses records (`Lagged`), never slows
     /// delivery.
-    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<pb::Delivery> {
+    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<DeliveryRecord> {
         self.outcomes.subscribe()
     }
 

@@ -22,8 +22,10 @@ use crate::{
     consumer::Consumer,
     delivery::endpoint::consumer_name,
     error::Result,
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset,
+    },
     store::{Removal, StateWrites, Unwanted},
     tenant::Scope,
 };
@@ -98,10 +100,10 @@ impl Endpoints {
         for u in unwanted {
             let old = self.store.deliveries().get(id, u.offset)?;
             if unheld.contains(&u.offset) && filter.matches_meta(&u.meta) {
-                let mut record = pb::Delivery {
+                let mut record = DeliveryRecord {
                     event_id: u.event_id.clone(),
                     event_type: u.meta.event_type.to_string(),
-                    state: DeliveryState::Dead as i32,
+                    state: DeliveryState::Dead,
                     last_error: why.as_str().into(),
                     ..Default::default()
                 };

@@ -50,7 +50,7 @@ use crate::{
     },
     error::{Error, Result},
     metrics::Metrics,
-    model::{EventFilter, Offset},
+    model::{delivery::DeliveryRecord, EventFilter, Offset},
     pb,
     store::{StateWrites, Store},
     tenant::Scope,
@@ -198,7 +198,7 @@ impl Endpoints {
     /// The delivery record after every attempt from now on, on every
     /// endpoint. A slow listener misses records (`Lagged`), never slows
     /// delivery.
-    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<pb::Delivery> {
+    pub fn watch_outcomes(&self) -> tokio::sync::broadcast::Receiver<DeliveryRecord> {
         self.supervisor.watch_outcomes()
     }
 

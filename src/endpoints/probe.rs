@@ -13,17 +13,21 @@ use crate::{
     delivery::{
         classify,
         endpoint::{consumer_name, EndpointSpec},
-        envelope, signing, stack, worker,
+        envelope, stack, worker,
     },
     error::{Error, Result},
-    model::Offset,
+    model::{delivery::AttemptRecord, Offset},
     pb,
     tenant::Scope,
 };
 
 impl Endpoints {
     /// Sends one signed test request now; nothing is stored.
-    pub async fn send_test(&self, scope: &Scope, id: &str) -> Result<(String, pb::Attempt, bool)> {
+    pub async fn send_test(
+        &self,
+        scope: &Scope,
+        id: &str,
+    ) -> Result<(String, AttemptRecord, bool)> {
         let record = self.record(scope, id)?;
         let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
@@ -113,9 +117,7 @@ impl Endpoints {
         out.reason = match &delivery {
             Some(d) => format!(
                 "selected; its delivery is {}",
-                d.state()
-                    .as_str_name()
-                    .trim_start_matches("DELIVERY_STATE_")
+                d.state.name().trim_start_matches("DELIVERY_STATE_")
             ),
             None if offset < floor => {
                 "selected, but the endpoint starts after it (created later, or replayed \
@@ -125,12 +127,7 @@ impl Endpoints {
             None if !spec.enabled => "selected; waiting: the endpoint is disabled".to_owned(),
             None => "selected; waiting to be sent".to_owned(),
         };
-        out.delivery = delivery.map(|mut d| {
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
-            d
-        });
+        out.delivery = delivery.as_ref().map(convert::delivery::delivery_to_pb);
         Ok(out)
     }
 }

@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 
 use super::Endpoints;
 use crate::{
-    delivery::{signing, stats::EndpointStats, worker::HeldView},
+    delivery::{stats::EndpointStats, worker::HeldView},
     error::Result,
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        Offset,
+    },
     tenant::Scope,
 };
 
@@ -55,7 +57,7 @@ impl Endpoints {
         q: &DeliveryQuery,
         page_size: usize,
         before: Option<Offset>,
-    ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
+    ) -> Result<(Vec<DeliveryRecord>, Option<Offset>)> {
         self.record(scope, id)?;
         let upper = before.map_or(q.until, |b| b.min(q.until));
         if q.from >= upper {
@@ -70,16 +72,13 @@ impl Endpoints {
                     .is_some_and(|e| &e.event.ordering_key == k)),
             }
         };
-        let mut out: Vec<pb::Delivery> = Vec::new();
+        let mut out: Vec<DeliveryRecord> = Vec::new();
         let held: HashMap<Offset, HeldView> = self.supervisor.held(id);
         let mut seen = HashSet::new();
         for kv in self.store.deliveries().range(id, q.from, upper).rev() {
-            let (offset, mut d) = kv?;
-            d.endpoint_id = id.to_owned();
-            d.offset = offset;
-            d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
+            let (offset, d) = kv?;
             seen.insert(offset);
-            if q.state.is_none_or(|s| d.state() == s)
+            if q.state.is_none_or(|s| d.state == s)
                 && q.event_type.as_ref().is_none_or(|t| &d.event_type == t)
                 && ordering_key_is(offset)?
             {
@@ -98,13 +97,12 @@ impl Endpoints {
                     && q.event_type.as_ref().is_none_or(|t| &h.event_type == t)
                     && ordering_key_is(offset)?
                 {
-                    out.push(pb::Delivery {
+                    out.push(DeliveryRecord {
                         endpoint_id: id.to_owned(),
                         offset,
                         event_id: h.event_id.clone(),
-                        webhook_id: signing::webhook_id(&h.event_id).into_owned(),
                         event_type: h.event_type.clone(),
-                        state: DeliveryState::Pending as i32,
+                        state: DeliveryState::Pending,
                         ..Default::default()
                     });
                 }
@@ -128,7 +126,7 @@ impl Endpoints {
         state: Option<DeliveryState>,
         page_size: usize,
         before: Option<Offset>,
-    ) -> Result<(Vec<pb::Delivery>, Option<Offset>)> {
+    ) -> Result<(Vec<DeliveryRecord>, Option<Offset>)> {
         let q = DeliveryQuery {
             state,
             ..DeliveryQuery::all()
@@ -142,7 +140,7 @@ impl Endpoints {
         scope: &Scope,
         id: &str,
         offset: Offset,
-    ) -> Result<Vec<pb::Attempt>> {
+    ) -> Result<Vec<AttemptRecord>> {
         self.record(scope, id)?;
         self.store.deliveries().attempts(id, offset)
     }

@@ -9,8 +9,7 @@ use crate::{
     convert,
     delivery::endpoint::{consumer_name, endpoint_body, EndpointSpec},
     error::{Error, Result},
-    model::Offset,
-    pb::DeliveryState,
+    model::{delivery::DeliveryState, Offset},
     tenant::Scope,
 };
 
@@ -59,7 +58,7 @@ impl Endpoints {
         if from < until {
             for kv in self.store.deliveries().range(id, from, until) {
                 let (offset, d) = kv?;
-                if states.contains(&d.state()) && event_type.is_none_or(|t| d.event_type == t) {
+                if states.contains(&d.state) && event_type.is_none_or(|t| d.event_type == t) {
                     // Nor can erased ones (their tombstone is all that is left).
                     if self.store.erasure(offset)?.is_some() {
                         continue;
@@ -85,12 +84,12 @@ impl Endpoints {
         let mut dead = Vec::new();
         let mut waiting = Vec::new();
         for (offset, d) in &mut matched {
-            if d.state() == DeliveryState::Dead {
+            if d.state == DeliveryState::Dead {
                 dead.push(*offset);
             } else {
                 waiting.push(*offset);
             }
-            d.state = DeliveryState::Pending as i32;
+            d.state = DeliveryState::Pending;
             d.attempts = 0;
             d.next_attempt_at = None;
         }

@@ -19,8 +19,11 @@ use crate::{
         envelope, signing, stack, REDACTED,
     },
     error::{Error, Result},
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset,
+    },
+    pb,
     tenant::Scope,
 };
 
@@ -31,27 +34,27 @@ impl Endpoints {
         scope: &Scope,
         id: &str,
         offset: Offset,
-    ) -> Result<pb::Delivery> {
+    ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
         let mut d = self.store.deliveries().get(id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
-        match d.state() {
+        match d.state {
             DeliveryState::Failed | DeliveryState::Dead => {}
             s => {
                 return Err(Error::FailedPrecondition(format!(
                     "delivery {offset} is {}; only failed or dead deliveries can be retried",
-                    s.as_str_name()
+                    s.name()
                 )))
             }
         }
-        let was_dead = d.state() == DeliveryState::Dead;
+        let was_dead = d.state == DeliveryState::Dead;
         if was_dead {
             self.metrics.dead.add(id, -1);
         }
         // A fresh schedule, due now.
-        d.state = DeliveryState::Pending as i32;
+        d.state = DeliveryState::Pending;
         d.attempts = 0;
         d.next_attempt_at = None;
         self.store.deliveries().put(id, offset, &d).await?;
@@ -62,9 +65,6 @@ impl Endpoints {
             // Waiting in the consumer: make it due now.
             consumer.nack(&[offset], Duration::ZERO)?;
         }
-        d.endpoint_id = id.to_owned();
-        d.offset = offset;
-        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
@@ -74,7 +74,7 @@ impl Endpoints {
     /// it. Refused while the event's delivery to it is under way, and when
     /// the endpoint's filter condition excludes it (its worker would skip
     /// it).
-    pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<pb::Delivery> {
+    pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
@@ -108,7 +108,7 @@ impl Endpoints {
         // lets the event go: give it a moment to finish.
         if existing.as_ref().is_some_and(|d| {
             matches!(
-                d.state(),
+                d.state,
                 DeliveryState::Delivered | DeliveryState::Dead | DeliveryState::Superseded
             )
         }) {
@@ -120,9 +120,7 @@ impl Endpoints {
             }
         }
         let held = is_held();
-        let under_way = existing
-            .as_ref()
-            .is_some_and(|d| matches!(d.state(), DeliveryState::Pending | DeliveryState::Failed));
+        let under_way = existing.as_ref().is_some_and(|d| d.state.is_ongoing());
         if under_way || held {
             return Err(Error::FailedPrecondition(format!(
                 "the delivery of event {offset} to endpoint {id} is under way; \
@@ -131,7 +129,7 @@ impl Endpoints {
         }
         if existing
             .as_ref()
-            .is_some_and(|d| d.state() == DeliveryState::Dead)
+            .is_some_and(|d| d.state == DeliveryState::Dead)
         {
             self.metrics.dead.add(id, -1);
         }
@@ -141,7 +139,7 @@ impl Endpoints {
         let mut d = existing.unwrap_or_default();
         d.event_id = event.event.id.clone();
         d.event_type = event.event_type.to_string();
-        d.state = DeliveryState::Pending as i32;
+        d.state = DeliveryState::Pending;
         d.attempts = 0;
         d.next_attempt_at = None;
         d.superseded_by = 0;
@@ -153,7 +151,6 @@ impl Endpoints {
         tracing::info!(endpoint = %id, offset, "event re-sent");
         d.endpoint_id = id.to_owned();
         d.offset = offset;
-        d.webhook_id = signing::webhook_id(&d.event_id).into_owned();
         Ok(d)
     }
 
@@ -202,10 +199,7 @@ impl Endpoints {
             .list_attempts(scope, id, offset)?
             .last()
             .and_then(|a| a.started_at);
-        let timestamp = last_attempt.map_or_else(
-            || convert::timestamp(SystemTime::now()).seconds,
-            |t| t.seconds,
-        );
+        let timestamp = convert::timestamp(last_attempt.unwrap_or_else(SystemTime::now)).seconds;
         let msg_id = signing::webhook_id(&event.event.id).into_owned();
         let keys = record.keys();
         let now = SystemTime::now();

@@ -264,7 +264,10 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .endpoints
-                .list_attempts(&scope, &req.endpoint_id, req.offset)?,
+                .list_attempts(&scope, &req.endpoint_id, req.offset)?
+                .iter()
+                .map(convert::delivery::attempt_to_pb)
+                .collect(),
         }))
     }
 
@@ -287,7 +290,7 @@ impl Admin for AdminService {
         self.audit(&caller, "delivery.retry", &target, &tenant)
             .await?;
         Ok(Response::new(RetryDeliveryResponse {
-            delivery: Some(delivery),
+            delivery: Some(convert::delivery::delivery_to_pb(&delivery)),
         }))
     }
 
@@ -344,7 +347,7 @@ impl Admin for AdminService {
             .await?;
         Ok(Response::new(SendTestEventResponse {
             webhook_id,
-            attempt: Some(attempt),
+            attempt: Some(convert::delivery::attempt_to_pb(&attempt)),
             delivered,
         }))
     }
@@ -443,7 +446,7 @@ impl Admin for AdminService {
             self.audit
                 .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListAuditRecordsResponse {
-            records,
+            records: records.iter().map(convert::audit::audit_to_pb).collect(),
             next_page_token,
         }))
     }

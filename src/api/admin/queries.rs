@@ -12,7 +12,7 @@ use crate::{
     convert,
     endpoints::DeliveryQuery,
     error::Error,
-    model::Offset,
+    model::{delivery, Offset},
     pb::{
         self, DeliveryState, GetEndpointStatsRequest, GetEndpointStatsResponse,
         ListDeliveriesRequest, ListDeliveriesResponse, ListEventTypesResponse,
@@ -90,7 +90,7 @@ impl AdminService {
         required("endpoint_id", &req.endpoint_id)?;
         let state = match DeliveryState::try_from(req.state) {
             Ok(DeliveryState::Unspecified) => None,
-            Ok(s) => Some(s),
+            Ok(s) => Some(convert::delivery::state_from_pb(s)),
             Err(_) => {
                 return Err(
                     Error::invalid("state", format!("unknown enum value {}", req.state)).into(),
@@ -131,7 +131,10 @@ impl AdminService {
             self.endpoints
                 .query_deliveries(&scope, &req.endpoint_id, &q, page, before)?;
         Ok(Response::new(ListDeliveriesResponse {
-            deliveries,
+            deliveries: deliveries
+                .iter()
+                .map(convert::delivery::delivery_to_pb)
+                .collect(),
             next_page_token: next.map(|o| o.to_string()).unwrap_or_default(),
         }))
     }
@@ -146,7 +149,9 @@ impl AdminService {
         let mut states = Vec::new();
         for (i, &s) in req.states.iter().enumerate() {
             match DeliveryState::try_from(s) {
-                Ok(s @ (DeliveryState::Failed | DeliveryState::Dead)) => states.push(s),
+                Ok(s @ (DeliveryState::Failed | DeliveryState::Dead)) => {
+                    states.push(convert::delivery::state_from_pb(s))
+                }
                 _ => {
                     return Err(Error::invalid(
                         format!("states[{i}]"),
@@ -157,7 +162,10 @@ impl AdminService {
             }
         }
         if states.is_empty() {
-            states = vec![DeliveryState::Failed, DeliveryState::Dead];
+            states = vec![
+                delivery::DeliveryState::Failed,
+                delivery::DeliveryState::Dead,
+            ];
         }
         if !req.event_type.is_empty() {
             crate::model::EventType::parse(&req.event_type)
@@ -214,7 +222,7 @@ impl AdminService {
         self.audit(&caller, "delivery.resend", &target, &tenant)
             .await?;
         Ok(Response::new(ResendEventResponse {
-            delivery: Some(delivery),
+            delivery: Some(convert::delivery::delivery_to_pb(&delivery)),
         }))
     }
 

@@ -20,6 +20,7 @@ use crate::{
         templates::{Frame, Live},
         Console,
     },
+    convert,
     pb::{self, admin_server::Admin},
 };
 
@@ -94,7 +95,7 @@ pub async fn events(
                 "offset": d.offset,
                 "event_id": d.event_id,
                 "event_type": d.event_type,
-                "state": state_name(d.state),
+                "state": state_name(convert::delivery::state_to_pb(d.state) as i32),
                 "attempts": d.attempts,
                 "last_status": d.last_status,
                 "last_error": d.last_error,

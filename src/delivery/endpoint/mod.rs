@@ -1,10 +1,12 @@
 //! Endpoint configuration: validation of what an operator sends, and the
 //! stored record.
 //!
-//! The stored record keeps the endpoint as the public `Endpoint` message
-//! (normalized and validated) beside its secrets: one schema for the API and
-//! the disk, evolved by protobuf's compatibility rules. Everything that runs
-//! uses the validated [`EndpointSpec`] derived from it.
+//! The stored record keeps the endpoint's configuration (normalized and
+//! validated) beside its secrets, in the broker's own encoding
+//! (`stored.rs`; it started as the public `Endpoint` message and keeps its
+//! field numbers, so the API can change without a data migration).
+//! Everything that runs uses the validated [`EndpointSpec`] derived from
+//! it.
 //!
 //! With a master key configured, the signing secrets, the custom header
 //! values (often credentials), the TLS client key and the OAuth2 client
@@ -13,10 +15,11 @@
 //! only by [`EndpointRecord::to_stored`] and [`EndpointRecord::from_stored`].
 //!
 //! Here: [`EndpointSpec`] and its validation; `record.rs`: the stored
-//! record and its secrets; `url.rs`: the URL's checks and what logs show
-//! of it.
+//! record and its secrets; `stored.rs`: the configuration's stored form;
+//! `url.rs`: the URL's checks and what logs show of it.
 
 mod record;
+pub mod stored;
 mod url;
 
 pub use record::{from_nanos, reseal_value, EndpointRecord};
@@ -482,5 +485,7 @@ pub fn endpoint_body(
     }
 }
 
+#[cfg(test)]
+mod stored_tests;
 #[cfg(test)]
 mod tests;

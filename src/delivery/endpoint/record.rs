@@ -1,6 +1,7 @@
-//! How an endpoint is stored: the public `Endpoint` message beside its
-//! secrets, sealed with the master key when one is configured; its signing
-//! keys; the offline reseal of records stored in the clear.
+//! How an endpoint is stored: its configuration (in the encoding of
+//! `stored.rs`, not the public `Endpoint` message) beside its secrets,
+//! sealed with the master key when one is configured; its signing keys;
+//! the offline reseal of records stored in the clear.
 
 use std::{
     collections::HashMap,
@@ -10,6 +11,7 @@ use std::{
 
 use prost::Message;
 
+use super::stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint};
 use crate::{
     delivery::{
         request::Keys,
@@ -21,26 +23,43 @@ use crate::{
     pb,
 };
 
-/// How an endpoint is stored. Its `Debug` shows no secret and no header
-/// value.
-#[derive(Clone, PartialEq, prost::Message)]
-#[prost(skip_debug)]
+/// An endpoint's record, open (secrets in the clear), as the broker holds
+/// it in memory. Its `Debug` shows no secret and no header value.
+#[derive(Clone, PartialEq, Default)]
 pub struct EndpointRecord {
     /// The endpoint as configured (validated), with id and times.
-    #[prost(message, optional, tag = "1")]
     pub endpoint: Option<pb::Endpoint>,
     /// The current signing key.
-    #[prost(bytes = "vec", tag = "2")]
     pub secret: Vec<u8>,
     /// The rotated-out key, signing until `previous_expires_nanos`.
+    pub previous_secret: Vec<u8>,
+    /// Unix nanoseconds.
+    pub previous_expires_nanos: u64,
+    /// On disk with a master key: the sealed `RecordSecrets`. Always
+    /// `None` in memory.
+    pub sealed: Option<Sealed>,
+}
+
+/// An [`EndpointRecord`] as stored (the field numbers of the first
+/// versions, which stored the public `Endpoint` message at number 1).
+#[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
+pub(super) struct StoredRecord {
+    /// The endpoint's configuration.
+    #[prost(message, optional, tag = "1")]
+    pub endpoint: Option<StoredEndpoint>,
+    /// The current signing key (empty when sealed).
+    #[prost(bytes = "vec", tag = "2")]
+    pub secret: Vec<u8>,
+    /// The rotated-out key (empty when sealed).
     #[prost(bytes = "vec", tag = "3")]
     pub previous_secret: Vec<u8>,
     /// Unix nanoseconds.
     #[prost(uint64, tag = "4")]
     pub previous_expires_nanos: u64,
-    /// On disk with a master key: the sealed `RecordSecrets`. `secret`,
-    /// `previous_secret` and `endpoint.headers` are then stored empty.
-    /// Always `None` in memory.
+    /// With a master key: the sealed `RecordSecrets`. `secret`,
+    /// `previous_secret`, `endpoint.headers`, `endpoint.client_key_pem`
+    /// and the OAuth2 client secret are then stored empty.
     #[prost(message, optional, tag = "5")]
     pub sealed: Option<Sealed>,
 }
@@ -73,10 +92,16 @@ impl EndpointRecord {
 
     /// The bytes to store: sealed under `key` when there is one.
     pub fn to_stored(&self, key: Option<&MasterKey>) -> Vec<u8> {
-        let Some(key) = key else {
-            return self.encode_to_vec();
+        let mut stored = StoredRecord {
+            endpoint: self.endpoint.as_ref().map(endpoint_to_stored),
+            secret: self.secret.clone(),
+            previous_secret: self.previous_secret.clone(),
+            previous_expires_nanos: self.previous_expires_nanos,
+            sealed: None,
         };
-        let mut stored = self.clone();
+        let Some(key) = key else {
+            return stored.encode_to_vec();
+        };
         let endpoint = stored.endpoint.as_mut().expect("records have an endpoint");
         let secrets = RecordSecrets {
             secret: std::mem::take(&mut stored.secret),
@@ -98,12 +123,13 @@ impl EndpointRecord {
     /// record without the key, or with another key, is an
     /// [`Error::MasterKey`] that names the setting to fix.
     pub fn from_stored(bytes: &[u8], key: Option<&MasterKey>) -> Result<Self> {
-        let mut r = Self::decode(bytes).map_err(|e| Error::Corrupt(format!("endpoint: {e}")))?;
+        let mut r =
+            StoredRecord::decode(bytes).map_err(|e| Error::Corrupt(format!("endpoint: {e}")))?;
         let Some(endpoint) = r.endpoint.as_mut() else {
             return Err(Error::Corrupt("endpoint record without endpoint".into()));
         };
         let Some(sealed) = r.sealed.take() else {
-            return Ok(r);
+            return Ok(Self::opened(r));
         };
         let id = &endpoint.id;
         let key = key.ok_or_else(|| {
@@ -128,13 +154,24 @@ impl EndpointRecord {
         if let Some(o) = endpoint.oauth2.as_mut() {
             o.client_secret = secrets.oauth2_client_secret;
         }
-        Ok(r)
+        Ok(Self::opened(r))
+    }
+
+    /// The record `r` holds, its secrets already opened.
+    fn opened(r: StoredRecord) -> Self {
+        Self {
+            endpoint: r.endpoint.map(endpoint_from_stored),
+            secret: r.secret,
+            previous_secret: r.previous_secret,
+            previous_expires_nanos: r.previous_expires_nanos,
+            sealed: None,
+        }
     }
 
     /// Whether stored bytes hold sealed secrets (written with a master
     /// key). Undecodable bytes count as sealed: there is nothing to migrate.
     pub fn is_sealed(bytes: &[u8]) -> bool {
-        Self::decode(bytes).map_or(true, |r| r.sealed.is_some())
+        StoredRecord::decode(bytes).map_or(true, |r| r.sealed.is_some())
     }
 }
 

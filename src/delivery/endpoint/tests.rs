@@ -199,7 +199,7 @@ fn secrets_are_sealed_at_rest_with_a_master_key() {
     );
 
     // Sealed secrets moved to another endpoint's record do not open.
-    let mut moved = EndpointRecord::decode(&*sealed).unwrap();
+    let mut moved = record::StoredRecord::decode(&*sealed).unwrap();
     moved.endpoint.as_mut().unwrap().id = "ep_2".into();
     assert!(EndpointRecord::from_stored(&moved.encode_to_vec(), Some(&key)).is_err());
 }

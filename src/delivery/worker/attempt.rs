@@ -13,15 +13,16 @@ use tokio::sync::mpsc;
 
 use super::{Finished, WorkerContext};
 use crate::{
-    convert,
     delivery::{
         classify::{classify, Verdict},
         signing,
         stack::{self, SendError, WebhookRequest, WebhookResponse},
         Control,
     },
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        Offset,
+    },
     store::StateWrites,
 };
 
@@ -85,13 +86,13 @@ impl Attempt {
             }
         };
         let (status, error, _) = describe(&result);
-        let record = pb::Delivery {
+        let record = DeliveryRecord {
             event_id: self.event_id.clone(),
             event_type: self.event_type.clone(),
-            state: state as i32,
+            state,
             attempts: self.number,
-            next_attempt_at: next_at.map(convert::timestamp),
-            last_attempt_at: Some(convert::timestamp(started_at)),
+            next_attempt_at: next_at,
+            last_attempt_at: Some(started_at),
             last_status: status,
             last_error: error,
             ..Default::default()
@@ -159,7 +160,7 @@ impl Attempt {
         }
         // Nobody watching (the usual case) costs a counter read, no clone.
         if ctx.outcomes.receiver_count() > 0 {
-            let _ = ctx.outcomes.send(pb::Delivery {
+            let _ = ctx.outcomes.send(DeliveryRecord {
                 endpoint_id: ctx.endpoint_id.clone(),
                 offset: self.offset,
                 ..record.clone()
@@ -181,15 +182,12 @@ pub fn attempt_record(
     started_at: SystemTime,
     latency: Duration,
     result: &std::result::Result<WebhookResponse, SendError>,
-) -> pb::Attempt {
+) -> AttemptRecord {
     let (status, error, response_body) = describe(result);
-    pb::Attempt {
+    AttemptRecord {
         attempt: number,
-        started_at: Some(convert::timestamp(started_at)),
-        latency: Some(prost_types::Duration {
-            seconds: latency.as_secs() as i64,
-            nanos: latency.subsec_nanos() as i32,
-        }),
+        started_at: Some(started_at),
+        latency: Some(latency),
         status,
         error,
         response_body,

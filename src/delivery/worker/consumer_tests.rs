@@ -24,7 +24,8 @@ use crate::{
         endpoint::Ordering,
         stack::{SendError, WebhookRequest, WebhookResponse},
     },
-    pb::{self, DeliveryState},
+    model::delivery::DeliveryState,
+    pb,
 };
 
 /// With a window of 3 and a slow receiver, never more than 3 events are
@@ -66,7 +67,7 @@ async fn the_window_bounds_the_leases() {
         most_leased = most_leased.max(leased);
         let delivered = (1..=8).all(|o| {
             w.state(o)
-                .is_some_and(|d| d.state() == DeliveryState::Delivered)
+                .is_some_and(|d| d.state == DeliveryState::Delivered)
         });
         if delivered {
             break;
@@ -76,7 +77,7 @@ async fn the_window_bounds_the_leases() {
     assert!(
         (1..=8).all(|o| w
             .state(o)
-            .is_some_and(|d| d.state() == DeliveryState::Delivered)),
+            .is_some_and(|d| d.state == DeliveryState::Delivered)),
         "all delivered"
     );
     assert_eq!(most_leased, 3, "the window was used");
@@ -99,7 +100,7 @@ async fn a_slow_attempt_keeps_its_lease() {
     let w = start(store, service, Ordering::Key, &[0, 60], 4).await;
     w.until(1000, |w| {
         w.state(1)
-            .is_some_and(|d| d.state() == DeliveryState::Delivered)
+            .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     assert_eq!(calls.lock().unwrap().len(), 1, "sent once");
@@ -142,7 +143,7 @@ async fn a_dead_attempt_is_sent_again_when_its_lease_runs_out() {
     .await;
     w.until(1000, |w| {
         w.state(1)
-            .is_some_and(|d| d.state() == DeliveryState::Delivered)
+            .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     let calls: Vec<(String, Instant)> = calls.lock().unwrap().clone();
@@ -199,7 +200,7 @@ async fn superseded_levels_are_recorded_and_their_schedule_kept() {
     })
     .await;
     w.until(60, |w| w.state(1).is_some()).await;
-    assert_eq!(w.state(1).unwrap().state(), DeliveryState::Failed);
+    assert_eq!(w.state(1).unwrap().state, DeliveryState::Failed);
     // Appended from a blocking task, which holds the paused clock still
     // while the store's writer thread works: else the clock would run on
     // to a1's retry meanwhile.
@@ -211,12 +212,12 @@ async fn superseded_levels_are_recorded_and_their_schedule_kept() {
         .unwrap();
     w.until(1000, |w| {
         w.state(3)
-            .is_some_and(|d| d.state() == DeliveryState::Delivered)
+            .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     for o in [1, 2] {
         let d = w.state(o).expect("recorded");
-        assert_eq!(d.state(), DeliveryState::Superseded, "offset {o}");
+        assert_eq!(d.state, DeliveryState::Superseded, "offset {o}");
         assert_eq!(d.superseded_by, 3, "offset {o}");
     }
     assert_eq!(w.state(1).unwrap().attempts, 1);

@@ -55,10 +55,11 @@ use super::{
 use crate::{
     config::Config,
     consumer::{self, drive::drive, Consumer},
-    convert,
     metrics::Metrics,
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset,
+    },
     store::Store,
 };
 
@@ -143,7 +144,7 @@ pub struct WorkerContext {
     /// is also cancelled by endpoint changes).
     pub broker_shutdown: CancellationToken,
     /// Finished attempts for live views; see `Supervisor::watch_outcomes`.
-    pub outcomes: tokio::sync::broadcast::Sender<pb::Delivery>,
+    pub outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
 }
 
 impl WorkerContext {
@@ -213,7 +214,7 @@ struct Finished {
     state: DeliveryState,
     /// Attempts in this round so far.
     attempts: u32,
-    record: pb::Delivery,
+    record: DeliveryRecord,
 }
 
 /// Runs until `cancel`. In-flight attempts are then aborted (they will be
@@ -389,14 +390,10 @@ impl Worker {
         // A delivered, dead or superseded record means this is a new round
         // (replay, RetryDelivery, or an ack lost in a crash): a fresh
         // schedule.
-        let ongoing = record
-            .as_ref()
-            .filter(|r| matches!(r.state(), DeliveryState::Failed | DeliveryState::Pending));
+        let ongoing = record.as_ref().filter(|r| r.state.is_ongoing());
         let prior_attempts = ongoing.map_or(0, |r| r.attempts);
-        let next_at = match ongoing.and_then(|r| r.next_attempt_at.as_ref()) {
-            Some(next) => {
-                convert::system_time("next_attempt_at", next).unwrap_or(SystemTime::UNIX_EPOCH)
-            }
+        let next_at = match ongoing.and_then(|r| r.next_attempt_at) {
+            Some(next) => next,
             None if prior_attempts == 0 => event.event.published_at + ctx.spec.retry_schedule[0],
             None => SystemTime::UNIX_EPOCH,
         };

@@ -7,11 +7,12 @@ use std::time::SystemTime;
 use super::{Finished, Worker};
 use crate::delivery::event_cache::SharedEvent;
 use crate::{
-    convert,
     delivery::{classify::Verdict, Control},
     error::Result,
-    model::{Offset, StoredEvent, RESERVED_PREFIX},
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset, StoredEvent, RESERVED_PREFIX,
+    },
 };
 
 impl Worker {
@@ -26,7 +27,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let newest_offset = newest.event.offset;
         let mut due = false;
-        let mut inherited: Option<pb::Delivery> = None;
+        let mut inherited: Option<DeliveryRecord> = None;
         for &offset in old {
             due |= self.scheduled.remove(&offset);
             self.rendered().remove(&offset);
@@ -51,7 +52,7 @@ impl Worker {
                 record.last_attempt_at = p.last_attempt_at;
                 record.last_status = p.last_status;
                 record.last_error = p.last_error.clone();
-                if matches!(p.state(), DeliveryState::Failed | DeliveryState::Pending) {
+                if p.state.is_ongoing() {
                     inherited = Some(p.clone());
                 }
             }
@@ -167,10 +168,10 @@ impl Worker {
             _ => "expired".to_owned(),
         };
         self.ctx.count(&reason);
-        let mut record = pb::Delivery {
+        let mut record = DeliveryRecord {
             event_id: held.event_id,
             event_type: held.event_type,
-            state: DeliveryState::Dead as i32,
+            state: DeliveryState::Dead,
             last_error: reason,
             ..Default::default()
         };
@@ -187,7 +188,7 @@ impl Worker {
         self.finish_without_sending(offset, record).await;
     }
 
-    pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: pb::Delivery) {
+    pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: DeliveryRecord) {
         if let Err(e) = self.write_final(offset, record).await {
             tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
         }
@@ -196,7 +197,7 @@ impl Worker {
     }
 
     /// Writes a final record, then acks.
-    async fn write_final(&mut self, offset: Offset, record: pb::Delivery) -> Result<()> {
+    async fn write_final(&mut self, offset: Offset, record: DeliveryRecord) -> Result<()> {
         self.recorded(offset);
         self.ctx
             .store
@@ -211,17 +212,20 @@ pub(super) fn base_record(
     event: &StoredEvent,
     state: DeliveryState,
     error: String,
-) -> pb::Delivery {
-    pb::Delivery {
+) -> DeliveryRecord {
+    DeliveryRecord {
         event_id: event.event.id.clone(),
         event_type: event.event_type.to_string(),
-        state: state as i32,
+        state,
         last_error: error,
         ..Default::default()
     }
 }
 
 fn humanize_since(t: SystemTime) -> String {
-    let ts = convert::timestamp(t);
-    format!("unix {}s", ts.seconds)
+    let seconds = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!("unix {seconds}s")
 }

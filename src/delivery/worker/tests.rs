@@ -25,8 +25,11 @@ use crate::{
         signing::{self, Secret},
         stack::{SendError, WebhookRequest, WebhookResponse},
     },
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{DeliveryRecord, DeliveryState},
+        Offset,
+    },
+    pb,
     store::{self, test_event, Store, WriterHandle},
 };
 
@@ -171,7 +174,7 @@ pub(super) async fn start_with(
 }
 
 impl Running {
-    pub(super) fn state(&self, offset: Offset) -> Option<pb::Delivery> {
+    pub(super) fn state(&self, offset: Offset) -> Option<DeliveryRecord> {
         self.store.deliveries().get(ENDPOINT, offset).unwrap()
     }
 
@@ -221,13 +224,13 @@ async fn retries_go_out_at_their_due_times() {
     w.until(5, |_| calls.lock().unwrap().len() == 1).await;
     w.until(5, |w| w.state(1).is_some()).await;
     let failed = w.state(1).unwrap();
-    assert_eq!(failed.state(), DeliveryState::Failed);
+    assert_eq!(failed.state, DeliveryState::Failed);
     assert_eq!(failed.attempts, 1);
     assert!(failed.next_attempt_at.is_some(), "scheduled durably");
 
     w.until(1000, |w| {
         w.state(1)
-            .is_some_and(|d| d.state() == DeliveryState::Delivered)
+            .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     assert_eq!(w.state(1).unwrap().attempts, 3);
@@ -259,7 +262,7 @@ async fn one_key_in_log_order_other_keys_at_once() {
     w.until(60, |w| {
         (1..=3).all(|o| {
             w.state(o)
-                .is_some_and(|d| d.state() == DeliveryState::Delivered)
+                .is_some_and(|d| d.state == DeliveryState::Delivered)
         })
     })
     .await;

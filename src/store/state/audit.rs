@@ -1,11 +1,15 @@
-//! The audit trail: ULID → [`pb::AuditRecord`], so it lists in time order.
+//! The audit trail: ULID → [`AuditRecord`] (stored as `records.rs`'s
+//! `StoredAudit`), so it lists in time order.
 
 use prost::Message;
 
-use super::super::{Mutation, Store, Table};
+use super::{
+    super::{Mutation, Store, Table},
+    records::StoredAudit,
+};
 use crate::{
     error::{Error, Result},
-    pb,
+    model::audit::AuditRecord,
 };
 
 /// Admin changes (tenants), oldest first by id.
@@ -19,19 +23,19 @@ impl<'a> AuditRecords<'a> {
     }
 
     /// Stores `record` under its id (a ULID), durably.
-    pub async fn put(&self, record: &pb::AuditRecord) -> Result<()> {
+    pub async fn put(&self, record: &AuditRecord) -> Result<()> {
         self.store
             .write(vec![Mutation::put(
                 Table::Audit,
                 record.id.as_bytes(),
-                record.encode_to_vec(),
+                StoredAudit::from_record(record).encode_to_vec(),
             )])
             .await
     }
 
     /// Records newest first: all of them, or those with an id below
     /// `before` (empty: no bound).
-    pub fn newest_first(&self, before: &str) -> impl Iterator<Item = Result<pb::AuditRecord>> {
+    pub fn newest_first(&self, before: &str) -> impl Iterator<Item = Result<AuditRecord>> {
         super::or_error(self.store.table(Table::Audit).map(|tree| {
             let iter = if before.is_empty() {
                 tree.iter()
@@ -40,7 +44,8 @@ impl<'a> AuditRecords<'a> {
             };
             iter.rev().map(|kv| {
                 let (_, v) = kv?;
-                pb::AuditRecord::decode(&*v)
+                StoredAudit::decode(&*v)
+                    .map(StoredAudit::into_record)
                     .map_err(|e| Error::Corrupt(format!("audit record: {e}")))
             })
         }))

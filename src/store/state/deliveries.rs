@@ -1,6 +1,7 @@
 //! Delivery state: per endpoint and event offset, the delivery record
-//! (`pb::Delivery`) and its numbered attempts (`pb::Attempt`), both in
-//! offset order per endpoint.
+//! ([`DeliveryRecord`]) and its numbered attempts ([`AttemptRecord`]),
+//! both in offset order per endpoint, stored in the encoding of
+//! `records.rs`.
 
 use std::collections::HashMap;
 
@@ -8,12 +9,15 @@ use prost::Message;
 
 use super::{
     super::{keys, Mutation, Store, Table},
+    records::{StoredAttempt, StoredDelivery},
     StateWrites,
 };
 use crate::{
     error::{Error, Result},
-    model::Offset,
-    pb::{self, DeliveryState},
+    model::{
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        Offset,
+    },
 };
 
 /// Most deletions in one write of [`DeliveryRecords::prune`], and in one
@@ -33,7 +37,7 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// `endpoint`'s delivery record of the event at `offset`, if any.
-    pub fn get(&self, endpoint: &str, offset: Offset) -> Result<Option<pb::Delivery>> {
+    pub fn get(&self, endpoint: &str, offset: Offset) -> Result<Option<DeliveryRecord>> {
         self.store
             .table(Table::Deliveries)?
             .get(keys::scoped_offset_key(endpoint, offset))?
@@ -42,7 +46,7 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// Sets one delivery record, durably.
-    pub async fn put(&self, endpoint: &str, offset: Offset, record: &pb::Delivery) -> Result<()> {
+    pub async fn put(&self, endpoint: &str, offset: Offset, record: &DeliveryRecord) -> Result<()> {
         let mut writes = StateWrites::new();
         writes.put_delivery(endpoint, offset, record);
         self.store.write_state(writes).await
@@ -52,7 +56,7 @@ impl<'a> DeliveryRecords<'a> {
     pub async fn put_all<'r>(
         &self,
         endpoint: &str,
-        records: impl IntoIterator<Item = (Offset, &'r pb::Delivery)>,
+        records: impl IntoIterator<Item = (Offset, &'r DeliveryRecord)>,
     ) -> Result<()> {
         let mut writes = StateWrites::new();
         for (offset, record) in records {
@@ -68,7 +72,7 @@ impl<'a> DeliveryRecords<'a> {
         endpoint: &str,
         from: Offset,
         until: Offset,
-    ) -> impl DoubleEndedIterator<Item = Result<(Offset, pb::Delivery)>> {
+    ) -> impl DoubleEndedIterator<Item = Result<(Offset, DeliveryRecord)>> {
         let endpoint = endpoint.to_owned();
         super::or_error(self.store.table(Table::Deliveries).map(|tree| {
             tree.range(
@@ -113,13 +117,14 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// Every attempt of that delivery, oldest first.
-    pub fn attempts(&self, endpoint: &str, offset: Offset) -> Result<Vec<pb::Attempt>> {
+    pub fn attempts(&self, endpoint: &str, offset: Offset) -> Result<Vec<AttemptRecord>> {
         self.store
             .table(Table::Attempts)?
             .scan_prefix(keys::scoped_offset_key(endpoint, offset))
             .values()
             .map(|v| {
-                pb::Attempt::decode(&*v?)
+                StoredAttempt::decode(&*v?)
+                    .map(StoredAttempt::into_record)
                     .map_err(|e| Error::Corrupt(format!("attempt {endpoint}/{offset}: {e}")))
             })
             .collect()
@@ -131,7 +136,7 @@ impl<'a> DeliveryRecords<'a> {
         let mut dead = HashMap::new();
         for kv in self.store.table(Table::Deliveries)?.iter() {
             let (k, v) = kv?;
-            if pb::Delivery::decode(&*v).is_ok_and(|d| d.state() == DeliveryState::Dead) {
+            if StoredDelivery::decode(&*v).is_ok_and(|d| d.state() == DeliveryState::Dead) {
                 let id = k.split(|&b| b == 0).next().unwrap_or_default();
                 *dead
                     .entry(String::from_utf8_lossy(id).into_owned())
@@ -152,8 +157,8 @@ impl<'a> DeliveryRecords<'a> {
         for kv in deliveries.range(keys::scope(endpoint)..keys::scoped_offset_key(endpoint, first))
         {
             let (k, v) = kv?;
-            let d =
-                pb::Delivery::decode(&*v).map_err(|e| Error::Corrupt(format!("delivery: {e}")))?;
+            let d = StoredDelivery::decode(&*v)
+                .map_err(|e| Error::Corrupt(format!("delivery: {e}")))?;
             if matches!(
                 d.state(),
                 DeliveryState::Delivered | DeliveryState::Superseded
@@ -200,7 +205,8 @@ impl<'a> DeliveryRecords<'a> {
     }
 }
 
-fn decode_delivery(endpoint: &str, offset: Offset, bytes: &[u8]) -> Result<pb::Delivery> {
-    pb::Delivery::decode(bytes)
+fn decode_delivery(endpoint: &str, offset: Offset, bytes: &[u8]) -> Result<DeliveryRecord> {
+    StoredDelivery::decode(bytes)
+        .map(|d| d.into_record(endpoint, offset))
         .map_err(|e| Error::Corrupt(format!("delivery {endpoint}/{offset}: {e}")))
 }

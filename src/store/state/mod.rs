@@ -18,6 +18,7 @@ mod audit;
 mod consumers;
 mod deliveries;
 mod endpoints;
+mod records;
 
 pub use audit::AuditRecords;
 pub use consumers::ConsumerRecords;
@@ -26,8 +27,16 @@ pub use endpoints::EndpointRecords;
 
 use prost::Message;
 
+use self::records::{StoredAttempt, StoredDelivery};
 use super::{keys, Mutation, Table};
-use crate::{error::Result, model::Offset, pb, store::keys::ConsumerRecord};
+use crate::{
+    error::Result,
+    model::{
+        delivery::{AttemptRecord, DeliveryRecord},
+        Offset,
+    },
+    store::keys::ConsumerRecord,
+};
 
 /// The items of `iter`, or its error as the one item (a table that could
 /// not be had: the state database is being reopened).
@@ -63,21 +72,22 @@ impl StateWrites {
         self.0.len()
     }
 
-    /// Sets the delivery record of `endpoint` for the event at `offset`.
-    pub fn put_delivery(&mut self, endpoint: &str, offset: Offset, record: &pb::Delivery) {
+    /// Sets the delivery record of `endpoint` for the event at `offset`
+    /// (the record's own `endpoint_id` and `offset` are not looked at).
+    pub fn put_delivery(&mut self, endpoint: &str, offset: Offset, record: &DeliveryRecord) {
         self.0.push(Mutation::put(
             Table::Deliveries,
             keys::scoped_offset_key(endpoint, offset),
-            record.encode_to_vec(),
+            StoredDelivery::from_record(record).encode_to_vec(),
         ));
     }
 
     /// Adds attempt number `n` of that delivery.
-    pub fn put_attempt(&mut self, endpoint: &str, offset: Offset, n: u32, attempt: &pb::Attempt) {
+    pub fn put_attempt(&mut self, endpoint: &str, offset: Offset, n: u32, attempt: &AttemptRecord) {
         self.0.push(Mutation::put(
             Table::Attempts,
             keys::scoped_offset_n_key(endpoint, offset, n),
-            attempt.encode_to_vec(),
+            StoredAttempt::from_record(attempt).encode_to_vec(),
         ));
     }
 

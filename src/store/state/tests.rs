@@ -3,7 +3,10 @@
 
 use super::StateWrites;
 use crate::{
-    pb::{self, DeliveryState},
+    model::{
+        audit::AuditRecord,
+        delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+    },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
 
@@ -14,16 +17,16 @@ async fn close(store: Store, writer: WriterHandle) {
         .unwrap();
 }
 
-fn delivery(state: DeliveryState) -> pb::Delivery {
-    pb::Delivery {
+fn delivery(state: DeliveryState) -> DeliveryRecord {
+    DeliveryRecord {
         event_id: format!("{state:?}"),
-        state: state as i32,
+        state,
         ..Default::default()
     }
 }
 
-fn attempt(n: u32) -> pb::Attempt {
-    pb::Attempt {
+fn attempt(n: u32) -> AttemptRecord {
+    AttemptRecord {
         attempt: n,
         ..Default::default()
     }
@@ -62,7 +65,7 @@ async fn delivery_records_and_attempts_per_endpoint() {
     assert_eq!(w.len(), 5);
     store.write_state(w).await.unwrap();
 
-    assert_eq!(d.get(A, 5).unwrap().unwrap().state(), DeliveryState::Failed);
+    assert_eq!(d.get(A, 5).unwrap().unwrap().state, DeliveryState::Failed);
     assert!(d.get(A, 4).unwrap().is_none());
     assert!(d.get(B, 3).unwrap().is_none());
     let offsets = |from, until, rev: bool| -> Vec<u64> {
@@ -170,7 +173,7 @@ async fn consumer_and_audit_records() {
 
     let a = store.audit();
     for id in ["01A", "01C", "01B"] {
-        a.put(&pb::AuditRecord {
+        a.put(&AuditRecord {
             id: id.into(),
             ..Default::default()
         })
