@@ -10,6 +10,8 @@ mod admin_api;
 mod amplification;
 mod auth;
 mod cluster_failover;
+mod cluster_idempotency;
+mod cluster_lease;
 mod cluster_log;
 mod cluster_preflight;
 mod connections;
