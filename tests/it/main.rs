@@ -14,6 +14,7 @@ mod cluster_idempotency;
 mod cluster_lease;
 mod cluster_log;
 mod cluster_preflight;
+mod cluster_state;
 mod connections;
 mod console;
 mod console_ops;

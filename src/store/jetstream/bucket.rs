@@ -103,6 +103,24 @@ pub fn encode_key(id: &str) -> String {
     key
 }
 
+/// The id [`encode_key`] made `key` from; `None` for a key it did not make.
+pub fn decode_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix('k')?.as_bytes();
+    let mut bytes = Vec::with_capacity(rest.len());
+    let mut i = 0;
+    while i < rest.len() {
+        if rest[i] == b'=' {
+            let hex = std::str::from_utf8(rest.get(i + 1..i + 3)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            bytes.push(rest[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// A bucket name of the installation named `prefix`: `<PREFIX>_<what>`,
 /// as [`super::StreamConfig::with_prefix`] names the stream.
 pub(super) fn name(prefix: &str, what: &str) -> String {
@@ -140,7 +158,16 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '='));
             assert!(!key.starts_with('.') && !key.ends_with('.'));
+            assert_eq!(decode_key(&key).as_deref(), Some(id));
         }
+    }
+
+    #[test]
+    fn foreign_keys_do_not_decode() {
+        assert_eq!(decode_key("x"), None);
+        assert_eq!(decode_key("k=4"), None);
+        assert_eq!(decode_key("k=ZZ"), None);
+        assert_eq!(decode_key("k=FF"), None);
     }
 
     #[test]

@@ -42,6 +42,14 @@
 //!   takes over: it must stop the guarded work at [`Lease::valid_until`]
 //!   (its own clock) unless a renewal succeeded, and whatever the work
 //!   writes should carry the revision where a store can check it.
+//! - [`State`] (buckets `<PREFIX>_ENDPOINTS`, `<PREFIX>_DELIVERIES`):
+//!   records as bytes (the store's encodings) under their id; `create` and
+//!   `update`/`delete` at a revision are CAS, so of two writers at one
+//!   revision one gets [`Written::Conflict`]; a [`Watch`] reports the
+//!   current records, then every put and delete in revision order. Not
+//!   guaranteed: a watch does not replay what happened while it was not
+//!   running beyond the current state (a deleted record is just absent),
+//!   and `delete` does not return the deletion's own revision.
 //! - Reads of buckets are direct gets that any replica answers, so a read
 //!   may lag a write acknowledged a moment before; the decisions above are
 //!   all taken by CAS writes at the stream's leader, never by a read.
@@ -53,12 +61,14 @@ pub mod lease;
 pub mod log;
 pub mod preflight;
 pub mod read;
+pub mod state;
 mod wire;
 
-pub use bucket::encode_key;
+pub use bucket::{decode_key, encode_key};
 pub use error::JetStreamError;
 pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};
 pub use lease::{Lease, LeaseConfig, Leases, Renewal};
 pub use log::{EventStream, StreamConfig};
 pub use preflight::{check_durability, Durability, NodeDurability, PreflightError};
+pub use state::{Change, Records, State, StateConfig, Versioned, Watch, Written};
 pub use wire::{decode_header, ORDERING_KEY, PROBE_SEQUENCE};
