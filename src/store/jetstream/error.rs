@@ -76,6 +76,20 @@ pub enum JetStreamError {
         /// What was wrong with the answer.
         reason: String,
     },
+    /// A key-value bucket (idempotency claims, leases, state) refused or
+    /// could not be reached; `retriable` when the outcome is unknown
+    /// (timeout, connection lost).
+    #[error("bucket {bucket}: {what} failed: {reason}")]
+    Bucket {
+        /// The bucket's name.
+        bucket: String,
+        /// What was asked.
+        what: &'static str,
+        /// The client's or server's error.
+        reason: String,
+        /// Whether the same request may succeed when repeated.
+        retriable: bool,
+    },
     /// A stored message is not an event record.
     #[error("event at offset {offset}: {reason}")]
     Corrupt {
@@ -93,6 +107,7 @@ impl JetStreamError {
     pub fn is_retriable(&self) -> bool {
         match self {
             JetStreamError::Request { .. } => true,
+            JetStreamError::Bucket { retriable, .. } => *retriable,
             JetStreamError::Rejected { code, err_code, .. } => {
                 *code == 503 || RETRIABLE_ERR_CODES.contains(err_code)
             }

@@ -287,6 +287,19 @@ impl EventStream {
         Ok(results)
     }
 
+    /// The answer for `event` when its id is known to be stored at
+    /// `offset` (by the idempotency bucket, [`super::idempotent`]):
+    /// `duplicate = true`, and whether its content differs from the stored
+    /// event's.
+    pub(super) async fn duplicate_answer(
+        &self,
+        offset: Offset,
+        event: &NewEvent,
+    ) -> Result<Appended, JetStreamError> {
+        let m = self.outgoing(event, keys::unix_nanos(SystemTime::now()));
+        self.duplicate_of(offset, &m).await
+    }
+
     /// The message of `event`, published at `published_at_nanos`.
     fn outgoing(&self, event: &NewEvent, published_at_nanos: u64) -> Outgoing {
         let mut record = keys::encode_event_field(&event.event);

@@ -17,14 +17,58 @@
 //!   deduplication) and the ordering key in [`wire::ORDERING_KEY`]; the
 //!   payload is the same `EventRecord` bytes the embedded log stores, so one
 //!   decoder reads both.
+//! - key-value buckets beside it, named `<PREFIX>_<WHAT>` like the stream
+//!   (R3, file storage, one revision per key); keys are the ids or names
+//!   made key-safe by [`encode_key`].
+//!
+//! What each piece guarantees, and what it does not:
+//! - [`IdempotentLog`] (bucket `<PREFIX>_IDS`): an event id appended
+//!   through it gets one offset for as long as its claim is kept (no
+//!   expiry), not only within the stream's `duplicate_window`; of
+//!   concurrent appends of one id on any brokers, exactly one answers
+//!   `duplicate = false`. A claimer that dies between claim and confirm
+//!   blocks its id for `stale_after` (then another takes the claim over by
+//!   CAS). Not guaranteed: an event published and never confirmed, whose
+//!   claim is taken over after the stream's deduplication window passed,
+//!   is written twice (keep `stale_after` well under the window); a
+//!   confirm that fails leaves the claim pending, so a retry waits
+//!   `stale_after`. Each append costs two bucket writes more than
+//!   [`EventStream::append`]; atomic batches do not go through claims yet.
+//! - [`Leases`] (bucket `<PREFIX>_LEASES`): at most one holder acquires a
+//!   free lease; a holder that stops renewing loses it once the bucket's
+//!   `max_age` (the TTL) removed its entry, and its next renewal says
+//!   [`Renewal::Lost`]; every write's revision is a fencing token that
+//!   grows. Not guaranteed: that a holder knows of its loss before another
+//!   takes over: it must stop the guarded work at [`Lease::valid_until`]
+//!   (its own clock) unless a renewal succeeded, and whatever the work
+//!   writes should carry the revision where a store can check it.
+//! - [`State`] (buckets `<PREFIX>_ENDPOINTS`, `<PREFIX>_DELIVERIES`):
+//!   records as bytes (the store's encodings) under their id; `create` and
+//!   `update`/`delete` at a revision are CAS, so of two writers at one
+//!   revision one gets [`Written::Conflict`]; a [`Watch`] reports the
+//!   current records, then every put and delete in revision order. Not
+//!   guaranteed: a watch does not replay what happened while it was not
+//!   running beyond the current state (a deleted record is just absent),
+//!   and `delete` does not return the deletion's own revision.
+//! - Reads of buckets are direct gets that any replica answers, so a read
+//!   may lag a write acknowledged a moment before; the decisions above are
+//!   all taken by CAS writes at the stream's leader, never by a read.
 
+mod bucket;
 mod error;
+pub mod idempotent;
+pub mod lease;
 pub mod log;
 pub mod preflight;
 pub mod read;
+pub mod state;
 mod wire;
 
+pub use bucket::{decode_key, encode_key};
 pub use error::JetStreamError;
+pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};
+pub use lease::{Lease, LeaseConfig, Leases, Renewal};
 pub use log::{EventStream, StreamConfig};
 pub use preflight::{check_durability, Durability, NodeDurability, PreflightError};
+pub use state::{Change, Records, State, StateConfig, Versioned, Watch, Written};
 pub use wire::{decode_header, ORDERING_KEY, PROBE_SEQUENCE};
