@@ -160,7 +160,11 @@ impl NatsCluster {
     pub async fn connect(&self) -> async_nats::Client {
         async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
+            // Stream and bucket creation is a Raft round on three nodes that
+            // fsync every write: on a loaded 2-core machine it has taken
+            // over 5 s (a `create_stream` timed out once). The tests' own
+            // bounds are their deadlines, not this.
+            .request_timeout(Some(Duration::from_secs(30)))
             .connect(self.client_urls())
             .await
             .expect("connecting to the cluster")
