@@ -32,27 +32,7 @@ async fn consumer(
     events: &[(&str, &str)],
     ordering: Ordering,
 ) -> (Consumers, Arc<Consumer>, WriterHandle) {
-    let (store, writer) = crate::store::open_for_test(dir);
-    let events = events
-        .iter()
-        .map(|(id, k)| {
-            let mut e = event(id);
-            e.event.ordering_key = (*k).into();
-            e
-        })
-        .collect();
-    store.append(events).await.unwrap();
-    let consumers = Consumers::new(store);
-    let spec = CreateSpec {
-        start: 1,
-        filter: EventFilter::types_only(Vec::new()),
-        max_deliveries: 0,
-    };
-    let c = consumers
-        .open_ordered("c", spec, Some(ordering))
-        .await
-        .unwrap();
-    (consumers, c, writer)
+    super::tests::with_events(dir, events, ordering).await
 }
 
 /// Every message handed out now until the consumer is idle, as

@@ -129,12 +129,27 @@ async fn keyed(
     keys: &[&str],
     ordering: Ordering,
 ) -> (Consumers, Arc<Consumer>, crate::store::WriterHandle) {
-    let (store, writer) = crate::store::open_for_test(dir);
-    let events = keys
+    let ids: Vec<String> = (0..keys.len()).map(|i| format!("e{i}")).collect();
+    let events: Vec<(&str, &str)> = ids
         .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let mut e = event(&format!("e{i}"));
+        .map(String::as_str)
+        .zip(keys.iter().copied())
+        .collect();
+    with_events(dir, &events, ordering).await
+}
+
+/// A store with the events `(id, key)`, in order, and a consumer of them
+/// all ordered by `ordering`.
+pub(super) async fn with_events(
+    dir: &std::path::Path,
+    events: &[(&str, &str)],
+    ordering: Ordering,
+) -> (Consumers, Arc<Consumer>, crate::store::WriterHandle) {
+    let (store, writer) = crate::store::open_for_test(dir);
+    let events = events
+        .iter()
+        .map(|(id, k)| {
+            let mut e = event(id);
             e.event.ordering_key = (*k).into();
             e
         })

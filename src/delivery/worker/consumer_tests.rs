@@ -11,18 +11,17 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 
 use super::{
-    tests::{id, scripted, start, start_with, step, store_with, Calls},
+    tests::{answer, id, scripted, start, start_with, step, store_with, Calls},
     LEASE, WORKER_STREAM,
 };
 use crate::{
     delivery::{
         endpoint::Ordering,
-        stack::{SendError, WebhookRequest, WebhookResponse},
+        stack::{SendError, WebhookRequest},
     },
     model::delivery::DeliveryState,
     pb,
@@ -45,11 +44,7 @@ async fn the_window_bounds_the_leases() {
         async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
             now.fetch_sub(1, AtomicOrdering::SeqCst);
-            Ok::<_, SendError>(WebhookResponse {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body_excerpt: String::new(),
-            })
+            Ok::<_, SendError>(answer(200))
         }
     });
     let w = start(
@@ -125,13 +120,7 @@ async fn a_dead_attempt_is_sent_again_when_its_lease_runs_out() {
         if !panicked.swap(true, AtomicOrdering::SeqCst) {
             panic!("the first attempt dies");
         }
-        async move {
-            Ok::<_, SendError>(WebhookResponse {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body_excerpt: String::new(),
-            })
-        }
+        async move { Ok::<_, SendError>(answer(200)) }
     });
     let w = start(
         store,

@@ -58,11 +58,7 @@ pub(super) fn scripted(
         let status = script.lock().unwrap().pop_front().unwrap_or(200);
         async move {
             tokio::time::sleep(latency).await;
-            Ok::<_, SendError>(WebhookResponse {
-                status: StatusCode::from_u16(status).expect("a valid status"),
-                headers: HeaderMap::new(),
-                body_excerpt: String::new(),
-            })
+            Ok::<_, SendError>(answer(status))
         }
     });
     (BoxCloneSyncService::new(service), calls)
@@ -314,4 +310,13 @@ async fn the_window_bounds_the_events_held() {
     );
     assert!(w.state(2).is_none());
     w.stop().await;
+}
+
+/// A response of `status` with no headers and no body.
+pub(super) fn answer(status: u16) -> WebhookResponse {
+    WebhookResponse {
+        status: StatusCode::from_u16(status).expect("a valid status"),
+        headers: HeaderMap::new(),
+        body_excerpt: String::new(),
+    }
 }
