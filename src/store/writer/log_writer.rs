@@ -12,9 +12,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{appended_events, next_group, pacing::Pacing, take_queued, Encoded, LogOp};
 use crate::{
     error::Result,
-    metrics::Metrics,
+    metrics::{stall::Cause, Metrics},
     model::{Appended, Offset},
-    store::{keys, log::LogWriter, StoreHealth},
+    store::{
+        keys,
+        log::{CommitTimings, LogWriter},
+        StoreHealth,
+    },
 };
 
 pub(in crate::store) struct LogWriterThread {
@@ -105,6 +109,11 @@ impl LogWriterThread {
             // index until their commit.
             ids: HashMap::new(),
             published,
+            started: self
+                .metrics
+                .stall
+                .on()
+                .then(|| self.metrics.stall.stamp_of(clock)),
         };
         let mut replies = replies.into_iter();
         for events in &work {
@@ -167,16 +176,31 @@ impl LogWriterThread {
         }
         match self.log.commit() {
             Ok(()) => {
+                let durable = self.metrics.stall.now();
                 // Only now is the head moved: readers never see an offset
                 // that is not durable.
                 self.head.send_replace(self.log.next());
                 self.last_published = staged.published;
+                let stall = staged.started.map(|started| {
+                    let timings = self.log.timings;
+                    let events = appended_events_staged(&staged.ops);
+                    self.stall_causes(timings, events);
+                    (
+                        [0, started, durable, self.metrics.stall.now()],
+                        timings.sync,
+                        events,
+                    )
+                });
                 for (reply, results, events) in staged.ops.drain(..) {
                     for (e, r) in events.iter().zip(&results) {
                         if !r.duplicate {
                             self.metrics
                                 .events_published
                                 .add(&[e.event_type.as_str()], 1);
+                            if let Some((mut stamps, sync, group)) = stall {
+                                stamps[0] = e.queued;
+                                self.metrics.stall.committed(r.offset, stamps, sync, group);
+                            }
                         }
                     }
                     let _ = reply.send(Ok(results));
@@ -201,6 +225,14 @@ impl LogWriterThread {
                 new
             });
         }
+    }
+
+    /// The store-side causes of a commit, for the stall log.
+    fn stall_causes(&self, timings: CommitTimings, events: u64) {
+        let stall = &self.metrics.stall;
+        stall.cause(Cause::Fsync, timings.sync);
+        stall.cause(Cause::ZeroFill, timings.zero_fill_wait);
+        stall.group(events);
     }
 
     /// Adds `events` to the commit; duplicates of ids already in the log (or
@@ -263,6 +295,18 @@ impl LogWriterThread {
     }
 }
 
+/// Events staged for a commit.
+fn appended_events_staged(ops: &[StagedOp<'_>]) -> u64 {
+    ops.iter().map(|(_, results, _)| results.len() as u64).sum()
+}
+
+/// One staged append: its reply, its results, and its events.
+type StagedOp<'a> = (
+    oneshot::Sender<Result<Vec<Appended>>>,
+    Vec<Appended>,
+    &'a [Encoded],
+);
+
 /// The answer owed to one op of a group.
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>>>),
@@ -273,12 +317,9 @@ enum Reply {
 /// Appends staged for the next commit of a group.
 struct Staged<'a> {
     /// Each append's reply, its results, and its events (for metrics).
-    #[allow(clippy::type_complexity)]
-    ops: Vec<(
-        oneshot::Sender<Result<Vec<Appended>>>,
-        Vec<Appended>,
-        &'a [Encoded],
-    )>,
+    ops: Vec<StagedOp<'a>>,
     ids: HashMap<&'a str, (Offset, &'a [u8])>,
     published: u64,
+    /// The group commit's start, for the stall log (when on).
+    started: Option<u64>,
 }
