@@ -47,7 +47,7 @@ use files::{
     write_idx,
 };
 
-pub(super) use append::{CommitTimings, LogWriter};
+pub(super) use append::LogWriter;
 use fs::{Fs, FsFile};
 use ids::{IdHasher, IdIndex};
 

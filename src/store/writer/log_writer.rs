@@ -14,11 +14,7 @@ use crate::{
     error::Result,
     metrics::{stall::Cause, Metrics},
     model::{Appended, Offset},
-    store::{
-        keys,
-        log::{CommitTimings, LogWriter},
-        StoreHealth,
-    },
+    store::{keys, log::LogWriter, StoreHealth},
 };
 
 pub(in crate::store) struct LogWriterThread {
@@ -176,31 +172,19 @@ impl LogWriterThread {
         }
         match self.log.commit() {
             Ok(()) => {
-                let durable = self.metrics.stall.now();
+                if let Some(started) = staged.started {
+                    self.stamp_stalls(&staged.ops, started);
+                }
                 // Only now is the head moved: readers never see an offset
                 // that is not durable.
                 self.head.send_replace(self.log.next());
                 self.last_published = staged.published;
-                let stall = staged.started.map(|started| {
-                    let timings = self.log.timings;
-                    let events = appended_events_staged(&staged.ops);
-                    self.stall_causes(timings, events);
-                    (
-                        [0, started, durable, self.metrics.stall.now()],
-                        timings.sync,
-                        events,
-                    )
-                });
                 for (reply, results, events) in staged.ops.drain(..) {
                     for (e, r) in events.iter().zip(&results) {
                         if !r.duplicate {
                             self.metrics
                                 .events_published
                                 .add(&[e.event_type.as_str()], 1);
-                            if let Some((mut stamps, sync, group)) = stall {
-                                stamps[0] = e.queued;
-                                self.metrics.stall.committed(r.offset, stamps, sync, group);
-                            }
                         }
                     }
                     let _ = reply.send(Ok(results));
@@ -227,12 +211,28 @@ impl LogWriterThread {
         }
     }
 
-    /// The store-side causes of a commit, for the stall log.
-    fn stall_causes(&self, timings: CommitTimings, events: u64) {
+    /// For the stall log, once a commit is durable: its causes (fsync,
+    /// zero-fill wait, size) and each event's stamps up to the head's
+    /// publication. Called just before the head moves, so a worker that
+    /// reads an event finds its slot (the head stamp is taken here: the
+    /// head moves right after these few stores per event).
+    fn stamp_stalls(&self, ops: &[StagedOp<'_>], started: u64) {
         let stall = &self.metrics.stall;
+        let durable = stall.now();
+        let timings = self.log.timings;
+        let group = appended_events_staged(ops);
         stall.cause(Cause::Fsync, timings.sync);
         stall.cause(Cause::ZeroFill, timings.zero_fill_wait);
-        stall.group(events);
+        stall.group(group);
+        let head = stall.now();
+        for (_, results, events) in ops {
+            for (e, r) in events.iter().zip(results) {
+                if !r.duplicate {
+                    let stamps = [e.queued, started, durable, head];
+                    stall.committed(r.offset, stamps, timings.sync, group);
+                }
+            }
+        }
     }
 
     /// Adds `events` to the commit; duplicates of ids already in the log (or
