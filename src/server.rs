@@ -61,6 +61,10 @@ pub async fn serve(
     } = listeners;
     private_files();
     let metrics = Arc::new(metrics::Metrics::default());
+    let stall_on = !config.stall_threshold.is_zero();
+    metrics
+        .stall
+        .set_threshold(stall_on.then_some(config.stall_threshold));
     let addr = listener.local_addr()?;
     // Checked here too, not only at config load: `run` may be handed any
     // listener.
@@ -142,6 +146,12 @@ pub async fn serve(
             snapshot,
             token.clone(),
         ));
+    }
+    if stall_on {
+        let stop = token.clone();
+        tasks.spawn(metrics::stall::probe_runtime(metrics.clone(), async move {
+            stop.cancelled().await
+        }));
     }
     tasks.spawn(retention::run(
         shared.store.clone(),

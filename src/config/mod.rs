@@ -81,6 +81,10 @@ pub struct Config {
     /// runtime is saturated; zero commits at once always.
     #[serde(with = "humantime_serde")]
     pub group_commit_delay: Duration,
+    /// The stall log: an event slower than this from publish to webhook
+    /// answer is logged with where its time went; zero is off.
+    #[serde(with = "humantime_serde")]
+    pub stall_threshold: Duration,
     /// What opening the event log does with damaged acknowledged records:
     /// refuse to start (default) or cut the log there (`truncate`).
     #[serde(deserialize_with = "de::parsed")]
@@ -330,6 +334,7 @@ impl Default for Config {
             max_request_bytes: 16 * 1024 * 1024,
             max_group_commit: 8192,
             group_commit_delay: Duration::from_micros(500),
+            stall_threshold: Duration::ZERO,
             recovery: Recovery::Refuse,
             log_zero_fill: true,
             default_ack_wait: Duration::from_secs(30),

@@ -16,6 +16,9 @@
 pub mod endpoint_stats;
 mod family;
 mod serve;
+pub mod stall;
+#[cfg(test)]
+mod stall_tests;
 #[cfg(test)]
 mod tests;
 
@@ -88,6 +91,8 @@ pub struct Metrics {
     /// Per-endpoint attempts and latency per minute, for Admin's
     /// GetEndpointStats (#16).
     pub endpoint_stats: EndpointStats,
+    /// The stall log: where slow events' time went (`stall_threshold`).
+    pub stall: stall::StallLog,
 }
 
 impl Default for Metrics {
@@ -110,6 +115,7 @@ impl Default for Metrics {
             open_connections: AtomicI64::new(0),
             connections_closed: CounterVec::new(&["reason"]),
             endpoint_stats: EndpointStats::default(),
+            stall: stall::StallLog::default(),
         }
     }
 }
@@ -270,6 +276,9 @@ impl Metrics {
             "gRPC connections closed by the broker, by reason (handshake_timeout, idle_timeout, max_connections)",
             self.connections_closed.metric(),
         );
+        if self.stall.on() {
+            self.stall.register(&mut r);
+        }
         let mut out = String::with_capacity(8192);
         // The encoder fails only when its writer does, and a String's never
         // does.

@@ -117,6 +117,8 @@ struct Inner {
     health: watch::Receiver<StoreHealth>,
     /// Counts finished redactions ([`Store::erasures`]).
     erasures: std::sync::atomic::AtomicU64,
+    /// Where appends are stamped for the stall log.
+    metrics: Arc<Metrics>,
 }
 
 /// What keeps the store from taking writes, if anything.
@@ -169,7 +171,11 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
         let (reply, rx) = oneshot::channel();
-        let events = events.into_iter().map(Encoded::new).collect();
+        let queued = self.inner.metrics.stall.now();
+        let events = events
+            .into_iter()
+            .map(|e| Encoded::new(e, queued))
+            .collect();
         self.senders()?
             .log
             .send(LogOp::Append { events, reply })

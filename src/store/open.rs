@@ -58,6 +58,7 @@ impl Store {
             fs,
             health_tx,
             state_tx.downgrade(),
+            config.metrics.clone(),
         )?;
         // One applied group may wait while the previous one syncs; the
         // writer then blocks and the next group grows meanwhile.
@@ -87,6 +88,7 @@ impl Store {
                     head: head_rx,
                     health: health_rx,
                     erasures: Default::default(),
+                    metrics: config.metrics.clone(),
                 }),
             },
             WriterHandle(threads),

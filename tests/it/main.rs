@@ -38,6 +38,7 @@ mod receiver;
 mod reliability;
 mod secrets;
 mod service;
+mod stall_log;
 mod startup;
 #[cfg(target_os = "linux")] // prlimit
 mod state_heal;

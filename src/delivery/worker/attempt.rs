@@ -56,7 +56,11 @@ impl Attempt {
         };
         let started_at = SystemTime::now();
         let clock = StdInstant::now();
+        ctx.metrics
+            .stall
+            .stage(self.offset, crate::metrics::stall::Stage::AttemptStarted);
         let result = stack::send(ctx.service.clone(), request).await;
+        ctx.metrics.stall.responded(self.offset);
         let latency = clock.elapsed();
         let verdict = classify(&result, ctx.config.max_retry_after);
         ctx.metrics.endpoint_stats.record(

@@ -317,6 +317,10 @@ impl Worker {
     async fn accept(&mut self, taken: Taken, superseded: &[Offset]) {
         let Taken { event, body, .. } = taken;
         let offset = event.event.offset;
+        self.ctx
+            .metrics
+            .stall
+            .stage(offset, crate::metrics::stall::Stage::Read);
         self.rendered().remove(&offset);
         self.leased.insert(offset, 0);
         let mut due = self.scheduled.remove(&offset);

@@ -102,7 +102,10 @@ impl Harness {
         let mut replies = Vec::new();
         for ids in batches {
             let (reply, rx) = oneshot::channel();
-            let events = ids.iter().map(|id| Encoded::new(test_event(id))).collect();
+            let events = ids
+                .iter()
+                .map(|id| Encoded::new(test_event(id), 0))
+                .collect();
             group.push(LogOp::Append { events, reply });
             replies.push(rx);
         }
@@ -123,7 +126,7 @@ impl Harness {
         events: Vec<crate::model::NewEvent>,
     ) -> Result<Vec<Appended>> {
         let (reply, mut rx) = oneshot::channel();
-        let events = events.into_iter().map(Encoded::new).collect();
+        let events = events.into_iter().map(|e| Encoded::new(e, 0)).collect();
         self.writer
             .commit(&mut vec![LogOp::Append { events, reply }]);
         rx.try_recv().expect("answered")

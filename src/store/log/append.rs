@@ -51,6 +51,17 @@ pub(in crate::store) struct LogWriter {
     next: Offset,
     /// Set when an fsync failed; see the module comment.
     poisoned: Option<String>,
+    /// How the last commit's time went, for the stall log.
+    pub(in crate::store) timings: CommitTimings,
+}
+
+/// How one commit's time went (for the stall log).
+#[derive(Debug, Clone, Copy, Default)]
+pub(in crate::store) struct CommitTimings {
+    /// Waiting for the zero-filler to finish its chunk.
+    pub(in crate::store) zero_fill_wait: std::time::Duration,
+    /// The `fdatasync`.
+    pub(in crate::store) sync: std::time::Duration,
 }
 
 /// Where the buffered commit stood; [`LogWriter::rewind`] goes back to it.
@@ -94,6 +105,7 @@ impl LogWriter {
             pending_ids: Vec::new(),
             next,
             poisoned: None,
+            timings: CommitTimings::default(),
         })
     }
 
@@ -196,12 +208,16 @@ impl LogWriter {
             return Ok(());
         }
         let end = self.len + self.buf.len() as u64;
+        let clock = std::time::Instant::now();
         let mut turn = self.zerofill.as_ref().map(|z| z.writing(end));
+        self.timings.zero_fill_wait = clock.elapsed();
         let written = self.file.write_all_at(&self.buf, self.len);
+        let clock = std::time::Instant::now();
         let synced = match &written {
             Ok(()) => self.file.sync_data(),
             Err(_) => Ok(()),
         };
+        self.timings.sync = clock.elapsed();
         if let Err(e) = written.and(synced.as_ref().map(|_| ()).map_err(clone_io)) {
             // Whatever reached the file must not outlive the error: cut it
             // (and the zeros ahead) and sync the cut.

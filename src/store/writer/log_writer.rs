@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{appended_events, next_group, pacing::Pacing, take_queued, Encoded, LogOp};
 use crate::{
     error::Result,
-    metrics::Metrics,
+    metrics::{stall::Cause, Metrics},
     model::{Appended, Offset},
     store::{keys, log::LogWriter, StoreHealth},
 };
@@ -105,6 +105,11 @@ impl LogWriterThread {
             // index until their commit.
             ids: HashMap::new(),
             published,
+            started: self
+                .metrics
+                .stall
+                .on()
+                .then(|| self.metrics.stall.stamp_of(clock)),
         };
         let mut replies = replies.into_iter();
         for events in &work {
@@ -167,6 +172,9 @@ impl LogWriterThread {
         }
         match self.log.commit() {
             Ok(()) => {
+                if let Some(started) = staged.started {
+                    self.stamp_stalls(&staged.ops, started);
+                }
                 // Only now is the head moved: readers never see an offset
                 // that is not durable.
                 self.head.send_replace(self.log.next());
@@ -200,6 +208,30 @@ impl LogWriterThread {
                 }
                 new
             });
+        }
+    }
+
+    /// For the stall log, once a commit is durable: its causes (fsync,
+    /// zero-fill wait, size) and each event's stamps up to the head's
+    /// publication. Called just before the head moves, so a worker that
+    /// reads an event finds its slot (the head stamp is taken here: the
+    /// head moves right after these few stores per event).
+    fn stamp_stalls(&self, ops: &[StagedOp<'_>], started: u64) {
+        let stall = &self.metrics.stall;
+        let durable = stall.now();
+        let timings = self.log.timings;
+        let group = appended_events_staged(ops);
+        stall.cause(Cause::Fsync, timings.sync);
+        stall.cause(Cause::ZeroFill, timings.zero_fill_wait);
+        stall.group(group);
+        let head = stall.now();
+        for (_, results, events) in ops {
+            for (e, r) in events.iter().zip(results) {
+                if !r.duplicate {
+                    let stamps = [e.queued, started, durable, head];
+                    stall.committed(r.offset, stamps, timings.sync, group);
+                }
+            }
         }
     }
 
@@ -263,6 +295,18 @@ impl LogWriterThread {
     }
 }
 
+/// Events staged for a commit.
+fn appended_events_staged(ops: &[StagedOp<'_>]) -> u64 {
+    ops.iter().map(|(_, results, _)| results.len() as u64).sum()
+}
+
+/// One staged append: its reply, its results, and its events.
+type StagedOp<'a> = (
+    oneshot::Sender<Result<Vec<Appended>>>,
+    Vec<Appended>,
+    &'a [Encoded],
+);
+
 /// The answer owed to one op of a group.
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>>>),
@@ -273,12 +317,9 @@ enum Reply {
 /// Appends staged for the next commit of a group.
 struct Staged<'a> {
     /// Each append's reply, its results, and its events (for metrics).
-    #[allow(clippy::type_complexity)]
-    ops: Vec<(
-        oneshot::Sender<Result<Vec<Appended>>>,
-        Vec<Appended>,
-        &'a [Encoded],
-    )>,
+    ops: Vec<StagedOp<'a>>,
     ids: HashMap<&'a str, (Offset, &'a [u8])>,
     published: u64,
+    /// The group commit's start, for the stall log (when on).
+    started: Option<u64>,
 }

@@ -51,16 +51,19 @@ pub(super) struct Encoded {
     id_assigned: bool,
     /// The record's first part ([`keys::encode_event_field`]).
     event_field: Vec<u8>,
+    /// When it was queued, for the stall log (zero when that is off).
+    queued: u64,
 }
 
 impl Encoded {
-    pub(super) fn new(mut e: NewEvent) -> Self {
+    pub(super) fn new(mut e: NewEvent, queued: u64) -> Self {
         let event_field = keys::encode_event_field(&e.event);
         Self {
             id: std::mem::take(&mut e.event.id),
             event_type: e.event_type,
             id_assigned: e.id_assigned,
             event_field,
+            queued,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{next_group, take_queued, StateOp};
 use crate::{
     error::Result,
+    metrics::{stall::Cause, Metrics},
     store::{
         log::fs::Fs,
         state_db::{OpenDb, StateDb},
@@ -197,6 +198,8 @@ pub(in crate::store) struct StateSyncThread {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     blobs_synced: u64,
+    /// Where flush times go (the stall log).
+    metrics: Arc<Metrics>,
 }
 
 impl StateSyncThread {
@@ -206,6 +209,7 @@ impl StateSyncThread {
         fs: Arc<dyn Fs>,
         health: watch::Sender<StoreHealth>,
         wake_writer: mpsc::WeakSender<StateOp>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         // The directory entries sled created must be durable too.
         fs.sync_dir(dir)?;
@@ -216,6 +220,7 @@ impl StateSyncThread {
             fs,
             dir: dir.to_owned(),
             blobs_synced: 0,
+            metrics,
         })
     }
 
@@ -231,7 +236,9 @@ impl StateSyncThread {
                 }
             }
             for (db, replies) in groups {
+                let clock = Instant::now();
                 let result = self.sync(&db);
+                self.metrics.stall.cause(Cause::StateFlush, clock.elapsed());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "syncing state failed");
                 }
