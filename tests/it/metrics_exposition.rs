@@ -8,24 +8,11 @@ use std::{collections::HashMap, time::Duration};
 use prometheus_parse::{LineInfo, Sample, Scrape, Value};
 use stevedore::pb::{subscribe_request::Start, SubscribeRequest};
 
-use crate::support::{endpoints, pick, publish, Receiver};
-
-/// The body of `GET /metrics` and its content type.
-async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client
-        .get(format!("http://{addr}/metrics").parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (String::from_utf8(body.to_vec()).unwrap(), content_type)
-}
+use crate::support::{
+    endpoints,
+    metrics::{number, scrape_text as scrape},
+    pick, publish, Receiver,
+};
 
 /// Checks a `{name="value",...}` label block (without the braces): names
 /// are identifiers, values quoted with `\\`, `\"` and `\n` as the only
@@ -211,13 +198,6 @@ fn find<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Samp
                 && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
         })
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
-}
-
-fn number(s: &Sample) -> f64 {
-    match s.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        _ => panic!("{} is not a number: {:?}", s.metric, s.value),
-    }
 }
 
 #[tokio::test]

@@ -230,21 +230,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .unwrap_err();
     assert_eq!(big.code(), tonic::Code::InvalidArgument, "{big:?}");
 
-    let scrape = || async {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let resp = client
-            .get(format!("http://{metrics_addr}/metrics").parse().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        String::from_utf8(body.to_vec()).unwrap()
-    };
+    let scrape = || async { crate::support::metrics::scrape_text(metrics_addr).await.0 };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = scrape().await;

@@ -6,9 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::Scrape;
 
-use crate::support::{endpoints, pick, publish, MetricsBroker, Receiver};
+use crate::support::{
+    endpoints,
+    metrics::{number, scrape},
+    pick, publish, MetricsBroker, Receiver,
+};
 
 /// The stages, in the order an event passes them.
 const STAGES: [&str; 7] = [
@@ -23,29 +27,6 @@ const STAGES: [&str; 7] = [
 const SPANS: [&str; 6] = ["queue", "commit", "head", "wakeup", "dispatch", "http"];
 /// Gauges are seconds as `f64`: nanosecond stamps survive within this.
 const RESOLUTION: f64 = 1e-6;
-
-async fn scrape(addr: std::net::SocketAddr) -> Scrape {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let resp = client
-        .get(format!("http://{addr}/metrics").parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
-}
-
-fn number(s: &Sample) -> f64 {
-    match s.value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        _ => panic!("{} is not a number: {:?}", s.metric, s.value),
-    }
-}
 
 fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape

@@ -3,7 +3,7 @@
 //! webhook receiver ([`receiver`], [`signatures`]), event builders
 //! ([`events`]), gRPC helpers ([`client`], [`endpoints`], [`raw_grpc`]),
 //! the load of the crash tests ([`publishing`], [`answers`], [`rng`]),
-//! hostile input ([`hostile`]), an OAuth2 partner ([`oauth_partner`]), the
+//! hostile input ([`hostile`]), `/metrics` scrapes ([`metrics`]), an OAuth2 partner ([`oauth_partner`]), the
 //! console's HTTP client ([`console`]), two tenants ([`tenants`]), the
 //! data directory's files ([`files`]) and a real nats-server cluster for the
 //! cluster suite ([`nats`]).
@@ -21,6 +21,7 @@ pub mod events;
 pub mod files;
 pub mod hostile;
 pub mod ledger;
+pub mod metrics;
 pub mod nats;
 pub mod oauth_partner;
 pub mod process;
