@@ -53,6 +53,8 @@ pub fn tempdir() -> Result<tempfile::TempDir> {
 /// A broker running in this process via [`stevedore::run`].
 pub struct Broker {
     pub addr: SocketAddr,
+    /// Its `/metrics` listener, when started with [`Broker::with_metrics`].
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<()>>>,
     // Declared last: removed after the broker has stopped.
@@ -70,19 +72,76 @@ impl Broker {
 
     /// A broker with `config`. Calls made before it serves wait for it.
     pub async fn start(config: Config) -> Result<Self> {
+        Self::start_serving(config, false).await
+    }
+
+    /// A broker on a new, empty data directory with `tweak` applied to its
+    /// configuration and a `/metrics` listener on `127.0.0.1`.
+    pub async fn with_metrics(tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        let dir = tempdir()?;
+        let mut config = config(&dir.path().join("data"));
+        tweak(&mut config);
+        let mut broker = Self::start_serving(config, true).await?;
+        broker._dir = Some(dir);
+        Ok(broker)
+    }
+
+    async fn start_serving(config: Config, metrics: bool) -> Result<Self> {
         config.validate()?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match metrics {
+            true => Some(TcpListener::bind("127.0.0.1:0").await?),
+            false => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(stevedore::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(stevedore::run_with_metrics(
+            config,
+            listener,
+            metrics_listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok(Self {
             addr,
+            metrics_addr,
             stop: Some(stop),
             handle: Some(handle),
             _dir: None,
         })
+    }
+
+    /// The `stevedore_stall_*` samples of its `/metrics` (name with labels,
+    /// value), in exposition order; empty without a metrics listener.
+    pub async fn stall_samples(&self) -> Result<Vec<(String, f64)>> {
+        let Some(addr) = self.metrics_addr else {
+            return Ok(Vec::new());
+        };
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let resp = client
+            .get(format!("http://{addr}/metrics").parse()?)
+            .await
+            .context("GET /metrics")?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .context("reading /metrics")?
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).context("/metrics is not UTF-8")?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("stevedore_stall"))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect())
     }
 
     /// A new connection (one HTTP/2 connection per channel).

@@ -48,7 +48,12 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
     let (mut p50, mut p99, mut p999, mut max) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut stalls = Vec::new();
     for run in 0..runs {
-        let broker = Broker::fresh().await?;
+        // The broker's own stall log at the same threshold: where the time
+        // of its slow events went, inside the broker.
+        let broker = Broker::with_metrics(|c| {
+            c.stall_threshold = Duration::from_secs_f64(STALL_MS / 1000.0);
+        })
+        .await?;
         let rx = Receiver::start(receiver::Options {
             record: true,
             ..Default::default()
@@ -72,6 +77,7 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
         p99.push(harness::percentile(&mut lat, 99.0));
         p999.push(harness::percentile(&mut lat, 99.9));
         max.push(harness::percentile(&mut lat, 100.0));
+        let inside = broker.stall_samples().await?;
         broker.stop().await?;
         let log = StallLog::new(&calls, &arrivals, late);
         let line = format!(
@@ -84,7 +90,7 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
             log.stalls.len()
         );
         ctx.progress(&line);
-        println!("{line}\n{}", log.render());
+        println!("{line}\n{}{}", log.render(), broker_stall_log(&inside));
         stalls.push(log.stalls.len() as f64);
     }
     Ok(Section {
@@ -106,10 +112,62 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
             ),
             "every figure is per run (nearest-rank percentiles of its events; p99.9 of 3,000 is the 4th slowest); the table shows the median of the runs and, in min – max, the best and the worst run".into(),
             format!(
+                "the broker runs with stall_threshold = {STALL_MS} ms: each run also prints the broker's own stall log from /metrics (its slow events by largest span inside the broker: queue, commit, head, wakeup, dispatch, http; and fsync, zero-fill, state-flush and runtime-lag maxima)"
+            ),
+            format!(
                 "stall log (printed per run): the events over {STALL_MS} ms, grouped into episodes (publish starts less than {EPISODE_GAP_MS} ms apart), and for the slowest the time in each stage the benchmark sees: the publish call (start → response), start → request headers at the receiver, and the body read"
             ),
         ],
     })
+}
+
+/// The broker's stall log (`stall_threshold` = [`STALL_MS`]) from its
+/// `/metrics`: its slow events by their largest span inside the broker, and
+/// the causes it times (group-commit fsync, zero-fill waits, state flushes,
+/// runtime-probe lag) with their maxima and how many reached the threshold.
+/// The whole run, warm-up included.
+fn broker_stall_log(samples: &[(String, f64)]) -> String {
+    let label = |name: &str| -> String {
+        name.split_once("=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or_else(String::new, |(v, _)| v.to_owned())
+    };
+    fn of<'a>(
+        samples: &'a [(String, f64)],
+        family: &'a str,
+    ) -> impl Iterator<Item = &'a (String, f64)> + 'a {
+        samples
+            .iter()
+            .filter(move |(n, _)| n.starts_with(family) && n[family.len()..].starts_with('{'))
+    }
+    let mut out = String::new();
+    let stalls: Vec<String> = of(samples, "stevedore_stalls_total")
+        .map(|(n, v)| format!("{} {v}", label(n)))
+        .collect();
+    let total: f64 = of(samples, "stevedore_stalls_total").map(|(_, v)| v).sum();
+    let _ = writeln!(
+        out,
+        "  broker stall log: {total} events over {STALL_MS} ms inside the broker, by largest span: {}",
+        stalls.join(", ")
+    );
+    let over: HashMap<String, f64> = of(samples, "stevedore_stall_cause_over_threshold_total")
+        .map(|(n, v)| (label(n), *v))
+        .collect();
+    let causes: Vec<String> = of(samples, "stevedore_stall_cause_max_seconds")
+        .map(|(n, v)| {
+            let cause = label(n);
+            let n_over = over.get(&cause).copied().unwrap_or(0.0);
+            format!("{cause} max {:.2} ms ({n_over} over)", v * 1000.0)
+        })
+        .collect();
+    let _ = writeln!(out, "  broker causes: {}", causes.join(", "));
+    if let Some((_, g)) = samples
+        .iter()
+        .find(|(n, _)| n == "stevedore_stall_max_group_events")
+    {
+        let _ = writeln!(out, "  broker largest group commit: {g} events");
+    }
+    out
 }
 
 /// When one event's publish call started and when its response came.
