@@ -11,6 +11,7 @@ mod amplification;
 mod auth;
 mod cluster_failover;
 mod cluster_idempotency;
+mod cluster_leaderless;
 mod cluster_lease;
 mod cluster_log;
 mod cluster_preflight;

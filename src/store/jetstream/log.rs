@@ -30,6 +30,11 @@ pub const SERVER_MAX_BATCH: usize = 1000;
 /// Every this many messages of an atomic batch are sent as requests, so a
 /// batch the server dropped (a leader change) fails early, not at the commit.
 const BATCH_FLOW_EVERY: usize = 100;
+/// How often, and how far apart, a request that reached no server is sent
+/// again ([`EventStream`]'s `request`): about 5 s in all, longer than a
+/// stream leader election takes.
+const NO_RESPONDERS_ROUNDS: usize = 50;
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
 /// An atomic batch refused for holding stored ids is retried without them;
 /// a racing broker can store one of the rest meanwhile, so a few rounds.
 const DUPLICATE_ROUNDS: usize = 4;
@@ -313,6 +318,13 @@ impl EventStream {
     }
 
     /// A request on the stream's subjects, answered with a `PubAck`.
+    ///
+    /// "No responders" means that no server took the message: the stream
+    /// has no leader at the moment (an election), or the interest of a
+    /// new stream has not yet reached the node this client is connected
+    /// to. Nothing was stored, so the same message is sent again, for at
+    /// most [`NO_RESPONDERS_ROUNDS`] × [`NO_RESPONDERS_PAUSE`]; then the
+    /// error is the caller's (retriable).
     async fn request(
         &self,
         subject: &str,
@@ -320,11 +332,24 @@ impl EventStream {
         payload: Bytes,
         what: &'static str,
     ) -> Result<PubAckReply, JetStreamError> {
-        let reply = self
-            .client
-            .request_with_headers(subject.to_owned(), headers, payload)
-            .await
-            .map_err(|e| request_failed(what, e))?;
+        let mut round = 0;
+        let reply = loop {
+            match self
+                .client
+                .request_with_headers(subject.to_owned(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(reply) => break reply,
+                Err(e)
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders
+                        && round + 1 < NO_RESPONDERS_ROUNDS =>
+                {
+                    round += 1;
+                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
+                }
+                Err(e) => return Err(request_failed(what, e)),
+            }
+        };
         let ack = PubAckReply::parse(&reply.payload, what)?;
         Ok(ack)
     }
