@@ -203,14 +203,7 @@ fn find<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Samp
 #[tokio::test]
 async fn metrics_exposition_parses_and_carries_the_broker_s_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let config = stevedore::config::Config {
-        data_dir: dir.path().join("data"),
-        allow_http: true,
-        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
-        metrics_listen: None,
-        console_listen: None,
-        ..Default::default()
-    };
+    let config = crate::support::server::metrics_config(dir.path());
     let broker = crate::support::MetricsBroker::start(config).await;
     let (metrics_addr, channel) = (broker.metrics_addr, broker.channel.clone());
     let rx = Receiver::start().await;

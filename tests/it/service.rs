@@ -162,14 +162,9 @@ async fn graceful_shutdown_ends_streams_and_keeps_everything() {
 async fn metrics_are_served_in_the_prometheus_format() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let config = stevedore::config::Config {
-        data_dir: dir.path().join("data"),
-        allow_http: true,
-        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
-        metrics_listen: None,
-        console_listen: None,
         // Short, so a silent connection is closed within the test.
         handshake_timeout: Duration::from_millis(300),
-        ..Default::default()
+        ..crate::support::server::metrics_config(dir.path())
     };
     let broker = crate::support::MetricsBroker::start(config).await;
     let (addr, metrics_addr, channel) = (broker.addr, broker.metrics_addr, broker.channel.clone());

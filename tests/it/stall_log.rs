@@ -51,14 +51,9 @@ fn stalls(scrape: &Scrape) -> f64 {
 async fn stall_log_reports_an_event_s_stages_in_order_summing_to_its_delivery_time() {
     let dir = tempfile::tempdir().unwrap();
     let config = stevedore::config::Config {
-        data_dir: dir.path().join("data"),
-        allow_http: true,
-        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
-        metrics_listen: None,
-        console_listen: None,
         // Every event is over it.
         stall_threshold: Duration::from_nanos(1),
-        ..Default::default()
+        ..crate::support::server::metrics_config(dir.path())
     };
     let broker = MetricsBroker::start(config).await;
     let rx = Receiver::start().await;

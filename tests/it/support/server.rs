@@ -251,6 +251,20 @@ pub fn data_path(server: &TestServer) -> PathBuf {
     server.config.data_dir.clone()
 }
 
+/// The configuration of a [`MetricsBroker`]: data under `dir`, plain-HTTP
+/// receivers on loopback allowed, no metrics or console address of its own
+/// (the metrics listener is passed bound).
+pub fn metrics_config(dir: &std::path::Path) -> Config {
+    Config {
+        data_dir: dir.join("data"),
+        allow_http: true,
+        allow_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        metrics_listen: None,
+        console_listen: None,
+        ..Default::default()
+    }
+}
+
 /// The broker in this process with its `/metrics` listener, for the tests
 /// that scrape it: `config` as given, both listeners on loopback ports.
 pub struct MetricsBroker {
