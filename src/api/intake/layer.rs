@@ -101,8 +101,21 @@ struct IntakeBody {
 }
 
 impl IntakeBody {
-    fn hold(&self, r: Reservation) {
+    /// Takes `bytes` of the in-flight budget for this request, held until
+    /// it is done; refused when the budget is spent.
+    fn reserve(&self, bytes: usize) -> Result<(), Status> {
+        let r = self.intake.budget.try_reserve(bytes).ok_or_else(|| {
+            self.intake.refused(
+                "inflight_budget",
+                Status::resource_exhausted(format!(
+                    "the broker already holds max_inflight_request_bytes ({}) \
+                     of requests; retry later",
+                    self.intake.budget.max
+                )),
+            )
+        })?;
         self.held.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        Ok(())
     }
 
     /// Moves complete, checked messages from `buf` to `ready`.
@@ -145,17 +158,7 @@ impl IntakeBody {
                         // A stream holds its latest message only.
                         self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     }
-                    let r = self.intake.budget.try_reserve(len + 5).ok_or_else(|| {
-                        self.intake.refused(
-                            "inflight_budget",
-                            Status::resource_exhausted(format!(
-                                "the broker already holds max_inflight_request_bytes ({}) \
-                                 of requests; retry later",
-                                self.intake.budget.max
-                            )),
-                        )
-                    })?;
-                    self.hold(r);
+                    self.reserve(len + 5)?;
                     self.buf.reserve((len + 5).saturating_sub(self.buf.len()));
                     self.header = Some((compressed, len));
                     (compressed, len)
@@ -168,17 +171,7 @@ impl IntakeBody {
             self.header = None;
             if let (false, Some(shape)) = (compressed, self.method.input) {
                 let estimate = self.intake.scan(shape, &message[5..])?;
-                let r = self.intake.budget.try_reserve(estimate).ok_or_else(|| {
-                    self.intake.refused(
-                        "inflight_budget",
-                        Status::resource_exhausted(format!(
-                            "the broker already holds max_inflight_request_bytes ({}) \
-                             of requests; retry later",
-                            self.intake.budget.max
-                        )),
-                    )
-                })?;
-                self.hold(r);
+                self.reserve(estimate)?;
             }
             // Compressed messages go on unchecked: the server accepts no
             // compression, so tonic refuses them without decoding.

@@ -12,10 +12,9 @@ use stevedore::pb::{
     subscribe_request::Start, subscriber_client::SubscriberClient, AckMode, GetEventRequest,
     SubscribeRequest,
 };
-use tonic::Code;
 
 use super::{events::expected_payload, CALL_TIMEOUT, SCAN_TIMEOUT};
-use crate::support::{connect, status_text};
+use crate::support::{connect, log_has_event, status_text};
 
 pub(super) struct Checked {
     pub(super) head: u64,
@@ -116,20 +115,10 @@ pub(super) async fn check_log(
             Err(_) => {
                 // Idle: is there anything after what we have?
                 let probe = log.last().map_or(1, |(o, _)| o + 1);
-                match tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    client.get_event(GetEventRequest {
-                        offset: probe,
-                        ..Default::default()
-                    }),
-                )
-                .await
-                {
-                    Err(_) => return Err(format!("GetEvent({probe}) timed out")),
-                    Ok(Err(s)) if s.code() == Code::NotFound => break,
-                    Ok(Err(s)) => return Err(format!("GetEvent({probe}): {}", status_text(&s))),
-                    Ok(Ok(_)) => {} // the stream is just slow; keep reading
+                if !log_has_event(&mut client, probe, CALL_TIMEOUT).await? {
+                    break;
                 }
+                // Else the stream is just slow; keep reading.
             }
         }
     }

@@ -45,7 +45,7 @@ pub use ledger::Ledger;
 pub use process::{
     all_stderr, broker_panics, connect, failure_text, read_stderr, start_server_with_env, Server,
 };
-pub use publishing::{mode_name, publish_in_mode, status_text, Mode};
+pub use publishing::{log_has_event, mode_name, publish_in_mode, status_text, Mode};
 pub use raw_grpc::{frame, percent_decode, percent_decode_bytes};
 pub use receiver::{Behavior, Receiver, Recorded, HALF_WRITTEN_MISSING, HOOK_PATH};
 pub use rng::{seed, Rng};

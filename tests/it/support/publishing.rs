@@ -30,6 +30,26 @@ pub fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
+/// Whether the log holds an event at `offset` (`GetEvent`; `NOT_FOUND`:
+/// not yet), asked within `timeout`: how the crash checkers tell a slow
+/// Subscribe stream from the end of the log.
+pub async fn log_has_event(
+    client: &mut pb::subscriber_client::SubscriberClient<Channel>,
+    offset: u64,
+    timeout: std::time::Duration,
+) -> Result<bool, String> {
+    let request = pb::GetEventRequest {
+        offset,
+        ..Default::default()
+    };
+    match tokio::time::timeout(timeout, client.get_event(request)).await {
+        Err(_) => Err(format!("GetEvent({offset}) timed out")),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(false),
+        Ok(Err(s)) => Err(format!("GetEvent({offset}): {}", status_text(&s))),
+        Ok(Ok(_)) => Ok(true),
+    }
+}
+
 /// One publish call. Acks received are pushed to `acks` as they arrive, so a
 /// call that fails (or is cancelled by a timeout) midway keeps them.
 pub async fn publish_in_mode(
