@@ -165,21 +165,29 @@ impl StateWriterThread {
     /// Applies each table's batch (tables without one are not touched:
     /// every `apply_batch` takes sled's global write lock) to the open
     /// database, which it returns for the sync.
-    fn apply(&self, batches: [Option<sled::Batch>; Table::ALL.len()]) -> Result<Arc<OpenDb>> {
+    fn apply(&self, mut batches: [Option<sled::Batch>; Table::ALL.len()]) -> Result<Arc<OpenDb>> {
         let db = self.state.current()?;
         // Consumer positions last: an ack written with the records it
         // finishes (`Consumer::ack_with`) must not be durable without them,
         // and sled recovers a prefix of what was applied. A flush running
         // meanwhile (the previous group's) may persist part of this group:
         // a prefix, so never a position without its records.
-        let [consumers, rest @ ..] = batches;
-        for (table, batch) in Table::ALL[1..].iter().zip(rest) {
-            if let Some(batch) = batch {
-                db.tables.get(*table).apply_batch(batch)?;
+        //
+        // Attempts before delivery records: readers see applied state, and
+        // a delivery record (DELIVERED, say) must not be seen before the
+        // attempt that it counts (ListAttempts, RenderDelivery's timestamp;
+        // admin_api's render test once saw the record without it).
+        const ORDER: [Table; 5] = [
+            Table::Endpoints,
+            Table::Attempts,
+            Table::Deliveries,
+            Table::Audit,
+            Table::Consumers,
+        ];
+        for table in ORDER {
+            if let Some(batch) = batches[table as usize].take() {
+                db.tables.get(table).apply_batch(batch)?;
             }
-        }
-        if let Some(batch) = consumers {
-            db.tables.get(Table::Consumers).apply_batch(batch)?;
         }
         Ok(db)
     }
