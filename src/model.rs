@@ -8,6 +8,8 @@
 
 pub mod audit;
 pub mod delivery;
+pub mod endpoint;
+pub mod time;
 
 use std::{fmt, time::SystemTime};
 
