@@ -29,7 +29,7 @@ impl Endpoints {
         id: &str,
     ) -> Result<(String, AttemptRecord, bool)> {
         let record = self.record(scope, id)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
         let now = convert::timestamp(SystemTime::now());
         let event = pb::Event {
@@ -93,7 +93,7 @@ impl Endpoints {
             event_type: event.event_type.to_string(),
             ..Default::default()
         };
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         if let Some(why) = spec.filter.exclusion(&event) {
             out.reason = why;
             return Ok(out);

@@ -80,13 +80,13 @@ impl Endpoints {
         let event = scope.event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
         let tenant = crate::model::event_tenant(&event.event);
-        if !record.endpoint().tenant.is_empty() && record.endpoint().tenant != tenant {
+        if !record.endpoint.tenant.is_empty() && record.endpoint.tenant != tenant {
             return Err(Error::FailedPrecondition(format!(
                 "event {offset} does not belong to the endpoint's tenant {:?}",
-                record.endpoint().tenant
+                record.endpoint.tenant
             )));
         }
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
         if endpoint_body(&spec, rendered.into())
@@ -165,7 +165,7 @@ impl Endpoints {
     ) -> Result<pb::RenderDeliveryResponse> {
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
         let body = endpoint_body(&spec, Bytes::from(rendered.clone()))
