@@ -8,12 +8,14 @@
 //! - [`audit`]: audit records as the API shows them;
 //! - [`delivery`]: delivery records and attempts as the API shows them;
 //! - [`endpoint`]: webhook endpoints into the domain and back, and
-//!   UpdateEndpoint's field mask.
+//!   UpdateEndpoint's field mask;
+//! - [`ops`]: the broker's own events into log events.
 
 pub mod audit;
 pub mod delivery;
 pub mod endpoint;
 pub mod event;
+pub mod ops;
 pub(crate) mod tenant;
 
 pub(crate) use event::MAX_ATTRIBUTES;

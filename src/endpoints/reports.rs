@@ -123,7 +123,7 @@ impl Endpoints {
         &self,
         event_type: &'static str,
         endpoint_id: &str,
-        data: prost_types::Struct,
+        data: ops::Fields,
     ) -> Result<()> {
         // A tenant's endpoint's events belong to that tenant, so its own
         // subscribers and endpoints can take them.
