@@ -150,9 +150,9 @@ impl Endpoints {
     }
 
     /// Changes endpoint `id`: `change` sets the named `fields` (the update
-    /// mask's, merged at the edge), then the custom `headers` edits apply;
-    /// the result is validated as a whole and the worker restarted with
-    /// it.
+    /// mask's paths as snake_case field names; the edge merges them), then
+    /// the custom `headers` edits apply; the result is validated as a
+    /// whole and the worker restarted with it.
     pub async fn update(
         &self,
         scope: &Scope,
