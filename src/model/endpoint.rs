@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::Offset;
+use super::{delivery::DeliveryRecord, Offset};
 
 /// Shown instead of custom header values and other secrets.
 pub const REDACTED: &str = "<redacted>";
@@ -206,4 +206,39 @@ pub struct EndpointView {
     pub backlog: u64,
     /// While a rotated-out signing secret still signs, until when.
     pub previous_secret_expires_at: Option<SystemTime>,
+}
+
+/// Why an endpoint did or did not get an event (ExplainEvent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The event's offset.
+    pub offset: Offset,
+    /// Its type.
+    pub event_type: String,
+    /// Whether the endpoint's filters select it.
+    pub matches: bool,
+    /// Why, in words.
+    pub reason: String,
+    /// Its delivery record, if there is one.
+    pub delivery: Option<DeliveryRecord>,
+}
+
+/// The request an endpoint gets for an event, as RenderDelivery shows it:
+/// custom header values redacted, signed now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedRequest {
+    /// `POST`.
+    pub method: String,
+    /// The endpoint's URL.
+    pub url: String,
+    /// Every header, in the order sent (name, value).
+    pub headers: Vec<(String, String)>,
+    /// What the signature covers: `{id}.{timestamp}.{body}`.
+    pub signed_content: String,
+    /// The body.
+    pub body: String,
+    /// Whether the timestamp is the last attempt's (else: now).
+    pub timestamp_from_last_attempt: bool,
+    /// Whether the endpoint's filters select the event.
+    pub matches: bool,
 }

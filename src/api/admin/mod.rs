@@ -372,11 +372,10 @@ impl Admin for AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(self.endpoints.explain(
-            &scope,
-            &req.endpoint_id,
-            offset,
-        )?))
+        let explanation = self.endpoints.explain(&scope, &req.endpoint_id, offset)?;
+        Ok(Response::new(convert::delivery::explanation_to_pb(
+            &explanation,
+        )))
     }
 
     async fn list_consumers(
