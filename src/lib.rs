@@ -14,9 +14,12 @@
 //! - [`config`] — typed configuration, every default in one place.
 //! - [`error`] — the crate error and its one mapping to `tonic::Status`.
 //! - [`pb`] — generated protobuf and gRPC code only.
-//! - [`convert`] — validation of wire input into domain types.
-//! - [`model`] — domain types: offsets, event types, stored events, and
-//!   the rule that gives an event its tenant.
+//! - [`convert`] — the edge between protobuf and the domain: validation of
+//!   wire input into domain types (events, endpoints, UpdateEndpoint's
+//!   field mask) and domain types as the API shows them.
+//! - [`model`] — domain types: offsets, event types, stored events, the
+//!   webhook endpoint, delivery and audit records, the broker's own events,
+//!   and the rule that gives an event its tenant.
 //! - [`store`] — events in the segment log (`store/log`) with its id
 //!   index; beside it, sled keeps only state, behind typed stores
 //!   (endpoints, deliveries, consumers, audit); the writer

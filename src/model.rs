@@ -8,6 +8,9 @@
 
 pub mod audit;
 pub mod delivery;
+pub mod endpoint;
+pub mod ops;
+pub mod time;
 
 use std::{fmt, time::SystemTime};
 

@@ -1,10 +1,15 @@
 //! Delivery records and attempts as the API shows them: the domain's
 //! [`DeliveryRecord`] and [`AttemptRecord`] to `pb::Delivery` and
 //! `pb::Attempt`, with the fields that are derived when read (the
-//! `webhook-id`), and delivery states both ways.
+//! `webhook-id`), and delivery states both ways; why an endpoint got an
+//! event or not (ExplainEvent), and the request a delivery sends
+//! (RenderDelivery).
 
 use crate::{
-    model::delivery::{webhook_id, AttemptRecord, DeliveryRecord, DeliveryState},
+    model::{
+        delivery::{webhook_id, AttemptRecord, DeliveryRecord, DeliveryState},
+        endpoint::{Explanation, RenderedRequest},
+    },
     pb,
 };
 
@@ -24,6 +29,37 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
         last_error: record.last_error.clone(),
         superseded_by: record.superseded_by,
         webhook_id: webhook_id(&record.event_id).into_owned(),
+    }
+}
+
+/// An [`Explanation`] as ExplainEvent answers it.
+pub fn explanation_to_pb(e: &Explanation) -> pb::ExplainEventResponse {
+    pb::ExplainEventResponse {
+        offset: e.offset,
+        event_type: e.event_type.clone(),
+        matches: e.matches,
+        reason: e.reason.clone(),
+        delivery: e.delivery.as_ref().map(delivery_to_pb),
+    }
+}
+
+/// A [`RenderedRequest`] as RenderDelivery answers it.
+pub fn rendered_request_to_pb(r: &RenderedRequest) -> pb::RenderDeliveryResponse {
+    pb::RenderDeliveryResponse {
+        method: r.method.clone(),
+        url: r.url.clone(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(name, value)| pb::RenderedHeader {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        signed_content: r.signed_content.clone(),
+        body: r.body.clone(),
+        timestamp_from_last_attempt: r.timestamp_from_last_attempt,
+        matches: r.matches,
     }
 }
 

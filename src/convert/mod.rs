@@ -6,11 +6,16 @@
 //! - [`event`]: published events, validated into `NewEvent`s;
 //! - `tenant.rs`: a published event's tenant fields, checked;
 //! - [`audit`]: audit records as the API shows them;
-//! - [`delivery`]: delivery records and attempts as the API shows them.
+//! - [`delivery`]: delivery records and attempts as the API shows them;
+//! - [`endpoint`]: webhook endpoints into the domain and back, and
+//!   UpdateEndpoint's field mask;
+//! - [`ops`]: the broker's own events into log events.
 
 pub mod audit;
 pub mod delivery;
+pub mod endpoint;
 pub mod event;
+pub mod ops;
 pub(crate) mod tenant;
 
 pub(crate) use event::MAX_ATTRIBUTES;

@@ -30,5 +30,4 @@ pub mod worker;
 pub use endpoint::endpoint_body;
 pub use supervisor::{Control, DeliveryDeps};
 
-/// Shown instead of custom header values and other secrets.
-pub const REDACTED: &str = "<redacted>";
+pub use crate::model::endpoint::REDACTED;

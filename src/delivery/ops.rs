@@ -5,13 +5,17 @@
 
 use std::time::SystemTime;
 
-use prost_types::{value::Kind, Struct, Value};
-
 use crate::{
     convert,
-    model::{delivery::DeliveryRecord, EventType, NewEvent, Offset},
-    pb,
+    model::{
+        delivery::DeliveryRecord,
+        ops::{OpsEvent, OpsValue},
+        NewEvent, Offset,
+    },
 };
+
+/// An event's body: its fields in order.
+pub type Fields = Vec<(&'static str, OpsValue)>;
 
 /// An endpoint was disabled (410 Gone, auto-disable).
 pub const ENDPOINT_DISABLED: &str = crate::model::BROKER_EVENT_TYPES[0];
@@ -26,27 +30,17 @@ pub const ADMIN_CHANGED: &str = crate::model::BROKER_EVENT_TYPES[4];
 
 /// A broker event about `endpoint_id` (its ordering key: one endpoint's
 /// events stay in order), belonging to the endpoint's `tenant`.
-pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Struct) -> NewEvent {
-    let now = SystemTime::now();
-    NewEvent {
-        event: pb::Event {
-            id: ulid::Ulid::from_datetime(now).to_string(),
-            occurred_at: Some(convert::timestamp(now)),
-            ordering_key: endpoint_id.to_owned(),
-            attributes: Default::default(),
-            tenant: tenant.to_owned(),
-            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
-                r#type: event_type.to_owned(),
-                data: Some(data),
-            })),
-        },
-        event_type: EventType::from_static(event_type),
-        id_assigned: true,
-    }
+pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Fields) -> NewEvent {
+    convert::ops::new_event(OpsEvent {
+        event_type,
+        key: endpoint_id.to_owned(),
+        tenant: tenant.to_owned(),
+        fields: data,
+    })
 }
 
 /// The body of the delivery events.
-pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) -> Struct {
+pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) -> Fields {
     let mut fields = vec![
         ("endpointId", s(endpoint_id)),
         ("offset", n(offset as f64)),
@@ -59,31 +53,25 @@ pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) ->
     if let Some(t) = d.next_attempt_at {
         fields.push(("nextAttemptAt", time(t)));
     }
-    self::fields(fields)
+    fields
 }
 
-/// A struct from key/value pairs.
-pub fn fields<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
-    Struct {
-        fields: pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-    }
+/// A body from key/value pairs.
+pub fn fields(pairs: impl IntoIterator<Item = (&'static str, OpsValue)>) -> Fields {
+    pairs.into_iter().collect()
 }
 
 /// A string value.
-pub fn s(v: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(v.to_owned())),
-    }
+pub fn s(v: &str) -> OpsValue {
+    OpsValue::Text(v.to_owned())
 }
 
 /// A number value.
-pub fn n(v: f64) -> Value {
-    Value {
-        kind: Some(Kind::NumberValue(v)),
-    }
+pub fn n(v: f64) -> OpsValue {
+    OpsValue::Number(v)
 }
 
 /// A time as an ISO 8601 string.
-pub fn time(t: SystemTime) -> Value {
-    s(&crate::webhook::iso8601(&convert::timestamp(t)))
+pub fn time(t: SystemTime) -> OpsValue {
+    OpsValue::Text(crate::webhook::iso8601_at(t))
 }

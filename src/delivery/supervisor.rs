@@ -33,7 +33,6 @@ use super::{
 use crate::{
     config::Config,
     consumer::Consumers,
-    convert,
     error::Result,
     metrics::Metrics,
     model::{delivery::DeliveryRecord, Offset},
@@ -198,7 +197,7 @@ impl Supervisor {
         record: &EndpointRecord,
         spec: EndpointSpec,
     ) -> Result<()> {
-        let id = record.endpoint().id.clone();
+        let id = record.endpoint.id.clone();
         stop(workers, &id).await;
         let consumer = self.consumers.get(&consumer_name(&id))?;
         consumer.set_filter(spec.filter.clone());
@@ -224,11 +223,7 @@ impl Supervisor {
             config: self.config.clone(),
             control: self.control.clone(),
             view: view.clone(),
-            failing_since: record
-                .endpoint()
-                .failing_since
-                .as_ref()
-                .and_then(|t| convert::system_time("failing_since", t).ok()),
+            failing_since: record.endpoint.failing_since,
             metrics: self.metrics.clone(),
             broker_shutdown: self.shutdown.clone(),
             outcomes: self.outcomes.clone(),

@@ -40,8 +40,8 @@ impl Endpoints {
         let mut ids = Vec::new();
         for v in self.store.endpoints().all() {
             let r = self.decode_record(&v?)?;
-            if r.endpoint().tenant == tenant {
-                ids.push(r.endpoint().id.clone());
+            if r.endpoint.tenant == tenant {
+                ids.push(r.endpoint.id.clone());
             }
         }
         for id in &ids {

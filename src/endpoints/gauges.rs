@@ -14,13 +14,13 @@ impl Endpoints {
             .all()
             .map(|v| {
                 let r = self.decode_record(&v?)?;
-                let e = r.endpoint();
+                let e = &r.endpoint;
                 let backlog = self.backlog(e, head);
                 Ok((
                     e.id.clone(),
                     backlog,
                     self.metrics.dead.get(&e.id),
-                    e.enabled != Some(false),
+                    e.enabled,
                 ))
             })
             .collect()

@@ -2,12 +2,9 @@
 //! secret, replay. Each change holds the supervisor's lock while it writes
 //! the record and starts, restarts or stops the endpoint's worker.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{
-    edits::{merge, snake_case},
-    Endpoints, HeaderEdits,
-};
+use super::{Endpoints, HeaderEdits};
 use crate::{
     consumer::CreateSpec,
     convert,
@@ -16,8 +13,10 @@ use crate::{
         signing::Secret,
     },
     error::{Error, Result},
-    model::Offset,
-    pb,
+    model::{
+        endpoint::{Endpoint, EndpointView, Start},
+        Offset,
+    },
     tenant::{self, Scope},
 };
 
@@ -26,11 +25,11 @@ impl Endpoints {
     pub async fn create(
         &self,
         scope: &Scope,
-        mut endpoint: pb::Endpoint,
-    ) -> Result<(pb::Endpoint, String)> {
+        mut endpoint: Endpoint,
+    ) -> Result<(EndpointView, String)> {
         endpoint.tenant = scope.assign("endpoint.tenant", &endpoint.tenant)?;
         tenant::check_known(&self.config.tenants, "endpoint.tenant", &endpoint.tenant)?;
-        let spec = EndpointSpec::from_pb(&endpoint, &self.config)?;
+        let spec = EndpointSpec::validate(&endpoint, &self.config)?;
         endpoint::refuse_what_never_matches(&endpoint, &|_| true)?;
         endpoint::check_egress(&spec.url, self.supervisor.guard())?;
         if let Some(o) = &spec.oauth2 {
@@ -48,27 +47,26 @@ impl Endpoints {
             )));
         }
         self.check_tenant_endpoints(&endpoint.tenant)?;
-        let start = match &endpoint.start {
-            None | Some(pb::endpoint::Start::StartLatest(_)) => self.store.head(),
-            Some(pb::endpoint::Start::StartEarliest(_)) => self.store.first_offset()?,
-            Some(pb::endpoint::Start::StartOffset(o)) => {
-                convert::start_offset("endpoint.start_offset", *o, self.store.head())?.max(1)
+        let start = match endpoint.start {
+            None | Some(Start::Latest) => self.store.head(),
+            Some(Start::Earliest) => self.store.first_offset()?,
+            Some(Start::Offset(o)) => {
+                convert::start_offset("endpoint.start_offset", o, self.store.head())?.max(1)
             }
-            Some(pb::endpoint::Start::StartTime(t)) => self
-                .store
-                .offset_at_time(convert::system_time("endpoint.start_time", t)?)?,
+            // Before 1970: from the first event.
+            Some(Start::Time(t)) => self.store.offset_at_time(t.max(UNIX_EPOCH))?,
         };
-        let now = convert::timestamp(SystemTime::now());
+        let now = SystemTime::now();
         let id = format!("ep_{}", ulid::Ulid::new());
         endpoint.id = id.clone();
-        endpoint.enabled = Some(spec.enabled);
+        endpoint.enabled = spec.enabled;
         endpoint.created_at = Some(now);
         endpoint.updated_at = Some(now);
         endpoint.disabled_reason.clear();
-        endpoint.backlog = 0;
+        endpoint.failing_since = None;
         let secret = Secret::generate();
         let record = EndpointRecord {
-            endpoint: Some(endpoint),
+            endpoint,
             secret: secret.as_bytes().to_vec(),
             ..Default::default()
         };
@@ -104,7 +102,7 @@ impl Endpoints {
         }
         let mut n = 0;
         for v in self.store.endpoints().all() {
-            if self.decode_record(&v?)?.endpoint().tenant == tenant {
+            if self.decode_record(&v?)?.endpoint.tenant == tenant {
                 n += 1;
             }
         }
@@ -117,7 +115,7 @@ impl Endpoints {
     }
 
     /// One endpoint (without secrets).
-    pub fn get(&self, scope: &Scope, id: &str) -> Result<pb::Endpoint> {
+    pub fn get(&self, scope: &Scope, id: &str) -> Result<EndpointView> {
         Ok(self.view(&self.record(scope, id)?))
     }
 
@@ -127,12 +125,12 @@ impl Endpoints {
         scope: &Scope,
         page_size: usize,
         after: &str,
-    ) -> Result<(Vec<pb::Endpoint>, String)> {
+    ) -> Result<(Vec<EndpointView>, String)> {
         let mut out = Vec::new();
         for v in self.store.endpoints().after(after) {
             let v = v?;
             let record = self.decode_record(&v)?;
-            if !scope.sees(&record.endpoint().tenant) {
+            if !scope.sees(&record.endpoint.tenant) {
                 continue;
             }
             out.push(self.view(&record));
@@ -142,41 +140,32 @@ impl Endpoints {
         }
         let next = if out.len() > page_size {
             out.truncate(page_size);
-            out.last().map(|e| e.id.clone()).unwrap_or_default()
+            out.last()
+                .map(|v| v.endpoint.id.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };
         Ok((out, next))
     }
 
-    /// Applies `fields` of `update` and restarts the worker with the new
-    /// configuration.
+    /// Changes endpoint `id`: `change` sets the named `fields` (the update
+    /// mask's paths as snake_case field names; the edge merges them), then
+    /// the custom `headers` edits apply; the result is validated as a
+    /// whole and the worker restarted with it.
     pub async fn update(
         &self,
         scope: &Scope,
-        update: pb::Endpoint,
-        fields: &[String],
-    ) -> Result<pb::Endpoint> {
-        self.update_with(scope, update, fields, &HeaderEdits::default())
-            .await
-    }
-
-    /// [`Endpoints::update`], plus custom header changes by name.
-    pub async fn update_with(
-        &self,
-        scope: &Scope,
-        update: pb::Endpoint,
+        id: &str,
         fields: &[String],
         headers: &HeaderEdits,
-    ) -> Result<pb::Endpoint> {
-        // Field-mask paths name proto fields; JSON clients write camelCase.
-        let fields: Vec<String> = fields.iter().map(|f| snake_case(f)).collect();
-        let fields = fields.as_slice();
+        change: impl FnOnce(&mut Endpoint) -> Result<()>,
+    ) -> Result<EndpointView> {
         let mut workers = self.supervisor.lock().await;
-        let mut record = self.record(scope, &update.id)?;
-        let mut e = record.endpoint().clone();
-        let was_enabled = e.enabled != Some(false);
-        merge(&mut e, update, fields)?;
+        let mut record = self.record(scope, id)?;
+        let mut e = record.endpoint.clone();
+        let was_enabled = e.enabled;
+        change(&mut e)?;
         if !headers.is_empty() && fields.iter().any(|f| f == "headers") {
             return Err(Error::invalid(
                 "set_headers",
@@ -184,12 +173,12 @@ impl Endpoints {
             ));
         }
         headers.apply(&mut e.headers)?;
-        let spec = EndpointSpec::from_pb(&e, &self.config)?;
+        let spec = EndpointSpec::validate(&e, &self.config)?;
         endpoint::refuse_what_never_matches(&e, &|name| fields.iter().any(|f| f == name))?;
         if spec.enabled && !was_enabled && e.failing_since.is_some() {
             // Re-enabled: still failing until a success (which announces the
             // recovery), but the auto-disable clock starts again.
-            e.failing_since = Some(convert::timestamp(SystemTime::now()));
+            e.failing_since = Some(SystemTime::now());
         }
         if fields.iter().any(|f| f == "url") {
             endpoint::check_egress(&spec.url, self.supervisor.guard())?;
@@ -206,11 +195,11 @@ impl Endpoints {
         if spec.enabled {
             e.disabled_reason.clear();
         }
-        e.enabled = Some(spec.enabled);
-        e.updated_at = Some(convert::timestamp(SystemTime::now()));
-        record.endpoint = Some(e);
+        e.enabled = spec.enabled;
+        e.updated_at = Some(SystemTime::now());
+        record.endpoint = e;
         self.put_record(&record).await?;
-        let id = record.endpoint().id.clone();
+        let id = record.endpoint.id.clone();
         if spec.enabled {
             self.supervisor.start(&mut workers, &record, spec).await?;
         } else {

@@ -9,7 +9,8 @@
 //!
 //! The operations are split by job:
 //! - [`lifecycle`]: create, get, list, update, delete, rotate the secret,
-//!   replay; [`edits`]: the update mask and header edits;
+//!   replay; [`edits`]: header edits by name (the update mask is merged at
+//!   the edge, `convert::endpoint::mask`);
 //! - [`probe`]: a signed test request, and why an event was (not) sent;
 //! - [`queries`]: listing deliveries and attempts;
 //! - [`resend`]: retrying one delivery, re-sending one event, rendering the
@@ -41,17 +42,18 @@ use std::{sync::Arc, time::SystemTime};
 use crate::{
     config::Config,
     consumer::Consumers,
-    convert,
     delivery::{
         endpoint::{self, consumer_name, EndpointRecord, EndpointSpec},
         ops,
         supervisor::{DeliveryDeps, Supervisor},
-        REDACTED,
     },
     error::{Error, Result},
     metrics::Metrics,
-    model::{delivery::DeliveryRecord, EventFilter, Offset},
-    pb,
+    model::{
+        delivery::DeliveryRecord,
+        endpoint::{Endpoint, EndpointView},
+        EventFilter, Offset,
+    },
     store::{StateWrites, Store},
     tenant::Scope,
 };
@@ -90,7 +92,7 @@ impl Endpoints {
         {
             let mut workers = this.supervisor.lock().await;
             for r in &records {
-                match EndpointSpec::from_pb(r.endpoint(), &this.config) {
+                match EndpointSpec::validate(&r.endpoint, &this.config) {
                     Ok(spec) if spec.enabled => {
                         this.supervisor.start(&mut workers, r, spec).await?
                     }
@@ -101,7 +103,7 @@ impl Endpoints {
                     // the setting named, so it can be fixed through the
                     // Admin API (UpdateEndpoint, then enable).
                     Err(Error::InvalidArgument { field, message }) => {
-                        let id = r.endpoint().id.clone();
+                        let id = r.endpoint.id.clone();
                         let reason = format!(
                             "endpoint {id} does not fit the broker's configuration: {field}: \
                              {message}; fix it with UpdateEndpoint, then enable it"
@@ -111,12 +113,11 @@ impl Endpoints {
                             %reason,
                             "endpoint disabled at start: it does not fit the configuration"
                         );
-                        let e = r.endpoint();
-                        if e.enabled != Some(false) || e.disabled_reason != reason {
+                        let e = &r.endpoint;
+                        if e.enabled || e.disabled_reason != reason {
                             this.modify(&id, |r| {
-                                let e = r.endpoint.as_mut().expect("stored with endpoint");
-                                e.enabled = Some(false);
-                                e.disabled_reason = reason.clone();
+                                r.endpoint.enabled = false;
+                                r.endpoint.disabled_reason = reason.clone();
                                 Ok(())
                             })
                             .await?;
@@ -172,7 +173,7 @@ impl Endpoints {
             // the configured key (or its absence) cannot open it.
             let r = EndpointRecord::from_stored(&v, key)?;
             if key.is_some() && !EndpointRecord::is_sealed(&v) {
-                to_seal.put_endpoint(&r.endpoint().id, r.to_stored(key));
+                to_seal.put_endpoint(&r.endpoint.id, r.to_stored(key));
             }
             records.push(r);
         }
@@ -226,7 +227,7 @@ impl Endpoints {
         let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
         let bytes = self.store.endpoints().get(id)?.ok_or_else(not_found)?;
         let record = self.decode_record(&bytes)?;
-        scope.check(&record.endpoint().tenant, not_found)?;
+        scope.check(&record.endpoint.tenant, not_found)?;
         Ok(record)
     }
 
@@ -238,10 +239,7 @@ impl Endpoints {
     async fn put_record(&self, r: &EndpointRecord) -> Result<()> {
         self.store
             .endpoints()
-            .put(
-                &r.endpoint().id,
-                r.to_stored(self.config.master_key.as_ref()),
-            )
+            .put(&r.endpoint.id, r.to_stored(self.config.master_key.as_ref()))
             .await
     }
 
@@ -254,41 +252,32 @@ impl Endpoints {
     ) -> Result<EndpointRecord> {
         let mut r = self.record(&Scope::Global, id)?;
         f(&mut r)?;
-        if let Some(e) = r.endpoint.as_mut() {
-            e.updated_at = Some(convert::timestamp(SystemTime::now()));
-        }
+        r.endpoint.updated_at = Some(SystemTime::now());
         self.put_record(&r).await?;
         Ok(r)
     }
 
     /// An endpoint as the API shows it: header values and other secrets
-    /// redacted (they are often credentials), its backlog filled in, and
-    /// while a rotated-out secret is still accepted, until when.
-    fn view(&self, record: &EndpointRecord) -> pb::Endpoint {
-        let mut e = record.endpoint().clone();
-        for v in e.headers.values_mut() {
-            *v = REDACTED.to_owned();
+    /// redacted (they are often credentials), its backlog, and while a
+    /// rotated-out secret is still accepted, until when.
+    fn view(&self, record: &EndpointRecord) -> EndpointView {
+        let e = &record.endpoint;
+        EndpointView {
+            endpoint: e.redacted(),
+            backlog: self.backlog(e, self.store.head()),
+            previous_secret_expires_at: record
+                .keys()
+                .previous
+                .map(|(_, until)| until)
+                .filter(|until| *until > SystemTime::now()),
         }
-        if !e.client_key_pem.is_empty() {
-            e.client_key_pem = REDACTED.to_owned();
-        }
-        if let Some(o) = e.oauth2.as_mut() {
-            crate::delivery::oauth::redact(o);
-        }
-        e.backlog = self.backlog(&e, self.store.head());
-        if let Some((_, until)) = record.keys().previous {
-            if until > SystemTime::now() {
-                e.previous_secret_expires_at = Some(convert::timestamp(until));
-            }
-        }
-        e
     }
 
     /// What `e` has still to deliver below `head` (0 if that cannot be
     /// read): its consumer's unfinished events that its types and
     /// attribute filters pass (whether or not it is paused).
-    fn backlog(&self, e: &pb::Endpoint, head: Offset) -> u64 {
-        let filter = match EndpointSpec::from_pb(e, &self.config) {
+    fn backlog(&self, e: &Endpoint, head: Offset) -> u64 {
+        let filter = match EndpointSpec::validate(e, &self.config) {
             Ok(spec) => spec.filter,
             Err(_) => EventFilter::default(),
         };

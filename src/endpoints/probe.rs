@@ -9,17 +9,18 @@ use std::{
 
 use super::Endpoints;
 use crate::{
-    convert,
     delivery::{
         classify,
         endpoint::{consumer_name, EndpointSpec},
-        envelope, stack, worker,
+        envelope, ops, stack, worker,
     },
     error::{Error, Result},
-    model::{delivery::AttemptRecord, Offset},
-    pb,
+    model::{delivery::AttemptRecord, endpoint::Explanation, Offset},
     tenant::Scope,
 };
+
+/// The test event's type.
+const TEST_EVENT: &str = "stevedore.test";
 
 impl Endpoints {
     /// Sends one signed test request now; nothing is stored.
@@ -29,39 +30,33 @@ impl Endpoints {
         id: &str,
     ) -> Result<(String, AttemptRecord, bool)> {
         let record = self.record(scope, id)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
-        let now = convert::timestamp(SystemTime::now());
-        let event = pb::Event {
-            id: msg_id.clone(),
-            occurred_at: Some(now),
-            payload: Some(pb::event::Payload::Custom(pb::CustomEvent {
-                r#type: "stevedore.test".into(),
-                data: Some(prost_types::Struct {
-                    fields: [
-                        ("endpointId".to_string(), string_value(id)),
-                        ("message".to_string(), string_value("stevedore test event")),
-                    ]
-                    .into_iter()
-                    .collect(),
-                }),
-            })),
-            ..Default::default()
-        };
+        let mut event = ops::event(
+            TEST_EVENT,
+            id,
+            "",
+            ops::fields([
+                ("endpointId", ops::s(id)),
+                ("message", ops::s("stevedore test event")),
+            ]),
+        )
+        .event;
+        event.id = msg_id.clone();
         // A custom event with a payload and string fields only: rendering
         // it cannot fail.
         let body = crate::webhook::render_body(&event).expect("the test event renders");
         let body = if spec.envelope {
-            envelope::wrap("stevedore.test", event.occurred_at.as_ref(), &body).to_vec()
+            envelope::wrap(TEST_EVENT, event.occurred_at.as_ref(), &body).to_vec()
         } else {
             body
         };
         let request = stack::WebhookRequest {
             uri: spec.url.clone(),
             msg_id: msg_id.clone(),
-            headers: stack::base_headers("stevedore.test", &msg_id, &spec.headers),
+            headers: stack::base_headers(TEST_EVENT, &msg_id, &spec.headers),
             body: body.into(),
-            timeout: spec.timeout_for("stevedore.test", &self.config),
+            timeout: spec.timeout_for(TEST_EVENT, &self.config),
             keys: Arc::new(RwLock::new(record.keys())),
         };
         let client = self.supervisor.client_for(&spec, 1);
@@ -80,20 +75,17 @@ impl Endpoints {
     }
 
     /// Why endpoint `id` did or did not get the event at `offset`.
-    pub fn explain(
-        &self,
-        scope: &Scope,
-        id: &str,
-        offset: Offset,
-    ) -> Result<pb::ExplainEventResponse> {
+    pub fn explain(&self, scope: &Scope, id: &str, offset: Offset) -> Result<Explanation> {
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
-        let mut out = pb::ExplainEventResponse {
+        let mut out = Explanation {
             offset,
             event_type: event.event_type.to_string(),
-            ..Default::default()
+            matches: false,
+            reason: String::new(),
+            delivery: None,
         };
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         if let Some(why) = spec.filter.exclusion(&event) {
             out.reason = why;
             return Ok(out);
@@ -127,13 +119,7 @@ impl Endpoints {
             None if !spec.enabled => "selected; waiting: the endpoint is disabled".to_owned(),
             None => "selected; waiting to be sent".to_owned(),
         };
-        out.delivery = delivery.as_ref().map(convert::delivery::delivery_to_pb);
+        out.delivery = delivery;
         Ok(out)
-    }
-}
-
-fn string_value(s: &str) -> prost_types::Value {
-    prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(s.to_owned())),
     }
 }

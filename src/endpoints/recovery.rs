@@ -122,7 +122,7 @@ impl Endpoints {
         from: Offset,
     ) -> Result<(Offset, u64, bool)> {
         let record = self.record(scope, id)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         let (mut next, mut scanned, mut matching) = (from, 0u64, 0u64);

@@ -8,7 +8,6 @@ use std::time::SystemTime;
 
 use super::Endpoints;
 use crate::{
-    convert,
     delivery::{endpoint, ops, supervisor::Control},
     error::Result,
     tenant::Scope,
@@ -25,10 +24,7 @@ impl Endpoints {
             Control::Failing { endpoint_id, since } => {
                 let _workers = self.supervisor.lock().await;
                 self.modify(&endpoint_id, |r| {
-                    r.endpoint
-                        .as_mut()
-                        .expect("stored with endpoint")
-                        .failing_since = Some(convert::timestamp(since));
+                    r.endpoint.failing_since = Some(since);
                     Ok(())
                 })
                 .await
@@ -41,16 +37,13 @@ impl Endpoints {
                 let _workers = self.supervisor.lock().await;
                 match self
                     .modify(&endpoint_id, |r| {
-                        r.endpoint
-                            .as_mut()
-                            .expect("stored with endpoint")
-                            .failing_since = None;
+                        r.endpoint.failing_since = None;
                         Ok(())
                     })
                     .await
                 {
                     Ok(r) => {
-                        let e = r.endpoint();
+                        let e = &r.endpoint;
                         self.publish_ops(
                             ops::ENDPOINT_RECOVERED,
                             &endpoint_id,
@@ -99,14 +92,13 @@ impl Endpoints {
     async fn disable(&self, endpoint_id: &str, reason: &str) -> Result<()> {
         let mut workers = self.supervisor.lock().await;
         let r = self.record(&Scope::Global, endpoint_id)?;
-        if r.endpoint().enabled == Some(false) {
+        if !r.endpoint.enabled {
             return Ok(()); // already (reports can race)
         }
         let r = self
             .modify(endpoint_id, |r| {
-                let e = r.endpoint.as_mut().expect("stored with endpoint");
-                e.enabled = Some(false);
-                e.disabled_reason = reason.to_owned();
+                r.endpoint.enabled = false;
+                r.endpoint.disabled_reason = reason.to_owned();
                 Ok(())
             })
             .await?;
@@ -118,7 +110,7 @@ impl Endpoints {
             endpoint_id,
             ops::fields([
                 ("endpointId", ops::s(endpoint_id)),
-                ("url", ops::s(&endpoint::origin_of(&r.endpoint().url))),
+                ("url", ops::s(&endpoint::origin_of(&r.endpoint.url))),
                 ("reason", ops::s(reason)),
                 ("disabledAt", ops::time(SystemTime::now())),
             ]),
@@ -131,13 +123,13 @@ impl Endpoints {
         &self,
         event_type: &'static str,
         endpoint_id: &str,
-        data: prost_types::Struct,
+        data: ops::Fields,
     ) -> Result<()> {
         // A tenant's endpoint's events belong to that tenant, so its own
         // subscribers and endpoints can take them.
         let tenant = self
             .record(&Scope::Global, endpoint_id)
-            .map(|r| r.endpoint().tenant.clone())
+            .map(|r| r.endpoint.tenant.clone())
             .unwrap_or_default();
         let event = ops::event(event_type, endpoint_id, &tenant, data);
         self.store.append(vec![event]).await.map(drop)

@@ -13,7 +13,6 @@ use bytes::Bytes;
 
 use super::Endpoints;
 use crate::{
-    convert,
     delivery::{
         endpoint::{consumer_name, endpoint_body, EndpointSpec},
         envelope, signing, stack, REDACTED,
@@ -21,9 +20,10 @@ use crate::{
     error::{Error, Result},
     model::{
         delivery::{DeliveryRecord, DeliveryState},
+        endpoint::RenderedRequest,
+        time::to_unix,
         Offset,
     },
-    pb,
     tenant::Scope,
 };
 
@@ -80,13 +80,13 @@ impl Endpoints {
         let event = scope.event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
         let tenant = crate::model::event_tenant(&event.event);
-        if !record.endpoint().tenant.is_empty() && record.endpoint().tenant != tenant {
+        if !record.endpoint.tenant.is_empty() && record.endpoint.tenant != tenant {
             return Err(Error::FailedPrecondition(format!(
                 "event {offset} does not belong to the endpoint's tenant {:?}",
-                record.endpoint().tenant
+                record.endpoint.tenant
             )));
         }
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
         if endpoint_body(&spec, rendered.into())
@@ -162,10 +162,10 @@ impl Endpoints {
         scope: &Scope,
         id: &str,
         offset: Offset,
-    ) -> Result<pb::RenderDeliveryResponse> {
+    ) -> Result<RenderedRequest> {
         let record = self.record(scope, id)?;
         let event = scope.event(&self.store, offset)?;
-        let spec = EndpointSpec::from_pb(record.endpoint(), &self.config)?;
+        let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;
         let body = endpoint_body(&spec, Bytes::from(rendered.clone()))
@@ -199,7 +199,7 @@ impl Endpoints {
             .list_attempts(scope, id, offset)?
             .last()
             .and_then(|a| a.started_at);
-        let timestamp = convert::timestamp(last_attempt.unwrap_or_else(SystemTime::now)).seconds;
+        let timestamp = to_unix(last_attempt.unwrap_or_else(SystemTime::now)).0;
         let msg_id = signing::webhook_id(&event.event.id).into_owned();
         let keys = record.keys();
         let now = SystemTime::now();
@@ -215,16 +215,16 @@ impl Endpoints {
             &body,
         );
         let custom: HashSet<&str> = spec.headers.iter().map(|(n, _)| n.as_str()).collect();
-        let mut headers: Vec<pb::RenderedHeader> =
+        let mut headers: Vec<(String, String)> =
             stack::base_headers(event.event_type.as_str(), &event.event.id, &spec.headers)
                 .iter()
-                .map(|(name, value)| pb::RenderedHeader {
-                    name: name.as_str().to_owned(),
-                    value: if custom.contains(name.as_str()) {
+                .map(|(name, value)| {
+                    let value = if custom.contains(name.as_str()) {
                         REDACTED.to_owned()
                     } else {
                         String::from_utf8_lossy(value.as_bytes()).into_owned()
-                    },
+                    };
+                    (name.as_str().to_owned(), value)
                 })
                 .collect();
         for (name, value) in [
@@ -232,13 +232,10 @@ impl Endpoints {
             (stack::WEBHOOK_TIMESTAMP, timestamp.to_string()),
             (stack::WEBHOOK_SIGNATURE, signature),
         ] {
-            headers.push(pb::RenderedHeader {
-                name: name.as_str().to_owned(),
-                value,
-            });
+            headers.push((name.as_str().to_owned(), value));
         }
         let body = String::from_utf8_lossy(&body).into_owned();
-        Ok(pb::RenderDeliveryResponse {
+        Ok(RenderedRequest {
             method: "POST".into(),
             url: spec.url.to_string(),
             headers,

@@ -16,6 +16,12 @@ const MICROS: &[BorrowedFormatItem<'_>] =
 const NANOS: &[BorrowedFormatItem<'_>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
+/// A point in time as ISO 8601 UTC, like [`iso8601`].
+pub fn iso8601_at(t: std::time::SystemTime) -> String {
+    let (seconds, nanos) = crate::model::time::to_unix(t);
+    iso8601(&Timestamp { seconds, nanos })
+}
+
 /// A timestamp as ISO 8601 UTC: `2026-02-02T10:30:00Z`, with 3, 6 or 9
 /// sub-second digits when it has them (`2026-02-04T14:32:15.123Z`).
 ///

@@ -42,7 +42,7 @@ mod golden;
 
 use prost_types::Timestamp;
 
-pub use date::iso8601;
+pub use date::{iso8601, iso8601_at};
 
 use crate::pb::{self, event::Payload};
 

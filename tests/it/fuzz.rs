@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proptest::{collection::vec, prelude::*, test_runner::Config as ProptestConfig};
 use stevedore::{
     config::Config,
-    convert::{validate_event, EventLimits},
+    convert::{endpoint::endpoint_from_pb, validate_event, EventLimits},
     delivery::endpoint::EndpointSpec,
     pb,
     webhook::render_body,
@@ -159,7 +159,10 @@ fn check_endpoint(endpoint: &pb::Endpoint, allow_http: bool) {
         allow_http,
         ..Config::default()
     };
-    let Ok(spec) = EndpointSpec::from_pb(endpoint, &config) else {
+    // The API's path: the message into the domain, then validation.
+    let Ok(spec) =
+        endpoint_from_pb(endpoint.clone()).and_then(|e| EndpointSpec::validate(&e, &config))
+    else {
         return;
     };
     let url = spec.url.to_string();

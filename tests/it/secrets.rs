@@ -298,7 +298,7 @@ async fn secrets_are_encrypted_at_rest_and_plaintext_records_are_migrated() {
             assert!(!contains(r, &secret), "a secret is stored in the clear");
         }
         let open = EndpointRecord::from_stored(r, Some(&key)).unwrap();
-        assert_eq!(open.endpoint().headers["X-Api-Key"], HEADER_VALUE);
+        assert_eq!(open.endpoint.headers["X-Api-Key"], HEADER_VALUE);
     }
 
     // Without the key, or with another one: a clear startup error.

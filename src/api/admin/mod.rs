@@ -87,7 +87,7 @@ impl AdminService {
     /// The tenant of endpoint `id`, as `scope` sees it (NOT_FOUND if it
     /// does not).
     fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
-        Ok(self.endpoints.get(scope, id)?.tenant)
+        Ok(self.endpoints.get(scope, id)?.endpoint.tenant)
     }
 }
 
@@ -131,11 +131,13 @@ impl Admin for AdminService {
             .into_inner()
             .endpoint
             .ok_or_else(|| Error::invalid("endpoint", "required"))?;
-        let (endpoint, secret) = self.endpoints.create(&scope, endpoint).await?;
-        self.audit(&caller, "endpoint.create", &endpoint.id, &endpoint.tenant)
+        let endpoint = convert::endpoint::endpoint_from_pb(endpoint)?;
+        let (view, secret) = self.endpoints.create(&scope, endpoint).await?;
+        let e = &view.endpoint;
+        self.audit(&caller, "endpoint.create", &e.id, &e.tenant)
             .await?;
         Ok(Response::new(CreateEndpointResponse {
-            endpoint: Some(endpoint),
+            endpoint: Some(convert::endpoint::shown(&view)),
             secret,
         }))
     }
@@ -148,7 +150,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(self.endpoints.get(&scope, &id)?),
+            endpoint: Some(convert::endpoint::shown(&self.endpoints.get(&scope, &id)?)),
         }))
     }
 
@@ -162,7 +164,7 @@ impl Admin for AdminService {
             self.endpoints
                 .list(&scope, page_size(req.page_size)?, &req.page_token)?;
         Ok(Response::new(ListEndpointsResponse {
-            endpoints,
+            endpoints: endpoints.iter().map(convert::endpoint::shown).collect(),
             next_page_token,
         }))
     }
@@ -191,18 +193,22 @@ impl Admin for AdminService {
             )
             .into());
         }
-        let endpoint = self
+        // The mask names the message's fields; JSON clients write camelCase.
+        let fields = convert::endpoint::mask_paths(&paths);
+        let view = self
             .endpoints
-            .update_with(&scope, endpoint, &paths, &headers)
+            .update(&scope, &endpoint.id, &fields, &headers, |e| {
+                convert::endpoint::merge(e, &endpoint, &fields)
+            })
             .await?;
         let mut changed = paths.clone();
         changed.extend(headers.set.keys().map(|h| format!("headers[{h}]")));
         changed.extend(headers.remove.iter().map(|h| format!("headers[{h}]")));
         let action = format!("endpoint.update({})", changed.join(","));
-        self.audit(&caller, &action, &endpoint.id, &endpoint.tenant)
-            .await?;
+        let e = &view.endpoint;
+        self.audit(&caller, &action, &e.id, &e.tenant).await?;
         Ok(Response::new(UpdateEndpointResponse {
-            endpoint: Some(endpoint),
+            endpoint: Some(convert::endpoint::shown(&view)),
         }))
     }
 
@@ -366,11 +372,10 @@ impl Admin for AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(self.endpoints.explain(
-            &scope,
-            &req.endpoint_id,
-            offset,
-        )?))
+        let explanation = self.endpoints.explain(&scope, &req.endpoint_id, offset)?;
+        Ok(Response::new(convert::delivery::explanation_to_pb(
+            &explanation,
+        )))
     }
 
     async fn list_consumers(

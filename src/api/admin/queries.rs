@@ -239,11 +239,12 @@ impl AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        Ok(Response::new(self.endpoints.render_request(
-            &scope,
-            &req.endpoint_id,
-            offset,
-        )?))
+        let rendered = self
+            .endpoints
+            .render_request(&scope, &req.endpoint_id, offset)?;
+        Ok(Response::new(convert::delivery::rendered_request_to_pb(
+            &rendered,
+        )))
     }
 
     pub(super) async fn get_endpoint_stats_impl(

@@ -1,12 +1,12 @@
-//! Endpoint configuration: validation of what an operator sends, and the
+//! Endpoint configuration: validation of what an operator sets, and the
 //! stored record.
 //!
-//! The stored record keeps the endpoint's configuration (normalized and
-//! validated) beside its secrets, in the broker's own encoding
-//! (`stored.rs`; it started as the public `Endpoint` message and keeps its
-//! field numbers, so the API can change without a data migration).
-//! Everything that runs uses the validated [`EndpointSpec`] derived from
-//! it.
+//! The stored record keeps the endpoint's configuration (the domain
+//! [`Endpoint`], validated) beside its secrets, in the broker's own
+//! encoding (`stored.rs`; it started as the public `Endpoint` message and
+//! keeps its field numbers, so the API can change without a data
+//! migration). Everything that runs uses the validated [`EndpointSpec`]
+//! derived from it.
 //!
 //! With a master key configured, the signing secrets, the custom header
 //! values (often credentials), the TLS client key and the OAuth2 client
@@ -22,6 +22,7 @@ mod record;
 pub mod stored;
 mod url;
 
+pub use crate::model::endpoint::Ordering;
 pub use record::{from_nanos, reseal_value, EndpointRecord};
 pub use url::{check_egress, check_egress_of, origin_of, url_origin};
 
@@ -42,23 +43,10 @@ use super::proxy::Route;
 use super::worker::STATE_EVENT_TYPES;
 use crate::{
     config::{Config, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, MIN_WEBHOOK_TIMEOUT},
-    convert,
     error::{Error, Result},
     filter::{Filter, Projection},
-    model::{EventFilter, EventType, TYPED_EVENT_TYPES},
-    pb,
+    model::{endpoint::Endpoint, EventFilter, EventType, TYPED_EVENT_TYPES},
 };
-
-/// How an endpoint orders its deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
-    /// Same ordering key: one at a time, in log order.
-    Key,
-    /// No ordering.
-    None,
-    /// Everything one at a time, in log order.
-    Strict,
-}
 
 /// A validated endpoint configuration.
 #[derive(Debug, Clone)]
@@ -128,8 +116,8 @@ const MAX_BURST: u32 = 100_000;
 /// coalescing with no state event type. Stored endpoints are not
 /// re-checked at start (the rules may grow; a stored endpoint still loads).
 ///
-/// `changed` lists the proto fields being set (every field on create).
-pub fn refuse_what_never_matches(e: &pb::Endpoint, changed: &dyn Fn(&str) -> bool) -> Result<()> {
+/// `changed` tells which fields are being set (every field on create).
+pub fn refuse_what_never_matches(e: &Endpoint, changed: &dyn Fn(&str) -> bool) -> Result<()> {
     use crate::webhook::schema;
 
     let f = |name: &str| format!("endpoint.{name}");
@@ -201,8 +189,11 @@ pub fn refuse_what_never_matches(e: &pb::Endpoint, changed: &dyn Fn(&str) -> boo
 }
 
 impl EndpointSpec {
-    /// Validates `e` (field paths start with `endpoint.`).
-    pub fn from_pb(e: &pb::Endpoint, config: &Config) -> Result<Self> {
+    /// Validates `e` against the broker's `config` (field paths start
+    /// with `endpoint.`, as the API names them). What the API's message
+    /// can hold and the domain cannot (negative durations, unknown enum
+    /// values) was refused when it was converted (`convert::endpoint`).
+    pub fn validate(e: &Endpoint, config: &Config) -> Result<Self> {
         let f = |name: &str| format!("endpoint.{name}");
         let url =
             validate_url(&e.url, config.allow_http).map_err(|m| Error::invalid(f("url"), m))?;
@@ -294,10 +285,9 @@ impl EndpointSpec {
             value.set_sensitive(true);
             headers.push((name, value));
         }
-        let timeout = match &e.timeout {
+        let timeout = match e.timeout {
             None => None,
             Some(d) => {
-                let d = convert::duration(&f("timeout"), d)?;
                 if d < MIN_WEBHOOK_TIMEOUT || d > config.max_webhook_timeout {
                     return Err(Error::invalid(
                         f("timeout"),
@@ -323,10 +313,9 @@ impl EndpointSpec {
             e.retry_schedule
                 .iter()
                 .enumerate()
-                .map(|(i, d)| {
-                    let field = f(&format!("retry_schedule[{i}]"));
-                    let d = convert::duration(&field, d)?;
+                .map(|(i, &d)| {
                     if d > MAX_RETRY_DELAY {
+                        let field = f(&format!("retry_schedule[{i}]"));
                         return Err(Error::invalid(field, "must be at most 7 days"));
                     }
                     Ok(d)
@@ -346,20 +335,7 @@ impl EndpointSpec {
             }
             n => n,
         };
-        let ordering = match pb::Ordering::try_from(e.ordering) {
-            Ok(pb::Ordering::Unspecified | pb::Ordering::Key) => Ordering::Key,
-            Ok(pb::Ordering::None) => Ordering::None,
-            Ok(pb::Ordering::Strict) => Ordering::Strict,
-            Err(_) => {
-                return Err(Error::invalid(
-                    f("ordering"),
-                    format!("unknown enum value {}", e.ordering),
-                ))
-            }
-        };
-        if let Some(pb::endpoint::Start::StartTime(t)) = &e.start {
-            convert::system_time(&f("start_time"), t)?;
-        }
+        let ordering = e.ordering.unwrap_or(Ordering::Key);
         if e.coalesce && ordering != Ordering::Key {
             return Err(Error::invalid(
                 f("coalesce"),
@@ -432,7 +408,7 @@ impl EndpointSpec {
             retry_schedule,
             max_in_flight,
             ordering,
-            enabled: e.enabled.unwrap_or(true),
+            enabled: e.enabled,
             coalesce: e.coalesce,
             condition,
             projection,

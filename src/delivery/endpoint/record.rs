@@ -11,7 +11,7 @@ use std::{
 
 use prost::Message;
 
-use super::stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint};
+use super::stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint, Unread};
 use crate::{
     delivery::{
         request::Keys,
@@ -20,7 +20,7 @@ use crate::{
         REDACTED,
     },
     error::{Error, Result},
-    pb,
+    model::endpoint::Endpoint,
 };
 
 /// An endpoint's record, open (secrets in the clear), as the broker holds
@@ -28,7 +28,7 @@ use crate::{
 #[derive(Clone, PartialEq, Default)]
 pub struct EndpointRecord {
     /// The endpoint as configured (validated), with id and times.
-    pub endpoint: Option<pb::Endpoint>,
+    pub endpoint: Endpoint,
     /// The current signing key.
     pub secret: Vec<u8>,
     /// The rotated-out key, signing until `previous_expires_nanos`.
@@ -38,6 +38,9 @@ pub struct EndpointRecord {
     /// On disk with a master key: the sealed `RecordSecrets`. Always
     /// `None` in memory.
     pub sealed: Option<Sealed>,
+    /// What the stored record holds that the broker does not read, written
+    /// back as it was (default for new records).
+    pub unread: Unread,
 }
 
 /// An [`EndpointRecord`] as stored (the field numbers of the first
@@ -83,17 +86,10 @@ struct RecordSecrets {
 }
 
 impl EndpointRecord {
-    /// The stored endpoint.
-    pub fn endpoint(&self) -> &pb::Endpoint {
-        self.endpoint
-            .as_ref()
-            .expect("records are written with their endpoint")
-    }
-
     /// The bytes to store: sealed under `key` when there is one.
     pub fn to_stored(&self, key: Option<&MasterKey>) -> Vec<u8> {
         let mut stored = StoredRecord {
-            endpoint: self.endpoint.as_ref().map(endpoint_to_stored),
+            endpoint: Some(endpoint_to_stored(&self.endpoint, &self.unread)),
             secret: self.secret.clone(),
             previous_secret: self.previous_secret.clone(),
             previous_expires_nanos: self.previous_expires_nanos,
@@ -129,7 +125,7 @@ impl EndpointRecord {
             return Err(Error::Corrupt("endpoint record without endpoint".into()));
         };
         let Some(sealed) = r.sealed.take() else {
-            return Ok(Self::opened(r));
+            return Self::opened(r);
         };
         let id = &endpoint.id;
         let key = key.ok_or_else(|| {
@@ -154,18 +150,21 @@ impl EndpointRecord {
         if let Some(o) = endpoint.oauth2.as_mut() {
             o.client_secret = secrets.oauth2_client_secret;
         }
-        Ok(Self::opened(r))
+        Self::opened(r)
     }
 
     /// The record `r` holds, its secrets already opened.
-    fn opened(r: StoredRecord) -> Self {
-        Self {
-            endpoint: r.endpoint.map(endpoint_from_stored),
+    fn opened(r: StoredRecord) -> Result<Self> {
+        let stored = r.endpoint.expect("checked by from_stored");
+        let (endpoint, unread) = endpoint_from_stored(stored)?;
+        Ok(Self {
+            endpoint,
             secret: r.secret,
             previous_secret: r.previous_secret,
             previous_expires_nanos: r.previous_expires_nanos,
             sealed: None,
-        }
+            unread,
+        })
     }
 
     /// Whether stored bytes hold sealed secrets (written with a master
@@ -177,19 +176,10 @@ impl EndpointRecord {
 
 impl fmt::Debug for EndpointRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoint = self.endpoint.as_ref().map(|e| {
-            let mut e = e.clone();
-            for v in e.headers.values_mut() {
-                *v = REDACTED.to_owned();
-            }
-            if !e.client_key_pem.is_empty() {
-                e.client_key_pem = REDACTED.to_owned();
-            }
-            e
-        });
+        // The endpoint's own Debug redacts its secrets.
         let redacted = |s: &[u8]| if s.is_empty() { "" } else { REDACTED };
         f.debug_struct("EndpointRecord")
-            .field("endpoint", &endpoint)
+            .field("endpoint", &self.endpoint)
             .field("secret", &redacted(&self.secret))
             .field("previous_secret", &redacted(&self.previous_secret))
             .field("previous_expires_nanos", &self.previous_expires_nanos)

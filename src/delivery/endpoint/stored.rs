@@ -8,15 +8,22 @@
 //! messages and decodes them here, and back). A field added here takes a
 //! number the old messages never used.
 //!
-//! The record still holds the endpoint as the API's message in memory
-//! (there is no domain `Endpoint` type yet), so the conversions at the end
-//! are between that message and this form. Every field is named in both
-//! directions, so a field added to the message does not compile until it
-//! is given a place here.
+//! The conversions at the end are between this form and the domain
+//! [`Endpoint`]. Every field is named in both directions, so a field added
+//! to either does not compile until it is given a place here.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
-use crate::pb;
+use crate::{
+    error::{Error, Result},
+    model::{
+        endpoint::{Endpoint, OAuth2, Ordering, Start},
+        time as unix_time,
+    },
+};
 
 /// A point in time: `google.protobuf.Timestamp`'s encoding.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
@@ -176,10 +183,33 @@ pub struct StoredEndpoint {
     pub tenant: String,
 }
 
-/// `e`'s stored form.
-pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
-    let pb::Endpoint {
+/// What the stored form holds that the broker does not read: output-only
+/// fields of the public message, which the first versions stored as they
+/// were sent or shown. Kept beside the endpoint so a record is written back
+/// byte for byte; new records store them empty.
+#[derive(Clone, Copy, PartialEq, Default, Debug)]
+pub struct Unread {
+    backlog: u64,
+    previous_secret_expires_at: Option<StoredTime>,
+    oauth2_client_secret_set: bool,
+}
+
+/// The stored number of an ordering (the public `Ordering` enum's values;
+/// 0: not chosen).
+fn ordering_to_stored(o: Option<Ordering>) -> i32 {
+    match o {
+        None => 0,
+        Some(Ordering::Key) => 1,
+        Some(Ordering::None) => 2,
+        Some(Ordering::Strict) => 3,
+    }
+}
+
+/// `e`'s stored form, with what `unread` kept of the stored record.
+pub fn endpoint_to_stored(e: &Endpoint, unread: &Unread) -> StoredEndpoint {
+    let Endpoint {
         id,
+        tenant,
         url,
         description,
         event_types,
@@ -191,12 +221,6 @@ pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
         ordering,
         enabled,
         start,
-        created_at,
-        updated_at,
-        disabled_reason,
-        backlog,
-        failing_since,
-        previous_secret_expires_at,
         coalesce,
         filter,
         fields,
@@ -207,8 +231,12 @@ pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
         client_key_pem,
         envelope,
         oauth2,
-        tenant,
+        created_at,
+        updated_at,
+        disabled_reason,
+        failing_since,
     } = e;
+    let time = |t: &Option<SystemTime>| t.map(time_to_stored);
     StoredEndpoint {
         id: id.clone(),
         url: url.clone(),
@@ -216,23 +244,27 @@ pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
         event_types: event_types.clone(),
         attribute_filters: attribute_filters.clone(),
         headers: headers.clone(),
-        timeout: timeout.as_ref().map(duration_to_stored),
-        retry_schedule: retry_schedule.iter().map(duration_to_stored).collect(),
+        timeout: timeout.map(duration_to_stored),
+        retry_schedule: retry_schedule
+            .iter()
+            .copied()
+            .map(duration_to_stored)
+            .collect(),
         max_in_flight: *max_in_flight,
-        ordering: *ordering,
-        enabled: *enabled,
-        start: start.as_ref().map(|s| match s {
-            pb::endpoint::Start::StartEarliest(b) => StoredStart::Earliest(*b),
-            pb::endpoint::Start::StartLatest(b) => StoredStart::Latest(*b),
-            pb::endpoint::Start::StartOffset(o) => StoredStart::Offset(*o),
-            pb::endpoint::Start::StartTime(t) => StoredStart::Time(time_to_stored(t)),
+        ordering: ordering_to_stored(*ordering),
+        enabled: Some(*enabled),
+        start: start.map(|s| match s {
+            Start::Earliest => StoredStart::Earliest(true),
+            Start::Latest => StoredStart::Latest(true),
+            Start::Offset(o) => StoredStart::Offset(o),
+            Start::Time(t) => StoredStart::Time(time_to_stored(t)),
         }),
-        created_at: created_at.as_ref().map(time_to_stored),
-        updated_at: updated_at.as_ref().map(time_to_stored),
+        created_at: time(created_at),
+        updated_at: time(updated_at),
         disabled_reason: disabled_reason.clone(),
-        backlog: *backlog,
-        failing_since: failing_since.as_ref().map(time_to_stored),
-        previous_secret_expires_at: previous_secret_expires_at.as_ref().map(time_to_stored),
+        backlog: unread.backlog,
+        failing_since: time(failing_since),
+        previous_secret_expires_at: unread.previous_secret_expires_at,
         coalesce: *coalesce,
         filter: filter.clone(),
         fields: fields.clone(),
@@ -243,13 +275,12 @@ pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
         client_key_pem: client_key_pem.clone(),
         envelope: *envelope,
         oauth2: oauth2.as_ref().map(|o| {
-            let pb::OAuth2 {
+            let OAuth2 {
                 token_url,
                 client_id,
                 client_secret,
                 scopes,
                 audience,
-                client_secret_set,
             } = o;
             StoredOAuth2 {
                 token_url: token_url.clone(),
@@ -257,15 +288,19 @@ pub fn endpoint_to_stored(e: &pb::Endpoint) -> StoredEndpoint {
                 client_secret: client_secret.clone(),
                 scopes: scopes.clone(),
                 audience: audience.clone(),
-                client_secret_set: *client_secret_set,
+                client_secret_set: unread.oauth2_client_secret_set,
             }
         }),
         tenant: tenant.clone(),
     }
 }
 
-/// The endpoint `s` stores.
-pub fn endpoint_from_stored(s: StoredEndpoint) -> pb::Endpoint {
+/// The endpoint `s` stores, and what the broker does not read of it. Every
+/// stored endpoint was validated before it was written, so a value the
+/// domain cannot hold (a negative duration, an unknown ordering, a time
+/// out of range) is damage: [`Error::Corrupt`], naming the endpoint and the
+/// field.
+pub fn endpoint_from_stored(s: StoredEndpoint) -> Result<(Endpoint, Unread)> {
     let StoredEndpoint {
         id,
         url,
@@ -297,33 +332,58 @@ pub fn endpoint_from_stored(s: StoredEndpoint) -> pb::Endpoint {
         oauth2,
         tenant,
     } = s;
-    pb::Endpoint {
+    let corrupt =
+        |field: &str, what: &str| Error::Corrupt(format!("endpoint {id}: {field}: {what}"));
+    let time = |field: &str, t: Option<StoredTime>| {
+        t.map(|t| time_from_stored(t).ok_or_else(|| corrupt(field, "time out of range")))
+            .transpose()
+    };
+    let duration = |field: &str, d: StoredDuration| {
+        duration_from_stored(d).ok_or_else(|| corrupt(field, "negative or malformed duration"))
+    };
+    let ordering = match ordering {
+        0 => None,
+        1 => Some(Ordering::Key),
+        2 => Some(Ordering::None),
+        3 => Some(Ordering::Strict),
+        n => return Err(corrupt("ordering", &format!("unknown value {n}"))),
+    };
+    let start = match start {
+        None => None,
+        Some(StoredStart::Earliest(_)) => Some(Start::Earliest),
+        Some(StoredStart::Latest(_)) => Some(Start::Latest),
+        Some(StoredStart::Offset(o)) => Some(Start::Offset(o)),
+        Some(StoredStart::Time(t)) => Some(Start::Time(
+            time_from_stored(t).ok_or_else(|| corrupt("start_time", "time out of range"))?,
+        )),
+    };
+    let unread = Unread {
+        backlog,
+        previous_secret_expires_at,
+        oauth2_client_secret_set: oauth2.as_ref().is_some_and(|o| o.client_secret_set),
+    };
+    let endpoint = Endpoint {
+        timeout: timeout.map(|d| duration("timeout", d)).transpose()?,
+        retry_schedule: retry_schedule
+            .into_iter()
+            .map(|d| duration("retry_schedule", d))
+            .collect::<Result<_>>()?,
+        created_at: time("created_at", created_at)?,
+        updated_at: time("updated_at", updated_at)?,
+        failing_since: time("failing_since", failing_since)?,
         id,
+        tenant,
         url,
         description,
         event_types,
         attribute_filters,
         headers,
-        timeout: timeout.map(duration_from_stored),
-        retry_schedule: retry_schedule
-            .into_iter()
-            .map(duration_from_stored)
-            .collect(),
         max_in_flight,
         ordering,
-        enabled,
-        start: start.map(|s| match s {
-            StoredStart::Earliest(b) => pb::endpoint::Start::StartEarliest(b),
-            StoredStart::Latest(b) => pb::endpoint::Start::StartLatest(b),
-            StoredStart::Offset(o) => pb::endpoint::Start::StartOffset(o),
-            StoredStart::Time(t) => pb::endpoint::Start::StartTime(time_from_stored(t)),
-        }),
-        created_at: created_at.map(time_from_stored),
-        updated_at: updated_at.map(time_from_stored),
-        disabled_reason,
-        backlog,
-        failing_since: failing_since.map(time_from_stored),
-        previous_secret_expires_at: previous_secret_expires_at.map(time_from_stored),
+        // Unset (never written since endpoints are created enabled or
+        // not): enabled, as the API defines it.
+        enabled: enabled.unwrap_or(true),
+        start,
         coalesce,
         filter,
         fields,
@@ -340,45 +400,39 @@ pub fn endpoint_from_stored(s: StoredEndpoint) -> pb::Endpoint {
                 client_secret,
                 scopes,
                 audience,
-                client_secret_set,
+                client_secret_set: _,
             } = o;
-            pb::OAuth2 {
+            OAuth2 {
                 token_url,
                 client_id,
                 client_secret,
                 scopes,
                 audience,
-                client_secret_set,
             }
         }),
-        tenant,
-    }
+        disabled_reason,
+    };
+    Ok((endpoint, unread))
 }
 
-fn time_to_stored(t: &prost_types::Timestamp) -> StoredTime {
-    StoredTime {
-        seconds: t.seconds,
-        nanos: t.nanos,
-    }
+fn time_to_stored(t: SystemTime) -> StoredTime {
+    let (seconds, nanos) = unix_time::to_unix(t);
+    StoredTime { seconds, nanos }
 }
 
-fn time_from_stored(t: StoredTime) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos,
-    }
+fn time_from_stored(t: StoredTime) -> Option<SystemTime> {
+    unix_time::from_unix(t.seconds, t.nanos)
 }
 
-fn duration_to_stored(d: &prost_types::Duration) -> StoredDuration {
+fn duration_to_stored(d: Duration) -> StoredDuration {
     StoredDuration {
-        seconds: d.seconds,
-        nanos: d.nanos,
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
     }
 }
 
-fn duration_from_stored(d: StoredDuration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.seconds,
-        nanos: d.nanos,
-    }
+/// The duration `d` stores; `None` if it is negative or malformed.
+fn duration_from_stored(d: StoredDuration) -> Option<Duration> {
+    (d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos))
+        .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
 }

@@ -1,19 +1,21 @@
 //! Endpoint records read what earlier versions wrote: those stored the
 //! public `Endpoint` message itself inside the record. Records encoded that
-//! way (in the clear and sealed) decode into the same endpoint, and the
-//! stored form encodes back to the old message.
+//! way (in the clear and sealed) decode into the same endpoint (the one the
+//! API's message converts to), and encode back to the old message.
 
-use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
 use super::{
     record::StoredRecord,
-    stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint},
+    stored::{endpoint_from_stored, endpoint_to_stored, StoredEndpoint, StoredStart},
     EndpointRecord,
 };
 use crate::{
+    convert::{self, endpoint::endpoint_from_pb},
     delivery::sealing::{MasterKey, Sealed},
+    model::endpoint::Endpoint,
     pb,
 };
 
@@ -37,51 +39,32 @@ fn ts(seconds: i64, nanos: i32) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-fn dur(seconds: i64, nanos: i32) -> prost_types::Duration {
-    prost_types::Duration { seconds, nanos }
-}
-
-/// An endpoint with every field set (one entry per map, so the encodings
-/// can be compared byte for byte).
+/// An endpoint with every field set, the output-only ones too.
 fn full(start: pb::endpoint::Start) -> pb::Endpoint {
     pb::Endpoint {
-        id: "ep_01J".into(),
-        url: "https://erp.example/hooks".into(),
-        description: "ERP".into(),
-        event_types: vec!["pick.confirmed".into(), "order.status".into()],
-        attribute_filters: HashMap::from([("fulfillmentCenterId".into(), "FC1".into())]),
-        headers: HashMap::from([("X-Api-Key".into(), "k".into())]),
-        timeout: Some(dur(7, 5)),
-        retry_schedule: vec![dur(0, 0), dur(5, 0), dur(300, 1)],
-        max_in_flight: 8,
-        ordering: pb::Ordering::Strict as i32,
-        enabled: Some(false),
-        start: Some(start),
         created_at: Some(ts(1_770_000_000, 1)),
         updated_at: Some(ts(1_770_000_100, 2)),
         disabled_reason: "410 Gone".into(),
         backlog: 3,
         failing_since: Some(ts(1_770_000_050, 3)),
         previous_secret_expires_at: Some(ts(1_770_000_200, 4)),
-        coalesce: true,
-        filter: "status == \"SHORT\"".into(),
-        fields: vec!["lines.product".into()],
-        rate_limit: 2.5,
-        rate_burst: 4,
-        proxy_url: "none".into(),
-        client_cert_pem: "-----BEGIN CERTIFICATE-----".into(),
-        client_key_pem: "-----BEGIN PRIVATE KEY-----".into(),
-        envelope: true,
-        oauth2: Some(pb::OAuth2 {
-            token_url: "https://auth.example/token".into(),
-            client_id: "client".into(),
-            client_secret: "oauth-secret".into(),
-            scopes: vec!["a".into(), "b".into()],
-            audience: "erp".into(),
-            client_secret_set: true,
-        }),
-        tenant: "acme".into(),
+        ..convert::endpoint::tests::full(start, pb::Ordering::Strict)
     }
+}
+
+fn at(seconds: u64, nanos: u32) -> Option<SystemTime> {
+    Some(UNIX_EPOCH + Duration::new(seconds, nanos))
+}
+
+/// The domain endpoint `old` stores: the API message's conversion, with
+/// the output-only fields the broker records.
+fn domain(old: &pb::Endpoint) -> Endpoint {
+    let mut e = endpoint_from_pb(old.clone()).unwrap();
+    e.created_at = at(1_770_000_000, 1);
+    e.updated_at = at(1_770_000_100, 2);
+    e.failing_since = at(1_770_000_050, 3);
+    e.disabled_reason = "410 Gone".into();
+    e
 }
 
 fn starts() -> [pb::endpoint::Start; 4] {
@@ -100,9 +83,13 @@ fn old_endpoint_messages_decode_as_the_stored_form_and_encode_back_unchanged() {
         let old = full(start);
         let bytes = old.encode_to_vec();
         let stored = StoredEndpoint::decode(&*bytes).unwrap();
-        assert_eq!(endpoint_from_stored(stored.clone()), old);
+        let (endpoint, unread) = endpoint_from_stored(stored.clone()).unwrap();
+        assert_eq!(endpoint, domain(&old), "{start:?}");
         assert_eq!(stored.encode_to_vec(), bytes, "{start:?}");
-        assert!(endpoint_to_stored(&old) == stored, "{start:?}");
+        assert!(
+            endpoint_to_stored(&endpoint, &unread) == stored,
+            "{start:?}"
+        );
     }
     let bare = pb::Endpoint {
         id: "ep_2".into(),
@@ -110,8 +97,41 @@ fn old_endpoint_messages_decode_as_the_stored_form_and_encode_back_unchanged() {
         ..Default::default()
     };
     let stored = StoredEndpoint::decode(&*bare.encode_to_vec()).unwrap();
-    assert_eq!(endpoint_from_stored(stored.clone()), bare);
+    assert_eq!(
+        endpoint_from_stored(stored.clone()).unwrap().0,
+        endpoint_from_pb(bare.clone()).unwrap()
+    );
     assert_eq!(stored.encode_to_vec(), bare.encode_to_vec());
+}
+
+/// Stored endpoints were validated before they were written: what the
+/// domain cannot hold is damage, named by endpoint and field.
+#[test]
+fn values_the_domain_cannot_hold_are_corrupt() {
+    type Change = fn(&mut StoredEndpoint);
+    let cases: [(Change, &str); 4] = [
+        (|s| s.ordering = 9, "ordering"),
+        (|s| s.timeout.as_mut().unwrap().seconds = -1, "timeout"),
+        (|s| s.retry_schedule[0].nanos = -1, "retry_schedule"),
+        (
+            |s| {
+                s.start = Some(StoredStart::Time(super::stored::StoredTime {
+                    seconds: 0,
+                    nanos: 2_000_000_000,
+                }))
+            },
+            "start_time",
+        ),
+    ];
+    for (change, field) in cases {
+        let mut s = StoredEndpoint::decode(&*full(starts()[0]).encode_to_vec()).unwrap();
+        change(&mut s);
+        let err = endpoint_from_stored(s).unwrap_err();
+        assert!(
+            matches!(&err, crate::error::Error::Corrupt(m) if m.starts_with(&format!("endpoint ep_01J: {field}: "))),
+            "{field}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -124,16 +144,15 @@ fn records_written_by_earlier_versions_load_in_the_clear_and_sealed() {
         sealed: None,
     };
     let bytes = old.encode_to_vec();
-    let want = EndpointRecord {
-        endpoint: old.endpoint.clone(),
-        secret: old.secret.clone(),
-        previous_secret: old.previous_secret.clone(),
-        previous_expires_nanos: 99,
-        sealed: None,
-    };
     assert!(!EndpointRecord::is_sealed(&bytes));
     let r = EndpointRecord::from_stored(&bytes, None).unwrap();
-    assert_eq!(r, want);
+    assert_eq!(r.endpoint, domain(old.endpoint.as_ref().unwrap()));
+    assert_eq!(
+        (&r.secret, &r.previous_secret, r.previous_expires_nanos),
+        (&old.secret, &old.previous_secret, 99)
+    );
+    assert!(r.sealed.is_none());
+    let want = r.clone();
     // Written again, it is the old record's bytes (in the clear).
     assert_eq!(r.to_stored(None), bytes);
     assert_eq!(OldRecord::decode(&*r.to_stored(None)).unwrap(), old);

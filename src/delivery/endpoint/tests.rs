@@ -5,10 +5,20 @@ use std::time::Duration;
 use prost::Message;
 
 use super::*;
-use crate::delivery::{
-    egress::{self, Guard},
-    sealing::MasterKey,
+use crate::{
+    convert::endpoint::endpoint_from_pb,
+    delivery::{
+        egress::{self, Guard},
+        sealing::MasterKey,
+    },
+    pb,
 };
+
+/// The API's path: the message into the domain (which refuses what the
+/// domain cannot hold), then validation against the configuration.
+fn from_pb(e: &pb::Endpoint, config: &Config) -> Result<EndpointSpec> {
+    EndpointSpec::validate(&endpoint_from_pb(e.clone())?, config)
+}
 
 fn ep(url: &str) -> pb::Endpoint {
     pb::Endpoint {
@@ -20,7 +30,7 @@ fn ep(url: &str) -> pb::Endpoint {
 #[test]
 fn urls() {
     let c = Config::default();
-    assert!(EndpointSpec::from_pb(&ep("https://erp.example.com/hook"), &c).is_ok());
+    assert!(from_pb(&ep("https://erp.example.com/hook"), &c).is_ok());
     for (url, why) in [
         ("", "required"),
         ("http://erp.example.com/hook", "allow_http"),
@@ -29,7 +39,7 @@ fn urls() {
         ("https://user:pw@erp.example.com/", "credentials"),
         ("not a url", "not a valid URL"),
     ] {
-        let err = EndpointSpec::from_pb(&ep(url), &c).unwrap_err().to_string();
+        let err = from_pb(&ep(url), &c).unwrap_err().to_string();
         assert!(
             err.starts_with("endpoint.url: ") && err.contains(why),
             "{url}: {err}"
@@ -39,7 +49,7 @@ fn urls() {
         allow_http: true,
         ..Config::default()
     };
-    assert!(EndpointSpec::from_pb(&ep("http://127.0.0.1:9/x"), &c).is_ok());
+    assert!(from_pb(&ep("http://127.0.0.1:9/x"), &c).is_ok());
 }
 
 #[test]
@@ -61,7 +71,7 @@ fn headers() {
     let c = Config::default();
     let mut e = ep("https://h/x");
     e.headers.insert("X-Api-Key".into(), "k".into());
-    assert!(EndpointSpec::from_pb(&e, &c).is_ok());
+    assert!(from_pb(&e, &c).is_ok());
     for (k, v) in [
         ("webhook-signature", "x"),
         ("Content-Type", "text/plain"),
@@ -71,7 +81,7 @@ fn headers() {
     ] {
         let mut e = ep("https://h/x");
         e.headers.insert(k.into(), v.into());
-        let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+        let err = from_pb(&e, &c).unwrap_err().to_string();
         assert!(err.starts_with("endpoint.headers["), "{k}: {err}");
     }
 }
@@ -90,7 +100,7 @@ fn header_values_are_visible_ascii() {
     ] {
         let mut e = ep("https://h/x");
         e.headers.insert("X-Api-Key".into(), v.into());
-        let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+        let err = from_pb(&e, &c).unwrap_err().to_string();
         assert!(
             err.starts_with("endpoint.headers[\"X-Api-Key\"]") && err.contains("ASCII"),
             "{v:?}: {err}"
@@ -102,7 +112,7 @@ fn header_values_are_visible_ascii() {
         "Authorization".into(),
         "Bearer a.b-c_d~!\"#$%&'()*+,/:;<=>?@[\\]^`{|}".into(),
     );
-    EndpointSpec::from_pb(&e, &c).unwrap();
+    from_pb(&e, &c).unwrap();
 }
 
 /// Issue #21: `event_types` is capped and takes no duplicates.
@@ -111,7 +121,7 @@ fn event_types_are_capped_and_unique() {
     let c = Config::default();
     let mut e = ep("https://h/x");
     e.event_types = vec!["pick.confirmed".into(); 100_000];
-    let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+    let err = from_pb(&e, &c).unwrap_err().to_string();
     assert!(
         err.starts_with("endpoint.event_types: at most 256"),
         "{err}"
@@ -121,7 +131,7 @@ fn event_types_are_capped_and_unique() {
         "order.status".into(),
         "pick.confirmed".into(),
     ];
-    let err = EndpointSpec::from_pb(&e, &c).unwrap_err().to_string();
+    let err = from_pb(&e, &c).unwrap_err().to_string();
     assert!(
         err.starts_with("endpoint.event_types[2]: duplicate of event_types[0]"),
         "{err}"
@@ -129,9 +139,9 @@ fn event_types_are_capped_and_unique() {
     e.event_types = (0..crate::model::MAX_EVENT_TYPES)
         .map(|i| format!("custom.t{i}"))
         .collect();
-    EndpointSpec::from_pb(&e, &c).unwrap();
+    from_pb(&e, &c).unwrap();
     e.event_types.push("custom.one_more".into());
-    assert!(EndpointSpec::from_pb(&e, &c).is_err());
+    assert!(from_pb(&e, &c).is_err());
 }
 
 fn record() -> EndpointRecord {
@@ -146,11 +156,11 @@ fn record() -> EndpointRecord {
         ..Default::default()
     });
     EndpointRecord {
-        endpoint: Some(e),
+        endpoint: endpoint_from_pb(e).unwrap(),
         secret: b"current-secret-bytes".to_vec(),
         previous_secret: b"previous-secret-bytes".to_vec(),
         previous_expires_nanos: 5,
-        sealed: None,
+        ..Default::default()
     }
 }
 
@@ -207,7 +217,7 @@ fn secrets_are_sealed_at_rest_with_a_master_key() {
 #[test]
 fn debug_shows_no_secret_and_no_header_value() {
     let r = record();
-    let spec = EndpointSpec::from_pb(r.endpoint(), &Config::default()).unwrap();
+    let spec = EndpointSpec::validate(&r.endpoint, &Config::default()).unwrap();
     let shown = format!("{r:?} {spec:?}");
     for secret in [
         "current-secret-bytes",
@@ -230,18 +240,14 @@ fn bad_header_values_are_not_echoed() {
     let mut e = ep("https://h/x");
     e.headers
         .insert("X-Api-Key".into(), "leaked-credential\r\nX-Evil: 1".into());
-    let err = EndpointSpec::from_pb(&e, &Config::default())
-        .unwrap_err()
-        .to_string();
+    let err = from_pb(&e, &Config::default()).unwrap_err().to_string();
     assert!(err.starts_with("endpoint.headers[\"X-Api-Key\"]"), "{err}");
     assert!(!err.contains("leaked-credential"), "{err}");
     e.headers.insert(
         "X-Api-Key".into(),
         format!("long-credential{}", "x".repeat(5000)),
     );
-    let err = EndpointSpec::from_pb(&e, &Config::default())
-        .unwrap_err()
-        .to_string();
+    let err = from_pb(&e, &Config::default()).unwrap_err().to_string();
     assert!(!err.contains("long-credential"), "{err}");
 }
 
@@ -288,7 +294,7 @@ fn ip_literals_in_blocked_ranges_are_rejected() {
 #[test]
 fn schedule_timeout_and_defaults() {
     let c = Config::default();
-    let s = EndpointSpec::from_pb(&ep("https://h/x"), &c).unwrap();
+    let s = from_pb(&ep("https://h/x"), &c).unwrap();
     assert_eq!(s.retry_schedule.len(), 8);
     assert_eq!(s.timeout_for("pick.confirmed", &c), Duration::from_secs(30));
     assert_eq!(
@@ -302,7 +308,7 @@ fn schedule_timeout_and_defaults() {
         seconds: 3600,
         nanos: 0,
     });
-    assert!(EndpointSpec::from_pb(&e, &c)
+    assert!(from_pb(&e, &c)
         .unwrap_err()
         .to_string()
         .starts_with("endpoint.timeout"));
@@ -311,13 +317,13 @@ fn schedule_timeout_and_defaults() {
         seconds: -1,
         nanos: 0,
     }];
-    assert!(EndpointSpec::from_pb(&e, &c)
+    assert!(from_pb(&e, &c)
         .unwrap_err()
         .to_string()
         .starts_with("endpoint.retry_schedule[0]"));
     let mut e = ep("https://h/x");
     e.ordering = 9;
-    assert!(EndpointSpec::from_pb(&e, &c)
+    assert!(from_pb(&e, &c)
         .unwrap_err()
         .to_string()
         .starts_with("endpoint.ordering"));

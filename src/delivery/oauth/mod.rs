@@ -12,7 +12,9 @@
 //!
 //! The client secret is a secret like the signing secrets: sealed at rest
 //! (`EndpointRecord::to_stored`), never returned (responses carry
-//! `client_secret_set` instead), redacted in every `Debug`.
+//! `client_secret_set` instead, `convert::endpoint`), redacted in every
+//! `Debug`. How UpdateEndpoint's mask changes the settings is wire
+//! semantics, in `convert::endpoint::oauth2`.
 
 pub mod layer;
 pub mod token;
@@ -21,10 +23,7 @@ use std::fmt;
 
 use http::Uri;
 
-use crate::{
-    error::{Error, Result},
-    pb,
-};
+use crate::model::endpoint::OAuth2;
 
 pub use layer::BearerLayer;
 pub use token::Tokens;
@@ -68,26 +67,6 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// The generated message's `Debug` (its derive is skipped in `build.rs`):
-/// everything but the secret.
-impl fmt::Debug for pb::OAuth2 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = if self.client_secret.is_empty() {
-            ""
-        } else {
-            super::REDACTED
-        };
-        f.debug_struct("OAuth2")
-            .field("token_url", &self.token_url)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &secret)
-            .field("scopes", &self.scopes)
-            .field("audience", &self.audience)
-            .field("client_secret_set", &self.client_secret_set)
-            .finish()
-    }
-}
-
 /// Which field is wrong (under `oauth2.`), and why — never the value.
 pub type FieldError = (String, String);
 
@@ -109,7 +88,7 @@ fn nqchar(s: &str) -> bool {
 /// Validates an endpoint's `oauth2` (`None`: no OAuth2). `check_url` is
 /// the endpoint URL rule (https://, http:// only with `allow_http`).
 pub fn parse(
-    o: Option<&pb::OAuth2>,
+    o: Option<&OAuth2>,
     check_url: impl Fn(&str) -> std::result::Result<Uri, String>,
 ) -> std::result::Result<Option<ClientCredentials>, FieldError> {
     let Some(o) = o else { return Ok(None) };
@@ -158,97 +137,6 @@ pub fn parse(
     }))
 }
 
-/// The `oauth2` part of an UpdateEndpoint, applied path by path, then
-/// [`OAuth2Update::finish`]ed.
-#[derive(Default)]
-pub struct OAuth2Update {
-    before: Option<Option<pb::OAuth2>>,
-    secret_given: bool,
-}
-
-impl OAuth2Update {
-    /// Applies one update-mask path: `oauth2` (the whole message; an empty
-    /// `client_secret` keeps the stored one) or `oauth2.<field>`. Returns
-    /// `false` for any other path.
-    pub fn apply(
-        &mut self,
-        path: &str,
-        into: &mut Option<pb::OAuth2>,
-        from: Option<&pb::OAuth2>,
-        index: usize,
-    ) -> Result<bool> {
-        let sub = match path.strip_prefix("oauth2") {
-            Some("") => None,
-            Some(rest) => match rest.strip_prefix('.') {
-                Some(sub) => Some(sub),
-                None => return Ok(false),
-            },
-            None => return Ok(false),
-        };
-        self.before.get_or_insert_with(|| into.clone());
-        let Some(sub) = sub else {
-            let kept = into.as_ref().map(|o| o.client_secret.clone());
-            *into = from.cloned();
-            if let Some(o) = into.as_mut() {
-                if o.client_secret.is_empty() {
-                    o.client_secret = kept.unwrap_or_default();
-                } else {
-                    self.secret_given = true;
-                }
-            }
-            return Ok(true);
-        };
-        let from = from.cloned().unwrap_or_default();
-        let o = into.get_or_insert_with(Default::default);
-        match sub {
-            "token_url" => o.token_url = from.token_url,
-            "client_id" => o.client_id = from.client_id,
-            "client_secret" => {
-                o.client_secret = from.client_secret;
-                self.secret_given = true;
-            }
-            "scopes" => o.scopes = from.scopes,
-            "audience" => o.audience = from.audience,
-            other => {
-                return Err(Error::invalid(
-                    format!("update_mask.paths[{index}]"),
-                    format!(
-                        "oauth2.{other:?} cannot be updated (oauth2 fields: token_url, \
-                         client_id, client_secret, scopes, audience)"
-                    ),
-                ))
-            }
-        }
-        Ok(true)
-    }
-
-    /// Refuses sending the stored secret to a token URL it was not given
-    /// for: changing `token_url` needs the secret again.
-    pub fn finish(self, after: &Option<pb::OAuth2>) -> Result<()> {
-        let (Some(before), Some(after)) = (self.before, after) else {
-            return Ok(());
-        };
-        let moved = before
-            .as_ref()
-            .is_some_and(|b| b.token_url != after.token_url);
-        if moved && !self.secret_given {
-            return Err(Error::invalid(
-                "endpoint.oauth2.client_secret",
-                "required when token_url changes (the stored secret is never sent to another \
-                 token endpoint)",
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What responses show: the settings without the secret, and whether one
-/// is stored.
-pub fn redact(o: &mut pb::OAuth2) {
-    o.client_secret_set = !o.client_secret.is_empty();
-    o.client_secret.clear();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +151,13 @@ mod tests {
             .ok_or_else(|| "must be https://".into())
     }
 
-    fn settings() -> pb::OAuth2 {
-        pb::OAuth2 {
+    fn settings() -> OAuth2 {
+        OAuth2 {
             token_url: "https://auth.example.com/token".into(),
             client_id: "stevedore".into(),
             client_secret: "s3cr3t-value".into(),
             scopes: vec!["orders:write".into(), "inventory".into()],
             audience: String::new(),
-            client_secret_set: false,
         }
     }
 
@@ -280,7 +167,7 @@ mod tests {
         assert_eq!(ok.client_id, "stevedore");
         assert_eq!(ok.audience, None);
         assert!(parse(None, https).unwrap().is_none());
-        type Change = fn(&mut pb::OAuth2);
+        type Change = fn(&mut OAuth2);
         let cases: [(Change, &str); 7] = [
             (|o| o.token_url.clear(), "oauth2.token_url"),
             (|o| o.token_url = "http://a/t".into(), "oauth2.token_url"),
@@ -309,56 +196,5 @@ mod tests {
         let shown = format!("{o:?} {creds:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("stevedore") && shown.contains("<redacted>"));
-        let mut shown = o.clone();
-        redact(&mut shown);
-        assert!(shown.client_secret.is_empty() && shown.client_secret_set);
-    }
-
-    #[test]
-    fn updates_keep_the_secret_only_for_the_same_token_url() {
-        let stored = Some(settings());
-        // The whole message without a secret: the stored one stays.
-        let mut into = stored.clone();
-        let mut new = settings();
-        new.client_secret.clear();
-        new.scopes = vec!["one".into()];
-        let mut u = OAuth2Update::default();
-        assert!(u.apply("oauth2", &mut into, Some(&new), 0).unwrap());
-        u.finish(&into).unwrap();
-        let got = into.unwrap();
-        assert_eq!(got.client_secret, "s3cr3t-value");
-        assert_eq!(got.scopes, ["one"]);
-
-        // A new token URL without the secret again is refused...
-        let mut into = stored.clone();
-        let mut new = settings();
-        new.token_url = "https://elsewhere.example/token".into();
-        let mut u = OAuth2Update::default();
-        u.apply("oauth2.token_url", &mut into, Some(&new), 0)
-            .unwrap();
-        let err = u.finish(&into).unwrap_err().to_string();
-        assert!(err.starts_with("endpoint.oauth2.client_secret"), "{err}");
-        // ...and accepted with it.
-        let mut into = stored.clone();
-        new.client_secret = "other".into();
-        let mut u = OAuth2Update::default();
-        u.apply("oauth2.token_url", &mut into, Some(&new), 0)
-            .unwrap();
-        u.apply("oauth2.client_secret", &mut into, Some(&new), 1)
-            .unwrap();
-        u.finish(&into).unwrap();
-        assert_eq!(into.unwrap().client_secret, "other");
-
-        // Removing OAuth2, and paths that are not ours.
-        let mut into = stored.clone();
-        let mut u = OAuth2Update::default();
-        u.apply("oauth2", &mut into, None, 0).unwrap();
-        u.finish(&into).unwrap();
-        assert!(into.is_none());
-        let mut into = stored;
-        let mut u = OAuth2Update::default();
-        assert!(!u.apply("oauth2x", &mut into, None, 0).unwrap());
-        assert!(!u.apply("url", &mut into, None, 0).unwrap());
-        assert!(u.apply("oauth2.nope", &mut into, None, 3).is_err());
     }
 }

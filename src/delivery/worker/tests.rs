@@ -27,9 +27,9 @@ use crate::{
     },
     model::{
         delivery::{DeliveryRecord, DeliveryState},
+        endpoint::Endpoint,
         Offset,
     },
-    pb,
     store::{self, test_event, Store, WriterHandle},
 };
 
@@ -116,9 +116,10 @@ pub(super) async fn start_with(
         delivery_window: NonZeroU32::new(window).unwrap(),
         ..Default::default()
     });
-    let mut spec = EndpointSpec::from_pb(
-        &pb::Endpoint {
+    let mut spec = EndpointSpec::validate(
+        &Endpoint {
             url: "https://example.com/hook".into(),
+            enabled: true,
             ..Default::default()
         },
         &config,

@@ -8,7 +8,7 @@ use prost::Message;
 use rand::{rngs::StdRng, Rng, RngCore};
 use stevedore::{
     config::Config,
-    convert::{validate_event, EventLimits},
+    convert::{endpoint::endpoint_from_pb, validate_event, EventLimits},
     delivery::endpoint::EndpointSpec,
     pb,
 };
@@ -117,6 +117,14 @@ impl Ctx {
         .is_ok()
     }
 
+    /// Whether the broker would accept `e` as a new endpoint's settings
+    /// (the API's path: into the domain, then validation).
+    pub(super) fn valid_endpoint(&self, e: &pb::Endpoint) -> bool {
+        endpoint_from_pb(e.clone())
+            .and_then(|e| EndpointSpec::validate(&e, &self.config))
+            .is_ok()
+    }
+
     /// Makes sure `msg`, if it decodes as `path`'s request, cannot change
     /// anything: a request the server would accept is made invalid. The
     /// bytes are kept as they are whenever they are hostile already.
@@ -151,11 +159,7 @@ impl Ctx {
                 _ => msg,
             },
             "CreateEndpoint" => match pb::CreateEndpointRequest::decode(msg.as_slice()) {
-                Ok(mut r)
-                    if r.endpoint
-                        .as_ref()
-                        .is_some_and(|e| EndpointSpec::from_pb(e, &self.config).is_ok()) =>
-                {
+                Ok(mut r) if r.endpoint.as_ref().is_some_and(|e| self.valid_endpoint(e)) => {
                     r.endpoint.as_mut().unwrap().url = "ftp://defanged/".into();
                     r.encode_to_vec()
                 }
