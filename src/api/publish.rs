@@ -1,8 +1,9 @@
 //! `stevedore.v1.Publisher`: validate, append, answer once durable.
 
-use std::{pin::Pin, time::SystemTime};
+use std::{pin::Pin, sync::Arc, task::Poll, time::SystemTime};
 
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -20,6 +21,14 @@ use crate::{
 
 /// Acks a stream may have outstanding before it stops reading requests.
 const STREAM_PIPELINE_DEPTH: usize = 1024;
+/// Most events of one [`Bulk`]...
+const STREAM_BULK_EVENTS: usize = 64;
+/// ...and its encoded bytes, past which it takes no more. Its events are
+/// held decoded until it is queued, beyond the intake's reservation of the
+/// stream's latest message, so this is kept small: the decoded form of
+/// 64 KiB of events, next to the encoded events of the (up to
+/// `STREAM_PIPELINE_DEPTH`) acks a stream may have outstanding.
+const STREAM_BULK_BYTES: usize = 64 * 1024;
 
 /// The Publisher service.
 pub struct PublisherService {
@@ -139,15 +148,17 @@ impl Publisher for PublisherService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let slot = std::sync::Arc::new(self.shared.stream_slot(super::StreamKind::Publish)?);
+        let slot = Arc::new(self.shared.stream_slot(super::StreamKind::Publish)?);
         let scope = Scope::of(&request);
         let mut requests = request.into_inner();
         let shared = self.shared.clone();
-        // Requests are validated and queued to the writer as they arrive;
-        // their durable outcomes are awaited in order by the sender task, so
-        // many appends share each group commit while acks stay in order.
+        // Requests are validated and queued to the writer as they arrive,
+        // those already received together as one append ([`Bulk`]); their
+        // durable outcomes are awaited in order by the sender task, so many
+        // appends share each group commit while acks stay in order.
         let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_PIPELINE_DEPTH);
         let (out_tx, out_rx) = mpsc::channel(STREAM_PIPELINE_DEPTH);
+        let outstanding = Arc::new(Semaphore::new(STREAM_PIPELINE_DEPTH));
 
         let reader = {
             let shared = shared.clone();
@@ -157,29 +168,28 @@ impl Publisher for PublisherService {
                 let _slot = slot;
                 let mut n = 0usize;
                 loop {
-                    let req = tokio::select! {
+                    let first = tokio::select! {
                         _ = shared.shutdown.cancelled() => break,
                         r = requests.next() => r,
                     };
-                    let item = match req {
-                        None => break,
-                        Some(Err(status)) => Err(status),
-                        Some(Ok(req)) => match validate_one(&shared, &scope, req, "event") {
-                            Err(e) => Err(Status::from(e)),
-                            Ok(event) => {
-                                let id = event.event.id.clone();
-                                match shared.store.submit_append(vec![event]).await {
-                                    Ok(rx) => Ok((id, rx)),
-                                    Err(e) => Err(Status::from(e)),
-                                }
-                            }
-                        },
-                    };
-                    let stop = item.is_err();
-                    if pending_tx.send(item).await.is_err() || stop {
-                        break;
+                    let validate = |req| validate_one(&shared, &scope, req, "event");
+                    let (bulk, end) = Bulk::read(first, &mut requests, validate).await;
+                    n += bulk.ids.len();
+                    if !bulk.ids.is_empty() {
+                        let item = bulk.submit(&shared, &outstanding).await;
+                        let stop = item.is_err();
+                        if pending_tx.send(item).await.is_err() || stop {
+                            break;
+                        }
                     }
-                    n += 1;
+                    match end {
+                        End::More => {}
+                        End::Input => break,
+                        End::Failed(status) => {
+                            let _ = pending_tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
                 }
                 tracing::debug!(events = n, "publish stream input ended");
             }
@@ -187,17 +197,26 @@ impl Publisher for PublisherService {
         let sender = async move {
             let _slot = slot;
             while let Some(item) = pending_rx.recv().await {
-                let out = match item {
+                let outcome = match item {
                     Err(status) => Err(status),
-                    Ok((id, rx)) => match rx.await {
-                        Ok(Ok(appended)) => Ok(response(id, appended[0])),
+                    Ok((ids, rx, permits)) => match rx.await {
+                        Ok(Ok(appended)) => Ok((ids, appended, permits)),
                         Ok(Err(e)) => Err(Status::from(e)),
                         Err(_) => Err(Status::from(Error::ShuttingDown)),
                     },
                 };
-                let stop = out.is_err();
-                if out_tx.send(out).await.is_err() || stop {
-                    break;
+                // The permits go back once the bulk's acks are handed on.
+                let (ids, appended, _permits) = match outcome {
+                    Ok(acks) => acks,
+                    Err(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                for (id, a) in ids.into_iter().zip(appended) {
+                    if out_tx.send(Ok(response(id, a))).await.is_err() {
+                        return;
+                    }
                 }
             }
         };
@@ -206,3 +225,115 @@ impl Publisher for PublisherService {
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
+
+/// A bulk queued to the writer: each event's id (for its ack), the
+/// receiver of the append's outcome, and its share of the stream's
+/// outstanding acks.
+type Queued = (
+    Vec<String>,
+    oneshot::Receiver<Result<Vec<Appended>, Error>>,
+    OwnedSemaphorePermit,
+);
+
+/// Valid requests of one stream that had arrived by the time the reader
+/// got to them, queued to the writer as one append: one reply and one
+/// wake-up of the sender for them all instead of one each. A bulk stops at
+/// the first request that is not there yet, so it never waits for more.
+/// It holds decoded events until it is queued, so it is capped in events
+/// and in bytes; queued, an event is held encoded, as one append.
+///
+/// The append is all or nothing, which a stream does not need (each event
+/// is acked alone) but which costs nothing here: it fails only when the
+/// log does (a failed write, a damaged record), and the stream ends at its
+/// first error anyway.
+struct Bulk {
+    ids: Vec<String>,
+    events: Vec<NewEvent>,
+    bytes: usize,
+}
+
+/// Why a bulk ended.
+enum End {
+    /// None was ready, or the bulk is full: read on.
+    More,
+    /// The client closed its side.
+    Input,
+    /// A request failed (decoding, validation, rate): answer it after the
+    /// bulk's acks, then end the stream.
+    Failed(Status),
+}
+
+impl Bulk {
+    /// Reads a bulk: `first`, then the requests already there, each
+    /// through `validate`, until one fails, the input ends, none is ready
+    /// or the bulk is full.
+    async fn read<S>(
+        first: Option<Result<PublishRequest, Status>>,
+        requests: &mut S,
+        mut validate: impl FnMut(PublishRequest) -> Result<NewEvent, Error>,
+    ) -> (Self, End)
+    where
+        S: Stream<Item = Result<PublishRequest, Status>> + Unpin,
+    {
+        let mut bulk = Bulk {
+            ids: Vec::new(),
+            events: Vec::new(),
+            bytes: 0,
+        };
+        let mut next = first;
+        loop {
+            let req = match next {
+                None => return (bulk, End::Input),
+                Some(Err(status)) => return (bulk, End::Failed(status)),
+                Some(Ok(req)) => req,
+            };
+            match validate(req) {
+                Err(e) => return (bulk, End::Failed(Status::from(e))),
+                Ok(event) => {
+                    bulk.bytes += event.event.encoded_len();
+                    bulk.ids.push(event.event.id.clone());
+                    bulk.events.push(event);
+                }
+            }
+            if bulk.events.len() >= STREAM_BULK_EVENTS || bulk.bytes >= STREAM_BULK_BYTES {
+                return (bulk, End::More);
+            }
+            next = match ready_now(requests).await {
+                Some(r) => r,
+                None => return (bulk, End::More),
+            };
+        }
+    }
+
+    /// Queues the bulk's append once the stream has room for its acks.
+    async fn submit(
+        self,
+        shared: &ServiceContext,
+        outstanding: &Arc<Semaphore>,
+    ) -> Result<Queued, Status> {
+        let n = u32::try_from(self.events.len()).expect("a bulk is capped far below u32::MAX");
+        let permits = outstanding
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the semaphore is never closed");
+        let rx = shared.store.submit_append(self.events).await?;
+        Ok((self.ids, rx, permits))
+    }
+}
+
+/// The stream's next item if it is there already, without waiting (`None`
+/// when it is not).
+async fn ready_now<S: Stream + Unpin>(stream: &mut S) -> Option<Option<S::Item>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match Pin::new(&mut *stream).poll_next(cx) {
+            Poll::Ready(item) => Some(item),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+#[path = "publish_tests.rs"]
+mod tests;
