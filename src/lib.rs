@@ -21,7 +21,9 @@
 //!   index; beside it, sled keeps only state, behind typed stores
 //!   (endpoints, deliveries, consumers, audit); the writer
 //!   threads that group-commit and fsync; erasure of events' payloads
-//!   (tombstones written by rewriting sealed segments).
+//!   (tombstones written by rewriting sealed segments). With `backend =
+//!   "jetstream"` the events live on a NATS JetStream cluster instead
+//!   (`store/jetstream`), behind the same `Store`.
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`endpoints`] — webhook endpoints: create, update, delete, rotate,
 //!   replay, test over the typed state; admin queries over their

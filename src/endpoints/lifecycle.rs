@@ -54,9 +54,11 @@ impl Endpoints {
             Some(pb::endpoint::Start::StartOffset(o)) => {
                 convert::start_offset("endpoint.start_offset", *o, self.store.head())?.max(1)
             }
-            Some(pb::endpoint::Start::StartTime(t)) => self
-                .store
-                .offset_at_time(convert::system_time("endpoint.start_time", t)?)?,
+            Some(pb::endpoint::Start::StartTime(t)) => {
+                self.store
+                    .offset_at_time(convert::system_time("endpoint.start_time", t)?)
+                    .await?
+            }
         };
         let now = convert::timestamp(SystemTime::now());
         let id = format!("ep_{}", ulid::Ulid::new());

@@ -87,7 +87,7 @@ impl Endpoints {
         offset: Offset,
     ) -> Result<pb::ExplainEventResponse> {
         let record = self.record(scope, id)?;
-        let event = scope.event(&self.store, offset)?;
+        let event = scope.local_event(&self.store, offset)?;
         let mut out = pb::ExplainEventResponse {
             offset,
             event_type: event.event_type.to_string(),
