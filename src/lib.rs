@@ -24,7 +24,9 @@
 //!   index; beside it, sled keeps only state, behind typed stores
 //!   (endpoints, deliveries, consumers, audit); the writer
 //!   threads that group-commit and fsync; erasure of events' payloads
-//!   (tombstones written by rewriting sealed segments).
+//!   (tombstones written by rewriting sealed segments). With `backend =
+//!   "jetstream"` the events live on a NATS JetStream cluster instead
+//!   (`store/jetstream`), behind the same `Store`.
 //! - [`consumer`] — durable consumers: cursors, leases, redelivery.
 //! - [`endpoints`] — webhook endpoints: create, update, delete, rotate,
 //!   replay, test over the typed state; admin queries over their
@@ -177,8 +179,12 @@ pub async fn run_and_report(
     serve(config, listeners, shutdown, |_| ready()).await
 }
 
-/// Binds `config.console_listen`, if set.
+/// Binds `config.console_listen`, if set (not in cluster mode, where the
+/// console does not run yet).
 pub async fn bind_console(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    if config.backend == config::Backend::JetStream {
+        return Ok(None);
+    }
     match config.console_listen {
         Some(addr) => {
             Ok(Some(TcpListener::bind(addr).await.with_context(|| {

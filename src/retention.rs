@@ -79,7 +79,7 @@ pub async fn tenant_pass(
         let Some(t) = SystemTime::now().checked_sub(*age) else {
             continue;
         };
-        let cutoff = store.offset_at_time(t)?;
+        let cutoff = store.local()?.offset_at_time(t)?;
         let from = watermarks
             .get(tenant)
             .copied()
@@ -111,7 +111,7 @@ pub async fn pass(store: &Store, endpoints: &Endpoints, config: &Config) -> Resu
 /// The first offset to keep.
 fn cutoff(store: &Store, config: &Config) -> Result<Offset> {
     let by_age = match SystemTime::now().checked_sub(config.retention_age) {
-        Some(t) => store.offset_at_time(t)?,
+        Some(t) => store.local()?.offset_at_time(t)?,
         None => 0,
     };
     let by_size =
@@ -140,7 +140,7 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
         for chunk in expired.chunks(4096) {
             let mut writes = StateWrites::new();
             for &offset in chunk {
-                let Some(event) = store.get(offset)? else {
+                let Some(event) = store.local()?.get(offset)? else {
                     continue;
                 };
                 if !filter.matches(&event) {

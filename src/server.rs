@@ -22,7 +22,7 @@ use crate::{
     metrics,
     pb::{self, admin_server::AdminServer, publisher_server::PublisherServer},
     private_files, retention,
-    store::{self, Store, StoreConfig},
+    store::{self, jetstream::ClusterOptions, Store, StoreConfig},
     tenant, tls,
 };
 
@@ -83,17 +83,31 @@ pub async fn serve(
 
     log_egress_policy(&config);
 
-    let (store, writer) = Store::open(&StoreConfig {
-        path: config.data_dir.clone(),
-        cache_bytes: config.state_cache_bytes,
-        segment_bytes: config.log_segment_bytes,
-        max_group: config.max_group_commit,
-        commit_delay: config.group_commit_delay,
-        metrics: metrics.clone(),
-        recovery: config.recovery,
-        zero_fill: config.log_zero_fill,
-    })
-    .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let (store, writer) = match ClusterOptions::from_config(&config) {
+        Some(cluster) => Store::open_cluster(&cluster, metrics.clone())
+            .await
+            .context("opening the event log on the NATS cluster (backend = \"jetstream\")")?,
+        None => Store::open(&StoreConfig {
+            path: config.data_dir.clone(),
+            cache_bytes: config.state_cache_bytes,
+            segment_bytes: config.log_segment_bytes,
+            max_group: config.max_group_commit,
+            commit_delay: config.group_commit_delay,
+            metrics: metrics.clone(),
+            recovery: config.recovery,
+            zero_fill: config.log_zero_fill,
+        })
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
+    };
+    let cluster = store.is_cluster();
+    if cluster {
+        tracing::warn!(
+            "cluster mode (backend = jetstream): Publish, PublishBatch, PublishStream, GetEvent \
+             and Subscribe without a consumer name work across brokers; webhook endpoints and \
+             delivery, named durable consumers, retention, erasure, the audit trail and the \
+             console do not run in cluster mode yet (their calls answer FAILED_PRECONDITION)"
+        );
+    }
 
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -132,12 +146,18 @@ pub async fn serve(
         );
         let snapshot = move || {
             let head = store.head();
+            let (endpoints, consumers) = if cluster {
+                // Neither runs in cluster mode yet.
+                (Vec::new(), Vec::new())
+            } else {
+                (endpoints.endpoint_gauges()?, consumers.lags(head)?)
+            };
             Ok(metrics::Snapshot {
                 head,
                 first: store.first_offset()?,
                 disk_bytes: store.size_on_disk()?,
-                endpoints: endpoints.endpoint_gauges()?,
-                consumers: consumers.lags(head)?,
+                endpoints,
+                consumers,
             })
         };
         tasks.spawn(metrics::serve(
@@ -153,12 +173,14 @@ pub async fn serve(
             stop.cancelled().await
         }));
     }
-    tasks.spawn(retention::run(
-        shared.store.clone(),
-        endpoints.clone(),
-        shared.config.clone(),
-        token.clone(),
-    ));
+    if !cluster {
+        tasks.spawn(retention::run(
+            shared.store.clone(),
+            endpoints.clone(),
+            shared.config.clone(),
+            token.clone(),
+        ));
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -202,7 +224,13 @@ pub async fn serve(
         console_url: None,
         console_login: None,
     };
-    if let Some(console_listener) = console_listener {
+    if let (true, Some(listener)) = (cluster, &console_listener) {
+        tracing::warn!(
+            addr = %listener.local_addr()?,
+            "the console does not run in cluster mode yet; not serving it"
+        );
+    }
+    if let Some(console_listener) = console_listener.filter(|_| !cluster) {
         let console_addr = console_listener.local_addr()?;
         config.check_console_listen(console_addr)?;
         let console_tls = console::tls_config(&config)?;

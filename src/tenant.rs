@@ -93,13 +93,30 @@ impl Scope {
 
     /// The event at `offset` if it exists and is visible; `NOT_FOUND` for
     /// both "no such event" and "another tenant's event".
-    pub fn event(&self, store: &Store, offset: Offset) -> Result<StoredEvent> {
+    pub async fn event(&self, store: &Store, offset: Offset) -> Result<StoredEvent> {
+        self.visible(store, offset, store.get(offset).await?)
+    }
+
+    /// [`Scope::event`] read synchronously from the embedded log, for the
+    /// subsystems that run on it only (see [`Store::local`]).
+    pub fn local_event(&self, store: &Store, offset: Offset) -> Result<StoredEvent> {
+        self.visible(store, offset, store.local()?.get(offset)?)
+    }
+
+    /// `found`, the event read at `offset`, if it is visible to this scope;
+    /// `NOT_FOUND` (saying so when it was erased) otherwise.
+    fn visible(
+        &self,
+        store: &Store,
+        offset: Offset,
+        found: Option<StoredEvent>,
+    ) -> Result<StoredEvent> {
         let not_found = || {
             Error::NotFound(format!(
                 "no event at offset {offset} (never published, or removed by retention)"
             ))
         };
-        let Some(event) = store.get(offset)? else {
+        let Some(event) = found else {
             // An erased event says so, to whoever may see its tenant.
             return match store.erasure(offset)? {
                 Some(e) if self.sees(&e.tenant) => Err(Error::NotFound(format!(

@@ -22,6 +22,7 @@ use serde::de::{self, value::MapAccessDeserializer, Deserializer, Error as _, Vi
 use serde::Deserialize;
 
 use super::{
+    cluster::{check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, Secret as SecretValue},
     net::parse_networks,
     parse_duration,
     proxy::{parse_no_proxy, parse_proxy, ProxyUrl},
@@ -254,6 +255,41 @@ pub fn proxy<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ProxyUrl>, D::Err
             Ok(Some(ProxyUrl::from(v)))
         },
     })
+}
+
+/// A string that may be empty for "none".
+pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = text(d)?;
+    Ok((!value.is_empty()).then_some(value))
+}
+
+/// A secret string (`nats_password`, `nats_token`); empty means none.
+/// Never echoed.
+pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretValue>, D::Error> {
+    d.deserialize_str(Secret {
+        expecting: "a string",
+        parse: |v| Ok((!v.is_empty()).then(|| SecretValue::from(v))),
+    })
+}
+
+/// NATS seed URLs (`nats_url`): comma-separated or an array; never echoed
+/// (a URL may hold credentials).
+pub fn nats_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NatsUrl>, D::Error> {
+    let value = list(d, "NATS URLs")?;
+    parse_nats_urls(&value).map_err(D::Error::custom)
+}
+
+/// Monitoring URLs (`nats_monitor_url`): comma-separated or an array.
+pub fn monitor_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let value = list(d, "monitoring URLs")?;
+    parse_monitor_urls(&value).map_err(D::Error::custom)
+}
+
+/// The name prefix on the cluster (`nats_prefix`).
+pub fn nats_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = text(d)?;
+    check_prefix(&value).map_err(D::Error::custom)?;
+    Ok(value)
 }
 
 /// One `[[tokens]]` table.

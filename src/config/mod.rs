@@ -15,7 +15,9 @@
 //! key, the log's recovery mode) are defined here, and the modules that use
 //! them import them from here.
 
+mod cluster;
 mod de;
+mod kinds;
 mod load;
 mod master_key;
 mod net;
@@ -30,6 +32,8 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub use cluster::{Backend, NatsUrl, Secret};
+pub use kinds::{LogFormat, Recovery};
 pub use load::{keys, ENV_PREFIX, NON_CONFIG_ENV};
 pub use master_key::{MasterKey, MASTER_KEY_BYTES};
 pub use net::{parse_networks, Cidr};
@@ -275,49 +279,47 @@ pub struct Config {
     /// `crate::retention`).
     #[serde(deserialize_with = "de::tenant_retention")]
     pub tenant_retention: Vec<(String, Duration)>,
-}
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err("expected `text` or `json`".into()),
-        }
-    }
-}
-
-/// What opening the event log does with damage inside acknowledged
-/// records (the `recovery` key; `crate::store` uses it from here).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Recovery {
-    /// Refuse to open, naming the file and byte (the default).
-    #[default]
-    Refuse,
-    /// Cut the log at the damage, dropping every later record, and log
-    /// what was dropped.
-    Truncate,
-}
-
-impl std::str::FromStr for Recovery {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "refuse" => Ok(Self::Refuse),
-            "truncate" => Ok(Self::Truncate),
-            _ => Err("expected refuse or truncate".into()),
-        }
-    }
+    // Cluster mode (#15; `cluster.rs`).
+    /// Where events live: `embedded` (`data_dir`) or `jetstream`.
+    #[serde(deserialize_with = "de::parsed")]
+    pub backend: Backend,
+    /// NATS seed URLs, comma-separated (may hold credentials: never echoed).
+    #[serde(deserialize_with = "de::nats_urls")]
+    pub nats_url: Vec<NatsUrl>,
+    /// NATS user name (with `nats_password`).
+    #[serde(deserialize_with = "de::optional")]
+    pub nats_user: Option<String>,
+    /// NATS password (secret).
+    #[serde(deserialize_with = "de::secret")]
+    pub nats_password: Option<Secret>,
+    /// NATS authentication token (secret).
+    #[serde(deserialize_with = "de::secret")]
+    pub nats_token: Option<Secret>,
+    /// PEM CA certificates trusted for the NATS servers' TLS.
+    #[serde(deserialize_with = "de::path")]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for NATS (with `nats_tls_key`).
+    #[serde(deserialize_with = "de::path")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM client key for NATS (with `nats_tls_cert`).
+    #[serde(deserialize_with = "de::path")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse a NATS connection without TLS.
+    #[serde(deserialize_with = "de::flag")]
+    pub nats_require_tls: bool,
+    /// Names the stream (`<PREFIX>_EVENTS`) and buckets on the cluster.
+    #[serde(deserialize_with = "de::nats_prefix")]
+    pub nats_prefix: String,
+    /// Copies of every event and bucket entry (1 to 5).
+    #[serde(deserialize_with = "de::number")]
+    pub nats_replicas: usize,
+    /// Every node's monitoring URL, for the durability check.
+    #[serde(deserialize_with = "de::monitor_urls")]
+    pub nats_monitor_url: Vec<String>,
+    /// Start even when the durability check fails (logged loudly).
+    #[serde(deserialize_with = "de::flag")]
+    pub allow_unsynced_cluster: bool,
 }
 
 impl Default for Config {
@@ -390,6 +392,19 @@ impl Default for Config {
             tenant_publish_burst: 0,
             audit_events: false,
             tenant_retention: Vec::new(),
+            backend: Backend::Embedded,
+            nats_url: Vec::new(),
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_tls_ca_file: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_require_tls: false,
+            nats_prefix: "stevedore".to_owned(),
+            nats_replicas: 3,
+            nats_monitor_url: Vec::new(),
+            allow_unsynced_cluster: false,
         }
     }
 }

@@ -41,12 +41,18 @@ impl std::ops::Deref for ProxyUrl {
 
 impl std::fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        match authority.rsplit_once('@') {
-            Some((_, host)) => write!(f, "\"{scheme}://***@{host}\""),
-            None => write!(f, "{:?}", self.0),
-        }
+        fmt_redacted(&self.0, f)
+    }
+}
+
+/// `url` for `Debug`: with credentials (`user:password@`), only the scheme,
+/// `***` and the host and port; without, as it is.
+pub(super) fn fmt_redacted(url: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((_, host)) => write!(f, "\"{scheme}://***@{host}\""),
+        None => write!(f, "{url:?}"),
     }
 }
 

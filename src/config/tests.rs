@@ -561,7 +561,7 @@ fn durations() {
 #[test]
 fn keys_are_the_fields_and_readme_lists_them() {
     let keys = keys();
-    assert_eq!(keys.len(), 65, "{keys:?}");
+    assert_eq!(keys.len(), 78, "{keys:?}");
     assert!(keys.contains(&STATE_CACHE_KEY) && !keys.contains(&"state_cache_bytes"));
     let readme = include_str!("../../README.md");
     let table: Vec<&str> = readme
@@ -658,5 +658,161 @@ fn errors_name_the_source_and_the_nested_key() {
     assert!(
         text.contains("`tokens[0]`") && !text.contains("raw-token"),
         "{text}"
+    );
+}
+
+/// Cluster mode (#15): embedded stays the default; `backend = "jetstream"`
+/// needs the cluster's URLs and its monitoring URLs (unless the operator
+/// allows an unchecked cluster); the names and replicas are checked.
+#[test]
+fn cluster_keys_default_to_embedded_and_jetstream_needs_its_urls() {
+    let c = Config::load(None, env(&[]), &[]).unwrap();
+    assert_eq!(c.backend, Backend::Embedded);
+    assert_eq!((c.nats_prefix.as_str(), c.nats_replicas), ("stevedore", 3));
+    assert!(c.nats_url.is_empty() && !c.allow_unsynced_cluster);
+
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_BACKEND", "jetstream"),
+            (
+                "STEVEDORE_NATS_URL",
+                "nats://10.0.0.1:4222, tls://n2.example:4222,n3:4222",
+            ),
+            (
+                "STEVEDORE_NATS_MONITOR_URL",
+                "http://10.0.0.1:8222/,http://n2.example:8222,http://n3:8222",
+            ),
+            ("STEVEDORE_NATS_PREFIX", "wh-east_1"),
+            ("STEVEDORE_NATS_REPLICAS", "5"),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.backend, Backend::JetStream);
+    let urls: Vec<&str> = c.nats_url.iter().map(|u| &**u).collect();
+    assert_eq!(
+        urls,
+        ["nats://10.0.0.1:4222", "tls://n2.example:4222", "n3:4222"]
+    );
+    assert_eq!(
+        c.nats_monitor_url,
+        [
+            "http://10.0.0.1:8222",
+            "http://n2.example:8222",
+            "http://n3:8222"
+        ]
+    );
+    assert_eq!((c.nats_prefix.as_str(), c.nats_replicas), ("wh-east_1", 5));
+
+    let jetstream = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("STEVEDORE_BACKEND", "jetstream")];
+        vars.extend_from_slice(extra);
+        Config::load(None, env(&vars), &[]).map_err(|e| format!("{e:#}"))
+    };
+    let err = jetstream(&[]).unwrap_err();
+    assert!(err.contains("`nats_url`: required"), "{err}");
+    let url = ("STEVEDORE_NATS_URL", "nats://127.0.0.1:4222");
+    let err = jetstream(&[url]).unwrap_err();
+    assert!(
+        err.contains("`nats_monitor_url`: required") && err.contains("sync_interval: always"),
+        "{err}"
+    );
+    // An unchecked cluster only when the operator says so.
+    let c = jetstream(&[url, ("STEVEDORE_ALLOW_UNSYNCED_CLUSTER", "true")]).unwrap();
+    assert!(c.allow_unsynced_cluster && c.nats_monitor_url.is_empty());
+
+    for (var, value, key) in [
+        ("STEVEDORE_BACKEND", "sled", "`backend`"),
+        ("STEVEDORE_NATS_PREFIX", "Upper", "`nats_prefix`"),
+        ("STEVEDORE_NATS_PREFIX", "a.b", "`nats_prefix`"),
+        ("STEVEDORE_NATS_PREFIX", "", "`nats_prefix`"),
+        ("STEVEDORE_NATS_REPLICAS", "0", "`nats_replicas`"),
+        ("STEVEDORE_NATS_REPLICAS", "6", "`nats_replicas`"),
+        ("STEVEDORE_NATS_URL", "http://127.0.0.1:4222", "`nats_url`"),
+        (
+            "STEVEDORE_NATS_MONITOR_URL",
+            "https://n1:8222",
+            "`nats_monitor_url`",
+        ),
+        (
+            "STEVEDORE_NATS_MONITOR_URL",
+            "http://n1",
+            "`nats_monitor_url`",
+        ),
+        ("STEVEDORE_NATS_USER", "svc", "`nats_password`"),
+        ("STEVEDORE_NATS_PASSWORD", "pw", "`nats_user`"),
+        ("STEVEDORE_NATS_TLS_CERT", "/c.pem", "`nats_tls_key`"),
+        ("STEVEDORE_NATS_TLS_KEY", "/k.pem", "`nats_tls_cert`"),
+    ] {
+        let err = format!(
+            "{:#}",
+            Config::load(None, env(&[(var, value)]), &[]).unwrap_err()
+        );
+        assert!(err.contains(key), "{var}={value}: {err}");
+    }
+    let err = jetstream(&[
+        url,
+        ("STEVEDORE_ALLOW_UNSYNCED_CLUSTER", "1"),
+        ("STEVEDORE_NATS_TOKEN", "t"),
+        ("STEVEDORE_NATS_USER", "u"),
+        ("STEVEDORE_NATS_PASSWORD", "p"),
+    ])
+    .unwrap_err();
+    assert!(err.contains("`nats_token`"), "{err}");
+}
+
+/// NATS credentials are secrets: a URL's `user:password@`, the password
+/// and the token appear in no error and no `Debug` output.
+#[test]
+fn cluster_credentials_are_never_echoed() {
+    let password = "hunter2-never-echoed";
+    let err = format!(
+        "{:#}",
+        Config::load(
+            None,
+            env(&[(
+                "STEVEDORE_NATS_URL",
+                &format!("nats://127.0.0.1:4222,ftp://svc:{password}@n2:4222"),
+            )]),
+            &[],
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("`nats_url`") && err.contains("entry 2") && !err.contains(password),
+        "{err}"
+    );
+    let c = Config::load(
+        None,
+        env(&[
+            ("STEVEDORE_BACKEND", "jetstream"),
+            (
+                "STEVEDORE_NATS_URL",
+                &format!("nats://svc:{password}@127.0.0.1:4222"),
+            ),
+            ("STEVEDORE_NATS_MONITOR_URL", "http://127.0.0.1:8222"),
+            ("STEVEDORE_NATS_TOKEN", password),
+        ]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.nats_token.as_ref().map(|t| t.expose()), Some(password));
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains(password) && debug.contains("nats://***@127.0.0.1:4222"),
+        "{debug}"
+    );
+    // A number where the password belongs is named by its type only.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "nats_password = 123456789\n").unwrap();
+    let err = format!(
+        "{:#}",
+        Config::load(Some(&file), env(&[]), &[]).unwrap_err()
+    );
+    assert!(
+        err.contains("`nats_password`") && !err.contains("123456789"),
+        "{err}"
     );
 }

@@ -226,6 +226,7 @@ impl Config {
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
             _ => {}
         }
+        self.validate_cluster()?;
         if let Some(addr) = self.console_listen {
             self.check_console_listen(addr)?;
         }

@@ -48,7 +48,7 @@ fn take_all(c: &Consumer) -> Vec<(Offset, u32, Vec<Offset>)> {
     let mut got = Vec::new();
     for _ in 0..10_000 {
         let read = |o: Offset, _| {
-            Ok(c.store.get(o)?.map(|e| Ev {
+            Ok(c.store.local()?.get(o)?.map(|e| Ev {
                 offset: o,
                 key: e.event.ordering_key.clone(),
                 supersedes: e.event.id.starts_with('s'),

@@ -317,7 +317,7 @@ impl Consumer {
         let mut n = head - scan_end;
         let mut from = floor;
         while from < scan_end {
-            let records = self.store.read_records(from, 1024)?;
+            let records = self.store.local()?.read_records(from, 1024)?;
             let Some(last) = records.last().map(|r| r.offset) else {
                 break;
             };
@@ -352,7 +352,7 @@ impl Consumer {
     /// `p.read_new`) the next unread one that passes the filter. The message
     /// is leased for `p.ack_wait`.
     pub fn poll(&self, p: PollFor) -> Result<Poll> {
-        self.poll_with(p, |offset, _| self.store.get(offset))
+        self.poll_with(p, |offset, _| self.store.local()?.get(offset))
     }
 
     /// Like [`Consumer::poll`], with events read by `read` (`None`: not in
@@ -461,6 +461,7 @@ impl Consumer {
             if !filter.is_all()
                 && !self
                     .store
+                    .local()?
                     .meta(offset)?
                     .is_some_and(|m| filter.matches_meta(&m))
             {

@@ -79,7 +79,7 @@ impl EventCache {
         }
         // Read and render outside the lock. Two workers missing the same
         // offset at once both do the work; the results are identical.
-        let Some(event) = store.get(offset)? else {
+        let Some(event) = store.local()?.get(offset)? else {
             return Ok(None);
         };
         let shared = Arc::new(SharedEvent::new(event));

@@ -54,7 +54,7 @@ impl Endpoints {
                 convert::start_offset("endpoint.start_offset", o, self.store.head())?.max(1)
             }
             // Before 1970: from the first event.
-            Some(Start::Time(t)) => self.store.offset_at_time(t.max(UNIX_EPOCH))?,
+            Some(Start::Time(t)) => self.store.offset_at_time(t.max(UNIX_EPOCH)).await?,
         };
         let now = SystemTime::now();
         let id = format!("ep_{}", ulid::Ulid::new());

@@ -77,7 +77,7 @@ impl Endpoints {
     /// Why endpoint `id` did or did not get the event at `offset`.
     pub fn explain(&self, scope: &Scope, id: &str, offset: Offset) -> Result<Explanation> {
         let record = self.record(scope, id)?;
-        let event = scope.event(&self.store, offset)?;
+        let event = scope.local_event(&self.store, offset)?;
         let mut out = Explanation {
             offset,
             event_type: event.event_type.to_string(),

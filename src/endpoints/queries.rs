@@ -68,6 +68,7 @@ impl Endpoints {
                 None => Ok(true),
                 Some(k) => Ok(self
                     .store
+                    .local()?
                     .get(offset)?
                     .is_some_and(|e| &e.event.ordering_key == k)),
             }

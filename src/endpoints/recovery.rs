@@ -127,7 +127,7 @@ impl Endpoints {
             .max(self.store.first_offset()?);
         let (mut next, mut scanned, mut matching) = (from, 0u64, 0u64);
         loop {
-            let batch = self.store.read_from(next, 1024)?;
+            let batch = self.store.local()?.read_from(next, 1024)?;
             let Some(last) = batch.last() else {
                 return Ok((from, matching, false));
             };

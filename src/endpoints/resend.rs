@@ -77,7 +77,7 @@ impl Endpoints {
     pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
-        let event = scope.event(&self.store, offset)?;
+        let event = scope.local_event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
         let tenant = crate::model::event_tenant(&event.event);
         if !record.endpoint.tenant.is_empty() && record.endpoint.tenant != tenant {
@@ -164,7 +164,7 @@ impl Endpoints {
         offset: Offset,
     ) -> Result<RenderedRequest> {
         let record = self.record(scope, id)?;
-        let event = scope.event(&self.store, offset)?;
+        let event = scope.local_event(&self.store, offset)?;
         let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let rendered = crate::webhook::render_body(&event.event)
             .map_err(|e| Error::Corrupt(format!("event {offset}: {e}")))?;

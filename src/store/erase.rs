@@ -5,7 +5,7 @@
 //! offset ([`keys::tombstone`]): its id, tenant, type and publish time
 //! remain; its payload, attributes, ordering key and `occurred_at` are
 //! gone from every file of the log. Readers of events ([`Store::get`],
-//! [`Store::meta`], [`Store::read_records`]) treat a tombstone as an
+//! [`super::Local::meta`], [`Store::read_records`]) treat a tombstone as an
 //! event the log no longer has; [`Store::erasure`] reads what it says.
 //! The id stays in the id index: publishing the same id again is
 //! answered as a duplicate of the erased event, so a producer's retry
@@ -78,7 +78,7 @@ impl Store {
         let mut found = Vec::new();
         let mut next = from;
         while next < until {
-            let batch = self.read_records(next, 4096)?;
+            let batch = self.local()?.read_records(next, 4096)?;
             let Some(last) = batch.last().map(|r| r.offset) else {
                 break;
             };
@@ -105,8 +105,10 @@ impl Store {
         let Some(&last) = offsets.last() else {
             return Ok(0);
         };
+        let local = self.local()?;
         let (reply, rx) = oneshot::channel();
-        self.senders()?
+        local
+            .senders()?
             .log
             .send(LogOp::Seal {
                 before: last + 1,
@@ -115,7 +117,7 @@ impl Store {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)??;
-        let log = self.inner.log.clone();
+        let log = local.log.clone();
         let offsets = offsets.to_vec();
         let now = keys::unix_nanos(SystemTime::now());
         let replaced = tokio::task::spawn_blocking(move || {
@@ -135,12 +137,13 @@ impl Store {
     }
 
     /// What the tombstone at `offset` says, if the event there was erased
-    /// (`None` for a live event or an offset not in the log).
+    /// (`None` for a live event or an offset not in the log; always `None`
+    /// in cluster mode, where nothing is erased yet).
     pub fn erasure(&self, offset: Offset) -> Result<Option<Erasure>> {
-        if offset >= self.head() {
+        if offset >= self.head() || self.is_cluster() {
             return Ok(None);
         }
-        let Some(record) = self.inner.log.get(offset)? else {
+        let Some(record) = self.local()?.log.get(offset)? else {
             return Ok(None);
         };
         Ok(

@@ -9,6 +9,16 @@
 //! alone does not fsync on Linux). Only then are the callers answered and
 //! the new head published, so an acknowledged write is on disk and a
 //! subscriber never sees an event that could still be lost.
+//!
+//! [`Store`] is the one seam the rest of the broker uses for events, over
+//! two backends: this embedded one, or (`backend = "jetstream"`) a stream
+//! on a NATS JetStream cluster ([`jetstream::ClusterLog`]). Appends, the
+//! head and the event reads (`get`, `read_records`, `offset_at_time`,
+//! `offset_of_id`, async) dispatch on the backend. Synchronous reads of
+//! the embedded log ([`Store::local`]) and the state tables serve the
+//! subsystems that run on the embedded backend only for now (durable
+//! consumers, webhook delivery, retention, erasure): in cluster mode they
+//! answer `FAILED_PRECONDITION`, naming what is not available yet.
 
 pub mod baseline;
 mod erase;
@@ -16,6 +26,7 @@ mod erase;
 mod faults;
 pub mod jetstream;
 mod keys;
+mod local;
 mod log;
 mod open;
 mod recover;
@@ -28,6 +39,7 @@ mod tables;
 mod writer;
 
 pub use erase::{Erasure, Removal, Unwanted};
+pub use local::Local;
 pub use rewrite::{rewrite_endpoints, Rewritten};
 pub use state::{AuditRecords, ConsumerRecords, DeliveryRecords, EndpointRecords, StateWrites};
 
@@ -44,7 +56,7 @@ pub use keys::{decode_meta_record, split_event_record, unix_nanos, ConsumerRecor
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{Appended, EventMeta, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
@@ -107,12 +119,7 @@ pub struct Store {
 }
 
 struct Inner {
-    log: Arc<EventLog>,
-    /// The state tables, reopened in place after a failed write.
-    state: Arc<StateDb>,
-    /// Taken by [`Store::close`]: once every sender is gone the writers
-    /// drain their queues and exit, even if stray handles outlive shutdown.
-    ops: std::sync::Mutex<Option<Senders>>,
+    backend: Backend,
     head: watch::Receiver<Offset>,
     health: watch::Receiver<StoreHealth>,
     /// Counts finished redactions ([`Store::erasures`]).
@@ -121,15 +128,26 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
+/// Where the events are: the one dispatch point between the backends.
+enum Backend {
+    /// The segment log and sled in the data directory.
+    Embedded(Local),
+    /// A stream and buckets on a NATS JetStream cluster (boxed: the
+    /// client's stream handle caches the stream's info, kilobytes).
+    Cluster(Box<jetstream::ClusterLog>),
+}
+
 /// What keeps the store from taking writes, if anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreHealth {
     /// Why the event log stopped taking appends (a failed `fdatasync`):
-    /// until a restart.
+    /// until a restart. On the cluster: the connection is lost, until the
+    /// client is connected again.
     pub log: Option<String>,
     /// Why state writes are failing (a full disk, say); cleared once a
     /// write succeeds again (the state writer probes, and reopens the state
-    /// database, meanwhile).
+    /// database, meanwhile). On the cluster: the event stream's leader
+    /// does not answer, until it does.
     pub state: Option<String>,
 }
 
@@ -138,12 +156,6 @@ impl StoreHealth {
     pub fn problem(&self) -> Option<&str> {
         self.log.as_deref().or(self.state.as_deref())
     }
-}
-
-#[derive(Clone)]
-struct Senders {
-    log: mpsc::Sender<LogOp>,
-    state: mpsc::Sender<StateOp>,
 }
 
 /// Owns the writer threads; [`WriterHandle::join`] waits until every write
@@ -165,18 +177,25 @@ impl WriterHandle {
 impl Store {
     /// Queues an append of `events` (all or nothing) and returns a receiver
     /// for its durable outcome. Queuing waits only when the writer's queue is
-    /// full, so a caller can pipeline several appends and await them in order.
+    /// full, so a caller can pipeline several appends and await them in
+    /// order; appends queued one after another are stored in that order
+    /// (on the cluster too: see [`jetstream::ClusterLog::submit_append`]).
     pub async fn submit_append(
         &self,
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
+        let local = match &self.inner.backend {
+            Backend::Embedded(local) => local,
+            Backend::Cluster(cluster) => return cluster.submit_append(events).await,
+        };
         let (reply, rx) = oneshot::channel();
         let queued = self.inner.metrics.stall.now();
         let events = events
             .into_iter()
             .map(|e| Encoded::new(e, queued))
             .collect();
-        self.senders()?
+        local
+            .senders()?
             .log
             .send(LogOp::Append { events, reply })
             .await
@@ -186,6 +205,9 @@ impl Store {
 
     /// Appends `events` (all or nothing) and waits until they are durable.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if let Backend::Cluster(cluster) = &self.inner.backend {
+            return cluster.append(events).await;
+        }
         let rx = self.submit_append(events).await?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -196,8 +218,10 @@ impl Store {
         &self,
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
+        let local = self.state_of(mutations.first().map(|m| m.table))?;
         let (reply, rx) = oneshot::channel();
-        self.senders()?
+        local
+            .senders()?
             .state
             .send(StateOp { mutations, reply })
             .await
@@ -216,7 +240,8 @@ impl Store {
     /// were removed.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
-        self.senders()?
+        self.local()?
+            .senders()?
             .log
             .send(LogOp::Truncate { before, reply })
             .await
@@ -224,34 +249,66 @@ impl Store {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Bytes the event log and the state database occupy on disk.
+    /// Bytes the event log and the state database occupy on disk (on the
+    /// cluster: the stream's bytes, one replica's worth).
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.inner.log.size() + self.inner.state.current()?.db.size_on_disk()?)
-    }
-
-    fn senders(&self) -> Result<Senders> {
-        self.inner
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Error::ShuttingDown)
+        match &self.inner.backend {
+            Backend::Embedded(local) => {
+                Ok(local.log.size() + local.state.current()?.db.size_on_disk()?)
+            }
+            Backend::Cluster(cluster) => Ok(cluster.bytes()),
+        }
     }
 
     /// Stops taking writes: queued ones are still committed, later ones fail
     /// with `ShuttingDown`, and the writer exits once the queue is empty.
     pub fn close(&self) {
-        self.inner
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        match &self.inner.backend {
+            Backend::Embedded(local) => {
+                local.ops.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            Backend::Cluster(cluster) => cluster.close(),
+        }
+    }
+
+    /// The embedded backend, for reads that must answer at once (under a
+    /// lock, in a synchronous poll): durable consumers, webhook delivery,
+    /// retention and erasure use them. In cluster mode there is no local
+    /// log: `FAILED_PRECONDITION`, and those subsystems do not start.
+    pub fn local(&self) -> Result<&Local> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => Ok(local),
+            Backend::Cluster(_) => Err(not_in_cluster(
+                "durable consumers, webhook delivery, retention and erasure are",
+            )),
+        }
+    }
+
+    /// Whether the events are on a NATS JetStream cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.backend, Backend::Cluster(_))
+    }
+
+    /// The embedded backend that holds `table` (any, for `None`); in
+    /// cluster mode the state tables are not there yet, and the error
+    /// names what needs them.
+    fn state_of(&self, table: Option<Table>) -> Result<&Local> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => Ok(local),
+            Backend::Cluster(_) => Err(not_in_cluster(match table {
+                Some(Table::Endpoints) => "webhook endpoints are",
+                Some(Table::Deliveries | Table::Attempts) => "webhook deliveries are",
+                Some(Table::Consumers) => "named durable consumers are",
+                Some(Table::Audit) => "the admin audit trail is",
+                None => "the broker's state tables are",
+            })),
+        }
     }
 
     /// Read access to a state table (`UNAVAILABLE` while the state
     /// database is being reopened). Writes go through [`Store::write`].
     fn table(&self, table: Table) -> Result<TableRef> {
-        self.inner.state.table(table)
+        self.state_of(Some(table))?.state.table(table)
     }
 
     /// The next offset to be written: every durable event is below it.
@@ -259,7 +316,8 @@ impl Store {
         *self.inner.head.borrow()
     }
 
-    /// Watches the head; it changes after every group commit that appended.
+    /// Watches the head; it changes after every group commit that appended
+    /// (on the cluster: as the stream grows, whichever broker appended).
     pub fn watch_head(&self) -> watch::Receiver<Offset> {
         self.inner.head.clone()
     }
@@ -267,120 +325,68 @@ impl Store {
     /// Watches what keeps the store from taking writes: after a failed
     /// `fdatasync` nothing more is appended until a restart; failing state
     /// writes clear once a write works again (the state writer probes and
-    /// reopens the state database meanwhile, see `state_db`). The broker
-    /// reports NOT_SERVING meanwhile.
+    /// reopens the state database meanwhile, see `state_db`); on the
+    /// cluster, while it cannot be reached. The broker reports NOT_SERVING
+    /// meanwhile.
     pub fn watch_health(&self) -> watch::Receiver<StoreHealth> {
         self.inner.health.clone()
     }
 
     /// The oldest offset in the log (the head when it is empty).
     pub fn first_offset(&self) -> Result<Offset> {
-        Ok(self.inner.log.first().min(self.head()))
+        match &self.inner.backend {
+            Backend::Embedded(local) => local.first_offset(),
+            Backend::Cluster(cluster) => Ok(cluster.first().min(self.head())),
+        }
     }
 
     /// The event at `offset`, if it is durable and still in the log (an
     /// erased one is not: see [`Store::erasure`]).
-    pub fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
-        self.live_record(offset)?
-            .map(|record| keys::decode_event(&keys::offset_key(offset), &record))
-            .transpose()
-    }
-
-    /// The type and attributes of the event at `offset`, if it is durable
-    /// and still in the log: for filters, much cheaper than [`Store::get`].
-    pub fn meta(&self, offset: Offset) -> Result<Option<EventMeta>> {
-        self.live_record(offset)?
-            .map(|record| keys::decode_meta_record(offset, &record))
-            .transpose()
-    }
-
-    /// The record at `offset` if it is durable, in the log and not a
-    /// tombstone.
-    fn live_record(&self, offset: Offset) -> Result<Option<bytes::Bytes>> {
-        if offset >= self.head() {
-            return Ok(None);
+    pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => local.get(offset),
+            Backend::Cluster(cluster) => cluster.get(offset).await,
         }
-        Ok(self
-            .inner
-            .log
-            .get(offset)?
-            .filter(|record| !is_tombstone(record)))
-    }
-
-    /// Up to `limit` durable events from `from` on (from the first offset,
-    /// if `from` is below it), in log order.
-    pub fn read_from(&self, from: Offset, limit: usize) -> Result<Vec<StoredEvent>> {
-        self.read_records(from, limit)?
-            .into_iter()
-            .map(|r| keys::decode_event(&keys::offset_key(r.offset), &r.record))
-            .collect()
     }
 
     /// Up to `limit` durable records from `from` on (from the first offset,
     /// if `from` is below it), in log order, as stored: each an encoded
     /// [`keys::event_record::EventRecord`] (see [`keys::split_event_record`]), for readers
-    /// that forward the event's bytes without decoding them. Erased events
-    /// (tombstones) are left out, so offsets may skip; an empty answer
+    /// that forward the event's bytes without decoding them. Erased or
+    /// removed events are left out, so offsets may skip; an empty answer
     /// still means nothing is left up to the head.
-    pub fn read_records(&self, mut from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
-        let head = self.head();
-        let mut records = Vec::new();
-        let mut out = Vec::new();
-        // A batch of nothing but tombstones reads on.
-        while records.is_empty() && from < head {
-            out.clear();
-            self.inner.log.read_range(from, head, limit, &mut out)?;
-            let Some(&(last, _)) = out.last() else {
-                break;
-            };
-            // A damaged record ends the batch before it, so healthy records
-            // are never held back by it; read from it, it is the error.
-            for (offset, record) in out.drain(..) {
-                match record {
-                    Ok(record) if is_tombstone(&record) => {}
-                    Ok(record) => records.push(RawRecord { offset, record }),
-                    Err(e) if records.is_empty() => return Err(e),
-                    Err(_) => break,
-                }
-            }
-            from = last + 1;
+    pub async fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => local.read_records(from, limit),
+            Backend::Cluster(cluster) => cluster.read_records(from, limit, self.head()).await,
         }
-        Ok(records)
     }
 
     /// The offset of the first event published at or after `t` (the head if
-    /// none). Binary search: publish times never decrease along the log.
-    pub fn offset_at_time(&self, t: SystemTime) -> Result<Offset> {
-        let (mut lo, mut hi) = (self.first_offset()?, self.head());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            // Offsets are dense between first and head, so `mid` exists
-            // unless retention removed it meanwhile; then search above it.
-            let published = match self.inner.log.get(mid)? {
-                Some(record) => Some(keys::split_event_record(&record)?.1),
-                None => None,
-            };
-            match published {
-                Some(p) if p >= keys::unix_nanos(t) => hi = mid,
-                _ => lo = mid + 1,
-            }
+    /// none).
+    pub async fn offset_at_time(&self, t: SystemTime) -> Result<Offset> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => local.offset_at_time(t),
+            Backend::Cluster(cluster) => cluster.offset_at_time(t, self.head()).await,
         }
-        Ok(lo)
     }
 
     /// The offset of an event id, if it is in the log.
-    pub fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        match self.inner.log.offset_of_id(id)? {
-            Some(o) if o < self.head() => Ok(Some(o)),
-            _ => Ok(None),
+    pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => local.offset_of_id(id),
+            Backend::Cluster(cluster) => cluster.offset_of_id(id).await,
         }
     }
 }
 
-/// Whether a record read from the log is a tombstone. One that cannot be
-/// walked is not: whoever decodes it reports the damage.
-fn is_tombstone(record: &[u8]) -> bool {
-    keys::is_tombstone(record).unwrap_or(false)
+/// What a subsystem that runs on the embedded backend only answers in
+/// cluster mode: `what` (e.g. "webhook endpoints are") names it.
+fn not_in_cluster(what: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "{what} not yet available in cluster mode (backend = \"jetstream\"): for now they \
+         run on the embedded backend only"
+    ))
 }
 
 /// A store in `path` with small caches and 1 MiB segments, for other

@@ -79,12 +79,15 @@ impl Store {
         Ok((
             Store {
                 inner: Arc::new(Inner {
-                    log,
-                    state,
-                    ops: std::sync::Mutex::new(Some(Senders {
-                        log: log_tx,
-                        state: state_tx,
-                    })),
+                    backend: Backend::Embedded(Local {
+                        log,
+                        state,
+                        ops: std::sync::Mutex::new(Some(local::Senders {
+                            log: log_tx,
+                            state: state_tx,
+                        })),
+                        head: head_rx.clone(),
+                    }),
                     head: head_rx,
                     health: health_rx,
                     erasures: Default::default(),
@@ -92,6 +95,32 @@ impl Store {
                 }),
             },
             WriterHandle(threads),
+        ))
+    }
+}
+
+impl Store {
+    /// Opens the event log on a NATS JetStream cluster (`backend =
+    /// "jetstream"`): connects, checks that every node syncs every write
+    /// (refusing to start otherwise, unless allowed), opens the stream and
+    /// the claims bucket. Nothing is kept in a data directory; there are
+    /// no writer threads to join.
+    pub async fn open_cluster(
+        options: &jetstream::ClusterOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, WriterHandle)> {
+        let opened = jetstream::ClusterLog::open(options).await?;
+        Ok((
+            Store {
+                inner: Arc::new(Inner {
+                    backend: Backend::Cluster(Box::new(opened.log)),
+                    head: opened.head,
+                    health: opened.health,
+                    erasures: Default::default(),
+                    metrics,
+                }),
+            },
+            WriterHandle(Vec::new()),
         ))
     }
 }

@@ -299,8 +299,8 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
     assert_eq!(store.erase(&offsets, Removal::Erased).await.unwrap(), 6);
     assert!(store.unwanted("a", 0, Offset::MAX).unwrap().is_empty());
 
-    assert!(store.get(3).unwrap().is_none());
-    assert!(store.meta(3).unwrap().is_none());
+    assert!(store.local().unwrap().get(3).unwrap().is_none());
+    assert!(store.local().unwrap().meta(3).unwrap().is_none());
     let e = store.erasure(3).unwrap().expect("a tombstone");
     assert_eq!(
         (
@@ -314,6 +314,8 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
     assert!(store.erasure(1).unwrap().is_none(), "a live event");
     let read = |from, limit| -> Vec<Offset> {
         store
+            .local()
+            .unwrap()
             .read_records(from, limit)
             .unwrap()
             .iter()
@@ -322,8 +324,15 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
     };
     assert_eq!(read(2, 2), [8, 9], "reads on past a batch of tombstones");
     assert_eq!(read(1, 100), [1, 8, 9, 10]);
-    assert_eq!(store.offset_of_id("s4").unwrap(), Some(5));
-    assert_eq!(store.offset_at_time(SystemTime::UNIX_EPOCH).unwrap(), 1);
+    assert_eq!(store.local().unwrap().offset_of_id("s4").unwrap(), Some(5));
+    assert_eq!(
+        store
+            .local()
+            .unwrap()
+            .offset_at_time(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+        1
+    );
     let again = store.append(vec![marked("s4", "a")]).await.unwrap();
     assert_eq!((again[0].offset, again[0].duplicate), (5, true));
     let new = store.append(vec![marked("s10", "b")]).await.unwrap();
@@ -349,7 +358,7 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         .await
         .unwrap();
     let (store, writer) = open_for_test(dir.path());
-    assert!(store.get(3).unwrap().is_none());
+    assert!(store.local().unwrap().get(3).unwrap().is_none());
     assert_eq!(store.erasure(7).unwrap().unwrap().event_id, "s6");
     assert_eq!(read_ids(&store), ["s0", "s7", "s8", "s9", "s10"]);
     drop(store);
@@ -360,6 +369,8 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
 
 fn read_ids(store: &super::Store) -> Vec<String> {
     store
+        .local()
+        .unwrap()
         .read_from(0, 100)
         .unwrap()
         .into_iter()

@@ -55,13 +55,16 @@ async fn events_span_segments_and_survive_a_restart() {
     fill(&store, 0, 200).await;
     assert_eq!(store.head(), 201);
     assert!(segments(dir.path(), "log").len() > 3, "small segments roll");
-    let all = store.read_from(1, 1000).unwrap();
+    let all = store.local().unwrap().read_from(1, 1000).unwrap();
     assert_eq!(all.len(), 200);
     assert!(all
         .iter()
         .enumerate()
         .all(|(i, e)| e.offset == i as u64 + 1));
-    assert_eq!(ids(&store.read_from(57, 3).unwrap()), ["e56", "e57", "e58"]);
+    assert_eq!(
+        ids(&store.local().unwrap().read_from(57, 3).unwrap()),
+        ["e56", "e57", "e58"]
+    );
     // A duplicate of an id in an earlier segment answers its offset.
     let dup = store.append(vec![event("e3")]).await.unwrap();
     assert_eq!((dup[0].offset, dup[0].duplicate), (4, true));
@@ -73,20 +76,23 @@ async fn events_span_segments_and_survive_a_restart() {
     std::fs::write(&idx[1], b"garbage").unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(store.head(), 201);
-    assert_eq!(store.read_from(1, 1000).unwrap(), all);
+    assert_eq!(store.local().unwrap().read_from(1, 1000).unwrap(), all);
     for id in ["e0", "e30", "e199"] {
         let dup = store.append(vec![event(id)]).await.unwrap();
         assert!(dup[0].duplicate, "{id} is known after a restart");
     }
     let new = store.append(vec![event("e200")]).await.unwrap();
     assert_eq!((new[0].offset, new[0].duplicate), (201, false));
-    assert_eq!(store.offset_of_id("e30").unwrap(), Some(31));
+    assert_eq!(
+        store.local().unwrap().offset_of_id("e30").unwrap(),
+        Some(31)
+    );
     close(store, writer).await;
 }
 
 /// Bytes of records in the last segment.
 fn records_end(store: &Store) -> usize {
-    store.inner.log.records_in_last_segment() as usize
+    store.local().unwrap().log.records_in_last_segment() as usize
 }
 
 /// A crash can leave a torn or unacknowledged record at the end of the
@@ -117,7 +123,10 @@ async fn a_torn_tail_is_cut() {
     assert_eq!(store.head(), 11);
     let new = store.append(vec![event("e10")]).await.unwrap();
     assert_eq!(new[0].offset, 11);
-    assert_eq!(store.get(11).unwrap().unwrap().event.id, "e10");
+    assert_eq!(
+        store.local().unwrap().get(11).unwrap().unwrap().event.id,
+        "e10"
+    );
     let good = records_end(&store);
     close(store, writer).await;
 
@@ -129,7 +138,7 @@ async fn a_torn_tail_is_cut() {
     std::fs::write(&last, &bytes).unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(store.head(), 11);
-    assert!(store.get(11).unwrap().is_none());
+    assert!(store.local().unwrap().get(11).unwrap().is_none());
     close(store, writer).await;
 }
 
@@ -163,12 +172,15 @@ async fn zeros_after_the_records_are_not_damage() {
     assert_eq!(store.head(), 41);
     let new = store.append(vec![event("e40")]).await.unwrap();
     assert_eq!((new[0].offset, new[0].duplicate), (41, false));
-    let all = store.read_from(1, 100).unwrap();
+    let all = store.local().unwrap().read_from(1, 100).unwrap();
     let want: Vec<String> = (0..41).map(|i| format!("e{i}")).collect();
     assert_eq!(ids(&all), want);
     close(store, writer).await;
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(ids(&store.read_from(1, 100).unwrap()), want);
+    assert_eq!(
+        ids(&store.local().unwrap().read_from(1, 100).unwrap()),
+        want
+    );
     close(store, writer).await;
 }
 
@@ -180,13 +192,20 @@ async fn truncation_deletes_whole_segments_and_forgets_their_ids() {
     let before = segments(dir.path(), "log").len();
     assert_eq!(store.truncate(60).await.unwrap(), 59);
     assert_eq!(store.first_offset().unwrap(), 60);
-    assert!(store.get(59).unwrap().is_none());
-    assert_eq!(store.get(60).unwrap().unwrap().event.id, "e59");
-    assert_eq!(store.read_from(1, 2).unwrap()[0].offset, 60);
+    assert!(store.local().unwrap().get(59).unwrap().is_none());
+    assert_eq!(
+        store.local().unwrap().get(60).unwrap().unwrap().event.id,
+        "e59"
+    );
+    assert_eq!(
+        store.local().unwrap().read_from(1, 2).unwrap()[0].offset,
+        60
+    );
     assert!(segments(dir.path(), "log").len() < before);
     let live = store.size_on_disk().unwrap()
         - store
-            .inner
+            .local()
+            .unwrap()
             .state
             .current()
             .unwrap()
@@ -207,16 +226,19 @@ async fn truncation_deletes_whole_segments_and_forgets_their_ids() {
     // Everything can go, the newest event too; numbering goes on.
     assert_eq!(store.truncate(1000).await.unwrap(), 42);
     assert_eq!(store.first_offset().unwrap(), 102);
-    assert!(store.get(101).unwrap().is_none());
+    assert!(store.local().unwrap().get(101).unwrap().is_none());
     close(store, writer).await;
 
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(store.first_offset().unwrap(), 102);
     assert_eq!(store.head(), 102);
-    assert!(store.read_from(1, 10).unwrap().is_empty());
+    assert!(store.local().unwrap().read_from(1, 10).unwrap().is_empty());
     let again = store.append(vec![event("e1")]).await.unwrap();
     assert_eq!((again[0].offset, again[0].duplicate), (102, false));
-    assert_eq!(ids(&store.read_from(1, 10).unwrap()), ["e1"]);
+    assert_eq!(
+        ids(&store.local().unwrap().read_from(1, 10).unwrap()),
+        ["e1"]
+    );
     close(store, writer).await;
 }
 
@@ -257,7 +279,7 @@ async fn events_in_sled_trees_move_into_the_log() {
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(store.first_offset().unwrap(), 5);
     assert_eq!(store.head(), 25);
-    let moved = store.read_from(0, 100).unwrap();
+    let moved = store.local().unwrap().read_from(0, 100).unwrap();
     assert_eq!(moved.len(), 20);
     assert_eq!(moved[0].event.id, "old0");
     assert_eq!(
@@ -386,7 +408,10 @@ async fn opens_after_a_crash_during_a_snapshot() {
     }
     std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(store.get(1).unwrap().unwrap().event.id, "kept");
+    assert_eq!(
+        store.local().unwrap().get(1).unwrap().unwrap().event.id,
+        "kept"
+    );
     assert!(store
         .table(Table::Endpoints)
         .unwrap()

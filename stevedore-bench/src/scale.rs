@@ -92,7 +92,7 @@ fn scan_log(data: &Path) -> Result<f64> {
     let mut n = 0u64;
     let mut from = store.first_offset()?;
     loop {
-        let batch = store.read_from(from, 1024)?;
+        let batch = store.local()?.read_from(from, 1024)?;
         let Some(last) = batch.last() else { break };
         from = last.offset + 1;
         n += batch.len() as u64;

@@ -115,9 +115,11 @@ impl AdminService {
                 )
             }
             Some(Position::Offset(o)) => *o,
-            Some(Position::Time(t)) => self
-                .store
-                .offset_at_time(convert::system_time("time", t)?)?,
+            Some(Position::Time(t)) => {
+                self.store
+                    .offset_at_time(convert::system_time("time", t)?)
+                    .await?
+            }
         };
         consumer.reset(to).await?;
         let tenant = consumer.filter().tenant().unwrap_or_default().to_owned();

@@ -311,9 +311,11 @@ impl Admin for AdminService {
         let from = match &req.start {
             None => return Err(Error::invalid("start", "set offset or time").into()),
             Some(Start::Offset(o)) => *o,
-            Some(Start::Time(t)) => self
-                .store
-                .offset_at_time(convert::system_time("time", t)?)?,
+            Some(Start::Time(t)) => {
+                self.store
+                    .offset_at_time(convert::system_time("time", t)?)
+                    .await?
+            }
         };
         if req.dry_run {
             let (from_offset, matching, more) =

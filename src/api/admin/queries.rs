@@ -50,9 +50,15 @@ impl AdminService {
                         "no event with id {id:?} (never published, or removed by retention)"
                     ))
                 };
-                let offset = self.store.offset_of_id(id)?.ok_or_else(not_found)?;
+                let offset = self
+                    .store
+                    .local()?
+                    .offset_of_id(id)?
+                    .ok_or_else(not_found)?;
                 // Another tenant's id is answered like an unknown one.
-                scope.event(&self.store, offset).map_err(|_| not_found())?;
+                scope
+                    .local_event(&self.store, offset)
+                    .map_err(|_| not_found())?;
                 Ok(offset)
             }
             (None, None) => Err(Error::invalid("event", "set offset or event_id")),
@@ -76,8 +82,9 @@ impl AdminService {
                 return Err(Error::invalid("until", "must not be before since"));
             }
         }
-        let from = since.map_or(Ok(0), |t| self.store.offset_at_time(t))?;
-        let to = until.map_or(Ok(Offset::MAX), |t| self.store.offset_at_time(t))?;
+        let log = self.store.local()?;
+        let from = since.map_or(Ok(0), |t| log.offset_at_time(t))?;
+        let to = until.map_or(Ok(Offset::MAX), |t| log.offset_at_time(t))?;
         Ok((from, to))
     }
 
@@ -107,7 +114,7 @@ impl AdminService {
         let page = page_size(req.page_size)?;
         let (mut from, mut until) = self.time_range(req.since.as_ref(), req.until.as_ref())?;
         if !req.event_id.is_empty() {
-            match self.store.offset_of_id(&req.event_id)? {
+            match self.store.offset_of_id(&req.event_id).await? {
                 Some(o) => {
                     from = from.max(o);
                     until = until.min(o + 1);

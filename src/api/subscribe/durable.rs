@@ -92,7 +92,7 @@ impl Taker for DurableStream {
     }
 
     fn read(&self, offset: Offset, _: Read) -> Result<Option<StoredEvent>> {
-        self.shared.store.get(offset)
+        self.shared.store.local()?.get(offset)
     }
 
     async fn take(&mut self, d: Delivery<StoredEvent>) -> ControlFlow<()> {

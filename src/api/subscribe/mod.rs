@@ -80,7 +80,7 @@ fn validate_consumer_name(name: &str) -> Result<()> {
 }
 
 impl SubscriberService {
-    fn plan(&self, scope: &Scope, req: &SubscribeRequest) -> Result<Plan> {
+    async fn plan(&self, scope: &Scope, req: &SubscribeRequest) -> Result<Plan> {
         let store = &self.shared.store;
         let config = &self.shared.config;
         let mode = AckMode::try_from(req.ack_mode).map_err(|_| {
@@ -105,7 +105,11 @@ impl SubscriberService {
             Some(Start::Offset(o)) => {
                 convert::start_offset("offset", *o, store.head())?.max(store.first_offset()?)
             }
-            Some(Start::Time(t)) => store.offset_at_time(convert::system_time("time", t)?)?,
+            Some(Start::Time(t)) => {
+                store
+                    .offset_at_time(convert::system_time("time", t)?)
+                    .await?
+            }
         };
         let durable = if explicit {
             if req.consumer.is_empty() {
@@ -204,7 +208,7 @@ async fn stream_plain(shared: ServiceContext, mut next: Offset, filter: EventFil
     let mut head = shared.store.watch_head();
     loop {
         head.borrow_and_update();
-        let batch = match shared.store.read_records(next, READ_BATCH) {
+        let batch = match shared.store.read_records(next, READ_BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
@@ -279,7 +283,7 @@ impl Subscriber for SubscriberService {
         }
         let scope = Scope::of(&request);
         let req = request.into_inner();
-        let plan = self.plan(&scope, &req)?;
+        let plan = self.plan(&scope, &req).await?;
         let slot = self.shared.stream_slot(super::StreamKind::Subscribe)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
@@ -371,7 +375,7 @@ impl Subscriber for SubscriberService {
                 )
                 .into())
             }
-            (0, id) => self.shared.store.offset_of_id(id)?.ok_or_else(|| {
+            (0, id) => self.shared.store.offset_of_id(id).await?.ok_or_else(|| {
                 Error::NotFound(format!(
                     "no event with id {id:?} (never published, or removed by retention)"
                 ))
@@ -387,6 +391,7 @@ impl Subscriber for SubscriberService {
         // words of the lookup the caller made.
         let e = scope
             .event(&self.shared.store, offset)
+            .await
             .map_err(|e| match e {
                 Error::NotFound(_) if !req.event_id.is_empty() => Error::NotFound(format!(
                     "no event with id {:?} (never published, or removed by retention)",

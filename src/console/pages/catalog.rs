@@ -59,7 +59,7 @@ fn real_body(
         .map_err(|_| "offset: not a number".to_owned())?;
     let scope = crate::tenant::Scope::of_caller(sess.caller.as_ref());
     let event = scope
-        .event(&console.store, offset)
+        .local_event(&console.store, offset)
         .map_err(|e| format!("offset: {e}"))?;
     if event.event_type.as_str() != event_type {
         return Err(format!(

@@ -78,7 +78,7 @@ pub async fn page(
         }
         Err(s) => (None, status_text(&s)),
     };
-    let event = match console.store.get(offset) {
+    let event = match console.store.get(offset).await {
         Ok(Some(e)) => match crate::webhook::render_body(&e.event) {
             Ok(body) => pretty(&body),
             Err(e) => format!("(cannot render: {e})"),

@@ -37,7 +37,7 @@ impl Worker {
                 .get(&ctx.endpoint_id, offset)
                 .ok()
                 .flatten();
-            let event = match ctx.store.get(offset) {
+            let event = match ctx.store.local().and_then(|l| l.get(offset)) {
                 Ok(Some(e)) => e,
                 // Removed by retention meanwhile: its fate is retention's.
                 _ => {

@@ -53,7 +53,7 @@ impl Taker for Worker {
         let ctx = &self.ctx;
         // Due again, or its turn came: the log is asked first whether
         // retention removed it meanwhile (the cache may still have it).
-        if read == Read::Again && ctx.store.meta(offset)?.is_none() {
+        if read == Read::Again && ctx.store.local()?.meta(offset)?.is_none() {
             self.rendered().remove(&offset);
             return Ok(None);
         }

@@ -240,6 +240,103 @@ impl IdempotentLog {
         }
     }
 
+    /// Appends `events` as one atomic batch (all or nothing), with the
+    /// claims beside it: an id whose claim holds an offset is answered
+    /// with it (`duplicate = true`) and not written; the others go as the
+    /// batch (deduplicated within the stream's window, as
+    /// [`EventStream::append_batch`] says); then each newly written id's
+    /// claim records its offset, so later appends of it are duplicates
+    /// beyond the window too. Not guaranteed, unlike [`Self::append`]: a
+    /// batch racing a single append of the same id after the window has
+    /// passed for an earlier copy; and a claim that fails to be recorded
+    /// (logged) leaves that id to the window alone.
+    pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<Appended>, JetStreamError> {
+        let stored = self.stored_claims(events).await?;
+        let fresh: Vec<NewEvent> = events
+            .iter()
+            .filter(|e| !stored.contains_key(e.event.id.as_str()))
+            .cloned()
+            .collect();
+        let mut written = self.log.append_batch(&fresh).await?.into_iter();
+        let mut results = Vec::with_capacity(events.len());
+        let mut confirms = tokio::task::JoinSet::new();
+        for event in events {
+            let appended = match stored.get(event.event.id.as_str()) {
+                Some(&offset) => self.log.duplicate_answer(offset, event).await?,
+                None => {
+                    let appended = written.next().ok_or_else(|| JetStreamError::Protocol {
+                        what: "atomic batch publish",
+                        reason: "fewer answers than events".to_owned(),
+                    })?;
+                    if !appended.duplicate {
+                        let (ids, key) = (self.ids.clone(), bucket::encode_key(&event.event.id));
+                        let claim = Claim::Stored(appended.offset).encode();
+                        confirms.spawn(async move { ids.create(key, claim).await });
+                    }
+                    appended
+                }
+            };
+            results.push(appended);
+        }
+        while let Some(done) = confirms.join_next().await {
+            match done {
+                Ok(Ok(_)) => {}
+                // A concurrent append claimed it: it confirms the same offset.
+                Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Ok(Err(e)) => tracing::warn!(
+                    bucket = %self.config.bucket,
+                    error = %e,
+                    "an appended event's id claim was not recorded: a copy published after \
+                     the stream's deduplication window would be stored again"
+                ),
+                Err(e) => tracing::warn!(error = %e, "recording a batch's claims failed"),
+            }
+        }
+        Ok(results)
+    }
+
+    /// The offsets the claims hold for the ids of `events`.
+    async fn stored_claims(
+        &self,
+        events: &[NewEvent],
+    ) -> Result<std::collections::HashMap<String, Offset>, JetStreamError> {
+        let mut reads = tokio::task::JoinSet::new();
+        let mut asked = std::collections::HashSet::new();
+        for e in events {
+            if asked.insert(e.event.id.as_str()) {
+                let (ids, id) = (self.ids.clone(), e.event.id.clone());
+                reads.spawn(async move {
+                    let value = ids.get(bucket::encode_key(&id)).await;
+                    (id, value)
+                });
+            }
+        }
+        let mut stored = std::collections::HashMap::new();
+        while let Some(done) = reads.join_next().await {
+            let (id, value) = done.map_err(|e| self.error("read claim", e, true))?;
+            let value = value.map_err(|e| self.error("read claim", e, true))?;
+            if let Some(Claim::Stored(offset)) = value.as_deref().and_then(Claim::decode) {
+                stored.insert(id, offset);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// The offset of event `id`: its claim's, else (appended without a
+    /// claim, or not confirmed yet) the stream's, within its deduplication
+    /// window.
+    pub async fn offset_of(&self, id: &str) -> Result<Option<Offset>, JetStreamError> {
+        let value = self
+            .ids
+            .get(bucket::encode_key(id))
+            .await
+            .map_err(|e| self.error("read claim", e, true))?;
+        match value.as_deref().and_then(Claim::decode) {
+            Some(Claim::Stored(offset)) => Ok(Some(offset)),
+            _ => self.log.probe_id(id).await,
+        }
+    }
+
     fn error(
         &self,
         what: &'static str,

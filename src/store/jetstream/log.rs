@@ -249,7 +249,7 @@ impl EventStream {
                     // writing, then send the others as a new batch.
                     let mut rest = Vec::with_capacity(pending.len());
                     for &i in &pending {
-                        match self.probe(&all[i]).await? {
+                        match self.probe(&all[i].subject, &all[i].id).await? {
                             Some(offset) => {
                                 found[i] = Some(self.duplicate_of(offset, &all[i]).await?)
                             }
@@ -423,14 +423,12 @@ impl EventStream {
     /// Whether `m`'s id is in the deduplication window, without writing:
     /// the probe expects an impossible last sequence ([`PROBE_SEQUENCE`]),
     /// and the server checks the id before that expectation.
-    async fn probe(&self, m: &Outgoing) -> Result<Option<Offset>, JetStreamError> {
+    async fn probe(&self, subject: &str, id: &str) -> Result<Option<Offset>, JetStreamError> {
         const WHAT: &str = "duplicate probe";
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, encode_header(&m.id).as_str());
+        headers.insert(MSG_ID, encode_header(id).as_str());
         headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
-        let ack = self
-            .request(&m.subject, headers, Bytes::new(), WHAT)
-            .await?;
+        let ack = self.request(subject, headers, Bytes::new(), WHAT).await?;
         match ack.error {
             None if ack.duplicate => Ok(Some(ack.seq)),
             None => Err(JetStreamError::Protocol {
@@ -440,6 +438,12 @@ impl EventStream {
             Some(e) if e.err_code == WRONG_LAST_SEQUENCE => Ok(None),
             Some(e) => Err(e.into_error(WHAT)),
         }
+    }
+
+    /// The offset of event `id` if it is in the deduplication window.
+    pub(super) async fn probe_id(&self, id: &str) -> Result<Option<Offset>, JetStreamError> {
+        let subject = format!("{}.probe", self.config.subject_prefix);
+        self.probe(&subject, id).await
     }
 
     /// The answer for `m`, a duplicate of the event at `offset`: whether its

@@ -1,10 +1,15 @@
 //! The cluster backend of the store's seams, on a NATS JetStream cluster
 //! (DESIGN.md "Cluster mode"; issue #15).
 //!
-//! This is its foundation: the durability check a broker makes before it
-//! trusts the cluster ([`preflight`]) and the event log on one replicated
-//! stream ([`log`], read back by [`read`]). Nothing starts it yet: the
-//! `backend` setting that selects it comes with the rest of the seams.
+//! The durability check a broker makes before it trusts the cluster
+//! ([`preflight`]), the event log on one replicated stream ([`log`], read
+//! back by [`read`]) with its idempotency claims ([`idempotent`]), and
+//! [`ClusterLog`], which the store runs on with `backend = "jetstream"`:
+//! it connects ([`ClusterOptions`]), checks, opens, follows the head and
+//! orders queued appends. Endpoints, deliveries, durable consumers,
+//! retention and erasure do not run on the cluster yet (the store answers
+//! FAILED_PRECONDITION for them); [`State`] and [`Leases`] are their
+//! groundwork.
 //!
 //! Layout on the server:
 //! - one stream per installation (`StreamConfig::stream`), R3 by default,
@@ -55,7 +60,10 @@
 //!   all taken by CAS writes at the stream's leader, never by a read.
 
 mod bucket;
+mod cluster;
+mod connect;
 mod error;
+mod follow;
 pub mod idempotent;
 pub mod lease;
 pub mod log;
@@ -65,6 +73,8 @@ pub mod state;
 mod wire;
 
 pub use bucket::{decode_key, encode_key};
+pub use cluster::{ClusterLog, Opened};
+pub use connect::ClusterOptions;
 pub use error::JetStreamError;
 pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};
 pub use lease::{Lease, LeaseConfig, Leases, Renewal};

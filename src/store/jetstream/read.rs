@@ -7,9 +7,12 @@
 //! there was removed, and is skipped as the embedded log skips removed
 //! offsets).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use async_nats::{jetstream::stream::LastRawMessageErrorKind, Message};
+use async_nats::{
+    jetstream::stream::{self, LastRawMessageErrorKind},
+    Message,
+};
 use bytes::Bytes;
 use tokio_stream::StreamExt as _;
 
@@ -85,6 +88,50 @@ impl EventStream {
         match self.stored(offset).await? {
             Some(record) => decode(offset, &record).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// The stream's state (first and last sequence, bytes) as its leader
+    /// reports it.
+    pub async fn state(&self) -> Result<stream::State, JetStreamError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| request_error("stream info", e))?;
+        Ok(info.state)
+    }
+
+    /// The offset of the first message the stream stored at or after `t`
+    /// (its own storage time, on the leader's clock), `None` if none. A
+    /// direct get: any replica answers, and a lagging one may not hold the
+    /// newest messages yet.
+    pub async fn first_at_time(&self, t: SystemTime) -> Result<Option<Offset>, JetStreamError> {
+        const WHAT: &str = "direct get by time";
+        let start = time::OffsetDateTime::from(t)
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| request_error(WHAT, e))?;
+        let body = serde_json::json!({ "start_time": start }).to_string();
+        let reply = self
+            .client
+            .request(
+                format!("$JS.API.DIRECT.GET.{}", self.config.stream),
+                body.into(),
+            )
+            .await
+            .map_err(|e| request_error(WHAT, e))?;
+        match (
+            header_u64(&reply, SEQUENCE),
+            reply.status.map(|s| s.as_u16()),
+        ) {
+            (Some(offset), _) => Ok(Some(offset)),
+            (None, Some(404)) => Ok(None),
+            (None, status) => Err(JetStreamError::Rejected {
+                what: WHAT,
+                code: status.unwrap_or(0),
+                err_code: 0,
+                description: reply.description.unwrap_or_default(),
+            }),
         }
     }
 

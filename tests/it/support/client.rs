@@ -7,12 +7,19 @@ use tonic::transport::Channel;
 
 /// Publishes one event and returns its offset.
 pub async fn publish(client: &mut PublisherClient<Channel>, event: pb::Event) -> u64 {
+    publish_answer(client, event).await.offset
+}
+
+/// Publishes one event and returns the whole answer (offset, duplicate).
+pub async fn publish_answer(
+    client: &mut PublisherClient<Channel>,
+    event: pb::Event,
+) -> pb::PublishResponse {
     client
         .publish(pb::PublishRequest { event: Some(event) })
         .await
         .unwrap()
         .into_inner()
-        .offset
 }
 
 /// The next message of a stream, failing the test after `secs`.

@@ -34,7 +34,9 @@ pub mod signatures;
 pub mod tenants;
 
 pub use answers::Answer;
-pub use client::{assert_invalid, assert_quiet, list_consumers, next_within, publish};
+pub use client::{
+    assert_invalid, assert_quiet, list_consumers, next_within, publish, publish_answer,
+};
 pub use endpoints::{
     attempts, attempts_within, count_by_state, create, deliveries, endpoint, get_endpoint,
     https_receiver, https_receiver_with, list_deliveries, wait_state,

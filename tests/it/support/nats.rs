@@ -170,6 +170,42 @@ impl NatsCluster {
             .expect("connecting to the cluster")
     }
 
+    /// The environment that points a broker at this cluster
+    /// (`backend = "jetstream"`, every node's client and monitoring URL),
+    /// its stream and buckets named after `prefix`.
+    pub fn broker_env(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("STEVEDORE_BACKEND", "jetstream".to_owned()),
+            ("STEVEDORE_NATS_URL", self.client_urls().join(",")),
+            (
+                "STEVEDORE_NATS_MONITOR_URL",
+                self.monitoring_urls().join(","),
+            ),
+            ("STEVEDORE_NATS_PREFIX", prefix.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A broker process (the real binary) on this cluster, as
+    /// [`NatsCluster::broker_env`] and `extra` say; its data directory and
+    /// stderr under `dir`, numbered `generation`.
+    pub async fn start_broker(
+        &self,
+        dir: &Path,
+        generation: u64,
+        prefix: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<super::Server, String> {
+        let env = self.broker_env(prefix);
+        let mut vars: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.extend_from_slice(extra);
+        let data = dir.join(format!("data-{generation}"));
+        super::start_server_with_env(&data, dir, generation, &vars).await
+    }
+
     /// SIGKILLs node `name` and waits for its exit.
     pub fn kill(&mut self, name: &str) {
         let node = self.node_mut(name);

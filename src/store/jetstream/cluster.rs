@@ -1,0 +1,325 @@
+//! The cluster backend behind [`crate::store::Store`]: the event log on the
+//! stream with its idempotency claims, as the store's seam needs it.
+//!
+//! - Appends: one event goes through the claims ([`IdempotentLog::append`]:
+//!   one offset per id for as long as the claim is kept, across brokers);
+//!   several go as one atomic batch ([`IdempotentLog::append_batch`]).
+//!   Appends queued one after another ([`ClusterLog::submit_append`],
+//!   PublishStream's pipeline) are stored in that order: one task takes
+//!   them off the queue and sends whatever is waiting as one atomic batch,
+//!   the cluster's group commit.
+//! - The head follows the stream, whichever broker appended
+//!   ([`super::follow`]): Subscribe's live tail on this broker sees events
+//!   published on another.
+//! - Reads are by offset range (direct gets), by offset (the stream's
+//!   leader), by time (the server's index of its storage times) and by id
+//!   (the claims, else the stream's deduplication window).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::SystemTime,
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    connect::ClusterOptions, follow, EventStream, IdempotencyConfig, IdempotentLog, JetStreamError,
+    StreamConfig,
+};
+use crate::{
+    error::{Error, Result},
+    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    store::{RawRecord, StoreHealth},
+};
+
+/// Appends waiting for the sequencer; PublishStream feels backpressure
+/// beyond.
+const QUEUE: usize = 4096;
+
+/// One queued append and where its outcome goes.
+type Submitted = (Vec<NewEvent>, oneshot::Sender<Result<Vec<Appended>>>);
+
+/// The stream's extent as last seen: its first sequence and its bytes (the
+/// head is the store's watch).
+#[derive(Default)]
+pub(super) struct Extent {
+    pub(super) first: AtomicU64,
+    pub(super) bytes: AtomicU64,
+}
+
+/// The event log on the cluster, as the store uses it.
+pub struct ClusterLog {
+    ids: IdempotentLog,
+    head: watch::Sender<Offset>,
+    extent: Arc<Extent>,
+    /// Taken by [`ClusterLog::close`]: the sequencer finishes what is
+    /// queued and exits.
+    queue: Mutex<Option<mpsc::Sender<Submitted>>>,
+    /// Stops the head follower.
+    stop: CancellationToken,
+}
+
+/// What [`ClusterLog::open`] hands the store.
+pub struct Opened {
+    /// The log.
+    pub log: ClusterLog,
+    /// The head: every event below it is stored on a quorum.
+    pub head: watch::Receiver<Offset>,
+    /// The connection's and the stream's reachability.
+    pub health: watch::Receiver<StoreHealth>,
+}
+
+impl ClusterLog {
+    /// Connects, checks the cluster's durability (refusing to go on unless
+    /// allowed), opens the stream and the claims bucket, and starts
+    /// following the stream's head.
+    pub async fn open(options: &ClusterOptions) -> Result<Opened> {
+        let (health_tx, health) = watch::channel(StoreHealth::default());
+        options.check_durability().await?;
+        let client = options.connect(health_tx.clone()).await?;
+        let stream_config = StreamConfig {
+            replicas: options.replicas,
+            ..StreamConfig::with_prefix(&options.prefix)
+        };
+        let name = stream_config.stream.clone();
+        let max_batch = stream_config.max_batch;
+        let stream = EventStream::open(client, stream_config)
+            .await
+            .map_err(|e| opening(&name, e))?;
+        let claims = IdempotencyConfig {
+            replicas: options.replicas,
+            ..IdempotencyConfig::with_prefix(&options.prefix)
+        };
+        let bucket = claims.bucket.clone();
+        let ids = IdempotentLog::open(stream.clone(), claims)
+            .await
+            .map_err(|e| opening(&bucket, e))?;
+        let state = stream.state().await.map_err(|e| opening(&name, e))?;
+        let (head_tx, head) = watch::channel(state.last_sequence + 1);
+        let extent = Arc::new(Extent::default());
+        extent.first.store(state.first_sequence, Ordering::Relaxed);
+        extent.bytes.store(state.bytes, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        tokio::spawn(follow::follow(
+            stream,
+            head_tx.clone(),
+            extent.clone(),
+            health_tx,
+            stop.clone(),
+        ));
+        let (queue_tx, queue_rx) = mpsc::channel(QUEUE);
+        tokio::spawn(sequence(ids.clone(), queue_rx, head_tx.clone(), max_batch));
+        tracing::info!(
+            stream = %name,
+            bucket = %bucket,
+            replicas = options.replicas,
+            next_offset = state.last_sequence + 1,
+            "cluster log opened"
+        );
+        Ok(Opened {
+            log: ClusterLog {
+                ids,
+                head: head_tx,
+                extent,
+                queue: Mutex::new(Some(queue_tx)),
+                stop,
+            },
+            head,
+            health,
+        })
+    }
+
+    /// Appends `events` (all or nothing) and waits for the quorum's ack.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+        if self.stop.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let appended = append(&self.ids, events).await?;
+        advance(&self.head, &appended);
+        Ok(appended)
+    }
+
+    /// Queues an append; appends queued one after another are stored in
+    /// that order, several together as one atomic batch.
+    pub async fn submit_append(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(Error::ShuttingDown)?;
+        let (reply, rx) = oneshot::channel();
+        queue
+            .send((events, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(rx)
+    }
+
+    /// Stops taking appends (queued ones are still sent) and stops
+    /// following the head.
+    pub fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stop.cancel();
+    }
+
+    /// The stream's first offset as last seen.
+    pub fn first(&self) -> Offset {
+        self.extent.first.load(Ordering::Relaxed).max(FIRST_OFFSET)
+    }
+
+    /// The stream's bytes as last seen.
+    pub fn bytes(&self) -> u64 {
+        self.extent.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The event at `offset`, from the stream's leader.
+    pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
+        Ok(self.ids.log().get(offset).await?)
+    }
+
+    /// Up to `limit` records from `from` below `head`.
+    pub async fn read_records(
+        &self,
+        from: Offset,
+        limit: usize,
+        head: Offset,
+    ) -> Result<Vec<RawRecord>> {
+        let from = from.max(self.first());
+        if from >= head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let to = (head - 1).min(from.saturating_add(limit as u64 - 1));
+        Ok(self.ids.log().read_records(from, to).await?)
+    }
+
+    /// The first offset stored at or after `t` (the head if none).
+    pub async fn offset_at_time(&self, t: SystemTime, head: Offset) -> Result<Offset> {
+        Ok(self
+            .ids
+            .log()
+            .first_at_time(t)
+            .await?
+            .map_or(head, |o| o.min(head)))
+    }
+
+    /// The offset of event `id`: its claim, else (an id appended without
+    /// one, within the deduplication window) the stream's.
+    pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
+        Ok(self.ids.offset_of(id).await?)
+    }
+}
+
+/// One event through its claim, several as one atomic batch.
+async fn append(ids: &IdempotentLog, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
+    match &events[..] {
+        [] => Ok(Vec::new()),
+        [one] => Ok(vec![ids.append(one).await?]),
+        _ => Ok(ids.append_batch(&events).await?),
+    }
+}
+
+/// Moves the head past what was just appended (the follower would, a
+/// moment later): this broker's subscribers see its appends at once.
+fn advance(head: &watch::Sender<Offset>, appended: &[Appended]) {
+    let Some(last) = appended.iter().map(|a| a.offset).max() else {
+        return;
+    };
+    head.send_if_modified(|h| {
+        let moved = last + 1 > *h;
+        if moved {
+            *h = last + 1;
+        }
+        moved
+    });
+}
+
+/// Takes queued appends in order and sends whatever is waiting (up to
+/// `max_batch` events) as one append; each caller gets its part of the
+/// answer, or the error (the whole group is one atomic batch: all or
+/// nothing, like one group commit of the embedded log). Ends once the
+/// queue is closed and empty.
+async fn sequence(
+    ids: IdempotentLog,
+    mut queue: mpsc::Receiver<Submitted>,
+    head: watch::Sender<Offset>,
+    max_batch: usize,
+) {
+    let mut carried: Option<Submitted> = None;
+    loop {
+        let first = match carried.take() {
+            Some(item) => item,
+            None => match queue.recv().await {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        let mut group = vec![first];
+        let mut n = group[0].0.len();
+        while n < max_batch {
+            match queue.try_recv() {
+                Ok(item) if n + item.0.len() > max_batch => {
+                    carried = Some(item);
+                    break;
+                }
+                Ok(item) => {
+                    n += item.0.len();
+                    group.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let sizes: Vec<usize> = group.iter().map(|(events, _)| events.len()).collect();
+        let (events, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
+        match append(&ids, events.into_iter().flatten().collect()).await {
+            Ok(appended) => {
+                advance(&head, &appended);
+                let mut rest = appended.into_iter();
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(rest.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.share()));
+                }
+            }
+        }
+    }
+}
+
+/// An error opening the stream or a bucket, naming it.
+fn opening(name: &str, e: JetStreamError) -> Error {
+    Error::Unavailable(format!("opening {name} on the NATS cluster: {e}"))
+}
+
+impl From<JetStreamError> for Error {
+    fn from(e: JetStreamError) -> Self {
+        match e {
+            JetStreamError::BatchTooLarge { len, max } => Error::invalid(
+                "events",
+                format!(
+                    "{len} events exceed the cluster's atomic batch limit ({max}): in cluster \
+                     mode send at most {max} events per PublishBatch"
+                ),
+            ),
+            JetStreamError::Unsendable { .. } => Error::Capacity(format!(
+                "the NATS server does not take a message this large ({e}); raise its \
+                 max_payload or lower max_event_bytes"
+            )),
+            JetStreamError::Corrupt { .. } => Error::Corrupt(e.to_string()),
+            e if e.is_retriable() => Error::Unavailable(format!(
+                "the NATS cluster did not take the request ({e}); its outcome is unknown: \
+                 publishing again with the same event ids is safe"
+            )),
+            e => Error::Storage(e.to_string()),
+        }
+    }
+}

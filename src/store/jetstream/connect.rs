@@ -1,0 +1,162 @@
+//! Reaching the cluster: the client's options from the broker's config
+//! (seed URLs, credentials, TLS), the connection's health as the broker
+//! reports it, and the durability check before anything is trusted.
+
+use std::{path::PathBuf, time::Duration};
+
+use async_nats::{Client, ConnectOptions, Event};
+use tokio::sync::watch;
+
+use super::preflight::check_durability;
+use crate::{
+    config::{Backend, Config},
+    error::{Error, Result},
+    store::StoreHealth,
+};
+
+/// How long connecting to a seed may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request (a publish's ack, a bucket write) may wait for its
+/// answer before its outcome counts as unknown. Stream and bucket creation
+/// is a Raft round on nodes that fsync every write: on a loaded machine it
+/// has taken over 5 s.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the broker needs to reach and use the cluster; built from the
+/// config keys of cluster mode. No `Debug`: it holds credentials.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    /// Seed URLs (`nats_url`).
+    pub urls: Vec<String>,
+    /// User and password (`nats_user`, `nats_password`).
+    pub user: Option<(String, String)>,
+    /// Token (`nats_token`).
+    pub token: Option<String>,
+    /// CA certificates for the servers' TLS (`nats_tls_ca_file`).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (`nats_tls_cert`, `nats_tls_key`).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Refuse a connection without TLS (`nats_require_tls`).
+    pub require_tls: bool,
+    /// Names the stream and buckets (`nats_prefix`).
+    pub prefix: String,
+    /// Their replicas (`nats_replicas`).
+    pub replicas: usize,
+    /// Every node's monitoring URL (`nats_monitor_url`).
+    pub monitor_urls: Vec<String>,
+    /// Start even if the durability check fails (`allow_unsynced_cluster`).
+    pub allow_unsynced: bool,
+}
+
+impl ClusterOptions {
+    /// The options of `config`, if it selects the cluster backend.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        if config.backend != Backend::JetStream {
+            return None;
+        }
+        Some(ClusterOptions {
+            urls: config.nats_url.iter().map(|u| u.to_string()).collect(),
+            user: config
+                .nats_user
+                .clone()
+                .zip(config.nats_password.as_ref().map(|p| p.expose().to_owned())),
+            token: config.nats_token.as_ref().map(|t| t.expose().to_owned()),
+            tls_ca: config.nats_tls_ca_file.clone(),
+            tls_client: config
+                .nats_tls_cert
+                .clone()
+                .zip(config.nats_tls_key.clone()),
+            require_tls: config.nats_require_tls,
+            prefix: config.nats_prefix.clone(),
+            replicas: config.nats_replicas,
+            monitor_urls: config.nats_monitor_url.clone(),
+            allow_unsynced: config.allow_unsynced_cluster,
+        })
+    }
+
+    /// Connects, reporting the connection's state on `health` from now on:
+    /// a lost connection makes the broker NOT_SERVING until the client is
+    /// connected again (it reconnects by itself, to any known node).
+    pub(super) async fn connect(&self, health: watch::Sender<StoreHealth>) -> Result<Client> {
+        let mut options = ConnectOptions::new()
+            .name("stevedore")
+            .connection_timeout(CONNECT_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .require_tls(self.require_tls)
+            .event_callback(move |event| {
+                let health = health.clone();
+                async move { report(&health, event) }
+            });
+        if let Some((user, password)) = &self.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        // The error names the key, never the URLs (they may hold a
+        // password) nor the client's text of them.
+        options.connect(self.urls.clone()).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "config key `nats_url`: cannot connect to the NATS cluster ({}): check that \
+                 the nodes run and that nats_url, the credentials and the TLS settings are \
+                 right",
+                e.kind()
+            ))
+        })
+    }
+
+    /// The durability check (see [`super::preflight`]): refuses to start on
+    /// a cluster that acknowledges writes before they are on disk, unless
+    /// the operator allowed it, which is then logged loudly at every start.
+    pub(super) async fn check_durability(&self) -> Result<()> {
+        if self.monitor_urls.is_empty() {
+            tracing::warn!(
+                "allow_unsynced_cluster is on and nats_monitor_url is empty: the NATS cluster's \
+                 durability is NOT checked; unless every node runs `sync_interval: always`, an \
+                 acknowledged event can be lost when a majority of nodes lose power together"
+            );
+            return Ok(());
+        }
+        match check_durability(&self.monitor_urls).await {
+            Ok(found) => {
+                let nodes: Vec<_> = found.nodes.iter().map(|n| n.server_name.as_str()).collect();
+                tracing::info!(nodes = %nodes.join(", "), "every NATS node syncs every write (sync_interval: always)");
+                Ok(())
+            }
+            Err(e) if self.allow_unsynced => {
+                tracing::warn!(
+                    error = %e,
+                    "allow_unsynced_cluster is on: starting although the NATS cluster's \
+                     durability check failed; an acknowledged event can be lost"
+                );
+                Ok(())
+            }
+            Err(e) => Err(Error::FailedPrecondition(format!(
+                "refusing to start on this NATS cluster: {e}. (To start anyway, accepting that \
+                 acknowledged events can be lost, set allow_unsynced_cluster = true.)"
+            ))),
+        }
+    }
+}
+
+/// The connection's state as the store's health.
+fn report(health: &watch::Sender<StoreHealth>, event: Event) {
+    let problem = match event {
+        Event::Disconnected => Some("the connection to the NATS cluster is lost; reconnecting"),
+        Event::Closed => Some("the connection to the NATS cluster is closed"),
+        Event::Connected => None,
+        _ => return,
+    };
+    health.send_if_modified(|h| {
+        let new = problem.map(str::to_owned);
+        let changed = h.log != new;
+        h.log = new;
+        changed
+    });
+}
