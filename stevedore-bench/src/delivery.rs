@@ -137,11 +137,15 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// A measured span: the process's CPU time over it, and, when
-/// `STEVEDORE_BENCH_CALLGRIND` is set (the program running under
-/// `valgrind --tool=callgrind`), callgrind's counters zeroed at its start
-/// and dumped at its end, so the dump holds exact instruction counts of
-/// the span alone.
+/// A measured span: the process's CPU time over it; and, for profiling
+/// the span alone:
+/// - with `STEVEDORE_BENCH_CALLGRIND` set (the program running under
+///   `valgrind --tool=callgrind`), callgrind's counters are zeroed at its
+///   start and dumped at its end, so the dump holds exact instruction
+///   counts of the span;
+/// - with `STEVEDORE_BENCH_PERF_CTL` naming the control FIFO of a
+///   `perf record --control fifo:CTL -D -1` (started disabled), perf is
+///   enabled at its start and disabled at its end.
 struct Phase {
     cpu: Duration,
 }
@@ -149,14 +153,24 @@ struct Phase {
 impl Phase {
     fn start() -> Self {
         callgrind("--zero".into());
+        perf_control("enable");
         Self { cpu: process_cpu() }
     }
 
     /// The CPU time since the start.
     fn end(self, name: &str) -> Duration {
         let cpu = process_cpu().saturating_sub(self.cpu);
+        perf_control("disable");
         callgrind(format!("--dump={name}"));
         cpu
+    }
+}
+
+fn perf_control(command: &str) {
+    if let Some(fifo) = std::env::var_os("STEVEDORE_BENCH_PERF_CTL") {
+        if let Err(e) = std::fs::write(&fifo, format!("{command}\n")) {
+            eprintln!("perf control {fifo:?}: {e}");
+        }
     }
 }
 
