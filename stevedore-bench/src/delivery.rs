@@ -27,6 +27,7 @@ use stevedore::{delivery::signing::Secret, pb, webhook};
 use tonic::transport::Channel;
 
 use crate::{
+    cpu::{micros_per, Phase, RAW},
     harness::{self, create_endpoint, endpoint, event, Broker},
     latency::{latencies, paced},
     receiver::{self, Receiver},
@@ -95,7 +96,7 @@ async fn broker_deliveries(n: u64, run: usize) -> Result<(f64, f64, f64)> {
     harness::prefill(&broker, &format!("d{run}"), n, 1000).await?;
     let rx = Receiver::start(Default::default()).await?;
     let mut admin = broker.admin().await?;
-    let phase = Phase::start();
+    let phase = Phase::start("deliveries");
     let started = Instant::now();
     let id = create_endpoint(
         &mut admin,
@@ -111,85 +112,13 @@ async fn broker_deliveries(n: u64, run: usize) -> Result<(f64, f64, f64)> {
     let received = started.elapsed();
     wait_backlog_zero(&mut admin, &id, Duration::from_secs(120)).await?;
     let recorded = started.elapsed();
-    let cpu = phase.end("deliveries");
+    let cpu = phase.end();
     broker.stop().await?;
     Ok((
         n as f64 / recorded.as_secs_f64(),
         n as f64 / received.as_secs_f64(),
         micros_per(cpu, n),
     ))
-}
-
-/// CPU time used by this process so far (user + system, all threads), from
-/// `/proc/self/stat` in clock ticks (USER_HZ, 100 on Linux).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: the first of them is field 3, so utime (14) and stime
-    // (15) are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-/// A measured span: the process's CPU time over it; and, for profiling
-/// the span alone:
-/// - with `STEVEDORE_BENCH_CALLGRIND` set (the program running under
-///   `valgrind --tool=callgrind`), callgrind's counters are zeroed at its
-///   start and dumped at its end, so the dump holds exact instruction
-///   counts of the span;
-/// - with `STEVEDORE_BENCH_PERF_CTL` naming the control FIFO of a
-///   `perf record --control fifo:CTL -D -1` (started disabled), perf is
-///   enabled at its start and disabled at its end.
-struct Phase {
-    cpu: Duration,
-}
-
-impl Phase {
-    fn start() -> Self {
-        callgrind("--zero".into());
-        perf_control("enable");
-        Self { cpu: process_cpu() }
-    }
-
-    /// The CPU time since the start.
-    fn end(self, name: &str) -> Duration {
-        let cpu = process_cpu().saturating_sub(self.cpu);
-        perf_control("disable");
-        callgrind(format!("--dump={name}"));
-        cpu
-    }
-}
-
-fn perf_control(command: &str) {
-    if let Some(fifo) = std::env::var_os("STEVEDORE_BENCH_PERF_CTL") {
-        if let Err(e) = std::fs::write(&fifo, format!("{command}\n")) {
-            eprintln!("perf control {fifo:?}: {e}");
-        }
-    }
-}
-
-fn callgrind(command: String) {
-    if std::env::var_os("STEVEDORE_BENCH_CALLGRIND").is_some() {
-        let status = std::process::Command::new("callgrind_control")
-            .arg(command)
-            .arg(std::process::id().to_string())
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            eprintln!("callgrind_control failed: {status:?}");
-        }
-    }
-}
-
-/// Microseconds of `cpu` per one of `n`.
-fn micros_per(cpu: Duration, n: u64) -> f64 {
-    cpu.as_secs_f64() * 1e6 / n.max(1) as f64
 }
 
 async fn wait_backlog_zero(
@@ -243,7 +172,7 @@ async fn raw_hyper(n: u64, receivers: usize, concurrency: usize) -> Result<Raw> 
     for _ in 0..receivers {
         rxs.push(Receiver::start(Default::default()).await?);
     }
-    let phase = Phase::start();
+    let phase = Phase::start(RAW);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for rx in &rxs {
@@ -289,7 +218,7 @@ async fn raw_hyper(n: u64, receivers: usize, concurrency: usize) -> Result<Raw> 
         t.await??;
     }
     let elapsed = started.elapsed();
-    let cpu = phase.end("raw");
+    let cpu = phase.end();
     for rx in &rxs {
         anyhow::ensure!(rx.count() >= n, "receiver got {} of {n}", rx.count());
     }
@@ -383,7 +312,7 @@ async fn fanout_run(run: usize, warmup: Duration, measure: Duration) -> Result<(
     loop {
         let now = Instant::now();
         if mark.is_none() && now >= started + warmup {
-            mark = Some((now, total(&receivers), Phase::start()));
+            mark = Some((now, total(&receivers), Phase::start("fanout")));
         }
         if now >= started + warmup + measure {
             break;
@@ -403,7 +332,7 @@ async fn fanout_run(run: usize, warmup: Duration, measure: Duration) -> Result<(
     let (t0, c0, phase) = mark.context("warm-up mark")?;
     let delivered = total(&receivers) - c0;
     let rate = delivered as f64 / t0.elapsed().as_secs_f64();
-    let cpu = phase.end("fanout");
+    let cpu = phase.end();
     let conns = receivers
         .iter()
         .map(Receiver::max_connections)
