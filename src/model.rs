@@ -409,6 +409,13 @@ impl EventFilter {
             && self.tenant.is_none()
     }
 
+    /// Whether only an event's type can fail it: no types listed, no
+    /// attributes, no tenant (what is left out is the broker's own
+    /// `stevedore.*` events, when it excludes them).
+    pub fn tests_only_type(&self) -> bool {
+        self.types.is_empty() && self.attributes.is_empty() && self.tenant.is_none()
+    }
+
     /// The types, sorted.
     pub fn types(&self) -> &[EventType] {
         &self.types

@@ -44,6 +44,7 @@ fn take_all(c: &Consumer) -> Vec<(Offset, u32, Vec<Offset>)> {
         ack_wait: Duration::from_secs(30),
         now: Instant::now(),
         read_new: true,
+        reader_filters: false,
     };
     let mut got = Vec::new();
     for _ in 0..10_000 {

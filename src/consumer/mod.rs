@@ -148,6 +148,14 @@ pub struct PollFor {
     pub now: Instant,
     /// Whether new messages may be read, or only due redeliveries.
     pub read_new: bool,
+    /// Whether the reader of [`Consumer::poll_with`] applies the filter
+    /// itself to every event it reads new (answering `None` for one that
+    /// fails it). A filter that tests only the type is then left to it:
+    /// the reader decodes the event anyway, so reading the type and
+    /// attributes first (a second read of the record) would be wasted.
+    /// Filters that test more are still applied first, so events most
+    /// endpoints skip are never read whole.
+    pub reader_filters: bool,
 }
 
 /// What a consumer orders messages by: the event's ordering key.
@@ -419,6 +427,7 @@ impl Consumer {
             ack_wait,
             now,
             read_new,
+            reader_filters,
         } = *p;
         let mut st = self.lock();
         st.expire_leases(now);
@@ -442,6 +451,9 @@ impl Consumer {
             0
         };
         let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        // The reader tests a filter of the type alone on what it reads.
+        let left_to_reader = reader_filters && filter.tests_only_type();
+        let check_meta = !(filter.is_all() || left_to_reader);
         let mut scanned = 0;
         while st.next_read < head {
             if scanned == SCAN_SLICE {
@@ -458,7 +470,7 @@ impl Consumer {
             // The type and attributes first: with many endpoints, most
             // events are skipped by most filters, and decoding whole
             // events for that dominated the CPU.
-            if !filter.is_all()
+            if check_meta
                 && !self
                     .store
                     .local()?

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::{error::Error, store::test_event as event};
+use crate::{error::Error, pb, store::test_event as event};
 
 /// Tests that read offsets only order nothing by key.
 impl Keyed for Offset {
@@ -48,6 +48,7 @@ async fn a_failed_read_hands_the_offset_out_again() {
         ack_wait: wait,
         now,
         read_new: true,
+        reader_filters: false,
     };
     let failed = c.poll_with(p, |offset, _| {
         assert_eq!(c.lock().load(1), 1, "leased while it is read");
@@ -98,6 +99,7 @@ async fn erased_offsets_are_expired_whether_unread_waiting_or_leased() {
         ack_wait: Duration::from_secs(30),
         now: Instant::now(),
         read_new: true,
+        reader_filters: false,
     };
     let take = || match c.poll_with(p, |o, _| Ok(Some(o))).unwrap() {
         Poll::Message(d) => d.event,
@@ -175,6 +177,7 @@ fn poll_at(stream: StreamId, now: Instant) -> PollFor {
         ack_wait: Duration::from_secs(30),
         now,
         read_new: true,
+        reader_filters: false,
     }
 }
 
@@ -316,4 +319,78 @@ async fn ordering_is_kept_and_checked() {
     assert_eq!(take_all(&c, 1, now), [(1, 1)]);
     c.set_ordering(Ordering::None);
     assert_eq!(take_all(&c, 1, now), [(2, 1)]);
+}
+
+/// A reader that filters (`PollFor::reader_filters`, the delivery
+/// workers) is handed every new event when the filter tests only the type,
+/// and the events it answers `None` for are done; a filter that tests more
+/// is still applied before the read, and a reader that does not filter
+/// never sees what the filter leaves out.
+#[tokio::test]
+async fn a_reader_that_filters_is_left_the_type_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _writer) = crate::store::open_for_test(dir.path());
+    let mut reserved = event("r1");
+    if let Some(pb::event::Payload::Custom(c)) = reserved.event.payload.as_mut() {
+        c.r#type = "stevedore.test".into();
+    }
+    reserved.event_type = crate::model::event_type_of(reserved.event.payload.as_ref()).unwrap();
+    let appended = store
+        .append(vec![event("e1"), reserved, event("e2")])
+        .await
+        .unwrap();
+    let offsets: Vec<Offset> = appended.iter().map(|a| a.offset).collect();
+    let consumers = Consumers::new(store.clone());
+    let start = offsets[0];
+    let open = |name: &'static str, filter: EventFilter| {
+        let consumers = &consumers;
+        async move {
+            let spec = CreateSpec {
+                start,
+                filter,
+                max_deliveries: 0,
+            };
+            consumers.open(name, spec).await.unwrap()
+        }
+    };
+    let all_but_reserved = EventFilter::types_only(Vec::new()).excluding_reserved();
+    for reader_filters in [true, false] {
+        let name = if reader_filters { "filters" } else { "plain" };
+        let c = open(name, all_but_reserved.clone()).await;
+        let p = PollFor {
+            reader_filters,
+            ..poll_at(1, Instant::now())
+        };
+        let (mut read, mut handed) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            let polled = c.poll_with(p, |offset, _| {
+                read.push(offset);
+                let e = store.local()?.get(offset)?.expect("in the log");
+                Ok(all_but_reserved.matches(&e).then_some(offset))
+            });
+            match polled.unwrap() {
+                Poll::Message(d) => handed.push(d.event),
+                Poll::Expired(_) => {}
+                Poll::Idle { .. } => break,
+            }
+        }
+        assert_eq!(handed, vec![offsets[0], offsets[2]], "{name}");
+        let want_read = if reader_filters {
+            offsets.clone()
+        } else {
+            handed.clone()
+        };
+        assert_eq!(read, want_read, "{name}");
+        assert!(c.lock().is_done(offsets[1]), "{name}");
+    }
+    // A tenant is tested before the read, whoever filters.
+    let c = open("tenant", all_but_reserved.clone().with_tenant("t1".into())).await;
+    let p = PollFor {
+        reader_filters: true,
+        ..poll_at(1, Instant::now())
+    };
+    let polled = c.poll_with(p, |offset, _| -> Result<Option<Offset>> {
+        panic!("offset {offset} of no tenant read for tenant t1")
+    });
+    assert!(matches!(polled.unwrap(), Poll::Idle { .. }));
 }

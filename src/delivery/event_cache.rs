@@ -6,6 +6,11 @@
 //! keeps the most recently read events, decoded and with their rendered
 //! body, in a small ring indexed by offset, and hands out `Arc`s to them.
 //!
+//! A miss reads the record asked for and up to [`READ_AHEAD`] after it in
+//! one read of the log, and keeps the others undecoded in their slots:
+//! workers read the log in order, so the next ones are asked for next,
+//! and each is decoded and rendered only then.
+//!
 //! What is shared is only what is the same for every endpoint: the stored
 //! event and its full body. An endpoint's condition (`filter`) and field
 //! selection (`fields`) are applied by its worker to that body, never
@@ -27,7 +32,7 @@ use bytes::Bytes;
 use crate::{
     error::Result,
     model::{Offset, StoredEvent},
-    store::Store,
+    store::{RawRecord, Store},
     webhook,
 };
 
@@ -51,8 +56,30 @@ impl SharedEvent {
     }
 }
 
-/// A ring slot: [`Store::erasures`] before the read, and the event.
-type Slot = Option<(u64, Arc<SharedEvent>)>;
+/// What a ring slot holds for its offset: the record as read (read ahead
+/// of the worker that asked), or the event decoded with its body.
+#[derive(Clone)]
+enum Entry {
+    Read(RawRecord),
+    Ready(Arc<SharedEvent>),
+}
+
+impl Entry {
+    fn offset(&self) -> Offset {
+        match self {
+            Entry::Read(r) => r.offset,
+            Entry::Ready(s) => s.event.offset,
+        }
+    }
+}
+
+/// A ring slot: [`Store::erasures`] before the read, and the entry.
+type Slot = Option<(u64, Entry)>;
+
+/// Records read at once on a miss: the one asked for and the next ones,
+/// which workers ask for next (one read instead of one per event); they
+/// are decoded and rendered only when asked for.
+const READ_AHEAD: usize = 32;
 
 /// The ring of recently read events; one per broker.
 pub struct EventCache {
@@ -74,28 +101,52 @@ impl EventCache {
         // Read before the event: an erasure finishing after this read of
         // the count makes the entry unusable, even if it read the old bytes.
         let erasures = store.erasures();
-        if let Some(hit) = self.lookup(offset, erasures) {
-            return Ok(Some(hit));
-        }
-        // Read and render outside the lock. Two workers missing the same
-        // offset at once both do the work; the results are identical.
-        let Some(event) = store.local()?.get(offset)? else {
-            return Ok(None);
+        let record = match self.lookup(offset, erasures) {
+            Some(Entry::Ready(hit)) => return Ok(Some(hit)),
+            Some(Entry::Read(record)) => record,
+            None => {
+                // Read and render outside the lock. Two workers missing the
+                // same offset at once both do the work; the results are
+                // identical.
+                let ahead = if self.capacity() > 1 { READ_AHEAD } else { 1 };
+                let mut records = store.local()?.read_records(offset, ahead)?.into_iter();
+                // Erased events are left out: the first record is another
+                // offset's when this one is not in the log.
+                let Some(record) = records.next().filter(|r| r.offset == offset) else {
+                    return Ok(None);
+                };
+                let mut slots = self.lock();
+                for next in records {
+                    if let Some(slot) = slot_of(&mut slots, next.offset) {
+                        if !slot
+                            .as_ref()
+                            .is_some_and(|(e, s)| *e == erasures && s.offset() == next.offset)
+                        {
+                            *slot = Some((erasures, Entry::Read(next)));
+                        }
+                    }
+                }
+                record
+            }
         };
-        let shared = Arc::new(SharedEvent::new(event));
+        let shared = Arc::new(SharedEvent::new(record.decode()?));
         let mut slots = self.lock();
         if let Some(slot) = slot_of(&mut slots, offset) {
-            *slot = Some((erasures, shared.clone()));
+            *slot = Some((erasures, Entry::Ready(shared.clone())));
         }
         Ok(Some(shared))
     }
 
-    fn lookup(&self, offset: Offset, erasures: u64) -> Option<Arc<SharedEvent>> {
+    fn lookup(&self, offset: Offset, erasures: u64) -> Option<Entry> {
         let mut slots = self.lock();
         slot_of(&mut slots, offset)?
             .as_ref()
-            .filter(|(e, s)| *e == erasures && s.event.offset == offset)
+            .filter(|(e, s)| *e == erasures && s.offset() == offset)
             .map(|(_, s)| s.clone())
+    }
+
+    fn capacity(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {

@@ -2,7 +2,7 @@
 //! over `"{webhook-id}.{webhook-timestamp}.{body}"`, one entry per active
 //! secret, space-separated.
 
-use std::fmt;
+use std::{fmt, io::Write as _};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use hmac::{Hmac, Mac};
@@ -15,44 +15,75 @@ pub const SECRET_PREFIX: &str = "whsec_";
 const SECRET_BYTES: usize = 32;
 
 /// A signing key. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+///
+/// It keeps HMAC-SHA256's state after the key (the hashes of the padded
+/// key), so signing a message does not redo that for every request.
+#[derive(Clone)]
+pub struct Secret {
+    key: Vec<u8>,
+    keyed: Hmac<Sha256>,
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// A new random secret.
     pub fn generate() -> Self {
         let mut key = vec![0u8; SECRET_BYTES];
         rand::rng().fill_bytes(&mut key);
-        Self(key)
+        Self::from_bytes(key)
     }
 
     /// From stored key bytes.
     pub fn from_bytes(key: Vec<u8>) -> Self {
-        Self(key)
+        let keyed = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        Self { key, keyed }
     }
 
     /// The key bytes, for storage.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.key
     }
 
     /// `whsec_` + base64 of the key: the form shown to the operator once.
     pub fn reveal(&self) -> String {
-        format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.0))
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(&self.key))
     }
 
     /// The `v1,<base64>` signature of one message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut out = String::with_capacity(SIGNATURE_LEN);
+        self.sign_into(&mut out, msg_id, timestamp, body);
+        out
+    }
+
+    /// Appends the `v1,<base64>` signature of one message to `out`.
+    fn sign_into(&self, out: &mut String, msg_id: &str, timestamp: i64, body: &[u8]) {
+        let mut mac = self.keyed.clone();
         mac.update(msg_id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        // The decimal timestamp, written without an allocation (an i64 has
+        // at most 20 characters).
+        let mut digits = [0u8; 20];
+        let mut cursor = std::io::Cursor::new(&mut digits[..]);
+        write!(cursor, "{timestamp}").expect("an i64 fits in 20 bytes");
+        let len = cursor.position() as usize;
+        mac.update(&digits[..len]);
         mac.update(b".");
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        out.push_str("v1,");
+        STANDARD.encode_string(mac.finalize().into_bytes(), out);
     }
 }
+
+/// The length of one `v1,<base64 of 32 bytes>` signature.
+const SIGNATURE_LEN: usize = 3 + 44;
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,11 +118,14 @@ pub fn signature_header<'a>(
     timestamp: i64,
     body: &[u8],
 ) -> String {
-    secrets
-        .into_iter()
-        .map(|s| s.sign(msg_id, timestamp, body))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::with_capacity(SIGNATURE_LEN);
+    for (i, s) in secrets.into_iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        s.sign_into(&mut out, msg_id, timestamp, body);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -112,6 +112,13 @@ pub struct RawRecord {
     pub record: bytes::Bytes,
 }
 
+impl RawRecord {
+    /// The event it stores (what [`Store::get`] returns for its offset).
+    pub fn decode(&self) -> Result<StoredEvent> {
+        keys::decode_event(&keys::offset_key(self.offset), &self.record)
+    }
+}
+
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

@@ -14,7 +14,7 @@ pub(super) fn body(_env: &Envelope<'_>, c: &pb::ChannelInventoryUpdated) -> Json
     let no_inventory = pb::Inventory::default();
     let variant = c.variant.as_ref().unwrap_or(&no_variant);
     let inventory = c.inventory.as_ref().unwrap_or(&no_inventory);
-    Object::new()
+    Object::body()
         .object(
             "variant",
             Object::new()

@@ -6,7 +6,7 @@ use super::{Envelope, Json, Object};
 use crate::pb;
 
 pub(super) fn body(env: &Envelope<'_>, i: &pb::InventoryUpdated) -> Json {
-    Object::new()
+    Object::body()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &i.tenant_id)
         .str("companyId", &i.company_id)

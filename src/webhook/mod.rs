@@ -116,8 +116,19 @@ impl Json {
 pub(super) struct Object(Vec<u8>);
 
 impl Object {
+    /// A nested object (a line, an address): room for a few hundred bytes.
     pub(super) fn new() -> Self {
-        let mut out = Vec::with_capacity(256);
+        Self::with_capacity(512)
+    }
+
+    /// A body's top-level object: room for a typical body, so that it is
+    /// not copied to a larger buffer several times while it grows.
+    pub(super) fn body() -> Self {
+        Self::with_capacity(2048)
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        let mut out = Vec::with_capacity(n);
         out.push(b'{');
         Self(out)
     }
@@ -272,7 +283,18 @@ impl Object {
 }
 
 /// A JSON string, escaped exactly as `serde_json` escapes it.
+///
+/// `serde_json` escapes only `"`, `\\` and the control characters below
+/// U+0020; a string without any (every key, nearly every value) is copied
+/// between quotes as it is, which is what `serde_json` writes for it too.
 pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(out, s).expect("writing JSON to a Vec cannot fail");
 }
 

@@ -6,7 +6,7 @@ use super::{Envelope, Json, Object};
 use crate::pb;
 
 pub(super) fn body(env: &Envelope<'_>, o: &pb::OrderStatusChanged) -> Json {
-    Object::new()
+    Object::body()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &o.tenant_id)
         .str("companyId", &o.company_id)

@@ -8,7 +8,7 @@ use super::{Envelope, Json, Object};
 use crate::pb;
 
 pub(super) fn body(env: &Envelope<'_>, p: &pb::PickConfirmed) -> Json {
-    Object::new()
+    Object::body()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &p.tenant_id)
         .str("companyId", &p.company_id)

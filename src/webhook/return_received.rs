@@ -6,7 +6,7 @@ use super::{Envelope, Json, Object};
 use crate::pb;
 
 pub(super) fn body(env: &Envelope<'_>, r: &pb::ReturnReceived) -> Json {
-    Object::new()
+    Object::body()
         .date("timestamp", env.occurred_at)
         .str("tenantId", &r.tenant_id)
         .str("companyId", &r.company_id)

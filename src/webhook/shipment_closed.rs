@@ -11,7 +11,7 @@ use super::{Envelope, Json, Object};
 use crate::pb;
 
 pub(super) fn body(env: &Envelope<'_>, s: &pb::ShipmentClosed) -> Json {
-    Object::new()
+    Object::body()
         .date("timestamp", env.occurred_at)
         // Shipment header.
         .str("tenantId", &s.tenant_id)

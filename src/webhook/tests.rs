@@ -110,3 +110,26 @@ fn missing_payload_is_an_error() {
     let err = render_body(&pb::Event::default()).unwrap_err();
     assert!(matches!(err, RenderError::NoPayload));
 }
+
+/// The copy-between-quotes path writes what `serde_json` writes: every
+/// ASCII character alone and among others, and non-ASCII text.
+#[test]
+fn strings_are_written_as_serde_json_writes_them() {
+    let mut samples: Vec<String> = (0u8..=0x7f).map(|b| char::from(b).to_string()).collect();
+    samples.extend((0u8..=0x7f).map(|b| format!("ab{}cd", char::from(b))));
+    samples.extend(
+        [
+            "",
+            "plain",
+            "café ☕ \u{2028}\u{7f}",
+            "quote\"back\\slash",
+            "tab\tnl\n",
+        ]
+        .map(String::from),
+    );
+    for s in &samples {
+        let mut ours = Vec::new();
+        write_str(&mut ours, s);
+        assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+    }
+}

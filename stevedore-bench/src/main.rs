@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cpu;
 mod delivery;
 mod harness;
 mod latency;

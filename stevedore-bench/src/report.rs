@@ -22,6 +22,8 @@ pub enum Unit {
     MiB,
     /// A plain count.
     Count,
+    /// Microseconds (CPU time per request).
+    Micros,
 }
 
 impl Unit {
@@ -41,6 +43,7 @@ impl Unit {
             Unit::Secs => format!("{v:.2} s"),
             Unit::MiB => format!("{:.1} MiB", v / (1024.0 * 1024.0)),
             Unit::Count => thousands(v.round() as u64),
+            Unit::Micros => format!("{v:.1} µs"),
         }
     }
 }

@@ -88,6 +88,7 @@ impl Taker for DurableStream {
             ack_wait: self.durable.ack_wait,
             now,
             read_new: true,
+            reader_filters: false,
         }
     }
 

@@ -46,8 +46,8 @@ pub(super) fn sign(req: WebhookRequest) -> SignedRequest {
     let mut http = Request::post(req.uri)
         .body(Full::new(req.body))
         .expect("a POST with a valid URI and no headers yet is a valid request");
-    let headers = http.headers_mut();
-    headers.extend(req.headers);
+    // The request has no headers yet: the map is moved in, not copied.
+    let mut headers = req.headers;
     headers.insert(
         WEBHOOK_ID,
         HeaderValue::from_str(&req.msg_id).expect("webhook ids are safe tokens"),
@@ -55,8 +55,10 @@ pub(super) fn sign(req: WebhookRequest) -> SignedRequest {
     headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
     headers.insert(
         WEBHOOK_SIGNATURE,
-        HeaderValue::from_str(&signature).expect("base64 is a valid header value"),
+        HeaderValue::from_maybe_shared(Bytes::from(signature))
+            .expect("base64 is a valid header value"),
     );
+    *http.headers_mut() = headers;
     SignedRequest {
         http,
         timeout: req.timeout,

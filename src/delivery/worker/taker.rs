@@ -46,6 +46,8 @@ impl Taker for Worker {
             ack_wait: LEASE,
             now,
             read_new: true,
+            // `read` tests `spec.filter`, the consumer's filter.
+            reader_filters: true,
         }
     }
 
@@ -69,6 +71,11 @@ impl Taker for Worker {
                 let Some(event) = ctx.shared.get(&ctx.store, offset)? else {
                     return Ok(None);
                 };
+                // The consumer leaves its filter to this read when the
+                // filter tests only the type (`PollFor::reader_filters`).
+                if read == Read::New && !ctx.spec.filter.matches(&event.event) {
+                    return Ok(None);
+                }
                 let body = self.body(&event);
                 (event, body)
             }
