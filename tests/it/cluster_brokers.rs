@@ -395,3 +395,70 @@ async fn wait_for(health: &HealthClient<Channel>, want: ServingStatus) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// NATS credentials from the broker's config reach the cluster: with the
+/// right user and password the broker starts and publishes; with a wrong
+/// password or none it refuses to start, naming what to check and never
+/// printing the password.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_nats_user_and_password() {
+    const PASSWORD: &str = "s3cret-Pa55word";
+    const WRONG: &str = "wrong-Pa55word";
+    let cluster = NatsCluster::start_with_password("broker", PASSWORD).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    for (generation, creds) in [
+        (
+            1,
+            vec![
+                ("STEVEDORE_NATS_USER", "broker"),
+                ("STEVEDORE_NATS_PASSWORD", WRONG),
+            ],
+        ),
+        (2, vec![]),
+    ] {
+        let err = match cluster
+            .start_broker(dir.path(), generation, "auth", &creds)
+            .await
+        {
+            Ok(_) => panic!("a broker started with credentials {creds:?} the cluster refuses"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains("nats_url") && err.contains("credentials"),
+            "the refusal names what to check: {err}"
+        );
+        assert!(!err.contains(WRONG), "the password is never printed: {err}");
+    }
+
+    let creds = [
+        ("STEVEDORE_NATS_USER", "broker"),
+        ("STEVEDORE_NATS_PASSWORD", PASSWORD),
+    ];
+    let broker = cluster
+        .start_broker(dir.path(), 3, "auth", &creds)
+        .await
+        .unwrap_or_else(|e| panic!("with the right password: {e}"));
+    assert!(!read_stderr(dir.path(), 3).contains(PASSWORD));
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}
+
+/// Brokers and nodes started together (a compose file, a reboot): a broker
+/// whose first requests reach the cluster before it has elected its
+/// JetStream meta leader asks again instead of giving up, and serves.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_started_with_the_cluster_waits_for_its_leader() {
+    let cluster = NatsCluster::start_electing();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = cluster
+        .start_broker(dir.path(), 1, "together", &[])
+        .await
+        .unwrap_or_else(|e| panic!("a broker started with its cluster: {e}"));
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}

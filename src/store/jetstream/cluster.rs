@@ -16,11 +16,12 @@
 //!   (the claims, else the stream's deduplication window).
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -87,17 +88,19 @@ impl ClusterLog {
         };
         let name = stream_config.stream.clone();
         let max_batch = stream_config.max_batch;
-        let stream = EventStream::open(client, stream_config)
-            .await
-            .map_err(|e| opening(&name, e))?;
+        let stream = until_answered(&name, || {
+            EventStream::open(client.clone(), stream_config.clone())
+        })
+        .await?;
         let claims = IdempotencyConfig {
             replicas: options.replicas,
             ..IdempotencyConfig::with_prefix(&options.prefix)
         };
         let bucket = claims.bucket.clone();
-        let ids = IdempotentLog::open(stream.clone(), claims)
-            .await
-            .map_err(|e| opening(&bucket, e))?;
+        let ids = until_answered(&bucket, || {
+            IdempotentLog::open(stream.clone(), claims.clone())
+        })
+        .await?;
         let state = stream.state().await.map_err(|e| opening(&name, e))?;
         let (head_tx, head) = watch::channel(state.last_sequence + 1);
         let extent = Arc::new(Extent::default());
@@ -296,6 +299,45 @@ async fn sequence(
 }
 
 /// An error opening the stream or a bucket, naming it.
+/// How long start-up keeps asking a cluster that does not answer: nodes
+/// started together first elect their JetStream meta leader, and a request
+/// sent before that goes unanswered.
+const OPEN_DEADLINE: Duration = Duration::from_secs(120);
+/// One attempt's bound (the client's own request timeout is longer).
+/// Creating the stream or the bucket again with the same settings is
+/// harmless, so an attempt cut short may be repeated.
+const OPEN_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// `open()`, repeated while the cluster does not answer, for at most
+/// [`OPEN_DEADLINE`].
+async fn until_answered<T, F, Fut>(name: &str, mut open: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, JetStreamError>>,
+{
+    let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
+    loop {
+        let outcome = match tokio::time::timeout(OPEN_ATTEMPT, open()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(JetStreamError::Request {
+                what: "opening",
+                reason: format!("no answer within {OPEN_ATTEMPT:?}"),
+            }),
+        };
+        match outcome {
+            Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    error = %e,
+                    "opening {name}: the NATS cluster does not answer yet (still electing its \
+                     JetStream meta leader?); asking again"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            outcome => return outcome.map_err(|e| opening(name, e)),
+        }
+    }
+}
+
 fn opening(name: &str, e: JetStreamError) -> Error {
     Error::Unavailable(format!("opening {name} on the NATS cluster: {e}"))
 }

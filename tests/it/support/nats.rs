@@ -89,6 +89,33 @@ impl NatsCluster {
     /// Three nodes syncing as `sync` says, ready (meta leader elected,
     /// every node healthy).
     pub async fn start_with(sync: Sync) -> NatsCluster {
+        NatsCluster::start_configured(sync, "").await
+    }
+
+    /// Three nodes with `sync_interval: always` whose clients must log in
+    /// with `user` and `password` (a top-level `authorization` block; the
+    /// routes between the nodes are not affected), ready.
+    pub async fn start_with_password(user: &str, password: &str) -> NatsCluster {
+        let auth = format!("authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n");
+        NatsCluster::start_configured(Sync::Always, &auth).await
+    }
+
+    /// Three nodes with `sync_interval: always`, just started: they may not
+    /// have elected their meta leader yet.
+    pub fn start_electing() -> NatsCluster {
+        NatsCluster::spawn_configured(Sync::Always, "")
+    }
+
+    /// Three nodes syncing as `sync` says, with `extra` appended to each
+    /// node's configuration, ready.
+    async fn start_configured(sync: Sync, extra: &str) -> NatsCluster {
+        let cluster = NatsCluster::spawn_configured(sync, extra);
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// The three nodes of [`NatsCluster::start_configured`], started.
+    fn spawn_configured(sync: Sync, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         let ports = free_ports(9);
         let routes: Vec<String> = (0..3)
@@ -112,7 +139,7 @@ impl NatsCluster {
                      http: 127.0.0.1:{http_port}\n\
                      jetstream {{\n  store_dir: {store:?}\n  {sync_line}\n}}\n\
                      cluster {{\n  name: stevedore-test\n  listen: 127.0.0.1:{cluster_port}\n  \
-                     routes: [{}]\n}}\n",
+                     routes: [{}]\n}}\n{extra}",
                     routes.join(", ")
                 ),
             )
@@ -130,7 +157,6 @@ impl NatsCluster {
         for i in 0..3 {
             cluster.spawn(i);
         }
-        cluster.wait_ready().await;
         cluster
     }
 
