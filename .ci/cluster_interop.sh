@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# The README's cluster-mode recipes, run from the README's own text: the
+# node configuration under "Starting a 3-node nats-server cluster" (node n1
+# as written; n2 and n3 "alike, with their own name, ports and store_dir":
+# each port + 1, + 2), then the commands under "Pointing brokers at it"
+# (with the release binary in place of `cargo run --release --`, each broker
+# in the background), then grpcurl checks addressed to either broker.
+#
+#   bash .ci/cluster_interop.sh     # after `cargo build --release`
+#
+# Environment:
+#   NATS_SERVER_BIN  nats-server 2.12 or newer (default: the one the README's
+#                    cluster test recipe installs, else `nats-server` on PATH)
+#   STEVEDORE_BIN, INTEROP_VENV, PYTHON: as for .ci/interop.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BIN=${STEVEDORE_BIN:-target/release/stevedore}
+unset STEVEDORE_BIN
+NATS=${NATS_SERVER_BIN:-$HOME/.cache/nats-server-2.15.1/bin/nats-server}
+[ -x "$NATS" ] || NATS=$(command -v nats-server)
+PYTHON=${PYTHON:-python3}
+VENV=${INTEROP_VENV:-${TMPDIR:-/tmp}/stevedore-interop-venv}
+CHECKS=.ci/interop_checks.py
+PICK=examples/pick_confirmed.json
+SHIPMENT=examples/shipment_closed.json
+
+tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/stevedore-cluster-interop.XXXXXX")
+# shellcheck source=.ci/checks.sh
+source .ci/checks.sh
+pids=()
+
+cleanup() {
+  local rc=$?
+  local pid
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$rc" -ne 0 ] || [ "$failed" -gt 0 ]; then
+    for f in "$tmpdir"/*.out "$tmpdir"/*.err; do
+      [ -s "$f" ] || continue
+      echo "---- $f (last 60 lines) ----"
+      grep -v "^  *at \|^ *[0-9]*: " "$f" | tail -n 60
+    done
+  fi
+  rm -rf "$tmpdir"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The first fenced block under the README heading $1.
+readme_block() {
+  awk -v heading="$1" '
+    $0 == heading { section = 1; next }
+    section && !inside && /^#/ { exit }
+    section && /^```/ { if (inside) exit; inside = 1; next }
+    inside { print }
+  ' README.md
+}
+
+setup_venv
+"$NATS" --version
+
+# ------------------------------------------------------------ the cluster
+
+node1=$(readme_block "### Starting a 3-node nats-server cluster")
+[ -n "$node1" ] || {
+  echo "FAIL: no node configuration in README.md"
+  exit 1
+}
+for k in 1 2 3; do
+  # Node n<k>: its name and store_dir, and each of its own ports + (k - 1);
+  # the routes (all three nodes) stay as written. store_dir goes to a temp dir.
+  sed -e "s/^server_name: n1\$/server_name: n$k/" \
+    -e "s#store_dir: /var/lib/nats/n1#store_dir: $tmpdir/n$k#" \
+    -e "s/^listen: 127.0.0.1:4222\$/listen: 127.0.0.1:$((4221 + k))/" \
+    -e "s/^http: 127.0.0.1:8222\$/http: 127.0.0.1:$((8221 + k))/" \
+    -e "s/^  listen: 127.0.0.1:6222\$/  listen: 127.0.0.1:$((6221 + k))/" \
+    <<<"$node1" >"$tmpdir/n$k.conf"
+  if [ "$k" -gt 1 ] && cmp -s "$tmpdir/n1.conf" "$tmpdir/n$k.conf"; then
+    echo "FAIL: the README's node configuration no longer has the lines this script renumbers"
+    exit 1
+  fi
+  "$NATS" -c "$tmpdir/n$k.conf" >"$tmpdir/n$k.out" 2>"$tmpdir/n$k.err" </dev/null &
+  pids+=($!)
+done
+
+t_cluster_up() {
+  local k _
+  for k in 1 2 3; do
+    for _ in $(seq 300); do
+      curl -fsS "http://127.0.0.1:$((8221 + k))/healthz?js-enabled-only=true" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    curl -fsS "http://127.0.0.1:$((8221 + k))/healthz?js-enabled-only=true"
+    # Ours, not another server left on the example's ports.
+    kill -0 "${pids[$((k - 1))]}" || {
+      echo "nats-server n$k exited (are the README example's ports free?)"
+      return 1
+    }
+  done
+}
+check "cluster: three nats-server nodes from the README's configuration" t_cluster_up
+
+# ------------------------------------------------------------ the brokers
+
+brokers=$(readme_block "### Pointing brokers at it")
+n=0
+ADDRS=()
+while IFS= read -r line; do
+  case "$line" in
+    export\ *) eval "$line" ;;
+    cargo\ run\ --release\ --\ *)
+      n=$((n + 1))
+      eval "set -- ${line#cargo run --release -- }"
+      "$BIN" "$@" >"$tmpdir/broker$n.out" 2>"$tmpdir/broker$n.err" </dev/null &
+      pids+=($!)
+      ADDRS+=("$(sed -n 's/.*--listen \([^ ]*\).*/\1/p' <<<"$line")")
+      ;;
+    "" | \#*) ;;
+    *)
+      echo "FAIL: a line of the README's broker recipe this script does not know: $line"
+      exit 1
+      ;;
+  esac
+done <<<"$brokers"
+[ "$n" -eq 2 ] || {
+  echo "FAIL: the README's broker recipe starts $n brokers, want 2"
+  exit 1
+}
+A=${ADDRS[0]}
+B=${ADDRS[1]}
+
+t_brokers_up() {
+  local i _
+  for i in 1 2; do
+    for _ in $(seq 600); do
+      grep -q '^stevedore listening on' "$tmpdir/broker$i.out" && break
+      kill -0 "${pids[$((2 + i))]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    grep '^stevedore listening on' "$tmpdir/broker$i.out"
+  done
+}
+check "brokers: both start on the cluster (durability preflight passed)" t_brokers_up
+
+# ------------------------------------------------------------ checks
+
+t_health() { # ADDR
+  gc -d '{"service":""}' "$1" grpc.health.v1.Health/Check >"$tmpdir/health.json"
+  "$PY" "$CHECKS" health "$tmpdir/health.json"
+}
+
+t_publish_a() {
+  gc -emit-defaults -d @ "$A" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish-a.json"
+  "$PY" "$CHECKS" publish "$tmpdir/publish-a.json" pick-sample-1 false
+}
+
+offset_a() { "$PY" "$CHECKS" offset "$tmpdir/publish-a.json"; }
+
+t_publish_b_duplicate() {
+  gc -emit-defaults -d @ "$B" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish-b.json"
+  "$PY" "$CHECKS" publish "$tmpdir/publish-b.json" pick-sample-1 true "$(offset_a)"
+}
+
+t_get_event_b() {
+  local offset
+  offset=$(offset_a)
+  gc -d "{\"offset\": \"$offset\"}" "$B" stevedore.v1.Subscriber/GetEvent >"$tmpdir/get.json"
+  "$PY" "$CHECKS" get-event "$tmpdir/get.json" "$PICK" pick.confirmed "$offset"
+}
+
+t_subscribe_b() {
+  local rc=0
+  gc -max-time 5 -d '{"earliest": true}' "$B" stevedore.v1.Subscriber/Subscribe \
+    >"$tmpdir/subscribe.json" 2>"$tmpdir/subscribe.err" || rc=$?
+  echo "grpcurl exit $rc: $(tr '\n' ' ' <"$tmpdir/subscribe.err")"
+  "$PY" "$CHECKS" subscribe "$tmpdir/subscribe.json" "$PICK" pick.confirmed
+}
+
+t_publish_b_then_a_duplicate() {
+  gc -emit-defaults -d @ "$B" stevedore.v1.Publisher/Publish <"$SHIPMENT" >"$tmpdir/ship-b.json"
+  "$PY" "$CHECKS" publish "$tmpdir/ship-b.json" shipment-sample-1 false
+  gc -emit-defaults -d @ "$A" stevedore.v1.Publisher/Publish <"$SHIPMENT" >"$tmpdir/ship-a.json"
+  "$PY" "$CHECKS" publish "$tmpdir/ship-a.json" shipment-sample-1 true \
+    "$("$PY" "$CHECKS" offset "$tmpdir/ship-b.json")"
+}
+
+t_endpoints_refused() {
+  local rc=0
+  gc -d '{"endpoint": {"url": "https://example.invalid/hook"}}' "$A" \
+    stevedore.v1.Admin/CreateEndpoint >"$tmpdir/create.out" 2>&1 || rc=$?
+  cat "$tmpdir/create.out"
+  [ "$rc" -ne 0 ] || {
+    echo "CreateEndpoint succeeded in cluster mode, which does not deliver webhooks yet"
+    return 1
+  }
+  grep -q "FailedPrecondition" "$tmpdir/create.out"
+  grep -q "cluster mode" "$tmpdir/create.out"
+}
+
+check "health: broker A serves" t_health "$A"
+check "health: broker B serves" t_health "$B"
+check "publish pick_confirmed.json to A" t_publish_a
+check "the same id to B is a duplicate at A's offset" t_publish_b_duplicate
+check "GetEvent on B returns what A stored" t_get_event_b
+check "Subscribe from earliest on B streams A's event" t_subscribe_b
+check "publish shipment_closed.json to B, again to A: a duplicate" t_publish_b_then_a_duplicate
+check "CreateEndpoint answers FAILED_PRECONDITION naming cluster mode" t_endpoints_refused
+
+summary
