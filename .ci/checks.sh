@@ -52,3 +52,52 @@ setup_venv() {
 }
 
 gc() { "$GRPCURL" -plaintext "$@"; }
+
+# The grpcurl steps both scripts take, each against the broker at ADDR and
+# checked by .ci/interop_checks.py ($CHECKS); OUT files go under $tmpdir.
+
+# health_at ADDR SERVICE: SERVING.
+health_at() {
+  gc -d "{\"service\":\"$2\"}" "$1" grpc.health.v1.Health/Check >"$tmpdir/health.json"
+  "$PY" "$CHECKS" health "$tmpdir/health.json"
+}
+
+# publish_at ADDR EXAMPLE EVENT_ID true|false OUT [OFFSET]: Publish of the
+# example file answers this id, duplicate flag and (if given) offset.
+publish_at() {
+  gc -emit-defaults -d @ "$1" stevedore.v1.Publisher/Publish <"$2" >"$tmpdir/$5"
+  "$PY" "$CHECKS" publish "$tmpdir/$5" "$3" "$4" ${6:+"$6"}
+}
+
+# offset_of OUT: the offset a publish_at answered.
+offset_of() { "$PY" "$CHECKS" offset "$tmpdir/$1"; }
+
+# subscribe_at ADDR EXAMPLE EVENT_TYPE: Subscribe from earliest streams the
+# example's event first. Subscribe tails forever: -max-time ends it and
+# grpcurl then exits non-zero (DeadlineExceeded); only the output counts.
+subscribe_at() {
+  local rc=0
+  gc -max-time 5 -d '{"earliest": true}' "$1" stevedore.v1.Subscriber/Subscribe \
+    >"$tmpdir/subscribe.json" 2>"$tmpdir/subscribe.err" || rc=$?
+  echo "grpcurl exit $rc: $(tr '\n' ' ' <"$tmpdir/subscribe.err")"
+  "$PY" "$CHECKS" subscribe "$tmpdir/subscribe.json" "$2" "$3"
+}
+
+# get_event_at ADDR OFFSET EXAMPLE EVENT_TYPE: GetEvent returns the example.
+get_event_at() {
+  gc -d "{\"offset\": \"$2\"}" "$1" stevedore.v1.Subscriber/GetEvent >"$tmpdir/get.json"
+  "$PY" "$CHECKS" get-event "$tmpdir/get.json" "$3" "$4" "$2"
+}
+
+# show_logs LINES FILE...: the last LINES lines of each non-empty FILE
+# (Rust backtrace frames left out), for a failed run's output.
+show_logs() {
+  local lines=$1 f
+  shift
+  for f in "$@"; do
+    [ -s "$f" ] || continue
+    echo "---- $f (last $lines lines) ----"
+    grep -v "^  *at \|^ *[0-9]*: " "$f" | tail -n "$lines"
+    echo "---- end of $f ----"
+  done
+}

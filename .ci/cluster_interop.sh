@@ -41,11 +41,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   if [ "$rc" -ne 0 ] || [ "$failed" -gt 0 ]; then
-    for f in "$tmpdir"/*.out "$tmpdir"/*.err; do
-      [ -s "$f" ] || continue
-      echo "---- $f (last 60 lines) ----"
-      grep -v "^  *at \|^ *[0-9]*: " "$f" | tail -n 60
-    done
+    show_logs 60 "$tmpdir"/*.out "$tmpdir"/*.err
   fi
   rm -rf "$tmpdir"
   exit "$rc"
@@ -152,44 +148,19 @@ check "brokers: both start on the cluster (durability preflight passed)" t_broke
 
 # ------------------------------------------------------------ checks
 
-t_health() { # ADDR
-  gc -d '{"service":""}' "$1" grpc.health.v1.Health/Check >"$tmpdir/health.json"
-  "$PY" "$CHECKS" health "$tmpdir/health.json"
-}
-
-t_publish_a() {
-  gc -emit-defaults -d @ "$A" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish-a.json"
-  "$PY" "$CHECKS" publish "$tmpdir/publish-a.json" pick-sample-1 false
-}
-
-offset_a() { "$PY" "$CHECKS" offset "$tmpdir/publish-a.json"; }
+t_publish_a() { publish_at "$A" "$PICK" pick-sample-1 false publish-a.json; }
 
 t_publish_b_duplicate() {
-  gc -emit-defaults -d @ "$B" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish-b.json"
-  "$PY" "$CHECKS" publish "$tmpdir/publish-b.json" pick-sample-1 true "$(offset_a)"
+  publish_at "$B" "$PICK" pick-sample-1 true publish-b.json "$(offset_of publish-a.json)"
 }
 
-t_get_event_b() {
-  local offset
-  offset=$(offset_a)
-  gc -d "{\"offset\": \"$offset\"}" "$B" stevedore.v1.Subscriber/GetEvent >"$tmpdir/get.json"
-  "$PY" "$CHECKS" get-event "$tmpdir/get.json" "$PICK" pick.confirmed "$offset"
-}
+t_get_event_b() { get_event_at "$B" "$(offset_of publish-a.json)" "$PICK" pick.confirmed; }
 
-t_subscribe_b() {
-  local rc=0
-  gc -max-time 5 -d '{"earliest": true}' "$B" stevedore.v1.Subscriber/Subscribe \
-    >"$tmpdir/subscribe.json" 2>"$tmpdir/subscribe.err" || rc=$?
-  echo "grpcurl exit $rc: $(tr '\n' ' ' <"$tmpdir/subscribe.err")"
-  "$PY" "$CHECKS" subscribe "$tmpdir/subscribe.json" "$PICK" pick.confirmed
-}
+t_subscribe_b() { subscribe_at "$B" "$PICK" pick.confirmed; }
 
 t_publish_b_then_a_duplicate() {
-  gc -emit-defaults -d @ "$B" stevedore.v1.Publisher/Publish <"$SHIPMENT" >"$tmpdir/ship-b.json"
-  "$PY" "$CHECKS" publish "$tmpdir/ship-b.json" shipment-sample-1 false
-  gc -emit-defaults -d @ "$A" stevedore.v1.Publisher/Publish <"$SHIPMENT" >"$tmpdir/ship-a.json"
-  "$PY" "$CHECKS" publish "$tmpdir/ship-a.json" shipment-sample-1 true \
-    "$("$PY" "$CHECKS" offset "$tmpdir/ship-b.json")"
+  publish_at "$B" "$SHIPMENT" shipment-sample-1 false ship-b.json
+  publish_at "$A" "$SHIPMENT" shipment-sample-1 true ship-a.json "$(offset_of ship-b.json)"
 }
 
 t_endpoints_refused() {
@@ -205,8 +176,8 @@ t_endpoints_refused() {
   grep -q "cluster mode" "$tmpdir/create.out"
 }
 
-check "health: broker A serves" t_health "$A"
-check "health: broker B serves" t_health "$B"
+check "health: broker A serves" health_at "$A" ""
+check "health: broker B serves" health_at "$B" ""
 check "publish pick_confirmed.json to A" t_publish_a
 check "the same id to B is a duplicate at A's offset" t_publish_b_duplicate
 check "GetEvent on B returns what A stored" t_get_event_b

@@ -60,13 +60,7 @@ cleanup() {
     wait "$server_pid" 2>/dev/null || true
   fi
   if [ "$rc" -ne 0 ] || [ "$failed" -gt 0 ]; then
-    for f in server.out server.err receiver.err webhooks.jsonl auth.err; do
-      if [ -s "$tmpdir/$f" ]; then
-        echo "---- $f (last 200 lines) ----"
-        tail -n 200 "$tmpdir/$f"
-        echo "---- end of $f ----"
-      fi
-    done
+    show_logs 200 "$tmpdir"/{server.out,server.err,receiver.err,webhooks.jsonl,auth.err}
   fi
   rm -rf "$tmpdir"
   exit "$rc"
@@ -137,39 +131,19 @@ t_describe() { # SYMBOL EXPECTED_TEXT
   }
 }
 
-t_health() { # SERVICE
-  gc -d "{\"service\":\"$1\"}" "$ADDR" grpc.health.v1.Health/Check >"$tmpdir/health.json"
-  "$PY" "$CHECKS" health "$tmpdir/health.json"
-}
+t_health() { health_at "$ADDR" "$1"; } # SERVICE
 
-t_publish_first() {
-  gc -emit-defaults -d @ "$ADDR" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish1.json"
-  "$PY" "$CHECKS" publish "$tmpdir/publish1.json" pick-sample-1 false
-}
+t_publish_first() { publish_at "$ADDR" "$PICK" pick-sample-1 false publish1.json; }
 
-first_offset() { "$PY" "$CHECKS" offset "$tmpdir/publish1.json"; }
+first_offset() { offset_of publish1.json; }
 
 t_publish_duplicate() {
-  gc -emit-defaults -d @ "$ADDR" stevedore.v1.Publisher/Publish <"$PICK" >"$tmpdir/publish2.json"
-  "$PY" "$CHECKS" publish "$tmpdir/publish2.json" pick-sample-1 true "$(first_offset)"
+  publish_at "$ADDR" "$PICK" pick-sample-1 true publish2.json "$(first_offset)"
 }
 
-t_subscribe() {
-  # Subscribe tails forever: -max-time ends it and grpcurl then exits
-  # non-zero (DeadlineExceeded); only the output counts.
-  local rc=0
-  gc -max-time 5 -d '{"earliest": true}' "$ADDR" stevedore.v1.Subscriber/Subscribe \
-    >"$tmpdir/subscribe.json" 2>"$tmpdir/subscribe.err" || rc=$?
-  echo "grpcurl exit $rc: $(tr '\n' ' ' <"$tmpdir/subscribe.err")"
-  "$PY" "$CHECKS" subscribe "$tmpdir/subscribe.json" "$PICK" pick.confirmed
-}
+t_subscribe() { subscribe_at "$ADDR" "$PICK" pick.confirmed; }
 
-t_get_event() {
-  local offset
-  offset=$(first_offset)
-  gc -d "{\"offset\": \"$offset\"}" "$ADDR" stevedore.v1.Subscriber/GetEvent >"$tmpdir/get.json"
-  "$PY" "$CHECKS" get-event "$tmpdir/get.json" "$PICK" pick.confirmed "$offset"
-}
+t_get_event() { get_event_at "$ADDR" "$(first_offset)" "$PICK" pick.confirmed; }
 
 # ---------------------------------------------------------------- webhooks
 #
