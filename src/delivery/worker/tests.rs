@@ -235,12 +235,15 @@ async fn retries_go_out_at_their_due_times() {
     assert_eq!(calls.len(), 3);
     let gaps: Vec<Duration> = calls.windows(2).map(|p| p[1].1 - p[0].1).collect();
     // The next attempt's time is on the wall clock, from when the attempt
-    // was recorded: the real milliseconds the record's write takes count
-    // there but not on the paused clock, so allow a second either way.
+    // was recorded, so a second early is allowed. Late: each simulated
+    // second of `step` lets 5 real milliseconds pass, so a group commit
+    // slower than that (a 20 ms fsync on a loaded machine) moves the paused
+    // clock on by seconds (604 s for the 600 s step was seen). Still never
+    // early, and each gap far from the other step.
     for (gap, want) in gaps.iter().zip([60, 600]) {
         let want = Duration::from_secs(want);
         assert!(
-            *gap + Duration::from_secs(1) >= want && *gap < want + Duration::from_secs(2),
+            *gap + Duration::from_secs(1) >= want && *gap < want + Duration::from_secs(30),
             "waited {gap:?} for a {want:?} step"
         );
     }
