@@ -404,46 +404,16 @@ async fn wait_for(health: &HealthClient<Channel>, want: ServingStatus) {
 #[ignore = "needs nats-server"]
 async fn cluster_broker_logs_in_with_nats_user_and_password() {
     const PASSWORD: &str = "s3cret-Pa55word";
-    const WRONG: &str = "wrong-Pa55word";
     let cluster = NatsCluster::start_with_password("broker", PASSWORD).await;
-    let dir = tempfile::tempdir().unwrap();
-
-    for (generation, creds) in [
-        (
-            1,
-            vec![
-                ("STEVEDORE_NATS_USER", "broker"),
-                ("STEVEDORE_NATS_PASSWORD", WRONG),
-            ],
-        ),
-        (2, vec![]),
-    ] {
-        let err = match cluster
-            .start_broker(dir.path(), generation, "auth", &creds)
-            .await
-        {
-            Ok(_) => panic!("a broker started with credentials {creds:?} the cluster refuses"),
-            Err(e) => e,
-        };
-        assert!(
-            err.contains("nats_url") && err.contains("credentials"),
-            "the refusal names what to check: {err}"
-        );
-        assert!(!err.contains(WRONG), "the password is never printed: {err}");
-    }
-
-    let creds = [
+    let right = [
         ("STEVEDORE_NATS_USER", "broker"),
         ("STEVEDORE_NATS_PASSWORD", PASSWORD),
     ];
-    let broker = cluster
-        .start_broker(dir.path(), 3, "auth", &creds)
-        .await
-        .unwrap_or_else(|e| panic!("with the right password: {e}"));
-    assert!(!read_stderr(dir.path(), 3).contains(PASSWORD));
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    let wrong = [
+        ("STEVEDORE_NATS_USER", "broker"),
+        ("STEVEDORE_NATS_PASSWORD", "wrong-Pa55word"),
+    ];
+    logs_in_only_with(&cluster, &right, &wrong).await;
 }
 
 /// Brokers and nodes started together (a compose file, a reboot): a broker
@@ -458,6 +428,95 @@ async fn cluster_broker_started_with_the_cluster_waits_for_its_leader() {
         .start_broker(dir.path(), 1, "together", &[])
         .await
         .unwrap_or_else(|e| panic!("a broker started with its cluster: {e}"));
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}
+
+/// On `cluster`, which wants a login: a broker with the `wrong`
+/// credentials or none is refused, naming what to check and printing no
+/// credential; one with the `right` ones starts, prints none, and publishes.
+async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    // Every credential but the user name.
+    let secrets: Vec<&str> = right
+        .iter()
+        .chain(wrong)
+        .filter(|(k, _)| *k != "STEVEDORE_NATS_USER")
+        .map(|(_, v)| *v)
+        .collect();
+    for (generation, env) in [(1, wrong), (2, &[][..])] {
+        let err = match cluster
+            .start_broker(dir.path(), generation, "creds", env)
+            .await
+        {
+            Ok(_) => panic!("a broker started with {env:?}, which the cluster refuses"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains("nats_url") && err.contains("credentials"),
+            "the refusal names what to check: {err}"
+        );
+        assert!(
+            !secrets.iter().any(|s| err.contains(s)),
+            "a credential printed: {err}"
+        );
+    }
+    let broker = cluster
+        .start_broker(dir.path(), 3, "creds", right)
+        .await
+        .unwrap_or_else(|e| panic!("with the right credentials: {e}"));
+    let stderr = read_stderr(dir.path(), 3);
+    assert!(
+        !secrets.iter().any(|s| stderr.contains(s)),
+        "a credential logged: {stderr}"
+    );
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}
+
+/// A token (`nats_token`) logs in; a wrong one or none is refused.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_a_nats_token() {
+    const TOKEN: &str = "t0ken-for-stevedore";
+    let auth = format!("authorization {{\n  token: {TOKEN:?}\n}}\n");
+    let cluster = NatsCluster::start_with_config(&auth).await;
+    let right = [("STEVEDORE_NATS_TOKEN", TOKEN)];
+    let wrong = [("STEVEDORE_NATS_TOKEN", "wrong-t0ken")];
+    logs_in_only_with(&cluster, &right, &wrong).await;
+}
+
+/// Nodes that serve their clients over TLS: the broker trusts them through
+/// `nats_tls_ca_file` (with `nats_require_tls`), and without that CA it
+/// refuses to start (the system roots do not know a private CA).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_reaches_tls_nodes_through_nats_tls_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::support::self_signed(certs.path());
+    let tls = format!("tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n");
+    let cluster = NatsCluster::start_with_config(&tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = match cluster.start_broker(dir.path(), 1, "tls", &[]).await {
+        Ok(_) => panic!("a broker trusted nodes whose CA it was not given"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("TLS settings"),
+        "the refusal says what to check: {err}"
+    );
+
+    let ca = cert.to_str().unwrap();
+    let trusted = [
+        ("STEVEDORE_NATS_TLS_CA_FILE", ca),
+        ("STEVEDORE_NATS_REQUIRE_TLS", "true"),
+    ];
+    let broker = cluster
+        .start_broker(dir.path(), 2, "tls", &trusted)
+        .await
+        .unwrap_or_else(|e| panic!("with the CA: {e}"));
     let mut publisher = PublisherClient::new(channel(&broker).await);
     let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
     assert_eq!((r.offset, r.duplicate), (1, false));

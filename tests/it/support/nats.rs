@@ -97,7 +97,13 @@ impl NatsCluster {
     /// routes between the nodes are not affected), ready.
     pub async fn start_with_password(user: &str, password: &str) -> NatsCluster {
         let auth = format!("authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n");
-        NatsCluster::start_configured(Sync::Always, &auth).await
+        NatsCluster::start_with_config(&auth).await
+    }
+
+    /// Three nodes with `sync_interval: always` and `extra` (a top-level
+    /// block such as `tls { ... }`) in each node's configuration, ready.
+    pub async fn start_with_config(extra: &str) -> NatsCluster {
+        NatsCluster::start_configured(Sync::Always, extra).await
     }
 
     /// Three nodes with `sync_interval: always`, just started: they may not
