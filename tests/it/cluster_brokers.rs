@@ -418,11 +418,13 @@ async fn cluster_broker_logs_in_with_nats_user_and_password() {
 
 /// Brokers and nodes started together (a compose file, a reboot): a broker
 /// whose first requests reach the cluster before it has elected its
-/// JetStream meta leader asks again instead of giving up, and serves.
+/// JetStream meta leader asks again instead of giving up, and serves. (The
+/// nodes already answer on their ports: a broker started before that is
+/// refused by the durability check, which does not wait yet.)
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
 async fn cluster_broker_started_with_the_cluster_waits_for_its_leader() {
-    let cluster = NatsCluster::start_electing();
+    let cluster = NatsCluster::start_electing().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = cluster
         .start_broker(dir.path(), 1, "together", &[])

@@ -106,10 +106,24 @@ impl NatsCluster {
         NatsCluster::start_configured(Sync::Always, extra).await
     }
 
-    /// Three nodes with `sync_interval: always`, just started: they may not
-    /// have elected their meta leader yet.
-    pub fn start_electing() -> NatsCluster {
-        NatsCluster::spawn_configured(Sync::Always, "")
+    /// Three nodes with `sync_interval: always`, just started: each answers
+    /// on its monitoring port, but they may not have elected their meta
+    /// leader yet.
+    pub async fn start_electing() -> NatsCluster {
+        let cluster = NatsCluster::spawn_configured(Sync::Always, "");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for node in &cluster.nodes {
+            while http_get(node.http_port, "/varz").await.is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {} does not answer on its monitoring port; its log:\n{}",
+                    node.name,
+                    cluster.log_of(node)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        cluster
     }
 
     /// Three nodes syncing as `sync` says, with `extra` appended to each
