@@ -167,19 +167,9 @@ pub struct DeliveryPage {
     pub event: String,
     pub snippets: Vec<(&'static str, String)>,
     /// The request as the receiver gets it (RenderDelivery); `request_error`
-    /// when it cannot be rendered.
-    pub request: Option<RenderedRequest>,
+    /// when it cannot be rendered. Custom header values arrive redacted.
+    pub request: Option<crate::model::endpoint::RenderedRequest>,
     pub request_error: String,
-}
-
-/// A delivery's HTTP request; custom header values arrive redacted.
-pub struct RenderedRequest {
-    pub method: String,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub signed_content: String,
-    pub body: String,
-    pub timestamp_from_last_attempt: bool,
 }
 
 pub struct CatalogEntry {

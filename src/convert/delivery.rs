@@ -43,6 +43,19 @@ pub fn explanation_to_pb(e: &Explanation) -> pb::ExplainEventResponse {
     }
 }
 
+/// RenderDelivery's answer as a [`RenderedRequest`] (what the console shows).
+pub fn rendered_request_from_pb(r: pb::RenderDeliveryResponse) -> RenderedRequest {
+    RenderedRequest {
+        method: r.method,
+        url: r.url,
+        headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        signed_content: r.signed_content,
+        body: r.body,
+        timestamp_from_last_attempt: r.timestamp_from_last_attempt,
+        matches: r.matches,
+    }
+}
+
 /// A [`RenderedRequest`] as RenderDelivery answers it.
 pub fn rendered_request_to_pb(r: &RenderedRequest) -> pb::RenderDeliveryResponse {
     pb::RenderDeliveryResponse {

@@ -13,9 +13,10 @@ use crate::{
     console::{
         render,
         session::Sess,
-        templates::{AttemptRow, DeliveryPage, Frame, RenderedRequest},
+        templates::{AttemptRow, DeliveryPage, Frame},
         Console,
     },
+    convert,
     pb::{self, admin_server::Admin, explain_event_request::Event},
 };
 
@@ -64,18 +65,10 @@ pub async fn page(
         ))
         .await
     {
-        Ok(r) => {
-            let r = r.into_inner();
-            let request = RenderedRequest {
-                method: r.method,
-                url: r.url,
-                headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-                signed_content: r.signed_content,
-                body: r.body,
-                timestamp_from_last_attempt: r.timestamp_from_last_attempt,
-            };
-            (Some(request), String::new())
-        }
+        Ok(r) => (
+            Some(convert::delivery::rendered_request_from_pb(r.into_inner())),
+            String::new(),
+        ),
         Err(s) => (None, status_text(&s)),
     };
     let event = match console.store.get(offset).await {
