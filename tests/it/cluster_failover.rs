@@ -18,7 +18,11 @@ use stevedore::store::jetstream::{EventStream, JetStreamError, StreamConfig};
 
 use crate::{
     cluster_log::new_event,
-    support::{inventory, nats::NatsCluster, pick},
+    support::{
+        inventory,
+        nats::{patiently, NatsCluster},
+        pick,
+    },
 };
 
 /// Rounds of the producer: one single append and one batch of three each.
@@ -76,7 +80,7 @@ async fn cluster_log_keeps_every_acked_event_when_the_stream_leader_is_killed() 
     let mut cluster = NatsCluster::start().await;
     let client = cluster.connect().await;
     let config = StreamConfig::with_prefix("t4");
-    let log = EventStream::open(client.clone(), config.clone())
+    let log = patiently(|| EventStream::open(client.clone(), config.clone()))
         .await
         .unwrap();
     let leader = cluster.stream_leader(&client, &config.stream).await;
@@ -136,6 +140,8 @@ async fn cluster_log_keeps_every_acked_event_when_the_stream_leader_is_killed() 
     let client = cluster.connect().await;
     // The stream answers once its replicas have elected a leader.
     cluster.stream_leader(&client, &config.stream).await;
-    let log = EventStream::open(client, config).await.unwrap();
+    let log = patiently(|| EventStream::open(client.clone(), config.clone()))
+        .await
+        .unwrap();
     assert_all_present(&log, &acked).await;
 }

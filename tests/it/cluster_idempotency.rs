@@ -7,14 +7,17 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use stevedore::store::jetstream::{
     encode_key, Claim, EventStream, IdempotencyConfig, IdempotentLog, StreamConfig,
 };
 
 use crate::{
     cluster_log::new_event,
-    support::{inventory, nats::NatsCluster, pick},
+    support::{
+        inventory,
+        nats::{jetstream_of, patiently, NatsCluster},
+        pick,
+    },
 };
 
 /// The log of `prefix` with its claims, once the stream has a leader (on a
@@ -26,7 +29,7 @@ async fn open(
     stream: StreamConfig,
 ) -> IdempotentLog {
     let name = stream.stream.clone();
-    let log = EventStream::open(client.clone(), stream)
+    let log = patiently(|| EventStream::open(client.clone(), stream.clone()))
         .await
         .expect("open the log");
     cluster.stream_leader(client, &name).await;
@@ -34,7 +37,7 @@ async fn open(
         stale_after: Duration::from_secs(1),
         ..IdempotencyConfig::with_prefix(prefix)
     };
-    IdempotentLog::open(log, config)
+    patiently(|| IdempotentLog::open(log.clone(), config.clone()))
         .await
         .expect("open the claims")
 }
@@ -47,7 +50,7 @@ async fn claim_of(
     id: &str,
     expected: Claim,
 ) -> Option<Claim> {
-    let kv = jetstream::new(client.clone())
+    let kv = jetstream_of(client)
         .get_key_value(bucket)
         .await
         .expect("the claims bucket");
@@ -65,7 +68,7 @@ async fn claim_of(
 
 /// Plants a pending claim of an attempt that died before confirming.
 async fn plant_dead_claim(client: &async_nats::Client, bucket: &str, id: &str) {
-    let kv = jetstream::new(client.clone())
+    let kv = jetstream_of(client)
         .get_key_value(bucket)
         .await
         .expect("the claims bucket");

@@ -10,12 +10,14 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use stevedore::store::jetstream::{EventStream, StreamConfig};
 
 use crate::{
     cluster_log::new_event,
-    support::{nats::NatsCluster, pick},
+    support::{
+        nats::{jetstream_of, patiently, NatsCluster},
+        pick,
+    },
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -24,10 +26,10 @@ async fn cluster_append_without_a_stream_leader_waits_for_one() {
     let cluster = NatsCluster::start().await;
     let client = cluster.connect().await;
     let config = StreamConfig::with_prefix("t9");
-    let log = EventStream::open(client.clone(), config.clone())
+    let log = patiently(|| EventStream::open(client.clone(), config.clone()))
         .await
         .expect("open");
-    let js = jetstream::new(client.clone());
+    let js = jetstream_of(&client);
     let stream = js.get_stream(&config.stream).await.unwrap();
     let wanted = stream.cached_info().config.clone();
     js.delete_stream(&config.stream).await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stevedore::store::jetstream::{LeaseConfig, Leases, Renewal};
 
-use crate::support::nats::NatsCluster;
+use crate::support::nats::{patiently, NatsCluster};
 
 /// The holder of "retention" as `leases` reads it, waiting a moment for
 /// `expected`: reads are direct gets any replica answers, and one may lag.
@@ -34,10 +34,11 @@ async fn cluster_lease_goes_to_one_contender_and_over_after_the_ttl() {
         ..LeaseConfig::with_prefix("l1")
     };
     // Two clients, as two brokers.
-    let a = Leases::open(&cluster.connect().await, config.clone())
+    let (client_a, client_b) = (cluster.connect().await, cluster.connect().await);
+    let a = patiently(|| Leases::open(&client_a, config.clone()))
         .await
         .expect("open a");
-    let b = Leases::open(&cluster.connect().await, config)
+    let b = patiently(|| Leases::open(&client_b, config.clone()))
         .await
         .expect("open b");
 

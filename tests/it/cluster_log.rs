@@ -11,7 +11,11 @@ use stevedore::{
     store::jetstream::{decode_header, EventStream, JetStreamError, StreamConfig, ORDERING_KEY},
 };
 
-use crate::support::{inventory, nats::NatsCluster, pick};
+use crate::support::{
+    inventory,
+    nats::{jetstream_of, patiently, NatsCluster},
+    pick,
+};
 
 /// `event` as the broker hands it to the log: ordering key and time set.
 pub fn new_event(mut event: pb::Event, ordering_key: &str) -> NewEvent {
@@ -33,7 +37,7 @@ pub fn new_event(mut event: pb::Event, ordering_key: &str) -> NewEvent {
 async fn cluster_log_appends_and_reads_back() {
     let cluster = NatsCluster::start().await;
     let client = cluster.connect().await;
-    let log = EventStream::open(client.clone(), StreamConfig::with_prefix("t1"))
+    let log = patiently(|| EventStream::open(client.clone(), StreamConfig::with_prefix("t1")))
         .await
         .expect("open");
     assert_eq!(log.head().await.unwrap(), 0);
@@ -73,10 +77,7 @@ async fn cluster_log_appends_and_reads_back() {
 
     // Subjects per type under the prefix; the id and ordering key in
     // headers, exactly (the key holds CR, LF and a trailing space).
-    let stream = jetstream::new(client)
-        .get_stream("T1_EVENTS")
-        .await
-        .unwrap();
+    let stream = jetstream_of(&client).get_stream("T1_EVENTS").await.unwrap();
     let raw = stream.get_raw_message(4).await.unwrap();
     assert_eq!(raw.subject.as_str(), "t1.events.inventory.updated");
     let header = |name| raw.headers.get(name).map(|v| decode_header(v.as_str()));
@@ -92,7 +93,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
     let config = StreamConfig::with_prefix("t2");
     // The stream made beforehand with a message size limit, so the server
     // refuses one event of a batch.
-    jetstream::new(client.clone())
+    jetstream_of(&client)
         .create_stream(jetstream::stream::Config {
             name: config.stream.clone(),
             subjects: vec![format!("{}.>", config.subject_prefix)],
@@ -105,7 +106,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
         })
         .await
         .unwrap();
-    let log = EventStream::open(client.clone(), config.clone())
+    let log = patiently(|| EventStream::open(client.clone(), config.clone()))
         .await
         .expect("open");
     log.append(&new_event(pick("first", "SO-0"), "SO-0"))
@@ -164,7 +165,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
 
     // A stream of that name without atomic batches is not taken over.
     let plain = StreamConfig::with_prefix("t5");
-    jetstream::new(client.clone())
+    jetstream_of(&client)
         .create_stream(jetstream::stream::Config {
             name: plain.stream.clone(),
             subjects: vec![format!("{}.>", plain.subject_prefix)],
@@ -187,7 +188,8 @@ async fn cluster_log_batch_is_all_or_nothing() {
 #[ignore = "needs nats-server"]
 async fn cluster_log_duplicate_ids_answer_the_first_offset() {
     let cluster = NatsCluster::start().await;
-    let log = EventStream::open(cluster.connect().await, StreamConfig::with_prefix("t3"))
+    let client = cluster.connect().await;
+    let log = patiently(|| EventStream::open(client.clone(), StreamConfig::with_prefix("t3")))
         .await
         .unwrap();
     let e1 = new_event(pick("e1", "SO-1"), "SO-1");

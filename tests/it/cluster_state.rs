@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use stevedore::store::jetstream::{Change, State, StateConfig, Watch, Written};
 
-use crate::support::nats::NatsCluster;
+use crate::support::nats::{patiently, NatsCluster};
 
 /// The next change of `watch`, within a bound.
 async fn next(watch: &mut Watch) -> Change {
@@ -27,10 +27,11 @@ async fn cluster_state_records_are_written_by_cas_and_watched() {
     let cluster = NatsCluster::start().await;
     let config = StateConfig::with_prefix("s1");
     // Two clients, as two brokers: one writes, the other watches.
-    let writer = State::open(&cluster.connect().await, &config)
+    let (writer_client, watcher_client) = (cluster.connect().await, cluster.connect().await);
+    let writer = patiently(|| State::open(&writer_client, &config))
         .await
         .expect("open");
-    let watcher = State::open(&cluster.connect().await, &config)
+    let watcher = patiently(|| State::open(&watcher_client, &config))
         .await
         .expect("open again");
     let mut watch = watcher.endpoints.watch().await.expect("watch");

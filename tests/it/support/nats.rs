@@ -69,15 +69,82 @@ pub fn server_binary() -> PathBuf {
         )
 }
 
-/// `n` distinct free loopback ports (all held until all are picked).
+/// Where [`free_ports`] looks: below Linux's ephemeral range (32768 and
+/// up), so no outgoing connection and no `127.0.0.1:0` listener (brokers,
+/// receivers) can take a port between its pick and the node's bind — which
+/// happened on CI, and the node exited.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port [`free_ports`] tries: one counter for the whole test
+/// process (two clusters starting at once never pick the same port), its
+/// start spread by the process id (two test processes rarely meet).
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `n` distinct loopback ports from [`PORT_RANGE`] that bind now (all held
+/// until all are picked).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
-        .collect();
+    use std::sync::atomic::Ordering;
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        1 + std::process::id() * 97 % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut listeners = Vec::new();
+    for _ in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let next = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_RANGE.start + u16::try_from(next % span).expect("within the range");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free loopback ports in {PORT_RANGE:?}"
+    );
     listeners
         .iter()
         .map(|l| l.local_addr().expect("bound address").port())
         .collect()
+}
+
+/// A JetStream context on `client` whose requests wait 30 s, not the
+/// API's default 5 s: the tests' own stream creations are Raft rounds that
+/// can outlast 5 s on a loaded 2-core machine.
+pub fn jetstream_of(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(30));
+    js
+}
+
+/// Retries `open` (a stream's or a bucket's creation, a Raft round on
+/// three nodes that fsync every write) while it fails for a passing reason,
+/// for up to [`READY_TIMEOUT`]: on a loaded 2-core machine one attempt can
+/// outlast the JetStream API's 5 s (a `stream create` timed out on CI just
+/// after the cluster reported ready). The broker does the same when it
+/// opens its stream.
+pub async fn patiently<T, F, Fut>(
+    mut open: F,
+) -> Result<T, stevedore::store::jetstream::JetStreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, stevedore::store::jetstream::JetStreamError>>,
+{
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match open().await {
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                eprintln!("opening on the cluster: {e}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 impl NatsCluster {
@@ -110,10 +177,15 @@ impl NatsCluster {
     /// on its monitoring port, but they may not have elected their meta
     /// leader yet.
     pub async fn start_electing() -> NatsCluster {
-        let cluster = NatsCluster::spawn_configured(Sync::Always, "");
+        let mut cluster = NatsCluster::spawn_configured(Sync::Always, "");
         let deadline = Instant::now() + READY_TIMEOUT;
-        for node in &cluster.nodes {
-            while http_get(node.http_port, "/varz").await.is_none() {
+        for i in 0..cluster.nodes.len() {
+            while http_get(cluster.nodes[i].http_port, "/varz")
+                .await
+                .is_none()
+            {
+                cluster.assert_running(i);
+                let node = &cluster.nodes[i];
                 assert!(
                     Instant::now() < deadline,
                     "nats-server {} does not answer on its monitoring port; its log:\n{}",
@@ -129,7 +201,7 @@ impl NatsCluster {
     /// Three nodes syncing as `sync` says, with `extra` appended to each
     /// node's configuration, ready.
     async fn start_configured(sync: Sync, extra: &str) -> NatsCluster {
-        let cluster = NatsCluster::spawn_configured(sync, extra);
+        let mut cluster = NatsCluster::spawn_configured(sync, extra);
         cluster.wait_ready().await;
         cluster
     }
@@ -290,13 +362,19 @@ impl NatsCluster {
 
     /// Waits until every running node reports healthy (`/healthz`: its
     /// JetStream is current) and knows the meta leader (`/jsz`).
-    pub async fn wait_ready(&self) {
+    /// Fails at once, with the node's log, when a node has exited.
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
             loop {
-                if node_ready(node.http_port).await {
+                if node_ready(self.nodes[i].http_port).await {
                     break;
                 }
+                self.assert_running(i);
+                let node = &self.nodes[i];
                 assert!(
                     Instant::now() < deadline,
                     "nats-server {} not ready within {READY_TIMEOUT:?}; its log:\n{}",
@@ -305,6 +383,22 @@ impl NatsCluster {
                 );
                 tokio::time::sleep(POLL).await;
             }
+        }
+    }
+
+    /// Panics with node `i`'s log when its process has exited.
+    fn assert_running(&mut self, i: usize) {
+        let exited = self.nodes[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            let node = &self.nodes[i];
+            panic!(
+                "nats-server {} exited ({status}); its log:\n{}",
+                node.name,
+                self.log_of(node)
+            );
         }
     }
 
