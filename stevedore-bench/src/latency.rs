@@ -99,10 +99,11 @@ pub async fn latency(ctx: &Ctx) -> Result<Section> {
         runs,
         figures: vec![
             Figure::new("publish start → received p50", Unit::Millis, p50)
-                .target(Check::AtMost(1.0)),
+                .target(Check::AtMost(0.5)),
             Figure::new("publish start → received p99", Unit::Millis, p99)
-                .target(Check::AtMost(3.0)),
-            Figure::new("publish start → received p99.9", Unit::Millis, p999),
+                .target(Check::EveryRunAtMost(2.0)),
+            Figure::new("publish start → received p99.9", Unit::Millis, p999)
+                .target(Check::EveryRunAtMost(5.0)),
             Figure::new("publish start → received max", Unit::Millis, max),
             Figure::new(format!("events over {STALL_MS} ms"), Unit::Count, stalls),
         ],

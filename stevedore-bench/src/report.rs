@@ -64,14 +64,15 @@ pub fn thousands(n: u64) -> String {
 /// One bound of a target.
 #[derive(Clone, Debug)]
 pub enum Check {
-    /// The median is at least this.
-    AtLeast(f64),
     /// The median is at most this.
     AtMost(f64),
     /// median / baseline median is at least this.
     RatioAtLeast(f64),
     /// median / baseline median is at most this.
     RatioAtMost(f64),
+    /// Every run's value is at most this (a tail that must hold in each
+    /// run, not only in the median of runs).
+    EveryRunAtMost(f64),
 }
 
 /// A measured figure.
@@ -128,10 +129,12 @@ impl Figure {
         let m = self.median();
         let r = self.ratio().unwrap_or(f64::NAN);
         Some(self.target.iter().all(|c| match *c {
-            Check::AtLeast(x) => m >= x,
             Check::AtMost(x) => m <= x,
             Check::RatioAtLeast(x) => r >= x,
             Check::RatioAtMost(x) => r <= x,
+            Check::EveryRunAtMost(x) => {
+                !self.values.is_empty() && self.values.iter().all(|v| *v <= x)
+            }
         }))
     }
 
@@ -140,10 +143,10 @@ impl Figure {
             .target
             .iter()
             .map(|c| match *c {
-                Check::AtLeast(x) => format!("≥ {}", self.unit.format(x)),
                 Check::AtMost(x) => format!("≤ {}", self.unit.format(x)),
                 Check::RatioAtLeast(x) => format!("≥ {:.0} % of baseline", x * 100.0),
                 Check::RatioAtMost(x) => format!("≤ {x:.1}× baseline"),
+                Check::EveryRunAtMost(x) => format!("≤ {} in every run", self.unit.format(x)),
             })
             .collect();
         if parts.is_empty() {
@@ -297,4 +300,33 @@ pub fn update_file(path: &Path, name: &str, body: &str) -> Result<()> {
         _ => format!("{}\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_run_at_most_fails_on_one_slow_run_that_the_median_hides() {
+        let tail = |values: Vec<f64>| Figure::new("p99", Unit::Millis, values);
+        let median_only = tail(vec![1.0, 1.0, 30.0]).target(Check::AtMost(2.0));
+        assert_eq!(median_only.pass(), Some(true));
+        let every_run = tail(vec![1.0, 1.0, 30.0]).target(Check::EveryRunAtMost(2.0));
+        assert_eq!(every_run.pass(), Some(false));
+        let all_fast = tail(vec![1.0, 2.0, 1.5]).target(Check::EveryRunAtMost(2.0));
+        assert_eq!(all_fast.pass(), Some(true));
+        assert_eq!(all_fast.row()[5], "≤ 2.00 ms in every run");
+        let no_runs = tail(Vec::new()).target(Check::EveryRunAtMost(2.0));
+        assert_eq!(no_runs.pass(), Some(false));
+    }
+
+    #[test]
+    fn ratio_targets_compare_medians_of_the_same_run() {
+        let f = Figure::new("rate", Unit::PerSec, vec![70.0, 80.0, 90.0])
+            .baseline("raw", vec![100.0, 100.0, 100.0])
+            .target(Check::RatioAtLeast(0.7));
+        assert_eq!(f.pass(), Some(true));
+        let f = f.target(Check::RatioAtLeast(0.9));
+        assert_eq!(f.pass(), Some(false));
+    }
 }

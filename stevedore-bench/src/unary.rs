@@ -80,11 +80,11 @@ pub async fn unary(ctx: &Ctx) -> Result<Section> {
         figures: vec![
             Figure::new("Publish calls/s", Unit::PerSec, ours.rate)
                 .baseline(name, base.rate)
-                .target(Check::RatioAtLeast(0.7)),
+                .target(Check::RatioAtLeast(0.8)),
             Figure::new("Publish p50", Unit::Millis, ours.p50).baseline(name, base.p50),
             Figure::new("Publish p99", Unit::Millis, ours.p99)
                 .baseline(name, base.p99)
-                .target(Check::AtMost(5.0)),
+                .target(Check::RatioAtMost(1.5)),
         ],
         notes: vec![
             format!(
