@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod cpu;
 mod delivery;
 mod harness;
@@ -83,6 +84,13 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Scenarios run only when named (not by `all`): they need an outside
+/// program.
+const EXTRA_SCENARIOS: &[(&str, &str)] = &[(
+    "cluster",
+    "cluster mode: publish through 1 and 2 brokers on 3 JetStream nodes vs a raw R3 publish (needs NATS_SERVER_BIN)",
+)];
+
 #[derive(Parser)]
 #[command(
     name = "stevedore-bench",
@@ -115,6 +123,10 @@ struct Args {
 fn scenario_help() -> String {
     let mut s = String::from("Scenarios:\n");
     for (name, what) in SCENARIOS {
+        s.push_str(&format!("  {name:<11} {what}\n"));
+    }
+    s.push_str("Not run by `all`:\n");
+    for (name, what) in EXTRA_SCENARIOS {
         s.push_str(&format!("  {name:<11} {what}\n"));
     }
     s
@@ -168,7 +180,13 @@ async fn main() -> Result<()> {
                 quick = true;
                 names.extend(SCENARIOS.iter().map(|(n, _)| *n));
             }
-            n if SCENARIOS.iter().any(|(s, _)| *s == n) => names.push(n),
+            n if SCENARIOS
+                .iter()
+                .chain(EXTRA_SCENARIOS)
+                .any(|(s, _)| *s == n) =>
+            {
+                names.push(n)
+            }
             other => bail!("unknown scenario {other:?}\n\n{}", scenario_help()),
         }
     }
@@ -203,6 +221,7 @@ async fn main() -> Result<()> {
             "catchup" => scale::catchup(&ctx).await,
             "memory" => scale::memory(&ctx).await,
             "restart" => scale::restart(&ctx).await,
+            "cluster" => cluster::cluster(&ctx).await,
             _ => unreachable!("names are checked above"),
         };
         match result {
@@ -253,8 +272,12 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.write {
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         report::update_file(path, "machine", &format!("```text\n{machine}\n```\n"))?;
-        if sections.len() == SCENARIOS.len() {
-            let refs: Vec<&Section> = sections.iter().collect();
+        let of_all: Vec<&Section> = sections
+            .iter()
+            .filter(|s| SCENARIOS.iter().any(|(n, _)| *n == s.name))
+            .collect();
+        if of_all.len() == SCENARIOS.len() {
+            let refs = of_all;
             report::update_file(
                 path,
                 "summary",

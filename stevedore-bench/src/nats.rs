@@ -34,9 +34,8 @@ use crate::harness::{self, event};
 pub const ENV: &str = "NATS_SERVER_BIN";
 /// Publishes waiting for their acks at most.
 pub const WINDOW: usize = 1000;
-/// The stream and its subject.
+/// The stream (its subject is `bench.events`).
 const STREAM: &str = "BENCH";
-const SUBJECT: &str = "bench.events";
 /// The reply subjects (one subscription covers them).
 const INBOX: &str = "_INBOX.bench";
 
@@ -67,7 +66,7 @@ pub async fn jetstream_publish(bin: &Path, n: u64, sync_always: bool, run: usize
         .collect();
     let dir = harness::tempdir()?;
     let server = Server::start(bin, dir.path(), sync_always).await?;
-    let result = publish(server.port, payloads).await;
+    let result = publish(server.port, payloads, STREAM, 1).await;
     server.stop().await;
     drop(dir);
     result
@@ -122,9 +121,17 @@ impl Server {
     }
 }
 
-/// One connection: creates the stream, then publishes every payload with
-/// at most [`WINDOW`] unacknowledged; returns acks per second.
-async fn publish(port: u16, payloads: Vec<Vec<u8>>) -> Result<f64> {
+/// One connection to the server on `port`: creates `stream_name` (file
+/// storage, `replicas` copies, subject `<stream_name lowercased>.events`),
+/// then publishes every payload with at most [`WINDOW`] unacknowledged;
+/// returns acks per second.
+pub async fn publish(
+    port: u16,
+    payloads: Vec<Vec<u8>>,
+    stream_name: &str,
+    replicas: u8,
+) -> Result<f64> {
+    let subject = format!("{}.events", stream_name.to_lowercase());
     let stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.set_nodelay(true)?;
     let (read, write) = stream.into_split();
@@ -143,14 +150,14 @@ async fn publish(port: u16, payloads: Vec<Vec<u8>>) -> Result<f64> {
         .await?;
     // The stream, on file storage (JetStream may still be starting: retry).
     let create = format!(
-        "{{\"name\":\"{STREAM}\",\"subjects\":[\"{SUBJECT}\"],\"storage\":\"file\",\"num_replicas\":1}}"
+        "{{\"name\":\"{stream_name}\",\"subjects\":[\"{subject}\"],\"storage\":\"file\",\"num_replicas\":{replicas}}}"
     );
     let mut tries = 0;
     loop {
         writer
             .write_all(
                 format!(
-                    "PUB $JS.API.STREAM.CREATE.{STREAM} {INBOX}.create {}\r\n{create}\r\n",
+                    "PUB $JS.API.STREAM.CREATE.{stream_name} {INBOX}.create {}\r\n{create}\r\n",
                     create.len()
                 )
                 .as_bytes(),
@@ -165,7 +172,7 @@ async fn publish(port: u16, payloads: Vec<Vec<u8>>) -> Result<f64> {
             break;
         }
         tries += 1;
-        if tries > 20 {
+        if tries > 60 {
             bail!("nats-server: cannot create the stream: {reply}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -193,7 +200,7 @@ async fn publish(port: u16, payloads: Vec<Vec<u8>>) -> Result<f64> {
             .context("the ack reader stopped")?
             .forget();
         writer
-            .write_all(format!("PUB {SUBJECT} {INBOX}.ack {}\r\n", p.len()).as_bytes())
+            .write_all(format!("PUB {subject} {INBOX}.ack {}\r\n", p.len()).as_bytes())
             .await?;
         writer.write_all(p).await?;
         writer.write_all(b"\r\n").await?;
@@ -234,4 +241,120 @@ async fn next_msg(reader: &mut BufReader<OwnedReadHalf>) -> Result<String> {
             return Ok(String::from_utf8_lossy(&payload).into_owned());
         }
     }
+}
+
+/// Three JetStream nodes on loopback ports (`sync_interval: always`, data
+/// under one directory), clustered; killed on drop.
+pub struct Cluster {
+    /// Each node's client port.
+    pub ports: Vec<u16>,
+    /// Each node's monitoring port.
+    pub http_ports: Vec<u16>,
+    _children: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts the nodes and waits until each knows the meta leader.
+    pub async fn start(bin: &Path, dir: &Path) -> Result<Self> {
+        // Held until all nine are picked, released just before the nodes bind.
+        let mut held = Vec::new();
+        for _ in 0..9 {
+            held.push(TcpListener::bind("127.0.0.1:0").await?);
+        }
+        let ports: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?;
+        drop(held);
+        let routes: Vec<String> = ports[3..6]
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let name = format!("n{}", i + 1);
+            let config = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n\
+                     cluster {{\n  name: bench\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    ports[i],
+                    ports[6 + i],
+                    dir.join(&name).display().to_string(),
+                    ports[3 + i],
+                    routes.join(", ")
+                ),
+            )?;
+            children.push(
+                Command::new(bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("starting {} ({ENV})", bin.display()))?,
+            );
+        }
+        let cluster = Self {
+            ports: ports[0..3].to_vec(),
+            http_ports: ports[6..9].to_vec(),
+            _children: children,
+        };
+        for &port in &cluster.http_ports {
+            harness::wait_until(
+                "nats-server node knows its meta leader",
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                || async move { Ok(knows_meta_leader(port).await) },
+            )
+            .await?;
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' client URLs, comma-separated.
+    pub fn client_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    /// The nodes' monitoring URLs, comma-separated.
+    pub fn monitor_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .http_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+}
+
+/// Whether the node whose monitoring port is `port` names a meta leader
+/// in `/jsz` (a bare HTTP/1.0 GET).
+async fn knows_meta_leader(port: u16) -> bool {
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream
+            .write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let leader = text.split("\"leader\":").nth(1)?;
+        Some(!leader.trim_start().starts_with("\"\"") && leader.trim_start().starts_with('"'))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

