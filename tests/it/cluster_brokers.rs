@@ -523,3 +523,43 @@ async fn cluster_broker_reaches_tls_nodes_through_nats_tls_ca_file() {
     let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
     assert_eq!((r.offset, r.duplicate), (1, false));
 }
+
+/// Nodes that verify their clients' certificates (`verify: true` against
+/// a private client CA): a broker without `nats_tls_cert`/`nats_tls_key`
+/// is refused, one with a certificate that CA signed connects and
+/// publishes.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_presents_its_client_certificate_to_nodes_that_verify() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::support::self_signed(certs.path());
+    let (client_ca, client_cert, client_key) = crate::support::client_certificate(certs.path());
+    let tls = format!(
+        "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n  ca_file: {client_ca:?}\n  verify: true\n}}\n"
+    );
+    let cluster = NatsCluster::start_with_config(&tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cert.to_str().unwrap();
+    let without = [("STEVEDORE_NATS_TLS_CA_FILE", ca)];
+    let err = match cluster.start_broker(dir.path(), 1, "mtls", &without).await {
+        Ok(_) => panic!("nodes that verify client certificates took a broker without one"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("TLS settings"),
+        "the refusal says what to check: {err}"
+    );
+
+    let with = [
+        ("STEVEDORE_NATS_TLS_CA_FILE", ca),
+        ("STEVEDORE_NATS_TLS_CERT", client_cert.to_str().unwrap()),
+        ("STEVEDORE_NATS_TLS_KEY", client_key.to_str().unwrap()),
+    ];
+    let broker = cluster
+        .start_broker(dir.path(), 2, "mtls", &with)
+        .await
+        .unwrap_or_else(|e| panic!("with the client certificate: {e}"));
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}

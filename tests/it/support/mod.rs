@@ -51,5 +51,8 @@ pub use publishing::{log_has_event, mode_name, publish_in_mode, status_text, Mod
 pub use raw_grpc::{frame, percent_decode, percent_decode_bytes};
 pub use receiver::{Behavior, Receiver, Recorded, HALF_WRITTEN_MISSING, HOOK_PATH};
 pub use rng::{seed, Rng};
-pub use server::{data_path, self_signed, test_tokens, Authed, Bearer, MetricsBroker, TestServer};
+pub use server::{
+    client_certificate, data_path, self_signed, test_tokens, Authed, Bearer, MetricsBroker,
+    TestServer,
+};
 pub use signatures::{sign, signatures, verify_signature};
