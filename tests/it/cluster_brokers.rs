@@ -435,6 +435,30 @@ async fn cluster_broker_started_with_the_cluster_waits_for_its_leader() {
     assert_eq!((r.offset, r.duplicate), (1, false));
 }
 
+/// A broker started before its nodes listen at all (a compose file
+/// starting everything at once, a host rebooting): it keeps asking their
+/// monitoring and client ports, then serves once they are up.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_started_before_its_nodes_waits_for_them() {
+    let mut cluster = NatsCluster::unstarted();
+    let dir = tempfile::tempdir().unwrap();
+    let env = cluster.broker_env("early");
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let data = dir.path().join("data-1");
+    let (broker, ()) = tokio::join!(
+        crate::support::start_server_with_env(&data, dir.path(), 1, &vars),
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            cluster.spawn_all();
+        }
+    );
+    let broker = broker.unwrap_or_else(|e| panic!("a broker started before its nodes: {e}"));
+    let mut publisher = PublisherClient::new(channel(&broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}
+
 /// On `cluster`, which wants a login: a broker with the `wrong`
 /// credentials or none is refused, naming what to check and printing no
 /// credential; one with the `right` ones starts, prints none, and publishes.

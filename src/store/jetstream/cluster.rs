@@ -80,8 +80,7 @@ impl ClusterLog {
     /// following the stream's head.
     pub async fn open(options: &ClusterOptions) -> Result<Opened> {
         let (health_tx, health) = watch::channel(StoreHealth::default());
-        options.check_durability().await?;
-        let client = options.connect(health_tx.clone()).await?;
+        let client = options.reach(health_tx.clone()).await?;
         let stream_config = StreamConfig {
             replicas: options.replicas,
             ..StreamConfig::with_prefix(&options.prefix)
@@ -298,7 +297,6 @@ async fn sequence(
     }
 }
 
-/// An error opening the stream or a bucket, naming it.
 /// How long start-up keeps asking a cluster that does not answer: nodes
 /// started together first elect their JetStream meta leader, and a request
 /// sent before that goes unanswered.
@@ -338,6 +336,7 @@ where
     }
 }
 
+/// An error opening the stream or a bucket, naming it.
 fn opening(name: &str, e: JetStreamError) -> Error {
     Error::Unavailable(format!("opening {name} on the NATS cluster: {e}"))
 }

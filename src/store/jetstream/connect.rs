@@ -2,12 +2,12 @@
 //! (seed URLs, credentials, TLS), the connection's health as the broker
 //! reports it, and the durability check before anything is trusted.
 
-use std::{path::PathBuf, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
-use async_nats::{Client, ConnectOptions, Event};
-use tokio::sync::watch;
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use tokio::{sync::watch, time::Instant};
 
-use super::preflight::check_durability;
+use super::preflight::{check_durability, PreflightError};
 use crate::{
     config::{Backend, Config},
     error::{Error, Result},
@@ -21,6 +21,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// is a Raft round on nodes that fsync every write: on a loaded machine it
 /// has taken over 5 s.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long start-up waits for nodes that do not answer yet on their
+/// monitoring or client ports: started together with the broker (a compose
+/// file, a reboot), they may open their ports after it.
+const WAIT_FOR_NODES: Duration = Duration::from_secs(120);
+/// Between two attempts at a node that does not answer yet.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// A failed first contact with the cluster.
+struct Failed {
+    error: Error,
+    /// The nodes did not answer (yet): asking again may succeed. A refusal
+    /// (credentials, TLS, durability) is not asked again.
+    not_up: bool,
+}
 
 /// What the broker needs to reach and use the cluster; built from the
 /// config keys of cluster mode. No `Debug`: it holds credentials.
@@ -74,10 +89,22 @@ impl ClusterOptions {
         })
     }
 
+    /// The durability check, then the connection (see [`Self::connect`]),
+    /// each asked again every second while the nodes do not answer, for up
+    /// to [`WAIT_FOR_NODES`] in all; a refusal ends it at once.
+    pub(super) async fn reach(&self, health: watch::Sender<StoreHealth>) -> Result<Client> {
+        let deadline = Instant::now() + WAIT_FOR_NODES;
+        until_up(deadline, || self.check_durability()).await?;
+        until_up(deadline, || self.connect(health.clone())).await
+    }
+
     /// Connects, reporting the connection's state on `health` from now on:
     /// a lost connection makes the broker NOT_SERVING until the client is
     /// connected again (it reconnects by itself, to any known node).
-    pub(super) async fn connect(&self, health: watch::Sender<StoreHealth>) -> Result<Client> {
+    async fn connect(
+        &self,
+        health: watch::Sender<StoreHealth>,
+    ) -> std::result::Result<Client, Failed> {
         let mut options = ConnectOptions::new()
             .name("stevedore")
             .connection_timeout(CONNECT_TIMEOUT)
@@ -101,20 +128,27 @@ impl ClusterOptions {
         }
         // The error names the key, never the URLs (they may hold a
         // password) nor the client's text of them.
-        options.connect(self.urls.clone()).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "config key `nats_url`: cannot connect to the NATS cluster ({}): check that \
+        options
+            .connect(self.urls.clone())
+            .await
+            .map_err(|e| Failed {
+                error: Error::Unavailable(format!(
+                    "config key `nats_url`: cannot connect to the NATS cluster ({}): check that \
                  the nodes run and that nats_url, the credentials and the TLS settings are \
                  right",
-                e.kind()
-            ))
-        })
+                    e.kind()
+                )),
+                not_up: matches!(
+                    e.kind(),
+                    ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns
+                ),
+            })
     }
 
     /// The durability check (see [`super::preflight`]): refuses to start on
     /// a cluster that acknowledges writes before they are on disk, unless
     /// the operator allowed it, which is then logged loudly at every start.
-    pub(super) async fn check_durability(&self) -> Result<()> {
+    async fn check_durability(&self) -> std::result::Result<(), Failed> {
         if self.monitor_urls.is_empty() {
             tracing::warn!(
                 "allow_unsynced_cluster is on and nats_monitor_url is empty: the NATS cluster's \
@@ -137,10 +171,38 @@ impl ClusterOptions {
                 );
                 Ok(())
             }
-            Err(e) => Err(Error::FailedPrecondition(format!(
-                "refusing to start on this NATS cluster: {e}. (To start anyway, accepting that \
-                 acknowledged events can be lost, set allow_unsynced_cluster = true.)"
-            ))),
+            Err(e) => Err(Failed {
+                not_up: matches!(e, PreflightError::Unreachable { .. }),
+                error: Error::FailedPrecondition(format!(
+                    "refusing to start on this NATS cluster: {e}. (To start anyway, accepting \
+                     that acknowledged events can be lost, set allow_unsynced_cluster = true.)"
+                )),
+            }),
+        }
+    }
+}
+
+/// `attempt()`, asked again while it fails with [`Failed::not_up`] and
+/// `deadline` has not passed.
+async fn until_up<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, Failed>>,
+{
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(Failed {
+                error,
+                not_up: true,
+            }) if Instant::now() < deadline => {
+                tracing::warn!(
+                    %error,
+                    "the NATS nodes do not answer yet (still starting?); asking again"
+                );
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(failed) => return Err(failed.error),
         }
     }
 }

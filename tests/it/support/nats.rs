@@ -208,6 +208,15 @@ impl NatsCluster {
 
     /// The three nodes of [`NatsCluster::start_configured`], started.
     fn spawn_configured(sync: Sync, extra: &str) -> NatsCluster {
+        let mut cluster = NatsCluster::configured(sync, extra);
+        cluster.spawn_all();
+        cluster
+    }
+
+    /// Three nodes syncing as `sync` says, with `extra` appended to each
+    /// node's configuration: ports picked, config files written, nothing
+    /// started.
+    fn configured(sync: Sync, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("temp dir for the cluster");
         let ports = free_ports(9);
         let routes: Vec<String> = (0..3)
@@ -245,11 +254,23 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { nodes, dir };
-        for i in 0..3 {
-            cluster.spawn(i);
+        NatsCluster { nodes, dir }
+    }
+
+    /// Three nodes with `sync_interval: always`, configured (ports picked,
+    /// config files written) but not started: [`NatsCluster::spawn_all`]
+    /// starts them.
+    pub fn unstarted() -> NatsCluster {
+        NatsCluster::configured(Sync::Always, "")
+    }
+
+    /// Starts every node that is not running, without waiting for them.
+    pub fn spawn_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                self.spawn(i);
+            }
         }
-        cluster
     }
 
     /// The nodes.
