@@ -9,6 +9,7 @@
 mod admin_api;
 mod amplification;
 mod auth;
+mod cluster_broker_faults;
 mod cluster_brokers;
 mod cluster_failover;
 mod cluster_idempotency;
