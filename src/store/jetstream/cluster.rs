@@ -184,7 +184,7 @@ impl ClusterLog {
 
     /// The event at `offset`, from the stream's leader.
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
-        Ok(self.ids.log().get(offset).await?)
+        self.ids.log().get(offset).await.map_err(read_failed)
     }
 
     /// Up to `limit` records from `from` below `head`.
@@ -199,7 +199,11 @@ impl ClusterLog {
             return Ok(Vec::new());
         }
         let to = (head - 1).min(from.saturating_add(limit as u64 - 1));
-        Ok(self.ids.log().read_records(from, to).await?)
+        self.ids
+            .log()
+            .read_records(from, to)
+            .await
+            .map_err(read_failed)
     }
 
     /// The first offset stored at or after `t` (the head if none).
@@ -208,14 +212,15 @@ impl ClusterLog {
             .ids
             .log()
             .first_at_time(t)
-            .await?
+            .await
+            .map_err(read_failed)?
             .map_or(head, |o| o.min(head)))
     }
 
     /// The offset of event `id`: its claim, else (an id appended without
     /// one, within the deduplication window) the stream's.
     pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        Ok(self.ids.offset_of(id).await?)
+        self.ids.offset_of(id).await.map_err(read_failed)
     }
 }
 
@@ -336,6 +341,18 @@ where
     }
 }
 
+/// A failed read: as [`Error::from`] says, but an unanswered read is only
+/// worth asking again (nothing was written).
+fn read_failed(e: JetStreamError) -> Error {
+    if e.is_retriable() {
+        Error::Unavailable(format!(
+            "the NATS cluster did not answer the read ({e}); asking again is safe"
+        ))
+    } else {
+        e.into()
+    }
+}
+
 /// An error opening the stream or a bucket, naming it.
 fn opening(name: &str, e: JetStreamError) -> Error {
     Error::Unavailable(format!("opening {name} on the NATS cluster: {e}"))
@@ -362,5 +379,28 @@ impl From<JetStreamError> for Error {
             )),
             e => Error::Storage(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_read_says_to_ask_again_and_an_unanswered_publish_to_publish_again() {
+        let lost = || JetStreamError::Request {
+            what: "message get",
+            reason: "request timed out".to_owned(),
+        };
+        let read = read_failed(lost()).to_string();
+        assert!(read.contains("did not answer the read"), "{read}");
+        assert!(!read.contains("publishing"), "{read}");
+        let write = Error::from(lost()).to_string();
+        assert!(write.contains("publishing again with the same event ids is safe"), "{write}");
+        let corrupt = JetStreamError::Corrupt {
+            offset: 7,
+            reason: "bad record".to_owned(),
+        };
+        assert!(matches!(read_failed(corrupt), Error::Corrupt(_)));
     }
 }
