@@ -17,20 +17,15 @@ use std::{
 
 use anyhow::{Context, Result};
 use prost::Message;
-use stevedore::{
-    config::Config,
-    pb::{PublishBatchRequest, PublishRequest},
-};
+use stevedore::{config::Config, pb::PublishRequest};
 
 use crate::{
     harness::{self, event, Broker},
-    nats,
+    nats, publish,
     report::{Check, Figure, Section, Unit},
     Ctx,
 };
 
-/// Events per PublishBatch request: the cluster's atomic batch limit.
-const BATCH: u64 = 1000;
 /// Concurrent PublishBatch callers, spread over the brokers.
 const BATCH_CALLERS: usize = 4;
 /// Concurrent unary Publish callers, spread over the brokers.
@@ -109,12 +104,13 @@ pub async fn cluster(ctx: &Ctx) -> Result<Section> {
         figures,
         notes: vec![
             format!(
-                "{} (`{}`), three nodes on loopback ports with `sync_interval: always`, on the same two cores as the brokers and the clients; one cluster for the whole invocation, a fresh stream per run and per measurement (prefix `C<run>B<brokers>`, three replicas)",
+                "{} (`{}`), three nodes on loopback ports with `sync_interval: always`, on the same two cores as the brokers and the clients; one cluster for the whole invocation, a fresh stream per run, broker count and measurement (`nats_prefix` `c<run>b<brokers>` + `x`, `y` or `z`; three replicas)",
                 nats::version(&bin),
                 bin.display()
             ),
             format!(
-                "per run: {n} events of {encoded} bytes for PublishBatch ({BATCH} per request, {BATCH_CALLERS} callers) and for PublishStream (one stream per broker, pipelined), {n_unary} unary Publish calls ({UNARY_CALLERS} callers in a closed loop); with two brokers the callers and events are split evenly between them, both on the same stream"
+                "per run: {n} events of {encoded} bytes for PublishBatch ({} per request, {BATCH_CALLERS} callers) and for PublishStream (one stream per broker, pipelined), {n_unary} unary Publish calls ({UNARY_CALLERS} callers in a closed loop); with two brokers the callers and events are split evenly between them, both on the same stream",
+                publish::BATCH
             ),
             format!(
                 "baseline: the same encoded events published to an R3 stream on the same cluster by one connection with up to {} unacknowledged (the NATS protocol written by hand, no message ids), the rate counted until the last PubAck; the brokers do more per event: a `Nats-Msg-Id`, a claim in the ids bucket (one offset per event id across brokers, beyond the dedup window), atomic batches",
@@ -207,91 +203,30 @@ where
     Ok(rate)
 }
 
-/// `n` events in requests of [`BATCH`], [`BATCH_CALLERS`] callers spread
+/// `n` events in requests of [`publish::BATCH`], [`BATCH_CALLERS`] callers spread
 /// over the brokers.
 async fn publish_batch(brokers: Arc<Vec<Broker>>, n: u64, tag: &str) -> Result<f64> {
-    let requests: Vec<PublishBatchRequest> = (0..n)
-        .step_by(BATCH as usize)
-        .map(|start| PublishBatchRequest {
-            events: (start..(start + BATCH).min(n))
-                .map(|i| event(format!("{tag}b-{i}"), i))
-                .collect(),
-        })
-        .collect();
-    let mut per_caller: Vec<Vec<PublishBatchRequest>> = vec![Vec::new(); BATCH_CALLERS];
-    for (i, r) in requests.into_iter().enumerate() {
-        per_caller[i % BATCH_CALLERS].push(r);
-    }
     let mut clients = Vec::new();
     for i in 0..BATCH_CALLERS {
         clients.push(brokers[i % brokers.len()].publisher().await?);
     }
-    let started = Instant::now();
-    let tasks: Vec<_> = per_caller
-        .into_iter()
-        .zip(clients)
-        .map(|(reqs, mut client)| {
-            tokio::spawn(async move {
-                let mut acked = 0u64;
-                for r in reqs {
-                    acked += client.publish_batch(r).await?.into_inner().results.len() as u64;
-                }
-                anyhow::Ok(acked)
-            })
-        })
-        .collect();
-    let mut acked = 0;
-    for t in tasks {
-        acked += t.await??;
-    }
-    let elapsed = started.elapsed();
-    anyhow::ensure!(acked == n, "{acked} of {n} acked");
-    Ok(n as f64 / elapsed.as_secs_f64())
+    publish::send_batches(clients, publish::batch_requests(n, &format!("{tag}b"))).await
 }
 
 /// `n` events over one PublishStream per broker, split evenly.
 async fn publish_stream(brokers: Arc<Vec<Broker>>, n: u64, tag: &str) -> Result<f64> {
     let count = brokers.len() as u64;
-    let mut clients = Vec::new();
-    for b in brokers.iter() {
-        clients.push(b.publisher().await?);
-    }
-    let per_stream: Vec<Vec<PublishRequest>> = (0..count)
-        .map(|s| {
-            (0..n)
-                .filter(|i| i % count == s)
-                .map(|i| PublishRequest {
-                    event: Some(event(format!("{tag}s-{i}"), i)),
-                })
-                .collect()
-        })
-        .collect();
-    let started = Instant::now();
-    let tasks: Vec<_> = per_stream
-        .into_iter()
-        .zip(clients)
-        .map(|(requests, mut client)| {
-            tokio::spawn(async move {
-                let mut responses = client
-                    .publish_stream(tokio_stream::iter(requests))
-                    .await?
-                    .into_inner();
-                let mut acked = 0u64;
-                while let Some(r) = responses.message().await? {
-                    anyhow::ensure!(!r.duplicate, "unexpected duplicate");
-                    acked += 1;
-                }
-                anyhow::Ok(acked)
+    let mut streams = Vec::new();
+    for (s, b) in (0..count).zip(brokers.iter()) {
+        let requests = (0..n)
+            .filter(|i| i % count == s)
+            .map(|i| PublishRequest {
+                event: Some(event(format!("{tag}s-{i}"), i)),
             })
-        })
-        .collect();
-    let mut acked = 0;
-    for t in tasks {
-        acked += t.await??;
+            .collect();
+        streams.push((b.publisher().await?, requests));
     }
-    let elapsed = started.elapsed();
-    anyhow::ensure!(acked == n, "{acked} of {n} acked");
-    Ok(n as f64 / elapsed.as_secs_f64())
+    publish::send_streams(streams).await
 }
 
 /// `n` unary Publish calls by [`UNARY_CALLERS`] callers in a closed loop,

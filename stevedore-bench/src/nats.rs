@@ -72,6 +72,19 @@ pub async fn jetstream_publish(bin: &Path, n: u64, sync_always: bool, run: usize
     result
 }
 
+/// `nats-server -c <config>`, its output discarded; killed on drop.
+fn spawn(bin: &Path, config: &Path) -> Result<Child> {
+    Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} ({ENV})", bin.display()))
+}
+
 /// A nats-server child process; killed on drop.
 struct Server {
     port: u16,
@@ -96,15 +109,7 @@ impl Server {
                 store.display().to_string()
             ),
         )?;
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} ({ENV})", bin.display()))?;
+        let child = spawn(bin, &config)?;
         let server = Self { port, child };
         harness::wait_until(
             "nats-server listening",
@@ -287,17 +292,7 @@ impl Cluster {
                     routes.join(", ")
                 ),
             )?;
-            children.push(
-                Command::new(bin)
-                    .arg("-c")
-                    .arg(&config)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting {} ({ENV})", bin.display()))?,
-            );
+            children.push(spawn(bin, &config)?);
         }
         let cluster = Self {
             ports: ports[0..3].to_vec(),

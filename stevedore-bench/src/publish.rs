@@ -7,7 +7,8 @@ use std::{io::Write as _, time::Instant};
 
 use anyhow::{Context, Result};
 use prost::Message;
-use stevedore::pb::{self, PublishBatchRequest, PublishRequest};
+use stevedore::pb::{self, publisher_client::PublisherClient, PublishBatchRequest, PublishRequest};
+use tonic::transport::Channel;
 
 use crate::{
     harness::{self, event, Broker},
@@ -19,8 +20,9 @@ use crate::{
 /// How the report names the baseline.
 const RAW: &str = "raw append + fdatasync";
 
-/// Events per PublishBatch request, and per group of the baseline loop.
-const BATCH: u64 = 1000;
+/// Events per PublishBatch request, and per group of the baseline loop (in
+/// cluster mode too: the cluster's atomic batch limit).
+pub const BATCH: u64 = 1000;
 /// Concurrent PublishBatch callers (2 left the writer idle while the
 /// next batch was still in transit; 4 keep it busy).
 const BATCH_CALLERS: usize = 4;
@@ -127,22 +129,51 @@ pub async fn publish(ctx: &Ctx) -> Result<Section> {
 
 async fn publish_batch(n: u64, run: usize) -> Result<f64> {
     let broker = Broker::fresh().await?;
-    // Requests are built before the clock starts.
-    let requests: Vec<PublishBatchRequest> = (0..n)
-        .step_by(BATCH as usize)
-        .map(|start| PublishBatchRequest {
-            events: (start..(start + BATCH).min(n))
-                .map(|i| event(format!("b{run}-{i}"), i))
-                .collect(),
-        })
-        .collect();
-    let mut per_caller: Vec<Vec<PublishBatchRequest>> = vec![Vec::new(); BATCH_CALLERS];
-    for (i, r) in requests.into_iter().enumerate() {
-        per_caller[i % BATCH_CALLERS].push(r);
-    }
     let mut clients = Vec::new();
     for _ in 0..BATCH_CALLERS {
         clients.push(broker.publisher().await?);
+    }
+    let rate = send_batches(clients, batch_requests(n, &format!("b{run}"))).await?;
+    broker.stop().await?;
+    Ok(rate)
+}
+
+async fn publish_stream(n: u64, run: usize) -> Result<f64> {
+    let broker = Broker::fresh().await?;
+    let requests = (0..n)
+        .map(|i| PublishRequest {
+            event: Some(event(format!("s{run}-{i}"), i)),
+        })
+        .collect();
+    let rate = send_streams(vec![(broker.publisher().await?, requests)]).await?;
+    broker.stop().await?;
+    Ok(rate)
+}
+
+/// `n` benchmark events (ids `<tag>-<i>`) in PublishBatch requests of
+/// [`BATCH`], built before any clock starts.
+pub fn batch_requests(n: u64, tag: &str) -> Vec<PublishBatchRequest> {
+    (0..n)
+        .step_by(BATCH as usize)
+        .map(|start| PublishBatchRequest {
+            events: (start..(start + BATCH).min(n))
+                .map(|i| event(format!("{tag}-{i}"), i))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Sends `requests` dealt round-robin to `clients`, each client a caller
+/// sending its share one request after another, all callers at once;
+/// checks that every event was acked and returns events per second.
+pub async fn send_batches(
+    clients: Vec<PublisherClient<Channel>>,
+    requests: Vec<PublishBatchRequest>,
+) -> Result<f64> {
+    let n: u64 = requests.iter().map(|r| r.events.len() as u64).sum();
+    let mut per_caller: Vec<Vec<PublishBatchRequest>> = vec![Vec::new(); clients.len()];
+    for (i, r) in requests.into_iter().enumerate() {
+        per_caller[i % clients.len()].push(r);
     }
     let started = Instant::now();
     let tasks: Vec<_> = per_caller
@@ -164,31 +195,40 @@ async fn publish_batch(n: u64, run: usize) -> Result<f64> {
     }
     let elapsed = started.elapsed();
     anyhow::ensure!(acked == n, "{acked} of {n} acked");
-    broker.stop().await?;
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-async fn publish_stream(n: u64, run: usize) -> Result<f64> {
-    let broker = Broker::fresh().await?;
-    let requests: Vec<PublishRequest> = (0..n)
-        .map(|i| PublishRequest {
-            event: Some(event(format!("s{run}-{i}"), i)),
+/// One PublishStream per `(client, requests)`, all at once, each read to
+/// its last ack; checks that every event was acked, none as a duplicate,
+/// and returns events per second.
+pub async fn send_streams(
+    streams: Vec<(PublisherClient<Channel>, Vec<PublishRequest>)>,
+) -> Result<f64> {
+    let n: u64 = streams.iter().map(|(_, r)| r.len() as u64).sum();
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|(mut client, requests)| {
+            tokio::spawn(async move {
+                let mut responses = client
+                    .publish_stream(tokio_stream::iter(requests))
+                    .await?
+                    .into_inner();
+                let mut acked = 0u64;
+                while let Some(r) = responses.message().await? {
+                    anyhow::ensure!(!r.duplicate, "unexpected duplicate");
+                    acked += 1;
+                }
+                anyhow::Ok(acked)
+            })
         })
         .collect();
-    let mut client = broker.publisher().await?;
-    let started = Instant::now();
-    let mut responses = client
-        .publish_stream(tokio_stream::iter(requests))
-        .await?
-        .into_inner();
-    let mut acked = 0u64;
-    while let Some(r) = responses.message().await? {
-        anyhow::ensure!(!r.duplicate, "unexpected duplicate");
-        acked += 1;
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
     }
     let elapsed = started.elapsed();
     anyhow::ensure!(acked == n, "{acked} of {n} acked");
-    broker.stop().await?;
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 

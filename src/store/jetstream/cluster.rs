@@ -396,7 +396,10 @@ mod tests {
         assert!(read.contains("did not answer the read"), "{read}");
         assert!(!read.contains("publishing"), "{read}");
         let write = Error::from(lost()).to_string();
-        assert!(write.contains("publishing again with the same event ids is safe"), "{write}");
+        assert!(
+            write.contains("publishing again with the same event ids is safe"),
+            "{write}"
+        );
         let corrupt = JetStreamError::Corrupt {
             offset: 7,
             reason: "bad record".to_owned(),
