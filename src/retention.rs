@@ -52,7 +52,7 @@ pub async fn run(
             Ok(0) => {}
             Ok(removed) => tracing::info!(
                 removed,
-                first = store.first_offset().unwrap_or(0),
+                first = store.first_offset().unwrap_or(Offset::ZERO).get(),
                 "retention removed events"
             ),
             Err(e) => tracing::error!(error = %e, "retention failed"),
@@ -83,7 +83,7 @@ pub async fn tenant_pass(
         let from = watermarks
             .get(tenant)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(Offset::ZERO)
             .max(store.first_offset()?);
         if cutoff <= from {
             continue;
@@ -112,14 +112,14 @@ pub async fn pass(store: &Store, endpoints: &Endpoints, config: &Config) -> Resu
 fn cutoff(store: &Store, config: &Config) -> Result<Offset> {
     let by_age = match SystemTime::now().checked_sub(config.retention_age) {
         Some(t) => store.local()?.offset_at_time(t)?,
-        None => 0,
+        None => Offset::ZERO,
     };
     let by_size =
         if config.retention_max_bytes > 0 && store.size_on_disk()? > config.retention_max_bytes {
             let (first, head) = (store.first_offset()?, store.head());
             first + (head - first).div_ceil(10)
         } else {
-            0
+            Offset::ZERO
         };
     Ok(by_age.max(by_size))
 }

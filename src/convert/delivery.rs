@@ -18,7 +18,7 @@ use crate::{
 pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
     pb::Delivery {
         endpoint_id: record.endpoint_id.clone(),
-        offset: record.offset,
+        offset: record.offset.get(),
         event_id: record.event_id.clone(),
         event_type: record.event_type.clone(),
         state: state_to_pb(record.state) as i32,
@@ -27,7 +27,7 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
         last_attempt_at: record.last_attempt_at.map(super::timestamp),
         last_status: record.last_status,
         last_error: record.last_error.clone(),
-        superseded_by: record.superseded_by,
+        superseded_by: record.superseded_by.get(),
         webhook_id: webhook_id(&record.event_id).into_owned(),
     }
 }
@@ -35,7 +35,7 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
 /// An [`Explanation`] as ExplainEvent answers it.
 pub fn explanation_to_pb(e: &Explanation) -> pb::ExplainEventResponse {
     pb::ExplainEventResponse {
-        offset: e.offset,
+        offset: e.offset.get(),
         event_type: e.event_type.clone(),
         matches: e.matches,
         reason: e.reason.clone(),
@@ -120,6 +120,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::model::Offset;
 
     #[test]
     fn states_map_one_to_one_and_names_agree() {
@@ -140,7 +141,7 @@ mod tests {
     fn a_record_shows_with_its_webhook_id() {
         let record = DeliveryRecord {
             endpoint_id: "ep1".into(),
-            offset: 9,
+            offset: Offset::new(9),
             event_id: "café-5".into(),
             state: DeliveryState::Failed,
             next_attempt_at: Some(UNIX_EPOCH + Duration::new(1_770_000_000, 5)),

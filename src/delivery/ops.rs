@@ -43,7 +43,7 @@ pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Fi
 pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) -> Fields {
     let mut fields = vec![
         ("endpointId", s(endpoint_id)),
-        ("offset", n(offset as f64)),
+        ("offset", n(offset.get() as f64)),
         ("eventId", s(&d.event_id)),
         ("eventType", s(&d.event_type)),
         ("attempts", n(f64::from(d.attempts))),

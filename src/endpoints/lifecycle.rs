@@ -51,7 +51,8 @@ impl Endpoints {
             None | Some(Start::Latest) => self.store.head(),
             Some(Start::Earliest) => self.store.first_offset()?,
             Some(Start::Offset(o)) => {
-                convert::start_offset("endpoint.start_offset", o, self.store.head())?.max(1)
+                convert::start_offset("endpoint.start_offset", o, self.store.head())?
+                    .max(Offset::FIRST)
             }
             // Before 1970: from the first event.
             Some(Start::Time(t)) => self.store.offset_at_time(t.max(UNIX_EPOCH)).await?,
@@ -90,7 +91,7 @@ impl Endpoints {
         if spec.enabled {
             self.supervisor.start(&mut workers, &record, spec).await?;
         }
-        tracing::info!(endpoint = %id, %origin, start, "endpoint created");
+        tracing::info!(endpoint = %id, %origin, start = start.get(), "endpoint created");
         Ok((self.view(&record), secret.reveal()))
     }
 
@@ -257,7 +258,7 @@ impl Endpoints {
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
-        tracing::info!(endpoint = %id, from, "endpoint replay");
+        tracing::info!(endpoint = %id, from = from.get(), "endpoint replay");
         Ok(from)
     }
 }

@@ -142,13 +142,13 @@ impl Endpoints {
         d.state = DeliveryState::Pending;
         d.attempts = 0;
         d.next_attempt_at = None;
-        d.superseded_by = 0;
+        d.superseded_by = Offset::ZERO;
         self.store.deliveries().put(id, offset, &d).await?;
         self.consumers
             .get(&consumer_name(id))?
             .reopen(offset)
             .await?;
-        tracing::info!(endpoint = %id, offset, "event re-sent");
+        tracing::info!(endpoint = %id, offset = offset.get(), "event re-sent");
         d.endpoint_id = id.to_owned();
         d.offset = offset;
         Ok(d)

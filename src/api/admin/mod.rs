@@ -19,6 +19,7 @@ use crate::{
     convert,
     endpoints::Endpoints,
     error::Error,
+    model::Offset,
     pb::{
         admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteConsumerRequest,
         DeleteConsumerResponse, DeleteEndpointRequest, DeleteEndpointResponse, EraseTenantRequest,
@@ -270,7 +271,7 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .endpoints
-                .list_attempts(&scope, &req.endpoint_id, req.offset)?
+                .list_attempts(&scope, &req.endpoint_id, Offset::new(req.offset))?
                 .iter()
                 .map(convert::delivery::attempt_to_pb)
                 .collect(),
@@ -290,7 +291,7 @@ impl Admin for AdminService {
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let delivery = self
             .endpoints
-            .retry_delivery(&scope, &req.endpoint_id, req.offset)
+            .retry_delivery(&scope, &req.endpoint_id, Offset::new(req.offset))
             .await?;
         let target = format!("{}/{}", req.endpoint_id, req.offset);
         self.audit(&caller, "delivery.retry", &target, &tenant)
@@ -310,7 +311,7 @@ impl Admin for AdminService {
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
             None => return Err(Error::invalid("start", "set offset or time").into()),
-            Some(Start::Offset(o)) => *o,
+            Some(Start::Offset(o)) => Offset::new(*o),
             Some(Start::Time(t)) => {
                 self.store
                     .offset_at_time(convert::system_time("time", t)?)
@@ -322,7 +323,7 @@ impl Admin for AdminService {
                 self.endpoints
                     .replay_count(&scope, &req.endpoint_id, from)?;
             return Ok(Response::new(ReplayEndpointResponse {
-                from_offset,
+                from_offset: from_offset.get(),
                 matching,
                 more,
             }));
@@ -336,7 +337,7 @@ impl Admin for AdminService {
         self.audit(&caller, &action, &req.endpoint_id, &tenant)
             .await?;
         Ok(Response::new(ReplayEndpointResponse {
-            from_offset,
+            from_offset: from_offset.get(),
             ..Default::default()
         }))
     }

@@ -33,16 +33,17 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 }
 
 impl AdminService {
-    /// The offset of `event`: an offset (not 0) or an event id in the log.
+    /// The offset of `event`: an offset (the wire's number, not 0) or an
+    /// event id in the log.
     pub(super) fn event_offset(
         &self,
         scope: &Scope,
-        offset: Option<Offset>,
+        offset: Option<u64>,
         event_id: Option<&str>,
     ) -> Result<Offset, Error> {
         match (offset, event_id) {
             (Some(0), _) => Err(Error::invalid("offset", "offsets start at 1")),
-            (Some(o), _) => Ok(o),
+            (Some(o), _) => Ok(Offset::new(o)),
             (None, Some(id)) => {
                 required("event_id", id)?;
                 let not_found = || {
@@ -83,7 +84,7 @@ impl AdminService {
             }
         }
         let log = self.store.local()?;
-        let from = since.map_or(Ok(0), |t| log.offset_at_time(t))?;
+        let from = since.map_or(Ok(Offset::ZERO), |t| log.offset_at_time(t))?;
         let to = until.map_or(Ok(Offset::MAX), |t| log.offset_at_time(t))?;
         Ok((from, to))
     }
@@ -107,9 +108,9 @@ impl AdminService {
         let before = if req.page_token.is_empty() {
             None
         } else {
-            Some(req.page_token.parse().map_err(|_| {
-                Error::invalid("page_token", "not a token from a previous response")
-            })?)
+            Some(Offset::new(req.page_token.parse::<u64>().map_err(
+                |_| Error::invalid("page_token", "not a token from a previous response"),
+            )?))
         };
         let page = page_size(req.page_size)?;
         let (mut from, mut until) = self.time_range(req.since.as_ref(), req.until.as_ref())?;
@@ -120,7 +121,7 @@ impl AdminService {
                     until = until.min(o + 1);
                 }
                 // No such event: no delivery of it.
-                None => until = 0,
+                None => until = Offset::ZERO,
             }
         }
         if !req.event_type.is_empty() {

@@ -92,7 +92,7 @@ pub async fn events(
             let json = serde_json::json!({
                 "time": rfc3339(std::time::SystemTime::now()),
                 "endpoint_id": d.endpoint_id,
-                "offset": d.offset,
+                "offset": d.offset.get(),
                 "event_id": d.event_id,
                 "event_type": d.event_type,
                 "state": state_name(convert::delivery::state_to_pb(d.state) as i32),

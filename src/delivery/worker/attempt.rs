@@ -56,11 +56,12 @@ impl Attempt {
         };
         let started_at = SystemTime::now();
         let clock = StdInstant::now();
-        ctx.metrics
-            .stall
-            .stage(self.offset, crate::metrics::stall::Stage::AttemptStarted);
+        ctx.metrics.stall.stage(
+            self.offset.get(),
+            crate::metrics::stall::Stage::AttemptStarted,
+        );
         let result = stack::send(ctx.service.clone(), request).await;
-        ctx.metrics.stall.responded(self.offset);
+        ctx.metrics.stall.responded(self.offset.get());
         let latency = clock.elapsed();
         let verdict = classify(&result, ctx.config.max_retry_after);
         ctx.metrics.endpoint_stats.record(
@@ -129,10 +130,10 @@ impl Attempt {
             // Without the record the schedule is not durable: no report;
             // the worker stops renewing the event's lease, and the consumer
             // hands it out again once the lease runs out.
-            tracing::error!(endpoint = %id, offset = self.offset, error = %e, "recording an attempt failed");
+            tracing::error!(endpoint = %id, offset = self.offset.get(), error = %e, "recording an attempt failed");
             return;
         }
-        tracing::debug!(endpoint = %id, offset = self.offset, attempt = self.number, ?state, status, "attempt");
+        tracing::debug!(endpoint = %id, offset = self.offset.get(), attempt = self.number, ?state, status, "attempt");
         match state {
             DeliveryState::Delivered => {
                 ctx.count("delivered");
@@ -146,7 +147,7 @@ impl Attempt {
         match state {
             DeliveryState::Delivered | DeliveryState::Dead => {
                 if state == DeliveryState::Dead {
-                    tracing::warn!(endpoint = %id, offset = self.offset, attempts = self.number, "delivery dead-lettered");
+                    tracing::warn!(endpoint = %id, offset = self.offset.get(), attempts = self.number, "delivery dead-lettered");
                 }
             }
             _ if verdict == Verdict::Gone => {

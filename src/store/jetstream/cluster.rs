@@ -102,7 +102,8 @@ impl ClusterLog {
         })
         .await?;
         let state = stream.state().await.map_err(|e| opening(&name, e))?;
-        let (head_tx, head) = watch::channel(state.last_sequence + 1);
+        let (head_tx, head) = watch::channel(Offset::new(state.last_sequence + 1));
+
         let extent = Arc::new(Extent::default());
         extent.first.store(state.first_sequence, Ordering::Relaxed);
         extent.bytes.store(state.bytes, Ordering::Relaxed);
@@ -175,7 +176,7 @@ impl ClusterLog {
 
     /// The stream's first offset as last seen.
     pub fn first(&self) -> Offset {
-        self.extent.first.load(Ordering::Relaxed).max(FIRST_OFFSET)
+        Offset::new(self.extent.first.load(Ordering::Relaxed)).max(FIRST_OFFSET)
     }
 
     /// The stream's bytes as last seen.

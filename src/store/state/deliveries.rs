@@ -100,7 +100,7 @@ impl<'a> DeliveryRecords<'a> {
             .transpose()?;
         match last {
             Some(k) => Ok(keys::decode_offset(&k[k.len() - 8..])?.saturating_add(1)),
-            None => Ok(0),
+            None => Ok(Offset::ZERO),
         }
     }
 

@@ -188,7 +188,7 @@ impl StoredDelivery {
             last_attempt_at: record.last_attempt_at.map(StoredTime::from_time),
             last_status: record.last_status,
             last_error: record.last_error.clone(),
-            superseded_by: record.superseded_by,
+            superseded_by: record.superseded_by.get(),
         }
     }
 
@@ -205,7 +205,7 @@ impl StoredDelivery {
             last_attempt_at: self.last_attempt_at.map(StoredTime::to_time),
             last_status: self.last_status,
             last_error: self.last_error,
-            superseded_by: self.superseded_by,
+            superseded_by: Offset::new(self.superseded_by),
         }
     }
 

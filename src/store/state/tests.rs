@@ -6,6 +6,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        Offset,
     },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
@@ -42,34 +43,40 @@ async fn delivery_records_and_attempts_per_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open_for_test(dir.path());
     let d = store.deliveries();
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), 0);
-    d.put(A, 3, &delivery(DeliveryState::Delivered))
+    assert_eq!(d.next_unrecorded(A).await.unwrap(), Offset::ZERO);
+    d.put(A, Offset::new(3), &delivery(DeliveryState::Delivered))
         .await
         .unwrap();
     d.put_all(
         A,
         [
-            (5, &delivery(DeliveryState::Failed)),
-            (7, &delivery(DeliveryState::Dead)),
+            (Offset::new(5), &delivery(DeliveryState::Failed)),
+            (Offset::new(7), &delivery(DeliveryState::Dead)),
         ],
     )
     .await
     .unwrap();
     let mut w = StateWrites::new();
-    w.put_delivery(B, 4, &delivery(DeliveryState::Dead));
+    w.put_delivery(B, Offset::new(4), &delivery(DeliveryState::Dead));
     for n in 1..=2 {
-        w.put_attempt(A, 3, n, &attempt(n));
+        w.put_attempt(A, Offset::new(3), n, &attempt(n));
     }
-    w.put_attempt(A, 5, 1, &attempt(1));
-    w.put_attempt(B, 3, 9, &attempt(9));
+    w.put_attempt(A, Offset::new(5), 1, &attempt(1));
+    w.put_attempt(B, Offset::new(3), 9, &attempt(9));
     assert_eq!(w.len(), 5);
     store.write_state(w).await.unwrap();
 
-    assert_eq!(d.get(A, 5).unwrap().unwrap().state, DeliveryState::Failed);
-    assert!(d.get(A, 4).unwrap().is_none());
-    assert!(d.get(B, 3).unwrap().is_none());
+    assert_eq!(
+        d.get(A, Offset::new(5)).unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert!(d.get(A, Offset::new(4)).unwrap().is_none());
+    assert!(d.get(B, Offset::new(3)).unwrap().is_none());
     let offsets = |from, until, rev: bool| -> Vec<u64> {
-        let it = d.range(A, from, until).map(|r| r.unwrap().0);
+        let it = d
+            .range(A, Offset::new(from), Offset::new(until))
+            .map(|r| r.unwrap().0.get());
+
         if rev {
             it.rev().collect()
         } else {
@@ -79,14 +86,14 @@ async fn delivery_records_and_attempts_per_endpoint() {
     assert_eq!(offsets(0, u64::MAX, false), [3, 5, 7]);
     assert_eq!(offsets(4, 7, true), [5]);
     assert_eq!(offsets(9, 2, false), Vec::<u64>::new(), "an empty range");
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), 8);
-    assert_eq!(d.next_unrecorded(B).await.unwrap(), 5);
+    assert_eq!(d.next_unrecorded(A).await.unwrap(), Offset::new(8));
+    assert_eq!(d.next_unrecorded(B).await.unwrap(), Offset::new(5));
 
-    assert_eq!(d.last_attempt(A, 3).unwrap(), Some(2));
-    assert_eq!(d.last_attempt(A, 7).unwrap(), None);
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert_eq!(d.last_attempt(A, Offset::new(3)).unwrap(), Some(2));
+    assert_eq!(d.last_attempt(A, Offset::new(7)).unwrap(), None);
+    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
     let numbers: Vec<u32> = d
-        .attempts(A, 3)
+        .attempts(A, Offset::new(3))
         .unwrap()
         .iter()
         .map(|a| a.attempt)
@@ -97,17 +104,20 @@ async fn delivery_records_and_attempts_per_endpoint() {
 
     // Pruning below 6 takes the delivered record at 3 with its attempts,
     // keeps the failed one at 5 and everything of the other endpoint.
-    d.prune(A, 6).await.unwrap();
+    d.prune(A, Offset::new(6)).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), [5, 7]);
-    assert!(d.attempts(A, 3).unwrap().is_empty());
-    assert_eq!(d.attempts(A, 5).unwrap().len(), 1);
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert!(d.attempts(A, Offset::new(3)).unwrap().is_empty());
+    assert_eq!(d.attempts(A, Offset::new(5)).unwrap().len(), 1);
+    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
 
     d.delete_endpoint(A).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), Vec::<u64>::new());
-    assert!(d.attempts(A, 5).unwrap().is_empty());
-    assert!(d.get(B, 4).unwrap().is_some(), "{B} keeps its records");
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert!(d.attempts(A, Offset::new(5)).unwrap().is_empty());
+    assert!(
+        d.get(B, Offset::new(4)).unwrap().is_some(),
+        "{B} keeps its records"
+    );
+    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
     close(store, writer).await;
 }
 
@@ -149,13 +159,13 @@ async fn consumer_and_audit_records() {
     };
     // Saved with a delivery record in the same write.
     let mut with = StateWrites::new();
-    with.put_delivery(A, 1, &delivery(DeliveryState::Delivered));
+    with.put_delivery(A, Offset::new(1), &delivery(DeliveryState::Delivered));
     let durable = c
         .submit_save("@endpoint:x", &record(2), with)
         .await
         .unwrap();
     durable.await.unwrap().unwrap();
-    assert!(store.deliveries().get(A, 1).unwrap().is_some());
+    assert!(store.deliveries().get(A, Offset::new(1)).unwrap().is_some());
     c.submit_save("plain", &record(5), StateWrites::new())
         .await
         .unwrap()
