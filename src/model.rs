@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod delivery;
 pub mod endpoint;
+mod ids;
 mod offset;
 pub mod ops;
 pub mod time;
@@ -17,6 +18,7 @@ use std::{fmt, time::SystemTime};
 
 use crate::pb;
 
+pub use ids::EndpointId;
 pub use offset::Offset;
 
 /// The first offset of an empty log.

@@ -158,11 +158,11 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
             if !writes.is_empty() {
                 let n = writes.len();
                 store.write_state(writes).await?;
-                endpoints.metrics().dead.add(&id, n as i64);
+                endpoints.metrics().dead.add(id.as_str(), n as i64);
                 endpoints
                     .metrics()
                     .deliveries
-                    .add(&[&id, "expired"], n as u64);
+                    .add(&[id.as_str(), "expired"], n as u64);
                 tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
             }
         }

@@ -17,7 +17,7 @@ use crate::{
 /// event id, never stored).
 pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
     pb::Delivery {
-        endpoint_id: record.endpoint_id.clone(),
+        endpoint_id: record.endpoint_id.as_str().to_owned(),
         offset: record.offset.get(),
         event_id: record.event_id.clone(),
         event_type: record.event_type.clone(),
@@ -120,7 +120,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::model::Offset;
+    use crate::model::{EndpointId, Offset};
 
     #[test]
     fn states_map_one_to_one_and_names_agree() {
@@ -140,7 +140,7 @@ mod tests {
     #[test]
     fn a_record_shows_with_its_webhook_id() {
         let record = DeliveryRecord {
-            endpoint_id: "ep1".into(),
+            endpoint_id: EndpointId::new("ep1"),
             offset: Offset::new(9),
             event_id: "café-5".into(),
             state: DeliveryState::Failed,

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::{keys, writer::LogOp, Mutation, StateWrites, Store, Table};
 use crate::{
     error::{Error, Result},
-    model::{EventMeta, Offset},
+    model::{EndpointId, EventMeta, Offset},
 };
 
 /// Why events are erased; a tombstone keeps it.
@@ -163,12 +163,12 @@ impl Store {
     pub fn delete_attempts(
         &self,
         writes: &mut StateWrites,
-        endpoint_id: &str,
+        endpoint_id: &EndpointId,
         offset: Offset,
     ) -> Result<()> {
         for k in self
             .table(Table::Attempts)?
-            .scan_prefix(keys::scoped_offset_key(endpoint_id, offset))
+            .scan_prefix(keys::scoped_offset_key(endpoint_id.as_str(), offset))
             .keys()
         {
             writes

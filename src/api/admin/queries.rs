@@ -12,7 +12,7 @@ use crate::{
     convert,
     endpoints::DeliveryQuery,
     error::Error,
-    model::{delivery, Offset},
+    model::{delivery, EndpointId, Offset},
     pb::{
         self, DeliveryState, GetEndpointStatsRequest, GetEndpointStatsResponse,
         ListDeliveriesRequest, ListDeliveriesResponse, ListEventTypesResponse,
@@ -135,9 +135,13 @@ impl AdminService {
             from,
             until,
         };
-        let (deliveries, next) =
-            self.endpoints
-                .query_deliveries(&scope, &req.endpoint_id, &q, page, before)?;
+        let (deliveries, next) = self.endpoints.query_deliveries(
+            &scope,
+            &EndpointId::new(&req.endpoint_id),
+            &q,
+            page,
+            before,
+        )?;
         Ok(Response::new(ListDeliveriesResponse {
             deliveries: deliveries
                 .iter()
@@ -187,7 +191,7 @@ impl AdminService {
             .endpoints
             .recover(
                 &scope,
-                &req.endpoint_id,
+                &EndpointId::new(&req.endpoint_id),
                 from,
                 until,
                 &states,
@@ -223,7 +227,7 @@ impl AdminService {
         };
         let delivery = self
             .endpoints
-            .resend(&scope, &req.endpoint_id, offset)
+            .resend(&scope, &EndpointId::new(&req.endpoint_id), offset)
             .await?;
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let target = format!("{}/{offset}", req.endpoint_id);
@@ -247,9 +251,9 @@ impl AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        let rendered = self
-            .endpoints
-            .render_request(&scope, &req.endpoint_id, offset)?;
+        let rendered =
+            self.endpoints
+                .render_request(&scope, &EndpointId::new(&req.endpoint_id), offset)?;
         Ok(Response::new(convert::delivery::rendered_request_to_pb(
             &rendered,
         )))
@@ -278,7 +282,8 @@ impl AdminService {
             .into());
         }
         // NOT_FOUND for an unknown endpoint, like every endpoint RPC.
-        self.endpoints.get(&scope, &req.endpoint_id)?;
+        self.endpoints
+            .get(&scope, &EndpointId::new(&req.endpoint_id))?;
         let stats = self.endpoints.endpoint_stats();
         let s = stats.summary(&req.endpoint_id, window, SystemTime::now());
         Ok(Response::new(GetEndpointStatsResponse {

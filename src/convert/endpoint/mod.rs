@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     model::{
         endpoint::{Endpoint, EndpointView, OAuth2, Ordering, Start},
-        time as unix_time, Offset,
+        time as unix_time, EndpointId, Offset,
     },
     pb,
 };
@@ -75,7 +75,7 @@ pub fn endpoint_from_pb(e: pb::Endpoint) -> Result<Endpoint> {
         start: start.as_ref().map(self::start).transpose()?,
         enabled: enabled.unwrap_or(true),
         oauth2: oauth2.map(oauth2_from_pb),
-        id,
+        id: EndpointId::new(id),
         tenant,
         url,
         description,
@@ -133,7 +133,7 @@ pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
         failing_since,
     } = e;
     pb::Endpoint {
-        id: id.clone(),
+        id: id.as_str().to_owned(),
         url: url.clone(),
         description: description.clone(),
         event_types: event_types.clone(),

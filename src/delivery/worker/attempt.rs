@@ -65,7 +65,7 @@ impl Attempt {
         let latency = clock.elapsed();
         let verdict = classify(&result, ctx.config.max_retry_after);
         ctx.metrics.endpoint_stats.record(
-            &ctx.endpoint_id,
+            ctx.endpoint_id.as_str(),
             started_at,
             latency,
             verdict == Verdict::Delivered,

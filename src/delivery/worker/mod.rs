@@ -58,7 +58,7 @@ use crate::{
     metrics::Metrics,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
     store::Store,
 };
@@ -117,7 +117,7 @@ pub struct HeldView {
 /// Everything a worker needs.
 pub struct WorkerContext {
     /// The endpoint's id.
-    pub endpoint_id: String,
+    pub endpoint_id: EndpointId,
     /// Its validated configuration.
     pub spec: EndpointSpec,
     /// Its signing keys.
@@ -161,9 +161,9 @@ impl WorkerContext {
     fn count(&self, outcome: &str) {
         self.metrics
             .deliveries
-            .add(&[&self.endpoint_id, outcome], 1);
+            .add(&[self.endpoint_id.as_str(), outcome], 1);
         if matches!(outcome, "dead" | "expired" | "erased") {
-            self.metrics.dead.add(&self.endpoint_id, 1);
+            self.metrics.dead.add(self.endpoint_id.as_str(), 1);
         }
     }
 

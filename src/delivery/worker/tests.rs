@@ -28,7 +28,7 @@ use crate::{
     model::{
         delivery::{DeliveryRecord, DeliveryState},
         endpoint::Endpoint,
-        Offset,
+        EndpointId, Offset,
     },
     store::{self, test_event, Store, WriterHandle},
 };
@@ -142,7 +142,7 @@ pub(super) async fn start_with(
     let view = Arc::new(WorkerView::default());
     let cancel = CancellationToken::new();
     let ctx = WorkerContext {
-        endpoint_id: ENDPOINT.into(),
+        endpoint_id: EndpointId::new(ENDPOINT),
         spec,
         keys: Arc::new(RwLock::new(Keys {
             current: Secret::generate(),
@@ -172,7 +172,10 @@ pub(super) async fn start_with(
 
 impl Running {
     pub(super) fn state(&self, offset: Offset) -> Option<DeliveryRecord> {
-        self.store.deliveries().get(ENDPOINT, offset).unwrap()
+        self.store
+            .deliveries()
+            .get(&EndpointId::new(ENDPOINT), offset)
+            .unwrap()
     }
 
     /// Lets paused time run (one simulated second per step, at most

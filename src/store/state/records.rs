@@ -8,6 +8,7 @@
 //! encode the old messages and decode them here, and back). A field added
 //! here takes a number the old messages never used.
 
+use crate::model::EndpointId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::{
@@ -193,9 +194,9 @@ impl StoredDelivery {
     }
 
     /// The record stored under `endpoint_id` and `offset`.
-    pub fn into_record(self, endpoint_id: &str, offset: Offset) -> DeliveryRecord {
+    pub fn into_record(self, endpoint_id: &EndpointId, offset: Offset) -> DeliveryRecord {
         DeliveryRecord {
-            endpoint_id: endpoint_id.to_owned(),
+            endpoint_id: endpoint_id.clone(),
             offset,
             event_id: self.event_id,
             event_type: self.event_type,

@@ -6,7 +6,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
@@ -43,12 +43,19 @@ async fn delivery_records_and_attempts_per_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open_for_test(dir.path());
     let d = store.deliveries();
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), Offset::ZERO);
-    d.put(A, Offset::new(3), &delivery(DeliveryState::Delivered))
-        .await
-        .unwrap();
+    assert_eq!(
+        d.next_unrecorded(&EndpointId::new(A)).await.unwrap(),
+        Offset::ZERO
+    );
+    d.put(
+        &EndpointId::new(A),
+        Offset::new(3),
+        &delivery(DeliveryState::Delivered),
+    )
+    .await
+    .unwrap();
     d.put_all(
-        A,
+        &EndpointId::new(A),
         [
             (Offset::new(5), &delivery(DeliveryState::Failed)),
             (Offset::new(7), &delivery(DeliveryState::Dead)),
@@ -57,24 +64,37 @@ async fn delivery_records_and_attempts_per_endpoint() {
     .await
     .unwrap();
     let mut w = StateWrites::new();
-    w.put_delivery(B, Offset::new(4), &delivery(DeliveryState::Dead));
+    w.put_delivery(
+        &EndpointId::new(B),
+        Offset::new(4),
+        &delivery(DeliveryState::Dead),
+    );
     for n in 1..=2 {
-        w.put_attempt(A, Offset::new(3), n, &attempt(n));
+        w.put_attempt(&EndpointId::new(A), Offset::new(3), n, &attempt(n));
     }
-    w.put_attempt(A, Offset::new(5), 1, &attempt(1));
-    w.put_attempt(B, Offset::new(3), 9, &attempt(9));
+    w.put_attempt(&EndpointId::new(A), Offset::new(5), 1, &attempt(1));
+    w.put_attempt(&EndpointId::new(B), Offset::new(3), 9, &attempt(9));
     assert_eq!(w.len(), 5);
     store.write_state(w).await.unwrap();
 
     assert_eq!(
-        d.get(A, Offset::new(5)).unwrap().unwrap().state,
+        d.get(&EndpointId::new(A), Offset::new(5))
+            .unwrap()
+            .unwrap()
+            .state,
         DeliveryState::Failed
     );
-    assert!(d.get(A, Offset::new(4)).unwrap().is_none());
-    assert!(d.get(B, Offset::new(3)).unwrap().is_none());
+    assert!(d
+        .get(&EndpointId::new(A), Offset::new(4))
+        .unwrap()
+        .is_none());
+    assert!(d
+        .get(&EndpointId::new(B), Offset::new(3))
+        .unwrap()
+        .is_none());
     let offsets = |from, until, rev: bool| -> Vec<u64> {
         let it = d
-            .range(A, Offset::new(from), Offset::new(until))
+            .range(&EndpointId::new(A), Offset::new(from), Offset::new(until))
             .map(|r| r.unwrap().0.get());
 
         if rev {
@@ -86,14 +106,29 @@ async fn delivery_records_and_attempts_per_endpoint() {
     assert_eq!(offsets(0, u64::MAX, false), [3, 5, 7]);
     assert_eq!(offsets(4, 7, true), [5]);
     assert_eq!(offsets(9, 2, false), Vec::<u64>::new(), "an empty range");
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), Offset::new(8));
-    assert_eq!(d.next_unrecorded(B).await.unwrap(), Offset::new(5));
+    assert_eq!(
+        d.next_unrecorded(&EndpointId::new(A)).await.unwrap(),
+        Offset::new(8)
+    );
+    assert_eq!(
+        d.next_unrecorded(&EndpointId::new(B)).await.unwrap(),
+        Offset::new(5)
+    );
 
-    assert_eq!(d.last_attempt(A, Offset::new(3)).unwrap(), Some(2));
-    assert_eq!(d.last_attempt(A, Offset::new(7)).unwrap(), None);
-    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
+    assert_eq!(
+        d.last_attempt(&EndpointId::new(A), Offset::new(3)).unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        d.last_attempt(&EndpointId::new(A), Offset::new(7)).unwrap(),
+        None
+    );
+    assert_eq!(
+        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
+        Some(9)
+    );
     let numbers: Vec<u32> = d
-        .attempts(A, Offset::new(3))
+        .attempts(&EndpointId::new(A), Offset::new(3))
         .unwrap()
         .iter()
         .map(|a| a.attempt)
@@ -104,20 +139,39 @@ async fn delivery_records_and_attempts_per_endpoint() {
 
     // Pruning below 6 takes the delivered record at 3 with its attempts,
     // keeps the failed one at 5 and everything of the other endpoint.
-    d.prune(A, Offset::new(6)).await.unwrap();
+    d.prune(&EndpointId::new(A), Offset::new(6)).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), [5, 7]);
-    assert!(d.attempts(A, Offset::new(3)).unwrap().is_empty());
-    assert_eq!(d.attempts(A, Offset::new(5)).unwrap().len(), 1);
-    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
+    assert!(d
+        .attempts(&EndpointId::new(A), Offset::new(3))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        d.attempts(&EndpointId::new(A), Offset::new(5))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
+        Some(9)
+    );
 
-    d.delete_endpoint(A).await.unwrap();
+    d.delete_endpoint(&EndpointId::new(A)).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), Vec::<u64>::new());
-    assert!(d.attempts(A, Offset::new(5)).unwrap().is_empty());
+    assert!(d
+        .attempts(&EndpointId::new(A), Offset::new(5))
+        .unwrap()
+        .is_empty());
     assert!(
-        d.get(B, Offset::new(4)).unwrap().is_some(),
+        d.get(&EndpointId::new(B), Offset::new(4))
+            .unwrap()
+            .is_some(),
         "{B} keeps its records"
     );
-    assert_eq!(d.last_attempt(B, Offset::new(3)).unwrap(), Some(9));
+    assert_eq!(
+        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
+        Some(9)
+    );
     close(store, writer).await;
 }
 
@@ -128,14 +182,17 @@ async fn endpoint_records_list_in_id_order_and_page() {
     let e = store.endpoints();
     assert_eq!(e.count().unwrap(), 0);
     for id in ["b", "a", "c"] {
-        e.put(id, format!("stored-{id}").into_bytes())
+        e.put(&EndpointId::new(id), format!("stored-{id}").into_bytes())
             .await
             .unwrap();
     }
     assert_eq!(e.count().unwrap(), 3);
     assert_eq!(e.ids().unwrap(), ["a", "b", "c"]);
-    assert_eq!(&*e.get("b").unwrap().unwrap(), b"stored-b");
-    assert!(e.get("d").unwrap().is_none());
+    assert_eq!(
+        &*e.get(&EndpointId::new("b")).unwrap().unwrap(),
+        b"stored-b"
+    );
+    assert!(e.get(&EndpointId::new("d")).unwrap().is_none());
     let values = |it: &mut dyn Iterator<Item = Vec<u8>>| -> Vec<String> {
         it.map(|v| String::from_utf8(v).unwrap()).collect()
     };
@@ -143,7 +200,7 @@ async fn endpoint_records_list_in_id_order_and_page() {
     assert_eq!(all, ["stored-a", "stored-b", "stored-c"]);
     let page = values(&mut e.after("a").map(|v| v.unwrap().to_vec()));
     assert_eq!(page, ["stored-b", "stored-c"]);
-    e.delete("b").await.unwrap();
+    e.delete(&EndpointId::new("b")).await.unwrap();
     assert_eq!(e.ids().unwrap(), ["a", "c"]);
     close(store, writer).await;
 }
@@ -159,13 +216,21 @@ async fn consumer_and_audit_records() {
     };
     // Saved with a delivery record in the same write.
     let mut with = StateWrites::new();
-    with.put_delivery(A, Offset::new(1), &delivery(DeliveryState::Delivered));
+    with.put_delivery(
+        &EndpointId::new(A),
+        Offset::new(1),
+        &delivery(DeliveryState::Delivered),
+    );
     let durable = c
         .submit_save("@endpoint:x", &record(2), with)
         .await
         .unwrap();
     durable.await.unwrap().unwrap();
-    assert!(store.deliveries().get(A, Offset::new(1)).unwrap().is_some());
+    assert!(store
+        .deliveries()
+        .get(&EndpointId::new(A), Offset::new(1))
+        .unwrap()
+        .is_some());
     c.submit_save("plain", &record(5), StateWrites::new())
         .await
         .unwrap()

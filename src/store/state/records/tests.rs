@@ -12,7 +12,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
     pb,
 };
@@ -51,11 +51,11 @@ fn old_delivery_messages_decode_as_records_and_encode_back_unchanged() {
         let old = old_delivery(old_state);
         let bytes = old.encode_to_vec();
         let stored = StoredDelivery::decode(&*bytes).unwrap();
-        let record = stored.into_record("ep1", Offset::new(7));
+        let record = stored.into_record(&EndpointId::new("ep1"), Offset::new(7));
         assert_eq!(
             record,
             DeliveryRecord {
-                endpoint_id: "ep1".into(),
+                endpoint_id: EndpointId::new("ep1"),
                 offset: Offset::new(7),
                 event_id: "ev-1".into(),
                 event_type: "pick.confirmed".into(),
@@ -87,7 +87,7 @@ fn sparse_and_unknown_old_deliveries_decode() {
     let bytes = old.encode_to_vec();
     let record = StoredDelivery::decode(&*bytes)
         .unwrap()
-        .into_record("ep", Offset::new(1));
+        .into_record(&EndpointId::new("ep"), Offset::new(1));
     assert_eq!(record.state, DeliveryState::Dead);
     assert_eq!(
         (record.next_attempt_at, record.last_attempt_at),
@@ -105,7 +105,7 @@ fn sparse_and_unknown_old_deliveries_decode() {
     };
     let record = StoredDelivery::decode(&*odd.encode_to_vec())
         .unwrap()
-        .into_record("ep", Offset::new(1));
+        .into_record(&EndpointId::new("ep"), Offset::new(1));
     assert_eq!(
         (record.endpoint_id.as_str(), record.offset.get()),
         ("ep", 1)
