@@ -18,7 +18,7 @@ use std::{fmt, time::SystemTime};
 
 use crate::pb;
 
-pub use ids::EndpointId;
+pub use ids::{EndpointId, EventId};
 pub use offset::Offset;
 
 /// The first offset of an empty log.

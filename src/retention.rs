@@ -28,7 +28,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset,
+        EventId, Offset,
     },
     store::{Removal, StateWrites, Store},
 };
@@ -147,7 +147,7 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
                     continue;
                 }
                 let record = DeliveryRecord {
-                    event_id: event.event.id.clone(),
+                    event_id: EventId::new(event.event.id.clone()),
                     event_type: event.event_type.to_string(),
                     state: DeliveryState::Dead,
                     last_error: "expired".into(),

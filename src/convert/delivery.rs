@@ -19,7 +19,7 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
     pb::Delivery {
         endpoint_id: record.endpoint_id.as_str().to_owned(),
         offset: record.offset.get(),
-        event_id: record.event_id.clone(),
+        event_id: record.event_id.as_str().to_owned(),
         event_type: record.event_type.clone(),
         state: state_to_pb(record.state) as i32,
         attempts: record.attempts,
@@ -28,7 +28,7 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
         last_status: record.last_status,
         last_error: record.last_error.clone(),
         superseded_by: record.superseded_by.get(),
-        webhook_id: webhook_id(&record.event_id).into_owned(),
+        webhook_id: webhook_id(record.event_id.as_str()).into_owned(),
     }
 }
 
@@ -120,7 +120,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::model::{EndpointId, Offset};
+    use crate::model::{EndpointId, EventId, Offset};
 
     #[test]
     fn states_map_one_to_one_and_names_agree() {
@@ -142,7 +142,7 @@ mod tests {
         let record = DeliveryRecord {
             endpoint_id: EndpointId::new("ep1"),
             offset: Offset::new(9),
-            event_id: "café-5".into(),
+            event_id: EventId::new("café-5"),
             state: DeliveryState::Failed,
             next_attempt_at: Some(UNIX_EPOCH + Duration::new(1_770_000_000, 5)),
             ..Default::default()

@@ -45,7 +45,7 @@ pub fn delivery_fields(endpoint_id: &EndpointId, offset: Offset, d: &DeliveryRec
     let mut fields = vec![
         ("endpointId", s(endpoint_id.as_str())),
         ("offset", n(offset.get() as f64)),
-        ("eventId", s(&d.event_id)),
+        ("eventId", s(d.event_id.as_str())),
         ("eventType", s(&d.event_type)),
         ("attempts", n(f64::from(d.attempts))),
         ("lastStatus", n(f64::from(d.last_status))),

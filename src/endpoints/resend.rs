@@ -22,7 +22,7 @@ use crate::{
         delivery::{DeliveryRecord, DeliveryState},
         endpoint::RenderedRequest,
         time::to_unix,
-        EndpointId, Offset,
+        EndpointId, EventId, Offset,
     },
     tenant::Scope,
 };
@@ -142,7 +142,7 @@ impl Endpoints {
         // it at once (its first delay is in the past) and numbers its
         // attempts after any earlier ones.
         let mut d = existing.unwrap_or_default();
-        d.event_id = event.event.id.clone();
+        d.event_id = EventId::new(event.event.id.clone());
         d.event_type = event.event_type.to_string();
         d.state = DeliveryState::Pending;
         d.attempts = 0;

@@ -13,7 +13,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::{EndpointId, Offset};
+use super::{EndpointId, EventId, Offset};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -66,7 +66,7 @@ pub struct DeliveryRecord {
     /// The event's offset; like `endpoint_id`, part of the key.
     pub offset: Offset,
     /// The event's id.
-    pub event_id: String,
+    pub event_id: EventId,
     /// The event's type.
     pub event_type: String,
     /// Where it stands.

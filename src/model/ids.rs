@@ -1,10 +1,12 @@
-//! [`EndpointId`]: a string id of the domain as its own type, so that it
-//! cannot be passed where another string (a tenant, a consumer name, an
-//! event id) is meant.
+//! [`EndpointId`] and [`EventId`]: the string ids of the domain as their
+//! own types, so that one cannot be passed where the other (or another
+//! string: a tenant, a consumer name) is meant.
 //!
-//! It is made from the wire's or the store's `String` at the edge (`api/`,
-//! `convert/`, `console/`, `store/`), after the edge validated it; it
-//! prints as the bare string.
+//! They are made from the wire's or the store's `String` at the edge
+//! (`api/`, `convert/`, `console/`, `store/`), after the edge validated it,
+//! and print as the bare string. The event id inside a `pb::Event` (the
+//! domain event is the prost message, see `model.rs`) stays a `String`;
+//! it becomes an [`EventId`] where it is recorded or looked up.
 
 use std::{borrow::Borrow, fmt};
 
@@ -59,6 +61,12 @@ macro_rules! string_id {
                 self.0 == other
             }
         }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
     };
 }
 
@@ -67,11 +75,17 @@ string_id!(
     EndpointId
 );
 
+string_id!(
+    /// An event's id, as its producer set it (the key of idempotent
+    /// publishing).
+    EventId
+);
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
-    use super::EndpointId;
+    use super::{EndpointId, EventId};
 
     #[test]
     fn prints_and_converts_as_the_bare_string() {
@@ -80,8 +94,9 @@ mod tests {
         assert_eq!(format!("{id:>8}"), "  ep_01J");
         assert_eq!(id.as_str(), "ep_01J");
         assert_eq!(format!("{id:?}"), "\"ep_01J\"");
-        assert_eq!(EndpointId::new("e-1".to_owned()).into_string(), "e-1");
-        assert!(id == *"ep_01J");
+        assert_eq!(EventId::new("e-1".to_owned()).into_string(), "e-1");
+        assert_eq!(format!("{:?}", EventId::new("café")), "\"café\"");
+        assert!(id == *"ep_01J" && id == "ep_01J");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     error::Result,
-    model::{NewEvent, Offset},
+    model::{EventId, NewEvent, Offset},
     pb,
 };
 
@@ -305,18 +305,9 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         .unwrap()
         .is_empty());
 
-    assert!(store
-        .local()
-        .unwrap()
-        .get(Offset::new(3))
-        .unwrap()
-        .is_none());
-    assert!(store
-        .local()
-        .unwrap()
-        .meta(Offset::new(3))
-        .unwrap()
-        .is_none());
+    let (local, three) = (store.local().unwrap(), Offset::new(3));
+    assert!(local.get(three).unwrap().is_none());
+    assert!(local.meta(three).unwrap().is_none());
     let e = store.erasure(Offset::new(3)).unwrap().expect("a tombstone");
     assert_eq!(
         (
@@ -347,10 +338,8 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         "reads on past a batch of tombstones"
     );
     assert_eq!(read(Offset::new(1), 100), [1, 8, 9, 10]);
-    assert_eq!(
-        store.local().unwrap().offset_of_id("s4").unwrap(),
-        Some(Offset::new(5))
-    );
+    let s4 = local.offset_of_id(&EventId::new("s4")).unwrap();
+    assert_eq!(s4, Some(Offset::new(5)));
     assert_eq!(
         store
             .local()

@@ -12,7 +12,7 @@ use crate::{
     convert,
     endpoints::DeliveryQuery,
     error::Error,
-    model::{delivery, EndpointId, Offset},
+    model::{delivery, EndpointId, EventId, Offset},
     pb::{
         self, DeliveryState, GetEndpointStatsRequest, GetEndpointStatsResponse,
         ListDeliveriesRequest, ListDeliveriesResponse, ListEventTypesResponse,
@@ -54,7 +54,7 @@ impl AdminService {
                 let offset = self
                     .store
                     .local()?
-                    .offset_of_id(id)?
+                    .offset_of_id(&EventId::new(id))?
                     .ok_or_else(not_found)?;
                 // Another tenant's id is answered like an unknown one.
                 scope
@@ -115,7 +115,11 @@ impl AdminService {
         let page = page_size(req.page_size)?;
         let (mut from, mut until) = self.time_range(req.since.as_ref(), req.until.as_ref())?;
         if !req.event_id.is_empty() {
-            match self.store.offset_of_id(&req.event_id).await? {
+            match self
+                .store
+                .offset_of_id(&EventId::new(&req.event_id))
+                .await?
+            {
                 Some(o) => {
                     from = from.max(o);
                     until = until.min(o + 1);

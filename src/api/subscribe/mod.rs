@@ -21,7 +21,7 @@ use crate::{
     convert,
     error::{Error, Result},
     metrics::Metrics,
-    model::{EventFilter, EventType, Offset},
+    model::{EventFilter, EventId, EventType, Offset},
     pb::{
         subscribe_request::Start, AckMode, AckRequest, AckResponse, GetEventRequest,
         GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
@@ -381,11 +381,16 @@ impl Subscriber for SubscriberService {
                 )
                 .into())
             }
-            (0, id) => self.shared.store.offset_of_id(id).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "no event with id {id:?} (never published, or removed by retention)"
-                ))
-            })?,
+            (0, id) => self
+                .shared
+                .store
+                .offset_of_id(&EventId::new(id))
+                .await?
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no event with id {id:?} (never published, or removed by retention)"
+                    ))
+                })?,
             (o, "") => Offset::new(o),
             _ => {
                 return Err(

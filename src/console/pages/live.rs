@@ -93,7 +93,7 @@ pub async fn events(
                 "time": rfc3339(std::time::SystemTime::now()),
                 "endpoint_id": d.endpoint_id.as_str(),
                 "offset": d.offset.get(),
-                "event_id": d.event_id,
+                "event_id": d.event_id.as_str(),
                 "event_type": d.event_type,
                 "state": state_name(convert::delivery::state_to_pb(d.state) as i32),
                 "attempts": d.attempts,

@@ -21,7 +21,7 @@ use crate::{
     },
     model::{
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EventId, Offset,
     },
     store::StateWrites,
 };
@@ -31,7 +31,7 @@ pub(super) struct Attempt {
     pub(super) ctx: Arc<WorkerContext>,
     pub(super) offset: Offset,
     pub(super) published_at: SystemTime,
-    pub(super) event_id: String,
+    pub(super) event_id: EventId,
     pub(super) event_type: String,
     pub(super) body: Bytes,
     pub(super) number: u32,
@@ -48,8 +48,12 @@ impl Attempt {
         let ctx = &self.ctx;
         let request = WebhookRequest {
             uri: ctx.spec.url.clone(),
-            msg_id: signing::webhook_id(&self.event_id).into_owned(),
-            headers: stack::base_headers(&self.event_type, &self.event_id, &ctx.spec.headers),
+            msg_id: signing::webhook_id(self.event_id.as_str()).into_owned(),
+            headers: stack::base_headers(
+                &self.event_type,
+                self.event_id.as_str(),
+                &ctx.spec.headers,
+            ),
             body: self.body.clone(),
             timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
             keys: ctx.keys.clone(),

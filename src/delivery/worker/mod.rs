@@ -58,7 +58,7 @@ use crate::{
     metrics::Metrics,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        EndpointId, Offset,
+        EndpointId, EventId, Offset,
     },
     store::Store,
 };
@@ -109,7 +109,7 @@ pub struct WorkerView {
 #[derive(Clone, Debug)]
 pub struct HeldView {
     /// Its event id (the `webhook-id` is derived from it).
-    pub event_id: String,
+    pub event_id: EventId,
     /// Its type.
     pub event_type: String,
 }
@@ -176,7 +176,7 @@ impl WorkerContext {
             .insert(
                 event.event.offset,
                 HeldView {
-                    event_id: event.event.event.id.clone(),
+                    event_id: EventId::new(event.event.event.id.clone()),
                     event_type: event.event.event_type.to_string(),
                 },
             );
@@ -421,7 +421,7 @@ impl Worker {
             ctx: ctx.clone(),
             offset,
             published_at: event.event.published_at,
-            event_id: event.event.event.id.clone(),
+            event_id: EventId::new(event.event.event.id.clone()),
             event_type: event.event.event_type.to_string(),
             body,
             number,

@@ -11,7 +11,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset, StoredEvent, RESERVED_PREFIX,
+        EventId, Offset, StoredEvent, RESERVED_PREFIX,
     },
 };
 
@@ -214,7 +214,7 @@ pub(super) fn base_record(
     error: String,
 ) -> DeliveryRecord {
     DeliveryRecord {
-        event_id: event.event.id.clone(),
+        event_id: EventId::new(event.event.id.clone()),
         event_type: event.event_type.to_string(),
         state,
         last_error: error,

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    model::{Appended, EventId, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
     store::{RawRecord, StoreHealth},
 };
 
@@ -216,8 +216,8 @@ impl ClusterLog {
 
     /// The offset of event `id`: its claim, else (an id appended without
     /// one, within the deduplication window) the stream's.
-    pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        Ok(self.ids.offset_of(id).await?)
+    pub async fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
+        Ok(self.ids.offset_of(id.as_str()).await?)
     }
 }
 

@@ -9,6 +9,7 @@
 //! here takes a number the old messages never used.
 
 use crate::model::EndpointId;
+use crate::model::EventId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::{
@@ -181,7 +182,7 @@ impl StoredDelivery {
     /// not part of it).
     pub fn from_record(record: &DeliveryRecord) -> Self {
         Self {
-            event_id: record.event_id.clone(),
+            event_id: record.event_id.as_str().to_owned(),
             event_type: record.event_type.clone(),
             state: state_number(record.state),
             attempts: record.attempts,
@@ -198,7 +199,7 @@ impl StoredDelivery {
         DeliveryRecord {
             endpoint_id: endpoint_id.clone(),
             offset,
-            event_id: self.event_id,
+            event_id: EventId::new(self.event_id),
             event_type: self.event_type,
             state: state_of(self.state),
             attempts: self.attempts,

@@ -6,7 +6,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        EndpointId, Offset,
+        EndpointId, EventId, Offset,
     },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
@@ -20,7 +20,7 @@ async fn close(store: Store, writer: WriterHandle) {
 
 fn delivery(state: DeliveryState) -> DeliveryRecord {
     DeliveryRecord {
-        event_id: format!("{state:?}"),
+        event_id: EventId::new(format!("{state:?}")),
         state,
         ..Default::default()
     }
@@ -40,22 +40,16 @@ const B: &str = "ep10";
 
 #[tokio::test]
 async fn delivery_records_and_attempts_per_endpoint() {
+    let (a, b) = (EndpointId::new(A), EndpointId::new(B));
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open_for_test(dir.path());
     let d = store.deliveries();
-    assert_eq!(
-        d.next_unrecorded(&EndpointId::new(A)).await.unwrap(),
-        Offset::ZERO
-    );
-    d.put(
-        &EndpointId::new(A),
-        Offset::new(3),
-        &delivery(DeliveryState::Delivered),
-    )
-    .await
-    .unwrap();
+    assert_eq!(d.next_unrecorded(&a).await.unwrap(), Offset::ZERO);
+    d.put(&a, Offset::new(3), &delivery(DeliveryState::Delivered))
+        .await
+        .unwrap();
     d.put_all(
-        &EndpointId::new(A),
+        &a,
         [
             (Offset::new(5), &delivery(DeliveryState::Failed)),
             (Offset::new(7), &delivery(DeliveryState::Dead)),
@@ -64,37 +58,24 @@ async fn delivery_records_and_attempts_per_endpoint() {
     .await
     .unwrap();
     let mut w = StateWrites::new();
-    w.put_delivery(
-        &EndpointId::new(B),
-        Offset::new(4),
-        &delivery(DeliveryState::Dead),
-    );
+    w.put_delivery(&b, Offset::new(4), &delivery(DeliveryState::Dead));
     for n in 1..=2 {
-        w.put_attempt(&EndpointId::new(A), Offset::new(3), n, &attempt(n));
+        w.put_attempt(&a, Offset::new(3), n, &attempt(n));
     }
-    w.put_attempt(&EndpointId::new(A), Offset::new(5), 1, &attempt(1));
-    w.put_attempt(&EndpointId::new(B), Offset::new(3), 9, &attempt(9));
+    w.put_attempt(&a, Offset::new(5), 1, &attempt(1));
+    w.put_attempt(&b, Offset::new(3), 9, &attempt(9));
     assert_eq!(w.len(), 5);
     store.write_state(w).await.unwrap();
 
     assert_eq!(
-        d.get(&EndpointId::new(A), Offset::new(5))
-            .unwrap()
-            .unwrap()
-            .state,
+        d.get(&a, Offset::new(5)).unwrap().unwrap().state,
         DeliveryState::Failed
     );
-    assert!(d
-        .get(&EndpointId::new(A), Offset::new(4))
-        .unwrap()
-        .is_none());
-    assert!(d
-        .get(&EndpointId::new(B), Offset::new(3))
-        .unwrap()
-        .is_none());
+    assert!(d.get(&a, Offset::new(4)).unwrap().is_none());
+    assert!(d.get(&b, Offset::new(3)).unwrap().is_none());
     let offsets = |from, until, rev: bool| -> Vec<u64> {
         let it = d
-            .range(&EndpointId::new(A), Offset::new(from), Offset::new(until))
+            .range(&a, Offset::new(from), Offset::new(until))
             .map(|r| r.unwrap().0.get());
 
         if rev {
@@ -106,29 +87,14 @@ async fn delivery_records_and_attempts_per_endpoint() {
     assert_eq!(offsets(0, u64::MAX, false), [3, 5, 7]);
     assert_eq!(offsets(4, 7, true), [5]);
     assert_eq!(offsets(9, 2, false), Vec::<u64>::new(), "an empty range");
-    assert_eq!(
-        d.next_unrecorded(&EndpointId::new(A)).await.unwrap(),
-        Offset::new(8)
-    );
-    assert_eq!(
-        d.next_unrecorded(&EndpointId::new(B)).await.unwrap(),
-        Offset::new(5)
-    );
+    assert_eq!(d.next_unrecorded(&a).await.unwrap(), Offset::new(8));
+    assert_eq!(d.next_unrecorded(&b).await.unwrap(), Offset::new(5));
 
-    assert_eq!(
-        d.last_attempt(&EndpointId::new(A), Offset::new(3)).unwrap(),
-        Some(2)
-    );
-    assert_eq!(
-        d.last_attempt(&EndpointId::new(A), Offset::new(7)).unwrap(),
-        None
-    );
-    assert_eq!(
-        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
-        Some(9)
-    );
+    assert_eq!(d.last_attempt(&a, Offset::new(3)).unwrap(), Some(2));
+    assert_eq!(d.last_attempt(&a, Offset::new(7)).unwrap(), None);
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
     let numbers: Vec<u32> = d
-        .attempts(&EndpointId::new(A), Offset::new(3))
+        .attempts(&a, Offset::new(3))
         .unwrap()
         .iter()
         .map(|a| a.attempt)
@@ -139,39 +105,20 @@ async fn delivery_records_and_attempts_per_endpoint() {
 
     // Pruning below 6 takes the delivered record at 3 with its attempts,
     // keeps the failed one at 5 and everything of the other endpoint.
-    d.prune(&EndpointId::new(A), Offset::new(6)).await.unwrap();
+    d.prune(&a, Offset::new(6)).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), [5, 7]);
-    assert!(d
-        .attempts(&EndpointId::new(A), Offset::new(3))
-        .unwrap()
-        .is_empty());
-    assert_eq!(
-        d.attempts(&EndpointId::new(A), Offset::new(5))
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
-        Some(9)
-    );
+    assert!(d.attempts(&a, Offset::new(3)).unwrap().is_empty());
+    assert_eq!(d.attempts(&a, Offset::new(5)).unwrap().len(), 1);
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
 
-    d.delete_endpoint(&EndpointId::new(A)).await.unwrap();
+    d.delete_endpoint(&a).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), Vec::<u64>::new());
-    assert!(d
-        .attempts(&EndpointId::new(A), Offset::new(5))
-        .unwrap()
-        .is_empty());
+    assert!(d.attempts(&a, Offset::new(5)).unwrap().is_empty());
     assert!(
-        d.get(&EndpointId::new(B), Offset::new(4))
-            .unwrap()
-            .is_some(),
+        d.get(&b, Offset::new(4)).unwrap().is_some(),
         "{B} keeps its records"
     );
-    assert_eq!(
-        d.last_attempt(&EndpointId::new(B), Offset::new(3)).unwrap(),
-        Some(9)
-    );
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
     close(store, writer).await;
 }
 

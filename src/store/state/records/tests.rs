@@ -12,7 +12,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        EndpointId, Offset,
+        EndpointId, EventId, Offset,
     },
     pb,
 };
@@ -57,7 +57,7 @@ fn old_delivery_messages_decode_as_records_and_encode_back_unchanged() {
             DeliveryRecord {
                 endpoint_id: EndpointId::new("ep1"),
                 offset: Offset::new(7),
-                event_id: "ev-1".into(),
+                event_id: EventId::new("ev-1"),
                 event_type: "pick.confirmed".into(),
                 state,
                 attempts: 3,
