@@ -9,6 +9,8 @@
 pub mod audit;
 pub mod delivery;
 pub mod endpoint;
+mod ids;
+mod offset;
 pub mod ops;
 pub mod time;
 
@@ -16,11 +18,11 @@ use std::{fmt, time::SystemTime};
 
 use crate::pb;
 
-/// A position in the log. Offsets start at 1 and are dense.
-pub type Offset = u64;
+pub use ids::{EndpointId, EventId};
+pub use offset::Offset;
 
 /// The first offset of an empty log.
-pub const FIRST_OFFSET: Offset = 1;
+pub const FIRST_OFFSET: Offset = Offset::FIRST;
 
 /// An event type name such as `shipment.closed`: lowercase dot-separated
 /// segments of `[a-z0-9_]`, at least two segments, at most 128 bytes.

@@ -28,7 +28,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset,
+        EventId, Offset,
     },
     store::{Removal, StateWrites, Store},
 };
@@ -52,7 +52,7 @@ pub async fn run(
             Ok(0) => {}
             Ok(removed) => tracing::info!(
                 removed,
-                first = store.first_offset().unwrap_or(0),
+                first = store.first_offset().unwrap_or(Offset::ZERO).get(),
                 "retention removed events"
             ),
             Err(e) => tracing::error!(error = %e, "retention failed"),
@@ -83,7 +83,7 @@ pub async fn tenant_pass(
         let from = watermarks
             .get(tenant)
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(Offset::ZERO)
             .max(store.first_offset()?);
         if cutoff <= from {
             continue;
@@ -112,14 +112,14 @@ pub async fn pass(store: &Store, endpoints: &Endpoints, config: &Config) -> Resu
 fn cutoff(store: &Store, config: &Config) -> Result<Offset> {
     let by_age = match SystemTime::now().checked_sub(config.retention_age) {
         Some(t) => store.local()?.offset_at_time(t)?,
-        None => 0,
+        None => Offset::ZERO,
     };
     let by_size =
         if config.retention_max_bytes > 0 && store.size_on_disk()? > config.retention_max_bytes {
             let (first, head) = (store.first_offset()?, store.head());
             first + (head - first).div_ceil(10)
         } else {
-            0
+            Offset::ZERO
         };
     Ok(by_age.max(by_size))
 }
@@ -147,7 +147,7 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
                     continue;
                 }
                 let record = DeliveryRecord {
-                    event_id: event.event.id.clone(),
+                    event_id: EventId::new(event.event.id.clone()),
                     event_type: event.event_type.to_string(),
                     state: DeliveryState::Dead,
                     last_error: "expired".into(),
@@ -158,11 +158,11 @@ pub async fn expire_before(store: &Store, endpoints: &Endpoints, cutoff: Offset)
             if !writes.is_empty() {
                 let n = writes.len();
                 store.write_state(writes).await?;
-                endpoints.metrics().dead.add(&id, n as i64);
+                endpoints.metrics().dead.add(id.as_str(), n as i64);
                 endpoints
                     .metrics()
                     .deliveries
-                    .add(&[&id, "expired"], n as u64);
+                    .add(&[id.as_str(), "expired"], n as u64);
                 tracing::warn!(endpoint = %id, expired = n, "undelivered events expired");
             }
         }

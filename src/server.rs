@@ -153,8 +153,9 @@ pub async fn serve(
                 (endpoints.endpoint_gauges()?, consumers.lags(head)?)
             };
             Ok(metrics::Snapshot {
-                head,
-                first: store.first_offset()?,
+                head: head.get(),
+                first: store.first_offset()?.get(),
+
                 disk_bytes: store.size_on_disk()?,
                 endpoints,
                 consumers,

@@ -92,8 +92,8 @@ impl StoredFrame {
         let event_type = self.event_type.as_str().len();
         let mut len = key_len(EVENT) + encoded_len_varint(event as u64) + event;
         len += message::encoded_len(PUBLISHED_AT, &self.published_at());
-        if self.offset != 0 {
-            len += uint64::encoded_len(OFFSET, &self.offset);
+        if self.offset != Offset::ZERO {
+            len += uint64::encoded_len(OFFSET, &self.offset.get());
         }
         if self.delivery_attempt != 0 {
             len += uint32::encoded_len(DELIVERY_ATTEMPT, &self.delivery_attempt);
@@ -108,8 +108,8 @@ impl StoredFrame {
     /// the decoded message (`event` and `published_at` are always set).
     pub fn encode(&self, buf: &mut impl BufMut) {
         use prost::encoding::WireType::LengthDelimited;
-        if self.offset != 0 {
-            uint64::encode(OFFSET, &self.offset, buf);
+        if self.offset != Offset::ZERO {
+            uint64::encode(OFFSET, &self.offset.get(), buf);
         }
         let event = self.event_bytes();
         encode_key(EVENT, LengthDelimited, buf);
@@ -241,7 +241,7 @@ mod tests {
     /// The decoded path: what `subscribe` sent before splicing.
     fn decoded(offset: Offset, event: &pb::Event, nanos: u64, attempt: u32) -> SubscribeResponse {
         SubscribeResponse {
-            offset,
+            offset: offset.get(),
             event: Some(event.clone()),
             published_at: Some(convert::timestamp(UNIX_EPOCH + Duration::from_nanos(nanos))),
             delivery_attempt: attempt,
@@ -257,11 +257,17 @@ mod tests {
             for nanos in [0, 999_999_999, 1_000_000_000, 1_780_000_000_123_456_789] {
                 for (offset, attempt) in [(1, 1), (300_000, 3), (u64::MAX, 0)] {
                     let record = record(&event, nanos);
-                    let meta = decode_meta_record(offset, &record).unwrap();
-                    let frame =
-                        StoredFrame::new(RawRecord { offset, record }, meta.event_type, attempt)
-                            .unwrap();
-                    let want = decoded(offset, &event, nanos, attempt);
+                    let meta = decode_meta_record(Offset::new(offset), &record).unwrap();
+                    let frame = StoredFrame::new(
+                        RawRecord {
+                            offset: Offset::new(offset),
+                            record,
+                        },
+                        meta.event_type,
+                        attempt,
+                    )
+                    .unwrap();
+                    let want = decoded(Offset::new(offset), &event, nanos, attempt);
                     let mut got = Vec::new();
                     frame.encode(&mut got);
                     // At most one attribute, so prost's map order is fixed
@@ -281,22 +287,30 @@ mod tests {
             event.attributes.insert(format!("k{i}"), format!("v{i}"));
         }
         let record = record(&event, 42);
-        let meta = decode_meta_record(7, &record).unwrap();
+        let meta = decode_meta_record(Offset::new(7), &record).unwrap();
         let frame = SubscribeFrame::Stored(
-            StoredFrame::new(RawRecord { offset: 7, record }, meta.event_type, 1).unwrap(),
+            StoredFrame::new(
+                RawRecord {
+                    offset: Offset::new(7),
+                    record,
+                },
+                meta.event_type,
+                1,
+            )
+            .unwrap(),
         );
         let mut got = Vec::new();
         frame.encode(&mut got);
         assert_eq!(frame.encoded_len(), got.len());
         assert_eq!(
             SubscribeResponse::decode(&got[..]).unwrap(),
-            decoded(7, &event, 42, 1)
+            decoded(Offset::new(7), &event, 42, 1)
         );
     }
 
     #[test]
     fn decoded_frames_encode_as_prost() {
-        let want = decoded(9, &events()[0], 17, 2);
+        let want = decoded(Offset::new(9), &events()[0], 17, 2);
         let frame = SubscribeFrame::Decoded(Box::new(want.clone()));
         let mut got = Vec::new();
         frame.encode(&mut got);

@@ -65,7 +65,7 @@ fn validate_one(
 
 fn response(event_id: String, appended: Appended) -> PublishResponse {
     PublishResponse {
-        offset: appended.offset,
+        offset: appended.offset.get(),
         event_id,
         duplicate: appended.duplicate,
         payload_differs: appended.payload_differs,

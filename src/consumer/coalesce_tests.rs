@@ -36,8 +36,8 @@ async fn consumer(
 }
 
 /// Every message handed out now until the consumer is idle, as
-/// (offset, attempt, superseded).
-fn take_all(c: &Consumer) -> Vec<(Offset, u32, Vec<Offset>)> {
+/// (offset, attempt, superseded), offsets as numbers.
+fn take_all(c: &Consumer) -> Vec<(u64, u32, Vec<u64>)> {
     let p = PollFor {
         stream: 1,
         max_in_flight: 100,
@@ -56,7 +56,11 @@ fn take_all(c: &Consumer) -> Vec<(Offset, u32, Vec<Offset>)> {
             }))
         };
         match c.poll_with(p, read).unwrap() {
-            Poll::Message(d) => got.push((d.event.offset, d.attempt, d.superseded)),
+            Poll::Message(d) => got.push((
+                d.event.offset.get(),
+                d.attempt,
+                d.superseded.iter().map(|o| o.get()).collect(),
+            )),
             Poll::Expired(_) => {}
             Poll::Idle { .. } => return got,
         }
@@ -72,8 +76,8 @@ async fn a_superseding_event_takes_the_place_of_a_waiting_one() {
     let dir = tempfile::tempdir().unwrap();
     let (_cs, c, _w) = consumer(dir.path(), &[("a1", "a"), ("b1", "b")], Ordering::Key).await;
     assert_eq!(take_all(&c), [(1, 1, vec![]), (2, 1, vec![])]);
-    c.nack(&[1], Duration::from_secs(60)).unwrap();
-    c.ack(&[2]).await.unwrap();
+    c.nack(&[Offset::new(1)], Duration::from_secs(60)).unwrap();
+    c.ack(&[Offset::new(2)]).await.unwrap();
     c.store
         .append(vec![{
             let mut e = event("s-a2");
@@ -88,9 +92,9 @@ async fn a_superseding_event_takes_the_place_of_a_waiting_one() {
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(take_all(&c), [(3, 1, vec![1])], "in 1's place, with it");
     // The taker settles what it superseded, then the newer one.
-    c.ack(&[1]).await.unwrap();
-    c.ack(&[3]).await.unwrap();
-    assert_eq!(c.floor(), 4);
+    c.ack(&[Offset::new(1)]).await.unwrap();
+    c.ack(&[Offset::new(3)]).await.unwrap();
+    assert_eq!(c.floor(), Offset::new(4));
     assert_eq!(take_all(&c), []);
 }
 
@@ -103,9 +107,9 @@ async fn behind_a_leased_one_the_superseding_event_carries_those_behind() {
     let events = [("a1", "a"), ("a2", "a"), ("s-a3", "a"), ("a4", "a")];
     let (_cs, c, _w) = consumer(dir.path(), &events, Ordering::Key).await;
     assert_eq!(take_all(&c), [(1, 1, vec![])]);
-    c.ack(&[1]).await.unwrap();
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c), [(3, 1, vec![2])], "2 superseded by 3");
-    c.ack(&[2, 3]).await.unwrap();
+    c.ack(&[Offset::new(2), Offset::new(3)]).await.unwrap();
     assert_eq!(take_all(&c), [(4, 1, vec![])], "4 came after 3");
 }
 
@@ -117,7 +121,7 @@ async fn a_nacked_one_is_superseded_by_the_event_behind_it() {
     let events = [("a1", "a"), ("s-a2", "a")];
     let (_cs, c, _w) = consumer(dir.path(), &events, Ordering::Key).await;
     assert_eq!(take_all(&c), [(1, 1, vec![])]);
-    c.nack(&[1], Duration::from_secs(30)).unwrap();
+    c.nack(&[Offset::new(1)], Duration::from_secs(30)).unwrap();
     assert_eq!(take_all(&c), []);
     tokio::time::advance(Duration::from_secs(30)).await;
     assert_eq!(take_all(&c), [(2, 1, vec![1])]);
@@ -132,14 +136,14 @@ async fn unsettled_superseded_offsets_are_not_lost() {
     let events = [("a1", "a"), ("a2", "a"), ("s-a3", "a")];
     let (_cs, c, _w) = consumer(dir.path(), &events, Ordering::Key).await;
     assert_eq!(take_all(&c), [(1, 1, vec![])]);
-    c.ack(&[1]).await.unwrap();
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c), [(3, 1, vec![2])]);
     c.release(1);
     assert_eq!(take_all(&c), [(3, 2, vec![2])], "released, still carrying");
-    c.ack(&[3]).await.unwrap();
+    c.ack(&[Offset::new(3)]).await.unwrap();
     assert_eq!(take_all(&c), [(2, 1, vec![])]);
-    c.ack(&[2]).await.unwrap();
-    assert_eq!(c.floor(), 4);
+    c.ack(&[Offset::new(2)]).await.unwrap();
+    assert_eq!(c.floor(), Offset::new(4));
 }
 
 /// Without ordering nothing is superseded.
@@ -160,11 +164,11 @@ async fn max_held_bounds_what_is_read() {
     let (_cs, c, _w) = consumer(dir.path(), &events, Ordering::Key).await;
     c.set_max_held(2);
     assert_eq!(take_all(&c), [(1, 1, vec![])], "2 read, waits behind 1");
-    c.nack(&[1], Duration::from_secs(60)).unwrap();
+    c.nack(&[Offset::new(1)], Duration::from_secs(60)).unwrap();
     assert_eq!(take_all(&c), [], "1 waiting and 2 behind: full");
-    c.ack(&[1]).await.unwrap();
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c), [(2, 1, vec![])], "3 read, behind 2");
-    c.ack(&[2]).await.unwrap();
+    c.ack(&[Offset::new(2)]).await.unwrap();
     assert_eq!(take_all(&c), [(3, 1, vec![]), (4, 1, vec![])]);
 }
 
@@ -177,10 +181,10 @@ async fn renewed_leases_stay_and_others_run_out() {
     let (_cs, c, _w) = consumer(dir.path(), &events, Ordering::Key).await;
     assert_eq!(take_all(&c), [(1, 1, vec![]), (2, 1, vec![])]);
     tokio::time::advance(Duration::from_secs(20)).await;
-    c.renew([1], Duration::from_secs(30));
+    c.renew([Offset::new(1)], Duration::from_secs(30));
     tokio::time::advance(Duration::from_secs(20)).await;
     assert_eq!(take_all(&c), [(2, 2, vec![])], "2's lease ran out");
-    c.renew([1, 2], Duration::from_secs(30));
+    c.renew([1, 2].map(Offset::new), Duration::from_secs(30));
     tokio::time::advance(Duration::from_secs(29)).await;
     assert_eq!(take_all(&c), []);
 }

@@ -216,7 +216,7 @@ pub struct Consumer {
 
 impl Consumer {
     fn new(name: String, filter: EventFilter, store: Store, state: State) -> Self {
-        let saved_floor = AtomicU64::new(state.floor);
+        let saved_floor = AtomicU64::new(state.floor.get());
         Self {
             name,
             filter: Mutex::new(filter),
@@ -264,7 +264,7 @@ impl Consumer {
     /// Delivers everything from `from` on again (done or not), keeping what
     /// is before it as it is. Persisted before returning.
     pub async fn rewind(&self, from: Offset) -> Result<()> {
-        self.lock().rewind(from.max(1));
+        self.lock().rewind(from.max(Offset::FIRST));
         self.changed.send_modify(|v| *v += 1);
         self.persist().await
     }
@@ -273,7 +273,7 @@ impl Consumer {
     /// from it on, everything is delivered (again). Persisted before
     /// returning.
     pub async fn reset(&self, to: Offset) -> Result<()> {
-        self.lock().reset(to.max(1));
+        self.lock().reset(to.max(Offset::FIRST));
         self.changed.send_modify(|v| *v += 1);
         self.persist().await
     }
@@ -347,7 +347,7 @@ impl Consumer {
     /// callers save once this grows, or a restart reads them all again.
     pub fn unsaved(&self) -> u64 {
         self.floor()
-            .saturating_sub(self.saved_floor.load(AtomicOrdering::Relaxed))
+            .distance_from(Offset::new(self.saved_floor.load(AtomicOrdering::Relaxed)))
     }
 
     /// Watches for lease changes (acks, nacks, released streams).
@@ -448,7 +448,7 @@ impl Consumer {
         let head = if read_new && room_behind && st.room_to_read() {
             self.store.head()
         } else {
-            0
+            Offset::ZERO
         };
         let filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
         // The reader tests a filter of the type alone on what it reads.

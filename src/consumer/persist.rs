@@ -17,7 +17,7 @@ impl Consumer {
     /// Acking an offset twice, or one whose lease expired, is fine.
     pub async fn ack(&self, offsets: &[Offset]) -> Result<()> {
         let head = self.store.head();
-        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == Offset::ZERO) {
             return Err(Error::invalid(
                 "offsets",
                 format!("offset {bad} is not in the log (head is {head})"),
@@ -44,7 +44,7 @@ impl Consumer {
     /// delivery record and never sends the event again).
     pub async fn ack_with(&self, offsets: &[Offset], records: StateWrites) -> Result<()> {
         let head = self.store.head();
-        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == Offset::ZERO) {
             return Err(Error::invalid(
                 "offsets",
                 format!("offset {bad} is not in the log (head is {head})"),
@@ -57,7 +57,7 @@ impl Consumer {
     /// redelivery after `delay`.
     pub fn nack(&self, offsets: &[Offset], delay: Duration) -> Result<()> {
         let head = self.store.head();
-        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == 0) {
+        if let Some(bad) = offsets.iter().find(|&&o| o >= head || o == Offset::ZERO) {
             return Err(Error::invalid(
                 "offsets",
                 format!("offset {bad} is not in the log (head is {head})"),
@@ -127,7 +127,7 @@ impl Consumer {
                 st.ack(o);
             }
             ConsumerRecord {
-                floor: st.floor,
+                floor: st.floor.get(),
                 event_types: self
                     .filter()
                     .types()
@@ -135,7 +135,7 @@ impl Consumer {
                     .map(|t| t.as_str().to_owned())
                     .collect(),
                 done_ranges: set_to_ranges(&st.done),
-                reopened: st.reopened.iter().copied().collect(),
+                reopened: st.reopened.iter().map(|o| o.get()).collect(),
                 max_deliveries: st.max_deliveries,
                 dead_ranges: set_to_ranges(&st.dead),
                 tenant: self.filter().tenant().unwrap_or_default().to_owned(),
@@ -164,7 +164,8 @@ impl Consumer {
     }
 }
 
-/// `[start, end)` ranges of consecutive offsets, flattened.
+/// `[start, end)` ranges of consecutive offsets, flattened, as the stored
+/// record keeps them.
 pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
     let mut out = Vec::new();
     let mut it = set.iter().copied();
@@ -176,12 +177,12 @@ pub fn set_to_ranges(set: &BTreeSet<Offset>) -> Vec<u64> {
         if o == end {
             end += 1;
         } else {
-            out.extend([start, end]);
+            out.extend([start.get(), end.get()]);
             start = o;
             end = o + 1;
         }
     }
-    out.extend([start, end]);
+    out.extend([start.get(), end.get()]);
     out
 }
 
@@ -195,7 +196,7 @@ pub fn ranges_to_set(flat: &[u64]) -> Result<BTreeSet<Offset>, String> {
         if pair[0] >= pair[1] || pair[1] - pair[0] > 100_000_000 {
             return Err(format!("bad range {}..{}", pair[0], pair[1]));
         }
-        set.extend(pair[0]..pair[1]);
+        set.extend(Offset::new(pair[0]).through(Offset::new(pair[1] - 1)));
     }
     Ok(set)
 }

@@ -107,7 +107,11 @@ impl Consumers {
         ));
         consumer.persist().await?;
         self.lock().insert(name.to_owned(), consumer.clone());
-        tracing::info!(consumer = name, start = spec.start, "consumer created");
+        tracing::info!(
+            consumer = name,
+            start = spec.start.get(),
+            "consumer created"
+        );
         Ok(consumer)
     }
 
@@ -152,9 +156,9 @@ impl Consumers {
             self.store.clone(),
             {
                 let mut st = State::new(
-                    record.floor,
+                    Offset::new(record.floor),
                     done,
-                    record.reopened.iter().copied().collect(),
+                    record.reopened.iter().copied().map(Offset::new).collect(),
                 );
                 st.max_deliveries = record.max_deliveries;
                 st.ordering = Ordering::from_record(record.ordering).ok_or_else(|| {
@@ -205,7 +209,7 @@ impl Consumers {
                     )
                 }
                 None => (
-                    record.floor,
+                    Offset::new(record.floor),
                     record.max_deliveries,
                     state::ranges_to_set(&record.dead_ranges)
                         .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?
@@ -231,7 +235,7 @@ impl Consumers {
         Ok(self
             .list()?
             .into_iter()
-            .map(|c| (c.name, head.saturating_sub(c.floor)))
+            .map(|c| (c.name, head.distance_from(c.floor)))
             .collect())
     }
 

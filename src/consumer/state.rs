@@ -424,68 +424,74 @@ mod tests {
 
     #[test]
     fn floor_advances_over_out_of_order_acks() {
-        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
+        let mut st = State::new(Offset::new(1), BTreeSet::new(), BTreeSet::new());
         let now = Instant::now();
         for o in 1..=4 {
-            st.lease(o, 7, 1, now);
-            st.next_read = o + 1;
+            st.lease(Offset::new(o), 7, 1, now);
+            st.next_read = Offset::new(o + 1);
         }
-        st.ack(3);
-        st.ack(2);
-        assert_eq!(st.floor, 1);
-        st.ack(1);
-        assert_eq!(st.floor, 4);
+        st.ack(Offset::new(3));
+        st.ack(Offset::new(2));
+        assert_eq!(st.floor, Offset::new(1));
+        st.ack(Offset::new(1));
+        assert_eq!(st.floor, Offset::new(4));
         assert!(st.done.is_empty());
         assert_eq!(st.load(7), 1);
     }
 
     #[test]
     fn expiry_then_redelivery_counts_attempts() {
-        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
+        let mut st = State::new(Offset::new(1), BTreeSet::new(), BTreeSet::new());
         let t0 = Instant::now();
-        st.lease(1, 1, 1, t0 + Duration::from_secs(1));
+        st.lease(Offset::new(1), 1, 1, t0 + Duration::from_secs(1));
         st.expire_leases(t0);
         assert_eq!(st.take_due_retry(t0), None);
         st.expire_leases(t0 + Duration::from_secs(1));
         assert_eq!(st.load(1), 0);
-        assert_eq!(st.take_due_retry(t0 + Duration::from_secs(1)), Some((1, 1)));
+        assert_eq!(
+            st.take_due_retry(t0 + Duration::from_secs(1)),
+            Some((Offset::new(1), 1))
+        );
     }
 
     #[test]
     fn nack_delays_and_release_requeues() {
-        let mut st = State::new(1, BTreeSet::new(), BTreeSet::new());
+        let mut st = State::new(Offset::new(1), BTreeSet::new(), BTreeSet::new());
         let t0 = Instant::now();
-        st.lease(1, 1, 1, t0 + Duration::from_secs(30));
-        st.lease(2, 2, 1, t0 + Duration::from_secs(30));
-        st.nack(1, t0 + Duration::from_secs(5));
+        st.lease(Offset::new(1), 1, 1, t0 + Duration::from_secs(30));
+        st.lease(Offset::new(2), 2, 1, t0 + Duration::from_secs(30));
+        st.nack(Offset::new(1), t0 + Duration::from_secs(5));
         assert_eq!(st.take_due_retry(t0), None);
         assert_eq!(st.next_wake(), Some(t0 + Duration::from_secs(5)));
         assert_eq!(st.release(2, t0), 1);
-        assert_eq!(st.take_due_retry(t0), Some((2, 1)));
-        assert_eq!(st.take_due_retry(t0 + Duration::from_secs(5)), Some((1, 1)));
+        assert_eq!(st.take_due_retry(t0), Some((Offset::new(2), 1)));
+        assert_eq!(
+            st.take_due_retry(t0 + Duration::from_secs(5)),
+            Some((Offset::new(1), 1))
+        );
     }
 
     #[test]
     fn rewind_and_reopen() {
-        let mut st = State::new(10, BTreeSet::new(), BTreeSet::new());
+        let mut st = State::new(Offset::new(10), BTreeSet::new(), BTreeSet::new());
         let t0 = Instant::now();
-        st.next_read = 12;
-        st.mark_done(10);
-        st.mark_done(11);
-        assert_eq!(st.floor, 12);
-        st.reopen(5, t0);
-        assert_eq!(st.take_due_retry(t0), Some((5, 0)));
-        assert!(st.reopened.contains(&5));
-        st.ack(5);
+        st.next_read = Offset::new(12);
+        st.mark_done(Offset::new(10));
+        st.mark_done(Offset::new(11));
+        assert_eq!(st.floor, Offset::new(12));
+        st.reopen(Offset::new(5), t0);
+        assert_eq!(st.take_due_retry(t0), Some((Offset::new(5), 0)));
+        assert!(st.reopened.contains(&Offset::new(5)));
+        st.ack(Offset::new(5));
         assert!(st.reopened.is_empty());
-        st.rewind(7);
-        assert_eq!((st.floor, st.next_read), (7, 7));
-        assert!(!st.is_done(8));
+        st.rewind(Offset::new(7));
+        assert_eq!((st.floor, st.next_read), (Offset::new(7), Offset::new(7)));
+        assert!(!st.is_done(Offset::new(8)));
     }
 
     #[test]
     fn ranges_round_trip() {
-        let set: BTreeSet<u64> = [3, 4, 5, 9, 11, 12].into_iter().collect();
+        let set: BTreeSet<Offset> = [3, 4, 5, 9, 11, 12].into_iter().map(Offset::new).collect();
         let flat = set_to_ranges(&set);
         assert_eq!(flat, vec![3, 6, 9, 10, 11, 13]);
         assert_eq!(ranges_to_set(&flat).unwrap(), set);

@@ -88,7 +88,7 @@ async fn erased_offsets_are_expired_whether_unread_waiting_or_leased() {
     store.append(ids.map(event).to_vec()).await.unwrap();
     let consumers = Consumers::new(store.clone());
     let spec = CreateSpec {
-        start: 1,
+        start: Offset::new(1),
         filter: EventFilter::types_only(Vec::new()),
         max_deliveries: 0,
     };
@@ -106,20 +106,30 @@ async fn erased_offsets_are_expired_whether_unread_waiting_or_leased() {
         other => panic!("expected a message, got {other:?}"),
     };
     let (waiting, leased) = (take(), take());
-    assert_eq!((waiting, leased), (1, 2));
+    assert_eq!((waiting.get(), leased.get()), (1, 2));
     c.nack(&[waiting], Duration::from_secs(3600)).unwrap();
 
-    let all = [1, 2, 3];
-    assert_eq!(c.expire_unread(&all), [3], "only the unread one");
+    let all = [1, 2, 3].map(Offset::new);
+    assert_eq!(
+        c.expire_unread(&all),
+        [Offset::new(3)],
+        "only the unread one"
+    );
     c.expire_waiting(&all);
     let next = |c: &Consumer| c.poll_with(p, |o, _| Ok(Some(o))).unwrap();
-    assert!(matches!(next(&c), Poll::Expired(1)), "the waiting one");
+    assert!(
+        matches!(next(&c), Poll::Expired(o) if o == Offset::new(1)),
+        "the waiting one"
+    );
     // The leased one expires when it is handed back to wait.
     c.nack(&[leased], Duration::from_secs(3600)).unwrap();
-    assert!(matches!(next(&c), Poll::Expired(2)), "the leased one");
+    assert!(
+        matches!(next(&c), Poll::Expired(o) if o == Offset::new(2)),
+        "the leased one"
+    );
     // Then the next event: 3 is done.
     match next(&c) {
-        Poll::Message(d) => assert_eq!(d.event, 4),
+        Poll::Message(d) => assert_eq!(d.event, Offset::new(4)),
         other => panic!("expected offset 4, got {other:?}"),
     }
 }
@@ -159,7 +169,7 @@ pub(super) async fn with_events(
     store.append(events).await.unwrap();
     let consumers = Consumers::new(store);
     let spec = CreateSpec {
-        start: 1,
+        start: Offset::new(1),
         filter: EventFilter::types_only(Vec::new()),
         max_deliveries: 0,
     };
@@ -182,12 +192,12 @@ fn poll_at(stream: StreamId, now: Instant) -> PollFor {
 }
 
 /// Every message `stream` is handed at `now` until the consumer is idle,
-/// as (offset, attempt).
-fn take_all(c: &Consumer, stream: StreamId, now: Instant) -> Vec<(Offset, u32)> {
+/// as (offset, attempt), offsets as numbers.
+fn take_all(c: &Consumer, stream: StreamId, now: Instant) -> Vec<(u64, u32)> {
     let mut got = Vec::new();
     for _ in 0..10_000 {
         match c.poll(poll_at(stream, now)).unwrap() {
-            Poll::Message(d) => got.push((d.event.offset, d.attempt)),
+            Poll::Message(d) => got.push((d.event.offset.get(), d.attempt)),
             Poll::Expired(_) => {}
             Poll::Idle { .. } => return got,
         }
@@ -206,14 +216,14 @@ async fn by_key_the_next_of_a_key_waits_for_the_ack() {
     assert_eq!(take_all(&c, 1, now), [(1, 1), (3, 1)]);
     // Another stream gets nothing of a or b either.
     assert_eq!(take_all(&c, 2, now), []);
-    c.ack(&[3]).await.unwrap();
+    c.ack(&[Offset::new(3)]).await.unwrap();
     assert_eq!(take_all(&c, 2, now), [(5, 1)]);
-    c.ack(&[1]).await.unwrap();
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c, 1, now), [(2, 1)]);
-    c.ack(&[2, 5]).await.unwrap();
+    c.ack(&[Offset::new(2), Offset::new(5)]).await.unwrap();
     assert_eq!(take_all(&c, 1, now), [(4, 1)]);
-    c.ack(&[4]).await.unwrap();
-    assert_eq!(c.floor(), 6);
+    c.ack(&[Offset::new(4)]).await.unwrap();
+    assert_eq!(c.floor(), Offset::new(6));
 }
 
 /// Strict: one message at a time, in log order.
@@ -224,7 +234,7 @@ async fn strict_hands_out_one_at_a_time() {
     let now = Instant::now();
     for o in 1..=3 {
         assert_eq!(take_all(&c, 1, now), [(o, 1)]);
-        c.ack(&[o]).await.unwrap();
+        c.ack(&[Offset::new(o)]).await.unwrap();
     }
     assert_eq!(take_all(&c, 1, now), []);
 }
@@ -246,20 +256,20 @@ async fn nack_release_and_dead_letters_keep_the_key_order() {
     let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "a"], Ordering::Key).await;
     let t0 = Instant::now();
     assert_eq!(take_all(&c, 1, t0), [(1, 1)]);
-    c.nack(&[1], Duration::from_secs(60)).unwrap();
+    c.nack(&[Offset::new(1)], Duration::from_secs(60)).unwrap();
     assert_eq!(take_all(&c, 1, t0), [], "2 waits behind the nacked 1");
     let later = t0 + Duration::from_secs(120);
     assert_eq!(take_all(&c, 1, later), [(1, 2)]);
     c.release(1);
     assert_eq!(take_all(&c, 2, later), [(1, 3)], "released, still first");
-    c.ack(&[1]).await.unwrap();
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c, 2, later), [(2, 1)]);
 
     // With max_deliveries, the dead letter lets the next go.
     c.lock().max_deliveries = 1;
-    c.nack(&[2], Duration::ZERO).unwrap();
+    c.nack(&[Offset::new(2)], Duration::ZERO).unwrap();
     assert_eq!(take_all(&c, 2, later), [(3, 1)]);
-    assert!(c.lock().dead.contains(&2));
+    assert!(c.lock().dead.contains(&Offset::new(2)));
 }
 
 /// With ordering, reading stops once MAX_BEHIND wait behind their keys:
@@ -272,8 +282,8 @@ async fn reading_stops_when_enough_wait_behind() {
     let now = Instant::now();
     assert_eq!(take_all(&c, 1, now), [(1, 1)]);
     assert_eq!(c.lock().behind(), MAX_BEHIND);
-    assert_eq!(c.lock().next_read, 2 + MAX_BEHIND as Offset);
-    c.ack(&[1]).await.unwrap();
+    assert_eq!(c.lock().next_read, Offset::new(2 + MAX_BEHIND as u64));
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c, 1, now), [(2, 1)]);
     assert_eq!(c.lock().behind(), MAX_BEHIND, "one more read");
 }
@@ -286,8 +296,12 @@ async fn expired_events_leave_their_key_queue() {
     let (_cs, c, _w) = keyed(dir.path(), &["a", "a", "a"], Ordering::Key).await;
     let now = Instant::now();
     assert_eq!(take_all(&c, 1, now), [(1, 1)]);
-    assert_eq!(c.expire_below(3), [2], "2 was only waiting behind 1");
-    c.ack(&[1]).await.unwrap();
+    assert_eq!(
+        c.expire_below(Offset::new(3)),
+        [Offset::new(2)],
+        "2 was only waiting behind 1"
+    );
+    c.ack(&[Offset::new(1)]).await.unwrap();
     assert_eq!(take_all(&c, 1, now), [(3, 1)]);
 }
 
@@ -298,7 +312,7 @@ async fn ordering_is_kept_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let (cs, c, _w) = keyed(dir.path(), &["a", "a"], Ordering::Key).await;
     let spec = CreateSpec {
-        start: 1,
+        start: Offset::new(1),
         filter: EventFilter::types_only(Vec::new()),
         max_deliveries: 0,
     };

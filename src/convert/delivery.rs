@@ -17,9 +17,9 @@ use crate::{
 /// event id, never stored).
 pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
     pb::Delivery {
-        endpoint_id: record.endpoint_id.clone(),
-        offset: record.offset,
-        event_id: record.event_id.clone(),
+        endpoint_id: record.endpoint_id.as_str().to_owned(),
+        offset: record.offset.get(),
+        event_id: record.event_id.as_str().to_owned(),
         event_type: record.event_type.clone(),
         state: state_to_pb(record.state) as i32,
         attempts: record.attempts,
@@ -27,15 +27,15 @@ pub fn delivery_to_pb(record: &DeliveryRecord) -> pb::Delivery {
         last_attempt_at: record.last_attempt_at.map(super::timestamp),
         last_status: record.last_status,
         last_error: record.last_error.clone(),
-        superseded_by: record.superseded_by,
-        webhook_id: webhook_id(&record.event_id).into_owned(),
+        superseded_by: record.superseded_by.get(),
+        webhook_id: webhook_id(record.event_id.as_str()).into_owned(),
     }
 }
 
 /// An [`Explanation`] as ExplainEvent answers it.
 pub fn explanation_to_pb(e: &Explanation) -> pb::ExplainEventResponse {
     pb::ExplainEventResponse {
-        offset: e.offset,
+        offset: e.offset.get(),
         event_type: e.event_type.clone(),
         matches: e.matches,
         reason: e.reason.clone(),
@@ -120,6 +120,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::model::{EndpointId, EventId, Offset};
 
     #[test]
     fn states_map_one_to_one_and_names_agree() {
@@ -139,9 +140,9 @@ mod tests {
     #[test]
     fn a_record_shows_with_its_webhook_id() {
         let record = DeliveryRecord {
-            endpoint_id: "ep1".into(),
-            offset: 9,
-            event_id: "café-5".into(),
+            endpoint_id: EndpointId::new("ep1"),
+            offset: Offset::new(9),
+            event_id: EventId::new("café-5"),
             state: DeliveryState::Failed,
             next_attempt_at: Some(UNIX_EPOCH + Duration::new(1_770_000_000, 5)),
             ..Default::default()

@@ -159,7 +159,7 @@ fn slot_of(slots: &mut [Slot], offset: Offset) -> Option<&mut Slot> {
     if slots.is_empty() {
         return None;
     }
-    let i = (offset % slots.len() as u64) as usize;
+    let i = (offset.get() % slots.len() as u64) as usize;
     slots.get_mut(i)
 }
 

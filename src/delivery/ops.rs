@@ -10,7 +10,7 @@ use crate::{
     model::{
         delivery::DeliveryRecord,
         ops::{OpsEvent, OpsValue},
-        NewEvent, Offset,
+        EndpointId, NewEvent, Offset,
     },
 };
 
@@ -29,7 +29,8 @@ pub const DELIVERY_FAILING: &str = crate::model::BROKER_EVENT_TYPES[3];
 pub const ADMIN_CHANGED: &str = crate::model::BROKER_EVENT_TYPES[4];
 
 /// A broker event about `endpoint_id` (its ordering key: one endpoint's
-/// events stay in order), belonging to the endpoint's `tenant`.
+/// events stay in order; the audit trail keys by its target), belonging to
+/// the endpoint's `tenant`.
 pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Fields) -> NewEvent {
     convert::ops::new_event(OpsEvent {
         event_type,
@@ -40,11 +41,11 @@ pub fn event(event_type: &'static str, endpoint_id: &str, tenant: &str, data: Fi
 }
 
 /// The body of the delivery events.
-pub fn delivery_fields(endpoint_id: &str, offset: Offset, d: &DeliveryRecord) -> Fields {
+pub fn delivery_fields(endpoint_id: &EndpointId, offset: Offset, d: &DeliveryRecord) -> Fields {
     let mut fields = vec![
-        ("endpointId", s(endpoint_id)),
-        ("offset", n(offset as f64)),
-        ("eventId", s(&d.event_id)),
+        ("endpointId", s(endpoint_id.as_str())),
+        ("offset", n(offset.get() as f64)),
+        ("eventId", s(d.event_id.as_str())),
         ("eventType", s(&d.event_type)),
         ("attempts", n(f64::from(d.attempts))),
         ("lastStatus", n(f64::from(d.last_status))),

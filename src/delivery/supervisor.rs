@@ -35,7 +35,7 @@ use crate::{
     consumer::Consumers,
     error::Result,
     metrics::Metrics,
-    model::{delivery::DeliveryRecord, Offset},
+    model::{delivery::DeliveryRecord, EndpointId, Offset},
     store::Store,
 };
 
@@ -64,28 +64,28 @@ pub enum Control {
     /// Disable the endpoint (410 Gone, or failing too long).
     Disable {
         /// Which endpoint.
-        endpoint_id: String,
+        endpoint_id: EndpointId,
         /// Shown as `disabled_reason`.
         reason: String,
     },
     /// The first failure after a success (or ever).
     Failing {
         /// Which endpoint.
-        endpoint_id: String,
+        endpoint_id: EndpointId,
         /// When it began.
         since: SystemTime,
     },
     /// The first success after failures.
     Recovered {
         /// Which endpoint.
-        endpoint_id: String,
+        endpoint_id: EndpointId,
         /// When the failures began.
         failing_since: SystemTime,
     },
     /// A delivery failed `failing_event_after` times.
     DeliveryFailing {
         /// Which endpoint.
-        endpoint_id: String,
+        endpoint_id: EndpointId,
         /// Which event.
         offset: Offset,
         /// Its delivery record after the attempt.
@@ -94,7 +94,7 @@ pub enum Control {
     /// A delivery was dead-lettered.
     Exhausted {
         /// Which endpoint.
-        endpoint_id: String,
+        endpoint_id: EndpointId,
         /// Which event.
         offset: Offset,
         /// Its final delivery record.
@@ -111,7 +111,7 @@ pub struct Running {
 
 /// The running workers by endpoint id. Only reachable through
 /// [`Supervisor::lock`].
-pub type Workers = HashMap<String, Running>;
+pub type Workers = HashMap<EndpointId, Running>;
 
 /// Starts, restarts and stops the endpoints' workers.
 pub struct Supervisor {
@@ -126,7 +126,7 @@ pub struct Supervisor {
     tls: Arc<rustls::ClientConfig>,
     /// What each running worker shows Admin (kept apart from `workers`, so
     /// listing never waits for an endpoint change).
-    views: std::sync::Mutex<HashMap<String, Arc<WorkerView>>>,
+    views: std::sync::Mutex<HashMap<EndpointId, Arc<WorkerView>>>,
     /// Endpoint changes hold this while they write and (re)start workers.
     workers: tokio::sync::Mutex<Workers>,
     control: mpsc::UnboundedSender<Control>,
@@ -244,7 +244,7 @@ impl Supervisor {
 
     /// Stops endpoint `id`'s worker, if it runs; its view stays until
     /// [`Supervisor::forget`].
-    pub async fn stop(&self, workers: &mut Workers, id: &str) {
+    pub async fn stop(&self, workers: &mut Workers, id: &EndpointId) {
         stop(workers, id).await
     }
 
@@ -261,19 +261,19 @@ impl Supervisor {
 
     /// Gives endpoint `id`'s running worker new signing keys (a rotation
     /// takes effect without a restart).
-    pub fn set_keys(&self, workers: &Workers, id: &str, record: &EndpointRecord) {
+    pub fn set_keys(&self, workers: &Workers, id: &EndpointId, record: &EndpointRecord) {
         if let Some(running) = workers.get(id) {
             *running.keys.write().unwrap_or_else(|p| p.into_inner()) = record.keys();
         }
     }
 
     /// Forgets a deleted endpoint's view.
-    pub fn forget(&self, id: &str) {
+    pub fn forget(&self, id: &EndpointId) {
         self.views_lock().remove(id);
     }
 
     /// The events endpoint `id`'s worker holds without a final outcome.
-    pub fn held(&self, id: &str) -> HashMap<Offset, HeldView> {
+    pub fn held(&self, id: &EndpointId) -> HashMap<Offset, HeldView> {
         self.views_lock()
             .get(id)
             .map(|v| v.held.lock().unwrap_or_else(|p| p.into_inner()).clone())
@@ -281,7 +281,7 @@ impl Supervisor {
     }
 
     /// Whether endpoint `id`'s worker holds the event at `offset`.
-    pub fn is_held(&self, id: &str, offset: Offset) -> bool {
+    pub fn is_held(&self, id: &EndpointId, offset: Offset) -> bool {
         self.views_lock().get(id).is_some_and(|v| {
             v.held
                 .lock()
@@ -323,14 +323,14 @@ impl Supervisor {
         )))
     }
 
-    fn views_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<WorkerView>>> {
+    fn views_lock(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointId, Arc<WorkerView>>> {
         // Views are inserted and removed whole; a panic cannot leave one
         // half-written.
         self.views.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-async fn stop(workers: &mut Workers, id: &str) {
+async fn stop(workers: &mut Workers, id: &EndpointId) {
     if let Some(running) = workers.remove(id) {
         running.cancel.cancel();
         // A worker that panicked has nothing left to stop.

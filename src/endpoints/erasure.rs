@@ -24,7 +24,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
     store::{Removal, StateWrites, Unwanted},
     tenant::Scope,
@@ -87,7 +87,7 @@ impl Endpoints {
     /// of any of them deleted.
     async fn settle_erased(
         &self,
-        id: &str,
+        id: &EndpointId,
         consumer: &Consumer,
         unwanted: &[Unwanted],
         why: Removal,
@@ -127,8 +127,10 @@ impl Endpoints {
         }
         consumer.save().await?;
         if dead > 0 {
-            self.metrics.dead.add(id, dead as i64);
-            self.metrics.deliveries.add(&[id, why.as_str()], dead);
+            self.metrics.dead.add(id.as_str(), dead as i64);
+            self.metrics
+                .deliveries
+                .add(&[id.as_str(), why.as_str()], dead);
             tracing::warn!(endpoint = %id, dead, reason = why.as_str(), "undelivered events erased");
         }
         Ok(())

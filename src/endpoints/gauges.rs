@@ -17,9 +17,9 @@ impl Endpoints {
                 let e = &r.endpoint;
                 let backlog = self.backlog(e, head);
                 Ok((
-                    e.id.clone(),
+                    e.id.as_str().to_owned(),
                     backlog,
-                    self.metrics.dead.get(&e.id),
+                    self.metrics.dead.get(e.id.as_str()),
                     e.enabled,
                 ))
             })

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     model::{
         endpoint::{Endpoint, EndpointView, Start},
-        Offset,
+        EndpointId, Offset,
     },
     tenant::{self, Scope},
 };
@@ -51,13 +51,14 @@ impl Endpoints {
             None | Some(Start::Latest) => self.store.head(),
             Some(Start::Earliest) => self.store.first_offset()?,
             Some(Start::Offset(o)) => {
-                convert::start_offset("endpoint.start_offset", o, self.store.head())?.max(1)
+                convert::start_offset("endpoint.start_offset", o, self.store.head())?
+                    .max(Offset::FIRST)
             }
             // Before 1970: from the first event.
             Some(Start::Time(t)) => self.store.offset_at_time(t.max(UNIX_EPOCH)).await?,
         };
         let now = SystemTime::now();
-        let id = format!("ep_{}", ulid::Ulid::new());
+        let id = EndpointId::new(format!("ep_{}", ulid::Ulid::new()));
         endpoint.id = id.clone();
         endpoint.enabled = spec.enabled;
         endpoint.created_at = Some(now);
@@ -90,7 +91,7 @@ impl Endpoints {
         if spec.enabled {
             self.supervisor.start(&mut workers, &record, spec).await?;
         }
-        tracing::info!(endpoint = %id, %origin, start, "endpoint created");
+        tracing::info!(endpoint = %id, %origin, start = start.get(), "endpoint created");
         Ok((self.view(&record), secret.reveal()))
     }
 
@@ -115,7 +116,7 @@ impl Endpoints {
     }
 
     /// One endpoint (without secrets).
-    pub fn get(&self, scope: &Scope, id: &str) -> Result<EndpointView> {
+    pub fn get(&self, scope: &Scope, id: &EndpointId) -> Result<EndpointView> {
         Ok(self.view(&self.record(scope, id)?))
     }
 
@@ -144,9 +145,9 @@ impl Endpoints {
                 .map(|v| v.endpoint.id.clone())
                 .unwrap_or_default()
         } else {
-            String::new()
+            EndpointId::default()
         };
-        Ok((out, next))
+        Ok((out, next.into_string()))
     }
 
     /// Changes endpoint `id`: `change` sets the named `fields` (the update
@@ -156,7 +157,7 @@ impl Endpoints {
     pub async fn update(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         fields: &[String],
         headers: &HeaderEdits,
         change: impl FnOnce(&mut Endpoint) -> Result<()>,
@@ -210,17 +211,17 @@ impl Endpoints {
     }
 
     /// Deletes an endpoint, its consumer and its delivery records.
-    pub async fn delete(&self, scope: &Scope, id: &str) -> Result<()> {
+    pub async fn delete(&self, scope: &Scope, id: &EndpointId) -> Result<()> {
         let mut workers = self.supervisor.lock().await;
         self.record(scope, id)?;
         self.supervisor.stop(&mut workers, id).await;
         self.store.endpoints().delete(id).await?;
         self.consumers.remove(&consumer_name(id)).await?;
         self.store.deliveries().delete_endpoint(id).await?;
-        self.metrics.dead.remove(id);
-        self.metrics.endpoint_stats.remove(id);
+        self.metrics.dead.remove(id.as_str());
+        self.metrics.endpoint_stats.remove(id.as_str());
         self.supervisor.forget(id);
-        self.metrics.deliveries.remove_first(id);
+        self.metrics.deliveries.remove_first(id.as_str());
         tracing::info!(endpoint = %id, "endpoint deleted");
         Ok(())
     }
@@ -229,7 +230,7 @@ impl Endpoints {
     pub async fn rotate_secret(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         grace: Option<Duration>,
     ) -> Result<(String, SystemTime)> {
         let workers = self.supervisor.lock().await;
@@ -251,13 +252,13 @@ impl Endpoints {
     }
 
     /// Delivers everything from `from` on again.
-    pub async fn replay(&self, scope: &Scope, id: &str, from: Offset) -> Result<Offset> {
+    pub async fn replay(&self, scope: &Scope, id: &EndpointId, from: Offset) -> Result<Offset> {
         let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;
-        tracing::info!(endpoint = %id, from, "endpoint replay");
+        tracing::info!(endpoint = %id, from = from.get(), "endpoint replay");
         Ok(from)
     }
 }

@@ -52,7 +52,7 @@ use crate::{
     model::{
         delivery::DeliveryRecord,
         endpoint::{Endpoint, EndpointView},
-        EventFilter, Offset,
+        EndpointId, EventFilter, Offset,
     },
     store::{StateWrites, Store},
     tenant::Scope,
@@ -139,7 +139,7 @@ impl Endpoints {
                 ops::ENDPOINT_DISABLED,
                 &id,
                 ops::fields([
-                    ("endpointId", ops::s(&id)),
+                    ("endpointId", ops::s(id.as_str())),
                     ("url", ops::s(&origin)),
                     ("reason", ops::s(&reason)),
                     ("disabledAt", ops::time(SystemTime::now())),
@@ -210,8 +210,14 @@ impl Endpoints {
     }
 
     /// Every endpoint id.
-    pub(crate) fn ids(&self) -> Result<Vec<String>> {
-        self.store.endpoints().ids()
+    pub(crate) fn ids(&self) -> Result<Vec<EndpointId>> {
+        Ok(self
+            .store
+            .endpoints()
+            .ids()?
+            .into_iter()
+            .map(EndpointId::new)
+            .collect())
     }
 
     /// Every durable consumer, for retention.
@@ -226,8 +232,8 @@ impl Endpoints {
 
     /// The one lookup of an endpoint: another tenant's is `NOT_FOUND`,
     /// exactly like one that does not exist.
-    fn record(&self, scope: &Scope, id: &str) -> Result<EndpointRecord> {
-        if id.is_empty() {
+    fn record(&self, scope: &Scope, id: &EndpointId) -> Result<EndpointRecord> {
+        if id.as_str().is_empty() {
             return Err(Error::invalid("id", "required"));
         }
         let not_found = || Error::NotFound(format!("endpoint {id:?} does not exist"));
@@ -253,7 +259,7 @@ impl Endpoints {
     /// checked it) and stamps `updated_at`.
     async fn modify(
         &self,
-        id: &str,
+        id: &EndpointId,
         f: impl FnOnce(&mut EndpointRecord) -> Result<()>,
     ) -> Result<EndpointRecord> {
         let mut r = self.record(&Scope::Global, id)?;

@@ -15,7 +15,7 @@ use crate::{
         envelope, ops, stack, worker,
     },
     error::{Error, Result},
-    model::{delivery::AttemptRecord, endpoint::Explanation, Offset},
+    model::{delivery::AttemptRecord, endpoint::Explanation, EndpointId, Offset},
     tenant::Scope,
 };
 
@@ -27,17 +27,17 @@ impl Endpoints {
     pub async fn send_test(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
     ) -> Result<(String, AttemptRecord, bool)> {
         let record = self.record(scope, id)?;
         let spec = EndpointSpec::validate(&record.endpoint, &self.config)?;
         let msg_id = format!("test_{}", ulid::Ulid::new());
         let mut event = ops::event(
             TEST_EVENT,
-            id,
+            id.as_str(),
             "",
             ops::fields([
-                ("endpointId", ops::s(id)),
+                ("endpointId", ops::s(id.as_str())),
                 ("message", ops::s("stevedore test event")),
             ]),
         )
@@ -75,7 +75,7 @@ impl Endpoints {
     }
 
     /// Why endpoint `id` did or did not get the event at `offset`.
-    pub fn explain(&self, scope: &Scope, id: &str, offset: Offset) -> Result<Explanation> {
+    pub fn explain(&self, scope: &Scope, id: &EndpointId, offset: Offset) -> Result<Explanation> {
         let record = self.record(scope, id)?;
         let event = scope.local_event(&self.store, offset)?;
         let mut out = Explanation {

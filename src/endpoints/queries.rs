@@ -10,7 +10,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
     tenant::Scope,
 };
@@ -53,7 +53,7 @@ impl Endpoints {
     pub fn query_deliveries(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         q: &DeliveryQuery,
         page_size: usize,
         before: Option<Offset>,
@@ -123,7 +123,7 @@ impl Endpoints {
     pub fn list_deliveries(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         state: Option<DeliveryState>,
         page_size: usize,
         before: Option<Offset>,
@@ -139,7 +139,7 @@ impl Endpoints {
     pub fn list_attempts(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         offset: Offset,
     ) -> Result<Vec<AttemptRecord>> {
         self.record(scope, id)?;

@@ -9,7 +9,7 @@ use crate::{
     convert,
     delivery::endpoint::{consumer_name, endpoint_body, EndpointSpec},
     error::{Error, Result},
-    model::{delivery::DeliveryState, Offset},
+    model::{delivery::DeliveryState, EndpointId, Offset},
     tenant::Scope,
 };
 
@@ -41,7 +41,7 @@ impl Endpoints {
     pub async fn recover(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         from: Offset,
         until: Offset,
         states: &[DeliveryState],
@@ -97,7 +97,7 @@ impl Endpoints {
             .deliveries()
             .put_all(id, matched.iter().map(|(offset, d)| (*offset, d)))
             .await?;
-        self.metrics.dead.add(id, -(dead.len() as i64));
+        self.metrics.dead.add(id.as_str(), -(dead.len() as i64));
         let consumer = self.consumers.get(&consumer_name(id))?;
         // Dead ones are done in the consumer: open again.
         for &offset in &dead {
@@ -118,7 +118,7 @@ impl Endpoints {
     pub fn replay_count(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         from: Offset,
     ) -> Result<(Offset, u64, bool)> {
         let record = self.record(scope, id)?;

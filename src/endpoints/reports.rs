@@ -10,6 +10,7 @@ use super::Endpoints;
 use crate::{
     delivery::{endpoint, ops, supervisor::Control},
     error::Result,
+    model::EndpointId,
     tenant::Scope,
 };
 
@@ -48,7 +49,7 @@ impl Endpoints {
                             ops::ENDPOINT_RECOVERED,
                             &endpoint_id,
                             ops::fields([
-                                ("endpointId", ops::s(&endpoint_id)),
+                                ("endpointId", ops::s(endpoint_id.as_str())),
                                 ("url", ops::s(&endpoint::origin_of(&e.url))),
                                 ("failingSince", ops::time(failing_since)),
                                 ("recoveredAt", ops::time(SystemTime::now())),
@@ -89,7 +90,7 @@ impl Endpoints {
         }
     }
 
-    async fn disable(&self, endpoint_id: &str, reason: &str) -> Result<()> {
+    async fn disable(&self, endpoint_id: &EndpointId, reason: &str) -> Result<()> {
         let mut workers = self.supervisor.lock().await;
         let r = self.record(&Scope::Global, endpoint_id)?;
         if !r.endpoint.enabled {
@@ -109,7 +110,7 @@ impl Endpoints {
             ops::ENDPOINT_DISABLED,
             endpoint_id,
             ops::fields([
-                ("endpointId", ops::s(endpoint_id)),
+                ("endpointId", ops::s(endpoint_id.as_str())),
                 ("url", ops::s(&endpoint::origin_of(&r.endpoint.url))),
                 ("reason", ops::s(reason)),
                 ("disabledAt", ops::time(SystemTime::now())),
@@ -122,7 +123,7 @@ impl Endpoints {
     pub(super) async fn publish_ops(
         &self,
         event_type: &'static str,
-        endpoint_id: &str,
+        endpoint_id: &EndpointId,
         data: ops::Fields,
     ) -> Result<()> {
         // A tenant's endpoint's events belong to that tenant, so its own
@@ -131,7 +132,7 @@ impl Endpoints {
             .record(&Scope::Global, endpoint_id)
             .map(|r| r.endpoint.tenant.clone())
             .unwrap_or_default();
-        let event = ops::event(event_type, endpoint_id, &tenant, data);
+        let event = ops::event(event_type, endpoint_id.as_str(), &tenant, data);
         self.store.append(vec![event]).await.map(drop)
     }
 }

@@ -22,7 +22,7 @@ use crate::{
         delivery::{DeliveryRecord, DeliveryState},
         endpoint::RenderedRequest,
         time::to_unix,
-        Offset,
+        EndpointId, EventId, Offset,
     },
     tenant::Scope,
 };
@@ -32,7 +32,7 @@ impl Endpoints {
     pub async fn retry_delivery(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         offset: Offset,
     ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
@@ -51,7 +51,7 @@ impl Endpoints {
         }
         let was_dead = d.state == DeliveryState::Dead;
         if was_dead {
-            self.metrics.dead.add(id, -1);
+            self.metrics.dead.add(id.as_str(), -1);
         }
         // A fresh schedule, due now.
         d.state = DeliveryState::Pending;
@@ -74,7 +74,12 @@ impl Endpoints {
     /// it. Refused while the event's delivery to it is under way, and when
     /// the endpoint's filter condition excludes it (its worker would skip
     /// it).
-    pub async fn resend(&self, scope: &Scope, id: &str, offset: Offset) -> Result<DeliveryRecord> {
+    pub async fn resend(
+        &self,
+        scope: &Scope,
+        id: &EndpointId,
+        offset: Offset,
+    ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
         let event = scope.local_event(&self.store, offset)?;
@@ -131,24 +136,24 @@ impl Endpoints {
             .as_ref()
             .is_some_and(|d| d.state == DeliveryState::Dead)
         {
-            self.metrics.dead.add(id, -1);
+            self.metrics.dead.add(id.as_str(), -1);
         }
         // A pending record with no attempts in this round: the worker sends
         // it at once (its first delay is in the past) and numbers its
         // attempts after any earlier ones.
         let mut d = existing.unwrap_or_default();
-        d.event_id = event.event.id.clone();
+        d.event_id = EventId::new(event.event.id.clone());
         d.event_type = event.event_type.to_string();
         d.state = DeliveryState::Pending;
         d.attempts = 0;
         d.next_attempt_at = None;
-        d.superseded_by = 0;
+        d.superseded_by = Offset::ZERO;
         self.store.deliveries().put(id, offset, &d).await?;
         self.consumers
             .get(&consumer_name(id))?
             .reopen(offset)
             .await?;
-        tracing::info!(endpoint = %id, offset, "event re-sent");
+        tracing::info!(endpoint = %id, offset = offset.get(), "event re-sent");
         d.endpoint_id = id.to_owned();
         d.offset = offset;
         Ok(d)
@@ -160,7 +165,7 @@ impl Endpoints {
     pub fn render_request(
         &self,
         scope: &Scope,
-        id: &str,
+        id: &EndpointId,
         offset: Offset,
     ) -> Result<RenderedRequest> {
         let record = self.record(scope, id)?;

@@ -13,7 +13,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::Offset;
+use super::{EndpointId, EventId, Offset};
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -62,11 +62,11 @@ impl DeliveryState {
 pub struct DeliveryRecord {
     /// The endpoint. The store keys records by it and fills it in when it
     /// reads one; a record being built may leave it empty.
-    pub endpoint_id: String,
+    pub endpoint_id: EndpointId,
     /// The event's offset; like `endpoint_id`, part of the key.
     pub offset: Offset,
     /// The event's id.
-    pub event_id: String,
+    pub event_id: EventId,
     /// The event's type.
     pub event_type: String,
     /// Where it stands.

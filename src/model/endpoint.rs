@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{delivery::DeliveryRecord, Offset};
+use super::{delivery::DeliveryRecord, EndpointId, Offset};
 
 /// Shown instead of custom header values and other secrets.
 pub const REDACTED: &str = "<redacted>";
@@ -65,7 +65,7 @@ pub struct OAuth2 {
 #[derive(Clone, PartialEq, Default)]
 pub struct Endpoint {
     /// `ep_` + ULID, assigned at creation.
-    pub id: String,
+    pub id: EndpointId,
     /// The tenant it belongs to, fixed at creation (empty: global).
     pub tenant: String,
     /// Where requests go (checked: `EndpointSpec::validate`).

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::{keys, writer::LogOp, Mutation, StateWrites, Store, Table};
 use crate::{
     error::{Error, Result},
-    model::{EventMeta, Offset},
+    model::{EndpointId, EventId, EventMeta, Offset},
 };
 
 /// Why events are erased; a tombstone keeps it.
@@ -50,7 +50,7 @@ pub struct Unwanted {
     /// Its offset.
     pub offset: Offset,
     /// Its id.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Its type, attributes and tenant (for endpoints' filters).
     pub meta: EventMeta,
 }
@@ -59,7 +59,7 @@ pub struct Unwanted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erasure {
     /// The event's id.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Its tenant (`""`: none).
     pub tenant: String,
     /// Its type.
@@ -87,7 +87,7 @@ impl Store {
                 if meta.tenant == tenant {
                     found.push(Unwanted {
                         offset: r.offset,
-                        event_id: keys::decode_event_id(r.offset, &r.record)?,
+                        event_id: EventId::new(keys::decode_event_id(r.offset, &r.record)?),
                         meta,
                     });
                 }
@@ -148,7 +148,7 @@ impl Store {
         };
         Ok(
             keys::decode_tombstone(offset, &record)?.map(|(event_id, tenant, e)| Erasure {
-                event_id,
+                event_id: EventId::new(event_id),
                 tenant,
                 event_type: e.event_type,
                 reason: e.reason,
@@ -163,12 +163,12 @@ impl Store {
     pub fn delete_attempts(
         &self,
         writes: &mut StateWrites,
-        endpoint_id: &str,
+        endpoint_id: &EndpointId,
         offset: Offset,
     ) -> Result<()> {
         for k in self
             .table(Table::Attempts)?
-            .scan_prefix(keys::scoped_offset_key(endpoint_id, offset))
+            .scan_prefix(keys::scoped_offset_key(endpoint_id.as_str(), offset))
             .keys()
         {
             writes

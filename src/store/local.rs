@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{EventMeta, Offset, StoredEvent},
+    model::{EventId, EventMeta, Offset, StoredEvent},
 };
 
 /// The embedded backend: the segment log, the state tables, the writers'
@@ -146,8 +146,8 @@ impl Local {
     }
 
     /// The offset of an event id, if it is in the log.
-    pub fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        match self.log.offset_of_id(id)? {
+    pub fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
+        match self.log.offset_of_id(id.as_str())? {
             Some(o) if o < self.head() => Ok(Some(o)),
             _ => Ok(None),
         }

@@ -56,7 +56,7 @@ pub use keys::{decode_meta_record, split_event_record, unix_nanos, ConsumerRecor
 use crate::{
     error::{Error, Result},
     metrics::Metrics,
-    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    model::{Appended, EventId, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
 };
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
@@ -379,7 +379,7 @@ impl Store {
     }
 
     /// The offset of an event id, if it is in the log.
-    pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
+    pub async fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.offset_of_id(id),
             Backend::Cluster(cluster) => cluster.offset_of_id(id).await,

@@ -75,7 +75,7 @@ impl Store {
                 .spawn(move || sync_thread.run(applied_rx))?,
         ];
         scrub(log.clone(), config.metrics.clone())?;
-        tracing::info!(path = %config.path.display(), next_offset = next, "store opened");
+        tracing::info!(path = %config.path.display(), next_offset = next.get(), "store opened");
         Ok((
             Store {
                 inner: Arc::new(Inner {

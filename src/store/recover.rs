@@ -14,7 +14,7 @@ pub(super) fn scrub(log: Arc<EventLog>, metrics: Arc<Metrics>) -> Result<()> {
         .spawn(move || match log.scrub() {
             Ok(damaged) => {
                 for (offset, why) in &damaged {
-                    tracing::error!(offset, error = %why, "event log: a record is damaged");
+                    tracing::error!(offset = offset.get(), error = %why, "event log: a record is damaged");
                 }
                 metrics
                     .damaged_records
@@ -50,6 +50,8 @@ pub(super) fn check_state_against_head(
         let (name, value) = kv?;
         let mut record: ConsumerRecord = prost::Message::decode(&*value)
             .map_err(|e| Error::Corrupt(format!("consumer record: {e}")))?;
+        // The stored record's own encoding: offsets as numbers.
+        let head = head.get();
         let highest = record
             .done_ranges
             .last()
@@ -100,13 +102,14 @@ pub(super) fn check_state_against_head(
                 "endpoint {id:?} has a delivery record at offset {offset}"
             )));
         }
-        let end = keys::scoped_offset_key(&id, u64::MAX);
+        let end = keys::scoped_offset_key(&id, Offset::MAX);
+
         for table in [deliveries, attempts] {
             for k in table.range(from.clone()..=end.clone()).keys() {
                 table.remove(k?)?;
             }
         }
-        tracing::error!(endpoint = %id, from = head, "recovery: removed delivery records above the log's end");
+        tracing::error!(endpoint = %id, from = head.get(), "recovery: removed delivery records above the log's end");
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     error::Result,
-    model::{NewEvent, Offset},
+    model::{EventId, NewEvent, Offset},
     pb,
 };
 
@@ -83,8 +83,8 @@ fn fill(h: &mut Harness) -> Vec<Bytes> {
             .collect();
         h.append_new(batch).unwrap();
     }
-    (1..=EVENTS as Offset)
-        .map(|o| h.log.get(o).unwrap().unwrap())
+    (1..=EVENTS as u64)
+        .map(|o| h.log.get(Offset::new(o)).unwrap().unwrap())
         .collect()
 }
 
@@ -92,7 +92,7 @@ fn fill(h: &mut Harness) -> Vec<Bytes> {
 fn doomed() -> Vec<Offset> {
     (0..EVENTS)
         .filter(|i| tenant_of(*i) == "a")
-        .map(|i| i as Offset + 1)
+        .map(|i| Offset::new(i as u64 + 1))
         .collect()
 }
 
@@ -111,7 +111,7 @@ fn redact(log: &EventLog, offsets: &[Offset]) -> Result<Vec<Offset>> {
 fn check(h: &Harness, originals: &[Bytes], erased: bool) {
     let doomed = doomed();
     for (i, original) in originals.iter().enumerate() {
-        let offset = i as Offset + 1;
+        let offset = Offset::new(i as u64 + 1);
         let got = h.log.get(offset).unwrap().expect("every record reads");
         let id = format!("e{i}");
         if doomed.contains(&offset) && (erased || got != original) {
@@ -186,10 +186,10 @@ fn redaction_replaces_only_the_chosen_records_and_survives_a_crash() {
     let mut h = h.reopen(true).unwrap();
     check(&h, &originals, true);
     let next = h.append_new(vec![marked("late", "a")]).unwrap();
-    assert_eq!(next[0].offset, EVENTS as Offset + 1);
+    assert_eq!(next[0].offset, Offset::new(EVENTS as u64 + 1));
     // The same id again: a duplicate of the erased event.
     let again = h.append_new(vec![marked("e0", "a")]).unwrap();
-    assert_eq!((again[0].offset, again[0].duplicate), (1, true));
+    assert_eq!((again[0].offset.get(), again[0].duplicate), (1, true));
 }
 
 /// The fault hits the n-th write (or sync) of the redaction, for every n
@@ -239,8 +239,11 @@ fn appends_and_reads_during_a_redaction_are_kept_in_order() {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) || reads == 0 {
                 for (i, original) in originals.iter().enumerate() {
-                    let offset = i as Offset + 1;
-                    let got = log.get(offset).unwrap().expect("every record reads");
+                    let offset = i as u64 + 1;
+                    let got = log
+                        .get(Offset::new(offset))
+                        .unwrap()
+                        .expect("every record reads");
                     assert!(
                         got == original || keys::is_tombstone(&got).unwrap(),
                         "record {offset}: the old record or its tombstone"
@@ -253,7 +256,7 @@ fn appends_and_reads_during_a_redaction_are_kept_in_order() {
     let redactor = std::thread::spawn(move || redact(&log, &doomed()).unwrap());
     for i in 0..200 {
         let out = h.append_new(vec![marked(&format!("n{i}"), "a")]).unwrap();
-        assert_eq!(out[0].offset, (EVENTS + 1 + i) as Offset);
+        assert_eq!(out[0].offset, Offset::new((EVENTS + 1 + i) as u64));
     }
     assert_eq!(redactor.join().unwrap().len(), EVENTS / 2);
     stop.store(true, Ordering::Relaxed);
@@ -261,10 +264,10 @@ fn appends_and_reads_during_a_redaction_are_kept_in_order() {
     let h = h.reopen(true).unwrap();
     check(&h, &originals, false);
     for i in 0..200 {
-        let offset = (EVENTS + 1 + i) as Offset;
-        let got = h.log.get(offset).unwrap().unwrap();
+        let offset = (EVENTS + 1 + i) as u64;
+        let got = h.log.get(Offset::new(offset)).unwrap().unwrap();
         assert_eq!(
-            keys::decode_event_id(offset, &got).unwrap(),
+            keys::decode_event_id(Offset::new(offset), &got).unwrap(),
             format!("n{i}")
         );
         assert!(!keys::is_tombstone(&got).unwrap(), "appended later: kept");
@@ -292,16 +295,20 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         })
         .collect();
     store.append(events).await.unwrap();
-    let unwanted = store.unwanted("a", 0, Offset::MAX).unwrap();
+    let unwanted = store.unwanted("a", Offset::ZERO, Offset::MAX).unwrap();
     let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
-    assert_eq!(offsets, (2..=7).collect::<Vec<_>>());
+    assert_eq!(offsets, (2..=7).map(Offset::new).collect::<Vec<_>>());
     assert_eq!(unwanted[0].event_id, "s1");
     assert_eq!(store.erase(&offsets, Removal::Erased).await.unwrap(), 6);
-    assert!(store.unwanted("a", 0, Offset::MAX).unwrap().is_empty());
+    assert!(store
+        .unwanted("a", Offset::ZERO, Offset::MAX)
+        .unwrap()
+        .is_empty());
 
-    assert!(store.local().unwrap().get(3).unwrap().is_none());
-    assert!(store.local().unwrap().meta(3).unwrap().is_none());
-    let e = store.erasure(3).unwrap().expect("a tombstone");
+    let (local, three) = (store.local().unwrap(), Offset::new(3));
+    assert!(local.get(three).unwrap().is_none());
+    assert!(local.meta(three).unwrap().is_none());
+    let e = store.erasure(Offset::new(3)).unwrap().expect("a tombstone");
     assert_eq!(
         (
             e.event_id.as_str(),
@@ -311,32 +318,40 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         ),
         ("s2", "a", "a.b", "erased")
     );
-    assert!(store.erasure(1).unwrap().is_none(), "a live event");
-    let read = |from, limit| -> Vec<Offset> {
+    assert!(
+        store.erasure(Offset::new(1)).unwrap().is_none(),
+        "a live event"
+    );
+    let read = |from, limit| -> Vec<u64> {
         store
             .local()
             .unwrap()
             .read_records(from, limit)
             .unwrap()
             .iter()
-            .map(|r| r.offset)
+            .map(|r| r.offset.get())
             .collect()
     };
-    assert_eq!(read(2, 2), [8, 9], "reads on past a batch of tombstones");
-    assert_eq!(read(1, 100), [1, 8, 9, 10]);
-    assert_eq!(store.local().unwrap().offset_of_id("s4").unwrap(), Some(5));
+    assert_eq!(
+        read(Offset::new(2), 2),
+        [8, 9],
+        "reads on past a batch of tombstones"
+    );
+    assert_eq!(read(Offset::new(1), 100), [1, 8, 9, 10]);
+    let s4 = local.offset_of_id(&EventId::new("s4")).unwrap();
+    assert_eq!(s4, Some(Offset::new(5)));
     assert_eq!(
         store
             .local()
             .unwrap()
             .offset_at_time(SystemTime::UNIX_EPOCH)
             .unwrap(),
-        1
+        Offset::new(1)
     );
     let again = store.append(vec![marked("s4", "a")]).await.unwrap();
-    assert_eq!((again[0].offset, again[0].duplicate), (5, true));
+    assert_eq!((again[0].offset.get(), again[0].duplicate), (5, true));
     let new = store.append(vec![marked("s10", "b")]).await.unwrap();
-    assert_eq!((new[0].offset, new[0].duplicate), (11, false));
+    assert_eq!((new[0].offset.get(), new[0].duplicate), (11, false));
 
     let files_with = |m: &str| -> usize {
         std::fs::read_dir(dir.path().join("events"))
@@ -358,8 +373,16 @@ async fn the_store_hides_erased_events_and_keeps_their_ids() {
         .await
         .unwrap();
     let (store, writer) = open_for_test(dir.path());
-    assert!(store.local().unwrap().get(3).unwrap().is_none());
-    assert_eq!(store.erasure(7).unwrap().unwrap().event_id, "s6");
+    assert!(store
+        .local()
+        .unwrap()
+        .get(Offset::new(3))
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store.erasure(Offset::new(7)).unwrap().unwrap().event_id,
+        "s6"
+    );
     assert_eq!(read_ids(&store), ["s0", "s7", "s8", "s9", "s10"]);
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())
@@ -371,7 +394,7 @@ fn read_ids(store: &super::Store) -> Vec<String> {
     store
         .local()
         .unwrap()
-        .read_from(0, 100)
+        .read_from(Offset::ZERO, 100)
         .unwrap()
         .into_iter()
         .map(|e| e.event.id)

@@ -23,6 +23,16 @@ async fn close(store: Store, writer: WriterHandle) {
         .unwrap();
 }
 
+/// Whether the event at `offset` no longer reads.
+fn is_gone(store: &Store, offset: u64) -> bool {
+    store
+        .local()
+        .unwrap()
+        .get(Offset::new(offset))
+        .unwrap()
+        .is_none()
+}
+
 fn ids(events: &[StoredEvent]) -> Vec<String> {
     events.iter().map(|e| e.event.id.clone()).collect()
 }
@@ -53,21 +63,29 @@ async fn events_span_segments_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     fill(&store, 0, 200).await;
-    assert_eq!(store.head(), 201);
+    assert_eq!(store.head(), Offset::new(201));
     assert!(segments(dir.path(), "log").len() > 3, "small segments roll");
-    let all = store.local().unwrap().read_from(1, 1000).unwrap();
+    let all = store
+        .local()
+        .unwrap()
+        .read_from(Offset::new(1), 1000)
+        .unwrap();
     assert_eq!(all.len(), 200);
     assert!(all
         .iter()
         .enumerate()
-        .all(|(i, e)| e.offset == i as u64 + 1));
+        .all(|(i, e)| e.offset == Offset::new(i as u64 + 1)));
     assert_eq!(
-        ids(&store.local().unwrap().read_from(57, 3).unwrap()),
+        ids(&store
+            .local()
+            .unwrap()
+            .read_from(Offset::new(57), 3)
+            .unwrap()),
         ["e56", "e57", "e58"]
     );
     // A duplicate of an id in an earlier segment answers its offset.
     let dup = store.append(vec![event("e3")]).await.unwrap();
-    assert_eq!((dup[0].offset, dup[0].duplicate), (4, true));
+    assert_eq!((dup[0].offset.get(), dup[0].duplicate), (4, true));
     close(store, writer).await;
 
     // Sealed segments open from their `.idx`; damage one and it is
@@ -75,18 +93,23 @@ async fn events_span_segments_and_survive_a_restart() {
     let idx = segments(dir.path(), "idx");
     std::fs::write(&idx[1], b"garbage").unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(store.head(), 201);
-    assert_eq!(store.local().unwrap().read_from(1, 1000).unwrap(), all);
+    assert_eq!(store.head(), Offset::new(201));
+    assert_eq!(
+        store
+            .local()
+            .unwrap()
+            .read_from(Offset::new(1), 1000)
+            .unwrap(),
+        all
+    );
     for id in ["e0", "e30", "e199"] {
         let dup = store.append(vec![event(id)]).await.unwrap();
         assert!(dup[0].duplicate, "{id} is known after a restart");
     }
     let new = store.append(vec![event("e200")]).await.unwrap();
-    assert_eq!((new[0].offset, new[0].duplicate), (201, false));
-    assert_eq!(
-        store.local().unwrap().offset_of_id("e30").unwrap(),
-        Some(31)
-    );
+    assert_eq!((new[0].offset.get(), new[0].duplicate), (201, false));
+    let e30 = store.local().unwrap().offset_of_id(&EventId::new("e30"));
+    assert_eq!(e30.unwrap(), Some(Offset::new(31)));
     close(store, writer).await;
 }
 
@@ -120,11 +143,18 @@ async fn a_torn_tail_is_cut() {
         bytes[good..].iter().all(|&b| b == 0),
         "the torn record is gone (zeros may follow the records again)"
     );
-    assert_eq!(store.head(), 11);
+    assert_eq!(store.head(), Offset::new(11));
     let new = store.append(vec![event("e10")]).await.unwrap();
-    assert_eq!(new[0].offset, 11);
+    assert_eq!(new[0].offset, Offset::new(11));
     assert_eq!(
-        store.local().unwrap().get(11).unwrap().unwrap().event.id,
+        store
+            .local()
+            .unwrap()
+            .get(Offset::new(11))
+            .unwrap()
+            .unwrap()
+            .event
+            .id,
         "e10"
     );
     let good = records_end(&store);
@@ -137,8 +167,8 @@ async fn a_torn_tail_is_cut() {
     bytes[good - 3] ^= 0xff;
     std::fs::write(&last, &bytes).unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(store.head(), 11);
-    assert!(store.local().unwrap().get(11).unwrap().is_none());
+    assert_eq!(store.head(), Offset::new(11));
+    assert!(is_gone(&store, 11));
     close(store, writer).await;
 }
 
@@ -169,16 +199,24 @@ async fn zeros_after_the_records_are_not_damage() {
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(std::fs::metadata(sealed).unwrap().len(), sealed_len);
     assert!(std::fs::metadata(last).unwrap().len() >= good as u64 + 300);
-    assert_eq!(store.head(), 41);
+    assert_eq!(store.head(), Offset::new(41));
     let new = store.append(vec![event("e40")]).await.unwrap();
-    assert_eq!((new[0].offset, new[0].duplicate), (41, false));
-    let all = store.local().unwrap().read_from(1, 100).unwrap();
+    assert_eq!((new[0].offset.get(), new[0].duplicate), (41, false));
+    let all = store
+        .local()
+        .unwrap()
+        .read_from(Offset::new(1), 100)
+        .unwrap();
     let want: Vec<String> = (0..41).map(|i| format!("e{i}")).collect();
     assert_eq!(ids(&all), want);
     close(store, writer).await;
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(
-        ids(&store.local().unwrap().read_from(1, 100).unwrap()),
+        ids(&store
+            .local()
+            .unwrap()
+            .read_from(Offset::new(1), 100)
+            .unwrap()),
         want
     );
     close(store, writer).await;
@@ -190,16 +228,23 @@ async fn truncation_deletes_whole_segments_and_forgets_their_ids() {
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     fill(&store, 0, 100).await;
     let before = segments(dir.path(), "log").len();
-    assert_eq!(store.truncate(60).await.unwrap(), 59);
-    assert_eq!(store.first_offset().unwrap(), 60);
-    assert!(store.local().unwrap().get(59).unwrap().is_none());
+    assert_eq!(store.truncate(Offset::new(60)).await.unwrap(), 59);
+    assert_eq!(store.first_offset().unwrap(), Offset::new(60));
+    assert!(is_gone(&store, 59));
     assert_eq!(
-        store.local().unwrap().get(60).unwrap().unwrap().event.id,
+        store
+            .local()
+            .unwrap()
+            .get(Offset::new(60))
+            .unwrap()
+            .unwrap()
+            .event
+            .id,
         "e59"
     );
     assert_eq!(
-        store.local().unwrap().read_from(1, 2).unwrap()[0].offset,
-        60
+        store.local().unwrap().read_from(Offset::new(1), 2).unwrap()[0].offset,
+        Offset::new(60)
     );
     assert!(segments(dir.path(), "log").len() < before);
     let live = store.size_on_disk().unwrap()
@@ -222,21 +267,30 @@ async fn truncation_deletes_whole_segments_and_forgets_their_ids() {
     );
     // An id that retention removed is new again.
     let again = store.append(vec![event("e1")]).await.unwrap();
-    assert_eq!((again[0].offset, again[0].duplicate), (101, false));
+    assert_eq!((again[0].offset.get(), again[0].duplicate), (101, false));
     // Everything can go, the newest event too; numbering goes on.
-    assert_eq!(store.truncate(1000).await.unwrap(), 42);
-    assert_eq!(store.first_offset().unwrap(), 102);
-    assert!(store.local().unwrap().get(101).unwrap().is_none());
+    assert_eq!(store.truncate(Offset::new(1000)).await.unwrap(), 42);
+    assert_eq!(store.first_offset().unwrap(), Offset::new(102));
+    assert!(is_gone(&store, 101));
     close(store, writer).await;
 
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(store.first_offset().unwrap(), 102);
-    assert_eq!(store.head(), 102);
-    assert!(store.local().unwrap().read_from(1, 10).unwrap().is_empty());
+    assert_eq!(store.first_offset().unwrap(), Offset::new(102));
+    assert_eq!(store.head(), Offset::new(102));
+    assert!(store
+        .local()
+        .unwrap()
+        .read_from(Offset::new(1), 10)
+        .unwrap()
+        .is_empty());
     let again = store.append(vec![event("e1")]).await.unwrap();
-    assert_eq!((again[0].offset, again[0].duplicate), (102, false));
+    assert_eq!((again[0].offset.get(), again[0].duplicate), (102, false));
     assert_eq!(
-        ids(&store.local().unwrap().read_from(1, 10).unwrap()),
+        ids(&store
+            .local()
+            .unwrap()
+            .read_from(Offset::new(1), 10)
+            .unwrap()),
         ["e1"]
     );
     close(store, writer).await;
@@ -269,17 +323,22 @@ async fn events_in_sled_trees_move_into_the_log() {
         for (i, offset) in (5..25u64).enumerate() {
             let e = event(&format!("old{i}"));
             let record = keys::encode_event_record(&e.event, 1_000 + offset);
-            events.insert(keys::offset_key(offset), record).unwrap();
+            events
+                .insert(keys::offset_key(Offset::new(offset)), record)
+                .unwrap();
             event_ids
-                .insert(e.event.id.as_bytes(), &keys::offset_key(offset))
+                .insert(
+                    e.event.id.as_bytes(),
+                    &keys::offset_key(Offset::new(offset)),
+                )
                 .unwrap();
         }
         db.flush().unwrap();
     }
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
-    assert_eq!(store.first_offset().unwrap(), 5);
-    assert_eq!(store.head(), 25);
-    let moved = store.local().unwrap().read_from(0, 100).unwrap();
+    assert_eq!(store.first_offset().unwrap(), Offset::new(5));
+    assert_eq!(store.head(), Offset::new(25));
+    let moved = store.local().unwrap().read_from(Offset::ZERO, 100).unwrap();
     assert_eq!(moved.len(), 20);
     assert_eq!(moved[0].event.id, "old0");
     assert_eq!(
@@ -287,7 +346,7 @@ async fn events_in_sled_trees_move_into_the_log() {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_024)
     );
     let dup = store.append(vec![event("old3")]).await.unwrap();
-    assert_eq!((dup[0].offset, dup[0].duplicate), (8, true));
+    assert_eq!((dup[0].offset.get(), dup[0].duplicate), (8, true));
     close(store, writer).await;
     let db = open_sled(
         sled::Config::new()
@@ -323,8 +382,16 @@ async fn state_above_the_head_refuses_the_open() {
                 prost::Message::encode_to_vec(&record),
             ),
             Mutation::put(Table::Endpoints, "ep", "x"),
-            Mutation::put(Table::Deliveries, keys::scoped_offset_key("ep", 3), "d"),
-            Mutation::put(Table::Deliveries, keys::scoped_offset_key("ep", 7), "d"),
+            Mutation::put(
+                Table::Deliveries,
+                keys::scoped_offset_key("ep", Offset::new(3)),
+                "d",
+            ),
+            Mutation::put(
+                Table::Deliveries,
+                keys::scoped_offset_key("ep", Offset::new(7)),
+                "d",
+            ),
         ])
         .await
         .unwrap();
@@ -349,11 +416,11 @@ async fn state_above_the_head_refuses_the_open() {
     assert_eq!((fixed.floor, fixed.done_ranges), (4, vec![5, 6]));
     let deliveries = store.table(Table::Deliveries).unwrap();
     assert!(deliveries
-        .get(keys::scoped_offset_key("ep", 3))
+        .get(keys::scoped_offset_key("ep", Offset::new(3)))
         .unwrap()
         .is_some());
     assert!(deliveries
-        .get(keys::scoped_offset_key("ep", 7))
+        .get(keys::scoped_offset_key("ep", Offset::new(7)))
         .unwrap()
         .is_none());
     drop(deliveries);
@@ -409,7 +476,14 @@ async fn opens_after_a_crash_during_a_snapshot() {
     std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
     let (store, writer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(
-        store.local().unwrap().get(1).unwrap().unwrap().event.id,
+        store
+            .local()
+            .unwrap()
+            .get(Offset::new(1))
+            .unwrap()
+            .unwrap()
+            .event
+            .id,
         "kept"
     );
     assert!(store

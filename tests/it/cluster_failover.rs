@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use stevedore::store::jetstream::{EventStream, JetStreamError, StreamConfig};
+use stevedore::{
+    model::Offset,
+    store::jetstream::{EventStream, JetStreamError, StreamConfig},
+};
 
 use crate::{
     cluster_log::new_event,
@@ -56,10 +59,10 @@ where
 
 /// Every acked id is in the log once, at its acked offset, and the log holds
 /// nothing else.
-async fn assert_all_present(log: &EventStream, acked: &[(String, u64)]) {
+async fn assert_all_present(log: &EventStream, acked: &[(String, Offset)]) {
     let head = log.head().await.expect("head");
-    let events = log.read(1, head).await.expect("read the log");
-    let mut seen: HashMap<&str, u64> = HashMap::new();
+    let events = log.read(Offset::new(1), head).await.expect("read the log");
+    let mut seen: HashMap<&str, Offset> = HashMap::new();
     for e in &events {
         assert!(
             seen.insert(e.event.id.as_str(), e.offset).is_none(),

@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
-use stevedore::store::jetstream::{
-    encode_key, Claim, EventStream, IdempotencyConfig, IdempotentLog, StreamConfig,
+use stevedore::{
+    model::Offset,
+    store::jetstream::{
+        encode_key, Claim, EventStream, IdempotencyConfig, IdempotentLog, StreamConfig,
+    },
 };
 
 use crate::{
@@ -91,24 +94,24 @@ async fn cluster_idempotent_append_answers_the_stored_offset_after_the_dedup_win
 
     let x = new_event(pick("x", "SO-1"), "SO-1");
     let a = ids.append(&x).await.expect("append x");
-    assert_eq!((a.offset, a.duplicate), (1, false));
+    assert_eq!((a.offset.get(), a.duplicate), (1, false));
     assert_eq!(
-        claim_of(&client, "I1_IDS", "x", Claim::Stored(1)).await,
-        Some(Claim::Stored(1))
+        claim_of(&client, "I1_IDS", "x", Claim::Stored(Offset::new(1))).await,
+        Some(Claim::Stored(Offset::new(1)))
     );
 
     // y after x, on the plain log: once the stream forgets y, it forgot x.
     let y = new_event(pick("y", "SO-2"), "SO-2");
-    assert_eq!(raw.append(&y).await.unwrap().offset, 2);
+    assert_eq!(raw.append(&y).await.unwrap().offset, Offset::new(2));
     let mut forgotten = None;
     for _ in 0..80 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let again = raw.append(&y).await.expect("append y again");
         if !again.duplicate {
-            forgotten = Some(again.offset);
+            forgotten = Some(again.offset.get());
             break;
         }
-        assert_eq!(again.offset, 2);
+        assert_eq!(again.offset, Offset::new(2));
     }
     assert_eq!(
         forgotten,
@@ -119,16 +122,20 @@ async fn cluster_idempotent_append_answers_the_stored_offset_after_the_dedup_win
     // The claims still know x: the stored offset, duplicate, same content.
     let again = ids.append(&x).await.expect("append x again");
     assert_eq!(
-        (again.offset, again.duplicate, again.payload_differs),
+        (again.offset.get(), again.duplicate, again.payload_differs),
         (1, true, false)
     );
     let changed = new_event(pick("x", "SO-9"), "SO-9");
     let differs = ids.append(&changed).await.expect("append a changed x");
     assert_eq!(
-        (differs.offset, differs.duplicate, differs.payload_differs),
+        (
+            differs.offset.get(),
+            differs.duplicate,
+            differs.payload_differs
+        ),
         (1, true, true)
     );
-    assert_eq!(raw.head().await.unwrap(), 3);
+    assert_eq!(raw.head().await.unwrap(), Offset::new(3));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,24 +153,24 @@ async fn cluster_idempotent_stale_claims_are_taken_over() {
         .append(&new_event(pick("a", "SO-1"), "SO-1"))
         .await
         .expect("append a");
-    assert_eq!((a.offset, a.duplicate), (1, false));
+    assert_eq!((a.offset.get(), a.duplicate), (1, false));
     assert_eq!(
-        claim_of(&client, "I2_IDS", "a", Claim::Stored(1)).await,
-        Some(Claim::Stored(1))
+        claim_of(&client, "I2_IDS", "a", Claim::Stored(Offset::new(1))).await,
+        Some(Claim::Stored(Offset::new(1)))
     );
 
     // A claimer died between publish and confirm: the taker's publish is
     // deduplicated by the stream, so the id keeps its one offset.
     let b = new_event(inventory("b", "SKU 1", 2.0), "SKU 1");
-    assert_eq!(raw.append(&b).await.unwrap().offset, 2);
+    assert_eq!(raw.append(&b).await.unwrap().offset, Offset::new(2));
     plant_dead_claim(&client, "I2_IDS", "b").await;
     let again = ids.append(&b).await.expect("append b");
-    assert_eq!((again.offset, again.duplicate), (2, true));
+    assert_eq!((again.offset.get(), again.duplicate), (2, true));
     assert_eq!(
-        claim_of(&client, "I2_IDS", "b", Claim::Stored(2)).await,
-        Some(Claim::Stored(2))
+        claim_of(&client, "I2_IDS", "b", Claim::Stored(Offset::new(2))).await,
+        Some(Claim::Stored(Offset::new(2)))
     );
-    assert_eq!(raw.head().await.unwrap(), 2);
+    assert_eq!(raw.head().await.unwrap(), Offset::new(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,9 +200,9 @@ async fn cluster_idempotent_two_publishers_racing_get_one_offset_per_id() {
         assert_eq!(a.offset, b.offset, "id race-{i}");
         assert!(a.duplicate != b.duplicate, "id race-{i}: {a:?} {b:?}");
         assert!(!a.payload_differs && !b.payload_differs);
-        offsets.push(a.offset);
+        offsets.push(a.offset.get());
     }
     offsets.sort_unstable();
     assert_eq!(offsets, (1..=IDS as u64).collect::<Vec<_>>());
-    assert_eq!(one.log().head().await.unwrap(), IDS as u64);
+    assert_eq!(one.log().head().await.unwrap(), Offset::new(IDS as u64));
 }

@@ -10,7 +10,10 @@
 
 use std::time::Duration;
 
-use stevedore::store::jetstream::{EventStream, StreamConfig};
+use stevedore::{
+    model::Offset,
+    store::jetstream::{EventStream, StreamConfig},
+};
 
 use crate::{
     cluster_log::new_event,
@@ -46,7 +49,7 @@ async fn cluster_append_without_a_stream_leader_waits_for_one() {
         .await
         .expect("the append waits for the new stream's leader");
     remake.await.unwrap();
-    assert_eq!(appended.offset, 1);
+    assert_eq!(appended.offset, Offset::new(1));
     assert!(!appended.duplicate);
-    assert_eq!(log.head().await.unwrap(), 1, "stored once");
+    assert_eq!(log.head().await.unwrap(), Offset::new(1), "stored once");
 }

@@ -6,7 +6,7 @@
 
 use async_nats::jetstream;
 use stevedore::{
-    model::{event_type_of, NewEvent},
+    model::{event_type_of, NewEvent, Offset},
     pb,
     store::jetstream::{decode_header, EventStream, JetStreamError, StreamConfig, ORDERING_KEY},
 };
@@ -40,11 +40,11 @@ async fn cluster_log_appends_and_reads_back() {
     let log = patiently(|| EventStream::open(client.clone(), StreamConfig::with_prefix("t1")))
         .await
         .expect("open");
-    assert_eq!(log.head().await.unwrap(), 0);
+    assert_eq!(log.head().await.unwrap(), Offset::ZERO);
 
     let one = new_event(pick("p-1", "SO-1"), "SO-1");
     let a = log.append(&one).await.expect("append");
-    assert_eq!((a.offset, a.duplicate), (1, false));
+    assert_eq!((a.offset.get(), a.duplicate), (1, false));
 
     let batch = vec![
         new_event(inventory("i-1", "SKU 1", 3.0), "SKU 1"),
@@ -52,28 +52,45 @@ async fn cluster_log_appends_and_reads_back() {
         new_event(inventory("i-2", "SKU\r\n2", 4.0), "SKU\r\n2 "),
     ];
     let appended = log.append_batch(&batch).await.expect("batch");
-    let offsets: Vec<_> = appended.iter().map(|a| (a.offset, a.duplicate)).collect();
+    let offsets: Vec<_> = appended
+        .iter()
+        .map(|a| (a.offset.get(), a.duplicate))
+        .collect();
     assert_eq!(offsets, [(2, false), (3, false), (4, false)]);
-    assert_eq!(log.head().await.unwrap(), 4);
+    assert_eq!(log.head().await.unwrap(), Offset::new(4));
 
     let all: Vec<_> = std::iter::once(&one).chain(&batch).collect();
-    let read = log.read(1, 4).await.expect("read");
+    let read = log
+        .read(Offset::new(1), Offset::new(4))
+        .await
+        .expect("read");
     assert_eq!(read.len(), 4);
     for (stored, sent) in read.iter().zip(&all) {
         assert_eq!(stored.event, sent.event, "offset {}", stored.offset);
         assert_eq!(stored.event_type, sent.event_type);
     }
     assert_eq!(
-        read.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        read.iter().map(|e| e.offset.get()).collect::<Vec<_>>(),
         [1, 2, 3, 4]
     );
     // A sub-range, a range past the head, one event.
-    let mid = log.read(2, 3).await.unwrap();
-    assert_eq!(mid.iter().map(|e| e.offset).collect::<Vec<_>>(), [2, 3]);
-    assert_eq!(log.read(5, 9).await.unwrap(), []);
-    assert_eq!(log.read(1, u64::MAX).await.unwrap(), read);
-    assert_eq!(log.get(3).await.unwrap().unwrap().event, batch[1].event);
-    assert!(log.get(9).await.unwrap().is_none());
+    let mid = log.read(Offset::new(2), Offset::new(3)).await.unwrap();
+    assert_eq!(
+        mid.iter().map(|e| e.offset.get()).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    assert_eq!(log.read(Offset::new(5), Offset::new(9)).await.unwrap(), []);
+    assert_eq!(
+        log.read(Offset::new(1), Offset::new(u64::MAX))
+            .await
+            .unwrap(),
+        read
+    );
+    assert_eq!(
+        log.get(Offset::new(3)).await.unwrap().unwrap().event,
+        batch[1].event
+    );
+    assert!(log.get(Offset::new(9)).await.unwrap().is_none());
 
     // Subjects per type under the prefix; the id and ordering key in
     // headers, exactly (the key holds CR, LF and a trailing space).
@@ -127,7 +144,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
     assert!(matches!(err, JetStreamError::Rejected { .. }), "{err:?}");
     assert_eq!(
         log.head().await.unwrap(),
-        1,
+        Offset::new(1),
         "nothing of the batch is stored"
     );
 
@@ -139,7 +156,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
     assert_eq!(
         appended
             .iter()
-            .map(|a| (a.offset, a.duplicate))
+            .map(|a| (a.offset.get(), a.duplicate))
             .collect::<Vec<_>>(),
         [(2, false), (3, false), (4, false)]
     );
@@ -161,7 +178,7 @@ async fn cluster_log_batch_is_all_or_nothing() {
         small.append_batch(&three).await,
         Err(JetStreamError::BatchTooLarge { len: 3, max: 2 })
     ));
-    assert_eq!(small.head().await.unwrap(), 4);
+    assert_eq!(small.head().await.unwrap(), Offset::new(4));
 
     // A stream of that name without atomic batches is not taken over.
     let plain = StreamConfig::with_prefix("t5");
@@ -193,12 +210,12 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
         .await
         .unwrap();
     let e1 = new_event(pick("e1", "SO-1"), "SO-1");
-    assert_eq!(log.append(&e1).await.unwrap().offset, 1);
+    assert_eq!(log.append(&e1).await.unwrap().offset, Offset::new(1));
 
     // The same event again: the first offset, nothing written.
     let again = log.append(&e1).await.unwrap();
     assert_eq!(
-        (again.offset, again.duplicate, again.payload_differs),
+        (again.offset.get(), again.duplicate, again.payload_differs),
         (1, true, false)
     );
     // The id reused for another event: still the first offset, flagged.
@@ -207,10 +224,14 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
         .await
         .unwrap();
     assert_eq!(
-        (reused.offset, reused.duplicate, reused.payload_differs),
+        (
+            reused.offset.get(),
+            reused.duplicate,
+            reused.payload_differs
+        ),
         (1, true, true)
     );
-    assert_eq!(log.head().await.unwrap(), 1);
+    assert_eq!(log.head().await.unwrap(), Offset::new(1));
 
     // A batch mixing a stored id, a new one and a repeat of the new one:
     // only the new one is written (the server refuses an atomic batch that
@@ -220,7 +241,10 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
         .append_batch(&[e1.clone(), e2.clone(), e2.clone()])
         .await
         .unwrap();
-    let got: Vec<_> = mixed.iter().map(|a| (a.offset, a.duplicate)).collect();
+    let got: Vec<_> = mixed
+        .iter()
+        .map(|a| (a.offset.get(), a.duplicate))
+        .collect();
     assert_eq!(got, [(1, true), (2, false), (2, true)]);
 
     // Repeats of a stored id are each compared with the stored event (not
@@ -229,7 +253,7 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
     let repeats = log.append_batch(&[reused, e1.clone()]).await.unwrap();
     let got: Vec<_> = repeats
         .iter()
-        .map(|a| (a.offset, a.duplicate, a.payload_differs))
+        .map(|a| (a.offset.get(), a.duplicate, a.payload_differs))
         .collect();
     assert_eq!(got, [(1, true, true), (1, true, false)]);
 
@@ -240,17 +264,20 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
     ];
     let first = log.append_batch(&batch).await.unwrap();
     let retry = log.append_batch(&batch).await.unwrap();
-    assert_eq!(first.iter().map(|a| a.offset).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(
+        first.iter().map(|a| a.offset.get()).collect::<Vec<_>>(),
+        [3, 4]
+    );
     assert_eq!(
         retry
             .iter()
-            .map(|a| (a.offset, a.duplicate))
+            .map(|a| (a.offset.get(), a.duplicate))
             .collect::<Vec<_>>(),
         [(3, true), (4, true)]
     );
-    assert_eq!(log.head().await.unwrap(), 4);
+    assert_eq!(log.head().await.unwrap(), Offset::new(4));
     let ids: Vec<_> = log
-        .read(1, 4)
+        .read(Offset::new(1), Offset::new(4))
         .await
         .unwrap()
         .into_iter()

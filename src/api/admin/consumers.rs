@@ -11,6 +11,7 @@ use crate::{
     consumer::Consumer,
     convert,
     error::Error,
+    model::Offset,
     pb::{
         ConsumerInfo, DeleteConsumerRequest, DeleteConsumerResponse, ListConsumersRequest,
         ListConsumersResponse, RedriveConsumerRequest, RedriveConsumerResponse,
@@ -47,11 +48,11 @@ impl AdminService {
             .filter(|c| scope.sees(&c.tenant))
             .map(|c| ConsumerInfo {
                 tenant: c.tenant,
-                lag: head.saturating_sub(c.floor),
-                ack_floor: c.floor,
+                lag: head.distance_from(c.floor),
+                ack_floor: c.floor.get(),
                 max_deliveries: c.max_deliveries,
                 dead_letters: c.dead.len() as u64,
-                dead_offsets: c.dead.into_iter().take(100).collect(),
+                dead_offsets: c.dead.into_iter().take(100).map(Offset::get).collect(),
                 event_types: c.event_types,
                 name: c.name,
             })
@@ -109,12 +110,12 @@ impl AdminService {
             Some(Position::Offset(0)) => {
                 return Err(Error::invalid("offset", "offsets start at 1").into())
             }
-            Some(Position::Offset(o)) if *o > head => {
+            Some(Position::Offset(o)) if Offset::new(*o) > head => {
                 return Err(
                     Error::invalid("offset", format!("{o} is past the head ({head})")).into(),
                 )
             }
-            Some(Position::Offset(o)) => *o,
+            Some(Position::Offset(o)) => Offset::new(*o),
             Some(Position::Time(t)) => {
                 self.store
                     .offset_at_time(convert::system_time("time", t)?)
@@ -130,9 +131,9 @@ impl AdminService {
             &tenant,
         )
         .await?;
-        tracing::info!(consumer = %req.name, to, "consumer reset");
+        tracing::info!(consumer = %req.name, to = to.get(), "consumer reset");
         Ok(Response::new(ResetConsumerResponse {
-            ack_floor: consumer.floor(),
+            ack_floor: consumer.floor().get(),
         }))
     }
 }

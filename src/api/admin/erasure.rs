@@ -39,7 +39,7 @@ impl AdminService {
         // are recorded dead, `erased`).
         let events = self
             .endpoints
-            .erase_events(&tenant, 0, Offset::MAX, Removal::Erased)
+            .erase_events(&tenant, Offset::ZERO, Offset::MAX, Removal::Erased)
             .await?;
         self.audit(&caller, "tenant.erase", &tenant, &tenant)
             .await?;

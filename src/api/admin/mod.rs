@@ -19,6 +19,7 @@ use crate::{
     convert,
     endpoints::Endpoints,
     error::Error,
+    model::{EndpointId, Offset},
     pb::{
         admin_server::Admin, CreateEndpointRequest, CreateEndpointResponse, DeleteConsumerRequest,
         DeleteConsumerResponse, DeleteEndpointRequest, DeleteEndpointResponse, EraseTenantRequest,
@@ -87,7 +88,11 @@ impl AdminService {
     /// The tenant of endpoint `id`, as `scope` sees it (NOT_FOUND if it
     /// does not).
     fn endpoint_tenant(&self, scope: &Scope, id: &str) -> Result<String, Error> {
-        Ok(self.endpoints.get(scope, id)?.endpoint.tenant)
+        Ok(self
+            .endpoints
+            .get(scope, &EndpointId::new(id))?
+            .endpoint
+            .tenant)
     }
 }
 
@@ -134,7 +139,7 @@ impl Admin for AdminService {
         let endpoint = convert::endpoint::endpoint_from_pb(endpoint)?;
         let (view, secret) = self.endpoints.create(&scope, endpoint).await?;
         let e = &view.endpoint;
-        self.audit(&caller, "endpoint.create", &e.id, &e.tenant)
+        self.audit(&caller, "endpoint.create", e.id.as_str(), &e.tenant)
             .await?;
         Ok(Response::new(CreateEndpointResponse {
             endpoint: Some(convert::endpoint::shown(&view)),
@@ -150,7 +155,9 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         required("id", &id)?;
         Ok(Response::new(GetEndpointResponse {
-            endpoint: Some(convert::endpoint::shown(&self.endpoints.get(&scope, &id)?)),
+            endpoint: Some(convert::endpoint::shown(
+                &self.endpoints.get(&scope, &EndpointId::new(&id))?,
+            )),
         }))
     }
 
@@ -197,16 +204,21 @@ impl Admin for AdminService {
         let fields = convert::endpoint::mask_paths(&paths);
         let view = self
             .endpoints
-            .update(&scope, &endpoint.id, &fields, &headers, |e| {
-                convert::endpoint::merge(e, &endpoint, &fields)
-            })
+            .update(
+                &scope,
+                &EndpointId::new(&endpoint.id),
+                &fields,
+                &headers,
+                |e| convert::endpoint::merge(e, &endpoint, &fields),
+            )
             .await?;
         let mut changed = paths.clone();
         changed.extend(headers.set.keys().map(|h| format!("headers[{h}]")));
         changed.extend(headers.remove.iter().map(|h| format!("headers[{h}]")));
         let action = format!("endpoint.update({})", changed.join(","));
         let e = &view.endpoint;
-        self.audit(&caller, &action, &e.id, &e.tenant).await?;
+        self.audit(&caller, &action, e.id.as_str(), &e.tenant)
+            .await?;
         Ok(Response::new(UpdateEndpointResponse {
             endpoint: Some(convert::endpoint::shown(&view)),
         }))
@@ -220,7 +232,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         required("id", &id)?;
         let tenant = self.endpoint_tenant(&scope, &id)?;
-        self.endpoints.delete(&scope, &id).await?;
+        self.endpoints.delete(&scope, &EndpointId::new(&id)).await?;
         self.audit(&caller, "endpoint.delete", &id, &tenant).await?;
         Ok(Response::new(DeleteEndpointResponse {}))
     }
@@ -241,7 +253,10 @@ impl Admin for AdminService {
         if grace.is_some_and(|g| g > std::time::Duration::from_secs(30 * 86_400)) {
             return Err(Error::invalid("grace_period", "must be at most 30 days").into());
         }
-        let (secret, until) = self.endpoints.rotate_secret(&scope, &req.id, grace).await?;
+        let (secret, until) = self
+            .endpoints
+            .rotate_secret(&scope, &EndpointId::new(&req.id), grace)
+            .await?;
         self.audit(&caller, "endpoint.rotate_secret", &req.id, &tenant)
             .await?;
         Ok(Response::new(RotateEndpointSecretResponse {
@@ -270,7 +285,11 @@ impl Admin for AdminService {
         Ok(Response::new(ListAttemptsResponse {
             attempts: self
                 .endpoints
-                .list_attempts(&scope, &req.endpoint_id, req.offset)?
+                .list_attempts(
+                    &scope,
+                    &EndpointId::new(&req.endpoint_id),
+                    Offset::new(req.offset),
+                )?
                 .iter()
                 .map(convert::delivery::attempt_to_pb)
                 .collect(),
@@ -290,7 +309,11 @@ impl Admin for AdminService {
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let delivery = self
             .endpoints
-            .retry_delivery(&scope, &req.endpoint_id, req.offset)
+            .retry_delivery(
+                &scope,
+                &EndpointId::new(&req.endpoint_id),
+                Offset::new(req.offset),
+            )
             .await?;
         let target = format!("{}/{}", req.endpoint_id, req.offset);
         self.audit(&caller, "delivery.retry", &target, &tenant)
@@ -310,7 +333,7 @@ impl Admin for AdminService {
         required("endpoint_id", &req.endpoint_id)?;
         let from = match &req.start {
             None => return Err(Error::invalid("start", "set offset or time").into()),
-            Some(Start::Offset(o)) => *o,
+            Some(Start::Offset(o)) => Offset::new(*o),
             Some(Start::Time(t)) => {
                 self.store
                     .offset_at_time(convert::system_time("time", t)?)
@@ -320,9 +343,9 @@ impl Admin for AdminService {
         if req.dry_run {
             let (from_offset, matching, more) =
                 self.endpoints
-                    .replay_count(&scope, &req.endpoint_id, from)?;
+                    .replay_count(&scope, &EndpointId::new(&req.endpoint_id), from)?;
             return Ok(Response::new(ReplayEndpointResponse {
-                from_offset,
+                from_offset: from_offset.get(),
                 matching,
                 more,
             }));
@@ -330,13 +353,13 @@ impl Admin for AdminService {
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let from_offset = self
             .endpoints
-            .replay(&scope, &req.endpoint_id, from)
+            .replay(&scope, &EndpointId::new(&req.endpoint_id), from)
             .await?;
         let action = format!("endpoint.replay(from {from_offset})");
         self.audit(&caller, &action, &req.endpoint_id, &tenant)
             .await?;
         Ok(Response::new(ReplayEndpointResponse {
-            from_offset,
+            from_offset: from_offset.get(),
             ..Default::default()
         }))
     }
@@ -349,8 +372,10 @@ impl Admin for AdminService {
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
-        let (webhook_id, attempt, delivered) =
-            self.endpoints.send_test(&scope, &req.endpoint_id).await?;
+        let (webhook_id, attempt, delivered) = self
+            .endpoints
+            .send_test(&scope, &EndpointId::new(&req.endpoint_id))
+            .await?;
         self.audit(&caller, "endpoint.test", &req.endpoint_id, &tenant)
             .await?;
         Ok(Response::new(SendTestEventResponse {
@@ -374,7 +399,9 @@ impl Admin for AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        let explanation = self.endpoints.explain(&scope, &req.endpoint_id, offset)?;
+        let explanation =
+            self.endpoints
+                .explain(&scope, &EndpointId::new(&req.endpoint_id), offset)?;
         Ok(Response::new(convert::delivery::explanation_to_pb(
             &explanation,
         )))

@@ -12,7 +12,7 @@ use crate::{
     convert,
     endpoints::DeliveryQuery,
     error::Error,
-    model::{delivery, Offset},
+    model::{delivery, EndpointId, EventId, Offset},
     pb::{
         self, DeliveryState, GetEndpointStatsRequest, GetEndpointStatsResponse,
         ListDeliveriesRequest, ListDeliveriesResponse, ListEventTypesResponse,
@@ -33,16 +33,17 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 }
 
 impl AdminService {
-    /// The offset of `event`: an offset (not 0) or an event id in the log.
+    /// The offset of `event`: an offset (the wire's number, not 0) or an
+    /// event id in the log.
     pub(super) fn event_offset(
         &self,
         scope: &Scope,
-        offset: Option<Offset>,
+        offset: Option<u64>,
         event_id: Option<&str>,
     ) -> Result<Offset, Error> {
         match (offset, event_id) {
             (Some(0), _) => Err(Error::invalid("offset", "offsets start at 1")),
-            (Some(o), _) => Ok(o),
+            (Some(o), _) => Ok(Offset::new(o)),
             (None, Some(id)) => {
                 required("event_id", id)?;
                 let not_found = || {
@@ -53,7 +54,7 @@ impl AdminService {
                 let offset = self
                     .store
                     .local()?
-                    .offset_of_id(id)?
+                    .offset_of_id(&EventId::new(id))?
                     .ok_or_else(not_found)?;
                 // Another tenant's id is answered like an unknown one.
                 scope
@@ -83,7 +84,7 @@ impl AdminService {
             }
         }
         let log = self.store.local()?;
-        let from = since.map_or(Ok(0), |t| log.offset_at_time(t))?;
+        let from = since.map_or(Ok(Offset::ZERO), |t| log.offset_at_time(t))?;
         let to = until.map_or(Ok(Offset::MAX), |t| log.offset_at_time(t))?;
         Ok((from, to))
     }
@@ -107,20 +108,24 @@ impl AdminService {
         let before = if req.page_token.is_empty() {
             None
         } else {
-            Some(req.page_token.parse().map_err(|_| {
-                Error::invalid("page_token", "not a token from a previous response")
-            })?)
+            Some(Offset::new(req.page_token.parse::<u64>().map_err(
+                |_| Error::invalid("page_token", "not a token from a previous response"),
+            )?))
         };
         let page = page_size(req.page_size)?;
         let (mut from, mut until) = self.time_range(req.since.as_ref(), req.until.as_ref())?;
         if !req.event_id.is_empty() {
-            match self.store.offset_of_id(&req.event_id).await? {
+            match self
+                .store
+                .offset_of_id(&EventId::new(&req.event_id))
+                .await?
+            {
                 Some(o) => {
                     from = from.max(o);
                     until = until.min(o + 1);
                 }
                 // No such event: no delivery of it.
-                None => until = 0,
+                None => until = Offset::ZERO,
             }
         }
         if !req.event_type.is_empty() {
@@ -134,9 +139,13 @@ impl AdminService {
             from,
             until,
         };
-        let (deliveries, next) =
-            self.endpoints
-                .query_deliveries(&scope, &req.endpoint_id, &q, page, before)?;
+        let (deliveries, next) = self.endpoints.query_deliveries(
+            &scope,
+            &EndpointId::new(&req.endpoint_id),
+            &q,
+            page,
+            before,
+        )?;
         Ok(Response::new(ListDeliveriesResponse {
             deliveries: deliveries
                 .iter()
@@ -186,7 +195,7 @@ impl AdminService {
             .endpoints
             .recover(
                 &scope,
-                &req.endpoint_id,
+                &EndpointId::new(&req.endpoint_id),
                 from,
                 until,
                 &states,
@@ -222,7 +231,7 @@ impl AdminService {
         };
         let delivery = self
             .endpoints
-            .resend(&scope, &req.endpoint_id, offset)
+            .resend(&scope, &EndpointId::new(&req.endpoint_id), offset)
             .await?;
         let tenant = self.endpoint_tenant(&scope, &req.endpoint_id)?;
         let target = format!("{}/{offset}", req.endpoint_id);
@@ -246,9 +255,9 @@ impl AdminService {
             Some(Event::EventId(id)) => self.event_offset(&scope, None, Some(id))?,
             None => self.event_offset(&scope, None, None)?,
         };
-        let rendered = self
-            .endpoints
-            .render_request(&scope, &req.endpoint_id, offset)?;
+        let rendered =
+            self.endpoints
+                .render_request(&scope, &EndpointId::new(&req.endpoint_id), offset)?;
         Ok(Response::new(convert::delivery::rendered_request_to_pb(
             &rendered,
         )))
@@ -277,7 +286,8 @@ impl AdminService {
             .into());
         }
         // NOT_FOUND for an unknown endpoint, like every endpoint RPC.
-        self.endpoints.get(&scope, &req.endpoint_id)?;
+        self.endpoints
+            .get(&scope, &EndpointId::new(&req.endpoint_id))?;
         let stats = self.endpoints.endpoint_stats();
         let s = stats.summary(&req.endpoint_id, window, SystemTime::now());
         Ok(Response::new(GetEndpointStatsResponse {

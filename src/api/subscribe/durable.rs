@@ -49,7 +49,7 @@ pub(super) fn ordering(n: i32) -> Result<Option<consumer::Ordering>> {
 
 fn subscribe_response(e: StoredEvent, attempt: u32) -> SubscribeResponse {
     SubscribeResponse {
-        offset: e.offset,
+        offset: e.offset.get(),
         published_at: Some(convert::timestamp(e.published_at)),
         event_type: e.event_type.to_string(),
         event: Some(e.event),

@@ -21,7 +21,7 @@ use crate::{
     convert,
     error::{Error, Result},
     metrics::Metrics,
-    model::{EventFilter, EventType, Offset},
+    model::{EventFilter, EventId, EventType, Offset},
     pb::{
         subscribe_request::Start, AckMode, AckRequest, AckResponse, GetEventRequest,
         GetEventResponse, NackRequest, NackResponse, SubscribeRequest,
@@ -103,7 +103,8 @@ impl SubscriberService {
             None | Some(Start::Latest(_)) => store.head(),
             Some(Start::Earliest(_)) => store.first_offset()?,
             Some(Start::Offset(o)) => {
-                convert::start_offset("offset", *o, store.head())?.max(store.first_offset()?)
+                convert::start_offset("offset", Offset::new(*o), store.head())?
+                    .max(store.first_offset()?)
             }
             Some(Start::Time(t)) => {
                 store
@@ -199,6 +200,11 @@ fn stored_response(filter: &EventFilter, raw: RawRecord) -> Result<Option<Subscr
         meta.event_type,
         1,
     )?)))
+}
+
+/// The wire's offsets of an Ack or Nack request.
+fn offsets_of(wire: &[u64]) -> Vec<Offset> {
+    wire.iter().copied().map(Offset::new).collect()
 }
 
 type Tx = mpsc::Sender<Result<SubscribeFrame, Status>>;
@@ -328,7 +334,7 @@ impl Subscriber for SubscriberService {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }
         let consumer = self.shared.consumers.get_in(&scope, &req.consumer)?;
-        consumer.ack(&req.offsets).await?;
+        consumer.ack(&offsets_of(&req.offsets)).await?;
         Ok(Response::new(AckResponse {}))
     }
 
@@ -357,7 +363,7 @@ impl Subscriber for SubscriberService {
             }
         };
         let consumer = self.shared.consumers.get_in(&scope, &req.consumer)?;
-        consumer.nack(&req.offsets, delay)?;
+        consumer.nack(&offsets_of(&req.offsets), delay)?;
         Ok(Response::new(NackResponse {}))
     }
 
@@ -375,12 +381,17 @@ impl Subscriber for SubscriberService {
                 )
                 .into())
             }
-            (0, id) => self.shared.store.offset_of_id(id).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "no event with id {id:?} (never published, or removed by retention)"
-                ))
-            })?,
-            (o, "") => o,
+            (0, id) => self
+                .shared
+                .store
+                .offset_of_id(&EventId::new(id))
+                .await?
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no event with id {id:?} (never published, or removed by retention)"
+                    ))
+                })?,
+            (o, "") => Offset::new(o),
             _ => {
                 return Err(
                     Error::invalid("event_id", "set either offset or event_id, not both").into(),
@@ -400,7 +411,7 @@ impl Subscriber for SubscriberService {
                 e => e,
             })?;
         Ok(Response::new(GetEventResponse {
-            offset: e.offset,
+            offset: e.offset.get(),
             published_at: Some(convert::timestamp(e.published_at)),
             event_type: e.event_type.to_string(),
             event: Some(e.event),

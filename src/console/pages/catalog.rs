@@ -17,6 +17,7 @@ use crate::{
         templates::{Catalog, CatalogEntry, Frame},
         Console,
     },
+    model::Offset,
     pb::{self, admin_server::Admin},
 };
 
@@ -59,7 +60,7 @@ fn real_body(
         .map_err(|_| "offset: not a number".to_owned())?;
     let scope = crate::tenant::Scope::of_caller(sess.caller.as_ref());
     let event = scope
-        .local_event(&console.store, offset)
+        .local_event(&console.store, Offset::new(offset))
         .map_err(|e| format!("offset: {e}"))?;
     if event.event_type.as_str() != event_type {
         return Err(format!(

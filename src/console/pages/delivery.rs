@@ -17,6 +17,7 @@ use crate::{
         Console,
     },
     convert,
+    model::Offset,
     pb::{self, admin_server::Admin, explain_event_request::Event},
 };
 
@@ -71,7 +72,7 @@ pub async fn page(
         ),
         Err(s) => (None, status_text(&s)),
     };
-    let event = match console.store.get(offset).await {
+    let event = match console.store.get(Offset::new(offset)).await {
         Ok(Some(e)) => match crate::webhook::render_body(&e.event) {
             Ok(body) => pretty(&body),
             Err(e) => format!("(cannot render: {e})"),

@@ -66,10 +66,10 @@ pub async fn events(
                     Err(RecvError::Closed) => return,
                 },
             };
-            if !which.endpoint.is_empty() && d.endpoint_id != which.endpoint {
+            if !which.endpoint.is_empty() && d.endpoint_id.as_str() != which.endpoint {
                 continue;
             }
-            let ok = match visible.get(&d.endpoint_id) {
+            let ok = match visible.get(d.endpoint_id.as_str()) {
                 Some(ok) => *ok,
                 None => {
                     let ok = console
@@ -77,12 +77,12 @@ pub async fn events(
                         .get_endpoint(Console::request(
                             &sess.caller,
                             pb::GetEndpointRequest {
-                                id: d.endpoint_id.clone(),
+                                id: d.endpoint_id.as_str().to_owned(),
                             },
                         ))
                         .await
                         .is_ok();
-                    visible.insert(d.endpoint_id.clone(), ok);
+                    visible.insert(d.endpoint_id.as_str().to_owned(), ok);
                     ok
                 }
             };
@@ -91,9 +91,9 @@ pub async fn events(
             }
             let json = serde_json::json!({
                 "time": rfc3339(std::time::SystemTime::now()),
-                "endpoint_id": d.endpoint_id,
-                "offset": d.offset,
-                "event_id": d.event_id,
+                "endpoint_id": d.endpoint_id.as_str(),
+                "offset": d.offset.get(),
+                "event_id": d.event_id.as_str(),
                 "event_type": d.event_type,
                 "state": state_name(convert::delivery::state_to_pb(d.state) as i32),
                 "attempts": d.attempts,

@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     model::{
         endpoint::{Endpoint, EndpointView, OAuth2, Ordering, Start},
-        time as unix_time,
+        time as unix_time, EndpointId, Offset,
     },
     pb,
 };
@@ -75,7 +75,7 @@ pub fn endpoint_from_pb(e: pb::Endpoint) -> Result<Endpoint> {
         start: start.as_ref().map(self::start).transpose()?,
         enabled: enabled.unwrap_or(true),
         oauth2: oauth2.map(oauth2_from_pb),
-        id,
+        id: EndpointId::new(id),
         tenant,
         url,
         description,
@@ -133,7 +133,7 @@ pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
         failing_since,
     } = e;
     pb::Endpoint {
-        id: id.clone(),
+        id: id.as_str().to_owned(),
         url: url.clone(),
         description: description.clone(),
         event_types: event_types.clone(),
@@ -147,7 +147,7 @@ pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
         start: start.map(|s| match s {
             Start::Earliest => pb::endpoint::Start::StartEarliest(true),
             Start::Latest => pb::endpoint::Start::StartLatest(true),
-            Start::Offset(o) => pb::endpoint::Start::StartOffset(o),
+            Start::Offset(o) => pb::endpoint::Start::StartOffset(o.get()),
             Start::Time(t) => pb::endpoint::Start::StartTime(time_to_pb(t)),
         }),
         created_at: created_at.map(time_to_pb),
@@ -228,7 +228,7 @@ fn start(s: &pb::endpoint::Start) -> Result<Start> {
     Ok(match s {
         pb::endpoint::Start::StartEarliest(_) => Start::Earliest,
         pb::endpoint::Start::StartLatest(_) => Start::Latest,
-        pb::endpoint::Start::StartOffset(o) => Start::Offset(*o),
+        pb::endpoint::Start::StartOffset(o) => Start::Offset(Offset::new(*o)),
         pb::endpoint::Start::StartTime(t) => {
             let field = "endpoint.start_time";
             check_timestamp(&field, t)?;

@@ -45,7 +45,7 @@ use crate::{
     config::{Config, MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, MIN_WEBHOOK_TIMEOUT},
     error::{Error, Result},
     filter::{Filter, Projection},
-    model::{endpoint::Endpoint, EventFilter, EventType, TYPED_EVENT_TYPES},
+    model::{endpoint::Endpoint, EndpointId, EventFilter, EventType, TYPED_EVENT_TYPES},
 };
 
 /// A validated endpoint configuration.
@@ -433,7 +433,7 @@ impl EndpointSpec {
 
 /// The durable consumer behind an endpoint. `@` cannot appear in gRPC
 /// consumer names, so the two never collide.
-pub fn consumer_name(endpoint_id: &str) -> String {
+pub fn consumer_name(endpoint_id: &EndpointId) -> String {
     format!("@endpoint:{endpoint_id}")
 }
 

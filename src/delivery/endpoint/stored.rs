@@ -21,7 +21,7 @@ use crate::{
     error::{Error, Result},
     model::{
         endpoint::{Endpoint, OAuth2, Ordering, Start},
-        time as unix_time,
+        time as unix_time, EndpointId, Offset,
     },
 };
 
@@ -238,7 +238,7 @@ pub fn endpoint_to_stored(e: &Endpoint, unread: &Unread) -> StoredEndpoint {
     } = e;
     let time = |t: &Option<SystemTime>| t.map(time_to_stored);
     StoredEndpoint {
-        id: id.clone(),
+        id: id.as_str().to_owned(),
         url: url.clone(),
         description: description.clone(),
         event_types: event_types.clone(),
@@ -256,7 +256,7 @@ pub fn endpoint_to_stored(e: &Endpoint, unread: &Unread) -> StoredEndpoint {
         start: start.map(|s| match s {
             Start::Earliest => StoredStart::Earliest(true),
             Start::Latest => StoredStart::Latest(true),
-            Start::Offset(o) => StoredStart::Offset(o),
+            Start::Offset(o) => StoredStart::Offset(o.get()),
             Start::Time(t) => StoredStart::Time(time_to_stored(t)),
         }),
         created_at: time(created_at),
@@ -352,7 +352,7 @@ pub fn endpoint_from_stored(s: StoredEndpoint) -> Result<(Endpoint, Unread)> {
         None => None,
         Some(StoredStart::Earliest(_)) => Some(Start::Earliest),
         Some(StoredStart::Latest(_)) => Some(Start::Latest),
-        Some(StoredStart::Offset(o)) => Some(Start::Offset(o)),
+        Some(StoredStart::Offset(o)) => Some(Start::Offset(Offset::new(o))),
         Some(StoredStart::Time(t)) => Some(Start::Time(
             time_from_stored(t).ok_or_else(|| corrupt("start_time", "time out of range"))?,
         )),
@@ -371,7 +371,7 @@ pub fn endpoint_from_stored(s: StoredEndpoint) -> Result<(Endpoint, Unread)> {
         created_at: time("created_at", created_at)?,
         updated_at: time("updated_at", updated_at)?,
         failing_since: time("failing_since", failing_since)?,
-        id,
+        id: EndpointId::new(id),
         tenant,
         url,
         description,

@@ -21,7 +21,7 @@ use crate::{
     },
     model::{
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EventId, Offset,
     },
     store::StateWrites,
 };
@@ -31,7 +31,7 @@ pub(super) struct Attempt {
     pub(super) ctx: Arc<WorkerContext>,
     pub(super) offset: Offset,
     pub(super) published_at: SystemTime,
-    pub(super) event_id: String,
+    pub(super) event_id: EventId,
     pub(super) event_type: String,
     pub(super) body: Bytes,
     pub(super) number: u32,
@@ -48,23 +48,28 @@ impl Attempt {
         let ctx = &self.ctx;
         let request = WebhookRequest {
             uri: ctx.spec.url.clone(),
-            msg_id: signing::webhook_id(&self.event_id).into_owned(),
-            headers: stack::base_headers(&self.event_type, &self.event_id, &ctx.spec.headers),
+            msg_id: signing::webhook_id(self.event_id.as_str()).into_owned(),
+            headers: stack::base_headers(
+                &self.event_type,
+                self.event_id.as_str(),
+                &ctx.spec.headers,
+            ),
             body: self.body.clone(),
             timeout: ctx.spec.timeout_for(&self.event_type, &ctx.config),
             keys: ctx.keys.clone(),
         };
         let started_at = SystemTime::now();
         let clock = StdInstant::now();
-        ctx.metrics
-            .stall
-            .stage(self.offset, crate::metrics::stall::Stage::AttemptStarted);
+        ctx.metrics.stall.stage(
+            self.offset.get(),
+            crate::metrics::stall::Stage::AttemptStarted,
+        );
         let result = stack::send(ctx.service.clone(), request).await;
-        ctx.metrics.stall.responded(self.offset);
+        ctx.metrics.stall.responded(self.offset.get());
         let latency = clock.elapsed();
         let verdict = classify(&result, ctx.config.max_retry_after);
         ctx.metrics.endpoint_stats.record(
-            &ctx.endpoint_id,
+            ctx.endpoint_id.as_str(),
             started_at,
             latency,
             verdict == Verdict::Delivered,
@@ -129,10 +134,10 @@ impl Attempt {
             // Without the record the schedule is not durable: no report;
             // the worker stops renewing the event's lease, and the consumer
             // hands it out again once the lease runs out.
-            tracing::error!(endpoint = %id, offset = self.offset, error = %e, "recording an attempt failed");
+            tracing::error!(endpoint = %id, offset = self.offset.get(), error = %e, "recording an attempt failed");
             return;
         }
-        tracing::debug!(endpoint = %id, offset = self.offset, attempt = self.number, ?state, status, "attempt");
+        tracing::debug!(endpoint = %id, offset = self.offset.get(), attempt = self.number, ?state, status, "attempt");
         match state {
             DeliveryState::Delivered => {
                 ctx.count("delivered");
@@ -146,7 +151,7 @@ impl Attempt {
         match state {
             DeliveryState::Delivered | DeliveryState::Dead => {
                 if state == DeliveryState::Dead {
-                    tracing::warn!(endpoint = %id, offset = self.offset, attempts = self.number, "delivery dead-lettered");
+                    tracing::warn!(endpoint = %id, offset = self.offset.get(), attempts = self.number, "delivery dead-lettered");
                 }
             }
             _ if verdict == Verdict::Gone => {

@@ -23,7 +23,7 @@ use crate::{
         endpoint::Ordering,
         stack::{SendError, WebhookRequest},
     },
-    model::delivery::DeliveryState,
+    model::{delivery::DeliveryState, Offset},
     pb,
 };
 
@@ -61,7 +61,7 @@ async fn the_window_bounds_the_leases() {
         assert!(leased <= 3, "{leased} leased with a window of 3");
         most_leased = most_leased.max(leased);
         let delivered = (1..=8).all(|o| {
-            w.state(o)
+            w.state(Offset::new(o))
                 .is_some_and(|d| d.state == DeliveryState::Delivered)
         });
         if delivered {
@@ -71,7 +71,7 @@ async fn the_window_bounds_the_leases() {
     }
     assert!(
         (1..=8).all(|o| w
-            .state(o)
+            .state(Offset::new(o))
             .is_some_and(|d| d.state == DeliveryState::Delivered)),
         "all delivered"
     );
@@ -94,12 +94,12 @@ async fn a_slow_attempt_keeps_its_lease() {
     let (service, calls) = scripted(Vec::new(), slow);
     let w = start(store, service, Ordering::Key, &[0, 60], 4).await;
     w.until(1000, |w| {
-        w.state(1)
+        w.state(Offset::new(1))
             .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     assert_eq!(calls.lock().unwrap().len(), 1, "sent once");
-    assert_eq!(w.state(1).unwrap().attempts, 1);
+    assert_eq!(w.state(Offset::new(1)).unwrap().attempts, 1);
     w.stop().await;
 }
 
@@ -131,7 +131,7 @@ async fn a_dead_attempt_is_sent_again_when_its_lease_runs_out() {
     )
     .await;
     w.until(1000, |w| {
-        w.state(1)
+        w.state(Offset::new(1))
             .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
@@ -188,8 +188,11 @@ async fn superseded_levels_are_recorded_and_their_schedule_kept() {
         spec.coalesce = true;
     })
     .await;
-    w.until(60, |w| w.state(1).is_some()).await;
-    assert_eq!(w.state(1).unwrap().state, DeliveryState::Failed);
+    w.until(60, |w| w.state(Offset::new(1)).is_some()).await;
+    assert_eq!(
+        w.state(Offset::new(1)).unwrap().state,
+        DeliveryState::Failed
+    );
     // Appended from a blocking task, which holds the paused clock still
     // while the store's writer thread works: else the clock would run on
     // to a1's retry meanwhile.
@@ -200,17 +203,21 @@ async fn superseded_levels_are_recorded_and_their_schedule_kept() {
         .unwrap()
         .unwrap();
     w.until(1000, |w| {
-        w.state(3)
+        w.state(Offset::new(3))
             .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
     for o in [1, 2] {
-        let d = w.state(o).expect("recorded");
+        let d = w.state(Offset::new(o)).expect("recorded");
         assert_eq!(d.state, DeliveryState::Superseded, "offset {o}");
-        assert_eq!(d.superseded_by, 3, "offset {o}");
+        assert_eq!(d.superseded_by, Offset::new(3), "offset {o}");
     }
-    assert_eq!(w.state(1).unwrap().attempts, 1);
-    assert_eq!(w.state(3).unwrap().attempts, 3, "a1's attempt counts");
+    assert_eq!(w.state(Offset::new(1)).unwrap().attempts, 1);
+    assert_eq!(
+        w.state(Offset::new(3)).unwrap().attempts,
+        3,
+        "a1's attempt counts"
+    );
     let calls = calls.lock().unwrap().clone();
     let sent: Vec<String> = calls.iter().map(|(m, _)| m.clone()).collect();
     let webhook_id = |e: &str| crate::delivery::signing::webhook_id(e).into_owned();

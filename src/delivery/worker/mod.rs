@@ -58,7 +58,7 @@ use crate::{
     metrics::Metrics,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, EventId, Offset,
     },
     store::Store,
 };
@@ -109,7 +109,7 @@ pub struct WorkerView {
 #[derive(Clone, Debug)]
 pub struct HeldView {
     /// Its event id (the `webhook-id` is derived from it).
-    pub event_id: String,
+    pub event_id: EventId,
     /// Its type.
     pub event_type: String,
 }
@@ -117,7 +117,7 @@ pub struct HeldView {
 /// Everything a worker needs.
 pub struct WorkerContext {
     /// The endpoint's id.
-    pub endpoint_id: String,
+    pub endpoint_id: EndpointId,
     /// Its validated configuration.
     pub spec: EndpointSpec,
     /// Its signing keys.
@@ -154,16 +154,16 @@ impl WorkerContext {
     /// lease runs out, so say so.
     fn wait(&self, offset: Offset, wait: Duration) {
         if let Err(e) = self.consumer.nack(&[offset], wait) {
-            tracing::error!(endpoint = %self.endpoint_id, offset, error = %e, "scheduling the next attempt failed");
+            tracing::error!(endpoint = %self.endpoint_id, offset = offset.get(), error = %e, "scheduling the next attempt failed");
         }
     }
 
     fn count(&self, outcome: &str) {
         self.metrics
             .deliveries
-            .add(&[&self.endpoint_id, outcome], 1);
+            .add(&[self.endpoint_id.as_str(), outcome], 1);
         if matches!(outcome, "dead" | "expired" | "erased") {
-            self.metrics.dead.add(&self.endpoint_id, 1);
+            self.metrics.dead.add(self.endpoint_id.as_str(), 1);
         }
     }
 
@@ -176,7 +176,7 @@ impl WorkerContext {
             .insert(
                 event.event.offset,
                 HeldView {
-                    event_id: event.event.event.id.clone(),
+                    event_id: EventId::new(event.event.event.id.clone()),
                     event_type: event.event.event_type.to_string(),
                 },
             );
@@ -320,7 +320,7 @@ impl Worker {
         self.ctx
             .metrics
             .stall
-            .stage(offset, crate::metrics::stall::Stage::Read);
+            .stage(offset.get(), crate::metrics::stall::Stage::Read);
         self.rendered().remove(&offset);
         self.leased.insert(offset, 0);
         let mut due = self.scheduled.remove(&offset);
@@ -336,12 +336,12 @@ impl Worker {
                 self.leased.remove(&offset);
                 self.ctx.unview(offset);
                 if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
-                    tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
+                    tracing::error!(endpoint = %self.ctx.endpoint_id, offset = offset.get(), error = %e, "ack failed");
                 }
             }
             Err(e) => {
                 // Cannot happen for validated events; never retry it.
-                tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "cannot render body");
+                tracing::error!(endpoint = %self.ctx.endpoint_id, offset = offset.get(), error = %e, "cannot render body");
                 let record = base_record(
                     &event.event,
                     DeliveryState::Dead,
@@ -385,7 +385,7 @@ impl Worker {
         let record = match lookup {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "reading delivery state failed");
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = offset.get(), error = %e, "reading delivery state failed");
                 self.leased.remove(&offset);
                 ctx.wait(offset, Duration::from_secs(1));
                 return;
@@ -421,7 +421,7 @@ impl Worker {
             ctx: ctx.clone(),
             offset,
             published_at: event.event.published_at,
-            event_id: event.event.event.id.clone(),
+            event_id: EventId::new(event.event.event.id.clone()),
             event_type: event.event.event_type.to_string(),
             body,
             number,
@@ -459,7 +459,7 @@ impl Worker {
             return;
         };
         if self.leased.get(&offset) == Some(&number) {
-            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, attempt = number, "an attempt ended without an outcome; the event is sent again once its lease runs out");
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset = offset.get(), attempt = number, "an attempt ended without an outcome; the event is sent again once its lease runs out");
             self.leased.remove(&offset);
         }
     }

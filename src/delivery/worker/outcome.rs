@@ -11,7 +11,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{DeliveryRecord, DeliveryState},
-        Offset, StoredEvent, RESERVED_PREFIX,
+        EventId, Offset, StoredEvent, RESERVED_PREFIX,
     },
 };
 
@@ -57,7 +57,7 @@ impl Worker {
                 }
             }
             if let Err(e) = self.write_final(offset, record).await {
-                tracing::error!(endpoint = %ctx.endpoint_id, offset, error = %e, "recording supersession failed");
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = offset.get(), error = %e, "recording supersession failed");
             }
             ctx.unview(offset);
             ctx.count("superseded");
@@ -76,7 +76,7 @@ impl Worker {
                 .put(&ctx.endpoint_id, newest_offset, &record)
                 .await
             {
-                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest_offset, error = %e, "recording inherited schedule failed");
+                tracing::error!(endpoint = %ctx.endpoint_id, offset = newest_offset.get(), error = %e, "recording inherited schedule failed");
             }
         }
         due
@@ -86,7 +86,7 @@ impl Worker {
     async fn settle(&mut self, offset: Offset) {
         self.ctx.unview(offset);
         if let Err(e) = self.ctx.consumer.ack(&[offset]).await {
-            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "ack failed");
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset = offset.get(), error = %e, "ack failed");
         }
     }
 
@@ -190,7 +190,7 @@ impl Worker {
 
     pub(super) async fn finish_without_sending(&mut self, offset: Offset, record: DeliveryRecord) {
         if let Err(e) = self.write_final(offset, record).await {
-            tracing::error!(endpoint = %self.ctx.endpoint_id, offset, error = %e, "recording failed");
+            tracing::error!(endpoint = %self.ctx.endpoint_id, offset = offset.get(), error = %e, "recording failed");
         }
         self.leased.remove(&offset);
         self.ctx.unview(offset);
@@ -214,7 +214,7 @@ pub(super) fn base_record(
     error: String,
 ) -> DeliveryRecord {
     DeliveryRecord {
-        event_id: event.event.id.clone(),
+        event_id: EventId::new(event.event.id.clone()),
         event_type: event.event_type.to_string(),
         state,
         last_error: error,

@@ -28,7 +28,7 @@ use crate::{
     model::{
         delivery::{DeliveryRecord, DeliveryState},
         endpoint::Endpoint,
-        Offset,
+        EndpointId, Offset,
     },
     store::{self, test_event, Store, WriterHandle},
 };
@@ -132,7 +132,7 @@ pub(super) async fn start_with(
         .open(
             &format!("@endpoint:{ENDPOINT}"),
             CreateSpec {
-                start: 1,
+                start: Offset::new(1),
                 filter: spec.filter.clone(),
                 max_deliveries: 0,
             },
@@ -142,7 +142,7 @@ pub(super) async fn start_with(
     let view = Arc::new(WorkerView::default());
     let cancel = CancellationToken::new();
     let ctx = WorkerContext {
-        endpoint_id: ENDPOINT.into(),
+        endpoint_id: EndpointId::new(ENDPOINT),
         spec,
         keys: Arc::new(RwLock::new(Keys {
             current: Secret::generate(),
@@ -172,7 +172,10 @@ pub(super) async fn start_with(
 
 impl Running {
     pub(super) fn state(&self, offset: Offset) -> Option<DeliveryRecord> {
-        self.store.deliveries().get(ENDPOINT, offset).unwrap()
+        self.store
+            .deliveries()
+            .get(&EndpointId::new(ENDPOINT), offset)
+            .unwrap()
     }
 
     /// Lets paused time run (one simulated second per step, at most
@@ -219,18 +222,18 @@ async fn retries_go_out_at_their_due_times() {
     let w = start(store, service, Ordering::Key, &[0, 60, 600], 16).await;
 
     w.until(5, |_| calls.lock().unwrap().len() == 1).await;
-    w.until(5, |w| w.state(1).is_some()).await;
-    let failed = w.state(1).unwrap();
+    w.until(5, |w| w.state(Offset::new(1)).is_some()).await;
+    let failed = w.state(Offset::new(1)).unwrap();
     assert_eq!(failed.state, DeliveryState::Failed);
     assert_eq!(failed.attempts, 1);
     assert!(failed.next_attempt_at.is_some(), "scheduled durably");
 
     w.until(1000, |w| {
-        w.state(1)
+        w.state(Offset::new(1))
             .is_some_and(|d| d.state == DeliveryState::Delivered)
     })
     .await;
-    assert_eq!(w.state(1).unwrap().attempts, 3);
+    assert_eq!(w.state(Offset::new(1)).unwrap().attempts, 3);
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 3);
     let gaps: Vec<Duration> = calls.windows(2).map(|p| p[1].1 - p[0].1).collect();
@@ -261,7 +264,7 @@ async fn one_key_in_log_order_other_keys_at_once() {
 
     w.until(60, |w| {
         (1..=3).all(|o| {
-            w.state(o)
+            w.state(Offset::new(o))
                 .is_some_and(|d| d.state == DeliveryState::Delivered)
         })
     })
@@ -296,7 +299,7 @@ async fn the_window_bounds_the_events_held() {
     let (service, calls) = scripted(vec![500; 100], Duration::ZERO);
     let w = start(store, service, Ordering::Strict, &[0, 3600], 2).await;
 
-    w.until(10, |w| w.state(1).is_some()).await;
+    w.until(10, |w| w.state(Offset::new(1)).is_some()).await;
     for _ in 0..30 {
         step().await;
     }
@@ -306,13 +309,13 @@ async fn the_window_bounds_the_events_held() {
         v.sort();
         v
     };
-    assert_eq!(held, [1, 2]);
+    assert_eq!(held, [Offset::new(1), Offset::new(2)]);
     assert_eq!(
         calls.lock().unwrap().len(),
         1,
         "strict: only the first sent"
     );
-    assert!(w.state(2).is_none());
+    assert!(w.state(Offset::new(2)).is_none());
     w.stop().await;
 }
 

@@ -3,6 +3,7 @@
 //! writes show in the store's health until one succeeds.
 
 use super::*;
+use crate::model::EndpointId;
 use crate::store::{Mutation, Store, StoreConfig, Table};
 
 /// The real file system, counting each file's `fdatasync`s; the state
@@ -194,9 +195,17 @@ async fn failing_state_writes_heal_without_a_write() {
         fs.fail_state_syncs
             .store(on, std::sync::atomic::Ordering::SeqCst)
     };
-    store.endpoints().put("a", b"1".to_vec()).await.unwrap();
+    store
+        .endpoints()
+        .put(&EndpointId::new("a"), b"1".to_vec())
+        .await
+        .unwrap();
     fail(true);
-    assert!(store.endpoints().put("b", b"2".to_vec()).await.is_err());
+    assert!(store
+        .endpoints()
+        .put(&EndpointId::new("b"), b"2".to_vec())
+        .await
+        .is_err());
     assert!(health.borrow_and_update().state.is_some());
     fail(false);
     tokio::time::timeout(
@@ -206,14 +215,25 @@ async fn failing_state_writes_heal_without_a_write() {
     .await
     .expect("the health clears by itself")
     .unwrap();
-    store.endpoints().put("c", b"3".to_vec()).await.unwrap();
+    store
+        .endpoints()
+        .put(&EndpointId::new("c"), b"3".to_vec())
+        .await
+        .unwrap();
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .unwrap();
     let (store, writer) = Store::open(&config).unwrap();
     for id in ["a", "c"] {
-        assert!(store.endpoints().get(id).unwrap().is_some(), "{id}");
+        assert!(
+            store
+                .endpoints()
+                .get(&EndpointId::new(id))
+                .unwrap()
+                .is_some(),
+            "{id}"
+        );
     }
     drop(store);
     tokio::task::spawn_blocking(move || writer.join())

@@ -18,20 +18,22 @@ fn a_failed_lookup_fails_only_its_own_append() {
     assert_eq!(offsets(&out[0]), [(2, false)]);
     assert!(out[1].is_err(), "the append whose lookup failed");
     assert_eq!(offsets(&out[2]), [(3, false)], "n1's offset is given again");
-    assert_eq!(h.head(), 4);
-    assert_eq!(h.id_at(3).unwrap().as_deref(), Some("z"));
+    assert_eq!(h.head(), Offset::new(4));
+    assert_eq!(h.id_at(Offset::new(3)).unwrap().as_deref(), Some("z"));
     let again = h.append(&["n1", "x"]).unwrap();
     assert_eq!(
         again
             .iter()
-            .map(|a| (a.offset, a.duplicate))
+            .map(|a| (a.offset.get(), a.duplicate))
             .collect::<Vec<_>>(),
         [(4, false), (1, true)]
     );
     let h = h.reopen(true).unwrap();
-    let ids: Vec<_> = (1..=4).map(|o| h.id_at(o).unwrap().unwrap()).collect();
+    let ids: Vec<_> = (1..=4)
+        .map(|o| h.id_at(Offset::new(o)).unwrap().unwrap())
+        .collect();
     assert_eq!(ids, ["x", "y", "z", "n1"]);
-    assert_eq!(h.id_at(5).unwrap(), None);
+    assert_eq!(h.id_at(Offset::new(5)).unwrap(), None);
 }
 
 /// A batch that does not fit the active segment goes whole into the next
@@ -47,18 +49,18 @@ fn a_batch_never_spans_two_segments() {
     // Creating the next segment fails at its header's write.
     h.fs.fail(Op::Write, 0, ErrorKind::StorageFull);
     assert!(h.append(&big).is_err());
-    assert_eq!(h.head(), 3, "nothing of the batch is visible");
-    assert_eq!(h.id_at(3).unwrap(), None);
+    assert_eq!(h.head(), Offset::new(3), "nothing of the batch is visible");
+    assert_eq!(h.id_at(Offset::new(3)).unwrap(), None);
     let out = h.append(&big).unwrap();
-    assert_eq!(out[0].offset, 3);
-    assert_eq!(out[23].offset, 26);
+    assert_eq!(out[0].offset, Offset::new(3));
+    assert_eq!(out[23].offset, Offset::new(26));
     assert!(
-        h.fs.contents(&h.segment(3)).is_some(),
+        h.fs.contents(&h.segment(Offset::new(3))).is_some(),
         "the batch starts a segment"
     );
     let h = h.reopen(true).unwrap();
-    assert_eq!(h.head(), 27);
-    assert_eq!(h.id_at(26).unwrap().as_deref(), Some("big23"));
+    assert_eq!(h.head(), Offset::new(27));
+    assert_eq!(h.id_at(Offset::new(26)).unwrap().as_deref(), Some("big23"));
 }
 
 /// A failed write is cut back off the file and the log goes on; a failed
@@ -88,11 +90,11 @@ fn a_failed_write_heals_and_a_failed_sync_poisons() {
         .log
         .as_deref()
         .is_some_and(|f| f.contains("restart")));
-    assert_eq!(h.head(), 3);
-    assert_eq!(h.id_at(3).unwrap(), None);
+    assert_eq!(h.head(), Offset::new(3));
+    assert_eq!(h.id_at(Offset::new(3)).unwrap(), None);
     // A restart (no crash): the unsynced commit was cut, appends go on.
     let mut h = h.reopen(false).unwrap();
-    assert_eq!(h.id_at(3).unwrap(), None);
+    assert_eq!(h.id_at(Offset::new(3)).unwrap(), None);
     assert_eq!(offsets(&h.append(&["f"])), [(3, false)]);
 }
 
@@ -108,8 +110,8 @@ fn filled(segment_bytes: u64) -> Harness {
 }
 
 /// Byte position of record `offset`'s frame in its segment file.
-fn position(h: &Harness, base: Offset, offset: Offset) -> u64 {
-    let bytes = h.fs.contents(&h.segment(base)).unwrap();
+fn position(h: &Harness, base: u64, offset: u64) -> u64 {
+    let bytes = h.fs.contents(&h.segment(Offset::new(base))).unwrap();
     // Walk the frames from after the file header.
     let mut pos = 16usize;
     for _ in base..offset {
@@ -127,15 +129,19 @@ fn position(h: &Harness, base: Offset, offset: Offset) -> u64 {
 fn damage_inside_acknowledged_records_refuses_to_open() {
     // Torn: the last record's bytes flipped, nothing after it.
     let h = filled(1 << 20);
-    let last = position(&h, 1, N_SEQ as Offset);
-    h.fs.flip(&h.segment(1), last + 20, 3);
+    let last = position(&h, 1, N_SEQ as u64);
+    h.fs.flip(&h.segment(Offset::new(1)), last + 20, 3);
     let h = h.reopen(false).unwrap();
-    assert_eq!(h.head(), N_SEQ as Offset, "the torn last record is cut");
+    assert_eq!(
+        h.head(),
+        Offset::new(N_SEQ as u64),
+        "the torn last record is cut"
+    );
 
     // Damaged: a middle record.
     let h = filled(1 << 20);
     let at = position(&h, 1, 5);
-    h.fs.flip(&h.segment(1), at + 20, 0);
+    h.fs.flip(&h.segment(Offset::new(1)), at + 20, 0);
     let (fs, mut options) = (h.fs.clone(), h.options.clone());
     drop(h);
     let err = match Harness::open(fs.clone(), options.clone()) {
@@ -149,8 +155,8 @@ fn damage_inside_acknowledged_records_refuses_to_open() {
 
     options.recovery = Recovery::Truncate;
     let mut h = Harness::open(fs, options).unwrap();
-    assert_eq!(h.head(), 5, "cut at the damage");
-    assert_eq!(h.id_at(4).unwrap().as_deref(), Some("e3"));
+    assert_eq!(h.head(), Offset::new(5), "cut at the damage");
+    assert_eq!(h.id_at(Offset::new(4)).unwrap().as_deref(), Some("e3"));
     assert_eq!(offsets(&h.append(&["new"])), [(5, false)]);
 }
 
@@ -160,7 +166,7 @@ fn damage_inside_acknowledged_records_refuses_to_open() {
 #[test]
 fn damage_in_a_sealed_segment_is_contained() {
     let h = filled(200);
-    let first_segment = h.segment(1);
+    let first_segment = h.segment(Offset::new(1));
     let logs = h.fs.list(&dir()).unwrap();
     assert!(
         logs.iter().filter(|n| n.ends_with(".log")).count() > 2,
@@ -169,17 +175,20 @@ fn damage_in_a_sealed_segment_is_contained() {
     let at = position(&h, 1, 2);
     h.fs.flip(&first_segment, at + 18, 1);
     let h = h.reopen(false).unwrap();
-    let err = h.log.get(2).unwrap_err();
+    let err = h.log.get(Offset::new(2)).unwrap_err();
     assert!(matches!(err, Error::Damaged { offset: 2, .. }), "{err:?}");
-    assert_eq!(h.id_at(1).unwrap().as_deref(), Some("e0"));
+
+    assert_eq!(h.id_at(Offset::new(1)).unwrap().as_deref(), Some("e0"));
     let mut out = Vec::new();
-    h.log.read_range(1, 20, 100, &mut out).unwrap();
+    h.log
+        .read_range(Offset::new(1), Offset::new(20), 100, &mut out)
+        .unwrap();
     assert_eq!(out.len(), N_SEQ);
     let healthy = out.iter().filter(|(_, r)| r.is_ok()).count();
     assert_eq!(healthy, N_SEQ - 1, "only the damaged record fails");
     let found = h.log.scrub().unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, 2);
+    assert_eq!(found[0].0, Offset::new(2));
     assert!(
         found[0].1.contains("00000000000000000001.log byte"),
         "{}",
@@ -196,7 +205,7 @@ fn damage_in_a_sealed_segment_is_contained() {
 fn an_unknown_format_version_is_refused() {
     let h = filled(1 << 20);
     let (fs, options) = (h.fs.clone(), h.options.clone());
-    let path = h.segment(1);
+    let path = h.segment(Offset::new(1));
     drop(h);
     let file = fs.open(&path, false).unwrap();
     let mut header = b"STVD-LOG".to_vec();

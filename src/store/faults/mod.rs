@@ -163,10 +163,10 @@ impl Harness {
     }
 }
 
-fn offsets(r: &Result<Vec<Appended>>) -> Vec<(Offset, bool)> {
+fn offsets(r: &Result<Vec<Appended>>) -> Vec<(u64, bool)> {
     r.as_ref()
         .expect("appended")
         .iter()
-        .map(|a| (a.offset, a.duplicate))
+        .map(|a| (a.offset.get(), a.duplicate))
         .collect()
 }

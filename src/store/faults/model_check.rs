@@ -45,13 +45,13 @@ struct Model {
 
 impl Model {
     fn next(&self) -> Offset {
-        self.ids.len() as Offset + 1
+        Offset::new(self.ids.len() as u64 + 1)
     }
 
     fn offset_of(&self, id: &str) -> Option<Offset> {
         // An id comes back only after retention removed it: the last one.
-        let at = self.ids.iter().rposition(|i| i == id)? as Offset + 1;
-        (at >= self.first).then_some(at)
+        let at = self.ids.iter().rposition(|i| i == id)? as u64 + 1;
+        (at >= self.first.get()).then_some(Offset::new(at))
     }
 
     /// Checks a group's outcome against the model and records it.
@@ -76,8 +76,8 @@ impl Model {
     /// removes what it was allowed to remove).
     fn reopened(&mut self, h: &Harness) {
         self.poisoned = false;
-        let first = h.log.first().max(1);
-        if first != self.first.max(1) {
+        let first = h.log.first().max(Offset::new(1));
+        if first != self.first.max(Offset::new(1)) {
             assert!(
                 self.unsure.contains(&first),
                 "first {first}: {:?}",
@@ -87,7 +87,7 @@ impl Model {
         }
         // Opening made what it read durable.
         self.unsure.clear();
-        for offset in self.next()..h.log.next() {
+        for offset in self.next().through(h.log.next().prev()) {
             let id = h.id_at(offset).unwrap().expect("the head is dense");
             assert!(
                 self.maybe.contains(&id),
@@ -102,9 +102,13 @@ impl Model {
     fn check(&self, h: &Harness) {
         assert_eq!(h.head(), self.next(), "the head is what was acknowledged");
         assert_eq!(h.log.next(), self.next());
-        assert_eq!(h.log.first().max(1), self.first.max(1));
-        for offset in self.first.max(1)..self.next() {
-            let id = &self.ids[offset as usize - 1];
+        assert_eq!(
+            h.log.first().max(Offset::FIRST),
+            self.first.max(Offset::FIRST)
+        );
+
+        for offset in self.first.max(Offset::FIRST).through(self.next().prev()) {
+            let id = &self.ids[offset.get() as usize - 1];
             assert_eq!(h.id_at(offset).unwrap().as_ref(), Some(id), "at {offset}");
             assert_eq!(h.log.offset_of_id(id).unwrap(), Some(offset), "{id}");
         }
@@ -115,7 +119,7 @@ impl Model {
 fn run_model(steps: Vec<Step>) {
     let mut h = Harness::new(600);
     let mut model = Model {
-        first: 1,
+        first: Offset::new(1),
         ..Default::default()
     };
     for step in steps {
@@ -152,10 +156,10 @@ fn run_model(steps: Vec<Step>) {
                 model.reopened(&h);
             }
             Step::Truncate(n) => {
-                let before = n as Offset % (model.next() + 2);
+                let before = Offset::new(n as u64 % (model.next() + 2).get());
                 if let Ok(removed) = h.truncate(before) {
                     let first = before.min(model.next()).max(model.first);
-                    assert_eq!(removed as Offset, first - model.first);
+                    assert_eq!(removed as u64, first - model.first);
                     model.first = first;
                     if removed > 0 {
                         // The start file was written again.

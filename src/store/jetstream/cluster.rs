@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    model::{Appended, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
+    model::{Appended, EventId, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
     store::{RawRecord, StoreHealth},
 };
 
@@ -101,7 +101,8 @@ impl ClusterLog {
         })
         .await?;
         let state = stream.state().await.map_err(|e| opening(&name, e))?;
-        let (head_tx, head) = watch::channel(state.last_sequence + 1);
+        let (head_tx, head) = watch::channel(Offset::new(state.last_sequence + 1));
+
         let extent = Arc::new(Extent::default());
         extent.first.store(state.first_sequence, Ordering::Relaxed);
         extent.bytes.store(state.bytes, Ordering::Relaxed);
@@ -174,7 +175,7 @@ impl ClusterLog {
 
     /// The stream's first offset as last seen.
     pub fn first(&self) -> Offset {
-        self.extent.first.load(Ordering::Relaxed).max(FIRST_OFFSET)
+        Offset::new(self.extent.first.load(Ordering::Relaxed)).max(FIRST_OFFSET)
     }
 
     /// The stream's bytes as last seen.
@@ -219,8 +220,8 @@ impl ClusterLog {
 
     /// The offset of event `id`: its claim, else (an id appended without
     /// one, within the deduplication window) the stream's.
-    pub async fn offset_of_id(&self, id: &str) -> Result<Option<Offset>> {
-        self.ids.offset_of(id).await.map_err(read_failed)
+    pub async fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
+        self.ids.offset_of(id.as_str()).await.map_err(read_failed)
     }
 }
 
@@ -401,7 +402,7 @@ mod tests {
             "{write}"
         );
         let corrupt = JetStreamError::Corrupt {
-            offset: 7,
+            offset: Offset::new(7),
             reason: "bad record".to_owned(),
         };
         assert!(matches!(read_failed(corrupt), Error::Corrupt(_)));

@@ -94,7 +94,8 @@ pub enum JetStreamError {
     #[error("event at offset {offset}: {reason}")]
     Corrupt {
         /// Its stream sequence.
-        offset: u64,
+        offset: crate::model::Offset,
+
         /// The decoder's complaint.
         reason: String,
     },

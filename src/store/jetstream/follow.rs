@@ -91,7 +91,8 @@ async fn look(
         Ok(Ok(state)) => {
             extent.first.store(state.first_sequence, Ordering::Relaxed);
             extent.bytes.store(state.bytes, Ordering::Relaxed);
-            let next = state.last_sequence + 1;
+            let next = Offset::new(state.last_sequence + 1);
+
             let moved = head.send_if_modified(|h| {
                 let moved = next > *h;
                 if moved {

@@ -79,7 +79,11 @@ impl Claim {
         let (kind, rest) = text.split_once(' ')?;
         match kind {
             "pending" if !rest.is_empty() => Some(Claim::Pending(rest.to_owned())),
-            "stored" => rest.parse().ok().map(Claim::Stored),
+            "stored" => rest
+                .parse::<u64>()
+                .ok()
+                .map(|n| Claim::Stored(Offset::new(n))),
+
             _ => None,
         }
     }
@@ -353,7 +357,7 @@ mod tests {
 
     #[test]
     fn claims_round_trip() {
-        for claim in [Claim::Pending("01J".into()), Claim::Stored(42)] {
+        for claim in [Claim::Pending("01J".into()), Claim::Stored(Offset::new(42))] {
             assert_eq!(Claim::decode(&claim.encode()), Some(claim));
         }
         assert_eq!(Claim::decode(b"stored x"), None);

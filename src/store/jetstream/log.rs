@@ -193,7 +193,7 @@ impl EventStream {
             .get_info()
             .await
             .map_err(|e| request_error("stream info", e))?;
-        Ok(info.state.last_sequence)
+        Ok(Offset::new(info.state.last_sequence))
     }
 
     /// Appends one event and waits for the quorum's ack. An id already in
@@ -362,9 +362,9 @@ impl EventStream {
             return Err(e.into_error("publish"));
         }
         if ack.duplicate {
-            self.duplicate_of(ack.seq, m).await
+            self.duplicate_of(Offset::new(ack.seq), m).await
         } else {
-            Ok(new_at(ack.seq))
+            Ok(new_at(Offset::new(ack.seq)))
         }
     }
 
@@ -403,7 +403,7 @@ impl EventStream {
                             ),
                         });
                     }
-                    return Ok(ack.seq + 1 - n as u64);
+                    return Ok(Offset::new(ack.seq + 1 - n as u64));
                 }
             } else {
                 // No reply: the connection keeps the order, and the server
@@ -430,7 +430,8 @@ impl EventStream {
         headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
         let ack = self.request(subject, headers, Bytes::new(), WHAT).await?;
         match ack.error {
-            None if ack.duplicate => Ok(Some(ack.seq)),
+            None if ack.duplicate => Ok(Some(Offset::new(ack.seq))),
+
             None => Err(JetStreamError::Protocol {
                 what: WHAT,
                 reason: format!("the probe was stored at sequence {}", ack.seq),

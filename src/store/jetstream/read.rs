@@ -62,7 +62,7 @@ impl EventStream {
                 // the rest was removed (or never written: `to` past the
                 // head). The leader knows which.
                 let end = to.min(self.head().await?);
-                for offset in next..=end {
+                for offset in next.through(end) {
                     if let Some(record) = self.stored(offset).await? {
                         out.push(RawRecord { offset, record });
                     }
@@ -124,7 +124,7 @@ impl EventStream {
             header_u64(&reply, SEQUENCE),
             reply.status.map(|s| s.as_u16()),
         ) {
-            (Some(offset), _) => Ok(Some(offset)),
+            (Some(offset), _) => Ok(Some(Offset::new(offset))),
             (None, Some(404)) => Ok(None),
             (None, status) => Err(JetStreamError::Rejected {
                 what: WHAT,
@@ -138,7 +138,7 @@ impl EventStream {
     /// The record at `offset` from the stream's leader (`None`: no such
     /// message, never written or removed).
     pub(super) async fn stored(&self, offset: Offset) -> Result<Option<Bytes>, JetStreamError> {
-        match self.stream.get_raw_message(offset).await {
+        match self.stream.get_raw_message(offset.get()).await {
             Ok(message) => Ok(Some(message.payload)),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(request_error("message get", e)),
@@ -154,7 +154,7 @@ impl EventStream {
             .subscribe(inbox.clone())
             .await
             .map_err(|e| request_error(WHAT, e))?;
-        let body = serde_json::json!({ "seq": from, "batch": want }).to_string();
+        let body = serde_json::json!({ "seq": from.get(), "batch": want }).to_string();
         self.client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", self.config.stream),
@@ -182,7 +182,8 @@ impl EventStream {
                 (Some(offset), _) => {
                     batch.pending = pending.unwrap_or(0);
                     batch.records.push(RawRecord {
-                        offset,
+                        offset: Offset::new(offset),
+
                         record: message.payload,
                     });
                 }

@@ -22,8 +22,8 @@ proptest! {
     /// Offset keys round-trip and sort like the offsets.
     #[test]
     fn fuzz_offset_keys(a in any::<u64>(), b in any::<u64>(), junk in vec(any::<u8>(), 0..16)) {
-        prop_assert_eq!(decode_offset(&offset_key(a)).unwrap(), a);
-        prop_assert_eq!(a.cmp(&b), offset_key(a).cmp(&offset_key(b)));
+        prop_assert_eq!(decode_offset(&offset_key(Offset::new(a))).unwrap(), Offset::new(a));
+        prop_assert_eq!(a.cmp(&b), offset_key(Offset::new(a)).cmp(&offset_key(Offset::new(b))));
         prop_assert_eq!(decode_offset(&junk).is_ok(), junk.len() == 8);
     }
 
@@ -36,12 +36,12 @@ proptest! {
         a in any::<u64>(),
         b in any::<u64>(),
     ) {
-        let (ka, kb) = (scoped_offset_key(&p, a), scoped_offset_key(&p, b));
+        let (ka, kb) = (scoped_offset_key(&p, Offset::new(a)), scoped_offset_key(&p, Offset::new(b)));
         prop_assert!(ka.starts_with(&scope(&p)));
         prop_assert_eq!(a.cmp(&b), ka.cmp(&kb));
-        prop_assert_eq!(decode_offset(&ka[ka.len() - 8..]).unwrap(), a);
+        prop_assert_eq!(decode_offset(&ka[ka.len() - 8..]).unwrap(), Offset::new(a));
         if p != q {
-            prop_assert!(!scoped_offset_key(&q, b).starts_with(&scope(&p)));
+            prop_assert!(!scoped_offset_key(&q, Offset::new(b)).starts_with(&scope(&p)));
         }
     }
 

@@ -48,7 +48,7 @@ pub fn decode_offset(bytes: &[u8]) -> Result<Offset> {
     let arr: [u8; 8] = bytes
         .try_into()
         .map_err(|_| Error::Corrupt(format!("offset of {} bytes", bytes.len())))?;
-    Ok(u64::from_be_bytes(arr))
+    Ok(Offset::from_be_bytes(arr))
 }
 
 /// Nanoseconds since the Unix epoch (0 before it).

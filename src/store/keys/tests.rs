@@ -43,7 +43,7 @@ fn events_stored_with_the_legacy_field_numbers_read_as_current() {
         ..Default::default()
     }
     .encode_to_vec();
-    let stored = decode_event(&offset_key(7), &record).unwrap();
+    let stored = decode_event(&offset_key(Offset::new(7)), &record).unwrap();
     let Some(pb::event::Payload::ChannelInventoryUpdated(c)) = &stored.event.payload else {
         panic!("a channel inventory event")
     };

@@ -259,7 +259,7 @@ impl LogWriter {
                 let named =
                     ids.insert(h, offset, |o| keys::decode_event_id(o, &self.buf[from..to]));
                 if let Err(e) = named {
-                    tracing::error!(error = %e, offset, "event log: cannot index an event id");
+                    tracing::error!(error = %e, offset = offset.get(), "event log: cannot index an event id");
                 }
             }
             self.pending_ids.clear();
@@ -279,7 +279,7 @@ impl LogWriter {
     /// Forgets this commit's records.
     fn discard(&mut self) {
         let n = self.positions.len();
-        self.next -= n as Offset;
+        self.next -= n as u64;
         self.hashes.truncate(self.hashes.len() - n);
         self.positions.clear();
         self.pending_ids.clear();
@@ -323,7 +323,8 @@ impl LogWriter {
             });
         if let Err(e) = sealed {
             tracing::warn!(
-                segment = self.base,
+                segment = self.base.get(),
+
                 error = %e,
                 "event log: cannot seal a segment; the next start reads it whole"
             );
@@ -331,7 +332,7 @@ impl LogWriter {
         self.base = self.next;
         self.len = seg.len;
         self.log.index_mut().segments.push(seg);
-        tracing::debug!(base = self.base, "event log: new segment");
+        tracing::debug!(base = self.base.get(), "event log: new segment");
         Ok(())
     }
 

@@ -107,7 +107,7 @@ pub(super) fn open_segment(
         }
         // Every commit of a sealed segment was acknowledged before the
         // next segment was created: an invalid end there is damage.
-        Tail::Torn if !is_last => Some((scanned.len, base + scanned.positions.len() as Offset)),
+        Tail::Torn if !is_last => Some((scanned.len, base + scanned.positions.len() as u64)),
         Tail::Torn => {
             // The unacknowledged or torn end of the last commit. Cut, not
             // zeroed over: a later crash must not find a stale record where
@@ -269,10 +269,10 @@ pub(super) fn read_start(fs: &dyn Fs, dir: &Path) -> Result<Option<Offset>> {
         }
         None => return Err(damaged()),
     };
-    Ok(Some(format::u64_at(body, 0)))
+    Ok(Some(Offset::new(format::u64_at(body, 0))))
 }
 
 pub(in crate::store) fn write_start_file(fs: &dyn Fs, dir: &Path, first: Offset) -> Result<()> {
-    let bytes = format::sealed_file(Kind::Start, &first.to_le_bytes());
+    let bytes = format::sealed_file(Kind::Start, &first.get().to_le_bytes());
     Ok(fs::replace_file(fs, &dir.join("start"), &bytes)?)
 }

@@ -109,7 +109,7 @@ pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Appends a frame for the record made of `parts` at `offset` to `buf`.
 pub(super) fn push_frame(buf: &mut Vec<u8>, offset: Offset, parts: &[&[u8]], commit_start: bool) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let offset_bytes = offset.to_le_bytes();
+    let offset_bytes = offset.get().to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&offset_bytes);
     for p in parts {
@@ -141,7 +141,7 @@ fn frame_header(h: &[u8]) -> FrameHeader {
     FrameHeader {
         len: (len & !COMMIT_START) as u64,
         crc: u32_at(h, 4),
-        offset: u64_at(h, 8),
+        offset: Offset::new(u64_at(h, 8)),
         commit_start: len & COMMIT_START != 0,
     }
 }
@@ -209,7 +209,7 @@ pub(super) fn scan(file: &dyn FsFile, base: Offset, start: u64) -> Result<Scanne
         file.read_exact_at(&mut header, pos)?;
         let h = frame_header(&header);
         let end = pos + FRAME_HEADER as u64 + h.len;
-        if end > size || h.offset != base + positions.len() as Offset {
+        if end > size || h.offset != base + positions.len() as u64 {
             break;
         }
         body.resize(h.len as usize, 0);
@@ -227,7 +227,7 @@ pub(super) fn scan(file: &dyn FsFile, base: Offset, start: u64) -> Result<Scanne
         ids.push(id);
         pos = end;
     }
-    let next = base + positions.len() as Offset;
+    let next = base + positions.len() as u64;
     let tail = if pos == size {
         Tail::Clean
     } else if only_zeros(file, pos, size)? {
@@ -271,7 +271,7 @@ fn later_commit(file: &dyn FsFile, from: u64, size: u64, next: Offset) -> Result
             let mut body = vec![0u8; h.len as usize];
             file.read_exact_at(&mut body, frame_at + FRAME_HEADER as u64)?;
             let mut crc = crc32fast::Hasher::new();
-            crc.update(&h.offset.to_le_bytes());
+            crc.update(&h.offset.get().to_le_bytes());
             crc.update(&body);
             if crc.finalize() == h.crc {
                 return Ok(true);

@@ -68,7 +68,7 @@ impl Hasher for Spread {
 
 /// The offset in `[first, first + 2^32)` whose low 32 bits are `low`.
 pub(super) fn widen(first: Offset, low: u32) -> Offset {
-    let o = (first & !0xffff_ffff) | low as Offset;
+    let o = Offset::new((first.get() & !0xffff_ffff) | low as u64);
     if o < first {
         o + (1 << 32)
     } else {
@@ -130,7 +130,8 @@ impl IdIndex {
     ) -> Result<()> {
         match self.by_hash.entry(Self::key(h)) {
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(offset as u32);
+                // The low 32 bits; `widen` restores the rest.
+                v.insert(offset.get() as u32);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.collided.insert(id_of(offset)?, offset);
@@ -156,7 +157,7 @@ mod tests {
     /// past 2^32 come back whole.
     #[test]
     fn the_id_index_tells_colliding_ids_apart() {
-        let first = (1 << 32) - 5;
+        let first = Offset::new((1 << 32) - 5);
         let mut ids = IdIndex::with_capacity(4, first);
         let name = |o: Offset| Ok(format!("id{o}"));
         ids.insert(7, first, name).unwrap();
@@ -166,7 +167,10 @@ mod tests {
         assert_eq!(ids.lookup(7, "a").candidate, Some(first));
         assert_eq!(ids.lookup(7, &second).named, Some(first + 8));
         assert_eq!(ids.lookup(7, "z").named, None);
-        assert_eq!(ids.lookup(9, "c").candidate, Some((1 << 32) + 4));
+        assert_eq!(
+            ids.lookup(9, "c").candidate,
+            Some(Offset::new((1 << 32) + 4))
+        );
         ids.retain_from(first + 1);
         assert_eq!(ids.lookup(7, "a").candidate, None);
         assert_eq!(

@@ -109,7 +109,7 @@ struct Segment {
 
 impl Segment {
     fn next(&self) -> Offset {
-        self.base + self.positions.len() as Offset
+        self.base + self.positions.len() as u64
     }
 
     /// Byte range of record `rel`.
@@ -132,7 +132,7 @@ impl Segment {
 /// [`Error::Damaged`] naming its file and byte.
 fn check(dir: &Path, base: Offset, at: u64, frame: &Bytes, offset: Offset) -> Result<Bytes> {
     format::check_frame(frame, offset).map_err(|e| Error::Damaged {
-        offset,
+        offset: offset.get(),
         detail: format!(
             "{e} ({} byte {at})",
             segment_path(dir, base, "log").display()
@@ -166,7 +166,7 @@ impl EventLog {
         let mut bases: Vec<Offset> = fs
             .list(dir)?
             .iter()
-            .filter_map(|n| n.strip_suffix(".log")?.parse().ok())
+            .filter_map(|n| n.strip_suffix(".log")?.parse().ok().map(Offset::new))
             .collect();
         bases.sort_unstable();
         remove_orphans(&*fs, dir, &mut bases)?;
@@ -208,7 +208,7 @@ impl EventLog {
                 tracing::error!(
                     file = %path.display(),
                     byte = at,
-                    first_dropped = offset,
+                    first_dropped = offset.get(),
                     segments_removed = bases.len() - i - 1,
                     "event log: recovery = \"truncate\": cut the log at damaged record {offset}; \
                      it and every later record are gone"
@@ -242,7 +242,7 @@ impl EventLog {
         let mut ids = IdIndex::with_capacity((next - first) as usize, first);
         for f in &found {
             for (rel, &h) in f.hashes.iter().enumerate() {
-                let offset = f.segment.base + rel as Offset;
+                let offset = f.segment.base + rel as u64;
                 if offset >= first {
                     ids.insert(h, offset, |o| match &f.ids {
                         Some(names) => Ok(names[rel].clone()),
@@ -347,7 +347,7 @@ impl EventLog {
             (
                 seg.file.clone(),
                 seg.base,
-                seg.base + rel as Offset,
+                seg.base + rel as u64,
                 seg.span(rel),
             )
         };
@@ -372,7 +372,8 @@ impl EventLog {
             let before = out.len();
             self.read(from, want, true, out)?;
             match out[before..].last() {
-                Some((last, _)) => from = last + 1,
+                Some((last, _)) => from = *last + 1,
+
                 None => break,
             }
         }
@@ -422,7 +423,7 @@ impl EventLog {
         file.read_exact_at(&mut buf, start)?;
         let buf = Bytes::from(buf);
         for (n, (s, e)) in spans.into_iter().enumerate() {
-            let offset = from + n as Offset;
+            let offset = from + n as u64;
             let frame = buf.slice((s - start) as usize..(e - start) as usize);
             out.push((offset, check(&self.dir, base, s, &frame, offset)));
         }

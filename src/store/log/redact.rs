@@ -178,16 +178,16 @@ impl EventLog {
             &new.hashes,
             &self.hasher,
         ) {
-            tracing::warn!(segment = seg.base, error = %e, "event log: cannot write the .idx of a redacted segment; the next start rebuilds it");
+            tracing::warn!(segment = seg.base.get(), error = %e, "event log: cannot write the .idx of a redacted segment; the next start rebuilds it");
         }
         tracing::info!(
-            segment = seg.base,
+            segment = seg.base.get(),
             records = new_records.len(),
             "event log: redacted records"
         );
         Ok(new_records
             .iter()
-            .map(|(rel, _)| seg.base + *rel as Offset)
+            .map(|(rel, _)| seg.base + *rel as u64)
             .collect())
     }
 
@@ -222,7 +222,7 @@ impl EventLog {
             let buf = Bytes::from(buf);
             for r in rel..end_rel {
                 let (s, e) = seg.span(r);
-                let offset = seg.base + r as Offset;
+                let offset = seg.base + r as u64;
                 let frame = buf.slice((s - start) as usize..(e - start) as usize);
                 let record = check(&self.dir, seg.base, s, &frame, offset)?;
                 let position = u32::try_from(flushed + out.len() as u64).map_err(|_| {

@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     model::{
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
-        Offset,
+        EndpointId, Offset,
     },
 };
 
@@ -37,16 +37,21 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// `endpoint`'s delivery record of the event at `offset`, if any.
-    pub fn get(&self, endpoint: &str, offset: Offset) -> Result<Option<DeliveryRecord>> {
+    pub fn get(&self, endpoint: &EndpointId, offset: Offset) -> Result<Option<DeliveryRecord>> {
         self.store
             .table(Table::Deliveries)?
-            .get(keys::scoped_offset_key(endpoint, offset))?
+            .get(keys::scoped_offset_key(endpoint.as_str(), offset))?
             .map(|v| decode_delivery(endpoint, offset, &v))
             .transpose()
     }
 
     /// Sets one delivery record, durably.
-    pub async fn put(&self, endpoint: &str, offset: Offset, record: &DeliveryRecord) -> Result<()> {
+    pub async fn put(
+        &self,
+        endpoint: &EndpointId,
+        offset: Offset,
+        record: &DeliveryRecord,
+    ) -> Result<()> {
         let mut writes = StateWrites::new();
         writes.put_delivery(endpoint, offset, record);
         self.store.write_state(writes).await
@@ -55,7 +60,7 @@ impl<'a> DeliveryRecords<'a> {
     /// Sets several of `endpoint`'s delivery records in one write, durably.
     pub async fn put_all<'r>(
         &self,
-        endpoint: &str,
+        endpoint: &EndpointId,
         records: impl IntoIterator<Item = (Offset, &'r DeliveryRecord)>,
     ) -> Result<()> {
         let mut writes = StateWrites::new();
@@ -69,14 +74,15 @@ impl<'a> DeliveryRecords<'a> {
     /// order (reversible).
     pub fn range(
         &self,
-        endpoint: &str,
+        endpoint: &EndpointId,
         from: Offset,
         until: Offset,
     ) -> impl DoubleEndedIterator<Item = Result<(Offset, DeliveryRecord)>> {
         let endpoint = endpoint.to_owned();
         super::or_error(self.store.table(Table::Deliveries).map(|tree| {
             tree.range(
-                keys::scoped_offset_key(&endpoint, from)..keys::scoped_offset_key(&endpoint, until),
+                keys::scoped_offset_key(endpoint.as_str(), from)
+                    ..keys::scoped_offset_key(endpoint.as_str(), until),
             )
             .map(move |kv| {
                 let (k, v) = kv?;
@@ -89,27 +95,27 @@ impl<'a> DeliveryRecords<'a> {
     /// The offset above `endpoint`'s last delivery record (0 without
     /// one), once every state write queued before is durable, so none
     /// lands above it afterwards.
-    pub async fn next_unrecorded(&self, endpoint: &str) -> Result<Offset> {
+    pub async fn next_unrecorded(&self, endpoint: &EndpointId) -> Result<Offset> {
         self.store.write_state(StateWrites::new()).await?;
         let last = self
             .store
             .table(Table::Deliveries)?
-            .scan_prefix(keys::scope(endpoint))
+            .scan_prefix(keys::scope(endpoint.as_str()))
             .keys()
             .next_back()
             .transpose()?;
         match last {
             Some(k) => Ok(keys::decode_offset(&k[k.len() - 8..])?.saturating_add(1)),
-            None => Ok(0),
+            None => Ok(Offset::ZERO),
         }
     }
 
     /// The number of the last attempt recorded for that delivery, if any.
-    pub fn last_attempt(&self, endpoint: &str, offset: Offset) -> Result<Option<u32>> {
+    pub fn last_attempt(&self, endpoint: &EndpointId, offset: Offset) -> Result<Option<u32>> {
         let last = self
             .store
             .table(Table::Attempts)?
-            .scan_prefix(keys::scoped_offset_key(endpoint, offset))
+            .scan_prefix(keys::scoped_offset_key(endpoint.as_str(), offset))
             .keys()
             .next_back()
             .transpose()?;
@@ -117,10 +123,10 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// Every attempt of that delivery, oldest first.
-    pub fn attempts(&self, endpoint: &str, offset: Offset) -> Result<Vec<AttemptRecord>> {
+    pub fn attempts(&self, endpoint: &EndpointId, offset: Offset) -> Result<Vec<AttemptRecord>> {
         self.store
             .table(Table::Attempts)?
-            .scan_prefix(keys::scoped_offset_key(endpoint, offset))
+            .scan_prefix(keys::scoped_offset_key(endpoint.as_str(), offset))
             .values()
             .map(|v| {
                 StoredAttempt::decode(&*v?)
@@ -148,14 +154,15 @@ impl<'a> DeliveryRecords<'a> {
 
     /// Deletes `endpoint`'s delivered and superseded records of events
     /// below `first`, with their attempts.
-    pub async fn prune(&self, endpoint: &str, first: Offset) -> Result<()> {
+    pub async fn prune(&self, endpoint: &EndpointId, first: Offset) -> Result<()> {
         let (deliveries, attempts) = (
             self.store.table(Table::Deliveries)?,
             self.store.table(Table::Attempts)?,
         );
         let mut deletes = Vec::new();
-        for kv in deliveries.range(keys::scope(endpoint)..keys::scoped_offset_key(endpoint, first))
-        {
+        for kv in deliveries.range(
+            keys::scope(endpoint.as_str())..keys::scoped_offset_key(endpoint.as_str(), first),
+        ) {
             let (k, v) = kv?;
             let d = StoredDelivery::decode(&*v)
                 .map_err(|e| Error::Corrupt(format!("delivery: {e}")))?;
@@ -179,13 +186,13 @@ impl<'a> DeliveryRecords<'a> {
     }
 
     /// Deletes every delivery record and attempt of `endpoint`, in chunks.
-    pub async fn delete_endpoint(&self, endpoint: &str) -> Result<()> {
+    pub async fn delete_endpoint(&self, endpoint: &EndpointId) -> Result<()> {
         for table in [Table::Deliveries, Table::Attempts] {
             loop {
                 let keys: Vec<_> = self
                     .store
                     .table(table)?
-                    .scan_prefix(keys::scope(endpoint))
+                    .scan_prefix(keys::scope(endpoint.as_str()))
                     .keys()
                     .take(DELETE_CHUNK)
                     .collect::<std::result::Result<_, _>>()?;
@@ -205,7 +212,7 @@ impl<'a> DeliveryRecords<'a> {
     }
 }
 
-fn decode_delivery(endpoint: &str, offset: Offset, bytes: &[u8]) -> Result<DeliveryRecord> {
+fn decode_delivery(endpoint: &EndpointId, offset: Offset, bytes: &[u8]) -> Result<DeliveryRecord> {
     StoredDelivery::decode(bytes)
         .map(|d| d.into_record(endpoint, offset))
         .map_err(|e| Error::Corrupt(format!("delivery {endpoint}/{offset}: {e}")))

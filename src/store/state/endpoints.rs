@@ -9,6 +9,7 @@ use super::{
     StateWrites,
 };
 use crate::error::Result;
+use crate::model::EndpointId;
 
 /// The endpoint records, in id order.
 pub struct EndpointRecords<'a> {
@@ -21,8 +22,11 @@ impl<'a> EndpointRecords<'a> {
     }
 
     /// Endpoint `id`'s stored form, if it exists.
-    pub fn get(&self, id: &str) -> Result<Option<impl Deref<Target = [u8]>>> {
-        Ok(self.store.table(Table::Endpoints)?.get(id.as_bytes())?)
+    pub fn get(&self, id: &EndpointId) -> Result<Option<impl Deref<Target = [u8]>>> {
+        Ok(self
+            .store
+            .table(Table::Endpoints)?
+            .get(id.as_str().as_bytes())?)
     }
 
     /// How many endpoints there are (an error while the state database is
@@ -62,7 +66,7 @@ impl<'a> EndpointRecords<'a> {
     }
 
     /// Sets endpoint `id`'s stored form, durably.
-    pub async fn put(&self, id: &str, stored: Vec<u8>) -> Result<()> {
+    pub async fn put(&self, id: &EndpointId, stored: Vec<u8>) -> Result<()> {
         let mut writes = StateWrites::new();
         writes.put_endpoint(id, stored);
         self.store.write_state(writes).await
@@ -70,9 +74,12 @@ impl<'a> EndpointRecords<'a> {
 
     /// Deletes endpoint `id`'s record (not its deliveries: see
     /// [`super::DeliveryRecords::delete_endpoint`]), durably.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    pub async fn delete(&self, id: &EndpointId) -> Result<()> {
         self.store
-            .write(vec![Mutation::delete(Table::Endpoints, id.as_bytes())])
+            .write(vec![Mutation::delete(
+                Table::Endpoints,
+                id.as_str().as_bytes(),
+            )])
             .await
     }
 }

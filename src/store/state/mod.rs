@@ -33,7 +33,7 @@ use crate::{
     error::Result,
     model::{
         delivery::{AttemptRecord, DeliveryRecord},
-        Offset,
+        EndpointId, Offset,
     },
     store::keys::ConsumerRecord,
 };
@@ -74,19 +74,25 @@ impl StateWrites {
 
     /// Sets the delivery record of `endpoint` for the event at `offset`
     /// (the record's own `endpoint_id` and `offset` are not looked at).
-    pub fn put_delivery(&mut self, endpoint: &str, offset: Offset, record: &DeliveryRecord) {
+    pub fn put_delivery(&mut self, endpoint: &EndpointId, offset: Offset, record: &DeliveryRecord) {
         self.0.push(Mutation::put(
             Table::Deliveries,
-            keys::scoped_offset_key(endpoint, offset),
+            keys::scoped_offset_key(endpoint.as_str(), offset),
             StoredDelivery::from_record(record).encode_to_vec(),
         ));
     }
 
     /// Adds attempt number `n` of that delivery.
-    pub fn put_attempt(&mut self, endpoint: &str, offset: Offset, n: u32, attempt: &AttemptRecord) {
+    pub fn put_attempt(
+        &mut self,
+        endpoint: &EndpointId,
+        offset: Offset,
+        n: u32,
+        attempt: &AttemptRecord,
+    ) {
         self.0.push(Mutation::put(
             Table::Attempts,
-            keys::scoped_offset_n_key(endpoint, offset, n),
+            keys::scoped_offset_n_key(endpoint.as_str(), offset, n),
             StoredAttempt::from_record(attempt).encode_to_vec(),
         ));
     }
@@ -101,9 +107,12 @@ impl StateWrites {
     }
 
     /// Sets the stored form of endpoint `id`.
-    pub fn put_endpoint(&mut self, id: &str, stored: Vec<u8>) {
-        self.0
-            .push(Mutation::put(Table::Endpoints, id.as_bytes(), stored));
+    pub fn put_endpoint(&mut self, id: &EndpointId, stored: Vec<u8>) {
+        self.0.push(Mutation::put(
+            Table::Endpoints,
+            id.as_str().as_bytes(),
+            stored,
+        ));
     }
 }
 

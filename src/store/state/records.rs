@@ -8,6 +8,8 @@
 //! encode the old messages and decode them here, and back). A field added
 //! here takes a number the old messages never used.
 
+use crate::model::EndpointId;
+use crate::model::EventId;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::{
@@ -180,7 +182,7 @@ impl StoredDelivery {
     /// not part of it).
     pub fn from_record(record: &DeliveryRecord) -> Self {
         Self {
-            event_id: record.event_id.clone(),
+            event_id: record.event_id.as_str().to_owned(),
             event_type: record.event_type.clone(),
             state: state_number(record.state),
             attempts: record.attempts,
@@ -188,16 +190,16 @@ impl StoredDelivery {
             last_attempt_at: record.last_attempt_at.map(StoredTime::from_time),
             last_status: record.last_status,
             last_error: record.last_error.clone(),
-            superseded_by: record.superseded_by,
+            superseded_by: record.superseded_by.get(),
         }
     }
 
     /// The record stored under `endpoint_id` and `offset`.
-    pub fn into_record(self, endpoint_id: &str, offset: Offset) -> DeliveryRecord {
+    pub fn into_record(self, endpoint_id: &EndpointId, offset: Offset) -> DeliveryRecord {
         DeliveryRecord {
-            endpoint_id: endpoint_id.to_owned(),
+            endpoint_id: endpoint_id.clone(),
             offset,
-            event_id: self.event_id,
+            event_id: EventId::new(self.event_id),
             event_type: self.event_type,
             state: state_of(self.state),
             attempts: self.attempts,
@@ -205,7 +207,7 @@ impl StoredDelivery {
             last_attempt_at: self.last_attempt_at.map(StoredTime::to_time),
             last_status: self.last_status,
             last_error: self.last_error,
-            superseded_by: self.superseded_by,
+            superseded_by: Offset::new(self.superseded_by),
         }
     }
 

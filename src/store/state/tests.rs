@@ -6,6 +6,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        EndpointId, EventId, Offset,
     },
     store::{keys::ConsumerRecord, open_for_test, Store, WriterHandle},
 };
@@ -19,7 +20,7 @@ async fn close(store: Store, writer: WriterHandle) {
 
 fn delivery(state: DeliveryState) -> DeliveryRecord {
     DeliveryRecord {
-        event_id: format!("{state:?}"),
+        event_id: EventId::new(format!("{state:?}")),
         state,
         ..Default::default()
     }
@@ -39,37 +40,44 @@ const B: &str = "ep10";
 
 #[tokio::test]
 async fn delivery_records_and_attempts_per_endpoint() {
+    let (a, b) = (EndpointId::new(A), EndpointId::new(B));
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open_for_test(dir.path());
     let d = store.deliveries();
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), 0);
-    d.put(A, 3, &delivery(DeliveryState::Delivered))
+    assert_eq!(d.next_unrecorded(&a).await.unwrap(), Offset::ZERO);
+    d.put(&a, Offset::new(3), &delivery(DeliveryState::Delivered))
         .await
         .unwrap();
     d.put_all(
-        A,
+        &a,
         [
-            (5, &delivery(DeliveryState::Failed)),
-            (7, &delivery(DeliveryState::Dead)),
+            (Offset::new(5), &delivery(DeliveryState::Failed)),
+            (Offset::new(7), &delivery(DeliveryState::Dead)),
         ],
     )
     .await
     .unwrap();
     let mut w = StateWrites::new();
-    w.put_delivery(B, 4, &delivery(DeliveryState::Dead));
+    w.put_delivery(&b, Offset::new(4), &delivery(DeliveryState::Dead));
     for n in 1..=2 {
-        w.put_attempt(A, 3, n, &attempt(n));
+        w.put_attempt(&a, Offset::new(3), n, &attempt(n));
     }
-    w.put_attempt(A, 5, 1, &attempt(1));
-    w.put_attempt(B, 3, 9, &attempt(9));
+    w.put_attempt(&a, Offset::new(5), 1, &attempt(1));
+    w.put_attempt(&b, Offset::new(3), 9, &attempt(9));
     assert_eq!(w.len(), 5);
     store.write_state(w).await.unwrap();
 
-    assert_eq!(d.get(A, 5).unwrap().unwrap().state, DeliveryState::Failed);
-    assert!(d.get(A, 4).unwrap().is_none());
-    assert!(d.get(B, 3).unwrap().is_none());
+    assert_eq!(
+        d.get(&a, Offset::new(5)).unwrap().unwrap().state,
+        DeliveryState::Failed
+    );
+    assert!(d.get(&a, Offset::new(4)).unwrap().is_none());
+    assert!(d.get(&b, Offset::new(3)).unwrap().is_none());
     let offsets = |from, until, rev: bool| -> Vec<u64> {
-        let it = d.range(A, from, until).map(|r| r.unwrap().0);
+        let it = d
+            .range(&a, Offset::new(from), Offset::new(until))
+            .map(|r| r.unwrap().0.get());
+
         if rev {
             it.rev().collect()
         } else {
@@ -79,14 +87,14 @@ async fn delivery_records_and_attempts_per_endpoint() {
     assert_eq!(offsets(0, u64::MAX, false), [3, 5, 7]);
     assert_eq!(offsets(4, 7, true), [5]);
     assert_eq!(offsets(9, 2, false), Vec::<u64>::new(), "an empty range");
-    assert_eq!(d.next_unrecorded(A).await.unwrap(), 8);
-    assert_eq!(d.next_unrecorded(B).await.unwrap(), 5);
+    assert_eq!(d.next_unrecorded(&a).await.unwrap(), Offset::new(8));
+    assert_eq!(d.next_unrecorded(&b).await.unwrap(), Offset::new(5));
 
-    assert_eq!(d.last_attempt(A, 3).unwrap(), Some(2));
-    assert_eq!(d.last_attempt(A, 7).unwrap(), None);
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert_eq!(d.last_attempt(&a, Offset::new(3)).unwrap(), Some(2));
+    assert_eq!(d.last_attempt(&a, Offset::new(7)).unwrap(), None);
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
     let numbers: Vec<u32> = d
-        .attempts(A, 3)
+        .attempts(&a, Offset::new(3))
         .unwrap()
         .iter()
         .map(|a| a.attempt)
@@ -97,17 +105,20 @@ async fn delivery_records_and_attempts_per_endpoint() {
 
     // Pruning below 6 takes the delivered record at 3 with its attempts,
     // keeps the failed one at 5 and everything of the other endpoint.
-    d.prune(A, 6).await.unwrap();
+    d.prune(&a, Offset::new(6)).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), [5, 7]);
-    assert!(d.attempts(A, 3).unwrap().is_empty());
-    assert_eq!(d.attempts(A, 5).unwrap().len(), 1);
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert!(d.attempts(&a, Offset::new(3)).unwrap().is_empty());
+    assert_eq!(d.attempts(&a, Offset::new(5)).unwrap().len(), 1);
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
 
-    d.delete_endpoint(A).await.unwrap();
+    d.delete_endpoint(&a).await.unwrap();
     assert_eq!(offsets(0, u64::MAX, false), Vec::<u64>::new());
-    assert!(d.attempts(A, 5).unwrap().is_empty());
-    assert!(d.get(B, 4).unwrap().is_some(), "{B} keeps its records");
-    assert_eq!(d.last_attempt(B, 3).unwrap(), Some(9));
+    assert!(d.attempts(&a, Offset::new(5)).unwrap().is_empty());
+    assert!(
+        d.get(&b, Offset::new(4)).unwrap().is_some(),
+        "{B} keeps its records"
+    );
+    assert_eq!(d.last_attempt(&b, Offset::new(3)).unwrap(), Some(9));
     close(store, writer).await;
 }
 
@@ -118,14 +129,17 @@ async fn endpoint_records_list_in_id_order_and_page() {
     let e = store.endpoints();
     assert_eq!(e.count().unwrap(), 0);
     for id in ["b", "a", "c"] {
-        e.put(id, format!("stored-{id}").into_bytes())
+        e.put(&EndpointId::new(id), format!("stored-{id}").into_bytes())
             .await
             .unwrap();
     }
     assert_eq!(e.count().unwrap(), 3);
     assert_eq!(e.ids().unwrap(), ["a", "b", "c"]);
-    assert_eq!(&*e.get("b").unwrap().unwrap(), b"stored-b");
-    assert!(e.get("d").unwrap().is_none());
+    assert_eq!(
+        &*e.get(&EndpointId::new("b")).unwrap().unwrap(),
+        b"stored-b"
+    );
+    assert!(e.get(&EndpointId::new("d")).unwrap().is_none());
     let values = |it: &mut dyn Iterator<Item = Vec<u8>>| -> Vec<String> {
         it.map(|v| String::from_utf8(v).unwrap()).collect()
     };
@@ -133,7 +147,7 @@ async fn endpoint_records_list_in_id_order_and_page() {
     assert_eq!(all, ["stored-a", "stored-b", "stored-c"]);
     let page = values(&mut e.after("a").map(|v| v.unwrap().to_vec()));
     assert_eq!(page, ["stored-b", "stored-c"]);
-    e.delete("b").await.unwrap();
+    e.delete(&EndpointId::new("b")).await.unwrap();
     assert_eq!(e.ids().unwrap(), ["a", "c"]);
     close(store, writer).await;
 }
@@ -149,13 +163,21 @@ async fn consumer_and_audit_records() {
     };
     // Saved with a delivery record in the same write.
     let mut with = StateWrites::new();
-    with.put_delivery(A, 1, &delivery(DeliveryState::Delivered));
+    with.put_delivery(
+        &EndpointId::new(A),
+        Offset::new(1),
+        &delivery(DeliveryState::Delivered),
+    );
     let durable = c
         .submit_save("@endpoint:x", &record(2), with)
         .await
         .unwrap();
     durable.await.unwrap().unwrap();
-    assert!(store.deliveries().get(A, 1).unwrap().is_some());
+    assert!(store
+        .deliveries()
+        .get(&EndpointId::new(A), Offset::new(1))
+        .unwrap()
+        .is_some());
     c.submit_save("plain", &record(5), StateWrites::new())
         .await
         .unwrap()

@@ -229,7 +229,7 @@ impl LogWriterThread {
             for (e, r) in events.iter().zip(results) {
                 if !r.duplicate {
                     let stamps = [e.queued, started, durable, head];
-                    stall.committed(r.offset, stamps, timings.sync, group);
+                    stall.committed(r.offset.get(), stamps, timings.sync, group);
                 }
             }
         }

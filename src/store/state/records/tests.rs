@@ -12,6 +12,7 @@ use crate::{
     model::{
         audit::AuditRecord,
         delivery::{AttemptRecord, DeliveryRecord, DeliveryState},
+        EndpointId, EventId, Offset,
     },
     pb,
 };
@@ -50,13 +51,13 @@ fn old_delivery_messages_decode_as_records_and_encode_back_unchanged() {
         let old = old_delivery(old_state);
         let bytes = old.encode_to_vec();
         let stored = StoredDelivery::decode(&*bytes).unwrap();
-        let record = stored.into_record("ep1", 7);
+        let record = stored.into_record(&EndpointId::new("ep1"), Offset::new(7));
         assert_eq!(
             record,
             DeliveryRecord {
-                endpoint_id: "ep1".into(),
-                offset: 7,
-                event_id: "ev-1".into(),
+                endpoint_id: EndpointId::new("ep1"),
+                offset: Offset::new(7),
+                event_id: EventId::new("ev-1"),
                 event_type: "pick.confirmed".into(),
                 state,
                 attempts: 3,
@@ -64,7 +65,7 @@ fn old_delivery_messages_decode_as_records_and_encode_back_unchanged() {
                 last_attempt_at: Some(UNIX_EPOCH + Duration::new(1_770_000_000, 123_456_789)),
                 last_status: 503,
                 last_error: "HTTP 503 Service Unavailable".into(),
-                superseded_by: 42,
+                superseded_by: Offset::new(42),
             }
         );
         let again = StoredDelivery::from_record(&record).encode_to_vec();
@@ -86,7 +87,7 @@ fn sparse_and_unknown_old_deliveries_decode() {
     let bytes = old.encode_to_vec();
     let record = StoredDelivery::decode(&*bytes)
         .unwrap()
-        .into_record("ep", 1);
+        .into_record(&EndpointId::new("ep"), Offset::new(1));
     assert_eq!(record.state, DeliveryState::Dead);
     assert_eq!(
         (record.next_attempt_at, record.last_attempt_at),
@@ -104,8 +105,11 @@ fn sparse_and_unknown_old_deliveries_decode() {
     };
     let record = StoredDelivery::decode(&*odd.encode_to_vec())
         .unwrap()
-        .into_record("ep", 1);
-    assert_eq!((record.endpoint_id.as_str(), record.offset), ("ep", 1));
+        .into_record(&EndpointId::new("ep"), Offset::new(1));
+    assert_eq!(
+        (record.endpoint_id.as_str(), record.offset.get()),
+        ("ep", 1)
+    );
     assert_eq!(record.state, DeliveryState::Unspecified);
 }
 
