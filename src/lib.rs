@@ -17,9 +17,11 @@
 //! - [`convert`] — the edge between protobuf and the domain: validation of
 //!   wire input into domain types (events, endpoints, UpdateEndpoint's
 //!   field mask) and domain types as the API shows them.
-//! - [`model`] — domain types: offsets, event types, stored events, the
-//!   webhook endpoint, delivery and audit records, the broker's own events,
-//!   and the rule that gives an event its tenant.
+//! - [`model`] — domain types: the newtypes `Offset`, `EventId` and
+//!   `EndpointId` (made from the wire's numbers and strings at the edge),
+//!   event types, stored events, the webhook endpoint, delivery and audit
+//!   records, the broker's own events, and the rule that gives an event its
+//!   tenant.
 //! - [`store`] — events in the segment log (`store/log`) with its id
 //!   index; beside it, sled keeps only state, behind typed stores
 //!   (endpoints, deliveries, consumers, audit); the writer
