@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod delivery;
 pub mod endpoint;
+pub mod event_bytes;
 mod ids;
 mod offset;
 pub mod ops;

@@ -322,7 +322,7 @@ async fn events_in_sled_trees_move_into_the_log() {
         // Retention had removed offsets below 5.
         for (i, offset) in (5..25u64).enumerate() {
             let e = event(&format!("old{i}"));
-            let record = keys::encode_event_record(&e.event, 1_000 + offset);
+            let record = keys::encode_event_record(&e, 1_000 + offset);
             events
                 .insert(keys::offset_key(Offset::new(offset)), record)
                 .unwrap();

@@ -307,7 +307,7 @@ impl EventStream {
 
     /// The message of `event`, published at `published_at_nanos`.
     fn outgoing(&self, event: &NewEvent, published_at_nanos: u64) -> Outgoing {
-        let mut record = keys::encode_event_field(&event.event);
+        let mut record = keys::encode_event_field(event);
         keys::encode_published_field(published_at_nanos, &mut record);
         Outgoing {
             id: event.event.id.clone(),

@@ -7,16 +7,16 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::{decode_meta_record, decode_offset};
 use crate::{
     error::{Error, Result},
-    model::{event_type_of, Offset, StoredEvent},
-    pb,
+    model::{event_bytes, event_type_of, NewEvent, Offset, StoredEvent},
 };
 
 /// How an event is stored.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EventRecord {
-    /// The event with id, occurred_at and ordering_key filled in.
-    #[prost(message, optional, tag = "1")]
-    pub event: Option<pb::Event>,
+    /// The event with id, occurred_at and ordering_key filled in, encoded
+    /// ([`event_bytes`]: the store does not look inside).
+    #[prost(bytes = "vec", tag = "1")]
+    pub event: Vec<u8>,
     /// Append time, nanoseconds since the Unix epoch.
     #[prost(uint64, tag = "2")]
     pub published_at_nanos: u64,
@@ -55,11 +55,7 @@ pub fn tombstone(
     let meta = decode_meta_record(offset, record)?;
     let (_, published_at_nanos) = split_event_record(record)?;
     Ok(EventRecord {
-        event: Some(pb::Event {
-            id: decode_event_id(offset, record)?,
-            tenant: meta.tenant,
-            ..Default::default()
-        }),
+        event: event_bytes::erased_event(decode_event_id(offset, record)?, meta.tenant),
         published_at_nanos,
         erased: Some(ErasedRecord {
             event_type: meta.event_type.to_string(),
@@ -82,30 +78,30 @@ pub fn decode_tombstone(
     record: &[u8],
 ) -> Result<Option<(String, String, ErasedRecord)>> {
     use prost::Message as _;
-    let r = EventRecord::decode(record)
-        .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
-    Ok(match (r.event, r.erased) {
-        (Some(e), Some(erased)) => Some((e.id, e.tenant, erased)),
-        _ => None,
+    let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event at offset {offset}: {e}"));
+    let r = EventRecord::decode(record).map_err(corrupt)?;
+    Ok(match r.erased {
+        Some(erased) => {
+            let e = event_bytes::decode_event(&r.event).map_err(corrupt)?;
+            Some((e.id, e.tenant, erased))
+        }
+        None => None,
     })
 }
 
-/// The [`EventRecord`] bytes of `event`, encoded in place: the same bytes
-/// as `EventRecord { event: Some(event.clone()), .. }.encode_to_vec()`
-/// without copying the event first.
+/// The [`EventRecord`] bytes of `event`: its first part
+/// ([`encode_event_field`]) and its second ([`encode_published_field`]).
 #[cfg(test)]
-pub fn encode_event_record(event: &pb::Event, published_at_nanos: u64) -> Vec<u8> {
+pub fn encode_event_record(event: &NewEvent, published_at_nanos: u64) -> Vec<u8> {
     let mut buf = encode_event_field(event);
     encode_published_field(published_at_nanos, &mut buf);
     buf
 }
 
 /// The first part of an [`EventRecord`]: the event as field 1.
-pub fn encode_event_field(event: &pb::Event) -> Vec<u8> {
-    use prost::Message as _;
-    let len = event.encoded_len();
-    let mut buf = Vec::with_capacity(len + 16);
-    prost::encoding::message::encode(1, event, &mut buf);
+pub fn encode_event_field(event: &NewEvent) -> Vec<u8> {
+    let mut buf = Vec::new();
+    event.encode_as_field(1, &mut buf);
     buf
 }
 
@@ -122,30 +118,21 @@ pub fn encode_published_field(published_at_nanos: u64, buf: &mut Vec<u8>) {
 /// id is the same by construction; `occurred_at` is not compared, as it
 /// defaults to the publish time and a retry without it differs there.
 pub fn same_content(a: &[u8], b: &[u8]) -> Result<bool> {
-    use prost::Message as _;
-    let event = |bytes: &[u8]| {
-        EventRecord::decode(bytes)
-            .map(|r| {
-                let mut event = r.event.unwrap_or_default();
-                crate::model::upgrade_legacy_fields(&mut event);
-                event
-            })
-            .map_err(|e| Error::Corrupt(format!("event record: {e}")))
-    };
-    let (a, b) = (event(a)?, event(b)?);
-    Ok(a.payload == b.payload && a.attributes == b.attributes && a.ordering_key == b.ordering_key)
+    let ((ea, _), (eb, _)) = (split_event_record(a)?, split_event_record(b)?);
+    event_bytes::same_content(&a[ea], &b[eb])
+        .map_err(|e| Error::Corrupt(format!("event record: {e}")))
 }
 
 /// Decodes the event stored at the offset `key` encodes
 /// ([`super::offset_key`]): its [`EventRecord`] bytes from the log.
 pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
     let offset = decode_offset(key)?;
-    let record: EventRecord = prost::Message::decode(value)
-        .map_err(|e| Error::Corrupt(format!("event at offset {offset}: {e}")))?;
-    let mut event = record
-        .event
-        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: empty")))?;
-    crate::model::upgrade_legacy_fields(&mut event);
+    let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event at offset {offset}: {e}"));
+    let record: EventRecord = prost::Message::decode(value).map_err(corrupt)?;
+    if record.event.is_empty() {
+        return Err(Error::Corrupt(format!("event at offset {offset}: empty")));
+    }
+    let event = event_bytes::decode_event(&record.event).map_err(corrupt)?;
     let event_type = event_type_of(event.payload.as_ref())
         .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
     Ok(StoredEvent {

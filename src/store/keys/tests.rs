@@ -1,7 +1,29 @@
 use prost::Message as _;
 
 use super::*;
-use crate::pb;
+use crate::{model::NewEvent, pb};
+
+/// The record as it was declared while the store named the event's
+/// message type: what it encodes is what older versions wrote, and what
+/// this one must still write and read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeclaredRecord {
+    #[prost(message, optional, tag = "1")]
+    event: Option<pb::Event>,
+    #[prost(uint64, tag = "2")]
+    published_at_nanos: u64,
+}
+
+/// `event` ready to append (its type from its payload, else a custom one).
+fn new_event(event: pb::Event) -> NewEvent {
+    let event_type = crate::model::event_type_of(event.payload.as_ref())
+        .unwrap_or_else(|| crate::store::test_event("x").event_type);
+    NewEvent {
+        event,
+        event_type,
+        id_assigned: false,
+    }
+}
 
 /// A channel-inventory event written by a version before the wrapper
 /// types (values in the `legacy_*` field numbers) reads back with its
@@ -37,10 +59,9 @@ fn events_stored_with_the_legacy_field_numbers_read_as_current() {
         )),
         ..Default::default()
     };
-    let record = EventRecord {
+    let record = DeclaredRecord {
         event: Some(legacy.clone()),
         published_at_nanos: 1,
-        ..Default::default()
     }
     .encode_to_vec();
     let stored = decode_event(&offset_key(Offset::new(7)), &record).unwrap();
@@ -85,7 +106,7 @@ fn events_stored_with_the_legacy_field_numbers_read_as_current() {
 }
 
 #[test]
-fn event_record_encodes_in_place_as_prost_does() {
+fn event_record_encodes_as_the_declared_record_always_did() {
     let event = pb::Event {
         id: "e-1".into(),
         ordering_key: "k".into(),
@@ -96,25 +117,30 @@ fn event_record_encodes_in_place_as_prost_does() {
         ..Default::default()
     };
     for published in [0, 1_780_000_000_123_456_789] {
-        let want = EventRecord {
+        let want = DeclaredRecord {
             event: Some(event.clone()),
             published_at_nanos: published,
-            ..Default::default()
         }
         .encode_to_vec();
-        assert_eq!(encode_event_record(&event, published), want);
+        assert_eq!(
+            encode_event_record(&new_event(event.clone()), published),
+            want
+        );
+        // And the record type the store decodes reads it back.
+        let read = EventRecord::decode(&want[..]).unwrap();
+        assert_eq!(read.published_at_nanos, published);
+        assert_eq!(pb::Event::decode(&read.event[..]).unwrap(), event);
     }
     let empty = pb::Event::default();
-    let record = encode_event_record(&event, 42);
+    let record = encode_event_record(&new_event(event.clone()), 42);
     let (range, published) = split_event_record(&record).unwrap();
     assert_eq!(published, 42);
     assert_eq!(pb::Event::decode(&record[range]).unwrap(), event);
     assert_eq!(
-        encode_event_record(&empty, 0),
-        EventRecord {
-            event: Some(empty.clone()),
+        encode_event_record(&new_event(empty.clone()), 0),
+        DeclaredRecord {
+            event: Some(empty),
             published_at_nanos: 0,
-            ..Default::default()
         }
         .encode_to_vec()
     );

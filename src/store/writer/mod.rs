@@ -57,7 +57,7 @@ pub(super) struct Encoded {
 
 impl Encoded {
     pub(super) fn new(mut e: NewEvent, queued: u64) -> Self {
-        let event_field = keys::encode_event_field(&e.event);
+        let event_field = keys::encode_event_field(&e);
         Self {
             id: std::mem::take(&mut e.event.id),
             event_type: e.event_type,
