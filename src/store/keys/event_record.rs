@@ -127,17 +127,20 @@ pub fn same_content(a: &[u8], b: &[u8]) -> Result<bool> {
 /// ([`super::offset_key`]): its [`EventRecord`] bytes from the log.
 pub fn decode_event(key: &[u8], value: &[u8]) -> Result<StoredEvent> {
     let offset = decode_offset(key)?;
-    let corrupt = |e: prost::DecodeError| Error::Corrupt(format!("event at offset {offset}: {e}"));
-    let record: EventRecord = prost::Message::decode(value).map_err(corrupt)?;
-    if record.event.is_empty() {
-        return Err(Error::Corrupt(format!("event at offset {offset}: empty")));
-    }
-    let event = event_bytes::decode_event(&record.event).map_err(corrupt)?;
-    let event_type = event_type_of(event.payload.as_ref())
-        .ok_or_else(|| Error::Corrupt(format!("event at offset {offset}: no payload")))?;
+    let corrupt =
+        |e: &dyn std::fmt::Display| Error::Corrupt(format!("event at offset {offset}: {e}"));
+    // The event is decoded from the record's bytes in place, not copied out
+    // of an `EventRecord` first.
+    let parts = walk_event_record(value).map_err(|e| corrupt(&e))?;
+    let range = parts
+        .event
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| corrupt(&"empty"))?;
+    let event = event_bytes::decode_event(&value[range]).map_err(|e| corrupt(&e))?;
+    let event_type = event_type_of(event.payload.as_ref()).ok_or_else(|| corrupt(&"no payload"))?;
     Ok(StoredEvent {
         offset,
-        published_at: UNIX_EPOCH + Duration::from_nanos(record.published_at_nanos),
+        published_at: UNIX_EPOCH + Duration::from_nanos(parts.published),
         event_type,
         event,
     })
