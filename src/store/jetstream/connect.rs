@@ -172,7 +172,7 @@ impl ClusterOptions {
                 Ok(())
             }
             Err(e) => Err(Failed {
-                not_up: matches!(e, PreflightError::Unreachable { .. }),
+                not_up: not_up_yet(&e),
                 error: Error::FailedPrecondition(format!(
                     "refusing to start on this NATS cluster: {e}. (To start anyway, accepting \
                      that acknowledged events can be lost, set allow_unsynced_cluster = true.)"
@@ -180,6 +180,18 @@ impl ClusterOptions {
             }),
         }
     }
+}
+
+/// Whether the durability check failed because the nodes are not up yet
+/// (asked again) rather than because of how they are set up (refused at
+/// once). A node that has just started answers `/varz` before its
+/// JetStream is up, without it: a broker started with its nodes saw that
+/// on CI.
+fn not_up_yet(e: &PreflightError) -> bool {
+    matches!(
+        e,
+        PreflightError::Unreachable { .. } | PreflightError::NoJetStream { .. }
+    )
 }
 
 /// `attempt()`, asked again while it fails with [`Failed::not_up`] and
@@ -221,4 +233,33 @@ fn report(health: &watch::Sender<StoreHealth>, event: Event) {
         h.log = new;
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_still_starting_are_asked_again_and_nodes_set_up_wrong_are_refused() {
+        let url = "http://127.0.0.1:8222".to_owned();
+        let starting = [
+            PreflightError::Unreachable {
+                url: url.clone(),
+                reason: "connection refused".into(),
+            },
+            PreflightError::NoJetStream {
+                server: "n1".into(),
+                url,
+            },
+        ];
+        assert!(starting.iter().all(not_up_yet));
+        let wrong = [
+            PreflightError::NoMonitoringUrls,
+            PreflightError::Unchecked {
+                missing: vec!["n3".into()],
+            },
+            PreflightError::Unsynced { nodes: Vec::new() },
+        ];
+        assert!(!wrong.iter().any(not_up_yet));
+    }
 }
