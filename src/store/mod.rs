@@ -323,6 +323,16 @@ impl Store {
         *self.inner.head.borrow()
     }
 
+    /// The head to check `offset` against: on the cluster, when `offset` is
+    /// past this broker's head, the stream's own head (another broker may
+    /// have appended it a moment ago); else [`Store::head`].
+    pub async fn head_for(&self, offset: Offset) -> Result<Offset> {
+        match &self.inner.backend {
+            Backend::Cluster(cluster) if offset > self.head() => cluster.fresh_head().await,
+            _ => Ok(self.head()),
+        }
+    }
+
     /// Watches the head; it changes after every group commit that appended
     /// (on the cluster: as the stream grows, whichever broker appended).
     pub fn watch_head(&self) -> watch::Receiver<Offset> {

@@ -459,6 +459,34 @@ async fn cluster_broker_started_before_its_nodes_waits_for_them() {
     assert_eq!((r.offset, r.duplicate), (1, false));
 }
 
+/// A client that publishes through one broker and at once subscribes
+/// through the other from the offset it was given (a load balancer in
+/// front of both) starts there, even when the other broker's head has not
+/// caught up yet: a start past a broker's head is checked against the
+/// stream's own head before it is refused.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_subscribe_on_one_broker_from_what_the_other_just_acked() {
+    let pair = two_brokers("lag").await;
+    let mut pub_a = PublisherClient::new(pair.a.clone());
+    let mut sub_b = SubscriberClient::new(pair.b.clone());
+    for i in 0..30 {
+        let id = format!("lag-{i}");
+        let acked = publish_answer(&mut pub_a, pick(&id, "SO-lag")).await;
+        let mut stream = sub_b
+            .subscribe(subscribe_from(Start::Offset(acked.offset), &[]))
+            .await
+            .unwrap_or_else(|e| panic!("subscribing on B from offset {}: {e}", acked.offset))
+            .into_inner();
+        let first = next_within(&mut stream, 30).await;
+        let event = first.event.expect("an event");
+        assert_eq!(
+            (first.offset, event.id.as_str()),
+            (acked.offset, id.as_str())
+        );
+    }
+}
+
 /// On `cluster`, which wants a login: a broker with the `wrong`
 /// credentials or none is refused, naming what to check and printing no
 /// credential; one with the `right` ones starts, prints none, and publishes.

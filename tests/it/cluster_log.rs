@@ -8,7 +8,10 @@ use async_nats::jetstream;
 use stevedore::{
     model::{event_type_of, NewEvent, Offset},
     pb,
-    store::jetstream::{decode_header, EventStream, JetStreamError, StreamConfig, ORDERING_KEY},
+    store::jetstream::{
+        decode_header, ClusterLog, ClusterOptions, EventStream, JetStreamError, StreamConfig,
+        ORDERING_KEY,
+    },
 };
 
 use crate::support::{
@@ -284,4 +287,51 @@ async fn cluster_log_duplicate_ids_answer_the_first_offset() {
         .map(|e| e.event.id)
         .collect();
     assert_eq!(ids, ["e1", "e2", "e3", "e4"]);
+}
+
+/// A broker's head follows the stream; when a start offset is past it, the
+/// broker asks the stream itself (`ClusterLog::fresh_head`), which knows
+/// what another broker appended before this one's follower has seen it.
+/// Here the follower is stopped, so the followed head stays behind.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_log_fresh_head_sees_what_another_broker_appended() {
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let config =
+        stevedore::config::Config::load(None, cluster.broker_env("fh"), &[("data_dir", data_dir)])
+            .unwrap();
+    let options = ClusterOptions::from_config(&config).expect("backend = jetstream");
+    let opened = ClusterLog::open(&options).await.expect("open");
+    let followed = opened.head.clone();
+    let start = *followed.borrow();
+    // Its follower stops (so does taking appends): its head no longer moves
+    // by itself.
+    opened.log.close();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let client = cluster.connect().await;
+    let other = patiently(|| EventStream::open(client.clone(), StreamConfig::with_prefix("fh")))
+        .await
+        .expect("open the stream as another broker");
+    let appended = other
+        .append(&new_event(pick("fh-1", "SO-1"), "SO-1"))
+        .await
+        .expect("append");
+    assert_eq!(appended.offset, start);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        *followed.borrow(),
+        start,
+        "the stopped follower did not move"
+    );
+
+    let fresh = opened.log.fresh_head().await.expect("fresh head");
+    assert_eq!(fresh, start + 1);
+    assert_eq!(
+        *followed.borrow(),
+        start + 1,
+        "the followed head is raised too"
+    );
 }

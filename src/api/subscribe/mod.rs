@@ -103,7 +103,8 @@ impl SubscriberService {
             None | Some(Start::Latest(_)) => store.head(),
             Some(Start::Earliest(_)) => store.first_offset()?,
             Some(Start::Offset(o)) => {
-                convert::start_offset("offset", Offset::new(*o), store.head())?
+                let o = Offset::new(*o);
+                convert::start_offset("offset", o, store.head_for(o).await?)?
                     .max(store.first_offset()?)
             }
             Some(Start::Time(t)) => {

@@ -183,6 +183,15 @@ impl ClusterLog {
         self.extent.bytes.load(Ordering::Relaxed)
     }
 
+    /// The head as the stream has it now, asked rather than followed
+    /// (another broker may have appended what this one's follower has not
+    /// seen yet); the followed head is raised to it.
+    pub async fn fresh_head(&self) -> Result<Offset> {
+        let state = self.ids.log().state().await.map_err(read_failed)?;
+        follow::raise(&self.head, Offset::new(state.last_sequence + 1));
+        Ok(*self.head.borrow())
+    }
+
     /// The event at `offset`, from the stream's leader.
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
         self.ids.log().get(offset).await.map_err(read_failed)
@@ -237,16 +246,9 @@ async fn append(ids: &IdempotentLog, events: Vec<NewEvent>) -> Result<Vec<Append
 /// Moves the head past what was just appended (the follower would, a
 /// moment later): this broker's subscribers see its appends at once.
 fn advance(head: &watch::Sender<Offset>, appended: &[Appended]) {
-    let Some(last) = appended.iter().map(|a| a.offset).max() else {
-        return;
-    };
-    head.send_if_modified(|h| {
-        let moved = last + 1 > *h;
-        if moved {
-            *h = last + 1;
-        }
-        moved
-    });
+    if let Some(last) = appended.iter().map(|a| a.offset).max() {
+        follow::raise(head, last + 1);
+    }
 }
 
 /// Takes queued appends in order and sends whatever is waiting (up to

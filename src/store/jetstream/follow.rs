@@ -91,15 +91,7 @@ async fn look(
         Ok(Ok(state)) => {
             extent.first.store(state.first_sequence, Ordering::Relaxed);
             extent.bytes.store(state.bytes, Ordering::Relaxed);
-            let next = Offset::new(state.last_sequence + 1);
-
-            let moved = head.send_if_modified(|h| {
-                let moved = next > *h;
-                if moved {
-                    *h = next;
-                }
-                moved
-            });
+            let moved = raise(head, Offset::new(state.last_sequence + 1));
             set_problem(health, None);
             return moved;
         }
@@ -110,6 +102,18 @@ async fn look(
     };
     set_problem(health, Some(problem));
     false
+}
+
+/// Moves `head` up to `next` (never down: the follower, appends and fresh
+/// looks race); whether it moved.
+pub(super) fn raise(head: &watch::Sender<Offset>, next: Offset) -> bool {
+    head.send_if_modified(|h| {
+        let moved = next > *h;
+        if moved {
+            *h = next;
+        }
+        moved
+    })
 }
 
 /// Sets the stream's problem (`None`: none) in the store's health.
