@@ -16,7 +16,7 @@ use stevedore::{
 
 use crate::support::{
     inventory,
-    nats::{jetstream_of, patiently, NatsCluster},
+    nats::{create_stream, jetstream_of, patiently, NatsCluster},
     pick,
 };
 
@@ -113,8 +113,9 @@ async fn cluster_log_batch_is_all_or_nothing() {
     let config = StreamConfig::with_prefix("t2");
     // The stream made beforehand with a message size limit, so the server
     // refuses one event of a batch.
-    jetstream_of(&client)
-        .create_stream(jetstream::stream::Config {
+    create_stream(
+        &jetstream_of(&client),
+        jetstream::stream::Config {
             name: config.stream.clone(),
             subjects: vec![format!("{}.>", config.subject_prefix)],
             num_replicas: 3,
@@ -123,9 +124,9 @@ async fn cluster_log_batch_is_all_or_nothing() {
             allow_direct: true,
             max_message_size: 2_000,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let log = patiently(|| EventStream::open(client.clone(), config.clone()))
         .await
         .expect("open");
@@ -185,15 +186,16 @@ async fn cluster_log_batch_is_all_or_nothing() {
 
     // A stream of that name without atomic batches is not taken over.
     let plain = StreamConfig::with_prefix("t5");
-    jetstream_of(&client)
-        .create_stream(jetstream::stream::Config {
+    create_stream(
+        &jetstream_of(&client),
+        jetstream::stream::Config {
             name: plain.stream.clone(),
             subjects: vec![format!("{}.>", plain.subject_prefix)],
             num_replicas: 3,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     match EventStream::open(client, plain).await {
         Err(JetStreamError::Stream { stream, reason }) => {
             assert_eq!(stream, "T5_EVENTS");

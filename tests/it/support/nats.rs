@@ -122,6 +122,32 @@ pub fn jetstream_of(client: &async_nats::Client) -> async_nats::jetstream::Conte
     js
 }
 
+/// Creates `config`'s stream through `js`, asking again for up to
+/// [`READY_TIMEOUT`] while the cluster refuses or does not answer: under
+/// load a node can miss its heartbeats for a moment, and the meta leader
+/// then answers "no suitable peers for placement, peer offline" (seen on
+/// CI right after the cluster was ready).
+pub async fn create_stream(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> async_nats::jetstream::stream::Stream {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "creating stream {}: {e}",
+                    config.name
+                );
+                eprintln!("creating stream {}: {e}; asking again", config.name);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// Retries `open` (a stream's or a bucket's creation, a Raft round on
 /// three nodes that fsync every write) while it fails for a passing reason,
 /// for up to [`READY_TIMEOUT`]: on a loaded 2-core machine one attempt can
