@@ -313,23 +313,22 @@ impl Cluster {
 
     /// The nodes' client URLs, comma-separated.
     pub fn client_urls(&self) -> String {
-        let urls: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        urls.join(",")
+        loopback_urls("nats", &self.ports)
     }
 
     /// The nodes' monitoring URLs, comma-separated.
     pub fn monitor_urls(&self) -> String {
-        let urls: Vec<String> = self
-            .http_ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        urls.join(",")
+        loopback_urls("http", &self.http_ports)
     }
+}
+
+/// `<scheme>://127.0.0.1:<port>` for each port, comma-separated.
+fn loopback_urls(scheme: &str, ports: &[u16]) -> String {
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+        .collect();
+    urls.join(",")
 }
 
 /// Whether the node whose monitoring port is `port` names a meta leader

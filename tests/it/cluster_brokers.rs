@@ -66,6 +66,14 @@ fn subscribe_from(start: Start, types: &[&str]) -> SubscribeRequest {
     }
 }
 
+/// `broker`, on an empty stream, takes an event and answers offset 1, not
+/// a duplicate: it works.
+async fn publishes_the_first_event(broker: &Server) {
+    let mut publisher = PublisherClient::new(channel(broker).await);
+    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
+    assert_eq!((r.offset, r.duplicate), (1, false));
+}
+
 /// GetEvent by offset.
 async fn get_at(
     client: &SubscriberClient<Channel>,
@@ -344,9 +352,7 @@ async fn cluster_broker_refuses_an_unsynced_cluster_unless_allowed() {
         stderr.contains("allow_unsynced_cluster is on") && stderr.contains("n1 (every 2m)"),
         "a loud warning: {stderr}"
     );
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,9 +436,7 @@ async fn cluster_broker_started_with_the_cluster_waits_for_its_leader() {
         .start_broker(dir.path(), 1, "together", &[])
         .await
         .unwrap_or_else(|e| panic!("a broker started with its cluster: {e}"));
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
 
 /// A broker started before its nodes listen at all (a compose file
@@ -454,9 +458,7 @@ async fn cluster_broker_started_before_its_nodes_waits_for_them() {
         }
     );
     let broker = broker.unwrap_or_else(|e| panic!("a broker started before its nodes: {e}"));
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
 
 /// A client that publishes through one broker and at once subscribes
@@ -525,9 +527,7 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
         !secrets.iter().any(|s| stderr.contains(s)),
         "a credential logged: {stderr}"
     );
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
 
 /// A token (`nats_token`) logs in; a wrong one or none is refused.
@@ -571,9 +571,7 @@ async fn cluster_broker_reaches_tls_nodes_through_nats_tls_ca_file() {
         .start_broker(dir.path(), 2, "tls", &trusted)
         .await
         .unwrap_or_else(|e| panic!("with the CA: {e}"));
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
 
 /// Nodes that verify their clients' certificates (`verify: true` against
@@ -611,7 +609,5 @@ async fn cluster_broker_presents_its_client_certificate_to_nodes_that_verify() {
         .start_broker(dir.path(), 2, "mtls", &with)
         .await
         .unwrap_or_else(|e| panic!("with the client certificate: {e}"));
-    let mut publisher = PublisherClient::new(channel(&broker).await);
-    let r = publish_answer(&mut publisher, pick("p-1", "SO-1")).await;
-    assert_eq!((r.offset, r.duplicate), (1, false));
+    publishes_the_first_event(&broker).await;
 }
