@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    connect::ClusterOptions, follow, EventStream, IdempotencyConfig, IdempotentLog, JetStreamError,
-    StreamConfig,
+    connect::{self, ClusterOptions},
+    follow, EventStream, IdempotencyConfig, IdempotentLog, JetStreamError, StreamConfig,
 };
 use crate::{
     error::{Error, Result},
@@ -314,6 +314,9 @@ const OPEN_DEADLINE: Duration = Duration::from_secs(120);
 /// harmless, so an attempt cut short may be repeated.
 const OPEN_ATTEMPT: Duration = Duration::from_secs(5);
 
+/// Between two attempts at opening.
+const OPEN_PAUSE: Duration = Duration::from_millis(500);
+
 /// `open()`, repeated while the cluster does not answer, for at most
 /// [`OPEN_DEADLINE`].
 async fn until_answered<T, F, Fut>(name: &str, mut open: F) -> Result<T>
@@ -322,26 +325,32 @@ where
     Fut: Future<Output = std::result::Result<T, JetStreamError>>,
 {
     let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
-    loop {
-        let outcome = match tokio::time::timeout(OPEN_ATTEMPT, open()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(JetStreamError::Request {
-                what: "opening",
-                reason: format!("no answer within {OPEN_ATTEMPT:?}"),
-            }),
-        };
-        match outcome {
-            Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
-                tracing::warn!(
-                    error = %e,
-                    "opening {name}: the NATS cluster does not answer yet (still electing its \
-                     JetStream meta leader?); asking again"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            outcome => return outcome.map_err(|e| opening(name, e)),
+    let what = format!(
+        "opening {name}: the NATS cluster does not answer yet (still electing its JetStream \
+         meta leader?)"
+    );
+    let bounded = || {
+        let attempt = open();
+        async {
+            tokio::time::timeout(OPEN_ATTEMPT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(JetStreamError::Request {
+                        what: "opening",
+                        reason: format!("no answer within {OPEN_ATTEMPT:?}"),
+                    })
+                })
         }
-    }
+    };
+    connect::retry_while(
+        deadline,
+        OPEN_PAUSE,
+        &what,
+        JetStreamError::is_retriable,
+        bounded,
+    )
+    .await
+    .map_err(|e| opening(name, e))
 }
 
 /// A failed read: as [`Error::from`] says, but an unanswered read is only

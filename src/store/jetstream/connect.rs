@@ -94,8 +94,18 @@ impl ClusterOptions {
     /// to [`WAIT_FOR_NODES`] in all; a refusal ends it at once.
     pub(super) async fn reach(&self, health: watch::Sender<StoreHealth>) -> Result<Client> {
         let deadline = Instant::now() + WAIT_FOR_NODES;
-        until_up(deadline, || self.check_durability()).await?;
-        until_up(deadline, || self.connect(health.clone())).await
+        let what = "the NATS nodes do not answer yet (still starting?)";
+        let not_up = |f: &Failed| f.not_up;
+        retry_while(deadline, RETRY_PAUSE, what, not_up, || {
+            self.check_durability()
+        })
+        .await
+        .map_err(|f| f.error)?;
+        retry_while(deadline, RETRY_PAUSE, what, not_up, || {
+            self.connect(health.clone())
+        })
+        .await
+        .map_err(|f| f.error)
     }
 
     /// Connects, reporting the connection's state on `health` from now on:
@@ -194,27 +204,35 @@ fn not_up_yet(e: &PreflightError) -> bool {
     )
 }
 
-/// `attempt()`, asked again while it fails with [`Failed::not_up`] and
-/// `deadline` has not passed.
-async fn until_up<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T>
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// `attempt()`, asked again after `pause` while its error `may_pass` and
+/// `deadline` is ahead, each time logging the error with `what`: the one
+/// retry rule of start-up (nodes not listening yet, then not answering
+/// while they elect their meta leader).
+pub(super) async fn retry_while<T, E, F, Fut>(
+    deadline: Instant,
+    pause: Duration,
+    what: &str,
+    may_pass: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> std::result::Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, Failed>>,
+    Fut: Future<Output = std::result::Result<T, E>>,
 {
     loop {
         match attempt().await {
-            Ok(done) => return Ok(done),
-            Err(Failed {
-                error,
-                not_up: true,
-            }) if Instant::now() < deadline => {
-                tracing::warn!(
-                    %error,
-                    "the NATS nodes do not answer yet (still starting?); asking again"
-                );
-                tokio::time::sleep(RETRY_PAUSE).await;
+            Err(e) if may_pass(&e) && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what}; asking again");
+                tokio::time::sleep(pause).await;
             }
-            Err(failed) => return Err(failed.error),
+            outcome => return outcome,
         }
     }
 }
