@@ -12,10 +12,10 @@ use async_nats::{jetstream, Client, HeaderMap};
 use bytes::Bytes;
 
 use super::{
+    publish,
     wire::{
-        encode_header, event_headers, publish_failed, request_error, request_failed, PubAckReply,
-        BATCH_COMMIT, BATCH_HAS_DUPLICATE, BATCH_ID, BATCH_SEQUENCE, EXPECTED_LAST_SEQUENCE,
-        MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
+        encode_header, event_headers, request_error, PubAckReply, BATCH_HAS_DUPLICATE,
+        EXPECTED_LAST_SEQUENCE, MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
     },
     JetStreamError,
 };
@@ -27,14 +27,6 @@ use crate::{
 /// The server's default limit of messages in one atomic batch
 /// (`jetstream.max_batch_size`).
 pub const SERVER_MAX_BATCH: usize = 1000;
-/// Every this many messages of an atomic batch are sent as requests, so a
-/// batch the server dropped (a leader change) fails early, not at the commit.
-const BATCH_FLOW_EVERY: usize = 100;
-/// How often, and how far apart, a request that reached no server is sent
-/// again ([`EventStream`]'s `request`): about 5 s in all, longer than a
-/// stream leader election takes.
-const NO_RESPONDERS_ROUNDS: usize = 50;
-const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(100);
 /// An atomic batch refused for holding stored ids is retried without them;
 /// a racing broker can store one of the rest meanwhile, so a few rounds.
 const DUPLICATE_ROUNDS: usize = 4;
@@ -317,14 +309,7 @@ impl EventStream {
         }
     }
 
-    /// A request on the stream's subjects, answered with a `PubAck`.
-    ///
-    /// "No responders" means that no server took the message: the stream
-    /// has no leader at the moment (an election), or the interest of a
-    /// new stream has not yet reached the node this client is connected
-    /// to. Nothing was stored, so the same message is sent again, for at
-    /// most [`NO_RESPONDERS_ROUNDS`] × [`NO_RESPONDERS_PAUSE`]; then the
-    /// error is the caller's (retriable).
+    /// A request on the stream's subjects ([`publish::request`]).
     async fn request(
         &self,
         subject: &str,
@@ -332,26 +317,7 @@ impl EventStream {
         payload: Bytes,
         what: &'static str,
     ) -> Result<PubAckReply, JetStreamError> {
-        let mut round = 0;
-        let reply = loop {
-            match self
-                .client
-                .request_with_headers(subject.to_owned(), headers.clone(), payload.clone())
-                .await
-            {
-                Ok(reply) => break reply,
-                Err(e)
-                    if e.kind() == async_nats::RequestErrorKind::NoResponders
-                        && round + 1 < NO_RESPONDERS_ROUNDS =>
-                {
-                    round += 1;
-                    tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
-                }
-                Err(e) => return Err(request_failed(what, e)),
-            }
-        };
-        let ack = PubAckReply::parse(&reply.payload, what)?;
-        Ok(ack)
+        publish::request(&self.client, subject, headers, payload, what).await
     }
 
     async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
@@ -368,56 +334,13 @@ impl EventStream {
         }
     }
 
-    /// Publishes `msgs` as one atomic batch (ADR-50): the server stores all
-    /// of them at consecutive sequences, or none. Returns the first offset.
+    /// Publishes `msgs` as one atomic batch ([`publish::atomic`]).
     async fn publish_atomic<'a>(
         &self,
         msgs: impl ExactSizeIterator<Item = &'a Outgoing>,
     ) -> Result<Offset, JetStreamError> {
-        const WHAT: &str = "atomic batch publish";
-        let n = msgs.len();
-        // Batch ids are at most 64 characters; a ULID is 26.
-        let batch_id = ulid::Ulid::new().to_string();
-        for (k, m) in msgs.enumerate() {
-            let mut headers = m.headers.clone();
-            headers.insert(BATCH_ID, batch_id.as_str());
-            headers.insert(BATCH_SEQUENCE, (k + 1).to_string().as_str());
-            let last = k + 1 == n;
-            if last {
-                headers.insert(BATCH_COMMIT, "1");
-            }
-            if k == 0 || last || (k + 1) % BATCH_FLOW_EVERY == 0 {
-                let ack = self
-                    .request(&m.subject, headers, m.record.clone(), WHAT)
-                    .await?;
-                if let Some(e) = ack.error {
-                    return Err(e.into_error(WHAT));
-                }
-                if last {
-                    if ack.count != Some(n as u64) || ack.seq < n as u64 {
-                        return Err(JetStreamError::Protocol {
-                            what: WHAT,
-                            reason: format!(
-                                "commit of {n} messages acked {:?} ending at sequence {}",
-                                ack.count, ack.seq
-                            ),
-                        });
-                    }
-                    return Ok(Offset::new(ack.seq + 1 - n as u64));
-                }
-            } else {
-                // No reply: the connection keeps the order, and the server
-                // refuses the commit if any message is missing.
-                self.client
-                    .publish_with_headers(m.subject.clone(), headers, m.record.clone())
-                    .await
-                    .map_err(|e| publish_failed(WHAT, e))?;
-            }
-        }
-        Err(JetStreamError::Protocol {
-            what: WHAT,
-            reason: "an empty batch".to_owned(),
-        })
+        let msgs = msgs.map(|m| (m.subject.as_str(), &m.headers, &m.record));
+        publish::atomic(&self.client, msgs).await
     }
 
     /// Whether `m`'s id is in the deduplication window, without writing:
