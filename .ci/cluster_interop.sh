@@ -163,17 +163,29 @@ t_publish_b_then_a_duplicate() {
   publish_at "$A" "$SHIPMENT" shipment-sample-1 true ship-a.json "$(offset_of ship-b.json)"
 }
 
-t_endpoints_refused() {
-  local rc=0
-  gc -d '{"endpoint": {"url": "https://example.invalid/hook"}}' "$A" \
-    stevedore.v1.Admin/CreateEndpoint >"$tmpdir/create.out" 2>&1 || rc=$?
-  cat "$tmpdir/create.out"
-  [ "$rc" -ne 0 ] || {
-    echo "CreateEndpoint succeeded in cluster mode, which does not deliver webhooks yet"
-    return 1
-  }
-  grep -q "FailedPrecondition" "$tmpdir/create.out"
-  grep -q "cluster mode" "$tmpdir/create.out"
+t_endpoint_shared() {
+  local id _
+  gc -d '{"endpoint": {"url": "https://example.invalid/hook", "eventTypes": ["pick.confirmed"]}}' \
+    "$A" stevedore.v1.Admin/CreateEndpoint >"$tmpdir/create.json"
+  id=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["endpoint"]["id"])' \
+    "$tmpdir/create.json")
+  echo "created $id on A"
+  gc -d "{\"id\": \"$id\"}" "$B" stevedore.v1.Admin/GetEndpoint >"$tmpdir/get-b.json"
+  grep -q "example.invalid/hook" "$tmpdir/get-b.json"
+  echo "B serves it"
+  gc -d "{\"id\": \"$id\"}" "$B" stevedore.v1.Admin/DeleteEndpoint
+  echo "deleted on B"
+  # A's copy of the state follows within a moment.
+  for _ in $(seq 50); do
+    gc -d "{\"id\": \"$id\"}" "$A" stevedore.v1.Admin/GetEndpoint >"$tmpdir/get-a.out" 2>&1 || {
+      grep -q "NotFound" "$tmpdir/get-a.out"
+      echo "gone on A"
+      return 0
+    }
+    sleep 0.1
+  done
+  echo "still on A after it was deleted on B"
+  return 1
 }
 
 check "health: broker A serves" health_at "$A" ""
@@ -183,6 +195,6 @@ check "the same id to B is a duplicate at A's offset" t_publish_b_duplicate
 check "GetEvent on B returns what A stored" t_get_event_b
 check "Subscribe from earliest on B streams A's event" t_subscribe_b
 check "publish shipment_closed.json to B, again to A: a duplicate" t_publish_b_then_a_duplicate
-check "CreateEndpoint answers FAILED_PRECONDITION naming cluster mode" t_endpoints_refused
+check "an endpoint created on A is served and deleted on B, and is gone on A" t_endpoint_shared
 
 summary

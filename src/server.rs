@@ -83,29 +83,31 @@ pub async fn serve(
 
     log_egress_policy(&config);
 
+    let store_config = StoreConfig {
+        path: config.data_dir.clone(),
+        cache_bytes: config.state_cache_bytes,
+        segment_bytes: config.log_segment_bytes,
+        max_group: config.max_group_commit,
+        commit_delay: config.group_commit_delay,
+        metrics: metrics.clone(),
+        recovery: config.recovery,
+        zero_fill: config.log_zero_fill,
+    };
     let (store, writer) = match ClusterOptions::from_config(&config) {
-        Some(cluster) => Store::open_cluster(&cluster, metrics.clone())
+        Some(cluster) => Store::open_cluster(&cluster, &store_config)
             .await
-            .context("opening the event log on the NATS cluster (backend = \"jetstream\")")?,
-        None => Store::open(&StoreConfig {
-            path: config.data_dir.clone(),
-            cache_bytes: config.state_cache_bytes,
-            segment_bytes: config.log_segment_bytes,
-            max_group: config.max_group_commit,
-            commit_delay: config.group_commit_delay,
-            metrics: metrics.clone(),
-            recovery: config.recovery,
-            zero_fill: config.log_zero_fill,
-        })
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
+            .context("opening the store on the NATS cluster (backend = \"jetstream\")")?,
+        None => Store::open(&store_config)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?,
     };
     let cluster = store.is_cluster();
     if cluster {
         tracing::warn!(
-            "cluster mode (backend = jetstream): Publish, PublishBatch, PublishStream, GetEvent \
-             and Subscribe without a consumer name work across brokers; webhook endpoints and \
-             delivery, named durable consumers, retention, erasure, the audit trail and the \
-             console do not run in cluster mode yet (their calls answer FAILED_PRECONDITION)"
+            "cluster mode (backend = jetstream): publishing, GetEvent, Subscribe without a \
+             consumer name, webhook endpoints and their delivery (by one broker at a time) \
+             and the audit trail work across brokers; named durable consumers, retention, \
+             tenant erasure and the console do not run in cluster mode yet (their calls answer \
+             FAILED_PRECONDITION)"
         );
     }
 
@@ -134,6 +136,7 @@ pub async fn serve(
         shutdown: token.clone(),
         metrics: metrics.clone(),
         tls: Arc::new(tls::webhook_client_config(&config)?),
+        broker: addr.to_string(),
     })
     .await
     .context("starting webhook delivery")?;

@@ -239,6 +239,14 @@ impl Consumers {
             .collect())
     }
 
+    /// Drops the in-memory state of consumer `name` (not its record): the
+    /// next use loads it from the state tables again. In cluster mode the
+    /// broker that takes over delivery does this, since another broker may
+    /// have moved the consumer meanwhile.
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Consumer>>> {
         // A panic while holding this lock leaves the map itself consistent
         // (single inserts), so poisoning is safe to ignore.

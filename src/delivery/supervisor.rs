@@ -56,6 +56,9 @@ pub struct DeliveryDeps {
     pub metrics: Arc<Metrics>,
     /// TLS settings for HTTPS receivers (roots, ALPN set per client).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Where other brokers reach this one's gRPC service (in cluster mode
+    /// the delivery lease names its holder by it).
+    pub broker: String,
 }
 
 /// Messages from workers to the endpoint manager.
@@ -136,6 +139,10 @@ pub struct Supervisor {
     /// Every finished attempt's delivery record, for live views (the
     /// console); sent only while someone listens.
     outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
+    /// Whether workers run on this broker: always in embedded mode; in
+    /// cluster mode while it holds the delivery lease (`endpoints::cluster`).
+    /// While not, [`Supervisor::start`] starts nothing.
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -157,6 +164,7 @@ impl Supervisor {
             shutdown: deps.shutdown,
             metrics: deps.metrics,
             outcomes: tokio::sync::broadcast::channel(256).0,
+            active: std::sync::atomic::AtomicBool::new(true),
         };
         (this, control_rx)
     }
@@ -189,8 +197,20 @@ impl Supervisor {
         self.outcomes.subscribe()
     }
 
+    /// Whether workers run on this broker (see `active`).
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets workers run on this broker, or not (then call
+    /// [`Supervisor::stop_all`]).
+    pub fn set_active(&self, active: bool) {
+        self.active
+            .store(active, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Starts endpoint `record`'s worker with `spec`, stopping the one
-    /// running before.
+    /// running before (only that, while workers do not run here).
     pub async fn start(
         &self,
         workers: &mut Workers,
@@ -199,6 +219,9 @@ impl Supervisor {
     ) -> Result<()> {
         let id = record.endpoint.id.clone();
         stop(workers, &id).await;
+        if !self.is_active() {
+            return Ok(());
+        }
         let consumer = self.consumers.get(&consumer_name(&id))?;
         consumer.set_filter(spec.filter.clone());
         let keys = Arc::new(RwLock::new(record.keys()));

@@ -23,6 +23,7 @@
 //! Retention's part (recording expired events dead, pruning records) is in
 //! `crate::retention`.
 
+mod cluster;
 mod edits;
 pub mod erasure;
 pub mod gauges;
@@ -66,6 +67,8 @@ pub struct Endpoints {
     metrics: Arc<Metrics>,
     /// Starts and stops the workers; its lock serialises endpoint changes.
     supervisor: Supervisor,
+    /// This broker's gRPC address, its name in the delivery lease.
+    broker: String,
 }
 
 impl Endpoints {
@@ -79,6 +82,7 @@ impl Endpoints {
             deps.config.clone(),
             deps.metrics.clone(),
         );
+        let broker = deps.broker.clone();
         let (supervisor, mut control_rx) = Supervisor::new(deps);
         let this = Arc::new(Self {
             store,
@@ -86,21 +90,49 @@ impl Endpoints {
             config,
             metrics,
             supervisor,
+            broker,
         });
         if this.store.is_cluster() {
-            // Endpoints live in the embedded state tables: every call on
-            // them answers FAILED_PRECONDITION, and no worker runs.
-            tracing::warn!("webhook delivery does not run in cluster mode yet");
-            return Ok(this);
+            // Workers run on the broker that holds the delivery lease.
+            this.supervisor.set_active(false);
+        } else {
+            let n = this.start_workers().await?;
+            tracing::info!(endpoints = n, "webhook delivery started");
         }
-        let records = this.load().await?;
+        // The dead-letter gauges start from what is on disk.
+        for (id, dead) in this.store.deliveries().dead_per_endpoint()? {
+            this.metrics.dead.add(&id, dead);
+        }
+        let manager = this.clone();
+        let shutdown = this.supervisor.shutdown().clone();
+        this.supervisor.tasks().spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(msg) = control_rx.recv() => manager.handle(msg).await,
+                }
+            }
+            manager.supervisor.stop_all().await;
+        });
+        if this.store.is_cluster() {
+            this.supervisor
+                .tasks()
+                .spawn(cluster::deliver_while_leased(this.clone()));
+        }
+        Ok(this)
+    }
+
+    /// Loads every endpoint and starts the enabled ones' workers; returns
+    /// how many endpoints there are.
+    async fn start_workers(&self) -> Result<usize> {
+        let records = self.load().await?;
         let mut misfits = Vec::new();
         {
-            let mut workers = this.supervisor.lock().await;
+            let mut workers = self.supervisor.lock().await;
             for r in &records {
-                match EndpointSpec::validate(&r.endpoint, &this.config) {
+                match EndpointSpec::validate(&r.endpoint, &self.config) {
                     Ok(spec) if spec.enabled => {
-                        this.supervisor.start(&mut workers, r, spec).await?
+                        self.supervisor.start(&mut workers, r, spec).await?
                     }
                     Ok(_) => {}
                     // Stored under another configuration (allow_http since
@@ -121,7 +153,7 @@ impl Endpoints {
                         );
                         let e = &r.endpoint;
                         if e.enabled || e.disabled_reason != reason {
-                            this.modify(&id, |r| {
+                            self.modify(&id, |r| {
                                 r.endpoint.enabled = false;
                                 r.endpoint.disabled_reason = reason.clone();
                                 Ok(())
@@ -135,7 +167,7 @@ impl Endpoints {
             }
         }
         for (id, origin, reason) in misfits {
-            this.publish_ops(
+            self.publish_ops(
                 ops::ENDPOINT_DISABLED,
                 &id,
                 ops::fields([
@@ -147,23 +179,7 @@ impl Endpoints {
             )
             .await?;
         }
-        // The dead-letter gauges start from what is on disk.
-        for (id, dead) in this.store.deliveries().dead_per_endpoint()? {
-            this.metrics.dead.add(&id, dead);
-        }
-        tracing::info!(endpoints = records.len(), "webhook delivery started");
-        let manager = this.clone();
-        let shutdown = this.supervisor.shutdown().clone();
-        this.supervisor.tasks().spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    Some(msg) = control_rx.recv() => manager.handle(msg).await,
-                }
-            }
-            manager.supervisor.stop_all().await;
-        });
-        Ok(this)
+        Ok(records.len())
     }
 
     /// Every stored endpoint record. With a master key, records still in

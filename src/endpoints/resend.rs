@@ -37,6 +37,7 @@ impl Endpoints {
     ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
+        self.require_delivering().await?;
         let mut d = self.store.deliveries().get(id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
@@ -82,6 +83,7 @@ impl Endpoints {
     ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
+        self.require_delivering().await?;
         let event = scope.local_event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
         let tenant = crate::model::event_tenant(&event.event);

@@ -105,7 +105,7 @@ impl Store {
         let Some(&last) = offsets.last() else {
             return Ok(0);
         };
-        let local = self.local()?;
+        let local = self.embedded("tenant erasure is")?;
         let (reply, rx) = oneshot::channel();
         local
             .senders()?

@@ -32,6 +32,7 @@ mod open;
 mod recover;
 #[cfg(test)]
 mod redact_tests;
+mod replica;
 mod rewrite;
 mod state;
 mod state_db;
@@ -60,6 +61,7 @@ use crate::{
 };
 pub use log::Recovery;
 use log::{fs::Fs, EventLog, LogOptions};
+pub use open::LEASE_TTL;
 use open::{open_sled, remove_unfinished_snapshots, sled_config};
 use recover::{check_state_against_head, migrate_sled_events, scrub};
 use state_db::{StateDb, TableRef};
@@ -141,7 +143,20 @@ enum Backend {
     Embedded(Local),
     /// A stream and buckets on a NATS JetStream cluster (boxed: the
     /// client's stream handle caches the stream's info, kilobytes).
-    Cluster(Box<jetstream::ClusterLog>),
+    Cluster(Box<Cluster>),
+}
+
+/// The cluster backend: the log and the state on the cluster, and this
+/// broker's copy of both, which its synchronous reads use.
+struct Cluster {
+    log: jetstream::ClusterLog,
+    /// The copy of the log ([`replica`]) and of the state tables
+    /// ([`jetstream::StateMirror`]).
+    copy: Local,
+    /// Writes to the state tables.
+    state: jetstream::StateMirror,
+    /// Work one broker at a time does ([`Store::leases`]).
+    leases: jetstream::Leases,
 }
 
 /// What keeps the store from taking writes, if anything.
@@ -156,12 +171,18 @@ pub struct StoreHealth {
     /// database, meanwhile). On the cluster: the event stream's leader
     /// does not answer, until it does.
     pub state: Option<String>,
+    /// On the cluster: why this broker's copy of the log is stuck (see
+    /// `replica`), until it moves again.
+    pub copy: Option<String>,
 }
 
 impl StoreHealth {
     /// The first problem, if any.
     pub fn problem(&self) -> Option<&str> {
-        self.log.as_deref().or(self.state.as_deref())
+        self.log
+            .as_deref()
+            .or(self.state.as_deref())
+            .or(self.copy.as_deref())
     }
 }
 
@@ -193,7 +214,7 @@ impl Store {
     ) -> Result<oneshot::Receiver<Result<Vec<Appended>>>> {
         let local = match &self.inner.backend {
             Backend::Embedded(local) => local,
-            Backend::Cluster(cluster) => return cluster.submit_append(events).await,
+            Backend::Cluster(cluster) => return cluster.log.submit_append(events).await,
         };
         let (reply, rx) = oneshot::channel();
         let queued = self.inner.metrics.stall.now();
@@ -213,19 +234,24 @@ impl Store {
     /// Appends `events` (all or nothing) and waits until they are durable.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
         if let Backend::Cluster(cluster) = &self.inner.backend {
-            return cluster.append(events).await;
+            return cluster.log.append(events).await;
         }
         let rx = self.submit_append(events).await?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// Queues `mutations` (applied atomically per table, in order, after any
-    /// write queued earlier) and returns a receiver for the durable outcome.
+    /// write queued earlier; on the cluster, as one atomic batch, see
+    /// [`jetstream::StateMirror`]) and returns a receiver for the durable
+    /// outcome.
     async fn submit_write(
         &self,
         mutations: Vec<Mutation>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
-        let local = self.state_of(mutations.first().map(|m| m.table))?;
+        let local = match &self.inner.backend {
+            Backend::Embedded(local) => local,
+            Backend::Cluster(cluster) => return cluster.state.submit(mutations).await,
+        };
         let (reply, rx) = oneshot::channel();
         local
             .senders()?
@@ -247,7 +273,7 @@ impl Store {
     /// were removed.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
-        self.local()?
+        self.embedded("retention is")?
             .senders()?
             .log
             .send(LogOp::Truncate { before, reply })
@@ -263,7 +289,7 @@ impl Store {
             Backend::Embedded(local) => {
                 Ok(local.log.size() + local.state.current()?.db.size_on_disk()?)
             }
-            Backend::Cluster(cluster) => Ok(cluster.bytes()),
+            Backend::Cluster(cluster) => Ok(cluster.log.bytes()),
         }
     }
 
@@ -274,20 +300,55 @@ impl Store {
             Backend::Embedded(local) => {
                 local.ops.lock().unwrap_or_else(|p| p.into_inner()).take();
             }
-            Backend::Cluster(cluster) => cluster.close(),
+            Backend::Cluster(cluster) => {
+                cluster.log.close();
+                cluster
+                    .copy
+                    .ops
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+            }
         }
     }
 
-    /// The embedded backend, for reads that must answer at once (under a
-    /// lock, in a synchronous poll): durable consumers, webhook delivery,
-    /// retention and erasure use them. In cluster mode there is no local
-    /// log: `FAILED_PRECONDITION`, and those subsystems do not start.
+    /// The events and state tables for reads that must answer at once
+    /// (under a lock, in a synchronous poll): durable consumers, webhook
+    /// delivery, the admin queries, retention and erasure use them. On the
+    /// cluster: this broker's copy, up to [`Store::head`].
     pub fn local(&self) -> Result<&Local> {
         match &self.inner.backend {
             Backend::Embedded(local) => Ok(local),
-            Backend::Cluster(_) => Err(not_in_cluster(
-                "durable consumers, webhook delivery, retention and erasure are",
-            )),
+            Backend::Cluster(cluster) => Ok(&cluster.copy),
+        }
+    }
+
+    /// The embedded backend, for what changes the log in place (retention,
+    /// erasure): `what` (e.g. "retention is") does not run on the cluster
+    /// yet, and says so with `FAILED_PRECONDITION`.
+    pub(crate) fn embedded(&self, what: &str) -> Result<&Local> {
+        match &self.inner.backend {
+            Backend::Embedded(local) => Ok(local),
+            Backend::Cluster(_) => Err(not_in_cluster(what)),
+        }
+    }
+
+    /// `FAILED_PRECONDITION` in cluster mode, where `what` (e.g. "named
+    /// durable consumers are") does not run yet.
+    pub fn refuse_in_cluster(&self, what: &str) -> Result<()> {
+        match self.inner.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Cluster(_) => Err(not_in_cluster(what)),
+        }
+    }
+
+    /// In cluster mode, the installation's leases: work that one broker
+    /// at a time does (webhook delivery) is done by the holder of its
+    /// lease, which lasts [`LEASE_TTL`] past its last renewal.
+    pub fn leases(&self) -> Option<&jetstream::Leases> {
+        match &self.inner.backend {
+            Backend::Embedded(_) => None,
+            Backend::Cluster(cluster) => Some(&cluster.leases),
         }
     }
 
@@ -296,26 +357,10 @@ impl Store {
         matches!(self.inner.backend, Backend::Cluster(_))
     }
 
-    /// The embedded backend that holds `table` (any, for `None`); in
-    /// cluster mode the state tables are not there yet, and the error
-    /// names what needs them.
-    fn state_of(&self, table: Option<Table>) -> Result<&Local> {
-        match &self.inner.backend {
-            Backend::Embedded(local) => Ok(local),
-            Backend::Cluster(_) => Err(not_in_cluster(match table {
-                Some(Table::Endpoints) => "webhook endpoints are",
-                Some(Table::Deliveries | Table::Attempts) => "webhook deliveries are",
-                Some(Table::Consumers) => "named durable consumers are",
-                Some(Table::Audit) => "the admin audit trail is",
-                None => "the broker's state tables are",
-            })),
-        }
-    }
-
     /// Read access to a state table (`UNAVAILABLE` while the state
     /// database is being reopened). Writes go through [`Store::write`].
     fn table(&self, table: Table) -> Result<TableRef> {
-        self.state_of(Some(table))?.state.table(table)
+        self.local()?.state.table(table)
     }
 
     /// The next offset to be written: every durable event is below it.
@@ -328,7 +373,7 @@ impl Store {
     /// have appended it a moment ago); else [`Store::head`].
     pub async fn head_for(&self, offset: Offset) -> Result<Offset> {
         match &self.inner.backend {
-            Backend::Cluster(cluster) if offset > self.head() => cluster.fresh_head().await,
+            Backend::Cluster(cluster) if offset > self.head() => cluster.log.fresh_head().await,
             _ => Ok(self.head()),
         }
     }
@@ -353,7 +398,7 @@ impl Store {
     pub fn first_offset(&self) -> Result<Offset> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.first_offset(),
-            Backend::Cluster(cluster) => Ok(cluster.first().min(self.head())),
+            Backend::Cluster(cluster) => Ok(cluster.log.first().min(self.head())),
         }
     }
 
@@ -362,7 +407,7 @@ impl Store {
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.get(offset),
-            Backend::Cluster(cluster) => cluster.get(offset).await,
+            Backend::Cluster(cluster) => cluster.log.get(offset).await,
         }
     }
 
@@ -375,7 +420,7 @@ impl Store {
     pub async fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.read_records(from, limit),
-            Backend::Cluster(cluster) => cluster.read_records(from, limit, self.head()).await,
+            Backend::Cluster(cluster) => cluster.log.read_records(from, limit, self.head()).await,
         }
     }
 
@@ -384,7 +429,7 @@ impl Store {
     pub async fn offset_at_time(&self, t: SystemTime) -> Result<Offset> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.offset_at_time(t),
-            Backend::Cluster(cluster) => cluster.offset_at_time(t, self.head()).await,
+            Backend::Cluster(cluster) => cluster.log.offset_at_time(t, self.head()).await,
         }
     }
 
@@ -392,13 +437,13 @@ impl Store {
     pub async fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.offset_of_id(id),
-            Backend::Cluster(cluster) => cluster.offset_of_id(id).await,
+            Backend::Cluster(cluster) => cluster.log.offset_of_id(id).await,
         }
     }
 }
 
 /// What a subsystem that runs on the embedded backend only answers in
-/// cluster mode: `what` (e.g. "webhook endpoints are") names it.
+/// cluster mode: `what` (e.g. "retention is") names it.
 fn not_in_cluster(what: &str) -> Error {
     Error::FailedPrecondition(format!(
         "{what} not yet available in cluster mode (backend = \"jetstream\"): for now they \

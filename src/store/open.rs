@@ -12,116 +12,214 @@ impl Store {
     /// [`Store::open`], with the event log's files and the state's syncs on
     /// `fs` (tests inject faults or count syncs).
     pub(crate) fn open_on(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<(Store, WriterHandle)> {
-        create_private_dir(&config.path)?;
-        let swap_lock = rewrite::exclusive(&config.path)?;
-        rewrite::finish(&config.path)?;
-        remove_unfinished_snapshots(&config.path)?;
-        let db = open_sled(sled_config(&config.path, config.cache_bytes), &config.path)?;
-        // sled's own lock guards the files from here on.
-        drop(swap_lock);
-        let tables = Tables::open(&db)?;
-        let log_dir = config.path.join(LOG_DIR);
-        migrate_sled_events(&db, &log_dir, config.log_options(fs.clone()))?;
-        let (log, log_writer) = EventLog::open(&log_dir, config.log_options(fs.clone()))?;
-        let next = log.next();
-        check_state_against_head(&tables, next, config.recovery)?;
-        let last_published = match log.newest()? {
-            Some(record) => keys::split_event_record(&record)?.1,
-            None => 0,
-        };
-        let (head_tx, head_rx) = watch::channel(next);
-        let (health_tx, health_rx) = watch::channel(StoreHealth::default());
-        // Bounded so producers feel backpressure when the disk falls behind.
-        let (log_tx, log_rx) = mpsc::channel(config.max_group.max(1024));
-        let (state_tx, state_rx) = mpsc::channel(config.max_group.max(1024));
-        let log_thread = LogWriterThread::new(
-            log_writer,
-            last_published,
-            head_tx,
-            health_tx.clone(),
-            config.max_group,
-            config.metrics.clone(),
-            config.commit_delay,
-        );
-        let state = Arc::new(StateDb::new(
-            db,
-            tables,
-            &config.path,
-            config.cache_bytes,
-            fs.open(&data_file(&config.path), false)?,
-        ));
-        let state_thread =
-            StateWriterThread::new(state.clone(), config.max_group, health_tx.clone());
-        let sync_thread = StateSyncThread::new(
-            state.clone(),
-            &config.path,
-            fs,
-            health_tx,
-            state_tx.downgrade(),
-            config.metrics.clone(),
-        )?;
-        // One applied group may wait while the previous one syncs; the
-        // writer then blocks and the next group grows meanwhile.
-        let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel(1);
-        let threads = vec![
-            std::thread::Builder::new()
-                .name("stevedore-log".into())
-                .spawn(move || log_thread.run(log_rx))?,
-            std::thread::Builder::new()
-                .name("stevedore-state".into())
-                .spawn(move || state_thread.run(state_rx, applied_tx))?,
-            std::thread::Builder::new()
-                .name("stevedore-sync".into())
-                .spawn(move || sync_thread.run(applied_rx))?,
-        ];
-        scrub(log.clone(), config.metrics.clone())?;
-        tracing::info!(path = %config.path.display(), next_offset = next.get(), "store opened");
+        let opened = open_local(config, fs)?;
         Ok((
             Store {
                 inner: Arc::new(Inner {
-                    backend: Backend::Embedded(Local {
-                        log,
-                        state,
-                        ops: std::sync::Mutex::new(Some(local::Senders {
-                            log: log_tx,
-                            state: state_tx,
-                        })),
-                        head: head_rx.clone(),
-                    }),
-                    head: head_rx,
-                    health: health_rx,
+                    backend: Backend::Embedded(opened.local),
+                    head: opened.head,
+                    health: opened.health,
                     erasures: Default::default(),
                     metrics: config.metrics.clone(),
                 }),
             },
-            WriterHandle(threads),
+            WriterHandle(opened.threads),
         ))
     }
 }
 
+/// The embedded backend, open, and its writer threads.
+struct OpenedLocal {
+    local: Local,
+    head: watch::Receiver<Offset>,
+    health: watch::Receiver<StoreHealth>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Opens (or creates) the data directory's log and state, and starts their
+/// writers.
+fn open_local(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<OpenedLocal> {
+    create_private_dir(&config.path)?;
+    let swap_lock = rewrite::exclusive(&config.path)?;
+    rewrite::finish(&config.path)?;
+    remove_unfinished_snapshots(&config.path)?;
+    let db = open_sled(sled_config(&config.path, config.cache_bytes), &config.path)?;
+    // sled's own lock guards the files from here on.
+    drop(swap_lock);
+    let tables = Tables::open(&db)?;
+    let log_dir = config.path.join(LOG_DIR);
+    migrate_sled_events(&db, &log_dir, config.log_options(fs.clone()))?;
+    let (log, log_writer) = EventLog::open(&log_dir, config.log_options(fs.clone()))?;
+    let next = log.next();
+    check_state_against_head(&tables, next, config.recovery)?;
+    let last_published = match log.newest()? {
+        Some(record) => keys::split_event_record(&record)?.1,
+        None => 0,
+    };
+    let (head_tx, head_rx) = watch::channel(next);
+    let (health_tx, health_rx) = watch::channel(StoreHealth::default());
+    // Bounded so producers feel backpressure when the disk falls behind.
+    let (log_tx, log_rx) = mpsc::channel(config.max_group.max(1024));
+    let (state_tx, state_rx) = mpsc::channel(config.max_group.max(1024));
+    let log_thread = LogWriterThread::new(
+        log_writer,
+        last_published,
+        head_tx,
+        health_tx.clone(),
+        config.max_group,
+        config.metrics.clone(),
+        config.commit_delay,
+    );
+    let state = Arc::new(StateDb::new(
+        db,
+        tables,
+        &config.path,
+        config.cache_bytes,
+        fs.open(&data_file(&config.path), false)?,
+    ));
+    let state_thread = StateWriterThread::new(state.clone(), config.max_group, health_tx.clone());
+    let sync_thread = StateSyncThread::new(
+        state.clone(),
+        &config.path,
+        fs,
+        health_tx,
+        state_tx.downgrade(),
+        config.metrics.clone(),
+    )?;
+    // One applied group may wait while the previous one syncs; the
+    // writer then blocks and the next group grows meanwhile.
+    let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel(1);
+    let threads = vec![
+        std::thread::Builder::new()
+            .name("stevedore-log".into())
+            .spawn(move || log_thread.run(log_rx))?,
+        std::thread::Builder::new()
+            .name("stevedore-state".into())
+            .spawn(move || state_thread.run(state_rx, applied_tx))?,
+        std::thread::Builder::new()
+            .name("stevedore-sync".into())
+            .spawn(move || sync_thread.run(applied_rx))?,
+    ];
+    scrub(log.clone(), config.metrics.clone())?;
+    tracing::info!(path = %config.path.display(), next_offset = next.get(), "store opened");
+    Ok(OpenedLocal {
+        local: Local {
+            log,
+            state,
+            ops: std::sync::Mutex::new(Some(local::Senders {
+                log: log_tx,
+                state: state_tx,
+            })),
+            head: head_rx.clone(),
+        },
+        head: head_rx,
+        health: health_rx,
+        threads,
+    })
+}
+
 impl Store {
-    /// Opens the event log on a NATS JetStream cluster (`backend =
+    /// Opens the store on a NATS JetStream cluster (`backend =
     /// "jetstream"`): connects, checks that every node syncs every write
-    /// (refusing to start otherwise, unless allowed), opens the stream and
-    /// the claims bucket. Nothing is kept in a data directory; there are
-    /// no writer threads to join.
+    /// (refusing to start otherwise, unless allowed), opens the stream, the
+    /// claims bucket and the state bucket, and keeps this broker's copy of
+    /// both in `config.path`'s `cluster-copy` (emptied first: the cluster is
+    /// the record) up to date.
     pub async fn open_cluster(
         options: &jetstream::ClusterOptions,
-        metrics: Arc<Metrics>,
+        config: &StoreConfig,
     ) -> Result<(Store, WriterHandle)> {
         let opened = jetstream::ClusterLog::open(options).await?;
+        let copy_config = StoreConfig {
+            path: config.path.join(replica::COPY_DIR),
+            ..config.clone()
+        };
+        create_private_dir(&config.path)?;
+        match std::fs::remove_dir_all(&copy_config.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let copy = open_local(&copy_config, Arc::new(log::fs::RealFs))?;
+        let senders = copy.local.senders()?;
+        let mirror = jetstream::MirrorConfig {
+            replicas: options.replicas,
+            ..jetstream::MirrorConfig::with_prefix(&options.prefix)
+        };
+        let state = jetstream::until_answered(&mirror.bucket, || {
+            jetstream::StateMirror::open(
+                &opened.client,
+                &mirror,
+                senders.state.clone(),
+                opened.stop.clone(),
+            )
+        })
+        .await?;
+        let lease_config = jetstream::LeaseConfig {
+            replicas: options.replicas,
+            ttl: LEASE_TTL,
+            ..jetstream::LeaseConfig::with_prefix(&options.prefix)
+        };
+        let leases = jetstream::until_answered(&lease_config.bucket, || {
+            jetstream::Leases::open(&opened.client, lease_config.clone())
+        })
+        .await?;
+        let (copy_health, health) = watch::channel(opened.health.borrow().clone());
+        tokio::spawn(merge_health(
+            opened.health,
+            copy_health.clone(),
+            opened.stop.clone(),
+        ));
+        tokio::spawn(replica::follow(
+            opened.stream,
+            opened.head,
+            copy.head.clone(),
+            senders.log,
+            copy_health,
+            opened.stop,
+        ));
         Ok((
             Store {
                 inner: Arc::new(Inner {
-                    backend: Backend::Cluster(Box::new(opened.log)),
-                    head: opened.head,
-                    health: opened.health,
+                    backend: Backend::Cluster(Box::new(Cluster {
+                        log: opened.log,
+                        copy: copy.local,
+                        state,
+                        leases,
+                    })),
+                    head: copy.head,
+                    health,
                     erasures: Default::default(),
-                    metrics,
+                    metrics: config.metrics.clone(),
                 }),
             },
-            WriterHandle(Vec::new()),
+            WriterHandle(copy.threads),
         ))
+    }
+}
+
+/// How long a lease lasts without renewal in cluster mode (see
+/// [`Store::leases`]).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Carries the cluster's reachability (`log`, `state`) into `into`, beside
+/// the copy's own problem, until `stop`.
+async fn merge_health(
+    mut cluster: watch::Receiver<StoreHealth>,
+    into: watch::Sender<StoreHealth>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let now = cluster.borrow_and_update().clone();
+        into.send_if_modified(|h| {
+            let changed = h.log != now.log || h.state != now.state;
+            h.log = now.log;
+            h.state = now.state;
+            changed
+        });
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = cluster.changed() => if r.is_err() { return },
+        }
     }
 }
 

@@ -309,14 +309,16 @@ async fn cluster_publish_batch_is_all_or_nothing_across_brokers() {
         "{status:?}"
     );
     let status = AdminClient::new(cb)
-        .list_endpoints(pb::ListEndpointsRequest::default())
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "T1".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status
             .message()
-            .contains("webhook endpoints are not yet available in cluster mode"),
+            .contains("tenant erasure is not yet available in cluster mode"),
         "{status:?}"
     );
 }

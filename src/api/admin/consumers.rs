@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{required, who, AdminService};
 use crate::{
+    api::subscribe::NAMED_CONSUMERS,
     consumer::Consumer,
     convert,
     error::Error,
@@ -25,6 +26,7 @@ impl AdminService {
     /// consumers are managed through their endpoints.
     fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<Consumer>, Error> {
         required("name", name)?;
+        self.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if name.starts_with('@') {
             return Err(Error::invalid(
                 "name",
@@ -40,6 +42,7 @@ impl AdminService {
         request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
         let scope = Scope::of(&request);
+        self.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         let head = self.store.head();
         let consumers = self
             .consumers

@@ -17,6 +17,7 @@ impl AdminService {
         request: Request<EraseTenantRequest>,
     ) -> Result<Response<EraseTenantResponse>, Status> {
         let (scope, caller) = who(&request);
+        self.store.refuse_in_cluster("tenant erasure is")?;
         if let Some(t) = scope.tenant() {
             return Err(Error::PermissionDenied(format!(
                 "EraseTenant needs a global admin token; this one is scoped to tenant {t:?}"

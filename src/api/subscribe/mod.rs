@@ -277,6 +277,10 @@ impl Drop for StreamCount {
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
 
+/// What cluster mode does not run yet: a durable consumer's leases are one
+/// broker's memory, so streams on two brokers would each get every event.
+pub(crate) const NAMED_CONSUMERS: &str = "named durable consumers are";
+
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
     type SubscribeStream = SubscribeStream;
@@ -304,6 +308,7 @@ impl Subscriber for SubscriberService {
                 });
             }
             Some(d) => {
+                self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
                 let consumer = self
                     .shared
                     .consumers
@@ -331,6 +336,7 @@ impl Subscriber for SubscriberService {
         let scope = Scope::of(&request);
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
+        self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if req.offsets.is_empty() {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }
@@ -343,6 +349,7 @@ impl Subscriber for SubscriberService {
         let scope = Scope::of(&request);
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
+        self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if req.offsets.is_empty() {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }

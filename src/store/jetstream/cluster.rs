@@ -72,6 +72,12 @@ pub struct Opened {
     pub head: watch::Receiver<Offset>,
     /// The connection's and the stream's reachability.
     pub health: watch::Receiver<StoreHealth>,
+    /// The connection (the state bucket uses it too).
+    pub client: async_nats::Client,
+    /// The stream, for reading it back (the broker's local copy).
+    pub stream: EventStream,
+    /// Cancelled by [`ClusterLog::close`]: what follows the cluster stops.
+    pub stop: CancellationToken,
 }
 
 impl ClusterLog {
@@ -108,7 +114,7 @@ impl ClusterLog {
         extent.bytes.store(state.bytes, Ordering::Relaxed);
         let stop = CancellationToken::new();
         tokio::spawn(follow::follow(
-            stream,
+            stream.clone(),
             head_tx.clone(),
             extent.clone(),
             health_tx,
@@ -129,10 +135,13 @@ impl ClusterLog {
                 head: head_tx,
                 extent,
                 queue: Mutex::new(Some(queue_tx)),
-                stop,
+                stop: stop.clone(),
             },
             head,
             health,
+            client,
+            stream,
+            stop,
         })
     }
 
@@ -319,7 +328,7 @@ const OPEN_PAUSE: Duration = Duration::from_millis(500);
 
 /// `open()`, repeated while the cluster does not answer, for at most
 /// [`OPEN_DEADLINE`].
-async fn until_answered<T, F, Fut>(name: &str, mut open: F) -> Result<T>
+pub(in crate::store) async fn until_answered<T, F, Fut>(name: &str, mut open: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, JetStreamError>>,

@@ -6,10 +6,10 @@
 //! back by [`read`]) with its idempotency claims ([`idempotent`]), and
 //! [`ClusterLog`], which the store runs on with `backend = "jetstream"`:
 //! it connects ([`ClusterOptions`]), checks, opens, follows the head and
-//! orders queued appends. Endpoints, deliveries, durable consumers,
-//! retention and erasure do not run on the cluster yet (the store answers
-//! FAILED_PRECONDITION for them); [`State`] and [`Leases`] are their
-//! groundwork.
+//! orders queued appends. The state tables live in one bucket that every
+//! broker copies ([`StateMirror`]); work one broker at a time does holds a
+//! lease ([`Leases`]). Named durable consumers, retention and erasure do
+//! not run on the cluster yet (they answer FAILED_PRECONDITION).
 //!
 //! Layout on the server:
 //! - one stream per installation (`StreamConfig::stream`), R3 by default,
@@ -47,14 +47,12 @@
 //!   takes over: it must stop the guarded work at [`Lease::valid_until`]
 //!   (its own clock) unless a renewal succeeded, and whatever the work
 //!   writes should carry the revision where a store can check it.
-//! - [`State`] (buckets `<PREFIX>_ENDPOINTS`, `<PREFIX>_DELIVERIES`):
-//!   records as bytes (the store's encodings) under their id; `create` and
-//!   `update`/`delete` at a revision are CAS, so of two writers at one
-//!   revision one gets [`Written::Conflict`]; a [`Watch`] reports the
-//!   current records, then every put and delete in revision order. Not
-//!   guaranteed: a watch does not replay what happened while it was not
-//!   running beyond the current state (a deleted record is just absent),
-//!   and `delete` does not return the deletion's own revision.
+//! - [`StateMirror`] (bucket `<PREFIX>_STATE`): every state table's
+//!   records under `<table>.k<hex key>`; the mutations written together
+//!   are one atomic batch, answered once stored and applied to this
+//!   broker's copy (so a broker reads its own writes). Not guaranteed:
+//!   that another broker's copy already holds a write answered a moment
+//!   ago, or that a reader never sees half of a batch applied.
 //! - Reads of buckets are direct gets that any replica answers, so a read
 //!   may lag a write acknowledged a moment before; the decisions above are
 //!   all taken by CAS writes at the stream's leader, never by a read.
@@ -67,18 +65,21 @@ mod follow;
 pub mod idempotent;
 pub mod lease;
 pub mod log;
+mod mirror;
 pub mod preflight;
+mod publish;
 pub mod read;
-pub mod state;
 mod wire;
 
 pub use bucket::{decode_key, encode_key};
+pub(super) use cluster::until_answered;
 pub use cluster::{ClusterLog, Opened};
 pub use connect::ClusterOptions;
 pub use error::JetStreamError;
 pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};
 pub use lease::{Lease, LeaseConfig, Leases, Renewal};
 pub use log::{EventStream, StreamConfig};
+pub use mirror::MirrorConfig;
+pub(super) use mirror::StateMirror;
 pub use preflight::{check_durability, Durability, NodeDurability, PreflightError};
-pub use state::{Change, Records, State, StateConfig, Versioned, Watch, Written};
 pub use wire::{decode_header, ORDERING_KEY, PROBE_SEQUENCE};

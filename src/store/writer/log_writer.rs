@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{appended_events, next_group, pacing::Pacing, take_queued, Encoded, LogOp};
 use crate::{
-    error::Result,
+    error::{Error, Result},
     metrics::{stall::Cause, Metrics},
     model::{Appended, Offset},
-    store::{keys, log::LogWriter, StoreHealth},
+    store::{keys, log::LogWriter, RawRecord, StoreHealth},
 };
 
 pub(in crate::store) struct LogWriterThread {
@@ -97,6 +97,10 @@ impl LogWriterThread {
                     work.push(None);
                     replies.push(Reply::Seal(before, reply));
                 }
+                LogOp::Replicate { records, reply } => {
+                    work.push(None);
+                    replies.push(Reply::Replicate(records, reply));
+                }
             }
         }
         let mut staged = Staged {
@@ -124,6 +128,11 @@ impl LogWriterThread {
                 (None, Reply::Seal(before, reply)) => {
                     self.flush(&mut staged);
                     let _ = reply.send(self.log.seal_below(before));
+                    continue;
+                }
+                (None, Reply::Replicate(records, reply)) => {
+                    self.flush(&mut staged);
+                    let _ = reply.send(self.replicate(&records));
                     continue;
                 }
                 _ => unreachable!("replies follow their ops"),
@@ -235,6 +244,45 @@ impl LogWriterThread {
         }
     }
 
+    /// Writes `records` at their own offsets (the next ones, without a
+    /// gap) and commits them; the head moves past them.
+    fn replicate(&mut self, records: &[RawRecord]) -> Result<()> {
+        let mut mark = self.log.mark();
+        for r in records {
+            let staged = (|| {
+                if self.log.needs_roll(LogWriter::frame_len(r.record.len())) {
+                    self.commit_replicated()?;
+                    self.log.roll()?;
+                    mark = self.log.mark();
+                }
+                if r.offset != self.log.next() {
+                    return Err(Error::Corrupt(format!(
+                        "replica of the cluster log: offset {} arrived where {} was due",
+                        r.offset,
+                        self.log.next()
+                    )));
+                }
+                let id = keys::decode_event_id(r.offset, &r.record)?;
+                let published = keys::split_event_record(&r.record)?.1;
+                self.log.append_parts(&id, &[&r.record])?;
+                self.last_published = self.last_published.max(published);
+                Ok(())
+            })();
+            if let Err(e) = staged {
+                self.log.rewind(mark);
+                return Err(e);
+            }
+        }
+        self.commit_replicated()
+    }
+
+    /// Commits replicated records and moves the head past them.
+    fn commit_replicated(&mut self) -> Result<()> {
+        self.log.commit()?;
+        self.head.send_replace(self.log.next());
+        Ok(())
+    }
+
     /// Adds `events` to the commit; duplicates of ids already in the log (or
     /// earlier in this group) answer with the existing offset.
     fn append<'a>(
@@ -312,6 +360,7 @@ enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>>>),
     Truncate(Offset, oneshot::Sender<Result<usize>>),
     Seal(Offset, oneshot::Sender<Result<()>>),
+    Replicate(Vec<RawRecord>, oneshot::Sender<Result<()>>),
 }
 
 /// Appends staged for the next commit of a group.

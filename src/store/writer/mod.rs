@@ -86,6 +86,13 @@ pub(super) enum LogOp {
         before: Offset,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Copies records stored elsewhere (the cluster's stream) at their own
+    /// offsets, which must follow on from the head without a gap: a
+    /// broker's local replica of the cluster log (`super::replica`).
+    Replicate {
+        records: Vec<super::RawRecord>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// How many events `group`'s appends carry.
@@ -94,16 +101,16 @@ fn appended_events(group: &[LogOp]) -> usize {
         .iter()
         .map(|op| match op {
             LogOp::Append { events, .. } => events.len(),
-            LogOp::Truncate { .. } | LogOp::Seal { .. } => 0,
+            LogOp::Truncate { .. } | LogOp::Seal { .. } | LogOp::Replicate { .. } => 0,
         })
         .sum()
 }
 
 /// Work for the state writer: mutations applied in order, atomically per
 /// table.
-pub(super) struct StateOp {
-    pub(super) mutations: Vec<Mutation>,
-    pub(super) reply: oneshot::Sender<Result<()>>,
+pub(in crate::store) struct StateOp {
+    pub(in crate::store) mutations: Vec<Mutation>,
+    pub(in crate::store) reply: oneshot::Sender<Result<()>>,
 }
 
 /// Blocks for one item, then takes what else is queued, up to `max`.
