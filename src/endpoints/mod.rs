@@ -236,6 +236,13 @@ impl Endpoints {
             .collect())
     }
 
+    /// Whether this broker runs the webhook workers: always in embedded
+    /// mode; in cluster mode while it holds the delivery lease (work one
+    /// broker at a time does, retention say, runs there).
+    pub fn is_delivering(&self) -> bool {
+        self.supervisor.is_active()
+    }
+
     /// Every durable consumer, for retention.
     pub(crate) fn consumers(&self) -> &Consumers {
         &self.consumers
