@@ -103,11 +103,10 @@ pub async fn serve(
     let cluster = store.is_cluster();
     if cluster {
         tracing::warn!(
-            "cluster mode (backend = jetstream): publishing, GetEvent, Subscribe without a \
-             consumer name, webhook endpoints and their delivery (by one broker at a time) \
-             and the audit trail work across brokers; named durable consumers, retention, \
-             tenant erasure and the console do not run in cluster mode yet (their calls answer \
-             FAILED_PRECONDITION)"
+            "cluster mode (backend = jetstream): publishing, reading, named durable consumers, \
+             webhook endpoints and their delivery (both on the primary broker) and the audit \
+             trail work across brokers; retention, tenant erasure and the console do not run \
+             in cluster mode yet (EraseTenant answers FAILED_PRECONDITION)"
         );
     }
 
@@ -136,7 +135,7 @@ pub async fn serve(
         shutdown: token.clone(),
         metrics: metrics.clone(),
         tls: Arc::new(tls::webhook_client_config(&config)?),
-        broker: addr.to_string(),
+        broker: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     })
     .await
     .context("starting webhook delivery")?;

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod conn;
+pub(crate) mod forward;
 mod frame;
 pub mod intake;
 mod publish;

@@ -59,7 +59,7 @@ mod state;
 mod tests;
 
 pub use keys::Ordering;
-pub use registry::Consumers;
+pub use registry::{Consumers, Route};
 use state::State;
 
 /// Identifies one stream (or one delivery worker) attached to a consumer.

@@ -6,6 +6,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::{state, Consumer, ConsumerSummary, CreateSpec, Ordering, State};
 use crate::{
     error::{Error, Result},
@@ -19,16 +21,69 @@ pub struct Consumers {
     store: Store,
     active: Mutex<HashMap<String, Arc<Consumer>>>,
     creating: tokio::sync::Mutex<()>,
+    /// While this broker serves named consumers: the token that ends its
+    /// term (always, in embedded mode; in cluster mode while it is the
+    /// primary, see [`Consumers::set_serving`]).
+    term: Mutex<Option<CancellationToken>>,
+}
+
+/// Where a call on a named consumer runs.
+pub enum Route {
+    /// On this broker, until the token is cancelled (it stopped being the
+    /// primary): streams end then.
+    Here(CancellationToken),
+    /// On the primary broker, at this gRPC address.
+    Primary(String),
 }
 
 impl Consumers {
     /// An empty registry; consumers are loaded from the store on first use.
+    /// In cluster mode named consumers are served here only once
+    /// [`Consumers::set_serving`] says so.
     pub fn new(store: Store) -> Self {
+        let term = (!store.is_cluster()).then(CancellationToken::new);
         Self {
             store,
             active: Mutex::default(),
             creating: tokio::sync::Mutex::new(()),
+            term: Mutex::new(term),
         }
+    }
+
+    /// Where a call on a named consumer runs: here, or (in cluster mode,
+    /// on any broker but the primary) on the primary.
+    pub async fn route(&self) -> Result<Route> {
+        if let Some(term) = self.term_lock().clone() {
+            return Ok(Route::Here(term));
+        }
+        match self.store.primary().await? {
+            Some(addr) => Ok(Route::Primary(addr)),
+            None => Err(Error::Unavailable(
+                "no broker serves named durable consumers at the moment (another is taking \
+                 over from the primary): try again in a few seconds"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Begins (`true`) or ends this broker's term of serving named
+    /// consumers (cluster mode: while it holds the primary lease). Ending
+    /// it ends their streams here. Either way every loaded consumer is
+    /// forgotten: another broker may have moved them, so the next use
+    /// loads them from the state again.
+    pub fn set_serving(&self, serving: bool) {
+        let mut term = self.term_lock();
+        if let Some(old) = term.take() {
+            old.cancel();
+        }
+        if serving {
+            *term = Some(CancellationToken::new());
+        }
+        self.lock().clear();
+    }
+
+    fn term_lock(&self) -> std::sync::MutexGuard<'_, Option<CancellationToken>> {
+        self.term.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The named consumer, created durably from `spec` if it does not exist.

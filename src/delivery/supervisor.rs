@@ -56,8 +56,9 @@ pub struct DeliveryDeps {
     pub metrics: Arc<Metrics>,
     /// TLS settings for HTTPS receivers (roots, ALPN set per client).
     pub tls: Arc<rustls::ClientConfig>,
-    /// Where other brokers reach this one's gRPC service (in cluster mode
-    /// the delivery lease names its holder by it).
+    /// Where other brokers reach this one's gRPC service, as a URL (in
+    /// cluster mode the primary lease names its holder by it, and other
+    /// brokers forward calls there).
     pub broker: String,
 }
 
@@ -140,7 +141,7 @@ pub struct Supervisor {
     /// console); sent only while someone listens.
     outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
     /// Whether workers run on this broker: always in embedded mode; in
-    /// cluster mode while it holds the delivery lease (`endpoints::cluster`).
+    /// cluster mode while it holds the primary lease (`endpoints::cluster`).
     /// While not, [`Supervisor::start`] starts nothing.
     active: std::sync::atomic::AtomicBool,
 }

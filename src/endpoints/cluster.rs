@@ -1,12 +1,15 @@
-//! Webhook delivery in cluster mode: one broker at a time runs every
-//! endpoint's worker, the holder of the installation's delivery lease.
+//! The primary broker in cluster mode: one broker at a time, the holder of
+//! the installation's primary lease, runs every endpoint's worker and
+//! serves the named durable consumers (other brokers forward those calls,
+//! `crate::api::forward`).
 //!
-//! Every broker contends for the lease ([`LEASE`], in the leases bucket,
-//! lasting [`LEASE_TTL`](crate::store::LEASE_TTL) past its last renewal). The holder renews it
-//! every [`RENEW_EVERY`]; it stops its workers as soon as a renewal says
-//! the lease is lost, or when the lease's validity on its own clock is
-//! about to run out without a renewal, so two brokers never deliver at
-//! once (as long as clocks run at one rate). At shutdown it gives the lease
+//! Every broker contends for the lease ([`PRIMARY_LEASE`], in the leases
+//! bucket, lasting [`LEASE_TTL`](crate::store::LEASE_TTL) past its last
+//! renewal). The holder renews it every [`RENEW_EVERY`]; it stops its
+//! workers and ends its consumer streams as soon as a renewal says the
+//! lease is lost, or when the lease's validity on its own clock is about to
+//! run out without a renewal, so two brokers never act as primary at once
+//! (as long as clocks run at one rate). At shutdown it gives the lease
 //! up, so another broker takes over at once; when the holder dies, another
 //! takes over once the lease expired on the cluster: within about
 //! `LEASE_TTL` plus a few seconds.
@@ -32,11 +35,12 @@ use crate::{
     delivery::endpoint::{consumer_name, EndpointRecord, EndpointSpec},
     error::{Error, Result},
     model::{endpoint::Endpoint, EndpointId},
-    store::jetstream::{Lease, Leases, Renewal},
+    store::{
+        jetstream::{Lease, Leases, Renewal},
+        PRIMARY_LEASE,
+    },
 };
 
-/// The lease's name.
-const LEASE: &str = "webhook-delivery";
 /// How often a contender asks for the lease, and the holder looks at the
 /// endpoint records.
 const TICK: Duration = Duration::from_secs(1);
@@ -68,7 +72,7 @@ impl Fingerprint {
     }
 }
 
-/// Contends for the delivery lease until shutdown, delivering while this
+/// Contends for the primary lease until shutdown, delivering while this
 /// broker holds it.
 pub(super) async fn deliver_while_leased(this: Arc<Endpoints>) {
     let shutdown = this.supervisor.shutdown().clone();
@@ -81,29 +85,33 @@ pub(super) async fn deliver_while_leased(this: Arc<Endpoints>) {
             () = shutdown.cancelled() => return,
             lease = acquire(leases, &holder) => lease,
         };
-        tracing::info!(%holder, "this broker delivers webhooks now: it holds the delivery lease");
+        tracing::info!(%holder, "this broker is the primary now: it delivers webhooks and serves named durable consumers");
+        this.consumers.set_serving(true);
         this.supervisor.set_active(true);
         let given_up = this.deliver(leases, lease).await;
         this.supervisor.set_active(false);
         this.supervisor.stop_all().await;
+        this.consumers.set_serving(false);
         if let Some(lease) = given_up {
             // Shutting down: the next holder need not wait for expiry.
             if let Err(e) = leases.release(lease).await {
-                tracing::warn!(error = %e, "could not give the delivery lease up; it expires on its own");
+                tracing::warn!(error = %e, "could not give the primary lease up; it expires on its own");
             }
             return;
         }
-        tracing::warn!("this broker lost the delivery lease: its webhook workers stopped");
+        tracing::warn!(
+            "this broker lost the primary lease: its webhook workers and consumer streams stopped"
+        );
     }
 }
 
 /// Asks for the lease every [`TICK`] until it is this broker's.
 async fn acquire(leases: &Leases, holder: &str) -> Lease {
     loop {
-        match leases.try_acquire(LEASE, holder).await {
+        match leases.try_acquire(PRIMARY_LEASE, holder).await {
             Ok(Some(lease)) => return lease,
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "asking for the delivery lease failed"),
+            Err(e) => tracing::warn!(error = %e, "asking for the primary lease failed"),
         }
         tokio::time::sleep(TICK).await;
     }
@@ -133,7 +141,7 @@ impl Endpoints {
                     Ok(Renewal::Kept) => renew_at = Instant::now() + RENEW_EVERY,
                     Ok(Renewal::Lost) => return None,
                     Err(e) => {
-                        tracing::warn!(error = %e, "renewing the delivery lease failed; trying again")
+                        tracing::warn!(error = %e, "renewing the primary lease failed; trying again")
                     }
                 }
             }
@@ -185,7 +193,7 @@ impl Endpoints {
         if self.supervisor.is_active() {
             return Ok(());
         }
-        let holder = leases.holder(LEASE).await.ok().flatten();
+        let holder = leases.holder(PRIMARY_LEASE).await.ok().flatten();
         Err(Error::FailedPrecondition(match holder {
             Some(h) => format!(
                 "in cluster mode this call runs on the broker that delivers webhooks: send it to \

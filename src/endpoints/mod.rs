@@ -67,7 +67,7 @@ pub struct Endpoints {
     metrics: Arc<Metrics>,
     /// Starts and stops the workers; its lock serialises endpoint changes.
     supervisor: Supervisor,
-    /// This broker's gRPC address, its name in the delivery lease.
+    /// This broker's gRPC address, its name in the primary lease.
     broker: String,
 }
 
@@ -93,7 +93,7 @@ impl Endpoints {
             broker,
         });
         if this.store.is_cluster() {
-            // Workers run on the broker that holds the delivery lease.
+            // Workers run on the broker that holds the primary lease.
             this.supervisor.set_active(false);
         } else {
             let n = this.start_workers().await?;
@@ -237,7 +237,7 @@ impl Endpoints {
     }
 
     /// Whether this broker runs the webhook workers: always in embedded
-    /// mode; in cluster mode while it holds the delivery lease (work one
+    /// mode; in cluster mode while it holds the primary lease (work one
     /// broker at a time does, retention say, runs there).
     pub fn is_delivering(&self) -> bool {
         self.supervisor.is_active()

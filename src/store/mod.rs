@@ -352,6 +352,15 @@ impl Store {
         }
     }
 
+    /// In cluster mode, the gRPC address of the primary broker (the holder
+    /// of [`PRIMARY_LEASE`]), if one holds it; `None` in embedded mode.
+    pub async fn primary(&self) -> Result<Option<String>> {
+        match self.leases() {
+            Some(leases) => Ok(leases.holder(PRIMARY_LEASE).await?),
+            None => Ok(None),
+        }
+    }
+
     /// Whether the events are on a NATS JetStream cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.backend, Backend::Cluster(_))
@@ -441,6 +450,11 @@ impl Store {
         }
     }
 }
+
+/// The lease whose holder, in cluster mode, is the primary broker: it
+/// runs what one broker at a time runs (webhook delivery, named durable
+/// consumers).
+pub const PRIMARY_LEASE: &str = "primary";
 
 /// What a subsystem that runs on the embedded backend only answers in
 /// cluster mode: `what` (e.g. "retention is") names it.

@@ -122,7 +122,7 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
             Err(status) => {
                 assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
                 assert!(
-                    status.message().contains("send it to 127.0.0.1:"),
+                    status.message().contains("send it to http://127.0.0.1:"),
                     "{status:?}"
                 );
             }

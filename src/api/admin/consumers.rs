@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::{required, who, AdminService};
 use crate::{
-    api::subscribe::NAMED_CONSUMERS,
-    consumer::Consumer,
+    api::forward,
+    consumer::{Consumer, Route},
     convert,
     error::Error,
     model::Offset,
@@ -26,7 +26,6 @@ impl AdminService {
     /// consumers are managed through their endpoints.
     fn consumer(&self, scope: &Scope, name: &str) -> Result<Arc<Consumer>, Error> {
         required("name", name)?;
-        self.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if name.starts_with('@') {
             return Err(Error::invalid(
                 "name",
@@ -41,8 +40,13 @@ impl AdminService {
         &self,
         request: Request<ListConsumersRequest>,
     ) -> Result<Response<ListConsumersResponse>, Status> {
+        if let Route::Primary(url) = self.consumers.route().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.list_consumers(r).await
+            })
+            .await;
+        }
         let scope = Scope::of(&request);
-        self.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         let head = self.store.head();
         let consumers = self
             .consumers
@@ -67,6 +71,12 @@ impl AdminService {
         &self,
         request: Request<DeleteConsumerRequest>,
     ) -> Result<Response<DeleteConsumerResponse>, Status> {
+        if let Route::Primary(url) = self.consumers.route().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.delete_consumer(r).await
+            })
+            .await;
+        }
         let (scope, caller) = who(&request);
         let name = request.into_inner().name;
         let consumer = self.consumer(&scope, &name)?;
@@ -82,6 +92,12 @@ impl AdminService {
         &self,
         request: Request<RedriveConsumerRequest>,
     ) -> Result<Response<RedriveConsumerResponse>, Status> {
+        if let Route::Primary(url) = self.consumers.route().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.redrive_consumer(r).await
+            })
+            .await;
+        }
         let (scope, caller) = who(&request);
         let name = request.into_inner().name;
         let consumer = self.consumer(&scope, &name)?;
@@ -97,6 +113,12 @@ impl AdminService {
         &self,
         request: Request<ResetConsumerRequest>,
     ) -> Result<Response<ResetConsumerResponse>, Status> {
+        if let Route::Primary(url) = self.consumers.route().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.reset_consumer(r).await
+            })
+            .await;
+        }
         use crate::pb::reset_consumer_request::Position;
         let (scope, caller) = who(&request);
         let req = request.into_inner();

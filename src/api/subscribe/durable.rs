@@ -8,6 +8,8 @@ use std::{
 };
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
 
 use super::{ServiceContext, SubscribeFrame, Tx, NEXT_STREAM_ID};
 use crate::{
@@ -141,6 +143,7 @@ pub(super) async fn stream_durable(
     consumer: Arc<Consumer>,
     durable: Durable,
     tx: Tx,
+    term: CancellationToken,
 ) {
     let stream = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
     let _guard = LeaseGuard {
@@ -155,5 +158,16 @@ pub(super) async fn stream_durable(
         durable,
         tx,
     };
-    drive(&consumer, head, &cancel, &mut taker).await;
+    tokio::select! {
+        () = drive(&consumer, head, &cancel, &mut taker) => {}
+        () = term.cancelled() => {
+            // Cluster mode: another broker is the primary now; what this
+            // stream held is delivered again from there.
+            let moved = Status::unavailable(
+                "this broker stopped serving named durable consumers (another broker is the \
+                 primary now): subscribe again",
+            );
+            let _ = taker.tx.send(Err(moved)).await;
+        }
+    }
 }

@@ -11,13 +11,13 @@ use std::{
 };
 
 use tokio::sync::mpsc;
-use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
-use super::{ServiceContext, StoredFrame, SubscribeFrame};
+use super::{forward, ServiceContext, StoredFrame, SubscribeFrame};
 use crate::{
     config::MIN_ACK_WAIT,
-    consumer::CreateSpec,
+    consumer::{CreateSpec, Route},
     convert,
     error::{Error, Result},
     metrics::Metrics,
@@ -277,10 +277,6 @@ impl Drop for StreamCount {
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send>>;
 
-/// What cluster mode does not run yet: a durable consumer's leases are one
-/// broker's memory, so streams on two brokers would each get every event.
-pub(crate) const NAMED_CONSUMERS: &str = "named durable consumers are";
-
 #[tonic::async_trait]
 impl Subscriber for SubscriberService {
     type SubscribeStream = SubscribeStream;
@@ -293,6 +289,7 @@ impl Subscriber for SubscriberService {
             return Err(Error::ShuttingDown.into());
         }
         let scope = Scope::of(&request);
+        let metadata = request.metadata().clone();
         let req = request.into_inner();
         let plan = self.plan(&scope, &req).await?;
         let slot = self.shared.stream_slot(super::StreamKind::Subscribe)?;
@@ -308,7 +305,22 @@ impl Subscriber for SubscriberService {
                 });
             }
             Some(d) => {
-                self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
+                let term = match self.shared.consumers.route().await? {
+                    Route::Here(term) => term,
+                    Route::Primary(url) => {
+                        let channel = forward::to_primary(&url, &metadata).await?;
+                        let answers = forward::subscriber(channel)
+                            .subscribe(forward::request(&metadata, req))
+                            .await?
+                            .into_inner();
+                        // The stream holds this broker's slot while it lasts.
+                        let frames = answers.map(move |answer| {
+                            let _held = (&slot, &open);
+                            answer.map(|a| SubscribeFrame::Decoded(Box::new(a)))
+                        });
+                        return Ok(Response::new(Box::pin(frames)));
+                    }
+                };
                 let consumer = self
                     .shared
                     .consumers
@@ -325,7 +337,7 @@ impl Subscriber for SubscriberService {
                 self.shared.tasks.spawn(async move {
                     let _open = open;
                     let _slot = slot;
-                    stream_durable(shared, consumer, d, tx).await
+                    stream_durable(shared, consumer, d, tx, term).await
                 });
             }
         }
@@ -334,9 +346,16 @@ impl Subscriber for SubscriberService {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let scope = Scope::of(&request);
+        if let Route::Primary(url) = self.shared.consumers.route().await? {
+            let channel = forward::to_primary(&url, request.metadata()).await?;
+            let metadata = request.metadata().clone();
+            let answer = forward::subscriber(channel)
+                .ack(forward::request(&metadata, request.into_inner()))
+                .await?;
+            return Ok(Response::new(answer.into_inner()));
+        }
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
-        self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if req.offsets.is_empty() {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }
@@ -347,9 +366,16 @@ impl Subscriber for SubscriberService {
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
         let scope = Scope::of(&request);
+        if let Route::Primary(url) = self.shared.consumers.route().await? {
+            let channel = forward::to_primary(&url, request.metadata()).await?;
+            let metadata = request.metadata().clone();
+            let answer = forward::subscriber(channel)
+                .nack(forward::request(&metadata, request.into_inner()))
+                .await?;
+            return Ok(Response::new(answer.into_inner()));
+        }
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
-        self.shared.store.refuse_in_cluster(NAMED_CONSUMERS)?;
         if req.offsets.is_empty() {
             return Err(Error::invalid("offsets", "must not be empty").into());
         }
