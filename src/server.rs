@@ -104,9 +104,9 @@ pub async fn serve(
     if cluster {
         tracing::warn!(
             "cluster mode (backend = jetstream): publishing, reading, named durable consumers, \
-             webhook endpoints and their delivery (both on the primary broker) and the audit \
-             trail work across brokers; retention, tenant erasure and the console do not run \
-             in cluster mode yet (EraseTenant answers FAILED_PRECONDITION)"
+             webhook endpoints and their delivery, retention (all three on the primary broker) \
+             and the audit trail work across brokers; tenant erasure, tenant_retention and the \
+             console do not run in cluster mode yet (EraseTenant answers FAILED_PRECONDITION)"
         );
     }
 
@@ -176,14 +176,12 @@ pub async fn serve(
             stop.cancelled().await
         }));
     }
-    if !cluster {
-        tasks.spawn(retention::run(
-            shared.store.clone(),
-            endpoints.clone(),
-            shared.config.clone(),
-            token.clone(),
-        ));
-    }
+    tasks.spawn(retention::run(
+        shared.store.clone(),
+        endpoints.clone(),
+        shared.config.clone(),
+        token.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

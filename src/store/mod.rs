@@ -270,10 +270,15 @@ impl Store {
 
     /// Removes every event below `before` (at most every event: offsets go
     /// on from the head all the same) with its id entry. Returns how many
-    /// were removed.
+    /// were removed. On the cluster: purges them from the stream, and every
+    /// broker's copy follows.
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
+        let local = match &self.inner.backend {
+            Backend::Embedded(local) => local,
+            Backend::Cluster(cluster) => return cluster.log.purge_below(before).await,
+        };
         let (reply, rx) = oneshot::channel();
-        self.embedded("retention is")?
+        local
             .senders()?
             .log
             .send(LogOp::Truncate { before, reply })

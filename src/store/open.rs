@@ -139,7 +139,17 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        let copy = open_local(&copy_config, Arc::new(log::fs::RealFs))?;
+        let fs: Arc<dyn Fs> = Arc::new(log::fs::RealFs);
+        let first = opened.extent.first();
+        if first > FIRST_OFFSET {
+            // Retention removed the stream's oldest events: the copy
+            // starts where the stream does.
+            create_private_dir(&copy_config.path)?;
+            let dir = copy_config.path.join(LOG_DIR);
+            fs.create_dir_all(&dir)?;
+            log::write_start_file(&*fs, &dir, first)?;
+        }
+        let copy = open_local(&copy_config, fs)?;
         let senders = copy.local.senders()?;
         let mirror = jetstream::MirrorConfig {
             replicas: options.replicas,
@@ -171,8 +181,9 @@ impl Store {
         ));
         tokio::spawn(replica::follow(
             opened.stream,
+            opened.extent,
             opened.head,
-            copy.head.clone(),
+            copy.local.log.clone(),
             senders.log,
             copy_health,
             opened.stop,

@@ -11,19 +11,31 @@
 //! The copier follows the stream's head and reads what is new with batched
 //! direct gets ([`jetstream::EventStream::read_records`]); the log writer
 //! writes each record at its own offset ([`super::writer::LogOp`]'s
-//! `Replicate`) and refuses a gap. Nothing removes events from the stream
-//! in cluster mode (retention does not run there); a stream whose events
-//! were removed by hand cannot be copied past the hole, and the broker says
-//! so in its health.
+//! `Replicate`) and refuses a gap. When retention (on the primary) purges
+//! the stream's oldest events, every copy drops them too, as soon as it
+//! sees the stream's first offset move (within [`TICK`]); a copy started
+//! after a purge begins at the stream's first offset. A copy that lags
+//! behind a purge (it still needs events the stream no longer has), or a
+//! stream whose events were removed by hand in the middle, cannot be copied
+//! past the hole: the broker says so in its health, and a restart (which
+//! starts the copy afresh) mends it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{jetstream::EventStream, writer::LogOp, StoreHealth};
+use super::{
+    jetstream::{EventStream, Extent},
+    log::EventLog,
+    writer::LogOp,
+    StoreHealth,
+};
 use crate::model::Offset;
 
+/// How often the stream's first offset is looked at when nothing else
+/// wakes the copier.
+const TICK: Duration = Duration::from_secs(1);
 /// Most records copied in one step.
 const STEP: u64 = 1024;
 /// The pause after a failed step.
@@ -36,23 +48,37 @@ pub(super) const COPY_DIR: &str = "cluster-copy";
 /// fails is tried again; `health` says why meanwhile.
 pub(super) async fn follow(
     stream: EventStream,
+    extent: Arc<Extent>,
     mut cluster: watch::Receiver<Offset>,
-    copied: watch::Receiver<Offset>,
+    copy: Arc<EventLog>,
     log: mpsc::Sender<LogOp>,
     health: watch::Sender<StoreHealth>,
     stop: CancellationToken,
 ) {
     loop {
-        let next = *copied.borrow();
-        let ahead = tokio::select! {
-            () = stop.cancelled() => return,
-            h = cluster.wait_for(|h| *h > next) => match h {
-                Ok(h) => *h,
-                Err(_) => return,
-            },
+        let first = extent.first();
+        let problem = if first > copy.next() {
+            Some(format!(
+                "this broker's copy of the cluster log needs offset {} next, but retention \
+                 removed everything below {first} from the stream: restart the broker to copy \
+                 the log afresh",
+                copy.next()
+            ))
+        } else if first > copy.first() {
+            drop_below(first, &log).await.err()
+        } else {
+            let next = copy.next();
+            let ahead = tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(TICK) => continue,
+                h = cluster.wait_for(|h| *h > next) => match h {
+                    Ok(h) => *h,
+                    Err(_) => return,
+                },
+            };
+            let to = Offset::new((ahead.get() - 1).min(next.get() + STEP - 1));
+            step(&stream, next, to, &log).await.err()
         };
-        let to = Offset::new((ahead.get() - 1).min(next.get() + STEP - 1));
-        let problem = step(&stream, next, to, &log).await.err();
         let failed = problem.is_some();
         health.send_if_modified(|h| {
             let changed = h.copy != problem;
@@ -71,6 +97,21 @@ pub(super) async fn follow(
             }
         }
     }
+}
+
+/// Drops the copy's events below `first` (the stream's, after a purge).
+async fn drop_below(first: Offset, log: &mpsc::Sender<LogOp>) -> Result<(), String> {
+    let (reply, rx) = oneshot::channel();
+    log.send(LogOp::Truncate {
+        before: first,
+        reply,
+    })
+    .await
+    .map_err(|_| "the local copy is closed".to_owned())?;
+    rx.await
+        .map_err(|_| "the local copy is closed".to_owned())?
+        .map(|_| ())
+        .map_err(|e| format!("dropping purged events from the local copy: {e}"))
 }
 
 /// Copies `from..=to`; why not, if it could not.

@@ -363,7 +363,7 @@ async fn cluster_broker_is_not_serving_while_the_cluster_is_down() {
 }
 
 /// The broker's overall health (`Unknown` when it does not answer).
-async fn serving(health: &HealthClient<Channel>) -> ServingStatus {
+pub(crate) async fn serving(health: &HealthClient<Channel>) -> ServingStatus {
     health
         .clone()
         .check(HealthCheckRequest::default())

@@ -47,9 +47,16 @@ type Submitted = (Vec<NewEvent>, oneshot::Sender<Result<Vec<Appended>>>);
 /// The stream's extent as last seen: its first sequence and its bytes (the
 /// head is the store's watch).
 #[derive(Default)]
-pub(super) struct Extent {
+pub struct Extent {
     pub(super) first: AtomicU64,
     pub(super) bytes: AtomicU64,
+}
+
+impl Extent {
+    /// The stream's first offset as last seen.
+    pub fn first(&self) -> Offset {
+        Offset::new(self.first.load(Ordering::Relaxed)).max(FIRST_OFFSET)
+    }
 }
 
 /// The event log on the cluster, as the store uses it.
@@ -76,6 +83,8 @@ pub struct Opened {
     pub client: async_nats::Client,
     /// The stream, for reading it back (the broker's local copy).
     pub stream: EventStream,
+    /// The stream's first offset and size as last seen.
+    pub extent: Arc<Extent>,
     /// Cancelled by [`ClusterLog::close`]: what follows the cluster stops.
     pub stop: CancellationToken,
 }
@@ -133,7 +142,7 @@ impl ClusterLog {
             log: ClusterLog {
                 ids,
                 head: head_tx,
-                extent,
+                extent: extent.clone(),
                 queue: Mutex::new(Some(queue_tx)),
                 stop: stop.clone(),
             },
@@ -141,6 +150,7 @@ impl ClusterLog {
             health,
             client,
             stream,
+            extent,
             stop,
         })
     }
@@ -182,9 +192,30 @@ impl ClusterLog {
         self.stop.cancel();
     }
 
+    /// Removes every event below `before` from the stream (retention, run
+    /// by one broker at a time); returns how many went. Each broker's copy
+    /// follows (`store::replica`).
+    pub async fn purge_below(&self, before: Offset) -> Result<usize> {
+        let purged = self
+            .ids
+            .log()
+            .stream
+            .purge()
+            .sequence(before.get())
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "purging the event stream below offset {before}: {e}; retention tries again \
+                     at its next pass"
+                ))
+            })?;
+        self.extent.first.fetch_max(before.get(), Ordering::Relaxed);
+        Ok(purged.purged as usize)
+    }
+
     /// The stream's first offset as last seen.
     pub fn first(&self) -> Offset {
-        Offset::new(self.extent.first.load(Ordering::Relaxed)).max(FIRST_OFFSET)
+        self.extent.first()
     }
 
     /// The stream's bytes as last seen.

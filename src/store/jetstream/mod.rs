@@ -73,7 +73,7 @@ mod wire;
 
 pub use bucket::{decode_key, encode_key};
 pub(super) use cluster::until_answered;
-pub use cluster::{ClusterLog, Opened};
+pub use cluster::{ClusterLog, Extent, Opened};
 pub use connect::ClusterOptions;
 pub use error::JetStreamError;
 pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};

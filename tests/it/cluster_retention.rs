@@ -1,0 +1,95 @@
+//! Retention in cluster mode: two broker processes on a real 3-node
+//! nats-server cluster with a short `retention_age`. The primary purges
+//! the stream's old events (neither broker serves them afterwards), and a
+//! broker started after the purge copies the log from the stream's new
+//! first offset: it is healthy, and serves and streams what is published
+//! next.
+//!
+//! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
+
+use std::time::{Duration, Instant};
+
+use stevedore::pb::{
+    self, publisher_client::PublisherClient, subscribe_request::Start,
+    subscriber_client::SubscriberClient, GetEventRequest, SubscribeRequest,
+};
+use tonic::{transport::Channel, Code};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::{
+    cluster_brokers::serving,
+    support::{connect, nats::NatsCluster, next_within, pick, publish_answer},
+};
+
+const RETENTION: [(&str, &str); 2] = [
+    ("STEVEDORE_RETENTION_AGE", "3s"),
+    ("STEVEDORE_RETENTION_INTERVAL", "200ms"),
+];
+
+async fn get(channel: &Channel, offset: u64) -> Result<pb::GetEventResponse, tonic::Status> {
+    SubscriberClient::new(channel.clone())
+        .get_event(GetEventRequest {
+            offset,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_there() {
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster.start_broker(dir.path(), 1, "ret", &RETENTION).await;
+    let b = cluster.start_broker(dir.path(), 2, "ret", &RETENTION).await;
+    let (_a, _b) = (
+        a.unwrap_or_else(|e| panic!("broker A: {e}")),
+        b.unwrap_or_else(|e| panic!("broker B: {e}")),
+    );
+    let ca = connect(&_a.addr).await.unwrap();
+    let cb = connect(&_b.addr).await.unwrap();
+    let mut publisher = PublisherClient::new(ca.clone());
+    for i in 1..=5 {
+        let r = publish_answer(&mut publisher, pick(&format!("old-{i}"), "SO-1")).await;
+        assert_eq!(r.offset, i);
+    }
+    get(&cb, 5).await.expect("served before retention");
+
+    // Older than three seconds: gone from the stream, for both brokers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get(&ca, 5).await {
+            Err(s) if s.code() == Code::NotFound => break,
+            other => assert!(Instant::now() < deadline, "offset 5: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for offset in 1..=5 {
+        let status = get(&cb, offset).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "offset {offset}: {status:?}");
+    }
+
+    // A broker started now copies from offset 6 on.
+    let c = cluster
+        .start_broker(dir.path(), 3, "ret", &RETENTION)
+        .await
+        .unwrap_or_else(|e| panic!("broker C: {e}"));
+    let cc = connect(&c.addr).await.unwrap();
+    let r = publish_answer(&mut publisher, pick("new-6", "SO-1")).await;
+    assert_eq!(r.offset, 6);
+    let mut from_start = SubscriberClient::new(cc.clone())
+        .subscribe(SubscribeRequest {
+            start: Some(Start::Earliest(true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_within(&mut from_start, 10).await.offset, 6);
+    assert_eq!(
+        serving(&HealthClient::new(cc.clone())).await,
+        ServingStatus::Serving,
+        "broker C's copy is not stuck"
+    );
+}
