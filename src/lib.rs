@@ -181,12 +181,8 @@ pub async fn run_and_report(
     serve(config, listeners, shutdown, |_| ready()).await
 }
 
-/// Binds `config.console_listen`, if set (not in cluster mode, where the
-/// console does not run yet).
+/// Binds `config.console_listen`, if set.
 pub async fn bind_console(config: &Config) -> anyhow::Result<Option<TcpListener>> {
-    if config.backend == config::Backend::JetStream {
-        return Ok(None);
-    }
     match config.console_listen {
         Some(addr) => {
             Ok(Some(TcpListener::bind(addr).await.with_context(|| {

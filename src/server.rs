@@ -105,8 +105,9 @@ pub async fn serve(
         tracing::warn!(
             "cluster mode (backend = jetstream): publishing, reading, named durable consumers, \
              webhook endpoints and their delivery, retention (all three on the primary broker) \
-             and the audit trail work across brokers; tenant erasure, tenant_retention and the \
-             console do not run in cluster mode yet (EraseTenant answers FAILED_PRECONDITION)"
+             the audit trail and the console work across brokers; tenant erasure and \
+             tenant_retention do not run in cluster mode yet (EraseTenant answers \
+             FAILED_PRECONDITION)"
         );
     }
 
@@ -148,12 +149,7 @@ pub async fn serve(
         );
         let snapshot = move || {
             let head = store.head();
-            let (endpoints, consumers) = if cluster {
-                // Neither runs in cluster mode yet.
-                (Vec::new(), Vec::new())
-            } else {
-                (endpoints.endpoint_gauges()?, consumers.lags(head)?)
-            };
+            let (endpoints, consumers) = (endpoints.endpoint_gauges()?, consumers.lags(head)?);
             Ok(metrics::Snapshot {
                 head: head.get(),
                 first: store.first_offset()?.get(),
@@ -225,13 +221,7 @@ pub async fn serve(
         console_url: None,
         console_login: None,
     };
-    if let (true, Some(listener)) = (cluster, &console_listener) {
-        tracing::warn!(
-            addr = %listener.local_addr()?,
-            "the console does not run in cluster mode yet; not serving it"
-        );
-    }
-    if let Some(console_listener) = console_listener.filter(|_| !cluster) {
+    if let Some(console_listener) = console_listener {
         let console_addr = console_listener.local_addr()?;
         config.check_console_listen(console_addr)?;
         let console_tls = console::tls_config(&config)?;

@@ -11,6 +11,7 @@ mod amplification;
 mod auth;
 mod cluster_broker_faults;
 mod cluster_brokers;
+mod cluster_console;
 mod cluster_consumers;
 mod cluster_delivery;
 mod cluster_failover;

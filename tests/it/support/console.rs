@@ -52,6 +52,11 @@ pub struct Client {
 impl Client {
     pub async fn new(server: &TestServer) -> Self {
         let url = server.started().await.console_url.expect("console served");
+        Self::at(&url)
+    }
+
+    /// A client of the console at `url` (`http://127.0.0.1:port`).
+    pub fn at(url: &str) -> Self {
         Self {
             host: url.trim_start_matches("http://").to_owned(),
             cookie: None,
@@ -111,7 +116,12 @@ impl Client {
             .await
             .console_login
             .expect("a one-time link");
-        let page = self.get(&path).await;
+        self.follow_login(&path).await
+    }
+
+    /// Follows the one-time login link's path.
+    pub async fn follow_login(&mut self, path: &str) -> Page {
+        let page = self.get(path).await;
         if let Some(c) = page.header("set-cookie") {
             self.cookie = Some(c.split(';').next().unwrap().to_owned());
         }

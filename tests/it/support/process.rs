@@ -20,6 +20,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// The stdout lines after the address line, as they come.
+    later: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -49,15 +51,20 @@ impl Server {
             .map_err(|e| format!("spawning the broker: {e}"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (line_tx, line_rx) = std::sync::mpsc::channel();
-        // Reads the one line, then drains stdout until the process exits.
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = later.clone();
+        // Reads the one line, then keeps the rest until the process exits.
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let _ = line_tx.send(lines.next());
-            for _ in lines {}
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
         });
         let mut server = Server {
             child,
             addr: String::new(),
+            later,
         };
         let line = match line_rx.recv_timeout(START_TIMEOUT) {
             Ok(Some(Ok(line))) => line,
@@ -87,6 +94,24 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The rest of the first stdout line that starts with `prefix` (the
+    /// console's lines come after the address), waiting up to 10 s.
+    pub async fn stdout_after(&self, prefix: &str) -> String {
+        for _ in 0..100 {
+            let found = self
+                .later
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+            if let Some(rest) = found {
+                return rest;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no stdout line starting with {prefix:?} within 10 s");
     }
 
     /// The broker's process id (to send it a signal).

@@ -1,0 +1,93 @@
+//! The console in cluster mode: two broker processes on a real 3-node
+//! nats-server cluster, each serving its console. An endpoint created
+//! through one broker's console is served by the other broker (gRPC and
+//! console alike), and deleting it through the other broker's console
+//! removes it for both.
+//!
+//! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
+
+use std::time::Duration;
+
+use stevedore::pb::{self, admin_client::AdminClient};
+use tonic::Code;
+
+use crate::support::{
+    connect,
+    console::{self, Client},
+    nats::NatsCluster,
+    Server,
+};
+
+/// Loopback receivers over plain HTTP, and a console on a free port.
+const ENV: [(&str, &str); 3] = [
+    ("STEVEDORE_ALLOW_HTTP", "true"),
+    ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
+    ("STEVEDORE_CONSOLE_LISTEN", "127.0.0.1:0"),
+];
+
+/// A logged-in console client of `broker` (authentication is off: the
+/// one-time link it printed).
+async fn console_of(broker: &Server) -> Client {
+    let url = broker.stdout_after("stevedore console on ").await;
+    let link = broker
+        .stdout_after("stevedore console one-time login ")
+        .await;
+    let path = link
+        .strip_prefix(url.as_str())
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the link is on the console's URL")
+        .to_owned();
+    let mut client = Client::at(&url);
+    let page = client.follow_login(&path).await;
+    assert!(client.cookie.is_some(), "{}", page.body);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_console_on_either_broker_manages_the_same_endpoints() {
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster.start_broker(dir.path(), 1, "con", &ENV).await;
+    let b = cluster.start_broker(dir.path(), 2, "con", &ENV).await;
+    let a = a.unwrap_or_else(|e| panic!("broker A: {e}"));
+    let b = b.unwrap_or_else(|e| panic!("broker B: {e}"));
+    let (on_a, on_b) = (console_of(&a).await, console_of(&b).await);
+
+    let (id, _) = console::create(&on_a, "http://127.0.0.1:9/hook", &[]).await;
+    let mut admin_b = AdminClient::new(connect(&b.addr).await.unwrap());
+    let got = admin_b
+        .get_endpoint(pb::GetEndpointRequest { id: id.clone() })
+        .await
+        .expect("B serves the endpoint A's console created")
+        .into_inner();
+    assert_eq!(got.endpoint.unwrap().url, "http://127.0.0.1:9/hook");
+    let page = on_b.get(&format!("/endpoints/{id}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("http://127.0.0.1:9/hook"),
+        "{}",
+        page.body
+    );
+
+    // Deleted through B's console: gone for A too, once A's copy has it.
+    let csrf = page.csrf();
+    let deleted = on_b
+        .post(
+            &format!("/endpoints/{id}/action"),
+            &[("csrf", &csrf), ("op", "delete"), ("confirm", &id)],
+        )
+        .await;
+    assert!(deleted.status < 400, "{}", deleted.body);
+    let mut admin_a = AdminClient::new(connect(&a.addr).await.unwrap());
+    for _ in 0..50 {
+        match admin_a
+            .get_endpoint(pb::GetEndpointRequest { id: id.clone() })
+            .await
+        {
+            Err(s) if s.code() == Code::NotFound => return,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("endpoint {id} still on A after B's console deleted it");
+}
