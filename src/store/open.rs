@@ -3,6 +3,22 @@
 
 use super::*;
 
+impl StoreConfig {
+    /// The storage settings of `config`, counting into `metrics`.
+    pub fn from_config(config: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
+        StoreConfig {
+            path: config.data_dir.clone(),
+            cache_bytes: config.state_cache_bytes,
+            segment_bytes: config.log_segment_bytes,
+            max_group: config.max_group_commit,
+            commit_delay: config.group_commit_delay,
+            metrics,
+            recovery: config.recovery,
+            zero_fill: config.log_zero_fill,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database and starts the writer.
     pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
@@ -138,6 +154,15 @@ impl Store {
         match std::fs::remove_dir_all(&copy_config.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
+        }
+        let first = opened.log.first();
+        if first > FIRST_OFFSET {
+            // The stream starts later (an embedded log whose first events
+            // retention had removed was migrated): so does the copy.
+            create_private_dir(&copy_config.path)?;
+            let log_dir = copy_config.path.join(LOG_DIR);
+            std::fs::create_dir_all(&log_dir)?;
+            log::write_start_file(&log::fs::RealFs, &log_dir, first)?;
         }
         let copy = open_local(&copy_config, Arc::new(log::fs::RealFs))?;
         let senders = copy.local.senders()?;

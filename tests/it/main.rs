@@ -17,6 +17,7 @@ mod cluster_idempotency;
 mod cluster_leaderless;
 mod cluster_lease;
 mod cluster_log;
+mod cluster_migrate;
 mod cluster_preflight;
 mod connections;
 mod console;
