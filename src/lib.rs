@@ -150,6 +150,29 @@ pub fn reseal(config: &Config) -> anyhow::Result<(u64, u64)> {
     Ok((done.changed, done.entries))
 }
 
+/// Offline (the embedded broker stopped): copies the data directory into
+/// the empty cluster installation the config names, keeping offsets (see
+/// `store::migrate`). `stevedore migrate` prints what it returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<store::Migrated> {
+    private_files();
+    let options = store::jetstream::ClusterOptions::from_config(config).ok_or_else(|| {
+        anyhow::anyhow!(
+            "config key `backend`: migrate copies into a cluster: set backend = \"jetstream\" \
+             and nats_url (STEVEDORE_BACKEND, STEVEDORE_NATS_URL) as for the cluster's brokers"
+        )
+    })?;
+    let store_config = store::StoreConfig::from_config(config, Default::default());
+    store::migrate(&store_config, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "migrating {} into the NATS cluster (nats_prefix {:?})",
+                config.data_dir.display(),
+                options.prefix
+            )
+        })
+}
+
 /// [`run`] with the metrics listener (if any) already bound.
 pub async fn run_with_metrics(
     config: Config,

@@ -1,6 +1,7 @@
 //! The `stevedore` binary: `stevedore serve [--config FILE] [--listen ADDR] [--data-dir DIR]`,
-//! `stevedore hash-token` (token on stdin → the SHA-256 for `tokens`) and
-//! `stevedore reseal` (offline: seal plaintext secrets, purge old copies).
+//! `stevedore hash-token` (token on stdin → the SHA-256 for `tokens`),
+//! `stevedore reseal` (offline: seal plaintext secrets, purge old copies) and
+//! `stevedore migrate` (offline: an embedded data directory into a cluster).
 
 use std::{
     io::{Read, Write},
@@ -66,6 +67,19 @@ enum Command {
         #[arg(long)]
         data_dir: Option<String>,
     },
+    /// With the embedded broker stopped: copy its data directory (events,
+    /// endpoints with their sealed secrets, consumer positions, delivery
+    /// records, audit trail) into an empty cluster installation
+    /// (`backend = "jetstream"`, `nats_url`, `nats_prefix`, ... as for the
+    /// cluster's brokers), keeping every event's offset.
+    Migrate {
+        /// TOML config file (the cluster's options; `data_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The embedded data directory to copy (config key `data_dir`).
+        #[arg(long)]
+        data_dir: Option<String>,
+    },
 }
 
 /// Shortest token `hash-token` accepts: the hash is only as strong as the
@@ -83,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         } => (config, listen, data_dir, metrics_listen, console_listen),
         Command::HashToken => return hash_token(),
         Command::Reseal { config, data_dir } => return reseal(config, data_dir),
+        Command::Migrate { config, data_dir } => return migrate(config, data_dir),
     };
     let flags: Vec<(&str, String)> = [
         ("listen", listen),
@@ -111,6 +126,41 @@ fn reseal(config: Option<PathBuf>, data_dir: Option<String>) -> anyhow::Result<(
         "stevedore reseal: sealed {sealed} endpoint record(s); rewrote {entries} state entries \
          into fresh files in {}",
         config.data_dir.display()
+    );
+    Ok(())
+}
+
+fn migrate(config: Option<PathBuf>, data_dir: Option<String>) -> anyhow::Result<()> {
+    let flags: Vec<(&str, String)> = data_dir.map(|d| ("data_dir", d)).into_iter().collect();
+    let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
+    init_tracing(config.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let done = runtime.block_on(stevedore::migrate(&config))?;
+    let last = if done.events == 0 {
+        "none".to_owned()
+    } else {
+        format!("{}..={}", done.first, done.head.get() - 1)
+    };
+    println!(
+        "stevedore migrate: copied {} event record(s) (offsets {last}) into stream {}; next \
+         offset {}",
+        done.events, done.stream, done.head
+    );
+    println!(
+        "stevedore migrate: recorded {} event id(s) in bucket {}",
+        done.events, done.ids_bucket
+    );
+    let tables: Vec<String> = done
+        .tables
+        .iter()
+        .map(|(table, n)| format!("{table} {n}"))
+        .collect();
+    println!(
+        "stevedore migrate: copied state records into bucket {}: {}",
+        done.state_bucket,
+        tables.join(", ")
     );
     Ok(())
 }

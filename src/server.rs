@@ -83,16 +83,7 @@ pub async fn serve(
 
     log_egress_policy(&config);
 
-    let store_config = StoreConfig {
-        path: config.data_dir.clone(),
-        cache_bytes: config.state_cache_bytes,
-        segment_bytes: config.log_segment_bytes,
-        max_group: config.max_group_commit,
-        commit_delay: config.group_commit_delay,
-        metrics: metrics.clone(),
-        recovery: config.recovery,
-        zero_fill: config.log_zero_fill,
-    };
+    let store_config = StoreConfig::from_config(&config, metrics.clone());
     let (store, writer) = match ClusterOptions::from_config(&config) {
         Some(cluster) => Store::open_cluster(&cluster, &store_config)
             .await

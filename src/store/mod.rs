@@ -28,6 +28,7 @@ pub mod jetstream;
 mod keys;
 mod local;
 mod log;
+mod migrate;
 mod open;
 mod recover;
 #[cfg(test)]
@@ -41,6 +42,7 @@ mod writer;
 
 pub use erase::{Erasure, Removal, Unwanted};
 pub use local::Local;
+pub use migrate::{migrate, Migrated};
 pub use rewrite::{rewrite_endpoints, Rewritten};
 pub use state::{AuditRecords, ConsumerRecords, DeliveryRecords, EndpointRecords, StateWrites};
 

@@ -3,6 +3,22 @@
 
 use super::*;
 
+impl StoreConfig {
+    /// The storage settings of `config`, counting into `metrics`.
+    pub fn from_config(config: &crate::config::Config, metrics: Arc<Metrics>) -> Self {
+        StoreConfig {
+            path: config.data_dir.clone(),
+            cache_bytes: config.state_cache_bytes,
+            segment_bytes: config.log_segment_bytes,
+            max_group: config.max_group_commit,
+            commit_delay: config.group_commit_delay,
+            metrics,
+            recovery: config.recovery,
+            zero_fill: config.log_zero_fill,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database and starts the writer.
     pub fn open(config: &StoreConfig) -> Result<(Store, WriterHandle)> {
@@ -142,8 +158,8 @@ impl Store {
         let fs: Arc<dyn Fs> = Arc::new(log::fs::RealFs);
         let first = opened.extent.first();
         if first > FIRST_OFFSET {
-            // Retention removed the stream's oldest events: the copy
-            // starts where the stream does.
+            // Retention removed the stream's oldest events (or a migrated
+            // log started later): the copy starts where the stream does.
             create_private_dir(&copy_config.path)?;
             let dir = copy_config.path.join(LOG_DIR);
             fs.create_dir_all(&dir)?;

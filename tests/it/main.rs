@@ -19,6 +19,7 @@ mod cluster_idempotency;
 mod cluster_leaderless;
 mod cluster_lease;
 mod cluster_log;
+mod cluster_migrate;
 mod cluster_preflight;
 mod cluster_retention;
 mod connections;

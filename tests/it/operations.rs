@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::support::{
     assert_invalid, create, deliveries as list, endpoint, get_endpoint, inventory, ms, next_within,
-    pick, publish, Behavior, Receiver, TestServer,
+    pick, publish, subscribe_earliest, Behavior, Receiver, TestServer,
 };
 
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -610,14 +610,7 @@ async fn retention_removes_old_events_and_expires_undelivered_ones() {
     })
     .await;
     // Subscribers from earliest start at what is left.
-    let mut stream = s
-        .subscribe(SubscribeRequest {
-            start: Some(subscribe_request::Start::Earliest(true)),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = subscribe_earliest(&mut s).await;
     assert!(next_within(&mut stream, 5).await.offset > old + 1);
 }
 

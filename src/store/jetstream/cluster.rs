@@ -34,7 +34,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     model::{Appended, EventId, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
-    store::{RawRecord, StoreHealth},
+    store::{keys, RawRecord, StoreHealth},
 };
 
 /// Appends waiting for the sequencer; PublishStream feels backpressure
@@ -185,6 +185,18 @@ impl ClusterLog {
         Ok(rx)
     }
 
+    /// Stores `records` (an embedded log's, at consecutive offsets from
+    /// the stream's head) at their own offsets, with their ids' claims
+    /// (`stevedore migrate`).
+    pub(in crate::store) async fn import(&self, records: &[RawRecord]) -> Result<()> {
+        let stored = self.ids.log().import(records).await?;
+        self.ids.record_stored(&stored).await?;
+        if let Some(last) = records.last() {
+            follow::raise(&self.head, last.offset + 1);
+        }
+        Ok(())
+    }
+
     /// Stops taking appends (queued ones are still sent) and stops
     /// following the head.
     pub fn close(&self) {
@@ -249,11 +261,16 @@ impl ClusterLog {
             return Ok(Vec::new());
         }
         let to = (head - 1).min(from.saturating_add(limit as u64 - 1));
-        self.ids
+        let mut records = self
+            .ids
             .log()
             .read_records(from, to)
             .await
-            .map_err(read_failed)
+            .map_err(read_failed)?;
+        // Erased events (tombstones, copied in from an embedded log) are
+        // left out, as the embedded log leaves them out.
+        records.retain(|r| !keys::is_tombstone(&r.record).unwrap_or(false));
+        Ok(records)
     }
 
     /// The first offset stored at or after `t` (the head if none).

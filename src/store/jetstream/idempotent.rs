@@ -299,6 +299,27 @@ impl IdempotentLog {
         Ok(results)
     }
 
+    /// Records each id of `stored` as stored at its offset (events copied
+    /// into the stream by `stevedore migrate`, which publishes them without
+    /// claims), so a later append of one of them answers its offset with
+    /// `duplicate = true`, beyond the deduplication window too.
+    pub(super) async fn record_stored(
+        &self,
+        stored: &[(String, Offset)],
+    ) -> Result<(), JetStreamError> {
+        let mut puts = tokio::task::JoinSet::new();
+        for (id, offset) in stored {
+            let (ids, key) = (self.ids.clone(), bucket::encode_key(id));
+            let claim = Claim::Stored(*offset).encode();
+            puts.spawn(async move { ids.put(key, claim).await });
+        }
+        while let Some(done) = puts.join_next().await {
+            done.map_err(|e| self.error("record claim", e, false))?
+                .map_err(|e| self.error("record claim", e, true))?;
+        }
+        Ok(())
+    }
+
     /// The offsets the claims hold for the ids of `events`.
     async fn stored_claims(
         &self,

@@ -94,6 +94,20 @@ impl StreamConfig {
         Ok(())
     }
 
+    /// The stream as the server is asked to create it.
+    pub(super) fn server_config(&self) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            name: self.stream.clone(),
+            subjects: vec![format!("{}.>", self.subject_prefix)],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            allow_atomic_publish: true,
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
     /// The subject of events of `event_type`.
     pub fn subject(&self, event_type: &EventType) -> String {
         format!("{}.{event_type}", self.subject_prefix)
@@ -123,24 +137,8 @@ impl EventStream {
     pub async fn open(client: Client, config: StreamConfig) -> Result<Self, JetStreamError> {
         config.validate()?;
         let js = jetstream::new(client.clone());
-        let wanted = jetstream::stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: config.replicas,
-            duplicate_window: config.duplicate_window,
-            allow_atomic_publish: true,
-            allow_direct: true,
-            ..Default::default()
-        };
-        let mut stream = js
-            .get_or_create_stream(wanted.clone())
-            .await
-            .map_err(|e| request_error("stream create", e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| request_error("stream info", e))?;
+        let wanted = config.server_config();
+        let (stream, info) = get_or_create(&js, &wanted).await?;
         let have = &info.config;
         let mismatch = |what: &str| {
             Err(JetStreamError::Stream {
@@ -389,6 +387,24 @@ impl EventStream {
             payload_differs: !same,
         })
     }
+}
+
+/// The stream `wanted` names, created as `wanted` says if it does not
+/// exist, and its info.
+pub(super) async fn get_or_create(
+    js: &jetstream::Context,
+    wanted: &jetstream::stream::Config,
+) -> Result<(jetstream::stream::Stream, jetstream::stream::Info), JetStreamError> {
+    let mut stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| request_error("stream create", e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| request_error("stream info", e))?
+        .clone();
+    Ok((stream, info))
 }
 
 /// A newly written event's answer.

@@ -83,9 +83,11 @@ impl EventStream {
             .collect()
     }
 
-    /// The event at `offset`, read from the stream's leader.
+    /// The event at `offset`, read from the stream's leader (an erased
+    /// one, a tombstone copied in from an embedded log, is not).
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>, JetStreamError> {
         match self.stored(offset).await? {
+            Some(record) if keys::is_tombstone(&record).unwrap_or(false) => Ok(None),
             Some(record) => decode(offset, &record).map(Some),
             None => Ok(None),
         }

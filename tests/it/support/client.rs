@@ -22,6 +22,20 @@ pub async fn publish_answer(
         .into_inner()
 }
 
+/// A Subscribe stream from the earliest event, without a consumer name.
+pub async fn subscribe_earliest(
+    client: &mut pb::subscriber_client::SubscriberClient<Channel>,
+) -> tonic::Streaming<pb::SubscribeResponse> {
+    client
+        .subscribe(pb::SubscribeRequest {
+            start: Some(pb::subscribe_request::Start::Earliest(true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The next message of a stream, failing the test after `secs`.
 pub async fn next_within(
     stream: &mut tonic::Streaming<pb::SubscribeResponse>,

@@ -36,6 +36,7 @@ pub mod tenants;
 pub use answers::Answer;
 pub use client::{
     assert_invalid, assert_quiet, list_consumers, next_within, publish, publish_answer,
+    subscribe_earliest,
 };
 pub use endpoints::{
     attempts, attempts_within, count_by_state, create, deliveries, endpoint, get_endpoint,

@@ -119,6 +119,17 @@ impl Server {
         self.child.id()
     }
 
+    /// Stops the broker gracefully (SIGTERM) and waits up to `timeout` for
+    /// its exit; its exit status, or None if it is still running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {}", self.pid());
+        self.wait_exit(timeout)
+    }
+
     /// Waits up to `timeout` for the process to exit by itself; its exit
     /// status, or None if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
