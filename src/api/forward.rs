@@ -1,14 +1,16 @@
-//! Calls on named durable consumers in cluster mode: they run on the
-//! primary broker (the holder of the primary lease, which also delivers
-//! webhooks), whose memory holds the consumers' leases. Any other broker
-//! forwards them: the same request, with the caller's `authorization`,
+//! Calls on named durable consumers in cluster mode, and the Admin calls
+//! that move an endpoint's consumer (replay, retry, recover, resend): they
+//! run on the primary broker (the holder of the primary lease, which also
+//! delivers webhooks), whose memory holds the consumers' leases. Any other
+//! broker forwards them: the same request, with the caller's `authorization`,
 //! over gRPC to the primary's address, and the answer (or the stream) back
 //! as it comes. The primary checks the caller again.
 //!
 //! A forwarded call carries [`FORWARDED`]; a broker that gets one while it
 //! is not the primary (the lease moved meanwhile) answers `UNAVAILABLE`
 //! rather than forwarding it again. Brokers serving TLS do not forward to
-//! each other yet: the call is refused, naming the primary to call.
+//! each other yet: the call is refused, naming the primary to call; so is
+//! a call from a console session (its token is not sent on).
 
 use std::{future::Future, time::Duration};
 
@@ -18,7 +20,7 @@ use tonic::{
     Request, Response, Status,
 };
 
-use crate::{error::Error, pb::admin_client::AdminClient};
+use crate::{auth::Caller, error::Error, pb::admin_client::AdminClient};
 
 /// The header a forwarded call carries.
 const FORWARDED: &str = "stevedore-forwarded";
@@ -81,6 +83,16 @@ where
     F: FnOnce(AdminClient<Channel>, Request<T>) -> Fut,
     Fut: Future<Output = Result<Response<R>, Status>>,
 {
+    if request.extensions().get::<Caller>().is_some()
+        && !request.metadata().contains_key("authorization")
+    {
+        // From this broker's console: its session's token stays here.
+        return Err(Error::FailedPrecondition(format!(
+            "in cluster mode this runs on the primary broker {url}: use that broker's console \
+             (or the Admin API, which forwards it)"
+        ))
+        .into());
+    }
     let channel = to_primary(url, request.metadata()).await?;
     let metadata = request.metadata().clone();
     let client = AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER);

@@ -111,6 +111,8 @@ pub struct Running {
     cancel: CancellationToken,
     handle: JoinHandle<()>,
     keys: SharedKeys,
+    /// The endpoint record it was started with.
+    record: EndpointRecord,
 }
 
 /// The running workers by endpoint id. Only reachable through
@@ -261,9 +263,20 @@ impl Supervisor {
                 cancel,
                 handle,
                 keys,
+                record: record.clone(),
             },
         );
         Ok(())
+    }
+
+    /// The record endpoint `id`'s running worker was started with, if one
+    /// runs.
+    pub fn started_with<'a>(
+        &self,
+        workers: &'a Workers,
+        id: &EndpointId,
+    ) -> Option<&'a EndpointRecord> {
+        workers.get(id).map(|r| &r.record)
     }
 
     /// Stops endpoint `id`'s worker, if it runs; its view stays until

@@ -17,7 +17,9 @@
 //! Endpoint records are written by whichever broker an Admin call reached;
 //! every broker's state copy follows them. The holder looks at them every
 //! [`TICK`] and starts, restarts or stops workers whose configuration
-//! changed. A worker that starts (after a takeover, or a change) reads its
+//! changed since they started (a worker the holder's own Admin call just
+//! started is left alone: a restart would send its in-flight events
+//! again). A worker that starts (after a takeover, or a change) reads its
 //! consumer's position and its delivery records from the state, as a
 //! worker does at a broker's start: what was in flight on the old holder is
 //! sent again, with the same `webhook-id`.
@@ -26,7 +28,7 @@
 //! run on the holder only; another broker answers `FAILED_PRECONDITION`
 //! naming it ([`Endpoints::require_delivering`]).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
@@ -122,14 +124,13 @@ impl Endpoints {
     /// broker shuts down (the lease, to give up).
     async fn deliver(&self, leases: &Leases, mut lease: Lease) -> Option<Lease> {
         let shutdown = self.supervisor.shutdown().clone();
-        let mut running = HashMap::new();
         let mut renew_at = Instant::now() + RENEW_EVERY;
         loop {
             // Stop before the lease may be another's, on this clock.
             if Instant::now() + TICK >= lease.valid_until {
                 return None;
             }
-            if let Err(e) = self.follow_records(&mut running).await {
+            if let Err(e) = self.follow_records().await {
                 tracing::warn!(error = %e, "starting webhook workers from the endpoint records");
             }
             tokio::select! {
@@ -149,37 +150,43 @@ impl Endpoints {
     }
 
     /// Starts, restarts or stops workers for the endpoint records that
-    /// changed since `running` (what each worker was started with).
-    async fn follow_records(&self, running: &mut HashMap<EndpointId, Fingerprint>) -> Result<()> {
+    /// changed since their worker started (on this broker, by an Admin call
+    /// or an earlier look), or that appeared or went.
+    async fn follow_records(&self) -> Result<()> {
         let mut workers = self.supervisor.lock().await;
-        let mut now = HashMap::new();
+        let mut seen = HashSet::new();
         for v in self.store.endpoints().all() {
             let r = self.decode_record(&v?)?;
             let id = r.endpoint.id.clone();
-            let print = Fingerprint::of(&r);
-            if running.get(&id) != Some(&print) {
-                // Its consumer may have moved on another broker.
-                self.supervisor.stop(&mut workers, &id).await;
-                self.consumers.forget(&consumer_name(&id));
-                match EndpointSpec::validate(&r.endpoint, &self.config) {
-                    Ok(spec) if spec.enabled => {
-                        self.supervisor.start(&mut workers, &r, spec).await?
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(
-                        endpoint = %id,
-                        error = %e,
-                        "not delivering: the endpoint does not fit this broker's configuration"
-                    ),
+            let spec = match EndpointSpec::validate(&r.endpoint, &self.config) {
+                Ok(spec) if spec.enabled => Some(spec),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(endpoint = %id, error = %e, "not delivering: the endpoint does not fit this broker's configuration");
+                    None
                 }
+            };
+            let running = self
+                .supervisor
+                .started_with(&workers, &id)
+                .map(Fingerprint::of);
+            match (running, spec) {
+                (Some(old), Some(_)) if old == Fingerprint::of(&r) => {}
+                (_, Some(spec)) => self.supervisor.start(&mut workers, &r, spec).await?,
+                (Some(_), None) => self.supervisor.stop(&mut workers, &id).await,
+                (None, None) => {}
             }
-            now.insert(id, print);
+            seen.insert(id);
         }
-        for id in running.keys().filter(|id| !now.contains_key(*id)) {
-            self.supervisor.stop(&mut workers, id).await;
-            self.consumers.forget(&consumer_name(id));
+        let gone: Vec<EndpointId> = workers
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.supervisor.stop(&mut workers, &id).await;
+            self.consumers.forget(&consumer_name(&id));
         }
-        *running = now;
         Ok(())
     }
 

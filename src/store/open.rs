@@ -145,7 +145,7 @@ impl Store {
         options: &jetstream::ClusterOptions,
         config: &StoreConfig,
     ) -> Result<(Store, WriterHandle)> {
-        let opened = jetstream::ClusterLog::open(options).await?;
+        let opened = jetstream::ClusterLog::open(options, config.metrics.clone()).await?;
         let copy_config = StoreConfig {
             path: config.path.join(replica::COPY_DIR),
             ..config.clone()
@@ -155,7 +155,8 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        let fs: Arc<dyn Fs> = Arc::new(log::fs::RealFs);
+        // The copy is rebuilt at every start: nothing in it needs an fsync.
+        let fs: Arc<dyn Fs> = Arc::new(log::fs::UnsyncedFs);
         let first = opened.extent.first();
         if first > FIRST_OFFSET {
             // Retention removed the stream's oldest events (or a migrated

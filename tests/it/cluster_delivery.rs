@@ -1,10 +1,10 @@
 //! Webhook delivery in cluster mode: two broker processes on a real 3-node
 //! nats-server cluster, a real receiver. An endpoint created on one broker
 //! is seen by the other; events published to either are delivered once
-//! each, by the one broker that holds the delivery lease; calls that move
-//! the endpoint's consumer on the other broker name the deliverer; when the
-//! deliverer is SIGKILLed the other takes delivery over and every event
-//! acknowledged after the kill still arrives.
+//! each, by the primary broker; a call that moves the endpoint's consumer
+//! works on either broker (the other forwards it); when the primary is
+//! SIGKILLed the other takes delivery over and every event acknowledged
+//! after the kill still arrives.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
@@ -14,14 +14,19 @@ use std::{
 };
 
 use stevedore::pb::{
-    admin_client::AdminClient, publisher_client::PublisherClient, replay_endpoint_request,
+    self, admin_client::AdminClient, publisher_client::PublisherClient, replay_endpoint_request,
     DeliveryState, ReplayEndpointRequest,
 };
-use tonic::{transport::Channel, Code};
+use stevedore::store::{
+    jetstream::{LeaseConfig, Leases},
+    LEASE_TTL, PRIMARY_LEASE,
+};
+use tonic::transport::Channel;
 
 use crate::support::{
-    connect, create, endpoint, get_endpoint, list_deliveries, nats::NatsCluster, pick,
-    publish_answer, Receiver, Server,
+    connect, create, endpoint, get_endpoint, list_deliveries,
+    nats::{patiently, NatsCluster},
+    pick, publish_answer, Behavior, Receiver, Server,
 };
 
 /// Loopback receivers over plain HTTP, as every broker test allows.
@@ -63,8 +68,30 @@ async fn publish_all(channel: &Channel, ids: &[String]) {
     }
 }
 
-/// ReplayEndpoint from `head` (nothing to send again) on `channel`: taken
-/// by the deliverer, refused by the other broker.
+/// Which of `brokers` is the primary of installation `prefix`: the one
+/// the primary lease names.
+async fn primary_of(cluster: &NatsCluster, prefix: &str, brokers: &[Server]) -> usize {
+    let client = cluster.connect().await;
+    let config = LeaseConfig {
+        ttl: LEASE_TTL,
+        ..LeaseConfig::with_prefix(prefix)
+    };
+    let leases = patiently(|| Leases::open(&client, config.clone()))
+        .await
+        .expect("the leases bucket");
+    for _ in 0..100 {
+        if let Some(url) = leases.holder(PRIMARY_LEASE).await.unwrap() {
+            return brokers
+                .iter()
+                .position(|b| url == format!("http://{}", b.addr))
+                .unwrap_or_else(|| panic!("the lease names {url}, not a broker of this test"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no broker took the primary lease within 10 s");
+}
+
+/// ReplayEndpoint from `head` (nothing to send again) through `channel`.
 async fn replay_from_head(channel: &Channel, id: &str, head: u64) -> Result<(), tonic::Status> {
     AdminClient::new(channel.clone())
         .replay_endpoint(ReplayEndpointRequest {
@@ -111,24 +138,14 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
     let got = rx.expect_no_more_than(20, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 20, "one request per event, from one broker");
 
-    // One broker delivers; the other names it.
-    let mut deliverer = None;
-    for (i, channel) in channels.iter().enumerate() {
-        match replay_from_head(channel, &ep.id, 21).await {
-            Ok(()) => {
-                assert!(deliverer.is_none(), "both brokers deliver");
-                deliverer = Some(i);
-            }
-            Err(status) => {
-                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                assert!(
-                    status.message().contains("send it to http://127.0.0.1:"),
-                    "{status:?}"
-                );
-            }
-        }
+    // One broker is the primary (the lease names it); replay works on
+    // both, the other forwarding it.
+    let deliverer = primary_of(&cluster, "wh", &brokers).await;
+    for channel in &channels {
+        replay_from_head(channel, &ep.id, 21)
+            .await
+            .expect("ReplayEndpoint on either broker");
     }
-    let deliverer = deliverer.expect("one broker delivers");
     let survivor = 1 - deliverer;
 
     // The deliverer dies; what the survivor acknowledges afterwards still
@@ -152,8 +169,99 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
         assert!(Instant::now() < deadline, "{delivered:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The survivor now takes the calls that move the consumer.
-    replay_from_head(&channels[survivor], &ep.id, 31)
-        .await
-        .expect("the survivor delivers now");
+    // The survivor is the primary now.
+    assert_eq!(primary_of(&cluster, "wh", &brokers).await, survivor);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
+    const EVENTS: usize = 200;
+    const KEYS: usize = 10;
+    const IN_FLIGHT: u32 = 4;
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster.start_broker(dir.path(), 1, "whk", &EGRESS).await;
+    let b = cluster.start_broker(dir.path(), 2, "whk", &EGRESS).await;
+    let mut brokers: Vec<Server> = vec![
+        a.unwrap_or_else(|e| panic!("broker A: {e}")),
+        b.unwrap_or_else(|e| panic!("broker B: {e}")),
+    ];
+    let mut channels = Vec::new();
+    for broker in &brokers {
+        channels.push(connect(&broker.addr).await.expect("connecting to a broker"));
+    }
+    // A receiver slow enough that deliveries are in flight at the kill.
+    let rx = Receiver::start().await;
+    rx.set_default(Behavior::Delay(Duration::from_millis(100), 200));
+    let mut e = endpoint(&rx.url);
+    e.ordering = pb::Ordering::Key as i32;
+    e.max_in_flight = IN_FLIGHT;
+    create(&mut AdminClient::new(channels[0].clone()), e).await;
+
+    // Acked through both brokers (a batch each, the first before the
+    // second), ten orders interleaved.
+    let ids: Vec<(String, String)> = (0..EVENTS)
+        .map(|i| (format!("k-{i}"), format!("SO-{}", i % KEYS)))
+        .collect();
+    for (half, channel) in ids.chunks(EVENTS / 2).zip(&channels) {
+        let events = half
+            .iter()
+            .map(|(id, order)| pb::Event {
+                ordering_key: order.clone(),
+                ..pick(id, order)
+            })
+            .collect();
+        PublisherClient::new(channel.clone())
+            .publish_batch(pb::PublishBatchRequest { events })
+            .await
+            .expect("the batch is acked");
+    }
+
+    // The primary dies mid-way.
+    let primary = primary_of(&cluster, "whk", &brokers).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rx.count() < EVENTS / 5 {
+        assert!(Instant::now() < deadline, "delivery did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    brokers[primary].kill();
+    let at_kill = received(&rx).len();
+    assert!(at_kill < EVENTS, "everything went out before the kill");
+
+    let want: BTreeSet<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    receives_all(&rx, &want, Duration::from_secs(90)).await;
+    let requests = rx.requests();
+    // Per order, first arrivals in publish order.
+    let mut firsts: Vec<&str> = Vec::new();
+    for r in &requests {
+        let id = r.header("webhook-id").expect("a webhook-id");
+        if !firsts.contains(&id) {
+            firsts.push(id);
+        }
+    }
+    for key in 0..KEYS {
+        let order: Vec<usize> = firsts
+            .iter()
+            .map(|id| id.trim_start_matches("k-").parse::<usize>().unwrap())
+            .filter(|i| i % KEYS == key)
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "order SO-{key} arrived as {order:?}"
+        );
+    }
+    // Sent twice: only what the dead primary had in flight.
+    let mut seen = BTreeSet::new();
+    let twice: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .filter(|id| !seen.insert(*id))
+        .collect();
+    assert!(
+        twice.len() <= IN_FLIGHT as usize,
+        "{} sent twice, more than the {IN_FLIGHT} in flight at the kill ({at_kill} of \
+         {EVENTS} had arrived): {twice:?}",
+        twice.len()
+    );
 }

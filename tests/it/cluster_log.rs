@@ -305,7 +305,9 @@ async fn cluster_log_fresh_head_sees_what_another_broker_appended() {
         stevedore::config::Config::load(None, cluster.broker_env("fh"), &[("data_dir", data_dir)])
             .unwrap();
     let options = ClusterOptions::from_config(&config).expect("backend = jetstream");
-    let opened = ClusterLog::open(&options).await.expect("open");
+    let opened = ClusterLog::open(&options, Default::default())
+        .await
+        .expect("open");
     let followed = opened.head.clone();
     let start = *followed.borrow();
     // Its follower stops (so does taking appends): its head no longer moves

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    api::forward,
     audit::Audit,
     auth::Caller,
     consumer::Consumers,
@@ -110,6 +111,27 @@ fn page_size(n: u32) -> Result<usize, Error> {
 /// Who sent a request: the scope every lookup goes through, and the caller
 /// for the audit trail. Both come from the `Caller` the auth layer (or the
 /// console) put in the extensions; none: authentication is off, global.
+impl AdminService {
+    /// In cluster mode, on a broker that is not the primary: the primary's
+    /// URL. Calls that move an endpoint's consumer run there (its worker
+    /// holds the consumer's position), and GetEndpointStats reads the
+    /// worker's figures there, so they are forwarded.
+    async fn primary_elsewhere(&self) -> Result<Option<String>, Status> {
+        if !self.store.is_cluster() || self.endpoints.is_delivering() {
+            return Ok(None);
+        }
+        match self.store.primary().await? {
+            Some(url) => Ok(Some(url)),
+            None => Err(Error::Unavailable(
+                "no broker is the primary at the moment (another is taking over): try again in \
+                 a few seconds"
+                    .into(),
+            )
+            .into()),
+        }
+    }
+}
+
 fn who<T>(request: &Request<T>) -> (Scope, Option<Caller>) {
     (
         Scope::of(request),
@@ -300,6 +322,12 @@ impl Admin for AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        if let Some(url) = self.primary_elsewhere().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.retry_delivery(r).await
+            })
+            .await;
+        }
         let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("endpoint_id", &req.endpoint_id)?;
@@ -327,6 +355,12 @@ impl Admin for AdminService {
         &self,
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
+        if let Some(url) = self.primary_elsewhere().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.replay_endpoint(r).await
+            })
+            .await;
+        }
         use crate::pb::replay_endpoint_request::Start;
         let (scope, caller) = who(&request);
         let req = request.into_inner();
@@ -439,6 +473,12 @@ impl Admin for AdminService {
         &self,
         request: Request<RecoverDeliveriesRequest>,
     ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
+        if let Some(url) = self.primary_elsewhere().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.recover_deliveries(r).await
+            })
+            .await;
+        }
         self.recover_deliveries_impl(request).await
     }
 
@@ -446,6 +486,14 @@ impl Admin for AdminService {
         &self,
         request: Request<ResendEventRequest>,
     ) -> Result<Response<ResendEventResponse>, Status> {
+        if let Some(url) = self.primary_elsewhere().await? {
+            return forward::admin(
+                &url,
+                request,
+                |mut c, r| async move { c.resend_event(r).await },
+            )
+            .await;
+        }
         self.resend_event_impl(request).await
     }
 
@@ -460,6 +508,13 @@ impl Admin for AdminService {
         &self,
         request: Request<GetEndpointStatsRequest>,
     ) -> Result<Response<GetEndpointStatsResponse>, Status> {
+        // The figures are the delivering worker's, in the primary's memory.
+        if let Some(url) = self.primary_elsewhere().await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.get_endpoint_stats(r).await
+            })
+            .await;
+        }
         self.get_endpoint_stats_impl(request).await
     }
 

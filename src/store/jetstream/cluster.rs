@@ -29,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     connect::{self, ClusterOptions},
+    error::read_failed,
     follow, EventStream, IdempotencyConfig, IdempotentLog, JetStreamError, StreamConfig,
 };
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     model::{Appended, EventId, NewEvent, Offset, StoredEvent, FIRST_OFFSET},
     store::{keys, RawRecord, StoreHealth},
 };
@@ -69,6 +71,8 @@ pub struct ClusterLog {
     queue: Mutex<Option<mpsc::Sender<Submitted>>>,
     /// Stops the head follower.
     stop: CancellationToken,
+    /// Where published events and duplicates are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// What [`ClusterLog::open`] hands the store.
@@ -93,7 +97,7 @@ impl ClusterLog {
     /// Connects, checks the cluster's durability (refusing to go on unless
     /// allowed), opens the stream and the claims bucket, and starts
     /// following the stream's head.
-    pub async fn open(options: &ClusterOptions) -> Result<Opened> {
+    pub async fn open(options: &ClusterOptions, metrics: Arc<Metrics>) -> Result<Opened> {
         let (health_tx, health) = watch::channel(StoreHealth::default());
         let client = options.reach(health_tx.clone()).await?;
         let stream_config = StreamConfig {
@@ -130,7 +134,13 @@ impl ClusterLog {
             stop.clone(),
         ));
         let (queue_tx, queue_rx) = mpsc::channel(QUEUE);
-        tokio::spawn(sequence(ids.clone(), queue_rx, head_tx.clone(), max_batch));
+        tokio::spawn(sequence(
+            ids.clone(),
+            queue_rx,
+            head_tx.clone(),
+            max_batch,
+            metrics.clone(),
+        ));
         tracing::info!(
             stream = %name,
             bucket = %bucket,
@@ -144,6 +154,7 @@ impl ClusterLog {
                 head: head_tx,
                 extent: extent.clone(),
                 queue: Mutex::new(Some(queue_tx)),
+                metrics,
                 stop: stop.clone(),
             },
             head,
@@ -160,7 +171,7 @@ impl ClusterLog {
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let appended = append(&self.ids, events).await?;
+        let appended = append(&self.ids, events, &self.metrics).await?;
         advance(&self.head, &appended);
         Ok(appended)
     }
@@ -292,11 +303,33 @@ impl ClusterLog {
 }
 
 /// One event through its claim, several as one atomic batch.
-async fn append(ids: &IdempotentLog, events: Vec<NewEvent>) -> Result<Vec<Appended>> {
-    match &events[..] {
-        [] => Ok(Vec::new()),
-        [one] => Ok(vec![ids.append(one).await?]),
-        _ => Ok(ids.append_batch(&events).await?),
+async fn append(
+    ids: &IdempotentLog,
+    events: Vec<NewEvent>,
+    metrics: &Metrics,
+) -> Result<Vec<Appended>> {
+    let appended = match &events[..] {
+        [] => Vec::new(),
+        [one] => vec![ids.append(one).await?],
+        _ => ids.append_batch(&events).await?,
+    };
+    count(metrics, &events, &appended);
+    Ok(appended)
+}
+
+/// Counts what an append wrote and what it found already stored, as the
+/// embedded log writer does.
+fn count(metrics: &Metrics, events: &[NewEvent], appended: &[Appended]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (e, a) in events.iter().zip(appended) {
+        if a.duplicate {
+            metrics.duplicates.fetch_add(1, Relaxed);
+            if a.payload_differs {
+                metrics.duplicates_differing.fetch_add(1, Relaxed);
+            }
+        } else {
+            metrics.events_published.add(&[e.event_type.as_str()], 1);
+        }
     }
 }
 
@@ -318,6 +351,7 @@ async fn sequence(
     mut queue: mpsc::Receiver<Submitted>,
     head: watch::Sender<Offset>,
     max_batch: usize,
+    metrics: Arc<Metrics>,
 ) {
     let mut carried: Option<Submitted> = None;
     loop {
@@ -345,7 +379,7 @@ async fn sequence(
         }
         let sizes: Vec<usize> = group.iter().map(|(events, _)| events.len()).collect();
         let (events, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
-        match append(&ids, events.into_iter().flatten().collect()).await {
+        match append(&ids, events.into_iter().flatten().collect(), &metrics).await {
             Ok(appended) => {
                 advance(&head, &appended);
                 let mut rest = appended.into_iter();
@@ -410,69 +444,7 @@ where
     .map_err(|e| opening(name, e))
 }
 
-/// A failed read: as [`Error::from`] says, but an unanswered read is only
-/// worth asking again (nothing was written).
-fn read_failed(e: JetStreamError) -> Error {
-    if e.is_retriable() {
-        Error::Unavailable(format!(
-            "the NATS cluster did not answer the read ({e}); asking again is safe"
-        ))
-    } else {
-        e.into()
-    }
-}
-
 /// An error opening the stream or a bucket, naming it.
 fn opening(name: &str, e: JetStreamError) -> Error {
     Error::Unavailable(format!("opening {name} on the NATS cluster: {e}"))
-}
-
-impl From<JetStreamError> for Error {
-    fn from(e: JetStreamError) -> Self {
-        match e {
-            JetStreamError::BatchTooLarge { len, max } => Error::invalid(
-                "events",
-                format!(
-                    "{len} events exceed the cluster's atomic batch limit ({max}): in cluster \
-                     mode send at most {max} events per PublishBatch"
-                ),
-            ),
-            JetStreamError::Unsendable { .. } => Error::Capacity(format!(
-                "the NATS server does not take a message this large ({e}); raise its \
-                 max_payload or lower max_event_bytes"
-            )),
-            JetStreamError::Corrupt { .. } => Error::Corrupt(e.to_string()),
-            e if e.is_retriable() => Error::Unavailable(format!(
-                "the NATS cluster did not take the request ({e}); its outcome is unknown: \
-                 publishing again with the same event ids is safe"
-            )),
-            e => Error::Storage(e.to_string()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unanswered_read_says_to_ask_again_and_an_unanswered_publish_to_publish_again() {
-        let lost = || JetStreamError::Request {
-            what: "message get",
-            reason: "request timed out".to_owned(),
-        };
-        let read = read_failed(lost()).to_string();
-        assert!(read.contains("did not answer the read"), "{read}");
-        assert!(!read.contains("publishing"), "{read}");
-        let write = Error::from(lost()).to_string();
-        assert!(
-            write.contains("publishing again with the same event ids is safe"),
-            "{write}"
-        );
-        let corrupt = JetStreamError::Corrupt {
-            offset: Offset::new(7),
-            reason: "bad record".to_owned(),
-        };
-        assert!(matches!(read_failed(corrupt), Error::Corrupt(_)));
-    }
 }

@@ -1,6 +1,8 @@
 //! What can go wrong talking to the JetStream cluster, typed so that callers
 //! can tell a retry from a refusal.
 
+use crate::error::Error;
+
 /// JetStream `err_code`s a caller may retry with the same events: the batch
 /// was dropped whole (a leader change mid-batch, a full in-flight table), so
 /// nothing was stored and a retry with the same ids is deduplicated anyway.
@@ -117,6 +119,42 @@ impl JetStreamError {
     }
 }
 
+/// A failed read: as [`Error::from`] says, but an unanswered read is only
+/// worth asking again (nothing was written).
+pub(super) fn read_failed(e: JetStreamError) -> Error {
+    if e.is_retriable() {
+        Error::Unavailable(format!(
+            "the NATS cluster did not answer the read ({e}); asking again is safe"
+        ))
+    } else {
+        e.into()
+    }
+}
+
+impl From<JetStreamError> for Error {
+    fn from(e: JetStreamError) -> Self {
+        match e {
+            JetStreamError::BatchTooLarge { len, max } => Error::invalid(
+                "events",
+                format!(
+                    "{len} events exceed the cluster's atomic batch limit ({max}): in cluster \
+                     mode send at most {max} events per PublishBatch"
+                ),
+            ),
+            JetStreamError::Unsendable { .. } => Error::Capacity(format!(
+                "the NATS server does not take a message this large ({e}); raise its \
+                 max_payload or lower max_event_bytes"
+            )),
+            JetStreamError::Corrupt { .. } => Error::Corrupt(e.to_string()),
+            e if e.is_retriable() => Error::Unavailable(format!(
+                "the NATS cluster did not take the request ({e}); its outcome is unknown: \
+                 publishing again with the same event ids is safe"
+            )),
+            e => Error::Storage(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +182,26 @@ mod tests {
         }
         .is_retriable());
         assert!(!JetStreamError::BatchTooLarge { len: 3, max: 2 }.is_retriable());
+    }
+
+    #[test]
+    fn an_unanswered_read_says_to_ask_again_and_an_unanswered_publish_to_publish_again() {
+        let lost = || JetStreamError::Request {
+            what: "message get",
+            reason: "request timed out".to_owned(),
+        };
+        let read = read_failed(lost()).to_string();
+        assert!(read.contains("did not answer the read"), "{read}");
+        assert!(!read.contains("publishing"), "{read}");
+        let write = Error::from(lost()).to_string();
+        assert!(
+            write.contains("publishing again with the same event ids is safe"),
+            "{write}"
+        );
+        let corrupt = JetStreamError::Corrupt {
+            offset: crate::model::Offset::new(7),
+            reason: "bad record".to_owned(),
+        };
+        assert!(matches!(read_failed(corrupt), Error::Corrupt(_)));
     }
 }

@@ -93,15 +93,19 @@ impl FsFile for File {
     }
 }
 
+/// Opens `path` for reading and writing (creating it when `create`).
+fn open_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
 impl Fs for RealFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FsFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
-        Ok(Arc::new(file))
+        Ok(Arc::new(open_file(path, create)?))
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -127,6 +131,55 @@ impl Fs for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+/// `std::fs` without syncs, for what is rebuilt at every start: the local
+/// copy of a cluster broker (`store::replica`), whose record is the
+/// cluster's. An fsync there buys nothing and adds to every write's
+/// latency (each state write waits for the copy to apply it).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UnsyncedFs;
+
+/// A file whose syncs do nothing.
+struct Unsynced(File);
+
+impl FsFile for Unsynced {
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        FileExt::read_exact_at(&self.0, buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.0, buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Fs for UnsyncedFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FsFile>> {
+        Ok(Arc::new(Unsynced(open_file(path, create)?)))
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        RealFs.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
     }
 }
 
