@@ -16,7 +16,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-BIN=${STEVEDORE_BIN:-target/release/stevedore}
+BIN=$(realpath -m "${STEVEDORE_BIN:-target/release/stevedore}")
 unset STEVEDORE_BIN
 NATS=${NATS_SERVER_BIN:-$HOME/.cache/nats-server-2.15.1/bin/nats-server}
 [ -x "$NATS" ] || NATS=$(command -v nats-server)
@@ -29,6 +29,8 @@ SHIPMENT=examples/shipment_closed.json
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/stevedore-cluster-interop.XXXXXX")
 # shellcheck source=.ci/checks.sh
 source .ci/checks.sh
+# shellcheck source=.ci/cluster.sh
+source .ci/cluster.sh
 pids=()
 
 cleanup() {
@@ -50,63 +52,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The first fenced block under the README heading $1.
-readme_block() {
-  awk -v heading="$1" '
-    $0 == heading { section = 1; next }
-    section && !inside && /^#/ { exit }
-    section && /^```/ { if (inside) exit; inside = 1; next }
-    inside { print }
-  ' README.md
-}
-
 setup_venv
 "$NATS" --version
 
 # ------------------------------------------------------------ the cluster
 
-node1=$(readme_block "### Starting a 3-node nats-server cluster")
-[ -n "$node1" ] || {
-  echo "FAIL: no node configuration in README.md"
-  exit 1
-}
-for k in 1 2 3; do
-  # Node n<k>: its name and store_dir, and each of its own ports + (k - 1);
-  # the routes (all three nodes) stay as written. store_dir goes to a temp dir.
-  sed -e "s/^server_name: n1\$/server_name: n$k/" \
-    -e "s#store_dir: /var/lib/nats/n1#store_dir: $tmpdir/n$k#" \
-    -e "s/^listen: 127.0.0.1:4222\$/listen: 127.0.0.1:$((4221 + k))/" \
-    -e "s/^http: 127.0.0.1:8222\$/http: 127.0.0.1:$((8221 + k))/" \
-    -e "s/^  listen: 127.0.0.1:6222\$/  listen: 127.0.0.1:$((6221 + k))/" \
-    <<<"$node1" >"$tmpdir/n$k.conf"
-  if [ "$k" -gt 1 ] && cmp -s "$tmpdir/n1.conf" "$tmpdir/n$k.conf"; then
-    echo "FAIL: the README's node configuration no longer has the lines this script renumbers"
-    exit 1
-  fi
-  "$NATS" -c "$tmpdir/n$k.conf" >"$tmpdir/n$k.out" 2>"$tmpdir/n$k.err" </dev/null &
-  pids+=($!)
-done
-
-t_cluster_up() {
-  local k _
-  for k in 1 2 3; do
-    for _ in $(seq 300); do
-      curl -fsS "http://127.0.0.1:$((8221 + k))/healthz?js-enabled-only=true" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-    curl -fsS "http://127.0.0.1:$((8221 + k))/healthz?js-enabled-only=true"
-    # Ours, not another server left on the example's ports.
-    kill -0 "${pids[$((k - 1))]}" || {
-      echo "nats-server n$k exited (are the README example's ports free?)"
-      return 1
-    }
-  done
-}
+# The README's ports: n1's as written, n2's and n3's each + 1 and + 2.
+cluster_start 4222 4223 4224 8222 8223 8224 6222 6223 6224
 check "cluster: three nats-server nodes from the README's configuration" t_cluster_up
 
 # ------------------------------------------------------------ the brokers
 
-brokers=$(readme_block "### Pointing brokers at it")
+# A command continued with a trailing backslash is one line here.
+brokers=$(readme_fenced_block "### Pointing brokers at it" | sed -e ':a' -e '/\\$/{N; s/\\\n[[:space:]]*/ /; ba' -e '}')
 n=0
 ADDRS=()
 while IFS= read -r line; do
@@ -115,7 +73,8 @@ while IFS= read -r line; do
     cargo\ run\ --release\ --\ *)
       n=$((n + 1))
       eval "set -- ${line#cargo run --release -- }"
-      "$BIN" "$@" >"$tmpdir/broker$n.out" 2>"$tmpdir/broker$n.err" </dev/null &
+      # In $tmpdir: the recipe's data directories are relative.
+      (cd "$tmpdir" && exec "$BIN" "$@") >"$tmpdir/broker$n.out" 2>"$tmpdir/broker$n.err" </dev/null &
       pids+=($!)
       ADDRS+=("$(sed -n 's/.*--listen \([^ ]*\).*/\1/p' <<<"$line")")
       ;;
