@@ -3,10 +3,10 @@
 //! replicas of what the broker creates there, and the durability check.
 //!
 //! NATS URLs may carry credentials (`nats://user:password@host:4222`), and
-//! `nats_password` and `nats_token` are secrets: none of them is repeated
-//! in an error or in `Debug`.
+//! `nats_password`, `nats_token` and the seed in `nats_nkey_seed_file` are
+//! secrets: none of them is repeated in an error or in `Debug`.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use anyhow::bail;
 
@@ -42,7 +42,8 @@ impl fmt::Display for Backend {
     }
 }
 
-/// A secret value (`nats_password`, `nats_token`): `Debug` shows `***`.
+/// A secret value (`nats_password`, `nats_token`, an NKey seed): `Debug`
+/// shows `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -62,6 +63,44 @@ impl From<&str> for Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")
+    }
+}
+
+/// `nats_nkey_seed_file`: the file's path and the NKey user seed it holds,
+/// read and checked when the config is loaded (the client, given a bad
+/// seed, would log it and connect without one). `Debug` shows the path only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NkeySeedFile {
+    /// Where the seed was read from.
+    pub path: PathBuf,
+    seed: Secret,
+}
+
+impl NkeySeedFile {
+    /// Reads the seed in `path`: the file's one line (`SU...`, as `nsc` or
+    /// `nk -gen user` write it), surrounding whitespace ignored. Errors name
+    /// the path, never the file's contents.
+    pub fn read(path: PathBuf) -> Result<Self, String> {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the NKey seed file {path:?}: {e}"))?;
+        let seed = text.trim();
+        let user = nkeys::KeyPair::from_seed(seed)
+            .is_ok_and(|k| k.key_pair_type() == nkeys::KeyPairType::User);
+        if !user {
+            return Err(format!(
+                "{path:?} does not hold an NKey user seed (one line starting with `SU`, as \
+                 `nk -gen user` or `nsc` write it)"
+            ));
+        }
+        Ok(Self {
+            seed: Secret::from(seed),
+            path,
+        })
+    }
+
+    /// The seed, for the one place that hands it to the client.
+    pub fn seed(&self) -> &Secret {
+        &self.seed
     }
 }
 
@@ -152,6 +191,18 @@ pub fn check_prefix(value: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// The NATS credentials that are set, each named by its key(s).
+    pub fn nats_credential_keys(&self) -> Vec<&'static str> {
+        [
+            (self.nats_user.is_some(), "nats_user/nats_password"),
+            (self.nats_token.is_some(), "nats_token"),
+            (self.nats_nkey_seed_file.is_some(), "nats_nkey_seed_file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+
     /// Cluster mode's combinations: what it needs when `backend =
     /// "jetstream"`, and credentials that exclude each other.
     pub(super) fn validate_cluster(&self) -> anyhow::Result<()> {
@@ -163,8 +214,14 @@ impl Config {
             (None, Some(_)) => bail!("config key `nats_user`: required when nats_password is set"),
             _ => {}
         }
-        if self.nats_token.is_some() && self.nats_user.is_some() {
-            bail!("config key `nats_token`: set either nats_token or nats_user/nats_password");
+        let credentials = self.nats_credential_keys();
+        if credentials.len() > 1 {
+            let set: Vec<String> = credentials.iter().map(|k| format!("`{k}`")).collect();
+            bail!(
+                "config keys {}: set one kind of NATS credentials only (nats_user/nats_password, \
+                 nats_token or nats_nkey_seed_file)",
+                set.join(" and ")
+            );
         }
         match (&self.nats_tls_cert, &self.nats_tls_key) {
             (Some(_), None) => {

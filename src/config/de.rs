@@ -22,7 +22,10 @@ use serde::de::{self, value::MapAccessDeserializer, Deserializer, Error as _, Vi
 use serde::Deserialize;
 
 use super::{
-    cluster::{check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, Secret as SecretValue},
+    cluster::{
+        check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, NkeySeedFile,
+        Secret as SecretValue,
+    },
     net::parse_networks,
     parse_duration,
     proxy::{parse_no_proxy, parse_proxy, ProxyUrl},
@@ -270,6 +273,15 @@ pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretValue>, D:
         expecting: "a string",
         parse: |v| Ok((!v.is_empty()).then(|| SecretValue::from(v))),
     })
+}
+
+/// An NKey seed file (`nats_nkey_seed_file`): the path, and the seed read
+/// from it now; errors name the path, never the file's contents.
+pub fn nkey_seed_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NkeySeedFile>, D::Error> {
+    match path(d)? {
+        None => Ok(None),
+        Some(p) => NkeySeedFile::read(p).map(Some).map_err(D::Error::custom),
+    }
 }
 
 /// NATS seed URLs (`nats_url`): comma-separated or an array; never echoed

@@ -561,7 +561,7 @@ fn durations() {
 #[test]
 fn keys_are_the_fields_and_readme_lists_them() {
     let keys = keys();
-    assert_eq!(keys.len(), 78, "{keys:?}");
+    assert_eq!(keys.len(), 79, "{keys:?}");
     assert!(keys.contains(&STATE_CACHE_KEY) && !keys.contains(&"state_cache_bytes"));
     let readme = include_str!("../../README.md");
     let table: Vec<&str> = readme
@@ -813,6 +813,88 @@ fn cluster_credentials_are_never_echoed() {
     );
     assert!(
         err.contains("`nats_password`") && !err.contains("123456789"),
+        "{err}"
+    );
+}
+
+/// `nats_nkey_seed_file` (#15): the file's user seed is read at load; the
+/// path shows in `Debug` and errors, the seed never does. A file that
+/// cannot be read, or holds no user seed (garbage, an account's seed), is
+/// refused naming the key and the path; so is a second kind of
+/// credentials beside it, naming both keys.
+#[test]
+fn cluster_nkey_seed_file_is_read_checked_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let file = dir.path().join("broker.nk");
+    std::fs::write(&file, format!("{seed}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let c = Config::load(None, env(&[("STEVEDORE_NATS_NKEY_SEED_FILE", path)]), &[]).unwrap();
+    let loaded = c.nats_nkey_seed_file.as_ref().unwrap();
+    assert_eq!(
+        (loaded.path.as_path(), loaded.seed().expose()),
+        (file.as_path(), seed.as_str())
+    );
+    assert_eq!(c.nats_credential_keys(), ["nats_nkey_seed_file"]);
+    let debug = format!("{c:?}");
+    assert!(debug.contains(path) && !debug.contains(&seed), "{debug}");
+    // The same from the config file.
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, format!("nats_nkey_seed_file = {path:?}\n")).unwrap();
+    let from_file = Config::load(Some(&toml), env(&[]), &[]).unwrap();
+    assert_eq!(from_file.nats_nkey_seed_file, c.nats_nkey_seed_file);
+
+    let load = |path: &str, extra: &[(&str, &str)]| {
+        let mut vars = vec![("STEVEDORE_NATS_NKEY_SEED_FILE", path)];
+        vars.extend_from_slice(extra);
+        format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err())
+    };
+    let missing = dir.path().join("missing.nk");
+    let err = load(missing.to_str().unwrap(), &[]);
+    assert!(
+        err.contains("`nats_nkey_seed_file`")
+            && err.contains("STEVEDORE_NATS_NKEY_SEED_FILE")
+            && err.contains("missing.nk"),
+        "{err}"
+    );
+    let account = nkeys::KeyPair::new_account().seed().unwrap();
+    let public = nkeys::KeyPair::new_user().public_key();
+    let truncated = seed[..seed.len() - 1].to_owned();
+    for (name, contents) in [
+        ("account.nk", account.as_str()),
+        ("public.nk", public.as_str()),
+        ("truncated.nk", truncated.as_str()),
+        ("empty.nk", ""),
+    ] {
+        let bad = dir.path().join(name);
+        std::fs::write(&bad, contents).unwrap();
+        let err = load(bad.to_str().unwrap(), &[]);
+        assert!(
+            err.contains("`nats_nkey_seed_file`")
+                && err.contains(name)
+                && err.contains("NKey user seed"),
+            "{name}: {err}"
+        );
+        assert!(
+            contents.is_empty() || !err.contains(contents),
+            "{name}: {err}"
+        );
+    }
+
+    let err = load(path, &[("STEVEDORE_NATS_TOKEN", "t0ken")]);
+    assert!(
+        err.contains("`nats_token` and `nats_nkey_seed_file`") && !err.contains(&seed),
+        "{err}"
+    );
+    let err = load(
+        path,
+        &[
+            ("STEVEDORE_NATS_USER", "u"),
+            ("STEVEDORE_NATS_PASSWORD", "p"),
+        ],
+    );
+    assert!(
+        err.contains("`nats_user/nats_password` and `nats_nkey_seed_file`"),
         "{err}"
     );
 }

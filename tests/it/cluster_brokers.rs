@@ -476,16 +476,21 @@ async fn cluster_subscribe_on_one_broker_from_what_the_other_just_acked() {
 }
 
 /// On `cluster`, which wants a login: a broker with the `wrong`
-/// credentials or none is refused, naming what to check and printing no
-/// credential; one with the `right` ones starts, prints none, and publishes.
+/// credentials or none is refused, naming what to check (the credential
+/// keys it was given) and printing no credential; one with the `right` ones
+/// starts, prints none, and publishes. A credential is every value but the
+/// user name, and for a `*_FILE` key the file's contents (its path is no
+/// secret).
 async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    // Every credential but the user name.
-    let secrets: Vec<&str> = right
+    let secrets: Vec<String> = right
         .iter()
         .chain(wrong)
         .filter(|(k, _)| *k != "STEVEDORE_NATS_USER")
-        .map(|(_, v)| *v)
+        .map(|(k, v)| match k.ends_with("_FILE") {
+            true => std::fs::read_to_string(v).unwrap().trim().to_owned(),
+            false => (*v).to_owned(),
+        })
         .collect();
     for (generation, env) in [(1, wrong), (2, &[][..])] {
         let err = match cluster
@@ -499,6 +504,10 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
             err.contains("nats_url") && err.contains("credentials"),
             "the refusal names what to check: {err}"
         );
+        for (var, _) in env {
+            let key = var.trim_start_matches("STEVEDORE_").to_lowercase();
+            assert!(err.contains(&key), "the refusal names {key}: {err}");
+        }
         assert!(
             !secrets.iter().any(|s| err.contains(s)),
             "a credential printed: {err}"
@@ -525,6 +534,38 @@ async fn cluster_broker_logs_in_with_a_nats_token() {
     let cluster = NatsCluster::start_with_config(&auth).await;
     let right = [("STEVEDORE_NATS_TOKEN", TOKEN)];
     let wrong = [("STEVEDORE_NATS_TOKEN", "wrong-t0ken")];
+    logs_in_only_with(&cluster, &right, &wrong).await;
+}
+
+/// An NKey user seed (`nats_nkey_seed_file`, a 0600 file) logs in to
+/// nodes that know the user's public key; another user's seed, or none, is
+/// refused, and the seed is never printed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_a_nats_nkey_seed() {
+    let user = nkeys::KeyPair::new_user();
+    let auth = format!(
+        "authorization {{\n  users: [ {{ nkey: {:?} }} ]\n}}\n",
+        user.public_key()
+    );
+    let cluster = NatsCluster::start_with_config(&auth).await;
+    let keys = tempfile::tempdir().unwrap();
+    let seed_file = |name: &str, key: &nkeys::KeyPair| {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let path = keys.path().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        writeln!(file, "{}", key.seed().unwrap()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let right = seed_file("broker.nk", &user);
+    let wrong = seed_file("stranger.nk", &nkeys::KeyPair::new_user());
+    let right = [("STEVEDORE_NATS_NKEY_SEED_FILE", right.as_str())];
+    let wrong = [("STEVEDORE_NATS_NKEY_SEED_FILE", wrong.as_str())];
     logs_in_only_with(&cluster, &right, &wrong).await;
 }
 
