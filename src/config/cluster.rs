@@ -3,8 +3,8 @@
 //! replicas of what the broker creates there, and the durability check.
 //!
 //! NATS URLs may carry credentials (`nats://user:password@host:4222`), and
-//! `nats_password`, `nats_token` and the seed in `nats_nkey_seed_file` are
-//! secrets: none of them is repeated in an error or in `Debug`.
+//! `nats_password`, `nats_token` and the contents of `nats_nkey_seed_file`
+//! and `nats_creds_file` are secrets: none of them is repeated in an error or in `Debug`.
 
 use std::{fmt, path::PathBuf};
 
@@ -66,23 +66,23 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// `nats_nkey_seed_file`: the file's path and the NKey user seed it holds,
-/// read and checked when the config is loaded (the client, given a bad
-/// seed, would log it and connect without one). `Debug` shows the path only.
+/// A file holding a secret (`nats_nkey_seed_file`, `nats_creds_file`):
+/// its path and its secret, read and checked when the config is loaded (the
+/// client, given a bad seed, would log it and connect without one). `Debug`
+/// shows the path only; errors name the path, never the file's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NkeySeedFile {
-    /// Where the seed was read from.
+pub struct SecretFile {
+    /// Where the secret was read from.
     pub path: PathBuf,
-    seed: Secret,
+    secret: Secret,
 }
 
-impl NkeySeedFile {
-    /// Reads the seed in `path`: the file's one line (`SU...`, as `nsc` or
-    /// `nk -gen user` write it), surrounding whitespace ignored. Errors name
-    /// the path, never the file's contents.
-    pub fn read(path: PathBuf) -> Result<Self, String> {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read the NKey seed file {path:?}: {e}"))?;
+impl SecretFile {
+    /// `nats_nkey_seed_file`: an NKey user seed, the file's one line
+    /// (`SU...`, as `nk -gen user` writes it), surrounding whitespace
+    /// ignored.
+    pub fn nkey_seed(path: PathBuf) -> Result<Self, String> {
+        let text = read(&path, "NKey seed")?;
         let seed = text.trim();
         let user = nkeys::KeyPair::from_seed(seed)
             .is_ok_and(|k| k.key_pair_type() == nkeys::KeyPairType::User);
@@ -93,15 +93,41 @@ impl NkeySeedFile {
             ));
         }
         Ok(Self {
-            seed: Secret::from(seed),
+            secret: Secret::from(seed),
             path,
         })
     }
 
-    /// The seed, for the one place that hands it to the client.
-    pub fn seed(&self) -> &Secret {
-        &self.seed
+    /// `nats_creds_file`: a NATS credentials file (a user JWT and its NKey
+    /// seed, each between `-----BEGIN ...-----` and `------END ...------`
+    /// lines, as `nsc generate creds` writes it), parsed as the client
+    /// parses it.
+    pub fn creds(path: PathBuf) -> Result<Self, String> {
+        let text = read(&path, "credentials")?;
+        if async_nats::ConnectOptions::new()
+            .credentials(&text)
+            .is_err()
+        {
+            return Err(format!(
+                "{path:?} is not a NATS credentials file (a user JWT and its NKey seed between \
+                 -----BEGIN/END----- lines, as `nsc generate creds` writes it)"
+            ));
+        }
+        Ok(Self {
+            secret: Secret::from(text.as_str()),
+            path,
+        })
     }
+
+    /// The secret, for the one place that hands it to the client.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}
+
+/// The text of the `what` file at `path`.
+fn read(path: &PathBuf, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read the {what} file {path:?}: {e}"))
 }
 
 /// A NATS seed URL as configured; its `Debug` hides any `user:password@`.
@@ -197,6 +223,7 @@ impl Config {
             (self.nats_user.is_some(), "nats_user/nats_password"),
             (self.nats_token.is_some(), "nats_token"),
             (self.nats_nkey_seed_file.is_some(), "nats_nkey_seed_file"),
+            (self.nats_creds_file.is_some(), "nats_creds_file"),
         ]
         .into_iter()
         .filter_map(|(set, key)| set.then_some(key))
@@ -219,7 +246,7 @@ impl Config {
             let set: Vec<String> = credentials.iter().map(|k| format!("`{k}`")).collect();
             bail!(
                 "config keys {}: set one kind of NATS credentials only (nats_user/nats_password, \
-                 nats_token or nats_nkey_seed_file)",
+                 nats_token, nats_nkey_seed_file or nats_creds_file)",
                 set.join(" and ")
             );
         }

@@ -22,8 +22,11 @@ use tonic_health::pb::{
 };
 
 use crate::support::{
-    connect, inventory, nats::NatsCluster, nats::Sync, next_within, pick, publish_answer,
-    read_stderr, Server,
+    connect, inventory,
+    nats::NatsCluster,
+    nats::Sync,
+    nats_auth::{private_file, Operator},
+    next_within, pick, publish_answer, read_stderr, Server,
 };
 
 /// A broker's channel, failing the test with its stderr if it cannot be had.
@@ -479,7 +482,7 @@ async fn cluster_subscribe_on_one_broker_from_what_the_other_just_acked() {
 /// credentials or none is refused, naming what to check (the credential
 /// keys it was given) and printing no credential; one with the `right` ones
 /// starts, prints none, and publishes. A credential is every value but the
-/// user name, and for a `*_FILE` key the file's contents (its path is no
+/// user name, and for a `*_FILE` key what the file holds (its path is no
 /// secret).
 async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
@@ -487,9 +490,15 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
         .iter()
         .chain(wrong)
         .filter(|(k, _)| *k != "STEVEDORE_NATS_USER")
-        .map(|(k, v)| match k.ends_with("_FILE") {
-            true => std::fs::read_to_string(v).unwrap().trim().to_owned(),
-            false => (*v).to_owned(),
+        .flat_map(|(k, v)| match k.ends_with("_FILE") {
+            // The seed, the JWT: the file's long words.
+            true => std::fs::read_to_string(v)
+                .unwrap()
+                .split_whitespace()
+                .filter(|w| w.len() >= 20 && w.starts_with(char::is_alphanumeric))
+                .map(str::to_owned)
+                .collect(),
+            false => vec![(*v).to_owned()],
         })
         .collect();
     for (generation, env) in [(1, wrong), (2, &[][..])] {
@@ -525,6 +534,15 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
     publishes_the_first_event(&broker).await;
 }
 
+/// [`logs_in_only_with`] for `var`, a key naming a file: the `right` and
+/// the `wrong` contents each in a private (0600) file.
+async fn logs_in_only_with_files(cluster: &NatsCluster, var: &str, right: &str, wrong: &str) {
+    let keys = tempfile::tempdir().unwrap();
+    let right = private_file(keys.path(), "right", right);
+    let wrong = private_file(keys.path(), "wrong", wrong);
+    logs_in_only_with(cluster, &[(var, &right)], &[(var, &wrong)]).await;
+}
+
 /// A token (`nats_token`) logs in; a wrong one or none is refused.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
@@ -549,24 +567,24 @@ async fn cluster_broker_logs_in_with_a_nats_nkey_seed() {
         user.public_key()
     );
     let cluster = NatsCluster::start_with_config(&auth).await;
-    let keys = tempfile::tempdir().unwrap();
-    let seed_file = |name: &str, key: &nkeys::KeyPair| {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let path = keys.path().join(name);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
-        writeln!(file, "{}", key.seed().unwrap()).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let right = seed_file("broker.nk", &user);
-    let wrong = seed_file("stranger.nk", &nkeys::KeyPair::new_user());
-    let right = [("STEVEDORE_NATS_NKEY_SEED_FILE", right.as_str())];
-    let wrong = [("STEVEDORE_NATS_NKEY_SEED_FILE", wrong.as_str())];
-    logs_in_only_with(&cluster, &right, &wrong).await;
+    let seed = |key: nkeys::KeyPair| format!("{}\n", key.seed().unwrap());
+    let (right, wrong) = (seed(user), seed(nkeys::KeyPair::new_user()));
+    let var = "STEVEDORE_NATS_NKEY_SEED_FILE";
+    logs_in_only_with_files(&cluster, var, &right, &wrong).await;
+}
+
+/// A credentials file (`nats_creds_file`: a user JWT and its seed) logs
+/// in to nodes in operator mode that trust the JWT's operator; a user of
+/// another operator, or none, is refused, and neither the JWT nor the seed
+/// is printed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_a_nats_creds_file() {
+    let operator = Operator::new();
+    let cluster = NatsCluster::start_with_config(&operator.server_config()).await;
+    let (right, wrong) = (operator.user_creds(), Operator::new().user_creds());
+    let var = "STEVEDORE_NATS_CREDS_FILE";
+    logs_in_only_with_files(&cluster, var, &right, &wrong).await;
 }
 
 /// Nodes that serve their clients over TLS: the broker trusts them through

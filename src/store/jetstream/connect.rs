@@ -49,6 +49,8 @@ pub struct ClusterOptions {
     pub token: Option<String>,
     /// NKey user seed (read from `nats_nkey_seed_file`).
     pub nkey_seed: Option<String>,
+    /// A credentials file's text: user JWT and seed (`nats_creds_file`).
+    pub creds: Option<String>,
     /// The credential keys that are set, for the refusal's hint.
     pub credential_keys: Vec<&'static str>,
     /// CA certificates for the servers' TLS (`nats_tls_ca_file`).
@@ -83,7 +85,11 @@ impl ClusterOptions {
             nkey_seed: config
                 .nats_nkey_seed_file
                 .as_ref()
-                .map(|f| f.seed().expose().to_owned()),
+                .map(|f| f.secret().expose().to_owned()),
+            creds: config
+                .nats_creds_file
+                .as_ref()
+                .map(|f| f.secret().expose().to_owned()),
             credential_keys: config.nats_credential_keys(),
             tls_ca: config.nats_tls_ca_file.clone(),
             tls_client: config
@@ -141,6 +147,16 @@ impl ClusterOptions {
         }
         if let Some(seed) = &self.nkey_seed {
             options = options.nkey(seed.clone());
+        }
+        if let Some(creds) = &self.creds {
+            // Checked when the config was loaded; the message names the
+            // key, never the file's text.
+            options = options.credentials(creds).map_err(|_| Failed {
+                error: Error::FailedPrecondition(
+                    "config key `nats_creds_file`: not a NATS credentials file".into(),
+                ),
+                not_up: false,
+            })?;
         }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone());
