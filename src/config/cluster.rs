@@ -3,10 +3,10 @@
 //! replicas of what the broker creates there, and the durability check.
 //!
 //! NATS URLs may carry credentials (`nats://user:password@host:4222`), and
-//! `nats_password` and `nats_token` are secrets: none of them is repeated
-//! in an error or in `Debug`.
+//! `nats_password`, `nats_token` and the contents of `nats_nkey_seed_file`
+//! and `nats_creds_file` are secrets: none of them is repeated in an error or in `Debug`.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use anyhow::bail;
 
@@ -42,7 +42,8 @@ impl fmt::Display for Backend {
     }
 }
 
-/// A secret value (`nats_password`, `nats_token`): `Debug` shows `***`.
+/// A secret value (`nats_password`, `nats_token`, an NKey seed): `Debug`
+/// shows `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -63,6 +64,70 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"***\"")
     }
+}
+
+/// A file holding a secret (`nats_nkey_seed_file`, `nats_creds_file`):
+/// its path and its secret, read and checked when the config is loaded (the
+/// client, given a bad seed, would log it and connect without one). `Debug`
+/// shows the path only; errors name the path, never the file's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    /// Where the secret was read from.
+    pub path: PathBuf,
+    secret: Secret,
+}
+
+impl SecretFile {
+    /// `nats_nkey_seed_file`: an NKey user seed, the file's one line
+    /// (`SU...`, as `nk -gen user` writes it), surrounding whitespace
+    /// ignored.
+    pub fn nkey_seed(path: PathBuf) -> Result<Self, String> {
+        let text = read(&path, "NKey seed")?;
+        let seed = text.trim();
+        let user = nkeys::KeyPair::from_seed(seed)
+            .is_ok_and(|k| k.key_pair_type() == nkeys::KeyPairType::User);
+        if !user {
+            return Err(format!(
+                "{path:?} does not hold an NKey user seed (one line starting with `SU`, as \
+                 `nk -gen user` or `nsc` write it)"
+            ));
+        }
+        Ok(Self {
+            secret: Secret::from(seed),
+            path,
+        })
+    }
+
+    /// `nats_creds_file`: a NATS credentials file (a user JWT and its NKey
+    /// seed, each between `-----BEGIN ...-----` and `------END ...------`
+    /// lines, as `nsc generate creds` writes it), parsed as the client
+    /// parses it.
+    pub fn creds(path: PathBuf) -> Result<Self, String> {
+        let text = read(&path, "credentials")?;
+        if async_nats::ConnectOptions::new()
+            .credentials(&text)
+            .is_err()
+        {
+            return Err(format!(
+                "{path:?} is not a NATS credentials file (a user JWT and its NKey seed between \
+                 -----BEGIN/END----- lines, as `nsc generate creds` writes it)"
+            ));
+        }
+        Ok(Self {
+            secret: Secret::from(text.as_str()),
+            path,
+        })
+    }
+
+    /// The secret, for the one place that hands it to the client.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+}
+
+/// The text of the `what` file at `path`.
+fn read(path: &PathBuf, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read the {what} file {path:?}: {e}"))
 }
 
 /// A NATS seed URL as configured; its `Debug` hides any `user:password@`.
@@ -152,6 +217,19 @@ pub fn check_prefix(value: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// The NATS credentials that are set, each named by its key(s).
+    pub fn nats_credential_keys(&self) -> Vec<&'static str> {
+        [
+            (self.nats_user.is_some(), "nats_user/nats_password"),
+            (self.nats_token.is_some(), "nats_token"),
+            (self.nats_nkey_seed_file.is_some(), "nats_nkey_seed_file"),
+            (self.nats_creds_file.is_some(), "nats_creds_file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect()
+    }
+
     /// Cluster mode's combinations: what it needs when `backend =
     /// "jetstream"`, and credentials that exclude each other.
     pub(super) fn validate_cluster(&self) -> anyhow::Result<()> {
@@ -163,8 +241,14 @@ impl Config {
             (None, Some(_)) => bail!("config key `nats_user`: required when nats_password is set"),
             _ => {}
         }
-        if self.nats_token.is_some() && self.nats_user.is_some() {
-            bail!("config key `nats_token`: set either nats_token or nats_user/nats_password");
+        let credentials = self.nats_credential_keys();
+        if credentials.len() > 1 {
+            let set: Vec<String> = credentials.iter().map(|k| format!("`{k}`")).collect();
+            bail!(
+                "config keys {}: set one kind of NATS credentials only (nats_user/nats_password, \
+                 nats_token, nats_nkey_seed_file or nats_creds_file)",
+                set.join(" and ")
+            );
         }
         match (&self.nats_tls_cert, &self.nats_tls_key) {
             (Some(_), None) => {

@@ -22,7 +22,10 @@ use serde::de::{self, value::MapAccessDeserializer, Deserializer, Error as _, Vi
 use serde::Deserialize;
 
 use super::{
-    cluster::{check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, Secret as SecretValue},
+    cluster::{
+        check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, Secret as SecretValue,
+        SecretFile,
+    },
     net::parse_networks,
     parse_duration,
     proxy::{parse_no_proxy, parse_proxy, ProxyUrl},
@@ -270,6 +273,25 @@ pub fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretValue>, D:
         expecting: "a string",
         parse: |v| Ok((!v.is_empty()).then(|| SecretValue::from(v))),
     })
+}
+
+/// An NKey seed file (`nats_nkey_seed_file`): the path, and the seed read
+/// from it now; errors name the path, never the file's contents.
+pub fn nkey_seed_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretFile>, D::Error> {
+    secret_file(d, SecretFile::nkey_seed)
+}
+
+/// A NATS credentials file (`nats_creds_file`), read now like
+/// [`nkey_seed_file`].
+pub fn creds_file<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretFile>, D::Error> {
+    secret_file(d, SecretFile::creds)
+}
+
+fn secret_file<'de, D: Deserializer<'de>>(
+    d: D,
+    read: fn(PathBuf) -> Result<SecretFile, String>,
+) -> Result<Option<SecretFile>, D::Error> {
+    path(d)?.map(read).transpose().map_err(D::Error::custom)
 }
 
 /// NATS seed URLs (`nats_url`): comma-separated or an array; never echoed

@@ -32,7 +32,7 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-pub use cluster::{Backend, NatsUrl, Secret};
+pub use cluster::{Backend, NatsUrl, Secret, SecretFile};
 pub use kinds::{LogFormat, Recovery};
 pub use load::{keys, ENV_PREFIX, NON_CONFIG_ENV};
 pub use master_key::{MasterKey, MASTER_KEY_BYTES};
@@ -296,6 +296,12 @@ pub struct Config {
     /// NATS authentication token (secret).
     #[serde(deserialize_with = "de::secret")]
     pub nats_token: Option<Secret>,
+    /// File holding an NKey user seed (`SU...`; the seed is secret).
+    #[serde(deserialize_with = "de::nkey_seed_file")]
+    pub nats_nkey_seed_file: Option<SecretFile>,
+    /// NATS credentials file: a user JWT and its NKey seed (secret).
+    #[serde(deserialize_with = "de::creds_file")]
+    pub nats_creds_file: Option<SecretFile>,
     /// PEM CA certificates trusted for the NATS servers' TLS.
     #[serde(deserialize_with = "de::path")]
     pub nats_tls_ca_file: Option<PathBuf>,
@@ -397,6 +403,8 @@ impl Default for Config {
             nats_user: None,
             nats_password: None,
             nats_token: None,
+            nats_nkey_seed_file: None,
+            nats_creds_file: None,
             nats_tls_ca_file: None,
             nats_tls_cert: None,
             nats_tls_key: None,

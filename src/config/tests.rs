@@ -561,7 +561,7 @@ fn durations() {
 #[test]
 fn keys_are_the_fields_and_readme_lists_them() {
     let keys = keys();
-    assert_eq!(keys.len(), 78, "{keys:?}");
+    assert_eq!(keys.len(), 80, "{keys:?}");
     assert!(keys.contains(&STATE_CACHE_KEY) && !keys.contains(&"state_cache_bytes"));
     let readme = include_str!("../../README.md");
     let table: Vec<&str> = readme
@@ -815,4 +815,136 @@ fn cluster_credentials_are_never_echoed() {
         err.contains("`nats_password`") && !err.contains("123456789"),
         "{err}"
     );
+}
+
+/// A NATS secret file's key (`var` sets it) with `good` in a file: loaded
+/// with its path in `Debug` and errors and its `secret` nowhere, from the
+/// environment or the config file. A missing file and each of `bad` (file
+/// name, contents) are refused naming the key, the variable and the path,
+/// saying `what` was expected, echoing nothing of the contents; beside a
+/// token or a user and password it is refused naming both keys. The
+/// loaded config.
+fn secret_file_key(
+    var: &str,
+    key: &str,
+    good: &str,
+    secret: &str,
+    bad: &[(&str, &str)],
+    what: &str,
+) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("good");
+    std::fs::write(&file, good).unwrap();
+    let path = file.to_str().unwrap();
+    let c = Config::load(None, env(&[(var, path)]), &[]).unwrap();
+    assert_eq!(c.nats_credential_keys(), [key]);
+    let debug = format!("{c:?}");
+    assert!(debug.contains(path) && !debug.contains(secret), "{debug}");
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, format!("{key} = {path:?}\n")).unwrap();
+    assert_eq!(Config::load(Some(&toml), env(&[]), &[]).unwrap(), c);
+
+    let load = |path: &str, extra: &[(&str, &str)]| {
+        let mut vars = vec![(var, path)];
+        vars.extend_from_slice(extra);
+        format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err())
+    };
+    let missing = dir.path().join("missing");
+    let err = load(missing.to_str().unwrap(), &[]);
+    let named = |err: &str, name: &str| {
+        err.contains(&format!("`{key}`")) && err.contains(var) && err.contains(name)
+    };
+    assert!(
+        named(&err, "missing") && err.contains("cannot read"),
+        "{err}"
+    );
+    for (name, contents) in bad {
+        let file = dir.path().join(name);
+        std::fs::write(&file, contents).unwrap();
+        let err = load(file.to_str().unwrap(), &[]);
+        assert!(named(&err, name) && err.contains(what), "{name}: {err}");
+        for word in contents.split_whitespace().filter(|w| w.len() >= 20) {
+            assert!(!err.contains(word), "{name}: {err}");
+        }
+    }
+    let others: [(&[(&str, &str)], &str); 2] = [
+        (&[("STEVEDORE_NATS_TOKEN", "t0ken")], "nats_token"),
+        (
+            &[
+                ("STEVEDORE_NATS_USER", "u"),
+                ("STEVEDORE_NATS_PASSWORD", "p"),
+            ],
+            "nats_user/nats_password",
+        ),
+    ];
+    for (vars, other) in others {
+        let err = load(path, vars);
+        assert!(
+            err.contains(&format!("`{other}` and `{key}`")) && !err.contains(secret),
+            "{err}"
+        );
+    }
+    c
+}
+
+/// `nats_nkey_seed_file` (#15): a user seed is read at load; a file that
+/// holds no user seed (an account's seed, a public key, a truncated seed,
+/// nothing) is refused.
+#[test]
+fn cluster_nkey_seed_file_is_read_checked_and_never_echoed() {
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let account = nkeys::KeyPair::new_account().seed().unwrap();
+    let public = nkeys::KeyPair::new_user().public_key();
+    let bad = [
+        ("account.nk", account.as_str()),
+        ("public.nk", public.as_str()),
+        ("truncated.nk", &seed[..seed.len() - 1]),
+        ("empty.nk", ""),
+    ];
+    let c = secret_file_key(
+        "STEVEDORE_NATS_NKEY_SEED_FILE",
+        "nats_nkey_seed_file",
+        &format!("  {seed}\n"),
+        &seed,
+        &bad,
+        "NKey user seed",
+    );
+    let loaded = c.nats_nkey_seed_file.as_ref().unwrap();
+    assert_eq!(loaded.secret().expose(), seed, "the seed, trimmed");
+}
+
+/// `nats_creds_file` (#15): a credentials file (user JWT and seed) is read
+/// at load as the client reads it; one without the seed, with a bad seed
+/// or with nothing is refused. (Its JWT is checked by the nodes: see
+/// `cluster_broker_logs_in_with_a_nats_creds_file`.)
+#[test]
+fn cluster_creds_file_is_read_checked_and_never_echoed() {
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let jwt = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJzdWIiOiJVIn0.c2lnbmF0dXJl";
+    let creds = |seed: &str| {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    };
+    let only_jwt = format!("-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n");
+    let bad_seed = creds(&seed[..seed.len() - 1]);
+    let bad = [
+        ("only-jwt.creds", only_jwt.as_str()),
+        ("bad-seed.creds", bad_seed.as_str()),
+        ("bare-seed.creds", seed.as_str()),
+        ("empty.creds", ""),
+    ];
+    let text = creds(&seed);
+    let c = secret_file_key(
+        "STEVEDORE_NATS_CREDS_FILE",
+        "nats_creds_file",
+        &text,
+        &seed,
+        &bad,
+        "not a NATS credentials file",
+    );
+    let loaded = c.nats_creds_file.as_ref().unwrap();
+    assert_eq!(loaded.secret().expose(), text);
+    assert!(!format!("{c:?}").contains(jwt));
 }

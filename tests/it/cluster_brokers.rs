@@ -22,8 +22,11 @@ use tonic_health::pb::{
 };
 
 use crate::support::{
-    connect, inventory, nats::NatsCluster, nats::Sync, next_within, pick, publish_answer,
-    read_stderr, Server,
+    connect, inventory,
+    nats::NatsCluster,
+    nats::Sync,
+    nats_auth::{private_file, Operator},
+    next_within, pick, publish_answer, read_stderr, Server,
 };
 
 /// A broker's channel, failing the test with its stderr if it cannot be had.
@@ -469,16 +472,27 @@ async fn cluster_subscribe_on_one_broker_from_what_the_other_just_acked() {
 }
 
 /// On `cluster`, which wants a login: a broker with the `wrong`
-/// credentials or none is refused, naming what to check and printing no
-/// credential; one with the `right` ones starts, prints none, and publishes.
+/// credentials or none is refused, naming what to check (the credential
+/// keys it was given) and printing no credential; one with the `right` ones
+/// starts, prints none, and publishes. A credential is every value but the
+/// user name, and for a `*_FILE` key what the file holds (its path is no
+/// secret).
 async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    // Every credential but the user name.
-    let secrets: Vec<&str> = right
+    let secrets: Vec<String> = right
         .iter()
         .chain(wrong)
         .filter(|(k, _)| *k != "STEVEDORE_NATS_USER")
-        .map(|(_, v)| *v)
+        .flat_map(|(k, v)| match k.ends_with("_FILE") {
+            // The seed, the JWT: the file's long words.
+            true => std::fs::read_to_string(v)
+                .unwrap()
+                .split_whitespace()
+                .filter(|w| w.len() >= 20 && w.starts_with(char::is_alphanumeric))
+                .map(str::to_owned)
+                .collect(),
+            false => vec![(*v).to_owned()],
+        })
         .collect();
     for (generation, env) in [(1, wrong), (2, &[][..])] {
         let err = match cluster
@@ -492,6 +506,10 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
             err.contains("nats_url") && err.contains("credentials"),
             "the refusal names what to check: {err}"
         );
+        for (var, _) in env {
+            let key = var.trim_start_matches("STEVEDORE_").to_lowercase();
+            assert!(err.contains(&key), "the refusal names {key}: {err}");
+        }
         assert!(
             !secrets.iter().any(|s| err.contains(s)),
             "a credential printed: {err}"
@@ -509,6 +527,15 @@ async fn logs_in_only_with(cluster: &NatsCluster, right: &[(&str, &str)], wrong:
     publishes_the_first_event(&broker).await;
 }
 
+/// [`logs_in_only_with`] for `var`, a key naming a file: the `right` and
+/// the `wrong` contents each in a private (0600) file.
+async fn logs_in_only_with_files(cluster: &NatsCluster, var: &str, right: &str, wrong: &str) {
+    let keys = tempfile::tempdir().unwrap();
+    let right = private_file(keys.path(), "right", right);
+    let wrong = private_file(keys.path(), "wrong", wrong);
+    logs_in_only_with(cluster, &[(var, &right)], &[(var, &wrong)]).await;
+}
+
 /// A token (`nats_token`) logs in; a wrong one or none is refused.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
@@ -519,6 +546,38 @@ async fn cluster_broker_logs_in_with_a_nats_token() {
     let right = [("STEVEDORE_NATS_TOKEN", TOKEN)];
     let wrong = [("STEVEDORE_NATS_TOKEN", "wrong-t0ken")];
     logs_in_only_with(&cluster, &right, &wrong).await;
+}
+
+/// An NKey user seed (`nats_nkey_seed_file`, a 0600 file) logs in to
+/// nodes that know the user's public key; another user's seed, or none, is
+/// refused, and the seed is never printed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_a_nats_nkey_seed() {
+    let user = nkeys::KeyPair::new_user();
+    let auth = format!(
+        "authorization {{\n  users: [ {{ nkey: {:?} }} ]\n}}\n",
+        user.public_key()
+    );
+    let cluster = NatsCluster::start_with_config(&auth).await;
+    let seed = |key: nkeys::KeyPair| format!("{}\n", key.seed().unwrap());
+    let (right, wrong) = (seed(user), seed(nkeys::KeyPair::new_user()));
+    let var = "STEVEDORE_NATS_NKEY_SEED_FILE";
+    logs_in_only_with_files(&cluster, var, &right, &wrong).await;
+}
+
+/// A credentials file (`nats_creds_file`: a user JWT and its seed) logs
+/// in to nodes in operator mode that trust the JWT's operator; a user of
+/// another operator, or none, is refused, and neither the JWT nor the seed
+/// is printed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_broker_logs_in_with_a_nats_creds_file() {
+    let operator = Operator::new();
+    let cluster = NatsCluster::start_with_config(&operator.server_config()).await;
+    let (right, wrong) = (operator.user_creds(), Operator::new().user_creds());
+    let var = "STEVEDORE_NATS_CREDS_FILE";
+    logs_in_only_with_files(&cluster, var, &right, &wrong).await;
 }
 
 /// Nodes that serve their clients over TLS: the broker trusts them through

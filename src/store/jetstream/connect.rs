@@ -47,6 +47,12 @@ pub struct ClusterOptions {
     pub user: Option<(String, String)>,
     /// Token (`nats_token`).
     pub token: Option<String>,
+    /// NKey user seed (read from `nats_nkey_seed_file`).
+    pub nkey_seed: Option<String>,
+    /// A credentials file's text: user JWT and seed (`nats_creds_file`).
+    pub creds: Option<String>,
+    /// The credential keys that are set, for the refusal's hint.
+    pub credential_keys: Vec<&'static str>,
     /// CA certificates for the servers' TLS (`nats_tls_ca_file`).
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key (`nats_tls_cert`, `nats_tls_key`).
@@ -76,6 +82,15 @@ impl ClusterOptions {
                 .clone()
                 .zip(config.nats_password.as_ref().map(|p| p.expose().to_owned())),
             token: config.nats_token.as_ref().map(|t| t.expose().to_owned()),
+            nkey_seed: config
+                .nats_nkey_seed_file
+                .as_ref()
+                .map(|f| f.secret().expose().to_owned()),
+            creds: config
+                .nats_creds_file
+                .as_ref()
+                .map(|f| f.secret().expose().to_owned()),
+            credential_keys: config.nats_credential_keys(),
             tls_ca: config.nats_tls_ca_file.clone(),
             tls_client: config
                 .nats_tls_cert
@@ -130,22 +145,39 @@ impl ClusterOptions {
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         }
+        if let Some(seed) = &self.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(creds) = &self.creds {
+            // Checked when the config was loaded; the message names the
+            // key, never the file's text.
+            options = options.credentials(creds).map_err(|_| Failed {
+                error: Error::FailedPrecondition(
+                    "config key `nats_creds_file`: not a NATS credentials file".into(),
+                ),
+                not_up: false,
+            })?;
+        }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone());
         }
         if let Some((cert, key)) = &self.tls_client {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        // The error names the key, never the URLs (they may hold a
+        // The error names the keys, never the URLs (they may hold a
         // password) nor the client's text of them.
+        let credentials = match self.credential_keys.as_slice() {
+            [] => "none set".to_owned(),
+            keys => keys.join(", "),
+        };
         options
             .connect(self.urls.clone())
             .await
             .map_err(|e| Failed {
                 error: Error::Unavailable(format!(
                     "config key `nats_url`: cannot connect to the NATS cluster ({}): check that \
-                 the nodes run and that nats_url, the credentials and the TLS settings are \
-                 right",
+                     the nodes run and that nats_url, the credentials ({credentials}) and the TLS \
+                     settings are right",
                     e.kind()
                 )),
                 not_up: matches!(

@@ -23,6 +23,7 @@ pub mod hostile;
 pub mod ledger;
 pub mod metrics;
 pub mod nats;
+pub mod nats_auth;
 pub mod oauth_partner;
 pub mod process;
 pub mod publishing;
