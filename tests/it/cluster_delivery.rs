@@ -35,6 +35,26 @@ const EGRESS: [(&str, &str); 2] = [
     ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
 ];
 
+/// Brokers A and B of installation `prefix` on `cluster` (data and logs
+/// under `dir`), loopback receivers allowed, and a channel to each.
+async fn two_brokers(
+    cluster: &NatsCluster,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (Vec<Server>, Vec<Channel>) {
+    let a = cluster.start_broker(dir, 1, prefix, &EGRESS).await;
+    let b = cluster.start_broker(dir, 2, prefix, &EGRESS).await;
+    let brokers = vec![
+        a.unwrap_or_else(|e| panic!("broker A: {e}")),
+        b.unwrap_or_else(|e| panic!("broker B: {e}")),
+    ];
+    let mut channels = Vec::new();
+    for broker in &brokers {
+        channels.push(connect(&broker.addr).await.expect("connecting to a broker"));
+    }
+    (brokers, channels)
+}
+
 /// The distinct `webhook-id`s (event ids) `rx` received.
 fn received(rx: &Receiver) -> BTreeSet<String> {
     rx.requests()
@@ -106,18 +126,8 @@ async fn replay_from_head(channel: &Channel, id: &str, head: u64) -> Result<(), 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
 async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed() {
-    let cluster = NatsCluster::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = cluster.start_broker(dir.path(), 1, "wh", &EGRESS).await;
-    let b = cluster.start_broker(dir.path(), 2, "wh", &EGRESS).await;
-    let mut brokers: Vec<Server> = vec![
-        a.unwrap_or_else(|e| panic!("broker A: {e}")),
-        b.unwrap_or_else(|e| panic!("broker B: {e}")),
-    ];
-    let mut channels = Vec::new();
-    for broker in &brokers {
-        channels.push(connect(&broker.addr).await.expect("connecting to a broker"));
-    }
+    let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
+    let (mut brokers, channels) = two_brokers(&cluster, dir.path(), "wh").await;
     let rx = Receiver::start().await;
 
     // Created on A, seen on B.
@@ -179,18 +189,8 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
     const EVENTS: usize = 200;
     const KEYS: usize = 10;
     const IN_FLIGHT: u32 = 4;
-    let cluster = NatsCluster::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = cluster.start_broker(dir.path(), 1, "whk", &EGRESS).await;
-    let b = cluster.start_broker(dir.path(), 2, "whk", &EGRESS).await;
-    let mut brokers: Vec<Server> = vec![
-        a.unwrap_or_else(|e| panic!("broker A: {e}")),
-        b.unwrap_or_else(|e| panic!("broker B: {e}")),
-    ];
-    let mut channels = Vec::new();
-    for broker in &brokers {
-        channels.push(connect(&broker.addr).await.expect("connecting to a broker"));
-    }
+    let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
+    let (mut brokers, channels) = two_brokers(&cluster, dir.path(), "whk").await;
     // A receiver slow enough that deliveries are in flight at the kill.
     let rx = Receiver::start().await;
     rx.set_default(Behavior::Delay(Duration::from_millis(100), 200));

@@ -10,15 +10,14 @@
 use std::time::{Duration, Instant};
 
 use stevedore::pb::{
-    self, publisher_client::PublisherClient, subscribe_request::Start,
-    subscriber_client::SubscriberClient, GetEventRequest, SubscribeRequest,
+    self, publisher_client::PublisherClient, subscriber_client::SubscriberClient, GetEventRequest,
 };
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
     cluster_brokers::serving,
-    support::{connect, nats::NatsCluster, next_within, pick, publish_answer},
+    support::{connect, nats::NatsCluster, next_within, pick, publish_answer, subscribe_earliest},
 };
 
 const RETENTION: [(&str, &str); 2] = [
@@ -78,14 +77,7 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
     let cc = connect(&c.addr).await.unwrap();
     let r = publish_answer(&mut publisher, pick("new-6", "SO-1")).await;
     assert_eq!(r.offset, 6);
-    let mut from_start = SubscriberClient::new(cc.clone())
-        .subscribe(SubscribeRequest {
-            start: Some(Start::Earliest(true)),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut from_start = subscribe_earliest(&mut SubscriberClient::new(cc.clone())).await;
     assert_eq!(next_within(&mut from_start, 10).await.offset, 6);
     assert_eq!(
         serving(&HealthClient::new(cc.clone())).await,
