@@ -1,9 +1,10 @@
-//! The embedded backend's event log, read synchronously: point reads,
-//! ranges, the time and id indexes, all answered from the segment files at
-//! once. The subsystems that read under a lock or in a synchronous poll
-//! (durable consumers, webhook delivery, retention, erasure) use these
-//! through [`super::Store::local`](super::Store::local); cluster mode has no local
-//! log, so they run on the embedded backend only for now.
+//! An embedded event log and state tables, read synchronously: point
+//! reads, ranges, the time and id indexes, all answered from the segment
+//! files at once. The subsystems that read under a lock or in a synchronous
+//! poll (durable consumers, webhook delivery, retention, erasure) use these
+//! through [`super::Store::local`](super::Store::local): the data
+//! directory's in embedded mode, this broker's copy of the cluster in
+//! cluster mode (`super::replica`).
 
 use std::{sync::Arc, time::SystemTime};
 

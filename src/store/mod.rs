@@ -14,11 +14,14 @@
 //! two backends: this embedded one, or (`backend = "jetstream"`) a stream
 //! on a NATS JetStream cluster ([`jetstream::ClusterLog`]). Appends, the
 //! head and the event reads (`get`, `read_records`, `offset_at_time`,
-//! `offset_of_id`, async) dispatch on the backend. Synchronous reads of
-//! the embedded log ([`Store::local`]) and the state tables serve the
-//! subsystems that run on the embedded backend only for now (durable
-//! consumers, webhook delivery, retention, erasure): in cluster mode they
-//! answer `FAILED_PRECONDITION`, naming what is not available yet.
+//! `offset_of_id`, async) dispatch on the backend. Synchronous reads
+//! ([`Store::local`]) and the state tables serve the subsystems that read
+//! under a lock or in a synchronous poll (durable consumers, webhook
+//! delivery, retention, the admin queries): on the cluster they read this
+//! broker's copy of the log ([`replica`]) and of the state
+//! ([`jetstream::StateMirror`]), and state writes go to the cluster. What
+//! rewrites the log in place (tenant erasure) runs on the embedded backend
+//! only and answers `FAILED_PRECONDITION` on the cluster.
 
 pub mod baseline;
 mod erase;
