@@ -12,7 +12,12 @@
 //! each other yet: the call is refused, naming the primary to call; so is
 //! a call from a console session (its token is not sent on).
 
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use tonic::{
     metadata::MetadataMap,
@@ -20,7 +25,11 @@ use tonic::{
     Request, Response, Status,
 };
 
-use crate::{auth::Caller, error::Error, pb::admin_client::AdminClient};
+use crate::{
+    auth::Caller,
+    error::Error,
+    pb::{admin_client::AdminClient, subscriber_client::SubscriberClient},
+};
 
 /// The header a forwarded call carries.
 const FORWARDED: &str = "stevedore-forwarded";
@@ -46,18 +55,34 @@ pub(crate) async fn to_primary(url: &str, metadata: &MetadataMap) -> Result<Chan
         ))
         .into());
     }
+    if let Some(channel) = channels().get(url) {
+        return Ok(channel.clone());
+    }
     let unreachable = |e: &dyn std::fmt::Display| {
         Status::from(Error::Unavailable(format!(
             "the primary broker {url}, which serves named durable consumers, cannot be reached: \
              {e}"
         )))
     };
-    Endpoint::from_shared(url.to_owned())
+    let channel = Endpoint::from_shared(url.to_owned())
         .map_err(|e| unreachable(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| unreachable(&e))
+        .map_err(|e| unreachable(&e))?;
+    // One connection per primary, for every later call (a channel
+    // reconnects by itself); the primary changes seldom.
+    channels().insert(url.to_owned(), channel.clone());
+    Ok(channel)
+}
+
+/// The channels to the primaries this process has forwarded to.
+fn channels() -> std::sync::MutexGuard<'static, HashMap<String, Channel>> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// `message` as a forwarded request, with the caller's credentials from
@@ -83,6 +108,35 @@ where
     F: FnOnce(AdminClient<Channel>, Request<T>) -> Fut,
     Fut: Future<Output = Result<Response<R>, Status>>,
 {
+    let admin = |channel| AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER);
+    unary(url, request, admin, call).await
+}
+
+/// Forwards a unary Subscriber call (Ack, Nack) to the primary at `url`.
+pub(crate) async fn subscriber_call<T, R, F, Fut>(
+    url: &str,
+    request: Request<T>,
+    call: F,
+) -> Result<Response<R>, Status>
+where
+    F: FnOnce(SubscriberClient<Channel>, Request<T>) -> Fut,
+    Fut: Future<Output = Result<Response<R>, Status>>,
+{
+    unary(url, request, subscriber, call).await
+}
+
+/// Forwards a unary call to the primary at `url`, on the client `client`
+/// makes of the channel.
+async fn unary<C, T, R, F, Fut>(
+    url: &str,
+    request: Request<T>,
+    client: impl FnOnce(Channel) -> C,
+    call: F,
+) -> Result<Response<R>, Status>
+where
+    F: FnOnce(C, Request<T>) -> Fut,
+    Fut: Future<Output = Result<Response<R>, Status>>,
+{
     if request.extensions().get::<Caller>().is_some()
         && !request.metadata().contains_key("authorization")
     {
@@ -95,15 +149,15 @@ where
     }
     let channel = to_primary(url, request.metadata()).await?;
     let metadata = request.metadata().clone();
-    let client = AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER);
-    let answer = call(client, self::request(&metadata, request.into_inner())).await?;
+    let answer = call(
+        client(channel),
+        self::request(&metadata, request.into_inner()),
+    )
+    .await?;
     Ok(Response::new(answer.into_inner()))
 }
 
 /// A Subscriber client to the primary.
-pub(crate) fn subscriber(
-    channel: Channel,
-) -> crate::pb::subscriber_client::SubscriberClient<Channel> {
-    crate::pb::subscriber_client::SubscriberClient::new(channel)
-        .max_decoding_message_size(MAX_ANSWER)
+pub(crate) fn subscriber(channel: Channel) -> SubscriberClient<Channel> {
+    SubscriberClient::new(channel).max_decoding_message_size(MAX_ANSWER)
 }

@@ -194,13 +194,10 @@ impl Endpoints {
     /// embedded mode; in cluster mode only while it delivers, since the
     /// delivering broker's workers hold the consumers' positions.
     pub(super) async fn require_delivering(&self) -> Result<()> {
-        let Some(leases) = self.store.leases() else {
-            return Ok(());
-        };
-        if self.supervisor.is_active() {
+        if !self.store.is_cluster() || self.supervisor.is_active() {
             return Ok(());
         }
-        let holder = leases.holder(PRIMARY_LEASE).await.ok().flatten();
+        let holder = self.store.primary().await.ok().flatten();
         Err(Error::FailedPrecondition(match holder {
             Some(h) => format!(
                 "in cluster mode this call runs on the broker that delivers webhooks: send it to \

@@ -38,6 +38,7 @@ mod recover;
 mod redact_tests;
 mod replica;
 mod rewrite;
+mod roles;
 mod state;
 mod state_db;
 mod tables;
@@ -69,6 +70,7 @@ use log::{fs::Fs, EventLog, LogOptions};
 pub use open::LEASE_TTL;
 use open::{open_sled, remove_unfinished_snapshots, sled_config};
 use recover::{check_state_against_head, migrate_sled_events, scrub};
+pub use roles::PRIMARY_LEASE;
 use state_db::{StateDb, TableRef};
 use tables::{Mutation, Table, Tables};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};
@@ -322,60 +324,6 @@ impl Store {
         }
     }
 
-    /// The events and state tables for reads that must answer at once
-    /// (under a lock, in a synchronous poll): durable consumers, webhook
-    /// delivery, the admin queries, retention and erasure use them. On the
-    /// cluster: this broker's copy, up to [`Store::head`].
-    pub fn local(&self) -> Result<&Local> {
-        match &self.inner.backend {
-            Backend::Embedded(local) => Ok(local),
-            Backend::Cluster(cluster) => Ok(&cluster.copy),
-        }
-    }
-
-    /// The embedded backend, for what changes the log in place (retention,
-    /// erasure): `what` (e.g. "retention is") does not run on the cluster
-    /// yet, and says so with `FAILED_PRECONDITION`.
-    pub(crate) fn embedded(&self, what: &str) -> Result<&Local> {
-        match &self.inner.backend {
-            Backend::Embedded(local) => Ok(local),
-            Backend::Cluster(_) => Err(not_in_cluster(what)),
-        }
-    }
-
-    /// `FAILED_PRECONDITION` in cluster mode, where `what` (e.g. "named
-    /// durable consumers are") does not run yet.
-    pub fn refuse_in_cluster(&self, what: &str) -> Result<()> {
-        match self.inner.backend {
-            Backend::Embedded(_) => Ok(()),
-            Backend::Cluster(_) => Err(not_in_cluster(what)),
-        }
-    }
-
-    /// In cluster mode, the installation's leases: work that one broker
-    /// at a time does (webhook delivery) is done by the holder of its
-    /// lease, which lasts [`LEASE_TTL`] past its last renewal.
-    pub fn leases(&self) -> Option<&jetstream::Leases> {
-        match &self.inner.backend {
-            Backend::Embedded(_) => None,
-            Backend::Cluster(cluster) => Some(&cluster.leases),
-        }
-    }
-
-    /// In cluster mode, the gRPC address of the primary broker (the holder
-    /// of [`PRIMARY_LEASE`]), if one holds it; `None` in embedded mode.
-    pub async fn primary(&self) -> Result<Option<String>> {
-        match self.leases() {
-            Some(leases) => Ok(leases.holder(PRIMARY_LEASE).await?),
-            None => Ok(None),
-        }
-    }
-
-    /// Whether the events are on a NATS JetStream cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.inner.backend, Backend::Cluster(_))
-    }
-
     /// Read access to a state table (`UNAVAILABLE` while the state
     /// database is being reopened). Writes go through [`Store::write`].
     fn table(&self, table: Table) -> Result<TableRef> {
@@ -459,20 +407,6 @@ impl Store {
             Backend::Cluster(cluster) => cluster.log.offset_of_id(id).await,
         }
     }
-}
-
-/// The lease whose holder, in cluster mode, is the primary broker: it
-/// runs what one broker at a time runs (webhook delivery, named durable
-/// consumers).
-pub const PRIMARY_LEASE: &str = "primary";
-
-/// What a subsystem that runs on the embedded backend only answers in
-/// cluster mode: `what` (e.g. "retention is") names it.
-fn not_in_cluster(what: &str) -> Error {
-    Error::FailedPrecondition(format!(
-        "{what} not yet available in cluster mode (backend = \"jetstream\"): for now they \
-         run on the embedded backend only"
-    ))
 }
 
 /// A store in `path` with small caches and 1 MiB segments, for other

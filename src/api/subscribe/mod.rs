@@ -347,12 +347,12 @@ impl Subscriber for SubscriberService {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let scope = Scope::of(&request);
         if let Route::Primary(url) = self.shared.consumers.route().await? {
-            let channel = forward::to_primary(&url, request.metadata()).await?;
-            let metadata = request.metadata().clone();
-            let answer = forward::subscriber(channel)
-                .ack(forward::request(&metadata, request.into_inner()))
-                .await?;
-            return Ok(Response::new(answer.into_inner()));
+            return forward::subscriber_call(
+                &url,
+                request,
+                |mut c, r| async move { c.ack(r).await },
+            )
+            .await;
         }
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;
@@ -367,12 +367,12 @@ impl Subscriber for SubscriberService {
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
         let scope = Scope::of(&request);
         if let Route::Primary(url) = self.shared.consumers.route().await? {
-            let channel = forward::to_primary(&url, request.metadata()).await?;
-            let metadata = request.metadata().clone();
-            let answer = forward::subscriber(channel)
-                .nack(forward::request(&metadata, request.into_inner()))
-                .await?;
-            return Ok(Response::new(answer.into_inner()));
+            return forward::subscriber_call(
+                &url,
+                request,
+                |mut c, r| async move { c.nack(r).await },
+            )
+            .await;
         }
         let req = request.into_inner();
         validate_consumer_name(&req.consumer)?;

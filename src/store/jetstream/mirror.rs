@@ -177,8 +177,10 @@ fn bucket_key(table: Table, key: &[u8]) -> String {
     let mut out = String::with_capacity(table.tree_name().len() + 2 + 2 * key.len());
     out.push_str(table.tree_name());
     out.push_str(".k");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in key {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out
 }
