@@ -29,7 +29,7 @@ pub(super) async fn open(
         })
         .await
         .map_err(|e| {
-            let retriable = e.kind() == jetstream::context::CreateKeyValueErrorKind::TimedOut;
+            let retriable = creation_may_pass(&e);
             error(name, "create bucket", e, retriable)
         })?;
     // A new bucket's replicas answer direct gets only once they have set
@@ -48,6 +48,35 @@ pub(super) async fn open(
         last.map(|e| e.to_string()).unwrap_or_default(),
         true,
     ))
+}
+
+/// Whether creating a bucket failed for a reason that passes while a
+/// cluster forms or heals: no answer in time, JetStream not yet up, or too
+/// few of the nodes known online to place the replicas yet (err_code
+/// 10005, "no suitable peers for placement"; a node that has just started
+/// is offline to the meta leader for a moment).
+fn creation_may_pass(e: &jetstream::context::CreateKeyValueError) -> bool {
+    use jetstream::context::{
+        CreateKeyValueErrorKind as Kv, CreateStreamError, CreateStreamErrorKind as S,
+    };
+    match e.kind() {
+        Kv::TimedOut => true,
+        Kv::BucketCreate => {
+            let Some(stream) =
+                std::error::Error::source(e).and_then(|s| s.downcast_ref::<CreateStreamError>())
+            else {
+                return false;
+            };
+            match stream.kind() {
+                S::TimedOut | S::JetStreamUnavailable => true,
+                S::JetStream(js) => {
+                    js.code() == 503 || js.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 /// Looks at a new bucket until it answers reads: rounds, and the pause
@@ -168,6 +197,30 @@ mod tests {
         assert_eq!(decode_key("k=4"), None);
         assert_eq!(decode_key("k=ZZ"), None);
         assert_eq!(decode_key("k=FF"), None);
+    }
+
+    #[test]
+    fn bucket_creation_waits_out_a_forming_cluster_only() {
+        use jetstream::context::{
+            CreateKeyValueError, CreateKeyValueErrorKind as Kv, CreateStreamError,
+        };
+        let refused = |code: u16, err_code: u64| {
+            let js: jetstream::Error = serde_json::from_value(serde_json::json!({
+                "code": code, "err_code": err_code, "description": "d"
+            }))
+            .unwrap();
+            CreateKeyValueError::with_source(Kv::BucketCreate, CreateStreamError::from(js))
+        };
+        // The refusal CI met on a cluster just started.
+        assert!(creation_may_pass(&refused(400, 10005)));
+        assert!(creation_may_pass(&refused(503, 10008)));
+        assert!(creation_may_pass(&CreateKeyValueError::new(Kv::TimedOut)));
+        // Settings the server will never take stay refusals.
+        assert!(!creation_may_pass(&refused(400, 10058)));
+        assert!(!creation_may_pass(&refused(400, 10023)));
+        assert!(!creation_may_pass(&CreateKeyValueError::new(
+            Kv::InvalidStoreName
+        )));
     }
 
     #[test]
