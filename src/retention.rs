@@ -58,7 +58,7 @@ pub async fn run(
         }
         // In cluster mode the primary broker alone removes events; every
         // broker's copy follows.
-        if !endpoints.is_delivering() {
+        if !endpoints.is_primary() {
             continue;
         }
         match pass(&store, &endpoints, &config).await {

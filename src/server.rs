@@ -94,9 +94,10 @@ pub async fn serve(
     let cluster = store.is_cluster();
     if cluster {
         tracing::warn!(
-            "cluster mode (backend = jetstream): publishing, reading, named durable consumers, \
-             webhook endpoints and their delivery, retention (all three on the primary broker) \
-             the audit trail and the console work across brokers; tenant erasure and \
+            "cluster mode (backend = jetstream): publishing, reading, named durable consumers \
+             and retention (on the primary broker), webhook endpoints and their delivery \
+             (shared between the brokers), the audit trail and the console work across \
+             brokers; tenant erasure and \
              tenant_retention do not run in cluster mode yet (EraseTenant answers \
              FAILED_PRECONDITION)"
         );

@@ -1,16 +1,19 @@
-//! Calls on named durable consumers in cluster mode, and the Admin calls
-//! that move an endpoint's consumer (replay, retry, recover, resend): they
-//! run on the primary broker (the holder of the primary lease, which also
-//! delivers webhooks), whose memory holds the consumers' leases. Any other
-//! broker forwards them: the same request, with the caller's `authorization`,
-//! over gRPC to the primary's address, and the answer (or the stream) back
-//! as it comes. The primary checks the caller again.
+//! Calls that run on one broker in cluster mode: those on named durable
+//! consumers run on the primary broker (the holder of the primary lease),
+//! whose memory holds the consumers' leases; the Admin calls that move an
+//! endpoint's consumer (replay, retry, recover, resend) and its live
+//! figures run on the broker that delivers the endpoint (the holder of its
+//! delivery shard's lease). Any other broker forwards them: the same
+//! request, with the caller's `authorization`, over gRPC to that broker's
+//! address, and the answer (or the stream) back as it comes. That broker
+//! checks the caller again.
 //!
 //! A forwarded call carries [`FORWARDED`]; a broker that gets one while it
-//! is not the primary (the lease moved meanwhile) answers `UNAVAILABLE`
+//! does not run the call (the lease moved meanwhile) answers `UNAVAILABLE`
 //! rather than forwarding it again. Brokers serving TLS do not forward to
-//! each other yet: the call is refused, naming the primary to call; so is
-//! a call from a console session (its token is not sent on).
+//! each other yet: the call is refused, naming the broker to call. A
+//! console session's call is forwarded with the token the session logged
+//! in with (`crate::console::session`).
 
 use std::{
     collections::HashMap,
@@ -33,25 +36,25 @@ use crate::{
 
 /// The header a forwarded call carries.
 const FORWARDED: &str = "stevedore-forwarded";
-/// How long connecting to the primary may take.
+/// How long connecting to another broker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest answer taken from the primary (a Subscribe response holds
+/// The largest answer taken from another broker (a Subscribe response holds
 /// one event, at most `max_event_bytes`).
 const MAX_ANSWER: usize = 64 << 20;
 
-/// A channel to the primary at `url` (its lease's value), for a call that
-/// came with `metadata`.
-pub(crate) async fn to_primary(url: &str, metadata: &MetadataMap) -> Result<Channel, Status> {
+/// A channel to the broker at `url` (the value of the lease it holds), for
+/// a call that came with `metadata`.
+pub(crate) async fn to_broker(url: &str, metadata: &MetadataMap) -> Result<Channel, Status> {
     if metadata.contains_key(FORWARDED) {
         return Err(Error::Unavailable(
-            "the primary broker changed while this call was forwarded: try again".into(),
+            "the broker that runs this call changed while it was forwarded: try again".into(),
         )
         .into());
     }
     if !url.starts_with("http://") {
         return Err(Error::FailedPrecondition(format!(
-            "in cluster mode, named durable consumers are served by the primary broker {url}; \
-             brokers serving TLS do not forward these calls yet: send it there"
+            "in cluster mode this call runs on the broker {url}; brokers serving TLS do not \
+             forward calls to each other yet: send it there"
         ))
         .into());
     }
@@ -60,8 +63,7 @@ pub(crate) async fn to_primary(url: &str, metadata: &MetadataMap) -> Result<Chan
     }
     let unreachable = |e: &dyn std::fmt::Display| {
         Status::from(Error::Unavailable(format!(
-            "the primary broker {url}, which serves named durable consumers, cannot be reached: \
-             {e}"
+            "the broker {url}, which runs this call in cluster mode, cannot be reached: {e}"
         )))
     };
     let channel = Endpoint::from_shared(url.to_owned())
@@ -70,13 +72,13 @@ pub(crate) async fn to_primary(url: &str, metadata: &MetadataMap) -> Result<Chan
         .connect()
         .await
         .map_err(|e| unreachable(&e))?;
-    // One connection per primary, for every later call (a channel
-    // reconnects by itself); the primary changes seldom.
+    // One connection per broker, for every later call (a channel
+    // reconnects by itself).
     channels().insert(url.to_owned(), channel.clone());
     Ok(channel)
 }
 
-/// The channels to the primaries this process has forwarded to.
+/// The channels to the brokers this process has forwarded to.
 fn channels() -> std::sync::MutexGuard<'static, HashMap<String, Channel>> {
     static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
     CHANNELS
@@ -97,7 +99,7 @@ pub(crate) fn request<T>(metadata: &MetadataMap, message: T) -> Request<T> {
     request
 }
 
-/// Forwards an Admin call to the primary at `url`: `call` makes it on a
+/// Forwards an Admin call to the broker at `url`: `call` makes it on a
 /// client to it.
 pub(crate) async fn admin<T, R, F, Fut>(
     url: &str,
@@ -125,7 +127,7 @@ where
     unary(url, request, subscriber, call).await
 }
 
-/// Forwards a unary call to the primary at `url`, on the client `client`
+/// Forwards a unary call to the broker at `url`, on the client `client`
 /// makes of the channel.
 async fn unary<C, T, R, F, Fut>(
     url: &str,
@@ -140,14 +142,15 @@ where
     if request.extensions().get::<Caller>().is_some()
         && !request.metadata().contains_key("authorization")
     {
-        // From this broker's console: its session's token stays here.
+        // A caller without credentials to send on (none of the console's
+        // sessions is: they keep their token).
         return Err(Error::FailedPrecondition(format!(
-            "in cluster mode this runs on the primary broker {url}: use that broker's console \
+            "in cluster mode this runs on the broker {url}: use that broker's console \
              (or the Admin API, which forwards it)"
         ))
         .into());
     }
-    let channel = to_primary(url, request.metadata()).await?;
+    let channel = to_broker(url, request.metadata()).await?;
     let metadata = request.metadata().clone();
     let answer = call(
         client(channel),

@@ -2,9 +2,11 @@
 //!
 //! Server-rendered HTML (axum + askama) on its own listener
 //! (`console_listen`). Every handler calls the Admin service in-process
-//! through [`Console::call`] with the logged-in [`Caller`] in the request's
-//! extensions, exactly as the gRPC auth interceptor leaves it, so
-//! validation, errors and scoping are the gRPC API's. htmx is vendored and
+//! with a request from [`session::Sess::request`]: the logged-in caller in
+//! its extensions, exactly as the gRPC auth interceptor leaves it, so
+//! validation, errors and scoping are the gRPC API's (and, in cluster
+//! mode, the session's token, so a call that runs on another broker is
+//! forwarded there as a gRPC call is). htmx is vendored and
 //! embedded (`static/README.md`); pages work without JavaScript except the
 //! live view.
 //!
@@ -26,12 +28,7 @@ use axum::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    api::AdminService,
-    auth::{Auth, Caller},
-    endpoints::Endpoints,
-    store::Store,
-};
+use crate::{api::AdminService, auth::Auth, endpoints::Endpoints, store::Store};
 
 pub use session::Sessions;
 
@@ -78,16 +75,6 @@ impl Console {
     /// logs a browser in once. `None` when tokens are configured.
     pub fn one_time_login(&self) -> Option<String> {
         self.sessions.one_time_path()
-    }
-
-    /// An Admin request as the gRPC interceptor leaves it: the caller (if
-    /// authentication is on) in the extensions.
-    fn request<T>(caller: &Option<Caller>, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Some(c) = caller {
-            request.extensions_mut().insert(c.clone());
-        }
-        request
     }
 
     /// The Admin service, for handlers.

@@ -28,6 +28,8 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use super::{pages::FormData, render, templates::Login, Console};
+use tonic::metadata::AsciiMetadataValue;
+
 use crate::auth::{Caller, Role};
 
 /// A session ends after this long without a request.
@@ -47,6 +49,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 struct Session {
     /// `None` with authentication off (as gRPC leaves no caller then).
     caller: Option<Caller>,
+    /// The `authorization` the session logged in with, kept in memory
+    /// only: in cluster mode a call that runs on another broker is
+    /// forwarded there with it, as a gRPC call's own is.
+    bearer: Option<AsciiMetadataValue>,
     csrf: String,
     created: Instant,
     seen: Instant,
@@ -77,7 +83,7 @@ impl Sessions {
         once.as_ref().map(|t| format!("/login/once?t={t}"))
     }
 
-    fn create(&self, caller: Option<Caller>) -> String {
+    fn create(&self, caller: Option<Caller>, bearer: Option<AsciiMetadataValue>) -> String {
         let id = random_token();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap();
@@ -93,6 +99,7 @@ impl Sessions {
         }
         let session = Session {
             caller,
+            bearer,
             csrf: random_token(),
             created: now,
             seen: now,
@@ -151,12 +158,29 @@ fn session_id(console: &Console, headers: &HeaderMap) -> Option<String> {
 pub struct Sess {
     /// The Admin caller.
     pub caller: Option<Caller>,
+    bearer: Option<AsciiMetadataValue>,
     /// The session's CSRF token, for forms.
     pub csrf: String,
     id: String,
 }
 
 impl Sess {
+    /// An Admin request as the gRPC interceptor leaves it: the caller (if
+    /// authentication is on) in the extensions, and the session's
+    /// `authorization`, for a call that runs on another broker.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(c) = &self.caller {
+            request.extensions_mut().insert(c.clone());
+        }
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        request
+    }
+
     /// Who is logged in, for pages and the change log.
     pub fn who(&self) -> String {
         match &self.caller {
@@ -193,6 +217,7 @@ impl FromRequestParts<Arc<Console>> for Sess {
         match id.as_deref().and_then(|id| console.sessions.touch(id)) {
             Some(s) => Ok(Sess {
                 caller: s.caller,
+                bearer: s.bearer,
                 csrf: s.csrf,
                 id: id.unwrap_or_default(),
             }),
@@ -288,10 +313,13 @@ pub async fn login(State(console): State<Arc<Console>>, body: axum::body::Bytes)
         );
     }
     let mut metadata = tonic::metadata::MetadataMap::new();
-    let Ok(value) = format!("Bearer {}", form.get("token").trim()).parse() else {
+    let Ok(mut value) =
+        format!("Bearer {}", form.get("token").trim()).parse::<AsciiMetadataValue>()
+    else {
         return fail(StatusCode::UNAUTHORIZED, "unknown or revoked token".into());
     };
-    metadata.insert("authorization", value);
+    value.set_sensitive(true);
+    metadata.insert("authorization", value.clone());
     let caller = match console.auth.authenticate(&metadata) {
         Ok(c) => c,
         Err(status) => return fail(StatusCode::UNAUTHORIZED, status.message().to_owned()),
@@ -307,7 +335,7 @@ pub async fn login(State(console): State<Arc<Console>>, body: axum::body::Bytes)
         );
     }
     tracing::info!(token = %caller.name, "console login");
-    let id = console.sessions.create(Some(caller));
+    let id = console.sessions.create(Some(caller), Some(value));
     logged_in(&console, &id)
 }
 
@@ -345,7 +373,7 @@ pub async fn login_once(State(console): State<Arc<Console>>, Query(q): Query<Onc
             .into_response();
     }
     tracing::info!("console login with the one-time link");
-    let id = console.sessions.create(None);
+    let id = console.sessions.create(None, None);
     logged_in(&console, &id)
 }
 

@@ -68,9 +68,10 @@ impl Consumers {
 
     /// Begins (`true`) or ends this broker's term of serving named
     /// consumers (cluster mode: while it holds the primary lease). Ending
-    /// it ends their streams here. Either way every loaded consumer is
-    /// forgotten: another broker may have moved them, so the next use
-    /// loads them from the state again.
+    /// it ends their streams here. Either way every loaded named consumer
+    /// is forgotten: another broker may have moved them, so the next use
+    /// loads them from the state again. (Endpoints' consumers stay: the
+    /// workers delivering here hold them.)
     pub fn set_serving(&self, serving: bool) {
         let mut term = self.term_lock();
         if let Some(old) = term.take() {
@@ -79,7 +80,13 @@ impl Consumers {
         if serving {
             *term = Some(CancellationToken::new());
         }
-        self.lock().clear();
+        self.lock().retain(|name, _| name.starts_with('@'));
+    }
+
+    /// Whether named consumers are served here: always in embedded mode;
+    /// in cluster mode while this broker is the primary.
+    pub fn is_serving(&self) -> bool {
+        self.term_lock().is_some()
     }
 
     fn term_lock(&self) -> std::sync::MutexGuard<'_, Option<CancellationToken>> {

@@ -15,7 +15,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering::SeqCst},
+        Arc, RwLock,
+    },
     time::SystemTime,
 };
 
@@ -36,7 +39,7 @@ use crate::{
     error::Result,
     metrics::Metrics,
     model::{delivery::DeliveryRecord, EndpointId, Offset},
-    store::Store,
+    store::{delivery_shard, Store},
 };
 
 /// What webhook delivery needs from the rest of the broker.
@@ -57,8 +60,8 @@ pub struct DeliveryDeps {
     /// TLS settings for HTTPS receivers (roots, ALPN set per client).
     pub tls: Arc<rustls::ClientConfig>,
     /// Where other brokers reach this one's gRPC service, as a URL (in
-    /// cluster mode the primary lease names its holder by it, and other
-    /// brokers forward calls there).
+    /// cluster mode the leases name their holder by it, and other brokers
+    /// forward calls there).
     pub broker: String,
 }
 
@@ -142,10 +145,11 @@ pub struct Supervisor {
     /// Every finished attempt's delivery record, for live views (the
     /// console); sent only while someone listens.
     outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
-    /// Whether workers run on this broker: always in embedded mode; in
-    /// cluster mode while it holds the primary lease (`endpoints::cluster`).
-    /// While not, [`Supervisor::start`] starts nothing.
-    active: std::sync::atomic::AtomicBool,
+    /// In cluster mode, the delivery shards whose endpoints' workers run
+    /// on this broker, one bit each (`endpoints::sharing` sets them);
+    /// [`Supervisor::start`] starts no other endpoint's worker. `None` in
+    /// embedded mode: every endpoint's.
+    shards: Option<AtomicU64>,
 }
 
 impl Supervisor {
@@ -154,7 +158,6 @@ impl Supervisor {
     pub fn new(deps: DeliveryDeps) -> (Self, mpsc::UnboundedReceiver<Control>) {
         let (control, control_rx) = mpsc::unbounded_channel();
         let this = Self {
-            store: deps.store,
             consumers: deps.consumers,
             events: Arc::new(EventCache::new(deps.config.shared_events)),
             guard: Guard::new(&deps.config.allow_networks),
@@ -167,7 +170,8 @@ impl Supervisor {
             shutdown: deps.shutdown,
             metrics: deps.metrics,
             outcomes: tokio::sync::broadcast::channel(256).0,
-            active: std::sync::atomic::AtomicBool::new(true),
+            shards: deps.store.is_cluster().then(|| AtomicU64::new(0)),
+            store: deps.store,
         };
         (this, control_rx)
     }
@@ -200,20 +204,25 @@ impl Supervisor {
         self.outcomes.subscribe()
     }
 
-    /// Whether workers run on this broker (see `active`).
-    pub fn is_active(&self) -> bool {
-        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    /// Whether endpoint `id`'s worker runs on this broker (see `shards`).
+    pub fn delivers(&self, id: &EndpointId) -> bool {
+        match &self.shards {
+            None => true,
+            Some(mask) => mask.load(SeqCst) & (1u64 << delivery_shard(id)) != 0,
+        }
     }
 
-    /// Lets workers run on this broker, or not (then call
-    /// [`Supervisor::stop_all`]).
-    pub fn set_active(&self, active: bool) {
-        self.active
-            .store(active, std::sync::atomic::Ordering::SeqCst);
+    /// In cluster mode, the delivery shards this broker delivers from now
+    /// on, one bit each (then start and stop workers to match).
+    pub fn set_shards(&self, mask: u64) {
+        if let Some(shards) = &self.shards {
+            shards.store(mask, SeqCst);
+        }
     }
 
     /// Starts endpoint `record`'s worker with `spec`, stopping the one
-    /// running before (only that, while workers do not run here).
+    /// running before (only that, when the endpoint is delivered by
+    /// another broker).
     pub async fn start(
         &self,
         workers: &mut Workers,
@@ -221,9 +230,14 @@ impl Supervisor {
         spec: EndpointSpec,
     ) -> Result<()> {
         let id = record.endpoint.id.clone();
-        stop(workers, &id).await;
-        if !self.is_active() {
+        let restart = stop(workers, &id).await;
+        if !self.delivers(&id) {
             return Ok(());
+        }
+        if !restart && self.shards.is_some() {
+            // The endpoint may have been delivered elsewhere since this
+            // broker loaded its consumer: read its position again.
+            self.consumers.forget(&consumer_name(&id));
         }
         let consumer = self.consumers.get(&consumer_name(&id))?;
         consumer.set_filter(spec.filter.clone());
@@ -282,7 +296,7 @@ impl Supervisor {
     /// Stops endpoint `id`'s worker, if it runs; its view stays until
     /// [`Supervisor::forget`].
     pub async fn stop(&self, workers: &mut Workers, id: &EndpointId) {
-        stop(workers, id).await
+        stop(workers, id).await;
     }
 
     /// Stops every worker (at shutdown): in-flight attempts are aborted and
@@ -367,10 +381,13 @@ impl Supervisor {
     }
 }
 
-async fn stop(workers: &mut Workers, id: &EndpointId) {
-    if let Some(running) = workers.remove(id) {
-        running.cancel.cancel();
-        // A worker that panicked has nothing left to stop.
-        let _ = running.handle.await;
-    }
+/// Stops endpoint `id`'s worker; whether one ran.
+async fn stop(workers: &mut Workers, id: &EndpointId) -> bool {
+    let Some(running) = workers.remove(id) else {
+        return false;
+    };
+    running.cancel.cancel();
+    // A worker that panicked has nothing left to stop.
+    let _ = running.handle.await;
+    true
 }

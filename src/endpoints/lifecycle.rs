@@ -255,7 +255,7 @@ impl Endpoints {
     pub async fn replay(&self, scope: &Scope, id: &EndpointId, from: Offset) -> Result<Offset> {
         let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
-        self.require_delivering().await?;
+        self.require_delivering(id).await?;
         let from = convert::start_offset("offset", from, self.store.head())?
             .max(self.store.first_offset()?);
         self.consumers.get(&consumer_name(id))?.rewind(from).await?;

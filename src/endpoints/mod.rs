@@ -23,16 +23,17 @@
 //! Retention's part (recording expired events dead, pruning records) is in
 //! `crate::retention`.
 
-mod cluster;
 mod edits;
 pub mod erasure;
 pub mod gauges;
 mod lifecycle;
+mod primary;
 mod probe;
 pub mod queries;
 pub mod recovery;
 mod reports;
 mod resend;
+mod sharing;
 
 pub use edits::HeaderEdits;
 pub use queries::DeliveryQuery;
@@ -67,7 +68,7 @@ pub struct Endpoints {
     metrics: Arc<Metrics>,
     /// Starts and stops the workers; its lock serialises endpoint changes.
     supervisor: Supervisor,
-    /// This broker's gRPC address, its name in the primary lease.
+    /// This broker's gRPC address, its name in the leases it holds.
     broker: String,
 }
 
@@ -92,10 +93,7 @@ impl Endpoints {
             supervisor,
             broker,
         });
-        if this.store.is_cluster() {
-            // Workers run on the broker that holds the primary lease.
-            this.supervisor.set_active(false);
-        } else {
+        if !this.store.is_cluster() {
             let n = this.start_workers().await?;
             tracing::info!(endpoints = n, "webhook delivery started");
         }
@@ -115,9 +113,11 @@ impl Endpoints {
             manager.supervisor.stop_all().await;
         });
         if this.store.is_cluster() {
-            this.supervisor
-                .tasks()
-                .spawn(cluster::deliver_while_leased(this.clone()));
+            // Workers run where their shard's lease is held; named
+            // consumers and retention where the primary lease is.
+            let tasks = this.supervisor.tasks();
+            tasks.spawn(sharing::share_delivery(this.clone()));
+            tasks.spawn(primary::serve_while_leased(this.clone()));
         }
         Ok(this)
     }
@@ -236,11 +236,18 @@ impl Endpoints {
             .collect())
     }
 
-    /// Whether this broker runs the webhook workers: always in embedded
-    /// mode; in cluster mode while it holds the primary lease (work one
-    /// broker at a time does, retention say, runs there).
-    pub fn is_delivering(&self) -> bool {
-        self.supervisor.is_active()
+    /// Whether this broker runs endpoint `id`'s worker: always in embedded
+    /// mode; in cluster mode while it holds the lease of the endpoint's
+    /// delivery shard.
+    pub fn delivers(&self, id: &EndpointId) -> bool {
+        self.supervisor.delivers(id)
+    }
+
+    /// Whether this broker runs what one broker at a time runs (named
+    /// durable consumers, retention): always in embedded mode; in cluster
+    /// mode while it holds the primary lease.
+    pub fn is_primary(&self) -> bool {
+        self.consumers.is_serving()
     }
 
     /// Every durable consumer, for retention.

@@ -79,7 +79,7 @@ impl Endpoints {
         if dry_run || matched.is_empty() {
             return Ok(out);
         }
-        self.require_delivering().await?;
+        self.require_delivering(id).await?;
         // The records first (one batch), then the consumer, as RetryDelivery
         // does for one.
         let mut dead = Vec::new();

@@ -37,7 +37,7 @@ impl Endpoints {
     ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         self.record(scope, id)?;
-        self.require_delivering().await?;
+        self.require_delivering(id).await?;
         let mut d = self.store.deliveries().get(id, offset)?.ok_or_else(|| {
             Error::NotFound(format!("endpoint {id} has no delivery at offset {offset}"))
         })?;
@@ -83,7 +83,7 @@ impl Endpoints {
     ) -> Result<DeliveryRecord> {
         let _workers = self.supervisor.lock().await;
         let record = self.record(scope, id)?;
-        self.require_delivering().await?;
+        self.require_delivering(id).await?;
         let event = scope.local_event(&self.store, offset)?;
         // An endpoint never receives another tenant's event, not even by hand.
         let tenant = crate::model::event_tenant(&event.event);

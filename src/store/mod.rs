@@ -70,7 +70,10 @@ use log::{fs::Fs, EventLog, LogOptions};
 pub use open::LEASE_TTL;
 use open::{open_sled, remove_unfinished_snapshots, sled_config};
 use recover::{check_state_against_head, migrate_sled_events, scrub};
-pub use roles::PRIMARY_LEASE;
+pub use roles::{
+    delivery_lease, delivery_shard, is_member_lease, member_lease, shard_of_lease, DELIVERY_SHARDS,
+    PRIMARY_LEASE,
+};
 use state_db::{StateDb, TableRef};
 use tables::{Mutation, Table, Tables};
 use writer::{Encoded, LogOp, LogWriterThread, StateOp, StateSyncThread, StateWriterThread};

@@ -1,9 +1,13 @@
 //! What runs where: the reads that answer at once (the data directory, or
 //! this broker's copy of the cluster), what runs on the embedded backend
-//! only, and the cluster's leases (the primary broker).
+//! only, and the cluster's leases (the primary broker, the delivery
+//! shards).
 
 use super::{jetstream, Backend, Local, Store};
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::EndpointId,
+};
 
 impl Store {
     /// The events and state tables for reads that must answer at once
@@ -55,6 +59,16 @@ impl Store {
         }
     }
 
+    /// In cluster mode, the gRPC address of the broker that delivers
+    /// endpoint `id`'s webhooks (the holder of its shard's lease,
+    /// [`delivery_lease`]), if one holds it; `None` in embedded mode.
+    pub async fn deliverer(&self, id: &EndpointId) -> Result<Option<String>> {
+        match self.leases() {
+            Some(leases) => Ok(leases.holder(&delivery_lease(delivery_shard(id))).await?),
+            None => Ok(None),
+        }
+    }
+
     /// Whether the events are on a NATS JetStream cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner.backend, Backend::Cluster(_))
@@ -66,6 +80,52 @@ impl Store {
 /// consumers).
 pub const PRIMARY_LEASE: &str = "primary";
 
+/// In cluster mode the endpoints are split into this many delivery
+/// shards; the holder of a shard's lease runs the workers of its
+/// endpoints, so each endpoint is delivered by one broker at a time and
+/// the brokers share the endpoints between them.
+pub const DELIVERY_SHARDS: u32 = 64;
+
+/// The delivery shard of endpoint `id`: FNV-1a (64 bits) of its bytes,
+/// modulo [`DELIVERY_SHARDS`]. Fixed, so every broker (of any version)
+/// puts an endpoint in the same shard.
+pub fn delivery_shard(id: &EndpointId) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_str().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(DELIVERY_SHARDS)) as u32
+}
+
+/// The name of delivery shard `shard`'s lease: `delivery-<shard>`.
+pub fn delivery_lease(shard: u32) -> String {
+    format!("{DELIVERY_LEASE_PREFIX}{shard}")
+}
+
+/// The delivery shard a lease name is of, if it is one's.
+pub fn shard_of_lease(name: &str) -> Option<u32> {
+    let n: u32 = name.strip_prefix(DELIVERY_LEASE_PREFIX)?.parse().ok()?;
+    (n < DELIVERY_SHARDS).then_some(n)
+}
+
+const DELIVERY_LEASE_PREFIX: &str = "delivery-";
+
+/// The name of the lease that says a broker takes part in delivery:
+/// one per broker process (`broker` is its address, `started` tells two
+/// runs at one address apart), so brokers can count each other and take
+/// their share of the shards.
+pub fn member_lease(broker: &str, started: u64) -> String {
+    format!("{MEMBER_LEASE_PREFIX}{started}-{broker}")
+}
+
+/// Whether a lease name is a [`member_lease`].
+pub fn is_member_lease(name: &str) -> bool {
+    name.starts_with(MEMBER_LEASE_PREFIX)
+}
+
+const MEMBER_LEASE_PREFIX: &str = "member-";
+
 /// What a subsystem that runs on the embedded backend only answers in
 /// cluster mode: `what` (e.g. "retention is") names it.
 fn not_in_cluster(what: &str) -> Error {
@@ -73,4 +133,34 @@ fn not_in_cluster(what: &str) -> Error {
         "{what} not yet available in cluster mode (backend = \"jetstream\"): for now they \
          run on the embedded backend only"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_fixed_and_spread() {
+        // Fixed values: a broker of another build must agree.
+        assert_eq!(delivery_shard(&EndpointId::new("")), 37); // 0xcbf29ce484222325 % 64
+        assert_eq!(delivery_shard(&EndpointId::new("a")), 12); // 0xaf63dc4c8601ec8c % 64
+        let mut seen = [0u32; DELIVERY_SHARDS as usize];
+        for i in 0..6400 {
+            seen[delivery_shard(&EndpointId::new(format!("ep-{i}"))) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn lease_names_come_back() {
+        for shard in [0, 7, DELIVERY_SHARDS - 1] {
+            assert_eq!(shard_of_lease(&delivery_lease(shard)), Some(shard));
+        }
+        assert_eq!(shard_of_lease(&delivery_lease(DELIVERY_SHARDS)), None);
+        assert_eq!(shard_of_lease("delivery-x"), None);
+        assert_eq!(shard_of_lease(PRIMARY_LEASE), None);
+        let member = member_lease("http://127.0.0.1:5", 9);
+        assert!(is_member_lease(&member) && shard_of_lease(&member).is_none());
+        assert!(!is_member_lease(&delivery_lease(1)));
+    }
 }

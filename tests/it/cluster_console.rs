@@ -2,7 +2,9 @@
 //! nats-server cluster, each serving its console. An endpoint created
 //! through one broker's console is served by the other broker (gRPC and
 //! console alike), and deleting it through the other broker's console
-//! removes it for both.
+//! removes it for both. With tokens, a console session's call that runs
+//! on the other broker (a replay of an endpoint the other delivers, the
+//! endpoint's figures) is forwarded there with the session's token.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
@@ -14,6 +16,7 @@ use tonic::Code;
 use crate::support::{
     connect,
     console::{self, Client},
+    leases::deliverer_of,
     nats::NatsCluster,
     Server,
 };
@@ -90,4 +93,67 @@ async fn cluster_console_on_either_broker_manages_the_same_endpoints() {
         }
     }
     panic!("endpoint {id} still on A after B's console deleted it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_console_session_calls_run_on_the_broker_that_delivers() {
+    const TOKEN: &str = "console-t0ken-of-ops";
+    let tokens = format!(
+        "ops:admin:{}",
+        stevedore::config::tokens::to_hex(&stevedore::config::tokens::hash_token(TOKEN.as_bytes()))
+    );
+    let mut env = ENV.to_vec();
+    env.push(("STEVEDORE_TOKENS", &tokens));
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = cluster.start_broker(dir.path(), 1, "conf", &env).await;
+    let b = cluster.start_broker(dir.path(), 2, "conf", &env).await;
+    let brokers = [
+        a.unwrap_or_else(|e| panic!("broker A: {e}")),
+        b.unwrap_or_else(|e| panic!("broker B: {e}")),
+    ];
+    let url = brokers[1].stdout_after("stevedore console on ").await;
+    let mut on_b = Client::at(&url);
+    let login = on_b.login(TOKEN).await;
+    assert!(on_b.cookie.is_some(), "{}", login.body);
+
+    // Endpoints through B's console until A delivers one (each broker
+    // delivers about half of them).
+    let mut on_a = None;
+    for i in 0..40 {
+        let hook = format!("http://127.0.0.1:9/hook-{i}");
+        let (id, _) = console::create(&on_b, &hook, &[]).await;
+        if deliverer_of(&cluster, "conf", &brokers, &id).await == 0 {
+            on_a = Some(id);
+            break;
+        }
+    }
+    let id = on_a.expect("A delivers none of 40 endpoints");
+
+    // A replay through B's console runs on A.
+    let page = on_b.get(&format!("/endpoints/{id}")).await;
+    let replay = on_b
+        .post(
+            &format!("/endpoints/{id}/action"),
+            &[
+                ("csrf", &page.csrf()),
+                ("op", "replay"),
+                ("from", "1"),
+                ("confirm", &id),
+            ],
+        )
+        .await;
+    assert!(
+        replay.status < 400 && replay.body.contains("replaying from offset 1"),
+        "{}",
+        replay.body
+    );
+    // The overview shows its figures (GetEndpointStats, on A) too.
+    let overview = on_b.get("/").await;
+    assert!(
+        overview.body.contains(&id) && !overview.body.contains("FailedPrecondition"),
+        "{}",
+        overview.body
+    );
 }

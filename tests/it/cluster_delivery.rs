@@ -1,10 +1,11 @@
 //! Webhook delivery in cluster mode: two broker processes on a real 3-node
-//! nats-server cluster, a real receiver. An endpoint created on one broker
+//! nats-server cluster, real receivers. An endpoint created on one broker
 //! is seen by the other; events published to either are delivered once
-//! each, by the primary broker; a call that moves the endpoint's consumer
-//! works on either broker (the other forwards it); when the primary is
-//! SIGKILLed the other takes delivery over and every event acknowledged
-//! after the kill still arrives.
+//! each, by the broker holding the endpoint's delivery shard; the brokers
+//! share the shards, and one that joins takes half; a call that moves the
+//! endpoint's consumer works on either broker (the other forwards it); when
+//! the deliverer is SIGKILLed the other takes its shards over and every
+//! event acknowledged after the kill still arrives.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
@@ -17,15 +18,14 @@ use stevedore::pb::{
     self, admin_client::AdminClient, publisher_client::PublisherClient, replay_endpoint_request,
     DeliveryState, ReplayEndpointRequest,
 };
-use stevedore::store::{
-    jetstream::{LeaseConfig, Leases},
-    LEASE_TTL, PRIMARY_LEASE,
-};
+use stevedore::store::DELIVERY_SHARDS;
 use tonic::transport::Channel;
 
 use crate::support::{
-    connect, create, endpoint, get_endpoint, list_deliveries,
-    nats::{patiently, NatsCluster},
+    connect, create, endpoint, get_endpoint,
+    leases::{deliverer_of, leases_of, shards_become},
+    list_deliveries,
+    nats::NatsCluster,
     pick, publish_answer, Behavior, Receiver, Server,
 };
 
@@ -88,29 +88,6 @@ async fn publish_all(channel: &Channel, ids: &[String]) {
     }
 }
 
-/// Which of `brokers` is the primary of installation `prefix`: the one
-/// the primary lease names.
-async fn primary_of(cluster: &NatsCluster, prefix: &str, brokers: &[Server]) -> usize {
-    let client = cluster.connect().await;
-    let config = LeaseConfig {
-        ttl: LEASE_TTL,
-        ..LeaseConfig::with_prefix(prefix)
-    };
-    let leases = patiently(|| Leases::open(&client, config.clone()))
-        .await
-        .expect("the leases bucket");
-    for _ in 0..100 {
-        if let Some(url) = leases.holder(PRIMARY_LEASE).await.unwrap() {
-            return brokers
-                .iter()
-                .position(|b| url == format!("http://{}", b.addr))
-                .unwrap_or_else(|| panic!("the lease names {url}, not a broker of this test"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no broker took the primary lease within 10 s");
-}
-
 /// ReplayEndpoint from `head` (nothing to send again) through `channel`.
 async fn replay_from_head(channel: &Channel, id: &str, head: u64) -> Result<(), tonic::Status> {
     AdminClient::new(channel.clone())
@@ -148,9 +125,9 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
     let got = rx.expect_no_more_than(20, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 20, "one request per event, from one broker");
 
-    // One broker is the primary (the lease names it); replay works on
-    // both, the other forwarding it.
-    let deliverer = primary_of(&cluster, "wh", &brokers).await;
+    // One broker delivers the endpoint (its shard's lease names it);
+    // replay works on both, the other forwarding it.
+    let deliverer = deliverer_of(&cluster, "wh", &brokers, &ep.id).await;
     for channel in &channels {
         replay_from_head(channel, &ep.id, 21)
             .await
@@ -179,13 +156,16 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
         assert!(Instant::now() < deadline, "{delivered:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The survivor is the primary now.
-    assert_eq!(primary_of(&cluster, "wh", &brokers).await, survivor);
+    // The survivor delivers it now.
+    assert_eq!(
+        deliverer_of(&cluster, "wh", &brokers, &ep.id).await,
+        survivor
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
-async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
+async fn cluster_webhooks_survive_killing_the_deliverer_while_it_delivers() {
     const EVENTS: usize = 200;
     const KEYS: usize = 10;
     const IN_FLIGHT: u32 = 4;
@@ -197,7 +177,7 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
     let mut e = endpoint(&rx.url);
     e.ordering = pb::Ordering::Key as i32;
     e.max_in_flight = IN_FLIGHT;
-    create(&mut AdminClient::new(channels[0].clone()), e).await;
+    let (ep, _) = create(&mut AdminClient::new(channels[0].clone()), e).await;
 
     // Acked through both brokers (a batch each, the first before the
     // second), ten orders interleaved.
@@ -218,14 +198,14 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
             .expect("the batch is acked");
     }
 
-    // The primary dies mid-way.
-    let primary = primary_of(&cluster, "whk", &brokers).await;
+    // The endpoint's deliverer dies mid-way.
+    let deliverer = deliverer_of(&cluster, "whk", &brokers, &ep.id).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while rx.count() < EVENTS / 5 {
         assert!(Instant::now() < deadline, "delivery did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    brokers[primary].kill();
+    brokers[deliverer].kill();
     let before_kill: Vec<String> = rx
         .requests()
         .iter()
@@ -256,8 +236,7 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
             "order SO-{key} arrived as {order:?}"
         );
     }
-    // Sent twice: only what the dead primary had in flight.
-    // Sent twice: only what the dead primary held unfinished, one event per
+    // Sent twice: only what the dead deliverer held unfinished, one event per
     // key at most with ordering by key, among the last arrivals before the
     // kill.
     let mut seen = BTreeSet::new();
@@ -268,7 +247,7 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
         .collect();
     assert!(
         twice.len() <= KEYS,
-        "{} sent twice, more than the {KEYS} the primary could hold at the kill ({at_kill} of \
+        "{} sent twice, more than the {KEYS} the deliverer could hold at the kill ({at_kill} of \
          {EVENTS} had arrived): {twice:?}",
         twice.len()
     );
@@ -280,4 +259,88 @@ async fn cluster_webhooks_survive_killing_the_primary_while_it_delivers() {
              ({recent:?}): it was not in flight"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_brokers_share_the_endpoints_and_take_over_a_dead_ones() {
+    const SHARDS: usize = DELIVERY_SHARDS as usize;
+    let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
+    let leases = leases_of(&cluster, "share").await;
+    let a = cluster
+        .start_broker(dir.path(), 1, "share", &EGRESS)
+        .await
+        .unwrap_or_else(|e| panic!("broker A: {e}"));
+    let mut brokers = vec![a];
+    let ca = connect(&brokers[0].addr).await.unwrap();
+
+    // Alone, A delivers every shard.
+    shards_become(&leases, &brokers, &[SHARDS], Duration::from_secs(30)).await;
+    let mut endpoints = Vec::new();
+    for _ in 0..8 {
+        let rx = Receiver::start().await;
+        let (ep, _) = create(&mut AdminClient::new(ca.clone()), endpoint(&rx.url)).await;
+        endpoints.push((ep.id, rx));
+    }
+    let first: Vec<String> = (0..5).map(|i| format!("solo-{i}")).collect();
+    publish_all(&ca, &first).await;
+
+    // B joins: A gives half the shards up to it.
+    let b = cluster
+        .start_broker(dir.path(), 2, "share", &EGRESS)
+        .await
+        .unwrap_or_else(|e| panic!("broker B: {e}"));
+    brokers.push(b);
+    let cb = connect(&brokers[1].addr).await.unwrap();
+    let half = SHARDS / 2;
+    let settled = shards_become(&leases, &brokers, &[half, half], Duration::from_secs(30)).await;
+    println!("B had its half of the delivery shards {settled:?} after it started");
+    // Endpoints until each broker delivers at least two.
+    let mut on = [0usize; 2];
+    for (id, _) in &endpoints {
+        on[deliverer_of(&cluster, "share", &brokers, id).await] += 1;
+    }
+    for _ in 0..40 {
+        if on.iter().all(|&n| n >= 2) {
+            break;
+        }
+        let rx = Receiver::start().await;
+        let (ep, _) = create(&mut AdminClient::new(cb.clone()), endpoint(&rx.url)).await;
+        on[deliverer_of(&cluster, "share", &brokers, &ep.id).await] += 1;
+        endpoints.push((ep.id, rx));
+    }
+    assert!(on.iter().all(|&n| n >= 2), "endpoints per broker: {on:?}");
+
+    // Published to both: every endpoint gets every event, once.
+    let second: Vec<String> = (0..10).map(|i| format!("pair-{i}")).collect();
+    publish_all(&ca, &second[..5]).await;
+    publish_all(&cb, &second[5..]).await;
+    for (i, (_, rx)) in endpoints.iter().enumerate() {
+        // The first eight were there before the first events.
+        let early = if i < 8 { &first[..] } else { &[] };
+        let want: BTreeSet<String> = early.iter().chain(&second).cloned().collect();
+        receives_all(rx, &want, Duration::from_secs(60)).await;
+    }
+    for (id, rx) in &endpoints {
+        let got = received(rx);
+        let n = rx
+            .expect_no_more_than(got.len(), Duration::from_millis(500))
+            .await;
+        assert_eq!(n.len(), got.len(), "endpoint {id} got an event twice");
+    }
+
+    // B dies: A takes its shards over, and delivers B's endpoints too.
+    brokers[1].kill();
+    let killed = Instant::now();
+    let third: Vec<String> = (0..5).map(|i| format!("after-{i}")).collect();
+    publish_all(&ca, &third).await;
+    let want: BTreeSet<String> = third.iter().cloned().collect();
+    for (_, rx) in &endpoints {
+        receives_all(rx, &want, Duration::from_secs(60)).await;
+    }
+    println!(
+        "every endpoint had the events published after B's kill {:?} after it",
+        killed.elapsed()
+    );
+    shards_become(&leases, &brokers, &[SHARDS, 0], Duration::from_secs(30)).await;
 }

@@ -388,7 +388,10 @@ impl Admin for AdminService {
         &self,
         request: Request<RecoverDeliveriesRequest>,
     ) -> Result<Response<RecoverDeliveriesResponse>, Status> {
-        if let Some(url) = self.primary_elsewhere().await? {
+        if let Some(url) = self
+            .deliverer_elsewhere(&request.get_ref().endpoint_id)
+            .await?
+        {
             return forward::admin(&url, request, |mut c, r| async move {
                 c.recover_deliveries(r).await
             })
@@ -401,7 +404,10 @@ impl Admin for AdminService {
         &self,
         request: Request<ResendEventRequest>,
     ) -> Result<Response<ResendEventResponse>, Status> {
-        if let Some(url) = self.primary_elsewhere().await? {
+        if let Some(url) = self
+            .deliverer_elsewhere(&request.get_ref().endpoint_id)
+            .await?
+        {
             return forward::admin(
                 &url,
                 request,
@@ -423,8 +429,11 @@ impl Admin for AdminService {
         &self,
         request: Request<GetEndpointStatsRequest>,
     ) -> Result<Response<GetEndpointStatsResponse>, Status> {
-        // The figures are the delivering worker's, in the primary's memory.
-        if let Some(url) = self.primary_elsewhere().await? {
+        // The figures are the delivering worker's, in its broker's memory.
+        if let Some(url) = self
+            .deliverer_elsewhere(&request.get_ref().endpoint_id)
+            .await?
+        {
             return forward::admin(&url, request, |mut c, r| async move {
                 c.get_endpoint_stats(r).await
             })

@@ -1,6 +1,7 @@
 //! The Admin RPCs that send deliveries again (RetryDelivery,
-//! ReplayEndpoint), and, in cluster mode, which calls run on the primary
-//! broker (`primary_elsewhere`; `mod.rs` forwards the others there too).
+//! ReplayEndpoint), and, in cluster mode, which calls run on the broker
+//! that delivers their endpoint (`deliverer_elsewhere`; `mod.rs` forwards
+//! the others there too).
 
 use tonic::{Request, Response, Status};
 
@@ -16,21 +17,22 @@ use crate::{
 };
 
 impl AdminService {
-    /// In cluster mode, on a broker that is not the primary: the primary's
-    /// URL. Calls that move an endpoint's consumer run there (its worker
-    /// holds the consumer's position), and GetEndpointStats reads the
-    /// worker's figures there, so they are forwarded.
-    pub(super) async fn primary_elsewhere(&self) -> Result<Option<String>, Status> {
-        if !self.store.is_cluster() || self.endpoints.is_delivering() {
+    /// In cluster mode, on a broker that does not deliver endpoint `id`:
+    /// the URL of the one that does. Calls that move an endpoint's consumer
+    /// run there (its worker holds the consumer's position), and
+    /// GetEndpointStats reads the worker's figures there, so they are
+    /// forwarded. (An unknown id runs here, and is answered `NOT_FOUND`.)
+    pub(super) async fn deliverer_elsewhere(&self, id: &str) -> Result<Option<String>, Status> {
+        let id = EndpointId::new(id);
+        if !self.store.is_cluster() || self.endpoints.delivers(&id) {
             return Ok(None);
         }
-        match self.store.primary().await? {
+        match self.store.deliverer(&id).await? {
             Some(url) => Ok(Some(url)),
-            None => Err(Error::Unavailable(
-                "no broker is the primary at the moment (another is taking over): try again in \
-                 a few seconds"
-                    .into(),
-            )
+            None => Err(Error::Unavailable(format!(
+                "no broker delivers endpoint {id} at the moment (another is taking over): try \
+                 again in a few seconds"
+            ))
             .into()),
         }
     }
@@ -39,7 +41,10 @@ impl AdminService {
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
-        if let Some(url) = self.primary_elsewhere().await? {
+        if let Some(url) = self
+            .deliverer_elsewhere(&request.get_ref().endpoint_id)
+            .await?
+        {
             return forward::admin(&url, request, |mut c, r| async move {
                 c.retry_delivery(r).await
             })
@@ -72,7 +77,10 @@ impl AdminService {
         &self,
         request: Request<ReplayEndpointRequest>,
     ) -> Result<Response<ReplayEndpointResponse>, Status> {
-        if let Some(url) = self.primary_elsewhere().await? {
+        if let Some(url) = self
+            .deliverer_elsewhere(&request.get_ref().endpoint_id)
+            .await?
+        {
             return forward::admin(&url, request, |mut c, r| async move {
                 c.replay_endpoint(r).await
             })

@@ -308,7 +308,7 @@ impl Subscriber for SubscriberService {
                 let term = match self.shared.consumers.route().await? {
                     Route::Here(term) => term,
                     Route::Primary(url) => {
-                        let channel = forward::to_primary(&url, &metadata).await?;
+                        let channel = forward::to_broker(&url, &metadata).await?;
                         let answers = forward::subscriber(channel)
                             .subscribe(forward::request(&metadata, req))
                             .await?

@@ -120,7 +120,7 @@ pub async fn page(
 ) -> Response {
     let (types, error) = match console
         .admin()
-        .list_event_types(Console::request(&sess.caller, pb::ListEventTypesRequest {}))
+        .list_event_types(sess.request(pb::ListEventTypesRequest {}))
         .await
     {
         Ok(r) => (r.into_inner().event_types, String::new()),

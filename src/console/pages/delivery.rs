@@ -31,39 +31,30 @@ pub async fn page(
     // ExplainEvent checks the endpoint (and, with tenants, the caller's
     // right to it) and returns the delivery record.
     let explained = admin
-        .explain_event(Console::request(
-            &sess.caller,
-            pb::ExplainEventRequest {
-                endpoint_id: id.clone(),
-                event: Some(Event::Offset(offset)),
-            },
-        ))
+        .explain_event(sess.request(pb::ExplainEventRequest {
+            endpoint_id: id.clone(),
+            event: Some(Event::Offset(offset)),
+        }))
         .await;
     let explained = match explained {
         Ok(r) => r.into_inner(),
         Err(s) => return (super::http_status(&s), status_text(&s)).into_response(),
     };
     let attempts = match admin
-        .list_attempts(Console::request(
-            &sess.caller,
-            pb::ListAttemptsRequest {
-                endpoint_id: id.clone(),
-                offset,
-            },
-        ))
+        .list_attempts(sess.request(pb::ListAttemptsRequest {
+            endpoint_id: id.clone(),
+            offset,
+        }))
         .await
     {
         Ok(r) => r.into_inner().attempts,
         Err(s) => return (super::http_status(&s), status_text(&s)).into_response(),
     };
     let (request, request_error) = match admin
-        .render_delivery(Console::request(
-            &sess.caller,
-            pb::RenderDeliveryRequest {
-                endpoint_id: id.clone(),
-                event: Some(pb::render_delivery_request::Event::Offset(offset)),
-            },
-        ))
+        .render_delivery(sess.request(pb::RenderDeliveryRequest {
+            endpoint_id: id.clone(),
+            event: Some(pb::render_delivery_request::Event::Offset(offset)),
+        }))
         .await
     {
         Ok(r) => (

@@ -159,10 +159,7 @@ pub(super) async fn show(
 ) -> Response {
     let endpoint = match console
         .admin()
-        .get_endpoint(Console::request(
-            &sess.caller,
-            pb::GetEndpointRequest { id: id.into() },
-        ))
+        .get_endpoint(sess.request(pb::GetEndpointRequest { id: id.into() }))
         .await
     {
         Ok(r) => r.into_inner().endpoint.unwrap_or_default(),
@@ -173,20 +170,17 @@ pub(super) async fn show(
         Ok((since, until)) => {
             console
                 .admin()
-                .list_deliveries(Console::request(
-                    &sess.caller,
-                    pb::ListDeliveriesRequest {
-                        endpoint_id: id.into(),
-                        state: state.map_or(0, |s| s as i32),
-                        page_size: PAGE,
-                        page_token: filter.page.clone(),
-                        event_type: filter.event_type.clone(),
-                        event_id: filter.event_id.clone(),
-                        since,
-                        until,
-                        ..Default::default()
-                    },
-                ))
+                .list_deliveries(sess.request(pb::ListDeliveriesRequest {
+                    endpoint_id: id.into(),
+                    state: state.map_or(0, |s| s as i32),
+                    page_size: PAGE,
+                    page_token: filter.page.clone(),
+                    event_type: filter.event_type.clone(),
+                    event_id: filter.event_id.clone(),
+                    since,
+                    until,
+                    ..Default::default()
+                }))
                 .await
         }
         Err(s) => Err(s),

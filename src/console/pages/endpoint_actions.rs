@@ -66,13 +66,10 @@ pub async fn action(
                 }
             };
             let r = admin
-                .rotate_endpoint_secret(Console::request(
-                    &sess.caller,
-                    pb::RotateEndpointSecretRequest {
-                        id: id.clone(),
-                        grace_period: prost_types::Duration::try_from(grace).ok(),
-                    },
-                ))
+                .rotate_endpoint_secret(sess.request(pb::RotateEndpointSecretRequest {
+                    id: id.clone(),
+                    grace_period: prost_types::Duration::try_from(grace).ok(),
+                }))
                 .await;
             match r {
                 Ok(r) => {
@@ -96,12 +93,9 @@ pub async fn action(
         }
         "test" => {
             let r = admin
-                .send_test_event(Console::request(
-                    &sess.caller,
-                    pb::SendTestEventRequest {
-                        endpoint_id: id.clone(),
-                    },
-                ))
+                .send_test_event(sess.request(pb::SendTestEventRequest {
+                    endpoint_id: id.clone(),
+                }))
                 .await;
             tracing::info!(token = %who, endpoint = %id, "console: sent a test event");
             let text = match r {
@@ -138,13 +132,10 @@ pub async fn action(
         }
         "retry" => match form.get("offset").parse::<u64>() {
             Ok(offset) => admin
-                .retry_delivery(Console::request(
-                    &sess.caller,
-                    pb::RetryDeliveryRequest {
-                        endpoint_id: id.clone(),
-                        offset,
-                    },
-                ))
+                .retry_delivery(sess.request(pb::RetryDeliveryRequest {
+                    endpoint_id: id.clone(),
+                    offset,
+                }))
                 .await
                 .map(|_| format!("retrying delivery {offset}")),
             Err(_) => Err(tonic::Status::invalid_argument("offset: not a number")),
@@ -197,9 +188,7 @@ pub async fn action(
             };
             match start {
                 Ok(start) => admin
-                    .replay_endpoint(Console::request(
-                        &sess.caller,
-                        pb::ReplayEndpointRequest {
+                    .replay_endpoint(sess.request(pb::ReplayEndpointRequest {
                             endpoint_id: id.clone(),
                             start: Some(start),
                             dry_run,
@@ -224,10 +213,7 @@ pub async fn action(
         }
         "delete" => {
             let r = admin
-                .delete_endpoint(Console::request(
-                    &sess.caller,
-                    pb::DeleteEndpointRequest { id: id.clone() },
-                ))
+                .delete_endpoint(sess.request(pb::DeleteEndpointRequest { id: id.clone() }))
                 .await;
             if r.is_ok() {
                 tracing::info!(token = %who, endpoint = %id, "console: deleted the endpoint");
@@ -290,35 +276,29 @@ async fn recover(
     };
     console
         .admin()
-        .recover_deliveries(Console::request(
-            &sess.caller,
-            pb::RecoverDeliveriesRequest {
-                endpoint_id: id.into(),
-                since,
-                until,
-                states,
-                event_type: filter.event_type.clone(),
-                dry_run,
-            },
-        ))
+        .recover_deliveries(sess.request(pb::RecoverDeliveriesRequest {
+            endpoint_id: id.into(),
+            since,
+            until,
+            states,
+            event_type: filter.event_type.clone(),
+            dry_run,
+        }))
         .await
         .map(tonic::Response::into_inner)
 }
 
 #[allow(clippy::needless_update)]
 fn req_update(sess: &Sess, id: &str, enabled: bool) -> tonic::Request<pb::UpdateEndpointRequest> {
-    Console::request(
-        &sess.caller,
-        pb::UpdateEndpointRequest {
-            endpoint: Some(pb::Endpoint {
-                id: id.into(),
-                enabled: Some(enabled),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["enabled".into()],
-            }),
+    sess.request(pb::UpdateEndpointRequest {
+        endpoint: Some(pb::Endpoint {
+            id: id.into(),
+            enabled: Some(enabled),
             ..Default::default()
-        },
-    )
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["enabled".into()],
+        }),
+        ..Default::default()
+    })
 }

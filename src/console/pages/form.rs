@@ -334,12 +334,9 @@ pub async fn create(
     };
     let r = console
         .admin()
-        .create_endpoint(Console::request(
-            &sess.caller,
-            pb::CreateEndpointRequest {
-                endpoint: Some(endpoint),
-            },
-        ))
+        .create_endpoint(sess.request(pb::CreateEndpointRequest {
+            endpoint: Some(endpoint),
+        }))
         .await;
     match r {
         Ok(r) => {
@@ -363,10 +360,7 @@ pub async fn create(
 async fn current(console: &Console, sess: &Sess, id: &str) -> Result<pb::Endpoint, tonic::Status> {
     Ok(console
         .admin()
-        .get_endpoint(Console::request(
-            &sess.caller,
-            pb::GetEndpointRequest { id: id.into() },
-        ))
+        .get_endpoint(sess.request(pb::GetEndpointRequest { id: id.into() }))
         .await?
         .into_inner()
         .endpoint
@@ -456,17 +450,14 @@ pub async fn update(
     new.id = id.clone();
     let r = console
         .admin()
-        .update_endpoint(Console::request(
-            &sess.caller,
-            pb::UpdateEndpointRequest {
-                endpoint: Some(new),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: paths.clone(),
-                }),
-                set_headers: set_headers.clone(),
-                remove_headers: remove_headers.clone(),
-            },
-        ))
+        .update_endpoint(sess.request(pb::UpdateEndpointRequest {
+            endpoint: Some(new),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.clone(),
+            }),
+            set_headers: set_headers.clone(),
+            remove_headers: remove_headers.clone(),
+        }))
         .await;
     match r {
         Ok(_) => {

@@ -74,12 +74,9 @@ pub async fn events(
                 None => {
                     let ok = console
                         .admin()
-                        .get_endpoint(Console::request(
-                            &sess.caller,
-                            pb::GetEndpointRequest {
-                                id: d.endpoint_id.as_str().to_owned(),
-                            },
-                        ))
+                        .get_endpoint(sess.request(pb::GetEndpointRequest {
+                            id: d.endpoint_id.as_str().to_owned(),
+                        }))
                         .await
                         .is_ok();
                     visible.insert(d.endpoint_id.as_str().to_owned(), ok);

@@ -30,13 +30,10 @@ pub async fn all_endpoints(
     for _ in 0..100 {
         let r = console
             .admin()
-            .list_endpoints(Console::request(
-                &sess.caller,
-                pb::ListEndpointsRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                },
-            ))
+            .list_endpoints(sess.request(pb::ListEndpointsRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+            }))
             .await?
             .into_inner();
         out.extend(r.endpoints);
@@ -60,13 +57,10 @@ pub async fn page(State(console): State<Arc<Console>>, sess: Sess) -> Response {
         let dead = dead_count(&console, &sess, &e.id).await;
         let stats = console
             .admin()
-            .get_endpoint_stats(Console::request(
-                &sess.caller,
-                pb::GetEndpointStatsRequest {
-                    endpoint_id: e.id.clone(),
-                    window: None,
-                },
-            ))
+            .get_endpoint_stats(sess.request(pb::GetEndpointStatsRequest {
+                endpoint_id: e.id.clone(),
+                window: None,
+            }))
             .await
             .map(tonic::Response::into_inner);
         let (success_rate, latency, chart) = match stats {
@@ -132,15 +126,12 @@ const DEAD_PAGE: u32 = 1000;
 async fn dead_count(console: &Console, sess: &Sess, id: &str) -> String {
     let r = console
         .admin()
-        .list_deliveries(Console::request(
-            &sess.caller,
-            pb::ListDeliveriesRequest {
-                endpoint_id: id.to_owned(),
-                state: pb::DeliveryState::Dead as i32,
-                page_size: DEAD_PAGE,
-                ..Default::default()
-            },
-        ))
+        .list_deliveries(sess.request(pb::ListDeliveriesRequest {
+            endpoint_id: id.to_owned(),
+            state: pb::DeliveryState::Dead as i32,
+            page_size: DEAD_PAGE,
+            ..Default::default()
+        }))
         .await;
     match r {
         Ok(r) => {

@@ -1,4 +1,5 @@
-//! Singleton leases (one broker at a time does retention): a key in a
+//! Leases (one broker at a time serves named consumers, delivers a shard
+//! of the endpoints): a key in a
 //! bucket whose entries expire `ttl` after their last write.
 //!
 //! Acquire is a `create` of the lease's key (it succeeds only when the key
@@ -15,6 +16,7 @@ use async_nats::{
     Client,
 };
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 
 use super::{bucket, JetStreamError};
 
@@ -171,6 +173,25 @@ impl Leases {
             .map_err(|e| bucket::error(&self.config.bucket, "release lease", e, false))
     }
 
+    /// The names of the leases held now (not released, not expired), for
+    /// at most [`LIST_TIMEOUT`].
+    pub async fn names(&self) -> Result<Vec<String>, JetStreamError> {
+        let failed =
+            |e: &dyn std::fmt::Display| bucket::error(&self.config.bucket, "list leases", e, true);
+        let list = async {
+            let mut keys = self.store.keys().await.map_err(|e| failed(&e))?;
+            let mut names = Vec::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| failed(&e))?;
+                names.extend(bucket::decode_key(&key));
+            }
+            Ok(names)
+        };
+        tokio::time::timeout(LIST_TIMEOUT, list)
+            .await
+            .unwrap_or_else(|_| Err(failed(&format!("no answer within {LIST_TIMEOUT:?}"))))
+    }
+
     /// Who holds the lease `name` now, as the bucket says.
     pub async fn holder(&self, name: &str) -> Result<Option<String>, JetStreamError> {
         let value = self
@@ -181,6 +202,9 @@ impl Leases {
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 }
+
+/// How long listing the leases may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

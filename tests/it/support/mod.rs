@@ -20,6 +20,7 @@ pub mod endpoints;
 pub mod events;
 pub mod files;
 pub mod hostile;
+pub mod leases;
 pub mod ledger;
 pub mod metrics;
 pub mod nats;
