@@ -189,11 +189,10 @@ pub async fn action(
             match start {
                 Ok(start) => admin
                     .replay_endpoint(sess.request(pb::ReplayEndpointRequest {
-                            endpoint_id: id.clone(),
-                            start: Some(start),
-                            dry_run,
-                        },
-                    ))
+                        endpoint_id: id.clone(),
+                        start: Some(start),
+                        dry_run,
+                    }))
                     .await
                     .map(|r| {
                         let r = r.into_inner();
