@@ -71,6 +71,7 @@ pub async fn serve(
     config.check_listen(addr)?;
     let auth = Auth::new(&config.tokens);
     let tls = tls::server_config(&config)?;
+    crate::api::forward::configure(tls::peer_client_config(&config)?);
     if !auth.enabled() {
         tracing::warn!(%addr, "authentication is off: no tokens configured; serving loopback only");
     } else if tls.is_none() && !addr.ip().is_loopback() {
@@ -128,7 +129,9 @@ pub async fn serve(
         shutdown: token.clone(),
         metrics: metrics.clone(),
         tls: Arc::new(tls::webhook_client_config(&config)?),
-        broker: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+        broker: config.advertise_url.clone().unwrap_or_else(|| {
+            format!("{}://{addr}", if tls.is_some() { "https" } else { "http" })
+        }),
     })
     .await
     .context("starting webhook delivery")?;

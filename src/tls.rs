@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::config::Config;
 
@@ -49,6 +49,26 @@ fn contains_pem(pem: &[u8], label: &str) -> bool {
     String::from_utf8_lossy(pem)
         .lines()
         .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")))
+}
+
+/// The TLS settings for calls forwarded to another broker in cluster mode
+/// (`https://` URLs): the certificates in `peer_ca_file`, else the public
+/// web roots. The server name is the URL's host.
+pub fn peer_client_config(config: &Config) -> anyhow::Result<ClientTlsConfig> {
+    let Some(path) = &config.peer_ca_file else {
+        return Ok(
+            ClientTlsConfig::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+        );
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("config key `peer_ca_file`: reading {}", path.display()))?;
+    if !contains_pem(&pem, "CERTIFICATE") {
+        anyhow::bail!(
+            "config key `peer_ca_file`: {} holds no PEM certificate",
+            path.display()
+        );
+    }
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
 }
 
 /// The TLS settings webhook deliveries use: the Mozilla roots, plus the

@@ -10,8 +10,9 @@
 //!
 //! A forwarded call carries [`FORWARDED`]; a broker that gets one while it
 //! does not run the call (the lease moved meanwhile) answers `UNAVAILABLE`
-//! rather than forwarding it again. Brokers serving TLS do not forward to
-//! each other yet: the call is refused, naming the broker to call. A
+//! rather than forwarding it again. Brokers serving TLS are reached over
+//! TLS (`https://` in the lease), trusting `peer_ca_file`'s certificates
+//! (else the public web roots) for the URL's host ([`configure`]). A
 //! console session's call is forwarded with the token the session logged
 //! in with (`crate::console::session`).
 
@@ -24,7 +25,7 @@ use std::{
 
 use tonic::{
     metadata::MetadataMap,
-    transport::{Channel, Endpoint},
+    transport::{Channel, ClientTlsConfig, Endpoint},
     Request, Response, Status,
 };
 
@@ -51,13 +52,6 @@ pub(crate) async fn to_broker(url: &str, metadata: &MetadataMap) -> Result<Chann
         )
         .into());
     }
-    if !url.starts_with("http://") {
-        return Err(Error::FailedPrecondition(format!(
-            "in cluster mode this call runs on the broker {url}; brokers serving TLS do not \
-             forward calls to each other yet: send it there"
-        ))
-        .into());
-    }
     if let Some(channel) = channels().get(url) {
         return Ok(channel.clone());
     }
@@ -66,16 +60,34 @@ pub(crate) async fn to_broker(url: &str, metadata: &MetadataMap) -> Result<Chann
             "the broker {url}, which runs this call in cluster mode, cannot be reached: {e}"
         )))
     };
-    let channel = Endpoint::from_shared(url.to_owned())
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| unreachable(&e))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| unreachable(&e))?;
+        .connect_timeout(CONNECT_TIMEOUT);
+    if url.starts_with("https://") {
+        let tls = peer_tls().clone().unwrap_or_default();
+        endpoint = endpoint.tls_config(tls).map_err(|e| unreachable(&e))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     // One connection per broker, for every later call (a channel
     // reconnects by itself).
     channels().insert(url.to_owned(), channel.clone());
     Ok(channel)
+}
+
+/// Sets how this process reaches brokers serving TLS (from `peer_ca_file`,
+/// [`crate::tls::peer_client_config`]); one broker runs per process, so the
+/// setting is the process's, like the channels.
+pub fn configure(tls: ClientTlsConfig) {
+    *peer_tls() = Some(tls);
+    channels().clear();
+}
+
+fn peer_tls() -> std::sync::MutexGuard<'static, Option<ClientTlsConfig>> {
+    static PEER_TLS: OnceLock<Mutex<Option<ClientTlsConfig>>> = OnceLock::new();
+    PEER_TLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 /// The channels to the brokers this process has forwarded to.

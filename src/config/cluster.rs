@@ -197,6 +197,25 @@ pub fn parse_monitor_urls(value: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// `advertise_url`: `http://host:port` or `https://host:port` (a trailing
+/// `/` dropped), no credentials, no path.
+pub fn parse_advertise_url(value: &str) -> Result<String, String> {
+    let url = value.trim().trim_end_matches('/');
+    let ok = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .and_then(|rest| rest.parse::<http::uri::Authority>().ok())
+        .is_some_and(|a| a.port_u16().is_some() && !a.as_str().contains('@'));
+    if !ok {
+        return Err(
+            "expected http://host:port or https://host:port (where other brokers reach this \
+             one's gRPC listener)"
+                .to_owned(),
+        );
+    }
+    Ok(url.to_owned())
+}
+
 /// `nats_prefix`: what the broker's stream and buckets are named after
 /// (`<PREFIX>_EVENTS`, subjects `<prefix>.events.<type>`), so several
 /// installations can share one cluster.
@@ -233,6 +252,19 @@ impl Config {
     /// Cluster mode's combinations: what it needs when `backend =
     /// "jetstream"`, and credentials that exclude each other.
     pub(super) fn validate_cluster(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.advertise_url {
+            match (url.starts_with("https://"), self.tls_cert.is_some()) {
+                (false, true) => bail!(
+                    "config key `advertise_url`: the gRPC listener serves TLS (tls_cert is \
+                     set): other brokers reach it at an https:// URL"
+                ),
+                (true, false) => bail!(
+                    "config key `advertise_url`: the gRPC listener serves plaintext (tls_cert \
+                     is not set): other brokers reach it at an http:// URL"
+                ),
+                _ => {}
+            }
+        }
         if !(1..=5).contains(&self.nats_replicas) {
             bail!("config key `nats_replicas`: must be between 1 and 5 (JetStream's limit)");
         }

@@ -23,8 +23,8 @@ use serde::Deserialize;
 
 use super::{
     cluster::{
-        check_prefix, parse_monitor_urls, parse_nats_urls, NatsUrl, Secret as SecretValue,
-        SecretFile,
+        check_prefix, parse_advertise_url, parse_monitor_urls, parse_nats_urls, NatsUrl,
+        Secret as SecretValue, SecretFile,
     },
     net::parse_networks,
     parse_duration,
@@ -305,6 +305,17 @@ pub fn nats_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NatsUrl>, D::Err
 pub fn monitor_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let value = list(d, "monitoring URLs")?;
     parse_monitor_urls(&value).map_err(D::Error::custom)
+}
+
+/// Where other brokers reach this one (`advertise_url`); empty: the default.
+pub fn advertise_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = text(d)?;
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse_advertise_url(&value)
+        .map(Some)
+        .map_err(|e| bad(e, &value))
 }
 
 /// The name prefix on the cluster (`nats_prefix`).

@@ -326,6 +326,14 @@ pub struct Config {
     /// Start even when the durability check fails (logged loudly).
     #[serde(deserialize_with = "de::flag")]
     pub allow_unsynced_cluster: bool,
+    /// The URL other brokers reach this one's gRPC service at (default:
+    /// `http(s)://<listen address>`); the leases it holds name it.
+    #[serde(deserialize_with = "de::advertise_url")]
+    pub advertise_url: Option<String>,
+    /// PEM CA certificates trusted for other brokers' TLS, when a call is
+    /// forwarded to one (default: the public web roots).
+    #[serde(deserialize_with = "de::path")]
+    pub peer_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -413,6 +421,8 @@ impl Default for Config {
             nats_replicas: 3,
             nats_monitor_url: Vec::new(),
             allow_unsynced_cluster: false,
+            advertise_url: None,
+            peer_ca_file: None,
         }
     }
 }

@@ -561,7 +561,7 @@ fn durations() {
 #[test]
 fn keys_are_the_fields_and_readme_lists_them() {
     let keys = keys();
-    assert_eq!(keys.len(), 80, "{keys:?}");
+    assert_eq!(keys.len(), 82, "{keys:?}");
     assert!(keys.contains(&STATE_CACHE_KEY) && !keys.contains(&"state_cache_bytes"));
     let readme = include_str!("../../README.md");
     let table: Vec<&str> = readme
@@ -744,6 +744,28 @@ fn cluster_keys_default_to_embedded_and_jetstream_needs_its_urls() {
         ("STEVEDORE_NATS_PASSWORD", "pw", "`nats_user`"),
         ("STEVEDORE_NATS_TLS_CERT", "/c.pem", "`nats_tls_key`"),
         ("STEVEDORE_NATS_TLS_KEY", "/k.pem", "`nats_tls_cert`"),
+        (
+            "STEVEDORE_ADVERTISE_URL",
+            "10.0.0.5:50051",
+            "`advertise_url`",
+        ),
+        ("STEVEDORE_ADVERTISE_URL", "http://b1", "`advertise_url`"),
+        (
+            "STEVEDORE_ADVERTISE_URL",
+            "http://u:p@b1:1/",
+            "`advertise_url`",
+        ),
+        (
+            "STEVEDORE_ADVERTISE_URL",
+            "http://b1:1/x",
+            "`advertise_url`",
+        ),
+        // TLS off: other brokers cannot reach an https:// URL.
+        (
+            "STEVEDORE_ADVERTISE_URL",
+            "https://b1:50051",
+            "`advertise_url`",
+        ),
     ] {
         let err = format!(
             "{:#}",
@@ -760,6 +782,21 @@ fn cluster_keys_default_to_embedded_and_jetstream_needs_its_urls() {
     ])
     .unwrap_err();
     assert!(err.contains("`nats_token`"), "{err}");
+}
+
+#[test]
+fn advertise_url_names_where_other_brokers_call() {
+    let c = Config::load(
+        None,
+        env(&[("STEVEDORE_ADVERTISE_URL", "http://broker-1.internal:50051/")]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.advertise_url.as_deref(),
+        Some("http://broker-1.internal:50051")
+    );
+    assert_eq!(Config::default().advertise_url, None);
 }
 
 /// NATS credentials are secrets: a URL's `user:password@`, the password

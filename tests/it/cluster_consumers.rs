@@ -3,7 +3,8 @@
 //! the other forwards Subscribe, Ack, Nack and the Admin consumer calls to
 //! it. Competing streams on both brokers share the consumer's events (each
 //! event to one stream), acks and nacks sent to the other broker count,
-//! and both brokers report the same position afterwards.
+//! and both brokers report the same position afterwards. Brokers serving
+//! TLS forward to each other over TLS, trusting `peer_ca_file`.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
@@ -17,7 +18,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cluster_brokers::two_brokers,
-    support::{next_within, pick, publish_answer},
+    support::{connect_tls, nats::NatsCluster, next_within, pick, publish_answer, self_signed},
 };
 
 /// A stream on consumer `name`: explicit acks, `max_in_flight` 5, 30 s
@@ -170,4 +171,70 @@ async fn cluster_consumer_streams_on_both_brokers_compete_and_take_acks_from_eit
         }
         assert_eq!(floor, 31);
     }
+}
+
+/// ListConsumers through `channel`, asked again while no broker is the
+/// primary yet (UNAVAILABLE right after a start), for up to 20 s.
+async fn list_consumers(channel: &Channel) -> Result<pb::ListConsumersResponse, tonic::Status> {
+    let mut answer = Err(tonic::Status::unavailable("not asked"));
+    for _ in 0..100 {
+        answer = AdminClient::new(channel.clone())
+            .list_consumers(pb::ListConsumersRequest::default())
+            .await
+            .map(tonic::Response::into_inner);
+        match &answer {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && s.message().contains("at the moment") =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            _ => break,
+        }
+    }
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_tls_brokers_forward_to_the_primary_trusting_peer_ca_file() {
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls = [("STEVEDORE_TLS_CERT", cert), ("STEVEDORE_TLS_KEY", key)];
+    let trusting = [tls[0], tls[1], ("STEVEDORE_PEER_CA_FILE", cert)];
+    let mut channels = Vec::new();
+    let mut brokers = Vec::new();
+    for generation in 1..=2 {
+        let broker = cluster
+            .start_broker(dir.path(), generation, "tlsfwd", &trusting)
+            .await
+            .unwrap_or_else(|e| panic!("broker {generation}: {e}"));
+        channels.push(connect_tls(&broker.addr, cert.as_ref()).await.unwrap());
+        brokers.push(broker);
+    }
+    // One of the two is the primary; the other forwards over TLS.
+    for channel in &channels {
+        let answer = list_consumers(channel).await;
+        assert!(
+            answer.is_ok(),
+            "ListConsumers on either TLS broker: {answer:?}"
+        );
+    }
+
+    // A third broker trusting only the public roots cannot forward: the
+    // call says which broker it could not reach.
+    let third = cluster
+        .start_broker(dir.path(), 3, "tlsfwd", &tls)
+        .await
+        .unwrap_or_else(|e| panic!("broker 3: {e}"));
+    let channel = connect_tls(&third.addr, cert.as_ref()).await.unwrap();
+    let refused = list_consumers(&channel).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("https://127.0.0.1:")
+            && refused.message().contains("cannot be reached"),
+        "{refused:?}"
+    );
 }

@@ -48,7 +48,8 @@ pub use events::{inventory, ms, number, pick, string};
 pub use files::{contains, copy_dir, files_containing, stored_records, walk};
 pub use ledger::Ledger;
 pub use process::{
-    all_stderr, broker_panics, connect, failure_text, read_stderr, start_server_with_env, Server,
+    all_stderr, broker_panics, connect, connect_tls, failure_text, read_stderr,
+    start_server_with_env, Server,
 };
 pub use publishing::{log_has_event, mode_name, publish_in_mode, status_text, Mode};
 pub use raw_grpc::{frame, percent_decode, percent_decode_bytes};

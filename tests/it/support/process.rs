@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// Waiting for the `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -199,6 +199,25 @@ pub async fn connect(addr: &str) -> Result<Channel, String> {
     let endpoint = Channel::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT);
+    connect_to(addr, endpoint).await
+}
+
+/// A TLS channel to `addr` (a broker with `tls_cert`), trusting the PEM
+/// certificate `ca` for `localhost`.
+pub async fn connect_tls(addr: &str, ca: &Path) -> Result<Channel, String> {
+    let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let endpoint = Channel::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT);
+    connect_to(addr, endpoint).await
+}
+
+async fn connect_to(addr: &str, endpoint: tonic::transport::Endpoint) -> Result<Channel, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(ch)) => Ok(ch),
         Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
