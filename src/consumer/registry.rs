@@ -195,6 +195,22 @@ impl Consumers {
         if let Some(c) = self.lock().get(name) {
             return Ok(Some(c.clone()));
         }
+        let Some(consumer) = self.snapshot(name)? else {
+            return Ok(None);
+        };
+        // Another task may have loaded it meanwhile; keep the first.
+        Ok(Some(
+            self.lock()
+                .entry(name.to_owned())
+                .or_insert(Arc::new(consumer))
+                .clone(),
+        ))
+    }
+
+    /// The named consumer as the state has it now, neither taken from nor
+    /// kept in the loaded ones: in cluster mode, for a look at a consumer
+    /// another broker moves (an endpoint it delivers).
+    pub fn snapshot(&self, name: &str) -> Result<Option<Consumer>> {
         let Some(record) = self.store.consumers().get(name)? else {
             return Ok(None);
         };
@@ -212,7 +228,7 @@ impl Consumers {
         };
         let done = state::ranges_to_set(&record.done_ranges)
             .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
-        let consumer = Arc::new(Consumer::new(
+        Ok(Some(Consumer::new(
             name.to_owned(),
             filter,
             self.store.clone(),
@@ -233,14 +249,7 @@ impl Consumers {
                     .map_err(|e| Error::Corrupt(format!("consumer {name:?}: {e}")))?;
                 st
             },
-        ));
-        // Another task may have loaded it meanwhile; keep the first.
-        Ok(Some(
-            self.lock()
-                .entry(name.to_owned())
-                .or_insert(consumer)
-                .clone(),
-        ))
+        )))
     }
 
     /// Forgets the named consumer and deletes its persisted state. Streams

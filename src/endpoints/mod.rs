@@ -317,15 +317,27 @@ impl Endpoints {
 
     /// What `e` has still to deliver below `head` (0 if that cannot be
     /// read): its consumer's unfinished events that its types and
-    /// attribute filters pass (whether or not it is paused).
+    /// attribute filters pass (whether or not it is paused). On a broker
+    /// that does not deliver `e` (cluster mode), read from the state each
+    /// time: the deliverer moves the consumer.
     fn backlog(&self, e: &Endpoint, head: Offset) -> u64 {
         let filter = match EndpointSpec::validate(e, &self.config) {
             Ok(spec) => spec.filter,
             Err(_) => EventFilter::default(),
         };
-        self.consumers
-            .get(&consumer_name(&e.id))
-            .and_then(|c| c.backlog(head, &filter))
-            .unwrap_or(0)
+        let name = consumer_name(&e.id);
+        let backlog = if self.delivers(&e.id) {
+            self.consumers
+                .get(&name)
+                .and_then(|c| c.backlog(head, &filter))
+        } else {
+            // Delivered by another broker (cluster mode): its position as
+            // this broker's copy of the state has it now.
+            self.consumers
+                .snapshot(&name)
+                .and_then(|c| c.ok_or_else(|| Error::NotFound(name.clone())))
+                .and_then(|c| c.backlog(head, &filter))
+        };
+        backlog.unwrap_or(0)
     }
 }

@@ -33,6 +33,7 @@ mod local;
 mod log;
 mod migrate;
 mod open;
+mod purge;
 mod recover;
 #[cfg(test)]
 mod redact_tests;
@@ -285,7 +286,7 @@ impl Store {
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let local = match &self.inner.backend {
             Backend::Embedded(local) => local,
-            Backend::Cluster(cluster) => return cluster.log.purge_below(before).await,
+            Backend::Cluster(cluster) => return cluster.truncate(before).await,
         };
         let (reply, rx) = oneshot::channel();
         local

@@ -124,6 +124,24 @@ async fn cluster_webhooks_go_out_once_and_move_over_when_the_deliverer_is_killed
     receives_all(&rx, &want, Duration::from_secs(60)).await;
     let got = rx.expect_no_more_than(20, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 20, "one request per event, from one broker");
+    // Both brokers show the backlog gone, the one that does not deliver
+    // the endpoint too (from its copy of the state, not from the consumer
+    // as it loaded it when the endpoint was new).
+    for (at, channel) in channels.iter().enumerate() {
+        let mut admin = AdminClient::new(channel.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let backlog = get_endpoint(&mut admin, &ep.id).await.backlog;
+            if backlog == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker {at} still shows a backlog of {backlog} after every delivery"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     // One broker delivers the endpoint (its shard's lease names it);
     // replay works on both, the other forwarding it.

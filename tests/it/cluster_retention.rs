@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use stevedore::pb::{
     self, publisher_client::PublisherClient, subscriber_client::SubscriberClient, GetEventRequest,
 };
+use stevedore::store::jetstream::{encode_key, Claim};
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -68,6 +69,24 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
         let status = get(&cb, offset).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "offset {offset}: {status:?}");
     }
+    // Their ids' claims are forgotten with them (as the embedded log
+    // forgets its ids at retention), so the claims bucket does not grow
+    // without end.
+    let ids = async_nats::jetstream::new(cluster.connect().await)
+        .get_key_value("RET_IDS")
+        .await
+        .expect("the claims bucket");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 1..=5 {
+        let key = encode_key(&format!("old-{i}"));
+        while ids.get(&key).await.expect("read a claim").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "old-{i}'s claim outlived its event"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // A broker started now copies from offset 6 on.
     let c = cluster
@@ -77,6 +96,12 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
     let cc = connect(&c.addr).await.unwrap();
     let r = publish_answer(&mut publisher, pick("new-6", "SO-1")).await;
     assert_eq!(r.offset, 6);
+    let claim = ids.get(encode_key("new-6")).await.unwrap();
+    assert_eq!(
+        claim.as_deref().and_then(Claim::decode),
+        Some(Claim::Stored(stevedore::model::Offset::new(6))),
+        "a live event's claim stays"
+    );
     let mut from_start = subscribe_earliest(&mut SubscriberClient::new(cc.clone())).await;
     assert_eq!(next_within(&mut from_start, 10).await.offset, 6);
     assert_eq!(

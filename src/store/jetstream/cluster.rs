@@ -236,6 +236,16 @@ impl ClusterLog {
         Ok(purged.purged as usize)
     }
 
+    /// Forgets the id claims of events `ids`, purged below `before`
+    /// ([`ClusterLog::purge_below`]); returns how many went.
+    pub async fn forget_claims(&self, ids: &[String], before: Offset) -> Result<usize> {
+        self.ids.forget_below(ids, before).await.map_err(|e| {
+            Error::Unavailable(format!(
+                "forgetting the ids of events purged below offset {before}: {e}"
+            ))
+        })
+    }
+
     /// The stream's first offset as last seen.
     pub fn first(&self) -> Offset {
         self.extent.first()

@@ -320,6 +320,47 @@ impl IdempotentLog {
         Ok(())
     }
 
+    /// Forgets the claims of `ids` that hold an offset below `before`
+    /// (retention removed those events: as in embedded mode, the ids may
+    /// be published anew); returns how many went. A claim written again
+    /// meanwhile is left alone.
+    pub(super) async fn forget_below(
+        &self,
+        ids: &[String],
+        before: Offset,
+    ) -> Result<usize, JetStreamError> {
+        let mut forgotten = 0;
+        for chunk in ids.chunks(FORGET_AT_ONCE) {
+            let mut deletes = tokio::task::JoinSet::new();
+            for id in chunk {
+                let (ids, key) = (self.ids.clone(), bucket::encode_key(id));
+                deletes.spawn(async move {
+                    let entry = match ids.entry(&key).await {
+                        Ok(Some(entry)) if entry.operation == Operation::Put => entry,
+                        Ok(_) => return Ok(false),
+                        Err(e) => return Err(("read claim", e.to_string())),
+                    };
+                    match Claim::decode(&entry.value) {
+                        Some(Claim::Stored(offset)) if offset < before => {}
+                        _ => return Ok(false),
+                    }
+                    match ids.delete_expect_revision(&key, Some(entry.revision)).await {
+                        Ok(()) => Ok(true),
+                        Err(e) if bucket::is_conflict(&e) => Ok(false),
+                        Err(e) => Err(("forget claim", e.to_string())),
+                    }
+                });
+            }
+            while let Some(done) = deletes.join_next().await {
+                match done.map_err(|e| self.error("forget claim", e, true))? {
+                    Ok(gone) => forgotten += usize::from(gone),
+                    Err((what, e)) => return Err(self.error(what, e, true)),
+                }
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// The offsets the claims hold for the ids of `events`.
     async fn stored_claims(
         &self,
@@ -371,6 +412,9 @@ impl IdempotentLog {
         bucket::error(&self.config.bucket, what, e, retriable)
     }
 }
+
+/// Claims forgotten concurrently.
+const FORGET_AT_ONCE: usize = 128;
 
 #[cfg(test)]
 mod tests {
