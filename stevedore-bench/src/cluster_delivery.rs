@@ -46,6 +46,8 @@ pub struct Deliveries {
     pub received: f64,
     /// The brokers' CPU per delivery, µs.
     pub broker_cpu: f64,
+    /// The busiest broker's alone, µs (with one broker, the same).
+    pub busiest_cpu: f64,
     /// The nats-server nodes' CPU per delivery, µs (0 without a cluster).
     pub nats_cpu: f64,
 }
@@ -56,6 +58,7 @@ pub struct Runs {
     pub recorded: Vec<f64>,
     pub received: Vec<f64>,
     pub broker_cpu: Vec<f64>,
+    pub busiest_cpu: Vec<f64>,
     pub nats_cpu: Vec<f64>,
 }
 
@@ -64,6 +67,7 @@ impl Runs {
         self.recorded.push(d.recorded);
         self.received.push(d.received);
         self.broker_cpu.push(d.broker_cpu);
+        self.busiest_cpu.push(d.busiest_cpu);
         self.nats_cpu.push(d.nats_cpu);
     }
 
@@ -71,10 +75,11 @@ impl Runs {
     pub fn last_text(&self) -> String {
         let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
         format!(
-            "{:.0}/s, {:.0}/s, {:.1} µs, {:.1} µs",
+            "{:.0}/s, {:.0}/s, {:.1} µs (busiest broker {:.1} µs), {:.1} µs",
             last(&self.recorded),
             last(&self.received),
             last(&self.broker_cpu),
+            last(&self.busiest_cpu),
             last(&self.nats_cpu)
         )
     }
@@ -165,7 +170,8 @@ async fn measure(
         ));
     }
     let requests = publish::batch_requests(n, &format!("{tag}-d"));
-    let (brokers_before, nats_before) = (cpu_sum(&pids)?, cpu_sum(nats_pids)?);
+    let brokers_before = each_cpu(&pids)?;
+    let nats_before = cpu_sum(nats_pids)?;
     let started = Instant::now();
     publish::send_batches(clients, requests).await?;
     for rx in &receivers {
@@ -192,13 +198,21 @@ async fn measure(
         .await?;
     }
     let recorded = started.elapsed();
-    let broker_cpu = cpu_sum(&pids)?.saturating_sub(brokers_before);
+    let brokers_cpu: Vec<Duration> = each_cpu(&pids)?
+        .into_iter()
+        .zip(brokers_before)
+        .map(|(after, before)| after.saturating_sub(before))
+        .collect();
     let nats_cpu = cpu_sum(nats_pids)?.saturating_sub(nats_before);
     let deliveries = n * ENDPOINTS as u64;
     Ok(Deliveries {
         recorded: deliveries as f64 / recorded.as_secs_f64(),
         received: deliveries as f64 / received.as_secs_f64(),
-        broker_cpu: micros_per(broker_cpu, deliveries),
+        broker_cpu: micros_per(brokers_cpu.iter().sum(), deliveries),
+        busiest_cpu: micros_per(
+            brokers_cpu.into_iter().max().unwrap_or_default(),
+            deliveries,
+        ),
         nats_cpu: micros_per(nats_cpu, deliveries),
     })
 }
@@ -206,4 +220,9 @@ async fn measure(
 /// The CPU time the processes `pids` have used so far, summed.
 fn cpu_sum(pids: &[u32]) -> Result<Duration> {
     pids.iter().map(|&p| cpu_of(p)).sum()
+}
+
+/// The CPU time each of the processes `pids` has used so far.
+fn each_cpu(pids: &[u32]) -> Result<Vec<Duration>> {
+    pids.iter().map(|&p| cpu_of(p)).collect()
 }
