@@ -198,43 +198,38 @@ pub fn settings(nodes: &nats::Cluster, prefix: &str) -> Vec<(String, String)> {
 /// The deliveries figures: through one and two brokers, against the
 /// embedded broker of the same runs.
 fn delivery_figures([embedded, one, two]: [Runs; 3]) -> Vec<Figure> {
-    let base = "embedded broker";
+    let against = |name: String, unit, values, base: &[f64]| {
+        Figure::new(name, unit, values).baseline("embedded broker", base.to_vec())
+    };
     let mut figures = Vec::new();
     for (label, runs) in [("1 broker", one), ("2 brokers", two)] {
+        let recorded = format!("deliveries/s (all recorded), {label}");
+        figures.push(against(
+            recorded,
+            Unit::PerSec,
+            runs.recorded,
+            &embedded.recorded,
+        ));
+        let received = format!("deliveries/s (all received), {label}");
+        figures.push(against(
+            received,
+            Unit::PerSec,
+            runs.received,
+            &embedded.received,
+        ));
+        let cpu = format!("brokers' CPU per delivery, {label}");
         figures.push(
-            Figure::new(
-                format!("deliveries/s (all recorded), {label}"),
-                Unit::PerSec,
-                runs.recorded,
-            )
-            .baseline(base, embedded.recorded.clone()),
-        );
-        figures.push(
-            Figure::new(
-                format!("deliveries/s (all received), {label}"),
-                Unit::PerSec,
-                runs.received,
-            )
-            .baseline(base, embedded.received.clone()),
-        );
-        figures.push(
-            Figure::new(
-                format!("brokers' CPU per delivery, {label}"),
-                Unit::Micros,
-                runs.broker_cpu,
-            )
-            .baseline(base, embedded.broker_cpu.clone())
-            .target(Check::RatioAtMost(2.0)),
+            against(cpu, Unit::Micros, runs.broker_cpu, &embedded.broker_cpu)
+                .target(Check::RatioAtMost(2.0)),
         );
         if label == "2 brokers" {
-            figures.push(
-                Figure::new(
-                    format!("the busier broker's CPU per delivery, {label}"),
-                    Unit::Micros,
-                    runs.busiest_cpu,
-                )
-                .baseline(base, embedded.broker_cpu.clone()),
-            );
+            let busier = format!("the busier broker's CPU per delivery, {label}");
+            figures.push(against(
+                busier,
+                Unit::Micros,
+                runs.busiest_cpu,
+                &embedded.broker_cpu,
+            ));
         }
         figures.push(Figure::new(
             format!("nats-server CPU per delivery (3 nodes, not in the brokers'), {label}"),
