@@ -3,10 +3,24 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 /// CPU time used by this process so far (user + system, all threads), from
 /// `/proc/self/stat` in clock ticks (USER_HZ, 100 on Linux).
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// CPU time used so far by the process `pid` (user + system, all its
+/// threads), from `/proc/<pid>/stat` in 10 ms ticks.
+pub fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(stat_cpu(&stat))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line.
+fn stat_cpu(stat: &str) -> Duration {
     // The fields after the command name, which is in parentheses and may
     // hold spaces: the first of them is field 3, so utime (14) and stime
     // (15) are the 12th and 13th.

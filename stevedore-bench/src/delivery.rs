@@ -120,6 +120,8 @@ async fn broker_deliveries(n: u64, run: usize) -> Result<(f64, f64, f64)> {
     ))
 }
 
+/// Waits until the broker behind `admin` says endpoint `id` has nothing
+/// left to deliver (every delivery recorded and acked durably).
 async fn wait_backlog_zero(
     admin: &mut pb::admin_client::AdminClient<Channel>,
     id: &str,
@@ -132,18 +134,24 @@ async fn wait_backlog_zero(
         || {
             let mut admin = admin.clone();
             let id = id.to_owned();
-            async move {
-                let e = admin
-                    .get_endpoint(pb::GetEndpointRequest { id })
-                    .await?
-                    .into_inner()
-                    .endpoint
-                    .context("endpoint")?;
-                Ok(e.backlog == 0)
-            }
+            async move { Ok(backlog(&mut admin, id).await? == 0) }
         },
     )
     .await
+}
+
+/// Endpoint `id`'s backlog as the broker behind `admin` counts it.
+pub async fn backlog(
+    admin: &mut pb::admin_client::AdminClient<Channel>,
+    id: String,
+) -> Result<u64> {
+    let e = admin
+        .get_endpoint(pb::GetEndpointRequest { id })
+        .await?
+        .into_inner()
+        .endpoint
+        .context("endpoint")?;
+    Ok(e.backlog)
 }
 
 /// What the raw client did: requests/s, and CPU µs per request.

@@ -42,6 +42,25 @@ pub fn config(data_dir: &Path) -> Config {
     }
 }
 
+/// [`config`] with `settings` (config keys and their values, as the
+/// broker's `--key value` flags give them) laid over the defaults, e.g.
+/// `backend` `jetstream` and the NATS keys of cluster mode.
+pub fn config_with(data_dir: &Path, settings: &[(String, String)]) -> Result<Config> {
+    let mut flags: Vec<(&str, String)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    flags.push(("data_dir", data_dir.display().to_string()));
+    let base = config(data_dir);
+    Ok(Config {
+        allow_http: base.allow_http,
+        allow_networks: base.allow_networks,
+        metrics_listen: None,
+        console_listen: None,
+        ..Config::load(None, std::iter::empty(), &flags)?
+    })
+}
+
 /// A fresh temporary directory (removed on drop) under `$TMPDIR`.
 pub fn tempdir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -223,11 +242,20 @@ impl ChildBroker {
     /// Starts `stevedore-bench __serve --data-dir DIR` and reads the address
     /// it prints.
     pub async fn start(data_dir: &Path) -> Result<Self> {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Starts `stevedore-bench __serve --data-dir DIR --set KEY=VALUE ...`
+    /// (a broker configured by [`config_with`]) and reads the address it
+    /// prints.
+    pub async fn start_with(data_dir: &Path, settings: &[(String, String)]) -> Result<Self> {
         let exe = std::env::current_exe().context("locating this program")?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("__serve")
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut command = tokio::process::Command::new(exe);
+        command.arg("__serve").arg("--data-dir").arg(data_dir);
+        for (key, value) in settings {
+            command.arg("--set").arg(format!("{key}={value}"));
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -269,8 +297,10 @@ impl ChildBroker {
     }
 }
 
-/// The hidden `__serve` mode: a broker on `data_dir` until stdin closes.
-pub async fn serve_child(data_dir: PathBuf) -> Result<()> {
+/// The hidden `__serve` mode: a broker on `data_dir` with `settings` laid
+/// over [`config`] (see [`config_with`]) until stdin closes.
+pub async fn serve_child(data_dir: PathBuf, settings: &[(String, String)]) -> Result<()> {
+    let config = config_with(&data_dir, settings)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     let stdin_closed = async {
@@ -280,7 +310,7 @@ pub async fn serve_child(data_dir: PathBuf) -> Result<()> {
         })
         .await;
     };
-    stevedore::run(config(&data_dir), listener, stdin_closed).await
+    stevedore::run(config, listener, stdin_closed).await
 }
 
 /// `VmRSS` and `VmHWM` of a process, in bytes.

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod cluster_delivery;
 mod cpu;
 mod delivery;
 mod harness;
@@ -88,7 +89,7 @@ const SCENARIOS: &[(&str, &str)] = &[
 /// program.
 const EXTRA_SCENARIOS: &[(&str, &str)] = &[(
     "cluster",
-    "cluster mode: publish through 1 and 2 brokers on 3 JetStream nodes vs a raw R3 publish (needs NATS_SERVER_BIN)",
+    "cluster mode: publish through 1 and 2 brokers on 3 JetStream nodes vs a raw R3 publish, deliveries and CPU per delivery vs embedded (needs NATS_SERVER_BIN)",
 )];
 
 #[derive(Parser)]
@@ -118,6 +119,9 @@ struct Args {
     /// Internal: serve a broker on this data directory until stdin closes.
     #[arg(long, hide = true)]
     data_dir: Option<PathBuf>,
+    /// Internal: a config key of that broker, `KEY=VALUE` (repeatable).
+    #[arg(long = "set", hide = true)]
+    settings: Vec<String>,
 }
 
 fn scenario_help() -> String {
@@ -169,7 +173,16 @@ async fn main() -> Result<()> {
         let dir = args
             .data_dir
             .ok_or_else(|| anyhow::anyhow!("__serve needs --data-dir"))?;
-        return harness::serve_child(dir).await;
+        let settings = args
+            .settings
+            .iter()
+            .map(|s| {
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {s:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return harness::serve_child(dir, &settings).await;
     }
     let mut quick = args.quick;
     let mut names: Vec<&str> = Vec::new();

@@ -255,7 +255,7 @@ pub struct Cluster {
     pub ports: Vec<u16>,
     /// Each node's monitoring port.
     pub http_ports: Vec<u16>,
-    _children: Vec<Child>,
+    children: Vec<Child>,
 }
 
 impl Cluster {
@@ -297,7 +297,7 @@ impl Cluster {
         let cluster = Self {
             ports: ports[0..3].to_vec(),
             http_ports: ports[6..9].to_vec(),
-            _children: children,
+            children,
         };
         for &port in &cluster.http_ports {
             harness::wait_until(
@@ -309,6 +309,11 @@ impl Cluster {
             .await?;
         }
         Ok(cluster)
+    }
+
+    /// The nodes' process ids (of those still running).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
     }
 
     /// The nodes' client URLs, comma-separated.

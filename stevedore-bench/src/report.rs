@@ -138,6 +138,24 @@ impl Figure {
         }))
     }
 
+    /// Every run's value in run order, and the baseline's:
+    /// `name: a, b, c (baseline: x, y, z)`.
+    pub fn each_run(&self) -> String {
+        let list = |values: &[f64]| {
+            let v: Vec<String> = values.iter().map(|v| self.unit.format(*v)).collect();
+            v.join(", ")
+        };
+        match &self.baseline {
+            Some((what, v)) => format!(
+                "{}: {} ({what}: {})",
+                self.name,
+                list(&self.values),
+                list(v)
+            ),
+            None => format!("{}: {}", self.name, list(&self.values)),
+        }
+    }
+
     fn target_text(&self) -> String {
         let parts: Vec<String> = self
             .target
@@ -318,6 +336,18 @@ mod tests {
         assert_eq!(all_fast.row()[5], "≤ 2.00 ms in every run");
         let no_runs = tail(Vec::new()).target(Check::EveryRunAtMost(2.0));
         assert_eq!(no_runs.pass(), Some(false));
+    }
+
+    #[test]
+    fn each_run_lists_every_value_in_run_order_with_the_baselines() {
+        let f = Figure::new("CPU per delivery", Unit::Micros, vec![50.0, 40.25, 61.0])
+            .baseline("embedded", vec![20.0, 21.0, 19.5]);
+        assert_eq!(
+            f.each_run(),
+            "CPU per delivery: 50.0 µs, 40.2 µs, 61.0 µs (embedded: 20.0 µs, 21.0 µs, 19.5 µs)"
+        );
+        let g = Figure::new("rate", Unit::PerSec, vec![1234.0, 999.6]);
+        assert_eq!(g.each_run(), "rate: 1,234/s, 1,000/s");
     }
 
     #[test]
