@@ -9,9 +9,9 @@
 //! receivers, polling), nor the nats-server nodes', which are counted
 //! apart. Nothing here assumes which broker delivers which endpoint: with
 //! two brokers, both brokers' CPU is summed, and an endpoint counts as
-//! recorded once one of the brokers says its backlog is 0: the broker that
-//! delivers it (the other broker's copy of the endpoint's consumer does
-//! not follow the deliveries: its backlog stays where it was).
+//! recorded once one of the brokers says its backlog is 0 (the broker that
+//! delivers it says so first; the other reads it from its copy of the
+//! state a moment later).
 
 use std::{net::SocketAddr, time::Duration, time::Instant};
 
