@@ -25,6 +25,7 @@
 
 mod edits;
 pub mod erasure;
+mod following;
 pub mod gauges;
 mod lifecycle;
 mod primary;
