@@ -95,10 +95,9 @@ pub async fn serve(
     if cluster {
         tracing::warn!(
             "cluster mode (backend = jetstream): publishing, reading, named durable consumers, \
-             webhook endpoints and their delivery, retention (all three on the primary broker) \
-             the audit trail and the console work across brokers; tenant erasure and \
-             tenant_retention do not run in cluster mode yet (EraseTenant answers \
-             FAILED_PRECONDITION)"
+             webhook endpoints and their delivery, retention and tenant_retention, tenant \
+             erasure (these on the primary broker), the audit trail and the console work \
+             across brokers"
         );
     }
 

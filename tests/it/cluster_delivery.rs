@@ -37,7 +37,7 @@ const EGRESS: [(&str, &str); 2] = [
 
 /// Brokers A and B of installation `prefix` on `cluster` (data and logs
 /// under `dir`), loopback receivers allowed, and a channel to each.
-async fn two_brokers(
+pub(crate) async fn two_brokers(
     cluster: &NatsCluster,
     dir: &std::path::Path,
     prefix: &str,
@@ -90,7 +90,7 @@ async fn publish_all(channel: &Channel, ids: &[String]) {
 
 /// Which of `brokers` is the primary of installation `prefix`: the one
 /// the primary lease names.
-async fn primary_of(cluster: &NatsCluster, prefix: &str, brokers: &[Server]) -> usize {
+pub(crate) async fn primary_of(cluster: &NatsCluster, prefix: &str, brokers: &[Server]) -> usize {
     let client = cluster.connect().await;
     let config = LeaseConfig {
         ttl: LEASE_TTL,
