@@ -8,7 +8,9 @@
 //! disk; a broker started afterwards copies the stream across the holes
 //! and serves the same tombstones; an erased id published again is a
 //! duplicate. With a short `tenant_retention` for one tenant, the primary
-//! erases that tenant's old events the same way.
+//! erases that tenant's old events the same way. A primary that stops
+//! between storing the tombstones and deleting the messages leaves nothing
+//! erased served, and the next primary finishes the job.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
@@ -17,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stevedore::pb::{self, admin_client::AdminClient, subscriber_client::SubscriberClient};
+use stevedore::pb::{
+    self, admin_client::AdminClient, publisher_client::PublisherClient,
+    subscriber_client::SubscriberClient,
+};
 use tonic::{transport::Channel, Code};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -30,7 +35,6 @@ use crate::{
         subscribe_earliest, tenants::pick_of, wait_state, Receiver,
     },
 };
-use stevedore::pb::publisher_client::PublisherClient;
 
 /// The marker in tenant `t1`'s payloads (its sales order ids).
 const T1_MARK: &str = "T1-PII-c4e1";
@@ -46,6 +50,16 @@ fn event(tenant: &str, id: &str) -> pb::Event {
         id: id.into(),
         ..pick_of(tenant, &format!("{mark}-{id}"))
     }
+}
+
+/// EraseTenant of `t1` through `channel`.
+async fn erase_t1(channel: &Channel) -> Result<pb::EraseTenantResponse, tonic::Status> {
+    AdminClient::new(channel.clone())
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "t1".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// Publishes `(tenant, id)`s in order through `channel`; their offsets.
@@ -196,13 +210,9 @@ async fn cluster_erase_tenant_removes_its_payloads_from_the_stream_and_every_cop
         );
     }
 
-    let erased = AdminClient::new(through.clone())
-        .erase_tenant(pb::EraseTenantRequest {
-            tenant: "t1".into(),
-        })
+    let erased = erase_t1(through)
         .await
-        .expect("EraseTenant through the broker that is not the primary")
-        .into_inner();
+        .expect("EraseTenant through the broker that is not the primary");
     assert_eq!(
         (erased.endpoints, erased.consumers, erased.events),
         (1, 0, 4)
@@ -261,14 +271,7 @@ async fn cluster_erase_tenant_removes_its_payloads_from_the_stream_and_every_cop
         );
     }
     // Erasing again finds nothing more.
-    let again = AdminClient::new(through.clone())
-        .erase_tenant(pb::EraseTenantRequest {
-            tenant: "t1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(again.events, 0);
+    assert_eq!(erase_t1(through).await.unwrap().events, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,4 +330,97 @@ async fn cluster_tenant_retention_erases_one_tenants_old_events_on_every_broker(
     for generation in [1, 2] {
         copy_forgot(dir.path(), generation).await;
     }
+}
+
+/// Two NATS users: `held` may not delete messages from streams, `free`
+/// may do anything.
+const USERS: &str = r#"
+authorization {
+  users = [
+    {user: "held", password: "held-Pa55word", permissions: {publish: {deny: ["$JS.API.STREAM.MSG.DELETE.>"]}}}
+    {user: "free", password: "free-Pa55word"}
+  ]
+}
+"#;
+
+/// A primary that dies between storing the tombstones and deleting the
+/// messages (here: it may not delete them) leaves nothing erased served,
+/// by itself or by a broker started meanwhile, and the next primary
+/// deletes the messages at its next retention pass.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_erasure_cut_short_serves_nothing_erased_and_the_next_primary_finishes_it() {
+    let cluster = crate::support::nats::NatsCluster::start_with_config(USERS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let held = [
+        ("STEVEDORE_NATS_USER", "held"),
+        ("STEVEDORE_NATS_PASSWORD", "held-Pa55word"),
+    ];
+    let free = [
+        ("STEVEDORE_NATS_USER", "free"),
+        ("STEVEDORE_NATS_PASSWORD", "free-Pa55word"),
+        ("STEVEDORE_RETENTION_INTERVAL", "200ms"),
+    ];
+    let mut a = cluster
+        .start_broker(dir.path(), 1, "ecut", &held)
+        .await
+        .unwrap_or_else(|e| panic!("broker A: {e}"));
+    let ca = connect(&a.addr).await.unwrap();
+    let offsets = publish_all(&ca, &[("t1", "t1-a"), ("t2", "t2-a"), ("t1", "t1-b")]).await;
+    assert_eq!(offsets, [1, 2, 3]);
+    // A, alone, is the primary once it took the lease.
+    let deadline = Instant::now() + SPREAD;
+    let status = loop {
+        match erase_t1(&ca).await {
+            Err(s) if s.message().contains("no broker is the primary") => {
+                assert!(Instant::now() < deadline, "A never became the primary");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other.expect_err("A cannot delete the messages"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("deleting erased events' messages"),
+        "{status:?}"
+    );
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("free".into(), "free-Pa55word".into())
+            .connect(cluster.client_urls())
+            .await
+            .expect("connecting as free");
+    for seq in [1, 3] {
+        assert!(stream_holds(&client, "ECUT_EVENTS", seq).await, "{seq}");
+    }
+    // Nothing erased is served meanwhile: by A, nor by B, started now,
+    // whose copy takes the tombstones in place of the messages.
+    erased_on(&ca, &[1, 3], &[2], "erased with its tenant's data").await;
+    let b = cluster
+        .start_broker(dir.path(), 2, "ecut", &free)
+        .await
+        .unwrap_or_else(|e| panic!("broker B: {e}"));
+    let cb = connect(&b.addr).await.unwrap();
+    for channel in [&ca, &cb] {
+        erased_on(channel, &[1, 3], &[2], "erased with its tenant's data").await;
+        assert_eq!(subscribed(channel, 2).await, [2]);
+    }
+    for generation in [1, 2] {
+        copy_forgot(dir.path(), generation).await;
+    }
+    // A dies; B takes the primary lease over and finishes the erasure.
+    a.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for seq in [1, 3] {
+        while stream_holds(&client, "ECUT_EVENTS", seq).await {
+            assert!(
+                Instant::now() < deadline,
+                "sequence {seq} is still in the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(stream_holds(&client, "ECUT_EVENTS", 2).await);
+    erased_on(&cb, &[1, 3], &[2], "erased with its tenant's data").await;
 }
