@@ -76,9 +76,9 @@ pub(super) struct Source {
     pub erased: Erased,
 }
 
-/// Copies `source`'s stream into the log behind `log` (whose head is
-/// `copied`) as its head moves, until `stop`. A step that fails is tried
-/// again; `health` says why meanwhile.
+/// Copies `source`'s stream into `copy` (through its writer's queue
+/// `log`) as the stream's head moves, until `stop`. A step that fails is
+/// tried again; `health` says why meanwhile.
 pub(super) async fn follow(
     mut source: Source,
     copy: Arc<EventLog>,
