@@ -13,7 +13,8 @@
 //! Per tenant (`tenant_retention`, ages shorter than `retention_age`): the
 //! tenant's events older than its age lose their payload the way
 //! EraseTenant's do (a tombstone keeps id, type, tenant and publish time;
-//! see `crate::store::erase`), after every endpoint that has not delivered
+//! in cluster mode the primary does it, and the events' messages leave the
+//! stream), after every endpoint that has not delivered
 //! them recorded them as dead, `expired`. Other tenants' events of the
 //! same age stay. Each tenant's pass scans only the offsets past its last
 //! cutoff (kept in memory: the first pass after a start scans from the
@@ -45,12 +46,6 @@ pub async fn run(
     let mut tick = tokio::time::interval(config.retention_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watermarks = HashMap::new();
-    if !config.tenant_retention.is_empty() && store.is_cluster() {
-        tracing::warn!(
-            "tenant_retention does not run in cluster mode yet (it erases payloads in place); \
-             retention_age and retention_max_bytes do"
-        );
-    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -70,8 +65,11 @@ pub async fn run(
             ),
             Err(e) => tracing::error!(error = %e, "retention failed"),
         }
-        if store.is_cluster() {
-            continue;
+        // An erasure cut short (a crash of the primary) is finished here.
+        match store.finish_erasures().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(messages = n, "finished an earlier erasure"),
+            Err(e) => tracing::error!(error = %e, "finishing an earlier erasure failed"),
         }
         match tenant_pass(&store, &endpoints, &config, &mut watermarks).await {
             Ok(0) => {}

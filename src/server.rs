@@ -94,13 +94,11 @@ pub async fn serve(
     };
     let cluster = store.is_cluster();
     if cluster {
-        tracing::warn!(
-            "cluster mode (backend = jetstream): publishing, reading, named durable consumers \
-             and retention (on the primary broker), webhook endpoints and their delivery \
-             (shared between the brokers), the audit trail and the console work across \
-             brokers; tenant erasure and \
-             tenant_retention do not run in cluster mode yet (EraseTenant answers \
-             FAILED_PRECONDITION)"
+        tracing::info!(
+            "cluster mode (backend = jetstream): webhook delivery is shared between the \
+             brokers (each endpoint delivered by one); named durable consumers, retention, \
+             tenant_retention and tenant erasure run on the primary broker; every other call \
+             runs on any broker"
         );
     }
 

@@ -68,9 +68,20 @@ impl Endpoints {
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
         let mut consumers = Vec::new();
         for id in self.ids()? {
-            if let Ok(consumer) = self.consumers.get(&consumer_name(&id)) {
-                self.settle_erased(&id, &consumer, &unwanted, why).await?;
-                consumers.push(consumer);
+            let name = consumer_name(&id);
+            if self.delivers(&id) {
+                if let Ok(consumer) = self.consumers.get(&name) {
+                    self.settle_erased(&id, &consumer, &unwanted, why, true)
+                        .await?;
+                    consumers.push(consumer);
+                }
+            } else if let Ok(Some(snapshot)) = self.consumers.snapshot(&name) {
+                // Cluster mode, an endpoint another broker delivers: its
+                // consumer as the state has it, to see what is unread;
+                // the deliverer's worker moves the consumer itself (and
+                // records what it holds when it finds the event gone).
+                self.settle_erased(&id, &snapshot, &unwanted, why, false)
+                    .await?;
             }
         }
         let erased = self.store.erase(&offsets, why).await?;
@@ -84,13 +95,16 @@ impl Endpoints {
 
     /// Endpoint `id`'s part of an erasure, before it: deliveries of
     /// `unwanted` events it has not read yet are recorded dead, attempts
-    /// of any of them deleted.
+    /// of any of them deleted. `delivering`: `consumer` is the one this
+    /// broker's worker reads through (saved here); else a snapshot of the
+    /// state's, left unsaved.
     async fn settle_erased(
         &self,
         id: &EndpointId,
         consumer: &Consumer,
         unwanted: &[Unwanted],
         why: Removal,
+        delivering: bool,
     ) -> Result<()> {
         let filter = consumer.filter();
         let offsets: Vec<Offset> = unwanted.iter().map(|u| u.offset).collect();
@@ -99,7 +113,10 @@ impl Endpoints {
         let mut dead = 0u64;
         for u in unwanted {
             let old = self.store.deliveries().get(id, u.offset)?;
-            if unheld.contains(&u.offset) && filter.matches_meta(&u.meta) {
+            // Read from a snapshot, an event's record may already say what
+            // the deliverer did with it: only one with none is recorded.
+            let settle = delivering || old.is_none();
+            if settle && unheld.contains(&u.offset) && filter.matches_meta(&u.meta) {
                 let mut record = DeliveryRecord {
                     event_id: u.event_id.clone(),
                     event_type: u.meta.event_type.to_string(),
@@ -125,7 +142,9 @@ impl Endpoints {
         if !writes.is_empty() {
             self.store.write_state(writes).await?;
         }
-        consumer.save().await?;
+        if delivering {
+            consumer.save().await?;
+        }
         if dead > 0 {
             self.metrics.dead.add(id.as_str(), dead as i64);
             self.metrics

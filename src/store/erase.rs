@@ -13,13 +13,20 @@
 //!
 //! An erasure is planned first ([`Store::unwanted`]: the offsets to go),
 //! so the caller can settle what is pending for them (dead deliveries)
-//! before they disappear, then carried out ([`Store::erase`]).
+//! before they disappear, then carried out ([`Store::erase`]). In cluster
+//! mode the tombstones live in the state and the events' messages are
+//! deleted from the stream: see [`super::cluster_erase`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use tokio::sync::oneshot;
 
-use super::{keys, writer::LogOp, Mutation, StateWrites, Store, Table};
+use super::{
+    cluster_erase, keys, writer::LogOp, Backend, Local, Mutation, StateWrites, Store, Table,
+};
 use crate::{
     error::{Error, Result},
     model::{EndpointId, EventId, EventMeta, Offset},
@@ -99,52 +106,39 @@ impl Store {
 
     /// Replaces the events at `offsets` (ascending) by tombstones saying
     /// `why`, while appends and reads go on; returns how many it replaced
-    /// (already erased ones are left as they are). The writer first seals
-    /// the segment being appended to if it holds any of them.
+    /// (already erased ones are left as they are). In cluster mode the
+    /// tombstones go to the state and the events' messages leave the
+    /// stream ([`super::cluster_erase`]).
     pub async fn erase(&self, offsets: &[Offset], why: Removal) -> Result<usize> {
-        let Some(&last) = offsets.last() else {
-            return Ok(0);
+        let local = match &self.inner.backend {
+            Backend::Embedded(local) => local,
+            Backend::Cluster(cluster) => return self.erase_on_cluster(cluster, offsets, why).await,
         };
-        let local = self.embedded("tenant erasure is")?;
-        let (reply, rx) = oneshot::channel();
-        local
-            .senders()?
-            .log
-            .send(LogOp::Seal {
-                before: last + 1,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)??;
-        let log = local.log.clone();
-        let offsets = offsets.to_vec();
         let now = keys::unix_nanos(SystemTime::now());
-        let replaced = tokio::task::spawn_blocking(move || {
-            log.redact(&offsets, &mut |offset, record| {
-                if keys::is_tombstone(record)? {
-                    return Ok(None);
-                }
-                keys::tombstone(offset, record, why.as_str(), now).map(Some)
-            })
+        let replaced = redact(local, offsets, move |offset, record| {
+            if keys::is_tombstone(record)? {
+                return Ok(None);
+            }
+            keys::tombstone(offset, record, why.as_str(), now).map(Some)
         })
-        .await
-        .map_err(|e| Error::task("erasure", e))??;
-        self.inner
-            .erasures
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(replaced.len())
+        .await?;
+        self.inner.erasures.fetch_add(1, Ordering::SeqCst);
+        Ok(replaced)
     }
 
     /// What the tombstone at `offset` says, if the event there was erased
-    /// (`None` for a live event or an offset not in the log; always `None`
-    /// in cluster mode, where nothing is erased yet).
+    /// (`None` for a live event or an offset not in the log). In cluster
+    /// mode the state records it ([`super::cluster_erase`]); a tombstone
+    /// copied in by `stevedore migrate` is in the log, as in embedded mode.
     pub fn erasure(&self, offset: Offset) -> Result<Option<Erasure>> {
-        if offset >= self.head() || self.is_cluster() {
-            return Ok(None);
-        }
-        let Some(record) = self.local()?.log.get(offset)? else {
-            return Ok(None);
+        let local = self.local()?;
+        let record = match cluster_erase::recorded_at(&local.state, offset)? {
+            Some(record) => record,
+            None if offset >= self.head() => return Ok(None),
+            None => match local.log.get(offset)? {
+                Some(record) => record,
+                None => return Ok(None),
+            },
         };
         Ok(
             keys::decode_tombstone(offset, &record)?.map(|(event_id, tenant, e)| Erasure {
@@ -181,8 +175,38 @@ impl Store {
     /// How many erasures have finished. A cache of events read from the
     /// log keeps an entry only while this has not moved since the read.
     pub fn erasures(&self) -> u64 {
-        self.inner
-            .erasures
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.inner.erasures.load(Ordering::SeqCst)
     }
+}
+
+/// Seals the segment `local`'s log appends to if it holds any of
+/// `offsets` (ascending), so that every one of them in the log is in a
+/// sealed segment, then replaces their records with what `replace` makes
+/// of each (`None`: keep it) off the async workers; returns how many it
+/// replaced. Appends and reads go on meanwhile.
+pub(super) async fn redact(
+    local: &Local,
+    offsets: &[Offset],
+    mut replace: impl FnMut(Offset, &[u8]) -> Result<Option<Vec<u8>>> + Send + 'static,
+) -> Result<usize> {
+    let Some(&last) = offsets.last() else {
+        return Ok(0);
+    };
+    let (reply, rx) = oneshot::channel();
+    local
+        .senders()?
+        .log
+        .send(LogOp::Seal {
+            before: last + 1,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
+    rx.await.map_err(|_| Error::ShuttingDown)??;
+    let log = local.log.clone();
+    let offsets = offsets.to_vec();
+    let replaced = tokio::task::spawn_blocking(move || log.redact(&offsets, &mut replace))
+        .await
+        .map_err(|e| Error::task("erasure", e))??;
+    Ok(replaced.len())
 }

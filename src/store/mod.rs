@@ -19,11 +19,13 @@
 //! under a lock or in a synchronous poll (durable consumers, webhook
 //! delivery, retention, the admin queries): on the cluster they read this
 //! broker's copy of the log ([`replica`]) and of the state
-//! ([`jetstream::StateMirror`]), and state writes go to the cluster. What
-//! rewrites the log in place (tenant erasure) runs on the embedded backend
-//! only and answers `FAILED_PRECONDITION` on the cluster.
+//! ([`jetstream::StateMirror`]), and state writes go to the cluster.
+//! Erasure rewrites the embedded log in place ([`erase`]); on the cluster
+//! the tombstones live in the state and the messages leave the stream
+//! ([`cluster_erase`]).
 
 pub mod baseline;
+mod cluster_erase;
 mod erase;
 #[cfg(test)]
 mod faults;
@@ -168,6 +170,9 @@ struct Cluster {
     state: jetstream::StateMirror,
     /// Work one broker at a time does ([`Store::leases`]).
     leases: jetstream::Leases,
+    /// One erasure at a time on this broker ([`cluster_erase`]): a
+    /// finishing pass must not take the mark of one being written.
+    erasing: tokio::sync::Mutex<()>,
 }
 
 /// What keeps the store from taking writes, if anything.
@@ -286,7 +291,11 @@ impl Store {
     pub async fn truncate(&self, before: Offset) -> Result<usize> {
         let local = match &self.inner.backend {
             Backend::Embedded(local) => local,
-            Backend::Cluster(cluster) => return cluster.truncate(before).await,
+            Backend::Cluster(cluster) => {
+                let purged = cluster.truncate(before).await?;
+                self.prune_erasures(cluster, before).await?;
+                return Ok(purged);
+            }
         };
         let (reply, rx) = oneshot::channel();
         local
@@ -378,7 +387,14 @@ impl Store {
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.get(offset),
-            Backend::Cluster(cluster) => cluster.log.get(offset).await,
+            // An erased event is not served, whether or not its message
+            // is still in the stream.
+            Backend::Cluster(cluster) => {
+                match cluster_erase::recorded_at(&cluster.copy.state, offset)? {
+                    Some(_) => Ok(None),
+                    None => cluster.log.get(offset).await,
+                }
+            }
         }
     }
 
@@ -391,7 +407,15 @@ impl Store {
     pub async fn read_records(&self, from: Offset, limit: usize) -> Result<Vec<RawRecord>> {
         match &self.inner.backend {
             Backend::Embedded(local) => local.read_records(from, limit),
-            Backend::Cluster(cluster) => cluster.log.read_records(from, limit, self.head()).await,
+            Backend::Cluster(cluster) => {
+                let mut records = cluster.log.read_records(from, limit, self.head()).await?;
+                if let (Some(first), Some(last)) = (records.first(), records.last()) {
+                    let erased =
+                        cluster_erase::recorded(&cluster.copy.state, first.offset, last.offset)?;
+                    records.retain(|r| !erased.contains_key(&r.offset));
+                }
+                Ok(records)
+            }
         }
     }
 

@@ -172,11 +172,13 @@ impl Store {
             replicas: options.replicas,
             ..jetstream::MirrorConfig::with_prefix(&options.prefix)
         };
+        let (erased_tx, erased_rx) = mpsc::unbounded_channel();
         let state = jetstream::until_answered(&mirror.bucket, || {
             jetstream::StateMirror::open(
                 &opened.client,
                 &mirror,
                 senders.state.clone(),
+                erased_tx.clone(),
                 opened.stop.clone(),
             )
         })
@@ -196,32 +198,38 @@ impl Store {
             copy_health.clone(),
             opened.stop.clone(),
         ));
+        let source = replica::Source {
+            stream: opened.stream,
+            extent: opened.extent,
+            head: opened.head,
+            erased: cluster_erase::lookup(copy.local.state.clone()),
+        };
         tokio::spawn(replica::follow(
-            opened.stream,
-            opened.extent,
-            opened.head,
+            source,
             copy.local.log.clone(),
             senders.log,
             copy_health,
+            opened.stop.clone(),
+        ));
+        let inner = Arc::new(Inner {
+            backend: Backend::Cluster(Box::new(Cluster {
+                log: opened.log,
+                copy: copy.local,
+                state,
+                leases,
+                erasing: Default::default(),
+            })),
+            head: copy.head,
+            health,
+            erasures: Default::default(),
+            metrics: config.metrics.clone(),
+        });
+        tokio::spawn(cluster_erase::redact_applied(
+            Arc::downgrade(&inner),
+            erased_rx,
             opened.stop,
         ));
-        Ok((
-            Store {
-                inner: Arc::new(Inner {
-                    backend: Backend::Cluster(Box::new(Cluster {
-                        log: opened.log,
-                        copy: copy.local,
-                        state,
-                        leases,
-                    })),
-                    head: copy.head,
-                    health,
-                    erasures: Default::default(),
-                    metrics: config.metrics.clone(),
-                }),
-            },
-            WriterHandle(copy.threads),
-        ))
+        Ok((Store { inner }, WriterHandle(copy.threads)))
     }
 }
 

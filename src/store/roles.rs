@@ -21,21 +21,12 @@ impl Store {
         }
     }
 
-    /// The embedded backend, for what changes the log in place (retention,
-    /// erasure): `what` (e.g. "retention is") does not run on the cluster
-    /// yet, and says so with `FAILED_PRECONDITION`.
+    /// The embedded backend, for what reads its files directly
+    /// (`stevedore migrate`): `what` (e.g. "migrating") does not run on the
+    /// cluster, and says so with `FAILED_PRECONDITION`.
     pub(crate) fn embedded(&self, what: &str) -> Result<&Local> {
         match &self.inner.backend {
             Backend::Embedded(local) => Ok(local),
-            Backend::Cluster(_) => Err(not_in_cluster(what)),
-        }
-    }
-
-    /// `FAILED_PRECONDITION` in cluster mode, where `what` (e.g. "named
-    /// durable consumers are") does not run yet.
-    pub fn refuse_in_cluster(&self, what: &str) -> Result<()> {
-        match self.inner.backend {
-            Backend::Embedded(_) => Ok(()),
             Backend::Cluster(_) => Err(not_in_cluster(what)),
         }
     }
@@ -127,11 +118,11 @@ pub fn is_member_lease(name: &str) -> bool {
 const MEMBER_LEASE_PREFIX: &str = "member-";
 
 /// What a subsystem that runs on the embedded backend only answers in
-/// cluster mode: `what` (e.g. "retention is") names it.
+/// cluster mode: `what` (e.g. "migrating") names it.
 fn not_in_cluster(what: &str) -> Error {
     Error::FailedPrecondition(format!(
-        "{what} not yet available in cluster mode (backend = \"jetstream\"): for now they \
-         run on the embedded backend only"
+        "{what} not available in cluster mode (backend = \"jetstream\"): it runs on the \
+         embedded backend only"
     ))
 }
 

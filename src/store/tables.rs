@@ -16,16 +16,22 @@ pub(in crate::store) enum Table {
     Attempts = 3,
     /// Admin changes (tenants): ULID → audit record, oldest first.
     Audit = 4,
+    /// Erased events in cluster mode (`super::cluster_erase`): a
+    /// tombstone per erased offset, and the offsets whose message is still
+    /// to be deleted from the stream. Empty on the embedded backend, whose
+    /// log holds its tombstones itself.
+    Erasures = 5,
 }
 
 impl Table {
     /// Every table, in discriminant order.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Consumers,
         Table::Endpoints,
         Table::Deliveries,
         Table::Attempts,
         Table::Audit,
+        Table::Erasures,
     ];
 
     pub(crate) fn tree_name(self) -> &'static str {
@@ -35,6 +41,7 @@ impl Table {
             Table::Deliveries => "deliveries",
             Table::Attempts => "attempts",
             Table::Audit => "audit",
+            Table::Erasures => "erasures",
         }
     }
 }
@@ -75,8 +82,8 @@ pub(in crate::store) struct Tables([sled::Tree; Table::ALL.len()]);
 
 impl Tables {
     pub(super) fn open(db: &sled::Db) -> Result<Self> {
-        let [a, b, c, d, e] = Table::ALL.map(|t| db.open_tree(t.tree_name()));
-        Ok(Self([a?, b?, c?, d?, e?]))
+        let [a, b, c, d, e, f] = Table::ALL.map(|t| db.open_tree(t.tree_name()));
+        Ok(Self([a?, b?, c?, d?, e?, f?]))
     }
 
     pub(in crate::store) fn get(&self, table: Table) -> &sled::Tree {

@@ -3,15 +3,14 @@
 //! log. What one publishes the other serves (GetEvent, Subscribe replay and
 //! live tail); the same ids published to both at once get one offset each
 //! and one `duplicate = false`; a batch is all or nothing; a cluster that
-//! does not sync every write is refused unless the operator allows it; what
-//! does not run on the cluster yet (tenant erasure) says so.
+//! does not sync every write is refused unless the operator allows it.
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
 use std::time::{Duration, SystemTime};
 
 use stevedore::pb::{
-    self, admin_client::AdminClient, publisher_client::PublisherClient, subscribe_request::Start,
+    self, publisher_client::PublisherClient, subscribe_request::Start,
     subscriber_client::SubscriberClient, GetEventRequest, PublishBatchRequest, PublishRequest,
     SubscribeRequest,
 };
@@ -292,21 +291,6 @@ async fn cluster_publish_batch_is_all_or_nothing_across_brokers() {
         status.code(),
         Code::NotFound,
         "nothing of the refused batch: {status:?}"
-    );
-
-    // What does not run on the cluster yet says so.
-    let status = AdminClient::new(cb)
-        .erase_tenant(pb::EraseTenantRequest {
-            tenant: "T1".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("tenant erasure is not yet available in cluster mode"),
-        "{status:?}"
     );
 }
 

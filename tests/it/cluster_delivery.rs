@@ -36,8 +36,10 @@ const EGRESS: [(&str, &str); 2] = [
 ];
 
 /// Brokers A and B of installation `prefix` on `cluster` (data and logs
-/// under `dir`), loopback receivers allowed, and a channel to each.
-async fn two_brokers(
+/// under `dir`), loopback receivers allowed, and a channel to each; once
+/// they share the delivery shards half and half, so no shard moves (and
+/// sends what it had in flight again) during the test.
+pub(crate) async fn two_brokers(
     cluster: &NatsCluster,
     dir: &std::path::Path,
     prefix: &str,
@@ -52,6 +54,9 @@ async fn two_brokers(
     for broker in &brokers {
         channels.push(connect(&broker.addr).await.expect("connecting to a broker"));
     }
+    let half = DELIVERY_SHARDS as usize / 2;
+    let leases = leases_of(cluster, prefix).await;
+    shards_become(&leases, &brokers, &[half, half], Duration::from_secs(30)).await;
     (brokers, channels)
 }
 

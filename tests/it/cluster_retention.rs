@@ -26,7 +26,10 @@ const RETENTION: [(&str, &str); 2] = [
     ("STEVEDORE_RETENTION_INTERVAL", "200ms"),
 ];
 
-async fn get(channel: &Channel, offset: u64) -> Result<pb::GetEventResponse, tonic::Status> {
+pub(crate) async fn get(
+    channel: &Channel,
+    offset: u64,
+) -> Result<pb::GetEventResponse, tonic::Status> {
     SubscriberClient::new(channel.clone())
         .get_event(GetEventRequest {
             offset,

@@ -14,6 +14,7 @@ mod cluster_brokers;
 mod cluster_console;
 mod cluster_consumers;
 mod cluster_delivery;
+mod cluster_erasure;
 mod cluster_failover;
 mod cluster_idempotency;
 mod cluster_leaderless;

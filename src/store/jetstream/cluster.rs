@@ -42,6 +42,8 @@ use crate::{
 /// Appends waiting for the sequencer; PublishStream feels backpressure
 /// beyond.
 const QUEUE: usize = 4096;
+/// Message deletes in flight at once ([`ClusterLog::erase`]).
+const ERASE_AT_ONCE: usize = 32;
 
 /// One queued append and where its outcome goes.
 type Submitted = (Vec<NewEvent>, oneshot::Sender<Result<Vec<Appended>>>);
@@ -244,6 +246,29 @@ impl ClusterLog {
                 "forgetting the ids of events purged below offset {before}: {e}"
             ))
         })
+    }
+
+    /// Deletes the messages at `offsets` from the stream, each overwritten
+    /// on every replica ([`EventStream::erase`]; a few at a time); one
+    /// gone already counts as deleted.
+    pub async fn erase(&self, offsets: &[Offset]) -> Result<()> {
+        for chunk in offsets.chunks(ERASE_AT_ONCE) {
+            let mut erasing = tokio::task::JoinSet::new();
+            for &offset in chunk {
+                let stream = self.ids.log().clone();
+                erasing.spawn(async move { stream.erase(offset).await });
+            }
+            while let Some(done) = erasing.join_next().await {
+                done.map_err(|e| Error::task("erasing messages", e))?
+                    .map_err(|e| {
+                        Error::Unavailable(format!(
+                            "deleting erased events' messages from the stream: {e}; the \
+                             erasure is finished at the next retention pass or EraseTenant"
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// The stream's first offset as last seen.

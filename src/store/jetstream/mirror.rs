@@ -13,6 +13,10 @@
 //!   the local tables through their writer. Opening waits until the copy
 //!   holds everything the bucket held when it was opened.
 //!
+//! - Tombstones the copy applies (cluster mode's erasures,
+//!   `store::cluster_erase`) are handed on, once applied, to whoever
+//!   redacts this broker's copy of the log.
+//!
 //! Keys are `<table>.k<hex of the table's key>`: the table's tree name and
 //! its key bytes, hex so any bytes make a valid key. A delete is the
 //! bucket's delete marker. Other brokers' writes reach this copy a moment
@@ -33,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use super::{bucket, log::SERVER_MAX_BATCH, publish, JetStreamError};
 use crate::{
     error::{Error, Result},
+    model::Offset,
     store::{
+        cluster_erase,
         writer::StateOp,
         {Mutation, Table},
     },
@@ -77,11 +83,13 @@ pub(in crate::store) struct StateMirror {
 impl StateMirror {
     /// Opens (or creates) the bucket, copies it into the local tables whose
     /// writer takes `local`, and starts the writer and the copy, both until
-    /// `stop`.
+    /// `stop`. The offsets of the tombstones the copy applies go to
+    /// `erased`.
     pub(in crate::store) async fn open(
         client: &Client,
         config: &MirrorConfig,
         local: mpsc::Sender<StateOp>,
+        erased: mpsc::UnboundedSender<Vec<Offset>>,
         stop: CancellationToken,
     ) -> std::result::Result<Self, JetStreamError> {
         let name = config.bucket.as_str();
@@ -105,7 +113,7 @@ impl StateMirror {
         tokio::spawn(copy(
             name.to_owned(),
             watch,
-            local,
+            Applier { local, erased },
             applied_tx,
             stop.clone(),
         ));
@@ -291,12 +299,19 @@ async fn publish_group(
     }
 }
 
+/// Where the copy's entries go: the local tables' writer, and the
+/// offsets of applied tombstones.
+struct Applier {
+    local: mpsc::Sender<StateOp>,
+    erased: mpsc::UnboundedSender<Vec<Offset>>,
+}
+
 /// Applies the bucket's entries to the local tables as they arrive, a
 /// group at a time, and publishes the last applied revision.
 async fn copy(
     bucket: String,
     mut watch: kv::Watch,
-    local: mpsc::Sender<StateOp>,
+    to: Applier,
     applied: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -343,8 +358,17 @@ async fn copy(
                 })
             })
             .collect::<Vec<_>>();
-        if !mutations.is_empty() && !apply(&bucket, &local, mutations, &stop).await {
+        let tombstones: Vec<Offset> = mutations
+            .iter()
+            .filter(|m| m.table == Table::Erasures && m.value.is_some())
+            .filter_map(|m| cluster_erase::tombstone_offset(&m.key))
+            .collect();
+        if !mutations.is_empty() && !apply(&bucket, &to.local, mutations, &stop).await {
             return;
+        }
+        // Applied (readers see them): the copy of the log is redacted next.
+        if !tombstones.is_empty() {
+            let _ = to.erased.send(tombstones);
         }
         applied.send_replace(last);
     }

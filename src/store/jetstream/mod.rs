@@ -8,8 +8,9 @@
 //! it connects ([`ClusterOptions`]), checks, opens, follows the head and
 //! orders queued appends. The state tables live in one bucket that every
 //! broker copies ([`StateMirror`]); work one broker at a time does holds a
-//! lease ([`Leases`]). Named durable consumers, retention and erasure do
-//! not run on the cluster yet (they answer FAILED_PRECONDITION).
+//! lease ([`Leases`]). Erasing an event deletes its message, overwritten
+//! on every replica (`erase`); its tombstone lives in the state bucket
+//! (`crate::store::cluster_erase`).
 //!
 //! Layout on the server:
 //! - one stream per installation (`StreamConfig::stream`), R3 by default,
@@ -60,6 +61,7 @@
 mod bucket;
 mod cluster;
 mod connect;
+mod erase;
 mod error;
 mod follow;
 pub mod idempotent;

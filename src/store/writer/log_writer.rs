@@ -9,9 +9,9 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{appended_events, next_group, pacing::Pacing, take_queued, Encoded, LogOp};
+use super::{appended_events, next_group, pacing::Pacing, take_queued, Encoded, Erased, LogOp};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     metrics::{stall::Cause, Metrics},
     model::{Appended, Offset},
     store::{keys, log::LogWriter, RawRecord, StoreHealth},
@@ -97,9 +97,14 @@ impl LogWriterThread {
                     work.push(None);
                     replies.push(Reply::Seal(before, reply));
                 }
-                LogOp::Replicate { records, reply } => {
+                LogOp::Replicate {
+                    records,
+                    through,
+                    erased,
+                    reply,
+                } => {
                     work.push(None);
-                    replies.push(Reply::Replicate(records, reply));
+                    replies.push(Reply::Replicate(records, through, erased, reply));
                 }
             }
         }
@@ -130,9 +135,9 @@ impl LogWriterThread {
                     let _ = reply.send(self.log.seal_below(before));
                     continue;
                 }
-                (None, Reply::Replicate(records, reply)) => {
+                (None, Reply::Replicate(records, through, erased, reply)) => {
                     self.flush(&mut staged);
-                    let _ = reply.send(self.replicate(&records));
+                    let _ = reply.send(self.replicate(&records, through, &erased));
                     continue;
                 }
                 _ => unreachable!("replies follow their ops"),
@@ -244,27 +249,39 @@ impl LogWriterThread {
         }
     }
 
-    /// Writes `records` at their own offsets (the next ones, without a
-    /// gap) and commits them; the head moves past them.
-    fn replicate(&mut self, records: &[RawRecord]) -> Result<()> {
+    /// Writes the offsets from the head up to `through`, each at its own
+    /// offset, and commits them; the head moves past them. Each is the
+    /// tombstone `erased` has for it, else its record in `records`
+    /// (ascending); the first offset with neither ends the copy there.
+    /// Returns the new head.
+    fn replicate(
+        &mut self,
+        records: &[RawRecord],
+        through: Offset,
+        erased: &Erased,
+    ) -> Result<Offset> {
+        let start = self.log.next();
+        if through < start {
+            return Ok(start);
+        }
+        let tombstones = erased(start, through)?;
+        let mut records = records.iter().peekable();
         let mut mark = self.log.mark();
-        for r in records {
+        for offset in start.through(through) {
+            while records.next_if(|r| r.offset < offset).is_some() {}
+            let copied = records.next_if(|r| r.offset == offset).map(|r| &r.record);
+            let Some(record) = tombstones.get(&offset).or(copied) else {
+                break;
+            };
             let staged = (|| {
-                if self.log.needs_roll(LogWriter::frame_len(r.record.len())) {
+                if self.log.needs_roll(LogWriter::frame_len(record.len())) {
                     self.commit_replicated()?;
                     self.log.roll()?;
                     mark = self.log.mark();
                 }
-                if r.offset != self.log.next() {
-                    return Err(Error::Corrupt(format!(
-                        "replica of the cluster log: offset {} arrived where {} was due",
-                        r.offset,
-                        self.log.next()
-                    )));
-                }
-                let id = keys::decode_event_id(r.offset, &r.record)?;
-                let published = keys::split_event_record(&r.record)?.1;
-                self.log.append_parts(&id, &[&r.record])?;
+                let id = keys::decode_event_id(offset, record)?;
+                let published = keys::split_event_record(record)?.1;
+                self.log.append_parts(&id, &[record])?;
                 self.last_published = self.last_published.max(published);
                 Ok(())
             })();
@@ -273,7 +290,8 @@ impl LogWriterThread {
                 return Err(e);
             }
         }
-        self.commit_replicated()
+        self.commit_replicated()?;
+        Ok(self.log.next())
     }
 
     /// Commits replicated records and moves the head past them.
@@ -360,7 +378,12 @@ enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>>>),
     Truncate(Offset, oneshot::Sender<Result<usize>>),
     Seal(Offset, oneshot::Sender<Result<()>>),
-    Replicate(Vec<RawRecord>, oneshot::Sender<Result<()>>),
+    Replicate(
+        Vec<RawRecord>,
+        Offset,
+        Erased,
+        oneshot::Sender<Result<Offset>>,
+    ),
 }
 
 /// Appends staged for the next commit of a group.

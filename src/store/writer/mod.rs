@@ -24,6 +24,8 @@
 //! `state_writer.rs` (with the sync thread) and `pacing.rs` (when the log
 //! writer waits for a bigger group).
 
+use std::collections::BTreeMap;
+
 use tokio::sync::{mpsc, oneshot};
 
 mod log_writer;
@@ -87,13 +89,25 @@ pub(super) enum LogOp {
         reply: oneshot::Sender<Result<()>>,
     },
     /// Copies records stored elsewhere (the cluster's stream) at their own
-    /// offsets, which must follow on from the head without a gap: a
-    /// broker's local replica of the cluster log (`super::replica`).
+    /// offsets, from the head on up to `through`: a broker's local replica
+    /// of the cluster log (`super::replica`). An offset with a tombstone in
+    /// `erased` gets the tombstone (whether `records` holds the event or
+    /// its message is deleted already); the first offset with neither (a
+    /// gap no erasure explains) ends the copy there. Replies the new head.
     Replicate {
         records: Vec<super::RawRecord>,
-        reply: oneshot::Sender<Result<()>>,
+        through: Offset,
+        erased: Erased,
+        reply: oneshot::Sender<Result<Offset>>,
     },
 }
+
+/// The tombstones recorded for offsets `from..=to` (cluster mode's
+/// erasures, `super::cluster_erase`). The log writer reads them while it
+/// copies, so a tombstone recorded before a copy is never copied past,
+/// and one recorded after finds the record in the log to redact.
+pub(in crate::store) type Erased =
+    std::sync::Arc<dyn Fn(Offset, Offset) -> Result<BTreeMap<Offset, bytes::Bytes>> + Send + Sync>;
 
 /// How many events `group`'s appends carry.
 fn appended_events(group: &[LogOp]) -> usize {

@@ -177,7 +177,11 @@ impl StateWriterThread {
         // a delivery record (DELIVERED, say) must not be seen before the
         // attempt that it counts (ListAttempts, RenderDelivery's timestamp;
         // admin_api's render test once saw the record without it).
-        const ORDER: [Table; 5] = [
+        //
+        // Erasures (cluster mode) first: a tombstone is there before the
+        // dead delivery records that name its reason.
+        const ORDER: [Table; 6] = [
+            Table::Erasures,
             Table::Endpoints,
             Table::Attempts,
             Table::Deliveries,

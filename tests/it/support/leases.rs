@@ -9,7 +9,7 @@ use stevedore::{
     store::{
         delivery_lease, delivery_shard,
         jetstream::{LeaseConfig, Leases},
-        DELIVERY_SHARDS, LEASE_TTL,
+        DELIVERY_SHARDS, LEASE_TTL, PRIMARY_LEASE,
     },
 };
 
@@ -81,4 +81,17 @@ pub async fn shards_become(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("the brokers hold {counts:?} delivery shards, not {want:?}, after {within:?}");
+}
+
+/// Which of `brokers` is the primary of installation `prefix`: the one
+/// the primary lease names (waiting up to 10 s for one).
+pub async fn primary_of(cluster: &NatsCluster, prefix: &str, brokers: &[Server]) -> usize {
+    let leases = leases_of(cluster, prefix).await;
+    for _ in 0..100 {
+        if let Some(at) = holder_of(&leases, PRIMARY_LEASE, brokers).await {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no broker took the primary lease within 10 s");
 }

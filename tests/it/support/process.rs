@@ -11,8 +11,9 @@ use std::{
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-/// Waiting for the `listening on` line.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waiting for the `listening on` line (a broker waits for its cluster to
+/// answer before it listens; a loaded machine starts nodes slowly).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connecting a channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
