@@ -367,3 +367,56 @@ async fn cluster_brokers_share_the_endpoints_and_take_over_a_dead_ones() {
     );
     shards_become(&leases, &brokers, &[SHARDS, 0], Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_secret_rotation_through_either_broker_signs_with_both_at_once() {
+    let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
+    let (brokers, channels) = two_brokers(&cluster, dir.path(), "rot").await;
+    // An endpoint B delivers, created and rotated through A.
+    let mut admin = AdminClient::new(channels[0].clone());
+    let mut on_b = None;
+    for _ in 0..40 {
+        let rx = Receiver::start().await;
+        let (ep, _) = create(&mut admin, endpoint(&rx.url)).await;
+        if deliverer_of(&cluster, "rot", &brokers, &ep.id).await == 1 {
+            on_b = Some((ep.id, rx));
+            break;
+        }
+    }
+    let (id, rx) = on_b.expect("B delivers one of 40 endpoints");
+    // B's worker runs (with the first secret) once an event went out.
+    publish_all(&channels[0], &["before-1".to_owned()]).await;
+    receives_all(
+        &rx,
+        &BTreeSet::from(["before-1".to_owned()]),
+        Duration::from_secs(30),
+    )
+    .await;
+    admin
+        .rotate_endpoint_secret(pb::RotateEndpointSecretRequest {
+            id: id.clone(),
+            grace_period: None,
+        })
+        .await
+        .expect("RotateEndpointSecret through the broker that does not deliver");
+    // The very next event is signed with both secrets.
+    publish_all(&channels[0], &["rotated-1".to_owned()]).await;
+    receives_all(
+        &rx,
+        &BTreeSet::from(["rotated-1".to_owned()]),
+        Duration::from_secs(30),
+    )
+    .await;
+    let requests = rx.requests();
+    let signature = requests
+        .iter()
+        .find(|r| r.header("webhook-id") == Some("rotated-1"))
+        .and_then(|r| r.header("webhook-signature"))
+        .expect("a signature");
+    assert_eq!(
+        signature.split(' ').count(),
+        2,
+        "the old and the new secret's signatures: {signature}"
+    );
+}

@@ -244,6 +244,15 @@ impl Admin for AdminService {
         &self,
         request: Request<RotateEndpointSecretRequest>,
     ) -> Result<Response<RotateEndpointSecretResponse>, Status> {
+        // On the endpoint's deliverer, so its worker signs with both
+        // secrets from the answer on (another broker's change reaches the
+        // worker only at the deliverer's next look at the records).
+        if let Some(url) = self.deliverer_elsewhere(&request.get_ref().id).await? {
+            return forward::admin(&url, request, |mut c, r| async move {
+                c.rotate_endpoint_secret(r).await
+            })
+            .await;
+        }
         let (scope, caller) = who(&request);
         let req = request.into_inner();
         required("id", &req.id)?;
