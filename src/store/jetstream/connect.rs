@@ -226,8 +226,8 @@ impl ClusterOptions {
 
 /// Whether the durability check failed because the nodes are not up yet
 /// (asked again) rather than because of how they are set up (refused at
-/// once). A node that has just started answers `/varz` before its
-/// JetStream is up, without it: a broker started with its nodes saw that
+/// once). A node that has just started answers `/jsz` before its
+/// JetStream is up, as disabled: a broker started with its nodes saw that
 /// on CI.
 fn not_up_yet(e: &PreflightError) -> bool {
     matches!(

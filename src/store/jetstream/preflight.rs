@@ -6,8 +6,16 @@
 //! together. Only `sync_interval: always` makes every write reach the disk
 //! before the ack. The setting is not in the JetStream API
 //! (`$JS.API.INFO`), so it is read from each node's monitoring endpoint
-//! (`/varz`: `jetstream.config.sync_always`), and the meta group's member
-//! list (`/jsz`: `meta_cluster`) shows whether any node was left unchecked.
+//! (`/jsz`: `config.sync_always`), whose meta group's member list
+//! (`meta_cluster`) also shows whether any node was left unchecked; `/varz`
+//! gives the node's name.
+//!
+//! Not `/varz`'s own `jetstream.config`: nats-server builds that part once,
+//! at the first `/varz` request, and never again, so a node asked before
+//! its JetStream was up (monitoring starts first; a restart recovering its
+//! streams takes a while) reports no JetStream until it is restarted. A
+//! broker started with its nodes hit that on CI. `/jsz` is built afresh
+//! for every request.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -95,16 +103,10 @@ fn describe(nodes: &[NodeDurability]) -> String {
         .join(", ")
 }
 
-/// `/varz`, the parts read.
+/// `/varz`, the part read.
 #[derive(Deserialize)]
 struct Varz {
     server_name: String,
-    jetstream: Option<VarzJetStream>,
-}
-
-#[derive(Deserialize)]
-struct VarzJetStream {
-    config: Option<JetStreamConfig>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,10 @@ struct JetStreamConfig {
 /// `/jsz`, the parts read.
 #[derive(Deserialize)]
 struct Jsz {
+    /// JetStream is not (yet) enabled on the node.
+    #[serde(default)]
+    disabled: bool,
+    config: Option<JetStreamConfig>,
     meta_cluster: Option<MetaCluster>,
 }
 
@@ -149,13 +155,13 @@ pub async fn check_durability(monitoring_urls: &[String]) -> Result<Durability, 
     for url in monitoring_urls {
         let url = url.trim_end_matches('/');
         let varz: Varz = http.get(url, "/varz").await?;
-        let Some(config) = varz.jetstream.and_then(|js| js.config) else {
+        let jsz: Jsz = http.get(url, "/jsz").await?;
+        let (false, Some(config)) = (jsz.disabled, jsz.config) else {
             return Err(PreflightError::NoJetStream {
                 server: varz.server_name,
                 url: url.to_owned(),
             });
         };
-        let jsz: Jsz = http.get(url, "/jsz").await?;
         if let Some(meta) = jsz.meta_cluster {
             members.extend(meta.replicas.into_iter().map(|p| p.name));
             if !meta.leader.is_empty() {
@@ -255,13 +261,74 @@ mod tests {
     }
 
     #[test]
-    fn varz_without_sync_always_reads_as_periodic() {
-        let v: Varz = serde_json::from_str(
-            r#"{"server_name":"n1","jetstream":{"config":{"sync_interval":120000000000}}}"#,
-        )
-        .unwrap();
-        let c = v.jetstream.unwrap().config.unwrap();
+    fn jsz_without_sync_always_reads_as_periodic() {
+        let j: Jsz =
+            serde_json::from_str(r#"{"config":{"sync_interval":120000000000},"streams":0}"#)
+                .unwrap();
+        let c = j.config.unwrap();
+        assert!(!j.disabled);
         assert!(!c.sync_always);
         assert_eq!(c.sync_interval, 120_000_000_000);
+    }
+
+    /// A node's monitoring port answering `/varz` and `/jsz` with `varz`
+    /// and `jsz`, on loopback.
+    async fn monitoring(varz: &'static str, jsz: &'static str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut request = vec![0; 1024];
+                let n = conn.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]);
+                let body = if request.starts_with("GET /jsz") {
+                    jsz
+                } else {
+                    varz
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    /// What a node asked for `/varz` before its JetStream was up keeps
+    /// answering (nats-server fills `/varz`'s `jetstream.config` in only at
+    /// the first request): the check reads `/jsz` and passes. On the code
+    /// that read `/varz`'s config, a broker started with its nodes was
+    /// refused for good.
+    #[tokio::test]
+    async fn a_node_whose_varz_lost_its_jetstream_config_is_read_from_jsz() {
+        let url = monitoring(
+            r#"{"server_name":"n1","jetstream":{"stats":{}}}"#,
+            r#"{"config":{"sync_interval":120000000000,"sync_always":true},"meta_cluster":{"leader":"n1","replicas":[]}}"#,
+        )
+        .await;
+        let found = check_durability(&[url]).await.unwrap();
+        assert_eq!(found.nodes.len(), 1);
+        assert_eq!(found.nodes[0].server_name, "n1");
+        assert!(found.nodes[0].sync_always);
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_jetstream_is_not_up_is_named() {
+        let url = monitoring(
+            r#"{"server_name":"n2"}"#,
+            r#"{"server_id":"X","disabled":true}"#,
+        )
+        .await;
+        let e = check_durability(&[url]).await.unwrap_err();
+        assert!(
+            matches!(&e, PreflightError::NoJetStream { server, .. } if server == "n2"),
+            "{e}"
+        );
     }
 }
