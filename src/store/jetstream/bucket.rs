@@ -79,6 +79,54 @@ fn creation_may_pass(e: &jetstream::context::CreateKeyValueError) -> bool {
     }
 }
 
+/// The bucket `name` as [`open`] makes it, its stream taking atomic
+/// batches too, and its last revision. Once open, the bucket's stream
+/// differs from a fresh bucket's, so it is looked up before it is created,
+/// and again when another broker created it meanwhile.
+pub(super) async fn open_atomic(
+    client: &Client,
+    name: &str,
+    replicas: usize,
+) -> Result<(kv::Store, u64), JetStreamError> {
+    let js = jetstream::new(client.clone());
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(_) => match open(client, name, replicas, Duration::ZERO).await {
+            Ok(store) => store,
+            Err(e) => js.get_key_value(name).await.map_err(|_| e)?,
+        },
+    };
+    let last = allow_atomic_batches(client, name).await?;
+    Ok((store, last))
+}
+
+/// Lets the bucket's stream take atomic batches; returns its last
+/// revision.
+async fn allow_atomic_batches(
+    client: &Client,
+    name: &str,
+) -> std::result::Result<u64, JetStreamError> {
+    let js = jetstream::new(client.clone());
+    let failed = |what, e: &dyn std::fmt::Display| error(name, what, e, true);
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| failed("open bucket stream", &e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| failed("read bucket stream", &e))?
+        .clone();
+    if !info.config.allow_atomic_publish {
+        let mut config = info.config.clone();
+        config.allow_atomic_publish = true;
+        js.update_stream(config)
+            .await
+            .map_err(|e| failed("allow atomic batches", &e))?;
+    }
+    Ok(info.state.last_sequence)
+}
+
 /// Looks at a new bucket until it answers reads: rounds, and the pause
 /// between two.
 const READY_ROUNDS: usize = 100;

@@ -92,9 +92,13 @@ impl Claim {
 /// The event log with idempotency by claims; cheap to clone.
 #[derive(Clone)]
 pub struct IdempotentLog {
-    log: EventStream,
-    ids: kv::Store,
-    config: IdempotencyConfig,
+    pub(super) log: EventStream,
+    pub(super) ids: kv::Store,
+    pub(super) config: IdempotencyConfig,
+    /// The connection, for what `kv::Store` does not offer (batches).
+    pub(super) client: async_nats::Client,
+    /// Batches of claims the server refused ([`Self::claim_batches_refused`]).
+    pub(super) refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl IdempotentLog {
@@ -107,14 +111,28 @@ impl IdempotentLog {
                 reason: "poll above zero, stale_after at least poll".to_owned(),
             });
         }
-        let ids =
-            bucket::open(&log.client, &config.bucket, config.replicas, Duration::ZERO).await?;
-        Ok(IdempotentLog { log, ids, config })
+        let client = log.client.clone();
+        // Batches' claims go as atomic batches ([`super::claims_batch`]).
+        let (ids, _) = bucket::open_atomic(&client, &config.bucket, config.replicas).await?;
+        Ok(IdempotentLog {
+            log,
+            ids,
+            config,
+            client,
+            refused: Default::default(),
+        })
     }
 
     /// The log underneath.
     pub fn log(&self) -> &EventStream {
         &self.log
+    }
+
+    /// How many batches of claims ([`Self::append_batch`]) the server
+    /// refused, so that their claims went one by one: a key written
+    /// meanwhile (another append of the same id, on any broker).
+    pub fn claim_batches_refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends one event unless its id was appended before (through this
@@ -244,61 +262,6 @@ impl IdempotentLog {
         }
     }
 
-    /// Appends `events` as one atomic batch (all or nothing), with the
-    /// claims beside it: an id whose claim holds an offset is answered
-    /// with it (`duplicate = true`) and not written; the others go as the
-    /// batch (deduplicated within the stream's window, as
-    /// [`EventStream::append_batch`] says); then each newly written id's
-    /// claim records its offset, so later appends of it are duplicates
-    /// beyond the window too. Not guaranteed, unlike [`Self::append`]: a
-    /// batch racing a single append of the same id after the window has
-    /// passed for an earlier copy; and a claim that fails to be recorded
-    /// (logged) leaves that id to the window alone.
-    pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<Appended>, JetStreamError> {
-        let stored = self.stored_claims(events).await?;
-        let fresh: Vec<NewEvent> = events
-            .iter()
-            .filter(|e| !stored.contains_key(e.event.id.as_str()))
-            .cloned()
-            .collect();
-        let mut written = self.log.append_batch(&fresh).await?.into_iter();
-        let mut results = Vec::with_capacity(events.len());
-        let mut confirms = tokio::task::JoinSet::new();
-        for event in events {
-            let appended = match stored.get(event.event.id.as_str()) {
-                Some(&offset) => self.log.duplicate_answer(offset, event).await?,
-                None => {
-                    let appended = written.next().ok_or_else(|| JetStreamError::Protocol {
-                        what: "atomic batch publish",
-                        reason: "fewer answers than events".to_owned(),
-                    })?;
-                    if !appended.duplicate {
-                        let (ids, key) = (self.ids.clone(), bucket::encode_key(&event.event.id));
-                        let claim = Claim::Stored(appended.offset).encode();
-                        confirms.spawn(async move { ids.create(key, claim).await });
-                    }
-                    appended
-                }
-            };
-            results.push(appended);
-        }
-        while let Some(done) = confirms.join_next().await {
-            match done {
-                Ok(Ok(_)) => {}
-                // A concurrent append claimed it: it confirms the same offset.
-                Ok(Err(e)) if e.kind() == CreateErrorKind::AlreadyExists => {}
-                Ok(Err(e)) => tracing::warn!(
-                    bucket = %self.config.bucket,
-                    error = %e,
-                    "an appended event's id claim was not recorded: a copy published after \
-                     the stream's deduplication window would be stored again"
-                ),
-                Err(e) => tracing::warn!(error = %e, "recording a batch's claims failed"),
-            }
-        }
-        Ok(results)
-    }
-
     /// Records each id of `stored` as stored at its offset (events copied
     /// into the stream by `stevedore migrate`, which publishes them without
     /// claims), so a later append of one of them answers its offset with
@@ -361,33 +324,6 @@ impl IdempotentLog {
         Ok(forgotten)
     }
 
-    /// The offsets the claims hold for the ids of `events`.
-    async fn stored_claims(
-        &self,
-        events: &[NewEvent],
-    ) -> Result<std::collections::HashMap<String, Offset>, JetStreamError> {
-        let mut reads = tokio::task::JoinSet::new();
-        let mut asked = std::collections::HashSet::new();
-        for e in events {
-            if asked.insert(e.event.id.as_str()) {
-                let (ids, id) = (self.ids.clone(), e.event.id.clone());
-                reads.spawn(async move {
-                    let value = ids.get(bucket::encode_key(&id)).await;
-                    (id, value)
-                });
-            }
-        }
-        let mut stored = std::collections::HashMap::new();
-        while let Some(done) = reads.join_next().await {
-            let (id, value) = done.map_err(|e| self.error("read claim", e, true))?;
-            let value = value.map_err(|e| self.error("read claim", e, true))?;
-            if let Some(Claim::Stored(offset)) = value.as_deref().and_then(Claim::decode) {
-                stored.insert(id, offset);
-            }
-        }
-        Ok(stored)
-    }
-
     /// The offset of event `id`: its claim's, else (appended without a
     /// claim, or not confirmed yet) the stream's, within its deduplication
     /// window.
@@ -403,7 +339,7 @@ impl IdempotentLog {
         }
     }
 
-    fn error(
+    pub(super) fn error(
         &self,
         what: &'static str,
         e: impl std::fmt::Display,

@@ -15,7 +15,7 @@ use super::{
     publish,
     wire::{
         encode_header, event_headers, request_error, PubAckReply, BATCH_HAS_DUPLICATE,
-        EXPECTED_LAST_SEQUENCE, MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
+        EXPECTED_LAST_SEQUENCE, ID_IN_PROCESS, MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
     },
     JetStreamError,
 };
@@ -30,6 +30,12 @@ pub const SERVER_MAX_BATCH: usize = 1000;
 /// An atomic batch refused for holding stored ids is retried without them;
 /// a racing broker can store one of the rest meanwhile, so a few rounds.
 const DUPLICATE_ROUNDS: usize = 4;
+/// A publish refused because another publisher's message with the same id
+/// is still in flight at the leader ([`ID_IN_PROCESS`]) is sent again
+/// after a pause, for about 2 s in all: once that message is stored, the
+/// id answers as a duplicate.
+const IN_PROCESS_ROUNDS: usize = 100;
+const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
 
 /// Where and how the log lives on the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +223,8 @@ impl EventStream {
             });
         }
         let mut found: Vec<Option<Appended>> = vec![None; all.len()];
-        for round in 1..=DUPLICATE_ROUNDS {
+        let (mut round, mut waits) = (1, 0);
+        loop {
             if let [i] = pending[..] {
                 found[i] = Some(self.publish_one(&all[i]).await?);
                 break;
@@ -233,8 +240,17 @@ impl EventStream {
                     break;
                 }
                 Err(JetStreamError::Rejected { err_code, .. })
+                    if err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS =>
+                {
+                    // Another broker is storing one of these ids: once it
+                    // has, the batch is refused for holding it (below).
+                    waits += 1;
+                    tokio::time::sleep(IN_PROCESS_PAUSE).await;
+                }
+                Err(JetStreamError::Rejected { err_code, .. })
                     if err_code == BATCH_HAS_DUPLICATE && round < DUPLICATE_ROUNDS =>
                 {
+                    round += 1;
                     // Some ids are stored already: find them without
                     // writing, then send the others as a new batch.
                     let mut rest = Vec::with_capacity(pending.len());
@@ -319,12 +335,21 @@ impl EventStream {
     }
 
     async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
-        let ack = self
-            .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
-            .await?;
-        if let Some(e) = ack.error {
-            return Err(e.into_error("publish"));
-        }
+        let mut waits = 0;
+        let ack = loop {
+            let ack = self
+                .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
+                .await?;
+            match ack.error {
+                None => break ack,
+                // Another publisher's message of this id is in flight.
+                Some(e) if e.err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
+                    waits += 1;
+                    tokio::time::sleep(IN_PROCESS_PAUSE).await;
+                }
+                Some(e) => return Err(e.into_error("publish")),
+            }
+        };
         if ack.duplicate {
             self.duplicate_of(Offset::new(ack.seq), m).await
         } else {
@@ -349,7 +374,20 @@ impl EventStream {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, encode_header(id).as_str());
         headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
-        let ack = self.request(subject, headers, Bytes::new(), WHAT).await?;
+        let mut waits = 0;
+        let ack = loop {
+            let ack = self
+                .request(subject, headers.clone(), Bytes::new(), WHAT)
+                .await?;
+            match &ack.error {
+                // Another publisher's message of this id is in flight.
+                Some(e) if e.err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
+                    waits += 1;
+                    tokio::time::sleep(IN_PROCESS_PAUSE).await;
+                }
+                _ => break ack,
+            }
+        };
         match ack.error {
             None if ack.duplicate => Ok(Some(Offset::new(ack.seq))),
 

@@ -25,16 +25,13 @@
 
 use std::time::Duration;
 
-use async_nats::{
-    jetstream::{self, kv},
-    Client, HeaderMap,
-};
+use async_nats::{jetstream::kv, Client, HeaderMap};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use super::{bucket, log::SERVER_MAX_BATCH, publish, JetStreamError};
+use super::{bucket, log::SERVER_MAX_BATCH, publish, wire::KV_OPERATION, JetStreamError};
 use crate::{
     error::{Error, Result},
     model::Offset,
@@ -45,8 +42,7 @@ use crate::{
     },
 };
 
-/// The header of a bucket entry's operation, and a deletion's value.
-const KV_OPERATION: &str = "KV-Operation";
+/// A deletion's [`KV_OPERATION`].
 const KV_DELETE: &str = "DEL";
 /// How long a write waits for this broker's copy to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,18 +89,7 @@ impl StateMirror {
         stop: CancellationToken,
     ) -> std::result::Result<Self, JetStreamError> {
         let name = config.bucket.as_str();
-        // Once open, the bucket's stream differs from a fresh bucket's (it
-        // takes atomic batches), so it is looked up before it is created,
-        // and again when another broker created it meanwhile.
-        let js = jetstream::new(client.clone());
-        let store = match js.get_key_value(name).await {
-            Ok(store) => store,
-            Err(_) => match bucket::open(client, name, config.replicas, Duration::ZERO).await {
-                Ok(store) => store,
-                Err(e) => js.get_key_value(name).await.map_err(|_| e)?,
-            },
-        };
-        let last = allow_atomic_batches(client, name).await?;
+        let (store, last) = bucket::open_atomic(client, name, config.replicas).await?;
         let watch = store
             .watch_with_history(">")
             .await
@@ -151,33 +136,6 @@ impl StateMirror {
             .map_err(|_| Error::ShuttingDown)?;
         Ok(rx)
     }
-}
-
-/// Lets the bucket's stream take atomic batches; returns its last
-/// revision.
-async fn allow_atomic_batches(
-    client: &Client,
-    name: &str,
-) -> std::result::Result<u64, JetStreamError> {
-    let js = jetstream::new(client.clone());
-    let failed = |what, e: &dyn std::fmt::Display| bucket::error(name, what, e, true);
-    let mut stream = js
-        .get_stream(format!("KV_{name}"))
-        .await
-        .map_err(|e| failed("open bucket stream", &e))?;
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| failed("read bucket stream", &e))?
-        .clone();
-    if !info.config.allow_atomic_publish {
-        let mut config = info.config.clone();
-        config.allow_atomic_publish = true;
-        js.update_stream(config)
-            .await
-            .map_err(|e| failed("allow atomic batches", &e))?;
-    }
-    Ok(info.state.last_sequence)
 }
 
 /// The bucket key of `table`'s `key`.

@@ -39,7 +39,8 @@
 //!   is written twice (keep `stale_after` well under the window); a
 //!   confirm that fails leaves the claim pending, so a retry waits
 //!   `stale_after`. Each append costs two bucket writes more than
-//!   [`EventStream::append`]; atomic batches do not go through claims yet.
+//!   [`EventStream::append`]; an atomic batch costs one direct get and one
+//!   atomic batch of claims more, whatever its size ([`claims_batch`]).
 //! - [`Leases`] (bucket `<PREFIX>_LEASES`): at most one holder acquires a
 //!   free lease; a holder that stops renewing loses it once the bucket's
 //!   `max_age` (the TTL) removed its entry, and its next renewal says
@@ -59,6 +60,7 @@
 //!   all taken by CAS writes at the stream's leader, never by a read.
 
 mod bucket;
+mod claims_batch;
 mod cluster;
 mod connect;
 mod erase;

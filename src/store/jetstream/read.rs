@@ -16,7 +16,10 @@ use async_nats::{
 use bytes::Bytes;
 use tokio_stream::StreamExt as _;
 
-use super::{wire::request_error, EventStream, JetStreamError};
+use super::{
+    wire::{request_error, NUM_PENDING, SEQUENCE},
+    EventStream, JetStreamError,
+};
 use crate::{
     model::{Offset, StoredEvent},
     store::{keys, RawRecord},
@@ -25,12 +28,7 @@ use crate::{
 /// Most messages asked of one direct get.
 const DIRECT_BATCH: u64 = 256;
 /// How long a direct get's messages may take to arrive.
-const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The stream sequence of a message from a direct get.
-const SEQUENCE: &str = "Nats-Sequence";
-/// How many messages the responder holds past the one sent (on the
-/// end-of-batch status: past the last one sent).
-const NUM_PENDING: &str = "Nats-Num-Pending";
+pub(super) const DIRECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one direct get returned.
 struct DirectBatch {
@@ -212,7 +210,7 @@ impl EventStream {
 }
 
 /// A numeric header of a direct get reply.
-fn header_u64(message: &Message, name: &str) -> Option<u64> {
+pub(super) fn header_u64(message: &Message, name: &str) -> Option<u64> {
     message
         .headers
         .as_ref()?

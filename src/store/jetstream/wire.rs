@@ -21,6 +21,18 @@ pub(super) const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 pub(super) const BATCH_COMMIT: &str = "Nats-Batch-Commit";
 /// Publish only if the stream's last sequence is this one.
 pub(super) const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+/// Publish only if the last message on the subject is at this sequence
+/// (`0`: there is none); a key-value `create`.
+pub(super) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+/// A direct get's reply: the message's stream sequence.
+pub(super) const SEQUENCE: &str = "Nats-Sequence";
+/// A direct get's reply: the message's subject.
+pub(super) const SUBJECT: &str = "Nats-Subject";
+/// A direct get's reply: how many messages the responder holds past the
+/// one sent (on the end-of-batch status: past the last one sent).
+pub(super) const NUM_PENDING: &str = "Nats-Num-Pending";
+/// A bucket entry's operation (`DEL`, `PURGE`; absent on a put).
+pub(super) const KV_OPERATION: &str = "KV-Operation";
 /// The sequence a duplicate probe expects as the stream's last: a stream
 /// never gets there, so a probe is never stored. The server checks the
 /// message id first: a known id answers as a duplicate with the original's
@@ -28,6 +40,10 @@ pub(super) const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 pub const PROBE_SEQUENCE: u64 = u64::MAX;
 /// err_code: the expected last sequence did not match.
 pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// err_code: a message with the same id is in flight at the stream's
+/// leader (another publisher's, not stored yet): "duplicate message id is
+/// in process".
+pub(super) const ID_IN_PROCESS: u64 = 10158;
 /// err_code: an atomic batch holds an id that is already in the stream's
 /// deduplication window (or twice in the batch).
 pub(super) const BATCH_HAS_DUPLICATE: u64 = 10201;
