@@ -300,6 +300,16 @@ impl Config {
                  cluster's client URLs, comma-separated, e.g. nats://10.0.0.1:4222)"
             );
         }
+        if self.advertise_url.is_none() && self.listen.ip().is_unspecified() {
+            bail!(
+                "config key `advertise_url`: required with backend = \"jetstream\" when \
+                 `listen` is a wildcard address ({}): other brokers forward calls to the URL \
+                 this broker advertises, and a wildcard names no host they can reach (e.g. \
+                 advertise_url = \"http://10.0.0.5:{}\")",
+                self.listen,
+                self.listen.port()
+            );
+        }
         if self.nats_monitor_url.is_empty() && !self.allow_unsynced_cluster {
             bail!(
                 "config key `nats_monitor_url`: required with backend = \"jetstream\": the \

@@ -784,6 +784,41 @@ fn cluster_keys_default_to_embedded_and_jetstream_needs_its_urls() {
     assert!(err.contains("`nats_token`"), "{err}");
 }
 
+/// In cluster mode a broker listening on a wildcard address must say
+/// where the other brokers reach it: it would advertise `0.0.0.0`, which
+/// each of them would take for itself.
+#[test]
+fn cluster_mode_on_a_wildcard_listen_address_needs_advertise_url() {
+    let h = crate::auth::to_hex(&crate::auth::hash_token(b"token-of-sixteen-chars"));
+    let tokens = format!("ops:admin:{h}");
+    let base = [
+        ("STEVEDORE_BACKEND", "jetstream"),
+        ("STEVEDORE_NATS_URL", "nats://127.0.0.1:4222"),
+        ("STEVEDORE_NATS_MONITOR_URL", "http://127.0.0.1:8222"),
+        ("STEVEDORE_TOKENS", tokens.as_str()),
+    ];
+    for listen in ["0.0.0.0:50051", "[::]:50051"] {
+        let mut vars = base.to_vec();
+        vars.push(("STEVEDORE_LISTEN", listen));
+        let err = format!("{:#}", Config::load(None, env(&vars), &[]).unwrap_err());
+        assert!(
+            err.contains("`advertise_url`: required") && err.contains(listen),
+            "{listen}: {err}"
+        );
+        vars.push(("STEVEDORE_ADVERTISE_URL", "http://10.0.0.5:50051"));
+        Config::load(None, env(&vars), &[]).expect("with advertise_url");
+    }
+    let mut vars = base.to_vec();
+    vars.push(("STEVEDORE_LISTEN", "10.0.0.5:50051"));
+    Config::load(None, env(&vars), &[]).expect("a host address advertises itself");
+    // The embedded backend has no one to forward to.
+    let embedded = [
+        ("STEVEDORE_TOKENS", tokens.as_str()),
+        ("STEVEDORE_LISTEN", "0.0.0.0:50051"),
+    ];
+    Config::load(None, env(&embedded), &[]).expect("embedded on 0.0.0.0");
+}
+
 #[test]
 fn advertise_url_names_where_other_brokers_call() {
     let c = Config::load(
