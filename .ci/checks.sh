@@ -72,12 +72,14 @@ publish_at() {
 # offset_of OUT: the offset a publish_at answered.
 offset_of() { "$PY" "$CHECKS" offset "$tmpdir/$1"; }
 
-# subscribe_at ADDR EXAMPLE EVENT_TYPE: Subscribe from earliest streams the
-# example's event first. Subscribe tails forever: -max-time ends it and
-# grpcurl then exits non-zero (DeadlineExceeded); only the output counts.
+# subscribe_at ADDR EXAMPLE EVENT_TYPE [REQUEST]: Subscribe from earliest
+# (or as the JSON REQUEST says) streams the example's event first.
+# Subscribe tails forever: -max-time ends it and grpcurl then exits
+# non-zero (DeadlineExceeded); only the output counts.
 subscribe_at() {
-  local rc=0
-  gc -max-time 5 -d '{"earliest": true}' "$1" stevedore.v1.Subscriber/Subscribe \
+  local rc=0 request='{"earliest": true}'
+  [ $# -ge 4 ] && request=$4
+  gc -max-time 5 -d "$request" "$1" stevedore.v1.Subscriber/Subscribe \
     >"$tmpdir/subscribe.json" 2>"$tmpdir/subscribe.err" || rc=$?
   echo "grpcurl exit $rc: $(tr '\n' ' ' <"$tmpdir/subscribe.err")"
   "$PY" "$CHECKS" subscribe "$tmpdir/subscribe.json" "$2" "$3"

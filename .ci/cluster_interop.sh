@@ -61,6 +61,70 @@ setup_venv
 cluster_start 4222 4223 4224 8222 8223 8224 6222 6223 6224
 check "cluster: three nats-server nodes from the README's configuration" t_cluster_up
 
+# ------------------------------------------------------------ the migration
+
+# The README's recipe under "Moving an embedded broker into a cluster", run
+# from its own text into the installation the brokers below use: an
+# embedded broker (this script's, on its own data directory) stores two
+# events and an endpoint and is stopped (the recipe's `systemctl stop`);
+# the recipe's exports are run as written; its `stevedore migrate` runs
+# with the release binary and that data directory in place of
+# /var/lib/stevedore; its last line, `stevedore serve` on the cluster, is
+# the broker recipe below (the embedded broker had no master key).
+ORDER=examples/order_status.json
+RETURN=examples/return_received.json
+EMBEDDED=127.0.0.1:$(free_ports 1)
+
+t_embedded_before_migration() {
+  local _
+  (cd "$tmpdir" && exec "$BIN" serve --listen "$EMBEDDED" --metrics-listen off \
+    --console-listen off --data-dir "$tmpdir/embedded") \
+    >"$tmpdir/embedded.out" 2>"$tmpdir/embedded.err" </dev/null &
+  local pid=$!
+  for _ in $(seq 600); do
+    grep -q '^stevedore listening on' "$tmpdir/embedded.out" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  publish_at "$EMBEDDED" "$ORDER" order-status-sample-1 false mig-order.json
+  publish_at "$EMBEDDED" "$RETURN" return-sample-1 false mig-return.json
+  gc -d '{"endpoint": {"url": "https://example.invalid/migrated", "eventTypes": ["order.status"]}}' \
+    "$EMBEDDED" stevedore.v1.Admin/CreateEndpoint >"$tmpdir/mig-endpoint.json"
+  kill "$pid"
+  wait "$pid" || true
+  echo "embedded broker stopped"
+}
+
+t_migrate() {
+  local line ran=0
+  while IFS= read -r line; do
+    case "$line" in
+      systemctl\ stop\ *) ;; # done: the embedded broker above is stopped
+      export\ *) eval "$line" ;;
+      stevedore\ migrate\ --data-dir\ /var/lib/stevedore)
+        "$BIN" migrate --data-dir "$tmpdir/embedded" 2>&1 | tee "$tmpdir/migrate.out"
+        ran=1
+        ;;
+      STEVEDORE_MASTER_KEY=*\ stevedore\ serve\ *) ;; # the broker recipe below
+      "" | \#*) ;;
+      *)
+        echo "FAIL: a line of the README's migration recipe this script does not know: $line"
+        return 1
+        ;;
+    esac
+  done < <(readme_fenced_block "### Moving an embedded broker into a cluster")
+  [ "$ran" -eq 1 ] || {
+    echo "FAIL: the README's migration recipe runs no stevedore migrate"
+    return 1
+  }
+  grep -q 'copied 2 event record(s) (offsets 1..=2)' "$tmpdir/migrate.out"
+  grep -q 'recorded 2 event id(s)' "$tmpdir/migrate.out"
+  grep -q 'endpoints 1' "$tmpdir/migrate.out"
+}
+
+check "migration: an embedded broker stores two events and an endpoint, then stops" t_embedded_before_migration
+check "migration: the README's recipe copies them into the cluster" t_migrate
+
 # ------------------------------------------------------------ the brokers
 
 # A command continued with a trailing backslash is one line here.
@@ -115,7 +179,22 @@ t_publish_b_duplicate() {
 
 t_get_event_b() { get_event_at "$B" "$(offset_of publish-a.json)" "$PICK" pick.confirmed; }
 
-t_subscribe_b() { subscribe_at "$B" "$PICK" pick.confirmed; }
+# The migrated events come first in the log: pick.confirmed's only.
+t_subscribe_b() {
+  subscribe_at "$B" "$PICK" pick.confirmed '{"earliest": true, "eventTypes": ["pick.confirmed"]}'
+}
+
+t_migrated_events() {
+  get_event_at "$B" 1 "$ORDER" order.status
+  get_event_at "$A" 2 "$RETURN" return.received
+  publish_at "$A" "$ORDER" order-status-sample-1 true mig-again-a.json 1
+  publish_at "$B" "$RETURN" return-sample-1 true mig-again-b.json 2
+}
+
+t_migrated_endpoint() {
+  gc -d '{}' "$B" stevedore.v1.Admin/ListEndpoints >"$tmpdir/mig-list.json"
+  grep -q "example.invalid/migrated" "$tmpdir/mig-list.json"
+}
 
 t_publish_b_then_a_duplicate() {
   publish_at "$B" "$SHIPMENT" shipment-sample-1 false ship-b.json
@@ -149,6 +228,8 @@ t_endpoint_shared() {
 
 check "health: broker A serves" health_at "$A" ""
 check "health: broker B serves" health_at "$B" ""
+check "migration: the migrated events at their offsets on either broker, their ids duplicates" t_migrated_events
+check "migration: the migrated endpoint is served" t_migrated_endpoint
 check "publish pick_confirmed.json to A" t_publish_a
 check "the same id to B is a duplicate at A's offset" t_publish_b_duplicate
 check "GetEvent on B returns what A stored" t_get_event_b
