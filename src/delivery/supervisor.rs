@@ -112,6 +112,9 @@ pub enum Control {
 /// A started worker.
 pub struct Running {
     cancel: CancellationToken,
+    /// Cancelled first when the endpoint goes to another broker
+    /// ([`Supervisor::hand_over`]).
+    hand_over: CancellationToken,
     handle: JoinHandle<()>,
     keys: SharedKeys,
     /// The endpoint record it was started with.
@@ -243,6 +246,7 @@ impl Supervisor {
         consumer.set_filter(spec.filter.clone());
         let keys = Arc::new(RwLock::new(record.keys()));
         let view = Arc::new(WorkerView::default());
+        let hand_over = CancellationToken::new();
         // One client (connection pool) per endpoint: a slow endpoint's
         // connections never queue another's requests.
         let client = self.client_for(&spec, spec.max_in_flight as usize);
@@ -266,6 +270,7 @@ impl Supervisor {
             failing_since: record.endpoint.failing_since,
             metrics: self.metrics.clone(),
             broker_shutdown: self.shutdown.clone(),
+            hand_over: hand_over.clone(),
             outcomes: self.outcomes.clone(),
         };
         self.views_lock().insert(id.clone(), view);
@@ -275,6 +280,7 @@ impl Supervisor {
             id,
             Running {
                 cancel,
+                hand_over,
                 handle,
                 keys,
                 record: record.clone(),
@@ -297,6 +303,23 @@ impl Supervisor {
     /// [`Supervisor::forget`].
     pub async fn stop(&self, workers: &mut Workers, id: &EndpointId) {
         stop(workers, id).await;
+    }
+
+    /// Stops the workers of `ids`, whose delivery shard goes to another
+    /// broker: each lets its attempts already on the wire finish and be
+    /// recorded (for up to [`worker::HAND_OVER_DRAIN`], all at once), so the
+    /// next deliverer, reading the delivery records, does not send them
+    /// again. Their views stay until [`Supervisor::forget`].
+    pub async fn hand_over(&self, workers: &mut Workers, ids: &[EndpointId]) {
+        let stopping: Vec<Running> = ids.iter().filter_map(|id| workers.remove(id)).collect();
+        for running in &stopping {
+            running.hand_over.cancel();
+            running.cancel.cancel();
+        }
+        for running in stopping {
+            // A worker that panicked has nothing left to stop.
+            let _ = running.handle.await;
+        }
     }
 
     /// Stops every worker (at shutdown): in-flight attempts are aborted and

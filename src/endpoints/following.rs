@@ -46,15 +46,25 @@ impl Endpoints {
     /// Starts, restarts or stops workers for the endpoint records that
     /// changed since their worker started (on this broker, by an Admin call
     /// or an earlier look), that appeared or went, or whose shard came to
-    /// this broker or left it.
-    pub(super) async fn follow_records(&self) -> Result<()> {
+    /// this broker or left it. With `hand_over` (this broker gave the
+    /// shards up), the workers of the endpoints that left let their
+    /// attempts on the wire finish first ([`crate::delivery::supervisor::Supervisor::hand_over`]);
+    /// otherwise (a lease lost: the next deliverer may have started) they
+    /// stop at once.
+    pub(super) async fn follow_records(&self, hand_over: bool) -> Result<()> {
         let mut workers = self.supervisor.lock().await;
         let mut seen = HashSet::new();
+        // Running workers whose shard went to another broker.
+        let mut moved = Vec::new();
         for v in self.store.endpoints().all() {
             let r = self.decode_record(&v?)?;
             let id = r.endpoint.id.clone();
             let spec = match EndpointSpec::validate(&r.endpoint, &self.config) {
                 Ok(spec) if spec.enabled && self.supervisor.delivers(&id) => Some(spec),
+                Ok(spec) if spec.enabled && hand_over => {
+                    moved.push(id.clone());
+                    None
+                }
                 Ok(_) => None,
                 Err(e) => {
                     tracing::debug!(endpoint = %id, error = %e, "not delivering: the endpoint does not fit this broker's configuration");
@@ -68,11 +78,14 @@ impl Endpoints {
             match (running, spec) {
                 (Some(old), Some(_)) if old == Fingerprint::of(&r) => {}
                 (_, Some(spec)) => self.supervisor.start(&mut workers, &r, spec).await?,
+                (Some(_), None) if moved.last() == Some(&id) => {}
                 (Some(_), None) => self.supervisor.stop(&mut workers, &id).await,
                 (None, None) => {}
             }
             seen.insert(id);
         }
+        // All at once: each lets its attempts on the wire finish first.
+        self.supervisor.hand_over(&mut workers, &moved).await;
         let gone: Vec<EndpointId> = workers
             .keys()
             .filter(|id| !seen.contains(*id))

@@ -22,8 +22,13 @@
 //! (`super::following`) and starts, restarts or stops the workers of its
 //! shards' endpoints. A worker that starts (after a takeover, or a
 //! change) reads its consumer's position and its delivery records from the
-//! state, as a worker does at a broker's start: what was in flight on the
-//! old holder is sent again, with the same `webhook-id`.
+//! state, as a worker does at a broker's start: what was in flight on a
+//! holder that died is sent again, with the same `webhook-id`. A holder
+//! that gives shards up lets its workers' attempts on the wire finish and
+//! be recorded first (`Supervisor::hand_over`), and a broker that takes
+//! shards waits until its copy of the state holds every write stored so
+//! far (`Store::state_caught_up`) before it starts their workers: a shard
+//! that moves between live brokers sends nothing twice.
 //!
 //! Calls that move an endpoint's consumer (replay, retry, recover, resend)
 //! run on the endpoint's deliverer only; another broker forwards them
@@ -136,7 +141,7 @@ pub(super) async fn share_delivery(this: Arc<Endpoints>) {
         share.fence(&this).await;
         share.renew(&this).await;
         share.rebalance(&this).await;
-        if let Err(e) = this.follow_records().await {
+        if let Err(e) = this.follow_records(false).await {
             tracing::warn!(error = %e, "starting webhook workers from the endpoint records");
         }
         tokio::select! {
@@ -149,11 +154,13 @@ pub(super) async fn share_delivery(this: Arc<Endpoints>) {
 
 impl Share<'_> {
     /// Tells the supervisor which shards are this broker's and stops the
-    /// workers of those that are not any more.
-    async fn apply(&self, endpoints: &Endpoints) {
+    /// workers of those that are not any more: with `hand_over` (shards
+    /// given up, their leases still this broker's) after their attempts on
+    /// the wire finished, else (leases lost) at once.
+    async fn apply(&self, endpoints: &Endpoints, hand_over: bool) {
         let mask = self.shards.keys().fold(0u64, |m, s| m | 1 << s);
         endpoints.supervisor.set_shards(mask);
-        if let Err(e) = endpoints.follow_records().await {
+        if let Err(e) = endpoints.follow_records(hand_over).await {
             tracing::warn!(error = %e, "stopping the workers of shards given up");
         }
     }
@@ -169,7 +176,7 @@ impl Share<'_> {
                 lost = before - self.shards.len(),
                 "delivery shard leases not renewed in time: their webhook workers stopped"
             );
-            self.apply(endpoints).await;
+            self.apply(endpoints, false).await;
         }
     }
 
@@ -220,7 +227,7 @@ impl Share<'_> {
             for shard in &lost {
                 self.shards.remove(shard);
             }
-            self.apply(endpoints).await;
+            self.apply(endpoints, false).await;
         }
     }
 
@@ -257,8 +264,9 @@ impl Share<'_> {
                 .iter()
                 .filter_map(|s| self.shards.remove(s))
                 .collect();
-            // The workers stop before another broker may start them.
-            self.apply(endpoints).await;
+            // The workers stop before another broker may start them,
+            // letting what they have on the wire finish first.
+            self.apply(endpoints, true).await;
             for lease in released {
                 if let Err(e) = self.leases.release(lease).await {
                     tracing::warn!(error = %e, "giving a delivery shard up failed; it expires on its own");
@@ -282,6 +290,11 @@ impl Share<'_> {
             }
         }
         if !acquired.is_empty() {
+            // The broker that gave them up recorded what it delivered
+            // last: read the positions and delivery records after it.
+            if let Err(e) = endpoints.store.state_caught_up().await {
+                tracing::warn!(error = %e, "catching up with the state before delivering new shards; starting anyway");
+            }
             self.free_since.retain(|s, _| !self.shards.contains_key(s));
             tracing::info!(
                 ?acquired,
@@ -289,7 +302,7 @@ impl Share<'_> {
                 members,
                 "took delivery shards"
             );
-            self.apply(endpoints).await;
+            self.apply(endpoints, false).await;
         }
     }
 

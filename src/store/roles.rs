@@ -41,6 +41,16 @@ impl Store {
         }
     }
 
+    /// In cluster mode, waits (up to [`CATCH_UP`]) until this broker's
+    /// copy of the state holds every state write the cluster has stored by
+    /// now, whichever broker made it; at once in embedded mode.
+    pub async fn state_caught_up(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Cluster(cluster) => Ok(cluster.state.caught_up(CATCH_UP).await?),
+        }
+    }
+
     /// In cluster mode, the gRPC address of the primary broker (the holder
     /// of [`PRIMARY_LEASE`]), if one holds it; `None` in embedded mode.
     pub async fn primary(&self) -> Result<Option<String>> {
@@ -70,6 +80,9 @@ impl Store {
 /// runs what one broker at a time runs (webhook delivery, named durable
 /// consumers).
 pub const PRIMARY_LEASE: &str = "primary";
+
+/// How long [`Store::state_caught_up`] waits for the copy of the state.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// In cluster mode the endpoints are split into this many delivery
 /// shards; the holder of a shard's lease runs the workers of its

@@ -30,7 +30,7 @@ use crate::support::{
 };
 
 /// Loopback receivers over plain HTTP, as every broker test allows.
-const EGRESS: [(&str, &str); 2] = [
+pub(crate) const EGRESS: [(&str, &str); 2] = [
     ("STEVEDORE_ALLOW_HTTP", "true"),
     ("STEVEDORE_ALLOW_NETWORKS", "127.0.0.0/8"),
 ];
@@ -61,7 +61,7 @@ pub(crate) async fn two_brokers(
 }
 
 /// The distinct `webhook-id`s (event ids) `rx` received.
-fn received(rx: &Receiver) -> BTreeSet<String> {
+pub(crate) fn received(rx: &Receiver) -> BTreeSet<String> {
     rx.requests()
         .iter()
         .filter_map(|r| r.header("webhook-id").map(str::to_owned))
@@ -69,7 +69,7 @@ fn received(rx: &Receiver) -> BTreeSet<String> {
 }
 
 /// Waits (up to `within`) until `rx` received every id in `want`.
-async fn receives_all(rx: &Receiver, want: &BTreeSet<String>, within: Duration) {
+pub(crate) async fn receives_all(rx: &Receiver, want: &BTreeSet<String>, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let got = received(rx);

@@ -16,6 +16,7 @@ mod cluster_consumers;
 mod cluster_delivery;
 mod cluster_erasure;
 mod cluster_failover;
+mod cluster_handover;
 mod cluster_idempotency;
 mod cluster_leaderless;
 mod cluster_lease;

@@ -143,6 +143,9 @@ pub struct WorkerContext {
     /// Cancelled when the whole broker shuts down (the worker's own token
     /// is also cancelled by endpoint changes).
     pub broker_shutdown: CancellationToken,
+    /// Cancelled (before the worker's own token) when the endpoint's shard
+    /// goes to another broker: attempts on the wire finish first.
+    pub hand_over: CancellationToken,
     /// Finished attempts for live views; see `Supervisor::watch_outcomes`.
     pub outcomes: tokio::sync::broadcast::Sender<DeliveryRecord>,
 }
@@ -217,6 +220,11 @@ struct Finished {
     record: DeliveryRecord,
 }
 
+/// How long a worker whose endpoint goes to another broker lets its
+/// attempts on the wire finish: well within what is left of a shard's
+/// lease when it is given up (renewed at most 2 s before, lasting 10 s).
+pub const HAND_OVER_DRAIN: Duration = Duration::from_secs(3);
+
 /// Runs until `cancel`. In-flight attempts are then aborted (they will be
 /// sent again, with the same `webhook-id`) — on broker shutdown only after
 /// up to half the shutdown timeout for them to finish.
@@ -261,12 +269,20 @@ pub async fn run(ctx: WorkerContext, cancel: CancellationToken) {
         renew_at: tokio::time::Instant::now() + RENEW_EVERY,
     };
     drive(&ctx.consumer, ctx.store.watch_head(), &cancel, &mut w).await;
-    if ctx.broker_shutdown.is_cancelled() {
-        // The broker is stopping: let attempts already on the wire finish
-        // (and be recorded) for a while, so a clean restart does not send
-        // them again. An endpoint change aborts them at once instead.
+    // The broker is stopping, or the endpoint goes to another broker: let
+    // attempts already on the wire finish (and be recorded) for a while, so
+    // a clean restart or the next deliverer does not send them again. An
+    // endpoint change aborts them at once instead.
+    let drain_for = if ctx.broker_shutdown.is_cancelled() {
+        Some(ctx.config.shutdown_timeout / 2)
+    } else if ctx.hand_over.is_cancelled() {
+        Some(HAND_OVER_DRAIN.min(ctx.config.shutdown_timeout / 2))
+    } else {
+        None
+    };
+    if let Some(drain_for) = drain_for {
         let drain = async { while w.attempts.join_next().await.is_some() {} };
-        let _ = tokio::time::timeout(ctx.config.shutdown_timeout / 2, drain).await;
+        let _ = tokio::time::timeout(drain_for, drain).await;
     }
     w.attempts.abort_all();
     while w.attempts.join_next().await.is_some() {}

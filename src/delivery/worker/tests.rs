@@ -158,6 +158,7 @@ pub(super) async fn start_with(
         failing_since: None,
         metrics: Default::default(),
         broker_shutdown: CancellationToken::new(),
+        hand_over: CancellationToken::new(),
         outcomes: tokio::sync::broadcast::channel(4).0,
     };
     let task = tokio::spawn(run(ctx, cancel.clone()));

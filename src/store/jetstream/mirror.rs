@@ -74,6 +74,11 @@ impl MirrorConfig {
 #[derive(Clone)]
 pub(in crate::store) struct StateMirror {
     writes: mpsc::Sender<StateOp>,
+    /// The bucket's stream and the revision this broker's copy applied,
+    /// for [`StateMirror::caught_up`].
+    client: Client,
+    stream: String,
+    applied: watch::Receiver<u64>,
 }
 
 impl StateMirror {
@@ -119,8 +124,44 @@ impl StateMirror {
             "state copied from the cluster"
         );
         let (writes, queue) = mpsc::channel(QUEUE);
+        let copied = applied.clone();
         tokio::spawn(write(client.clone(), name.to_owned(), queue, applied, stop));
-        Ok(Self { writes })
+        Ok(Self {
+            writes,
+            client: client.clone(),
+            stream: format!("KV_{name}"),
+            applied: copied,
+        })
+    }
+
+    /// Waits (up to `within`) until this broker's copy holds every state
+    /// write the cluster has stored by now, whichever broker made it: a
+    /// broker taking endpoints over from another reads their positions and
+    /// delivery records only after what the other recorded last.
+    pub(in crate::store) async fn caught_up(
+        &self,
+        within: Duration,
+    ) -> std::result::Result<(), JetStreamError> {
+        let failed = |what, e: &dyn std::fmt::Display| bucket::error(&self.stream, what, e, true);
+        let last = async_nats::jetstream::new(self.client.clone())
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| failed("read bucket stream", &e))?
+            .cached_info()
+            .state
+            .last_sequence;
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout(within, applied.wait_for(|&a| a >= last))
+            .await
+            .map(|r| r.is_ok());
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(failed("copy bucket", &"the copy stopped")),
+            Err(_) => Err(failed(
+                "copy bucket",
+                &format!("the local copy did not reach revision {last} within {within:?}"),
+            )),
+        }
     }
 
     /// Queues `mutations`; the receiver gets the outcome once they are
