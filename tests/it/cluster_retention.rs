@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use stevedore::pb::{
-    self, publisher_client::PublisherClient, subscriber_client::SubscriberClient, GetEventRequest,
+    self, admin_client::AdminClient, publisher_client::PublisherClient,
+    subscriber_client::SubscriberClient, GetEventRequest,
 };
 use stevedore::store::jetstream::{encode_key, Claim};
 use tonic::{transport::Channel, Code};
@@ -18,7 +19,10 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 
 use crate::{
     cluster_brokers::serving,
-    support::{connect, nats::NatsCluster, next_within, pick, publish_answer, subscribe_earliest},
+    support::{
+        connect, nats::NatsCluster, next_within, pick, publish_answer, subscribe_earliest,
+        tenants::pick_of,
+    },
 };
 
 const RETENTION: [(&str, &str); 2] = [
@@ -54,9 +58,24 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
     let cb = connect(&_b.addr).await.unwrap();
     let mut publisher = PublisherClient::new(ca.clone());
     for i in 1..=5 {
-        let r = publish_answer(&mut publisher, pick(&format!("old-{i}"), "SO-1")).await;
+        let id = format!("old-{i}");
+        // old-3 is tenant t1's, erased before retention comes to it.
+        let event = match i {
+            3 => pb::Event {
+                id: id.clone(),
+                ..pick_of("t1", "SO-t1")
+            },
+            _ => pick(&id, "SO-1"),
+        };
+        let r = publish_answer(&mut publisher, event).await;
         assert_eq!(r.offset, i);
     }
+    AdminClient::new(ca.clone())
+        .erase_tenant(pb::EraseTenantRequest {
+            tenant: "t1".into(),
+        })
+        .await
+        .expect("EraseTenant t1");
     get(&cb, 5).await.expect("served before retention");
 
     // Older than three seconds: gone from the stream, for both brokers.
@@ -74,7 +93,7 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
     }
     // Their ids' claims are forgotten with them (as the embedded log
     // forgets its ids at retention), so the claims bucket does not grow
-    // without end.
+    // without end: the erased event's too, whose tombstone went with it.
     let ids = async_nats::jetstream::new(cluster.connect().await)
         .get_key_value("RET_IDS")
         .await
@@ -107,6 +126,7 @@ async fn cluster_retention_purges_old_events_and_a_later_broker_copies_from_ther
     );
     let mut from_start = subscribe_earliest(&mut SubscriberClient::new(cc.clone())).await;
     assert_eq!(next_within(&mut from_start, 10).await.offset, 6);
+
     assert_eq!(
         serving(&HealthClient::new(cc.clone())).await,
         ServingStatus::Serving,
