@@ -13,9 +13,6 @@ use super::{
 };
 use crate::model::Offset;
 
-/// Every this many messages of an atomic batch are sent as requests, so a
-/// batch the server dropped (a leader change) fails early, not at the commit.
-const BATCH_FLOW_EVERY: usize = 100;
 /// How often, and how far apart, a request that reached no server is sent
 /// again ([`request`]): about 5 s in all, longer than a stream leader
 /// election takes.
@@ -76,7 +73,14 @@ pub(super) async fn atomic<'a>(
         if last {
             headers.insert(BATCH_COMMIT, "1");
         }
-        if k == 0 || last || (k + 1) % BATCH_FLOW_EVERY == 0 {
+        // Only the first message (so a stream that takes no batches says
+        // so) and the commit are requests. Every check of the staged
+        // messages (ids, expected sequences) runs at the commit, and a
+        // message the server dropped (a leader change) makes the commit
+        // fail as incomplete; a request every 100 messages, as before,
+        // only waited for the server's empty acks: a 1000-event batch took
+        // twice as long (`stevedore-bench cluster`, BENCHMARKS.md).
+        if k == 0 || last {
             let ack = request(client, subject, headers, payload.clone(), WHAT).await?;
             if let Some(e) = ack.error {
                 return Err(e.into_error(WHAT));
