@@ -21,6 +21,8 @@ use stevedore::pb::{
 use stevedore::store::DELIVERY_SHARDS;
 use tonic::transport::Channel;
 
+use stevedore::store::jetstream::Leases;
+
 use crate::support::{
     connect, create, endpoint, get_endpoint,
     leases::{deliverer_of, leases_of, shards_become},
@@ -58,6 +60,44 @@ pub(crate) async fn two_brokers(
     let leases = leases_of(cluster, prefix).await;
     shards_become(&leases, &brokers, &[half, half], Duration::from_secs(30)).await;
     (brokers, channels)
+}
+
+/// Broker A of installation `prefix` alone on `cluster` (data and logs
+/// under `dir`), once it holds every delivery shard: the installation's
+/// leases (to watch shards move), the brokers (A) and a channel to A.
+pub(crate) async fn lone_broker(
+    cluster: &NatsCluster,
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (Leases, Vec<Server>, Channel) {
+    let leases = leases_of(cluster, prefix).await;
+    let a = cluster
+        .start_broker(dir, 1, prefix, &EGRESS)
+        .await
+        .unwrap_or_else(|e| panic!("broker A: {e}"));
+    let brokers = vec![a];
+    let ca = connect(&brokers[0].addr).await.unwrap();
+    let all = DELIVERY_SHARDS as usize;
+    shards_become(&leases, &brokers, &[all], Duration::from_secs(30)).await;
+    (leases, brokers, ca)
+}
+
+/// Starts broker B beside [`lone_broker`]'s A and waits until each holds
+/// half the delivery shards; how long that took after B started.
+pub(crate) async fn join_b(
+    cluster: &NatsCluster,
+    dir: &std::path::Path,
+    prefix: &str,
+    leases: &Leases,
+    brokers: &mut Vec<Server>,
+) -> Duration {
+    let b = cluster
+        .start_broker(dir, 2, prefix, &EGRESS)
+        .await
+        .unwrap_or_else(|e| panic!("broker B: {e}"));
+    brokers.push(b);
+    let half = DELIVERY_SHARDS as usize / 2;
+    shards_become(leases, brokers, &[half, half], Duration::from_secs(30)).await
 }
 
 /// The distinct `webhook-id`s (event ids) `rx` received.
@@ -289,16 +329,8 @@ async fn cluster_webhooks_survive_killing_the_deliverer_while_it_delivers() {
 async fn cluster_brokers_share_the_endpoints_and_take_over_a_dead_ones() {
     const SHARDS: usize = DELIVERY_SHARDS as usize;
     let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
-    let leases = leases_of(&cluster, "share").await;
-    let a = cluster
-        .start_broker(dir.path(), 1, "share", &EGRESS)
-        .await
-        .unwrap_or_else(|e| panic!("broker A: {e}"));
-    let mut brokers = vec![a];
-    let ca = connect(&brokers[0].addr).await.unwrap();
-
     // Alone, A delivers every shard.
-    shards_become(&leases, &brokers, &[SHARDS], Duration::from_secs(30)).await;
+    let (leases, mut brokers, ca) = lone_broker(&cluster, dir.path(), "share").await;
     let mut endpoints = Vec::new();
     for _ in 0..8 {
         let rx = Receiver::start().await;
@@ -309,14 +341,8 @@ async fn cluster_brokers_share_the_endpoints_and_take_over_a_dead_ones() {
     publish_all(&ca, &first).await;
 
     // B joins: A gives half the shards up to it.
-    let b = cluster
-        .start_broker(dir.path(), 2, "share", &EGRESS)
-        .await
-        .unwrap_or_else(|e| panic!("broker B: {e}"));
-    brokers.push(b);
+    let settled = join_b(&cluster, dir.path(), "share", &leases, &mut brokers).await;
     let cb = connect(&brokers[1].addr).await.unwrap();
-    let half = SHARDS / 2;
-    let settled = shards_become(&leases, &brokers, &[half, half], Duration::from_secs(30)).await;
     println!("B had its half of the delivery shards {settled:?} after it started");
     // Endpoints until each broker delivers at least two.
     let mut on = [0usize; 2];

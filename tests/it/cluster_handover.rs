@@ -7,40 +7,25 @@
 //!
 //! Needs nats-server (`support::nats`): `cargo test --test it -- --ignored cluster_`.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use stevedore::pb::{self, admin_client::AdminClient, publisher_client::PublisherClient};
-use stevedore::store::DELIVERY_SHARDS;
 
 use crate::{
-    cluster_delivery::{receives_all, EGRESS},
+    cluster_delivery::{join_b, lone_broker, receives_all},
     support::{
-        connect, create, endpoint,
-        leases::{deliverer_of, leases_of, shards_become},
-        nats::NatsCluster,
-        pick, Behavior, Receiver,
+        create, endpoint, leases::deliverer_of, nats::NatsCluster, pick, Behavior, Receiver,
     },
 };
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs nats-server"]
 async fn cluster_shards_moving_to_a_joining_broker_send_nothing_twice() {
-    const SHARDS: usize = DELIVERY_SHARDS as usize;
     const ENDPOINTS: usize = 8;
     const BATCHES: usize = 100;
     const PER_BATCH: usize = 3;
     let (cluster, dir) = (NatsCluster::start().await, tempfile::tempdir().unwrap());
-    let leases = leases_of(&cluster, "move").await;
-    let a = cluster
-        .start_broker(dir.path(), 1, "move", &EGRESS)
-        .await
-        .unwrap_or_else(|e| panic!("broker A: {e}"));
-    let mut brokers = vec![a];
-    let ca = connect(&brokers[0].addr).await.unwrap();
-    shards_become(&leases, &brokers, &[SHARDS], Duration::from_secs(30)).await;
+    let (leases, mut brokers, ca) = lone_broker(&cluster, dir.path(), "move").await;
 
     // Slow receivers: each endpoint has several deliveries on the wire at
     // any moment (every event its own ordering key).
@@ -76,19 +61,11 @@ async fn cluster_shards_moving_to_a_joining_broker_send_nothing_twice() {
     };
     // ... during which B starts and takes its half of the shards.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let b = cluster
-        .start_broker(dir.path(), 2, "move", &EGRESS)
-        .await
-        .unwrap_or_else(|e| panic!("broker B: {e}"));
-    brokers.push(b);
-    let half = SHARDS / 2;
-    let started = Instant::now();
-    shards_become(&leases, &brokers, &[half, half], Duration::from_secs(30)).await;
+    let settled = join_b(&cluster, dir.path(), "move", &leases, &mut brokers).await;
     assert!(
         !publishing.is_finished(),
-        "the shards moved only after the publishing ended ({:?} after B started): nothing was \
-         in flight to hand over",
-        started.elapsed()
+        "the shards moved only after the publishing ended ({settled:?} after B started): \
+         nothing was in flight to hand over"
     );
     let ids = publishing.await.unwrap();
 
