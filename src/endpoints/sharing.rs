@@ -274,6 +274,17 @@ impl Share<'_> {
             }
             tracing::info!(released = ?plan.release, members, "gave delivery shards up to another broker");
         }
+        if !plan.acquire.is_empty() {
+            // The broker that gave these shards up (or lost them) wrote
+            // what it delivered last before they were free: read the
+            // positions and delivery records after that. Caught up before
+            // the leases are taken, so that a shard this broker holds is
+            // delivered by it at once (a call forwarded here meanwhile
+            // would find no deliverer).
+            if let Err(e) = endpoints.store.state_caught_up().await {
+                tracing::warn!(error = %e, "catching up with the state before taking delivery shards; taking them anyway");
+            }
+        }
         let mut acquired = Vec::new();
         for shard in plan.acquire {
             match self
@@ -290,11 +301,6 @@ impl Share<'_> {
             }
         }
         if !acquired.is_empty() {
-            // The broker that gave them up recorded what it delivered
-            // last: read the positions and delivery records after it.
-            if let Err(e) = endpoints.store.state_caught_up().await {
-                tracing::warn!(error = %e, "catching up with the state before delivering new shards; starting anyway");
-            }
             self.free_since.retain(|s, _| !self.shards.contains_key(s));
             tracing::info!(
                 ?acquired,

@@ -59,11 +59,25 @@ async fn cluster_console_on_either_broker_manages_the_same_endpoints() {
 
     let (id, _) = console::create(&on_a, "http://127.0.0.1:9/hook", &[]).await;
     let mut admin_b = AdminClient::new(connect(&b.addr).await.unwrap());
-    let got = admin_b
-        .get_endpoint(pb::GetEndpointRequest { id: id.clone() })
-        .await
-        .expect("B serves the endpoint A's console created")
-        .into_inner();
+    // B's copy of the state has it a moment after A answered (the README:
+    // another broker's copy follows within a moment).
+    let mut got = None;
+    for _ in 0..50 {
+        match admin_b
+            .get_endpoint(pb::GetEndpointRequest { id: id.clone() })
+            .await
+        {
+            Ok(r) => {
+                got = Some(r.into_inner());
+                break;
+            }
+            Err(s) if s.code() == Code::NotFound => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("GetEndpoint on B: {s:?}"),
+        }
+    }
+    let got = got.expect("B serves the endpoint A's console created, within 5 s");
     assert_eq!(got.endpoint.unwrap().url, "http://127.0.0.1:9/hook");
     let page = on_b.get(&format!("/endpoints/{id}")).await;
     assert_eq!(page.status, 200, "{}", page.body);

@@ -32,12 +32,19 @@ pub(super) async fn open(
             let retriable = creation_may_pass(&e);
             error(name, "create bucket", e, retriable)
         })?;
-    // A new bucket's replicas answer direct gets only once they have set
-    // up (until then reads fail with "no responders"): wait for one.
+    readable(&store, name).await?;
+    Ok(store)
+}
+
+/// Waits until the bucket's replicas answer direct gets: a new bucket's
+/// only once they have set up, and a bucket whose stream was just updated
+/// only once they have set up again (until then reads fail with "no
+/// responders").
+async fn readable(store: &kv::Store, name: &str) -> Result<(), JetStreamError> {
     let mut last = None;
     for _ in 0..READY_ROUNDS {
         match store.get("k").await {
-            Ok(_) => return Ok(store),
+            Ok(_) => return Ok(()),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(READY_PAUSE).await;
@@ -97,6 +104,8 @@ pub(super) async fn open_atomic(
         },
     };
     let last = allow_atomic_batches(client, name).await?;
+    // Also when another broker updated the stream a moment ago.
+    readable(&store, name).await?;
     Ok((store, last))
 }
 

@@ -153,7 +153,11 @@ impl IdempotentLog {
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists || bucket::is_conflict(&e) => {
                 }
                 Err(e) => {
-                    let retriable = e.kind() == CreateErrorKind::Publish;
+                    // Only a key the bucket refuses is not worth another
+                    // try; the rest pass (no answer, or no responders
+                    // while the bucket's replicas set up again after its
+                    // stream's configuration changed).
+                    let retriable = e.kind() != CreateErrorKind::InvalidKey;
                     return Err(self.error("claim", e, retriable));
                 }
             }
