@@ -811,6 +811,11 @@ fn cluster_mode_on_a_wildcard_listen_address_needs_advertise_url() {
     let mut vars = base.to_vec();
     vars.push(("STEVEDORE_LISTEN", "10.0.0.5:50051"));
     Config::load(None, env(&vars), &[]).expect("a host address advertises itself");
+    // Without tokens, serving beyond loopback is what is refused first.
+    let mut open = base[..3].to_vec();
+    open.push(("STEVEDORE_LISTEN", "0.0.0.0:50051"));
+    let err = format!("{:#}", Config::load(None, env(&open), &[]).unwrap_err());
+    assert!(err.contains("config key `listen`"), "{err}");
     // The embedded backend has no one to forward to.
     let embedded = [
         ("STEVEDORE_TOKENS", tokens.as_str()),

@@ -226,11 +226,13 @@ impl Config {
             (None, Some(_)) => bail!("config key `tls_cert`: required when tls_key is set"),
             _ => {}
         }
-        self.validate_cluster()?;
         if let Some(addr) = self.console_listen {
             self.check_console_listen(addr)?;
         }
-        self.check_listen(self.listen)
+        // Before cluster mode's keys: serving beyond loopback without
+        // tokens is refused whatever else is set.
+        self.check_listen(self.listen)?;
+        self.validate_cluster()
     }
 
     /// Whether the broker may serve on `addr`: without tokens anyone who can
