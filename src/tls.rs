@@ -18,29 +18,26 @@ pub fn server_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>>
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let cert_pem = std::fs::read(cert)
-        .with_context(|| format!("config key `tls_cert`: reading {}", cert.display()))?;
-    let key_pem = std::fs::read(key)
-        .with_context(|| format!("config key `tls_key`: reading {}", key.display()))?;
     // tonic would accept any bytes here and fail later at bind time with a
     // vaguer error: check that the files hold what their keys say.
-    if !contains_pem(&cert_pem, "CERTIFICATE") {
-        anyhow::bail!(
-            "config key `tls_cert`: {} holds no PEM certificate",
-            cert.display()
-        );
-    }
-    if !contains_pem(&key_pem, "PRIVATE KEY") {
-        anyhow::bail!(
-            "config key `tls_key`: {} holds no PEM private key",
-            key.display()
-        );
-    }
+    let cert_pem = read_pem("tls_cert", cert, "CERTIFICATE", "certificate")?;
+    let key_pem = read_pem("tls_key", key, "PRIVATE KEY", "private key")?;
     Ok(Some(
         ServerTlsConfig::new()
             .identity(Identity::from_pem(cert_pem, key_pem))
             .timeout(HANDSHAKE_TIMEOUT),
     ))
+}
+
+/// The file of config key `key`, which must hold a PEM block of `label`
+/// (`what` in the error).
+fn read_pem(key: &str, path: &std::path::Path, label: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("config key `{key}`: reading {}", path.display()))?;
+    if !contains_pem(&pem, label) {
+        anyhow::bail!("config key `{key}`: {} holds no PEM {what}", path.display());
+    }
+    Ok(pem)
 }
 
 /// Whether `pem` has a `-----BEGIN ...<label>-----` block (`PRIVATE KEY`
@@ -60,14 +57,7 @@ pub fn peer_client_config(config: &Config) -> anyhow::Result<ClientTlsConfig> {
             ClientTlsConfig::new().trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
         );
     };
-    let pem = std::fs::read(path)
-        .with_context(|| format!("config key `peer_ca_file`: reading {}", path.display()))?;
-    if !contains_pem(&pem, "CERTIFICATE") {
-        anyhow::bail!(
-            "config key `peer_ca_file`: {} holds no PEM certificate",
-            path.display()
-        );
-    }
+    let pem = read_pem("peer_ca_file", path, "CERTIFICATE", "certificate")?;
     Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
 }
 

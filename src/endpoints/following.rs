@@ -59,13 +59,14 @@ impl Endpoints {
         for v in self.store.endpoints().all() {
             let r = self.decode_record(&v?)?;
             let id = r.endpoint.id.clone();
+            // Enabled, but its shard is another broker's now.
+            let mut elsewhere = false;
             let spec = match EndpointSpec::validate(&r.endpoint, &self.config) {
                 Ok(spec) if spec.enabled && self.supervisor.delivers(&id) => Some(spec),
-                Ok(spec) if spec.enabled && hand_over => {
-                    moved.push(id.clone());
+                Ok(spec) => {
+                    elsewhere = spec.enabled;
                     None
                 }
-                Ok(_) => None,
                 Err(e) => {
                     tracing::debug!(endpoint = %id, error = %e, "not delivering: the endpoint does not fit this broker's configuration");
                     None
@@ -78,7 +79,7 @@ impl Endpoints {
             match (running, spec) {
                 (Some(old), Some(_)) if old == Fingerprint::of(&r) => {}
                 (_, Some(spec)) => self.supervisor.start(&mut workers, &r, spec).await?,
-                (Some(_), None) if moved.last() == Some(&id) => {}
+                (Some(_), None) if elsewhere && hand_over => moved.push(id.clone()),
                 (Some(_), None) => self.supervisor.stop(&mut workers, &id).await,
                 (None, None) => {}
             }

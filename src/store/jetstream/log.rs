@@ -323,7 +323,9 @@ impl EventStream {
         }
     }
 
-    /// A request on the stream's subjects ([`publish::request`]).
+    /// A request on the stream's subjects ([`publish::request`]), sent
+    /// again while another publisher's message of the same id is in flight
+    /// ([`ID_IN_PROCESS`]).
     async fn request(
         &self,
         subject: &str,
@@ -331,25 +333,34 @@ impl EventStream {
         payload: Bytes,
         what: &'static str,
     ) -> Result<PubAckReply, JetStreamError> {
-        publish::request(&self.client, subject, headers, payload, what).await
-    }
-
-    async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
         let mut waits = 0;
-        let ack = loop {
-            let ack = self
-                .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
-                .await?;
-            match ack.error {
-                None => break ack,
+        loop {
+            let ack = publish::request(
+                &self.client,
+                subject,
+                headers.clone(),
+                payload.clone(),
+                what,
+            )
+            .await?;
+            match &ack.error {
                 // Another publisher's message of this id is in flight.
                 Some(e) if e.err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
                     waits += 1;
                     tokio::time::sleep(IN_PROCESS_PAUSE).await;
                 }
-                Some(e) => return Err(e.into_error("publish")),
+                _ => return Ok(ack),
             }
-        };
+        }
+    }
+
+    async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
+        let ack = self
+            .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
+            .await?;
+        if let Some(e) = ack.error {
+            return Err(e.into_error("publish"));
+        }
         if ack.duplicate {
             self.duplicate_of(Offset::new(ack.seq), m).await
         } else {
@@ -374,20 +385,7 @@ impl EventStream {
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, encode_header(id).as_str());
         headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
-        let mut waits = 0;
-        let ack = loop {
-            let ack = self
-                .request(subject, headers.clone(), Bytes::new(), WHAT)
-                .await?;
-            match &ack.error {
-                // Another publisher's message of this id is in flight.
-                Some(e) if e.err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
-                    waits += 1;
-                    tokio::time::sleep(IN_PROCESS_PAUSE).await;
-                }
-                _ => break ack,
-            }
-        };
+        let ack = self.request(subject, headers, Bytes::new(), WHAT).await?;
         match ack.error {
             None if ack.duplicate => Ok(Some(Offset::new(ack.seq))),
 
