@@ -18,7 +18,7 @@ use crate::{
     cluster_log::new_event,
     support::{
         inventory,
-        nats::{jetstream_of, patiently, NatsCluster},
+        nats::{jetstream_of, leader_claim, patiently, NatsCluster},
         pick,
     },
 };
@@ -43,30 +43,6 @@ async fn open(
     patiently(|| IdempotentLog::open(log.clone(), config.clone()))
         .await
         .expect("open the claims")
-}
-
-/// What the claims bucket holds for `id`, waiting a moment for `expected`:
-/// reads are direct gets any replica answers, and one may lag.
-async fn claim_of(
-    client: &async_nats::Client,
-    bucket: &str,
-    id: &str,
-    expected: Claim,
-) -> Option<Claim> {
-    let kv = jetstream_of(client)
-        .get_key_value(bucket)
-        .await
-        .expect("the claims bucket");
-    let mut claim = None;
-    for _ in 0..20 {
-        let value = kv.get(encode_key(id)).await.expect("read the claim");
-        claim = value.and_then(|v| Claim::decode(&v));
-        if claim.as_ref() == Some(&expected) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    claim
 }
 
 /// Plants a pending claim of an attempt that died before confirming.
@@ -96,7 +72,7 @@ async fn cluster_idempotent_append_answers_the_stored_offset_after_the_dedup_win
     let a = ids.append(&x).await.expect("append x");
     assert_eq!((a.offset.get(), a.duplicate), (1, false));
     assert_eq!(
-        claim_of(&client, "I1_IDS", "x", Claim::Stored(Offset::new(1))).await,
+        leader_claim(&client, "I1_IDS", "x").await,
         Some(Claim::Stored(Offset::new(1)))
     );
 
@@ -155,7 +131,7 @@ async fn cluster_idempotent_stale_claims_are_taken_over() {
         .expect("append a");
     assert_eq!((a.offset.get(), a.duplicate), (1, false));
     assert_eq!(
-        claim_of(&client, "I2_IDS", "a", Claim::Stored(Offset::new(1))).await,
+        leader_claim(&client, "I2_IDS", "a").await,
         Some(Claim::Stored(Offset::new(1)))
     );
 
@@ -167,7 +143,7 @@ async fn cluster_idempotent_stale_claims_are_taken_over() {
     let again = ids.append(&b).await.expect("append b");
     assert_eq!((again.offset.get(), again.duplicate), (2, true));
     assert_eq!(
-        claim_of(&client, "I2_IDS", "b", Claim::Stored(Offset::new(2))).await,
+        leader_claim(&client, "I2_IDS", "b").await,
         Some(Claim::Stored(Offset::new(2)))
     );
     assert_eq!(raw.head().await.unwrap(), Offset::new(2));
@@ -240,10 +216,7 @@ async fn cluster_idempotent_batches_claim_their_ids_in_one_batch() {
     assert_eq!(offsets, (1..=N).map(|o| (o, false)).collect::<Vec<_>>());
     for (i, id) in first.iter().enumerate() {
         let want = Claim::Stored(Offset::new(i as u64 + 1));
-        assert_eq!(
-            claim_of(&client, "I4_IDS", id, want.clone()).await,
-            Some(want)
-        );
+        assert_eq!(leader_claim(&client, "I4_IDS", id).await, Some(want));
     }
     assert_eq!(ids.claim_batches_refused(), 0, "the claims went one by one");
 
@@ -292,7 +265,7 @@ async fn cluster_idempotent_batches_claim_their_ids_in_one_batch() {
     for (id, offset) in [("b-3", head + 1), ("n-0", head + 2), ("n-2", head + 4)] {
         let want = Claim::Stored(Offset::new(offset));
         assert_eq!(
-            claim_of(&client, "I4_IDS", id, want.clone()).await,
+            leader_claim(&client, "I4_IDS", id).await,
             Some(want),
             "{id}"
         );
@@ -340,11 +313,7 @@ async fn cluster_idempotent_batches_racing_get_one_offset_per_id() {
     for (i, a) in a.iter().enumerate().step_by(7) {
         let want = Claim::Stored(a.offset);
         let id = format!("rb-{i}");
-        assert_eq!(
-            claim_of(&c1, "I5_IDS", &id, want.clone()).await,
-            Some(want),
-            "{id}"
-        );
+        assert_eq!(leader_claim(&c1, "I5_IDS", &id).await, Some(want), "{id}");
     }
     eprintln!(
         "claim batches refused: {} and {}",
@@ -377,7 +346,7 @@ async fn cluster_idempotent_a_refused_batch_of_claims_goes_one_by_one() {
     for (id, offset) in [("c-0", 1), ("c-1", 5), ("c-2", 3)] {
         let want = Claim::Stored(o(offset));
         assert_eq!(
-            claim_of(&client, "I6_IDS", id, want.clone()).await,
+            leader_claim(&client, "I6_IDS", id).await,
             Some(want),
             "{id}"
         );

@@ -23,12 +23,12 @@ use stevedore::{
         admin_client::AdminClient, endpoint::Start, publisher_client::PublisherClient,
         subscriber_client::SubscriberClient, DeliveryState, GetEventRequest, ListEndpointsRequest,
     },
-    store::jetstream::{encode_key, Claim},
+    store::jetstream::Claim,
 };
 
 use crate::support::{
     connect, create, endpoint, list_deliveries,
-    nats::{jetstream_of, NatsCluster},
+    nats::{leader_claim, NatsCluster},
     next_within, pick, publish_answer, start_server_with_env, subscribe_earliest, verify_signature,
     Receiver,
 };
@@ -169,14 +169,10 @@ async fn cluster_migrate_keeps_offsets_ids_endpoints_secrets_and_positions() {
     }
     // Every id's claim holds its offset: a re-publish is a duplicate
     // beyond the stream's deduplication window too.
-    let claims = jetstream_of(&cluster.connect().await)
-        .get_key_value("MOVED_IDS")
-        .await
-        .unwrap();
+    let client = cluster.connect().await;
     for (id, &offset) in &offsets {
-        let claim = claims.get(encode_key(id)).await.unwrap();
         assert_eq!(
-            claim.as_deref().and_then(Claim::decode),
+            leader_claim(&client, "MOVED_IDS", id).await,
             Some(Claim::Stored(Offset::new(offset))),
             "{id}"
         );
