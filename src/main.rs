@@ -148,10 +148,6 @@ fn migrate(config: Option<PathBuf>, data_dir: Option<String>) -> anyhow::Result<
          offset {}",
         done.events, done.stream, done.head
     );
-    println!(
-        "stevedore migrate: recorded {} event id(s) in bucket {}",
-        done.events, done.ids_bucket
-    );
     let tables: Vec<String> = done
         .tables
         .iter()

@@ -252,8 +252,8 @@ impl Store {
             // that event was not erased, its message stays.
             let mut doomed = Vec::with_capacity(marks.len());
             for &offset in &marks {
-                if recorded_at(state, offset)?.is_some() {
-                    doomed.push(offset);
+                if let Some(tombstone) = recorded_at(state, offset)? {
+                    doomed.push((offset, tombstone));
                 }
             }
             cluster.log.erase(&doomed).await?;

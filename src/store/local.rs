@@ -126,18 +126,6 @@ impl Local {
         Ok(records)
     }
 
-    /// The ids of the records from `from` up to `until` (at most `limit`
-    /// records), erased events' (tombstones) too: the ids retention
-    /// forgets when it removes those offsets.
-    pub fn ids_between(&self, from: Offset, until: Offset, limit: usize) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        self.log
-            .read_range(from, until.min(self.head()), limit, &mut out)?;
-        out.into_iter()
-            .map(|(offset, record)| keys::decode_event_id(offset, &record?))
-            .collect()
-    }
-
     /// The offset of the first event published at or after `t` (the head if
     /// none). Binary search: publish times never decrease along the log.
     pub fn offset_at_time(&self, t: SystemTime) -> Result<Offset> {

@@ -5,7 +5,7 @@
 //! event log is copied record by record, erased events' tombstones among
 //! them, into the installation's stream, which is made to start at the
 //! log's first offset ([`jetstream::prepare_import`]): every event keeps
-//! its offset, and its id's claim records that offset, so re-publishing
+//! its offset, on its id's subject (which claims the id), so re-publishing
 //! it answers `duplicate = true` at any time. Then every state table's
 //! records are copied as they are into the state bucket: endpoints (their
 //! secrets sealed with the master key, so the cluster's brokers need the
@@ -40,8 +40,6 @@ pub struct Migrated {
     pub stream: String,
     /// Its state bucket.
     pub state_bucket: String,
-    /// Its claims bucket.
-    pub ids_bucket: String,
     /// Records copied into the stream (tombstones of erased events too).
     pub events: u64,
     /// The first offset copied (the head when there was none).
@@ -96,7 +94,6 @@ async fn copy(
         Ok(Migrated {
             stream,
             state_bucket: state_bucket.clone(),
-            ids_bucket: jetstream::IdempotencyConfig::with_prefix(&options.prefix).bucket,
             events,
             first,
             head,

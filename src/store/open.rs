@@ -137,8 +137,8 @@ fn open_local(config: &StoreConfig, fs: Arc<dyn Fs>) -> Result<OpenedLocal> {
 impl Store {
     /// Opens the store on a NATS JetStream cluster (`backend =
     /// "jetstream"`): connects, checks that every node syncs every write
-    /// (refusing to start otherwise, unless allowed), opens the stream, the
-    /// claims bucket and the state bucket, and keeps this broker's copy of
+    /// (refusing to start otherwise, unless allowed), opens the stream and
+    /// the state bucket, and keeps this broker's copy of
     /// both in `config.path`'s `cluster-copy` (emptied first: the cluster is
     /// the record) up to date.
     pub async fn open_cluster(

@@ -124,7 +124,7 @@ pub async fn cluster(ctx: &Ctx) -> Result<Section> {
             publish::BATCH
         ),
         format!(
-            "baseline: the same encoded events published to an R3 stream on the same cluster by one connection with up to {} unacknowledged (the NATS protocol written by hand, no message ids), the rate counted until the last PubAck; the brokers do more per event: a `Nats-Msg-Id`, a claim in the ids bucket (one offset per event id across brokers, beyond the dedup window), atomic batches",
+            "baseline: the same encoded events published to an R3 stream on the same cluster by one connection with up to {} unacknowledged (the NATS protocol written by hand, no message ids), the rate counted until the last PubAck; the brokers do more per event: each on its id's own subject, stored only if that holds no message (`Nats-Expected-Last-Subject-Sequence: 0`, checked by the leader: one offset per event id across brokers for as long as the event is kept), in atomic batches",
             nats::WINDOW
         ),
         format!(

@@ -95,14 +95,21 @@ async fn cluster_log_appends_and_reads_back() {
     );
     assert!(log.get(Offset::new(9)).await.unwrap().is_none());
 
-    // Subjects per type under the prefix; the id and ordering key in
-    // headers, exactly (the key holds CR, LF and a trailing space).
+    // A subject per event id under the prefix (the id made subject-safe);
+    // the ordering key in a header, exactly (it holds CR, LF and a
+    // trailing space).
     let stream = jetstream_of(&client).get_stream("T1_EVENTS").await.unwrap();
     let raw = stream.get_raw_message(4).await.unwrap();
-    assert_eq!(raw.subject.as_str(), "t1.events.inventory.updated");
+    assert_eq!(raw.subject.as_str(), "t1.events.ki-2");
     let header = |name| raw.headers.get(name).map(|v| decode_header(v.as_str()));
-    assert_eq!(header("Nats-Msg-Id").as_deref(), Some("i-2"));
     assert_eq!(header(ORDERING_KEY).as_deref(), Some("SKU\r\n2 "));
+    assert_eq!(header("Nats-Msg-Id"), None);
+    assert_eq!(
+        log.offset_of("i-2").await.unwrap(),
+        Some(Offset::new(4)),
+        "an id's offset is its subject's last message"
+    );
+    assert_eq!(log.offset_of("i-9").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,14 +123,8 @@ async fn cluster_log_batch_is_all_or_nothing() {
     create_stream(
         &jetstream_of(&client),
         jetstream::stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![format!("{}.>", config.subject_prefix)],
-            num_replicas: 3,
-            duplicate_window: config.duplicate_window,
-            allow_atomic_publish: true,
-            allow_direct: true,
             max_message_size: 2_000,
-            ..Default::default()
+            ..config.server_config()
         },
     )
     .await;
@@ -196,13 +197,35 @@ async fn cluster_log_batch_is_all_or_nothing() {
         },
     )
     .await;
-    match EventStream::open(client, plain).await {
+    match EventStream::open(client.clone(), plain).await {
         Err(JetStreamError::Stream { stream, reason }) => {
             assert_eq!(stream, "T5_EVENTS");
             assert!(reason.contains("allow_atomic"), "{reason}");
         }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("a stream without atomic batches was accepted"),
+    }
+
+    // Nor is one an earlier build made, which kept event ids in a bucket
+    // of claims (its stream has no metadata saying otherwise): its events'
+    // ids would not be found on their subjects.
+    let earlier = StreamConfig::with_prefix("t6");
+    create_stream(
+        &jetstream_of(&client),
+        jetstream::stream::Config {
+            metadata: Default::default(),
+            ..earlier.server_config()
+        },
+    )
+    .await;
+    match EventStream::open(client, earlier).await {
+        Err(JetStreamError::Stream { stream, reason }) => {
+            assert_eq!(stream, "T6_EVENTS");
+            assert!(reason.contains("earlier stevedore build"), "{reason}");
+            assert!(reason.contains("nats_prefix"), "{reason}");
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a stream of an earlier build was accepted"),
     }
 }
 

@@ -18,17 +18,16 @@ use std::{
 
 use base64::Engine as _;
 use stevedore::{
-    model::Offset,
     pb::{
         admin_client::AdminClient, endpoint::Start, publisher_client::PublisherClient,
         subscriber_client::SubscriberClient, DeliveryState, GetEventRequest, ListEndpointsRequest,
     },
-    store::jetstream::Claim,
+    store::jetstream::encode_key,
 };
 
 use crate::support::{
     connect, create, endpoint, list_deliveries,
-    nats::{leader_claim, NatsCluster},
+    nats::{jetstream_of, NatsCluster},
     next_within, pick, publish_answer, start_server_with_env, subscribe_earliest, verify_signature,
     Receiver,
 };
@@ -167,15 +166,18 @@ async fn cluster_migrate_keeps_offsets_ids_endpoints_secrets_and_positions() {
             "offset {offset}"
         );
     }
-    // Every id's claim holds its offset: a re-publish is a duplicate
-    // beyond the stream's deduplication window too.
-    let client = cluster.connect().await;
+    // Every event is on its id's subject, which holds it last: a
+    // re-publish of any id answers its offset, however late it comes.
+    let stream = jetstream_of(&cluster.connect().await)
+        .get_stream("MOVED_EVENTS")
+        .await
+        .unwrap();
     for (id, &offset) in &offsets {
-        assert_eq!(
-            leader_claim(&client, "MOVED_IDS", id).await,
-            Some(Claim::Stored(Offset::new(offset))),
-            "{id}"
-        );
+        let last = stream
+            .get_last_raw_message_by_subject(&format!("moved.events.{}", encode_key(id)))
+            .await
+            .unwrap_or_else(|e| panic!("{id}'s subject: {e}"));
+        assert_eq!(last.sequence, offset, "{id}");
     }
     let mut publisher = PublisherClient::new(channel.clone());
     let old = "moved-3";

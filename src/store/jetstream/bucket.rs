@@ -282,8 +282,8 @@ mod tests {
 
     #[test]
     fn names_take_the_installation_prefix() {
-        assert_eq!(name("t1", "IDS"), "T1_IDS");
-        assert!(validate_name("T1_IDS").is_ok());
+        assert_eq!(name("t1", "STATE"), "T1_STATE");
+        assert!(validate_name("T1_STATE").is_ok());
         assert!(validate_name("").is_err());
         assert!(validate_name("a.b").is_err());
     }

@@ -1,9 +1,9 @@
 //! The cluster backend behind [`crate::store::Store`]: the event log on the
-//! stream with its idempotency claims, as the store's seam needs it.
+//! stream, each event its id's claim, as the store's seam needs it.
 //!
-//! - Appends: one event goes through the claims ([`IdempotentLog::append`]:
-//!   one offset per id for as long as the claim is kept, across brokers);
-//!   several go as one atomic batch ([`IdempotentLog::append_batch`]).
+//! - Appends: one event at a time ([`EventStream::append`]: one offset per
+//!   id for as long as its message is kept, across brokers); several as
+//!   one atomic batch ([`EventStream::append_batch`]).
 //!   Appends queued one after another ([`ClusterLog::submit_append`],
 //!   PublishStream's pipeline) are stored in that order: one task takes
 //!   them off the queue and sends whatever is waiting as one atomic batch,
@@ -13,7 +13,7 @@
 //!   published on another.
 //! - Reads are by offset range (direct gets), by offset (the stream's
 //!   leader), by time (the server's index of its storage times) and by id
-//!   (the claims, else the stream's deduplication window).
+//!   (the last message of the id's subject).
 
 use std::{
     future::Future,
@@ -24,13 +24,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     connect::{self, ClusterOptions},
     error::read_failed,
-    follow, EventStream, IdempotencyConfig, IdempotentLog, JetStreamError, StreamConfig,
+    follow, EventStream, JetStreamError, StreamConfig,
 };
 use crate::{
     error::{Error, Result},
@@ -65,7 +66,7 @@ impl Extent {
 
 /// The event log on the cluster, as the store uses it.
 pub struct ClusterLog {
-    ids: IdempotentLog,
+    events: EventStream,
     head: watch::Sender<Offset>,
     extent: Arc<Extent>,
     /// Taken by [`ClusterLog::close`]: the sequencer finishes what is
@@ -97,7 +98,7 @@ pub struct Opened {
 
 impl ClusterLog {
     /// Connects, checks the cluster's durability (refusing to go on unless
-    /// allowed), opens the stream and the claims bucket, and starts
+    /// allowed), opens the stream, and starts
     /// following the stream's head.
     pub async fn open(options: &ClusterOptions, metrics: Arc<Metrics>) -> Result<Opened> {
         let (health_tx, health) = watch::channel(StoreHealth::default());
@@ -110,15 +111,6 @@ impl ClusterLog {
         let max_batch = stream_config.max_batch;
         let stream = until_answered(&name, || {
             EventStream::open(client.clone(), stream_config.clone())
-        })
-        .await?;
-        let claims = IdempotencyConfig {
-            replicas: options.replicas,
-            ..IdempotencyConfig::with_prefix(&options.prefix)
-        };
-        let bucket = claims.bucket.clone();
-        let ids = until_answered(&bucket, || {
-            IdempotentLog::open(stream.clone(), claims.clone())
         })
         .await?;
         let state = stream.state().await.map_err(|e| opening(&name, e))?;
@@ -137,7 +129,7 @@ impl ClusterLog {
         ));
         let (queue_tx, queue_rx) = mpsc::channel(QUEUE);
         tokio::spawn(sequence(
-            ids.clone(),
+            stream.clone(),
             queue_rx,
             head_tx.clone(),
             max_batch,
@@ -145,14 +137,13 @@ impl ClusterLog {
         ));
         tracing::info!(
             stream = %name,
-            bucket = %bucket,
             replicas = options.replicas,
             next_offset = state.last_sequence + 1,
             "cluster log opened"
         );
         Ok(Opened {
             log: ClusterLog {
-                ids,
+                events: stream.clone(),
                 head: head_tx,
                 extent: extent.clone(),
                 queue: Mutex::new(Some(queue_tx)),
@@ -173,7 +164,7 @@ impl ClusterLog {
         if self.stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let appended = append(&self.ids, events, &self.metrics).await?;
+        let appended = append(&self.events, events, &self.metrics).await?;
         advance(&self.head, &appended);
         Ok(appended)
     }
@@ -199,11 +190,9 @@ impl ClusterLog {
     }
 
     /// Stores `records` (an embedded log's, at consecutive offsets from
-    /// the stream's head) at their own offsets, with their ids' claims
-    /// (`stevedore migrate`).
+    /// the stream's head) at their own offsets (`stevedore migrate`).
     pub(in crate::store) async fn import(&self, records: &[RawRecord]) -> Result<()> {
-        let stored = self.ids.log().import(records).await?;
-        self.ids.record_stored(&stored).await?;
+        self.events.import(records).await?;
         if let Some(last) = records.last() {
             follow::raise(&self.head, last.offset + 1);
         }
@@ -222,8 +211,7 @@ impl ClusterLog {
     /// follows (`store::replica`).
     pub async fn purge_below(&self, before: Offset) -> Result<usize> {
         let purged = self
-            .ids
-            .log()
+            .events
             .stream
             .purge()
             .sequence(before.get())
@@ -238,25 +226,16 @@ impl ClusterLog {
         Ok(purged.purged as usize)
     }
 
-    /// Forgets the id claims of events `ids`, purged below `before`
-    /// ([`ClusterLog::purge_below`]); returns how many went.
-    pub async fn forget_claims(&self, ids: &[String], before: Offset) -> Result<usize> {
-        self.ids.forget_below(ids, before).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "forgetting the ids of events purged below offset {before}: {e}"
-            ))
-        })
-    }
-
-    /// Deletes the messages at `offsets` from the stream, each overwritten
-    /// on every replica ([`EventStream::erase`]; a few at a time); one
-    /// gone already counts as deleted.
-    pub async fn erase(&self, offsets: &[Offset]) -> Result<()> {
-        for chunk in offsets.chunks(ERASE_AT_ONCE) {
+    /// Deletes the messages of the erased events `doomed` (each offset
+    /// with its tombstone) from the stream, each overwritten on every
+    /// replica, their ids kept claimed ([`EventStream::erase`]; a few at a
+    /// time); one gone already counts as deleted.
+    pub async fn erase(&self, doomed: &[(Offset, Bytes)]) -> Result<()> {
+        for chunk in doomed.chunks(ERASE_AT_ONCE) {
             let mut erasing = tokio::task::JoinSet::new();
-            for &offset in chunk {
-                let stream = self.ids.log().clone();
-                erasing.spawn(async move { stream.erase(offset).await });
+            for (offset, tombstone) in chunk.iter().cloned() {
+                let stream = self.events.clone();
+                erasing.spawn(async move { stream.erase(offset, &tombstone).await });
             }
             while let Some(done) = erasing.join_next().await {
                 done.map_err(|e| Error::task("erasing messages", e))?
@@ -285,14 +264,14 @@ impl ClusterLog {
     /// (another broker may have appended what this one's follower has not
     /// seen yet); the followed head is raised to it.
     pub async fn fresh_head(&self) -> Result<Offset> {
-        let state = self.ids.log().state().await.map_err(read_failed)?;
+        let state = self.events.state().await.map_err(read_failed)?;
         follow::raise(&self.head, Offset::new(state.last_sequence + 1));
         Ok(*self.head.borrow())
     }
 
     /// The event at `offset`, from the stream's leader.
     pub async fn get(&self, offset: Offset) -> Result<Option<StoredEvent>> {
-        self.ids.log().get(offset).await.map_err(read_failed)
+        self.events.get(offset).await.map_err(read_failed)
     }
 
     /// Up to `limit` records from `from` below `head`.
@@ -308,8 +287,7 @@ impl ClusterLog {
         }
         let to = (head - 1).min(from.saturating_add(limit as u64 - 1));
         let mut records = self
-            .ids
-            .log()
+            .events
             .read_records(from, to)
             .await
             .map_err(read_failed)?;
@@ -322,31 +300,32 @@ impl ClusterLog {
     /// The first offset stored at or after `t` (the head if none).
     pub async fn offset_at_time(&self, t: SystemTime, head: Offset) -> Result<Offset> {
         Ok(self
-            .ids
-            .log()
+            .events
             .first_at_time(t)
             .await
             .map_err(read_failed)?
             .map_or(head, |o| o.min(head)))
     }
 
-    /// The offset of event `id`: its claim, else (an id appended without
-    /// one, within the deduplication window) the stream's.
+    /// The offset event `id` answers: its event's, or its erased event's.
     pub async fn offset_of_id(&self, id: &EventId) -> Result<Option<Offset>> {
-        self.ids.offset_of(id.as_str()).await.map_err(read_failed)
+        self.events
+            .offset_of(id.as_str())
+            .await
+            .map_err(read_failed)
     }
 }
 
-/// One event through its claim, several as one atomic batch.
+/// One event on its own, several as one atomic batch.
 async fn append(
-    ids: &IdempotentLog,
+    log: &EventStream,
     events: Vec<NewEvent>,
     metrics: &Metrics,
 ) -> Result<Vec<Appended>> {
     let appended = match &events[..] {
         [] => Vec::new(),
-        [one] => vec![ids.append(one).await?],
-        _ => ids.append_batch(&events).await?,
+        [one] => vec![log.append(one).await?],
+        _ => log.append_batch(&events).await?,
     };
     count(metrics, &events, &appended);
     Ok(appended)
@@ -382,7 +361,7 @@ fn advance(head: &watch::Sender<Offset>, appended: &[Appended]) {
 /// nothing, like one group commit of the embedded log). Ends once the
 /// queue is closed and empty.
 async fn sequence(
-    ids: IdempotentLog,
+    log: EventStream,
     mut queue: mpsc::Receiver<Submitted>,
     head: watch::Sender<Offset>,
     max_batch: usize,
@@ -414,7 +393,7 @@ async fn sequence(
         }
         let sizes: Vec<usize> = group.iter().map(|(events, _)| events.len()).collect();
         let (events, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
-        match append(&ids, events.into_iter().flatten().collect(), &metrics).await {
+        match append(&log, events.into_iter().flatten().collect(), &metrics).await {
             Ok(appended) => {
                 advance(&head, &appended);
                 let mut rest = appended.into_iter();

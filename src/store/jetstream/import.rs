@@ -2,7 +2,9 @@
 //! (`stevedore migrate`, see `crate::store::migrate`): the stream is made
 //! to start at the embedded log's first offset, and each atomic batch of
 //! records is stored at its own offsets, as the same `EventRecord` bytes
-//! with the same subject and headers an append would give them.
+//! with the same subject and headers an append would give them: each on
+//! its id's subject, so the id stays claimed (an erased event's tombstone
+//! too).
 
 use async_nats::jetstream::{self, stream::State};
 use tokio::sync::watch;
@@ -10,12 +12,12 @@ use tokio::sync::watch;
 use super::{
     cluster::until_answered,
     log, publish,
-    wire::{event_headers, request_error},
+    wire::{event_headers, request_error, EXPECTED_LAST_SUBJECT_SEQUENCE},
     ClusterOptions, EventStream, JetStreamError, StreamConfig,
 };
 use crate::{
     error::{Error, Result},
-    model::{EventType, Offset},
+    model::Offset,
     store::{keys, RawRecord, StoreHealth},
 };
 
@@ -85,18 +87,17 @@ async fn stream_state(
 impl EventStream {
     /// Stores `records` (an embedded log's, at consecutive offsets that
     /// begin at this stream's next sequence) at their own offsets, as one
-    /// atomic batch; returns each one's event id and offset. A stream that
-    /// stored them elsewhere (another writer got there first) is an error.
+    /// atomic batch. A stream that stored them elsewhere (another writer
+    /// got there first) is an error, and so is an id stored already.
     pub(super) async fn import(
         &self,
         records: &[RawRecord],
-    ) -> std::result::Result<Vec<(String, Offset)>, JetStreamError> {
+    ) -> std::result::Result<(), JetStreamError> {
         const WHAT: &str = "import";
         let Some(first) = records.first().map(|r| r.offset) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut messages = Vec::with_capacity(records.len());
-        let mut ids = Vec::with_capacity(records.len());
         for (r, due) in records.iter().zip(first.through(Offset::new(u64::MAX))) {
             if r.offset != due {
                 return Err(JetStreamError::Protocol {
@@ -104,10 +105,10 @@ impl EventStream {
                     reason: format!("offset {} given where {due} was due", r.offset),
                 });
             }
-            let (id, event_type, ordering_key) = identify(r)?;
-            let subject = self.config.subject(&event_type);
-            messages.push((subject, event_headers(&id, &ordering_key), r.record.clone()));
-            ids.push((id, r.offset));
+            let (id, ordering_key) = identify(r)?;
+            let mut headers = event_headers(&ordering_key);
+            headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+            messages.push((self.config.subject(&id), headers, r.record.clone()));
         }
         let stored = match &messages[..] {
             [(subject, headers, payload)] => {
@@ -138,30 +139,26 @@ impl EventStream {
                 ),
             });
         }
-        Ok(ids)
+        Ok(())
     }
 }
 
-/// The id, type and ordering key of a stored record; a tombstone (an
-/// erased event) keeps its id and type, its ordering key is gone.
-fn identify(r: &RawRecord) -> std::result::Result<(String, EventType, String), JetStreamError> {
+/// The id and ordering key of a stored record; a tombstone (an erased
+/// event) keeps its id, its ordering key is gone.
+fn identify(r: &RawRecord) -> std::result::Result<(String, String), JetStreamError> {
     let corrupt = |e: Error| JetStreamError::Corrupt {
         offset: r.offset,
         reason: e.to_string(),
     };
     if keys::is_tombstone(&r.record).map_err(corrupt)? {
-        if let Some((id, _tenant, erased)) =
+        if let Some((id, _tenant, _erased)) =
             keys::decode_tombstone(r.offset, &r.record).map_err(corrupt)?
         {
-            return Ok((id, EventType::from_stored(erased.event_type), String::new()));
+            return Ok((id, String::new()));
         }
     }
     let stored = r.decode().map_err(corrupt)?;
-    Ok((
-        stored.event.id,
-        stored.event_type,
-        stored.event.ordering_key,
-    ))
+    Ok((stored.event.id, stored.event.ordering_key))
 }
 
 #[cfg(test)]
@@ -170,7 +167,7 @@ mod tests {
     use crate::store::test_event;
 
     #[test]
-    fn an_event_and_its_tombstone_are_identified_by_id_and_type() {
+    fn an_event_and_its_tombstone_are_identified_by_id() {
         let offset = Offset::new(7);
         let mut event = test_event("ev-1");
         event.event.ordering_key = "SO-1".into();
@@ -179,22 +176,16 @@ mod tests {
             offset,
             record: record.clone().into(),
         };
-        let (id, event_type, key) = identify(&live).unwrap();
-        assert_eq!(
-            (id.as_str(), event_type.as_str(), key.as_str()),
-            ("ev-1", "a.b", "SO-1")
-        );
+        let (id, key) = identify(&live).unwrap();
+        assert_eq!((id.as_str(), key.as_str()), ("ev-1", "SO-1"));
         let erased = RawRecord {
             offset,
             record: keys::tombstone(offset, &record, "erased", 43)
                 .unwrap()
                 .into(),
         };
-        let (id, event_type, key) = identify(&erased).unwrap();
-        assert_eq!(
-            (id.as_str(), event_type.as_str(), key.as_str()),
-            ("ev-1", "a.b", "")
-        );
+        let (id, key) = identify(&erased).unwrap();
+        assert_eq!((id.as_str(), key.as_str()), ("ev-1", ""));
         let damaged = RawRecord {
             offset,
             record: bytes::Bytes::from_static(b"\xff\xff"),

@@ -6,48 +6,58 @@
 //! that is on disk on a majority, so an acknowledged event survives the loss
 //! of any one node.
 
-use std::{collections::HashMap, time::Duration, time::SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use async_nats::{jetstream, Client, HeaderMap};
 use bytes::Bytes;
 
 use super::{
-    publish,
+    bucket, publish,
     wire::{
-        encode_header, event_headers, request_error, PubAckReply, BATCH_HAS_DUPLICATE,
-        EXPECTED_LAST_SEQUENCE, ID_IN_PROCESS, MSG_ID, PROBE_SEQUENCE, WRONG_LAST_SEQUENCE,
+        event_headers, request_error, PubAckReply, EXPECTED_LAST_SUBJECT_SEQUENCE,
+        SUBJECT_IN_PROCESS, WRONG_LAST_SEQUENCE,
     },
     JetStreamError,
 };
 use crate::{
-    model::{Appended, EventType, NewEvent, Offset},
+    model::{Appended, NewEvent, Offset},
     store::keys,
 };
 
 /// The server's default limit of messages in one atomic batch
 /// (`jetstream.max_batch_size`).
 pub const SERVER_MAX_BATCH: usize = 1000;
-/// An atomic batch refused for holding stored ids is retried without them;
-/// a racing broker can store one of the rest meanwhile, so a few rounds.
-const DUPLICATE_ROUNDS: usize = 4;
-/// A publish refused because another publisher's message with the same id
-/// is still in flight at the leader ([`ID_IN_PROCESS`]) is sent again
+/// An append refused for holding stored ids is retried without them; a
+/// racing broker can store one of the rest meanwhile, and a replica asked
+/// which ids are stored can lag, so a few rounds, a pause apart.
+const STORED_ROUNDS: usize = 10;
+/// A publish refused because another publisher's message of the same id
+/// is still in flight at the leader ([`SUBJECT_IN_PROCESS`]) is sent again
 /// after a pause, for about 2 s in all: once that message is stored, the
 /// id answers as a duplicate.
 const IN_PROCESS_ROUNDS: usize = 100;
 const IN_PROCESS_PAUSE: Duration = Duration::from_millis(20);
+/// The stream's metadata entry that says how event ids are kept: one
+/// subject per id ([`super::ids`]). A stream without it was made by an
+/// earlier build, which kept them in a bucket of claims.
+const IDS_METADATA: (&str, &str) = ("stevedore_event_ids", "subject per id");
 
 /// Where and how the log lives on the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamConfig {
     /// The stream's name (letters, digits, `-` and `_`).
     pub stream: String,
-    /// Subjects are `<subject_prefix>.<event type>`; the stream takes
+    /// Each event's subject is `<subject_prefix>.<key>`, its id made
+    /// subject-safe ([`bucket::encode_key`]); the stream takes
     /// `<subject_prefix>.>`.
     pub subject_prefix: String,
     /// Copies of every event (the stream's replicas; 3 for a 3-node cluster).
     pub replicas: usize,
-    /// How long the server remembers an event id for deduplication.
+    /// How long the server remembers a message id for deduplication (the
+    /// events carry none; the state bucket's writes do not use it either).
     pub duplicate_window: Duration,
     /// Most events in one atomic batch (at most the server's
     /// `max_batch_size`, by default [`SERVER_MAX_BATCH`]).
@@ -57,7 +67,7 @@ pub struct StreamConfig {
 impl StreamConfig {
     /// The log of the installation named `prefix` (several installations
     /// share one cluster under different prefixes): stream
-    /// `<PREFIX>_EVENTS`, subjects `<prefix>.events.<type>`, R3, a
+    /// `<PREFIX>_EVENTS`, subjects `<prefix>.events.<id>`, R3, a
     /// two-minute deduplication window.
     pub fn with_prefix(prefix: &str) -> Self {
         StreamConfig {
@@ -101,7 +111,7 @@ impl StreamConfig {
     }
 
     /// The stream as the server is asked to create it.
-    pub(super) fn server_config(&self) -> jetstream::stream::Config {
+    pub fn server_config(&self) -> jetstream::stream::Config {
         jetstream::stream::Config {
             name: self.stream.clone(),
             subjects: vec![format!("{}.>", self.subject_prefix)],
@@ -110,13 +120,17 @@ impl StreamConfig {
             duplicate_window: self.duplicate_window,
             allow_atomic_publish: true,
             allow_direct: true,
+            metadata: [IDS_METADATA]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             ..Default::default()
         }
     }
 
-    /// The subject of events of `event_type`.
-    pub fn subject(&self, event_type: &EventType) -> String {
-        format!("{}.{event_type}", self.subject_prefix)
+    /// The subject of event `id` (its claim: [`super::ids`]).
+    pub fn subject(&self, id: &str) -> String {
+        format!("{}.{}", self.subject_prefix, bucket::encode_key(id))
     }
 }
 
@@ -169,6 +183,18 @@ impl EventStream {
         if !have.allow_atomic_publish || !have.allow_direct {
             return mismatch("allow_atomic or allow_direct off");
         }
+        if have.metadata.get(IDS_METADATA.0).map(String::as_str) != Some(IDS_METADATA.1) {
+            return Err(JetStreamError::Stream {
+                stream: config.stream.clone(),
+                reason: format!(
+                    "was made by an earlier stevedore build, which kept event ids in a bucket \
+                     of claims (metadata {:?} is not {:?}); this build cannot take it over: \
+                     choose another nats_prefix, or remove the stream if its events are not \
+                     needed",
+                    IDS_METADATA.0, IDS_METADATA.1
+                ),
+            });
+        }
         Ok(EventStream {
             client,
             stream,
@@ -192,19 +218,18 @@ impl EventStream {
         Ok(Offset::new(info.state.last_sequence))
     }
 
-    /// Appends one event and waits for the quorum's ack. An id already in
-    /// the deduplication window writes nothing and answers with the stored
-    /// event's offset and `duplicate = true`.
+    /// Appends one event and waits for the quorum's ack. An id stored
+    /// before (its subject holds a message: [`super::ids`]) writes nothing
+    /// and answers with the stored event's offset and `duplicate = true`.
     pub async fn append(&self, event: &NewEvent) -> Result<Appended, JetStreamError> {
         let m = self.outgoing(event, keys::unix_nanos(SystemTime::now()));
         self.publish_one(&m).await
     }
 
     /// Appends `events` all or nothing (one atomic batch) and waits for the
-    /// quorum's ack. As in the embedded log, an id already stored (here:
-    /// within the deduplication window) or repeated in the batch answers
-    /// with the first one's offset and `duplicate = true`, and only the
-    /// other events are written.
+    /// quorum's ack. As in the embedded log, an id already stored or
+    /// repeated in the batch answers with the first one's offset and
+    /// `duplicate = true`, and only the other events are written.
     pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<Appended>, JetStreamError> {
         let published = keys::unix_nanos(SystemTime::now());
         let all: Vec<Outgoing> = events.iter().map(|e| self.outgoing(e, published)).collect();
@@ -223,7 +248,7 @@ impl EventStream {
             });
         }
         let mut found: Vec<Option<Appended>> = vec![None; all.len()];
-        let (mut round, mut waits) = (1, 0);
+        let (mut rounds, mut waits) = (0, 0);
         loop {
             if let [i] = pending[..] {
                 found[i] = Some(self.publish_one(&all[i]).await?);
@@ -240,7 +265,7 @@ impl EventStream {
                     break;
                 }
                 Err(JetStreamError::Rejected { err_code, .. })
-                    if err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS =>
+                    if err_code == SUBJECT_IN_PROCESS && waits < IN_PROCESS_ROUNDS =>
                 {
                     // Another broker is storing one of these ids: once it
                     // has, the batch is refused for holding it (below).
@@ -248,19 +273,23 @@ impl EventStream {
                     tokio::time::sleep(IN_PROCESS_PAUSE).await;
                 }
                 Err(JetStreamError::Rejected { err_code, .. })
-                    if err_code == BATCH_HAS_DUPLICATE && round < DUPLICATE_ROUNDS =>
+                    if err_code == WRONG_LAST_SEQUENCE && rounds < STORED_ROUNDS =>
                 {
-                    round += 1;
-                    // Some ids are stored already: find them without
-                    // writing, then send the others as a new batch.
+                    rounds += 1;
+                    // Some ids are stored already: answer them from their
+                    // last messages, then send the others as a new batch.
+                    let ids: Vec<&str> = pending.iter().map(|&i| all[i].id.as_str()).collect();
+                    let lasts = self.lasts_of(&ids).await?;
                     let mut rest = Vec::with_capacity(pending.len());
                     for &i in &pending {
-                        match self.probe(&all[i].subject, &all[i].id).await? {
-                            Some(offset) => {
-                                found[i] = Some(self.duplicate_of(offset, &all[i]).await?)
-                            }
+                        match lasts.get(&all[i].id) {
+                            Some(last) => found[i] = Some(last.answer(&all[i].record)?),
                             None => rest.push(i),
                         }
+                    }
+                    if rest.len() == pending.len() {
+                        // The replica that answered lags the leader.
+                        tokio::time::sleep(IN_PROCESS_PAUSE).await;
                     }
                     pending = rest;
                 }
@@ -298,35 +327,25 @@ impl EventStream {
         Ok(results)
     }
 
-    /// The answer for `event` when its id is known to be stored at
-    /// `offset` (by the idempotency bucket, [`super::idempotent`]):
-    /// `duplicate = true`, and whether its content differs from the stored
-    /// event's.
-    pub(super) async fn duplicate_answer(
-        &self,
-        offset: Offset,
-        event: &NewEvent,
-    ) -> Result<Appended, JetStreamError> {
-        let m = self.outgoing(event, keys::unix_nanos(SystemTime::now()));
-        self.duplicate_of(offset, &m).await
-    }
-
-    /// The message of `event`, published at `published_at_nanos`.
+    /// The message of `event`, published at `published_at_nanos`, on its
+    /// id's subject and only if that holds no message yet.
     fn outgoing(&self, event: &NewEvent, published_at_nanos: u64) -> Outgoing {
         let mut record = keys::encode_event_field(event);
         keys::encode_published_field(published_at_nanos, &mut record);
+        let mut headers = event_headers(&event.event.ordering_key);
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
         Outgoing {
             id: event.event.id.clone(),
-            subject: self.config.subject(&event.event_type),
-            headers: event_headers(&event.event.id, &event.event.ordering_key),
+            subject: self.config.subject(&event.event.id),
+            headers,
             record: record.into(),
         }
     }
 
     /// A request on the stream's subjects ([`publish::request`]), sent
     /// again while another publisher's message of the same id is in flight
-    /// ([`ID_IN_PROCESS`]).
-    async fn request(
+    /// ([`SUBJECT_IN_PROCESS`]).
+    pub(super) async fn request(
         &self,
         subject: &str,
         headers: HeaderMap,
@@ -345,7 +364,7 @@ impl EventStream {
             .await?;
             match &ack.error {
                 // Another publisher's message of this id is in flight.
-                Some(e) if e.err_code == ID_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
+                Some(e) if e.err_code == SUBJECT_IN_PROCESS && waits < IN_PROCESS_ROUNDS => {
                     waits += 1;
                     tokio::time::sleep(IN_PROCESS_PAUSE).await;
                 }
@@ -354,17 +373,30 @@ impl EventStream {
         }
     }
 
+    /// Publishes one event on its id's subject; an id stored already
+    /// answers from its last message (read from the leader).
     async fn publish_one(&self, m: &Outgoing) -> Result<Appended, JetStreamError> {
-        let ack = self
-            .request(&m.subject, m.headers.clone(), m.record.clone(), "publish")
-            .await?;
-        if let Some(e) = ack.error {
-            return Err(e.into_error("publish"));
-        }
-        if ack.duplicate {
-            self.duplicate_of(Offset::new(ack.seq), m).await
-        } else {
-            Ok(new_at(Offset::new(ack.seq)))
+        const WHAT: &str = "publish";
+        let mut rounds = 0;
+        loop {
+            let ack = self
+                .request(&m.subject, m.headers.clone(), m.record.clone(), WHAT)
+                .await?;
+            match ack.error {
+                None => return Ok(new_at(Offset::new(ack.seq))),
+                Some(e) if e.err_code == WRONG_LAST_SEQUENCE => {
+                    if let Some(last) = self.last_of(&m.id).await? {
+                        return last.answer(&m.record);
+                    }
+                    // Gone since the refusal (retention purged it): the
+                    // id is free again.
+                    rounds += 1;
+                    if rounds >= STORED_ROUNDS {
+                        return Err(e.into_error(WHAT));
+                    }
+                }
+                Some(e) => return Err(e.into_error(WHAT)),
+            }
         }
     }
 
@@ -377,45 +409,18 @@ impl EventStream {
         publish::atomic(&self.client, msgs).await
     }
 
-    /// Whether `m`'s id is in the deduplication window, without writing:
-    /// the probe expects an impossible last sequence ([`PROBE_SEQUENCE`]),
-    /// and the server checks the id before that expectation.
-    async fn probe(&self, subject: &str, id: &str) -> Result<Option<Offset>, JetStreamError> {
-        const WHAT: &str = "duplicate probe";
-        let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, encode_header(id).as_str());
-        headers.insert(EXPECTED_LAST_SEQUENCE, PROBE_SEQUENCE.to_string().as_str());
-        let ack = self.request(subject, headers, Bytes::new(), WHAT).await?;
-        match ack.error {
-            None if ack.duplicate => Ok(Some(Offset::new(ack.seq))),
-
-            None => Err(JetStreamError::Protocol {
-                what: WHAT,
-                reason: format!("the probe was stored at sequence {}", ack.seq),
-            }),
-            Some(e) if e.err_code == WRONG_LAST_SEQUENCE => Ok(None),
-            Some(e) => Err(e.into_error(WHAT)),
-        }
-    }
-
-    /// The offset of event `id` if it is in the deduplication window.
-    pub(super) async fn probe_id(&self, id: &str) -> Result<Option<Offset>, JetStreamError> {
-        let subject = format!("{}.probe", self.config.subject_prefix);
-        self.probe(&subject, id).await
-    }
-
     /// The answer for `m`, a duplicate of the event at `offset`: whether its
     /// content differs is read from the stored event (the rare path).
     async fn duplicate_of(&self, offset: Offset, m: &Outgoing) -> Result<Appended, JetStreamError> {
         let same = match self.stored(offset).await? {
-            Some(stored) => {
+            Some(stored) if !keys::is_tombstone(&stored).unwrap_or(false) => {
                 keys::same_content(&m.record, &stored).map_err(|e| JetStreamError::Corrupt {
                     offset,
                     reason: e.to_string(),
                 })?
             }
-            // Gone (retention) since: nothing to compare.
-            None => true,
+            // Erased, or gone (retention) since: nothing to compare.
+            _ => true,
         };
         Ok(Appended {
             offset,

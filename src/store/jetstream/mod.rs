@@ -3,24 +3,25 @@
 //!
 //! The durability check a broker makes before it trusts the cluster
 //! ([`preflight`]), the event log on one replicated stream ([`log`], read
-//! back by [`read`]) with its idempotency claims ([`idempotent`]), and
+//! back by [`read`]), each event the claim of its id ([`ids`]), and
 //! [`ClusterLog`], which the store runs on with `backend = "jetstream"`:
 //! it connects ([`ClusterOptions`]), checks, opens, follows the head and
 //! orders queued appends. The state tables live in one bucket that every
 //! broker copies ([`StateMirror`]); work one broker at a time does holds a
 //! lease ([`Leases`]). Erasing an event deletes its message, overwritten
 //! on every replica (`erase`); its tombstone lives in the state bucket
-//! (`crate::store::cluster_erase`).
+//! (`crate::store::cluster_erase`), and a copy of it on the id's subject
+//! keeps the id claimed.
 //!
 //! Layout on the server:
 //! - one stream per installation (`StreamConfig::stream`), R3 by default,
 //!   file storage, atomic batch publish and direct gets allowed;
-//! - one subject per event type under a prefix
-//!   (`<subject_prefix>.<event type>`);
+//! - one subject per event id under a prefix (`<subject_prefix>.<key>`,
+//!   the id made subject-safe by [`encode_key`]), each event published
+//!   only if its subject holds no message ([`ids`]);
 //! - the offset of an event is its stream sequence (the first is 1, as
 //!   [`crate::model::FIRST_OFFSET`]);
-//! - each message carries the event id in `Nats-Msg-Id` (the server's
-//!   deduplication) and the ordering key in [`wire::ORDERING_KEY`]; the
+//! - each message carries the ordering key in [`wire::ORDERING_KEY`]; the
 //!   payload is the same `EventRecord` bytes the embedded log stores, so one
 //!   decoder reads both.
 //! - key-value buckets beside it, named `<PREFIX>_<WHAT>` like the stream
@@ -28,19 +29,14 @@
 //!   made key-safe by [`encode_key`].
 //!
 //! What each piece guarantees, and what it does not:
-//! - [`IdempotentLog`] (bucket `<PREFIX>_IDS`): an event id appended
-//!   through it gets one offset for as long as its claim is kept (no
-//!   expiry), not only within the stream's `duplicate_window`; of
-//!   concurrent appends of one id on any brokers, exactly one answers
-//!   `duplicate = false`. A claimer that dies between claim and confirm
-//!   blocks its id for `stale_after` (then another takes the claim over by
-//!   CAS). Not guaranteed: an event published and never confirmed, whose
-//!   claim is taken over after the stream's deduplication window passed,
-//!   is written twice (keep `stale_after` well under the window); a
-//!   confirm that fails leaves the claim pending, so a retry waits
-//!   `stale_after`. Each append costs two bucket writes more than
-//!   [`EventStream::append`]; an atomic batch costs one direct get and one
-//!   atomic batch of claims more, whatever its size ([`claims_batch`]).
+//! - [`EventStream`]: an event id gets one offset for as long as its
+//!   message (or, once erased, its tombstone's copy) is kept, not only
+//!   within a deduplication window; of concurrent appends of one id on any
+//!   brokers, exactly one answers `duplicate = false`. The check is the
+//!   stream leader's, at the write (`Nats-Expected-Last-Subject-Sequence`),
+//!   for a single append and for each event of an atomic batch alike, so
+//!   an append costs one replicated write whatever its size. Retention's
+//!   purge frees the ids of the events it removes.
 //! - [`Leases`] (bucket `<PREFIX>_LEASES`): at most one holder acquires a
 //!   free lease; a holder that stops renewing loses it once the bucket's
 //!   `max_age` (the TTL) removed its entry, and its next renewal says
@@ -60,13 +56,12 @@
 //!   all taken by CAS writes at the stream's leader, never by a read.
 
 mod bucket;
-mod claims_batch;
 mod cluster;
 mod connect;
 mod erase;
 mod error;
 mod follow;
-pub mod idempotent;
+mod ids;
 mod import;
 pub mod lease;
 pub mod log;
@@ -81,11 +76,10 @@ pub(super) use cluster::until_answered;
 pub use cluster::{ClusterLog, Extent, Opened};
 pub use connect::ClusterOptions;
 pub use error::JetStreamError;
-pub use idempotent::{Claim, IdempotencyConfig, IdempotentLog};
 pub use import::prepare_import;
 pub use lease::{Lease, LeaseConfig, Leases, Renewal};
 pub use log::{EventStream, StreamConfig};
 pub use mirror::MirrorConfig;
 pub(super) use mirror::StateMirror;
 pub use preflight::{check_durability, Durability, NodeDurability, PreflightError};
-pub use wire::{decode_header, ORDERING_KEY, PROBE_SEQUENCE};
+pub use wire::{decode_header, ORDERING_KEY};

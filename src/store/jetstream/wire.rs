@@ -7,22 +7,21 @@ use serde::Deserialize;
 
 use super::JetStreamError;
 
-/// The header that carries an event's ordering key (percent-encoded, like
-/// the id in `Nats-Msg-Id`), so consumers can group by key without decoding
-/// the payload.
+/// The header that carries an event's ordering key (percent-encoded), so
+/// consumers can group by key without decoding the payload.
 pub const ORDERING_KEY: &str = "Stevedore-Ordering-Key";
-/// The server's deduplication header.
-pub(super) const MSG_ID: &str = "Nats-Msg-Id";
+/// On the message that keeps an erased event's id claimed (its tombstone,
+/// published on the id's subject): the erased event's offset, which a
+/// publish of the same id answers.
+pub(super) const ERASED_OFFSET: &str = "Stevedore-Erased-Offset";
 /// Atomic batch publish (nats-server 2.12+, ADR-50): the batch's id.
 pub(super) const BATCH_ID: &str = "Nats-Batch-Id";
 /// Atomic batch publish: the message's place in the batch, from 1.
 pub(super) const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 /// Atomic batch publish: on the last message, `1` commits the batch.
 pub(super) const BATCH_COMMIT: &str = "Nats-Batch-Commit";
-/// Publish only if the stream's last sequence is this one.
-pub(super) const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 /// Publish only if the last message on the subject is at this sequence
-/// (`0`: there is none); a key-value `create`.
+/// (`0`: there is none); a key-value `create`, and an event id's claim.
 pub(super) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 /// A direct get's reply: the message's stream sequence.
 pub(super) const SEQUENCE: &str = "Nats-Sequence";
@@ -33,20 +32,13 @@ pub(super) const SUBJECT: &str = "Nats-Subject";
 pub(super) const NUM_PENDING: &str = "Nats-Num-Pending";
 /// A bucket entry's operation (`DEL`, `PURGE`; absent on a put).
 pub(super) const KV_OPERATION: &str = "KV-Operation";
-/// The sequence a duplicate probe expects as the stream's last: a stream
-/// never gets there, so a probe is never stored. The server checks the
-/// message id first: a known id answers as a duplicate with the original's
-/// sequence, an unknown one fails the expectation (err_code 10071).
-pub const PROBE_SEQUENCE: u64 = u64::MAX;
-/// err_code: the expected last sequence did not match.
+/// err_code: the expected last sequence of the subject did not match;
+/// for an event, its id is stored already.
 pub(super) const WRONG_LAST_SEQUENCE: u64 = 10071;
-/// err_code: a message with the same id is in flight at the stream's
-/// leader (another publisher's, not stored yet): "duplicate message id is
-/// in process".
-pub(super) const ID_IN_PROCESS: u64 = 10158;
-/// err_code: an atomic batch holds an id that is already in the stream's
-/// deduplication window (or twice in the batch).
-pub(super) const BATCH_HAS_DUPLICATE: u64 = 10201;
+/// err_code: "wrong last sequence" without one: a message on the same
+/// subject (another publisher's append of the same id) is in flight at
+/// the stream's leader, not stored yet.
+pub(super) const SUBJECT_IN_PROCESS: u64 = 10164;
 
 /// What is escaped in header values: control characters (a header line
 /// cannot hold CR or LF), spaces (the parser trims them at either end) and
@@ -63,10 +55,9 @@ pub fn decode_header(value: &str) -> String {
     percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
-/// An event's headers: its id for deduplication, its ordering key.
-pub(super) fn event_headers(id: &str, ordering_key: &str) -> HeaderMap {
+/// An event's headers: its ordering key.
+pub(super) fn event_headers(ordering_key: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID, encode_header(id).as_str());
     headers.insert(ORDERING_KEY, encode_header(ordering_key).as_str());
     headers
 }
@@ -79,10 +70,6 @@ pub(super) struct PubAckReply {
     /// The stream's sequence of the message (for a batch: of its last).
     #[serde(default)]
     pub seq: u64,
-    /// The id was in the deduplication window: nothing was written and
-    /// `seq` is the original's.
-    #[serde(default)]
-    pub duplicate: bool,
     /// For a committed atomic batch: how many messages it stored.
     #[serde(default)]
     pub count: Option<u64>,
@@ -178,25 +165,22 @@ mod tests {
     }
 
     #[test]
-    fn replies_parse_acks_duplicates_batches_and_errors() {
-        let ack = PubAckReply::parse(br#"{"stream":"E","seq":7,"duplicate": true}"#, "t").unwrap();
-        assert_eq!(
-            (ack.seq, ack.duplicate, ack.count.is_none()),
-            (7, true, true)
-        );
+    fn replies_parse_acks_batches_and_errors() {
+        let ack = PubAckReply::parse(br#"{"stream":"E","seq":7}"#, "t").unwrap();
+        assert_eq!((ack.seq, ack.count.is_none()), (7, true));
         let batch =
             PubAckReply::parse(br#"{"stream":"E","seq":4,"batch":"b","count":3}"#, "t").unwrap();
         assert_eq!((batch.seq, batch.count), (4, Some(3)));
         let empty = PubAckReply::parse(b"", "t").unwrap();
         assert!(empty.error.is_none() && empty.seq == 0);
         let err = PubAckReply::parse(
-            br#"{"error":{"code":400,"err_code":10201,"description":"dup"},"stream":"E","seq":0}"#,
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"},"stream":"E","seq":0}"#,
             "t",
         )
         .unwrap()
         .error
         .unwrap();
-        assert_eq!(err.err_code, BATCH_HAS_DUPLICATE);
+        assert_eq!(err.err_code, WRONG_LAST_SEQUENCE);
         assert!(PubAckReply::parse(b"nope", "t").is_err());
     }
 }

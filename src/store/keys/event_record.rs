@@ -66,6 +66,17 @@ pub fn tombstone(
     .encode_to_vec())
 }
 
+/// `tombstone` with its publish time set to `published_at_nanos`: the copy
+/// that cluster mode's erasure publishes at a new offset to keep the id
+/// claimed ([`crate::store::jetstream`]), stamped with the erasure's time.
+pub fn restamped(tombstone: &[u8], published_at_nanos: u64) -> Result<Vec<u8>> {
+    use prost::Message as _;
+    let mut r = EventRecord::decode(tombstone)
+        .map_err(|e| Error::Corrupt(format!("a tombstone to restamp: {e}")))?;
+    r.published_at_nanos = published_at_nanos;
+    Ok(r.encode_to_vec())
+}
+
 /// Whether `record` is a tombstone: reads only the record's top-level
 /// fields (the event is skipped, not decoded).
 pub fn is_tombstone(record: &[u8]) -> Result<bool> {

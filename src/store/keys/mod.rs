@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use event_meta::decode_meta_record;
 pub use event_record::{
     decode_event, decode_event_id, decode_tombstone, encode_event_field, encode_published_field,
-    is_tombstone, same_content, split_event_record, tombstone,
+    is_tombstone, restamped, same_content, split_event_record, tombstone,
 };
 #[cfg(test)]
 pub use event_record::{encode_event_record, EventRecord};

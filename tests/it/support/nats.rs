@@ -122,40 +122,6 @@ pub fn jetstream_of(client: &async_nats::Client) -> async_nats::jetstream::Conte
     js
 }
 
-/// The claim `bucket` holds for event id `id`, read from its stream's
-/// leader. A KV get is a direct get, which any replica may answer before
-/// it has applied the latest write (a claim's confirmation, seen pending on
-/// CI right after the publish was answered); the leader has applied every
-/// write it acknowledged.
-pub async fn leader_claim(
-    client: &async_nats::Client,
-    bucket: &str,
-    id: &str,
-) -> Option<stevedore::store::jetstream::Claim> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let stream = jetstream_of(client)
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .unwrap_or_else(|e| panic!("bucket {bucket}'s stream: {e}"));
-    let subject = format!(
-        "$KV.{bucket}.{}",
-        stevedore::store::jetstream::encode_key(id)
-    );
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => {
-            let deleted = message
-                .headers
-                .get("KV-Operation")
-                .is_some_and(|op| op.as_str() != "PUT");
-            let claim = stevedore::store::jetstream::Claim::decode(&message.payload);
-            assert!(deleted || claim.is_some(), "{subject} holds no claim");
-            claim.filter(|_| !deleted)
-        }
-        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => None,
-        Err(e) => panic!("reading {subject}: {e}"),
-    }
-}
-
 /// Creates `config`'s stream through `js`, asking again for up to
 /// [`READY_TIMEOUT`] while the cluster refuses or does not answer: under
 /// load a node can miss its heartbeats for a moment, and the meta leader
