@@ -14,6 +14,7 @@ use stevedore::{
 use tokio::net::TcpListener;
 
 use crate::{
+    cpu::{micros_per, Phase, RAW},
     harness::{self, create_endpoint, endpoint, Broker, ChildBroker},
     receiver,
     report::{Check, Figure, Section, Unit},
@@ -29,9 +30,10 @@ pub async fn catchup(ctx: &Ctx) -> Result<Section> {
     let data = dir.path().join("data");
     let broker = Broker::start(harness::config(&data)).await?;
     harness::prefill(&broker, "c", n, 1000).await?;
-    let mut rates = Vec::new();
+    let (mut rates, mut cpu) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let mut sub = broker.subscriber().await?;
+        let phase = Phase::start("catchup");
         let started = Instant::now();
         let mut stream = sub
             .subscribe(pb::SubscribeRequest {
@@ -47,6 +49,7 @@ pub async fn catchup(ctx: &Ctx) -> Result<Section> {
             got += 1;
         }
         rates.push(n as f64 / started.elapsed().as_secs_f64());
+        cpu.push(micros_per(phase.end(), n));
         ctx.progress(&format!(
             "catchup run {}: {:.0} events/s",
             run + 1,
@@ -55,9 +58,11 @@ pub async fn catchup(ctx: &Ctx) -> Result<Section> {
     }
     broker.stop().await?;
     // For scale: how fast the store itself yields and decodes the records.
-    let mut raw = Vec::new();
+    let (mut raw, mut raw_cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        raw.push(scan_log(&data)?);
+        let (rate, cpu) = scan_log(&data)?;
+        raw.push(rate);
+        raw_cpu.push(cpu);
     }
     Ok(Section {
         name: "catchup",
@@ -65,7 +70,9 @@ pub async fn catchup(ctx: &Ctx) -> Result<Section> {
         runs,
         figures: vec![Figure::new("Subscribe catch-up events/s", Unit::PerSec, rates)
             .baseline("store scan + decode", raw)
-            .target(Check::RatioAtLeast(0.9))],
+            .target(Check::RatioAtLeast(0.9)),
+            Figure::new("CPU per event", Unit::Micros, cpu)
+                .baseline("store scan + decode", raw_cpu)],
         notes: vec![
             format!(
                 "{n} ~1 KiB events prefilled; one Subscribe stream (earliest, ack mode NONE) per run over one HTTP/2 connection, read to the last event; each run reads the whole log again"
@@ -75,9 +82,9 @@ pub async fn catchup(ctx: &Ctx) -> Result<Section> {
     })
 }
 
-/// Events per second of the store's read path: `read_from` in batches,
-/// each record decoded.
-fn scan_log(data: &Path) -> Result<f64> {
+/// Events per second of the store's read path (`read_from` in batches,
+/// each record decoded), and its CPU time per event.
+fn scan_log(data: &Path) -> Result<(f64, f64)> {
     let (store, writer) = Store::open(&StoreConfig {
         path: data.to_owned(),
         cache_bytes: 64 * 1024 * 1024,
@@ -88,6 +95,7 @@ fn scan_log(data: &Path) -> Result<f64> {
         recovery: Default::default(),
         zero_fill: true,
     })?;
+    let phase = Phase::start(RAW);
     let started = Instant::now();
     let mut n = 0u64;
     let mut from = store.first_offset()?;
@@ -99,9 +107,10 @@ fn scan_log(data: &Path) -> Result<f64> {
         std::hint::black_box(batch);
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = micros_per(phase.end(), n);
     drop(store);
     writer.join();
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 // ---------------------------------------------------------------- dataset
