@@ -362,3 +362,61 @@ async fn cluster_log_fresh_head_sees_what_another_broker_appended() {
         "the followed head is raised too"
     );
 }
+
+/// A broker that appends tells the others on the stream's head subject
+/// (a core NATS message, not stored), and their followers move their
+/// heads; an append that writes nothing (a duplicate) tells nobody.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs nats-server"]
+async fn cluster_log_appends_are_told_to_the_other_brokers() {
+    use tokio_stream::StreamExt as _;
+    let cluster = NatsCluster::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |n: u32| {
+        let data_dir = dir.path().join(format!("b{n}")).display().to_string();
+        let config = stevedore::config::Config::load(
+            None,
+            cluster.broker_env("tell"),
+            &[("data_dir", data_dir)],
+        )
+        .unwrap();
+        let options = ClusterOptions::from_config(&config).expect("backend = jetstream");
+        async move { ClusterLog::open(&options, Default::default()).await }
+    };
+    let a = open(1).await.expect("broker A");
+    let b = open(2).await.expect("broker B");
+    let client = cluster.connect().await;
+    let mut notices = client
+        .subscribe(StreamConfig::with_prefix("tell").head_subject())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let start = *b.head.borrow();
+
+    let event = new_event(pick("tell-1", "SO-1"), "SO-1");
+    let appended = a.log.append(vec![event.clone()]).await.expect("append");
+    assert_eq!(appended[0].offset, start);
+    tokio::time::timeout(std::time::Duration::from_secs(10), notices.next())
+        .await
+        .expect("a notice within 10 s")
+        .expect("the subscription is open");
+    let mut head = b.head.clone();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        head.wait_for(|h| *h > start),
+    )
+    .await
+    .expect("B's head follows within 10 s")
+    .unwrap();
+
+    let again = a.log.append(vec![event]).await.expect("append again");
+    assert!(again[0].duplicate);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), notices.next())
+            .await
+            .is_err(),
+        "a duplicate is no news"
+    );
+    a.log.close();
+    b.log.close();
+}

@@ -165,7 +165,7 @@ impl ClusterLog {
             return Err(Error::ShuttingDown);
         }
         let appended = append(&self.events, events, &self.metrics).await?;
-        advance(&self.head, &appended);
+        advance(&self.events, &self.head, &appended).await;
         Ok(appended)
     }
 
@@ -246,6 +246,10 @@ impl ClusterLog {
                         ))
                     })?;
             }
+        }
+        if !doomed.is_empty() {
+            // Their tombstones' copies took offsets (`EventStream::erase`).
+            follow::notify(&self.events).await;
         }
         Ok(())
     }
@@ -348,10 +352,14 @@ fn count(metrics: &Metrics, events: &[NewEvent], appended: &[Appended]) {
 }
 
 /// Moves the head past what was just appended (the follower would, a
-/// moment later): this broker's subscribers see its appends at once.
-fn advance(head: &watch::Sender<Offset>, appended: &[Appended]) {
+/// moment later): this broker's subscribers see its appends at once; and
+/// tells the other brokers' followers, if anything was written.
+async fn advance(log: &EventStream, head: &watch::Sender<Offset>, appended: &[Appended]) {
     if let Some(last) = appended.iter().map(|a| a.offset).max() {
         follow::raise(head, last + 1);
+    }
+    if appended.iter().any(|a| !a.duplicate) {
+        follow::notify(log).await;
     }
 }
 
@@ -395,7 +403,7 @@ async fn sequence(
         let (events, replies): (Vec<Vec<NewEvent>>, Vec<_>) = group.into_iter().unzip();
         match append(&log, events.into_iter().flatten().collect(), &metrics).await {
             Ok(appended) => {
-                advance(&head, &appended);
+                advance(&log, &head, &appended).await;
                 let mut rest = appended.into_iter();
                 for (size, reply) in sizes.into_iter().zip(replies) {
                     let _ = reply.send(Ok(rest.by_ref().take(size).collect()));

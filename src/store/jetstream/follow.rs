@@ -2,11 +2,13 @@
 //! tail on one broker must see what another published.
 //!
 //! The head is the stream's last sequence + 1 as its leader reports it
-//! (`STREAM.INFO`). It is asked again whenever a message is published on
-//! the stream's subjects (a plain subscription to them is the cheapest
-//! notice the server gives; it arrives as the message is published, maybe
-//! before the stream stored it, so a notice that finds the head unmoved
-//! asks again a few times), and every [`TICK`] in any case. The same
+//! (`STREAM.INFO`). It is asked again whenever a broker says it appended
+//! (a core NATS message on [`super::StreamConfig::head_subject`], sent
+//! once an append is acknowledged: one small message per append, where a
+//! subscription to the stream's own subjects would bring every broker a
+//! copy of every event), and every [`TICK`] in any case (appends by
+//! anything else, a notice lost). A notice that finds the head unmoved
+//! asks again a few times. The same
 //! answer keeps the stream's first sequence and size, and its failure
 //! shows in the store's health: the broker is NOT_SERVING while the
 //! stream's leader cannot be reached.
@@ -40,11 +42,14 @@ pub(super) async fn follow(
     health: watch::Sender<StoreHealth>,
     stop: CancellationToken,
 ) {
-    let subjects = format!("{}.>", stream.config().subject_prefix);
-    let mut notices = match stream.client.subscribe(subjects).await {
+    let mut notices = match stream
+        .client
+        .subscribe(stream.config().head_subject())
+        .await
+    {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot subscribe to the stream's subjects: the head follows every {TICK:?} only");
+            tracing::warn!(error = %e, "cannot subscribe to the brokers' notices of appends: the head follows every {TICK:?} only");
             None
         }
     };
@@ -69,6 +74,16 @@ pub(super) async fn follow(
                 break;
             }
         }
+    }
+}
+
+/// Tells every broker's follower (this one's too) that `stream` has grown.
+/// A notice that cannot be sent is only later news: the followers look
+/// every [`TICK`] anyway.
+pub(super) async fn notify(stream: &EventStream) {
+    let subject = stream.config().head_subject();
+    if let Err(e) = stream.client.publish(subject, bytes::Bytes::new()).await {
+        tracing::debug!(error = %e, "a notice of an append was not sent");
     }
 }
 

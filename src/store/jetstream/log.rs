@@ -128,6 +128,13 @@ impl StreamConfig {
         }
     }
 
+    /// The core NATS subject on which brokers tell each other that they
+    /// appended ([`super::follow`]); outside the stream's subjects, so
+    /// never stored.
+    pub fn head_subject(&self) -> String {
+        format!("_STEVEDORE.HEAD.{}", self.stream)
+    }
+
     /// The subject of event `id` (its claim: [`super::ids`]).
     pub fn subject(&self, id: &str) -> String {
         format!("{}.{}", self.subject_prefix, bucket::encode_key(id))
