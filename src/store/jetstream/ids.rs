@@ -133,21 +133,8 @@ impl EventStream {
         lasts: &mut HashMap<String, Last>,
     ) -> Result<(), JetStreamError> {
         const WHAT: &str = "read event ids";
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| request_error(WHAT, e))?;
         let body = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", self.config.stream),
-                inbox,
-                body.to_string().into(),
-            )
-            .await
-            .map_err(|e| request_error(WHAT, e))?;
+        let mut replies = self.direct_get(WHAT, body).await?;
         let prefix = format!("{}.", self.config.subject_prefix);
         loop {
             let message = tokio::time::timeout(DIRECT_TIMEOUT, replies.next())

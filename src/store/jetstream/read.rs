@@ -145,24 +145,36 @@ impl EventStream {
         }
     }
 
-    /// One batched direct get of up to `want` messages from `from`.
-    async fn direct_batch(&self, from: Offset, want: u64) -> Result<DirectBatch, JetStreamError> {
-        const WHAT: &str = "direct get";
+    /// Sends the batched direct get `body` (any replica answers); its
+    /// replies arrive on the subscription returned, one message each, then
+    /// a status that ends the batch.
+    pub(super) async fn direct_get(
+        &self,
+        what: &'static str,
+        body: serde_json::Value,
+    ) -> Result<async_nats::Subscriber, JetStreamError> {
         let inbox = self.client.new_inbox();
-        let mut replies = self
+        let replies = self
             .client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| request_error(WHAT, e))?;
-        let body = serde_json::json!({ "seq": from.get(), "batch": want }).to_string();
+            .map_err(|e| request_error(what, e))?;
         self.client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", self.config.stream),
                 inbox,
-                body.into(),
+                body.to_string().into(),
             )
             .await
-            .map_err(|e| request_error(WHAT, e))?;
+            .map_err(|e| request_error(what, e))?;
+        Ok(replies)
+    }
+
+    /// One batched direct get of up to `want` messages from `from`.
+    async fn direct_batch(&self, from: Offset, want: u64) -> Result<DirectBatch, JetStreamError> {
+        const WHAT: &str = "direct get";
+        let body = serde_json::json!({ "seq": from.get(), "batch": want });
+        let mut replies = self.direct_get(WHAT, body).await?;
         let mut batch = DirectBatch {
             records: Vec::new(),
             pending: 0,
