@@ -104,6 +104,16 @@ impl EventStream {
         }
     }
 
+    /// The event at `offset` as a [`Last`], its record read from the
+    /// leader (none once erased or gone: nothing to compare an append with).
+    pub(super) async fn last_at(&self, offset: Offset) -> Result<Last, JetStreamError> {
+        let record = self
+            .stored(offset)
+            .await?
+            .filter(|r| !keys::is_tombstone(r).unwrap_or(false));
+        Ok(Last { offset, record })
+    }
+
     /// The offset event `id` answers (its event's, or its erased event's),
     /// `None` if it is not stored.
     pub async fn offset_of(&self, id: &str) -> Result<Option<Offset>, JetStreamError> {

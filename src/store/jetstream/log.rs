@@ -315,7 +315,7 @@ impl EventStream {
             } else if original.duplicate {
                 // A repeat of a stored id: compared with the stored event,
                 // as the embedded log does.
-                self.duplicate_of(original.offset, m).await?
+                self.last_at(original.offset).await?.answer(&m.record)?
             } else {
                 // A repeat of an event this batch wrote.
                 let same = keys::same_content(&m.record, &all[i].record).map_err(|e| {
@@ -414,26 +414,6 @@ impl EventStream {
     ) -> Result<Offset, JetStreamError> {
         let msgs = msgs.map(|m| (m.subject.as_str(), &m.headers, &m.record));
         publish::atomic(&self.client, msgs).await
-    }
-
-    /// The answer for `m`, a duplicate of the event at `offset`: whether its
-    /// content differs is read from the stored event (the rare path).
-    async fn duplicate_of(&self, offset: Offset, m: &Outgoing) -> Result<Appended, JetStreamError> {
-        let same = match self.stored(offset).await? {
-            Some(stored) if !keys::is_tombstone(&stored).unwrap_or(false) => {
-                keys::same_content(&m.record, &stored).map_err(|e| JetStreamError::Corrupt {
-                    offset,
-                    reason: e.to_string(),
-                })?
-            }
-            // Erased, or gone (retention) since: nothing to compare.
-            _ => true,
-        };
-        Ok(Appended {
-            offset,
-            duplicate: true,
-            payload_differs: !same,
-        })
     }
 }
 
