@@ -61,6 +61,9 @@ impl Endpoints {
         until: Offset,
         why: Removal,
     ) -> Result<u64> {
+        // Every event acknowledged before this call, on any broker, is
+        // read from this broker's copy of the log.
+        self.store.log_caught_up().await?;
         let unwanted = self.store.unwanted(tenant, from, until)?;
         if unwanted.is_empty() {
             return Ok(0);

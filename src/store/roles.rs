@@ -51,6 +51,30 @@ impl Store {
         }
     }
 
+    /// In cluster mode, waits (up to [`CATCH_UP`]) until this broker's
+    /// copy of the log holds every event the stream has stored by now,
+    /// whichever broker appended it (an append is answered once the quorum
+    /// stored it, a moment before the copy holds it); at once in embedded
+    /// mode.
+    pub async fn log_caught_up(&self) -> Result<()> {
+        let Backend::Cluster(cluster) = &self.inner.backend else {
+            return Ok(());
+        };
+        let target = cluster.log.fresh_head().await?;
+        let mut head = self.watch_head();
+        let reached = tokio::time::timeout(CATCH_UP, head.wait_for(|h| *h >= target))
+            .await
+            .map(|r| r.map(|_| ()));
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(crate::error::Error::ShuttingDown),
+            Err(_) => Err(crate::error::Error::Unavailable(format!(
+                "this broker's copy of the cluster log did not reach offset {target} within \
+                 {CATCH_UP:?}"
+            ))),
+        }
+    }
+
     /// In cluster mode, the gRPC address of the primary broker (the holder
     /// of [`PRIMARY_LEASE`]), if one holds it; `None` in embedded mode.
     pub async fn primary(&self) -> Result<Option<String>> {
