@@ -11,10 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use stevedore::{
     config::Config,
-    pb::{
-        self, admin_client::AdminClient, event::Payload, publisher_client::PublisherClient,
-        subscriber_client::SubscriberClient,
-    },
+    pb::{self, admin_client::AdminClient, event::Payload, publisher_client::PublisherClient},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -174,10 +171,6 @@ impl Broker {
 
     pub async fn admin(&self) -> Result<AdminClient<Channel>> {
         Ok(AdminClient::new(self.channel().await?))
-    }
-
-    pub async fn subscriber(&self) -> Result<SubscriberClient<Channel>> {
-        Ok(SubscriberClient::new(self.channel().await?))
     }
 
     /// Stops gracefully and waits until the database is closed.
