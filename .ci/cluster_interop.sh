@@ -130,15 +130,22 @@ check "migration: the README's recipe copies them into the cluster" t_migrate
 brokers=$(readme_fenced_block "### Pointing brokers at it" | sed -e ':a' -e '/\\$/{N; s/\\\n[[:space:]]*/ /; ba' -e '}')
 n=0
 ADDRS=()
+BROKER_ARGS=()
+# Starts broker $1 with the recipe's arguments $2, in $tmpdir (the recipe's
+# data directories are relative); its pid goes to pids[2 + $1].
+start_broker() {
+  local i=$1
+  eval "set -- $2"
+  (cd "$tmpdir" && exec "$BIN" "$@") >"$tmpdir/broker$i.out" 2>"$tmpdir/broker$i.err" </dev/null &
+  pids[$((2 + i))]=$!
+}
 while IFS= read -r line; do
   case "$line" in
     export\ *) eval "$line" ;;
     cargo\ run\ --release\ --\ *)
       n=$((n + 1))
-      eval "set -- ${line#cargo run --release -- }"
-      # In $tmpdir: the recipe's data directories are relative.
-      (cd "$tmpdir" && exec "$BIN" "$@") >"$tmpdir/broker$n.out" 2>"$tmpdir/broker$n.err" </dev/null &
-      pids+=($!)
+      BROKER_ARGS[n]=${line#cargo run --release -- }
+      start_broker "$n" "${BROKER_ARGS[n]}"
       ADDRS+=("$(sed -n 's/.*--listen \([^ ]*\).*/\1/p' <<<"$line")")
       ;;
     "" | \#*) ;;
@@ -155,14 +162,31 @@ done <<<"$brokers"
 A=${ADDRS[0]}
 B=${ADDRS[1]}
 
+# The recipe's ports (50051, 50052, 9464, ...) lie in Linux's ephemeral
+# range (32768-60999): an outgoing connection of another process (a NATS
+# route, a client) can hold one for a while, and the broker then exits with
+# "Address already in use" (one CI run met this on 50052). Such a broker is
+# started again, at most 5 times, 2 s apart, saying so; any other exit
+# fails. This runs in this shell, not in a check's subshell, so that the
+# pid of a broker started again reaches `pids` and the cleanup.
+for i in 1 2; do
+  tries=0
+  for _ in $(seq 600); do
+    grep -q '^stevedore listening on' "$tmpdir/broker$i.out" && break
+    if ! kill -0 "${pids[$((2 + i))]}" 2>/dev/null; then
+      grep -q 'Address already in use' "$tmpdir/broker$i.err" && [ "$tries" -lt 5 ] || break
+      tries=$((tries + 1))
+      echo "note: broker $i: a port of the recipe was in use; starting it again ($tries of at most 5)"
+      sleep 2
+      start_broker "$i" "${BROKER_ARGS[i]}"
+    fi
+    sleep 0.1
+  done
+done
+
 t_brokers_up() {
-  local i _
+  local i
   for i in 1 2; do
-    for _ in $(seq 600); do
-      grep -q '^stevedore listening on' "$tmpdir/broker$i.out" && break
-      kill -0 "${pids[$((2 + i))]}" 2>/dev/null || break
-      sleep 0.1
-    done
     grep '^stevedore listening on' "$tmpdir/broker$i.out"
   done
 }
