@@ -16,7 +16,8 @@ use stevedore::{
     store::{Store, StoreConfig},
 };
 use tokio::net::TcpListener;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic_prost::ProstEncoder;
 
 use crate::{
     cpu::{micros_per, Phase, RAW},
@@ -128,9 +129,9 @@ async fn read_all(broker: &Broker, n: u64, client: Client) -> Result<(f64, f64)>
     Ok((rate, micros_per(phase.end(), n)))
 }
 
-/// A gRPC codec for the client that decodes each message from the one
-/// contiguous slice tonic's `DecodeBuf` holds it in, instead of through
-/// `Buf` calls field by field.
+/// A gRPC codec for the client: requests encoded by prost as usual, each
+/// response decoded from the one contiguous slice tonic's `DecodeBuf` holds
+/// it in, instead of through `Buf` calls field by field.
 struct SliceCodec<E, D>(PhantomData<(E, D)>);
 
 impl<E, D> Default for SliceCodec<E, D> {
@@ -146,25 +147,15 @@ where
 {
     type Encode = E;
     type Decode = D;
-    type Encoder = SliceCodec<E, D>;
+    type Encoder = ProstEncoder<E>;
     type Decoder = SliceCodec<E, D>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        Self::default()
+        ProstEncoder::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         Self::default()
-    }
-}
-
-impl<E: Message, D> Encoder for SliceCodec<E, D> {
-    type Item = E;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: E, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        item.encode(buf)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
