@@ -15,28 +15,23 @@ pub(super) fn body(_env: &Envelope<'_>, c: &pb::ChannelInventoryUpdated) -> Json
     let variant = c.variant.as_ref().unwrap_or(&no_variant);
     let inventory = c.inventory.as_ref().unwrap_or(&no_inventory);
     Object::body()
-        .object(
-            "variant",
-            Object::new()
-                .int_or_null("id", variant.id)
-                .str_or_null("inventoryPolicy", variant.inventory_policy.as_deref()),
-        )
-        .object(
-            "channelVariant",
-            channel_variant(c.channel_variant.as_ref()),
-        )
-        .object(
-            "inventory",
-            Object::new().int_or_null("available", inventory.available),
-        )
+        .object("variant", |o| {
+            o.int_or_null("id", variant.id)
+                .str_or_null("inventoryPolicy", variant.inventory_policy.as_deref())
+        })
+        .object("channelVariant", |o| {
+            channel_variant(o, c.channel_variant.as_ref())
+        })
+        .object("inventory", |o| {
+            o.int_or_null("available", inventory.available)
+        })
         .build()
 }
 
-fn channel_variant(cv: Option<&pb::ChannelVariant>) -> Object {
+fn channel_variant(o: Object, cv: Option<&pb::ChannelVariant>) -> Object {
     let none = pb::ChannelVariant::default();
     let cv = cv.unwrap_or(&none);
-    Object::new()
-        .int_or_null("id", cv.id)
+    o.int_or_null("id", cv.id)
         .int_or_null("companyId", cv.company_id)
         .int_or_null("variantId", cv.variant_id)
         .int_or_null("channelId", cv.channel_id)
@@ -54,14 +49,13 @@ fn channel_variant(cv: Option<&pb::ChannelVariant>) -> Object {
         .date_or_null("costPriceUpdate", cv.cost_price_update.as_ref())
         .date_or_null("createdAt", cv.created_at.as_ref())
         .date_or_null("updatedAt", cv.updated_at.as_ref())
-        .object("channel", channel(cv.channel.as_ref()))
+        .object("channel", |o| channel(o, cv.channel.as_ref()))
 }
 
-fn channel(ch: Option<&pb::Channel>) -> Object {
+fn channel(o: Object, ch: Option<&pb::Channel>) -> Object {
     let none = pb::Channel::default();
     let ch = ch.unwrap_or(&none);
-    Object::new()
-        .str_or_null("shipstationUrl", ch.shipstation_url.as_deref())
+    o.str_or_null("shipstationUrl", ch.shipstation_url.as_deref())
         .num_or_null("freeShippingThreshold", ch.free_shipping_threshold)
         .bool_or_null("hideWhenNoCostPrice", ch.hide_when_no_cost_price)
         .int_or_null("id", ch.id)

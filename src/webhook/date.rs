@@ -3,18 +3,9 @@
 //! the `time` crate's.
 
 use prost_types::Timestamp;
-use time::{format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime};
+use time::OffsetDateTime;
 
 const NANOS_PER_SECOND: i32 = 1_000_000_000;
-
-const WHOLE: &[BorrowedFormatItem<'_>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-const MILLIS: &[BorrowedFormatItem<'_>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-const MICROS: &[BorrowedFormatItem<'_>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-const NANOS: &[BorrowedFormatItem<'_>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
 
 /// A point in time as ISO 8601 UTC, like [`iso8601`].
 pub fn iso8601_at(t: std::time::SystemTime) -> String {
@@ -29,6 +20,22 @@ pub fn iso8601_at(t: std::time::SystemTime) -> String {
 /// the crate represents (±9999) is clamped to its first or last instant
 /// rather than failing: the shapers never panic.
 pub fn iso8601(ts: &Timestamp) -> String {
+    let mut out = Vec::with_capacity(30);
+    write_iso8601(&mut out, ts);
+    String::from_utf8(out).expect("ISO 8601 dates are ASCII")
+}
+
+/// [`iso8601`], as a JSON string (between quotes) at the end of `out`.
+pub(super) fn write_iso8601_json(out: &mut Vec<u8>, ts: &Timestamp) {
+    out.push(b'"');
+    write_iso8601(out, ts);
+    out.push(b'"');
+}
+
+/// [`iso8601`], written at the end of `out`. The calendar is the `time`
+/// crate's; the digits are written here (its formatter, driven by a format
+/// description, cost ten times as much per date).
+fn write_iso8601(out: &mut Vec<u8>, ts: &Timestamp) {
     // Normalise out-of-range nanos (validation rejects them; be total anyway).
     // Saturating: `seconds` near i64::MAX would overflow (found by fuzzing).
     let seconds = ts
@@ -43,21 +50,115 @@ pub fn iso8601(ts: &Timestamp) -> String {
     } else {
         time::PrimitiveDateTime::MAX.assume_utc()
     });
-    let format = match at.nanosecond() {
-        0 => WHOLE,
-        n if n % 1_000_000 == 0 => MILLIS,
-        n if n % 1_000 == 0 => MICROS,
-        _ => NANOS,
-    };
-    // Every component of these descriptions is in an OffsetDateTime, and
-    // the output is a String: formatting has nothing to fail on.
-    at.format(format)
-        .expect("formatting a complete UTC date-time")
+    let year = at.year();
+    if year < 0 {
+        // `time` writes a sign, then at least four digits.
+        out.push(b'-');
+    }
+    // Within ±9999: this crate does not enable time's `large-dates`.
+    digits(out, year.unsigned_abs(), 4);
+    out.push(b'-');
+    digits(out, u32::from(u8::from(at.month())), 2);
+    out.push(b'-');
+    digits(out, u32::from(at.day()), 2);
+    out.push(b'T');
+    digits(out, u32::from(at.hour()), 2);
+    out.push(b':');
+    digits(out, u32::from(at.minute()), 2);
+    out.push(b':');
+    digits(out, u32::from(at.second()), 2);
+    match at.nanosecond() {
+        0 => {}
+        n if n % 1_000_000 == 0 => {
+            out.push(b'.');
+            digits(out, n / 1_000_000, 3);
+        }
+        n if n % 1_000 == 0 => {
+            out.push(b'.');
+            digits(out, n / 1_000, 6);
+        }
+        n => {
+            out.push(b'.');
+            digits(out, n, 9);
+        }
+    }
+    out.push(b'Z');
+}
+
+/// `n` in exactly `width` decimal digits, zero-padded (`n` has no more).
+fn digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let at = out.len();
+    out.resize(at + width, b'0');
+    for d in out[at..].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use time::{format_description::BorrowedFormatItem, macros::format_description};
+
     use super::*;
+
+    const WHOLE: &[BorrowedFormatItem<'_>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    const MILLIS: &[BorrowedFormatItem<'_>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    const MICROS: &[BorrowedFormatItem<'_>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    const NANOS: &[BorrowedFormatItem<'_>] =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+
+    /// What time's own formatter writes for an instant it represents.
+    fn reference(seconds: i64, nanos: i32) -> String {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(seconds) * i128::from(NANOS_PER_SECOND) + i128::from(nanos),
+        )
+        .expect("in range");
+        let format = match at.nanosecond() {
+            0 => WHOLE,
+            n if n % 1_000_000 == 0 => MILLIS,
+            n if n % 1_000 == 0 => MICROS,
+            _ => NANOS,
+        };
+        at.format(format).expect("formats")
+    }
+
+    /// First and last second time represents: -9999-01-01, 9999-12-31.
+    const FIRST: i64 = -377_705_116_800;
+    const LAST: i64 = 253_402_300_799;
+
+    proptest! {
+        /// The digits written here are time's formatter's, at any instant
+        /// it represents, with each length of fraction.
+        #[test]
+        fn writes_what_times_formatter_writes(
+            seconds in prop_oneof![FIRST..=LAST, -62_135_596_800i64..4_102_444_800],
+            nanos in prop_oneof![
+                Just(0),
+                (0..1_000i32).prop_map(|m| m * 1_000_000),
+                (0..1_000_000i32).prop_map(|u| u * 1_000),
+                0..1_000_000_000i32,
+            ],
+        ) {
+            prop_assert_eq!(iso8601(&ts(seconds, nanos)), reference(seconds, nanos));
+        }
+    }
+
+    #[test]
+    fn the_ends_of_the_range_match_times_formatter() {
+        for (s, n) in [
+            (FIRST, 0),
+            (FIRST, 1),
+            (LAST, 999_999_999),
+            (0, 0),
+            (-1, 999_000_000),
+        ] {
+            assert_eq!(iso8601(&ts(s, n)), reference(s, n), "{s} {n}");
+        }
+    }
 
     fn ts(seconds: i64, nanos: i32) -> Timestamp {
         Timestamp { seconds, nanos }

@@ -109,47 +109,66 @@ impl Json {
 /// CPU besides I/O. `tests/it/fuzz.rs` checks that every rendered body is
 /// in that canonical form.
 ///
+/// A body is one buffer: a nested object ([`Object::object`], each item
+/// of [`Object::list`]) is written into its parent's buffer in place, not
+/// built apart and copied in. Keys are the shapers' literals, which need no
+/// escaping (checked in debug builds, where every shaper's tests run), so
+/// they are copied as they are.
+///
 /// The plain methods (`str`, `int`, ...) leave the key out when the value is
 /// absent, as the WMS shapes do; the `*_or_null` methods always write the key,
 /// with `null` for an absent value, as the channel-inventory shape does.
 #[must_use]
-pub(super) struct Object(Vec<u8>);
+pub(super) struct Object {
+    out: Vec<u8>,
+    /// Where this object's `{` is in `out`.
+    start: usize,
+}
 
 impl Object {
-    /// A nested object (a line, an address): room for a few hundred bytes.
-    pub(super) fn new() -> Self {
-        Self::with_capacity(512)
-    }
-
     /// A body's top-level object: room for a typical body, so that it is
     /// not copied to a larger buffer several times while it grows.
     pub(super) fn body() -> Self {
-        Self::with_capacity(2048)
+        Self::within(Vec::with_capacity(2048))
     }
 
-    fn with_capacity(n: usize) -> Self {
-        let mut out = Vec::with_capacity(n);
+    /// An object on its own (tests).
+    #[cfg(test)]
+    pub(super) fn new() -> Self {
+        Self::within(Vec::new())
+    }
+
+    /// An object written at the end of `out`.
+    fn within(mut out: Vec<u8>) -> Self {
+        let start = out.len();
         out.push(b'{');
-        Self(out)
+        Self { out, start }
     }
 
     /// Writes `"key":`, after a comma unless it is the first key.
-    fn key(&mut self, key: &str) -> &mut Vec<u8> {
-        if self.0.len() > 1 {
-            self.0.push(b',');
+    fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(
+            !needs_escaping(key.as_bytes()),
+            "key {key:?} needs escaping"
+        );
+        let out = &mut self.out;
+        if out.len() > self.start + 1 {
+            out.push(b',');
         }
-        write_str(&mut self.0, key);
-        self.0.push(b':');
-        &mut self.0
+        out.reserve(key.len() + 3);
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        out
     }
 
-    fn null(mut self, key: &str) -> Self {
+    fn null(mut self, key: &'static str) -> Self {
         self.key(key).extend_from_slice(b"null");
         self
     }
 
     /// A string; empty means absent.
-    pub(super) fn str(mut self, key: &str, value: &str) -> Self {
+    pub(super) fn str(mut self, key: &'static str, value: &str) -> Self {
         if !value.is_empty() {
             write_str(self.key(key), value);
         }
@@ -157,7 +176,7 @@ impl Object {
     }
 
     /// An integer (`int32`/`int64`).
-    pub(super) fn int(mut self, key: &str, value: Option<impl Into<i64>>) -> Self {
+    pub(super) fn int(mut self, key: &'static str, value: Option<impl Into<i64>>) -> Self {
         if let Some(n) = value {
             write_int(self.key(key), n.into());
         }
@@ -165,7 +184,7 @@ impl Object {
     }
 
     /// A double.
-    pub(super) fn num(mut self, key: &str, value: Option<f64>) -> Self {
+    pub(super) fn num(mut self, key: &'static str, value: Option<f64>) -> Self {
         if let Some(n) = value {
             write_number(self.key(key), n);
         }
@@ -173,55 +192,65 @@ impl Object {
     }
 
     /// A unit price: a double rounded to at most 6 decimal places.
-    pub(super) fn price(self, key: &str, value: Option<f64>) -> Self {
+    pub(super) fn price(self, key: &'static str, value: Option<f64>) -> Self {
         self.num(key, value.map(round_price))
     }
 
     /// An ISO 8601 date.
-    pub(super) fn date(mut self, key: &str, value: Option<&Timestamp>) -> Self {
+    pub(super) fn date(mut self, key: &'static str, value: Option<&Timestamp>) -> Self {
         if let Some(ts) = value {
-            write_str(self.key(key), &iso8601(ts));
+            date::write_iso8601_json(self.key(key), ts);
         }
         self
     }
 
     /// An enum, by its documented spelling (`SHIPPED`); `*_UNSPECIFIED` means
     /// absent.
-    pub(super) fn label(mut self, key: &str, value: impl Label) -> Self {
+    pub(super) fn label(mut self, key: &'static str, value: impl Label) -> Self {
         if let Some(label) = value.label() {
             write_str(self.key(key), label);
         }
         self
     }
 
-    /// A list of objects; empty means absent.
-    pub(super) fn list(mut self, key: &str, items: impl IntoIterator<Item = Json>) -> Self {
-        let mut items = items.into_iter().peekable();
-        if items.peek().is_none() {
+    /// A list of objects, one per item, each written by `item`; empty
+    /// means absent.
+    pub(super) fn list<T>(
+        mut self,
+        key: &'static str,
+        items: &[T],
+        item: impl Fn(Object, &T) -> Object,
+    ) -> Self {
+        if items.is_empty() {
             return self;
         }
-        let out = self.key(key);
-        out.push(b'[');
-        for (i, item) in items.enumerate() {
+        self.key(key).push(b'[');
+        for (i, t) in items.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                self.out.push(b',');
             }
-            out.extend_from_slice(&item.0);
+            let nested = Object::within(std::mem::take(&mut self.out));
+            self.out = item(nested, t).close();
         }
-        out.push(b']');
+        self.out.push(b']');
         self
     }
 
-    /// A nested object, always written.
-    pub(super) fn object(mut self, key: &str, value: Object) -> Self {
-        let value = value.build();
-        self.key(key).extend_from_slice(&value.0);
+    /// A nested object written by `value`, always written.
+    pub(super) fn object(
+        mut self,
+        key: &'static str,
+        value: impl FnOnce(Object) -> Object,
+    ) -> Self {
+        self.key(key);
+        let nested = Object::within(std::mem::take(&mut self.out));
+        self.out = value(nested).close();
         self
     }
 
     /// A string or `null`. A set empty string stays `""`: these fields carry
     /// explicit presence, so only unset is `null`.
-    pub(super) fn str_or_null(mut self, key: &str, value: Option<&str>) -> Self {
+    pub(super) fn str_or_null(mut self, key: &'static str, value: Option<&str>) -> Self {
         match value {
             Some(s) => {
                 write_str(self.key(key), s);
@@ -232,7 +261,7 @@ impl Object {
     }
 
     /// An integer or `null`.
-    pub(super) fn int_or_null(mut self, key: &str, value: Option<i64>) -> Self {
+    pub(super) fn int_or_null(mut self, key: &'static str, value: Option<i64>) -> Self {
         match value {
             Some(n) => {
                 write_int(self.key(key), n);
@@ -243,7 +272,7 @@ impl Object {
     }
 
     /// A double or `null`.
-    pub(super) fn num_or_null(mut self, key: &str, value: Option<f64>) -> Self {
+    pub(super) fn num_or_null(mut self, key: &'static str, value: Option<f64>) -> Self {
         match value {
             Some(n) => {
                 write_number(self.key(key), n);
@@ -254,7 +283,7 @@ impl Object {
     }
 
     /// A boolean or `null`.
-    pub(super) fn bool_or_null(mut self, key: &str, value: Option<bool>) -> Self {
+    pub(super) fn bool_or_null(mut self, key: &'static str, value: Option<bool>) -> Self {
         match value {
             Some(b) => {
                 let text: &[u8] = if b { b"true" } else { b"false" };
@@ -266,19 +295,24 @@ impl Object {
     }
 
     /// An ISO 8601 date or `null`.
-    pub(super) fn date_or_null(mut self, key: &str, value: Option<&Timestamp>) -> Self {
+    pub(super) fn date_or_null(mut self, key: &'static str, value: Option<&Timestamp>) -> Self {
         match value {
             Some(ts) => {
-                write_str(self.key(key), &iso8601(ts));
+                date::write_iso8601_json(self.key(key), ts);
                 self
             }
             None => self.null(key),
         }
     }
 
-    pub(super) fn build(mut self) -> Json {
-        self.0.push(b'}');
-        Json(self.0)
+    /// The buffer, with this object closed.
+    fn close(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+
+    pub(super) fn build(self) -> Json {
+        Json(self.close())
     }
 }
 
@@ -288,7 +322,7 @@ impl Object {
 /// U+0020; a string without any (every key, nearly every value) is copied
 /// between quotes as it is, which is what `serde_json` writes for it too.
 pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escaping(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -298,9 +332,33 @@ pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing JSON to a Vec cannot fail");
 }
 
-/// An integer, as `serde_json` writes it.
+/// Whether `s` has a byte `serde_json` escapes: `"`, `\\` or one below
+/// 0x20. Eight bytes at a time (a string's every byte is looked at on
+/// each delivery): a byte below 0x20 borrows into its own high bit when
+/// 0x20 is taken from it, and so does a zero byte, which is what `"` and
+/// `\\` become when xored with themselves. Bytes of 0x80 and above (UTF-8
+/// sequences) have their high bit set, so `& !x` never counts them.
+fn needs_escaping(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let has = |x: u64, b: u8| below(x ^ (ONES * u64::from(b)), 1);
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
+        if below(x, 0x20) | has(x, b'"') | has(x, b'\\') != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+/// An integer, as `serde_json` writes it (with `itoa`, as it does).
 fn write_int(out: &mut Vec<u8>, n: i64) {
-    serde_json::to_writer(out, &n).expect("writing JSON to a Vec cannot fail");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A generated enum. Protobuf scoping makes every value name carry the type

@@ -21,13 +21,12 @@ pub(super) fn body(env: &Envelope<'_>, p: &pb::PickConfirmed) -> Json {
         .int("totalLines", p.total_lines)
         .date("lastActivityDate", p.last_activity_date.as_ref())
         .str("lastActivityTeamMember", &p.last_activity_team_member)
-        .list("lines", p.lines.iter().map(line))
+        .list("lines", &p.lines, line)
         .build()
 }
 
-fn line(l: &pb::PickLine) -> Json {
-    Object::new()
-        .int("lineNumber", l.line_number)
+fn line(o: Object, l: &pb::PickLine) -> Object {
+    o.int("lineNumber", l.line_number)
         .str("product", &l.product)
         .str("location", &l.location)
         .str("toLocation", &l.to_location)
@@ -47,7 +46,6 @@ fn line(l: &pb::PickLine) -> Json {
         .str("serial10", &l.serial10)
         .str("unitOfMeasureCode", &l.unit_of_measure_code)
         .str("lpn", &l.lpn)
-        .build()
 }
 
 #[cfg(test)]

@@ -19,13 +19,12 @@ pub(super) fn body(env: &Envelope<'_>, r: &pb::ReturnReceived) -> Json {
         .int("workControlNumber", r.work_control_number)
         .date("receivedDate", r.received_date.as_ref())
         .str("lastActivityTeamMember", &r.last_activity_team_member)
-        .list("lines", r.lines.iter().map(line))
+        .list("lines", &r.lines, line)
         .build()
 }
 
-fn line(l: &pb::ReturnLine) -> Json {
-    Object::new()
-        .int("lineNumber", l.line_number)
+fn line(o: Object, l: &pb::ReturnLine) -> Object {
+    o.int("lineNumber", l.line_number)
         .str("product", &l.product)
         .str("lot", &l.lot)
         .str("serial01", &l.serial01)
@@ -46,7 +45,6 @@ fn line(l: &pb::ReturnLine) -> Json {
         .label("disposition", l.disposition())
         .str("reasonCode", &l.reason_code)
         .str("location", &l.location)
-        .build()
 }
 
 #[cfg(test)]

@@ -48,13 +48,12 @@ pub(super) fn body(env: &Envelope<'_>, s: &pb::ShipmentClosed) -> Json {
         // Totals.
         .int("totalCartons", s.total_cartons)
         .num("weightShipment", s.weight_shipment)
-        .list("details", s.details.iter().map(detail))
+        .list("details", &s.details, detail)
         .build()
 }
 
-fn detail(d: &pb::ShipmentDetail) -> Json {
-    Object::new()
-        .int("lineNumber", d.line_number)
+fn detail(o: Object, d: &pb::ShipmentDetail) -> Object {
+    o.int("lineNumber", d.line_number)
         .str("product", &d.product)
         .str("lot", &d.lot)
         .str("serial01", &d.serial01)
@@ -72,7 +71,6 @@ fn detail(d: &pb::ShipmentDetail) -> Json {
         .num("quantityBackordered", d.quantity_backordered)
         .str("upcBarcode", &d.upc_barcode)
         .price("price", d.price)
-        .build()
 }
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+use proptest::{collection::vec, prelude::*, sample::select};
+
 use super::*;
 
 fn number(n: f64) -> String {
@@ -52,7 +54,7 @@ fn object_omits_absent_values() {
         .date("g", None)
         .label("h", pb::PickStatus::Unspecified)
         .label("i", pb::PickStatus::Short)
-        .list("j", vec![])
+        .list("j", &[] as &[()], |o, _| o)
         .build();
     assert_eq!(v.to_string(), r#"{"b":"x","d":0,"f":0,"i":"SHORT"}"#);
 }
@@ -66,7 +68,7 @@ fn object_or_null_keeps_every_key_in_order() {
         .num_or_null("w", Some(1.5))
         .bool_or_null("v", Some(false))
         .date_or_null("u", None)
-        .object("t", Object::new())
+        .object("t", |o| o)
         .build();
     assert_eq!(
         v.to_string(),
@@ -131,5 +133,23 @@ fn strings_are_written_as_serde_json_writes_them() {
         let mut ours = Vec::new();
         write_str(&mut ours, s);
         assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{s:?}");
+    }
+}
+
+proptest! {
+    /// The eight-bytes-at-a-time check finds exactly the bytes the plain
+    /// one does, wherever they sit in the string.
+    #[test]
+    fn escaping_check_is_exact(
+        s in vec(
+            prop_oneof![
+                any::<u8>(),
+                select(vec![0u8, 0x1f, 0x20, b'"', b'\\', 0x7f, 0x80, 0xff, b'a']),
+            ],
+            0..40,
+        )
+    ) {
+        let plain = s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        prop_assert_eq!(needs_escaping(&s), plain);
     }
 }
