@@ -229,8 +229,7 @@ impl Object {
             if i > 0 {
                 self.out.push(b',');
             }
-            let nested = Object::within(std::mem::take(&mut self.out));
-            self.out = item(nested, t).close();
+            self.nested(|o| item(o, t));
         }
         self.out.push(b']');
         self
@@ -243,9 +242,14 @@ impl Object {
         value: impl FnOnce(Object) -> Object,
     ) -> Self {
         self.key(key);
+        self.nested(value);
+        self
+    }
+
+    /// Writes the object `value` builds at the end of this one's buffer.
+    fn nested(&mut self, value: impl FnOnce(Object) -> Object) {
         let nested = Object::within(std::mem::take(&mut self.out));
         self.out = value(nested).close();
-        self
     }
 
     /// A string or `null`. A set empty string stays `""`: these fields carry
